@@ -1,0 +1,66 @@
+"""Small frozen configuration objects, passed down explicitly.
+
+``RegistryOptions`` says how to reach and authenticate to registries; ``Limits`` holds
+every size, buffer and timeout the stages use, so none is a magic number in a stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Credentials", "Limits", "RegistryOptions"]
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password (or identity token) for one pull.
+
+    ``repr`` hides the password so it cannot reach a log line by accident.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach registries.
+
+    ``insecure_registries`` holds ``host`` or ``host:port`` entries, as docker's
+    ``--insecure-registry``: HTTPS without certificate verification, then plain HTTP.
+    Loopback registries may use plain HTTP without being listed; HTTPS to them is still
+    verified unless listed.
+    """
+
+    ca_file: Path | None = None
+    insecure_registries: tuple[str, ...] = ()
+    credentials: Credentials | None = None
+    user_agent: str = "imagec-pipe"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes, buffers and timeouts of the pipeline."""
+
+    # Bytes asked of the socket per read, and the size of the chunks the stages pass on.
+    chunk_size: int = 1 * MiB
+    # Items a chunk channel may hold before its sender waits (0 = rendezvous).
+    chunk_buffer: int = 4
+    # Manifests, indexes and configs over this size are refused unread.
+    max_manifest_bytes: int = 4 * MiB
+    # Token endpoint responses over this size are refused unread.
+    max_token_bytes: int = 1 * MiB
+    # Decompression caps: absolute, and relative to the compressed size.
+    max_layer_uncompressed_bytes: int = 64 * 1024 * MiB
+    max_compression_ratio: int = 1000
+    # Output the inflater produces per step, so one chunk never balloons in memory.
+    inflate_step_bytes: int = 4 * MiB
+    # A zstd frame may not ask for a larger window than this.
+    max_zstd_window_bytes: int = 128 * MiB
+    connect_timeout_s: float = 30.0
+    read_timeout_s: float = 60.0
+    # Redirect hops followed by hand for one blob before giving up.
+    max_redirects: int = 5

@@ -1,0 +1,142 @@
+"""The one exception tree of imagec-pipe.
+
+Every failure a user can see is one of these; third-party errors (httpx, zlib, zstd,
+sqlite3, OSError) are translated at the edge of the stage that met them with
+``raise X(...) from exc``, carrying the image reference and the digest involved::
+
+    ImagecError
+    ├── InvalidReference      the image reference cannot be parsed
+    ├── InvalidDigest         a digest that is not sha256:<64 lowercase hex>
+    ├── UsageError            options that contradict each other or cannot be used
+    ├── RegistryError         the registry (or the way to it) failed us
+    │   ├── RegistryUnavailable   connection refused, TLS failure, timeout, 5xx
+    │   ├── AuthError             no or wrong credentials, token endpoint failures
+    │   ├── NotFound              unknown repository, tag, manifest or blob
+    │   ├── TooManyRequests       429 past the retry budget
+    │   └── ManifestError         unusable manifest, index or config
+    │       └── PlatformNotFound  an index without the requested platform
+    ├── BlobError             a layer's bytes are not what the manifest promised
+    │   ├── DigestMismatch        sha256 of the compressed bytes differs
+    │   ├── DiffIDMismatch        sha256 of the uncompressed tar differs
+    │   ├── SizeMismatch          more or fewer bytes than the descriptor's size
+    │   ├── Truncated             the stream ended early (body or compressed stream)
+    │   └── DecompressError       corrupt stream, wrong format, decompression bomb
+    └── StoreError            the local store cannot be read or written
+
+Messages say what happened, to what, and what the user can do. They never contain a
+password or a token.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BlobError",
+    "DecompressError",
+    "DiffIDMismatch",
+    "DigestMismatch",
+    "ImagecError",
+    "InvalidDigest",
+    "InvalidReference",
+    "ManifestError",
+    "NotFound",
+    "PlatformNotFound",
+    "RegistryError",
+    "RegistryUnavailable",
+    "SizeMismatch",
+    "StoreError",
+    "TooManyRequests",
+    "Truncated",
+    "UsageError",
+]
+
+
+class ImagecError(Exception):
+    """Root of every error imagec-pipe raises on purpose.
+
+    ``ref`` is the image reference being pulled and ``digest`` the blob or manifest
+    concerned, when known; both also appear in ``str(error)`` so a one-line report
+    names them.
+    """
+
+    def __init__(self, message: str, *, ref: str | None = None, digest: str | None = None):
+        self.message = message
+        self.ref = ref
+        self.digest = digest
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = []
+        if self.ref and self.ref not in self.message:
+            where.append(self.ref)
+        if self.digest and self.digest not in self.message:
+            where.append(self.digest)
+        return f"{self.message} ({', '.join(where)})" if where else self.message
+
+
+class InvalidReference(ImagecError):
+    """The image reference is malformed."""
+
+
+class InvalidDigest(ImagecError):
+    """A digest string that is not ``sha256:<64 lowercase hex>``."""
+
+
+class UsageError(ImagecError):
+    """Options that cannot be used as given."""
+
+
+class RegistryError(ImagecError):
+    """The registry answered in a way that stops the pull."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached or kept failing (connect, TLS, 5xx, timeouts)."""
+
+
+class AuthError(RegistryError):
+    """Authentication failed or the token service misbehaved."""
+
+
+class NotFound(RegistryError):
+    """The repository, tag, manifest or blob does not exist (or is not visible to us)."""
+
+
+class TooManyRequests(RegistryError):
+    """The registry rate-limited us past what we are willing to wait."""
+
+
+class ManifestError(RegistryError):
+    """A manifest, index or image config is malformed, too big, or unsupported."""
+
+
+class PlatformNotFound(ManifestError):
+    """An image index lists no manifest for the requested platform."""
+
+
+class BlobError(ImagecError):
+    """A blob's bytes do not match what the manifest promised."""
+
+
+class DigestMismatch(BlobError):
+    """The sha256 of the bytes received is not the descriptor's digest."""
+
+
+class DiffIDMismatch(BlobError):
+    """The sha256 of the uncompressed layer is not the config's diff_id."""
+
+
+class SizeMismatch(BlobError):
+    """More or fewer bytes arrived than the descriptor's size."""
+
+
+class Truncated(BlobError):
+    """A body or a compressed stream ended before it was complete."""
+
+
+class DecompressError(BlobError):
+    """The layer cannot be decompressed: corrupt, wrong format, or over the size caps."""
+
+
+class StoreError(ImagecError):
+    """The local store is unreadable, inconsistent, from a newer version, or not writable."""

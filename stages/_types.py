@@ -1,0 +1,204 @@
+"""The shared vocabulary: digests, platforms, descriptors and media types.
+
+Everything here is a small frozen value. A ``Digest`` exists only after its text was
+validated, so a digest can be put in a path or a URL without further checks.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import InvalidDigest, UsageError
+
+__all__ = [
+    "Descriptor",
+    "Digest",
+    "MediaType",
+    "Platform",
+]
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, order=True)
+class Digest:
+    """A validated ``sha256:<64 lowercase hex>`` content digest.
+
+    Only sha256 is accepted: it is what the registries and OCI layouts in use produce,
+    and a digest we cannot verify is one we must not trust.
+    """
+
+    hex: str
+
+    @property
+    def algorithm(self) -> str:
+        return "sha256"
+
+    @classmethod
+    def parse(cls, text: str, *, what: str = "digest") -> Digest:
+        """Validate ``text`` or raise ``InvalidDigest`` naming ``what`` was wrong.
+
+        Callers with more context (a reference, a manifest) re-raise it as their own
+        error (``InvalidReference``, ``ManifestError``) ``from`` this one.
+        """
+        if not isinstance(text, str):
+            raise InvalidDigest(f"{what} is not a string: {text!r:.80}")
+        algorithm, sep, hexpart = text.partition(":")
+        if not sep:
+            raise InvalidDigest(f"{what} {text!r:.100} is not of the form sha256:<hex>")
+        if algorithm != "sha256":
+            raise InvalidDigest(
+                f"{what} {text!r:.100} uses algorithm {algorithm!r:.20}; only sha256 is supported"
+            )
+        if not _SHA256_HEX.fullmatch(hexpart):
+            raise InvalidDigest(f"{what} {text!r:.100} is not sha256 followed by 64 lowercase hex digits")
+        return cls(hexpart)
+
+    @classmethod
+    def from_hex(cls, hexpart: str) -> Digest:
+        """Wrap the hexdigest of a sha256 we computed ourselves."""
+        return cls.parse(f"sha256:{hexpart}")
+
+    def __str__(self) -> str:
+        return f"sha256:{self.hex}"
+
+    @property
+    def short(self) -> str:
+        """The 12 hex digits docker shows in progress lines."""
+        return self.hex[:12]
+
+
+class MediaType:
+    """The media types imagec-pipe understands, by their registered names."""
+
+    OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+    OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+    OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+    OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+    OCI_LAYER_NONDIST = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+    OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    OCI_LAYER_NONDIST_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+
+    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+    DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    # Not in the schema2 spec, but written by some tools and accepted by containers/image.
+    DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+    DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+    INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
+    MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+    CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+    LAYERS_GZIP = frozenset(
+        {OCI_LAYER_GZIP, OCI_LAYER_NONDIST_GZIP, DOCKER_LAYER_GZIP, DOCKER_FOREIGN_LAYER_GZIP}
+    )
+    LAYERS_ZSTD = frozenset({OCI_LAYER_ZSTD, OCI_LAYER_NONDIST_ZSTD})
+    LAYERS_PLAIN = frozenset({OCI_LAYER, OCI_LAYER_NONDIST, DOCKER_LAYER})
+    LAYERS = LAYERS_GZIP | LAYERS_ZSTD | LAYERS_PLAIN
+
+    # The Accept header for manifests: every kind we can handle, most preferred first.
+    ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+
+
+_GOARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i386": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OCI platform: ``os/architecture[/variant]``, as in ``linux/arm64/v8``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise UsageError(
+                f"platform {text!r} is not of the form os/arch[/variant], e.g. linux/amd64"
+            )
+        return cls(parts[0].lower(), parts[1].lower(), parts[2].lower() if len(parts) == 3 else None)
+
+    @classmethod
+    def host(cls) -> Platform:
+        """This machine's platform, with architectures named as Go (and OCI) name them."""
+        machine = _platform.machine().lower()
+        arch = _GOARCH.get(machine, machine)
+        variant = None
+        if arch == "arm64":
+            variant = "v8"
+        elif machine == "armv7l":
+            variant = "v7"
+        elif machine == "armv6l":
+            variant = "v6"
+        system = _platform.system().lower() or "linux"
+        return cls(system, arch, variant)
+
+    def matches(self, other: Platform) -> bool:
+        """Whether an index entry ``other`` satisfies this requested platform.
+
+        A request without a variant takes any variant; ``arm64`` treats a missing variant
+        on either side as ``v8``, as containerd's platform matcher does.
+        """
+        if self.os != other.os or self.architecture != other.architecture:
+            return False
+        if self.variant is None:
+            return True
+        wanted, offered = self.variant, other.variant
+        if self.architecture == "arm64":
+            wanted, offered = wanted or "v8", offered or "v8"
+        return wanted == offered
+
+    def to_json(self) -> dict[str, str]:
+        out = {"os": self.os, "architecture": self.architecture}
+        if self.variant:
+            out["variant"] = self.variant
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor: what a manifest says about one blob.
+
+    ``size`` is validated non-negative by whoever builds it from untrusted JSON.
+    """
+
+    media_type: str
+    digest: Digest
+    size: int
+    platform: Platform | None = None
+    annotations: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.platform is not None:
+            out["platform"] = self.platform.to_json()
+        return out
