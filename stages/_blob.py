@@ -1,0 +1,163 @@
+"""The blob-stream stage: one layer's raw bytes from the registry into a channel.
+
+One GET (``BlobSource.stream_blob``, which asks for ``Accept-Encoding: identity`` and
+follows redirects), read with ``aiter_raw`` so nothing is ever content-decoded: the
+bytes hashed are the bytes the registry stores. The stage counts what arrives and never
+accepts more than the descriptor's size: the chunk that would go past it ends the
+transfer with ``SizeMismatch`` before it is passed on.
+
+The transfer is one *attempt* from a byte offset (``_attempt``). The stage runs one
+attempt today; the retry policy of a later issue wraps that call in a loop that waits
+and starts the next attempt at ``transfer.received`` with a ``Range`` request, which
+``stream_blob(offset=...)`` already supports. The consumers downstream never see the
+seam: they receive the bytes once, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+import trio
+
+from ._config import Limits
+from ._errors import RegistryUnavailable, SizeMismatch, Truncated
+from ._events import ProgressEvent, ProgressSink
+from ._reference import Reference
+from ._types import Descriptor, Digest
+
+__all__ = ["BlobSource", "NetworkClock", "blob_stream"]
+
+
+class BlobSource(Protocol):
+    """Where blobs come from; ``RegistryClient`` satisfies it (tests use fakes).
+
+    ``stream_blob`` yields a response whose status is already checked (200, or 206
+    starting at ``offset``) and closes it on exit.
+    """
+
+    def stream_blob(
+        self, ref: Reference, digest: Digest, *, offset: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]: ...
+
+
+class NetworkClock:
+    """Seconds the blob stage measured (for ``LayerTimings``); only that stage writes.
+
+    ``first_byte_s``: from the stage's start to the first body byte (connect, auth,
+    redirects included). ``network_s``: from the stage's start to the last byte.
+    """
+
+    __slots__ = ("first_byte_s", "network_s")
+
+    def __init__(self) -> None:
+        self.first_byte_s = 0.0
+        self.network_s = 0.0
+
+
+@dataclass
+class _Transfer:
+    """How far one blob's transfer got, across attempts. Owned by ``blob_stream``."""
+
+    started: float
+    received: int = 0
+
+
+async def blob_stream(
+    source: BlobSource,
+    ref: Reference,
+    layer: Descriptor,
+    limits: Limits,
+    send: trio.MemorySendChannel[bytes],
+    progress: ProgressSink | None,
+    clock: NetworkClock | None = None,
+) -> None:
+    """Send the layer's raw bytes to ``send`` in chunks of ``limits.chunk_size``.
+
+    Raises ``SizeMismatch`` (more bytes than the descriptor's size, or a
+    ``Content-Length`` that says so up front), ``Truncated`` (the body ended or broke
+    early), ``RegistryUnavailable`` (the connection failed mid-body), or what
+    ``stream_blob`` raises for the request itself; each names ``ref`` and the digest.
+    """
+    clock = clock if clock is not None else NetworkClock()
+    async with send:
+        transfer = _Transfer(started=time.perf_counter())
+        await _attempt(source, ref, layer, limits, send, progress, transfer, clock)
+        clock.network_s = time.perf_counter() - transfer.started
+
+
+async def _attempt(
+    source: BlobSource,
+    ref: Reference,
+    layer: Descriptor,
+    limits: Limits,
+    send: trio.MemorySendChannel[bytes],
+    progress: ProgressSink | None,
+    transfer: _Transfer,
+    clock: NetworkClock,
+) -> None:
+    """One GET from ``transfer.received`` to the end of the blob."""
+    size, digest, ref_text = layer.size, str(layer.digest), str(ref)
+    offset = transfer.received
+    try:
+        async with source.stream_blob(ref, layer.digest, offset=offset) as response:
+            _check_content_length(response, ref_text, layer, offset)
+            # Leaving this loop early (too long, cancelled) abandons httpx's nested async
+            # generators; trio closes them and warns (ResourceWarning). stream_blob's exit
+            # closes the response, so no connection leaks; aclosing() here would only
+            # close the outermost generator.
+            async for chunk in response.aiter_raw(limits.chunk_size):
+                received = transfer.received + len(chunk)
+                if received > size:
+                    raise SizeMismatch(
+                        f"the registry sends more than the {size} bytes the descriptor of "
+                        f"layer {digest} says (stopped reading at {received})",
+                        ref=ref_text,
+                        digest=digest,
+                    )
+                if not clock.first_byte_s:
+                    clock.first_byte_s = time.perf_counter() - transfer.started
+                await send.send(chunk)
+                transfer.received = received
+                if progress is not None:
+                    progress(ProgressEvent("layer-downloading", ref_text, digest, received, size))
+    except httpx.RemoteProtocolError as exc:
+        raise Truncated(
+            f"the download of layer {digest} broke off after {transfer.received} of {size} "
+            f"bytes ({exc}); pull again",
+            ref=ref_text,
+            digest=digest,
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise RegistryUnavailable(
+            f"the connection to the registry failed after {transfer.received} of {size} "
+            f"bytes of layer {digest}: {type(exc).__name__}: {exc}; pull again",
+            ref=ref_text,
+            digest=digest,
+        ) from exc
+    if transfer.received < size:
+        raise Truncated(
+            f"the registry's response for layer {digest} ended after {transfer.received} "
+            f"of {size} bytes; pull again",
+            ref=ref_text,
+            digest=digest,
+        )
+
+
+def _check_content_length(
+    response: httpx.Response, ref_text: str, layer: Descriptor, offset: int
+) -> None:
+    """Refuse up front a body whose announced length cannot be the blob's."""
+    announced = response.headers.get("content-length")
+    if announced is None or not announced.isdigit():
+        return
+    if int(announced) != layer.size - offset:
+        raise SizeMismatch(
+            f"the registry announces {announced} bytes for layer {layer.digest} "
+            f"(from byte {offset}), but its descriptor says {layer.size} bytes in all",
+            ref=ref_text,
+            digest=str(layer.digest),
+        )

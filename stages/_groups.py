@@ -1,0 +1,55 @@
+"""Collapsing a nursery's ExceptionGroup into the one error a caller sees.
+
+trio nurseries raise ``ExceptionGroup``s (strict groups), but callers of ``fetch_layer``
+and ``pipeline.pull()`` get one exception from the project's tree: the root cause, the
+other failures attached as notes. Raise the result keeping the root cause's own cause::
+
+    except BaseExceptionGroup as group:
+        error = collapse_exception_group(group)
+        raise error from error.__cause__
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ._errors import ImagecError
+
+__all__ = ["collapse_exception_group"]
+
+# What sibling tasks raise because another task failed first: the nursery cancelled
+# them, or the channel they were using lost its other end.
+_CONSEQUENCES = (trio.Cancelled, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def collapse_exception_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first ``ImagecError`` in ``group`` (depth first, in the order the tasks
+    failed), with every other ``ImagecError`` named in its ``__notes__``.
+
+    ``group`` itself is returned when it holds no ``ImagecError``, or holds anything
+    besides them that is not merely a consequence of a sibling's failure (a bug, a
+    ``KeyboardInterrupt``): that must not be hidden behind a tidy message.
+    """
+    errors, rest = group.split(ImagecError)
+    if errors is None:
+        return group
+    if rest is not None:
+        _, unexplained = rest.split(_CONSEQUENCES)
+        if unexplained is not None:
+            return group
+    leaves = list(_leaves(errors))
+    root = leaves[0]
+    for other in leaves[1:]:
+        if other is not root:
+            root.add_note(f"also failed: {type(other).__name__}: {other}")
+    return root
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out

@@ -1,0 +1,111 @@
+"""One layer, one streaming pass: the per-layer stages and their channels, wired here.
+
+    blob_stream ─▶ chunks ─▶ tee ─┬─▶ digest_send  ─▶ digest_stage   sha256 + xxh3 (thread)
+                                  ├─▶ inflate_send ─▶ inflate_stage  inflate → sha256 (thread)
+                                  └─▶ ingest_send  ─▶ ingest_stage   ingest.write   (thread)
+    nursery exits cleanly ─▶ verify_layer (size, digest, stream end, diffID) ─▶ ingest.sync()
+
+Every channel holds at most ``limits.chunk_buffer`` chunks, so memory does not depend on
+the layer's size. Verification is an explicit step after the nursery, never a reaction
+to a channel closing. The store's rename into ``blobs/`` is the caller's next step.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import structlog
+import trio
+
+from ._blob import BlobSource, NetworkClock, blob_stream
+from ._codec import BlobHasher, LayerDecoder
+from ._commit import IngestFile, sync_ingest, verify_layer
+from ._config import Limits
+from ._events import LayerTimings, ProgressEvent, ProgressSink, VerifiedLayer
+from ._groups import collapse_exception_group
+from ._reference import Reference
+from ._tee import StageClock, digest_stage, inflate_stage, ingest_stage, tee
+from ._types import Descriptor, Digest
+
+__all__ = ["fetch_layer"]
+
+log = structlog.get_logger()
+
+
+async def fetch_layer(
+    source: BlobSource,
+    ref: Reference,
+    layer: Descriptor,
+    diff_id: Digest,
+    ingest: IngestFile,
+    *,
+    limits: Limits,
+    limiter: trio.CapacityLimiter,
+    progress: ProgressSink | None,
+) -> VerifiedLayer:
+    """Download ``layer`` into ``ingest``, verified and synced; raise one ``ImagecError``.
+
+    Raises ``BlobError`` subclasses (size, digest, diffID, truncated or undecodable
+    stream), ``RegistryError`` subclasses (from the request), ``StoreError`` (ingest).
+    """
+    started = time.perf_counter()
+    ref_text, digest = str(ref), str(layer.digest)
+    hasher = BlobHasher()
+    decoder = LayerDecoder(layer.media_type, layer.size, limits, ref=ref_text, digest=digest)
+    net = NetworkClock()
+    hash_clock, inflate_clock, write_clock = StageClock(), StageClock(), StageClock()
+    write_ingest = functools.partial(ingest_stage, ref=ref_text, digest=digest)
+
+    chunks_send, chunks_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    digest_send, digest_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    inflate_send, inflate_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    ingest_send, ingest_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blob_stream, source, ref, layer, limits, chunks_send, progress, net)
+            nursery.start_soon(tee, chunks_recv, (digest_send, inflate_send, ingest_send))
+            nursery.start_soon(digest_stage, hasher, limiter, hash_clock, digest_recv)
+            nursery.start_soon(inflate_stage, decoder, limiter, inflate_clock, inflate_recv)
+            nursery.start_soon(write_ingest, ingest, limiter, write_clock, ingest_recv)
+    except BaseExceptionGroup as group:
+        error = collapse_exception_group(group)
+        raise error from error.__cause__
+
+    if progress is not None:
+        progress(ProgressEvent("layer-verifying", ref_text, digest, layer.size, layer.size))
+    sums = hasher.finish()
+    decoded = verify_layer(ref_text, layer, diff_id, sums, decoder)
+    fsync_s = await sync_ingest(ingest, limiter, ref=ref_text, digest=digest)
+
+    timings = LayerTimings(
+        wall_s=time.perf_counter() - started,
+        first_byte_s=net.first_byte_s,
+        network_s=net.network_s,
+        hash_s=hash_clock.seconds,
+        inflate_s=inflate_clock.seconds,
+        write_s=write_clock.seconds,
+        fsync_s=fsync_s,
+    )
+    _log_layer(layer, decoded.size, timings)
+    return VerifiedLayer(layer, diff_id, decoded.size, sums.xxh3, timings)
+
+
+def _log_layer(layer: Descriptor, uncompressed: int, timings: LayerTimings) -> None:
+    """The canonical line for one layer: sizes, stage seconds and throughput."""
+    wall = timings.wall_s
+    log.info(
+        "layer fetched",
+        digest=str(layer.digest),
+        media_type=layer.media_type,
+        size=layer.size,
+        uncompressed_size=uncompressed,
+        seconds=round(wall, 3),
+        mb_per_s=round(layer.size / 1e6 / wall, 1) if wall > 0 else None,
+        first_byte_s=round(timings.first_byte_s, 3),
+        network_s=round(timings.network_s, 3),
+        hash_s=round(timings.hash_s, 3),
+        inflate_s=round(timings.inflate_s, 3),
+        write_s=round(timings.write_s, 3),
+        fsync_s=round(timings.fsync_s, 3),
+    )

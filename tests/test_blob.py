@@ -1,0 +1,232 @@
+"""stages/_blob.py alone: a fake BlobSource on httpx.MockTransport, the output collected
+from the stage's channel."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+import trio
+
+from stages._blob import NetworkClock, blob_stream
+from stages._config import Limits
+from stages._errors import RegistryUnavailable, SizeMismatch, Truncated
+from stages._events import ProgressEvent
+from stages._reference import Reference
+from stages._types import Descriptor, Digest, MediaType
+
+REF = Reference("reg.test", "team/app", "1.0")
+BLOB = os.urandom(10_000)
+LAYER = Descriptor(
+    MediaType.OCI_LAYER_GZIP, Digest.from_hex(hashlib.sha256(BLOB).hexdigest()), len(BLOB)
+)
+LIMITS = Limits(chunk_size=1024, chunk_buffer=2)
+
+# Leaving httpx's aiter_raw early (a body past the size) abandons its nested async
+# generators, which trio closes with a ResourceWarning (see stages/_blob.py).
+abandons_generators = pytest.mark.filterwarnings("ignore::ResourceWarning")
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body in pieces, optionally failing after them; counts what was pulled."""
+
+    def __init__(
+        self, pieces: list[bytes], fail: Exception | None = None, forever: bytes = b""
+    ) -> None:
+        self.pieces, self.fail, self.forever = pieces, fail, forever
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            self.pulled += len(piece)
+            yield piece
+        while self.forever:
+            self.pulled += len(self.forever)
+            yield self.forever
+        if self.fail is not None:
+            raise self.fail
+
+
+class FakeSource:
+    """A BlobSource: stream_blob() over httpx.MockTransport, recording the calls."""
+
+    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.client = httpx.AsyncClient(transport=httpx.MockTransport(respond))
+        self.calls: list[tuple[Reference, Digest, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def stream_blob(
+        self, ref: Reference, digest: Digest, *, offset: int = 0
+    ) -> AsyncIterator[httpx.Response]:
+        self.calls.append((ref, digest, offset))
+        url = f"http://{ref.registry}/v2/{ref.repository}/blobs/{digest}"
+        async with self.client.stream(
+            "GET", url, headers={"Accept-Encoding": "identity"}
+        ) as response:
+            yield response
+
+
+def body_of(
+    data: bytes, status: int = 200, **headers: str
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A handler answering with ``data`` streamed (as a network body is) and its length."""
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        headers.setdefault("Content-Length", str(len(data)))
+        return httpx.Response(status, stream=Body([data]), headers=headers)
+
+    return respond
+
+
+@contextlib.asynccontextmanager
+async def source_for(
+    respond: Callable[[httpx.Request], httpx.Response],
+) -> AsyncIterator[FakeSource]:
+    source = FakeSource(respond)
+    try:
+        yield source
+    finally:
+        await source.client.aclose()
+
+
+async def run_stage(
+    source: FakeSource, layer: Descriptor = LAYER, limits: Limits = LIMITS
+) -> tuple[list[bytes], list[ProgressEvent], NetworkClock, BaseException | None]:
+    """Run blob_stream alone; collect what it sends and what it raises."""
+    chunks: list[bytes] = []
+    events: list[ProgressEvent] = []
+    clock = NetworkClock()
+    error: BaseException | None = None
+    send, receive = trio.open_memory_channel[bytes](limits.chunk_buffer)
+
+    async def collect() -> None:
+        async with receive:
+            async for chunk in receive:
+                chunks.append(chunk)
+
+    async def stream() -> None:
+        nonlocal error
+        try:
+            await blob_stream(source, REF, layer, limits, send, events.append, clock)
+        except (SizeMismatch, Truncated, RegistryUnavailable) as exc:
+            error = exc
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            nursery.start_soon(stream)
+    return chunks, events, clock, error
+
+
+async def test_streams_the_raw_bytes_in_chunks() -> None:
+    async with source_for(body_of(BLOB)) as source:
+        chunks, events, clock, error = await run_stage(source)
+    assert error is None
+    assert b"".join(chunks) == BLOB
+    assert max(map(len, chunks)) <= LIMITS.chunk_size
+    assert source.calls == [(REF, LAYER.digest, 0)]
+    assert [e.event for e in events] == ["layer-downloading"] * len(chunks)
+    assert [e.current for e in events] == sorted(e.current for e in events)
+    assert events[-1].current == events[-1].total == len(BLOB)
+    assert events[-1].digest == str(LAYER.digest) and events[-1].ref == str(REF)
+    assert 0 < clock.first_byte_s <= clock.network_s
+
+
+async def test_never_content_decodes() -> None:
+    """A CDN's Content-Encoding: gzip must not make httpx inflate: the raw bytes are the blob."""
+    import gzip
+
+    blob = gzip.compress(b"layer bytes" * 1000)
+    layer = Descriptor(
+        MediaType.OCI_LAYER_GZIP, Digest.from_hex(hashlib.sha256(blob).hexdigest()), len(blob)
+    )
+
+    async with source_for(body_of(blob, **{"Content-Encoding": "gzip"})) as source:
+        chunks, _, _, error = await run_stage(source, layer)
+    assert error is None and b"".join(chunks) == blob
+
+
+async def test_long_body_announced_by_content_length_is_refused_unread() -> None:
+    body = Body([BLOB + b"x"])
+    respond = lambda request: httpx.Response(  # noqa: E731
+        200, stream=body, headers={"Content-Length": str(len(BLOB) + 1)}
+    )
+    async with source_for(respond) as source:
+        chunks, _, _, error = await run_stage(source)
+    assert isinstance(error, SizeMismatch)
+    assert "announces" in str(error) and str(LAYER.digest) in str(error) and str(REF) in str(error)
+    assert chunks == []
+
+
+@abandons_generators
+async def test_endless_body_stops_past_size() -> None:
+    body = Body([BLOB], forever=b"z" * 100)
+    async with source_for(lambda request: httpx.Response(200, stream=body)) as source:
+        chunks, _, _, error = await run_stage(source)
+    assert isinstance(error, SizeMismatch)
+    assert sum(map(len, chunks)) <= len(BLOB)  # nothing past the size is passed on
+    assert body.pulled <= len(BLOB) + LIMITS.chunk_size + 100  # and little is even read
+
+
+async def test_short_body_announced_by_content_length() -> None:
+    async with source_for(body_of(BLOB[:-1])) as source:
+        chunks, _, _, error = await run_stage(source)
+    assert isinstance(error, SizeMismatch)
+    assert chunks == []
+
+
+async def test_short_chunked_body_is_truncated() -> None:
+    body = Body([BLOB[:3000], BLOB[3000:5000]])
+    async with source_for(lambda request: httpx.Response(200, stream=body)) as source:
+        chunks, _, _, error = await run_stage(source)
+    assert isinstance(error, Truncated)
+    assert "5000 of 10000" in str(error)
+    assert b"".join(chunks) == BLOB[:5000]
+
+
+async def test_connection_closed_mid_body_is_truncated() -> None:
+    body = Body([BLOB[:4096]], fail=httpx.RemoteProtocolError("peer closed connection"))
+    respond = lambda request: httpx.Response(  # noqa: E731
+        200, stream=body, headers={"Content-Length": str(len(BLOB))}
+    )
+    async with source_for(respond) as source:
+        _, _, _, error = await run_stage(source)
+    assert isinstance(error, Truncated)
+    assert isinstance(error.__cause__, httpx.RemoteProtocolError)
+    assert "4096 of 10000" in str(error) and str(LAYER.digest) in str(error)
+
+
+@pytest.mark.parametrize(
+    "failure", [httpx.ReadError("connection reset"), httpx.ReadTimeout("slow")]
+)
+async def test_transport_error_mid_body_is_registry_unavailable(failure: Exception) -> None:
+    body = Body([BLOB[:2048]], fail=failure)
+    async with source_for(lambda request: httpx.Response(200, stream=body)) as source:
+        _, _, _, error = await run_stage(source)
+    assert isinstance(error, RegistryUnavailable)
+    assert error.__cause__ is failure
+    assert "2048 of 10000" in str(error) and str(REF) in str(error)
+
+
+async def test_empty_blob() -> None:
+    layer = Descriptor(MediaType.OCI_LAYER, Digest.from_hex(hashlib.sha256(b"").hexdigest()), 0)
+    async with source_for(body_of(b"")) as source:
+        chunks, events, _, error = await run_stage(source, layer)
+    assert error is None and chunks == [] and events == []
+
+
+async def test_send_channel_is_closed_on_failure_too() -> None:
+    """async with send: the consumer sees the end of the stream, the error goes up."""
+    body = Body([BLOB[:2000]], fail=httpx.ReadError("reset"))
+    send, receive = trio.open_memory_channel[bytes](10)
+    async with source_for(lambda request: httpx.Response(200, stream=body)) as source:
+        with trio.fail_after(10), pytest.raises(RegistryUnavailable):
+            await blob_stream(source, REF, LAYER, LIMITS, send, None)
+    assert receive.receive_nowait() == BLOB[:1024]
+    with pytest.raises(trio.EndOfChannel):
+        receive.receive_nowait()
+    receive.close()
