@@ -1,0 +1,897 @@
+"""The local store: an OCI image layout plus an SQLite database.
+
+Layout of the store directory::
+
+    oci-layout            {"imageLayoutVersion": "1.0.0"}, written last on creation
+    index.json            OCI index: one OCI manifest descriptor per reference pulled
+    blobs/sha256/<hex>    verified content only, each put there by an atomic rename
+    ingest/               partial downloads and temporary files, never visible as blobs
+    imagec.db             SQLite (WAL): layers, images, image_layers, refs, repo_digests
+    imagec.lock           flock'ed while index.json is read-modified-written or the store
+                          is initialised
+
+The promise (RELIABILITY.md): a blob appears in ``blobs/`` only after its digest was
+verified, through ``os.replace`` of an fsynced file followed by an fsync of the directory.
+A layer counts as committed only when its database row exists too, and the row is written
+after the rename, so a crash in between leaves a verified blob that is simply downloaded
+again. ``index.json`` is the last thing an image pull writes.
+
+Every method is synchronous and opens its own short-lived sqlite3 connection: a sqlite3
+connection belongs to the thread that made it, and ``pipeline._pull`` calls these methods
+through ``trio.to_thread.run_sync``. Concurrent processes are kept apart by SQLite
+transactions (``BEGIN IMMEDIATE``, busy timeout) and, for ``index.json``, an exclusive
+``fcntl.flock``. OSError and sqlite3.Error never leave this module: they become a
+``StoreError`` naming the store and what the user can do.
+
+What ``index.json`` lists, and the annotation a Docker schema2 image's converted OCI
+manifest carries (``io.github.imagec-pipe.original-manifest-digest``), is documented in
+``pipeline._oci``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import platformdirs
+import structlog
+
+from stages._errors import StoreError
+from stages._events import VerifiedLayer
+from stages._manifest import ResolvedImage
+from stages._reference import parse_reference
+from stages._types import Digest, MediaType, Platform
+
+from . import _oci
+from ._lcache import LCache
+
+__all__ = ["ENV_STORE", "SCHEMA_VERSION", "ImageRecord", "Ingest", "LayerRecord", "Store"]
+
+log = structlog.get_logger()
+
+ENV_STORE = "IMAGEC_PIPE_STORE"
+SCHEMA_VERSION = 1
+# How long a call waits for another process's write transaction before failing.
+BUSY_TIMEOUT_S = 30.0
+
+LAYOUT_FILE = "oci-layout"
+LAYOUT_VERSION = "1.0.0"
+INDEX_FILE = "index.json"
+DB_FILE = "imagec.db"
+LOCK_FILE = "imagec.lock"
+BLOBS_DIR = "blobs"
+INGEST_DIR = "ingest"
+# A directory holding only these names is a store whose creation was interrupted.
+_OWN_NAMES = frozenset(
+    {
+        LAYOUT_FILE,
+        INDEX_FILE,
+        BLOBS_DIR,
+        INGEST_DIR,
+        LOCK_FILE,
+        DB_FILE,
+        f"{DB_FILE}-wal",
+        f"{DB_FILE}-shm",
+        f"{DB_FILE}-journal",
+    }
+)
+
+# Migrations: _MIGRATIONS[n] takes the database from user_version n to n + 1. Statements
+# run one by one inside one transaction (executescript would commit half-way).
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # One row per committed layer blob (keyed by compressed digest).
+        """CREATE TABLE layers (
+            digest            TEXT PRIMARY KEY,
+            diff_id           TEXT NOT NULL,
+            size              INTEGER NOT NULL,
+            uncompressed_size INTEGER,
+            media_type        TEXT NOT NULL,
+            xxh3              TEXT,
+            committed_at      REAL NOT NULL
+        )""",
+        # One row per image manifest; config_digest is the image ID.
+        """CREATE TABLE images (
+            manifest_digest     TEXT PRIMARY KEY,
+            config_digest       TEXT NOT NULL,
+            media_type          TEXT NOT NULL,
+            oci_manifest_digest TEXT NOT NULL,
+            platform            TEXT NOT NULL,
+            size                INTEGER NOT NULL,
+            pulled_at           REAL NOT NULL
+        )""",
+        "CREATE INDEX images_config ON images (config_digest)",
+        """CREATE TABLE image_layers (
+            manifest_digest TEXT NOT NULL REFERENCES images (manifest_digest) ON DELETE CASCADE,
+            position        INTEGER NOT NULL,
+            layer_digest    TEXT NOT NULL REFERENCES layers (digest),
+            media_type      TEXT NOT NULL,
+            PRIMARY KEY (manifest_digest, position)
+        )""",
+        # VIC's repo cache, part 1: every name in index.json (tags, and name@digest for
+        # pulls by digest) and what it resolved to.
+        """CREATE TABLE refs (
+            name            TEXT PRIMARY KEY,
+            repository      TEXT NOT NULL,
+            tag             TEXT,
+            resolved_digest TEXT NOT NULL,
+            manifest_digest TEXT NOT NULL REFERENCES images (manifest_digest),
+            pulled_at       REAL NOT NULL
+        )""",
+        "CREATE INDEX refs_manifest ON refs (manifest_digest)",
+        "CREATE INDEX refs_repository ON refs (repository, tag)",
+        # VIC's repo cache, part 2: every digest (index or manifest) known per repository,
+        # so that name@digest finds an image that was pulled by tag.
+        """CREATE TABLE repo_digests (
+            repository      TEXT NOT NULL,
+            digest          TEXT NOT NULL,
+            manifest_digest TEXT NOT NULL REFERENCES images (manifest_digest),
+            PRIMARY KEY (repository, digest)
+        )""",
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+_ID_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+# ingest/ names: "<hex>.<pid>.<random>.partial" and ".<name>.<pid>.<random>.tmp".
+_INGEST_NAME = re.compile(
+    r"(?:[0-9a-f]{64}\.(\d+)\.[0-9a-f]+\.partial|\..+\.(\d+)\.[0-9a-f]+\.tmp)"
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One reference in the store and the image it names.
+
+    ``ref`` is the name listed in index.json (``docker.io/library/alpine:latest``, or
+    ``name@sha256:…`` for a pull by digest); ``repository`` is ``registry/path``;
+    ``resolved_digest`` what the reference resolved to (an index's digest for a
+    multi-platform tag); ``manifest_digest`` the registry's manifest for ``platform``;
+    ``image_id`` the config digest; ``size`` the bytes of config plus compressed layers;
+    ``pulled_at`` (UTC) when this reference was last pulled. ``media_type`` is the
+    registry manifest's; ``oci_manifest_digest`` the manifest index.json lists (equal to
+    ``manifest_digest`` unless it was converted from Docker schema2).
+    """
+
+    ref: str
+    repository: str
+    tag: str | None
+    resolved_digest: Digest
+    manifest_digest: Digest
+    image_id: Digest
+    platform: Platform
+    size: int
+    pulled_at: datetime
+    media_type: str
+    oci_manifest_digest: Digest
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One layer of an image, as VIC's ListLayers shows it.
+
+    ``media_type`` is the one the image's (registry) manifest gives; ``xxh3`` the xxh3_128
+    of the stored bytes, for a quick re-verification.
+    """
+
+    digest: Digest
+    diff_id: Digest
+    size: int
+    uncompressed_size: int | None
+    media_type: str
+    xxh3: str | None = None
+
+
+def _hint(exc: BaseException) -> str:
+    """What the user can do about a low-level failure."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "free some disk space (or choose another store with --store) and try again"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "check that you may write to the store directory, or choose another with --store"
+        if exc.errno == errno.EIO:
+            return "the disk reported an I/O error; check it, then run the command again"
+        return "check the store directory and try again"
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return (
+            f"another process kept the store's database busy for over {BUSY_TIMEOUT_S:.0f} s; "
+            "try again"
+        )
+    if "malformed" in text or "not a database" in text:
+        return f"the store's database {DB_FILE} is damaged; move the store aside and pull again"
+    if "disk" in text and "full" in text:
+        return "free some disk space and try again"
+    return "check the store directory and try again"
+
+
+def _store_error(
+    store: Path, action: str, exc: BaseException, *, digest: object = None, ref: str | None = None
+) -> StoreError:
+    return StoreError(
+        f"cannot {action} in store {store}: {exc}; {_hint(exc)}",
+        digest=str(digest) if digest is not None else None,
+        ref=ref,
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or creation inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class Ingest:
+    """A partial blob in ``ingest/``: the store's side of stages' ``IngestFile``.
+
+    The file name is unique per attempt (digest, pid, random), so two processes
+    fetching the same layer never write into one file. ``write`` and ``sync`` run in a
+    worker thread; their failures (disk full, fsync failing) become ``StoreError``.
+    """
+
+    def __init__(self, store: Path, digest: Digest, path: Path, file: BinaryIO) -> None:
+        self.digest = digest
+        self.path = path
+        self.committed = False
+        self._store = store
+        self._file = file
+        self._dirty = False
+        self._written = 0
+
+    @property
+    def bytes_written(self) -> int:
+        return self._written
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _store_error(self._store, "write a layer", exc, digest=self.digest) from exc
+        self._written += len(data)
+        self._dirty = True
+
+    def sync(self) -> None:
+        """Flush and fsync: after this, what was written survives a crash."""
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _store_error(self._store, "sync a layer", exc, digest=self.digest) from exc
+        self._dirty = False
+
+    def _finish(self) -> None:
+        """Sync anything written after the last ``sync`` and close the file."""
+        if self._file.closed:
+            return
+        if self._dirty:
+            self.sync()
+        self._file.close()
+
+    def _discard(self) -> None:
+        """Close and delete the file unless ``commit_layer`` took it; never raises."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        if not self.committed:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("ingest file not removed", path=str(self.path), error=str(exc))
+
+
+class Store:
+    """An opened store. Create it with ``Store.open``; every method is synchronous.
+
+    ``lcache`` is the in-process layer cache shared by every pull given this object.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lcache = LCache()
+        self._blobs = path / BLOBS_DIR / "sha256"
+        self._ingest = path / INGEST_DIR
+        self._db_path = path / DB_FILE
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
+        """Open the store at ``path``, creating it if needed.
+
+        ``None`` means ``$IMAGEC_PIPE_STORE``, else the per-user data directory
+        (platformdirs) + ``/store``. Refuses a file, a non-empty directory that is not a
+        store, and a database whose schema is newer than this version understands.
+        """
+        if path is None:
+            env = os.environ.get(ENV_STORE)
+            path = env if env else Path(platformdirs.user_data_dir("imagec-pipe")) / "store"
+        store = cls(Path(path).expanduser().absolute())
+        store._init()
+        return store
+
+    def _init(self) -> None:
+        path = self.path
+        with self._errors("open the store"):
+            if path.exists() and not path.is_dir():
+                raise StoreError(
+                    f"store path {path} exists and is not a directory; "
+                    "choose a new or empty directory with --store"
+                )
+            if path.is_dir():
+                names = set(os.listdir(path))
+                if LAYOUT_FILE not in names and not names <= _OWN_NAMES:
+                    raise StoreError(
+                        f"{path} is not an imagec-pipe store: it has no {LAYOUT_FILE} file and "
+                        "holds other files; choose a new or empty directory with --store"
+                    )
+            created = not path.exists()
+            path.mkdir(parents=True, exist_ok=True)
+            if created:
+                _fsync_dir(path.parent)
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            self._ingest.mkdir(exist_ok=True)
+            self._sweep_ingest()
+            with self._locked():
+                self._init_db()
+                if not (path / INDEX_FILE).exists():
+                    self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
+                layout = path / LAYOUT_FILE
+                if layout.exists():
+                    self._check_layout(layout)
+                else:
+                    data = json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode()
+                    self._write_atomic(layout, data)
+                    log.info("store created", store=str(path))
+                _fsync_dir(path / BLOBS_DIR)
+                _fsync_dir(path)
+
+    def _sweep_ingest(self) -> None:
+        """Remove partial files left by processes that died (killed mid-download).
+
+        Each name carries its writer's pid; a file is removed only when that pid is gone
+        on this machine, so another live process's download is never touched. (A reused
+        pid merely keeps a stale file; resuming from them is a later issue's business.)
+        """
+        for entry in os.scandir(self._ingest):
+            m = _INGEST_NAME.fullmatch(entry.name)
+            if m is None or _pid_alive(int(m.group(1) or m.group(2))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                log.info("stale ingest file removed", store=str(self.path), file=entry.name)
+
+    def _check_layout(self, layout: Path) -> None:
+        try:
+            version = json.loads(layout.read_bytes()).get("imageLayoutVersion")
+        except (ValueError, AttributeError) as exc:
+            raise StoreError(
+                f"{layout} is not a valid OCI layout file; repair or move the store aside"
+            ) from exc
+        if version != LAYOUT_VERSION:
+            raise StoreError(
+                f"store {self.path} is an OCI image layout of version {version!r}, "
+                f"this imagec-pipe understands {LAYOUT_VERSION}; use another --store"
+            )
+
+    def _init_db(self) -> None:
+        with self._db() as conn:
+            conn.execute("PRAGMA journal_mode = WAL")
+            version = self._schema_version(conn)
+            if version == SCHEMA_VERSION:
+                return
+            with _transaction(conn):
+                version = self._schema_version(conn)
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has database schema version {version}, newer than this "
+                f"imagec-pipe understands ({SCHEMA_VERSION}); upgrade imagec-pipe or use "
+                "another --store"
+            )
+        return version
+
+    # -- plumbing ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(
+        self, action: str, *, digest: object = None, ref: str | None = None
+    ) -> Iterator[None]:
+        """Translate OSError / sqlite3.Error raised in the block into StoreError."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            raise _store_error(self.path, action, exc, digest=digest, ref=ref) from exc
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """A fresh connection for this call (connections are bound to their thread)."""
+        conn = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's exclusive file lock (other processes and threads wait)."""
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _temp_path(self, name: str) -> Path:
+        return self._ingest / f".{name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+
+    def _write_atomic(self, target: Path, data: bytes, *, mode: int = 0o644) -> None:
+        """temp file in ingest/ + fsync + rename + fsync of the target's directory."""
+        tmp = self._temp_path(target.name)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def _blob_path(self, digest: Digest) -> Path:
+        return self._blobs / digest.hex
+
+    @staticmethod
+    def _layer_row_ok(conn: sqlite3.Connection, blob: Path, digest: Digest) -> bool:
+        row = conn.execute("SELECT size FROM layers WHERE digest = ?", (str(digest),)).fetchone()
+        if row is None:
+            return False
+        try:
+            return blob.stat().st_size == int(row[0])
+        except FileNotFoundError:
+            return False
+
+    # -- layers and blobs ------------------------------------------------------------
+
+    def layer_committed(self, digest: Digest) -> bool:
+        """Whether the layer has its row and a blob file of the recorded size."""
+        with self._errors("look up a layer", digest=digest), self._db() as conn:
+            return self._layer_row_ok(conn, self._blob_path(digest), digest)
+
+    @contextlib.contextmanager
+    def open_ingest(self, digest: Digest) -> Iterator[Ingest]:
+        """A new partial file for ``digest``; removed on exit unless committed."""
+        path = self._ingest / f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex[:16]}.partial"
+        with self._errors("create an ingest file", digest=digest):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            file = os.fdopen(fd, "wb")
+        ingest = Ingest(self.path, digest, path, file)
+        try:
+            yield ingest
+        finally:
+            ingest._discard()
+
+    def commit_layer(self, ingest: Ingest, layer: VerifiedLayer) -> None:
+        """Make a verified layer visible: rename into blobs/, fsync the directory, row.
+
+        The caller verified size, digest and diffID; the file was fsynced by the stage
+        (synced again here if anything was written after). If the blob already exists
+        (another process committed it), the rename replaces it with identical content.
+        """
+        desc = layer.descriptor
+        digest = desc.digest
+        if ingest.digest != digest:
+            raise StoreError(
+                f"cannot commit ingest of {ingest.digest} as layer {digest} in store {self.path}",
+                digest=str(digest),
+            )
+        if ingest.committed:
+            return
+        target = self._blob_path(digest)
+        started = time.perf_counter()
+        with self._errors("commit a layer", digest=digest):
+            ingest._finish()
+            size = ingest.path.stat().st_size
+            if size != desc.size:
+                raise StoreError(
+                    f"refusing to commit layer {digest} in store {self.path}: the ingest file "
+                    f"holds {size} bytes, the descriptor says {desc.size}",
+                    digest=str(digest),
+                )
+            os.chmod(ingest.path, 0o444)
+            os.replace(ingest.path, target)
+            ingest.committed = True
+            _fsync_dir(self._blobs)
+            with self._db() as conn, _transaction(conn):
+                conn.execute(
+                    """INSERT INTO layers (digest, diff_id, size, uncompressed_size, media_type,
+                                           xxh3, committed_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (digest) DO UPDATE SET
+                           diff_id = excluded.diff_id, size = excluded.size,
+                           uncompressed_size = excluded.uncompressed_size,
+                           media_type = excluded.media_type, xxh3 = excluded.xxh3,
+                           committed_at = excluded.committed_at""",
+                    (
+                        str(digest),
+                        str(layer.diff_id),
+                        desc.size,
+                        layer.uncompressed_size,
+                        desc.media_type,
+                        layer.xxh3,
+                        time.time(),
+                    ),
+                )
+        log.debug(
+            "layer committed",
+            digest=str(digest),
+            size=desc.size,
+            commit_s=round(time.perf_counter() - started, 6),
+        )
+
+    def write_blob(self, digest: Digest, data: bytes) -> None:
+        """Store a small blob (config, manifest, index) after checking its sha256."""
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest.hex:
+            raise StoreError(
+                f"refusing to store blob {digest} in store {self.path}: its bytes hash to "
+                f"sha256:{actual}",
+                digest=str(digest),
+            )
+        with self._errors("write a blob", digest=digest):
+            self._write_atomic(self._blob_path(digest), data, mode=0o444)
+
+    def read_blob(self, digest: Digest) -> bytes:
+        """The bytes of a blob (not re-verified: ``verify`` does that)."""
+        try:
+            return self._blob_path(digest).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(
+                f"blob {digest} is missing from store {self.path}; pull the image again",
+                digest=str(digest),
+            ) from exc
+        except OSError as exc:
+            raise _store_error(self.path, "read a blob", exc, digest=digest) from exc
+
+    # -- images ----------------------------------------------------------------------
+
+    def record_image(self, resolved: ResolvedImage) -> ImageRecord:
+        """Record a pulled image whose layers are all committed.
+
+        In order: config, manifest (and index) blobs; for Docker schema2, the converted
+        OCI manifest; the database rows in one transaction; last, the index.json entry
+        (which replaces any entry of the same reference name).
+
+        A reference with a digest (``name@sha256:…``, also ``name:tag@sha256:…``, where
+        the digest wins as it does for docker) is recorded as ``name@digest`` without a
+        tag; otherwise as ``name:tag``.
+        """
+        ref = resolved.ref
+        if ref.digest is not None:
+            ref_name, tag = f"{ref.name}@{ref.digest}", None
+        else:
+            ref_name, tag = str(ref), ref.tag
+        started = time.perf_counter()
+        with self._errors("record an image", ref=ref_name, digest=resolved.manifest_digest):
+            with self._db() as conn:
+                for desc in resolved.layers:
+                    if not self._layer_row_ok(conn, self._blob_path(desc.digest), desc.digest):
+                        raise StoreError(
+                            f"cannot record image {ref_name} in store {self.path}: its layer "
+                            f"{desc.digest} is not committed",
+                            ref=ref_name,
+                            digest=str(desc.digest),
+                        )
+            self.write_blob(resolved.config.digest, resolved.config_bytes)
+            self.write_blob(resolved.manifest_digest, resolved.manifest_bytes)
+            if resolved.index_bytes is not None:
+                self.write_blob(resolved.resolved_digest, resolved.index_bytes)
+
+            oci_digest, oci_size, original = self._oci_manifest(resolved, ref_name)
+            size = resolved.config.size + sum(d.size for d in resolved.layers)
+            now = time.time()
+            self._insert_image(resolved, ref_name, tag, oci_digest, size, now)
+            entry = _oci.index_entry(
+                digest=oci_digest,
+                size=oci_size,
+                platform=resolved.platform,
+                ref_name=ref_name,
+                original=original,
+            )
+            self._update_index(entry)
+        log.info(
+            "image recorded",
+            ref=ref_name,
+            manifest=str(resolved.manifest_digest),
+            image_id=str(resolved.config.digest),
+            layers=len(resolved.layers),
+            size=size,
+            record_s=round(time.perf_counter() - started, 6),
+        )
+        return ImageRecord(
+            ref=ref_name,
+            repository=ref.name,
+            tag=tag,
+            resolved_digest=resolved.resolved_digest,
+            manifest_digest=resolved.manifest_digest,
+            image_id=resolved.config.digest,
+            platform=resolved.platform,
+            size=size,
+            pulled_at=_utc(now),
+            media_type=resolved.manifest_media_type,
+            oci_manifest_digest=oci_digest,
+        )
+
+    def _oci_manifest(
+        self, resolved: ResolvedImage, ref_name: str
+    ) -> tuple[Digest, int, Digest | None]:
+        """The manifest index.json lists: (digest, size, original digest if converted)."""
+        media_type = resolved.manifest_media_type
+        if media_type == MediaType.OCI_MANIFEST:
+            return resolved.manifest_digest, len(resolved.manifest_bytes), None
+        if media_type == MediaType.DOCKER_MANIFEST:
+            try:
+                data, digest = _oci.docker_to_oci_manifest(
+                    resolved.manifest_bytes, resolved.manifest_digest
+                )
+            except _oci.ConversionError as exc:
+                raise StoreError(
+                    f"cannot list image {ref_name} in store {self.path} as OCI: {exc}",
+                    ref=ref_name,
+                    digest=str(resolved.manifest_digest),
+                ) from exc
+            self.write_blob(digest, data)
+            return digest, len(data), resolved.manifest_digest
+        raise StoreError(
+            f"cannot record image {ref_name} in store {self.path}: manifest media type "
+            f"{media_type!r} is not an image manifest",
+            ref=ref_name,
+            digest=str(resolved.manifest_digest),
+        )
+
+    def _insert_image(
+        self,
+        resolved: ResolvedImage,
+        ref_name: str,
+        tag: str | None,
+        oci_digest: Digest,
+        size: int,
+        now: float,
+    ) -> None:
+        manifest = str(resolved.manifest_digest)
+        repository = resolved.ref.name
+        with self._db() as conn, _transaction(conn):
+            conn.execute(
+                """INSERT INTO images (manifest_digest, config_digest, media_type,
+                                       oci_manifest_digest, platform, size, pulled_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (manifest_digest) DO UPDATE SET
+                       config_digest = excluded.config_digest,
+                       media_type = excluded.media_type,
+                       oci_manifest_digest = excluded.oci_manifest_digest,
+                       platform = excluded.platform, size = excluded.size,
+                       pulled_at = excluded.pulled_at""",
+                (
+                    manifest,
+                    str(resolved.config.digest),
+                    resolved.manifest_media_type,
+                    str(oci_digest),
+                    str(resolved.platform),
+                    size,
+                    now,
+                ),
+            )
+            conn.execute("DELETE FROM image_layers WHERE manifest_digest = ?", (manifest,))
+            conn.executemany(
+                """INSERT INTO image_layers (manifest_digest, position, layer_digest, media_type)
+                   VALUES (?, ?, ?, ?)""",
+                [(manifest, i, str(d.digest), d.media_type) for i, d in enumerate(resolved.layers)],
+            )
+            conn.execute(
+                """INSERT INTO refs (name, repository, tag, resolved_digest, manifest_digest,
+                                     pulled_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET
+                       repository = excluded.repository, tag = excluded.tag,
+                       resolved_digest = excluded.resolved_digest,
+                       manifest_digest = excluded.manifest_digest,
+                       pulled_at = excluded.pulled_at""",
+                (ref_name, repository, tag, str(resolved.resolved_digest), manifest, now),
+            )
+            conn.executemany(
+                """INSERT INTO repo_digests (repository, digest, manifest_digest)
+                   VALUES (?, ?, ?)
+                   ON CONFLICT (repository, digest) DO UPDATE SET
+                       manifest_digest = excluded.manifest_digest""",
+                [
+                    (repository, str(resolved.resolved_digest), manifest),
+                    (repository, manifest, manifest),
+                ],
+            )
+
+    def _read_index(self) -> dict[str, Any]:
+        path = self.path / INDEX_FILE
+        try:
+            index = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return _oci.empty_index()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(
+                f"{path} is not valid JSON ({exc}); repair it or move the store aside"
+            ) from exc
+        if not isinstance(index, dict):
+            raise StoreError(f"{path} is not a JSON object; repair it or move the store aside")
+        return index
+
+    def _update_index(self, entry: dict[str, Any]) -> None:
+        """Read-modify-write index.json under the store's exclusive lock, atomically."""
+        with self._locked():
+            index = _oci.index_with_entry(self._read_index(), entry)
+            self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
+
+    # -- read side -----------------------------------------------------------------
+
+    _RECORD_SELECT = """
+        SELECT r.name, r.repository, r.tag, r.resolved_digest, r.manifest_digest,
+               i.config_digest, i.platform, i.size, r.pulled_at, i.media_type,
+               i.oci_manifest_digest
+        FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
+    """
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> ImageRecord:
+        return ImageRecord(
+            ref=row[0],
+            repository=row[1],
+            tag=row[2],
+            resolved_digest=Digest.parse(row[3]),
+            manifest_digest=Digest.parse(row[4]),
+            image_id=Digest.parse(row[5]),
+            platform=Platform.parse(row[6]),
+            size=row[7],
+            pulled_at=_utc(row[8]),
+            media_type=row[9],
+            oci_manifest_digest=Digest.parse(row[10]),
+        )
+
+    def list_images(self) -> list[ImageRecord]:
+        """Every reference in the store, most recently pulled first."""
+        with self._errors("list images"), self._db() as conn:
+            rows = conn.execute(
+                self._RECORD_SELECT + " ORDER BY r.pulled_at DESC, r.name"
+            ).fetchall()
+        return [self._record(row) for row in rows]
+
+    def find_image(self, ref: str) -> ImageRecord | None:
+        """Find an image by reference or image ID; None if the store does not have it.
+
+        Accepts the full normalised reference (``docker.io/library/alpine:latest``), a
+        familiar one (``alpine``), ``name@sha256:…`` (also for an image pulled by tag), and
+        an image-ID prefix of at least 12 hex digits (``sha256:`` optional). An ambiguous
+        prefix raises StoreError; a malformed reference raises InvalidReference.
+        """
+        text = ref.strip()
+        with self._errors("look up an image", ref=text), self._db() as conn:
+            row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (text,)).fetchone()
+            if row is not None:
+                return self._record(row)
+            if m := _ID_PREFIX.fullmatch(text):
+                found = self._find_by_id(conn, m.group(1))
+                if found is not None:
+                    return found
+            parsed = parse_reference(text)
+            if parsed.digest is None:
+                row = conn.execute(
+                    self._RECORD_SELECT + " WHERE r.name = ?", (str(parsed),)
+                ).fetchone()
+                return None if row is None else self._record(row)
+            name = f"{parsed.name}@{parsed.digest}"
+            row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (name,)).fetchone()
+            if row is not None:
+                return self._record(row)
+            row = conn.execute(
+                """SELECT ?, ?, NULL, d.digest, i.manifest_digest, i.config_digest,
+                          i.platform, i.size, i.pulled_at, i.media_type, i.oci_manifest_digest
+                   FROM repo_digests d JOIN images i ON i.manifest_digest = d.manifest_digest
+                   WHERE d.repository = ? AND d.digest = ?""",
+                (name, parsed.name, parsed.name, str(parsed.digest)),
+            ).fetchone()
+            return None if row is None else self._record(row)
+
+    def _find_by_id(self, conn: sqlite3.Connection, prefix: str) -> ImageRecord | None:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT config_digest FROM images WHERE substr(config_digest, 8, ?) = ?",
+                (len(prefix), prefix),
+            )
+        ]
+        if len(ids) > 1:
+            shown = ", ".join(sorted(Digest.parse(i).short for i in ids))
+            raise StoreError(
+                f"image ID prefix {prefix} is ambiguous in store {self.path}: it matches "
+                f"{shown}; give more digits"
+            )
+        if not ids:
+            return None
+        row = conn.execute(
+            self._RECORD_SELECT + " WHERE i.config_digest = ? ORDER BY r.pulled_at DESC LIMIT 1",
+            (ids[0],),
+        ).fetchone()
+        return None if row is None else self._record(row)
+
+    def image_layers(self, record: ImageRecord) -> list[LayerRecord]:
+        """The image's layers, base first (VIC's ListLayers)."""
+        with self._errors("list layers", ref=record.ref), self._db() as conn:
+            rows = conn.execute(
+                """SELECT l.digest, l.diff_id, l.size, l.uncompressed_size, il.media_type, l.xxh3
+                   FROM image_layers il JOIN layers l ON l.digest = il.layer_digest
+                   WHERE il.manifest_digest = ? ORDER BY il.position""",
+                (str(record.manifest_digest),),
+            ).fetchall()
+        return [
+            LayerRecord(
+                digest=Digest.parse(r[0]),
+                diff_id=Digest.parse(r[1]),
+                size=r[2],
+                uncompressed_size=r[3],
+                media_type=r[4],
+                xxh3=r[5],
+            )
+            for r in rows
+        ]
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (take the write lock up front, waiting up to the busy timeout);
+    COMMIT if the block succeeds, ROLLBACK otherwise."""
+    conn.execute("BEGIN IMMEDIATE")
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        conn.execute("COMMIT" if ok else "ROLLBACK")

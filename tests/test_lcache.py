@@ -1,0 +1,169 @@
+"""LCache: one holder per digest, waiters take over on any exit, nothing leaks."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from pipeline._lcache import LCache
+from stages._types import Digest
+
+A = Digest.from_hex("a" * 64)
+B = Digest.from_hex("b" * 64)
+
+
+async def test_one_holder_others_wait() -> None:
+    cache = LCache()
+    log: list[str] = []
+    release = trio.Event()
+
+    async def holder() -> None:
+        async with cache.download(A) as ticket:
+            assert not ticket.waited
+            log.append("holder in")
+            await release.wait()
+            log.append("holder out")
+
+    async def waiter() -> None:
+        async with cache.download(A) as ticket:
+            assert ticket.waited
+            assert ticket.digest == A
+            log.append("waiter in")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == ["holder in"]
+            assert cache.busy(A)
+            release.set()
+    assert log == ["holder in", "holder out", "waiter in"]
+    assert not cache.busy(A)
+    assert cache._entries == {}
+
+
+async def test_other_digests_do_not_wait() -> None:
+    cache = LCache()
+    with trio.fail_after(10):
+        async with cache.download(A) as a, cache.download(B) as b:
+            assert not a.waited
+            assert not b.waited
+    assert cache._entries == {}
+
+
+async def test_waiter_takes_over_after_failure() -> None:
+    cache = LCache()
+    took_over = []
+    fail = trio.Event()
+
+    async def failing_holder() -> None:
+        async with cache.download(A):
+            await fail.wait()
+            raise RuntimeError("download failed")
+
+    async def waiter() -> None:
+        async with cache.download(A) as ticket:
+            took_over.append(ticket.waited)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def run_holder() -> None:
+                with pytest.raises(RuntimeError):
+                    await failing_holder()
+
+            nursery.start_soon(run_holder)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert took_over == []
+            fail.set()
+    assert took_over == [True]
+    assert cache._entries == {}
+
+
+async def test_cancelled_holder_releases() -> None:
+    cache = LCache()
+    took_over = trio.Event()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            holder_scope = trio.CancelScope()
+
+            async def holder() -> None:
+                with holder_scope:
+                    async with cache.download(A):
+                        await trio.sleep_forever()
+
+            async def waiter() -> None:
+                async with cache.download(A) as ticket:
+                    assert ticket.waited
+                    took_over.set()
+
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not took_over.is_set()
+            holder_scope.cancel()
+    assert took_over.is_set()
+    assert cache._entries == {}
+
+
+async def test_cancelled_waiter_leaves_holder_alone() -> None:
+    cache = LCache()
+    release = trio.Event()
+    finished = []
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def holder() -> None:
+                async with cache.download(A):
+                    await release.wait()
+                    finished.append("holder")
+
+            waiter_scope = trio.CancelScope()
+
+            async def waiter() -> None:
+                with waiter_scope:
+                    async with cache.download(A):
+                        finished.append("waiter")  # pragma: no cover - cancelled first
+
+            nursery.start_soon(holder)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            waiter_scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert cache.busy(A)
+            release.set()
+    assert finished == ["holder"]
+    assert cache._entries == {}
+
+
+async def test_waiters_served_in_order_and_on_wait_called() -> None:
+    cache = LCache()
+    order: list[int] = []
+    waits: list[int] = []
+    release = trio.Event()
+
+    async def user(i: int) -> None:
+        async with cache.download(A, on_wait=lambda: waits.append(i)) as ticket:
+            assert ticket.waited == (i != 0)
+            if i == 0:
+                await release.wait()
+            order.append(i)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for i in range(4):
+                nursery.start_soon(user, i)
+                await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    assert order == [0, 1, 2, 3]
+    assert waits == [1, 2, 3]
+    assert cache._entries == {}
