@@ -1,0 +1,612 @@
+"""Deterministic test images, built from generated files and pushed through the registry API.
+
+Everything is a function of a seed: the same seed gives byte-identical layers, configs and
+manifests (tar entries with fixed metadata, gzip with mtime 0, zstd at a fixed level), so
+digests are stable across runs and machines. Files mix compressible text with random
+bytes, like real layers.
+
+Objects carry what tests assert on: ``Layer`` (compressed bytes, digest, size, diff_id,
+uncompressed size, media type), ``Image`` (config, layers, manifest bytes and digest,
+image ID = config digest) and ``Index`` (OCI index or Docker manifest list). ``push()``
+uploads them (HEAD to skip existing blobs, monolithic POST + PUT ?digest=, manifest PUT
+with its Content-Type); children of an index are pushed by digest before the index.
+
+Broken inputs for failure tests: ``truncated_gzip_layer``, ``wrong_media_type_layer``,
+``make_image(..., diff_ids=...)`` / ``mismatched_diff_ids_image``, ``corrupt_blob`` (flips a
+byte of a blob in the registry's storage folder), ``oversized_manifest``.
+
+A corrupted blob is corrupt for every repository of that registry: build such images from
+a seed no other test uses (e.g. the test's name).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import random
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import zstandard
+
+__all__ = [
+    "Blob",
+    "Compression",
+    "Image",
+    "Index",
+    "Kind",
+    "Layer",
+    "MediaTypes",
+    "blob_data_path",
+    "compress",
+    "corrupt_blob",
+    "digest_of",
+    "empty_layer",
+    "generate_files",
+    "make_config",
+    "make_image",
+    "make_index",
+    "make_layer",
+    "mismatched_diff_ids_image",
+    "oversized_manifest",
+    "push",
+    "push_blob",
+    "push_blob_file",
+    "push_manifest",
+    "sample_image",
+    "sample_index",
+    "tar_bytes",
+    "truncated_gzip_layer",
+    "wrong_media_type_layer",
+]
+
+Compression = Literal["gzip", "zstd", "none"]
+Kind = Literal["docker", "oci"]
+
+
+class MediaTypes:
+    DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+    DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+    DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+    DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+    OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+    OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+    OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+    OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+    OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+    OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+_LAYER_TYPES: dict[tuple[Kind, Compression], str] = {
+    ("oci", "gzip"): MediaTypes.OCI_LAYER_GZIP,
+    ("oci", "zstd"): MediaTypes.OCI_LAYER_ZSTD,
+    ("oci", "none"): MediaTypes.OCI_LAYER_TAR,
+    ("docker", "gzip"): MediaTypes.DOCKER_LAYER_GZIP,
+    # Docker schema2 has no zstd type; docker itself uses the OCI one inside schema2.
+    ("docker", "zstd"): MediaTypes.OCI_LAYER_ZSTD,
+    ("docker", "none"): MediaTypes.DOCKER_LAYER_TAR,
+}
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes with their media type; ``digest`` and ``size`` are computed from ``data``."""
+
+    media_type: str
+    data: bytes = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.data)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer blob. ``data`` is what the registry serves; ``tar`` is the uncompressed stream.
+
+    ``diff_id`` is what the image config lists: normally sha256(tar), but broken layers
+    (``truncated_gzip_layer``) keep the diff_id of the complete stream. ``media_type``
+    None means the standard type for the manifest kind and compression.
+    """
+
+    compression: Compression
+    data: bytes = field(repr=False)
+    tar: bytes = field(repr=False)
+    media_type: str | None = None
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.data)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def diff_id(self) -> str:
+        return digest_of(self.tar)
+
+    @property
+    def uncompressed_size(self) -> int:
+        return len(self.tar)
+
+    def media_type_for(self, kind: Kind) -> str:
+        return self.media_type or _LAYER_TYPES[(kind, self.compression)]
+
+    def descriptor(self, kind: Kind) -> dict[str, Any]:
+        return {"mediaType": self.media_type_for(kind), "digest": self.digest, "size": self.size}
+
+
+def _platform_dict(platform: str) -> dict[str, str]:
+    parts = platform.split("/")
+    out = {"os": parts[0], "architecture": parts[1]}
+    if len(parts) > 2 and parts[2]:
+        out["variant"] = parts[2]
+    return out
+
+
+@dataclass(frozen=True)
+class Image:
+    """One platform's image: ``manifest`` is the exact bytes pushed; ``digest`` its digest."""
+
+    kind: Kind
+    platform: str  # "os/arch[/variant]"
+    config: Blob
+    layers: tuple[Layer, ...]
+    manifest: Blob
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def media_type(self) -> str:
+        return self.manifest.media_type
+
+    @property
+    def image_id(self) -> str:
+        return self.config.digest
+
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        return tuple(self.config.json()["rootfs"]["diff_ids"])
+
+    @property
+    def platform_dict(self) -> dict[str, str]:
+        return _platform_dict(self.platform)
+
+    @property
+    def blobs(self) -> tuple[Blob | Layer, ...]:
+        return (self.config, *self.layers)
+
+    @property
+    def compressed_size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+
+@dataclass(frozen=True)
+class Index:
+    """An OCI index (kind "oci") or a Docker manifest list (kind "docker")."""
+
+    kind: Kind
+    images: tuple[Image, ...]
+    manifest: Blob
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    @property
+    def media_type(self) -> str:
+        return self.manifest.media_type
+
+    def image_for(self, platform: str) -> Image:
+        for image in self.images:
+            if image.platform == platform:
+                return image
+        raise KeyError(f"{platform} not in index ({[i.platform for i in self.images]})")
+
+
+# --- content ---------------------------------------------------------------------------
+
+_WORD_TEXT = (
+    "container image layer registry manifest digest config pull push blob tar gzip zstd "
+    "verify stream chunk store commit index platform linux amd64 arm64 the of and to in "
+    "def return import class self if else for while with async await yield None True False "
+    "error warning info debug request response header body status token scope service"
+)
+_WORDS = tuple(_WORD_TEXT.split())
+
+
+def generate_files(
+    seed: int | str, total_size: int = 256 * 1024, *, count: int = 6, random_fraction: float = 0.35
+) -> dict[str, bytes]:
+    """``count`` files totalling about ``total_size`` bytes; ``random_fraction`` of it random.
+
+    Text files compress ~4x with gzip, random ones not at all, so the mix behaves like real
+    layers (code plus binaries). Same seed, same bytes.
+    """
+    rng = random.Random(f"imagec-files:{seed}")
+    files: dict[str, bytes] = {}
+    per_file = max(1, total_size // max(1, count))
+    for i in range(count):
+        if rng.random() < random_fraction:
+            files[f"bin/blob{i:02d}.bin"] = rng.randbytes(per_file)
+        else:
+            out = io.StringIO()
+            written = 0
+            while written < per_file:
+                line = (
+                    " ".join(rng.choices(_WORDS, k=rng.randint(4, 14)))
+                    + f" {rng.randint(0, 99999)}\n"
+                )
+                out.write(line)
+                written += len(line)
+            files[f"src/file{i:02d}.txt"] = out.getvalue().encode()[:per_file]
+    return files
+
+
+def tar_bytes(files: Mapping[str, bytes]) -> bytes:
+    """A deterministic tar of ``files`` (sorted, parent directories first, fixed metadata)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        seen_dirs: set[str] = set()
+        for name in sorted(files):
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                d = "/".join(parts[:depth])
+                if d not in seen_dirs:
+                    seen_dirs.add(d)
+                    info = tarfile.TarInfo(d)
+                    info.type = tarfile.DIRTYPE
+                    info.mode = 0o755
+                    info.mtime = 0
+                    tar.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size = len(files[name])
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(files[name]))
+    return buf.getvalue()
+
+
+def compress(data: bytes, compression: Compression) -> bytes:
+    if compression == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if compression == "zstd":
+        return zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    if compression == "none":
+        return data
+    raise ValueError(f"unknown compression {compression!r}")
+
+
+def make_layer(
+    seed: int | str,
+    *,
+    size: int = 256 * 1024,
+    compression: Compression = "gzip",
+    files: Mapping[str, bytes] | None = None,
+    media_type: str | None = None,
+) -> Layer:
+    """A layer of generated files (about ``size`` bytes uncompressed) or of ``files``."""
+    tar = tar_bytes(files if files is not None else generate_files(seed, size))
+    return Layer(compression, compress(tar, compression), tar, media_type)
+
+
+def empty_layer(compression: Compression = "gzip") -> Layer:
+    """A layer whose tar has no entries (1024 zero bytes, as docker writes it)."""
+    tar = b"\0" * 1024
+    return Layer(compression, compress(tar, compression), tar)
+
+
+def truncated_gzip_layer(seed: int | str, *, size: int = 256 * 1024, keep: float = 0.6) -> Layer:
+    """A gzip layer cut after ``keep`` of its bytes: the blob digest and size match the cut
+    bytes (so only the decompressor can notice), the diff_id is the full tar's."""
+    full = make_layer(seed, size=size, compression="gzip")
+    return Layer("gzip", full.data[: max(10, int(len(full.data) * keep))], full.tar)
+
+
+def wrong_media_type_layer(
+    seed: int | str,
+    *,
+    size: int = 256 * 1024,
+    actual: Compression = "zstd",
+    declared: str = MediaTypes.OCI_LAYER_GZIP,
+) -> Layer:
+    """A layer whose bytes are ``actual`` (default zstd) but declared ``declared`` (gzip)."""
+    layer = make_layer(seed, size=size, compression=actual)
+    return Layer(actual, layer.data, layer.tar, declared)
+
+
+# --- configs and manifests -------------------------------------------------------------
+
+
+def _dumps(obj: Any) -> bytes:
+    # Indented like the registries' own manifests; any fixed formatting keeps digests stable.
+    return json.dumps(obj, indent=3, sort_keys=False).encode()
+
+
+def make_config(
+    layers: Sequence[Layer],
+    *,
+    platform: str = "linux/amd64",
+    kind: Kind = "oci",
+    diff_ids: Sequence[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Blob:
+    """The image config: rootfs.diff_ids (from the layers unless given), os/architecture
+    (and variant), a config section and one history entry per layer plus an empty one."""
+    plat = _platform_dict(platform)
+    history: list[dict[str, Any]] = [
+        {"created": "2024-01-01T00:00:00Z", "created_by": "ENV IMAGEC_TEST=1", "empty_layer": True}
+    ]
+    history += [
+        {"created": "2024-01-01T00:00:00Z", "created_by": f"COPY layer{i} /"}
+        for i in range(len(layers))
+    ]
+    config: dict[str, Any] = {
+        "created": "2024-01-01T00:00:00Z",
+        "architecture": plat["architecture"],
+        "os": plat["os"],
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["/bin/sh"],
+            "WorkingDir": "/",
+        },
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": list(diff_ids) if diff_ids is not None else [x.diff_id for x in layers],
+        },
+        "history": history,
+    }
+    if "variant" in plat:
+        config["variant"] = plat["variant"]
+    if extra:
+        config.update(extra)
+    media_type = MediaTypes.OCI_CONFIG if kind == "oci" else MediaTypes.DOCKER_CONFIG
+    return Blob(media_type, _dumps(config))
+
+
+def make_image(
+    layers: Sequence[Layer],
+    *,
+    kind: Kind = "oci",
+    platform: str = "linux/amd64",
+    diff_ids: Sequence[str] | None = None,
+    config: Blob | None = None,
+    manifest_media_type: str | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> Image:
+    """An image manifest (OCI or Docker schema2) over ``layers``.
+
+    ``diff_ids`` overrides the config's list (to make it not match); ``manifest_media_type``
+    overrides the ``mediaType`` field (the Content-Type used for push stays the kind's).
+    """
+    cfg = config or make_config(layers, platform=platform, kind=kind, diff_ids=diff_ids)
+    media_type = MediaTypes.OCI_MANIFEST if kind == "oci" else MediaTypes.DOCKER_MANIFEST
+    body: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": manifest_media_type or media_type,
+        "config": cfg.descriptor(),
+        "layers": [layer.descriptor(kind) for layer in layers],
+    }
+    if annotations:
+        body["annotations"] = dict(annotations)
+    return Image(kind, platform, cfg, tuple(layers), Blob(media_type, _dumps(body)))
+
+
+def make_index(images: Sequence[Image], *, kind: Kind = "oci") -> Index:
+    """An OCI index or Docker manifest list listing ``images`` with their platforms."""
+    media_type = MediaTypes.OCI_INDEX if kind == "oci" else MediaTypes.DOCKER_LIST
+    manifests = []
+    for image in images:
+        desc = image.manifest.descriptor()
+        desc["platform"] = image.platform_dict
+        manifests.append(desc)
+    body = {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}
+    return Index(kind, tuple(images), Blob(media_type, _dumps(body)))
+
+
+def sample_image(
+    seed: int | str,
+    *,
+    kind: Kind = "oci",
+    platform: str = "linux/amd64",
+    compressions: Sequence[Compression] = ("gzip", "zstd", "none"),
+    layer_size: int = 256 * 1024,
+    with_empty_layer: bool = True,
+    base: Sequence[Layer] = (),
+) -> Image:
+    """``base`` layers, then one layer per compression, then an empty layer.
+
+    Docker schema2 images default to gzip and none only when ``compressions`` is left as is
+    (docker writes zstd layers only in OCI manifests).
+    """
+    if kind == "docker" and tuple(compressions) == ("gzip", "zstd", "none"):
+        compressions = ("gzip", "none")
+    layers = list(base)
+    layers += [
+        make_layer(f"{seed}:{platform}:{i}", size=layer_size, compression=c)
+        for i, c in enumerate(compressions)
+    ]
+    if with_empty_layer:
+        layers.append(empty_layer("gzip"))
+    return make_image(layers, kind=kind, platform=platform)
+
+
+def sample_index(
+    seed: int | str,
+    *,
+    kind: Kind = "oci",
+    platforms: Sequence[str] = ("linux/amd64", "linux/arm64/v8"),
+    layer_size: int = 128 * 1024,
+) -> Index:
+    """A two-platform index (default linux/amd64 and linux/arm64/v8) whose images share a
+    base layer and each have their own layers."""
+    base = [make_layer(f"{seed}:base", size=layer_size, compression="gzip")]
+    images = [
+        sample_image(
+            seed,
+            kind=kind,
+            platform=p,
+            layer_size=layer_size,
+            base=base,
+            compressions=("gzip",) if kind == "docker" else ("gzip", "zstd"),
+        )
+        for p in platforms
+    ]
+    return make_index(images, kind=kind)
+
+
+def mismatched_diff_ids_image(seed: int | str, *, kind: Kind = "oci") -> Image:
+    """An image whose config lists a wrong diff_id for its last layer (blob digests right)."""
+    layers = [
+        make_layer(f"{seed}:0", compression="gzip"),
+        make_layer(f"{seed}:1", compression="gzip"),
+    ]
+    wrong = [layers[0].diff_id, digest_of(b"not the layer " + str(seed).encode())]
+    return make_image(layers, kind=kind, diff_ids=wrong)
+
+
+def oversized_manifest(image: Image, *, size: int = 4 * 1024 * 1024 + 1024) -> Blob:
+    """``image``'s manifest padded with an annotation to ``size`` bytes (over the 4 MiB limit
+    the registry enforces, so serve it from a FixtureServer)."""
+    body = json.loads(image.manifest.data)
+    body.setdefault("annotations", {})["org.example.padding"] = ""
+    base = len(_dumps(body))
+    body["annotations"]["org.example.padding"] = "x" * max(0, size - base)
+    return Blob(image.manifest.media_type, _dumps(body))
+
+
+# --- registry storage ------------------------------------------------------------------
+
+
+def blob_data_path(storage_dir: str | Path, digest: str) -> Path:
+    """``docker/registry/v2/blobs/sha256/<2 hex>/<hex>/data`` under the registry storage."""
+    algo, _, hexpart = digest.partition(":")
+    return Path(storage_dir) / "docker/registry/v2/blobs" / algo / hexpart[:2] / hexpart / "data"
+
+
+def corrupt_blob(storage_dir: str | Path, digest: str, *, offset: int | None = None) -> None:
+    """Flip one byte (default: the middle one) of a stored blob, keeping its length, so the
+    registry still serves it with the old size and digest headers."""
+    path = blob_data_path(storage_dir, digest)
+    data = bytearray(path.read_bytes())
+    pos = len(data) // 2 if offset is None else offset
+    data[pos] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# --- push ------------------------------------------------------------------------------
+
+
+def _check(response: httpx.Response, what: str) -> None:
+    if response.status_code >= 300:
+        raise RuntimeError(
+            f"{what}: {response.request.method} {response.request.url} -> "
+            f"{response.status_code} {response.text[:500]}"
+        )
+
+
+def push_blob(client: httpx.Client, repository: str, blob: Blob | Layer) -> None:
+    """Upload one blob unless the registry has it (HEAD), in one POST + PUT ?digest=."""
+    digest = blob.digest
+    head = client.head(f"/v2/{repository}/blobs/{digest}")
+    if head.status_code == 200:
+        return
+    start = client.post(f"/v2/{repository}/blobs/uploads/")
+    _check(start, f"start upload of {digest} to {repository}")
+    location = httpx.URL(start.headers["Location"])
+    if not location.is_absolute_url:
+        location = client.base_url.join(str(location))
+    put = client.put(
+        location.copy_merge_params({"digest": digest}),
+        content=blob.data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    _check(put, f"upload of {digest} to {repository}")
+
+
+def push_blob_file(
+    client: httpx.Client, repository: str, path: str | Path, digest: str | None = None
+) -> str:
+    """Upload a blob from a file without reading it into memory (for big benchmark layers).
+
+    ``digest`` None: computed by reading the file once. Returns the digest.
+    """
+    path = Path(path)
+    if digest is None:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        digest = "sha256:" + h.hexdigest()
+    if client.head(f"/v2/{repository}/blobs/{digest}").status_code == 200:
+        return digest
+    start = client.post(f"/v2/{repository}/blobs/uploads/")
+    _check(start, f"start upload of {digest} to {repository}")
+    location = httpx.URL(start.headers["Location"])
+    if not location.is_absolute_url:
+        location = client.base_url.join(str(location))
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    put = client.put(
+        location.copy_merge_params({"digest": digest}),
+        content=chunks(),
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(path.stat().st_size),
+        },
+    )
+    _check(put, f"upload of {digest} to {repository}")
+    return digest
+
+
+def push_manifest(client: httpx.Client, repository: str, reference: str, manifest: Blob) -> str:
+    """PUT a manifest under a tag or digest with its Content-Type; return its digest."""
+    response = client.put(
+        f"/v2/{repository}/manifests/{reference}",
+        content=manifest.data,
+        headers={"Content-Type": manifest.media_type},
+    )
+    _check(response, f"manifest {reference} of {repository}")
+    return manifest.digest
+
+
+def push(
+    client: httpx.Client, repository: str, image: Image | Index, tag: str | None = "latest"
+) -> str:
+    """Push an image (blobs, then manifest) or an index (every image by digest, then the
+    index) and tag it (``tag=None``: by digest only). Returns the pushed manifest's digest."""
+    if isinstance(image, Index):
+        for child in image.images:
+            push(client, repository, child, None)
+        return push_manifest(client, repository, tag or image.digest, image.manifest)
+    for blob in image.blobs:
+        push_blob(client, repository, blob)
+    return push_manifest(client, repository, tag or image.digest, image.manifest)
