@@ -54,7 +54,9 @@ class Digest:
                 f"{what} {text!r:.100} uses algorithm {algorithm!r:.20}; only sha256 is supported"
             )
         if not _SHA256_HEX.fullmatch(hexpart):
-            raise InvalidDigest(f"{what} {text!r:.100} is not sha256 followed by 64 lowercase hex digits")
+            raise InvalidDigest(
+                f"{what} {text!r:.100} is not sha256 followed by 64 lowercase hex digits"
+            )
         return cls(hexpart)
 
     @classmethod
@@ -136,7 +138,9 @@ class Platform:
             raise UsageError(
                 f"platform {text!r} is not of the form os/arch[/variant], e.g. linux/amd64"
             )
-        return cls(parts[0].lower(), parts[1].lower(), parts[2].lower() if len(parts) == 3 else None)
+        return cls(
+            parts[0].lower(), parts[1].lower(), parts[2].lower() if len(parts) == 3 else None
+        )
 
     @classmethod
     def host(cls) -> Platform:

@@ -1,0 +1,452 @@
+"""Registry authentication: challenges, tokens, and where credentials may go.
+
+The protocol pieces are small synchronous functions (parse a ``WWW-Authenticate``
+header, build the token request, read the token response, decide whether a destination
+may receive credentials) so they can be tested without a network; ``fetch_token`` is the
+one async step that ties them to an HTTP client. ``RegistryClient`` (``_registry.py``)
+decides when to call them.
+
+Credential destinations (RELIABILITY.md, "Auth"): the registry host itself, and the token
+realm its challenge names; over https, or plain http only when that host is listed as
+insecure or is a loopback address; never a link-local or private address unless the
+registry itself is on one; never a redirect target (redirects are never followed here).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import json
+import typing
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+import structlog
+import trio
+
+from ._config import Credentials, Limits
+from ._errors import AuthError
+from ._http import describe_error
+
+__all__ = [
+    "BodyTooLarge",
+    "Challenge",
+    "ChallengeError",
+    "Token",
+    "TokenCache",
+    "basic_authorization",
+    "check_credential_destination",
+    "choose_challenge",
+    "fetch_token",
+    "headers_challenges",
+    "host_of",
+    "is_internal_host",
+    "is_loopback_host",
+    "matches_insecure",
+    "parse_challenges",
+    "parse_token_response",
+    "pull_scope",
+    "read_bounded",
+    "token_url",
+]
+
+log = structlog.get_logger()
+
+DEFAULT_TOKEN_LIFETIME_S = 60
+# A token is renewed this long before the expiry it was issued with, so a request that
+# starts just before expiry does not arrive just after.
+EXPIRY_MARGIN_S = 5.0
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class ChallengeError(ValueError):
+    """A ``WWW-Authenticate`` header that does not follow RFC 7235."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One auth challenge: ``scheme`` lowercased, parameter names lowercased."""
+
+    scheme: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def get(self, name: str) -> str | None:
+        for key, value in self.params:
+            if key == name:
+                return value
+        return None
+
+
+def parse_challenges(headers: Iterable[str]) -> list[Challenge]:
+    """Every challenge in every ``WWW-Authenticate`` header, in order.
+
+    RFC 7235: ``scheme [param=value|param="quoted, value", ...]``, several challenges
+    in one header separated by commas, quoted strings with ``\\`` escapes. A token68
+    (``Negotiate abc==``) is kept as the parameter ``""``.
+    """
+    out: list[Challenge] = []
+    for header in headers:
+        out.extend(_parse_header(header))
+    return out
+
+
+def _parse_header(text: str) -> list[Challenge]:
+    pos = 0
+    n = len(text)
+    challenges: list[Challenge] = []
+
+    def skip(chars: str) -> None:
+        nonlocal pos
+        while pos < n and text[pos] in chars:
+            pos += 1
+
+    def token() -> str:
+        nonlocal pos
+        start = pos
+        while pos < n and text[pos] in _TCHAR:
+            pos += 1
+        return text[start:pos]
+
+    def quoted() -> str:
+        nonlocal pos
+        assert text[pos] == '"'
+        pos += 1
+        out: list[str] = []
+        while pos < n:
+            c = text[pos]
+            if c == "\\":
+                if pos + 1 >= n:
+                    break
+                out.append(text[pos + 1])
+                pos += 2
+            elif c == '"':
+                pos += 1
+                return "".join(out)
+            else:
+                out.append(c)
+                pos += 1
+        raise ChallengeError(f"unterminated quoted string in WWW-Authenticate: {text!r:.200}")
+
+    while True:
+        skip(" \t,")
+        if pos >= n:
+            return challenges
+        scheme = token()
+        if not scheme:
+            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {text!r:.200}")
+        params: dict[str, str] = {}
+        skip(" \t")
+        while pos < n:
+            start = pos
+            skip(" \t,")
+            name = token()
+            skip(" \t")
+            if not name or pos >= n or text[pos] != "=":
+                pos = start  # the next challenge starts here
+                break
+            pos += 1
+            # token68: "name=" or "name==" ending the challenge, with no value after it.
+            eq_end = pos
+            while eq_end < n and text[eq_end] == "=":
+                eq_end += 1
+            rest = text[eq_end:].lstrip(" \t")
+            if not params and (not rest or rest.startswith(",")):
+                params[""] = name + "=" * (eq_end - pos + 1)
+                pos = eq_end
+                break
+            skip(" \t")
+            if pos < n and text[pos] == '"':
+                value = quoted()
+            else:
+                value = token()
+                if not value:
+                    raise ChallengeError(
+                        f"parameter {name!r} has no value in WWW-Authenticate: {text!r:.200}"
+                    )
+            params.setdefault(name.lower(), value)
+            skip(" \t")
+            if pos < n and text[pos] != ",":
+                raise ChallengeError(
+                    f"unexpected {text[pos]!r} after parameter {name!r} in WWW-Authenticate:"
+                    f" {text!r:.200}"
+                )
+        if pos < n and text[pos] not in " \t,":
+            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {text!r:.200}")
+        challenges.append(Challenge(scheme.lower(), tuple(params.items())))
+
+
+def choose_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
+    """The challenge we answer: Bearer (with a realm) over Basic; others are ignored."""
+    basic = None
+    for challenge in challenges:
+        if challenge.scheme == "bearer" and challenge.get("realm"):
+            return challenge
+        if challenge.scheme == "basic" and basic is None:
+            basic = challenge
+    return basic
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def basic_authorization(credentials: Credentials) -> str:
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def host_of(authority: str) -> str:
+    """``[::1]:5000`` → ``::1``; ``reg:5000`` → ``reg``; lowercased."""
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0].lower()
+    if authority.count(":") == 1:
+        return authority.partition(":")[0].lower()
+    return authority.lower()
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or an address in 127.0.0.0/8 or ``::1`` (host without port)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    address = _ip(host)
+    return address is not None and address.is_loopback
+
+
+def is_internal_host(host: str) -> bool:
+    """Loopback, private, link-local or otherwise non-public address literals.
+
+    Host names are not resolved: a name is taken as public.
+    """
+    if is_loopback_host(host):
+        return True
+    address = _ip(host)
+    return address is not None and (
+        address.is_private
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_multicast
+    )
+
+
+def matches_insecure(authority: str, insecure: Iterable[str]) -> bool:
+    """Whether ``host[:port]`` is listed: an entry without a port matches every port."""
+    authority = authority.lower()
+    host = host_of(authority)
+    for entry in insecure:
+        entry = entry.strip().lower()
+        if entry == authority:
+            return True
+        has_port = "]:" in entry if entry.startswith("[") else entry.count(":") == 1
+        if not has_port and host_of(entry) == host:
+            return True
+    return False
+
+
+def check_credential_destination(
+    url: httpx.URL, *, registry: str, insecure: Iterable[str]
+) -> str | None:
+    """Why ``url`` may not receive credentials for ``registry`` (``host[:port]``), or None.
+
+    ``url`` is the registry's own endpoint or the token realm its challenge named.
+    """
+    host = url.host
+    authority = f"[{host}]" if ":" in host else host
+    if url.port is not None:
+        authority += f":{url.port}"
+    if url.scheme == "http":
+        if not (is_loopback_host(host) or matches_insecure(authority, insecure)):
+            return (
+                f"it is plain http; credentials go over http only to loopback hosts or hosts"
+                f" listed with --insecure-registry ({authority})"
+            )
+    elif url.scheme != "https":
+        return f"its scheme {url.scheme!r} is not https"
+    if is_internal_host(host) and not is_internal_host(host_of(registry)):
+        return (
+            f"{host} is a private or link-local address and the registry {registry} is not on one"
+        )
+    return None
+
+
+def token_url(realm: str, service: str | None, scope: str) -> httpx.URL:
+    """``realm?service=…&scope=…``, keeping any query the realm already has."""
+    params: dict[str, str] = {}
+    if service:
+        params["service"] = service
+    params["scope"] = scope
+    try:
+        url = httpx.URL(realm)
+    except httpx.InvalidURL as exc:
+        raise AuthError(f"the registry named an invalid token realm {realm!r:.200}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise AuthError(f"the registry named an unusable token realm {realm!r:.200}")
+    return url.copy_merge_params(params)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A bearer token and how long it lives (seconds from when it was fetched)."""
+
+    value: str = field(repr=False)
+    expires_in: float = DEFAULT_TOKEN_LIFETIME_S
+
+
+def parse_token_response(body: bytes, *, realm_host: str) -> Token:
+    """Read a token service's JSON answer: ``token`` or ``access_token``, ``expires_in``."""
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise AuthError(f"the token service at {realm_host} did not answer with JSON") from exc
+    if not isinstance(doc, dict):
+        raise AuthError(f"the token service at {realm_host} answered JSON that is not an object")
+    value = doc.get("access_token") or doc.get("token")
+    if not isinstance(value, str) or not value:
+        raise AuthError(f"the token service at {realm_host} answered without a token")
+    if any(c in value for c in "\r\n\0") or not value.isascii():
+        raise AuthError(f"the token service at {realm_host} answered a malformed token")
+    expires_in = doc.get("expires_in")
+    lifetime: float = DEFAULT_TOKEN_LIFETIME_S
+    if (
+        isinstance(expires_in, int | float)
+        and not isinstance(expires_in, bool)
+        and 0 < expires_in < 10**9
+    ):
+        lifetime = float(expires_in)
+    return Token(value, lifetime)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+class TokenCache:
+    """Tokens per (realm, service, scope), each until shortly before it expires.
+
+    Times come from ``trio.current_time()`` so tests can drive them with ``MockClock``.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str, str], tuple[Token, float]] = {}
+
+    def get(self, key: tuple[str, str, str]) -> Token | None:
+        entry = self._tokens.get(key)
+        if entry is None:
+            return None
+        token, expires_at = entry
+        if trio.current_time() >= expires_at:
+            del self._tokens[key]
+            return None
+        return token
+
+    def put(self, key: tuple[str, str, str], token: Token) -> None:
+        margin = min(EXPIRY_MARGIN_S, token.expires_in / 2)
+        self._tokens[key] = (token, trio.current_time() + token.expires_in - margin)
+
+    def discard(self, key: tuple[str, str, str]) -> None:
+        self._tokens.pop(key, None)
+
+
+async def fetch_token(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    *,
+    credentials: Credentials | None,
+    limits: Limits,
+    registry: str,
+) -> Token:
+    """GET the token ``url`` (with Basic credentials when given) and read the token.
+
+    The caller checked that ``url`` may receive the credentials. Redirects are not
+    followed. Errors name the realm host, never the credentials.
+    """
+    realm_host = url.host
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+    if credentials is not None:
+        headers["Authorization"] = basic_authorization(credentials)
+    who = f"as {credentials.username!r}" if credentials is not None else "anonymously"
+    try:
+        async with client.stream("GET", url, headers=headers) as response:
+            status = response.status_code
+            if status in (401, 403):
+                hint = (
+                    f"check the username/password for {registry}"
+                    if credentials is not None
+                    else f"{registry} needs credentials (-u USER --password-stdin)"
+                )
+                raise AuthError(
+                    f"the token service at {realm_host} refused a token {who}"
+                    f" (HTTP {status}): {hint}"
+                )
+            if status >= 500:
+                raise AuthError(
+                    f"the token service at {realm_host} failed (HTTP {status}); try again later"
+                )
+            if status != 200:
+                raise AuthError(
+                    f"the token service at {realm_host} answered HTTP {status} instead of a token"
+                )
+            body = await read_bounded(response, limits.max_token_bytes, what="token response")
+    except httpx.HTTPError as exc:
+        raise AuthError(f"cannot get a token from {realm_host}: {describe_error(exc)}") from exc
+    except BodyTooLarge as exc:
+        raise AuthError(
+            f"the token service at {realm_host} sent more than {limits.max_token_bytes} bytes;"
+            " refused"
+        ) from exc
+    token = parse_token_response(body, realm_host=realm_host)
+    log.debug("token fetched", realm=realm_host, registry=registry, expires_in=token.expires_in)
+    return token
+
+
+class BodyTooLarge(Exception):
+    """A body over its cap; callers turn it into their own error naming what it was."""
+
+
+async def read_bounded(response: httpx.Response, max_bytes: int, *, what: str) -> bytes:
+    """Read at most ``max_bytes`` of a streamed body, raw; ``BodyTooLarge`` past that.
+
+    A ``Content-Length`` over the cap is refused before reading; otherwise no more than
+    ``max_bytes`` plus one chunk is ever held. The bytes are never content-decoded: we
+    ask for ``identity``, and the raw bytes are what digests are computed over.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(what)
+    try:
+        content = response.content  # already read (a response built in memory)
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if len(content) > max_bytes:
+            raise BodyTooLarge(what)
+        return content
+    chunks: list[bytes] = []
+    total = 0
+    # aiter_raw is an async generator: close it even when we stop early.
+    raw = typing.cast(AsyncGenerator[bytes, None], response.aiter_raw())
+    async with contextlib.aclosing(raw) as parts:
+        async for chunk in parts:
+            total += len(chunk)
+            if total > max_bytes:
+                raise BodyTooLarge(what)
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def headers_challenges(headers: Mapping[str, str] | httpx.Headers) -> list[Challenge]:
+    """The challenges of a response's headers (helper for callers holding ``httpx.Headers``)."""
+    if isinstance(headers, httpx.Headers):
+        return parse_challenges(headers.get_list("www-authenticate"))
+    value = headers.get("www-authenticate")
+    return parse_challenges([value] if value else [])

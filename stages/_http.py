@@ -1,0 +1,337 @@
+"""The HTTP clients that talk to registries: httpx on an httpcore pool that reads big.
+
+Under trio every socket read costs the event loop a scheduling round, so the read size
+decides throughput (MEASUREMENTS.md: httpcore's HTTP/1.1 connection asks for 64 KiB per
+read; 1 MiB reads give 2-4x). httpcore lets us supply the network backend, so ours wraps
+its trio backend and makes each stream read ``limits.chunk_size`` bytes whatever size the
+connection asks for; h11 buffers any surplus. The pool is handed to httpx through a small
+transport of our own (the one httpx ships builds its own pool with the default backend).
+
+One client per TLS verification mode: ``open_client(..., verify=False)`` exists only for
+registries the user listed as insecure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import typing
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+import certifi
+import httpcore
+import httpx
+import trio
+
+from ._config import Limits, RegistryOptions
+from ._errors import UsageError
+
+__all__ = [
+    "LargeReadBackend",
+    "LargeReadStream",
+    "PoolTransport",
+    "describe_error",
+    "make_ssl_context",
+    "open_client",
+    "tls_failure",
+]
+
+# Idle connections kept per pool, and how long; registries are few, layers many.
+MAX_CONNECTIONS = 64
+MAX_KEEPALIVE = 16
+KEEPALIVE_EXPIRY_S = 10.0
+
+
+class LargeReadStream(httpcore.AsyncNetworkStream):
+    """A network stream that asks the socket for at least ``read_size`` bytes per read.
+
+    The ``timeout`` parameters are httpcore's interface (it passes httpx's per-operation
+    timeouts down), not ours.
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, read_size: int) -> None:
+        self._inner = inner
+        self._read_size = read_size
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max(max_bytes, self._read_size), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> httpcore.AsyncNetworkStream:
+        # httpcore's trio stream closes the TCP stream when the handshake fails with an
+        # exception, but not when it is cancelled: close it here, or every cancelled
+        # connect to a TLS endpoint leaks a socket.
+        done = False
+        try:
+            inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+            done = True
+        finally:
+            if not done:
+                with trio.CancelScope(shield=True):
+                    await self._inner.aclose()
+        return LargeReadStream(inner, self._read_size)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class LargeReadBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with every stream wrapped in ``LargeReadStream``."""
+
+    def __init__(self, read_size: int, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._read_size = read_size
+        self._inner = inner if inner is not None else httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return LargeReadStream(stream, self._read_size)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
+        return LargeReadStream(stream, self._read_size)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+# Most specific first: the first match wins.
+_EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+    (httpcore.ProxyError, httpx.ProxyError),
+)
+
+
+@contextlib.contextmanager
+def _map_httpcore_errors() -> Iterator[None]:
+    """Turn httpcore's exceptions into httpx's, so callers catch one family."""
+    try:
+        yield
+    except Exception as exc:
+        for core_type, httpx_type in _EXCEPTIONS:
+            if isinstance(exc, core_type):
+                raise httpx_type(str(exc)) from exc
+        raise
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """httpcore's body stream with its errors mapped to httpx's.
+
+    An iterator object rather than an async generator, and ``aclose`` closes the httpcore
+    iterator it started: an abandoned async generator (a body not read to the end) is a
+    ResourceWarning under trio.
+    """
+
+    def __init__(self, core_stream: typing.AsyncIterable[bytes]) -> None:
+        self._core_stream = core_stream
+        self._parts: typing.AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._parts is None:
+            self._parts = aiter(self._core_stream)
+        with _map_httpcore_errors():
+            return await anext(self._parts)
+
+    async def aclose(self) -> None:
+        with _map_httpcore_errors():
+            parts_aclose = getattr(self._parts, "aclose", None)
+            if parts_aclose is not None:
+                await parts_aclose()
+            aclose = getattr(self._core_stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class PoolTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over an httpcore pool we built (and so chose the backend of)."""
+
+    def __init__(self, pool: httpcore.AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _map_httpcore_errors():
+            core_response = await self._pool.handle_async_request(core_request)
+        assert isinstance(core_response.stream, typing.AsyncIterable)
+        return httpx.Response(
+            status_code=core_response.status,
+            headers=core_response.headers,
+            stream=_ResponseStream(core_response.stream),
+            extensions=core_response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        with _map_httpcore_errors():
+            await self._pool.aclose()
+
+
+def make_ssl_context(options: RegistryOptions, *, verify: bool) -> ssl.SSLContext:
+    """A client TLS context: certifi's and the system's CAs plus ``options.ca_file``.
+
+    ``verify=False`` is for registries listed in ``insecure_registries`` only.
+    """
+    if not verify:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.load_default_certs()
+    if options.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(options.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"cannot use --ca-file {options.ca_file}: {exc}; it must be a readable PEM"
+                " file of CA certificates"
+            ) from exc
+    return context
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    options: RegistryOptions,
+    limits: Limits,
+    *,
+    verify: bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An ``httpx.AsyncClient`` reading ``limits.chunk_size`` bytes per socket read.
+
+    Redirects are not followed (the registry client follows them by hand, deciding at each
+    hop which headers may go along); no environment proxies or netrc; HTTP/1.1 only.
+    ``transport`` replaces the pool (tests pass an ``httpx.MockTransport``).
+    """
+    if transport is None:
+        transport = _pool_transport(options, limits, verify=verify)
+    timeout = httpx.Timeout(
+        connect=limits.connect_timeout_s,
+        read=limits.read_timeout_s,
+        write=limits.read_timeout_s,
+        pool=None,
+    )
+    client = httpx.AsyncClient(
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": options.user_agent},
+    )
+    async with client:
+        yield client
+
+
+def _pool_transport(options: RegistryOptions, limits: Limits, *, verify: bool) -> PoolTransport:
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=make_ssl_context(options, verify=verify),
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_KEEPALIVE,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        http1=True,
+        http2=False,
+        network_backend=LargeReadBackend(limits.chunk_size),
+    )
+    return PoolTransport(pool)
+
+
+def _chain(exc: BaseException, depth: int = 0) -> Iterator[BaseException]:
+    """``exc`` and its causes, descending into the first member of exception groups
+    (trio reports "all attempts to connect failed" with a group of the attempts)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup) and current.exceptions and depth < 5:
+            yield from _chain(current.exceptions[0], depth + 1)
+        current = current.__cause__ or current.__context__
+
+
+def tls_failure(exc: BaseException) -> typing.Literal["verify", "protocol"] | None:
+    """Why a connection failed in TLS, if it did.
+
+    ``"verify"``: the server's certificate was not trusted (the user needs ``--ca-file``
+    or ``--insecure-registry``); ``"protocol"``: the handshake failed otherwise, typically
+    because the server speaks plain HTTP on that port. The cause is buried a few levels
+    down the chain httpx -> httpcore -> trio -> ssl.
+    """
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return "verify"
+        if isinstance(link, ssl.SSLError):
+            return "protocol"
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short human description of a transport failure, for error messages.
+
+    httpx's own messages are often empty (``ConnectError('')``); the useful text is the
+    ssl or OS error at the bottom of the chain.
+    """
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)
+            return f"TLS certificate not trusted ({detail or link})"
+        if isinstance(link, ssl.SSLError):
+            return f"TLS handshake failed ({getattr(link, 'reason', None) or link})"
+        if isinstance(link, OSError) and link.strerror:
+            return link.strerror
+    if isinstance(exc, httpx.TimeoutException):
+        return {
+            httpx.ConnectTimeout: "timed out connecting",
+            httpx.ReadTimeout: "timed out waiting for data",
+            httpx.WriteTimeout: "timed out sending",
+        }.get(type(exc), "timed out")
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server broke the HTTP protocol ({exc})" if str(exc) else "connection closed"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

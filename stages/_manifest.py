@@ -1,0 +1,439 @@
+"""Manifest negotiation: reference → (index →) manifest → config.
+
+Plain async functions, not stages: each is one request and one answer. Every body is
+untrusted: the digest is computed from the bytes received (never taken from a header),
+sizes are capped before reading, and the JSON is checked field by field so that nothing
+malformed (a bad digest, a negative size, an unknown layer type) reaches the layer stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import structlog
+
+from ._config import Limits
+from ._errors import InvalidDigest, ManifestError, PlatformNotFound
+from ._reference import Reference
+from ._registry import BodyOverLimit, RegistryClient
+from ._types import Descriptor, Digest, MediaType, Platform
+
+log = structlog.get_logger()
+
+SCHEMA1 = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+# Content-Type values that say nothing about which manifest kind a body is.
+_GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
+# JSON numbers above this lose precision in other implementations (2**53).
+MAX_SIZE = 1 << 53
+
+__all__ = ["ResolvedImage", "resolve_image"]
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """Everything known about an image before its layers are fetched.
+
+    Every digest here was computed from the bytes received. ``resolved_digest`` is what
+    the reference resolved to: the index's digest when the tag named an index, else the
+    manifest's. ``index_bytes`` / ``index_media_type`` are set only when there was an index.
+    """
+
+    ref: Reference
+    resolved_digest: Digest
+    index_bytes: bytes | None
+    index_media_type: str | None
+    manifest_digest: Digest
+    manifest_media_type: str
+    manifest_bytes: bytes
+    platform: Platform
+    config: Descriptor
+    config_bytes: bytes
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[Digest, ...]
+
+
+async def resolve_image(
+    client: RegistryClient, ref: Reference, platform: Platform, limits: Limits
+) -> ResolvedImage:
+    """Fetch and check what ``ref`` names: (index →) manifest → config.
+
+    An index is resolved to the entry for ``platform`` (an exact variant preferred); the
+    config's ``rootfs.diff_ids`` are matched one to one with the manifest's layers.
+    """
+    where = str(ref)
+    body, headers = await client.get_bytes(
+        ref,
+        "manifests",
+        ref.manifest_ref,
+        accept=MediaType.ACCEPT_MANIFESTS,
+        max_bytes=limits.max_manifest_bytes,
+    )
+    digest = _sha256(body)
+    if ref.digest is not None and digest != ref.digest:
+        raise ManifestError(
+            f"the registry sent a manifest hashing to {digest} for {ref.digest}; refused",
+            ref=where,
+            digest=str(ref.digest),
+        )
+    doc = _load_json(body, "manifest", where, digest)
+    media_type = _media_type(doc, headers.get("Content-Type"), "manifest", where, digest)
+    resolved_digest = digest
+
+    index_bytes: bytes | None = None
+    index_media_type: str | None = None
+    chosen_platform: Platform | None = None
+    if media_type in MediaType.INDEXES:
+        index_bytes, index_media_type = body, media_type
+        entry = _choose(_parse_index(doc, where, digest), platform, where, digest)
+        chosen_platform = entry.platform
+        if entry.size > limits.max_manifest_bytes:
+            raise ManifestError(
+                f"the manifest for {entry.platform} is {entry.size} bytes, over the"
+                f" {limits.max_manifest_bytes}-byte limit; refused",
+                ref=where,
+                digest=str(entry.digest),
+            )
+        body, headers = await _get_described(client, ref, "manifests", entry, where)
+        digest = _sha256(body)
+        _check_blob(body, digest, entry, "manifest", where)
+        doc = _load_json(body, "manifest", where, digest)
+        media_type = _media_type(doc, headers.get("Content-Type"), "manifest", where, digest)
+        if media_type in MediaType.INDEXES:
+            raise ManifestError(
+                "the index points to another index; nested indexes are not supported",
+                ref=where,
+                digest=str(digest),
+            )
+        if media_type != entry.media_type:
+            raise ManifestError(
+                f"the index says {entry.media_type!r} but the manifest is {media_type!r}",
+                ref=where,
+                digest=str(digest),
+            )
+
+    config, layers = _parse_manifest(doc, where, digest)
+    if config.size > limits.max_manifest_bytes:
+        raise ManifestError(
+            f"the image config is {config.size} bytes, over the {limits.max_manifest_bytes}-byte"
+            " limit; refused",
+            ref=where,
+            digest=str(config.digest),
+        )
+    config_bytes, _ = await _get_described(client, ref, "blobs", config, where)
+    _check_blob(config_bytes, _sha256(config_bytes), config, "image config", where)
+    config_doc = _load_json(config_bytes, "image config", where, config.digest)
+    diff_ids = _parse_diff_ids(config_doc, len(layers), where, config.digest)
+    image_platform = _config_platform(config_doc)
+    if chosen_platform is not None:
+        if image_platform is not None and (
+            image_platform.os != chosen_platform.os
+            or image_platform.architecture != chosen_platform.architecture
+        ):
+            raise ManifestError(
+                f"the index lists this manifest as {chosen_platform} but its config says"
+                f" {image_platform}",
+                ref=where,
+                digest=str(config.digest),
+            )
+        final_platform = chosen_platform
+    else:
+        final_platform = image_platform or platform
+    log.debug(
+        "image resolved",
+        ref=where,
+        digest=str(resolved_digest),
+        manifest=str(digest),
+        layers=len(layers),
+        platform=str(final_platform),
+    )
+    return ResolvedImage(
+        ref=ref,
+        resolved_digest=resolved_digest,
+        index_bytes=index_bytes,
+        index_media_type=index_media_type,
+        manifest_digest=digest,
+        manifest_media_type=media_type,
+        manifest_bytes=body,
+        platform=final_platform,
+        config=config,
+        config_bytes=config_bytes,
+        layers=layers,
+        diff_ids=diff_ids,
+    )
+
+
+async def _get_described(
+    client: RegistryClient,
+    ref: Reference,
+    kind: Literal["manifests", "blobs"],
+    descriptor: Descriptor,
+    where: str,
+) -> tuple[bytes, httpx.Headers]:
+    """Fetch what a descriptor names, reading no more than its size (plus one byte)."""
+    try:
+        return await client.get_bytes(
+            ref,
+            kind,
+            str(descriptor.digest),
+            accept=MediaType.ACCEPT_MANIFESTS if kind == "manifests" else None,
+            max_bytes=descriptor.size,
+        )
+    except BodyOverLimit as exc:
+        what = "manifest" if kind == "manifests" else "image config"
+        raise ManifestError(
+            f"the {what} is larger than the {descriptor.size} bytes its descriptor says; refused",
+            ref=where,
+            digest=str(descriptor.digest),
+        ) from exc
+
+
+def _sha256(data: bytes) -> Digest:
+    return Digest.from_hex(hashlib.sha256(data).hexdigest())
+
+
+def _check_blob(data: bytes, digest: Digest, descriptor: Descriptor, what: str, where: str) -> None:
+    if digest != descriptor.digest:
+        raise ManifestError(
+            f"the {what} received hashes to {digest}, not {descriptor.digest}; refused",
+            ref=where,
+            digest=str(descriptor.digest),
+        )
+    if len(data) != descriptor.size:
+        raise ManifestError(
+            f"the {what} is {len(data)} bytes but its descriptor says {descriptor.size}",
+            ref=where,
+            digest=str(descriptor.digest),
+        )
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, Any]:
+    """Strict UTF-8 JSON object, or ``ManifestError`` (deep nesting and huge numbers too)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"the {what} is not valid UTF-8", ref=where, digest=str(digest)
+        ) from exc
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ManifestError(
+            f"the {what} is nested too deeply to parse", ref=where, digest=str(digest)
+        ) from exc
+    except ValueError as exc:
+        raise ManifestError(
+            f"the {what} is not valid JSON: {str(exc)[:120]}", ref=where, digest=str(digest)
+        ) from exc
+    if not isinstance(doc, dict):
+        raise ManifestError(f"the {what} is not a JSON object", ref=where, digest=str(digest))
+    return doc
+
+
+def _media_type(
+    doc: Mapping[str, Any], content_type: str | None, what: str, where: str, digest: Digest
+) -> str:
+    """The body's ``mediaType``, checked against a specific Content-Type; then the header;
+    then the shape (OCI allows omitting ``mediaType``)."""
+    header = (content_type or "").split(";")[0].strip().lower()
+    field = doc.get("mediaType")
+    if field is not None and not isinstance(field, str):
+        raise ManifestError(
+            f"the {what}'s mediaType is not a string", ref=where, digest=str(digest)
+        )
+    if field and header not in _GENERIC_TYPES and header != field:
+        raise ManifestError(
+            f"the {what} says mediaType {field!r:.100} but was served as {header!r:.100}",
+            ref=where,
+            digest=str(digest),
+        )
+    media_type = field or (header if header not in _GENERIC_TYPES else "")
+    if not media_type:
+        if doc.get("schemaVersion") == 1:
+            media_type = next(iter(sorted(SCHEMA1)))
+        elif "manifests" in doc:
+            media_type = MediaType.OCI_INDEX
+        elif "config" in doc:
+            media_type = MediaType.OCI_MANIFEST
+    if media_type in SCHEMA1 or doc.get("schemaVersion") == 1:
+        raise ManifestError(
+            "the image has a Docker schema1 manifest, which is not supported; push it again"
+            " with a current docker or use an OCI/schema2 tag",
+            ref=where,
+            digest=str(digest),
+        )
+    if media_type not in MediaType.INDEXES | MediaType.MANIFESTS:
+        raise ManifestError(
+            f"the {what} has the unsupported media type {media_type!r:.100}",
+            ref=where,
+            digest=str(digest),
+        )
+    if doc.get("schemaVersion") != 2:
+        raise ManifestError(
+            f"the {what} has schemaVersion {doc.get('schemaVersion')!r:.20}, not 2",
+            ref=where,
+            digest=str(digest),
+        )
+    return media_type
+
+
+def _descriptor(
+    raw: Any, what: str, where: str, digest: Digest, *, with_platform: bool = False
+) -> Descriptor:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{what} is not a JSON object", ref=where, digest=str(digest))
+    media_type = raw.get("mediaType")
+    if not isinstance(media_type, str) or not media_type:
+        raise ManifestError(f"{what} has no mediaType", ref=where, digest=str(digest))
+    try:
+        raw_digest: Any = raw.get("digest")
+        blob_digest = Digest.parse(raw_digest, what=f"{what}'s digest")
+    except InvalidDigest as exc:
+        raise ManifestError(exc.message, ref=where, digest=str(digest)) from exc
+    size = raw.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < MAX_SIZE:
+        raise ManifestError(
+            f"{what} has an invalid size {size!r:.40} (must be an integer from 0 to 2**53)",
+            ref=where,
+            digest=str(digest),
+        )
+    annotations: tuple[tuple[str, str], ...] = ()
+    raw_annotations = raw.get("annotations")
+    if raw_annotations is not None:
+        if not isinstance(raw_annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_annotations.items()
+        ):
+            raise ManifestError(
+                f"{what} has annotations that are not strings", ref=where, digest=str(digest)
+            )
+        annotations = tuple(sorted(raw_annotations.items()))
+    platform: Platform | None = None
+    if with_platform and raw.get("platform") is not None:
+        platform = _platform(raw["platform"], what, where, digest)
+    return Descriptor(media_type, blob_digest, size, platform, annotations)
+
+
+def _platform(raw: Any, what: str, where: str, digest: Digest) -> Platform:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{what}'s platform is not an object", ref=where, digest=str(digest))
+    os, arch, variant = raw.get("os"), raw.get("architecture"), raw.get("variant")
+    if not isinstance(os, str) or not isinstance(arch, str) or not os or not arch:
+        raise ManifestError(
+            f"{what}'s platform has no os or architecture", ref=where, digest=str(digest)
+        )
+    if variant is not None and not isinstance(variant, str):
+        raise ManifestError(
+            f"{what}'s platform variant is not a string", ref=where, digest=str(digest)
+        )
+    return Platform(os.lower(), arch.lower(), variant.lower() if variant else None)
+
+
+def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Descriptor]:
+    manifests = doc.get("manifests")
+    if not isinstance(manifests, list):
+        raise ManifestError("the index has no manifests list", ref=where, digest=str(digest))
+    return [
+        _descriptor(raw, f"index entry {i}", where, digest, with_platform=True)
+        for i, raw in enumerate(manifests)
+    ]
+
+
+def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Digest) -> Descriptor:
+    """The entry for ``wanted``: among matches, an exact variant first, else the first."""
+    matches = [
+        entry
+        for entry in entries
+        if entry.platform is not None
+        and wanted.matches(entry.platform)
+        and (entry.media_type in MediaType.MANIFESTS | MediaType.INDEXES)
+    ]
+    if not matches:
+        available = sorted({str(entry.platform) for entry in entries if entry.platform is not None})
+        listed = ", ".join(available) if available else "none"
+        raise PlatformNotFound(
+            f"the image has no manifest for {wanted}; it has: {listed}. Choose one with --platform",
+            ref=where,
+            digest=str(digest),
+        )
+    exact = [entry for entry in matches if entry.platform == wanted]
+    chosen = (exact or matches)[0]
+    if chosen.media_type in MediaType.INDEXES:
+        raise ManifestError(
+            f"the index entry for {wanted} is another index; nested indexes are not supported",
+            ref=where,
+            digest=str(digest),
+        )
+    return chosen
+
+
+def _parse_manifest(
+    doc: Mapping[str, Any], where: str, digest: Digest
+) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    config = _descriptor(doc.get("config"), "the manifest's config", where, digest)
+    if config.media_type not in MediaType.CONFIGS:
+        raise ManifestError(
+            f"the config media type {config.media_type!r:.100} is not an image config; this"
+            " is not a container image",
+            ref=where,
+            digest=str(digest),
+        )
+    raw_layers = doc.get("layers")
+    if not isinstance(raw_layers, list):
+        raise ManifestError("the manifest has no layers list", ref=where, digest=str(digest))
+    layers = []
+    for i, raw in enumerate(raw_layers):
+        layer = _descriptor(raw, f"layer {i}", where, digest)
+        if layer.media_type not in MediaType.LAYERS:
+            raise ManifestError(
+                f"layer {i} has the unsupported media type {layer.media_type!r:.100}",
+                ref=where,
+                digest=str(layer.digest),
+            )
+        layers.append(layer)
+    return config, tuple(layers)
+
+
+def _parse_diff_ids(
+    doc: Mapping[str, Any], layer_count: int, where: str, digest: Digest
+) -> tuple[Digest, ...]:
+    rootfs = doc.get("rootfs")
+    raw = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(raw, list):
+        raise ManifestError(
+            "the image config has no rootfs.diff_ids list", ref=where, digest=str(digest)
+        )
+    if len(raw) != layer_count:
+        raise ManifestError(
+            f"the image config lists {len(raw)} diff_ids for {layer_count} layers",
+            ref=where,
+            digest=str(digest),
+        )
+    try:
+        return tuple(Digest.parse(d, what=f"diff_id {i}") for i, d in enumerate(raw))
+    except InvalidDigest as exc:
+        raise ManifestError(
+            f"the image config has {exc.message}", ref=where, digest=str(digest)
+        ) from exc
+
+
+def _config_platform(doc: Mapping[str, Any]) -> Platform | None:
+    """The config's os/architecture(/variant), if it states them as strings."""
+    os, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
+    if not isinstance(os, str) or not isinstance(arch, str) or not os or not arch:
+        return None
+    return Platform(
+        os.lower(), arch.lower(), variant.lower() if isinstance(variant, str) and variant else None
+    )

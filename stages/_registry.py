@@ -1,0 +1,646 @@
+"""The registry client: endpoint discovery, authorisation, bounded GETs, blob streams.
+
+``RegistryClient`` holds what a pull learns about registries and must not learn twice:
+the endpoint (scheme and TLS mode) per registry host, the auth challenge it answered
+with, and the token cache. Each request goes
+
+    endpoint (GET /v2/, once per host) → Authorization (Basic, or a cached/fetched
+    Bearer token for ``repository:<repo>:pull``) → GET, redirects followed by hand
+    → 401: renew the token once and retry → status mapped to the error tree
+
+and every response is closed on every path, cancellation included, so a cancelled pull
+never leaks a pool slot.
+
+Scheme rules (docker's): https with verification; a registry listed with
+``--insecure-registry`` gets https without verification, then plain http; a loopback
+registry gets verified https, then plain http only if the server does not speak TLS
+(an untrusted certificate is an error that points at ``--ca-file``). No other downgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import structlog
+import trio
+
+from ._auth import (
+    BodyTooLarge,
+    Challenge,
+    ChallengeError,
+    TokenCache,
+    basic_authorization,
+    check_credential_destination,
+    choose_challenge,
+    fetch_token,
+    headers_challenges,
+    host_of,
+    is_internal_host,
+    is_loopback_host,
+    matches_insecure,
+    pull_scope,
+    read_bounded,
+    token_url,
+)
+from ._config import Limits, RegistryOptions
+from ._errors import (
+    AuthError,
+    ManifestError,
+    NotFound,
+    RegistryError,
+    RegistryUnavailable,
+    TooManyRequests,
+)
+from ._http import describe_error, open_client, tls_failure
+from ._reference import PATH_COMPONENT, Reference
+from ._types import Digest
+
+__all__ = ["BodyOverLimit", "RegistryClient"]
+
+log = structlog.get_logger()
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_REPOSITORY = re.compile(rf"{PATH_COMPONENT.pattern}(?:/{PATH_COMPONENT.pattern})*")
+_TARGET = re.compile(r"sha256:[0-9a-f]{64}|[\w][\w.-]{0,127}", re.ASCII)
+# The TLS handshake budget when probing a loopback registry for https (a TLS server on
+# loopback answers in milliseconds; a plain one may never answer a ClientHello).
+LOOPBACK_TLS_PROBE_S = 2.0
+# Error bodies are read only this far, for the registry's error code and message.
+_ERROR_BODY_BYTES = 16 * 1024
+
+
+class BodyOverLimit(ManifestError):
+    """``get_bytes`` refused a body over its ``max_bytes`` (declared or actual).
+
+    A ``ManifestError`` to users; ``resolve_image`` catches it where the cap was a
+    descriptor's size, to say so.
+    """
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """Where a registry answers: ``base_url`` is ``scheme://host[:port]``."""
+
+    authority: str
+    base_url: httpx.URL
+    verify: bool
+
+
+class RegistryClient:
+    """Holds one httpx.AsyncClient per TLS mode (large socket reads, see ``_http``), the
+    resolved endpoint (scheme) per registry host and the token cache."""
+
+    def __init__(
+        self,
+        options: RegistryOptions,
+        limits: Limits,
+        verified: httpx.AsyncClient,
+        unverified: httpx.AsyncClient,
+    ) -> None:
+        self._options = options
+        self._limits = limits
+        self._verified = verified
+        self._unverified = unverified
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoint_lock = trio.Lock()
+        self._challenges: dict[str, Challenge | None] = {}
+        self._tokens = TokenCache()
+        self._token_lock = trio.Lock()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        options: RegistryOptions,
+        limits: Limits,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> AsyncIterator[RegistryClient]:
+        """Open the clients; ``transport`` replaces the network (tests: MockTransport)."""
+        async with (
+            open_client(options, limits, verify=True, transport=transport) as verified,
+            open_client(options, limits, verify=False, transport=transport) as unverified,
+        ):
+            yield cls(options, limits, verified, unverified)
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def get_bytes(
+        self,
+        ref: Reference,
+        kind: Literal["manifests", "blobs"],
+        target: str,
+        *,
+        accept: str | None,
+        max_bytes: int,
+    ) -> tuple[bytes, httpx.Headers]:
+        """Authorised ``GET /v2/<repo>/<kind>/<target>``, the whole body in memory.
+
+        A body over ``max_bytes`` (by its Content-Length, or once more than that arrived,
+        so at most one socket read past the cap is held) is a ``BodyOverLimit``, a
+        ``ManifestError``: this is for manifests and configs, whose caps protect memory.
+        """
+        if not _TARGET.fullmatch(target):
+            raise ValueError(f"not a tag or digest: {target!r:.100}")
+        digest = target if target.startswith("sha256:") else None
+        what = f"{kind[:-1]} {target}"
+        headers = {"Accept-Encoding": "identity"}
+        if accept is not None:
+            headers["Accept"] = accept
+        path = f"/v2/{ref.repository}/{kind}/{target}"
+        response = await self._open(ref, path, headers, what=what, digest=digest)
+        try:
+            if response.status_code != 200:
+                raise RegistryError(
+                    f"{ref.api_host} answered HTTP {response.status_code} instead of 200 for"
+                    f" {what}",
+                    ref=str(ref),
+                    digest=digest,
+                )
+            try:
+                body = await read_bounded(response, max_bytes, what=what)
+            except BodyTooLarge as exc:
+                raise BodyOverLimit(
+                    f"{what} is larger than the {max_bytes}-byte limit; refused",
+                    ref=str(ref),
+                    digest=digest,
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, ref, response.url, what, digest) from exc
+            log.debug("fetched", ref=str(ref), what=what, size=len(body))
+            return body, response.headers
+        finally:
+            await _close(response)
+
+    def stream_blob(
+        self, ref: Reference, digest: Digest, *, offset: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        """Authorised streaming GET of a blob, ``Accept-Encoding: identity``.
+
+        Redirects are followed by hand (Authorization only to the registry host;
+        https→http refused; at most ``limits.max_redirects`` hops). The response is 200,
+        or 206 whose Content-Range starts at ``offset`` when ``offset > 0``; anything else
+        raises the mapped error. Transport errors while the caller reads
+        ``response.aiter_raw()`` come out as ``RegistryUnavailable``. The response is
+        always closed on exit.
+        """
+        return self._stream_blob(ref, digest, offset)
+
+    @contextlib.asynccontextmanager
+    async def _stream_blob(
+        self, ref: Reference, digest: Digest, offset: int
+    ) -> AsyncIterator[httpx.Response]:
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        what = f"blob {digest}"
+        headers = {"Accept-Encoding": "identity"}
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+        path = f"/v2/{ref.repository}/blobs/{digest}"
+        response = await self._open(ref, path, headers, what=what, digest=str(digest))
+        try:
+            _check_blob_status(response, ref, digest, offset)
+            try:
+                yield response
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, ref, response.url, what, str(digest)) from exc
+        finally:
+            await _close(response)
+
+    # -- endpoint discovery ---------------------------------------------------------------
+
+    async def _endpoint(self, ref: Reference) -> _Endpoint:
+        authority = ref.api_host
+        endpoint = self._endpoints.get(authority)
+        if endpoint is not None:
+            return endpoint
+        async with self._endpoint_lock:
+            endpoint = self._endpoints.get(authority)
+            if endpoint is None:
+                endpoint = await self._discover(ref, authority)
+                self._endpoints[authority] = endpoint
+            return endpoint
+
+    async def _discover(self, ref: Reference, authority: str) -> _Endpoint:
+        insecure = matches_insecure(authority, self._options.insecure_registries)
+        loopback = is_loopback_host(host_of(authority))
+        attempts: list[tuple[str, bool]]
+        if insecure:
+            attempts = [("https", False), ("http", False)]
+        elif loopback:
+            attempts = [("https", True), ("http", True)]
+        else:
+            attempts = [("https", True)]
+        for index, (scheme, verify) in enumerate(attempts):
+            base_url = httpx.URL(f"{scheme}://{authority}")
+            last = index + 1 == len(attempts)
+            # A plain-HTTP server on loopback may sit silently on a TLS ClientHello
+            # (waiting for a request head): the https probe gets a short handshake budget.
+            probe = loopback and scheme == "https" and not last
+            try:
+                challenge = await self._ping(ref, base_url, verify, probe=probe)
+            except httpx.HTTPError as exc:
+                if insecure:
+                    fallback = isinstance(
+                        exc,
+                        httpx.ConnectError
+                        | httpx.ConnectTimeout
+                        | httpx.ProtocolError
+                        | httpx.ReadError,
+                    )
+                else:
+                    fallback = tls_failure(exc) == "protocol" or (
+                        probe and isinstance(exc, httpx.ConnectTimeout)
+                    )
+                if fallback and not last:
+                    log.debug(
+                        "registry endpoint failed, trying the next",
+                        registry=authority,
+                        url=str(base_url),
+                        error=describe_error(exc),
+                    )
+                    continue
+                raise self._transport_error(exc, ref, base_url, "the API check /v2/", None) from exc
+            log.info("registry endpoint", registry=authority, url=str(base_url), verify=verify)
+            self._challenges[authority] = challenge
+            return _Endpoint(authority, base_url, verify)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ping(
+        self, ref: Reference, base_url: httpx.URL, verify: bool, *, probe: bool = False
+    ) -> Challenge | None:
+        """``GET /v2/``: 200 (no auth) or 401 with the challenge we will answer.
+
+        ``probe``: connect (TCP and TLS handshake) within ``LOOPBACK_TLS_PROBE_S``.
+        """
+        client = self._verified if verify else self._unverified
+        timeout = client.timeout
+        if probe:
+            timeout = httpx.Timeout(
+                connect=min(self._limits.connect_timeout_s, LOOPBACK_TLS_PROBE_S),
+                read=timeout.read,
+                write=timeout.write,
+                pool=timeout.pool,
+            )
+        async with client.stream("GET", base_url.join("/v2/"), timeout=timeout) as response:
+            if response.status_code == 200:
+                return None
+            if response.status_code == 401:
+                return self._challenge_of(response, ref)
+            raise await self._status_error(response, ref, "the API check /v2/", None)
+
+    def _challenge_of(self, response: httpx.Response, ref: Reference) -> Challenge | None:
+        try:
+            challenges = headers_challenges(response.headers)
+        except ChallengeError as exc:
+            raise AuthError(
+                f"{ref.api_host} sent an unreadable WWW-Authenticate header: {exc}",
+                ref=str(ref),
+            ) from exc
+        return choose_challenge(challenges)
+
+    # -- authorisation --------------------------------------------------------------------
+
+    async def _authorization(
+        self, ref: Reference, endpoint: _Endpoint, *, stale: str | None
+    ) -> str | None:
+        """The Authorization header for ``ref``'s registry, or None if it wants none.
+
+        ``stale`` is the header a request was just refused with: a cached token equal to
+        it is not reused.
+        """
+        challenge = self._challenges.get(endpoint.authority)
+        if challenge is None:
+            return None
+        credentials = self._options.credentials
+        authority = endpoint.authority
+        insecure = self._options.insecure_registries
+        if challenge.scheme == "basic":
+            if credentials is None:
+                raise AuthError(
+                    f"{authority} requires a username and password: pass -u USER --password-stdin",
+                    ref=str(ref),
+                )
+            reason = check_credential_destination(
+                endpoint.base_url, registry=authority, insecure=insecure
+            )
+            if reason is not None:
+                raise AuthError(f"refusing to send credentials to {authority}: {reason}")
+            return basic_authorization(credentials)
+
+        realm = challenge.get("realm") or ""
+        service = challenge.get("service") or ""
+        scope = pull_scope(ref.repository)
+        key = (realm, service, scope)
+        async with self._token_lock:
+            token = self._tokens.get(key)
+            if token is not None and f"Bearer {token.value}" != stale:
+                return f"Bearer {token.value}"
+            url = token_url(realm, service, scope)
+            if credentials is not None:
+                reason = check_credential_destination(url, registry=authority, insecure=insecure)
+                if reason is not None:
+                    raise AuthError(
+                        f"refusing to send credentials for {authority} to the token service"
+                        f" {url.host}: {reason}",
+                        ref=str(ref),
+                    )
+            elif is_internal_host(url.host) and not is_internal_host(host_of(authority)):
+                raise AuthError(
+                    f"{authority} named a token service on the private address {url.host}; refused",
+                    ref=str(ref),
+                )
+            token = await fetch_token(
+                self._client_for(url),
+                url,
+                credentials=credentials,
+                limits=self._limits,
+                registry=authority,
+            )
+            self._tokens.put(key, token)
+            return f"Bearer {token.value}"
+
+    def _client_for(self, url: httpx.URL) -> httpx.AsyncClient:
+        """Unverified TLS only for hosts the user listed as insecure."""
+        if matches_insecure(_authority(url), self._options.insecure_registries):
+            return self._unverified
+        return self._verified
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _open(
+        self,
+        ref: Reference,
+        path: str,
+        headers: Mapping[str, str],
+        *,
+        what: str,
+        digest: str | None,
+    ) -> httpx.Response:
+        """An authorised GET with redirects followed; returns an open 2xx response.
+
+        A 401 (or a 403 with a challenge) from the registry renews the authorisation
+        once and retries; the second refusal is an ``AuthError``.
+        """
+        if not _REPOSITORY.fullmatch(ref.repository):
+            raise ValueError(f"not a repository name: {ref.repository!r:.100}")
+        endpoint = await self._endpoint(ref)
+        url = endpoint.base_url.join(path)
+        stale: str | None = None
+        renewed = False
+        while True:
+            authorization = await self._authorization(ref, endpoint, stale=stale)
+            response = await self._follow(ref, endpoint, url, headers, authorization, what, digest)
+            keep = False
+            try:
+                status = response.status_code
+                from_registry = _same_origin(response.url, endpoint.base_url)
+                if status in (401, 403) and from_registry and not renewed:
+                    challenge = self._challenge_of(response, ref)
+                    if challenge is not None:
+                        self._challenges[endpoint.authority] = challenge
+                    current = self._challenges.get(endpoint.authority)
+                    # Retry once: with a fresh token, or with credentials we did not send
+                    # yet. Resending the same Basic credentials would only repeat the 401.
+                    if (status == 401 or challenge is not None) and (
+                        current is not None
+                        and (current.scheme == "bearer" or authorization is None)
+                    ):
+                        log.debug("unauthorized, renewing", ref=str(ref), what=what)
+                        stale, renewed = authorization, True
+                        continue
+                if status >= 300:
+                    raise await self._status_error(
+                        response, ref, what, digest, from_registry=from_registry
+                    )
+                keep = True
+                return response
+            finally:
+                if not keep:
+                    await _close(response)
+
+    async def _follow(
+        self,
+        ref: Reference,
+        endpoint: _Endpoint,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        authorization: str | None,
+        what: str,
+        digest: str | None,
+    ) -> httpx.Response:
+        """GET ``url``, following redirects by hand.
+
+        Authorization goes only to the registry's own origin; https→http, loops and more
+        than ``limits.max_redirects`` hops are refused. Signed redirect URLs are never
+        logged or put in errors (only their host).
+        """
+        visited: set[str] = set()
+        hops = 0
+        current = url
+        while True:
+            origin = _same_origin(current, endpoint.base_url)
+            request_headers = dict(headers)
+            if authorization is not None and origin:
+                request_headers["Authorization"] = authorization
+            if origin:
+                client = self._verified if endpoint.verify else self._unverified
+            else:
+                client = self._client_for(current)
+            request = client.build_request("GET", current, headers=request_headers)
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, ref, current, what, digest) from exc
+            if response.status_code not in _REDIRECTS:
+                return response
+            location = response.headers.get("Location")
+            await _close(response)
+            if not location:
+                raise RegistryError(
+                    f"{current.host} redirected the request for {what} without a Location",
+                    ref=str(ref),
+                    digest=digest,
+                )
+            hops += 1
+            if hops > self._limits.max_redirects:
+                raise RegistryError(
+                    f"more than {self._limits.max_redirects} redirects for {what}; gave up",
+                    ref=str(ref),
+                    digest=digest,
+                )
+            try:
+                target = current.join(location)
+            except httpx.InvalidURL as exc:
+                raise RegistryError(
+                    f"{current.host} redirected {what} to an invalid URL",
+                    ref=str(ref),
+                    digest=digest,
+                ) from exc
+            if target.scheme not in ("http", "https") or not target.host:
+                raise RegistryError(
+                    f"{current.host} redirected {what} to an unusable URL",
+                    ref=str(ref),
+                    digest=digest,
+                )
+            if current.scheme == "https" and target.scheme == "http":
+                raise RegistryError(
+                    f"refused a redirect from https to plain http ({target.host}) for {what}",
+                    ref=str(ref),
+                    digest=digest,
+                )
+            visited.add(str(current))
+            if str(target) in visited:
+                raise RegistryError(
+                    f"redirect loop for {what} (via {target.host})", ref=str(ref), digest=digest
+                )
+            log.debug("redirected", what=what, to_host=target.host)
+            current = target
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _transport_error(
+        self,
+        exc: httpx.HTTPError,
+        ref: Reference,
+        url: httpx.URL,
+        what: str,
+        digest: str | None,
+    ) -> RegistryError:
+        authority = _authority(url)
+        if tls_failure(exc) == "verify":
+            return RegistryUnavailable(
+                f"the TLS certificate of {authority} is not trusted ({describe_error(exc)}):"
+                f" pass --ca-file PEM with the CA that signed it, or --insecure-registry"
+                f" {authority} to skip verification",
+                ref=str(ref),
+                digest=digest,
+            )
+        reason = describe_error(exc)
+        if isinstance(exc, httpx.TimeoutException):
+            message = (
+                f"{authority} {reason} while fetching {what}; the registry may be overloaded"
+                " or unreachable: try again"
+            )
+        elif isinstance(exc, httpx.ConnectError):
+            message = (
+                f"cannot connect to {authority} ({reason}) to fetch {what}: check the registry"
+                " address and that it is running"
+            )
+        else:
+            message = f"the connection to {authority} failed while fetching {what} ({reason})"
+        return RegistryUnavailable(message, ref=str(ref), digest=digest)
+
+    async def _status_error(
+        self,
+        response: httpx.Response,
+        ref: Reference,
+        what: str,
+        digest: str | None,
+        *,
+        from_registry: bool = True,
+    ) -> RegistryError:
+        status = response.status_code
+        authority = ref.api_host
+        detail = await _error_detail(response)
+        suffix = f" ({detail})" if detail else ""
+        where: dict[str, str | None] = {"ref": str(ref), "digest": digest}
+        if not from_registry and status in (401, 403):
+            return RegistryError(
+                f"the storage server {response.url.host} that {authority} redirected to"
+                f" refused {what} (HTTP {status}); its signed URL may have expired: pull"
+                " again",
+                **where,
+            )
+        if status == 404:
+            return NotFound(
+                f"{what} not found in {ref.name} on {authority}{suffix}: check the repository"
+                " name, tag or digest",
+                **where,
+            )
+        if status in (401, 403):
+            if self._options.credentials is not None:
+                hint = f"check the username/password for {authority}"
+            else:
+                hint = (
+                    f"{authority} needs credentials for {ref.repository} (or it does not"
+                    " exist): pass -u USER --password-stdin"
+                )
+            label = "unauthorized" if status == 401 else "access denied"
+            return AuthError(f"{label}: {hint} (HTTP {status} for {what}){suffix}", **where)
+        if status == 429:
+            retry_after = response.headers.get("Retry-After")
+            wait = f", Retry-After: {retry_after[:40]}" if retry_after else ""
+            return TooManyRequests(
+                f"{authority} is rate-limiting requests (HTTP 429{wait}) for {what}; wait and"
+                " try again",
+                **where,
+            )
+        if status >= 500:
+            return RegistryUnavailable(
+                f"{authority} failed with HTTP {status} for {what}{suffix}; try again later",
+                **where,
+            )
+        return RegistryError(f"{authority} answered HTTP {status} for {what}{suffix}", **where)
+
+
+def _check_blob_status(
+    response: httpx.Response, ref: Reference, digest: Digest, offset: int
+) -> None:
+    status = response.status_code
+    if offset == 0:
+        if status != 200:
+            raise RegistryError(
+                f"{ref.api_host} answered HTTP {status} instead of 200 for blob {digest}",
+                ref=str(ref),
+                digest=str(digest),
+            )
+        return
+    content_range = response.headers.get("Content-Range", "")
+    if status != 206 or not content_range.startswith(f"bytes {offset}-"):
+        raise RegistryError(
+            f"{ref.api_host} did not resume blob {digest} at byte {offset} (HTTP {status},"
+            f" Content-Range {content_range[:60]!r})",
+            ref=str(ref),
+            digest=str(digest),
+        )
+
+
+async def _error_detail(response: httpx.Response) -> str:
+    """The registry's ``{"errors": [{"code", "message"}]}``, shortened; "" if none."""
+    try:
+        body = await read_bounded(response, _ERROR_BODY_BYTES, what="error body")
+        doc = json.loads(body.decode("utf-8"))
+    except (httpx.HTTPError, httpx.StreamError, BodyTooLarge, ValueError, RecursionError):
+        return ""
+    if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
+        return ""
+    parts = []
+    for error in doc["errors"][:3]:
+        if isinstance(error, dict):
+            code, message = error.get("code"), error.get("message")
+            text = ": ".join(str(x) for x in (code, message) if isinstance(x, str) and x)
+            if text:
+                parts.append("".join(c for c in text if c.isprintable())[:200])
+    return "; ".join(parts)
+
+
+def _authority(url: httpx.URL) -> str:
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port}" if url.port is not None else host
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+async def _close(response: httpx.Response) -> None:
+    """Close a response even while being cancelled, so its pool slot is returned."""
+    with trio.CancelScope(shield=True):
+        await response.aclose()

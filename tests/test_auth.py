@@ -1,0 +1,334 @@
+"""stages/_auth.py: challenge parsing, token responses, credential destinations, cache."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from stages._auth import (
+    Challenge,
+    ChallengeError,
+    Token,
+    TokenCache,
+    basic_authorization,
+    check_credential_destination,
+    choose_challenge,
+    fetch_token,
+    host_of,
+    is_internal_host,
+    is_loopback_host,
+    matches_insecure,
+    parse_challenges,
+    parse_token_response,
+    token_url,
+)
+from stages._config import Credentials, Limits
+from stages._errors import AuthError
+
+# httpx and httpcore nest async generators that trio reports when a body is abandoned
+# (here: a token body over its cap); the response itself is closed.
+pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
+
+SECRET = "s3cr3t-pa55"
+CREDS = Credentials("alice", SECRET)
+
+
+def ch(scheme: str, **params: str) -> Challenge:
+    return Challenge(scheme, tuple(params.items()))
+
+
+CHALLENGES = [
+    (
+        ['Bearer realm="https://auth.docker.io/token",service="registry.docker.io"'],
+        [ch("bearer", realm="https://auth.docker.io/token", service="registry.docker.io")],
+    ),
+    (
+        ['Bearer realm="https://a/t",service="s",scope="repository:samalba/app:pull,push"'],
+        [ch("bearer", realm="https://a/t", service="s", scope="repository:samalba/app:pull,push")],
+    ),
+    (
+        [
+            'Bearer realm="https://a/t",scope="repository:a:pull,push repository:b:pull",'
+            'error="insufficient_scope"'
+        ],
+        [
+            ch(
+                "bearer",
+                realm="https://a/t",
+                scope="repository:a:pull,push repository:b:pull",
+                error="insufficient_scope",
+            )
+        ],
+    ),
+    (['Basic realm="a \\"quoted\\" realm"'], [ch("basic", realm='a "quoted" realm')]),
+    (['Basic realm="back\\\\slash"'], [ch("basic", realm="back\\slash")]),
+    (['Basic realm="Registry Realm"'], [ch("basic", realm="Registry Realm")]),
+    (['BEARER Realm="x", SERVICE=tok'], [ch("bearer", realm="x", service="tok")]),
+    (['Bearer realm = "x" , service = y'], [ch("bearer", realm="x", service="y")]),
+    (
+        ['Basic realm="r1", Bearer realm="https://x/t",service="s"'],
+        [ch("basic", realm="r1"), ch("bearer", realm="https://x/t", service="s")],
+    ),
+    (
+        ['Basic realm="r1"', 'Bearer realm="https://x/t"'],
+        [ch("basic", realm="r1"), ch("bearer", realm="https://x/t")],
+    ),
+    (["Basic, Bearer realm=x"], [ch("basic"), ch("bearer", realm="x")]),
+    (["Basic"], [ch("basic")]),
+    (
+        ["Negotiate abc==, Basic realm=x"],
+        [ch("negotiate", **{"": "abc=="}), ch("basic", realm="x")],
+    ),
+    (['Bearer realm="x",realm="y"'], [ch("bearer", realm="x")]),
+    ([""], []),
+    (["  ,  "], []),
+]
+
+
+@pytest.mark.parametrize(("headers", "want"), CHALLENGES)
+def test_parse_challenges(headers: list[str], want: list[Challenge]) -> None:
+    assert parse_challenges(headers) == want
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'Bearer realm="unterminated',
+        'Bearer realm="x", service=',
+        'Bearer realm="x" junk',
+        'Bearer realm="x";service="y"',
+        "=x",
+        'Basic realm="x\\',
+    ],
+)
+def test_parse_challenges_malformed(header: str) -> None:
+    with pytest.raises(ChallengeError):
+        parse_challenges([header])
+
+
+def test_choose_challenge() -> None:
+    basic = ch("basic", realm="r")
+    bearer = ch("bearer", realm="https://a/t")
+    assert choose_challenge([basic, bearer]) == bearer
+    assert choose_challenge([ch("bearer"), basic]) == basic  # a Bearer without realm is useless
+    assert choose_challenge([ch("negotiate"), basic]) == basic
+    assert choose_challenge([ch("negotiate")]) is None
+    assert bearer.get("realm") == "https://a/t"
+    assert bearer.get("service") is None
+
+
+def test_token_url() -> None:
+    url = token_url("https://auth.example/token?x=1", "reg", "repository:a/b:pull")
+    assert url.host == "auth.example"
+    assert url.params["x"] == "1"
+    assert url.params["service"] == "reg"
+    assert url.params["scope"] == "repository:a/b:pull"
+    assert "service" not in token_url("https://a/t", "", "s").params
+    for bad in ["", "ftp://a/t", "/relative", "https://"]:
+        with pytest.raises(AuthError):
+            token_url(bad, "s", "scope")
+
+
+TOKEN_BODIES = [
+    ({"token": "T"}, Token("T", 60)),
+    ({"access_token": "A", "token": "T"}, Token("A", 60)),
+    ({"token": "T", "expires_in": 300}, Token("T", 300)),
+    ({"token": "T", "expires_in": 0}, Token("T", 60)),
+    ({"token": "T", "expires_in": -5}, Token("T", 60)),
+    ({"token": "T", "expires_in": "300"}, Token("T", 60)),
+    ({"token": "T", "expires_in": True}, Token("T", 60)),
+    ({"token": "T", "expires_in": 10**30}, Token("T", 60)),
+]
+
+
+@pytest.mark.parametrize(("doc", "want"), TOKEN_BODIES)
+def test_parse_token_response(doc: object, want: Token) -> None:
+    assert parse_token_response(json.dumps(doc).encode(), realm_host="auth.example") == want
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>nope</html>",
+        b"",
+        b"[]",
+        b'"token"',
+        b"{}",
+        b'{"token": ""}',
+        b'{"token": 5}',
+        b'{"token": "a\\nb"}',
+        b'{"token": NaN}',
+        b"\xff\xfe{}",
+        b"[" * 100000 + b"]" * 100000,
+        b'{"token": "T", "expires_in": 1' + b"0" * 5000 + b"}",
+    ],
+)
+def test_parse_token_response_bad(body: bytes) -> None:
+    with pytest.raises(AuthError) as info:
+        parse_token_response(body, realm_host="auth.example")
+    assert "auth.example" in str(info.value)
+
+
+def test_host_helpers() -> None:
+    assert host_of("[::1]:5000") == "::1"
+    assert host_of("Reg.Example:5000") == "reg.example"
+    assert host_of("reg") == "reg"
+    assert is_loopback_host("127.0.0.2") and is_loopback_host("::1")
+    assert is_loopback_host("localhost") and not is_loopback_host("example.com")
+    assert is_internal_host("10.1.2.3") and is_internal_host("169.254.169.254")
+    assert is_internal_host("fe80::1") and is_internal_host("192.168.0.1")
+    assert not is_internal_host("8.8.8.8") and not is_internal_host("auth.docker.io")
+
+
+@pytest.mark.parametrize(
+    ("authority", "listed", "want"),
+    [
+        ("reg:5000", ["reg"], True),
+        ("reg:5000", ["reg:5000"], True),
+        ("reg:5000", ["reg:5001"], False),
+        ("reg", ["reg:5000"], False),
+        ("REG:5000", ["reg"], True),
+        ("[::1]:5000", ["[::1]"], True),
+        ("[::1]:5000", ["::1"], True),
+        ("[::1]:5000", ["[::1]:5000"], True),
+        ("[::1]:5000", ["[::1]:5001"], False),
+        ("other:5000", ["reg"], False),
+    ],
+)
+def test_matches_insecure(authority: str, listed: list[str], want: bool) -> None:
+    assert matches_insecure(authority, listed) is want
+
+
+@pytest.mark.parametrize(
+    ("url", "registry", "insecure", "allowed"),
+    [
+        ("https://auth.docker.io/token", "registry-1.docker.io", [], True),
+        ("http://auth.docker.io/token", "registry-1.docker.io", [], False),
+        ("http://auth.example/token", "reg.example", ["auth.example"], True),
+        ("http://127.0.0.1:5001/token", "127.0.0.1:5000", [], True),
+        ("http://localhost:5001/token", "localhost:5000", [], True),
+        ("https://127.0.0.1:5001/token", "registry-1.docker.io", [], False),
+        ("https://169.254.169.254/token", "registry-1.docker.io", [], False),
+        ("https://10.0.0.5/token", "reg.example", [], False),
+        ("https://10.0.0.5/token", "10.0.0.4:5000", [], True),
+        ("https://[fe80::1]/token", "reg.example", [], False),
+        ("ftp://auth.example/token", "reg.example", [], False),
+        ("http://10.0.0.5:5000/v2/", "10.0.0.5:5000", ["10.0.0.5"], True),
+        ("http://10.0.0.5:5000/v2/", "10.0.0.5:5000", [], False),
+    ],
+)
+def test_credential_destination(
+    url: str, registry: str, insecure: list[str], allowed: bool
+) -> None:
+    reason = check_credential_destination(httpx.URL(url), registry=registry, insecure=insecure)
+    assert (reason is None) is allowed, reason
+
+
+async def test_token_cache_expiry(mock_clock: trio.testing.MockClock) -> None:
+    cache = TokenCache()
+    key = ("https://a/t", "svc", "repository:x:pull")
+    assert cache.get(key) is None
+    cache.put(key, Token("T", 60))
+    assert cache.get(key) == Token("T", 60)
+    assert cache.get(("https://a/t", "svc", "repository:y:pull")) is None
+    mock_clock.jump(50)
+    assert cache.get(key) is not None
+    mock_clock.jump(6)  # renewed a little before the issued expiry
+    assert cache.get(key) is None
+    cache.put(key, Token("U", 2))
+    mock_clock.jump(0.5)
+    assert cache.get(key) == Token("U", 2)
+    cache.discard(key)
+    assert cache.get(key) is None
+
+
+def test_token_repr_hides_value() -> None:
+    assert "T0KEN" not in repr(Token("T0KEN", 60))
+    assert SECRET not in repr(CREDS)
+
+
+# -- fetch_token against a mock token service ----------------------------------------------
+
+
+class TokenService:
+    def __init__(self, response: httpx.Response | Exception) -> None:
+        self.response = response
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if isinstance(self.response, Exception):
+            raise self.response
+        return self.response
+
+
+async def _fetch(service: TokenService, credentials: Credentials | None = CREDS) -> Token:
+    url = token_url("https://auth.example/token", "reg.example", "repository:a:pull")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(service)) as client:
+        with trio.fail_after(5):
+            return await fetch_token(
+                client, url, credentials=credentials, limits=Limits(), registry="reg.example"
+            )
+
+
+async def test_fetch_token_with_credentials() -> None:
+    service = TokenService(httpx.Response(200, json={"token": "T", "expires_in": 120}))
+    assert await _fetch(service) == Token("T", 120)
+    (request,) = service.requests
+    assert request.headers["Authorization"] == basic_authorization(CREDS)
+    assert request.url.params["service"] == "reg.example"
+    assert request.url.params["scope"] == "repository:a:pull"
+
+
+async def test_fetch_token_anonymous() -> None:
+    service = TokenService(httpx.Response(200, json={"access_token": "A"}))
+    assert await _fetch(service, None) == Token("A", 60)
+    assert "Authorization" not in service.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (httpx.Response(500), "failed (HTTP 500)"),
+        (httpx.Response(503, text="busy"), "failed (HTTP 503)"),
+        (httpx.Response(401), "check the username/password for reg.example"),
+        (httpx.Response(403), "refused"),
+        (httpx.Response(302, headers={"Location": "https://evil/"}), "HTTP 302"),
+        (httpx.Response(200, text="<html>"), "did not answer with JSON"),
+        (httpx.Response(200, json={"nope": 1}), "without a token"),
+        (httpx.Response(200, content=b"x" * (1 << 20 + 1)), "more than 1048576 bytes"),
+        (
+            httpx.Response(200, headers={"Content-Length": str(1 << 30)}, content=b"{}"),
+            "more than 1048576 bytes",
+        ),
+        (httpx.ConnectError("connection refused"), "cannot get a token from auth.example"),
+        (httpx.ReadTimeout("slow"), "cannot get a token from auth.example"),
+    ],
+)
+async def test_fetch_token_failures(response: httpx.Response | Exception, expected: str) -> None:
+    with pytest.raises(AuthError) as info:
+        await _fetch(TokenService(response))
+    message = str(info.value)
+    assert expected in message
+    assert "auth.example" in message
+    assert SECRET not in message
+    assert basic_authorization(CREDS).split()[1] not in message
+
+
+async def test_fetch_token_oversize_chunked_body_read_only_to_the_cap() -> None:
+    sent = 0
+
+    async def body() -> object:
+        nonlocal sent
+        for _ in range(100):
+            sent += 64 * 1024
+            yield b"x" * (64 * 1024)
+
+    service = TokenService(httpx.Response(200, content=body()))  # type: ignore[arg-type]
+    with pytest.raises(AuthError, match="more than"):
+        await _fetch(service)
+    assert sent <= (1 << 20) + 64 * 1024

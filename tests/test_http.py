@@ -1,0 +1,190 @@
+"""stages/_http.py: big socket reads against a real loopback server, error mapping, TLS."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import httpcore
+import httpx
+import pytest
+import trio
+import trustme
+
+from stages._config import Limits, RegistryOptions
+from stages._errors import UsageError
+from stages._http import (
+    LargeReadBackend,
+    describe_error,
+    make_ssl_context,
+    open_client,
+    tls_failure,
+)
+
+BODY_SIZE = 8 << 20
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def _serve(nursery: trio.Nursery, handler: Handler) -> int:
+    """Serve ``handler`` on 127.0.0.1; return the port."""
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def _read_request(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def _big_body(stream: trio.SocketStream) -> None:
+    await _read_request(stream)
+    await stream.send_all(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: application/octet-stream\r\n\r\n"
+        % BODY_SIZE
+    )
+    block = b"x" * (1 << 20)
+    for _ in range(BODY_SIZE // len(block)):
+        await stream.send_all(block)
+
+
+async def test_backend_reads_more_than_asked() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, _big_body)
+            backend = LargeReadBackend(1 << 20)
+            stream = await backend.connect_tcp("127.0.0.1", port)
+            await stream.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            sizes = []
+            total = 0
+            while total < BODY_SIZE:
+                data = await stream.read(64 * 1024)
+                if not data:
+                    break
+                sizes.append(len(data))
+                total += len(data)
+            await stream.aclose()
+            assert total >= BODY_SIZE
+            assert max(sizes) > 64 * 1024
+            nursery.cancel_scope.cancel()
+
+
+async def test_client_streams_large_chunks() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, _big_body)
+            async with (
+                open_client(RegistryOptions(), Limits()) as client,
+                client.stream("GET", f"http://127.0.0.1:{port}/blob") as response,
+            ):
+                assert response.status_code == 200
+                sizes = [len(chunk) async for chunk in response.aiter_raw()]
+            assert sum(sizes) == BODY_SIZE
+            # httpcore alone never yields more than 64 KiB per read.
+            assert max(sizes) > 64 * 1024
+            assert response.request.headers["User-Agent"] == "imagec-pipe"
+            nursery.cancel_scope.cancel()
+
+
+async def test_connection_refused_is_httpx_connect_error() -> None:
+    with trio.fail_after(10):
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        async with open_client(RegistryOptions(), Limits()) as client:
+            with pytest.raises(httpx.ConnectError) as info:
+                await client.get(f"http://127.0.0.1:{port}/v2/")
+            assert isinstance(info.value.__cause__, httpcore.ConnectError)
+            assert tls_failure(info.value) is None
+            assert "refused" in describe_error(info.value).lower()
+
+
+async def test_read_timeout_from_limits() -> None:
+    async def stall(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, stall)
+            limits = Limits(read_timeout_s=0.2)
+            async with open_client(RegistryOptions(), limits) as client:
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.get(f"http://127.0.0.1:{port}/")
+            nursery.cancel_scope.cancel()
+
+
+async def test_tls_verified_with_ca_file_and_unverified_mode(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def hello(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, server_ctx, server_side=True)
+        try:
+            await _read_request(tls)  # type: ignore[arg-type]
+            await tls.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await tls.aclose()
+        except trio.BrokenResourceError:
+            pass
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, hello)
+            url = f"https://127.0.0.1:{port}/"
+            async with open_client(RegistryOptions(), Limits()) as client:
+                with pytest.raises(httpx.ConnectError) as info:
+                    await client.get(url)
+                assert tls_failure(info.value) == "verify"
+                assert "certificate not trusted" in describe_error(info.value)
+            async with open_client(RegistryOptions(ca_file=ca_file), Limits()) as client:
+                assert (await client.get(url)).text == "ok"
+            async with open_client(RegistryOptions(), Limits(), verify=False) as client:
+                assert (await client.get(url)).text == "ok"
+            nursery.cancel_scope.cancel()
+
+
+async def test_https_to_plain_server_is_a_protocol_failure() -> None:
+    async def plain(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, plain)
+            async with open_client(RegistryOptions(), Limits()) as client:
+                with pytest.raises(httpx.ConnectError) as info:
+                    await client.get(f"https://127.0.0.1:{port}/")
+            assert tls_failure(info.value) == "protocol"
+            assert "TLS handshake failed" in describe_error(info.value)
+            nursery.cancel_scope.cancel()
+
+
+def test_ssl_contexts() -> None:
+    verified = make_ssl_context(RegistryOptions(), verify=True)
+    assert verified.verify_mode == ssl.CERT_REQUIRED
+    assert verified.check_hostname
+    unverified = make_ssl_context(RegistryOptions(), verify=False)
+    assert unverified.verify_mode == ssl.CERT_NONE
+
+
+def test_unreadable_ca_file_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(UsageError, match="--ca-file"):
+        make_ssl_context(RegistryOptions(ca_file=missing), verify=True)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(UsageError, match="PEM"):
+        make_ssl_context(RegistryOptions(ca_file=garbage), verify=True)

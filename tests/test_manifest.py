@@ -1,0 +1,426 @@
+"""resolve_image against a scripted registry (httpx.MockTransport): every check it makes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from stages._config import Limits, RegistryOptions
+from stages._errors import ManifestError, PlatformNotFound
+from stages._manifest import resolve_image
+from stages._reference import Reference, parse_reference
+from stages._registry import RegistryClient
+from stages._types import Digest, MediaType, Platform
+
+pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
+
+AMD64 = Platform("linux", "amd64")
+REPO = "reg.example/team/app"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+class Registry:
+    """Manifests by tag or digest, blobs by digest; each served with a Content-Type."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[str, tuple[bytes, str]] = {}
+        self.blobs: dict[str, bytes] = {}
+        self.requests: list[str] = []
+
+    def add_manifest(self, body: bytes, media_type: str, tag: str | None = None) -> str:
+        digest = sha(body)
+        self.manifests[digest] = (body, media_type)
+        if tag:
+            self.manifests[tag] = (body, media_type)
+        return digest
+
+    def add_blob(self, body: bytes) -> str:
+        self.blobs[sha(body)] = body
+        return sha(body)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.requests.append(path)
+        if path == "/v2/":
+            return httpx.Response(200)
+        _, _, rest = path.partition("/v2/team/app/")
+        kind, _, target = rest.partition("/")
+        if kind == "manifests" and target in self.manifests:
+            body, media_type = self.manifests[target]
+            return httpx.Response(200, content=body, headers={"Content-Type": media_type})
+        if kind == "blobs" and target in self.blobs:
+            return httpx.Response(200, content=self.blobs[target])
+        return httpx.Response(404)
+
+
+def config(os: str = "linux", arch: str = "amd64", diff_ids: int = 2, **extra: Any) -> bytes:
+    doc = {
+        "architecture": arch,
+        "os": os,
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{i:064x}" for i in range(diff_ids)]},
+        **extra,
+    }
+    return dumps(doc)
+
+
+def layer(i: int, media_type: str = MediaType.OCI_LAYER_GZIP, size: Any = 100) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": f"sha256:{i + 100:064x}", "size": size}
+
+
+def manifest(
+    reg: Registry,
+    config_bytes: bytes | None = None,
+    layers: list[dict[str, Any]] | None = None,
+    media_type: str = MediaType.OCI_MANIFEST,
+    **extra: Any,
+) -> dict[str, Any]:
+    config_bytes = config() if config_bytes is None else config_bytes
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {
+            "mediaType": MediaType.OCI_CONFIG
+            if media_type == MediaType.OCI_MANIFEST
+            else MediaType.DOCKER_CONFIG,
+            "digest": reg.add_blob(config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": [layer(0), layer(1)] if layers is None else layers,
+    }
+    doc.update(extra)
+    return doc
+
+
+def index_entry(reg: Registry, doc: dict[str, Any], platform: dict[str, str]) -> dict[str, Any]:
+    body = dumps(doc)
+    media_type = doc.get("mediaType", MediaType.OCI_MANIFEST)
+    return {
+        "mediaType": media_type,
+        "digest": reg.add_manifest(body, media_type),
+        "size": len(body),
+        "platform": platform,
+    }
+
+
+async def resolve(
+    reg: Registry,
+    ref: Reference | str = REPO,
+    platform: Platform = AMD64,
+    limits: Limits | None = None,
+) -> Any:
+    limits = limits or Limits()
+    if isinstance(ref, str):
+        ref = parse_reference(ref)
+    with trio.fail_after(5):
+        async with RegistryClient.open(
+            RegistryOptions(), limits, transport=httpx.MockTransport(reg)
+        ) as client:
+            return await resolve_image(client, ref, platform, limits)
+
+
+async def test_oci_manifest_by_tag() -> None:
+    reg = Registry()
+    doc = manifest(reg)
+    body = dumps(doc)
+    digest = reg.add_manifest(body, MediaType.OCI_MANIFEST, tag="latest")
+    image = await resolve(reg)
+    assert str(image.manifest_digest) == digest
+    assert image.resolved_digest == image.manifest_digest
+    assert image.manifest_bytes == body
+    assert image.manifest_media_type == MediaType.OCI_MANIFEST
+    assert image.index_bytes is None and image.index_media_type is None
+    assert image.platform == AMD64
+    assert str(image.config.digest) == doc["config"]["digest"]
+    assert image.config_bytes == config()
+    assert [str(d.digest) for d in image.layers] == [d["digest"] for d in doc["layers"]]
+    assert image.layers[0].size == 100
+    assert len(image.diff_ids) == 2
+    assert image.diff_ids[1] == Digest(f"{1:064x}")
+
+
+async def test_docker_schema2_by_digest() -> None:
+    reg = Registry()
+    body = dumps(
+        manifest(
+            reg,
+            media_type=MediaType.DOCKER_MANIFEST,
+            layers=[layer(0, MediaType.DOCKER_LAYER_GZIP), layer(1, MediaType.DOCKER_LAYER_GZIP)],
+        )
+    )
+    digest = reg.add_manifest(body, MediaType.DOCKER_MANIFEST)
+    image = await resolve(reg, f"{REPO}@{digest}")
+    assert str(image.manifest_digest) == digest
+    assert image.manifest_media_type == MediaType.DOCKER_MANIFEST
+    assert reg.requests[1] == f"/v2/team/app/manifests/{digest}"
+
+
+async def test_digest_mismatch_names_both() -> None:
+    reg = Registry()
+    body = dumps(manifest(reg))
+    wanted = "sha256:" + "0" * 64
+    reg.manifests[wanted] = (body, MediaType.OCI_MANIFEST)
+    with pytest.raises(ManifestError) as info:
+        await resolve(reg, f"{REPO}@{wanted}")
+    assert wanted in str(info.value) and sha(body) in str(info.value)
+
+
+def _index(
+    reg: Registry, entries: list[dict[str, Any]], media_type: str = MediaType.OCI_INDEX
+) -> str:
+    body = dumps({"schemaVersion": 2, "mediaType": media_type, "manifests": entries})
+    return reg.add_manifest(body, media_type, tag="latest")
+
+
+async def test_index_picks_platform() -> None:
+    reg = Registry()
+    arm = manifest(reg, config(arch="arm64"))
+    amd = manifest(reg, config(arch="amd64"))
+    entries = [
+        index_entry(reg, arm, {"os": "linux", "architecture": "arm64", "variant": "v8"}),
+        index_entry(reg, amd, {"os": "linux", "architecture": "amd64"}),
+        # An attestation manifest, as buildkit adds: no usable platform.
+        index_entry(reg, amd, {"os": "unknown", "architecture": "unknown"}),
+    ]
+    index_digest = _index(reg, entries)
+    image = await resolve(reg)
+    assert str(image.resolved_digest) == index_digest
+    assert str(image.manifest_digest) == entries[1]["digest"]
+    assert image.index_media_type == MediaType.OCI_INDEX
+    assert image.index_bytes is not None
+    assert image.platform == AMD64
+    image = await resolve(reg, platform=Platform("linux", "arm64"))
+    assert str(image.manifest_digest) == entries[0]["digest"]
+    assert image.platform == Platform("linux", "arm64", "v8")
+
+
+async def test_index_prefers_exact_variant() -> None:
+    reg = Registry()
+    doc = manifest(reg, config(arch="arm"))
+    v6 = index_entry(reg, doc, {"os": "linux", "architecture": "arm", "variant": "v6"})
+    doc7 = manifest(reg, config(arch="arm", diff_ids=1), layers=[layer(7)])
+    v7 = index_entry(reg, doc7, {"os": "linux", "architecture": "arm", "variant": "v7"})
+    _index(reg, [v6, v7], MediaType.DOCKER_LIST)
+    image = await resolve(reg, platform=Platform("linux", "arm", "v7"))
+    assert str(image.manifest_digest) == v7["digest"]
+    image = await resolve(reg, platform=Platform("linux", "arm"))
+    assert str(image.manifest_digest) == v6["digest"]  # any variant: the first
+
+
+async def test_index_without_platform_lists_available() -> None:
+    reg = Registry()
+    doc = manifest(reg)
+    _index(
+        reg,
+        [
+            index_entry(reg, doc, {"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            index_entry(reg, doc, {"os": "windows", "architecture": "amd64"}),
+        ],
+    )
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=Platform("linux", "s390x"))
+    message = str(info.value)
+    assert "linux/s390x" in message
+    assert "linux/arm64/v8, windows/amd64" in message
+
+
+async def test_nested_index_refused() -> None:
+    reg = Registry()
+    inner = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": []}
+    _index(reg, [index_entry(reg, inner, {"os": "linux", "architecture": "amd64"})])
+    with pytest.raises(ManifestError, match="nested indexes"):
+        await resolve(reg)
+
+
+async def test_index_child_lying_about_its_type_refused() -> None:
+    reg = Registry()
+    child = manifest(reg)
+    entry = index_entry(reg, child, {"os": "linux", "architecture": "amd64"})
+    entry["mediaType"] = MediaType.DOCKER_MANIFEST
+    _index(reg, [entry])
+    with pytest.raises(ManifestError, match="the index says"):
+        await resolve(reg)
+
+
+async def test_index_child_digest_checked() -> None:
+    reg = Registry()
+    entry = index_entry(reg, manifest(reg), {"os": "linux", "architecture": "amd64"})
+    other = dumps(manifest(reg, config(diff_ids=1), layers=[layer(5)]))
+    reg.manifests[entry["digest"]] = (other, MediaType.OCI_MANIFEST)
+    entry["size"] = len(other)
+    _index(reg, [entry])
+    with pytest.raises(ManifestError, match="hashes to"):
+        await resolve(reg)
+
+
+async def test_config_platform_contradicting_index_refused() -> None:
+    reg = Registry()
+    doc = manifest(reg, config(arch="arm64"))
+    _index(reg, [index_entry(reg, doc, {"os": "linux", "architecture": "amd64"})])
+    with pytest.raises(ManifestError, match="its config says linux/arm64"):
+        await resolve(reg)
+
+
+async def test_config_platform_without_index_not_policed() -> None:
+    reg = Registry()
+    reg.add_manifest(dumps(manifest(reg, config(arch="arm64"))), MediaType.OCI_MANIFEST, "latest")
+    image = await resolve(reg)
+    assert image.platform == Platform("linux", "arm64")
+
+
+async def test_media_type_from_header_when_body_has_none() -> None:
+    reg = Registry()
+    doc = manifest(reg)
+    del doc["mediaType"]
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    assert (await resolve(reg)).manifest_media_type == MediaType.OCI_MANIFEST
+    reg.add_manifest(dumps(doc), "application/json", "latest")  # shape decides
+    assert (await resolve(reg)).manifest_media_type == MediaType.OCI_MANIFEST
+
+
+async def test_manifest_over_limit_refused() -> None:
+    reg = Registry()
+    reg.add_manifest(
+        dumps(manifest(reg, annotations={"pad": "x" * 5000})), MediaType.OCI_MANIFEST, "latest"
+    )
+    with pytest.raises(ManifestError, match="larger than the 4096-byte limit"):
+        await resolve(reg, limits=Limits(max_manifest_bytes=4096))
+
+
+async def test_config_over_limit_refused_unread() -> None:
+    reg = Registry()
+    doc = manifest(reg)
+    doc["config"]["size"] = 5 << 20
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match="over the 4194304-byte limit"):
+        await resolve(reg)
+    assert not any("/blobs/" in path for path in reg.requests)
+
+
+def _bad_manifests() -> list[tuple[str, Any, str]]:
+    """(name, how to spoil a good manifest document, expected message)."""
+
+    def setter(path: list[Any], value: Any) -> Any:
+        def spoil(doc: dict[str, Any]) -> None:
+            target: Any = doc
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+
+        return spoil
+
+    return [
+        ("schema1", setter(["schemaVersion"], 1), "schema1"),
+        ("schema3", setter(["schemaVersion"], 3), "schemaVersion 3"),
+        ("unknown type", setter(["mediaType"], "application/x-weird"), "unsupported media type"),
+        ("bad digest", setter(["layers", 0, "digest"], "sha256:abc"), "layer 0's digest"),
+        ("md5 digest", setter(["layers", 0, "digest"], "md5:" + "a" * 32), "only sha256"),
+        ("digest type", setter(["layers", 0, "digest"], 5), "not a string"),
+        ("negative size", setter(["layers", 0, "size"], -1), "invalid size -1"),
+        ("bool size", setter(["layers", 0, "size"], True), "invalid size"),
+        ("float size", setter(["layers", 0, "size"], 1.5), "invalid size"),
+        ("huge size", setter(["layers", 0, "size"], 2**53), "invalid size"),
+        ("string size", setter(["layers", 0, "size"], "100"), "invalid size"),
+        ("layer type", setter(["layers", 1, "mediaType"], "application/x-tar"), "layer 1"),
+        ("no layer type", setter(["layers", 1, "mediaType"], None), "no mediaType"),
+        ("layers not list", setter(["layers"], {}), "no layers list"),
+        ("layer not object", setter(["layers", 0], "x"), "not a JSON object"),
+        (
+            "config type",
+            setter(["config", "mediaType"], "application/x-helm"),
+            "not an image config",
+        ),
+        ("annotations", setter(["layers", 0, "annotations"], {"a": 1}), "annotations"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "spoil", "text"), _bad_manifests(), ids=[b[0] for b in _bad_manifests()]
+)
+async def test_malformed_manifest_fields(name: str, spoil: Any, text: str) -> None:
+    reg = Registry()
+    doc = manifest(reg)
+    spoil(doc)
+    reg.add_manifest(dumps(doc), doc.get("mediaType") or MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError) as info:
+        await resolve(reg)
+    assert text in str(info.value)
+    assert REPO in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe\x00{", "not valid UTF-8"),
+        (b"[" * 200000 + b"]" * 200000, "nested too deeply"),
+        (b'{"schemaVersion": 1' + b"0" * 5000 + b"}", "not valid JSON"),
+        (b'{"schemaVersion": NaN}', "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"mediaType": 5}', "not a string"),
+        (b"{}", "unsupported media type"),
+    ],
+)
+async def test_malformed_manifest_bodies(body: bytes, text: str) -> None:
+    reg = Registry()
+    reg.add_manifest(body, MediaType.OCI_MANIFEST, "latest")
+    reg.manifests["latest"] = (body, "application/json")
+    with pytest.raises(ManifestError, match=text):
+        await resolve(reg)
+
+
+async def test_media_type_mismatch_with_header() -> None:
+    reg = Registry()
+    reg.add_manifest(dumps(manifest(reg)), MediaType.DOCKER_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match="served as"):
+        await resolve(reg)
+
+
+@pytest.mark.parametrize(
+    ("config_bytes", "text"),
+    [
+        (config(diff_ids=3), "3 diff_ids for 2 layers"),
+        (dumps({"rootfs": {"diff_ids": ["sha256:bad", "x"]}}), "diff_id 0"),
+        (dumps({"os": "linux"}), "no rootfs.diff_ids"),
+        (b"\x00not json", "image config is not valid JSON"),
+    ],
+)
+async def test_bad_configs(config_bytes: bytes, text: str) -> None:
+    reg = Registry()
+    reg.add_manifest(dumps(manifest(reg, config_bytes)), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match=text):
+        await resolve(reg)
+
+
+async def test_config_digest_and_size_verified() -> None:
+    reg = Registry()
+    doc = manifest(reg)
+    reg.blobs[doc["config"]["digest"]] = config(arch="amd65")  # same length
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match="image config received hashes to"):
+        await resolve(reg)
+
+    reg = Registry()
+    doc = manifest(reg)
+    doc["config"]["size"] += 10
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match="bytes but its descriptor says"):
+        await resolve(reg)
+
+    reg = Registry()
+    doc = manifest(reg)
+    doc["config"]["size"] -= 10
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match=r"larger than the .* bytes its descriptor says"):
+        await resolve(reg)

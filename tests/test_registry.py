@@ -1,0 +1,829 @@
+"""stages/_registry.py against httpx.MockTransport: the protocol edge cases.
+
+The real-registry round trips (plain, basic, token) are at the end of the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ssl
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+
+from stages._auth import basic_authorization
+from stages._config import Credentials, Limits, RegistryOptions
+from stages._errors import (
+    AuthError,
+    ManifestError,
+    NotFound,
+    PlatformNotFound,
+    RegistryError,
+    RegistryUnavailable,
+    TooManyRequests,
+)
+from stages._manifest import resolve_image
+from stages._reference import Reference, parse_reference
+from stages._registry import RegistryClient
+from stages._types import Digest, Platform
+from tests.support.images import sample_image, sample_index
+
+pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
+
+SECRET = "hunter2-secret"
+CREDS = Credentials("bob", SECRET)
+BLOB = b"layer bytes " * 1000
+BLOB_DIGEST = Digest(hashlib.sha256(BLOB).hexdigest())
+MANIFEST = b'{"schemaVersion": 2}'
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class FakeRegistry:
+    """A scripted registry: records every request; ``routes`` maps (scheme, host, path)
+    prefixes to handlers; a token service at https://auth.example/token."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "reg.example",
+        challenge: str | None = None,
+        token_ok: Callable[[str], bool] = lambda token: True,
+    ) -> None:
+        self.host = host
+        self.challenge = challenge
+        self.token_ok = token_ok
+        self.requests: list[httpx.Request] = []
+        self.tokens_issued = 0
+        self.routes: dict[str, Handler] = {}
+        self.closed = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        url = request.url
+        key = f"{url.scheme}://{url.netloc.decode()}{url.path}"
+        for prefix, handler in self.routes.items():
+            if key.startswith(prefix):
+                return handler(request)
+        if url.host == "auth.example" and url.path == "/token":
+            self.tokens_issued += 1
+            return httpx.Response(200, json={"token": f"tok{self.tokens_issued}"})
+        if url.path == "/v2/":
+            if self.challenge:
+                return httpx.Response(401, headers={"WWW-Authenticate": self.challenge})
+            return httpx.Response(200)
+        if not self._authorised(request):
+            return httpx.Response(
+                401,
+                headers={"WWW-Authenticate": self.challenge or ""},
+                json={"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+            )
+        if url.path.endswith("/manifests/latest"):
+            return httpx.Response(
+                200, content=MANIFEST, headers={"Content-Type": "application/json"}
+            )
+        if url.path.endswith(f"/blobs/{BLOB_DIGEST}"):
+            return self._blob(request)
+        return httpx.Response(
+            404, json={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+        )
+
+    def _authorised(self, request: httpx.Request) -> bool:
+        if not self.challenge:
+            return True
+        header = request.headers.get("Authorization", "")
+        if self.challenge.startswith("Basic"):
+            return header == basic_authorization(CREDS)
+        return header.startswith("Bearer ") and self.token_ok(header[7:])
+
+    def _blob(self, request: httpx.Request) -> httpx.Response:
+        byte_range = request.headers.get("Range")
+        if byte_range:
+            start = int(byte_range.removeprefix("bytes=").rstrip("-"))
+            return streamed(
+                206,
+                BLOB[start:],
+                headers={"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"},
+            )
+        return streamed(200, BLOB)
+
+    def paths(self, host: str | None = None) -> list[str]:
+        return [
+            f"{r.url.scheme}://{r.url.netloc.decode()}{r.url.path}"
+            for r in self.requests
+            if host is None or r.url.host == host
+        ]
+
+
+def _client(fake: FakeRegistry, **options: Any) -> Any:
+    limits = options.pop("limits", Limits())
+    return RegistryClient.open(
+        RegistryOptions(**options), limits, transport=httpx.MockTransport(fake)
+    )
+
+
+REF = parse_reference("reg.example/team/app")
+AMD64 = Platform("linux", "amd64")
+BEARER = 'Bearer realm="https://auth.example/token",service="reg.example"'
+
+
+async def test_anonymous_manifest_and_headers() -> None:
+    fake = FakeRegistry()
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            body, headers = await client.get_bytes(
+                REF, "manifests", "latest", accept="application/x-test", max_bytes=1000
+            )
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    assert body == MANIFEST
+    assert headers["Content-Type"] == "application/json"
+    assert fake.paths() == [
+        "https://reg.example/v2/",
+        "https://reg.example/v2/team/app/manifests/latest",
+        "https://reg.example/v2/team/app/manifests/latest",
+    ]  # the endpoint is discovered once per host
+    request = fake.requests[1]
+    assert request.headers["Accept"] == "application/x-test"
+    assert request.headers["Accept-Encoding"] == "identity"
+    assert "Authorization" not in request.headers
+
+
+async def test_bearer_token_fetched_once_and_cached() -> None:
+    fake = FakeRegistry(challenge=BEARER)
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            for _ in range(3):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    assert fake.tokens_issued == 1
+    token_request = next(r for r in fake.requests if r.url.host == "auth.example")
+    assert token_request.url.params["scope"] == "repository:team/app:pull"
+    assert token_request.url.params["service"] == "reg.example"
+    assert "Authorization" not in token_request.headers  # anonymous
+    manifest_requests = [r for r in fake.requests if "manifests" in r.url.path]
+    assert all(r.headers["Authorization"] == "Bearer tok1" for r in manifest_requests)
+
+
+async def test_bearer_with_credentials_sends_basic_to_realm_only() -> None:
+    fake = FakeRegistry(challenge=BEARER)
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS) as client:
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    token_request = next(r for r in fake.requests if r.url.host == "auth.example")
+    assert token_request.headers["Authorization"] == basic_authorization(CREDS)
+    for request in fake.requests:
+        if request.url.host == "reg.example":
+            assert request.headers.get("Authorization", "").startswith("Bearer") or (
+                request.url.path == "/v2/" and "Authorization" not in request.headers
+            )
+
+
+async def test_401_mid_pull_renews_token_once() -> None:
+    # tok1 is "expired" by the registry; tok2 works.
+    fake = FakeRegistry(challenge=BEARER, token_ok=lambda token: token != "tok1")
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            body, _ = await client.get_bytes(
+                REF, "manifests", "latest", accept=None, max_bytes=1000
+            )
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    assert body == MANIFEST
+    assert fake.tokens_issued == 2
+    manifest_auth = [r.headers["Authorization"] for r in fake.requests if "manifests" in r.url.path]
+    assert manifest_auth == ["Bearer tok1", "Bearer tok2", "Bearer tok2"]
+
+
+async def test_401_after_renewal_is_auth_error_without_loop() -> None:
+    fake = FakeRegistry(challenge=BEARER, token_ok=lambda token: False)
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS) as client:
+            with pytest.raises(AuthError) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    assert fake.tokens_issued == 2
+    assert len([r for r in fake.requests if "manifests" in r.url.path]) == 2
+    message = str(info.value)
+    assert "unauthorized: check the username/password for reg.example" in message
+    assert SECRET not in message
+    assert "tok" not in message
+
+
+async def test_401_anonymous_says_credentials_needed() -> None:
+    fake = FakeRegistry(challenge=BEARER, token_ok=lambda token: False)
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(AuthError, match=r"needs credentials.*-u USER"):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+
+
+async def test_basic_auth() -> None:
+    fake = FakeRegistry(challenge='Basic realm="Registry Realm"')
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS) as client:
+            body, _ = await client.get_bytes(
+                REF, "manifests", "latest", accept=None, max_bytes=1000
+            )
+        assert body == MANIFEST
+        assert fake.requests[-1].headers["Authorization"] == basic_authorization(CREDS)
+        async with _client(FakeRegistry(challenge='Basic realm="r"')) as client:
+            with pytest.raises(AuthError, match="requires a username and password"):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+        wrong = Credentials("bob", "wrong-" + SECRET)
+        async with _client(FakeRegistry(challenge='Basic realm="r"'), credentials=wrong) as client:
+            with pytest.raises(AuthError) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+        assert "check the username/password for reg.example" in str(info.value)
+        assert SECRET not in str(info.value)
+        # The same Basic credentials are not sent a second time.
+        fake = FakeRegistry(challenge='Basic realm="r"')
+        async with _client(fake, credentials=wrong) as client:
+            with pytest.raises(AuthError):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+        assert len([r for r in fake.requests if "manifests" in r.url.path]) == 1
+
+
+async def test_credentials_not_sent_to_plain_http_or_private_realm() -> None:
+    for realm, why in [
+        ("http://auth.example/token", "plain http"),
+        ("https://169.254.169.254/token", "private or link-local"),
+    ]:
+        fake = FakeRegistry(challenge=f'Bearer realm="{realm}",service="x"')
+        with trio.fail_after(5):
+            async with _client(fake, credentials=CREDS) as client:
+                with pytest.raises(AuthError, match=why):
+                    await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+        assert all("169.254" not in r.url.host for r in fake.requests)
+        assert all(r.url.scheme == "https" for r in fake.requests)
+    # Anonymous: a private realm named by a public registry is refused too.
+    fake = FakeRegistry(challenge='Bearer realm="https://10.0.0.1/token"')
+    async with _client(fake) as client:
+        with pytest.raises(AuthError, match="private address"):
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+
+
+async def test_unparseable_challenge() -> None:
+    fake = FakeRegistry(challenge='Bearer realm="unterminated')
+    async with _client(fake) as client:
+        with pytest.raises(AuthError, match="unreadable WWW-Authenticate"):
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "text"),
+    [
+        (
+            httpx.Response(404, json={"errors": [{"code": "MANIFEST_UNKNOWN", "message": "x"}]}),
+            NotFound,
+            "MANIFEST_UNKNOWN",
+        ),
+        (httpx.Response(429, headers={"Retry-After": "30"}), TooManyRequests, "Retry-After: 30"),
+        (httpx.Response(503, text="down"), RegistryUnavailable, "HTTP 503"),
+        (httpx.Response(500, content=b"[" * 50000), RegistryUnavailable, "HTTP 500"),
+        (httpx.Response(418), RegistryError, "HTTP 418"),
+        (httpx.Response(403), AuthError, "access denied"),
+        (httpx.Response(204), RegistryError, "HTTP 204 instead of 200"),
+    ],
+)
+async def test_status_mapping(response: httpx.Response, error: type[Exception], text: str) -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/"] = lambda request: response
+    async with _client(fake) as client:
+        with pytest.raises(error) as info:
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert text in str(info.value)
+    assert "reg.example/team/app" in str(info.value)
+
+
+async def test_unknown_manifest_names_ref() -> None:
+    fake = FakeRegistry()
+    async with _client(fake) as client:
+        with pytest.raises(NotFound) as info:
+            await client.get_bytes(REF, "manifests", "nope", accept=None, max_bytes=100)
+    assert "manifest nope not found in reg.example/team/app" in str(info.value)
+
+
+async def test_oversize_bodies_refused() -> None:
+    fake = FakeRegistry()
+    sent = 0
+
+    async def chunks() -> Any:
+        nonlocal sent
+        for _ in range(1000):
+            sent += 1024
+            yield b"x" * 1024
+
+    fake.routes["https://reg.example/v2/team/app/manifests/big"] = lambda request: httpx.Response(
+        200, headers={"Content-Length": str(10**9)}, content=b"{}"
+    )
+    fake.routes["https://reg.example/v2/team/app/manifests/chunked"] = lambda r: httpx.Response(
+        200, content=chunks()
+    )
+    async with _client(fake) as client:
+        with pytest.raises(ManifestError, match="larger than the 4096-byte limit"):
+            await client.get_bytes(REF, "manifests", "big", accept=None, max_bytes=4096)
+        with pytest.raises(ManifestError, match="larger than the 4096-byte limit"):
+            await client.get_bytes(REF, "manifests", "chunked", accept=None, max_bytes=4096)
+    assert sent <= 4096 + 1024
+
+
+async def test_target_and_repository_are_validated() -> None:
+    async with _client(FakeRegistry()) as client:
+        with pytest.raises(ValueError, match="not a tag or digest"):
+            await client.get_bytes(REF, "manifests", "../../x", accept=None, max_bytes=10)
+        bad = Reference("reg.example", "../etc", "latest")
+        with pytest.raises(ValueError, match="not a repository name"):
+            await client.get_bytes(bad, "manifests", "latest", accept=None, max_bytes=10)
+
+
+async def test_connection_failure_is_unavailable() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/"] = refuse
+    async with _client(fake) as client:
+        with pytest.raises(RegistryUnavailable, match=r"reg\.example"):
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert fake.paths() == ["https://reg.example/v2/"]  # no downgrade to http
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+
+def _tls_error(kind: str) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        cause: ssl.SSLError
+        if kind == "verify":
+            cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        else:
+            cause = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+        raise httpx.ConnectError("", request=request) from cause
+
+    return handler
+
+
+async def test_insecure_registry_falls_back_to_http() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example"] = _tls_error("verify")
+    async with _client(fake, insecure_registries=("reg.example",)) as client:
+        body, _ = await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert body == MANIFEST
+    assert fake.paths() == [
+        "https://reg.example/v2/",
+        "http://reg.example/v2/",
+        "http://reg.example/v2/team/app/manifests/latest",
+    ]
+
+
+async def test_loopback_falls_back_only_when_server_is_not_tls() -> None:
+    ref = parse_reference("127.0.0.1:5000/app")
+    fake = FakeRegistry(host="127.0.0.1:5000")
+    fake.routes["https://127.0.0.1:5000"] = _tls_error("protocol")
+    async with _client(fake) as client:
+        body, _ = await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
+    assert body == MANIFEST
+    assert fake.paths()[-1] == "http://127.0.0.1:5000/v2/app/manifests/latest"
+
+    fake = FakeRegistry(host="127.0.0.1:5000")
+    fake.routes["https://127.0.0.1:5000"] = _tls_error("verify")
+    async with _client(fake) as client:
+        with pytest.raises(RegistryUnavailable) as info:
+            await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
+    assert "--ca-file" in str(info.value) and "--insecure-registry 127.0.0.1:5000" in str(
+        info.value
+    )
+    assert all(r.url.scheme == "https" for r in fake.requests)
+
+
+async def test_public_registry_never_downgrades() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example"] = _tls_error("protocol")
+    async with _client(fake) as client:
+        with pytest.raises(RegistryUnavailable, match="TLS handshake failed"):
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert all(r.url.scheme == "https" for r in fake.requests)
+
+
+async def test_ping_404_is_not_a_registry() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/"] = lambda request: httpx.Response(404)
+    async with _client(fake) as client:
+        with pytest.raises(NotFound, match="/v2/"):
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+
+
+# -- blob streams and redirects ------------------------------------------------------------
+
+
+async def _read_blob(client: RegistryClient, offset: int = 0) -> bytes:
+    async with client.stream_blob(REF, BLOB_DIGEST, offset=offset) as response:
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+
+
+async def test_stream_blob_and_range() -> None:
+    fake = FakeRegistry(challenge=BEARER)
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            assert await _read_blob(client) == BLOB
+            assert await _read_blob(client, offset=100) == BLOB[100:]
+    blob_requests = [r for r in fake.requests if "/blobs/" in r.url.path]
+    assert blob_requests[0].headers["Accept-Encoding"] == "identity"
+    assert "Range" not in blob_requests[0].headers
+    assert blob_requests[1].headers["Range"] == "bytes=100-"
+
+
+async def test_stream_blob_range_ignored_is_an_error() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: streamed(200, BLOB)
+    async with _client(fake) as client:
+        with pytest.raises(RegistryError, match="did not resume"):
+            await _read_blob(client, offset=10)
+
+
+def _redirect(location: str, status: int = 307) -> Handler:
+    return lambda request: httpx.Response(status, headers={"Location": location})
+
+
+async def test_redirect_to_cdn_drops_authorization() -> None:
+    fake = FakeRegistry(challenge=BEARER)
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(
+        "https://cdn.example/blob?sig=SIGNED"
+    )
+    fake.routes["https://cdn.example/"] = lambda r: streamed(200, BLOB)
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS) as client:
+            assert await _read_blob(client) == BLOB
+    cdn = [r for r in fake.requests if r.url.host == "cdn.example"]
+    assert len(cdn) == 1
+    assert "Authorization" not in cdn[0].headers
+    assert cdn[0].headers["Accept-Encoding"] == "identity"
+
+
+async def test_relative_redirect_on_registry_keeps_authorization() -> None:
+    fake = FakeRegistry(challenge=BEARER)
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect("/storage/blob", 302)
+    fake.routes["https://reg.example/storage/"] = lambda r: streamed(200, BLOB)
+    async with _client(fake) as client:
+        assert await _read_blob(client) == BLOB
+    assert fake.requests[-1].headers["Authorization"] == "Bearer tok1"
+
+
+@pytest.mark.parametrize(
+    ("routes", "text"),
+    [
+        (
+            {"https://reg.example/v2/team/app/blobs/": _redirect("http://cdn.example/b")},
+            "https to plain http",
+        ),
+        (
+            {
+                "https://reg.example/v2/team/app/blobs/": _redirect(
+                    "https://reg.example/v2/team/app/blobs/x"
+                )
+            },
+            "redirect loop",
+        ),
+        (
+            {
+                "https://reg.example/v2/team/app/blobs/": _redirect("https://cdn.example/0"),
+                "https://cdn.example/": lambda r: httpx.Response(
+                    302, headers={"Location": f"/{int(r.url.path[1:]) + 1}"}
+                ),
+            },
+            "more than 5 redirects",
+        ),
+        (
+            {"https://reg.example/v2/team/app/blobs/": lambda r: httpx.Response(302)},
+            "without a Location",
+        ),
+        ({"https://reg.example/v2/team/app/blobs/": _redirect("ftp://x/y")}, "unusable URL"),
+        (
+            {
+                "https://reg.example/v2/team/app/blobs/": _redirect(
+                    "https://cdn.example/s?sig=SIGNED"
+                ),
+                "https://cdn.example/": lambda r: httpx.Response(403),
+            },
+            "signed URL may have expired",
+        ),
+    ],
+)
+async def test_bad_redirects(routes: dict[str, Handler], text: str) -> None:
+    fake = FakeRegistry()
+    fake.routes.update(routes)
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_blob(client)
+    assert text in str(info.value)
+    assert "SIGNED" not in str(info.value)
+    assert str(BLOB_DIGEST) in str(info.value)
+
+
+class CountingStream(httpx.AsyncByteStream):
+    """A streamed body (endless unless ``data`` is given), recording whether it was closed.
+
+    An iterator object, not an async generator: trio warns about abandoned generators.
+    """
+
+    def __init__(self, data: bytes | None = None, *, fail_after: int | None = None) -> None:
+        self.closed = False
+        self.data = data
+        self.fail_after = fail_after
+        self.sent = 0
+
+    def __aiter__(self) -> CountingStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await trio.lowlevel.checkpoint()
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise httpx.ReadError("connection reset")
+        if self.data is not None:
+            chunk = self.data[self.sent * 1024 : (self.sent + 1) * 1024]
+            if not chunk:
+                raise StopAsyncIteration
+        else:
+            chunk = b"x" * 1024
+        self.sent += 1
+        return chunk
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def streamed(status: int, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, stream=CountingStream(data), headers=headers)
+
+
+async def test_response_closed_on_cancellation() -> None:
+    stream = CountingStream()
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: httpx.Response(
+        200, stream=stream
+    )
+    async with _client(fake) as client:
+        with trio.move_on_after(0.05):
+            async with client.stream_blob(REF, BLOB_DIGEST) as response:
+                async for _ in response.aiter_raw():
+                    pass
+    assert stream.closed
+
+
+async def test_transport_error_while_reading_is_unavailable() -> None:
+    stream = CountingStream(fail_after=3)
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: httpx.Response(
+        200, stream=stream
+    )
+    async with _client(fake) as client:
+        with pytest.raises(RegistryUnavailable) as info:
+            await _read_blob(client)
+    assert str(BLOB_DIGEST) in str(info.value)
+    assert stream.closed
+
+
+async def test_error_bodies_are_bounded_and_closed() -> None:
+    stream = CountingStream()
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: httpx.Response(
+        500, stream=stream
+    )
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(RegistryUnavailable, match="HTTP 500"):
+                await _read_blob(client)
+    assert stream.closed
+
+
+# -- against the real registry (tests/conftest.py fixtures) --------------------------------
+
+
+async def _pull_metadata(
+    server: Any, ref_text: str, options: RegistryOptions, platform: Platform = AMD64
+) -> tuple[Any, bytes]:
+    """resolve_image, then stream the first layer; returns (resolved, layer bytes)."""
+    ref = parse_reference(ref_text)
+    with trio.fail_after(30):
+        async with RegistryClient.open(options, Limits()) as client:
+            resolved = await resolve_image(client, ref, platform, Limits())
+            async with client.stream_blob(ref, resolved.layers[0].digest) as response:
+                data = b"".join([chunk async for chunk in response.aiter_raw()])
+    return resolved, data
+
+
+async def test_real_registry_plain(registry: Any, unique_repo: str) -> None:
+    image = sample_image(unique_repo)
+    registry.push(unique_repo, image, "v1")
+    resolved, data = await _pull_metadata(
+        registry, registry.ref(unique_repo, "v1"), RegistryOptions()
+    )
+    assert str(resolved.manifest_digest) == image.digest
+    assert resolved.manifest_bytes == image.manifest.data
+    assert [str(d) for d in resolved.diff_ids] == list(image.diff_ids)
+    assert [str(d.digest) for d in resolved.layers] == [layer.digest for layer in image.layers]
+    assert str(resolved.config.digest) == image.image_id
+    assert hashlib.sha256(data).hexdigest() == image.layers[0].digest.removeprefix("sha256:")
+    # By digest, too.
+    by_digest, _ = await _pull_metadata(
+        registry, registry.ref(unique_repo, image.digest), RegistryOptions()
+    )
+    assert by_digest.manifest_digest == resolved.manifest_digest
+
+
+async def test_real_registry_index(registry: Any, unique_repo: str) -> None:
+    index = sample_index(unique_repo)
+    registry.push(unique_repo, index, "multi")
+    arm = Platform("linux", "arm64")
+    resolved, _ = await _pull_metadata(
+        registry, registry.ref(unique_repo, "multi"), RegistryOptions(), arm
+    )
+    assert str(resolved.resolved_digest) == index.digest
+    assert str(resolved.manifest_digest) == index.image_for("linux/arm64/v8").digest
+    assert resolved.platform == Platform("linux", "arm64", "v8")
+    with pytest.raises(PlatformNotFound, match="linux/amd64, linux/arm64/v8"):
+        await _pull_metadata(
+            registry,
+            registry.ref(unique_repo, "multi"),
+            RegistryOptions(),
+            Platform("linux", "s390x"),
+        )
+
+
+async def test_real_registry_unknown_image(registry: Any, unique_repo: str) -> None:
+    with pytest.raises(NotFound, match="not found"):
+        await _pull_metadata(registry, registry.ref(unique_repo, "nope"), RegistryOptions())
+
+
+async def test_real_registry_basic_auth(basic_registry: Any, unique_repo: str) -> None:
+    image = sample_image(unique_repo, compressions=("gzip",))
+    basic_registry.push(unique_repo, image)
+    ref = basic_registry.ref(unique_repo)
+    username, password = basic_registry.credentials
+    good = RegistryOptions(credentials=Credentials(username, password))
+    resolved, _ = await _pull_metadata(basic_registry, ref, good)
+    assert str(resolved.manifest_digest) == image.digest
+    with pytest.raises(AuthError) as info:
+        await _pull_metadata(
+            basic_registry, ref, RegistryOptions(credentials=Credentials(username, "wrong-pw"))
+        )
+    assert f"check the username/password for {basic_registry.host}" in str(info.value)
+    assert "wrong-pw" not in str(info.value)
+    with pytest.raises(AuthError, match="requires a username and password"):
+        await _pull_metadata(basic_registry, ref, RegistryOptions())
+
+
+async def test_real_registry_token_auth(
+    token_registry: Any, token_server: Any, unique_repo: str
+) -> None:
+    image = sample_image(unique_repo, compressions=("gzip",))
+    token_registry.push(unique_repo, image)
+    public_repo = "public/" + unique_repo.replace("/", "-")
+    token_registry.push(public_repo, image)
+    username, password = token_registry.credentials
+    creds = RegistryOptions(credentials=Credentials(username, password))
+    token_server.reset()
+
+    resolved, _ = await _pull_metadata(token_registry, token_registry.ref(unique_repo), creds)
+    assert str(resolved.manifest_digest) == image.digest
+    assert token_server.count == 1  # one token for the whole pull, cached
+
+    token_server.reset()
+    resolved, _ = await _pull_metadata(
+        token_registry, token_registry.ref(public_repo), RegistryOptions()
+    )
+    assert str(resolved.manifest_digest) == image.digest
+
+    # A token the registry refuses: renewed once, then the pull goes on.
+    token_server.reset()
+    token_server.set_fault("bad-signature", times=1)
+    resolved, _ = await _pull_metadata(token_registry, token_registry.ref(unique_repo), creds)
+    assert token_server.count == 2
+
+    token_server.reset()
+    wrong = RegistryOptions(credentials=Credentials(username, "wrong-pw"))
+    with pytest.raises(AuthError) as info:
+        await _pull_metadata(token_registry, token_registry.ref(unique_repo), wrong)
+    assert "check the username/password" in str(info.value)
+    assert "wrong-pw" not in str(info.value)
+
+    token_server.reset()
+    token_server.set_fault("status", status=503)
+    with pytest.raises(AuthError, match=f"token service at {token_server.host.split(':')[0]}"):
+        await _pull_metadata(token_registry, token_registry.ref(unique_repo), creds)
+
+
+async def test_real_registry_tls(tls_registry: Any, unique_repo: str) -> None:
+    image = sample_image(unique_repo, compressions=("gzip",))
+    tls_registry.push(unique_repo, image)
+    ref = tls_registry.ref(unique_repo)
+    resolved, _ = await _pull_metadata(
+        tls_registry, ref, RegistryOptions(ca_file=tls_registry.ca_pem)
+    )
+    assert str(resolved.manifest_digest) == image.digest
+    with pytest.raises(RegistryUnavailable, match="--ca-file"):
+        await _pull_metadata(tls_registry, ref, RegistryOptions())
+    resolved, _ = await _pull_metadata(
+        tls_registry, ref, RegistryOptions(insecure_registries=(tls_registry.host,))
+    )
+    assert str(resolved.manifest_digest) == image.digest
+
+
+async def test_cancelled_streams_leak_no_connections() -> None:
+    """Many pulls cancelled against a real socket server leave no connection open: first
+    while the loopback endpoint is being probed with TLS (a server that never answers the
+    handshake), then mid-blob once the server answers TLS with an HTTP 400 as Go's does."""
+    open_connections = 0
+    answer_tls = False
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal open_connections
+        open_connections += 1
+        try:
+            while True:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    request += data
+                    if request.startswith(b"\x16") and answer_tls:  # a TLS ClientHello
+                        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                        return
+                if request.startswith(b"GET /v2/ "):
+                    await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    continue
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+                while True:
+                    await stream.send_all(b"x" * 65536)
+                    await trio.sleep(0.001)
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            open_connections -= 1
+
+    async def settled(target: int) -> int:
+        for _ in range(100):
+            if open_connections <= target:
+                break
+            await trio.sleep(0.01)
+        return open_connections
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            ref = parse_reference(f"127.0.0.1:{port}/app")
+            async with RegistryClient.open(RegistryOptions(), Limits()) as client:
+                for _ in range(10):
+                    with trio.move_on_after(0.02):
+                        async with client.stream_blob(ref, BLOB_DIGEST):
+                            raise AssertionError("the TLS probe should hang")
+                assert await settled(0) == 0
+                answer_tls = True
+                started = 0
+                for _ in range(30):
+                    with trio.move_on_after(0.02):
+                        async with client.stream_blob(ref, BLOB_DIGEST) as response:
+                            started += 1
+                            async for _chunk in response.aiter_raw():
+                                pass
+                assert started == 30
+                assert await settled(1) <= 1  # at most the idle /v2/ connection
+            nursery.cancel_scope.cancel()
+
+
+async def test_loopback_server_silent_on_tls_falls_back_to_http() -> None:
+    """A plain-HTTP loopback server (or proxy) that waits for a request head never answers
+    a ClientHello: the https probe gives up quickly and plain http is used."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        request = b""
+        with contextlib.suppress(trio.BrokenResourceError):
+            while b"\r\n\r\n" not in request:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                request += data
+            body = b"" if request.startswith(b"GET /v2/ ") else MANIFEST
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), body)
+            )
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            ref = parse_reference(f"127.0.0.1:{port}/app")
+            limits = Limits(connect_timeout_s=0.3)
+            async with RegistryClient.open(RegistryOptions(), limits) as client:
+                body, _ = await client.get_bytes(
+                    ref, "manifests", "latest", accept=None, max_bytes=1000
+                )
+            assert body == MANIFEST
+            nursery.cancel_scope.cancel()
