@@ -1,0 +1,295 @@
+"""The image-level pull, top to bottom.
+
+    reference ─▶ registry client (ping, auth) ─▶ resolve_image (index → manifest → config)
+        ─▶ layers_send ══▶ N layer workers ──▶ reports_send ══▶ collected in manifest order
+                          │ committed in the store?      → "Already exists"
+                          │ LCache: another pull has it? → wait, then re-check
+                          └ fetch_layer (stages/_layer.py: stream → tee → verify) → commit_layer
+        ─▶ record_image (config, manifest, index.json entry, tags) only after every layer
+
+The per-layer stages are wired in ``stages/_layer.py``; this module wires the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from stages._config import Limits, RegistryOptions
+from stages._errors import UsageError
+from stages._events import LayerTimings, ProgressEvent, ProgressSink
+from stages._groups import collapse_exception_group
+from stages._layer import fetch_layer
+from stages._manifest import ResolvedImage, resolve_image
+from stages._reference import Reference, parse_reference
+from stages._registry import RegistryClient
+from stages._types import Descriptor, Digest, Platform
+
+from ._store import Store
+
+__all__ = ["LayerReport", "PullOptions", "PullResult", "PullTimings", "pull"]
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How to pull. ``platform`` None means this machine's platform."""
+
+    platform: Platform | None = None
+    max_concurrent_downloads: int = 3
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    limits: Limits = field(default_factory=Limits)
+    progress: ProgressSink | None = None
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What happened to one layer: ``downloaded``, ``exists`` (already in the store)
+    or ``shared`` (another pull in this process downloaded it while we waited)."""
+
+    digest: Digest
+    diff_id: Digest
+    media_type: str
+    size: int
+    uncompressed_size: int | None
+    status: str
+    timings: LayerTimings
+
+
+@dataclass(frozen=True)
+class PullTimings:
+    """Wall seconds of the image-level steps; per-layer stage times are in LayerReport."""
+
+    resolve_s: float
+    layers_s: float
+    commit_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class PullResult:
+    reference: str
+    resolved_digest: Digest
+    manifest_digest: Digest
+    image_id: Digest
+    platform: Platform
+    layers: tuple[LayerReport, ...]
+    timings: PullTimings
+    bytes_downloaded: int
+
+
+@dataclass(frozen=True)
+class _LayerJob:
+    index: int
+    descriptor: Descriptor
+    diff_id: Digest
+
+
+@dataclass(frozen=True)
+class _PullContext:
+    """What every layer worker of one pull shares; read-only."""
+
+    ref: Reference
+    store: Store
+    client: RegistryClient
+    limits: Limits
+    limiter: trio.CapacityLimiter
+    progress: ProgressSink
+
+
+async def pull(
+    ref: str | Reference, *, store: Store, options: PullOptions | None = None
+) -> PullResult:
+    """Pull ``ref`` into ``store``; every layer verified (digest and diffID) before commit.
+
+    Raises one ``ImagecError`` on failure, never an ``ExceptionGroup``: the groups of the
+    nurseries inside are collapsed here, at the public boundary, to their root cause.
+    """
+    options = options or PullOptions()
+    if options.max_concurrent_downloads < 1:
+        raise UsageError(
+            f"max_concurrent_downloads must be at least 1, not {options.max_concurrent_downloads}"
+        )
+    reference = ref if isinstance(ref, Reference) else parse_reference(ref)
+    with structlog.contextvars.bound_contextvars(ref=str(reference)):
+        try:
+            return await _pull(reference, store, options)
+        except BaseExceptionGroup as group:
+            error = collapse_exception_group(group)
+            raise error from error.__cause__
+
+
+async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResult:
+    started = trio.current_time()
+    progress = options.progress or _ignore_progress
+    platform = options.platform or Platform.host()
+    # Worker threads for hashing, inflating, writing and store calls: created here, by the
+    # process that uses them, and handed down.
+    limiter = trio.CapacityLimiter(max(4, 3 * options.max_concurrent_downloads))
+    progress(ProgressEvent("resolving", str(ref)))
+
+    async with RegistryClient.open(options.registry, options.limits) as client:
+        resolved = await resolve_image(client, ref, platform, options.limits)
+        resolved_at = trio.current_time()
+        progress(
+            ProgressEvent(
+                "resolved", str(ref), str(resolved.resolved_digest), total=len(resolved.layers)
+            )
+        )
+        jobs = [
+            _LayerJob(i, layer, diff_id)
+            for i, (layer, diff_id) in enumerate(
+                zip(resolved.layers, resolved.diff_ids, strict=True)
+            )
+        ]
+        for job in jobs:
+            progress(
+                ProgressEvent(
+                    "layer-waiting", str(ref), str(job.descriptor.digest), total=job.descriptor.size
+                )
+            )
+
+        context = _PullContext(ref, store, client, options.limits, limiter, progress)
+        reports: list[LayerReport | None] = [None] * len(jobs)
+        layers_send, layers_recv = trio.open_memory_channel[_LayerJob](0)
+        reports_send, reports_recv = trio.open_memory_channel[tuple[int, LayerReport]](0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_feed_layers, jobs, layers_send)
+            async with layers_recv, reports_send:
+                for _ in range(min(options.max_concurrent_downloads, max(1, len(jobs)))):
+                    nursery.start_soon(
+                        _layer_worker, context, layers_recv.clone(), reports_send.clone()
+                    )
+            async with reports_recv:
+                async for index, report in reports_recv:
+                    reports[index] = report
+        layers_done = trio.current_time()
+
+    record = await trio.to_thread.run_sync(store.record_image, resolved, limiter=limiter)
+    finished = trio.current_time()
+    progress(ProgressEvent("pull-complete", record.ref, str(resolved.resolved_digest)))
+    layer_reports = tuple(r for r in reports if r is not None)
+    assert len(layer_reports) == len(jobs), "every layer worker reports or raises"
+    result = PullResult(
+        reference=record.ref,
+        resolved_digest=resolved.resolved_digest,
+        manifest_digest=resolved.manifest_digest,
+        image_id=resolved.config.digest,
+        platform=resolved.platform,
+        layers=layer_reports,
+        timings=PullTimings(
+            resolve_s=resolved_at - started,
+            layers_s=layers_done - resolved_at,
+            commit_s=finished - layers_done,
+            total_s=finished - started,
+        ),
+        bytes_downloaded=sum(r.size for r in layer_reports if r.status == "downloaded"),
+    )
+    _log_pull(resolved, result)
+    return result
+
+
+async def _feed_layers(
+    jobs: list[_LayerJob], layers_send: trio.MemorySendChannel[_LayerJob]
+) -> None:
+    async with layers_send:
+        for job in jobs:
+            await layers_send.send(job)
+
+
+async def _layer_worker(
+    context: _PullContext,
+    layers_recv: trio.MemoryReceiveChannel[_LayerJob],
+    reports_send: trio.MemorySendChannel[tuple[int, LayerReport]],
+) -> None:
+    async with layers_recv, reports_send:
+        async for job in layers_recv:
+            report = await _pull_layer(context, job)
+            await reports_send.send((job.index, report))
+
+
+async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
+    """One layer: skip it if the store has it, wait if another pull is fetching it,
+    else fetch, verify and commit it."""
+    store, layer = context.store, job.descriptor
+    digest_text = str(layer.digest)
+    if await trio.to_thread.run_sync(store.layer_committed, layer.digest, limiter=context.limiter):
+        context.progress(ProgressEvent("layer-exists", str(context.ref), digest_text))
+        return _report(job, "exists", None, LayerTimings())
+
+    async with store.lcache.download(layer.digest) as ticket:
+        if ticket.waited and await trio.to_thread.run_sync(
+            store.layer_committed, layer.digest, limiter=context.limiter
+        ):
+            context.progress(ProgressEvent("layer-shared", str(context.ref), digest_text))
+            return _report(job, "shared", None, LayerTimings())
+        with (
+            structlog.contextvars.bound_contextvars(digest=digest_text),
+            store.open_ingest(layer.digest) as ingest,
+        ):
+            verified = await fetch_layer(
+                context.client,
+                context.ref,
+                layer,
+                job.diff_id,
+                ingest,
+                limits=context.limits,
+                limiter=context.limiter,
+                progress=context.progress,
+            )
+            commit_started = trio.current_time()
+            await trio.to_thread.run_sync(
+                store.commit_layer, ingest, verified, limiter=context.limiter
+            )
+            commit_s = trio.current_time() - commit_started
+    context.progress(
+        ProgressEvent("layer-complete", str(context.ref), digest_text, layer.size, layer.size)
+    )
+    timings = verified.timings
+    return _report(
+        job,
+        "downloaded",
+        verified.uncompressed_size,
+        LayerTimings(
+            wall_s=timings.wall_s + commit_s,
+            first_byte_s=timings.first_byte_s,
+            network_s=timings.network_s,
+            hash_s=timings.hash_s,
+            inflate_s=timings.inflate_s,
+            write_s=timings.write_s,
+            fsync_s=timings.fsync_s,
+            commit_s=commit_s,
+        ),
+    )
+
+
+def _report(
+    job: _LayerJob, status: str, uncompressed: int | None, timings: LayerTimings
+) -> LayerReport:
+    layer = job.descriptor
+    return LayerReport(
+        layer.digest, job.diff_id, layer.media_type, layer.size, uncompressed, status, timings
+    )
+
+
+def _ignore_progress(event: ProgressEvent) -> None:
+    del event
+
+
+def _log_pull(resolved: ResolvedImage, result: PullResult) -> None:
+    """The canonical line for one pull: sizes, time and throughput."""
+    seconds = result.timings.total_s
+    log.info(
+        "pull complete",
+        digest=str(result.resolved_digest),
+        image_id=str(result.image_id),
+        layers=len(result.layers),
+        downloaded_layers=sum(1 for r in result.layers if r.status == "downloaded"),
+        bytes_downloaded=result.bytes_downloaded,
+        seconds=round(seconds, 3),
+        mb_per_s=round(result.bytes_downloaded / 1e6 / seconds, 1) if seconds > 0 else None,
+        platform=str(resolved.platform),
+    )

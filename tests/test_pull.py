@@ -1,0 +1,535 @@
+"""End to end: ``pipeline.pull`` against the real distribution registry on 127.0.0.1.
+
+Every test ends by checking the store's promise: each file in ``blobs/`` hashes to its
+name, and no partial download is left in ``ingest/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import pipeline
+from pipeline import Platform, PullOptions, Store
+from tests.support import images
+from tests.support.servers import Reply
+
+AMD64 = Platform("linux", "amd64")
+ARM64 = Platform("linux", "arm64", "v8")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_store_consistent(store_path: Path) -> None:
+    """Nothing unverified is visible and nothing half-written is left behind."""
+    blob_dir = store_path / "blobs" / "sha256"
+    for blob in blob_dir.iterdir() if blob_dir.exists() else ():
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
+    partial = sorted(p.name for p in (store_path / "ingest").iterdir())
+    assert partial == [], f"left in ingest/: {partial}"
+
+
+def blob_names(store_path: Path) -> set[str]:
+    return {f"sha256:{p.name}" for p in (store_path / "blobs" / "sha256").iterdir()}
+
+
+def index_entries(store_path: Path) -> dict[str, dict[str, Any]]:
+    index = json.loads((store_path / "index.json").read_text())
+    return {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in index["manifests"]}
+
+
+def options(**kwargs: Any) -> PullOptions:
+    kwargs.setdefault("platform", AMD64)
+    return PullOptions(**kwargs)
+
+
+# --- every kind of image -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+async def test_pull_an_image_manifest(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path, kind: str
+) -> None:
+    image = images.sample_image(unique_seed, kind=kind)  # gzip, zstd (OCI), plain, empty
+    registry.push(unique_repo, image, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options())
+
+    assert result.reference == ref
+    assert str(result.resolved_digest) == image.digest
+    assert str(result.manifest_digest) == image.digest
+    assert str(result.image_id) == image.image_id
+    assert [str(layer.digest) for layer in result.layers] == [x.digest for x in image.layers]
+    assert [str(layer.diff_id) for layer in result.layers] == list(image.diff_ids)
+    assert [layer.uncompressed_size for layer in result.layers] == [
+        x.uncompressed_size for x in image.layers
+    ]
+    assert {layer.status for layer in result.layers} == {"downloaded"}
+    assert result.bytes_downloaded == sum(x.size for x in image.layers)
+    assert result.timings.total_s >= result.timings.layers_s > 0
+
+    path = store.path
+    assert {x.digest for x in image.layers} | {image.config.digest, image.digest} <= blob_names(
+        path
+    )
+    entry = index_entries(path)[ref]
+    assert entry["platform"] == {"os": "linux", "architecture": "amd64"}
+    if kind == "oci":
+        assert entry["digest"] == image.digest
+    else:  # listed through an OCI manifest converted from the registry's
+        converted = json.loads((path / "blobs/sha256" / entry["digest"][7:]).read_bytes())
+        assert entry["mediaType"] == converted["mediaType"] == pipeline.MediaType.OCI_MANIFEST
+        assert [x["digest"] for x in converted["layers"]] == [x.digest for x in image.layers]
+        assert image.digest in json.dumps(entry["annotations"])
+    [record] = store.list_images()
+    assert record.ref == ref and str(record.image_id) == image.image_id
+    assert_store_consistent(path)
+
+
+@pytest.mark.parametrize("kind", ["oci", "docker"])
+@pytest.mark.parametrize("platform", [AMD64, ARM64], ids=str)
+async def test_pull_from_an_index_picks_the_platform(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    kind: str,
+    platform: Platform,
+) -> None:
+    index = images.sample_index(unique_seed, kind=kind)
+    registry.push(unique_repo, index, "multi")
+    ref = registry.ref(unique_repo, "multi")
+    want = index.image_for(str(platform))
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options(platform=platform))
+
+    assert str(result.resolved_digest) == index.digest  # what the tag resolved to
+    assert str(result.manifest_digest) == want.digest
+    assert str(result.image_id) == want.image_id
+    assert result.platform.architecture == platform.architecture
+    assert index.digest in blob_names(store.path)  # the index's own bytes are kept
+    assert index_entries(store.path)[ref]["platform"]["architecture"] == platform.architecture
+    assert_store_consistent(store.path)
+
+
+async def test_pull_by_digest_and_by_tag_at_digest(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "v1")
+    store = Store.open(tmp_path / "store")
+    by_digest = registry.ref(unique_repo, image.digest)
+
+    result = await pipeline.pull(by_digest, store=store, options=options())
+    again = await pipeline.pull(
+        f"{registry.host}/{unique_repo}:v1@{image.digest}", store=store, options=options()
+    )
+
+    assert result.reference == by_digest
+    assert str(result.manifest_digest) == image.digest
+    assert {layer.status for layer in again.layers} == {"exists"}
+    assert by_digest in index_entries(store.path)
+    assert store.find_image(by_digest) is not None
+    assert_store_consistent(store.path)
+
+
+async def test_second_pull_finds_every_layer_already_there(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "latest")
+    ref = registry.ref(unique_repo, "latest")
+    events: list[pipeline.ProgressEvent] = []
+    store = Store.open(tmp_path / "store")
+    await pipeline.pull(ref, store=store, options=options())
+
+    result = await pipeline.pull(
+        ref, store=Store.open(tmp_path / "store"), options=options(progress=events.append)
+    )
+
+    assert {layer.status for layer in result.layers} == {"exists"}
+    assert result.bytes_downloaded == 0
+    kinds = [e.event for e in events]
+    assert kinds.count("layer-exists") == len(image.layers)
+    assert "layer-downloading" not in kinds
+    assert kinds[-1] == "pull-complete"
+    assert len(index_entries(store.path)) == 1  # the tag's entry replaced, not duplicated
+
+
+async def test_retagging_replaces_the_index_entry(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    first, second = images.sample_image(f"{unique_seed}:1"), images.sample_image(f"{unique_seed}:2")
+    ref = registry.ref(unique_repo, "moving")
+    store = Store.open(tmp_path / "store")
+    registry.push(unique_repo, first, "moving")
+    await pipeline.pull(ref, store=store, options=options())
+    registry.push(unique_repo, second, "moving")
+    await pipeline.pull(ref, store=store, options=options())
+
+    assert index_entries(store.path)[ref]["digest"] == second.digest
+    assert len(index_entries(store.path)) == 1
+
+
+# --- auth and TLS ----------------------------------------------------------------------
+
+
+async def test_basic_auth(
+    basic_registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    basic_registry.push(unique_repo, image, "1")
+    ref = basic_registry.ref(unique_repo, "1")
+    user, password = basic_registry.credentials
+    store = Store.open(tmp_path / "store")
+
+    with pytest.raises(pipeline.AuthError) as anonymous:
+        await pipeline.pull(ref, store=store, options=options())
+    wrong = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, "not-" + password))
+    with pytest.raises(pipeline.AuthError) as rejected:
+        await pipeline.pull(ref, store=store, options=options(registry=wrong))
+    right = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, password))
+    result = await pipeline.pull(ref, store=store, options=options(registry=right))
+
+    assert str(result.image_id) == image.image_id
+    for error in (anonymous.value, rejected.value):
+        assert basic_registry.host in str(error)
+        assert password not in str(error)
+    assert_store_consistent(store.path)
+
+
+async def test_bearer_tokens_anonymous_and_with_credentials(
+    token_registry: Any, token_server: Any, unique_seed: str, tmp_path: Path
+) -> None:
+    public, private = images.sample_image(f"{unique_seed}:pub"), images.sample_image(unique_seed)
+    token_registry.push(f"public/{unique_seed[-8:]}", public, "1")
+    token_registry.push("team/private-app", private, "1")
+    user, password = token_registry.credentials
+    store = Store.open(tmp_path / "store")
+    token_server.reset()
+
+    await pipeline.pull(
+        token_registry.ref(f"public/{unique_seed[-8:]}", "1"), store=store, options=options()
+    )
+    with pytest.raises(pipeline.AuthError) as anonymous:
+        await pipeline.pull(
+            token_registry.ref("team/private-app", "1"), store=store, options=options()
+        )
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, password))
+    result = await pipeline.pull(
+        token_registry.ref("team/private-app", "1"), store=store, options=options(registry=creds)
+    )
+
+    assert str(result.image_id) == private.image_id
+    assert password not in str(anonymous.value)
+    # Tokens are cached per scope within a pull: far fewer token requests than blob GETs.
+    assert 0 < token_server.count <= 6
+    assert_store_consistent(store.path)
+
+
+async def test_tls_needs_the_ca(
+    tls_registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    tls_registry.push(unique_repo, image, "1")
+    ref = tls_registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+
+    with pytest.raises(pipeline.RegistryError) as refused:
+        await pipeline.pull(ref, store=store, options=options())
+    trusted = pipeline.RegistryOptions(ca_file=Path(tls_registry.ca_pem))
+    result = await pipeline.pull(ref, store=store, options=options(registry=trusted))
+
+    assert "certificate" in str(refused.value).lower()
+    assert str(result.image_id) == image.image_id
+    assert_store_consistent(store.path)
+
+
+# --- sharing: one download per layer ---------------------------------------------------
+
+
+async def test_concurrent_pulls_in_one_process_share_layers(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    base = [images.make_layer(f"{unique_seed}:base{i}", size=512 * 1024) for i in range(2)]
+    one = images.sample_image(f"{unique_seed}:one", base=base)
+    two = images.sample_image(f"{unique_seed}:two", base=base)
+    registry.push(unique_repo, one, "one")
+    registry.push(unique_repo, two, "two")
+    # Slow enough that both pulls are in flight at once.
+    via = proxy(registry, rate=8_000_000)
+    store = Store.open(tmp_path / "store")
+    results: dict[str, pipeline.PullResult] = {}
+
+    async def pull(tag: str) -> None:
+        results[tag] = await pipeline.pull(
+            f"{via.host}/{unique_repo}:{tag}", store=store, options=options()
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pull, "one")
+        nursery.start_soon(pull, "two")
+
+    for layer in base:
+        assert via.blob_gets(layer.digest) == 1, layer.digest
+    statuses = {r.layers[0].status for r in results.values()} | {
+        r.layers[1].status for r in results.values()
+    }
+    assert "downloaded" in statuses and statuses <= {"downloaded", "shared"}
+    assert str(results["one"].image_id) == one.image_id
+    assert str(results["two"].image_id) == two.image_id
+    assert_store_consistent(store.path)
+
+
+def cli(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline._cli", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+def test_two_processes_pull_into_one_store(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    index = images.sample_index(unique_seed, layer_size=512 * 1024)
+    registry.push(unique_repo, index, "1")
+    image = images.sample_image(f"{unique_seed}:b", base=[index.images[0].layers[0]])
+    registry.push(unique_repo, image, "2")
+    via = proxy(registry, rate=20_000_000)
+    store = tmp_path / "store"
+    refs = [f"{via.host}/{unique_repo}:1", f"{via.host}/{unique_repo}:2"]
+
+    procs = [
+        cli("pull", ref, "--store", str(store), "--platform", "linux/amd64", "-q") for ref in refs
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+    assert sorted(o.strip() for o, _ in outputs) == sorted(refs)
+    assert set(index_entries(store)) == set(refs)
+    assert_store_consistent(store)
+    listed = Store.open(store).list_images()
+    assert sorted(r.ref for r in listed) == sorted(refs)
+
+
+def test_sigint_mid_pull_then_pull_again(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(
+        unique_seed, layer_size=2 * 1024 * 1024, compressions=("none", "gzip")
+    )
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=400_000)  # a few seconds for the whole image
+    ref = f"{via.host}/{unique_repo}:1"
+    store = tmp_path / "store"
+
+    proc = cli("pull", ref, "--store", str(store), "--json")
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "layer-downloading":
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert_store_consistent(store)
+    assert ref not in index_entries(store)
+
+    via.rate = None
+    again = cli("pull", ref, "--store", str(store), "-q")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0, err
+    assert out.strip() == ref
+    assert_store_consistent(store)
+
+
+# --- bad inputs: a clear error, nothing unverified visible ----------------------------
+
+
+async def pull_fails(ref: str, store_path: Path, error: type[Exception], **kwargs: Any) -> str:
+    store = Store.open(store_path)
+    with pytest.raises(error) as caught:
+        await pipeline.pull(ref, store=store, options=options(**kwargs))
+    assert_store_consistent(store_path)
+    assert ref in str(caught.value) or "reference" in str(caught.value)
+    return str(caught.value)
+
+
+async def test_corrupted_blob_in_the_registry(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    bad = image.layers[0]
+    images.corrupt_blob(registry.storage_dir, bad.digest)
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "1"), tmp_path / "s", pipeline.DigestMismatch
+    )
+
+    assert bad.digest in message
+    assert bad.digest not in blob_names(tmp_path / "s")
+
+
+async def test_config_whose_diff_ids_do_not_match(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.mismatched_diff_ids_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "1"), tmp_path / "s", pipeline.DiffIDMismatch
+    )
+
+    assert image.layers[1].digest in message
+    assert image.layers[1].digest not in blob_names(tmp_path / "s")
+
+
+async def test_truncated_gzip_stream(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    layer = images.truncated_gzip_layer(unique_seed)
+    registry.push(unique_repo, images.make_image([layer]), "1")
+
+    await pull_fails(registry.ref(unique_repo, "1"), tmp_path / "s", pipeline.Truncated)
+
+    assert layer.digest not in blob_names(tmp_path / "s")
+
+
+async def test_wrong_media_type(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    layer = images.wrong_media_type_layer(unique_seed)  # zstd bytes declared gzip
+    registry.push(unique_repo, images.make_image([layer]), "1")
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "1"), tmp_path / "s", pipeline.DecompressError
+    )
+
+    assert "gzip" in message and "zstd" in message
+
+
+async def test_unknown_image(registry: Any, tmp_path: Path) -> None:
+    await pull_fails(registry.ref("no/such-repository", "1"), tmp_path / "s", pipeline.NotFound)
+
+
+async def test_malformed_reference(tmp_path: Path) -> None:
+    with pytest.raises(pipeline.InvalidReference) as caught:
+        await pipeline.pull("127.0.0.1:5000/UPPER/case", store=Store.open(tmp_path / "s"))
+    assert "UPPER/case" in str(caught.value)
+
+
+async def test_manifest_over_4_mib_is_refused(
+    fixture_server: Any, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=16 * 1024)
+    server = fixture_server()
+    server.serve_blob("big/manifest", image.config)
+    huge = images.oversized_manifest(image)
+    server.route(
+        "/v2/big/manifest/manifests/1",
+        Reply(200, {"Content-Type": huge.media_type}, huge.data),
+    )
+
+    message = await pull_fails(
+        f"{server.host}/big/manifest:1", tmp_path / "s", pipeline.ManifestError
+    )
+
+    assert "4 MiB" in message or "4194304" in message
+
+
+async def test_index_without_this_platform_lists_what_it_has(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    registry.push(unique_repo, images.sample_index(unique_seed), "multi")
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "multi"),
+        tmp_path / "s",
+        pipeline.PlatformNotFound,
+        platform=Platform("linux", "s390x"),
+    )
+
+    assert "linux/amd64" in message and "linux/arm64" in message
+
+
+# --- standard OCI tools read the store -----------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+async def test_skopeo_reads_a_pulled_image(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, kind="docker")
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+    await pipeline.pull(ref, store=store, options=options())
+
+    copied = await trio.run_process(
+        [
+            "skopeo",
+            "--insecure-policy",
+            "copy",
+            f"oci:{store.path}:{ref}",
+            f"dir:{tmp_path / 'out'}",
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+    assert copied.returncode == 0, copied.stderr
+    for layer in image.layers:
+        assert (tmp_path / "out" / layer.digest[7:]).read_bytes() == layer.data
+
+
+@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
+async def test_umoci_unpacks_a_pulled_image(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    files = {"etc/hello.txt": b"hello from a layer\n", "bin/tool": os.urandom(4096)}
+    layer = images.make_layer(unique_seed, files=files)
+    registry.push(unique_repo, images.make_image([layer]), "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+    await pipeline.pull(ref, store=store, options=options())
+
+    unpacked = await trio.run_process(
+        [
+            "umoci",
+            "unpack",
+            "--rootless",
+            "--image",
+            f"{store.path}:{ref}",
+            str(tmp_path / "bundle"),
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+    assert unpacked.returncode == 0, unpacked.stderr
+    rootfs = tmp_path / "bundle" / "rootfs"
+    assert (rootfs / "etc/hello.txt").read_bytes() == files["etc/hello.txt"]
+    assert (rootfs / "bin/tool").read_bytes() == files["bin/tool"]
