@@ -1,0 +1,506 @@
+"""The ``imagec-pipe`` command: pull images into the local store and look at them.
+
+::
+
+    imagec-pipe pull REF [--store DIR] [--platform os/arch[/variant]]
+                         [--max-concurrent-downloads N] [--ca-file PEM]
+                         [--insecure-registry HOST[:PORT]]... [-u USER] [--password-stdin]
+                         [--json | --quiet] [--log-level LEVEL] [--log-json]
+    imagec-pipe images [--store DIR] [--json]
+    imagec-pipe layers REF [--store DIR] [--json]
+    imagec-pipe inspect REF [--store DIR]
+    imagec-pipe --version
+
+Options go after the subcommand. ``--store`` defaults to ``$IMAGEC_PIPE_STORE``, else the
+per-user data directory (``Store.open(None)`` decides).
+
+Exit codes (outside checks rely on them):
+
+- 0 success;
+- 1 the command failed: the pull failed (one line on stderr,
+  ``imagec-pipe: error: pulling REF: <what failed>``), a malformed reference (docker
+  also exits 1 for "invalid reference format", and the reference is checked by the pull),
+  an image unknown to ``layers`` / ``inspect``, an unusable store;
+- 2 usage error: argparse's own, a bad ``--platform`` or ``--max-concurrent-downloads``,
+  a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
+  source, and a ``UsageError`` raised by the pull (options that contradict each other);
+- 130 interrupted (Ctrl-C): trio cancels the pull, whose context managers remove partial
+  ingest files, and ``imagec-pipe: interrupted`` goes to stderr.
+
+Every subcommand also takes ``--store``, ``--log-level`` and ``--log-json``.
+
+Progress goes to stdout (docker-like on a TTY, plain lines otherwise, JSON lines with
+``--json``, only the reference with ``--quiet``; see ``_progress``); logs go to stderr
+(see ``_logging``). A failure is one line on stderr, never a traceback, not even for a
+bug (``internal error: …``); ``--log-level debug`` logs the traceback, without locals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import getpass
+import importlib.metadata
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+import trio
+
+from stages._config import Credentials, RegistryOptions
+from stages._errors import ImagecError, UsageError
+from stages._types import Digest, Platform
+
+from ._logging import LEVELS, configure_logging
+from ._progress import (
+    JsonProgress,
+    PlainProgress,
+    ProgressRenderer,
+    QuietProgress,
+    TtyProgress,
+    human_size,
+    to_jsonable,
+)
+from ._pull import PullOptions, pull
+from ._store import ImageRecord, Store
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+PROG = "imagec-pipe"
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+STORE_ENV = "IMAGEC_PIPE_STORE"
+
+log = structlog.get_logger()
+
+
+def version() -> str:
+    """The installed distribution's version, else ``pipeline.__version__`` (a source tree)."""
+    try:
+        return importlib.metadata.version(PROG)
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+# --- argument types: each raises ArgumentTypeError, which argparse turns into exit 2 ---
+
+
+def _platform(text: str) -> Platform:
+    try:
+        return Platform.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a readable file")
+    return path
+
+
+def _registry_host(text: str) -> str:
+    host = text.strip()
+    if not host or "://" in host or "/" in host or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not of the form HOST or HOST:PORT (no scheme, no path)"
+        )
+    return host
+
+
+def _log_level(text: str) -> str:
+    level = text.lower()
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; choose from {', '.join(LEVELS)}"
+        )
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; options belong to the subcommands, after them."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Pull container images into a local OCI store, verifying every byte.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        metavar="DIR",
+        default=os.environ.get(STORE_ENV) or None,
+        help=f"the store directory (default: ${STORE_ENV}, else the per-user data directory)",
+    )
+    common.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="warning",
+        metavar="LEVEL",
+        help=f"log threshold: {', '.join(LEVELS)} (default: warning)",
+    )
+    common.add_argument(
+        "--log-json", action="store_true", help="logs as JSON lines (default on a non-TTY)"
+    )
+
+    pull = commands.add_parser(
+        "pull", parents=[common], help="pull an image into the store", description="Pull an image."
+    )
+    pull.add_argument("ref", metavar="REF", help="image reference, e.g. alpine or host:5000/app:1")
+    pull.add_argument(
+        "--platform",
+        type=_platform,
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to pick from a multi-platform image (default: this machine's)",
+    )
+    pull.add_argument(
+        "--max-concurrent-downloads",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="layers downloaded at once (default: 3)",
+    )
+    pull.add_argument(
+        "--ca-file", type=_existing_file, metavar="PEM", help="extra CA certificates to trust"
+    )
+    pull.add_argument(
+        "--insecure-registry",
+        type=_registry_host,
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="HTTPS without verification, then plain HTTP, for this registry (repeatable)",
+    )
+    pull.add_argument("-u", "--username", metavar="USER", help="registry user name")
+    pull.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin (needs -u)"
+    )
+    output = pull.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    output.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the full reference on success"
+    )
+    pull.set_defaults(handler=_cmd_pull, subparser=pull)
+
+    images = commands.add_parser(
+        "images", parents=[common], help="list the images in the store", description="List images."
+    )
+    images.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    images.set_defaults(handler=_cmd_images, subparser=images)
+
+    layers = commands.add_parser(
+        "layers", parents=[common], help="list an image's layers", description="List layers."
+    )
+    layers.add_argument("ref", metavar="REF", help="reference, name@digest or image ID prefix")
+    layers.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    layers.set_defaults(handler=_cmd_layers, subparser=layers)
+
+    inspect = commands.add_parser(
+        "inspect",
+        parents=[common],
+        help="show an image's config, manifest and store record as JSON",
+        description="Inspect an image.",
+    )
+    inspect.add_argument("ref", metavar="REF", help="reference, name@digest or image ID prefix")
+    inspect.set_defaults(handler=_cmd_inspect, subparser=inspect)
+    return parser
+
+
+class _Usage(Exception):
+    """A usage error found after parsing; reported like argparse's own (exit 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    configure_logging(level=args.log_level, json=True if args.log_json else None)
+    try:
+        code: int = args.handler(args)
+    except _Usage as exc:
+        return _usage_error(args.subparser, str(exc))
+    except KeyboardInterrupt:
+        # Outside trio.run (the password prompt, reading the store): nothing to unwind.
+        _error_line("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `imagec-pipe images | head -1`
+        _silence_stdout()
+        return EXIT_FAILED
+    except Exception as exc:  # the entry point reports on one line, never a traceback
+        return _failed(_doing(args), exc)
+    return code
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's last flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's StringIO)
+        pass
+
+
+def _doing(args: argparse.Namespace) -> str:
+    """What the command was doing, for its error line."""
+    match args.command:
+        case "pull":
+            return f"pulling {args.ref}"
+        case "images":
+            return "listing images"
+        case "layers":
+            return f"listing the layers of {args.ref}"
+        case "inspect":
+            return f"inspecting {args.ref}"
+    return str(args.command)
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _error_line(message: str) -> None:
+    """The one line a failure prints: no traceback, no newline inside."""
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+
+
+# --- pull ---
+
+
+def read_password(stdin: TextIO) -> str:
+    """The password piped on stdin, minus one trailing newline (and a CR before it).
+
+    As ``docker login --password-stdin``: ``echo pw | ...`` and a file ending in a
+    newline both give ``pw``; other whitespace is part of the password.
+    """
+    data = stdin.read()
+    data = data.removesuffix("\n").removesuffix("\r")
+    if not data:
+        raise _Usage("--password-stdin: no password on stdin")
+    return data
+
+
+def credentials_from(args: argparse.Namespace, stdin: TextIO) -> Credentials | None:
+    """``-u`` with ``--password-stdin``, or with a prompt on a TTY; else a usage error."""
+    if args.password_stdin and not args.username:
+        raise _Usage("--password-stdin needs --username/-u")
+    if not args.username:
+        return None
+    if args.password_stdin:
+        return Credentials(args.username, read_password(stdin))
+    if not _isatty(stdin):
+        raise _Usage("-u needs --password-stdin when stdin is not a terminal")
+    password = getpass.getpass(f"Password for {args.username}: ")
+    if not password:
+        raise _Usage("no password given")
+    return Credentials(args.username, password)
+
+
+def _renderer(args: argparse.Namespace, stdout: TextIO) -> ProgressRenderer:
+    if args.json:
+        return JsonProgress(stdout)
+    if args.quiet:
+        return QuietProgress(stdout)
+    if _isatty(stdout):
+        return TtyProgress(stdout)
+    return PlainProgress(stdout)
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    credentials = credentials_from(args, sys.stdin)  # usage errors before any work
+    secret = credentials.password if credentials else None
+    registry = RegistryOptions(
+        ca_file=args.ca_file,
+        insecure_registries=tuple(args.insecure_registry),
+        credentials=credentials,
+        user_agent=f"{PROG}/{version()}",
+    )
+    renderer = _renderer(args, sys.stdout)
+    options = PullOptions(
+        platform=args.platform,
+        max_concurrent_downloads=args.max_concurrent_downloads,
+        registry=registry,
+        progress=renderer,
+    )
+    where = _doing(args)
+    try:
+        store = _open_store(args.store)
+        try:
+            result = trio.run(functools.partial(pull, args.ref, store=store, options=options))
+        finally:
+            renderer.close()
+    except KeyboardInterrupt:
+        _error_line("interrupted")
+        return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        # pull() promises one exception, never a group; if one escapes anyway, a Ctrl-C
+        # inside it still means "interrupted" and anything else is reported on one line.
+        if group.subgroup(KeyboardInterrupt) is not None:
+            _error_line("interrupted")
+            return EXIT_INTERRUPTED
+        return _failed(where, _first_leaf(group), secret)
+    except Exception as exc:  # the entry point reports on one line, never a traceback
+        return _failed(where, exc, secret)
+    renderer.finish(result)
+    if renderer.broken:
+        # Nobody reads stdout any more (`--json | head -1`); the image is in the store.
+        _silence_stdout()
+    return EXIT_OK
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _failed(where: str, exc: BaseException, secret: str | None = None) -> int:
+    """Report a failure on one line (traceback only in the debug log); pick the exit code."""
+    log.debug("command failed", where=where, exc_info=exc)
+    if isinstance(exc, ImagecError):
+        message = str(exc)
+    else:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = f"internal error: {detail} (--log-level debug shows more)"
+    if secret:
+        message = message.replace(secret, "[redacted]")
+    _error_line(f"error: {where}: {message}")
+    return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+
+
+# --- images, layers, inspect ---
+
+
+def _open_store(path: str | None) -> Store:
+    return Store.open(path)
+
+
+def _find(store: Store, ref: str) -> ImageRecord:
+    record = store.find_image(ref)
+    if record is None:
+        raise ImagecError(
+            f"no image {ref!r} in the store at {store.path}; `imagec-pipe images` lists them",
+            ref=ref,
+        )
+    return record
+
+
+def _cmd_images(args: argparse.Namespace) -> int:
+    records = _open_store(args.store).list_images()
+    if args.json:
+        _print_json([_image_json(r) for r in records])
+        return EXIT_OK
+    # DIGEST is what the reference resolved to (docker's repo digest: the index's for a
+    # multi-platform tag); SIZE is config plus compressed layers, as stored.
+    rows = [
+        [r.ref, r.image_id.short, str(r.resolved_digest), _ago(r.pulled_at), human_size(r.size)]
+        for r in records
+    ]
+    _print_table(["REFERENCE", "IMAGE ID", "DIGEST", "PULLED", "SIZE"], rows)
+    return EXIT_OK
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    layers = store.image_layers(_find(store, args.ref))
+    if args.json:
+        _print_json([to_jsonable(layer) for layer in layers])
+        return EXIT_OK
+    rows = [
+        [
+            str(layer.digest),
+            str(layer.diff_id),
+            human_size(layer.size),
+            "" if layer.uncompressed_size is None else human_size(layer.uncompressed_size),
+            layer.media_type,
+        ]
+        for layer in layers
+    ]
+    _print_table(["DIGEST", "DIFF ID", "SIZE", "UNCOMPRESSED", "MEDIA TYPE"], rows)
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    store = _open_store(args.store)
+    record = _find(store, args.ref)
+    out = {
+        "record": _image_json(record),
+        "manifest": _json_blob(store, record.manifest_digest),
+        "config": _json_blob(store, record.image_id),
+    }
+    if record.resolved_digest != record.manifest_digest:
+        out["index"] = _json_blob(store, record.resolved_digest)
+    _print_json(out)
+    return EXIT_OK
+
+
+def _json_blob(store: Store, digest: Digest) -> Any:
+    data = store.read_blob(digest)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ImagecError(f"blob {digest} in the store is not JSON", digest=str(digest)) from exc
+
+
+def _image_json(record: ImageRecord) -> Any:
+    return to_jsonable(record)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        sys.stdout.write("   ".join(cells).rstrip() + "\n")
+
+
+def _ago(when: datetime) -> str:
+    """``3 minutes ago``, as docker's CREATED column."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = max(0, int((datetime.now(UTC) - when).total_seconds()))
+    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400),
+                       ("day", 86400), ("hour", 3600), ("minute", 60)):  # fmt: skip
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "less than a minute ago"
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

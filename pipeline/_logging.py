@@ -1,0 +1,153 @@
+"""structlog configuration for the entry points (the CLI, later the daemon).
+
+Configured once, by the entry point, never on import: the library (``import pipeline``)
+logs through whatever configuration its host program chose. Logs go to stderr so that
+stdout stays free for progress, ``--json`` lines and command output.
+
+The processor chain, in order:
+
+1. ``merge_contextvars``: the ``ref`` / ``digest`` a stage bound with
+   ``bound_contextvars`` (trio copies the context into child tasks);
+2. level filtering: the bound logger class made by ``make_filtering_bound_logger`` turns
+   calls below the level into no-ops before any processor runs, so a debug call in a hot
+   path costs one method call;
+3. the level name and an ISO-8601 UTC timestamp;
+4. exceptions rendered (text on the console, structured in JSON), never with frame
+   locals, which may hold a password;
+5. ``redact_secrets``: insurance that no password, token or Authorization header reaches
+   the output even if a caller binds one by mistake;
+6. the renderer: console (colours, aligned) on a TTY, JSON lines otherwise or with
+   ``--log-json``.
+
+Never use the ``a*`` methods (``ainfo`` …): they run in asyncio's executor and fail under
+trio.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["LEVELS", "configure_logging", "redact_secrets"]
+
+# The names --log-level accepts, lowest first.
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+REDACTED = "[redacted]"
+
+# A key is secret when its lower-cased name contains one of these words
+# ("password", "access_token", "Authorization", "proxy-authorization", "cookie" ...).
+_SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "authorization", "cookie")
+
+# Credentials written inline in a value: "Bearer eyJ...", "Basic dXNlcjpwdw==",
+# and user:password@ in URLs.
+_SCHEME_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
+
+
+_EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
+def _is_secret_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    lowered = key.lower()
+    return any(part in lowered for part in _SECRET_KEY_PARTS)
+
+
+def _redact_value(value: Any, depth: int = 0) -> Any:
+    """Scrub one value: strings lose inline credentials, mappings their secret keys."""
+    if isinstance(value, str):
+        value = _SCHEME_CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", value)
+    if depth < 5 and isinstance(value, Mapping):  # httpx.Headers is a Mapping
+        return {
+            k: REDACTED if _is_secret_key(k) else _redact_value(v, depth + 1)
+            for k, v in value.items()
+        }
+    if depth < 5 and isinstance(value, list | tuple):
+        return [_redact_value(v, depth + 1) for v in value]
+    return value
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: replace secret-looking keys and inline credentials.
+
+    Cheap on ordinary log lines (a few short strings), and it runs only for lines that
+    passed the level filter.
+    """
+    for key in list(event_dict):
+        if _is_secret_key(key):
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = _redact_value(event_dict[key])
+    return event_dict
+
+
+def configure_logging(
+    *, level: str = "warning", json: bool | None = None, stream: TextIO | None = None
+) -> None:
+    """Configure structlog for this process: level, renderer and output stream.
+
+    ``json=None`` picks the renderer from the stream: console on a TTY, JSON otherwise.
+    ``stream`` defaults to ``sys.stderr``, looked up at each log call. Loggers are not
+    cached on first use, so calling this again (tests drive ``main()`` several times)
+    takes effect for the module-level ``log = structlog.get_logger()`` proxies too; the
+    cost is a logger built per call, negligible at one canonical line per unit of work.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    out = sys.stderr if stream is None else stream
+    if json is None:
+        json = not _isatty(out)
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Exceptions become text (console) or dicts (JSON) here, before the redaction, and
+        # never with frame locals: a local variable may hold a password.
+        _EXCEPTION_DICTS if json else structlog.processors.format_exc_info,
+        redact_secrets,
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(
+            colors=_isatty(out), exception_formatter=structlog.dev.plain_traceback
+        ),
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=_StreamLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+class _StreamLoggerFactory:
+    """PrintLoggers on ``stream``, or on whatever ``sys.stderr`` is at each log call.
+
+    Looking ``sys.stderr`` up late means a replaced stderr (pytest's capture, a daemon
+    redirecting it) is honoured and a closed one is never written to.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(sys.stderr if self._stream is None else self._stream)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # detached or closed streams
+        return False

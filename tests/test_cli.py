@@ -1,0 +1,833 @@
+"""The command line: parsing, usage errors, exit codes, and the store commands.
+
+``main(argv)`` is driven in-process with a store in ``tmp_path``. The pull itself is
+replaced by a scripted stand-in (``fake_pull``) so that every exit path can be forced;
+the end-to-end pulls against the real registry live in tests/test_pull*.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from pipeline import _cli
+from pipeline._cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    main,
+    read_password,
+)
+from stages._config import Credentials
+from stages._errors import InvalidReference, NotFound, UsageError
+from stages._events import LayerTimings, ProgressEvent
+from stages._manifest import ResolvedImage
+from stages._reference import Reference
+from stages._types import Descriptor, Digest, MediaType, Platform
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REF = "127.0.0.1:5000/team/app:1.0"
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """main() configures structlog; leave the defaults for the next test."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("IMAGEC_PIPE_STORE", raising=False)
+    return tmp_path / "store"
+
+
+class TtyStringIO(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+# --- usage errors: exit 2, argparse's usage line and a message ---
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: COMMAND"),
+        (["fetch", "alpine"], "invalid choice: 'fetch'"),
+        (["pull"], "required: REF"),
+        (["--store", "/tmp/x", "images"], "invalid choice"),  # options go after the command
+        (["pull", "alpine", "--platform", "linux"], "not of the form os/arch"),
+        (["pull", "alpine", "--platform", "linux/amd64/v8/x"], "not of the form os/arch"),
+        (["pull", "alpine", "--max-concurrent-downloads", "0"], "must be at least 1"),
+        (["pull", "alpine", "--max-concurrent-downloads", "x"], "not a whole number"),
+        (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
+        (["pull", "alpine", "--ca-file", "/nonexistent/ca.pem"], "not a readable file"),
+        (["pull", "alpine", "--insecure-registry", "http://reg:5000"], "HOST or HOST:PORT"),
+        (["pull", "alpine", "--insecure-registry", ""], "HOST or HOST:PORT"),
+        (["pull", "alpine", "--log-level", "loud"], "not a log level"),
+        (["pull", "alpine", "--bogus"], "unrecognized arguments: --bogus"),
+        (["images", "extra"], "unrecognized arguments: extra"),
+        (["layers"], "required: REF"),
+        (["inspect"], "required: REF"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: imagec-pipe")
+    assert message in err
+
+
+def test_password_stdin_without_user(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert main(["pull", REF, "--store", str(store_dir), "--password-stdin"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: imagec-pipe pull")
+    assert "--password-stdin needs --username/-u" in err
+
+
+def test_user_without_password_source_and_no_tty(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["pull", REF, "--store", str(store_dir), "-u", "ci"]) == EXIT_USAGE
+    assert "-u needs --password-stdin when stdin is not a terminal" in capsys.readouterr().err
+
+
+def test_empty_password_on_stdin(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin"]
+    assert main(argv) == EXIT_USAGE
+    assert "no password on stdin" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out == f"imagec-pipe {_cli.version()}\n"
+    assert out.split()[1][0].isdigit()
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pull", "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for option in ("--store", "--platform", "--max-concurrent-downloads", "--ca-file",
+                   "--insecure-registry", "--password-stdin", "--json", "--quiet",
+                   "--log-level", "--log-json"):  # fmt: skip
+        assert option in out
+
+
+# --- passwords ---
+
+
+@pytest.mark.parametrize(
+    ("piped", "password"),
+    [
+        ("s3cret\n", "s3cret"),
+        ("s3cret", "s3cret"),
+        ("s3cret\r\n", "s3cret"),
+        ("s3cret\n\n", "s3cret\n"),  # only one newline is stripped
+        (" s3 cret \n", " s3 cret "),  # other whitespace is part of the password
+    ],
+)
+def test_read_password_strips_one_newline(piped: str, password: str) -> None:
+    assert read_password(io.StringIO(piped)) == password
+
+
+def test_prompt_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return "typed"
+
+    monkeypatch.setattr(_cli.getpass, "getpass", fake_getpass)
+    args = _cli.build_parser().parse_args(["pull", REF, "-u", "ci"])
+    assert _cli.credentials_from(args, TtyStringIO()) == Credentials("ci", "typed")
+    assert prompts == ["Password for ci: "]
+
+
+# --- pull: options handed over, renderers, exit codes (the pull is scripted) ---
+
+
+@dataclass(frozen=True)
+class FakeLayer:
+    digest: Digest
+    diff_id: Digest
+    media_type: str
+    size: int
+    uncompressed_size: int | None
+    status: str
+    timings: LayerTimings = field(default_factory=LayerTimings)
+
+
+@dataclass(frozen=True)
+class FakeTimings:
+    total_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    reference: str
+    resolved_digest: Digest
+    manifest_digest: Digest
+    image_id: Digest
+    platform: Platform
+    layers: tuple[FakeLayer, ...]
+    timings: FakeTimings
+    bytes_downloaded: int
+
+
+LAYER = Digest.from_hex("a" * 64)
+RESULT = FakeResult(
+    REF,
+    Digest.from_hex("1" * 64),
+    Digest.from_hex("2" * 64),
+    Digest.from_hex("3" * 64),
+    Platform("linux", "amd64"),
+    (FakeLayer(LAYER, Digest.from_hex("b" * 64), MediaType.OCI_LAYER_GZIP, 10, 20, "downloaded"),),
+    FakeTimings(),
+    10,
+)
+
+
+def install_fake_pull(
+    monkeypatch: pytest.MonkeyPatch, behaviour: Callable[[], Any] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """Replace the CLI's pull with a scripted one; return the calls it receives."""
+    calls: list[tuple[str, Any, Any]] = []
+
+    async def pull(ref: str, *, store: Any, options: Any) -> Any:
+        calls.append((ref, store, options))
+        sink = options.progress
+        sink(ProgressEvent("resolving", REF))
+        sink(ProgressEvent("layer-waiting", REF, str(LAYER), total=10))
+        sink(ProgressEvent("layer-downloading", REF, str(LAYER), 10, 10))
+        if behaviour is not None:
+            behaviour()
+        sink(ProgressEvent("layer-complete", REF, str(LAYER), 10, 10))
+        sink(ProgressEvent("pull-complete", REF, str(RESULT.resolved_digest)))
+        return RESULT
+
+    monkeypatch.setattr(_cli, "pull", pull)
+    return calls
+
+
+def test_pull_hands_every_option_over(
+    store_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls = install_fake_pull(monkeypatch)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "--platform", "linux/arm64/v8",
+            "--max-concurrent-downloads", "7", "--ca-file", str(ca),
+            "--insecure-registry", "reg.internal", "--insecure-registry", "10.0.0.1:5000",
+            "-u", "ci", "--password-stdin", "--quiet"]  # fmt: skip
+    assert main(argv) == EXIT_OK
+    assert capsys.readouterr().out == f"{REF}\n"
+    [(ref, store, options)] = calls
+    assert ref == REF
+    assert store.path == store_dir.absolute()
+    assert options.platform == Platform("linux", "arm64", "v8")
+    assert options.max_concurrent_downloads == 7
+    assert options.registry.ca_file == ca
+    assert options.registry.insecure_registries == ("reg.internal", "10.0.0.1:5000")
+    assert options.registry.credentials == Credentials("ci", "s3cret")
+    assert options.registry.user_agent.startswith("imagec-pipe/")
+
+
+def test_pull_defaults_and_store_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = install_fake_pull(monkeypatch)
+    monkeypatch.setenv("IMAGEC_PIPE_STORE", str(tmp_path / "env-store"))
+    assert main(["pull", REF, "-q"]) == EXIT_OK
+    [(_, store, options)] = calls
+    assert store.path == (tmp_path / "env-store").absolute()
+    assert options.platform is None
+    assert options.max_concurrent_downloads == 3
+    assert options.registry.credentials is None
+    assert options.registry.insecure_registries == ()
+
+
+def test_pull_json_lines(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_fake_pull(monkeypatch)
+    assert main(["pull", REF, "--store", str(store_dir), "--json"]) == EXIT_OK
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["event"] for line in lines] == [
+        "resolving", "layer-waiting", "layer-downloading", "layer-complete", "pull-complete",
+        "summary",
+    ]  # fmt: skip
+    assert lines[2] == {"event": "layer-downloading", "ref": REF, "digest": str(LAYER),
+                        "current": 10, "total": 10}  # fmt: skip
+    assert lines[-1]["image_id"] == str(RESULT.image_id)
+    assert lines[-1]["layers"][0]["status"] == "downloaded"
+
+
+def test_pull_plain_lines_when_not_a_tty(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_fake_pull(monkeypatch)
+    assert main(["pull", REF, "--store", str(store_dir)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert out.splitlines() == [
+        "1.0: Pulling from team/app",
+        "aaaaaaaaaaaa: Waiting",
+        "aaaaaaaaaaaa: Downloading  10B/10B",
+        "aaaaaaaaaaaa: Pull complete",
+        f"Digest: {RESULT.resolved_digest}",
+        f"Status: Downloaded newer image for {REF}",
+        REF,
+    ]
+
+
+def test_pull_tty_progress(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_fake_pull(monkeypatch)
+    stdout = TtyStringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["pull", REF, "--store", str(store_dir)]) == EXIT_OK
+    out = stdout.getvalue()
+    assert "\x1b[1A\r\x1b[2Kaaaaaaaaaaaa: Pull complete\n" in out
+    assert out.endswith(f"Status: Downloaded newer image for {REF}\n{REF}\n")
+
+
+def _raise(exc: BaseException) -> Callable[[], Any]:
+    def behaviour() -> Any:
+        raise exc
+
+    return behaviour
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "line"),
+    [
+        (
+            NotFound("manifest unknown: no tag 1.0 in 127.0.0.1:5000/team/app", ref=REF),
+            EXIT_FAILED,
+            f"imagec-pipe: error: pulling {REF}: manifest unknown: no tag 1.0 in "
+            "127.0.0.1:5000/team/app (127.0.0.1:5000/team/app:1.0)",
+        ),
+        (
+            InvalidReference("reference 'A:b' has uppercase letters in its repository"),
+            EXIT_FAILED,
+            f"imagec-pipe: error: pulling {REF}: reference 'A:b' has uppercase letters in "
+            "its repository",
+        ),
+        (
+            UsageError("options contradict\neach other"),
+            EXIT_USAGE,
+            f"imagec-pipe: error: pulling {REF}: options contradict each other",
+        ),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED, "imagec-pipe: interrupted"),
+        (
+            BaseExceptionGroup("leaked", [KeyboardInterrupt(), NotFound("x")]),
+            EXIT_INTERRUPTED,
+            "imagec-pipe: interrupted",
+        ),
+        (
+            ExceptionGroup("leaked", [ExceptionGroup("inner", [NotFound("blob gone")])]),
+            EXIT_FAILED,
+            f"imagec-pipe: error: pulling {REF}: blob gone",
+        ),
+        (
+            RuntimeError("bug"),
+            EXIT_FAILED,
+            f"imagec-pipe: error: pulling {REF}: internal error: RuntimeError: bug "
+            "(--log-level debug shows more)",
+        ),
+    ],
+)
+def test_pull_failure_is_one_line_and_an_exit_code(
+    exc: BaseException,
+    code: int,
+    line: str,
+    store_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    install_fake_pull(monkeypatch, _raise(exc))
+    assert main(["pull", REF, "--store", str(store_dir)]) == code
+    captured = capsys.readouterr()
+    assert captured.err == line + "\n"
+    assert "Status:" not in captured.out
+    assert not captured.out.endswith(f"{REF}\n")
+
+
+def test_pull_error_never_shows_the_password(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_fake_pull(monkeypatch, _raise(NotFound("token for ci:s3cret refused")))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin"]
+    assert main(argv) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "s3cret" not in captured.err + captured.out
+    assert "ci:[redacted]" in captured.err
+
+
+def test_pull_debug_log_has_the_cause_but_no_secret(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_fake_pull(monkeypatch, _raise(NotFound("no such tag")))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin",
+            "--log-level", "debug", "--log-json"]  # fmt: skip
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"imagec-pipe: error: pulling {REF}: no such tag"
+    records = [json.loads(line) for line in err[:-1]]  # every log line is JSON
+    [record] = [r for r in records if r["event"] == "command failed"]
+    assert record["level"] == "debug"
+    assert record["where"] == f"pulling {REF}"
+    assert "NotFound" in json.dumps(record["exception"])
+    assert not any("s3cret" in line for line in err)
+
+
+# --- images, layers, inspect ---
+
+
+def test_images_on_an_empty_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["images", "--store", str(store_dir)]) == EXIT_OK
+    assert capsys.readouterr().out.split() == ["REFERENCE", "IMAGE", "ID", "DIGEST", "PULLED",
+                                               "SIZE"]  # fmt: skip
+    assert main(["images", "--store", str(store_dir), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize("command", ["layers", "inspect"])
+@pytest.mark.parametrize(
+    "ref", [REF, "sha256:0123456789ab", "0123456789abcdef", "docker.io/library/alpine"]
+)
+def test_unknown_image_exits_1(
+    command: str, ref: str, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _needs_parse_reference()
+    assert main([command, ref, "--store", str(store_dir)]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("imagec-pipe: error: ")
+    assert f"no image {ref!r} in the store at {store_dir.absolute()}" in line
+
+
+def test_malformed_reference_in_layers_exits_1(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _needs_parse_reference()
+    assert main(["layers", "Team/App", "--store", str(store_dir)]) == EXIT_FAILED
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("imagec-pipe: error: listing the layers of Team/App: ")
+
+
+def test_store_that_cannot_be_opened_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    assert main(["images", "--store", str(not_a_dir)]) == EXIT_FAILED
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("imagec-pipe: error: listing images: ")
+    assert "Traceback" not in line
+
+
+def _needs_parse_reference() -> None:
+    from stages._reference import parse_reference
+
+    try:
+        parse_reference("alpine")
+    except NotImplementedError:
+        pytest.skip("stages._reference.parse_reference is not written yet")
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    ref: str
+    manifest: Digest
+    config: Digest
+    layer: Digest
+    diff_id: Digest
+    config_json: dict[str, Any]
+
+
+@pytest.fixture
+def stored_image(store_dir: Path) -> StoredImage:
+    """An image recorded in the store through the store's own API, as a pull would."""
+    from pipeline._store import Store
+
+    store = Store.open(store_dir)
+    tar = b"layer content".ljust(1024, b"\0")
+    blob = gzip.compress(tar, mtime=0)
+    layer = Digest.from_hex(hashlib.sha256(blob).hexdigest())
+    diff_id = Digest.from_hex(hashlib.sha256(tar).hexdigest())
+    descriptor = Descriptor(MediaType.OCI_LAYER_GZIP, layer, len(blob))
+    with store.open_ingest(layer) as ingest:
+        ingest.write(blob)
+        ingest.sync()
+        store.commit_layer(ingest, _verified(descriptor, diff_id, len(tar)))
+    config_json = {
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [str(diff_id)]},
+    }
+    config_bytes = json.dumps(config_json).encode()
+    config = Descriptor(
+        MediaType.OCI_CONFIG, Digest.from_hex(hashlib.sha256(config_bytes).hexdigest()),
+        len(config_bytes),
+    )  # fmt: skip
+    manifest_bytes = json.dumps(
+        {"schemaVersion": 2, "mediaType": MediaType.OCI_MANIFEST,
+         "config": config.to_json(), "layers": [descriptor.to_json()]}
+    ).encode()  # fmt: skip
+    manifest = Digest.from_hex(hashlib.sha256(manifest_bytes).hexdigest())
+    store.record_image(
+        ResolvedImage(
+            ref=Reference("127.0.0.1:5000", "team/app", "1.0"),
+            resolved_digest=manifest,
+            index_bytes=None,
+            index_media_type=None,
+            manifest_digest=manifest,
+            manifest_media_type=MediaType.OCI_MANIFEST,
+            manifest_bytes=manifest_bytes,
+            platform=Platform("linux", "amd64"),
+            config=config,
+            config_bytes=config_bytes,
+            layers=(descriptor,),
+            diff_ids=(diff_id,),
+        )
+    )
+    return StoredImage(REF, manifest, config.digest, layer, diff_id, config_json)
+
+
+def _verified(descriptor: Descriptor, diff_id: Digest, uncompressed: int) -> Any:
+    from stages._events import VerifiedLayer
+
+    return VerifiedLayer(descriptor, diff_id, uncompressed, "0" * 32, LayerTimings())
+
+
+def test_images_table_and_json(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["images", "--store", str(store_dir)]) == EXIT_OK
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["REFERENCE", "IMAGE", "ID", "DIGEST", "PULLED", "SIZE"]
+    assert row.split()[:3] == [REF, stored_image.config.short, str(stored_image.manifest)]
+    assert "less than a minute ago" in row
+    assert main(["images", "--store", str(store_dir), "--json"]) == EXIT_OK
+    [image] = json.loads(capsys.readouterr().out)
+    assert image["ref"] == REF
+    assert image["image_id"] == str(stored_image.config)
+    assert image["manifest_digest"] == str(stored_image.manifest)
+    assert image["platform"] == "linux/amd64"
+
+
+def test_layers_table_and_json(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["layers", REF, "--store", str(store_dir)]) == EXIT_OK
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["DIGEST", "DIFF", "ID", "SIZE", "UNCOMPRESSED", "MEDIA", "TYPE"]
+    cells = row.split()
+    assert cells[:2] == [str(stored_image.layer), str(stored_image.diff_id)]
+    assert cells[3:] == ["1.024kB", MediaType.OCI_LAYER_GZIP]
+    assert main(["layers", REF, "--store", str(store_dir), "--json"]) == EXIT_OK
+    [layer] = json.loads(capsys.readouterr().out)
+    assert layer["digest"] == str(stored_image.layer)
+    assert layer["diff_id"] == str(stored_image.diff_id)
+    assert layer["uncompressed_size"] == 1024
+    assert layer["media_type"] == MediaType.OCI_LAYER_GZIP
+
+
+def test_inspect(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # By reference and by image-ID prefix (both found without parsing a reference).
+    for ref in (REF, stored_image.config.short):
+        assert main(["inspect", ref, "--store", str(store_dir)]) == EXIT_OK
+        out = json.loads(capsys.readouterr().out)
+        assert out["config"] == stored_image.config_json
+        assert out["manifest"]["layers"][0]["digest"] == str(stored_image.layer)
+        assert out["record"]["ref"] == REF
+        assert out["record"]["image_id"] == str(stored_image.config)
+        assert "index" not in out
+
+
+# --- a real Ctrl-C: SIGINT to a process whose pull is stuck inside trio.run ---
+
+_STUCK_PULL = textwrap.dedent(
+    """
+    import sys, trio
+    from pipeline import _cli
+
+    async def pull(ref, *, store, options):
+        options.progress  # the CLI hands a renderer
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            print("pulling", flush=True)
+            await trio.sleep_forever()
+
+    _cli.pull = pull
+    sys.exit(_cli.main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
+def test_sigint_exits_130(store_dir: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_PULL, "pull", REF, "--store", str(store_dir), "-q"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "pulling\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert err == "imagec-pipe: interrupted\n"
+    assert out == ""
+
+
+# --- logging (pipeline/_logging.py, configured by main) ---
+
+
+def test_log_json_redacts_secrets() -> None:
+    from pipeline._logging import configure_logging
+
+    out = io.StringIO()
+    configure_logging(level="info", json=True, stream=out)
+    log = structlog.get_logger()
+    log.info(
+        "request",
+        password="pw1",
+        access_token="tok1",
+        headers={"Authorization": "Bearer tok2", "Accept": "x"},
+        note="sent Basic dXNlcjpwdzM= and Bearer eyJ.tok3 to https://ci:pw4@reg.example/v2/",
+        size=10,
+    )
+    log.debug("hidden below the level")
+    [line] = out.getvalue().splitlines()
+    record = json.loads(line)
+    for secret in ("pw1", "tok1", "tok2", "dXNlcjpwdzM=", "tok3", "pw4"):
+        assert secret not in line
+    assert record["password"] == record["access_token"] == "[redacted]"
+    assert record["headers"] == {"Authorization": "[redacted]", "Accept": "x"}
+    assert record["note"] == (
+        "sent Basic [redacted] and Bearer [redacted] to https://[redacted]@reg.example/v2/"
+    )
+    assert record["size"] == 10
+    assert record["level"] == "info"
+    assert record["timestamp"].endswith("Z")
+
+
+def test_log_context_is_merged_and_console_on_a_tty() -> None:
+    from pipeline._logging import configure_logging
+
+    out = TtyStringIO()
+    configure_logging(level="warning", stream=out)
+    with structlog.contextvars.bound_contextvars(ref=REF):
+        structlog.get_logger().warning("slow registry", token="t0k")
+    text = out.getvalue()
+    assert "slow registry" in text
+    assert REF in text
+    assert "t0k" not in text
+    assert not text.lstrip().startswith("{")
+
+
+def test_log_exceptions_without_locals() -> None:
+    from pipeline._logging import configure_logging
+
+    for json_mode, out in ((True, io.StringIO()), (False, TtyStringIO())):
+        configure_logging(level="debug", json=json_mode, stream=out)
+        secret = "hunter2"
+        try:
+            raise NotFound("no tag")
+        except NotFound:
+            structlog.get_logger().exception("failed")
+        del secret
+        assert "NotFound" in out.getvalue()
+        assert "hunter2" not in out.getvalue()
+
+
+# --- end to end: `python -m pipeline._cli` against the real registry ---
+
+
+def run_cli(
+    *argv: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process, importing the same ``pipeline`` these tests import."""
+    import pipeline
+
+    source = Path(pipeline.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    env.pop("IMAGEC_PIPE_STORE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline._cli", *argv],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_e2e_pull_json_then_up_to_date_then_list(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    index = images.sample_index(unique_seed)
+    registry.push(unique_repo, index, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = tmp_path / "store"
+    want = index.image_for("linux/arm64/v8")
+
+    first = run_cli("pull", ref, "--store", str(store), "--json", "--platform", "linux/arm64/v8")
+    assert first.returncode == 0, first.stderr
+    lines = [json.loads(line) for line in first.stdout.splitlines()]
+    for line in lines[:-1]:
+        assert set(line) == {"event", "ref", "digest", "current", "total"}
+    events = [line["event"] for line in lines]
+    assert events[0] == "resolving"
+    assert {"resolved", "layer-waiting", "layer-downloading", "layer-complete"} <= set(events)
+    assert events[-2:] == ["pull-complete", "summary"]
+    summary = lines[-1]
+    assert summary["ref"] == ref
+    assert summary["digest"] == index.digest  # the index's: what the tag resolved to
+    assert summary["manifest_digest"] == want.digest
+    assert summary["image_id"] == want.image_id
+    assert summary["platform"] == "linux/arm64/v8"
+    assert [layer["digest"] for layer in summary["layers"]] == [x.digest for x in want.layers]
+    assert {layer["status"] for layer in summary["layers"]} == {"downloaded"}
+    assert summary["bytes_downloaded"] == sum(x.size for x in want.layers)
+
+    second = run_cli("pull", ref, "--store", str(store), "--platform", "linux/arm64/v8")
+    assert second.returncode == 0, second.stderr
+    out = second.stdout.splitlines()
+    assert out[0] == f"1.0: Pulling from {unique_repo}"
+    assert f"{want.layers[0].digest[7:19]}: Already exists" in out
+    assert out[-3:] == [f"Digest: {index.digest}", f"Status: Image is up to date for {ref}", ref]
+
+    listed = run_cli("images", "--store", str(store), "--json")
+    assert listed.returncode == 0, listed.stderr
+    [image] = json.loads(listed.stdout)
+    assert image["ref"] == ref
+    assert image["image_id"] == want.image_id
+
+    layers = run_cli("layers", ref, "--store", str(store), "--json")
+    assert layers.returncode == 0, layers.stderr
+    assert [(x["digest"], x["diff_id"]) for x in json.loads(layers.stdout)] == [
+        (x.digest, x.diff_id) for x in want.layers
+    ]
+
+    inspected = run_cli("inspect", ref, "--store", str(store))
+    assert inspected.returncode == 0, inspected.stderr
+    record = json.loads(inspected.stdout)
+    assert record["config"]["rootfs"]["diff_ids"] == list(want.diff_ids)
+    assert record["index"]["manifests"][0]["digest"] in {i.digest for i in index.images}
+
+
+def test_e2e_quiet_pull_by_digest(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, None)
+    ref = registry.ref(unique_repo, image.digest)
+    result = run_cli("pull", ref, "--store", str(tmp_path / "store"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{ref}\n"
+
+
+def test_e2e_unknown_tag_exits_1_with_one_line(registry: Any, tmp_path: Path) -> None:
+    ref = registry.ref("no/such-repo", "1.0")
+    result = run_cli("pull", ref, "--store", str(tmp_path / "store"))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imagec-pipe: error: pulling {ref}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_e2e_malformed_reference_exits_1(tmp_path: Path) -> None:
+    result = run_cli("pull", "Team/App:1", "--store", str(tmp_path / "store"))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("imagec-pipe: error: pulling Team/App:1: ")
+
+
+def test_e2e_basic_auth_password_stdin(
+    basic_registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    basic_registry.push(unique_repo, images.sample_image(unique_seed, layer_size=4096))
+    ref = basic_registry.ref(unique_repo)
+    user, password = basic_registry.credentials
+    store = str(tmp_path / "store")
+
+    wrong = run_cli("pull", ref, "--store", store, "-u", user, "--password-stdin",
+                    stdin="wrong-Pa55word\n", timeout=60)  # fmt: skip
+    assert wrong.returncode == 1
+    assert "wrong-Pa55word" not in wrong.stderr + wrong.stdout
+    [line] = wrong.stderr.splitlines()
+    assert line.startswith(f"imagec-pipe: error: pulling {ref}: ")
+
+    right = run_cli("pull", ref, "--store", store, "-u", user, "--password-stdin", "-q",
+                    "--log-level", "debug", stdin=password + "\n")  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert right.stdout == f"{ref}\n"
+    assert password not in right.stderr
+
+
+def test_e2e_tls_needs_the_ca_file(
+    tls_registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    tls_registry.push(unique_repo, images.sample_image(unique_seed, layer_size=4096))
+    ref = tls_registry.ref(unique_repo)
+    refused = run_cli("pull", ref, "--store", str(tmp_path / "a"))
+    assert refused.returncode == 1
+    assert "--ca-file" in refused.stderr
+    pulled = run_cli("pull", ref, "--store", str(tmp_path / "b"), "--ca-file",
+                     str(tls_registry.ca_pem), "-q")  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
