@@ -61,9 +61,15 @@ class LayerReport:
 
 @dataclass(frozen=True)
 class PullTimings:
-    """Wall seconds of the image-level steps; per-layer stage times are in LayerReport."""
+    """Wall seconds of the image-level steps; per-layer stage times are in LayerReport.
 
-    resolve_s: float
+    ``auth_s``: endpoint discovery (``/v2/``) and token; ``manifest_s``: manifest, index
+    and config; ``layers_s``: every layer fetched, verified and committed; ``commit_s``:
+    config, manifest and index.json recorded.
+    """
+
+    auth_s: float
+    manifest_s: float
     layers_s: float
     commit_s: float
     total_s: float
@@ -132,6 +138,8 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
     progress(ProgressEvent("resolving", str(ref)))
 
     async with RegistryClient.open(options.registry, options.limits) as client:
+        await client.authenticate(ref)
+        authenticated_at = trio.current_time()
         resolved = await resolve_image(client, ref, platform, options.limits)
         resolved_at = trio.current_time()
         progress(
@@ -181,7 +189,8 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
         platform=resolved.platform,
         layers=layer_reports,
         timings=PullTimings(
-            resolve_s=resolved_at - started,
+            auth_s=authenticated_at - started,
+            manifest_s=resolved_at - authenticated_at,
             layers_s=layers_done - resolved_at,
             commit_s=finished - layers_done,
             total_s=finished - started,

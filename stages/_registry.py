@@ -178,6 +178,12 @@ class RegistryClient:
         finally:
             await _close(response)
 
+    async def authenticate(self, ref: Reference) -> None:
+        """Find ``ref``'s endpoint and get its token now (both cached), so that the time
+        auth takes can be measured apart from the manifest's."""
+        endpoint = await self._endpoint(ref)
+        await self._authorization(ref, endpoint, stale=None)
+
     def stream_blob(
         self, ref: Reference, digest: Digest, *, offset: int = 0
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:

@@ -58,7 +58,8 @@ class FakeLayer:
 
 @dataclass(frozen=True)
 class FakeTimings:
-    resolve_s: float = 0.25
+    auth_s: float = 0.05
+    manifest_s: float = 0.2
     total_s: float = 1.5
 
 
@@ -279,7 +280,7 @@ def test_json_every_event_then_summary() -> None:
     assert summary["image_id"] == str(CONFIG)
     assert summary["platform"] == "linux/amd64"
     assert summary["bytes_downloaded"] == 45 * MB
-    assert summary["timings"] == {"resolve_s": 0.25, "total_s": 1.5}
+    assert summary["timings"] == {"auth_s": 0.05, "manifest_s": 0.2, "total_s": 1.5}
     assert [layer["status"] for layer in summary["layers"]] == ["exists", "downloaded"]
     layer = summary["layers"][1]
     assert layer["digest"] == str(LAYER_B)

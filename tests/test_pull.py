@@ -78,6 +78,8 @@ async def test_pull_an_image_manifest(
     assert {layer.status for layer in result.layers} == {"downloaded"}
     assert result.bytes_downloaded == sum(x.size for x in image.layers)
     assert result.timings.total_s >= result.timings.layers_s > 0
+    assert result.timings.auth_s > 0 and result.timings.manifest_s > 0
+    assert all(layer.timings.hash_s > 0 and layer.timings.inflate_s > 0 for layer in result.layers)
 
     path = store.path
     assert {x.digest for x in image.layers} | {image.config.digest, image.digest} <= blob_names(
