@@ -323,7 +323,8 @@ class Decoded:
     """What ``LayerDecoder`` produced: the uncompressed size and the diffID hex.
 
     ``diff_id`` is None for an uncompressed layer, whose diffID is its digest (the caller
-    has that hash already; hashing the same bytes twice would waste a core).
+    has that hash already; hashing the same bytes twice would waste a core), and when the
+    decoder was given a ``sink``: then whoever reads the sink hashes the output.
     """
 
     size: int
@@ -369,7 +370,14 @@ class LayerDecoder:
     """
 
     def __init__(
-        self, media_type: str, compressed_size: int, limits: Limits, *, ref: str, digest: str
+        self,
+        media_type: str,
+        compressed_size: int,
+        limits: Limits,
+        *,
+        ref: str,
+        digest: str,
+        sink: Sink | None = None,
     ) -> None:
         self._ref, self._digest, self._media_type = ref, digest, media_type
         fmt = next((name for types, name in _FORMATS if media_type in types), None)
@@ -387,7 +395,11 @@ class LayerDecoder:
             max(limits.max_compression_ratio * compressed_size, limits.inflate_step_bytes),
         )
         self._compressed_size = compressed_size
+        # Uncompressed pieces go to ``sink`` (a pipeline hashes them in a stage of their
+        # own, overlapping the inflate); without one they are hashed here.
         self._sha256 = hashlib.sha256()
+        self._sink: Sink = self._sha256.update if sink is None else sink
+        self._hashes_here = sink is None
         self._size = 0
         self._prefix = b""  # the first bytes, kept until the magic check is done
         self._decompressor: Decompressor | None = None
@@ -435,7 +447,13 @@ class LayerDecoder:
                 self._error = exc
         if self._error is not None:
             raise self._error
-        return Decoded(self._size, None if self._format == "plain" else self._sha256.hexdigest())
+        hashed = self._hashes_here and self._format != "plain"
+        return Decoded(self._size, self._sha256.hexdigest() if hashed else None)
+
+    @property
+    def plain(self) -> bool:
+        """An uncompressed layer: nothing goes to the sink; its diffID is its digest."""
+        return self._format == "plain"
 
     def _start(self, prefix: bytes) -> Decompressor:
         looks = describe_magic(prefix)
@@ -476,7 +494,7 @@ class LayerDecoder:
                 ref=self._ref,
                 digest=self._digest,
             )
-        self._sha256.update(data)
+        self._sink(data)
 
     def _corrupt(self, detail: str) -> DecompressError:
         return DecompressError(

@@ -32,9 +32,17 @@ class IngestFile(Protocol):
 
 
 def verify_layer(
-    ref: str, layer: Descriptor, diff_id: Digest, sums: BlobSums, decoder: LayerDecoder
+    ref: str,
+    layer: Descriptor,
+    diff_id: Digest,
+    sums: BlobSums,
+    decoder: LayerDecoder,
+    uncompressed_sha256: str | None = None,
 ) -> Decoded:
     """Check everything the manifest and config promised; raise the first broken promise.
+
+    ``uncompressed_sha256`` is the diffID hash computed outside the decoder (when it was
+    given a sink); an uncompressed layer's diffID is its digest.
 
     Raises ``SizeMismatch``, ``DigestMismatch``, ``Truncated`` / ``DecompressError`` (from
     ``decoder.finish()``) or ``DiffIDMismatch``, each naming expected and actual values.
@@ -55,7 +63,8 @@ def verify_layer(
             digest=digest,
         )
     decoded = decoder.finish()
-    actual = decoded.diff_id if decoded.diff_id is not None else sums.sha256
+    hashed_apart = decoded.diff_id or uncompressed_sha256 or ""
+    actual = sums.sha256 if decoder.plain else hashed_apart
     if actual != diff_id.hex:
         raise DiffIDMismatch(
             f"layer {digest}: its uncompressed content hashes to sha256:{actual}, but the "

@@ -1,7 +1,8 @@
 """One layer, one streaming pass: the per-layer stages and their channels, wired here.
 
     blob_stream ─▶ chunks ─▶ tee ─┬─▶ digest_send  ─▶ digest_stage   sha256 + xxh3 (thread)
-                                  ├─▶ inflate_send ─▶ inflate_stage  inflate → sha256 (thread)
+                                  ├─▶ inflate_send ─▶ inflate_stage  inflate        (thread)
+                                  │      uncompressed_send ─▶ diffid_stage  sha256  (thread)
                                   └─▶ ingest_send  ─▶ ingest_stage   ingest.write   (thread)
     nursery exits cleanly ─▶ verify_layer (size, digest, stream end, diffID) ─▶ ingest.sync()
 
@@ -13,6 +14,7 @@ to a channel closing. The store's rename into ``blobs/`` is the caller's next st
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 
 import structlog
@@ -25,7 +27,15 @@ from ._config import Limits
 from ._events import LayerTimings, ProgressEvent, ProgressSink, VerifiedLayer
 from ._groups import collapse_exception_group
 from ._reference import Reference
-from ._tee import StageClock, digest_stage, inflate_stage, ingest_stage, tee
+from ._tee import (
+    HandOff,
+    StageClock,
+    diffid_stage,
+    digest_stage,
+    inflate_stage,
+    ingest_stage,
+    tee,
+)
 from ._types import Descriptor, Digest
 
 __all__ = ["fetch_layer"]
@@ -51,22 +61,29 @@ async def fetch_layer(
     """
     started = time.perf_counter()
     ref_text, digest = str(ref), str(layer.digest)
-    hasher = BlobHasher()
-    decoder = LayerDecoder(layer.media_type, layer.size, limits, ref=ref_text, digest=digest)
-    net = NetworkClock()
-    hash_clock, inflate_clock, write_clock = StageClock(), StageClock(), StageClock()
-    write_ingest = functools.partial(ingest_stage, ref=ref_text, digest=digest)
-
     chunks_send, chunks_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
     digest_send, digest_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
     inflate_send, inflate_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    uncompressed_send, uncompressed_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
     ingest_send, ingest_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+
+    hasher, diff_hasher = BlobHasher(), hashlib.sha256()
+    handoff = HandOff(uncompressed_send)
+    decoder = LayerDecoder(
+        layer.media_type, layer.size, limits, ref=ref_text, digest=digest, sink=handoff
+    )
+    net = NetworkClock()
+    hash_clock, inflate_clock, diffid_clock, write_clock = (StageClock() for _ in range(4))
+    write_ingest = functools.partial(ingest_stage, ref=ref_text, digest=digest)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(blob_stream, source, ref, layer, limits, chunks_send, progress, net)
             nursery.start_soon(tee, chunks_recv, (digest_send, inflate_send, ingest_send))
             nursery.start_soon(digest_stage, hasher, limiter, hash_clock, digest_recv)
-            nursery.start_soon(inflate_stage, decoder, limiter, inflate_clock, inflate_recv)
+            nursery.start_soon(
+                inflate_stage, decoder, limiter, inflate_clock, inflate_recv, uncompressed_send
+            )
+            nursery.start_soon(diffid_stage, diff_hasher, limiter, diffid_clock, uncompressed_recv)
             nursery.start_soon(write_ingest, ingest, limiter, write_clock, ingest_recv)
     except BaseExceptionGroup as group:
         error = collapse_exception_group(group)
@@ -75,15 +92,15 @@ async def fetch_layer(
     if progress is not None:
         progress(ProgressEvent("layer-verifying", ref_text, digest, layer.size, layer.size))
     sums = hasher.finish()
-    decoded = verify_layer(ref_text, layer, diff_id, sums, decoder)
+    decoded = verify_layer(ref_text, layer, diff_id, sums, decoder, diff_hasher.hexdigest())
     fsync_s = await sync_ingest(ingest, limiter, ref=ref_text, digest=digest)
 
     timings = LayerTimings(
         wall_s=time.perf_counter() - started,
         first_byte_s=net.first_byte_s,
         network_s=net.network_s,
-        hash_s=hash_clock.seconds,
-        inflate_s=inflate_clock.seconds,
+        hash_s=hash_clock.seconds + diffid_clock.seconds,
+        inflate_s=inflate_clock.seconds - handoff.waited_s,
         write_s=write_clock.seconds,
         fsync_s=fsync_s,
     )

@@ -1,4 +1,4 @@
-"""The tee stage and the three consumer stages of one layer.
+"""The tee stage and the consumer stages of one layer.
 
 ``tee`` sends every chunk to every consumer's channel in turn (``clone()`` would split
 the chunks between receivers, not copy them). The chunk is a ``bytes`` object that all
@@ -6,10 +6,10 @@ consumers read and none changes, so it is shared, never copied.
 
 Each consumer is a thin loop around a synchronous object from ``_codec`` (or the store's
 ingest file) whose work runs in a worker thread under the limiter it is given: the
-compressed hash, the inflate + diffID hash and the disk write of one layer overlap on
-different cores. A consumer that falls behind takes every chunk already waiting in its
-channel into one thread hop, so the event loop pays fewer hops exactly when a stage is
-the bottleneck.
+compressed hash, the inflate, the diffID hash (fed by the inflate through a ``HandOff``)
+and the disk write of one layer overlap on different cores. A consumer that falls
+behind takes every chunk already waiting in its channel into one thread hop, so the
+event loop pays fewer hops exactly when a stage is the bottleneck.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import trio
 
@@ -24,7 +25,22 @@ from ._codec import BlobHasher, LayerDecoder
 from ._commit import IngestFile
 from ._errors import StoreError
 
-__all__ = ["StageClock", "digest_stage", "inflate_stage", "ingest_stage", "tee"]
+__all__ = [
+    "HandOff",
+    "Hasher",
+    "StageClock",
+    "diffid_stage",
+    "digest_stage",
+    "inflate_stage",
+    "ingest_stage",
+    "tee",
+]
+
+
+class Hasher(Protocol):
+    """What the diffID stage needs of a hash: ``hashlib.sha256()`` has it."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class StageClock:
@@ -67,15 +83,49 @@ async def digest_stage(
     await _consume(hasher.update, limiter, clock, receive)
 
 
+class HandOff:
+    """The sink a ``LayerDecoder`` calls from the inflate stage's worker thread: each
+    uncompressed piece goes into a trio channel, the thread waiting while the channel is
+    full. That backpressure keeps memory bounded whatever the compression ratio, and lets
+    the diffID hash run in a thread of its own, overlapping the inflate (a single huge
+    layer otherwise inflates and hashes in turn on one core).
+
+    ``waited_s`` is the time spent waiting on the channel, so that the inflate stage's
+    time can be told apart from the hash stage's.
+    """
+
+    def __init__(self, send: trio.MemorySendChannel[bytes]) -> None:
+        self.send = send
+        self.waited_s = 0.0
+
+    def __call__(self, piece: bytes) -> None:
+        started = time.perf_counter()
+        trio.from_thread.run(self.send.send, piece)
+        self.waited_s += time.perf_counter() - started
+
+
 async def inflate_stage(
     decoder: LayerDecoder,
     limiter: trio.CapacityLimiter,
     clock: StageClock,
     receive: trio.MemoryReceiveChannel[bytes],
+    send: trio.MemorySendChannel[bytes],
 ) -> None:
-    """Decompress and hash the uncompressed bytes (the diffID). ``decoder`` keeps any
+    """Decompress; the decoder's sink (a ``HandOff`` onto ``send``) passes the output on,
+    and ``send`` is closed at the end so the diffID stage ends. ``decoder`` keeps any
     error for ``finish()``, so this stage does not fail on bad data."""
-    await _consume(decoder.update, limiter, clock, receive)
+    async with send:
+        await _consume(decoder.update, limiter, clock, receive)
+
+
+async def diffid_stage(
+    hasher: Hasher,
+    limiter: trio.CapacityLimiter,
+    clock: StageClock,
+    receive: trio.MemoryReceiveChannel[bytes],
+) -> None:
+    """sha256 of the uncompressed bytes: the layer's diffID."""
+    await _consume(hasher.update, limiter, clock, receive)
 
 
 async def ingest_stage(

@@ -13,7 +13,7 @@ import trio
 from stages._codec import BlobHasher, LayerDecoder
 from stages._config import Limits
 from stages._errors import StoreError
-from stages._tee import StageClock, digest_stage, inflate_stage, ingest_stage, tee
+from stages._tee import HandOff, StageClock, digest_stage, inflate_stage, ingest_stage, tee
 from stages._types import MediaType
 
 CHUNKS = [os.urandom(1000) for _ in range(20)]
@@ -92,17 +92,38 @@ async def test_inflate_stage() -> None:
     data = b"hello layer " * 100_000
     blob = gzip.compress(data)
     chunks = [blob[i : i + 4096] for i in range(0, len(blob), 4096)]
-    decoder = LayerDecoder(MediaType.OCI_LAYER_GZIP, len(blob), Limits(), ref="r", digest="d")
-    clock = await run_consumer(inflate_stage, decoder, chunks=chunks)
+    out_send, out_recv = trio.open_memory_channel[bytes](1)
+    handoff = HandOff(out_send)
+    limits = Limits(inflate_step_bytes=64 * 1024)
+    decoder = LayerDecoder(
+        MediaType.OCI_LAYER_GZIP, len(blob), limits, ref="r", digest="d", sink=handoff
+    )
+    diff_hasher = hashlib.sha256()
+    pieces: list[int] = []
+
+    async def hash_output() -> None:
+        async with out_recv:
+            async for piece in out_recv:
+                pieces.append(len(piece))
+                diff_hasher.update(piece)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hash_output)
+        clock = await run_consumer(inflate_stage, decoder, send=out_send, chunks=chunks)
     decoded = decoder.finish()
-    assert decoded.diff_id == hashlib.sha256(data).hexdigest()
-    assert decoded.size == len(data)
+    assert decoded.diff_id is None  # hashed by whoever reads the sink
+    assert diff_hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert decoded.size == len(data) == sum(pieces)
+    assert max(pieces) <= 64 * 1024  # bounded pieces, whatever the ratio
     assert clock.seconds > 0
 
 
 async def test_inflate_stage_does_not_fail_on_bad_data() -> None:
     decoder = LayerDecoder(MediaType.OCI_LAYER_GZIP, 10, Limits(), ref="r", digest="d")
-    await run_consumer(inflate_stage, decoder, chunks=[b"not gzip", b"at all"])
+    out_send, out_recv = trio.open_memory_channel[bytes](1)
+    await run_consumer(inflate_stage, decoder, send=out_send, chunks=[b"not gzip", b"at all"])
+    async with out_recv:
+        assert [piece async for piece in out_recv] == []
     with pytest.raises(Exception, match="bytes are uncompressed"):
         decoder.finish()
 
