@@ -365,8 +365,8 @@ class LayerDecoder:
     layer labelled gzip whose bytes are zstd or a plain tar is refused, naming both.
 
     Bomb cap: ``min(max_layer_uncompressed_bytes, max(max_compression_ratio x compressed
-    size, inflate_step_bytes))`` uncompressed bytes; the ratio is taken against the
-    descriptor's (verified) size, and a tiny layer may always fill one output step.
+    size, min_uncompressed_allowance_bytes))`` uncompressed bytes; the ratio is taken
+    against the descriptor's (verified) size, and any layer may inflate to the allowance.
     """
 
     def __init__(
@@ -392,7 +392,10 @@ class LayerDecoder:
         self._limits = limits
         self._cap = min(
             limits.max_layer_uncompressed_bytes,
-            max(limits.max_compression_ratio * compressed_size, limits.inflate_step_bytes),
+            max(
+                limits.max_compression_ratio * compressed_size,
+                limits.min_uncompressed_allowance_bytes,
+            ),
         )
         self._compressed_size = compressed_size
         # Uncompressed pieces go to ``sink`` (a pipeline hashes them in a stage of their

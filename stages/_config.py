@@ -56,8 +56,11 @@ class Limits:
     # Decompression caps: absolute, and relative to the compressed size.
     max_layer_uncompressed_bytes: int = 64 * 1024 * MiB
     max_compression_ratio: int = 1000
+    # Any layer may inflate to this much whatever its ratio: a small layer holding a sparse
+    # file legitimately inflates more than 1000x (deflate's own maximum is about 1032x).
+    min_uncompressed_allowance_bytes: int = 64 * MiB
     # Output the inflater produces per step, so one chunk never balloons in memory.
-    inflate_step_bytes: int = 4 * MiB
+    inflate_step_bytes: int = 1 * MiB
     # A zstd frame may not ask for a larger window than this.
     max_zstd_window_bytes: int = 128 * MiB
     connect_timeout_s: float = 30.0

@@ -321,7 +321,12 @@ async def test_fsync_failure_is_a_store_error(tmp_path: Path) -> None:
 async def test_bomb_is_refused(ingest: FileIngest) -> None:
     blob = gzip.compress(b"\0" * 20_000_000, compresslevel=9)
     diff_id = Digest.from_hex(hashlib.sha256(b"\0" * 20_000_000).hexdigest())
-    limits = Limits(chunk_size=64 * 1024, chunk_buffer=2, max_compression_ratio=50)
+    limits = Limits(
+        chunk_size=64 * 1024,
+        chunk_buffer=2,
+        max_compression_ratio=50,
+        min_uncompressed_allowance_bytes=1 << 20,
+    )
     with pytest.raises(DecompressError, match="bomb"):
         await fetch(
             blob, descriptor(MediaType.OCI_LAYER_GZIP, blob), ingest, diff_id=diff_id, limits=limits
