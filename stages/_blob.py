@@ -64,6 +64,12 @@ class _Transfer:
 
     started: float
     received: int = 0
+    reported_at: float = 0.0  # when the last progress event went out
+
+
+# Progress events per layer at most this often (and once at the end): a display needs
+# no more, and an event per chunk costs the event loop a JSON line each under --json.
+PROGRESS_INTERVAL_S = 0.1
 
 
 async def blob_stream(
@@ -123,7 +129,11 @@ async def _attempt(
                 await send.send(chunk)
                 transfer.received = received
                 if progress is not None:
-                    progress(ProgressEvent("layer-downloading", ref_text, digest, received, size))
+                    now = time.perf_counter()
+                    if received == size or now - transfer.reported_at >= PROGRESS_INTERVAL_S:
+                        transfer.reported_at = now
+                        event = ProgressEvent("layer-downloading", ref_text, digest, received, size)
+                        progress(event)
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
             f"the download of layer {digest} broke off after {transfer.received} of {size} "
