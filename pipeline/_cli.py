@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="layers downloaded at once (default: 3)",
     )
     pull.add_argument(
+        "--layer-workers",
+        choices=("threads", "processes"),
+        default="threads",
+        help="where each layer's hashing and inflating runs: worker threads of this process "
+        "(default) or worker processes, one layer each",
+    )
+    pull.add_argument(
         "--ca-file", type=_existing_file, metavar="PEM", help="extra CA certificates to trust"
     )
     pull.add_argument(
@@ -345,6 +352,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     options = PullOptions(
         platform=args.platform,
         max_concurrent_downloads=args.max_concurrent_downloads,
+        layer_workers=args.layer_workers,
         registry=registry,
         progress=renderer,
     )

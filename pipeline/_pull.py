@@ -12,10 +12,13 @@ The per-layer stages are wired in ``stages/_layer.py``; this module wires the im
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 import trio
+import trio_parallel
 
 from stages._config import Limits, RegistryOptions
 from stages._errors import UsageError
@@ -28,6 +31,7 @@ from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest, Platform
 
 from ._store import Store
+from ._workers import LayerTask, open_layer_workers, run_layer_task
 
 __all__ = ["LayerReport", "PullOptions", "PullResult", "PullTimings", "pull"]
 
@@ -40,6 +44,9 @@ class PullOptions:
 
     platform: Platform | None = None
     max_concurrent_downloads: int = 3
+    # Where each layer's stages run: worker threads of this process, or worker processes
+    # (one whole layer each; see _workers.py). The benchmark harness compares the two.
+    layer_workers: Literal["threads", "processes"] = "threads"
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     limits: Limits = field(default_factory=Limits)
     progress: ProgressSink | None = None
@@ -101,9 +108,13 @@ class _PullContext:
     ref: Reference
     store: Store
     client: RegistryClient
+    registry: RegistryOptions
     limits: Limits
     limiter: trio.CapacityLimiter
     progress: ProgressSink
+    # Set when layers run in worker processes: the pool and how many run at once.
+    workers: trio_parallel.WorkerContext | None
+    workers_limiter: trio.CapacityLimiter
 
 
 async def pull(
@@ -133,8 +144,10 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
     progress = options.progress or _ignore_progress
     platform = options.platform or Platform.host()
     # Worker threads for hashing, inflating, writing and store calls: created here, by the
-    # process that uses them, and handed down.
-    limiter = trio.CapacityLimiter(max(4, 3 * options.max_concurrent_downloads))
+    # process that uses them, and handed down. A layer uses up to four at once (digest,
+    # inflate, diffID, write); only the inflate thread ever waits holding one (on the
+    # diffID stage of the same layer), so this many never deadlock.
+    limiter = trio.CapacityLimiter(max(4, 4 * options.max_concurrent_downloads))
     progress(ProgressEvent("resolving", str(ref)))
 
     async with RegistryClient.open(options.registry, options.limits) as client:
@@ -160,20 +173,22 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
                 )
             )
 
-        context = _PullContext(ref, store, client, options.limits, limiter, progress)
-        reports: list[LayerReport | None] = [None] * len(jobs)
-        layers_send, layers_recv = trio.open_memory_channel[_LayerJob](0)
-        reports_send, reports_recv = trio.open_memory_channel[tuple[int, LayerReport]](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_feed_layers, jobs, layers_send)
-            async with layers_recv, reports_send:
-                for _ in range(min(options.max_concurrent_downloads, max(1, len(jobs)))):
-                    nursery.start_soon(
-                        _layer_worker, context, layers_recv.clone(), reports_send.clone()
-                    )
-            async with reports_recv:
-                async for index, report in reports_recv:
-                    reports[index] = report
+        async with contextlib.AsyncExitStack() as stack:
+            workers = None
+            if options.layer_workers == "processes":
+                workers = await stack.enter_async_context(open_layer_workers())
+            context = _PullContext(
+                ref,
+                store,
+                client,
+                options.registry,
+                options.limits,
+                limiter,
+                progress,
+                workers,
+                trio.CapacityLimiter(options.max_concurrent_downloads),
+            )
+            reports = await _pull_layers(context, jobs, options.max_concurrent_downloads)
         layers_done = trio.current_time()
 
     record = await trio.to_thread.run_sync(store.record_image, resolved, limiter=limiter)
@@ -199,6 +214,26 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
     )
     _log_pull(resolved, result)
     return result
+
+
+async def _pull_layers(
+    context: _PullContext, jobs: list[_LayerJob], concurrency: int
+) -> list[LayerReport | None]:
+    """Fan the layers out to ``concurrency`` workers; collect reports in manifest order."""
+    reports: list[LayerReport | None] = [None] * len(jobs)
+    layers_send, layers_recv = trio.open_memory_channel[_LayerJob](0)
+    reports_send, reports_recv = trio.open_memory_channel[tuple[int, LayerReport]](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_feed_layers, jobs, layers_send)
+        async with layers_recv, reports_send:
+            for _ in range(min(concurrency, max(1, len(jobs)))):
+                nursery.start_soon(
+                    _layer_worker, context, layers_recv.clone(), reports_send.clone()
+                )
+        async with reports_recv:
+            async for index, report in reports_recv:
+                reports[index] = report
+    return reports
 
 
 async def _feed_layers(
@@ -239,16 +274,29 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
             structlog.contextvars.bound_contextvars(digest=digest_text),
             store.open_ingest(layer.digest) as ingest,
         ):
-            verified = await fetch_layer(
-                context.client,
-                context.ref,
-                layer,
-                job.diff_id,
-                ingest,
-                limits=context.limits,
-                limiter=context.limiter,
-                progress=context.progress,
-            )
+            if context.workers is None:
+                verified = await fetch_layer(
+                    context.client,
+                    context.ref,
+                    layer,
+                    job.diff_id,
+                    ingest,
+                    limits=context.limits,
+                    limiter=context.limiter,
+                    progress=context.progress,
+                )
+            else:
+                task = LayerTask(
+                    context.ref,
+                    layer,
+                    job.diff_id,
+                    str(ingest.path),
+                    context.registry,
+                    context.limits,
+                )
+                verified = await run_layer_task(
+                    context.workers, context.workers_limiter, task, context.progress
+                )
             commit_started = trio.current_time()
             await trio.to_thread.run_sync(
                 store.commit_layer, ingest, verified, limiter=context.limiter

@@ -65,6 +65,11 @@ class ImagecError(Exception):
         self.digest = digest
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Keep ``ref`` and ``digest`` when an error crosses a process boundary (a layer
+        worker raises it in its own process)."""
+        return (_rebuild, (type(self), self.message, self.ref, self.digest), self.__dict__)
+
     def __str__(self) -> str:
         where = []
         if self.ref and self.ref not in self.message:
@@ -140,3 +145,9 @@ class DecompressError(BlobError):
 
 class StoreError(ImagecError):
     """The local store is unreadable, inconsistent, from a newer version, or not writable."""
+
+
+def _rebuild(
+    cls: type[ImagecError], message: str, ref: str | None, digest: str | None
+) -> ImagecError:
+    return cls(message, ref=ref, digest=digest)

@@ -536,3 +536,47 @@ async def test_umoci_unpacks_a_pulled_image(
     rootfs = tmp_path / "bundle" / "rootfs"
     assert (rootfs / "etc/hello.txt").read_bytes() == files["etc/hello.txt"]
     assert (rootfs / "bin/tool").read_bytes() == files["bin/tool"]
+
+
+# --- layer workers in processes ------------------------------------------------------
+
+
+async def test_layers_in_worker_processes(
+    basic_registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=1024 * 1024)
+    basic_registry.push(unique_repo, image, "1")
+    user, password = basic_registry.credentials
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, password))
+    events: list[pipeline.ProgressEvent] = []
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(
+        basic_registry.ref(unique_repo, "1"),
+        store=store,
+        options=options(layer_workers="processes", registry=creds, progress=events.append),
+    )
+
+    assert str(result.image_id) == image.image_id
+    assert [str(layer.diff_id) for layer in result.layers] == list(image.diff_ids)
+    assert all(layer.timings.inflate_s > 0 for layer in result.layers)
+    kinds = [e.event for e in events]
+    assert kinds.count("layer-complete") == len(image.layers)
+    assert_store_consistent(store.path)
+
+
+async def test_a_worker_process_error_names_the_layer(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    images.corrupt_blob(registry.storage_dir, image.layers[1].digest)
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "1"),
+        tmp_path / "s",
+        pipeline.DigestMismatch,
+        layer_workers="processes",
+    )
+
+    assert image.layers[1].digest in message

@@ -1,0 +1,145 @@
+"""Layer workers in processes: one layer's stages run whole in another process.
+
+DESIGN.md's multiprocess shape: the parent keeps the reference, auth, manifest, LCache
+and the store's metadata; a worker process runs ``fetch_layer`` (blob stream → tee →
+digest / inflate / diffID / ingest) for one whole layer with its own trio loop and HTTP
+client, writing into the ingest file the parent created, and hands back the
+``VerifiedLayer``. No layer bytes cross the process boundary. The worker authenticates
+with the same ``RegistryOptions`` (its own ping and token: a few small requests per
+layer). Progress: ``trio_parallel.run_sync`` returns only a final result, so the parent
+polls the size of the ingest file the worker appends to.
+
+The pool is a ``trio_parallel`` worker context created by ``pull()`` and passed down.
+Whether this beats threads is decided by the benchmark harness (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+import trio_parallel
+
+from stages._config import Limits, RegistryOptions
+from stages._events import ProgressEvent, ProgressSink, VerifiedLayer
+from stages._layer import fetch_layer
+from stages._reference import Reference
+from stages._registry import RegistryClient
+from stages._types import Descriptor, Digest
+
+__all__ = ["LayerTask", "open_layer_workers", "run_layer_task"]
+
+_POLL_S = 0.1
+_WORKER_THREADS = 4  # digest, inflate, diffID and write of the one layer a worker runs
+
+
+@dataclass(frozen=True)
+class LayerTask:
+    """Everything a worker process needs for one layer; pickled to the worker."""
+
+    ref: Reference
+    layer: Descriptor
+    diff_id: Digest
+    ingest_path: str
+    registry: RegistryOptions
+    limits: Limits
+
+
+@contextlib.asynccontextmanager
+async def open_layer_workers() -> AsyncIterator[trio_parallel.WorkerContext]:
+    """The process pool of one pull: forked workers (as many as the limiter given to
+    ``run_layer_task`` lets run at once), gone when the pull ends."""
+    async with trio_parallel.open_worker_context(
+        worker_type=trio_parallel.WorkerType.FORKSERVER, idle_timeout=30.0
+    ) as context:
+        yield context
+
+
+async def run_layer_task(
+    workers: trio_parallel.WorkerContext,
+    limiter: trio.CapacityLimiter,
+    task: LayerTask,
+    progress: ProgressSink,
+) -> VerifiedLayer:
+    """Run ``task`` in a worker process, relaying its byte count as progress events.
+
+    Cancelling (Ctrl-C, a failed sibling layer) kills the worker; the parent's ingest
+    context then removes the partial file.
+    """
+    ref_text, digest = str(task.ref), str(task.layer.digest)
+    result: VerifiedLayer | None = None
+
+    async def relay_progress(done: trio.Event) -> None:
+        last = 0
+        while not done.is_set():
+            with trio.move_on_after(_POLL_S):
+                await done.wait()
+            with contextlib.suppress(OSError):
+                current = os.stat(task.ingest_path).st_size
+                if current != last:
+                    last = current
+                    event = ProgressEvent(
+                        "layer-downloading", ref_text, digest, current, task.layer.size
+                    )
+                    progress(event)
+
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay_progress, done)
+        try:
+            result = await workers.run_sync(
+                _fetch_layer_in_worker, task, limiter=limiter, kill_on_cancel=True
+            )
+        finally:
+            done.set()
+    assert result is not None
+    return result
+
+
+def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
+    """The worker's side: a trio loop of its own around the per-layer stages."""
+    return trio.run(_fetch_layer, task)
+
+
+async def _fetch_layer(task: LayerTask) -> VerifiedLayer:
+    limiter = trio.CapacityLimiter(_WORKER_THREADS)
+    with _PathIngest(Path(task.ingest_path)) as ingest:
+        async with RegistryClient.open(task.registry, task.limits) as client:
+            return await fetch_layer(
+                client,
+                task.ref,
+                task.layer,
+                task.diff_id,
+                ingest,
+                limits=task.limits,
+                limiter=limiter,
+                progress=None,
+            )
+
+
+class _PathIngest:
+    """The ingest file the parent created, opened again by path in the worker.
+
+    The parent's own handle stays unwritten; it renames the file after the worker
+    returned a verified layer (``Store.commit_layer`` checks the size on disk).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "r+b")  # noqa: SIM115 - closed by __exit__
+
+    def __enter__(self) -> _PathIngest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._file.close()
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
