@@ -1,0 +1,426 @@
+"""``python -m benchmarks``: time imagec-pipe against its peers on a local registry.
+
+    python -m benchmarks                       # every image and scenario, 3 runs
+    python -m benchmarks --quick               # small + app, 1 run, single pulls + primitives
+    python -m benchmarks --images app,big --runs 5 --tools ours,skopeo-oci
+    python -m benchmarks --scenarios concurrent,throttled
+
+Starts the CNCF registry on 127.0.0.1 (storage kept in benchmarks/.cache/registry), builds
+and pushes the image set once (benchmarks/.cache, keyed by a hash of the generator's
+parameters and the source files), measures the primitives and the floor of each image,
+then runs every scenario cold (fresh output folder; page cache dropped where permitted,
+the tools' own code loaded back so that only the image data is cold), the tools
+interleaved, each run under a timeout. Writes RESULTS.md and RESULTS.json (``--out``) and
+prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _peers, _primitives, _profile, _report
+from ._images import BuiltImage
+from ._measure import RunResult, drop_caches, proc_write_bytes, run_measured
+from ._setup import CACHE, REPO_ROOT, prepare_images, registry, run_proxy
+
+ALL_IMAGES = ("small", "app", "big", "app-zstd", "many")
+ALL_SCENARIOS = ("primitives", "single", "concurrent", "throttled", "profile")
+DEFAULT_SCENARIOS = ("primitives", "single", "concurrent", "throttled")
+ALL_TOOLS = ("ours", "ours-processes", "naive", "skopeo-oci", "skopeo-dir", "skopeo-umoci")
+THROTTLED_TOOLS = ("ours", "ours-processes", "naive", "skopeo-oci", "skopeo-dir")
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _csv(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in items if x not in allowed]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def _machine() -> dict[str, Any]:
+    def first(path: str, key: str) -> str:
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(key):
+                    return line[len(key) :].lstrip(" \t:=").strip().strip('"')
+        except OSError:
+            pass
+        return "?"
+
+    def version(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "not installed"
+        return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
+
+    df = subprocess.run(
+        ["df", "-T", str(CACHE)], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    import isal
+    import zstandard
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "kernel": platform.release(),
+        "os": first("/etc/os-release", "PRETTY_NAME="),
+        "python": platform.python_version(),
+        "filesystem": df[-1].split()[1] if len(df) > 1 else "?",
+        "registry": version(["docker-registry", "--version"]),
+        "skopeo": version(["skopeo", "--version"]),
+        "umoci": version(["umoci", "--version"]),
+        "isal": isal.__version__,
+        "zstandard": zstandard.__version__,
+    }
+
+
+def _summary_line(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("event") == "summary":
+                return obj
+    return None
+
+
+class Bench:
+    """One harness run: the registry, the images, the options and the results so far."""
+
+    def __init__(self, args: argparse.Namespace, server: Any, built: dict[str, list[BuiltImage]]):
+        self.args = args
+        self.server = server
+        self.built = built
+        self.work = CACHE / "runs"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.drop = not args.no_drop_caches
+        self.dropped_ok: bool | None = None
+        self.results: dict[str, Any] = {}
+        self.env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+
+    def _timeout(self, image: BuiltImage) -> float:
+        if self.args.timeout:
+            return float(self.args.timeout)
+        return 60.0 + image.compressed_size / 1e6 * 0.5
+
+    def _prepare(self, out: Path, warm: Sequence[str]) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        if self.drop:
+            ok = drop_caches()
+            if self.dropped_ok is None:
+                self.dropped_ok = ok
+                if not ok:
+                    _log("cannot drop the page cache (not root?): every run is warm-cache")
+        else:
+            os.sync()
+        if warm:
+            subprocess.run(list(warm), cwd=REPO_ROOT, env=self.env, capture_output=True, timeout=60)
+
+    def run_tool(
+        self,
+        label: str,
+        argv: list[str],
+        out: Path,
+        warm: Sequence[str],
+        timeout: float,
+    ) -> RunResult:
+        self._prepare(out, warm)
+        tool = _peers.TOOLS.get(label)
+        result = run_measured(
+            label,
+            argv,
+            timeout=timeout,
+            registry_pid=self.server.process.pid,
+            cwd=REPO_ROOT,
+            env={**self.env, **dict(tool.env if tool else ())},
+        )
+        summary = _summary_line(result.stdout)
+        if summary is not None:
+            result.extra["summary"] = summary
+        status = (
+            "ok" if result.ok else ("TIMEOUT" if result.timed_out else f"rc={result.returncode}")
+        )
+        _log(
+            f"  {label:<14} {result.wall_s:7.2f} s wall {result.cpu_s:7.2f} s cpu "
+            f"{result.peak_rss / 1e6:7.0f} MB  {status}"
+        )
+        if not result.ok:
+            _log("    " + result.stderr_tail.replace("\n", "\n    ")[-1500:])
+        shutil.rmtree(out, ignore_errors=True)
+        return result
+
+    # -- scenarios --
+
+    def primitives(self, names: Sequence[str]) -> None:
+        cores = os.cpu_count() or 1
+        out: dict[str, Any] = {}
+        for name in names:
+            image = self.built[name][0]
+            _log(f"primitives on {name} ...")
+            prims = _primitives.measure_image(image, self.server.url, self.work, drop=self.drop)
+            prims["floor"] = _primitives.floor_of(prims, cores)
+            f = prims["floor"]
+            _log(
+                f"  floor {f['floor_s']:.2f} s ({f['bound_by']}), primitives' CPU "
+                f"{f['cpu_sum_s']:.2f} s; "
+                + ", ".join(f"{k} {v:.0f} MB/s" for k, v in f["mb_s"].items() if v)
+            )
+            out[name] = prims
+        self.results["primitives"] = out
+
+    def single(self, names: Sequence[str], tools: Sequence[str]) -> None:
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for name in names:
+            image = self.built[name][0]
+            ref = f"{self.server.host}/{image.repo}:{image.tag}"
+            _log(f"single pull of {name} ({image.compressed_size / 1e6:.0f} MB gz) ...")
+            zstd = image.layers[0].media_type.endswith("zstd")
+            usable = [t for t in tools if _peers.TOOLS[t].zstd or not zstd]
+            for t in set(tools) - set(usable):
+                _log(f"  skipping {t} on {name}: it cannot handle zstd layers")
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in usable}
+            for r in range(self.args.runs):
+                order = list(usable[r % len(usable) :]) + list(usable[: r % len(usable)])
+                for tool_name in order:
+                    tool = _peers.TOOLS[tool_name]
+                    dest = self.work / tool_name
+                    result = self.run_tool(
+                        tool_name, tool.command(ref, dest), dest, tool.warm, self._timeout(image)
+                    )
+                    runs[tool_name].append(result.as_json())
+            out[name] = runs
+        self.results["single"] = out
+
+    def concurrent(self) -> None:
+        fleet = self.built["fleet"]
+        pulls = [x for x in fleet if x.tag != "union"]
+        union = next(x for x in fleet if x.tag == "union")
+        unique_layers = {x.digest: x.size for img in pulls for x in img.layers}
+        unique = {
+            "layer_bytes": sum(unique_layers.values()),
+            "config_bytes": sum(len(x.config) for x in pulls),
+            "manifest_bytes": sum(len(x.manifest) for x in pulls),
+        }
+        assert set(unique_layers) == {x.digest for x in union.layers}
+        _log(
+            f"8 concurrent pulls sharing layers: {len(unique_layers)} unique layers, "
+            f"{unique['layer_bytes'] / 1e6:.0f} MB (naive sum "
+            f"{sum(x.compressed_size for x in pulls) / 1e6:.0f} MB) ..."
+        )
+        runs: dict[str, list[dict[str, Any]]] = {}
+        with run_proxy(self.server.host) as proxy:
+            eight = [f"{proxy.host}/{x.repo}:{x.tag}" for x in pulls]
+            variants: dict[str, list[str]] = {
+                "8 concurrent": eight,
+                "union once": [f"{proxy.host}/{union.repo}:{union.tag}"],
+                "8 concurrent, processes": ["--layer-workers", "processes", *eight],
+            }
+            for r in range(self.args.runs):
+                order = list(variants)[r % len(variants) :] + list(variants)[: r % len(variants)]
+                for variant in order:
+                    dest = self.work / "concurrent"
+                    argv = [sys.executable, "-m", "benchmarks._libpull", "--store", str(dest)]
+                    self._prepare(dest, _peers.TOOLS["ours"].warm)
+                    proxy.reset()
+                    wchar0 = proc_write_bytes(self.server.process.pid)
+                    result = run_measured(
+                        variant,
+                        argv + variants[variant],
+                        timeout=self._timeout(union) * 2,
+                        registry_pid=self.server.process.pid,
+                        cwd=REPO_ROOT,
+                        env=self.env,
+                    )
+                    gets: dict[str, int] = {d: proxy.blob_gets(d) for d in unique_layers}
+                    result.extra |= {
+                        "bytes_to_client": proxy.bytes_to_client,
+                        "registry_wchar": proc_write_bytes(self.server.process.pid) - wchar0,
+                        "blob_gets_max": max(gets.values()),
+                        "blob_gets_total": sum(gets.values()),
+                        "summary": _summary_line(result.stdout),
+                    }
+                    status = "ok" if result.ok else f"FAILED rc={result.returncode}"
+                    _log(
+                        f"  {variant:<14} {result.wall_s:7.2f} s wall, "
+                        f"{proxy.bytes_to_client / 1e6:.1f} MB through the proxy, "
+                        f"max {result.extra['blob_gets_max']} GET per layer  {status}"
+                    )
+                    if not result.ok:
+                        _log("    " + result.stderr_tail.replace("\n", "\n    ")[-1500:])
+                    shutil.rmtree(dest, ignore_errors=True)
+                    runs.setdefault(variant, []).append(result.as_json())
+        self.results["concurrent"] = {"unique": unique, "runs": runs}
+
+    def throttled(self, tools: Sequence[str]) -> None:
+        image = self.built["app"][0]
+        rate = self.args.throttle * 1e6
+        latency = self.args.latency / 1000
+        transfer = image.compressed_size / rate
+        _log(
+            f"throttled pull of app: {self.args.throttle:.0f} MB/s, {self.args.latency:.0f} ms "
+            f"per request; the transfer alone takes {transfer:.2f} s ..."
+        )
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
+        with run_proxy(self.server.host, rate=rate, latency=latency) as proxy:
+            ref = f"{proxy.host}/{image.repo}:{image.tag}"
+            for r in range(self.args.runs):
+                order = list(tools[r % len(tools) :]) + list(tools[: r % len(tools)])
+                for tool_name in order:
+                    tool = _peers.TOOLS[tool_name]
+                    dest = self.work / tool_name
+                    proxy.reset()
+                    result = self.run_tool(
+                        tool_name,
+                        tool.command(ref, dest),
+                        dest,
+                        tool.warm,
+                        self._timeout(image) + 2 * transfer,
+                    )
+                    result.extra["bytes_to_client"] = proxy.bytes_to_client
+                    runs[tool_name].append(result.as_json())
+        self.results["throttled"] = {
+            "rate_mb_s": self.args.throttle,
+            "latency_ms": self.args.latency,
+            "transfer_s": transfer,
+            "runs": runs,
+        }
+
+    def profile(self, names: Sequence[str]) -> None:
+        if not _profile.available():
+            _log("skipping profile: py-spy is not installed (pip install py-spy)")
+            return
+        out: dict[str, Any] = {}
+        for name in names:
+            image = self.built[name][0]
+            ref = f"{self.server.host}/{image.repo}:{image.tag}"
+            dest = self.work / "profile"
+            raw = CACHE / f"profile-{name}.txt"
+            _log(f"profiling ours on {name} (py-spy, registry files warm) ...")
+            prof = _profile.profile_pull(
+                _peers.TOOLS["ours"].command(ref, dest), dest, raw, cwd=REPO_ROOT, env=self.env
+            )
+            prof["raw"] = str(raw)
+            _log(
+                f"  {prof['wall_s_profiled']:.2f} s profiled, {prof['busy_s']:.2f} s busy: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in prof["threads"][:5])
+            )
+            out[name] = prof
+        self.results["profile"] = out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time imagec-pipe against skopeo, umoci and a naive baseline.",
+    )
+    parser.add_argument("--images", default=",".join(ALL_IMAGES), help="comma-separated")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, of {','.join(ALL_SCENARIOS)} (profile: opt-in, needs py-spy)",
+    )
+    parser.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated")
+    parser.add_argument(
+        "--ours-variant",
+        action="append",
+        default=[],
+        metavar="LABEL=[ENV=VALUE ...] [OPTIONS ...]",
+        help="also time ours with this environment / these pull options, as tool LABEL "
+        "(repeatable), e.g. 'ours-6=--max-concurrent-downloads 6'",
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small + app, 1 run, no fleet")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
+    parser.add_argument("--no-drop-caches", action="store_true")
+    parser.add_argument("--throttle", type=float, default=100.0, help="MB/s (throttled)")
+    parser.add_argument("--latency", type=float, default=25.0, help="ms per request")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.runs, args.scenarios = "small,app", 1, "primitives,single"
+    images = _csv(args.images, ALL_IMAGES, "images")
+    scenarios = _csv(args.scenarios, ALL_SCENARIOS, "scenarios")
+    variants = [_peers.add_ours_variant(v) for v in args.ours_variant]
+    tools = _peers.ensure_installed(_csv(args.tools, ALL_TOOLS, "tools"), _log)
+    tools[1:1] = variants  # right after ours, so they interleave with it
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    needed = list(images)
+    if "concurrent" in scenarios:
+        needed.append("fleet")
+    if "throttled" in scenarios and "app" not in needed:
+        needed.append("app")
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "command": command.strip(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
+        "runs": args.runs,
+        "tools": {t: _peers.TOOLS[t].does for t in tools},
+    }
+    _log(f"machine: {results['machine']}")
+    with registry() as server:
+        _log(f"registry {server.url} (pid {server.process.pid})")
+        built = prepare_images(needed, server, log=_log)
+        results["images"] = {n: [x.summary() for x in built[n]] for n in needed}
+        bench = Bench(args, server, built)
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if "primitives" in scenarios:
+            steps.append(("primitives", lambda: bench.primitives(images)))
+        if "single" in scenarios:
+            steps.append(("single", lambda: bench.single(images, tools)))
+        if "concurrent" in scenarios:
+            steps.append(("concurrent", bench.concurrent))
+        if "throttled" in scenarios:
+            steps.append(
+                ("throttled", lambda: bench.throttled([t for t in THROTTLED_TOOLS if t in tools]))
+            )
+        if "profile" in scenarios:
+            steps.append(("profile", lambda: bench.profile(images)))
+        for name, step in steps:
+            try:
+                step()
+            except Exception as exc:  # one scenario failing must not lose the others
+                _log(f"scenario {name} failed: {exc!r}")
+                bench.results.setdefault("errors", []).append(f"{name}: {exc!r}")
+        results.update(bench.results)
+        results["page_cache"] = (
+            "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches), "
+            "the tools' own code then loaded back"
+            if bench.drop and bench.dropped_ok is not False
+            else "NOT dropped (not permitted or --no-drop-caches): every tool ran warm"
+        )
+    results["harness_s"] = round(time.monotonic() - started, 1)
+    text = _report.render(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(text)
+    _log(f"wrote {args.out} and {args.out.with_suffix('.json')} in {results['harness_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The tools we time: ours and the peers a user would otherwise pick.
+
+Each tool turns (registry host, repository, tag, an empty output folder) into one command
+line. skopeo and umoci are installed with apt on Debian as root when missing; elsewhere a
+tool that is missing is skipped with a line saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["TOOLS", "Tool", "add_ours_variant", "ensure_installed", "warm_up"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    does: str  # what work the tool does, for the report
+    binaries: tuple[str, ...]
+    command: Callable[[str, Path], list[str]]  # (full reference, output folder) -> argv
+    warm: tuple[str, ...]  # a cheap command that pulls the program's code into the page cache
+    zstd: bool = True  # whether it can handle zstd layers at all
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the run
+
+
+def _ours(ref: str, out: Path) -> list[str]:
+    return [PYTHON, "-m", "pipeline._cli", "pull", ref, "--store", str(out), "--json"]
+
+
+def _naive(ref: str, out: Path) -> list[str]:
+    return [PYTHON, "-m", "benchmarks.naive", ref, "--out", str(out)]
+
+
+def _skopeo(ref: str, dest: str, *extra: str) -> list[str]:
+    return [
+        "skopeo",
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        *extra,
+        f"docker://{ref}",
+        dest,
+    ]
+
+
+def _skopeo_oci(ref: str, out: Path) -> list[str]:
+    return _skopeo(ref, f"oci:{out}:bench")
+
+
+def _skopeo_dir(ref: str, out: Path) -> list[str]:
+    return _skopeo(ref, f"dir:{out}", "--dest-decompress")
+
+
+def _skopeo_umoci(ref: str, out: Path) -> list[str]:
+    copy = shlex.join(_skopeo(ref, f"oci:{out}/oci:bench"))
+    unpack = shlex.join(
+        ["umoci", "unpack", "--rootless", "--image", f"{out}/oci:bench", f"{out}/rootfs"]
+    )
+    mkdir = shlex.join(["mkdir", "-p", str(out)])
+    return ["sh", "-c", f"{mkdir} && {copy} && {unpack}"]
+
+
+_PY_WARM = (PYTHON, "-c", "import pipeline, pipeline._cli, httpx, trio, isal, zstandard")
+
+TOOLS: dict[str, Tool] = {
+    "ours": Tool("ours", "fetch + digest + inflate + diffID + store (fsync)", (), _ours, _PY_WARM),
+    "ours-processes": Tool(
+        "ours-processes",
+        "ours with --layer-workers processes (each layer's stages in a worker process)",
+        (),
+        lambda ref, out: [*_ours(ref, out), "--layer-workers", "processes"],
+        _PY_WARM,
+    ),
+    "naive": Tool(
+        "naive",
+        "sequential httpx: fetch + digest + zlib + diffID + write (fsync)",
+        (),
+        _naive,
+        (PYTHON, "-c", "import benchmarks.naive"),
+    ),
+    "skopeo-oci": Tool(
+        "skopeo-oci",
+        "skopeo copy docker:// oci: (fetch + compressed digest only)",
+        ("skopeo",),
+        _skopeo_oci,
+        ("skopeo", "--version"),
+    ),
+    "skopeo-dir": Tool(
+        "skopeo-dir",
+        "skopeo copy --dest-decompress docker:// dir: (fetch + digest + inflate + write tar)",
+        ("skopeo",),
+        _skopeo_dir,
+        ("skopeo", "--version"),
+    ),
+    "skopeo-umoci": Tool(
+        "skopeo-umoci",
+        "skopeo copy to oci: + umoci unpack --rootless (fetch + unpack)",
+        ("skopeo", "umoci"),
+        _skopeo_umoci,
+        ("sh", "-c", "skopeo --version && umoci --version"),
+        zstd=False,  # umoci 0.4.7: "blob is not correct mediatype: ...tar+zstd"
+    ),
+}
+
+
+def add_ours_variant(spec: str) -> str:
+    """Register ``LABEL=[ENV=VALUE ...] [pull options ...]`` as another tool: ours with
+    that environment and those extra ``pull`` options (threads vs processes, download
+    concurrency, chunk sizes...). Returns the label."""
+    label, sep, rest = spec.partition("=")
+    if not sep or not label or label in TOOLS:
+        raise SystemExit(f"--ours-variant wants LABEL=[ENV=VALUE ...] [OPTIONS ...], got {spec!r}")
+    tokens = shlex.split(rest)
+    env: list[tuple[str, str]] = []
+    while tokens and "=" in tokens[0] and not tokens[0].startswith("-"):
+        key, _, value = tokens.pop(0).partition("=")
+        env.append((key, value))
+    extra = tuple(tokens)
+
+    def command(ref: str, out: Path) -> list[str]:
+        return [*_ours(ref, out), *extra]
+
+    TOOLS[label] = Tool(
+        label, f"ours with {rest or 'defaults'}", (), command, _PY_WARM, env=tuple(env)
+    )
+    return label
+
+
+def ensure_installed(tools: list[str], log: Callable[[str], None]) -> list[str]:
+    """The subset of ``tools`` that can run here, installing skopeo/umoci with apt when
+    that is possible (Debian, root); a line for each tool skipped."""
+    missing = sorted({b for t in tools for b in TOOLS[t].binaries if shutil.which(b) is None})
+    if missing and os.geteuid() == 0 and Path("/etc/debian_version").exists():
+        log(f"installing {' '.join(missing)} with apt-get ...")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *missing], env=env, check=False, capture_output=True
+        )
+    usable = []
+    for name in tools:
+        absent = [b for b in TOOLS[name].binaries if shutil.which(b) is None]
+        if absent:
+            log(
+                f"skipping {name}: {' '.join(absent)} not installed "
+                "(Debian: apt-get install skopeo umoci)"
+            )
+        else:
+            usable.append(name)
+    return usable
+
+
+def warm_up(tool: Tool) -> None:
+    """Load the tool's program code into the page cache (after the cache was dropped), so
+    that "cold" means the image data, not the interpreter or the binary."""
+    subprocess.run(list(tool.warm), cwd=REPO_ROOT, check=False, capture_output=True, timeout=60)

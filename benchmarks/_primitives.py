@@ -1,0 +1,194 @@
+"""The bare primitives on this machine, on each image's own layers, and the floor they imply.
+
+One core each, 1 MiB buffers, data in memory (read before timing): sha256 of the blob,
+inflate (ISA-L and zlib for gzip, zstandard for zstd), sha256 of the tar, write + fsync of
+the blob to the filesystem the stores live on, and a raw loopback download of each blob
+from the registry (httpx sync ``iter_raw`` and curl; page cache dropped first when the run
+drops it for the tools too).
+
+The floor of an image is the largest of: the primitives' CPU (download with httpx +
+sha256 + the fastest inflater + sha256 of the tar + write) divided by the cores; the
+slowest single stage of its largest layer (curl's download, either hash, the inflate, the
+write with fsync); and the bytes written divided by the disk's speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import zstandard
+from isal import isal_zlib
+
+from ._images import BuiltImage
+from ._measure import drop_caches
+
+__all__ = ["floor_of", "measure_image"]
+
+CHUNK = 1 << 20
+
+
+def _chunks(data: bytes) -> list[memoryview]:
+    view = memoryview(data)
+    return [view[i : i + CHUNK] for i in range(0, len(view), CHUNK)]
+
+
+def _time_sha(chunks: list[memoryview]) -> float:
+    sha = hashlib.sha256()
+    t = time.perf_counter()
+    for c in chunks:
+        sha.update(c)
+    return time.perf_counter() - t
+
+
+def _time_inflate(chunks: list[memoryview], kind: str, hash_out: bool) -> tuple[float, float]:
+    """(seconds inflating, seconds hashing the output)."""
+    if kind == "zstd":
+        dec: Any = zstandard.ZstdDecompressor().decompressobj()
+    elif kind == "isal":
+        dec = isal_zlib.decompressobj(31)
+    else:
+        dec = zlib.decompressobj(31)
+    sha = hashlib.sha256()
+    t_inf = t_sha = 0.0
+    for c in chunks:
+        t = time.perf_counter()
+        out = dec.decompress(c)
+        t_inf += time.perf_counter() - t
+        if hash_out:
+            t = time.perf_counter()
+            sha.update(out)
+            t_sha += time.perf_counter() - t
+    if kind != "zstd":
+        t = time.perf_counter()
+        out = dec.flush()
+        t_inf += time.perf_counter() - t
+    return t_inf, t_sha
+
+
+def _time_write(chunks: list[memoryview], folder: Path) -> tuple[float, float]:
+    path = folder / ".prim-write"
+    try:
+        with path.open("wb", buffering=0) as fh:
+            t = time.perf_counter()
+            for c in chunks:
+                fh.write(c)
+            t_write = time.perf_counter() - t
+            t = time.perf_counter()
+            os.fsync(fh.fileno())
+            t_sync = time.perf_counter() - t
+    finally:
+        path.unlink(missing_ok=True)
+    return t_write, t_sync
+
+
+def _downloads(image: BuiltImage, url: str, drop: bool) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {x.digest: {} for x in image.layers}
+    if drop:
+        drop_caches()
+    with httpx.Client(timeout=120.0, trust_env=False) as client:
+        for layer in image.layers:
+            target = f"{url}/v2/{image.repo}/blobs/{layer.digest}"
+            w, c = time.perf_counter(), time.process_time()
+            n = 0
+            with client.stream("GET", target, headers={"Accept-Encoding": "identity"}) as r:
+                for chunk in r.iter_raw(CHUNK):
+                    n += len(chunk)
+            out[layer.digest]["download_httpx_s"] = time.perf_counter() - w
+            out[layer.digest]["download_httpx_cpu_s"] = time.process_time() - c
+    if drop:
+        drop_caches()
+    for layer in image.layers:
+        target = f"{url}/v2/{image.repo}/blobs/{layer.digest}"
+        w = time.perf_counter()
+        subprocess.run(["curl", "-sSf", "-L", "-o", "/dev/null", target], check=True, timeout=300)
+        out[layer.digest]["download_curl_s"] = time.perf_counter() - w
+    return out
+
+
+def measure_image(
+    image: BuiltImage, registry_url: str, write_dir: Path, *, drop: bool
+) -> dict[str, Any]:
+    """Time every primitive on every layer of ``image``; see the module docstring."""
+    zstd = image.layers[0].media_type.endswith("zstd")
+    downloads = _downloads(image, registry_url, drop)
+    layers = []
+    for layer in image.layers:
+        data = Path(layer.path).read_bytes()
+        chunks = _chunks(data)
+        row: dict[str, Any] = {
+            "digest": layer.digest,
+            "size": layer.size,
+            "uncompressed_size": layer.uncompressed_size,
+        }
+        row["sha256_gz_s"] = _time_sha(chunks)
+        if zstd:
+            row["inflate_zstd_s"], row["sha256_tar_s"] = _time_inflate(chunks, "zstd", True)
+            row["inflate_s"] = row["inflate_zstd_s"]
+        else:
+            row["inflate_isal_s"], row["sha256_tar_s"] = _time_inflate(chunks, "isal", True)
+            row["inflate_zlib_s"], _ = _time_inflate(chunks, "zlib", False)
+            row["inflate_s"] = min(row["inflate_isal_s"], row["inflate_zlib_s"])
+        row["write_s"], row["fsync_s"] = _time_write(chunks, write_dir)
+        row.update(downloads[layer.digest])
+        layers.append(row)
+        del data, chunks
+    return {"image": image.name, "inflater": "zstd" if zstd else "isal", "layers": layers}
+
+
+def floor_of(prims: dict[str, Any], cores: int) -> dict[str, Any]:
+    """The floor (seconds) and its three candidates; CPU sum of the primitives."""
+    layers = prims["layers"]
+
+    def total(key: str) -> float:
+        return float(sum(x.get(key, 0.0) for x in layers))
+
+    cpu_sum = (
+        total("download_httpx_cpu_s")
+        + total("sha256_gz_s")
+        + total("inflate_s")
+        + total("sha256_tar_s")
+        + total("write_s")
+    )
+    largest = max(layers, key=lambda x: x["size"])
+    stages = {
+        "download": largest.get("download_curl_s", largest.get("download_httpx_s", 0.0)),
+        "sha256": largest["sha256_gz_s"],
+        "inflate": largest["inflate_s"],
+        "sha256_tar": largest["sha256_tar_s"],
+        "write+fsync": largest["write_s"] + largest["fsync_s"],
+    }
+    slowest = max(stages, key=lambda k: stages[k])
+    disk_s = total("write_s") + total("fsync_s")
+    candidates = {
+        "cpu/cores": cpu_sum / cores,
+        f"largest layer: {slowest}": stages[slowest],
+        "disk": disk_s,
+    }
+    bound = max(candidates, key=lambda k: candidates[k])
+    size_in = sum(x["size"] for x in layers)
+    size_out = sum(x["uncompressed_size"] for x in layers)
+    return {
+        "floor_s": candidates[bound],
+        "bound_by": bound,
+        "candidates": candidates,
+        "cpu_sum_s": cpu_sum,
+        "cores": cores,
+        "mb_s": {
+            "sha256": size_in / 1e6 / max(total("sha256_gz_s"), 1e-9),
+            "inflate (out)": size_out / 1e6 / max(total("inflate_s"), 1e-9),
+            "inflate zlib (out)": size_out / 1e6 / max(total("inflate_zlib_s"), 1e-9)
+            if total("inflate_zlib_s")
+            else None,
+            "sha256 tar": size_out / 1e6 / max(total("sha256_tar_s"), 1e-9),
+            "write+fsync": size_in / 1e6 / max(disk_s, 1e-9),
+            "download httpx": size_in / 1e6 / max(total("download_httpx_s"), 1e-9),
+            "download curl": size_in / 1e6 / max(total("download_curl_s"), 1e-9),
+        },
+    }

@@ -1,0 +1,81 @@
+"""The registry the benchmarks pull from, and the images in it.
+
+The registry is H-kit's launcher (``tests/support/registry.py``) with a persistent work
+folder under ``benchmarks/.cache/registry``: its storage survives between runs, so an
+image is pushed once. Before each run every wanted image's manifest is checked with a HEAD
+(the digest must be the one built); only missing ones are pushed, blob by blob (the push
+helper skips blobs the registry has).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ._images import IMAGE_SETS, BuiltImage, build_layers, build_manifests
+
+__all__ = ["CACHE", "REPO_ROOT", "prepare_images", "registry", "run_proxy"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.support import images as kit_images  # noqa: E402
+from tests.support.registry import RegistryServer, run_registry  # noqa: E402
+from tests.support.servers import run_proxy  # noqa: E402
+
+
+@contextlib.contextmanager
+def registry(cache: Path = CACHE) -> Iterator[RegistryServer]:
+    """A registry on 127.0.0.1 whose storage persists in ``cache/registry``."""
+    with run_registry(workdir=cache / "registry", log_level="error") as server:
+        yield server
+
+
+def prepare_images(
+    names: Sequence[str],
+    server: RegistryServer,
+    *,
+    cache: Path = CACHE,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[BuiltImage]]:
+    """Build (or reuse) every image of the named sets and make sure the registry has them."""
+    specs = [spec for name in names for spec in IMAGE_SETS[name]]
+    records, fingerprint = build_layers(specs, cache, log=log)
+    built = {name: build_manifests(name, IMAGE_SETS[name], records, fingerprint) for name in names}
+    with server.client() as client:
+        for images in built.values():
+            for image in images:
+                head = client.head(
+                    f"/v2/{image.repo}/manifests/{image.tag}",
+                    headers={"Accept": image.manifest_media_type},
+                )
+                if (
+                    head.status_code == 200
+                    and head.headers.get("Docker-Content-Digest") == image.manifest_digest
+                ):
+                    continue
+                started = time.monotonic()
+                for layer in image.layers:
+                    blob = kit_images.Blob(layer.media_type, Path(layer.path).read_bytes())
+                    kit_images.push_blob(client, image.repo, blob)
+                    del blob
+                kit_images.push_blob(
+                    client, image.repo, kit_images.Blob(image.config_media_type, image.config)
+                )
+                kit_images.push_manifest(
+                    client,
+                    image.repo,
+                    image.tag,
+                    kit_images.Blob(image.manifest_media_type, image.manifest),
+                )
+                log(
+                    f"pushed {image.repo}:{image.tag} ({image.compressed_size / 1e6:.0f} MB) in "
+                    f"{time.monotonic() - started:.0f} s"
+                )
+    return built
