@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,7 +82,8 @@ async def blob_stream(
     progress: ProgressSink | None,
     clock: NetworkClock | None = None,
 ) -> None:
-    """Send the layer's raw bytes to ``send`` in chunks of ``limits.chunk_size``.
+    """Send the layer's raw bytes to ``send`` in chunks of at most ``limits.chunk_size``
+    (as big as each socket read: re-chunking to a fixed size would cost a copy).
 
     Raises ``SizeMismatch`` (more bytes than the descriptor's size, or a
     ``Content-Length`` that says so up front), ``Truncated`` (the body ended or broke
@@ -115,25 +117,9 @@ async def _attempt(
             # generators; trio closes them and warns (ResourceWarning). stream_blob's exit
             # closes the response, so no connection leaks; aclosing() here would only
             # close the outermost generator.
-            async for chunk in response.aiter_raw(limits.chunk_size):
-                received = transfer.received + len(chunk)
-                if received > size:
-                    raise SizeMismatch(
-                        f"the registry sends more than the {size} bytes the descriptor of "
-                        f"layer {digest} says (stopped reading at {received})",
-                        ref=ref_text,
-                        digest=digest,
-                    )
-                if not clock.first_byte_s:
-                    clock.first_byte_s = time.perf_counter() - transfer.started
-                await send.send(chunk)
-                transfer.received = received
-                if progress is not None:
-                    now = time.perf_counter()
-                    if received == size or now - transfer.reported_at >= PROGRESS_INTERVAL_S:
-                        transfer.reported_at = now
-                        event = ProgressEvent("layer-downloading", ref_text, digest, received, size)
-                        progress(event)
+            async for data in response.aiter_raw():
+                for chunk in _pieces(data, limits.chunk_size):
+                    await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
             f"the download of layer {digest} broke off after {transfer.received} of {size} "
@@ -155,6 +141,49 @@ async def _attempt(
             ref=ref_text,
             digest=digest,
         )
+
+
+def _pieces(data: bytes, most: int) -> Iterator[bytes]:
+    """``data`` in pieces of at most ``most`` bytes: the stages downstream bound their
+    memory by counting chunks. A socket read is never bigger than ``chunk_size`` with our
+    transport, so this copies nothing there; another transport may hand over more."""
+    if len(data) <= most:
+        yield data
+        return
+    for start in range(0, len(data), most):
+        yield data[start : start + most]
+
+
+async def _pass_on(
+    chunk: bytes,
+    layer: Descriptor,
+    ref_text: str,
+    send: trio.MemorySendChannel[bytes],
+    progress: ProgressSink | None,
+    transfer: _Transfer,
+    clock: NetworkClock,
+) -> None:
+    """Count ``chunk`` against the descriptor's size, send it on, report progress."""
+    size = layer.size
+    received = transfer.received + len(chunk)
+    if received > size:
+        raise SizeMismatch(
+            f"the registry sends more than the {size} bytes the descriptor of "
+            f"layer {layer.digest} says (stopped reading at {received})",
+            ref=ref_text,
+            digest=str(layer.digest),
+        )
+    if not clock.first_byte_s:
+        clock.first_byte_s = time.perf_counter() - transfer.started
+    await send.send(chunk)
+    transfer.received = received
+    if progress is not None:
+        now = time.perf_counter()
+        if received == size or now - transfer.reported_at >= PROGRESS_INTERVAL_S:
+            transfer.reported_at = now
+            progress(
+                ProgressEvent("layer-downloading", ref_text, str(layer.digest), received, size)
+            )
 
 
 def _check_content_length(

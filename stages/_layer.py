@@ -1,14 +1,15 @@
 """One layer, one streaming pass: the per-layer stages and their channels, wired here.
 
-    blob_stream ─▶ chunks ─▶ tee ─┬─▶ digest_send  ─▶ digest_stage   sha256 + xxh3 (thread)
-                                  ├─▶ inflate_send ─▶ inflate_stage  inflate        (thread)
-                                  │      uncompressed_send ─▶ diffid_stage  sha256  (thread)
-                                  └─▶ ingest_send  ─▶ ingest_stage   ingest.write   (thread)
+    blob_stream ─▶ chunks ─▶ inflate_stage ─▶ (inflate thread) ──▶ pipe ──▶ hash_stage
+                              raw chunk, then its inflated pieces       (hash thread)
+                                                                 raw: sha256 + xxh3, ingest.write
+                                                                 inflated: sha256 (diffID)
     nursery exits cleanly ─▶ verify_layer (size, digest, stream end, diffID) ─▶ ingest.sync()
 
-Every channel holds at most ``limits.chunk_buffer`` chunks, so memory does not depend on
-the layer's size. Verification is an explicit step after the nursery, never a reaction
-to a channel closing. The store's rename into ``blobs/`` is the caller's next step.
+``chunks`` holds at most ``limits.chunk_buffer`` chunks and the pipe as many pieces, so
+memory does not depend on the layer's size. Verification is an explicit step after the
+nursery, never a reaction to a channel closing. The store's rename into ``blobs/`` is the
+caller's next step.
 """
 
 from __future__ import annotations
@@ -27,15 +28,7 @@ from ._config import Limits
 from ._events import LayerTimings, ProgressEvent, ProgressSink, VerifiedLayer
 from ._groups import collapse_exception_group
 from ._reference import Reference
-from ._tee import (
-    HandOff,
-    StageClock,
-    diffid_stage,
-    digest_stage,
-    inflate_stage,
-    ingest_stage,
-    tee,
-)
+from ._tee import HashPipe, Side, StageClock, hash_stage, inflate_stage
 from ._types import Descriptor, Digest
 
 __all__ = ["fetch_layer"]
@@ -62,29 +55,39 @@ async def fetch_layer(
     started = time.perf_counter()
     ref_text, digest = str(ref), str(layer.digest)
     chunks_send, chunks_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
-    digest_send, digest_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
-    inflate_send, inflate_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
-    uncompressed_send, uncompressed_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
-    ingest_send, ingest_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    pipe = HashPipe(limits.chunk_buffer)
 
     hasher, diff_hasher = BlobHasher(), hashlib.sha256()
-    handoff = HandOff(uncompressed_send)
     decoder = LayerDecoder(
-        layer.media_type, layer.size, limits, ref=ref_text, digest=digest, sink=handoff
+        layer.media_type,
+        layer.size,
+        limits,
+        ref=ref_text,
+        digest=digest,
+        sink=functools.partial(pipe.put, Side.INFLATED),
     )
     net = NetworkClock()
-    hash_clock, inflate_clock, diffid_clock, write_clock = (StageClock() for _ in range(4))
-    write_ingest = functools.partial(ingest_stage, ref=ref_text, digest=digest)
+    hash_clock, inflate_clock, write_clock = StageClock(), StageClock(), StageClock()
+    # The hash thread has a limiter of its own: it must never wait for a token held by
+    # an inflate thread that is itself waiting for the hash thread to drain the pipe.
+    hash_limiter = trio.CapacityLimiter(1)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(blob_stream, source, ref, layer, limits, chunks_send, progress, net)
-            nursery.start_soon(tee, chunks_recv, (digest_send, inflate_send, ingest_send))
-            nursery.start_soon(digest_stage, hasher, limiter, hash_clock, digest_recv)
+            nursery.start_soon(inflate_stage, decoder, pipe, limiter, inflate_clock, chunks_recv)
             nursery.start_soon(
-                inflate_stage, decoder, limiter, inflate_clock, inflate_recv, uncompressed_send
+                functools.partial(
+                    hash_stage,
+                    pipe,
+                    hasher,
+                    diff_hasher,
+                    ingest,
+                    hash_limiter,
+                    (hash_clock, write_clock),
+                    ref=ref_text,
+                    digest=digest,
+                )
             )
-            nursery.start_soon(diffid_stage, diff_hasher, limiter, diffid_clock, uncompressed_recv)
-            nursery.start_soon(write_ingest, ingest, limiter, write_clock, ingest_recv)
     except BaseExceptionGroup as group:
         error = collapse_exception_group(group)
         raise error from error.__cause__
@@ -99,8 +102,8 @@ async def fetch_layer(
         wall_s=time.perf_counter() - started,
         first_byte_s=net.first_byte_s,
         network_s=net.network_s,
-        hash_s=hash_clock.seconds + diffid_clock.seconds,
-        inflate_s=inflate_clock.seconds - handoff.waited_s,
+        hash_s=hash_clock.seconds,
+        inflate_s=inflate_clock.seconds,
         write_s=write_clock.seconds,
         fsync_s=fsync_s,
     )

@@ -1,131 +1,89 @@
-"""stages/_tee.py alone: feed memory channels, collect what the stages produce."""
+"""stages/_tee.py alone: the HashPipe between two real threads, and the two stages fed
+from a memory channel, collecting what they hash and write."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
 import threading
+import time
 
 import pytest
 import trio
 
+from stages import _tee
 from stages._codec import BlobHasher, LayerDecoder
 from stages._config import Limits
 from stages._errors import StoreError
-from stages._tee import HandOff, StageClock, digest_stage, inflate_stage, ingest_stage, tee
+from stages._tee import HashPipe, PipeAborted, Side, StageClock, hash_stage, inflate_stage
 from stages._types import MediaType
 
-CHUNKS = [os.urandom(1000) for _ in range(20)]
+DATA = b"hello layer " * 100_000 + os.urandom(50_000)
+BLOB = gzip.compress(DATA)
+CHUNKS = [BLOB[i : i + 4096] for i in range(0, len(BLOB), 4096)]
 
 
-async def feed(send: trio.MemorySendChannel[bytes], chunks: list[bytes]) -> None:
-    async with send:
-        for chunk in chunks:
-            await send.send(chunk)
+# -- HashPipe ---------------------------------------------------------------------------
 
 
-async def test_tee_sends_every_chunk_to_every_consumer_without_copying() -> None:
-    chunks_send, chunks_recv = trio.open_memory_channel[bytes](0)
-    outs = [trio.open_memory_channel[bytes](1) for _ in range(3)]
-    got: list[list[bytes]] = [[], [], []]
-
-    async def collect(i: int, receive: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with receive:
-            async for chunk in receive:
-                got[i].append(chunk)
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed, chunks_send, CHUNKS)
-            nursery.start_soon(tee, chunks_recv, [send for send, _ in outs])
-            for i, (_, receive) in enumerate(outs):
-                nursery.start_soon(collect, i, receive)
-    for received in got:
-        assert len(received) == len(CHUNKS)
-        assert all(a is b for a, b in zip(received, CHUNKS, strict=True))  # shared, not copied
+def test_pipe_keeps_order_and_ends_after_close() -> None:
+    pipe = HashPipe(4)
+    pipe.put(Side.RAW, b"a")
+    pipe.put(Side.INFLATED, b"b")
+    pipe.close()
+    assert pipe.get() == (Side.RAW, b"a")
+    assert pipe.get() == (Side.INFLATED, b"b")
+    assert pipe.get() is None
+    with pytest.raises(RuntimeError, match="closed"):
+        pipe.put(Side.RAW, b"c")
 
 
-async def test_a_consumer_that_goes_away_is_felt_upstream() -> None:
-    chunks_send, chunks_recv = trio.open_memory_channel[bytes](0)
-    one_send, one_recv = trio.open_memory_channel[bytes](0)
-    two_send, two_recv = trio.open_memory_channel[bytes](0)
-
-    async def drain(receive: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with receive:
-            async for _ in receive:
-                pass
-
-    async def quit_after_one(receive: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with receive:
-            await receive.receive()
-
-    with trio.fail_after(10), pytest.RaisesGroup(trio.BrokenResourceError, flatten_subgroups=True):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed, chunks_send, CHUNKS)
-            nursery.start_soon(tee, chunks_recv, [one_send, two_send])
-            nursery.start_soon(drain, one_recv)
-            nursery.start_soon(quit_after_one, two_recv)
+def test_pipe_put_waits_while_full_and_counts_the_wait() -> None:
+    pipe = HashPipe(1)
+    pipe.put(Side.RAW, b"first")
+    putter = threading.Thread(target=pipe.put, args=(Side.RAW, b"second"))
+    putter.start()
+    time.sleep(0.2)
+    assert putter.is_alive()  # blocked: the pipe holds one piece at most
+    assert pipe.get() == (Side.RAW, b"first")
+    putter.join(10)
+    assert not putter.is_alive()
+    assert pipe.get() == (Side.RAW, b"second")
+    assert pipe.put_wait_s >= 0.1
 
 
-async def run_consumer(stage, *args, chunks: list[bytes] = CHUNKS, buffer: int = 4, **kwargs):
-    send, receive = trio.open_memory_channel[bytes](buffer)
-    limiter = trio.CapacityLimiter(2)
-    clock = StageClock()
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed, send, chunks)
-            nursery.start_soon(lambda: stage(*args, limiter, clock, receive, **kwargs))
-    return clock
+@pytest.mark.parametrize("blocked", ["get", "put"])
+def test_abort_wakes_a_waiting_thread(blocked: str) -> None:
+    pipe = HashPipe(1)
+    if blocked == "put":
+        pipe.put(Side.RAW, b"fills it")
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            pipe.get() if blocked == "get" else pipe.put(Side.RAW, b"x")
+        except PipeAborted as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    pipe.abort()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert len(outcome) == 1
+    with pytest.raises(PipeAborted):
+        pipe.get()
 
 
-async def test_digest_stage() -> None:
-    hasher = BlobHasher()
-    clock = await run_consumer(digest_stage, hasher)
-    sums = hasher.finish()
-    assert sums.sha256 == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
-    assert sums.size == sum(map(len, CHUNKS))
-    assert clock.seconds > 0
+def test_pipe_needs_room() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        HashPipe(0)
 
 
-async def test_inflate_stage() -> None:
-    data = b"hello layer " * 100_000
-    blob = gzip.compress(data)
-    chunks = [blob[i : i + 4096] for i in range(0, len(blob), 4096)]
-    out_send, out_recv = trio.open_memory_channel[bytes](1)
-    handoff = HandOff(out_send)
-    limits = Limits(inflate_step_bytes=64 * 1024)
-    decoder = LayerDecoder(
-        MediaType.OCI_LAYER_GZIP, len(blob), limits, ref="r", digest="d", sink=handoff
-    )
-    diff_hasher = hashlib.sha256()
-    pieces: list[int] = []
-
-    async def hash_output() -> None:
-        async with out_recv:
-            async for piece in out_recv:
-                pieces.append(len(piece))
-                diff_hasher.update(piece)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(hash_output)
-        clock = await run_consumer(inflate_stage, decoder, send=out_send, chunks=chunks)
-    decoded = decoder.finish()
-    assert decoded.diff_id is None  # hashed by whoever reads the sink
-    assert diff_hasher.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert decoded.size == len(data) == sum(pieces)
-    assert max(pieces) <= 64 * 1024  # bounded pieces, whatever the ratio
-    assert clock.seconds > 0
-
-
-async def test_inflate_stage_does_not_fail_on_bad_data() -> None:
-    decoder = LayerDecoder(MediaType.OCI_LAYER_GZIP, 10, Limits(), ref="r", digest="d")
-    out_send, out_recv = trio.open_memory_channel[bytes](1)
-    await run_consumer(inflate_stage, decoder, send=out_send, chunks=[b"not gzip", b"at all"])
-    async with out_recv:
-        assert [piece async for piece in out_recv] == []
-    with pytest.raises(Exception, match="bytes are uncompressed"):
-        decoder.finish()
+# -- the two stages together ------------------------------------------------------------
 
 
 class ListIngest:
@@ -141,46 +99,129 @@ class ListIngest:
         pass
 
 
-async def test_ingest_stage_writes_in_order_off_the_event_loop() -> None:
-    ingest = ListIngest()
-    await run_consumer(ingest_stage, ingest, ref="r", digest="d")
-    assert ingest.written == CHUNKS
-    assert threading.get_ident() not in ingest.threads
-
-
 class FullDisk(ListIngest):
     def write(self, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
 
-async def test_ingest_write_error_is_a_store_error() -> None:
-    with pytest.raises(BaseExceptionGroup) as info:
-        await run_consumer(ingest_stage, FullDisk(), ref="reg/app:1", digest="sha256:ab")
+class Layer:
+    """One layer's two stages, wired as stages/_layer.py wires them."""
+
+    def __init__(self, ingest: ListIngest, *, capacity: int = 2, step: int = 64 * 1024) -> None:
+        self.pipe = HashPipe(capacity)
+        self.hasher, self.diff_hasher = BlobHasher(), hashlib.sha256()
+        self.ingest = ingest
+        self.decoder = LayerDecoder(
+            MediaType.OCI_LAYER_GZIP,
+            len(BLOB),
+            Limits(inflate_step_bytes=step),
+            ref="reg/app:1",
+            digest="sha256:ab",
+            sink=functools.partial(self.pipe.put, Side.INFLATED),
+        )
+        self.clocks = StageClock(), StageClock(), StageClock()  # inflate, hash, write
+
+    def start(self, nursery: trio.Nursery, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        inflate_clock, hash_clock, write_clock = self.clocks
+        nursery.start_soon(
+            inflate_stage, self.decoder, self.pipe, trio.CapacityLimiter(1), inflate_clock, receive
+        )
+        nursery.start_soon(
+            functools.partial(
+                hash_stage,
+                self.pipe,
+                self.hasher,
+                self.diff_hasher,
+                self.ingest,
+                trio.CapacityLimiter(1),
+                (hash_clock, write_clock),
+                ref="reg/app:1",
+                digest="sha256:ab",
+            )
+        )
+
+    async def run(self, chunks: list[bytes], *, buffer: int = 4) -> None:
+        send, receive = trio.open_memory_channel[bytes](buffer)
+
+        async def feed() -> None:
+            async with send:
+                for chunk in chunks:
+                    await send.send(chunk)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            self.start(nursery, receive)
+
+
+async def test_every_byte_is_hashed_inflated_and_written_off_the_event_loop() -> None:
+    layer = Layer(ListIngest())
+    with trio.fail_after(20):
+        await layer.run(CHUNKS)
+    sums = layer.hasher.finish()
+    assert sums.sha256 == hashlib.sha256(BLOB).hexdigest()
+    assert sums.size == len(BLOB)
+    assert layer.ingest.written == CHUNKS  # in order, the very objects received
+    assert all(a is b for a, b in zip(layer.ingest.written, CHUNKS, strict=True))
+    assert threading.get_ident() not in layer.ingest.threads
+    decoded = layer.decoder.finish()
+    assert decoded.size == len(DATA)
+    assert decoded.diff_id is None  # hashed by the hash stage, not the decoder
+    assert layer.diff_hasher.hexdigest() == hashlib.sha256(DATA).hexdigest()
+    assert all(clock.seconds > 0 for clock in layer.clocks)
+
+
+async def test_bad_data_does_not_fail_the_stages_and_is_still_hashed() -> None:
+    layer = Layer(ListIngest())
+    raw = [b"not gzip", b" at all"]
+    with trio.fail_after(20):
+        await layer.run(raw)
+    assert layer.hasher.finish().sha256 == hashlib.sha256(b"".join(raw)).hexdigest()
+    assert layer.ingest.written == raw
+    with pytest.raises(Exception, match="bytes are uncompressed"):
+        layer.decoder.finish()
+
+
+async def test_a_full_disk_is_a_store_error_and_stops_the_inflate_side() -> None:
+    layer = Layer(FullDisk(), capacity=1)
+    with trio.fail_after(20), pytest.raises(BaseExceptionGroup) as info:
+        await layer.run(CHUNKS * 20)
     errors, rest = info.value.split(StoreError)
     assert errors is not None and "No space left" in str(errors.exceptions[0])
-    # the only other thing allowed: the feeder finding its consumer gone
+    # the only other thing allowed: the feeder finding the inflate stage gone
     assert rest is None or rest.split(trio.BrokenResourceError)[1] is None
 
 
-class CountingClock(StageClock):
-    __slots__ = ("batches",)
+async def test_cancelling_the_layer_ends_both_threads() -> None:
+    layer = Layer(ListIngest(), capacity=1)
+    endless_send, endless_recv = trio.open_memory_channel[bytes](0)
+    with trio.fail_after(20):
+        with trio.move_on_after(0.5) as scope:
+            async with trio.open_nursery() as nursery, endless_send:
+                layer.start(nursery, endless_recv)
+                for chunk in CHUNKS:
+                    await endless_send.send(chunk)
+                await trio.sleep_forever()
+    assert scope.cancelled_caught
+    with pytest.raises(PipeAborted):
+        layer.pipe.get()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[int] = []
 
-    def run(self, work, batch) -> None:  # type: ignore[no-untyped-def]
-        self.batches.append(len(batch))
-        super().run(work, batch)
+async def test_chunks_waiting_go_into_one_thread_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+    batches: list[int] = []
+    inflate_batch = _tee._inflate_batch
 
+    def counting(decoder, pipe, clock, batch):  # type: ignore[no-untyped-def]
+        batches.append(len(batch))
+        inflate_batch(decoder, pipe, clock, batch)
 
-async def test_a_consumer_behind_takes_waiting_chunks_in_one_hop() -> None:
+    monkeypatch.setattr(_tee, "_inflate_batch", counting)
+    layer = Layer(ListIngest(), capacity=len(CHUNKS) * 4)
     send, receive = trio.open_memory_channel[bytes](len(CHUNKS))
     for chunk in CHUNKS:
         send.send_nowait(chunk)
     send.close()
-    hasher, clock = BlobHasher(), CountingClock()
-    with trio.fail_after(10):
-        await digest_stage(hasher, trio.CapacityLimiter(1), clock, receive)
-    assert clock.batches == [len(CHUNKS)]
-    assert hasher.finish().sha256 == hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            layer.start(nursery, receive)
+    assert batches == [len(CHUNKS)]
+    assert layer.diff_hasher.hexdigest() == hashlib.sha256(DATA).hexdigest()
