@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 import trio
-import trio_parallel
 
 from stages._config import Limits, RegistryOptions
 from stages._errors import UsageError
@@ -32,6 +31,9 @@ from stages._types import Descriptor, Digest, Platform
 
 from ._store import Store
 from ._workers import LayerTask, open_layer_workers, run_layer_task
+
+if TYPE_CHECKING:  # imported only when --layer-workers processes asks for it
+    import trio_parallel
 
 __all__ = ["LayerReport", "PullOptions", "PullResult", "PullTimings", "pull"]
 

@@ -20,9 +20,9 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
-import trio_parallel
 
 from stages._config import Limits, RegistryOptions
 from stages._events import ProgressEvent, ProgressSink, VerifiedLayer
@@ -30,6 +30,9 @@ from stages._layer import fetch_layer
 from stages._reference import Reference
 from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest
+
+if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
+    import trio_parallel
 
 __all__ = ["LayerTask", "open_layer_workers", "run_layer_task"]
 
@@ -53,6 +56,8 @@ class LayerTask:
 async def open_layer_workers() -> AsyncIterator[trio_parallel.WorkerContext]:
     """The process pool of one pull: forked workers (as many as the limiter given to
     ``run_layer_task`` lets run at once), gone when the pull ends."""
+    import trio_parallel  # here, not at the top: 15 ms of start-up for every pull
+
     async with trio_parallel.open_worker_context(
         worker_type=trio_parallel.WorkerType.FORKSERVER, idle_timeout=30.0
     ) as context:
