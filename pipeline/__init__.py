@@ -46,6 +46,7 @@ from stages import Truncated as Truncated
 from stages import UsageError as UsageError
 from stages import parse_reference as parse_reference
 
+from ._allocator import tune_allocator as tune_allocator
 from ._pull import LayerReport as LayerReport
 from ._pull import PullOptions as PullOptions
 from ._pull import PullResult as PullResult
@@ -96,4 +97,5 @@ __all__ = [
     "UsageError",
     "__version__",
     "pull",
+    "tune_allocator",
 ]

@@ -56,6 +56,7 @@ from stages._config import Credentials, RegistryOptions
 from stages._errors import ImagecError, UsageError
 from stages._types import Digest, Platform
 
+from ._allocator import tune_allocator
 from ._logging import LEVELS, configure_logging
 from ._progress import (
     JsonProgress,
@@ -247,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     configure_logging(level=args.log_level, json=True if args.log_json else None)
+    tune_allocator()
     try:
         code: int = args.handler(args)
     except _Usage as exc:
