@@ -145,10 +145,10 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
     started = trio.current_time()
     progress = options.progress or _ignore_progress
     platform = options.platform or Platform.host()
-    # Worker threads for hashing, inflating, writing and store calls: created here, by the
-    # process that uses them, and handed down. A layer uses up to four at once (digest,
-    # inflate, diffID, write); only the inflate thread ever waits holding one (on the
-    # diffID stage of the same layer), so this many never deadlock.
+    # Worker threads for inflating and store calls: created here, by the process that
+    # uses them, and handed down. A layer holds one at a time (its inflate, then its
+    # fsync); its hash thread has a limiter of its own (stages/_layer.py), because the
+    # inflate thread waits on it while holding a token from this one.
     limiter = trio.CapacityLimiter(max(4, 4 * options.max_concurrent_downloads))
     progress(ProgressEvent("resolving", str(ref)))
 

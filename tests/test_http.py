@@ -180,6 +180,23 @@ def test_ssl_contexts() -> None:
     assert unverified.verify_mode == ssl.CERT_NONE
 
 
+def test_trusts_the_system_store_and_falls_back_to_certifi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    if system:  # the system's CAs alone, not certifi's on top
+        assert make_ssl_context(RegistryOptions(), verify=True).cert_store_stats() == (
+            ssl.create_default_context().cert_store_stats()
+        )
+    # A system without a store (OpenSSL reads these variables at load time): certifi's.
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    monkeypatch.setenv("SSL_CERT_FILE", str(empty))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
+    assert ssl.create_default_context().cert_store_stats()["x509_ca"] == 0
+    assert make_ssl_context(RegistryOptions(), verify=True).cert_store_stats()["x509_ca"] > 100
+
+
 def test_unreadable_ca_file_is_a_usage_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
     with pytest.raises(UsageError, match="--ca-file"):
