@@ -114,9 +114,10 @@ class _PullContext:
     limits: Limits
     limiter: trio.CapacityLimiter
     progress: ProgressSink
-    # Set when layers run in worker processes: the pool and how many run at once.
+    # Set when layers run in worker processes.
     workers: trio_parallel.WorkerContext | None
-    workers_limiter: trio.CapacityLimiter
+    # How many layers download (fetch, verify, fsync) at once: max_concurrent_downloads.
+    downloads: trio.CapacityLimiter
 
 
 async def pull(
@@ -221,14 +222,20 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
 async def _pull_layers(
     context: _PullContext, jobs: list[_LayerJob], concurrency: int
 ) -> list[LayerReport | None]:
-    """Fan the layers out to ``concurrency`` workers; collect reports in manifest order."""
+    """Fan the layers out to workers; collect reports in manifest order.
+
+    Twice as many workers as downloads may run at once (``context.downloads``): a layer's
+    store lookups and its commit (a rename, two fsyncs, a SQLite transaction) then
+    overlap the next layers' downloads instead of holding a download slot. Images of many
+    small layers are made of little else.
+    """
     reports: list[LayerReport | None] = [None] * len(jobs)
     layers_send, layers_recv = trio.open_memory_channel[_LayerJob](0)
     reports_send, reports_recv = trio.open_memory_channel[tuple[int, LayerReport]](0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_feed_layers, jobs, layers_send)
         async with layers_recv, reports_send:
-            for _ in range(min(concurrency, max(1, len(jobs)))):
+            for _ in range(min(2 * concurrency, max(1, len(jobs)))):
                 nursery.start_soon(
                     _layer_worker, context, layers_recv.clone(), reports_send.clone()
                 )
@@ -280,16 +287,17 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
             store.open_ingest(layer.digest) as ingest,
         ):
             if context.workers is None:
-                verified = await fetch_layer(
-                    context.client,
-                    context.ref,
-                    layer,
-                    job.diff_id,
-                    ingest,
-                    limits=context.limits,
-                    limiter=context.limiter,
-                    progress=context.progress,
-                )
+                async with context.downloads:
+                    verified = await fetch_layer(
+                        context.client,
+                        context.ref,
+                        layer,
+                        job.diff_id,
+                        ingest,
+                        limits=context.limits,
+                        limiter=context.limiter,
+                        progress=context.progress,
+                    )
             else:
                 task = LayerTask(
                     context.ref,
@@ -300,7 +308,7 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
                     context.limits,
                 )
                 verified = await run_layer_task(
-                    context.workers, context.workers_limiter, task, context.progress
+                    context.workers, context.downloads, task, context.progress
                 )
             commit_started = trio.current_time()
             await trio.to_thread.run_sync(
