@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 import trio
 
+from stages._codec import inflater
 from stages._config import Limits, RegistryOptions
 from stages._errors import UsageError
 from stages._events import LayerTimings, ProgressEvent, ProgressSink
@@ -133,6 +134,7 @@ async def pull(
         raise UsageError(
             f"max_concurrent_downloads must be at least 1, not {options.max_concurrent_downloads}"
         )
+    inflater(options.limits.gzip_inflater)  # an unknown one is a UsageError before any work
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     with structlog.contextvars.bound_contextvars(ref=str(reference)):
         try:

@@ -31,19 +31,40 @@ import xxhash
 import zstandard
 
 from ._config import Limits
-from ._errors import BlobError, DecompressError, Truncated
+from ._errors import BlobError, DecompressError, Truncated, UsageError
 from ._types import MediaType
 
-_inflate_impl: types.ModuleType
-_GZIP_ERRORS: tuple[type[Exception], ...]
-try:  # ISA-L inflates about twice as fast as zlib (MEASUREMENTS.md); zlib is the fallback.
+_INFLATERS: dict[str, types.ModuleType] = {"zlib": zlib}
+_GZIP_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
+try:  # ISA-L inflates about twice as fast as zlib (benchmarks/RESULTS.md, "Primitives").
     from isal import isal_zlib
 
-    _inflate_impl = isal_zlib
+    _INFLATERS["isal"] = isal_zlib
     _GZIP_ERRORS = (zlib.error, cast("type[Exception]", isal_zlib.error))
 except ImportError:  # pragma: no cover - isal is a dependency; this keeps odd platforms going
-    _inflate_impl = zlib
-    _GZIP_ERRORS = (zlib.error,)
+    pass
+
+# What ``Limits.gzip_inflater = "auto"`` picks: the fastest one installed.
+DEFAULT_INFLATER = "isal" if "isal" in _INFLATERS else "zlib"
+
+
+def available_inflaters() -> tuple[str, ...]:
+    """The names ``Limits.gzip_inflater`` may take besides "auto", fastest first."""
+    return tuple(name for name in ("isal", "zlib") if name in _INFLATERS)
+
+
+def inflater(name: str) -> types.ModuleType:
+    """The zlib-compatible module named by ``Limits.gzip_inflater`` ("auto", "isal",
+    "zlib"). Raises ``UsageError`` for one that is unknown or not installed."""
+    chosen = DEFAULT_INFLATER if name == "auto" else name
+    module = _INFLATERS.get(chosen)
+    if module is None:
+        raise UsageError(
+            f"gzip inflater {name!r} is not available here; choose one of auto, "
+            f"{', '.join(sorted(_INFLATERS))}"
+        )
+    return module
+
 
 __all__ = [
     "BlobHasher",
@@ -53,7 +74,9 @@ __all__ = [
     "Gunzip",
     "LayerDecoder",
     "Unzstd",
+    "available_inflaters",
     "describe_magic",
+    "inflater",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -133,9 +156,10 @@ class Gunzip:
     anything else is trailing garbage.
     """
 
-    def __init__(self, sink: Sink, *, step: int) -> None:
+    def __init__(self, sink: Sink, *, step: int, impl: types.ModuleType | None = None) -> None:
         self._sink = sink
         self._step = step
+        self._impl = impl if impl is not None else inflater("auto")
         self._member: Any = None  # the current member's decompressobj, None between members
         self._members = 0  # members completed
 
@@ -150,7 +174,7 @@ class Gunzip:
                         f"{len(buf)}+ bytes of trailing data that is not gzip after member "
                         f"{self._members} (starts {bytes(buf[:8]).hex()})"
                     )
-                member = self._member = _inflate_impl.decompressobj(wbits=31)
+                member = self._member = self._impl.decompressobj(wbits=31)
             while True:
                 out = member.decompress(buf, step)
                 if out:
@@ -476,7 +500,7 @@ class LayerDecoder:
             )
         step = self._limits.inflate_step_bytes
         if expected == "gzip":
-            return Gunzip(self._output, step=step)
+            return Gunzip(self._output, step=step, impl=inflater(self._limits.gzip_inflater))
         if expected == "zstd":
             return Unzstd(self._output, step=step, max_window=self._limits.max_zstd_window_bytes)
         return _Plain(self._count)

@@ -248,7 +248,7 @@ def test_pull_hands_every_option_over(
     argv = ["pull", REF, "--store", str(store_dir), "--platform", "linux/arm64/v8",
             "--max-concurrent-downloads", "7", "--ca-file", str(ca),
             "--insecure-registry", "reg.internal", "--insecure-registry", "10.0.0.1:5000",
-            "-u", "ci", "--password-stdin", "--quiet"]  # fmt: skip
+            "-u", "ci", "--password-stdin", "--quiet", "--gzip-inflater", "zlib"]  # fmt: skip
     assert main(argv) == EXIT_OK
     assert capsys.readouterr().out == f"{REF}\n"
     [(ref, store, options)] = calls
@@ -260,6 +260,7 @@ def test_pull_hands_every_option_over(
     assert options.registry.insecure_registries == ("reg.internal", "10.0.0.1:5000")
     assert options.registry.credentials == Credentials("ci", "s3cret")
     assert options.registry.user_agent.startswith("imagec-pipe/")
+    assert options.limits.gzip_inflater == "zlib"
 
 
 def test_pull_defaults_and_store_from_environment(
@@ -272,6 +273,7 @@ def test_pull_defaults_and_store_from_environment(
     assert store.path == (tmp_path / "env-store").absolute()
     assert options.platform is None
     assert options.max_concurrent_downloads == 3
+    assert options.limits.gzip_inflater == "auto"
     assert options.registry.credentials is None
     assert options.registry.insecure_registries == ()
 
@@ -776,6 +778,12 @@ def test_e2e_quiet_pull_by_digest(
     result = run_cli("pull", ref, "--store", str(tmp_path / "store"), "-q")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{ref}\n"
+    # the other inflater, into a fresh store: the same verified image
+    again = run_cli(
+        "pull", ref, "--store", str(tmp_path / "other"), "-q", "--gzip-inflater", "zlib"
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"{ref}\n"
 
 
 def test_e2e_unknown_tag_exits_1_with_one_line(registry: Any, tmp_path: Path) -> None:

@@ -14,9 +14,17 @@ import pytest
 import xxhash
 import zstandard
 
-from stages._codec import BlobHasher, Gunzip, LayerDecoder, Unzstd, describe_magic
+from stages._codec import (
+    BlobHasher,
+    Gunzip,
+    LayerDecoder,
+    Unzstd,
+    available_inflaters,
+    describe_magic,
+    inflater,
+)
 from stages._config import Limits
-from stages._errors import DecompressError, Truncated
+from stages._errors import DecompressError, Truncated, UsageError
 from stages._types import MediaType
 
 GZ = MediaType.OCI_LAYER_GZIP
@@ -68,6 +76,29 @@ def test_gzip_single_member(chunk: int) -> None:
     decoded = decode(GZ, blob, chunk)
     assert decoded.size == len(want)
     assert decoded.diff_id == hashlib.sha256(want).hexdigest()
+
+
+@pytest.mark.parametrize("name", available_inflaters())
+def test_every_inflater_gives_the_same_results(name: str) -> None:
+    limits = Limits(gzip_inflater=name)
+    parts = [TAR_BYTES[:300_000], TAR_BYTES[300_000:]]
+    blob = b"".join(gzip.compress(part) for part in parts)
+    decoded = decode(GZ, blob, 4096, limits)
+    assert (decoded.size, decoded.diff_id) == (len(TAR_BYTES), TAR_SHA)
+    with pytest.raises(Truncated, match="cut short"):
+        decode(GZ, blob[:-9], 4096, limits)
+    corrupt = bytearray(gzip.compress(TAR_BYTES))
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    with pytest.raises(DecompressError, match="cannot be decompressed"):
+        decode(GZ, bytes(corrupt), 4096, limits)
+
+
+def test_isal_is_the_default_inflater_and_others_are_refused() -> None:
+    assert available_inflaters()[0] == "isal"  # a dependency: the fastest, measured
+    assert inflater("auto") is inflater("isal")
+    assert inflater("zlib") is zlib
+    with pytest.raises(UsageError, match="'zlib-ng' is not available here"):
+        inflater("zlib-ng")
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 1000, MiB])

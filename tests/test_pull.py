@@ -580,3 +580,19 @@ async def test_a_worker_process_error_names_the_layer(
     )
 
     assert image.layers[1].digest in message
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (PullOptions(max_concurrent_downloads=0), "max_concurrent_downloads"),
+        (PullOptions(limits=pipeline.Limits(gzip_inflater="zlib-ng")), "gzip inflater"),
+    ],
+)
+async def test_bad_options_are_usage_errors_before_any_request(
+    tmp_path: Path, options: PullOptions, message: str
+) -> None:
+    store = Store.open(tmp_path / "store")
+    with trio.fail_after(10), pytest.raises(pipeline.UsageError, match=message):
+        # nothing listens on port 9: any request would fail differently
+        await pipeline.pull("127.0.0.1:9/app:1", store=store, options=options)
