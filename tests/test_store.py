@@ -11,6 +11,7 @@ import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -705,3 +706,36 @@ def test_skopeo_reads_store(populated: Store, tmp_path: Path) -> None:
         assert manifest["mediaType"] == MediaType.OCI_MANIFEST
         for layer in manifest["layers"]:
             assert (out / Digest.parse(layer["digest"]).hex).exists()
+
+
+def test_ingest_starts_writeback_as_it_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every WRITEBACK_STEP_BYTES written, the kernel is asked to start writing them out
+    (from the previous step's start on); the bytes on disk are exactly what was written."""
+    from pipeline import _store
+
+    step = 64 * 1024
+    monkeypatch.setattr(_store, "WRITEBACK_STEP_BYTES", step)
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        advised.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(_store.os, "posix_fadvise", record)
+    store = Store.open(tmp_path / "s")
+    data = os.urandom(5 * step + 100)
+    digest = Digest.from_hex(hashlib.sha256(data).hexdigest())
+    with store.open_ingest(digest) as ingest:
+        for start in range(0, len(data), 10_000):
+            ingest.write(data[start : start + 10_000])
+        ingest.sync()
+        assert ingest.path.read_bytes() == data
+    ends = [offset + length for offset, length in advised]
+    assert len(advised) == len(data) // 70_000  # writes of 10 000: a step ends at each 70 000
+    assert advised[0][0] == 0 and advised[1][0] == 0  # the first step is advised twice
+    assert all(b - a >= step for a, b in itertools.pairwise(ends))  # once per step
+    assert [offset for offset, _ in advised[2:]] == ends[:-2]  # each from the step before
