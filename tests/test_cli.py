@@ -130,6 +130,16 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.split()[1][0].isdigit()
 
 
+def test_version_is_the_distributions() -> None:
+    """The CLI reads pipeline.__version__ (cheap); pyproject.toml's must say the same."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert _cli.version() == pyproject["project"]["version"]
+    assert _cli.version() == importlib.metadata.version("imagec-pipe")
+
+
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pull", "--help"]) == EXIT_OK
     out = capsys.readouterr().out
