@@ -49,6 +49,10 @@ class Limits:
     chunk_size: int = 1 * MiB
     # Items a chunk channel may hold before its sender waits (0 = rendezvous).
     chunk_buffer: int = 4
+    # Pieces the pipe from a layer's inflate thread to its hash thread holds. A raw chunk
+    # makes about three inflated pieces, so 8 lets the inflater run about two chunks
+    # ahead: with 4, the two threads stalled on each other (big: 6.9 -> 6.4 s, measured).
+    pipe_buffer: int = 8
     # Manifests, indexes and configs over this size are refused unread.
     max_manifest_bytes: int = 4 * MiB
     # Token endpoint responses over this size are refused unread.

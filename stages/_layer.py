@@ -6,10 +6,10 @@
                                                                  inflated: sha256 (diffID)
     nursery exits cleanly ─▶ verify_layer (size, digest, stream end, diffID) ─▶ ingest.sync()
 
-``chunks`` holds at most ``limits.chunk_buffer`` chunks and the pipe as many pieces, so
-memory does not depend on the layer's size. Verification is an explicit step after the
-nursery, never a reaction to a channel closing. The store's rename into ``blobs/`` is the
-caller's next step.
+``chunks`` holds at most ``limits.chunk_buffer`` chunks and the pipe
+``limits.pipe_buffer`` pieces, so memory does not depend on the layer's size.
+Verification is an explicit step after the nursery, never a reaction to a channel
+closing. The store's rename into ``blobs/`` is the caller's next step.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ async def fetch_layer(
     started = time.perf_counter()
     ref_text, digest = str(ref), str(layer.digest)
     chunks_send, chunks_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
-    pipe = HashPipe(limits.chunk_buffer)
+    pipe = HashPipe(limits.pipe_buffer)
 
     hasher, diff_hasher = BlobHasher(), hashlib.sha256()
     decoder = LayerDecoder(
