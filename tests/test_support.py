@@ -316,12 +316,15 @@ def test_proxy_throttles_and_delays(registry: RegistryServer, proxy: Callable[..
         assert client.get(f"/v2/{repo}/blobs/{layer.digest}").content == layer.data
         elapsed = time.monotonic() - started
     expected = layer.size / rate + 0.2
-    assert expected * 0.8 < elapsed < expected * 2 + 1, (elapsed, expected)
+    # Throttling can only slow a transfer down: the lower bound is the check that holds
+    # on a loaded machine; the upper one only catches a proxy that hangs.
+    assert expected * 0.8 < elapsed < expected * 3 + 5, (elapsed, expected)
     p.rate, p.latency = None, 0.0
     with registry_client(p.url) as client:
         started = time.monotonic()
         client.get(f"/v2/{repo}/blobs/{layer.digest}")
-        assert time.monotonic() - started < 0.3
+        unthrottled = time.monotonic() - started
+    assert unthrottled < elapsed / 2, (unthrottled, elapsed)  # the limits came off
 
 
 # --- the deadline ----------------------------------------------------------------------

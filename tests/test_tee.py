@@ -51,7 +51,7 @@ def test_pipe_put_waits_while_full_and_counts_the_wait() -> None:
     putter.join(10)
     assert not putter.is_alive()
     assert pipe.get() == (Side.RAW, b"second")
-    assert pipe.put_wait_s >= 0.1
+    assert pipe.put_wait_s > 0  # it waited, and the wait was counted
 
 
 @pytest.mark.parametrize("blocked", ["get", "put"])
