@@ -596,10 +596,17 @@ class Proxy:
                 for i in range(0, len(view), step):
                     piece = view[i : i + step]
                     self._bucket.take(len(piece), self._stopping)
-                    with write_lock:
-                        client.sendall(piece)
+                    # Counted before it is sent: a client that has every byte must never
+                    # read a count that is still missing the last piece.
                     with self._lock:
                         self.bytes_to_client += len(piece)
+                    try:
+                        with write_lock:
+                            client.sendall(piece)
+                    except OSError:
+                        with self._lock:
+                            self.bytes_to_client -= len(piece)
+                        raise
         except OSError:
             pass
         finally:
