@@ -178,7 +178,21 @@ class Bench:
 
     # -- scenarios --
 
+    def startup(self, repeats: int = 5) -> None:
+        """Seconds from exec to ready of ours without a pull (``--version``, code warm):
+        what any of our CLI runs pays before its first request, and the floor does not."""
+        argv = [_peers.PYTHON, "-m", "pipeline._cli", "--version"]
+        subprocess.run(argv, cwd=REPO_ROOT, env=self.env, capture_output=True, timeout=60)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(argv, cwd=REPO_ROOT, env=self.env, capture_output=True, timeout=60)
+            times.append(time.perf_counter() - started)
+        self.results["startup_s"] = sorted(times)[len(times) // 2]
+        _log(f"start-up of ours (--version): {self.results['startup_s']:.2f} s")
+
     def primitives(self, names: Sequence[str]) -> None:
+        self.startup()
         cores = os.cpu_count() or 1
         out: dict[str, Any] = {}
         for name in names:
