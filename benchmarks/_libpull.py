@@ -1,9 +1,12 @@
 """Several pulls as library calls in one process, sharing one Store (and so its LCache).
 
-    python -m benchmarks._libpull --store DIR REF [REF ...]
+    python -m benchmarks._libpull --store DIR [--shared-downloads] REF [REF ...]
 
-Prints one JSON object: per pull, its wall time, bytes downloaded and how many layers were
-downloaded, shared (waited for another pull's download) or already there.
+``--shared-downloads`` gives every pull one download limiter (``pull(downloads=...)``), as
+a daemon serving them would: together they download at most --max-concurrent-downloads
+layers at once. Without it each pull has its own. Prints one JSON object: per pull, its
+wall time, bytes downloaded and how many layers were downloaded, shared (waited for
+another pull's download) or already there.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import pipeline
 
 
 async def _pull_all(
-    refs: list[str], store_dir: Path, downloads: int, workers: str
+    refs: list[str], store_dir: Path, downloads: int, workers: str, shared: bool
 ) -> dict[str, Any]:
     store = pipeline.Store.open(store_dir)
+    limiter = trio.CapacityLimiter(downloads) if shared else None
     options = pipeline.PullOptions(
         max_concurrent_downloads=downloads,
         layer_workers=workers,  # type: ignore[arg-type]
@@ -34,7 +38,7 @@ async def _pull_all(
 
     async def one(ref: str) -> None:
         t = time.perf_counter()
-        result = await pipeline.pull(ref, store=store, options=options)
+        result = await pipeline.pull(ref, store=store, options=options, downloads=limiter)
         statuses = collections.Counter(layer.status for layer in result.layers)
         pulls.append(
             {
@@ -63,9 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, type=Path)
     parser.add_argument("--max-concurrent-downloads", type=int, default=3)
     parser.add_argument("--layer-workers", choices=("threads", "processes"), default="threads")
+    parser.add_argument("--shared-downloads", action="store_true")
     args = parser.parse_args(argv)
     out = trio.run(
-        _pull_all, args.refs, args.store, args.max_concurrent_downloads, args.layer_workers
+        _pull_all,
+        args.refs,
+        args.store,
+        args.max_concurrent_downloads,
+        args.layer_workers,
+        args.shared_downloads,
     )
     print(json.dumps(out))
     return 0

@@ -117,14 +117,25 @@ class _PullContext:
     progress: ProgressSink
     # Set when layers run in worker processes.
     workers: trio_parallel.WorkerContext | None
-    # How many layers download (fetch, verify, fsync) at once: max_concurrent_downloads.
+    # How many layers download (fetch, verify, fsync) at once: this pull's own limiter of
+    # max_concurrent_downloads tokens, or one shared with other pulls (pull(downloads=)).
     downloads: trio.CapacityLimiter
 
 
 async def pull(
-    ref: str | Reference, *, store: Store, options: PullOptions | None = None
+    ref: str | Reference,
+    *,
+    store: Store,
+    options: PullOptions | None = None,
+    downloads: trio.CapacityLimiter | None = None,
 ) -> PullResult:
     """Pull ``ref`` into ``store``; every layer verified (digest and diffID) before commit.
+
+    ``downloads`` caps how many layers download at once. By default each pull has its
+    own, of ``options.max_concurrent_downloads`` tokens. Pulls running side by side may
+    share one, as docker's daemon-wide max-concurrent-downloads does: eight pulls then
+    download as one would, instead of each running its own layers against the others'
+    on the same cores.
 
     Raises one ``ImagecError`` on failure, never an ``ExceptionGroup``: the groups of the
     nurseries inside are collapsed here, at the public boundary, to their root cause.
@@ -138,13 +149,17 @@ async def pull(
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     with structlog.contextvars.bound_contextvars(ref=str(reference)):
         try:
-            return await _pull(reference, store, options)
+            if downloads is None:
+                downloads = trio.CapacityLimiter(options.max_concurrent_downloads)
+            return await _pull(reference, store, options, downloads)
         except BaseExceptionGroup as group:
             error = collapse_exception_group(group)
             raise error from error.__cause__
 
 
-async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResult:
+async def _pull(
+    ref: Reference, store: Store, options: PullOptions, downloads: trio.CapacityLimiter
+) -> PullResult:
     started = trio.current_time()
     progress = options.progress or _ignore_progress
     platform = options.platform or Platform.host()
@@ -191,7 +206,7 @@ async def _pull(ref: Reference, store: Store, options: PullOptions) -> PullResul
                 limiter,
                 progress,
                 workers,
-                trio.CapacityLimiter(options.max_concurrent_downloads),
+                downloads,
             )
             reports = await _pull_layers(context, jobs, options.max_concurrent_downloads)
         layers_done = trio.current_time()

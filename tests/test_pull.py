@@ -6,6 +6,7 @@ name, and no partial download is left in ``ingest/``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -596,3 +597,43 @@ async def test_bad_options_are_usage_errors_before_any_request(
     with trio.fail_after(10), pytest.raises(pipeline.UsageError, match=message):
         # nothing listens on port 9: any request would fail differently
         await pipeline.pull("127.0.0.1:9/app:1", store=store, options=options)
+
+
+async def test_pulls_sharing_a_download_limiter_download_one_layer_at_a_time(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """Two pulls of images with no layer in common, each allowed 3 downloads, but given
+    one limiter of 1 token: never more than one layer is downloading across both."""
+    one = images.sample_image(f"{unique_seed}:one")
+    two = images.sample_image(f"{unique_seed}:two")
+    registry.push(unique_repo, one, "one")
+    registry.push(unique_repo, two, "two")
+    via = proxy(registry, rate=8_000_000)  # slow enough that both pulls overlap
+    store = Store.open(tmp_path / "store")
+    active: set[str] = set()
+    most = 0
+
+    def watch(event: pipeline.ProgressEvent) -> None:
+        nonlocal most
+        if event.event == "layer-downloading":
+            active.add(str(event.digest))
+            most = max(most, len(active))
+        elif event.event == "layer-verifying":
+            active.discard(str(event.digest))
+
+    shared = trio.CapacityLimiter(1)
+    pull = functools.partial(
+        pipeline.pull,
+        store=store,
+        options=options(max_concurrent_downloads=3, progress=watch),
+        downloads=shared,
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for tag in ("one", "two"):
+                nursery.start_soon(pull, f"{via.host}/{unique_repo}:{tag}")
+    assert most == 1
+    assert shared.borrowed_tokens == 0
+    for image in (one, two):
+        for layer in image.layers:
+            assert via.blob_gets(layer.digest) == 1
