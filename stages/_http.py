@@ -14,6 +14,7 @@ registries the user listed as insecure.
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 import typing
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -32,6 +33,7 @@ __all__ = [
     "PoolTransport",
     "describe_error",
     "make_ssl_context",
+    "shared_ssl_context",
     "open_client",
     "tls_failure",
 ]
@@ -241,6 +243,35 @@ def make_ssl_context(options: RegistryOptions, *, verify: bool) -> ssl.SSLContex
     return context
 
 
+# The context built last in this process for each (verify, CA file), with the file's
+# (modification time, size) when it was read: see shared_ssl_context.
+_SSL_CONTEXTS: dict[tuple[bool, str | None], tuple[tuple[int, int], ssl.SSLContext]] = {}
+
+
+def shared_ssl_context(options: RegistryOptions, *, verify: bool) -> ssl.SSLContext:
+    """``make_ssl_context``'s result, built once per process for each ``verify`` and CA
+    file, and again when that file changes (by its modification time and size).
+
+    Every pull opens its clients; eight pulls side by side spent 8 x 35 ms of the event
+    loop loading the same CA bundle. A context is safe to share between connections.
+    """
+    ca_file = str(options.ca_file) if verify and options.ca_file is not None else None
+    version = (0, 0)
+    if ca_file is not None:
+        try:
+            stat = os.stat(ca_file)
+            version = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            pass  # make_ssl_context reports it
+    key = (verify, ca_file)
+    cached = _SSL_CONTEXTS.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    context = make_ssl_context(options, verify=verify)
+    _SSL_CONTEXTS[key] = (version, context)
+    return context
+
+
 @contextlib.asynccontextmanager
 async def open_client(
     options: RegistryOptions,
@@ -276,7 +307,7 @@ async def open_client(
 
 def _pool_transport(options: RegistryOptions, limits: Limits, *, verify: bool) -> PoolTransport:
     pool = httpcore.AsyncConnectionPool(
-        ssl_context=make_ssl_context(options, verify=verify),
+        ssl_context=shared_ssl_context(options, verify=verify),
         max_connections=MAX_CONNECTIONS,
         max_keepalive_connections=MAX_KEEPALIVE,
         keepalive_expiry=KEEPALIVE_EXPIRY_S,

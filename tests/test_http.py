@@ -20,6 +20,7 @@ from stages._http import (
     describe_error,
     make_ssl_context,
     open_client,
+    shared_ssl_context,
     tls_failure,
 )
 
@@ -205,3 +206,20 @@ def test_unreadable_ca_file_is_a_usage_error(tmp_path: Path) -> None:
     garbage.write_text("not a certificate")
     with pytest.raises(UsageError, match="PEM"):
         make_ssl_context(RegistryOptions(ca_file=garbage), verify=True)
+
+
+def test_ssl_contexts_are_built_once_per_ca_file_version(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    options = RegistryOptions(ca_file=pem)
+    first = shared_ssl_context(options, verify=True)
+    assert shared_ssl_context(options, verify=True) is first
+    assert shared_ssl_context(RegistryOptions(), verify=True) is not first  # no CA file
+    assert shared_ssl_context(options, verify=False) is not first
+    # The file changes (another CA appended): the next pull reads it again.
+    with pem.open("ab") as out:
+        out.write(trustme.CA().cert_pem.bytes())
+    second = shared_ssl_context(options, verify=True)
+    assert second is not first
+    assert second.cert_store_stats()["x509_ca"] == first.cert_store_stats()["x509_ca"] + 1
