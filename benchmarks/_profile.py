@@ -54,7 +54,9 @@ def summarise(raw: Path, rate: int, top: int = 15) -> dict[str, Any]:
         threads["main (event loop)" if "MainThread" in name else name] += n
         leaves[frames[-1]] += n
         for frame in frames:
-            if frame.startswith(("blob_stream ", "tee ", "_consume ", "Gunzip.", "LayerDecoder.")):
+            if frame.startswith(
+                ("blob_stream ", "inflate_stage ", "_inflate_batch ", "_drain ", "Gunzip.")
+            ):
                 stages[frame.split(" (")[0]] += n
     return {
         "rate_hz": rate,
