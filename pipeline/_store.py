@@ -295,14 +295,16 @@ class Ingest:
         fsync asks, so the whole layer's write-out came after its download: 0.3 s at the
         end of a 740 MB layer, measured. ``POSIX_FADV_DONTNEED`` over what was written
         starts that write-out now (and drops pages already clean: nothing reads them
-        back). Only an optimisation: ``sync`` still makes it durable.
+        back). Only an optimisation: ``sync`` still makes it durable, and a filesystem
+        that refuses the advice is not an error.
         """
         self._file.flush()
         if hasattr(os, "posix_fadvise"):
             # From the previous step's start: its pages, being written then, are clean now.
             start = self._advised_from
             length = self._written - start
-            os.posix_fadvise(self._file.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._file.fileno(), start, length, os.POSIX_FADV_DONTNEED)
         self._advised_from, self._written_back = self._written_back, self._written
 
     def sync(self) -> None:

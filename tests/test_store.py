@@ -739,3 +739,23 @@ def test_ingest_starts_writeback_as_it_goes(
     assert advised[0][0] == 0 and advised[1][0] == 0  # the first step is advised twice
     assert all(b - a >= step for a, b in itertools.pairwise(ends))  # once per step
     assert [offset for offset, _ in advised[2:]] == ends[:-2]  # each from the step before
+
+
+def test_a_filesystem_refusing_the_writeback_advice_is_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import _store
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(_store, "WRITEBACK_STEP_BYTES", 4096)
+    monkeypatch.setattr(_store.os, "posix_fadvise", refuse)
+    store = Store.open(tmp_path / "s")
+    data = os.urandom(50_000)
+    digest = Digest.from_hex(hashlib.sha256(data).hexdigest())
+    with store.open_ingest(digest) as ingest:
+        for start in range(0, len(data), 5000):
+            ingest.write(data[start : start + 5000])
+        ingest.sync()
+        assert ingest.path.read_bytes() == data
