@@ -251,8 +251,37 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-# Written bytes handed to the kernel's writeback at a time (see ``Ingest._start_writeback``).
+# Written bytes handed to the kernel's writeback at a time (see ``Writeback``).
 WRITEBACK_STEP_BYTES = 32 * 1024 * 1024
+
+
+class Writeback:
+    """Starts the kernel's write-out of a file being written, every
+    ``WRITEBACK_STEP_BYTES``, without waiting for it.
+
+    Left alone, the kernel writes a layer's dirty pages back only when the final fsync
+    asks, so the whole layer's write-out came after its download: 0.3 s at the end of a
+    740 MB layer, measured. ``POSIX_FADV_DONTNEED`` over what was written starts that
+    write-out now (and drops pages already clean: nothing reads them back). Only an
+    optimisation: the fsync still makes the file durable, and a filesystem that refuses
+    the advice is not an error.
+    """
+
+    def __init__(self) -> None:
+        self._written_back = 0  # bytes handed to the kernel's writeback so far
+        self._advised_from = 0
+
+    def wrote(self, file: BinaryIO, written: int) -> None:
+        """``file`` now holds ``written`` bytes (flushed here when a step is due)."""
+        if written - self._written_back < WRITEBACK_STEP_BYTES:
+            return
+        file.flush()
+        if hasattr(os, "posix_fadvise"):
+            # From the previous step's start: its pages, being written then, are clean now.
+            start = self._advised_from
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(file.fileno(), start, written - start, os.POSIX_FADV_DONTNEED)
+        self._advised_from, self._written_back = self._written_back, written
 
 
 class Ingest:
@@ -271,8 +300,7 @@ class Ingest:
         self._file = file
         self._dirty = False
         self._written = 0
-        self._written_back = 0  # bytes handed to the kernel's writeback so far
-        self._advised_from = 0
+        self._writeback = Writeback()
 
     @property
     def bytes_written(self) -> int:
@@ -283,29 +311,9 @@ class Ingest:
             self._file.write(data)
             self._written += len(data)
             self._dirty = True
-            if self._written - self._written_back >= WRITEBACK_STEP_BYTES:
-                self._start_writeback()
+            self._writeback.wrote(self._file, self._written)
         except OSError as exc:
             raise _store_error(self._store, "write a layer", exc, digest=self.digest) from exc
-
-    def _start_writeback(self) -> None:
-        """Start writing the bytes so far to disk, without waiting for it.
-
-        Left alone, the kernel writes a layer's dirty pages back only when ``sync``'s
-        fsync asks, so the whole layer's write-out came after its download: 0.3 s at the
-        end of a 740 MB layer, measured. ``POSIX_FADV_DONTNEED`` over what was written
-        starts that write-out now (and drops pages already clean: nothing reads them
-        back). Only an optimisation: ``sync`` still makes it durable, and a filesystem
-        that refuses the advice is not an error.
-        """
-        self._file.flush()
-        if hasattr(os, "posix_fadvise"):
-            # From the previous step's start: its pages, being written then, are clean now.
-            start = self._advised_from
-            length = self._written - start
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self._file.fileno(), start, length, os.POSIX_FADV_DONTNEED)
-        self._advised_from, self._written_back = self._written_back, self._written
 
     def sync(self) -> None:
         """Flush and fsync: after this, what was written survives a crash."""

@@ -31,13 +31,16 @@ from stages._reference import Reference
 from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest
 
+from ._allocator import tune_allocator
+from ._store import Writeback
+
 if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
     import trio_parallel
 
 __all__ = ["LayerTask", "open_layer_workers", "run_layer_task"]
 
 _POLL_S = 0.1
-_WORKER_THREADS = 4  # digest, inflate, diffID and write of the one layer a worker runs
+_WORKER_THREADS = 4  # for the one layer a worker runs: its inflate hops and its fsync
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,12 @@ async def run_layer_task(
 
 
 def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
-    """The worker's side: a trio loop of its own around the per-layer stages."""
+    """The worker's side: a trio loop of its own around the per-layer stages.
+
+    The worker is a process of ours, started fresh by the forkserver: it gets the CLI's
+    allocator setting here (see ``_allocator``), so the two modes compare fairly.
+    """
+    tune_allocator()
     return trio.run(_fetch_layer, task)
 
 
@@ -135,6 +143,8 @@ class _PathIngest:
 
     def __init__(self, path: Path) -> None:
         self._file = open(path, "r+b")  # noqa: SIM115 - closed by __exit__
+        self._written = 0
+        self._writeback = Writeback()
 
     def __enter__(self) -> _PathIngest:
         return self
@@ -144,6 +154,8 @@ class _PathIngest:
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
+        self._written += len(data)
+        self._writeback.wrote(self._file, self._written)
 
     def sync(self) -> None:
         self._file.flush()
