@@ -58,7 +58,15 @@ from stages._types import Digest, MediaType, Platform
 from . import _oci
 from ._lcache import LCache
 
-__all__ = ["ENV_STORE", "SCHEMA_VERSION", "ImageRecord", "Ingest", "LayerRecord", "Store"]
+__all__ = [
+    "ENV_STORE",
+    "SCHEMA_VERSION",
+    "ImageRecord",
+    "Ingest",
+    "LayerRecord",
+    "Store",
+    "Writeback",
+]
 
 log = structlog.get_logger()
 
