@@ -726,16 +726,9 @@ def test_ingest_starts_writeback_as_it_goes(
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(_store.os, "posix_fadvise", record)
-    store = Store.open(tmp_path / "s")
-    data = os.urandom(5 * step + 100)
-    digest = Digest.from_hex(hashlib.sha256(data).hexdigest())
-    with store.open_ingest(digest) as ingest:
-        for start in range(0, len(data), 10_000):
-            ingest.write(data[start : start + 10_000])
-        ingest.sync()
-        assert ingest.path.read_bytes() == data
+    write_ingest_in_pieces(Store.open(tmp_path / "s"), os.urandom(5 * step + 100), 10_000)
     ends = [offset + length for offset, length in advised]
-    assert len(advised) == len(data) // 70_000  # writes of 10 000: a step ends at each 70 000
+    assert len(advised) == (5 * step + 100) // 70_000  # writes of 10 000: steps end at 70 000s
     assert advised[0][0] == 0 and advised[1][0] == 0  # the first step is advised twice
     assert all(b - a >= step for a, b in itertools.pairwise(ends))  # once per step
     assert [offset for offset, _ in advised[2:]] == ends[:-2]  # each from the step before
@@ -751,11 +744,14 @@ def test_a_filesystem_refusing_the_writeback_advice_is_not_an_error(
 
     monkeypatch.setattr(_store, "WRITEBACK_STEP_BYTES", 4096)
     monkeypatch.setattr(_store.os, "posix_fadvise", refuse)
-    store = Store.open(tmp_path / "s")
-    data = os.urandom(50_000)
+    write_ingest_in_pieces(Store.open(tmp_path / "s"), os.urandom(50_000), 5000)
+
+
+def write_ingest_in_pieces(store: Store, data: bytes, piece: int) -> None:
+    """Write ``data`` to an ingest file ``piece`` bytes at a time, sync, check the bytes."""
     digest = Digest.from_hex(hashlib.sha256(data).hexdigest())
     with store.open_ingest(digest) as ingest:
-        for start in range(0, len(data), 5000):
-            ingest.write(data[start : start + 5000])
+        for start in range(0, len(data), piece):
+            ingest.write(data[start : start + piece])
         ingest.sync()
         assert ingest.path.read_bytes() == data
