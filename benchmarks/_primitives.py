@@ -4,7 +4,8 @@ One core each, 1 MiB buffers, data in memory (read before timing): sha256 of the
 inflate (ISA-L and zlib for gzip, zstandard for zstd), sha256 of the tar, write + fsync of
 the blob to the filesystem the stores live on, and a raw loopback download of each blob
 from the registry (httpx sync ``iter_raw`` and curl; page cache dropped first when the run
-drops it for the tools too).
+drops it for the tools too). Also the CPU curl needs to receive all of an image's blobs
+over one connection, the least receiving costs here (used by _targets, not the floor).
 
 The floor of an image is the largest of: the primitives' CPU (download with httpx +
 sha256 + the fastest inflater + sha256 of the tar + write) divided by the cores; the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import subprocess
 import time
 import zlib
@@ -112,6 +114,23 @@ def _downloads(image: BuiltImage, url: str, drop: bool) -> dict[str, dict[str, f
     return out
 
 
+def _curl_cpu(argv: list[str]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(["curl", "-sSf", "-L", *argv], check=True, timeout=300, capture_output=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def _receive_cpu(image: BuiltImage, url: str, drop: bool) -> float:
+    """CPU seconds curl spends receiving every blob of ``image``: one curl process, one
+    connection, minus the same for the tiny ``/v2/`` response (its start-up and request)."""
+    blobs = [f"{url}/v2/{image.repo}/blobs/{x.digest}" for x in image.layers]
+    if drop:
+        drop_caches()
+    received = _curl_cpu([arg for blob in blobs for arg in ("-o", "/dev/null", blob)])
+    return max(0.0, received - _curl_cpu(["-o", "/dev/null", f"{url}/v2/"]))
+
+
 def measure_image(
     image: BuiltImage, registry_url: str, write_dir: Path, *, drop: bool
 ) -> dict[str, Any]:
@@ -139,7 +158,12 @@ def measure_image(
         row.update(downloads[layer.digest])
         layers.append(row)
         del data, chunks
-    return {"image": image.name, "inflater": "zstd" if zstd else "isal", "layers": layers}
+    return {
+        "image": image.name,
+        "inflater": "zstd" if zstd else "isal",
+        "layers": layers,
+        "receive_curl_cpu_s": _receive_cpu(image, registry_url, drop),
+    }
 
 
 def floor_of(prims: dict[str, Any], cores: int) -> dict[str, Any]:

@@ -81,6 +81,27 @@ def _ours_breakdown(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _targets_section(targets: Sequence[dict[str, str]]) -> list[str]:
+    """Issue 3's targets with their verdicts (judged by _targets, which explains the bound)."""
+    if not targets:
+        return []
+    lines = [
+        "## Targets",
+        "",
+        "Each target of issue 3 against this run. *impossible here* means the target allows "
+        "less than the least any program on this stack could take on this machine: the "
+        "start-up of `import trio, httpx`, then the pull's work at the primitives' one-core "
+        "speeds (curl's CPU for receiving) plus the registry's own CPU spread over every "
+        "core, or the largest layer's slowest stage or the disk, whichever is longer "
+        "(benchmarks/_targets.py).",
+        "",
+    ]
+    rows = [
+        [t["target"], t["allowed"], t["measured"], t["verdict"], t["evidence"]] for t in targets
+    ]
+    return [*lines, *_table(["target", "allowed", "ours", "verdict", "why"], rows), ""]
+
+
 def render(results: dict[str, Any]) -> str:
     lines: list[str] = ["# imagec-pipe benchmark results", ""]
     m = results["machine"]
@@ -124,6 +145,7 @@ def render(results: dict[str, Any]) -> str:
 
     prims = results.get("primitives", {})
     single = results.get("single", {})
+    lines += _targets_section(results.get("targets", []))
     if single:
         lines += ["## Headline: ours ÷ each tool (median wall, same run)", ""]
         peers = [t for t in results.get("tools", {}) if t != "ours"]

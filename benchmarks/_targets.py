@@ -1,0 +1,225 @@
+"""Issue 3's targets, judged from one harness run: met, not met, or impossible here.
+
+A target is *impossible here* when the time (or CPU) it allows is below a lower bound that
+no program built on this project's fixed stack could beat on this machine. The bound is
+built only from things measured in the same run, each of them optimistic:
+
+- the stack's start-up: ``python -c "import trio, httpx"`` (code warm). Nothing can be
+  requested before those two are imported, so this much comes before any other work;
+- the least CPU the pull's work needs: curl's CPU to receive the bytes over one connection
+  (less than any Python client's), sha256 of the blob, the fastest inflater, sha256 of the tar, the
+  writes. All measured on one idle core with the data in memory;
+- the registry's CPU to serve the image, the least any tool of the run made it spend: it
+  runs on the same cores, whoever the client is;
+- the floor's other two terms, which no parallelism removes: the slowest single stage of
+  the largest layer (one deflate stream inflates on one core) and the disk.
+
+So ``wall >= start-up + max((work CPU + registry CPU) / cores, largest stage, disk)`` and
+``CPU >= start-up CPU + work CPU``. A target below its bound is reported as impossible
+here, with both numbers; one above it but not reached is simply not met.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._report import stats
+
+__all__ = ["Verdict", "judge", "lower_bounds"]
+
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target: what it allows, what was measured, and the verdict."""
+
+    target: str
+    allowed: str
+    measured: str
+    verdict: str  # "met", "not met", "impossible here" or "not measured"
+    evidence: str = ""
+
+
+def lower_bounds(results: dict[str, Any], name: str) -> dict[str, float] | None:
+    """The least wall and CPU seconds any pull of ``name`` needs here (module docstring);
+    None when the run lacks a measurement the bound needs."""
+    prims = results.get("primitives", {}).get(name)
+    start = results.get("stack_startup_s")
+    start_cpu = results.get("stack_startup_cpu_s")
+    if not prims or start is None or start_cpu is None:
+        return None
+    receive_cpu = prims.get("receive_curl_cpu_s")
+    if receive_cpu is None:
+        return None
+    work_cpu = receive_cpu + sum(
+        x["sha256_gz_s"] + x["inflate_s"] + x["sha256_tar_s"] + x["write_s"]
+        for x in prims["layers"]
+    )
+    served = [
+        st["registry_cpu"]
+        for runs in results.get("single", {}).get(name, {}).values()
+        if (st := stats(runs)) is not None
+    ]
+    registry_cpu = min(served, default=0.0)
+    floor = prims["floor"]
+    cores = floor["cores"]
+    # The floor's non-CPU terms: the largest layer's slowest stage, and the disk.
+    serial = max(v for k, v in floor["candidates"].items() if k != "cpu/cores")
+    parallel = (work_cpu + registry_cpu) / cores
+    return {
+        "wall_s": start + max(parallel, serial),
+        "cpu_s": start_cpu + work_cpu,
+        "startup_s": start,
+        "work_cpu_s": work_cpu,
+        "registry_cpu_s": registry_cpu,
+        "serial_s": serial,
+        "cores": cores,
+    }
+
+
+def _wall_evidence(bound: dict[str, float] | None) -> str:
+    if bound is None:
+        return ""
+    return (
+        f"least possible wall {bound['wall_s']:.2f} s = start-up {bound['startup_s']:.2f} + "
+        f"max((work CPU {bound['work_cpu_s']:.2f} + registry CPU "
+        f"{bound['registry_cpu_s']:.2f}) ÷ {bound['cores']:.0f} cores, largest stage or disk "
+        f"{bound['serial_s']:.2f})"
+    )
+
+
+def _cpu_evidence(bound: dict[str, float] | None) -> str:
+    if bound is None:
+        return ""
+    return (
+        f"least possible CPU {bound['cpu_s']:.2f} s = start-up "
+        f"{bound['cpu_s'] - bound['work_cpu_s']:.2f} + work CPU {bound['work_cpu_s']:.2f}"
+    )
+
+
+def _verdict(
+    target: str,
+    allowed: float | None,
+    measured: float | None,
+    *,
+    unit: str = "s",
+    digits: int = 2,
+    bound: float | None = None,
+    evidence: str = "",
+) -> Verdict:
+    """Compare ``measured`` with ``allowed`` (both rounded to ``digits``); below ``bound``
+    the target is impossible here."""
+    if allowed is None or measured is None:
+        return Verdict(target, "-", "-", "not measured")
+    allowed, measured = round(allowed, digits), round(measured, digits)
+    shown = (f"{allowed:.{digits}f} {unit}".strip(), f"{measured:.{digits}f} {unit}".strip())
+    if measured <= allowed:
+        return Verdict(target, *shown, "met")
+    if bound is not None and allowed < bound:
+        return Verdict(target, *shown, "impossible here", evidence)
+    return Verdict(target, *shown, "not met", evidence)
+
+
+def _ours(results: dict[str, Any], name: str, tool: str = "ours") -> dict[str, Any] | None:
+    return stats(results.get("single", {}).get(name, {}).get(tool, []))
+
+
+def _peer_targets(results: dict[str, Any]) -> list[Verdict]:
+    out = []
+    for name, peer, factor in (
+        ("app", "skopeo-dir", 0.25),
+        ("app", "naive", 0.4),
+        ("app", "skopeo-oci", 1.5),
+        ("big", "skopeo-oci", 0.8),
+    ):
+        ours, other = _ours(results, name), _ours(results, name, peer)
+        bound = lower_bounds(results, name)
+        out.append(
+            _verdict(
+                f"{name} wall ≤ {factor}x {peer}",
+                factor * other["wall"] if other else None,
+                ours["wall"] if ours else None,
+                bound=bound["wall_s"] if bound else None,
+                evidence=_wall_evidence(bound),
+            )
+        )
+    return out
+
+
+def _rss_target(results: dict[str, Any]) -> Verdict:
+    big = _ours(results, "big")
+    return _verdict(
+        "big peak RSS < 150 MB", 150.0, big["peak_rss"] / MB if big else None, unit="MB"
+    )
+
+
+def _floor_targets(results: dict[str, Any]) -> list[Verdict]:
+    out = []
+    for name, prims in results.get("primitives", {}).items():
+        ours, floor = _ours(results, name), prims["floor"]
+        bound = lower_bounds(results, name)
+        out.append(
+            _verdict(
+                f"{name} wall ≤ 1.2x floor ({floor['floor_s']:.2f} s)",
+                1.2 * floor["floor_s"],
+                ours["wall"] if ours else None,
+                bound=bound["wall_s"] if bound else None,
+                evidence=_wall_evidence(bound),
+            )
+        )
+        out.append(
+            _verdict(
+                f"{name} CPU ≤ 1.3x primitives ({floor['cpu_sum_s']:.2f} s)",
+                1.3 * floor["cpu_sum_s"],
+                ours["cpu"] if ours else None,
+                bound=bound["cpu_s"] if bound else None,
+                evidence=_cpu_evidence(bound),
+            )
+        )
+    return out
+
+
+def _concurrent_targets(results: dict[str, Any]) -> list[Verdict]:
+    conc = results.get("concurrent")
+    if not conc:
+        return []
+    u = conc["unique"]
+    unique = u["layer_bytes"] + u["config_bytes"] + u["manifest_bytes"]
+    eight = stats(conc["runs"].get("8 concurrent", []))
+    union = stats(conc["runs"].get("union once", []))
+    fetched = eight["median_run"]["extra"] if eight else None
+    return [
+        # To 3 decimals: what is left is the /v2/ probes and token requests, a few kB.
+        _verdict(
+            "8 concurrent: bytes fetched ÷ unique bytes = 1",
+            1.0,
+            fetched["bytes_to_client"] / unique if fetched else None,
+            unit="",
+            digits=3,
+        ),
+        _verdict(
+            "8 concurrent: at most 1 GET per layer",
+            1.0,
+            float(fetched["blob_gets_max"]) if fetched else None,
+            unit="",
+            digits=0,
+        ),
+        _verdict(
+            "8 concurrent: wall ≤ 1.2x union once",
+            1.2 * union["wall"] if union else None,
+            eight["wall"] if eight else None,
+        ),
+    ]
+
+
+def judge(results: dict[str, Any]) -> list[dict[str, str]]:
+    """Every target of issue 3 with its verdict, in the issue's order."""
+    verdicts = [
+        *_peer_targets(results),
+        _rss_target(results),
+        *_floor_targets(results),
+        *_concurrent_targets(results),
+    ]
+    return [asdict(v) for v in verdicts]

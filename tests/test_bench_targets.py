@@ -1,0 +1,140 @@
+"""The harness's verdicts on issue 3's targets (benchmarks/_targets.py), on made-up runs.
+
+A unit test of arithmetic and wording: the harness itself needs minutes and the whole
+machine, so it is not run here. Each case sets the numbers so that one verdict must follow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks import _targets
+
+
+def _run(wall: float, cpu: float = 1.0, registry_cpu: float = 0.2, rss: float = 100e6) -> Any:
+    return {
+        "ok": True,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "registry_cpu_s": registry_cpu,
+        "peak_rss": rss,
+        "extra": {},
+    }
+
+
+def _results(*, ours_app: float, stack_startup: float = 0.2) -> dict[str, Any]:
+    """app: work CPU 1.6 s (receive 0.2 + sha 0.2 + inflate 0.8 + sha tar 0.3 + write 0.1)
+    on 2 cores; the registry spends 0.2 s serving ours and 0.1 s serving skopeo.
+    Least possible wall = 0.2 + (1.6 + 0.1) / 2 = 1.05 s; least CPU = 0.18 + 1.6."""
+    layer = {
+        "size": 100,
+        "sha256_gz_s": 0.2,
+        "inflate_s": 0.8,
+        "sha256_tar_s": 0.3,
+        "write_s": 0.1,
+    }
+    floor = {
+        "floor_s": 0.9,
+        "cpu_sum_s": 1.8,
+        "cores": 2,
+        "candidates": {"cpu/cores": 0.9, "largest layer: inflate": 0.8, "disk": 0.3},
+    }
+    return {
+        "stack_startup_s": stack_startup,
+        "stack_startup_cpu_s": 0.18,
+        "primitives": {"app": {"layers": [layer], "floor": floor, "receive_curl_cpu_s": 0.2}},
+        "single": {
+            "app": {
+                "ours": [_run(ours_app, cpu=2.0), _run(ours_app + 0.1, cpu=2.2)],
+                "skopeo-dir": [_run(4.0, registry_cpu=0.1)],
+                "naive": [_run(3.0)],
+                "skopeo-oci": [_run(0.8, registry_cpu=0.1)],
+            }
+        },
+    }
+
+
+def _by_target(results: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {v["target"]: v for v in _targets.judge(results)}
+
+
+def test_lower_bounds_add_startup_to_the_work_spread_over_the_cores() -> None:
+    bound = _targets.lower_bounds(_results(ours_app=1.0), "app")
+    assert bound is not None
+    # The least registry CPU of the run (skopeo's 0.1 s), not ours.
+    assert bound["registry_cpu_s"] == pytest.approx(0.1)
+    assert bound["work_cpu_s"] == pytest.approx(1.6)
+    assert bound["wall_s"] == pytest.approx(0.2 + (1.6 + 0.1) / 2)
+    assert bound["cpu_s"] == pytest.approx(0.18 + 1.6)
+
+
+def test_a_serial_stage_longer_than_the_spread_work_sets_the_bound() -> None:
+    results = _results(ours_app=1.0)
+    results["primitives"]["app"]["floor"]["candidates"]["largest layer: inflate"] = 1.5
+    bound = _targets.lower_bounds(results, "app")
+    assert bound is not None
+    assert bound["wall_s"] == pytest.approx(0.2 + 1.5)
+
+
+def test_no_bound_without_the_stack_startup_or_curl_cpu() -> None:
+    results = _results(ours_app=1.0)
+    del results["stack_startup_s"]
+    assert _targets.lower_bounds(results, "app") is None
+    results = _results(ours_app=1.0)
+    del results["primitives"]["app"]["receive_curl_cpu_s"]
+    assert _targets.lower_bounds(results, "app") is None
+
+
+def test_verdicts_met_not_met_and_impossible() -> None:
+    # ours 1.2 s (median of 1.2 and 1.3 is 1.25): 0.25 x skopeo-dir allows 1.0 s, below the
+    # least possible 1.05 s; 0.4 x naive allows 1.2 s, above it but not reached;
+    # 1.5 x skopeo-oci allows 1.2 s as well.
+    verdicts = _by_target(_results(ours_app=1.2))
+    dir_ = verdicts["app wall ≤ 0.25x skopeo-dir"]
+    assert (dir_["allowed"], dir_["measured"], dir_["verdict"]) == (
+        "1.00 s",
+        "1.25 s",
+        "impossible here",
+    )
+    assert "least possible wall 1.05 s" in dir_["evidence"]
+    assert verdicts["app wall ≤ 0.4x naive"]["verdict"] == "not met"
+    # CPU: 1.3 x 1.8 allows 2.34 s, ours took 2.1 s.
+    assert verdicts["app CPU ≤ 1.3x primitives (1.80 s)"]["verdict"] == "met"
+    # Wall: 1.2 x 0.9 allows 1.08 s, the least possible is 1.05 s: possible, not met.
+    assert verdicts["app wall ≤ 1.2x floor (0.90 s)"]["verdict"] == "not met"
+
+
+def test_a_fast_enough_pull_meets_the_targets() -> None:
+    verdicts = _by_target(_results(ours_app=0.95))
+    assert verdicts["app wall ≤ 0.25x skopeo-dir"]["verdict"] == "met"
+    assert verdicts["app wall ≤ 1.2x floor (0.90 s)"]["verdict"] == "met"
+
+
+def test_missing_tools_and_scenarios_are_not_measured() -> None:
+    verdicts = _by_target(_results(ours_app=1.0))
+    assert verdicts["big wall ≤ 0.8x skopeo-oci"]["verdict"] == "not measured"
+    assert verdicts["big peak RSS < 150 MB"]["verdict"] == "not measured"
+    assert not any(t.startswith("8 concurrent") for t in verdicts)
+
+
+def test_concurrent_targets() -> None:
+    results = _results(ours_app=1.0)
+    union = _run(2.0)
+    eight = _run(2.3)
+    eight["extra"] = {"bytes_to_client": 1_000_400, "blob_gets_max": 1}
+    results["concurrent"] = {
+        "unique": {"layer_bytes": 999_000, "config_bytes": 800, "manifest_bytes": 200},
+        "runs": {"8 concurrent": [eight], "union once": [union]},
+    }
+    verdicts = _by_target(results)
+    # 1_000_400 / 1_000_000 rounds to 1.000: the few kB of /v2/ probes do not count.
+    assert verdicts["8 concurrent: bytes fetched ÷ unique bytes = 1"]["verdict"] == "met"
+    assert verdicts["8 concurrent: at most 1 GET per layer"]["verdict"] == "met"
+    assert verdicts["8 concurrent: wall ≤ 1.2x union once"]["verdict"] == "met"
+    eight["extra"]["blob_gets_max"] = 2
+    eight["wall_s"] = 2.5
+    verdicts = _by_target(results)
+    assert verdicts["8 concurrent: at most 1 GET per layer"]["verdict"] == "not met"
+    assert verdicts["8 concurrent: wall ≤ 1.2x union once"]["verdict"] == "not met"
