@@ -6,13 +6,14 @@ built only from things measured in the same run, each of them optimistic:
 
 - the stack's start-up: ``python -c "import trio, httpx"`` (code warm). Nothing can be
   requested before those two are imported, so this much comes before any other work;
-- the least CPU the pull's work needs: curl's CPU to receive the bytes over one connection
-  (less than any Python client's), sha256 of the blob, the fastest inflater, sha256 of the tar, the
-  writes. All measured on one idle core with the data in memory;
+- the least CPU the pull's work needs: curl's CPU to receive the bytes over one
+  connection (less than any Python client's), sha256 of the blob, the fastest inflater,
+  sha256 of the tar, the writes. All measured on one idle core with the data in memory;
 - the registry's CPU to serve the image, the least any tool of the run made it spend: it
   runs on the same cores, whoever the client is;
 - the floor's other two terms, which no parallelism removes: the slowest single stage of
-  the largest layer (one deflate stream inflates on one core) and the disk.
+  the largest layer (one deflate stream inflates on one core; one GET fetches a blob) and
+  the disk.
 
 So ``wall >= start-up + max((work CPU + registry CPU) / cores, largest stage, disk)`` and
 ``CPU >= start-up CPU + work CPU``. A target below its bound is reported as impossible
