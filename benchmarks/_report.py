@@ -245,8 +245,14 @@ def render(results: dict[str, Any]) -> str:
             + (
                 f": ours takes {results['startup_s']:.2f} s to start "
                 "(`python -m pipeline._cli --version`, code warm, median of 5), which every "
-                "wall time of ours includes and its in-process time does not."
+                "wall time of ours includes and its in-process time does not"
                 if results.get("startup_s") is not None
+                else ""
+            )
+            + (
+                f"; the fixed stack alone (`python -c 'import trio, httpx'`) takes "
+                f"{results['stack_startup_s']:.2f} s."
+                if results.get("stack_startup_s") is not None
                 else "."
             ),
             "",

@@ -127,6 +127,20 @@ def _ours(results: dict[str, Any], name: str, tool: str = "ours") -> dict[str, A
     return stats(results.get("single", {}).get(name, {}).get(tool, []))
 
 
+def _wall_verdict(
+    results: dict[str, Any], name: str, target: str, allowed: float | None
+) -> Verdict:
+    """Our median wall on ``name`` against ``allowed``, with the image's wall bound."""
+    ours, bound = _ours(results, name), lower_bounds(results, name)
+    return _verdict(
+        target,
+        allowed,
+        ours["wall"] if ours else None,
+        bound=bound["wall_s"] if bound else None,
+        evidence=_wall_evidence(bound),
+    )
+
+
 def _peer_targets(results: dict[str, Any]) -> list[Verdict]:
     out = []
     for name, peer, factor in (
@@ -135,17 +149,9 @@ def _peer_targets(results: dict[str, Any]) -> list[Verdict]:
         ("app", "skopeo-oci", 1.5),
         ("big", "skopeo-oci", 0.8),
     ):
-        ours, other = _ours(results, name), _ours(results, name, peer)
-        bound = lower_bounds(results, name)
-        out.append(
-            _verdict(
-                f"{name} wall ≤ {factor}x {peer}",
-                factor * other["wall"] if other else None,
-                ours["wall"] if ours else None,
-                bound=bound["wall_s"] if bound else None,
-                evidence=_wall_evidence(bound),
-            )
-        )
+        other = _ours(results, name, peer)
+        allowed = factor * other["wall"] if other else None
+        out.append(_wall_verdict(results, name, f"{name} wall ≤ {factor}x {peer}", allowed))
     return out
 
 
@@ -161,15 +167,8 @@ def _floor_targets(results: dict[str, Any]) -> list[Verdict]:
     for name, prims in results.get("primitives", {}).items():
         ours, floor = _ours(results, name), prims["floor"]
         bound = lower_bounds(results, name)
-        out.append(
-            _verdict(
-                f"{name} wall ≤ 1.2x floor ({floor['floor_s']:.2f} s)",
-                1.2 * floor["floor_s"],
-                ours["wall"] if ours else None,
-                bound=bound["wall_s"] if bound else None,
-                evidence=_wall_evidence(bound),
-            )
-        )
+        target = f"{name} wall ≤ 1.2x floor ({floor['floor_s']:.2f} s)"
+        out.append(_wall_verdict(results, name, target, 1.2 * floor["floor_s"]))
         out.append(
             _verdict(
                 f"{name} CPU ≤ 1.3x primitives ({floor['cpu_sum_s']:.2f} s)",
