@@ -21,6 +21,7 @@ import collections
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -33,6 +34,7 @@ from . import images as _images
 
 __all__ = [
     "FixtureServer",
+    "LoopbackHTTPServer",
     "Proxy",
     "RecordedRequest",
     "Reply",
@@ -260,13 +262,29 @@ def _fixture_handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server for the tests, silent when a client hangs up.
+
+    Tests make clients hang up on purpose (a body over a limit, a cancelled pull); the
+    standard server prints a traceback for each, from its handler thread, often after
+    the test's output capture ended, into the middle of pytest's progress line. Any other
+    error is still printed.
+    """
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset
+            return
+        super().handle_error(request, client_address)
+
+
 @contextlib.contextmanager
 def run_fixture_server() -> Iterator[FixtureServer]:
     """A fixture registry on ``http://127.0.0.1:<port>``; ``/v2/`` answers 200 by default."""
     state = FixtureServer()
     state.route("/v2/", Reply.json({}, headers={"Docker-Distribution-API-Version": "registry/2.0"}))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _fixture_handler(state))
-    httpd.daemon_threads = True
+    httpd = LoopbackHTTPServer(("127.0.0.1", 0), _fixture_handler(state))
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, name="fixture-server", daemon=True)
     thread.start()

@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+from .servers import LoopbackHTTPServer
 
 __all__ = ["Fault", "TokenRequest", "TokenServer", "run_token_server", "make_signing_identity"]
 
@@ -357,8 +359,7 @@ def run_token_server(
             _key=key,
             _cert_der=cert_der,
         )
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-        httpd.daemon_threads = True
+        httpd = LoopbackHTTPServer(("127.0.0.1", 0), _handler(state))
         state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
         thread = threading.Thread(target=httpd.serve_forever, name="token-server", daemon=True)
         thread.start()
