@@ -10,6 +10,8 @@ Credential destinations (RELIABILITY.md, "Auth"): the registry host itself, and 
 realm its challenge names; over https, or plain http only when that host is listed as
 insecure or is a loopback address; never a link-local or private address unless the
 registry itself is on one; never a redirect target (redirects are never followed here).
+A host name counts as private when it resolves to a private address (``resolves_internal``:
+a public registry naming ``auth.corp`` that resolves to 169.254.169.254 is refused).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import ipaddress
 import json
 import typing
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -49,6 +51,9 @@ __all__ = [
     "parse_token_response",
     "pull_scope",
     "read_bounded",
+    "Resolver",
+    "resolve_host",
+    "resolves_internal",
     "token_url",
 ]
 
@@ -237,6 +242,31 @@ def is_internal_host(host: str) -> bool:
         or address.is_unspecified
         or address.is_multicast
     )
+
+
+# Host name -> the addresses it resolves to (empty when it does not resolve).
+Resolver = Callable[[str], Awaitable[Sequence[str]]]
+
+
+async def resolve_host(host: str) -> list[str]:
+    """The addresses ``host`` resolves to, through the system resolver; empty on failure
+    (the request that follows then fails with its own, clearer error)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+    except OSError:
+        return []
+    # An IPv6 link-local address may carry its zone: "fe80::1%eth0".
+    return [str(info[4][0]).partition("%")[0] for info in infos]
+
+
+async def resolves_internal(host: str, resolve: Resolver) -> bool:
+    """Whether ``host`` is an internal address literal (``is_internal_host``) or a name
+    that resolves to at least one internal address."""
+    if is_internal_host(host):
+        return True
+    if _ip(host) is not None:
+        return False
+    return any(is_internal_host(address) for address in await resolve(host))
 
 
 def matches_insecure(authority: str, insecure: Iterable[str]) -> bool:

@@ -34,6 +34,7 @@ from ._auth import (
     BodyTooLarge,
     Challenge,
     ChallengeError,
+    Resolver,
     TokenCache,
     basic_authorization,
     check_credential_destination,
@@ -46,6 +47,8 @@ from ._auth import (
     matches_insecure,
     pull_scope,
     read_bounded,
+    resolve_host,
+    resolves_internal,
     token_url,
 )
 from ._config import Limits, RegistryOptions
@@ -102,11 +105,13 @@ class RegistryClient:
         limits: Limits,
         verified: httpx.AsyncClient,
         unverified: httpx.AsyncClient,
+        resolve: Resolver = resolve_host,
     ) -> None:
         self._options = options
         self._limits = limits
         self._verified = verified
         self._unverified = unverified
+        self._resolve = resolve
         self._endpoints: dict[str, _Endpoint] = {}
         self._endpoint_lock = trio.Lock()
         self._challenges: dict[str, Challenge | None] = {}
@@ -121,13 +126,15 @@ class RegistryClient:
         limits: Limits,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolve: Resolver = resolve_host,
     ) -> AsyncIterator[RegistryClient]:
-        """Open the clients; ``transport`` replaces the network (tests: MockTransport)."""
+        """Open the clients; ``transport`` replaces the network and ``resolve`` the name
+        lookups of the credential checks (tests: MockTransport and a table)."""
         async with (
             open_client(options, limits, verify=True, transport=transport) as verified,
             open_client(options, limits, verify=False, transport=transport) as unverified,
         ):
-            yield cls(options, limits, verified, unverified)
+            yield cls(options, limits, verified, unverified, resolve)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -357,11 +364,7 @@ class RegistryClient:
                         f" {url.host}: {reason}",
                         ref=str(ref),
                     )
-            elif is_internal_host(url.host) and not is_internal_host(host_of(authority)):
-                raise AuthError(
-                    f"{authority} named a token service on the private address {url.host}; refused",
-                    ref=str(ref),
-                )
+            await self._refuse_internal_realm(ref, url, authority)
             token = await fetch_token(
                 self._client_for(url),
                 url,
@@ -371,6 +374,21 @@ class RegistryClient:
             )
             self._tokens.put(key, token)
             return f"Bearer {token.value}"
+
+    async def _refuse_internal_realm(self, ref: Reference, url: httpx.URL, authority: str) -> None:
+        """A registry that is not on a private address may not send us (with or without
+        credentials) to a token service that is on one, by address or by name: that is
+        how a registry would reach a cloud metadata service or an internal host."""
+        if not await resolves_internal(url.host, self._resolve):
+            return
+        if await resolves_internal(host_of(authority), self._resolve):
+            return
+        raise AuthError(
+            f"{authority} named a token service on the private address {url.host}"
+            + ("" if is_internal_host(url.host) else " (by what the name resolves to)")
+            + "; refused",
+            ref=str(ref),
+        )
 
     def _client_for(self, url: httpx.URL) -> httpx.AsyncClient:
         """Unverified TLS only for hosts the user listed as insecure."""

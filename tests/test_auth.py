@@ -24,6 +24,8 @@ from stages._auth import (
     matches_insecure,
     parse_challenges,
     parse_token_response,
+    resolve_host,
+    resolves_internal,
     token_url,
 )
 from stages._config import Credentials, Limits
@@ -182,6 +184,30 @@ def test_host_helpers() -> None:
     assert is_internal_host("10.1.2.3") and is_internal_host("169.254.169.254")
     assert is_internal_host("fe80::1") and is_internal_host("192.168.0.1")
     assert not is_internal_host("8.8.8.8") and not is_internal_host("auth.docker.io")
+
+
+async def test_resolves_internal() -> None:
+    looked_up: list[str] = []
+
+    async def resolve(host: str) -> list[str]:
+        looked_up.append(host)
+        return {"meta.example": ["8.8.8.8", "169.254.169.254"], "pub.example": ["8.8.4.4"]}.get(
+            host, []
+        )
+
+    assert await resolves_internal("10.0.0.1", resolve)
+    assert not await resolves_internal("8.8.8.8", resolve)
+    assert looked_up == []  # address literals are not looked up
+    assert await resolves_internal("meta.example", resolve)  # one internal address is enough
+    assert not await resolves_internal("pub.example", resolve)
+    assert not await resolves_internal("nowhere.example", resolve)  # does not resolve
+    assert await resolves_internal("localhost", resolve)
+    assert looked_up == ["meta.example", "pub.example", "nowhere.example"]
+
+
+async def test_resolve_host_uses_the_system_resolver() -> None:
+    # localhost is in every /etc/hosts, so this asks no DNS server.
+    assert "127.0.0.1" in await resolve_host("localhost")
 
 
 @pytest.mark.parametrize(

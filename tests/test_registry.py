@@ -121,10 +121,24 @@ class FakeRegistry:
         ]
 
 
+def _resolver(table: dict[str, list[str]]) -> Callable[[str], Any]:
+    """Name lookups from ``table`` (unknown names do not resolve): no DNS in these tests."""
+
+    async def resolve(host: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return table.get(host, [])
+
+    return resolve
+
+
 def _client(fake: FakeRegistry, **options: Any) -> Any:
     limits = options.pop("limits", Limits())
+    names = options.pop("names", {})
     return RegistryClient.open(
-        RegistryOptions(**options), limits, transport=httpx.MockTransport(fake)
+        RegistryOptions(**options),
+        limits,
+        transport=httpx.MockTransport(fake),
+        resolve=_resolver(names),
     )
 
 
@@ -263,6 +277,36 @@ async def test_credentials_not_sent_to_plain_http_or_private_realm() -> None:
     async with _client(fake) as client:
         with pytest.raises(AuthError, match="private address"):
             await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+
+
+@pytest.mark.parametrize("credentials", [CREDS, None], ids=["with credentials", "anonymous"])
+async def test_realm_name_resolving_to_a_private_address_is_refused(
+    credentials: Credentials | None,
+) -> None:
+    # A public registry names a token service whose name resolves to the cloud metadata
+    # address: nothing may go there, credentials or not.
+    fake = FakeRegistry(challenge='Bearer realm="https://auth.example/token",service="x"')
+    names = {"reg.example": ["93.184.216.34"], "auth.example": ["169.254.169.254"]}
+    with trio.fail_after(5):
+        async with _client(fake, credentials=credentials, names=names) as client:
+            with pytest.raises(AuthError, match=r"auth\.example \(by what the name resolves to\)"):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert fake.tokens_issued == 0
+    assert not fake.paths("auth.example")
+
+
+async def test_realm_on_a_private_address_is_allowed_for_a_registry_on_one() -> None:
+    # An internal registry (its name resolves to a private address) with an internal
+    # token service: the normal case inside a company network.
+    fake = FakeRegistry(challenge='Bearer realm="https://auth.example/token",service="x"')
+    names = {"reg.example": ["10.0.0.2"], "auth.example": ["10.0.0.3"]}
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS, names=names) as client:
+            body, _ = await client.get_bytes(
+                REF, "manifests", "latest", accept=None, max_bytes=1000
+            )
+    assert body == MANIFEST
+    assert fake.tokens_issued == 1
 
 
 async def test_unparseable_challenge() -> None:
