@@ -11,6 +11,10 @@ attempt today; the retry policy of a later issue wraps that call in a loop that 
 and starts the next attempt at ``transfer.received`` with a ``Range`` request, which
 ``stream_blob(offset=...)`` already supports. The consumers downstream never see the
 seam: they receive the bytes once, in order.
+
+A body that arrives but too slowly (a byte now and then, each just inside the read
+timeout) is ended by ``_check_rate``: fewer than ``Limits.min_transfer_bytes_per_s`` on
+average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailable``.
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ class _Transfer:
     started: float
     received: int = 0
     reported_at: float = 0.0  # when the last progress event went out
+    # The window of the slow-transfer check: when it opened, bytes received by then, and
+    # the seconds since then that sending downstream waited (not the network's fault).
+    window_started: float = 0.0
+    window_received: int = 0
+    window_waited_s: float = 0.0
 
 
 # Progress events per layer at most this often (and once at the end): a display needs
@@ -87,7 +96,8 @@ async def blob_stream(
 
     Raises ``SizeMismatch`` (more bytes than the descriptor's size, or a
     ``Content-Length`` that says so up front), ``Truncated`` (the body ended or broke
-    early), ``RegistryUnavailable`` (the connection failed mid-body), or what
+    early), ``RegistryUnavailable`` (the connection failed mid-body, or the body came
+    slower than ``limits.min_transfer_bytes_per_s``), or what
     ``stream_blob`` raises for the request itself; each names ``ref`` and the digest.
     """
     clock = clock if clock is not None else NetworkClock()
@@ -113,11 +123,13 @@ async def _attempt(
     try:
         async with source.stream_blob(ref, layer.digest, offset=offset) as response:
             _check_content_length(response, ref_text, layer, offset)
+            _open_window(transfer, time.perf_counter())
             # Leaving this loop early (too long, cancelled) abandons httpx's nested async
             # generators; trio closes them and warns (ResourceWarning). stream_blob's exit
             # closes the response, so no connection leaks; aclosing() here would only
             # close the outermost generator.
             async for data in response.aiter_raw():
+                _check_rate(transfer, limits, layer, ref_text, len(data))
                 for chunk in _pieces(data, limits.chunk_size):
                     await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
     except httpx.RemoteProtocolError as exc:
@@ -175,7 +187,9 @@ async def _pass_on(
         )
     if not clock.first_byte_s:
         clock.first_byte_s = time.perf_counter() - transfer.started
+    waiting = time.perf_counter()
     await send.send(chunk)
+    transfer.window_waited_s += time.perf_counter() - waiting
     transfer.received = received
     if progress is not None:
         now = time.perf_counter()
@@ -184,6 +198,40 @@ async def _pass_on(
             progress(
                 ProgressEvent("layer-downloading", ref_text, str(layer.digest), received, size)
             )
+
+
+def _open_window(transfer: _Transfer, now: float) -> None:
+    transfer.window_started = now
+    transfer.window_received = transfer.received
+    transfer.window_waited_s = 0.0
+
+
+def _check_rate(
+    transfer: _Transfer, limits: Limits, layer: Descriptor, ref_text: str, arriving: int
+) -> None:
+    """Fail the transfer if, over a whole window of network time, fewer bytes arrived
+    than ``limits.min_transfer_bytes_per_s`` asks; otherwise open a new window when one
+    is complete. Runs as each read arrives (``arriving`` bytes, not yet counted), so a
+    drip is caught at its next byte; a body that stops altogether ends at the read
+    timeout instead."""
+    minimum = limits.min_transfer_bytes_per_s
+    if minimum <= 0:
+        return
+    now = time.perf_counter()
+    network_s = now - transfer.window_started - transfer.window_waited_s
+    if network_s < limits.transfer_window_s:
+        return
+    got = transfer.received + arriving - transfer.window_received
+    if got < minimum * network_s:
+        raise RegistryUnavailable(
+            f"the download of layer {layer.digest} is too slow: {got} bytes in the last "
+            f"{network_s:.0f} s ({got / network_s:.0f} B/s, the minimum is {minimum} B/s; "
+            f"{transfer.received} of {layer.size} bytes so far); the registry or the "
+            f"network is stalling, pull again",
+            ref=ref_text,
+            digest=str(layer.digest),
+        )
+    _open_window(transfer, now)
 
 
 def _check_content_length(

@@ -76,5 +76,11 @@ class Limits:
     max_zstd_window_bytes: int = 128 * MiB
     connect_timeout_s: float = 30.0
     read_timeout_s: float = 60.0
+    # A blob body arriving slower than this on average over a window fails the layer with
+    # RegistryUnavailable: a server that drips a byte just inside the read timeout would
+    # otherwise hold the pull for ever (RELIABILITY.md, "slow drip"). Time the download
+    # spent waiting for the stages downstream does not count. 0 turns the check off.
+    min_transfer_bytes_per_s: int = 1024
+    transfer_window_s: float = 60.0
     # Redirect hops followed by hand for one blob before giving up.
     max_redirects: int = 5

@@ -235,3 +235,77 @@ async def test_send_channel_is_closed_on_failure_too() -> None:
     assert b"".join(received) == BLOB[:2000]
     assert max(map(len, received)) <= LIMITS.chunk_size
     receive.close()
+
+
+# --- the slow-transfer check ------------------------------------------------------------
+
+
+class Drip(httpx.AsyncByteStream):
+    """``data`` a few bytes at a time, ``gap`` seconds apart: each gap far inside any read
+    timeout, the whole far too slow."""
+
+    def __init__(self, data: bytes, step: int, gap: float) -> None:
+        self.data, self.step, self.gap = data, step, gap
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), self.step):
+            await trio.sleep(self.gap)
+            yield self.data[start : start + self.step]
+
+
+def dripping(data: bytes, step: int, gap: float) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(200, stream=Drip(data, step, gap))
+
+
+@abandons_generators
+async def test_slow_drip_fails_after_one_window() -> None:
+    # 10 bytes every 20 ms is 500 B/s against a minimum of 10 kB/s over 0.3 s.
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=2, min_transfer_bytes_per_s=10_000, transfer_window_s=0.3
+    )
+    started = trio.current_time()
+    async with source_for(dripping(BLOB, 10, 0.02)) as source:
+        chunks, _, _, error = await run_stage(source, limits=limits)
+    assert isinstance(error, RegistryUnavailable)
+    assert "too slow" in str(error) and "minimum is 10000 B/s" in str(error)
+    assert str(LAYER.digest) in str(error)
+    # It stopped after about one window, long before the drip would have ended (4 s).
+    assert trio.current_time() - started < 2.0
+    assert len(b"".join(chunks)) < len(BLOB)
+
+
+async def test_no_minimum_means_no_check() -> None:
+    data = BLOB[:300]
+    layer = Descriptor(
+        MediaType.OCI_LAYER_GZIP, Digest.from_hex(hashlib.sha256(data).hexdigest()), len(data)
+    )
+    limits = Limits(chunk_size=1024, min_transfer_bytes_per_s=0, transfer_window_s=0.05)
+    async with source_for(dripping(data, 10, 0.01)) as source:
+        chunks, _, _, error = await run_stage(source, layer, limits)
+    assert error is None and b"".join(chunks) == data
+
+
+async def test_a_slow_consumer_is_not_a_slow_transfer() -> None:
+    # The body is all there at once; the consumer takes 30 ms per chunk, so the whole
+    # takes about 0.3 s: 33 kB/s, under the 1 MB/s minimum. But the download only waited
+    # for the consumer, which is not the network's fault.
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=0, min_transfer_bytes_per_s=1_000_000, transfer_window_s=0.1
+    )
+    received: list[bytes] = []
+    send, receive = trio.open_memory_channel[bytes](0)
+
+    async def slow_consumer() -> None:
+        async with receive:
+            async for chunk in receive:
+                received.append(chunk)
+                await trio.sleep(0.03)
+
+    pieces = [BLOB[i : i + 1000] for i in range(0, len(BLOB), 1000)]
+    respond = lambda request: httpx.Response(200, stream=Body(pieces))  # noqa: E731
+    async with source_for(respond) as source:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow_consumer)
+                await blob_stream(source, REF, LAYER, limits, send, None)
+    assert b"".join(received) == BLOB

@@ -409,6 +409,30 @@ async def test_config_whose_diff_ids_do_not_match(
     assert image.layers[1].digest not in blob_names(tmp_path / "s")
 
 
+async def test_a_registry_that_drips_is_given_up_on(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # The proxy passes 100 kB/s, in bursts: never silent long enough for a read timeout,
+    # far below the minimum rate asked for here. The pull fails within seconds, as a
+    # registry problem that names the layer, with nothing of it in the store.
+    image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024, compressions=("none",))
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=100_000)
+    limits = pipeline.Limits(min_transfer_bytes_per_s=1_000_000, transfer_window_s=1.0)
+
+    with trio.fail_after(30):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    layer = image.layers[0]
+    assert "too slow" in message and layer.digest in message
+    assert layer.digest not in blob_names(tmp_path / "s")
+
+
 async def test_truncated_gzip_stream(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
