@@ -14,7 +14,8 @@ The promise (RELIABILITY.md): a blob appears in ``blobs/`` only after its digest
 verified, through ``os.replace`` of an fsynced file followed by an fsync of the directory.
 A layer counts as committed only when its database row exists too, and the row is written
 after the rename, so a crash in between leaves a verified blob that is simply downloaded
-again. ``index.json`` is the last thing an image pull writes.
+again. ``index.json`` is the last thing an image pull writes; a crash just before leaves
+the image in the database only, and the next ``Store.open`` writes its entry from there.
 
 Every method is synchronous and opens its own short-lived sqlite3 connection: a sqlite3
 connection belongs to the thread that made it, and ``pipeline._pull`` calls these methods
@@ -410,6 +411,8 @@ class Store:
                 self._init_db()
                 if not (path / INDEX_FILE).exists():
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
+                else:
+                    self._repair_index()
                 layout = path / LAYOUT_FILE
                 if layout.exists():
                     self._check_layout(layout)
@@ -419,6 +422,56 @@ class Store:
                     log.info("store created", store=str(path))
                 _fsync_dir(path / BLOBS_DIR)
                 _fsync_dir(path)
+
+    def _repair_index(self) -> None:
+        """Give every reference of the database its index.json entry. Caller holds the lock.
+
+        ``record_image`` commits the database, then writes index.json; a process killed in
+        between leaves a reference that ``images`` lists but OCI tools cannot see (or see
+        at its previous image). The database is the record, so the entry is written again
+        from it. Entries other tools added to index.json are left alone.
+        """
+        with self._db() as conn:
+            rows = conn.execute(
+                """SELECT r.name, i.oci_manifest_digest, i.manifest_digest, i.platform
+                   FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest"""
+            ).fetchall()
+        if not rows:
+            return
+        index = self._read_index()
+        listed = {
+            m["annotations"].get(_oci.REF_NAME_ANNOTATION): m.get("digest")
+            for m in index.get("manifests") or []
+            if isinstance(m, dict) and isinstance(m.get("annotations"), dict)
+        }
+        repaired = []
+        for name, oci_digest, manifest_digest, platform in rows:
+            if listed.get(name) == oci_digest:
+                continue
+            digest = Digest.parse(oci_digest)
+            try:
+                size = self._blob_path(digest).stat().st_size
+            except FileNotFoundError:  # removed by hand: nothing to list; a pull restores it
+                log.warning(
+                    "manifest blob missing", store=str(self.path), ref=name, digest=oci_digest
+                )
+                continue
+            entry = _oci.index_entry(
+                digest=digest,
+                size=size,
+                platform=Platform.parse(platform),
+                ref_name=name,
+                original=None if manifest_digest == oci_digest else Digest.parse(manifest_digest),
+            )
+            index = _oci.index_with_entry(index, entry)
+            repaired.append(name)
+        if repaired:
+            self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
+            log.warning(
+                "index.json repaired: a pull was interrupted after recording its image",
+                store=str(self.path),
+                refs=repaired,
+            )
 
     def _sweep_ingest(self) -> None:
         """Remove partial files left by processes that died (killed mid-download).

@@ -520,6 +520,43 @@ def test_retag_replaces_entry_and_keeps_others(tmp_path: Path) -> None:
     assert len(records) == 2
 
 
+def test_open_repairs_index_json_left_behind_by_a_crash(tmp_path: Path) -> None:
+    # record_image commits the database, then writes index.json: a process killed in
+    # between leaves index.json as it was. Simulated by writing the earlier file back.
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP, content=b"one\n")
+    stale = read_index(store)  # APP at its first image, no ALPINE yet
+    foreign = {"mediaType": MediaType.OCI_MANIFEST, "digest": "sha256:" + "f" * 64, "size": 1}
+    stale["manifests"].append(foreign)
+    second = pull_into(store, APP, content=b"two\n")
+    pull_into(store, ALPINE, docker=True, platform=ARM64)
+    good = entries_by_name(store)
+    (store.path / "index.json").write_text(json.dumps(stale))
+
+    reopened = Store.open(store.path)
+
+    entries = entries_by_name(reopened)
+    assert entries == good  # APP at its second image, ALPINE listed, converted, arm64/v8
+    assert entries[str(APP)]["digest"] == str(second.manifest_digest)
+    assert foreign in read_index(reopened)["manifests"]  # another tool's entry stays
+    # Nothing left to repair: opening again does not rewrite the file.
+    repaired = (store.path / "index.json").read_bytes()
+    Store.open(store.path)
+    assert (store.path / "index.json").read_bytes() == repaired
+
+
+def test_open_skips_a_reference_whose_manifest_blob_is_gone(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP)
+    entry = entries_by_name(store)[str(APP)]
+    (store.path / "blobs" / "sha256" / entry["digest"].removeprefix("sha256:")).unlink()
+    (store.path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": []}))
+
+    reopened = Store.open(store.path)  # opens; the entry cannot be listed without its blob
+
+    assert entries_by_name(reopened) == {}
+
+
 def test_pull_by_digest_and_index(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     tagged = pull_into(store, APP, with_index=True)
