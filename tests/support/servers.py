@@ -278,6 +278,19 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
+    @contextlib.contextmanager
+    def running(self, name: str) -> Iterator[str]:
+        """Serve from a daemon thread called ``name``; yield the base URL; on exit, stop
+        serving, close the socket and wait for the thread."""
+        thread = threading.Thread(target=self.serve_forever, name=name, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{self.server_address[1]}"
+        finally:
+            self.shutdown()
+            self.server_close()
+            thread.join(timeout=5)
+
 
 @contextlib.contextmanager
 def run_fixture_server() -> Iterator[FixtureServer]:
@@ -285,15 +298,9 @@ def run_fixture_server() -> Iterator[FixtureServer]:
     state = FixtureServer()
     state.route("/v2/", Reply.json({}, headers={"Docker-Distribution-API-Version": "registry/2.0"}))
     httpd = LoopbackHTTPServer(("127.0.0.1", 0), _fixture_handler(state))
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, name="fixture-server", daemon=True)
-    thread.start()
-    try:
+    with httpd.running("fixture-server") as url:
+        state.url = url
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 # --- proxy -----------------------------------------------------------------------------

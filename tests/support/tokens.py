@@ -360,12 +360,6 @@ def run_token_server(
             _cert_der=cert_der,
         )
         httpd = LoopbackHTTPServer(("127.0.0.1", 0), _handler(state))
-        state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        thread = threading.Thread(target=httpd.serve_forever, name="token-server", daemon=True)
-        thread.start()
-        try:
+        with httpd.running("token-server") as url:
+            state.url = url
             yield state
-        finally:
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
