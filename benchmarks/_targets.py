@@ -110,13 +110,13 @@ def _verdict(
     bound: float | None = None,
     evidence: str = "",
 ) -> Verdict:
-    """Compare ``measured`` with ``allowed`` (both rounded to ``digits``); below ``bound``
-    the target is impossible here."""
+    """Met when ``measured`` is within ``allowed``, both rounded to the ``digits`` shown
+    (fetched ÷ unique counts to 3 decimals); impossible here when the exact ``allowed``
+    is below ``bound`` (rounding must not turn "not met" into "impossible")."""
     if allowed is None or measured is None:
         return Verdict(target, "-", "-", "not measured")
-    allowed, measured = round(allowed, digits), round(measured, digits)
     shown = (f"{allowed:.{digits}f} {unit}".strip(), f"{measured:.{digits}f} {unit}".strip())
-    if measured <= allowed:
+    if round(measured, digits) <= round(allowed, digits):
         return Verdict(target, *shown, "met")
     if bound is not None and allowed < bound:
         return Verdict(target, *shown, "impossible here", evidence)

@@ -138,3 +138,16 @@ def test_concurrent_targets() -> None:
     verdicts = _by_target(results)
     assert verdicts["8 concurrent: at most 1 GET per layer"]["verdict"] == "not met"
     assert verdicts["8 concurrent: wall ≤ 1.2x union once"]["verdict"] == "not met"
+
+
+def test_rounding_never_decides_impossible() -> None:
+    # 0.4 x naive allows 1.0524 s, shown as 1.05; the least possible is 1.0520 s, also
+    # shown as 1.05. The exact values decide: possible, so "not met", not "impossible".
+    results = _results(ours_app=1.2)
+    results["single"]["app"]["naive"] = [_run(2.631)]
+    bound = _targets.lower_bounds(results, "app")
+    assert bound is not None and bound["wall_s"] == pytest.approx(1.05)
+    results["stack_startup_s"] = 0.2 + (1.052 - bound["wall_s"])
+    verdict = _by_target(results)["app wall ≤ 0.4x naive"]
+    assert verdict["allowed"] == "1.05 s"
+    assert verdict["verdict"] == "not met"
