@@ -453,7 +453,10 @@ class Store:
                 size = self._blob_path(digest).stat().st_size
             except FileNotFoundError:  # removed by hand: nothing to list; a pull restores it
                 log.warning(
-                    "manifest blob missing", store=str(self.path), ref=name, digest=oci_digest
+                    f"cannot list {name} in index.json: its manifest blob is missing from "
+                    "the store; pull it again",
+                    store=str(self.path),
+                    digest=oci_digest,
                 )
                 continue
             entry = _oci.index_entry(
