@@ -5,6 +5,8 @@ set of processes whose session id is its pid: the sampler sums their RSS every
 ``interval`` seconds (this kernel has no ``/proc/PID/task/TID/children``). CPU comes from
 ``os.wait4``: the child's rusage includes every descendant it waited for, so worker
 processes count. The registry's CPU is the delta of its ``/proc/PID/stat`` utime+stime.
+The whole machine's busy and idle core-seconds (``/proc/stat``) over the run say how much
+of the cores the run left unused: what better overlap could still win.
 Each run has a deadline: on expiry the session is killed and the run marked timed out.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 __all__ = [
     "RunResult",
     "drop_caches",
+    "machine_cpu_seconds",
     "proc_cpu_seconds",
     "proc_write_bytes",
     "run_measured",
@@ -52,6 +55,9 @@ class RunResult:
     returncode: int | None
     timed_out: bool = False
     harness_cpu_s: float = 0.0  # this process (proxy threads, sampler) during the run
+    # core-seconds during the run, all processes: busy (anyone's) and idle (incl. iowait)
+    machine_busy_s: float = 0.0
+    machine_idle_s: float = 0.0
     stdout: str = field(default="", repr=False)
     stderr_tail: str = field(default="", repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +87,15 @@ def proc_write_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, idle) core-seconds since boot over all CPUs, from ``/proc/stat``; idle counts
+    iowait, busy everything else (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / _TICK, idle / _TICK
 
 
 def _sample_session(sid: int, cpu: dict[int, float]) -> int:
@@ -126,6 +141,7 @@ def run_measured(
 ) -> RunResult:
     """Run ``argv`` to completion (or ``timeout``) and measure it."""
     reg0 = proc_cpu_seconds(registry_pid) if registry_pid else 0.0
+    busy0, idle0 = machine_cpu_seconds()
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     with (
         tempfile.TemporaryFile() as out,
@@ -167,6 +183,7 @@ def run_measured(
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
     self1 = resource.getrusage(resource.RUSAGE_SELF)
+    busy1, idle1 = machine_cpu_seconds()
     reg1 = proc_cpu_seconds(registry_pid) if registry_pid else 0.0
     # wait4 counts the descendants the tool reaped; worker processes that were never
     # reaped (killed at exit, or reparented) are only in the samples: take the larger.
@@ -185,6 +202,8 @@ def run_measured(
         returncode=process.returncode,
         timed_out=timed_out,
         harness_cpu_s=(self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime),
+        machine_busy_s=busy1 - busy0,
+        machine_idle_s=idle1 - idle0,
         stdout=stdout,
         stderr_tail="\n".join(stderr.splitlines()[-15:]),
         extra={"cpu_waited_s": waited_cpu, "cpu_sampled_s": sampled, "processes": len(sampled_cpu)},

@@ -34,6 +34,9 @@ def stats(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         "registry_cpu": statistics.median(r["registry_cpu_s"] for r in ok),
         "harness_cpu": statistics.median(r.get("harness_cpu_s", 0.0) for r in ok),
         "peak_rss": statistics.median(r["peak_rss"] for r in ok),
+        # runs recorded before the harness measured the machine have neither field
+        "machine_busy": statistics.median(r.get("machine_busy_s", 0.0) for r in ok),
+        "machine_idle": statistics.median(r.get("machine_idle_s", 0.0) for r in ok),
         "median_run": closest,
     }
 

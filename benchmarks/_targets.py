@@ -17,12 +17,14 @@ built only from things measured in the same run, each of them optimistic:
 
 So ``wall >= start-up + max((work CPU + registry CPU) / cores, largest stage, disk)`` and
 ``CPU >= start-up CPU + work CPU``. A target below its bound is reported as impossible
-here, with both numbers; one above it but not reached is simply not met.
+here, with both numbers; one above it but not reached is simply not met. A wall target
+not met also says how busy the machine's cores were during our pulls: idle core-seconds
+are all that better overlap could win; the rest needs less CPU (ours or the registry's).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ._report import stats
@@ -132,12 +134,27 @@ def _wall_verdict(
 ) -> Verdict:
     """Our median wall on ``name`` against ``allowed``, with the image's wall bound."""
     ours, bound = _ours(results, name), lower_bounds(results, name)
-    return _verdict(
+    verdict = _verdict(
         target,
         allowed,
         ours["wall"] if ours else None,
         bound=bound["wall_s"] if bound else None,
         evidence=_wall_evidence(bound),
+    )
+    if verdict.verdict != "not met" or ours is None or bound is None:
+        return verdict
+    return replace(verdict, evidence=f"{verdict.evidence}; {_headroom(ours, bound['cores'])}")
+
+
+def _headroom(ours: dict[str, Any], cores: float) -> str:
+    """How much of the cores our (median) pulls left idle; empty for runs that predate
+    the machine measurement."""
+    busy, idle = ours["machine_busy"], ours["machine_idle"]
+    if busy + idle <= 0:
+        return ""
+    return (
+        f"during our pulls the cores were {busy / (busy + idle):.0%} busy: better overlap "
+        f"could save at most {idle / cores:.2f} s ({idle:.2f} idle core-s ÷ {cores:.0f})"
     )
 
 
