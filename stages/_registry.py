@@ -13,8 +13,8 @@ never leaks a pool slot.
 
 Scheme rules (docker's): https with verification; a registry listed with
 ``--insecure-registry`` gets https without verification, then plain http; a loopback
-registry gets verified https, then plain http only if the server does not speak TLS
-(an untrusted certificate is an error that points at ``--ca-file``). No other downgrade.
+registry gets verified https if the server speaks TLS (an untrusted certificate is an
+error that points at ``--ca-file``), plain http if it does not. No other downgrade.
 """
 
 from __future__ import annotations
@@ -242,36 +242,26 @@ class RegistryClient:
 
     async def _discover(self, ref: Reference, authority: str) -> _Endpoint:
         insecure = matches_insecure(authority, self._options.insecure_registries)
-        loopback = is_loopback_host(host_of(authority))
         attempts: list[tuple[str, bool]]
         if insecure:
             attempts = [("https", False), ("http", False)]
-        elif loopback:
-            attempts = [("https", True), ("http", True)]
+        elif is_loopback_host(host_of(authority)):
+            attempts = [("https" if await self._speaks_tls(ref, authority) else "http", True)]
         else:
             attempts = [("https", True)]
         for index, (scheme, verify) in enumerate(attempts):
             base_url = httpx.URL(f"{scheme}://{authority}")
-            last = index + 1 == len(attempts)
-            # A plain-HTTP server on loopback may sit silently on a TLS ClientHello
-            # (waiting for a request head): the https probe gets a short handshake budget.
-            probe = loopback and scheme == "https" and not last
             try:
-                challenge = await self._ping(ref, base_url, verify, probe=probe)
+                challenge = await self._ping(ref, base_url, verify)
             except httpx.HTTPError as exc:
-                if insecure:
-                    fallback = isinstance(
-                        exc,
-                        httpx.ConnectError
-                        | httpx.ConnectTimeout
-                        | httpx.ProtocolError
-                        | httpx.ReadError,
-                    )
-                else:
-                    fallback = tls_failure(exc) == "protocol" or (
-                        probe and isinstance(exc, httpx.ConnectTimeout)
-                    )
-                if fallback and not last:
+                fallback = isinstance(
+                    exc,
+                    httpx.ConnectError
+                    | httpx.ConnectTimeout
+                    | httpx.ProtocolError
+                    | httpx.ReadError,
+                )
+                if fallback and index + 1 < len(attempts):
                     log.debug(
                         "registry endpoint failed, trying the next",
                         registry=authority,
@@ -285,23 +275,45 @@ class RegistryClient:
             return _Endpoint(authority, base_url, verify)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _ping(
-        self, ref: Reference, base_url: httpx.URL, verify: bool, *, probe: bool = False
-    ) -> Challenge | None:
-        """``GET /v2/``: 200 (no auth) or 401 with the challenge we will answer.
+    async def _speaks_tls(self, ref: Reference, authority: str) -> bool:
+        """Whether a loopback registry answers TLS, asked without verification: an
+        anonymous ``GET /v2/`` whose answer is dropped, connected within
+        ``LOOPBACK_TLS_PROBE_S``.
 
-        ``probe``: connect (TCP and TLS handshake) within ``LOOPBACK_TLS_PROBE_S``.
+        The real requests verify: a TLS registry with an untrusted certificate is still
+        refused, and a plain-HTTP one (the usual registry on loopback) never makes the
+        pull load the system's CA store (``DeferredTrustContext``).
         """
+        base_url = httpx.URL(f"https://{authority}")
+        timeout = self._unverified.timeout
+        timeout = httpx.Timeout(
+            connect=min(self._limits.connect_timeout_s, LOOPBACK_TLS_PROBE_S),
+            read=timeout.read,
+            write=timeout.write,
+            pool=timeout.pool,
+        )
+        try:
+            async with self._unverified.stream("GET", base_url.join("/v2/"), timeout=timeout):
+                return True
+        except httpx.HTTPError as exc:
+            failure = tls_failure(exc)
+            if failure == "verify":  # only a verifying transport says so; TLS it is
+                return True
+            # A plain-HTTP server fails the handshake or, waiting for a request head,
+            # never answers the ClientHello.
+            if failure == "protocol" or isinstance(exc, httpx.ConnectTimeout):
+                log.debug(
+                    "registry endpoint does not speak TLS, using plain http",
+                    registry=authority,
+                    error=describe_error(exc),
+                )
+                return False
+            raise self._transport_error(exc, ref, base_url, "the API check /v2/", None) from exc
+
+    async def _ping(self, ref: Reference, base_url: httpx.URL, verify: bool) -> Challenge | None:
+        """``GET /v2/``: 200 (no auth) or 401 with the challenge we will answer."""
         client = self._verified if verify else self._unverified
-        timeout = client.timeout
-        if probe:
-            timeout = httpx.Timeout(
-                connect=min(self._limits.connect_timeout_s, LOOPBACK_TLS_PROBE_S),
-                read=timeout.read,
-                write=timeout.write,
-                pool=timeout.pool,
-            )
-        async with client.stream("GET", base_url.join("/v2/"), timeout=timeout) as response:
+        async with client.stream("GET", base_url.join("/v2/")) as response:
             if response.status_code == 200:
                 return None
             if response.status_code == 401:

@@ -16,6 +16,7 @@ import trustme
 from stages._config import Limits, RegistryOptions
 from stages._errors import UsageError
 from stages._http import (
+    DeferredTrustContext,
     LargeReadBackend,
     describe_error,
     make_ssl_context,
@@ -184,18 +185,56 @@ def test_ssl_contexts() -> None:
 def test_trusts_the_system_store_and_falls_back_to_certifi(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def loaded() -> ssl.SSLContext:
+        context = make_ssl_context(RegistryOptions(), verify=True)
+        assert isinstance(context, DeferredTrustContext)
+        context.load_trust()
+        return context
+
     system = ssl.create_default_context().cert_store_stats()["x509_ca"]
     if system:  # the system's CAs alone, not certifi's on top
-        assert make_ssl_context(RegistryOptions(), verify=True).cert_store_stats() == (
-            ssl.create_default_context().cert_store_stats()
-        )
+        assert loaded().cert_store_stats() == ssl.create_default_context().cert_store_stats()
     # A system without a store (OpenSSL reads these variables at load time): certifi's.
     empty = tmp_path / "empty.pem"
     empty.write_text("")
     monkeypatch.setenv("SSL_CERT_FILE", str(empty))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path))
     assert ssl.create_default_context().cert_store_stats()["x509_ca"] == 0
-    assert make_ssl_context(RegistryOptions(), verify=True).cert_store_stats()["x509_ca"] > 100
+    assert loaded().cert_store_stats()["x509_ca"] > 100
+
+
+async def test_the_ca_store_is_loaded_at_the_first_verified_handshake(tmp_path: Path) -> None:
+    """Plain-HTTP requests never load it; the first TLS handshake does, then verifies with
+    it and the user's CA file (loaded at once, so a bad file fails before any request)."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    options = RegistryOptions(ca_file=ca_file)  # its own shared context, fresh in this test
+
+    async def answer(stream: trio.abc.Stream) -> None:
+        try:
+            await _read_request(stream)  # type: ignore[arg-type]
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await stream.aclose()
+        except trio.BrokenResourceError:
+            pass
+
+    async def tls(stream: trio.SocketStream) -> None:
+        await answer(trio.SSLStream(stream, server_ctx, server_side=True))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            plain_port, tls_port = await _serve(nursery, answer), await _serve(nursery, tls)
+            async with open_client(options, Limits()) as client:
+                context = shared_ssl_context(options, verify=True)
+                assert context.cert_store_stats()["x509_ca"] == 1  # the user's CA only
+                assert (await client.get(f"http://127.0.0.1:{plain_port}/")).text == "ok"
+                assert context.cert_store_stats()["x509_ca"] == 1
+                assert (await client.get(f"https://127.0.0.1:{tls_port}/")).text == "ok"
+                assert context.cert_store_stats()["x509_ca"] > 1  # system's (or certifi's)
+            nursery.cancel_scope.cancel()
 
 
 def test_unreadable_ca_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -10,12 +10,14 @@ import hashlib
 import ssl
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.lowlevel
+import trustme
 
 from stages._auth import basic_authorization
 from stages._config import Credentials, Limits, RegistryOptions
@@ -28,6 +30,7 @@ from stages._errors import (
     RegistryUnavailable,
     TooManyRequests,
 )
+from stages._http import shared_ssl_context
 from stages._manifest import resolve_image
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
@@ -870,4 +873,40 @@ async def test_loopback_server_silent_on_tls_falls_back_to_http() -> None:
                     ref, "manifests", "latest", accept=None, max_bytes=1000
                 )
             assert body == MANIFEST
+            nursery.cancel_scope.cancel()
+
+
+async def test_plain_loopback_registry_never_loads_the_ca_store(tmp_path: Path) -> None:
+    """The TLS question goes unverified, so a plain-HTTP registry on loopback answering
+    the ClientHello with an HTTP 400 (as Go's does) costs no CA store: the verifying
+    context holds only the user's CA file afterwards."""
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    options = RegistryOptions(ca_file=ca_file)  # a shared context of its own
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            request = await stream.receive_some(65536)
+            if request.startswith(b"\x16"):  # a TLS ClientHello
+                await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                return
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive_some(65536)
+            body = b"" if request.startswith(b"GET /v2/ ") else MANIFEST
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), body)
+            )
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            ref = parse_reference(f"127.0.0.1:{port}/app")
+            async with RegistryClient.open(options, Limits()) as client:
+                body, _ = await client.get_bytes(
+                    ref, "manifests", "latest", accept=None, max_bytes=1000
+                )
+            assert body == MANIFEST
+            assert shared_ssl_context(options, verify=True).cert_store_stats()["x509_ca"] == 1
             nursery.cancel_scope.cancel()
