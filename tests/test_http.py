@@ -35,7 +35,7 @@ async def _serve(nursery: trio.Nursery, handler: Handler) -> int:
     return int(listeners[0].socket.getsockname()[1])
 
 
-async def _read_request(stream: trio.SocketStream) -> bytes:
+async def _read_request(stream: trio.abc.ReceiveStream) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some(65536)
@@ -124,22 +124,33 @@ async def test_read_timeout_from_limits() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_tls_verified_with_ca_file_and_unverified_mode(tmp_path: Path) -> None:
+async def _answer_ok(stream: trio.abc.Stream) -> None:
+    """Read one request head, answer 200 "ok" and close; a client that hung up is fine."""
+    try:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await stream.aclose()
+    except trio.BrokenResourceError:
+        pass
+
+
+def _tls_server(tmp_path: Path) -> tuple[Handler, Path]:
+    """``_answer_ok`` over TLS, as 127.0.0.1 with a certificate from a new CA, and that CA
+    in a PEM file."""
     ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
 
-    async def hello(stream: trio.SocketStream) -> None:
-        tls = trio.SSLStream(stream, server_ctx, server_side=True)
-        try:
-            await _read_request(tls)  # type: ignore[arg-type]
-            await tls.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await tls.aclose()
-        except trio.BrokenResourceError:
-            pass
+    async def handler(stream: trio.SocketStream) -> None:
+        await _answer_ok(trio.SSLStream(stream, server_ctx, server_side=True))
+
+    return handler, ca_file
+
+
+async def test_tls_verified_with_ca_file_and_unverified_mode(tmp_path: Path) -> None:
+    hello, ca_file = _tls_server(tmp_path)
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -206,27 +217,12 @@ def test_trusts_the_system_store_and_falls_back_to_certifi(
 async def test_the_ca_store_is_loaded_at_the_first_verified_handshake(tmp_path: Path) -> None:
     """Plain-HTTP requests never load it; the first TLS handshake does, then verifies with
     it and the user's CA file (loaded at once, so a bad file fails before any request)."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    tls, ca_file = _tls_server(tmp_path)
     options = RegistryOptions(ca_file=ca_file)  # its own shared context, fresh in this test
-
-    async def answer(stream: trio.abc.Stream) -> None:
-        try:
-            await _read_request(stream)  # type: ignore[arg-type]
-            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await stream.aclose()
-        except trio.BrokenResourceError:
-            pass
-
-    async def tls(stream: trio.SocketStream) -> None:
-        await answer(trio.SSLStream(stream, server_ctx, server_side=True))
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            plain_port, tls_port = await _serve(nursery, answer), await _serve(nursery, tls)
+            plain_port, tls_port = await _serve(nursery, _answer_ok), await _serve(nursery, tls)
             async with open_client(options, Limits()) as client:
                 context = shared_ssl_context(options, verify=True)
                 assert context.cert_store_stats()["x509_ca"] == 1  # the user's CA only

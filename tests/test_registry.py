@@ -844,36 +844,48 @@ async def test_cancelled_streams_leak_no_connections() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_loopback_server_silent_on_tls_falls_back_to_http() -> None:
-    """A plain-HTTP loopback server (or proxy) that waits for a request head never answers
-    a ClientHello: the https probe gives up quickly and plain http is used."""
+async def _answer_plainly(stream: trio.SocketStream, request: bytes = b"") -> None:
+    """Read the rest of a request head (``request`` is what came so far); answer GET /v2/
+    with an empty 200 and anything else with ``MANIFEST``, then close."""
+    while b"\r\n\r\n" not in request:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        request += data
+    body = b"" if request.startswith(b"GET /v2/ ") else MANIFEST
+    await stream.send_all(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    )
 
-    async def handler(stream: trio.SocketStream) -> None:
-        request = b""
-        with contextlib.suppress(trio.BrokenResourceError):
-            while b"\r\n\r\n" not in request:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                request += data
-            body = b"" if request.startswith(b"GET /v2/ ") else MANIFEST
-            await stream.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (len(body), body)
-            )
 
+async def _manifest_from_loopback(
+    handler: Callable[[trio.SocketStream], Any], options: RegistryOptions, limits: Limits
+) -> bytes:
+    """The manifest ``latest`` of 127.0.0.1:PORT/app, served by ``handler`` on a port of
+    its own."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
             port = listeners[0].socket.getsockname()[1]
             ref = parse_reference(f"127.0.0.1:{port}/app")
-            limits = Limits(connect_timeout_s=0.3)
-            async with RegistryClient.open(RegistryOptions(), limits) as client:
+            async with RegistryClient.open(options, limits) as client:
                 body, _ = await client.get_bytes(
                     ref, "manifests", "latest", accept=None, max_bytes=1000
                 )
-            assert body == MANIFEST
             nursery.cancel_scope.cancel()
+    return body
+
+
+async def test_loopback_server_silent_on_tls_falls_back_to_http() -> None:
+    """A plain-HTTP loopback server (or proxy) that waits for a request head never answers
+    a ClientHello: the https probe gives up quickly and plain http is used."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await _answer_plainly(stream)
+
+    limits = Limits(connect_timeout_s=0.3)
+    assert await _manifest_from_loopback(handler, RegistryOptions(), limits) == MANIFEST
 
 
 async def test_plain_loopback_registry_never_loads_the_ca_store(tmp_path: Path) -> None:
@@ -890,23 +902,7 @@ async def test_plain_loopback_registry_never_loads_the_ca_store(tmp_path: Path) 
             if request.startswith(b"\x16"):  # a TLS ClientHello
                 await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
                 return
-            while b"\r\n\r\n" not in request:
-                request += await stream.receive_some(65536)
-            body = b"" if request.startswith(b"GET /v2/ ") else MANIFEST
-            await stream.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                % (len(body), body)
-            )
+            await _answer_plainly(stream, request)
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-            port = listeners[0].socket.getsockname()[1]
-            ref = parse_reference(f"127.0.0.1:{port}/app")
-            async with RegistryClient.open(options, Limits()) as client:
-                body, _ = await client.get_bytes(
-                    ref, "manifests", "latest", accept=None, max_bytes=1000
-                )
-            assert body == MANIFEST
-            assert shared_ssl_context(options, verify=True).cert_store_stats()["x509_ca"] == 1
-            nursery.cancel_scope.cancel()
+    assert await _manifest_from_loopback(handler, options, Limits()) == MANIFEST
+    assert shared_ssl_context(options, verify=True).cert_store_stats()["x509_ca"] == 1
