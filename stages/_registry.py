@@ -254,6 +254,7 @@ class RegistryClient:
             try:
                 challenge = await self._ping(ref, base_url, verify)
             except httpx.HTTPError as exc:
+                # Only an insecure registry has a next attempt: plain http.
                 fallback = isinstance(
                     exc,
                     httpx.ConnectError
