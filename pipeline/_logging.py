@@ -21,6 +21,11 @@ The processor chain, in order:
 
 Never use the ``a*`` methods (``ainfo`` …): they run in asyncio's executor and fail under
 trio.
+
+A layer worker process (``--layer-workers processes``) starts with structlog's defaults:
+every level, unredacted, on stdout, where ``--json`` lines go. Each worker applies the
+settings this process last configured (``current_settings``), or quiet defaults when the
+host program never called ``configure_logging``.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["LEVELS", "configure_logging", "redact_secrets"]
+__all__ = ["LEVELS", "LogSettings", "configure_logging", "current_settings", "redact_secrets"]
 
 # The names --log-level accepts, lowest first.
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -48,6 +54,27 @@ _SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "authorization", "
 # and user:password@ in URLs.
 _SCHEME_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What ``configure_logging`` was given, for another process of ours to apply: a level
+    and the renderer (``json`` as resolved for this process's stderr)."""
+
+    level: str = "warning"
+    json: bool | None = None
+
+
+class _Applied:
+    """The settings ``configure_logging`` applied last in this process; the defaults until
+    then (a library host that configures structlog its own way)."""
+
+    settings = LogSettings()
+
+
+def current_settings() -> LogSettings:
+    """The logging settings a worker process of this one should apply."""
+    return _Applied.settings
 
 
 _EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
@@ -130,6 +157,7 @@ def configure_logging(
         logger_factory=_StreamLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _Applied.settings = LogSettings(level, json)
 
 
 class _StreamLoggerFactory:

@@ -30,6 +30,7 @@ from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest, Platform
 
+from ._logging import current_settings
 from ._store import Store
 from ._workers import LayerTask, open_layer_workers, run_layer_task
 
@@ -323,6 +324,7 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
                     str(ingest.path),
                     context.registry,
                     context.limits,
+                    current_settings(),
                 )
                 verified = await run_layer_task(
                     context.workers, context.downloads, task, context.progress

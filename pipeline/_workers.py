@@ -32,6 +32,7 @@ from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest
 
 from ._allocator import tune_allocator
+from ._logging import LogSettings, configure_logging
 from ._store import Writeback
 
 if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
@@ -53,6 +54,7 @@ class LayerTask:
     ingest_path: str
     registry: RegistryOptions
     limits: Limits
+    log: LogSettings  # the parent's (``_logging.current_settings()``), on the worker's stderr
 
 
 @contextlib.asynccontextmanager
@@ -111,9 +113,11 @@ async def run_layer_task(
 def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
     """The worker's side: a trio loop of its own around the per-layer stages.
 
-    The worker is a process of ours, started fresh by the forkserver: it gets the CLI's
-    allocator setting here (see ``_allocator``), so the two modes compare fairly.
+    The worker is a process of ours, started fresh by the forkserver: it gets the parent's
+    logging settings and the CLI's allocator setting here (see ``_allocator``), so the
+    two modes compare fairly and its logs look like the parent's.
     """
+    configure_logging(level=task.log.level, json=task.log.json)
     tune_allocator()
     return trio.run(_fetch_layer, task)
 

@@ -777,6 +777,34 @@ def test_e2e_pull_json_then_up_to_date_then_list(
     assert record["index"]["manifests"][0]["digest"] in {i.digest for i in index.images}
 
 
+def test_e2e_worker_processes_log_like_the_cli(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A layer worker process logs with the CLI's settings, on stderr: stdout stays pure
+    ``--json`` lines, the default level keeps it quiet, and ``--log-level info`` shows its
+    "layer fetched" lines as JSON (stderr is a pipe here)."""
+    from tests.support import images
+
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    argv = ["pull", ref, "--json", "--layer-workers", "processes"]
+
+    quiet = run_cli(*argv, "--store", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    events = [json.loads(line)["event"] for line in quiet.stdout.splitlines()]
+    assert events.count("layer-complete") == len(image.layers)
+    assert quiet.stderr == ""
+
+    told = run_cli(*argv, "--store", str(tmp_path / "told"), "--log-level", "info")
+    assert told.returncode == 0, told.stderr
+    assert all(json.loads(line) for line in told.stdout.splitlines())
+    logged = [json.loads(line) for line in told.stderr.splitlines()]
+    fetched = [x["digest"] for x in logged if x["event"] == "layer fetched"]
+    assert sorted(fetched) == sorted(x.digest for x in image.layers)
+    assert all(x["level"] != "debug" for x in logged)
+
+
 def test_e2e_quiet_pull_by_digest(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
