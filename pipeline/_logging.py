@@ -161,17 +161,20 @@ def configure_logging(
 
 
 class _StreamLoggerFactory:
-    """PrintLoggers on ``stream``, or on whatever ``sys.stderr`` is at each log call.
+    """WriteLoggers on ``stream``, or on whatever ``sys.stderr`` is at each log call.
 
     Looking ``sys.stderr`` up late means a replaced stderr (pytest's capture, a daemon
-    redirecting it) is honoured and a closed one is never written to.
+    redirecting it) is honoured and a closed one is never written to. A WriteLogger
+    writes each line and its newline in one call: a piped stderr is unbuffered, and
+    PrintLogger's ``print`` made two writes of them, so the lines of a layer worker
+    process and of its parent ran into each other.
     """
 
     def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
 
-    def __call__(self, *args: Any) -> structlog.PrintLogger:
-        return structlog.PrintLogger(sys.stderr if self._stream is None else self._stream)
+    def __call__(self, *args: Any) -> structlog.WriteLogger:
+        return structlog.WriteLogger(sys.stderr if self._stream is None else self._stream)
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -699,6 +699,29 @@ def test_log_exceptions_without_locals() -> None:
         assert "hunter2" not in out.getvalue()
 
 
+def test_each_log_line_is_one_write() -> None:
+    """Processes that share a stderr (the CLI and its layer workers) interleave only whole
+    lines if each line, newline included, goes out in one write: a piped stderr is
+    unbuffered."""
+    from pipeline._logging import configure_logging
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return super().write(text)
+
+    out = Writes()
+    configure_logging(level="info", json=True, stream=out)
+    structlog.get_logger().info("one", n=1)
+    structlog.get_logger().info("two", n=2)
+    assert [json.loads(call)["event"] for call in out.calls] == ["one", "two"]
+    assert all(call.endswith("}\n") for call in out.calls)
+
+
 # --- end to end: `python -m pipeline._cli` against the real registry ---
 
 
