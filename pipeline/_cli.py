@@ -68,7 +68,7 @@ from ._progress import (
     to_jsonable,
 )
 from ._pull import PullOptions, pull
-from ._store import ImageRecord, Store
+from ._store import ImageRecord, Store, store_path
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -367,7 +367,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     )
     where = _doing(args)
     try:
-        store = _open_store(args.store)
+        store = Store.open(args.store)
         try:
             result = trio.run(functools.partial(pull, args.ref, store=store, options=options))
         finally:
@@ -413,22 +413,36 @@ def _failed(where: str, exc: BaseException, secret: str | None = None) -> int:
 # --- images, layers, inspect ---
 
 
-def _open_store(path: str | None) -> Store:
-    return Store.open(path)
+def _existing_store(path: str | None) -> tuple[Path, Store | None]:
+    """Where the store is, and the store for a command that only reads it: None when there
+    is none there yet. Opening would create it, so a mistyped --store would leave an
+    empty store behind."""
+    where = store_path(path)
+    return where, Store.open(where) if where.exists() else None
 
 
-def _find(store: Store, ref: str) -> ImageRecord:
+def _find(path: str | None, ref: str) -> tuple[Store, ImageRecord]:
+    where, store = _existing_store(path)
+    if store is None:
+        raise ImagecError(
+            f"no image {ref!r} in the store at {where}: there is no store there yet "
+            "(`imagec-pipe pull` creates it)",
+            ref=ref,
+        )
     record = store.find_image(ref)
     if record is None:
         raise ImagecError(
             f"no image {ref!r} in the store at {store.path}; `imagec-pipe images` lists them",
             ref=ref,
         )
-    return record
+    return store, record
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
-    records = _open_store(args.store).list_images()
+    where, store = _existing_store(args.store)
+    if store is None:
+        _error_line(f"no store at {where} yet: nothing pulled there")
+    records = [] if store is None else store.list_images()
     if args.json:
         _print_json([_image_json(r) for r in records])
         return EXIT_OK
@@ -443,8 +457,8 @@ def _cmd_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    store = _open_store(args.store)
-    layers = store.image_layers(_find(store, args.ref))
+    store, record = _find(args.store, args.ref)
+    layers = store.image_layers(record)
     if args.json:
         _print_json([to_jsonable(layer) for layer in layers])
         return EXIT_OK
@@ -463,8 +477,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    store = _open_store(args.store)
-    record = _find(store, args.ref)
+    store, record = _find(args.store, args.ref)
     out = {
         "record": _image_json(record),
         "manifest": _json_blob(store, record.manifest_digest),

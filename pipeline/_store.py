@@ -67,6 +67,7 @@ __all__ = [
     "LayerRecord",
     "Store",
     "Writeback",
+    "store_path",
 ]
 
 log = structlog.get_logger()
@@ -352,6 +353,15 @@ class Ingest:
                 log.warning("ingest file not removed", path=str(self.path), error=str(exc))
 
 
+def store_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``Store.open(path)`` opens its store: ``path``, else ``$IMAGEC_PIPE_STORE``,
+    else the per-user data directory (platformdirs) + ``/store``; absolute."""
+    if path is None:
+        env = os.environ.get(ENV_STORE)
+        path = env if env else Path(platformdirs.user_data_dir("imagec-pipe")) / "store"
+    return Path(path).expanduser().absolute()
+
+
 class Store:
     """An opened store. Create it with ``Store.open``; every method is synchronous.
 
@@ -378,10 +388,7 @@ class Store:
         (platformdirs) + ``/store``. Refuses a file, a non-empty directory that is not a
         store, and a database whose schema is newer than this version understands.
         """
-        if path is None:
-            env = os.environ.get(ENV_STORE)
-            path = env if env else Path(platformdirs.user_data_dir("imagec-pipe")) / "store"
-        store = cls(Path(path).expanduser().absolute())
+        store = cls(store_path(path))
         store._init()
         return store
 

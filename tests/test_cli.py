@@ -437,6 +437,28 @@ def test_images_on_an_empty_store(store_dir: Path, capsys: pytest.CaptureFixture
     assert json.loads(capsys.readouterr().out) == []
 
 
+def test_reading_commands_never_create_a_store(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --store lists nothing and says so, and leaves no empty store behind."""
+    from pipeline._store import Store
+
+    assert main(["images", "--store", str(store_dir)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.out.split()[:2] == ["REFERENCE", "IMAGE"]
+    assert (
+        captured.err
+        == f"imagec-pipe: no store at {store_dir.absolute()} yet: nothing pulled there\n"
+    )
+    for command in ("layers", "inspect"):
+        assert main([command, REF, "--store", str(store_dir)]) == EXIT_FAILED
+        assert "there is no store there yet" in capsys.readouterr().err
+    assert not store_dir.exists()
+    Store.open(store_dir)  # an empty store, which exists: listed without a word
+    assert main(["images", "--store", str(store_dir)]) == EXIT_OK
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("command", ["layers", "inspect"])
 @pytest.mark.parametrize(
     "ref", [REF, "sha256:0123456789ab", "0123456789abcdef", "docker.io/library/alpine"]
