@@ -154,8 +154,9 @@ async def pull(
                 downloads = trio.CapacityLimiter(options.max_concurrent_downloads)
             return await _pull(reference, store, options, downloads)
         except BaseExceptionGroup as group:
-            error = collapse_exception_group(group)
-            raise error from error.__cause__
+            failure = collapse_exception_group(group)
+        # Raised here, not in the handler: see stages/_groups.py.
+        raise failure from failure.__cause__
 
 
 async def _pull(

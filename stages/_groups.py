@@ -2,11 +2,20 @@
 
 trio nurseries raise ``ExceptionGroup``s (strict groups), but callers of ``fetch_layer``
 and ``pipeline.pull()`` get one exception from the project's tree: the root cause, the
-other failures attached as notes. Raise the result keeping the root cause's own cause::
+other failures attached as notes. Raise the result after the handler, keeping the root
+cause's own cause::
 
+    failure = None
+    try:
+        ...
     except BaseExceptionGroup as group:
-        error = collapse_exception_group(group)
-        raise error from error.__cause__
+        failure = collapse_exception_group(group)
+    if failure is not None:
+        raise failure from failure.__cause__
+
+Not inside the handler: raised there, the error takes the group as its ``__context__``
+while the group holds the error, a cycle that pickle cannot follow (it recursed until
+RecursionError when a layer worker process handed its error back to the parent).
 """
 
 from __future__ import annotations

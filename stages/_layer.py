@@ -71,6 +71,7 @@ async def fetch_layer(
     # The hash thread has a limiter of its own: it must never wait for a token held by
     # an inflate thread that is itself waiting for the hash thread to drain the pipe.
     hash_limiter = trio.CapacityLimiter(1)
+    failure: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(blob_stream, source, ref, layer, limits, chunks_send, progress, net)
@@ -89,8 +90,9 @@ async def fetch_layer(
                 )
             )
     except BaseExceptionGroup as group:
-        error = collapse_exception_group(group)
-        raise error from error.__cause__
+        failure = collapse_exception_group(group)
+    if failure is not None:  # raised here, not in the handler: see stages/_groups.py
+        raise failure from failure.__cause__
 
     if progress is not None:
         progress(ProgressEvent("layer-verifying", ref_text, digest, layer.size, layer.size))

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -605,6 +606,42 @@ async def test_a_worker_process_error_names_the_layer(
     )
 
     assert image.layers[1].digest in message
+
+
+@pytest.mark.parametrize("layer_workers", ["threads", "processes"])
+async def test_a_connection_cut_mid_layer_is_one_picklable_error(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    layer_workers: str,
+) -> None:
+    """A layer whose body stops halfway: the pull raises the RegistryUnavailable naming
+    it, in both modes. A worker process hands its error back by pickle, with the cause
+    chain (tblib, as trio-parallel does); that once recursed until RecursionError,
+    because the error's context was the group that held it."""
+    from tblib import pickling_support
+
+    image = images.sample_image(unique_seed, layer_size=1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    cut = image.layers[1]
+    via = proxy(registry)
+    half = cut.data[: len(cut.data) // 2]
+    via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, half))
+    store = Store.open(tmp_path / "s")
+
+    with pytest.raises(pipeline.RegistryUnavailable) as caught:
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1", store=store, options=options(layer_workers=layer_workers)
+        )
+
+    assert cut.digest in str(caught.value)
+    assert_store_consistent(tmp_path / "s")
+    pickling_support.install(caught.value)
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert type(again) is pipeline.RegistryUnavailable
+    assert (again.ref, again.digest) == (caught.value.ref, caught.value.digest)
 
 
 @pytest.mark.parametrize(

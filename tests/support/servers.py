@@ -106,6 +106,12 @@ class Reply:
         """A registry-style error body ``{"errors": [{code, message}]}``."""
         return cls.json({"errors": [{"code": code, "message": message or code}]}, status)
 
+    @property
+    def mismatched_length(self) -> bool:
+        """Content-Length is set and is not the body's length: close after the body."""
+        length = {k.lower(): v for k, v in self.headers.items()}.get("content-length")
+        return length is not None and int(length) != len(self.body)
+
 
 Responder = Reply | Callable[[RecordedRequest], Reply]
 
@@ -243,7 +249,7 @@ def _fixture_handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             if "content-length" not in headers and "transfer-encoding" not in headers:
                 self.send_header("Content-Length", str(len(reply.body)))
-            if "content-length" in headers and int(headers["content-length"][1]) != len(reply.body):
+            if reply.mismatched_length:
                 self.close_connection = True
                 self.send_header("Connection", "close")
             self.end_headers()
@@ -556,8 +562,8 @@ class Proxy:
                 for _ in body:  # consume and drop the request body
                     pass
                 self._answer(client, injected, write_lock, head_only=method == "HEAD")
-                if injected.close:
-                    return
+                if injected.close or injected.mismatched_length:
+                    return  # the caller closes the client connection
                 continue
             upstream.sendall(head)
             for piece in body:
