@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform",
         type=_platform,
         metavar="OS/ARCH[/VARIANT]",
-        help="platform to pick from a multi-platform image (default: this machine's)",
+        help="platform to pick from a multi-platform image (default: this machine's); "
+        "a single-platform image for another OS/ARCH is refused when this is given",
     )
     pull.add_argument(
         "--max-concurrent-downloads",

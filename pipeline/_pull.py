@@ -44,7 +44,9 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class PullOptions:
-    """How to pull. ``platform`` None means this machine's platform."""
+    """How to pull. ``platform`` None means this machine's platform, and then a
+    single-platform image for another one is pulled for what it is; a platform given is
+    required of it too (``PlatformNotFound`` otherwise, as docker refuses it)."""
 
     platform: Platform | None = None
     max_concurrent_downloads: int = 3
@@ -175,7 +177,9 @@ async def _pull(
     async with RegistryClient.open(options.registry, options.limits) as client:
         await client.authenticate(ref)
         authenticated_at = trio.current_time()
-        resolved = await resolve_image(client, ref, platform, options.limits)
+        resolved = await resolve_image(
+            client, ref, platform, options.limits, platform_asked=options.platform is not None
+        )
         resolved_at = trio.current_time()
         progress(
             ProgressEvent(

@@ -63,12 +63,20 @@ class ResolvedImage:
 
 
 async def resolve_image(
-    client: RegistryClient, ref: Reference, platform: Platform, limits: Limits
+    client: RegistryClient,
+    ref: Reference,
+    platform: Platform,
+    limits: Limits,
+    *,
+    platform_asked: bool = False,
 ) -> ResolvedImage:
     """Fetch and check what ``ref`` names: (index →) manifest → config.
 
     An index is resolved to the entry for ``platform`` (an exact variant preferred); the
-    config's ``rootfs.diff_ids`` are matched one to one with the manifest's layers.
+    config's ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A
+    single manifest is taken for the platform its config names, unless ``platform_asked``
+    (the user chose ``platform``): then another OS or architecture is refused, as docker
+    refuses it, rather than storing an image the user said they did not want.
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -135,10 +143,7 @@ async def resolve_image(
     diff_ids = _parse_diff_ids(config_doc, len(layers), where, config.digest)
     image_platform = _config_platform(config_doc)
     if chosen_platform is not None:
-        if image_platform is not None and (
-            image_platform.os != chosen_platform.os
-            or image_platform.architecture != chosen_platform.architecture
-        ):
+        if image_platform is not None and not _same_system(image_platform, chosen_platform):
             raise ManifestError(
                 f"the index lists this manifest as {chosen_platform} but its config says"
                 f" {image_platform}",
@@ -146,6 +151,15 @@ async def resolve_image(
                 digest=str(config.digest),
             )
         final_platform = chosen_platform
+    elif (
+        platform_asked and image_platform is not None and not _same_system(image_platform, platform)
+    ):
+        raise PlatformNotFound(
+            f"the image is for {image_platform}, not {platform} as asked; it is a single "
+            "manifest, with no other platform to choose",
+            ref=where,
+            digest=str(digest),
+        )
     else:
         final_platform = image_platform or platform
     log.debug(
@@ -427,6 +441,11 @@ def _parse_diff_ids(
         raise ManifestError(
             f"the image config has {exc.message}", ref=where, digest=str(digest)
         ) from exc
+
+
+def _same_system(a: Platform, b: Platform) -> bool:
+    """Same OS and architecture; variants are left out, as image configs often omit them."""
+    return a.os == b.os and a.architecture == b.architecture
 
 
 def _config_platform(doc: Mapping[str, Any]) -> Platform | None:

@@ -279,6 +279,22 @@ async def test_config_platform_without_index_not_policed() -> None:
     assert image.platform == Platform("linux", "arm64")
 
 
+async def test_config_platform_without_index_must_match_a_platform_asked_for() -> None:
+    reg = Registry()
+    reg.add_manifest(dumps(manifest(reg, config(arch="arm64"))), MediaType.OCI_MANIFEST, "latest")
+    with trio.fail_after(5):
+        async with RegistryClient.open(
+            RegistryOptions(), Limits(), transport=httpx.MockTransport(reg)
+        ) as client:
+            ref = parse_reference(REPO)
+            with pytest.raises(PlatformNotFound, match="is for linux/arm64, not linux/amd64"):
+                await resolve_image(client, ref, AMD64, Limits(), platform_asked=True)
+            # A variant the config does not name is no reason to refuse.
+            arm64_v8 = Platform("linux", "arm64", "v8")
+            image = await resolve_image(client, ref, arm64_v8, Limits(), platform_asked=True)
+    assert image.platform == Platform("linux", "arm64")
+
+
 async def test_media_type_from_header_when_body_has_none() -> None:
     reg = Registry()
     doc = manifest(reg)
