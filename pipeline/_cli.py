@@ -382,9 +382,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         if group.subgroup(KeyboardInterrupt) is not None:
             _error_line("interrupted")
             return EXIT_INTERRUPTED
-        return _failed(where, _first_leaf(group), secret)
+        return _pull_failed(renderer, args.ref, where, _first_leaf(group), secret)
     except Exception as exc:  # the entry point reports on one line, never a traceback
-        return _failed(where, exc, secret)
+        return _pull_failed(renderer, args.ref, where, exc, secret)
     renderer.finish(result)
     if renderer.broken:
         # Nobody reads stdout any more (`--json | head -1`); the image is in the store.
@@ -397,18 +397,29 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+def _pull_failed(
+    renderer: ProgressRenderer, ref: str, where: str, exc: BaseException, secret: str | None
+) -> int:
+    """A failed pull: the stderr line, and the renderer's own last word (``--json``)."""
+    renderer.fail(ref, exc, _message(exc, secret))
+    return _failed(where, exc, secret)
+
+
 def _failed(where: str, exc: BaseException, secret: str | None = None) -> int:
     """Report a failure on one line (traceback only in the debug log); pick the exit code."""
     log.debug("command failed", where=where, exc_info=exc)
+    _error_line(f"error: {where}: {_message(exc, secret)}")
+    return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+
+
+def _message(exc: BaseException, secret: str | None) -> str:
+    """What a failure says: ours as they are, anything else as an internal error."""
     if isinstance(exc, ImagecError):
         message = str(exc)
     else:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         message = f"internal error: {detail} (--log-level debug shows more)"
-    if secret:
-        message = message.replace(secret, "[redacted]")
-    _error_line(f"error: {where}: {message}")
-    return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+    return message.replace(secret, "[redacted]") if secret else message
 
 
 # --- images, layers, inspect ---

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, TextIO
 
+from stages._errors import ImagecError
 from stages._events import ProgressEvent
 
 if TYPE_CHECKING:
@@ -137,6 +138,15 @@ class ProgressRenderer:
 
     def _finish(self, result: PullResult) -> None:
         self._write(f"{result.reference}\n")
+
+    def fail(self, ref: str, error: BaseException, message: str) -> None:
+        """The pull failed with ``error``; ``message`` is the (redacted) line the CLI
+        prints on stderr. Only ``--json`` adds anything to its stream."""
+        with self._lock:
+            self._fail(ref, error, message)
+
+    def _fail(self, ref: str, error: BaseException, message: str) -> None:
+        pass
 
     def close(self) -> None:
         """The pull ended (any way): leave the display complete and flushed."""
@@ -321,7 +331,9 @@ class JsonProgress(ProgressRenderer):
     ``total`` may be null). The summary line: ``{"event": "summary", "ref", "digest",
     "manifest_digest", "image_id", "platform", "layers": [...], "timings": {...},
     "bytes_downloaded"}``; each layer is ``{"digest", "diff_id", "media_type", "size",
-    "uncompressed_size", "status", "timings"}``.
+    "uncompressed_size", "status", "timings"}``. A failed pull ends instead with
+    ``{"event": "error", "ref", "digest", "error", "message"}``: ``error`` is the
+    exception's class (``NotFound``, ``DigestMismatch`` …), ``message`` the stderr line's.
     """
 
     def _handle(self, event: ProgressEvent) -> None:
@@ -337,6 +349,18 @@ class JsonProgress(ProgressRenderer):
 
     def _finish(self, result: PullResult) -> None:
         self._write_json(summary(result))
+
+    def _fail(self, ref: str, error: BaseException, message: str) -> None:
+        digest = error.digest if isinstance(error, ImagecError) else None
+        self._write_json(
+            {
+                "event": "error",
+                "ref": ref,
+                "digest": digest,
+                "error": type(error).__name__,
+                "message": message,
+            }
+        )
 
     def _write_json(self, obj: dict[str, Any]) -> None:
         self._write_line(json.dumps(obj, separators=(",", ":")))

@@ -878,6 +878,22 @@ def test_e2e_unknown_tag_exits_1_with_one_line(registry: Any, tmp_path: Path) ->
     assert "Traceback" not in result.stderr
 
 
+def test_e2e_a_failed_json_pull_ends_with_an_error_event(registry: Any, tmp_path: Path) -> None:
+    """A script reading --json sees the failure in the stream: its last line."""
+    ref = registry.ref("no/such-repo", "1.0")
+    result = run_cli("pull", ref, "--store", str(tmp_path / "store"), "--json")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    *_, last = (json.loads(x) for x in result.stdout.splitlines())
+    assert last == {
+        "event": "error",
+        "ref": ref,
+        "digest": None,
+        "error": "NotFound",
+        "message": line.removeprefix(f"imagec-pipe: error: pulling {ref}: "),
+    }
+
+
 def test_e2e_malformed_reference_exits_1(tmp_path: Path) -> None:
     result = run_cli("pull", "Team/App:1", "--store", str(tmp_path / "store"))
     assert result.returncode == 1
