@@ -67,6 +67,7 @@ __all__ = [
     "LayerRecord",
     "Store",
     "Writeback",
+    "store_error",
     "store_path",
 ]
 
@@ -228,9 +229,10 @@ def _hint(exc: BaseException) -> str:
     return "check the store directory and try again"
 
 
-def _store_error(
+def store_error(
     store: Path, action: str, exc: BaseException, *, digest: object = None, ref: str | None = None
 ) -> StoreError:
+    """The ``StoreError`` for an OS or database failure: what failed, and what to do."""
     return StoreError(
         f"cannot {action} in store {store}: {exc}; {_hint(exc)}",
         digest=str(digest) if digest is not None else None,
@@ -323,7 +325,7 @@ class Ingest:
             self._dirty = True
             self._writeback.wrote(self._file, self._written)
         except OSError as exc:
-            raise _store_error(self._store, "write a layer", exc, digest=self.digest) from exc
+            raise store_error(self._store, "write a layer", exc, digest=self.digest) from exc
 
     def sync(self) -> None:
         """Flush and fsync: after this, what was written survives a crash."""
@@ -331,7 +333,7 @@ class Ingest:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            raise _store_error(self._store, "sync a layer", exc, digest=self.digest) from exc
+            raise store_error(self._store, "sync a layer", exc, digest=self.digest) from exc
         self._dirty = False
 
     def _finish(self) -> None:
@@ -544,7 +546,7 @@ class Store:
         try:
             yield
         except (OSError, sqlite3.Error) as exc:
-            raise _store_error(self.path, action, exc, digest=digest, ref=ref) from exc
+            raise store_error(self.path, action, exc, digest=digest, ref=ref) from exc
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -699,7 +701,7 @@ class Store:
                 digest=str(digest),
             ) from exc
         except OSError as exc:
-            raise _store_error(self.path, "read a blob", exc, digest=digest) from exc
+            raise store_error(self.path, "read a blob", exc, digest=digest) from exc
 
     # -- images ----------------------------------------------------------------------
 

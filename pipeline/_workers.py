@@ -33,7 +33,7 @@ from stages._types import Descriptor, Digest
 
 from ._allocator import tune_allocator
 from ._logging import LogSettings, configure_logging
-from ._store import Writeback
+from ._store import Writeback, store_error
 
 if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
     import trio_parallel
@@ -124,7 +124,7 @@ def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
 
 async def _fetch_layer(task: LayerTask) -> VerifiedLayer:
     limiter = trio.CapacityLimiter(_WORKER_THREADS)
-    with _PathIngest(Path(task.ingest_path)) as ingest:
+    with _PathIngest(Path(task.ingest_path), task.layer.digest) as ingest:
         async with RegistryClient.open(task.registry, task.limits) as client:
             return await fetch_layer(
                 client,
@@ -142,11 +142,14 @@ class _PathIngest:
     """The ingest file the parent created, opened again by path in the worker.
 
     The parent's own handle stays unwritten; it renames the file after the worker
-    returned a verified layer (``Store.commit_layer`` checks the size on disk).
+    returned a verified layer (``Store.commit_layer`` checks the size on disk). Write and
+    sync failures say what the parent's ``Ingest`` says (a full disk: free some space).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, digest: Digest) -> None:
         self._file = open(path, "r+b")  # noqa: SIM115 - closed by __exit__
+        self._store = path.parent.parent  # <store>/ingest/<file>
+        self._digest = digest
         self._written = 0
         self._writeback = Writeback()
 
@@ -157,10 +160,16 @@ class _PathIngest:
         self._file.close()
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._written += len(data)
-        self._writeback.wrote(self._file, self._written)
+        try:
+            self._file.write(data)
+            self._written += len(data)
+            self._writeback.wrote(self._file, self._written)
+        except OSError as exc:
+            raise store_error(self._store, "write a layer", exc, digest=self._digest) from exc
 
     def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise store_error(self._store, "sync a layer", exc, digest=self._digest) from exc

@@ -360,6 +360,21 @@ def test_fsync_failure_is_a_store_error(tmp_path: Path, monkeypatch: pytest.Monk
     assert ingest_files(store) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_worker_process_full_disk_is_the_same_store_error() -> None:
+    """A layer worker writes its ingest file by path; /dev/full answers every write with
+    ENOSPC, as a full disk does. The error is the parent's (what failed, what to do)."""
+    from pipeline._workers import _PathIngest
+
+    digest = Digest.parse("sha256:" + "ab" * 32)
+    with _PathIngest(Path("/dev/full"), digest) as ingest:
+        with pytest.raises(StoreError, match="free some disk space") as info:
+            ingest.write(b"x" * (1 << 20))
+        assert info.value.digest == str(digest)
+        with pytest.raises(StoreError, match="cannot sync a layer"):
+            ingest.sync()
+
+
 def test_write_blob_checks_digest(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     data = b'{"hello": "world"}'
