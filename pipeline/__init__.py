@@ -44,6 +44,7 @@ from stages import StoreError as StoreError
 from stages import TooManyRequests as TooManyRequests
 from stages import Truncated as Truncated
 from stages import UsageError as UsageError
+from stages import WorkerError as WorkerError
 from stages import parse_reference as parse_reference
 
 from ._allocator import tune_allocator as tune_allocator
@@ -95,6 +96,7 @@ __all__ = [
     "TooManyRequests",
     "Truncated",
     "UsageError",
+    "WorkerError",
     "__version__",
     "pull",
     "tune_allocator",

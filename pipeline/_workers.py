@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from stages._config import Limits, RegistryOptions
+from stages._errors import WorkerError
 from stages._events import ProgressEvent, ProgressSink, VerifiedLayer
 from stages._layer import fetch_layer
 from stages._reference import Reference
@@ -80,6 +82,8 @@ async def run_layer_task(
     Cancelling (Ctrl-C, a failed sibling layer) kills the worker; the parent's ingest
     context then removes the partial file.
     """
+    import trio_parallel  # loaded already: open_layer_workers made ``workers``
+
     ref_text, digest = str(task.ref), str(task.layer.digest)
     result: VerifiedLayer | None = None
 
@@ -104,10 +108,32 @@ async def run_layer_task(
             result = await workers.run_sync(
                 _fetch_layer_in_worker, task, limiter=limiter, kill_on_cancel=True
             )
+        except trio_parallel.BrokenWorkerError as exc:
+            raise WorkerError(
+                f"the worker process for layer {digest} died before it finished "
+                f"({_how_it_ended(exc)}); pull again, or with --layer-workers threads",
+                ref=ref_text,
+                digest=digest,
+            ) from exc
         finally:
             done.set()
     assert result is not None
     return result
+
+
+def _how_it_ended(exc: BaseException) -> str:
+    """ "killed by SIGKILL" or "exit code 1", from trio-parallel's error (its second
+    argument is the process); "it vanished" when that is not there to read."""
+    process = exc.args[1] if len(exc.args) > 1 else None
+    code = getattr(process, "exitcode", None)
+    if not isinstance(code, int):
+        return "it vanished"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:

@@ -25,6 +25,7 @@ from ._errors import StoreError as StoreError
 from ._errors import TooManyRequests as TooManyRequests
 from ._errors import Truncated as Truncated
 from ._errors import UsageError as UsageError
+from ._errors import WorkerError as WorkerError
 from ._events import LayerTimings as LayerTimings
 from ._events import ProgressEvent as ProgressEvent
 from ._events import ProgressSink as ProgressSink
@@ -67,5 +68,6 @@ __all__ = [
     "Truncated",
     "UsageError",
     "VerifiedLayer",
+    "WorkerError",
     "parse_reference",
 ]

@@ -21,7 +21,8 @@ sqlite3, OSError) are translated at the edge of the stage that met them with
     │   ├── SizeMismatch          more or fewer bytes than the descriptor's size
     │   ├── Truncated             the stream ended early (body or compressed stream)
     │   └── DecompressError       corrupt stream, wrong format, decompression bomb
-    └── StoreError            the local store cannot be read or written
+    ├── StoreError            the local store cannot be read or written
+    └── WorkerError           a layer worker process died before it finished
 
 Messages say what happened, to what, and what the user can do. They never contain a
 password or a token.
@@ -48,6 +49,7 @@ __all__ = [
     "TooManyRequests",
     "Truncated",
     "UsageError",
+    "WorkerError",
 ]
 
 
@@ -145,6 +147,11 @@ class DecompressError(BlobError):
 
 class StoreError(ImagecError):
     """The local store is unreadable, inconsistent, from a newer version, or not writable."""
+
+
+class WorkerError(ImagecError):
+    """A layer worker process (``--layer-workers processes``) died before it finished:
+    killed, or out of memory."""
 
 
 def _rebuild(

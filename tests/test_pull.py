@@ -644,6 +644,54 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
     assert (again.ref, again.digest) == (caught.value.ref, caught.value.digest)
 
 
+def _grandchildren() -> list[int]:
+    """Processes whose parent is a child of this one: trio-parallel's layer workers (the
+    forkserver this process started forks them)."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    raw = fh.read()
+            except OSError:
+                continue
+            parents[int(name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
+    children = {pid for pid, parent in parents.items() if parent == os.getpid()}
+    return [pid for pid, parent in parents.items() if parent in children]
+
+
+async def test_a_worker_process_killed_mid_layer_is_a_worker_error(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A layer worker killed (as the OOM killer would) fails the pull with a WorkerError
+    naming the layer and how the process ended, not an internal error; nothing of the
+    layer is left in the store."""
+    image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=1_000_000)  # seconds per layer: time to find the workers
+    store = Store.open(tmp_path / "s")
+    killed: list[int] = []
+
+    def kill_the_workers(event: pipeline.ProgressEvent) -> None:
+        if event.event == "layer-downloading" and not killed:
+            for pid in _grandchildren():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    with trio.fail_after(60), pytest.raises(pipeline.WorkerError) as caught:
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=store,
+            options=options(layer_workers="processes", progress=kill_the_workers),
+        )
+
+    assert killed
+    assert "died before it finished (killed by SIGKILL)" in str(caught.value)
+    assert caught.value.digest in {layer.digest for layer in image.layers}
+    assert_store_consistent(tmp_path / "s")
+    assert caught.value.digest not in blob_names(tmp_path / "s")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
