@@ -122,8 +122,9 @@ async def run_layer_task(
 
 
 def _how_it_ended(exc: BaseException) -> str:
-    """ "killed by SIGKILL" or "exit code 1", from trio-parallel's error (its second
-    argument is the process); "it vanished" when that is not there to read."""
+    """How the worker process ended, as "killed by SIGKILL" or "exit code 1", read from
+    trio-parallel's error (its second argument is the process); "it vanished" when that
+    is not there to read."""
     process = exc.args[1] if len(exc.args) > 1 else None
     code = getattr(process, "exitcode", None)
     if not isinstance(code, int):
