@@ -591,6 +591,35 @@ async def test_layers_in_worker_processes(
     assert_store_consistent(store.path)
 
 
+async def test_worker_processes_use_tokens_and_the_ca_file_like_the_parent(
+    token_registry: Any, tls_registry: Any, unique_seed: str, tmp_path: Path
+) -> None:
+    """Each worker authenticates and verifies TLS itself, from the RegistryOptions it is
+    handed: a private repository behind bearer tokens, and a registry whose certificate
+    only the CA file vouches for."""
+    private = images.sample_image(f"{unique_seed}:private")
+    token_registry.push("team/private-app", private, "w")
+    user, password = token_registry.credentials
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, password))
+    tls_image = images.sample_image(f"{unique_seed}:tls", layer_size=64 * 1024)
+    tls_registry.push("team/tls-app", tls_image, "w")
+    trusted = pipeline.RegistryOptions(ca_file=Path(tls_registry.ca_pem))
+    store = Store.open(tmp_path / "store")
+
+    for ref, registry_options, image in (
+        (token_registry.ref("team/private-app", "w"), creds, private),
+        (tls_registry.ref("team/tls-app", "w"), trusted, tls_image),
+    ):
+        result = await pipeline.pull(
+            ref,
+            store=store,
+            options=options(layer_workers="processes", registry=registry_options),
+        )
+        assert str(result.image_id) == image.image_id
+        assert "downloaded" in {layer.status for layer in result.layers}
+    assert_store_consistent(store.path)
+
+
 async def test_a_worker_process_error_names_the_layer(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
