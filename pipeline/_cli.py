@@ -25,7 +25,11 @@ Exit codes (outside checks rely on them):
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
   source, and a ``UsageError`` raised by the pull (options that contradict each other);
 - 130 interrupted (Ctrl-C): trio cancels the pull, whose context managers remove partial
-  ingest files, and ``imagec-pipe: interrupted`` goes to stderr.
+  ingest files, and ``imagec-pipe: interrupted`` goes to stderr;
+- 128 + N after signal N, SIGTERM (143) or SIGHUP (129): what ``timeout``, systemd and
+  container runtimes send to stop a process. The pull is cancelled as by Ctrl-C (partial
+  files removed, layer worker processes killed) and ``imagec-pipe: terminated (SIGTERM)``
+  goes to stderr.
 
 Every subcommand also takes ``--store``, ``--log-level`` and ``--log-json``.
 
@@ -38,10 +42,10 @@ bug (``internal error: …``); ``--log-level debug`` logs the traceback, without
 from __future__ import annotations
 
 import argparse
-import functools
 import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -67,7 +71,7 @@ from ._progress import (
     human_size,
     to_jsonable,
 )
-from ._pull import PullOptions, pull
+from ._pull import PullOptions, PullResult, pull
 from ._store import ImageRecord, Store, store_path
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -370,12 +374,15 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     try:
         store = Store.open(args.store)
         try:
-            result = trio.run(functools.partial(pull, args.ref, store=store, options=options))
+            result = trio.run(_pull_until_stopped, args.ref, store, options)
         finally:
             renderer.close()
     except KeyboardInterrupt:
         _error_line("interrupted")
         return EXIT_INTERRUPTED
+    except _Stopped as stopped:
+        _error_line(f"terminated ({stopped.signal.name})")
+        return 128 + stopped.signal
     except BaseExceptionGroup as group:
         # pull() promises one exception, never a group; if one escapes anyway, a Ctrl-C
         # inside it still means "interrupted" and anything else is reported on one line.
@@ -390,6 +397,44 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         # Nobody reads stdout any more (`--json | head -1`); the image is in the store.
         _silence_stdout()
     return EXIT_OK
+
+
+class _Stopped(Exception):
+    """A stop signal (SIGTERM, SIGHUP) cancelled the pull."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> PullResult:
+    """``pull``, cancelled by SIGTERM or SIGHUP as Ctrl-C cancels it.
+
+    Left to their default action, those signals end the process at once: partial files
+    stay in ``ingest/`` until the next run sweeps them, and layer worker processes go on
+    downloading for their orphaned layers. Raises ``_Stopped`` after a clean cancel.
+    """
+    stopped: list[int] = []
+    result: PullResult | None = None
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    stopped.append(signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            result = await pull(ref, store=store, options=options)
+            nursery.cancel_scope.cancel()
+    if stopped:
+        raise _Stopped(stopped[0])
+    assert result is not None
+    return result
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

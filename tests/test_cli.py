@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -660,6 +661,71 @@ def test_sigint_exits_130(store_dir: Path) -> None:
     assert out == ""
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children ...), from /proc."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    raw = fh.read()
+            except OSError:
+                continue
+            parents[int(name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+@pytest.mark.parametrize("layer_workers", ["threads", "processes"])
+def test_sigterm_cancels_the_pull_cleanly(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    layer_workers: str,
+) -> None:
+    """SIGTERM (timeout, systemd, a container stopping) cancels as Ctrl-C does: exit 143,
+    no partial file left in ingest/, no worker process left downloading."""
+    from tests.support import images
+
+    image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=1_000_000)  # seconds per layer
+    store = tmp_path / "store"
+    argv = ["pull", f"{via.host}/{unique_repo}:1", "--json", "--layer-workers", layer_workers]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "layer-downloading":
+                break
+        below = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err == "imagec-pipe: terminated (SIGTERM)\n"
+    assert os.listdir(store / "ingest") == []
+    for _ in range(50):  # the workers' forkserver notices its parent is gone
+        if not any(os.path.exists(f"/proc/{pid}") for pid in below):
+            break
+        time.sleep(0.1)
+    assert [pid for pid in below if os.path.exists(f"/proc/{pid}")] == []
+
+
 # --- logging (pipeline/_logging.py, configured by main) ---
 
 
@@ -747,21 +813,27 @@ def test_each_log_line_is_one_write() -> None:
 # --- end to end: `python -m pipeline._cli` against the real registry ---
 
 
-def run_cli(
-    *argv: str, stdin: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """The CLI in a child process, importing the same ``pipeline`` these tests import."""
+def cli_env() -> dict[str, str]:
+    """The environment for the CLI in a child process: the same ``pipeline`` these tests
+    import, and no store from the environment."""
     import pipeline
 
     source = Path(pipeline.__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(source)}
     env.pop("IMAGEC_PIPE_STORE", None)
+    return env
+
+
+def run_cli(
+    *argv: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process, run to its end."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline._cli", *argv],
         input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(),
         timeout=timeout,
     )
 
