@@ -22,6 +22,7 @@ a caller ever emits from a worker thread.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import json
 import shutil
@@ -88,13 +89,16 @@ def short_digest(digest: str | None) -> str:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses, digests, platforms and paths as plain JSON values.
+    """Dataclasses, digests, platforms, times and paths as plain JSON values.
 
-    Dataclasses become objects of their fields; anything else unknown (``Digest``,
+    Dataclasses become objects of their fields; times RFC 3339 text (``T`` between date
+    and time, as docker's JSON has them); anything else unknown (``Digest``,
     ``Platform``, enums) becomes its ``str``.
     """
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if type(value).__str__ is not object.__str__:
             # Digest, Platform, Reference: a dataclass with its own canonical text form.

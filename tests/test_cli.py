@@ -7,6 +7,7 @@ the end-to-end pulls against the real registry live in tests/test_pull*.py.
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
 import io
@@ -584,6 +585,9 @@ def test_images_table_and_json(
     assert image["image_id"] == str(stored_image.config)
     assert image["manifest_digest"] == str(stored_image.manifest)
     assert image["platform"] == "linux/amd64"
+    # RFC 3339, as docker's JSON has times: a "T" between date and time, and the offset.
+    pulled = datetime.datetime.fromisoformat(image["pulled_at"])
+    assert image["pulled_at"][10] == "T" and pulled.utcoffset() == datetime.timedelta(0)
 
 
 def test_layers_table_and_json(
