@@ -665,24 +665,6 @@ def test_sigint_exits_130(store_dir: Path) -> None:
     assert out == ""
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (children, their children ...), from /proc."""
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as fh:
-                    raw = fh.read()
-            except OSError:
-                continue
-            parents[int(name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
-
-
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
 def test_sigterm_cancels_the_pull_cleanly(
     registry: Any,
@@ -695,6 +677,7 @@ def test_sigterm_cancels_the_pull_cleanly(
     """SIGTERM (timeout, systemd, a container stopping) cancels as Ctrl-C does: exit 143,
     no partial file left in ingest/, no worker process left downloading."""
     from tests.support import images
+    from tests.support.processes import descendants
 
     image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024)
     registry.push(unique_repo, image, "1")
@@ -713,7 +696,7 @@ def test_sigterm_cancels_the_pull_cleanly(
         for line in proc.stdout:
             if json.loads(line)["event"] == "layer-downloading":
                 break
-        below = _descendants(proc.pid)
+        below = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     finally:

@@ -24,6 +24,7 @@ import trio
 import pipeline
 from pipeline import Platform, PullOptions, Store
 from tests.support import images
+from tests.support.processes import descendants
 from tests.support.servers import Reply
 
 AMD64 = Platform("linux", "amd64")
@@ -673,22 +674,6 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
     assert (again.ref, again.digest) == (caught.value.ref, caught.value.digest)
 
 
-def _grandchildren() -> list[int]:
-    """Processes whose parent is a child of this one: trio-parallel's layer workers (the
-    forkserver this process started forks them)."""
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as fh:
-                    raw = fh.read()
-            except OSError:
-                continue
-            parents[int(name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
-    children = {pid for pid, parent in parents.items() if parent == os.getpid()}
-    return [pid for pid, parent in parents.items() if parent in children]
-
-
 async def test_a_worker_process_killed_mid_layer_is_a_worker_error(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
@@ -703,7 +688,8 @@ async def test_a_worker_process_killed_mid_layer_is_a_worker_error(
 
     def kill_the_workers(event: pipeline.ProgressEvent) -> None:
         if event.event == "layer-downloading" and not killed:
-            for pid in _grandchildren():
+            # trio-parallel's workers: forked by the forkserver this process started.
+            for pid in descendants(os.getpid(), depth=2) - descendants(os.getpid(), depth=1):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
