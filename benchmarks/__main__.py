@@ -210,13 +210,17 @@ class Bench:
         for name in names:
             image = self.built[name][0]
             _log(f"primitives on {name} ...")
-            prims = _primitives.measure_image(image, self.server.url, self.work, drop=self.drop)
+            prims = _primitives.measure_image(
+                image, self.server.url, self.work, drop=self.drop, cores=cores
+            )
             prims["floor"] = _primitives.floor_of(prims, cores)
             f = prims["floor"]
             _log(
                 f"  floor {f['floor_s']:.2f} s ({f['bound_by']}), primitives' CPU "
                 f"{f['cpu_sum_s']:.2f} s; "
                 + ", ".join(f"{k} {v:.0f} MB/s" for k, v in f["mb_s"].items() if v)
+                + f"; {cores} cores hash and inflate x{_targets.compute_scaling(prims):.2f}"
+                " as fast as one"
             )
             out[name] = prims
         self.results["primitives"] = out

@@ -95,7 +95,8 @@ def _targets_section(targets: Sequence[dict[str, str]]) -> list[str]:
         "less than the least any program on this stack could take on this machine: the "
         "start-up of `import trio, httpx`, then the pull's work at the primitives' one-core "
         "speeds (curl's CPU for receiving) plus the registry's own CPU spread over every "
-        "core, or the largest layer's slowest stage or the disk, whichever is longer "
+        "core, the hashing and inflating at the speed-up the cores were measured to give it "
+        "together, or the largest layer's slowest stage or the disk, whichever is longer "
         "(benchmarks/_targets.py).",
         "",
     ]

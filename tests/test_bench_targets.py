@@ -78,6 +78,57 @@ def test_a_serial_stage_longer_than_the_spread_work_sets_the_bound() -> None:
     assert bound["wall_s"] == pytest.approx(0.2 + 1.5)
 
 
+def _with_scaling(results: dict[str, Any], alone: float, together: float) -> dict[str, Any]:
+    prims = results["primitives"]["app"]
+    prims["compute_threads"] = 2
+    for layer in prims["layers"]:
+        layer["compute_1_s"], layer["compute_parallel_s"] = alone, together
+    return results
+
+
+def test_the_cores_measured_speedup_for_compute_raises_the_bound() -> None:
+    # Compute 1.3 s (sha 0.2 + inflate 0.8 + sha tar 0.3); other work 0.4 s (receive 0.2,
+    # write 0.1, the registry 0.1). Two threads take 1.6 s for what one does in 1.0 s:
+    # x1.25. Best: 0.4 s of compute beside the other work, then 0.9 s on both at x1.25.
+    results = _with_scaling(_results(ours_app=1.5), alone=1.0, together=1.6)
+    bound = _targets.lower_bounds(results, "app")
+    assert bound is not None
+    assert bound["scaling"] == pytest.approx(1.25)
+    assert bound["wall_s"] == pytest.approx(0.2 + 0.4 + 0.9 / 1.25)
+    assert bound["cpu_s"] == pytest.approx(0.18 + 1.6)  # CPU is not scaled
+    # Allowed 1.5 x 0.8 = 1.2 s for app against skopeo-oci: above the bound without the
+    # measurement (1.05 s), below this one (1.32 s).
+    verdict = _by_target(results)["app wall ≤ 1.5x skopeo-oci"]
+    assert verdict["verdict"] == "impossible here"
+    assert "x1.25 as fast as one" in verdict["evidence"]
+    unmeasured = _by_target(_results(ours_app=1.5))["app wall ≤ 1.5x skopeo-oci"]
+    assert unmeasured["verdict"] == "not met"
+
+
+def test_a_measured_speedup_above_the_cores_counts_as_the_cores() -> None:
+    results = _with_scaling(_results(ours_app=1.0), alone=1.0, together=0.9)
+    bound = _targets.lower_bounds(results, "app")
+    assert bound is not None
+    assert bound["scaling"] == 2
+    assert bound["wall_s"] == pytest.approx(0.2 + (1.6 + 0.1) / 2)
+
+
+@pytest.mark.parametrize(
+    ("compute", "other", "cores", "scaling", "least"),
+    [
+        (1.0, 1.0, 2, 1.5, 1.0),  # compute never needs both cores: (1 + 1) / 2
+        (3.0, 1.0, 2, 1.5, 1.0 + 2.0 / 1.5),  # 1 s beside the other work, 2 s at x1.5
+        (3.0, 1.0, 2, 2.0, 2.0),  # perfect scaling: (3 + 1) / 2
+        (10.0, 1.0, 4, 2.0, 1.0 + 7.0 / 3),  # x2 on 4 cores: 3 cores and 1 idle do better
+        (10.0, 1.0, 1, 1.0, 11.0),  # one core does it all
+    ],
+)
+def test_spread_seconds(
+    compute: float, other: float, cores: int, scaling: float, least: float
+) -> None:
+    assert _targets.spread_seconds(compute, other, cores, scaling) == pytest.approx(least)
+
+
 def test_no_bound_without_the_stack_startup_or_curl_cpu() -> None:
     results = _results(ours_app=1.0)
     del results["stack_startup_s"]
