@@ -55,6 +55,7 @@ from ._pull import PullTimings as PullTimings
 from ._pull import pull as pull
 from ._store import ImageRecord as ImageRecord
 from ._store import LayerRecord as LayerRecord
+from ._store import RecordedImage as RecordedImage
 from ._store import Store as Store
 
 __version__ = "0.1.0"
@@ -73,6 +74,7 @@ __all__ = [
     "InvalidDigest",
     "InvalidReference",
     "LayerRecord",
+    "RecordedImage",
     "LayerReport",
     "LayerTimings",
     "Limits",

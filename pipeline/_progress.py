@@ -115,10 +115,6 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _all_layers_existed(result: PullResult) -> bool:
-    return bool(result.layers) and all(layer.status == "exists" for layer in result.layers)
-
-
 class ProgressRenderer:
     """The interface the CLI uses; subclasses override what they show."""
 
@@ -201,7 +197,9 @@ def _layer_status(event: ProgressEvent) -> str | None:
 
 
 def _status_line(result: PullResult) -> str:
-    if _all_layers_existed(result):
+    """docker's: up to date only when the reference already named this image here; a tag
+    moved to another image is "newer" even when every layer was already in the store."""
+    if result.up_to_date:
         return f"Status: Image is up to date for {result.reference}"
     return f"Status: Downloaded newer image for {result.reference}"
 
@@ -334,7 +332,7 @@ class JsonProgress(ProgressRenderer):
     Event lines: ``{"event", "ref", "digest", "current", "total"}`` (``digest`` and
     ``total`` may be null). The summary line: ``{"event": "summary", "ref", "digest",
     "manifest_digest", "image_id", "platform", "layers": [...], "timings": {...},
-    "bytes_downloaded"}``; each layer is ``{"digest", "diff_id", "media_type", "size",
+    "bytes_downloaded", "up_to_date"}``; each layer is ``{"digest", "diff_id", "media_type", "size",
     "uncompressed_size", "status", "timings"}``. A failed pull ends instead with
     ``{"event": "error", "ref", "digest", "error", "message"}``: ``error`` is the
     exception's class (``NotFound``, ``DigestMismatch`` …), ``message`` the stderr line's.
@@ -393,4 +391,5 @@ def summary(result: PullResult) -> dict[str, Any]:
         ],
         "timings": to_jsonable(result.timings),
         "bytes_downloaded": result.bytes_downloaded,
+        "up_to_date": result.up_to_date,
     }

@@ -98,6 +98,9 @@ class PullResult:
     layers: tuple[LayerReport, ...]
     timings: PullTimings
     bytes_downloaded: int
+    # The reference named this very image in the store before the pull (docker's "Image
+    # is up to date"); False when it is new there or named another image.
+    up_to_date: bool
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,8 @@ async def _pull(
             reports = await _pull_layers(context, jobs, options.max_concurrent_downloads)
         layers_done = trio.current_time()
 
-    record = await trio.to_thread.run_sync(store.record_image, resolved, limiter=limiter)
+    recorded = await trio.to_thread.run_sync(store.record_image, resolved, limiter=limiter)
+    record = recorded.record
     finished = trio.current_time()
     progress(ProgressEvent("pull-complete", record.ref, str(resolved.resolved_digest)))
     layer_reports = tuple(r for r in reports if r is not None)
@@ -237,6 +241,7 @@ async def _pull(
             total_s=finished - started,
         ),
         bytes_downloaded=sum(r.size for r in layer_reports if r.status == "downloaded"),
+        up_to_date=recorded.unchanged,
     )
     _log_pull(resolved, result)
     return result

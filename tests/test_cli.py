@@ -210,6 +210,7 @@ class FakeResult:
     layers: tuple[FakeLayer, ...]
     timings: FakeTimings
     bytes_downloaded: int
+    up_to_date: bool
 
 
 LAYER = Digest.from_hex("a" * 64)
@@ -222,6 +223,7 @@ RESULT = FakeResult(
     (FakeLayer(LAYER, Digest.from_hex("b" * 64), MediaType.OCI_LAYER_GZIP, 10, 20, "downloaded"),),
     FakeTimings(),
     10,
+    False,
 )
 
 
@@ -825,6 +827,35 @@ def run_cli(
     )
 
 
+def test_e2e_a_tag_moved_to_an_image_of_the_same_layers_is_newer_not_up_to_date(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    first = images.sample_image(unique_seed)
+    # A rebuild that changed only the manifest (an annotation): same config, same layers.
+    rebuilt = images.make_image(first.layers, annotations={"org.example.build": "2"})
+    ref = registry.ref(unique_repo, "1.0")
+    store = str(tmp_path / "store")
+    registry.push(unique_repo, first, "1.0")
+    assert run_cli("pull", ref, "--store", store).returncode == 0
+    registry.push(unique_repo, rebuilt, "1.0")
+
+    moved = run_cli("pull", ref, "--store", store)
+    assert moved.returncode == 0, moved.stderr
+    lines = moved.stdout.splitlines()
+    assert sum("Already exists" in line for line in lines) == len(first.layers)
+    assert lines[-3:] == [
+        f"Digest: {rebuilt.digest}",
+        f"Status: Downloaded newer image for {ref}",
+        ref,
+    ]
+
+    again = run_cli("pull", ref, "--store", store, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["up_to_date"] is True
+
+
 def test_e2e_pull_json_then_up_to_date_then_list(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
@@ -854,6 +885,7 @@ def test_e2e_pull_json_then_up_to_date_then_list(
     assert [layer["digest"] for layer in summary["layers"]] == [x.digest for x in want.layers]
     assert {layer["status"] for layer in summary["layers"]} == {"downloaded"}
     assert summary["bytes_downloaded"] == sum(x.size for x in want.layers)
+    assert summary["up_to_date"] is False
 
     second = run_cli("pull", ref, "--store", str(store), "--platform", "linux/arm64/v8")
     assert second.returncode == 0, second.stderr

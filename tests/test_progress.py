@@ -73,9 +73,10 @@ class FakeResult:
     layers: tuple[FakeLayer, ...]
     timings: FakeTimings
     bytes_downloaded: int
+    up_to_date: bool
 
 
-def result(*statuses: str) -> Any:
+def result(*statuses: str, up_to_date: bool = False) -> Any:
     layers = tuple(
         FakeLayer(
             d,
@@ -88,7 +89,15 @@ def result(*statuses: str) -> Any:
         for i, (d, status) in enumerate(zip((LAYER_A, LAYER_B), statuses, strict=False))
     )
     return FakeResult(
-        REF, INDEX, MANIFEST, CONFIG, Platform("linux", "amd64"), layers, FakeTimings(), 45 * MB
+        REF,
+        INDEX,
+        MANIFEST,
+        CONFIG,
+        Platform("linux", "amd64"),
+        layers,
+        FakeTimings(),
+        45 * MB,
+        up_to_date,
     )
 
 
@@ -168,15 +177,25 @@ def test_tty_throttles_byte_counts() -> None:
     assert 3 <= downloading <= 6
 
 
-def test_tty_up_to_date_when_every_layer_existed() -> None:
+def test_tty_up_to_date_when_the_reference_named_this_image_already() -> None:
     out, clock = TtyStringIO(), FakeClock()
     progress = TtyProgress(out, clock=clock, width=120)
     progress(ev("resolving"))
     progress(ev("layer-exists", LAYER_A, total=3 * MB))
     progress(ev("layer-exists", LAYER_B, total=3 * MB))
     progress(ev("pull-complete", INDEX))
-    progress.finish(result("exists", "exists"))
+    progress.finish(result("exists", "exists", up_to_date=True))
     assert f"Status: Image is up to date for {REF}\n" in out.getvalue()
+
+
+def test_newer_image_when_the_reference_moved_though_every_layer_existed() -> None:
+    # A tag moved to an image whose layers the store has (a config-only rebuild): docker
+    # says "Downloaded newer image", and scripts that redeploy on it rely on that.
+    out = io.StringIO()
+    progress = PlainProgress(out)
+    progress(ev("pull-complete", INDEX))
+    progress.finish(result("exists", "exists", up_to_date=False))
+    assert out.getvalue().endswith(f"Status: Downloaded newer image for {REF}\n{REF}\n")
 
 
 def test_tty_lines_never_wrap() -> None:
