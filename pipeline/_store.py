@@ -65,6 +65,7 @@ __all__ = [
     "ImageRecord",
     "Ingest",
     "LayerRecord",
+    "RecordedImage",
     "Store",
     "Writeback",
     "store_error",
@@ -191,6 +192,16 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
+class RecordedImage:
+    """What ``record_image`` did: the reference's record now, and whether the reference
+    already named this image (the same resolved and manifest digests) before: what
+    docker reports as "Image is up to date" rather than "Downloaded newer image"."""
+
+    record: ImageRecord
+    unchanged: bool
+
+
+@dataclass(frozen=True)
 class LayerRecord:
     """One layer of an image, as VIC's ListLayers shows it.
 
@@ -250,9 +261,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists; a number that cannot be a pid (0 would mean our own
+    process group) never does."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True  # exists, owned by someone else
@@ -480,7 +495,8 @@ class Store:
         if repaired:
             self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
             log.warning(
-                "index.json repaired: a pull was interrupted after recording its image",
+                "index.json repaired: it lacked references the database records (a pull "
+                "interrupted after recording its image, or an edit by hand)",
                 store=str(self.path),
                 refs=repaired,
             )
@@ -492,13 +508,14 @@ class Store:
         on this machine, so another live process's download is never touched. (A reused
         pid merely keeps a stale file; resuming from them is a later issue's business.)
         """
-        for entry in os.scandir(self._ingest):
-            m = _INGEST_NAME.fullmatch(entry.name)
-            if m is None or _pid_alive(int(m.group(1) or m.group(2))):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                log.info("stale ingest file removed", store=str(self.path), file=entry.name)
+        with os.scandir(self._ingest) as entries:
+            for entry in entries:
+                m = _INGEST_NAME.fullmatch(entry.name)
+                if m is None or _pid_alive(int(m.group(1) or m.group(2))):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    log.info("stale ingest file removed", store=str(self.path), file=entry.name)
 
     def _check_layout(self, layout: Path) -> None:
         try:
@@ -705,12 +722,14 @@ class Store:
 
     # -- images ----------------------------------------------------------------------
 
-    def record_image(self, resolved: ResolvedImage) -> ImageRecord:
+    def record_image(self, resolved: ResolvedImage) -> RecordedImage:
         """Record a pulled image whose layers are all committed.
 
         In order: config, manifest (and index) blobs; for Docker schema2, the converted
         OCI manifest; the database rows in one transaction; last, the index.json entry
-        (which replaces any entry of the same reference name).
+        (which replaces any entry of the same reference name). The store's lock is held
+        from the transaction to the entry, so that ``Store.open`` in another process never
+        takes the moment between them for an interrupted pull.
 
         A reference with a digest (``name@sha256:…``, also ``name:tag@sha256:…``, where
         the digest wins as it does for docker) is recorded as ``name@digest`` without a
@@ -740,7 +759,6 @@ class Store:
             oci_digest, oci_size, original = self._oci_manifest(resolved, ref_name)
             size = resolved.config.size + sum(d.size for d in resolved.layers)
             now = time.time()
-            self._insert_image(resolved, ref_name, tag, oci_digest, size, now)
             entry = _oci.index_entry(
                 digest=oci_digest,
                 size=oci_size,
@@ -748,7 +766,10 @@ class Store:
                 ref_name=ref_name,
                 original=original,
             )
-            self._update_index(entry)
+            with self._locked():
+                before = self._insert_image(resolved, ref_name, tag, oci_digest, size, now)
+                index = _oci.index_with_entry(self._read_index(), entry)
+                self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
         log.info(
             "image recorded",
             ref=ref_name,
@@ -758,7 +779,7 @@ class Store:
             size=size,
             record_s=round(time.perf_counter() - started, 6),
         )
-        return ImageRecord(
+        record = ImageRecord(
             ref=ref_name,
             repository=ref.name,
             tag=tag,
@@ -771,6 +792,8 @@ class Store:
             media_type=resolved.manifest_media_type,
             oci_manifest_digest=oci_digest,
         )
+        now_names = (str(resolved.resolved_digest), str(resolved.manifest_digest))
+        return RecordedImage(record, unchanged=before == now_names)
 
     def _oci_manifest(
         self, resolved: ResolvedImage, ref_name: str
@@ -807,10 +830,15 @@ class Store:
         oci_digest: Digest,
         size: int,
         now: float,
-    ) -> None:
+    ) -> tuple[str, str] | None:
+        """The rows of one pulled image, in one transaction; returns the (resolved,
+        manifest) digests ``ref_name`` named before, None if it is new."""
         manifest = str(resolved.manifest_digest)
         repository = resolved.ref.name
         with self._db() as conn, _transaction(conn):
+            row = conn.execute(
+                "SELECT resolved_digest, manifest_digest FROM refs WHERE name = ?", (ref_name,)
+            ).fetchone()
             conn.execute(
                 """INSERT INTO images (manifest_digest, config_digest, media_type,
                                        oci_manifest_digest, platform, size, pulled_at)
@@ -858,6 +886,7 @@ class Store:
                     (repository, manifest, manifest),
                 ],
             )
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def _read_index(self) -> dict[str, Any]:
         path = self.path / INDEX_FILE
@@ -872,12 +901,6 @@ class Store:
         if not isinstance(index, dict):
             raise StoreError(f"{path} is not a JSON object; repair it or move the store aside")
         return index
-
-    def _update_index(self, entry: dict[str, Any]) -> None:
-        """Read-modify-write index.json under the store's exclusive lock, atomically."""
-        with self._locked():
-            index = _oci.index_with_entry(self._read_index(), entry)
-            self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
 
     # -- read side -----------------------------------------------------------------
 

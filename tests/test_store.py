@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from structlog.testing import capture_logs
 
 from pipeline import _oci
 from pipeline._store import SCHEMA_VERSION, Store
@@ -303,6 +304,9 @@ def test_open_removes_ingest_files_of_dead_processes(tmp_path: Path) -> None:
     hexpart = "ab" * 32
     stale = [f"{hexpart}.{dead_pid}.0123abcd.partial", f".index.json.{dead_pid}.99ff.tmp"]
     live = [f"{hexpart}.{os.getpid()}.0123abcd.partial", "unrelated-file"]
+    # Names of ours whose pid no process can have: too large for the kernel, or 0.
+    stale += [f"{hexpart}.{'9' * 20}.0123abcd.partial", f".index.json.{10**30}.99ff.tmp"]
+    stale += [f"{hexpart}.0.0123abcd.partial"]
     for name in stale + live:
         (store.path / "ingest" / name).write_bytes(b"partial")
     Store.open(tmp_path / "s")
@@ -533,6 +537,54 @@ def test_retag_replaces_entry_and_keeps_others(tmp_path: Path) -> None:
     records = {r.ref: r for r in store.list_images()}
     assert records[str(APP)].manifest_digest == second.manifest_digest
     assert len(records) == 2
+
+
+def test_record_image_says_whether_the_reference_named_this_image_already(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP, content=b"one\n")
+    for gz, layer in layers:
+        commit(store, gz, layer)
+    assert store.record_image(resolved).unchanged is False  # new in the store
+    assert store.record_image(resolved).unchanged is True  # the same image again
+    # The tag moved to an image made of the same layer (only the platform, so the
+    # config, differs): every layer is there, but the reference names another image.
+    moved, _ = build_image(APP, content=b"one\n", platform=ARM64)
+    assert moved.layers == resolved.layers
+    recorded = store.record_image(moved)
+    assert recorded.unchanged is False
+    assert recorded.record.manifest_digest == moved.manifest_digest
+
+
+def test_open_never_sees_a_recorded_image_without_its_index_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Store.open repairs index.json from the database. Started in the moment between
+    # record_image's database commit and its index.json write, it must wait for the
+    # write, not take that moment for an interrupted pull and "repair" it.
+    store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP)
+    for gz, layer in layers:
+        commit(store, gz, layer)
+    openers: list[threading.Thread] = []
+    insert = Store._insert_image
+
+    def insert_then_open(self: Store, *args: Any) -> Any:
+        before = insert(self, *args)
+        opener = threading.Thread(target=Store.open, args=(self.path,))
+        opener.start()
+        openers.append(opener)
+        opener.join(timeout=0.5)  # time enough to repair, if it does not wait
+        return before
+
+    monkeypatch.setattr(Store, "_insert_image", insert_then_open)
+    with capture_logs() as logs:
+        store.record_image(resolved)
+        openers[0].join(timeout=30)
+    assert not openers[0].is_alive()
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == []
+    assert str(APP) in entries_by_name(store)
 
 
 def test_open_repairs_index_json_left_behind_by_a_crash(tmp_path: Path) -> None:
