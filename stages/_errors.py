@@ -14,7 +14,7 @@ sqlite3, OSError) are translated at the edge of the stage that met them with
     │   ├── NotFound              unknown repository, tag, manifest or blob
     │   ├── TooManyRequests       429 past the retry budget
     │   └── ManifestError         unusable manifest, index or config
-    │       └── PlatformNotFound  an index without the requested platform
+    │       └── PlatformNotFound  no manifest for the requested platform
     ├── BlobError             a layer's bytes are not what the manifest promised
     │   ├── DigestMismatch        sha256 of the compressed bytes differs
     │   ├── DiffIDMismatch        sha256 of the uncompressed tar differs
@@ -118,7 +118,9 @@ class ManifestError(RegistryError):
 
 
 class PlatformNotFound(ManifestError):
-    """An image index lists no manifest for the requested platform."""
+    """No manifest for the requested platform: an index lists none, or the one there is
+    (a single manifest asked for by ``--platform``, an index entry naming no platform) has
+    a config for another platform."""
 
 
 class BlobError(ImagecError):

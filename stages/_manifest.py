@@ -35,6 +35,8 @@ SCHEMA1 = frozenset(
 _GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 # JSON numbers above this lose precision in other implementations (2**53).
 MAX_SIZE = 1 << 53
+# The annotation buildx puts on an index's attestation manifests (platform unknown/unknown).
+_ATTESTATION = ("vnd.docker.reference.type", "attestation-manifest")
 
 __all__ = ["ResolvedImage", "resolve_image"]
 
@@ -72,11 +74,13 @@ async def resolve_image(
 ) -> ResolvedImage:
     """Fetch and check what ``ref`` names: (index →) manifest → config.
 
-    An index is resolved to the entry for ``platform`` (an exact variant preferred); the
-    config's ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A
-    single manifest is taken for the platform its config names, unless ``platform_asked``
-    (the user chose ``platform``): then another OS or architecture is refused, as docker
-    refuses it, rather than storing an image the user said they did not want.
+    An index is resolved to the entry for ``platform`` (an exact variant preferred), or
+    else to its first entry naming no platform, whose config must then be for
+    ``platform``; the config's ``rootfs.diff_ids`` are matched one to one with the
+    manifest's layers. A single manifest is taken for the platform its config names,
+    unless ``platform_asked`` (the user chose ``platform``): then another OS, architecture
+    or variant is refused, as docker refuses it, rather than storing an image the user
+    said they did not want. A variant counts only when both sides name one.
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -99,14 +103,17 @@ async def resolve_image(
 
     index_bytes: bytes | None = None
     index_media_type: str | None = None
+    entries: list[Descriptor] = []
     chosen_platform: Platform | None = None
     if media_type in MediaType.INDEXES:
         index_bytes, index_media_type = body, media_type
-        entry = _choose(_parse_index(doc, where, digest), platform, where, digest)
+        entries = _parse_index(doc, where, digest)
+        entry = _choose(entries, platform, where, digest)
         chosen_platform = entry.platform
         if entry.size > limits.max_manifest_bytes:
+            named = f"for {entry.platform}" if entry.platform else "without a platform"
             raise ManifestError(
-                f"the manifest for {entry.platform} is {entry.size} bytes, over the"
+                f"the manifest {named} is {entry.size} bytes, over the"
                 f" {limits.max_manifest_bytes}-byte limit; refused",
                 ref=where,
                 digest=str(entry.digest),
@@ -151,9 +158,20 @@ async def resolve_image(
                 digest=str(config.digest),
             )
         final_platform = chosen_platform
-    elif (
-        platform_asked and image_platform is not None and not _same_system(image_platform, platform)
-    ):
+    elif index_bytes is not None:
+        # The index entry named no platform: its config says which one it is for. The
+        # variant counts only when the user asked for one with --platform, as for a
+        # single manifest: the machine's own variant is a default, not a demand.
+        fits = _satisfies if platform_asked else _same_system
+        if image_platform is not None and not fits(image_platform, platform):
+            raise PlatformNotFound(
+                f"the image has no manifest for {platform}; it has:"
+                f" {_offered(entries, image_platform)}. Choose one with --platform",
+                ref=where,
+                digest=str(digest),
+            )
+        final_platform = image_platform or platform
+    elif platform_asked and image_platform is not None and not _satisfies(image_platform, platform):
         raise PlatformNotFound(
             f"the image is for {image_platform}, not {platform} as asked; it is a single "
             "manifest, with no other platform to choose",
@@ -366,24 +384,25 @@ def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Des
 
 
 def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Digest) -> Descriptor:
-    """The entry for ``wanted``: among matches, an exact variant first, else the first."""
+    """The entry for ``wanted``: among matches, an exact variant first, else the first;
+    with no match, the first entry naming no platform (OCI makes it optional), which its
+    config then decides, as containerd does. Attestation manifests are never chosen."""
+    candidates = _candidates(entries)
     matches = [
         entry
-        for entry in entries
-        if entry.platform is not None
-        and wanted.matches(entry.platform)
-        and (entry.media_type in MediaType.MANIFESTS | MediaType.INDEXES)
+        for entry in candidates
+        if entry.platform is not None and wanted.matches(entry.platform)
     ]
-    if not matches:
-        available = sorted({str(entry.platform) for entry in entries if entry.platform is not None})
-        listed = ", ".join(available) if available else "none"
+    exact = [entry for entry in matches if entry.platform == wanted]
+    unplaced = [entry for entry in candidates if entry.platform is None]
+    if not (matches or unplaced):
         raise PlatformNotFound(
-            f"the image has no manifest for {wanted}; it has: {listed}. Choose one with --platform",
+            f"the image has no manifest for {wanted}; it has: {_offered(entries)}. Choose one"
+            " with --platform",
             ref=where,
             digest=str(digest),
         )
-    exact = [entry for entry in matches if entry.platform == wanted]
-    chosen = (exact or matches)[0]
+    chosen = (exact or matches or unplaced)[0]
     if chosen.media_type in MediaType.INDEXES:
         raise ManifestError(
             f"the index entry for {wanted} is another index; nested indexes are not supported",
@@ -391,6 +410,38 @@ def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Dig
             digest=str(digest),
         )
     return chosen
+
+
+def _candidates(entries: list[Descriptor]) -> list[Descriptor]:
+    """The index entries that may be pulled: manifests (or indexes), not attestations."""
+    return [
+        entry
+        for entry in entries
+        if entry.media_type in MediaType.MANIFESTS | MediaType.INDEXES
+        and _ATTESTATION not in entry.annotations
+    ]
+
+
+def _offered(entries: list[Descriptor], unplaced_config: Platform | None = None) -> str:
+    """What an index offers, for a message: the platforms its entries name (attestations'
+    left out), then its entries without one, and ``unplaced_config`` when the first of
+    those was read and its config named that platform."""
+    offered = sorted(
+        {
+            str(entry.platform)
+            for entry in entries
+            if entry.platform is not None and _ATTESTATION not in entry.annotations
+        }
+    )
+    unplaced = sum(1 for entry in _candidates(entries) if entry.platform is None)
+    if unplaced:
+        text = "an entry" if unplaced == 1 else f"{unplaced} entries"
+        text += " without a platform"
+        if unplaced_config is not None:
+            whose = "its" if unplaced == 1 else "the first one's"
+            text += f" ({whose} config says {unplaced_config})"
+        offered.append(text)
+    return ", ".join(offered) or "none"
 
 
 def _parse_manifest(
@@ -446,6 +497,14 @@ def _parse_diff_ids(
 def _same_system(a: Platform, b: Platform) -> bool:
     """Same OS and architecture; variants are left out, as image configs often omit them."""
     return a.os == b.os and a.architecture == b.architecture
+
+
+def _satisfies(image: Platform, wanted: Platform) -> bool:
+    """Whether an image whose config says ``image`` is for ``wanted``: the same OS and
+    architecture, and the same variant when both name one (configs often omit it)."""
+    if not _same_system(image, wanted):
+        return False
+    return image.variant is None or wanted.variant is None or image.variant == wanted.variant
 
 
 def _config_platform(doc: Mapping[str, Any]) -> Platform | None:

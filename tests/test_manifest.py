@@ -20,6 +20,7 @@ from stages._types import Digest, MediaType, Platform
 pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
 
 AMD64 = Platform("linux", "amd64")
+UNKNOWN = {"os": "unknown", "architecture": "unknown"}
 REPO = "reg.example/team/app"
 
 
@@ -103,15 +104,30 @@ def manifest(
     return doc
 
 
-def index_entry(reg: Registry, doc: dict[str, Any], platform: dict[str, str]) -> dict[str, Any]:
+def index_entry(
+    reg: Registry, doc: dict[str, Any], platform: dict[str, str] | None
+) -> dict[str, Any]:
+    """An index entry for ``doc``; ``platform`` None leaves the (optional) field out."""
     body = dumps(doc)
     media_type = doc.get("mediaType", MediaType.OCI_MANIFEST)
-    return {
+    entry: dict[str, Any] = {
         "mediaType": media_type,
         "digest": reg.add_manifest(body, media_type),
         "size": len(body),
-        "platform": platform,
     }
+    if platform is not None:
+        entry["platform"] = platform
+    return entry
+
+
+def attestation(reg: Registry, platform: dict[str, str] | None = UNKNOWN) -> dict[str, Any]:
+    """An attestation manifest as buildx adds to an index (unknown/unknown, annotated)."""
+    entry = index_entry(reg, manifest(reg, config(os="unknown", arch="unknown")), platform)
+    entry["annotations"] = {
+        "vnd.docker.reference.type": "attestation-manifest",
+        "vnd.docker.reference.digest": "sha256:" + "1" * 64,
+    }
+    return entry
 
 
 async def resolve(
@@ -119,6 +135,8 @@ async def resolve(
     ref: Reference | str = REPO,
     platform: Platform = AMD64,
     limits: Limits | None = None,
+    *,
+    platform_asked: bool = False,
 ) -> Any:
     limits = limits or Limits()
     if isinstance(ref, str):
@@ -127,7 +145,7 @@ async def resolve(
         async with RegistryClient.open(
             RegistryOptions(), limits, transport=httpx.MockTransport(reg)
         ) as client:
-            return await resolve_image(client, ref, platform, limits)
+            return await resolve_image(client, ref, platform, limits, platform_asked=platform_asked)
 
 
 async def test_oci_manifest_by_tag() -> None:
@@ -235,6 +253,58 @@ async def test_index_without_platform_lists_available() -> None:
     assert "linux/arm64/v8, windows/amd64" in message
 
 
+async def test_index_entry_without_platform_is_a_candidate() -> None:
+    reg = Registry()
+    entry = index_entry(reg, manifest(reg), None)
+    index_digest = _index(reg, [entry])
+    image = await resolve(reg)
+    assert str(image.resolved_digest) == index_digest
+    assert str(image.manifest_digest) == entry["digest"]
+    assert image.platform == AMD64  # from its config
+    # An entry naming the platform asked for comes first.
+    amd = index_entry(reg, manifest(reg, config(diff_ids=1), layers=[layer(3)]), AMD64.to_json())
+    _index(reg, [entry, amd])
+    assert str((await resolve(reg)).manifest_digest) == amd["digest"]
+
+
+async def test_index_entry_without_platform_is_checked_against_its_config() -> None:
+    reg = Registry()
+    s390x = index_entry(
+        reg, manifest(reg, config(arch="s390x")), {"os": "linux", "architecture": "s390x"}
+    )
+    unplaced = index_entry(reg, manifest(reg, config(arch="arm", variant="v7")), None)
+    _index(reg, [s390x, unplaced])
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg)
+    assert str(info.value).startswith(
+        "the image has no manifest for linux/amd64; it has: linux/s390x, an entry without a"
+        " platform (its config says linux/arm/v7). Choose one with --platform"
+    )
+    v6 = Platform("linux", "arm", "v6")
+    with pytest.raises(PlatformNotFound, match=r"\(its config says linux/arm/v7\)"):
+        await resolve(reg, platform=v6, platform_asked=True)
+    # Not asked for: the machine's own platform, whose variant a config may differ in.
+    assert (await resolve(reg, platform=v6)).platform == Platform("linux", "arm", "v7")
+    image = await resolve(reg, platform=Platform("linux", "arm", "v7"))
+    assert str(image.manifest_digest) == unplaced["digest"]
+    assert image.platform == Platform("linux", "arm", "v7")
+
+
+async def test_attestations_neither_chosen_nor_listed() -> None:
+    reg = Registry()
+    amd = index_entry(reg, manifest(reg), AMD64.to_json())
+    _index(reg, [amd, attestation(reg)])
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=Platform("linux", "s390x"))
+    assert "it has: linux/amd64. Choose" in str(info.value)
+    with pytest.raises(PlatformNotFound, match=r"it has: linux/amd64\. Choose"):
+        await resolve(reg, platform=Platform("unknown", "unknown"))
+    # Nor taken as an entry without a platform, should one come without it.
+    unplaced = index_entry(reg, manifest(reg, config(diff_ids=1), layers=[layer(3)]), None)
+    _index(reg, [attestation(reg, None), unplaced])
+    assert str((await resolve(reg)).manifest_digest) == unplaced["digest"]
+
+
 async def test_nested_index_refused() -> None:
     reg = Registry()
     inner = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": []}
@@ -293,6 +363,21 @@ async def test_config_platform_without_index_must_match_a_platform_asked_for() -
             arm64_v8 = Platform("linux", "arm64", "v8")
             image = await resolve_image(client, ref, arm64_v8, Limits(), platform_asked=True)
     assert image.platform == Platform("linux", "arm64")
+
+
+async def test_config_variant_must_match_a_variant_asked_for() -> None:
+    reg = Registry()
+    arm_v7 = manifest(reg, config(arch="arm", variant="v7"))
+    reg.add_manifest(dumps(arm_v7), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(PlatformNotFound, match="is for linux/arm/v7, not linux/arm/v6 as asked"):
+        await resolve(reg, platform=Platform("linux", "arm", "v6"), platform_asked=True)
+    for asked in (Platform("linux", "arm", "v7"), Platform("linux", "arm")):
+        image = await resolve(reg, platform=asked, platform_asked=True)
+        assert image.platform == Platform("linux", "arm", "v7")
+    # A config without a variant leaves the choice to OS and architecture.
+    reg.add_manifest(dumps(manifest(reg, config(arch="arm"))), MediaType.OCI_MANIFEST, "latest")
+    image = await resolve(reg, platform=Platform("linux", "arm", "v6"), platform_asked=True)
+    assert image.platform == Platform("linux", "arm")
 
 
 async def test_media_type_from_header_when_body_has_none() -> None:
