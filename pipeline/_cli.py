@@ -471,11 +471,10 @@ def _message(exc: BaseException, secret: str | None) -> str:
 
 
 def _existing_store(path: str | None) -> tuple[Path, Store | None]:
-    """Where the store is, and the store for a command that only reads it: None when there
-    is none there yet. Opening would create it, so a mistyped --store would leave an
-    empty store behind."""
+    """Where the store is, and the store for a command that only reads it, opened
+    read-only: None when there is none there yet (``Store.open_existing``)."""
     where = store_path(path)
-    return where, Store.open(where) if where.exists() else None
+    return where, Store.open_existing(where)
 
 
 def _find(path: str | None, ref: str) -> tuple[Store, ImageRecord]:

@@ -76,6 +76,8 @@ log = structlog.get_logger()
 
 ENV_STORE = "IMAGEC_PIPE_STORE"
 SCHEMA_VERSION = 1
+# The action of a StoreError raised while opening a store ("cannot open store …").
+OPEN = "open"
 # How long a call waits for another process's write transaction before failing.
 BUSY_TIMEOUT_S = 30.0
 
@@ -244,8 +246,9 @@ def store_error(
     store: Path, action: str, exc: BaseException, *, digest: object = None, ref: str | None = None
 ) -> StoreError:
     """The ``StoreError`` for an OS or database failure: what failed, and what to do."""
+    what = f"cannot open store {store}" if action == OPEN else f"cannot {action} in store {store}"
     return StoreError(
-        f"cannot {action} in store {store}: {exc}; {_hint(exc)}",
+        f"{what}: {exc}; {_hint(exc)}",
         digest=str(digest) if digest is not None else None,
         ref=ref,
     )
@@ -385,9 +388,10 @@ class Store:
     ``lcache`` is the in-process layer cache shared by every pull given this object.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.lcache = LCache()
+        self.read_only = read_only
         self._blobs = path / BLOBS_DIR / "sha256"
         self._ingest = path / INGEST_DIR
         self._db_path = path / DB_FILE
@@ -409,9 +413,49 @@ class Store:
         store._init()
         return store
 
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike[str] | None = None) -> Store | None:
+        """Open the store at ``path`` (as ``open`` finds it) to read it only; None when
+        there is no store there yet.
+
+        For the commands that only look (images, layers, inspect): nothing is created,
+        locked, migrated, repaired or swept, so a mistyped ``--store`` leaves nothing
+        behind, and a store on read-only media or owned by another user can be listed.
+        Its database is opened read-only; where SQLite cannot keep its shared-memory file
+        next to it (a read-only mount), as an immutable file. Refuses what ``open``
+        refuses, and a schema older than this version's, which only a pull upgrades.
+        """
+        where = store_path(path)
+        store = cls(where, read_only=True)
+        with store._errors(OPEN):
+            if not where.exists():
+                return None
+            if not where.is_dir():
+                raise StoreError(
+                    f"store path {where} exists and is not a directory; "
+                    "choose a store directory with --store"
+                )
+            names = set(os.listdir(where))
+            if LAYOUT_FILE not in names or DB_FILE not in names:
+                if LAYOUT_FILE in names or names <= _OWN_NAMES:
+                    return None  # empty, interrupted creation, or an OCI layout of others
+                raise StoreError(
+                    f"{where} is not an imagec-pipe store: it has no {LAYOUT_FILE} file and "
+                    "holds other files; choose a store directory with --store"
+                )
+            store._check_layout(where / LAYOUT_FILE)
+            with store._db() as conn:
+                version = store._schema_version(conn)
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"store {where} has database schema version {version}, older than this "
+                f"imagec-pipe's ({SCHEMA_VERSION}); a pull into it upgrades it"
+            )
+        return store
+
     def _init(self) -> None:
         path = self.path
-        with self._errors("open the store"):
+        with self._errors(OPEN):
             if path.exists() and not path.is_dir():
                 raise StoreError(
                     f"store path {path} exists and is not a directory; "
@@ -568,7 +612,7 @@ class Store:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         """A fresh connection for this call (connections are bound to their thread)."""
-        conn = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn = self._connect()
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -576,6 +620,32 @@ class Store:
             yield conn
         finally:
             conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        """A read-write connection, or for a read-only store one that cannot write.
+
+        SQLite reads a WAL database only with its shared-memory file beside it, which it
+        creates when it may. Where it may not (a read-only mount, another user's
+        directory) and the file is not there, the database is opened as immutable: read
+        as it is, without locks, which is sound only while nobody writes it, as nobody
+        can through a read-only mount.
+        """
+        if not self.read_only:
+            return sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        uri = self._db_path.as_uri()
+        conn = sqlite3.connect(
+            f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+        )
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master")  # SQLite opens the file here
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if os.access(self.path, os.W_OK):
+                raise
+        return sqlite3.connect(
+            f"{uri}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+        )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

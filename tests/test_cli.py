@@ -458,6 +458,10 @@ def test_reading_commands_never_create_a_store(
         assert main([command, REF, "--store", str(store_dir)]) == EXIT_FAILED
         assert "there is no store there yet" in capsys.readouterr().err
     assert not store_dir.exists()
+    store_dir.mkdir()  # an empty directory (a mount point, say) stays empty
+    assert main(["images", "--store", str(store_dir)]) == EXIT_OK
+    assert "nothing pulled there" in capsys.readouterr().err
+    assert list(store_dir.iterdir()) == []
     Store.open(store_dir)  # an empty store, which exists: listed without a word
     assert main(["images", "--store", str(store_dir)]) == EXIT_OK
     assert capsys.readouterr().err == ""

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -771,6 +772,94 @@ def populated(tmp_path: Path) -> Store:
     by_digest = Reference(APP.registry, APP.repository, None, app.manifest_digest)
     pull_into(store, by_digest, content=b"oci image\n")
     return store
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` but SQLite's own WAL and shared-memory files (which any
+    reader of a WAL database may create), with its size and modification time."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    }
+
+
+def _read_everything(store: Store) -> list[str]:
+    records = store.list_images()
+    for record in records:
+        assert store.find_image(record.ref) == record
+        assert store.image_layers(record)
+        store.read_blob(record.image_id)
+    return sorted(r.ref for r in records)
+
+
+def test_open_existing_reads_and_changes_nothing(populated: Store) -> None:
+    # What Store.open would sweep and repair: a dead process's ingest file, an index.json
+    # that lost an entry. Reading must leave both as they are.
+    stale = populated.path / "ingest" / f"{'ab' * 32}.{2**22 + 1}.0123abcd.partial"
+    stale.write_bytes(b"partial")
+    (populated.path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": []}))
+    before = _files(populated.path)
+
+    reader = Store.open_existing(populated.path)
+
+    assert reader is not None and reader.read_only
+    assert _read_everything(reader) == _read_everything(populated)
+    assert _files(populated.path) == before
+
+
+def test_open_existing_finds_no_store_where_there_is_none(tmp_path: Path) -> None:
+    assert Store.open_existing(tmp_path / "missing") is None
+    assert not (tmp_path / "missing").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert Store.open_existing(empty) is None
+    assert list(empty.iterdir()) == []
+    (empty / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="is not an imagec-pipe store"):
+        Store.open_existing(empty)
+    with pytest.raises(StoreError, match="exists and is not a directory"):
+        Store.open_existing(empty / "notes.txt")
+
+
+def test_open_existing_refuses_a_schema_it_would_have_to_upgrade(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    with sqlite3.connect(store.path / "imagec.db") as conn:
+        conn.execute("PRAGMA user_version = 0")
+    with pytest.raises(StoreError, match=r"older than this imagec-pipe's .* a pull into it"):
+        Store.open_existing(store.path)
+
+
+@pytest.fixture
+def read_only_mount(populated: Store, tmp_path: Path) -> Iterator[Path]:
+    """``populated`` seen through a read-only bind mount (needs root and mount(8))."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root and mount(8)")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    bound = subprocess.run(
+        ["mount", "--bind", str(populated.path), str(mnt)], capture_output=True, timeout=30
+    )
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
+    try:
+        subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(mnt)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True, timeout=30)
+
+
+def test_a_store_on_a_read_only_mount_can_be_read(populated: Store, read_only_mount: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open store "):
+        Store.open(read_only_mount)
+    reader = Store.open_existing(read_only_mount)
+    assert reader is not None
+    assert _read_everything(reader) == _read_everything(populated)
 
 
 NAMES = [
