@@ -118,6 +118,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _store_dir(text: str) -> str:
+    """A --store value: not empty, which Path() would read as the working directory (a
+    script's ``--store "$UNSET"`` would make a store of wherever it runs)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the store directory must not be empty")
+    return text
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -156,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--store",
         metavar="DIR",
+        type=_store_dir,
         default=os.environ.get(STORE_ENV) or None,
         help=f"the store directory (default: ${STORE_ENV}, else the per-user data directory)",
     )
@@ -258,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    _discard_closed_streams()
     configure_logging(level=args.log_level, json=True if args.log_json else None)
     tune_allocator()
     try:
@@ -274,6 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _failed(_doing(args), exc)
     return code
+
+
+def _discard_closed_streams() -> None:
+    """Started with stdout or stderr closed (``>&-``), Python has None for it, and the
+    first line written was an internal error that abandoned the pull. What would have
+    gone there goes to /dev/null instead, as when a reader stops reading."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
 
 
 def _silence_stdout() -> None:

@@ -223,7 +223,8 @@ class PlainProgress(ProgressRenderer):
                 self._write_line(f"{tag}: Pulling from {repository}")
                 return
             case "resolved":
-                layers = "" if event.total is None else f" ({event.total} layers)"
+                count = event.total
+                layers = "" if count is None else f" ({count} layer{'' if count == 1 else 's'})"
                 self._write_line(f"Resolved {event.ref} to {event.digest}{layers}")
                 return
             case "pull-complete":

@@ -87,6 +87,8 @@ class TtyStringIO(io.StringIO):
         (["images", "extra"], "unrecognized arguments: extra"),
         (["layers"], "required: REF"),
         (["inspect"], "required: REF"),
+        (["pull", "alpine", "--store", ""], "the store directory must not be empty"),
+        (["images", "--store", " "], "the store directory must not be empty"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -962,6 +964,32 @@ def test_e2e_quiet_pull_by_digest(
     )
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"{ref}\n"
+
+
+def test_e2e_a_pull_with_stdout_closed_completes(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """``>&-``: Python starts with no sys.stdout; the progress goes nowhere, the pull on."""
+    from tests.support import images
+
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = str(tmp_path / "store")
+    for argv in (["pull", ref, "--json"], ["images"]):
+        closed = subprocess.run(
+            [sys.executable, "-m", "pipeline._cli", *argv, "--store", store],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+            preexec_fn=lambda: os.close(1),  # the child has no threads yet
+        )
+        assert closed.returncode == 0, closed.stderr
+        assert closed.stderr == ""
+    listed = run_cli("images", "--store", store, "--json")
+    assert [x["ref"] for x in json.loads(listed.stdout)] == [ref]
 
 
 def test_e2e_unknown_tag_exits_1_with_one_line(registry: Any, tmp_path: Path) -> None:

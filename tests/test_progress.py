@@ -198,6 +198,12 @@ def test_newer_image_when_the_reference_moved_though_every_layer_existed() -> No
     assert out.getvalue().endswith(f"Status: Downloaded newer image for {REF}\n{REF}\n")
 
 
+def test_one_layer_is_one_layer() -> None:
+    out = io.StringIO()
+    PlainProgress(out)(ev("resolved", INDEX, total=1))
+    assert out.getvalue() == f"Resolved {REF} to {INDEX} (1 layer)\n"
+
+
 def test_tty_lines_never_wrap() -> None:
     out, clock = TtyStringIO(), FakeClock()
     progress = TtyProgress(out, clock=clock, width=30)
