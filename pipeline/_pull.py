@@ -13,6 +13,7 @@ The per-layer stages are wired in ``stages/_layer.py``; this module wires the im
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -300,16 +301,17 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
     else fetch, verify and commit it."""
     store, layer = context.store, job.descriptor
     digest_text = str(layer.digest)
-    if await trio.to_thread.run_sync(store.layer_committed, layer.digest, limiter=context.limiter):
+    committed = functools.partial(
+        trio.to_thread.run_sync, store.committed_layer_sizes, layer.digest, limiter=context.limiter
+    )
+    if (sizes := await committed()) is not None:
         context.progress(ProgressEvent("layer-exists", str(context.ref), digest_text))
-        return _report(job, "exists", None, LayerTimings())
+        return _report(job, "exists", sizes[1], LayerTimings())
 
     async with store.lcache.download(layer.digest) as ticket:
-        if ticket.waited and await trio.to_thread.run_sync(
-            store.layer_committed, layer.digest, limiter=context.limiter
-        ):
+        if ticket.waited and (sizes := await committed()) is not None:
             context.progress(ProgressEvent("layer-shared", str(context.ref), digest_text))
-            return _report(job, "shared", None, LayerTimings())
+            return _report(job, "shared", sizes[1], LayerTimings())
         with (
             structlog.contextvars.bound_contextvars(digest=digest_text),
             store.open_ingest(layer.digest) as ingest,

@@ -679,14 +679,26 @@ class Store:
         return self._blobs / digest.hex
 
     @staticmethod
-    def _layer_row_ok(conn: sqlite3.Connection, blob: Path, digest: Digest) -> bool:
-        row = conn.execute("SELECT size FROM layers WHERE digest = ?", (str(digest),)).fetchone()
+    def _committed_row(
+        conn: sqlite3.Connection, blob: Path, digest: Digest
+    ) -> tuple[int, int | None] | None:
+        """(size, uncompressed size) of a layer with its row and a blob file of the
+        recorded size; None otherwise."""
+        row = conn.execute(
+            "SELECT size, uncompressed_size FROM layers WHERE digest = ?", (str(digest),)
+        ).fetchone()
         if row is None:
-            return False
+            return None
         try:
-            return blob.stat().st_size == int(row[0])
+            if blob.stat().st_size != int(row[0]):
+                return None
         except FileNotFoundError:
-            return False
+            return None
+        return int(row[0]), None if row[1] is None else int(row[1])
+
+    @classmethod
+    def _layer_row_ok(cls, conn: sqlite3.Connection, blob: Path, digest: Digest) -> bool:
+        return cls._committed_row(conn, blob, digest) is not None
 
     # -- layers and blobs ------------------------------------------------------------
 
@@ -694,6 +706,12 @@ class Store:
         """Whether the layer has its row and a blob file of the recorded size."""
         with self._errors("look up a layer", digest=digest), self._db() as conn:
             return self._layer_row_ok(conn, self._blob_path(digest), digest)
+
+    def committed_layer_sizes(self, digest: Digest) -> tuple[int, int | None] | None:
+        """(size, uncompressed size) of a committed layer, as ``layer_committed`` judges
+        it; None when it is not committed. A pull reports them for the layers it skips."""
+        with self._errors("look up a layer", digest=digest), self._db() as conn:
+            return self._committed_row(conn, self._blob_path(digest), digest)
 
     @contextlib.contextmanager
     def open_ingest(self, digest: Digest) -> Iterator[Ingest]:

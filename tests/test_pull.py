@@ -145,6 +145,12 @@ async def test_pull_by_digest_and_by_tag_at_digest(
     assert result.reference == by_digest
     assert str(result.manifest_digest) == image.digest
     assert {layer.status for layer in again.layers} == {"exists"}
+    # Skipped layers report the sizes the store recorded when they were downloaded.
+    assert [x.uncompressed_size for x in again.layers] == [
+        x.uncompressed_size for x in result.layers
+    ]
+    assert None not in [x.uncompressed_size for x in again.layers]
+    assert again.up_to_date and not result.up_to_date
     assert by_digest in index_entries(store.path)
     assert store.find_image(by_digest) is not None
     assert_store_consistent(store.path)
@@ -294,6 +300,8 @@ async def test_concurrent_pulls_in_one_process_share_layers(
         # later, found it committed ("exists").
         statuses = sorted(r.layers[i].status for r in results.values())
         assert statuses in (["downloaded", "shared"], ["downloaded", "exists"]), statuses
+        sizes = {r.layers[i].uncompressed_size for r in results.values()}
+        assert len(sizes) == 1 and None not in sizes, sizes
     assert str(results["one"].image_id) == one.image_id
     assert str(results["two"].image_id) == two.image_id
     assert_store_consistent(store.path)
