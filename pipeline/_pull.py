@@ -58,6 +58,31 @@ class PullOptions:
     limits: Limits = field(default_factory=Limits)
     progress: ProgressSink | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse what no pull can run with, here rather than after the first requests
+        (a wrong type failed deep inside, as an AttributeError in an ExceptionGroup)."""
+        if self.platform is not None and not isinstance(self.platform, Platform):
+            raise UsageError(
+                f"PullOptions.platform must be a Platform (Platform.parse('linux/amd64')), "
+                f"not {self.platform!r}"
+            )
+        concurrency = self.max_concurrent_downloads
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise UsageError(
+                f"max_concurrent_downloads must be a whole number of at least 1, not "
+                f"{concurrency!r}"
+            )
+        if self.layer_workers not in ("threads", "processes"):
+            raise UsageError(
+                f"layer_workers must be 'threads' or 'processes', not {self.layer_workers!r}"
+            )
+        if not isinstance(self.registry, RegistryOptions):
+            raise UsageError(f"PullOptions.registry must be RegistryOptions, not {self.registry!r}")
+        if not isinstance(self.limits, Limits):
+            raise UsageError(f"PullOptions.limits must be Limits, not {self.limits!r}")
+        if self.progress is not None and not callable(self.progress):
+            raise UsageError(f"PullOptions.progress must be callable, not {self.progress!r}")
+
 
 @dataclass(frozen=True)
 class LayerReport:
@@ -99,8 +124,10 @@ class PullResult:
     layers: tuple[LayerReport, ...]
     timings: PullTimings
     bytes_downloaded: int
-    # The reference named this very image in the store before the pull (docker's "Image
-    # is up to date"); False when it is new there or named another image.
+    # The reference already named this very image in the store when the pull recorded it
+    # (docker's "Image is up to date", judged as docker does, at the end: a concurrent
+    # pull of the same reference may have recorded it first); False when it was new there
+    # or named another image.
     up_to_date: bool
 
 
@@ -147,11 +174,8 @@ async def pull(
     Raises one ``ImagecError`` on failure, never an ``ExceptionGroup``: the groups of the
     nurseries inside are collapsed here, at the public boundary, to their root cause.
     """
-    options = options or PullOptions()
-    if options.max_concurrent_downloads < 1:
-        raise UsageError(
-            f"max_concurrent_downloads must be at least 1, not {options.max_concurrent_downloads}"
-        )
+    options = PullOptions() if options is None else options
+    _check_arguments(ref, store, options, downloads)
     inflater(options.limits.gzip_inflater)  # an unknown one is a UsageError before any work
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     with structlog.contextvars.bound_contextvars(ref=str(reference)):
@@ -163,6 +187,25 @@ async def pull(
             failure = collapse_exception_group(group)
         # Raised here, not in the handler: see stages/_groups.py.
         raise failure from failure.__cause__
+
+
+def _check_arguments(ref: object, store: object, options: object, downloads: object) -> None:
+    """UsageError for arguments of the wrong kind, before any request: a path given as
+    the store, a store opened only to read (it would have downloaded every layer, then
+    failed to record them)."""
+    if not isinstance(ref, str | Reference):
+        raise UsageError(f"the image reference must be a string, not {ref!r}")
+    if not isinstance(store, Store):
+        raise UsageError(f"store must be a Store (pipeline.Store.open(path)), not {store!r}")
+    if store.read_only:
+        raise UsageError(
+            f"cannot pull into store {store.path}: it was opened read-only "
+            "(Store.open_existing); open it with Store.open"
+        )
+    if not isinstance(options, PullOptions):
+        raise UsageError(f"options must be PullOptions, not {options!r}")
+    if downloads is not None and not isinstance(downloads, trio.CapacityLimiter):
+        raise UsageError(f"downloads must be a trio.CapacityLimiter, not {downloads!r}")
 
 
 async def _pull(

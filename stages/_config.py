@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._errors import UsageError
+
 __all__ = ["Credentials", "Limits", "RegistryOptions"]
 
 MiB = 1 << 20
@@ -84,3 +86,41 @@ class Limits:
     transfer_window_s: float = 60.0
     # Redirect hops followed by hand for one blob before giving up.
     max_redirects: int = 5
+
+    def __post_init__(self) -> None:
+        """Refuse values no pull can run with, before any request: an inflate step of 0
+        looped for ever in its thread, where no cancellation reaches, and a chunk size of
+        0 or a negative timeout failed deep inside, as something else."""
+        for name, least in _LEAST_COUNTS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UsageError(
+                    f"Limits.{name} must be a whole number of at least {least}, not {value!r}"
+                )
+        for name in _POSITIVE_SECONDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise UsageError(
+                    f"Limits.{name} must be a number of seconds above 0, not {value!r}"
+                )
+        if not isinstance(self.gzip_inflater, str):
+            raise UsageError(f"Limits.gzip_inflater must be a name, not {self.gzip_inflater!r}")
+
+
+# The least value of each count in Limits, and the timeouts and windows, which must be
+# above 0 seconds; tests/test_config.py checks that every field is in one of them.
+_LEAST_COUNTS = {
+    "chunk_size": 1,
+    "chunk_buffer": 0,  # 0: a rendezvous channel
+    "pipe_buffer": 1,
+    "max_manifest_bytes": 1,
+    "max_token_bytes": 1,
+    "max_layer_uncompressed_bytes": 1,
+    "max_compression_ratio": 1,
+    "min_uncompressed_allowance_bytes": 0,
+    "inflate_step_bytes": 1,
+    "max_zstd_window_bytes": 1,
+    "min_transfer_bytes_per_s": 0,  # 0 turns the check off
+    "max_redirects": 0,
+}
+_POSITIVE_SECONDS = ("connect_timeout_s", "read_timeout_s", "transfer_window_s")

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -718,17 +719,40 @@ async def test_a_worker_process_killed_mid_layer_is_a_worker_error(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (PullOptions(max_concurrent_downloads=0), "max_concurrent_downloads"),
-        (PullOptions(limits=pipeline.Limits(gzip_inflater="zlib-ng")), "gzip inflater"),
+        (lambda: PullOptions(max_concurrent_downloads=0), "max_concurrent_downloads"),
+        (lambda: PullOptions(max_concurrent_downloads=2.5), "max_concurrent_downloads"),
+        (lambda: PullOptions(layer_workers="fibers"), "layer_workers"),
+        (lambda: PullOptions(platform="linux/amd64"), "must be a Platform"),
+        (lambda: PullOptions(limits=pipeline.Limits(gzip_inflater="zlib-ng")), "gzip inflater"),
+        (lambda: PullOptions(limits=pipeline.Limits(inflate_step_bytes=0)), "inflate_step"),
+        (lambda: PullOptions(limits=pipeline.Limits(read_timeout_s=-1)), "read_timeout_s"),
+        (lambda: {"max_concurrent_downloads": 3}, "must be PullOptions"),
     ],
 )
 async def test_bad_options_are_usage_errors_before_any_request(
-    tmp_path: Path, options: PullOptions, message: str
+    tmp_path: Path, options: Callable[[], Any], message: str
 ) -> None:
     store = Store.open(tmp_path / "store")
     with trio.fail_after(10), pytest.raises(pipeline.UsageError, match=message):
         # nothing listens on port 9: any request would fail differently
-        await pipeline.pull("127.0.0.1:9/app:1", store=store, options=options)
+        await pipeline.pull("127.0.0.1:9/app:1", store=store, options=options())
+
+
+async def test_bad_arguments_are_usage_errors_before_any_request(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "store")
+    reader = Store.open_existing(store.path)
+    ref = "127.0.0.1:9/app:1"  # nothing listens on port 9
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"store": str(store.path)}, "must be a Store"),
+        ({"store": None}, "must be a Store"),
+        ({"store": reader}, "opened read-only"),
+        ({"store": store, "downloads": 3}, "trio.CapacityLimiter"),
+    ]
+    for kwargs, message in cases:
+        with trio.fail_after(10), pytest.raises(pipeline.UsageError, match=message):
+            await pipeline.pull(ref, **kwargs)
+    with trio.fail_after(10), pytest.raises(pipeline.UsageError, match="must be a string"):
+        await pipeline.pull(b"127.0.0.1:9/app:1", store=store)  # type: ignore[arg-type]
 
 
 async def test_pulls_sharing_a_download_limiter_download_one_layer_at_a_time(
