@@ -54,6 +54,7 @@ from ._auth import (
 from ._config import Limits, RegistryOptions
 from ._errors import (
     AuthError,
+    ImagecError,
     ManifestError,
     NotFound,
     RegistryError,
@@ -339,8 +340,19 @@ class RegistryClient:
         """The Authorization header for ``ref``'s registry, or None if it wants none.
 
         ``stale`` is the header a request was just refused with: a cached token equal to
-        it is not reused.
+        it is not reused. The token service's errors (``_auth`` knows nothing of images)
+        are made to name ``ref``.
         """
+        try:
+            return await self._authorization_for(ref, endpoint, stale=stale)
+        except ImagecError as exc:
+            if exc.ref is None:
+                exc.ref = str(ref)
+            raise
+
+    async def _authorization_for(
+        self, ref: Reference, endpoint: _Endpoint, *, stale: str | None
+    ) -> str | None:
         challenge = self._challenges.get(endpoint.authority)
         if challenge is None:
             return None

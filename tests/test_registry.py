@@ -757,6 +757,9 @@ async def test_real_registry_token_auth(
         await _pull_metadata(token_registry, token_registry.ref(unique_repo), wrong)
     assert "check the username/password" in str(info.value)
     assert "wrong-pw" not in str(info.value)
+    # The token service's refusal names the image being pulled.
+    assert info.value.ref == str(token_registry.ref(unique_repo))
+    assert info.value.ref in str(info.value)
 
     token_server.reset()
     token_server.set_fault("status", status=503)
