@@ -48,6 +48,7 @@ from stages import WorkerError as WorkerError
 from stages import parse_reference as parse_reference
 
 from ._allocator import tune_allocator as tune_allocator
+from ._logging import configure_logging as configure_logging
 from ._pull import LayerReport as LayerReport
 from ._pull import PullOptions as PullOptions
 from ._pull import PullResult as PullResult
@@ -74,7 +75,6 @@ __all__ = [
     "InvalidDigest",
     "InvalidReference",
     "LayerRecord",
-    "RecordedImage",
     "LayerReport",
     "LayerTimings",
     "Limits",
@@ -88,6 +88,7 @@ __all__ = [
     "PullOptions",
     "PullResult",
     "PullTimings",
+    "RecordedImage",
     "Reference",
     "RegistryError",
     "RegistryOptions",
@@ -100,6 +101,7 @@ __all__ = [
     "UsageError",
     "WorkerError",
     "__version__",
+    "configure_logging",
     "pull",
     "tune_allocator",
 ]
