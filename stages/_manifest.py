@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -148,7 +149,7 @@ async def resolve_image(
     _check_blob(config_bytes, _sha256(config_bytes), config, "image config", where)
     config_doc = _load_json(config_bytes, "image config", where, config.digest)
     diff_ids = _parse_diff_ids(config_doc, len(layers), where, config.digest)
-    image_platform = _config_platform(config_doc)
+    image_platform = _config_platform(config_doc, where, config.digest)
     if chosen_platform is not None:
         if image_platform is not None and not _same_system(image_platform, chosen_platform):
             raise ManifestError(
@@ -272,6 +273,14 @@ def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, 
         ) from exc
     if not isinstance(doc, dict):
         raise ManifestError(f"the {what} is not a JSON object", ref=where, digest=str(digest))
+    try:  # "\ud800" is valid JSON, but no text: the store could not record it
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ManifestError(
+            f"the {what} holds text that is not Unicode (a lone surrogate escape)",
+            ref=where,
+            digest=str(digest),
+        ) from exc
     return doc
 
 
@@ -370,7 +379,27 @@ def _platform(raw: Any, what: str, where: str, digest: Digest) -> Platform:
         raise ManifestError(
             f"{what}'s platform variant is not a string", ref=where, digest=str(digest)
         )
+    _check_platform_names(f"{what}'s platform", (os, arch, variant), where, digest)
     return Platform(os.lower(), arch.lower(), variant.lower() if variant else None)
+
+
+# What an OS, architecture or variant name may look like (Go's GOOS/GOARCH, "v8",
+# "ppc64le"): without it, "amd64/x" was stored as a platform that no longer parsed when
+# read back, and every listing of the store failed.
+_PLATFORM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def _check_platform_names(
+    what: str, names: tuple[str | None, ...], where: str, digest: Digest
+) -> None:
+    for name in names:
+        if name is not None and name and not _PLATFORM_NAME.fullmatch(name):
+            raise ManifestError(
+                f"{what} has a malformed name {name[:64]!r}: OS, architecture and variant"
+                " are letters, digits, '.', '_', '+' or '-'",
+                ref=where,
+                digest=str(digest),
+            )
 
 
 def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Descriptor]:
@@ -507,11 +536,13 @@ def _satisfies(image: Platform, wanted: Platform) -> bool:
     return image.variant is None or wanted.variant is None or image.variant == wanted.variant
 
 
-def _config_platform(doc: Mapping[str, Any]) -> Platform | None:
+def _config_platform(doc: Mapping[str, Any], where: str, digest: Digest) -> Platform | None:
     """The config's os/architecture(/variant), if it states them as strings."""
     os, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
     if not isinstance(os, str) or not isinstance(arch, str) or not os or not arch:
         return None
+    variant = variant if isinstance(variant, str) else None
+    _check_platform_names("the config's platform", (os, arch, variant), where, digest)
     return Platform(
         os.lower(), arch.lower(), variant.lower() if isinstance(variant, str) and variant else None
     )

@@ -468,6 +468,7 @@ async def test_malformed_manifest_fields(name: str, spoil: Any, text: str) -> No
         (b"[" * 200000 + b"]" * 200000, "nested too deeply"),
         (b'{"schemaVersion": 1' + b"0" * 5000 + b"}", "not valid JSON"),
         (b'{"schemaVersion": NaN}', "not valid JSON"),
+        (b'{"schemaVersion": 2, "mediaType": "\\ud800"}', "not Unicode"),
         (b"[]", "not a JSON object"),
         (b'{"mediaType": 5}', "not a string"),
         (b"{}", "unsupported media type"),
@@ -478,6 +479,34 @@ async def test_malformed_manifest_bodies(body: bytes, text: str) -> None:
     reg.add_manifest(body, MediaType.OCI_MANIFEST, "latest")
     reg.manifests["latest"] = (body, "application/json")
     with pytest.raises(ManifestError, match=text):
+        await resolve(reg)
+
+
+@pytest.mark.parametrize(
+    "platform",
+    [
+        {"arch": "amd64", "variant": "v1/extra"},
+        {"arch": "amd64/x/y"},
+        {"os": "linux/amd64", "arch": "x"},
+        {"arch": "amd64", "variant": "\ud800"},
+    ],
+)
+async def test_a_config_platform_that_is_no_platform_name_is_refused(
+    platform: dict[str, str],
+) -> None:
+    # Stored as it came, "linux/amd64/v1/extra" no longer parsed when read back, and
+    # every listing of the store failed; a lone surrogate failed the database write.
+    reg = Registry()
+    reg.add_manifest(dumps(manifest(reg, config(**platform))), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match=r"malformed name|not Unicode"):
+        await resolve(reg)
+
+
+async def test_an_index_platform_that_is_no_platform_name_is_refused() -> None:
+    reg = Registry()
+    amd = manifest(reg)
+    _index(reg, [index_entry(reg, amd, {"os": "linux", "architecture": "amd64", "variant": "a/b"})])
+    with pytest.raises(ManifestError, match="platform has a malformed name 'a/b'"):
         await resolve(reg)
 
 
