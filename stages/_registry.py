@@ -201,8 +201,10 @@ class RegistryClient:
         https→http refused; at most ``limits.max_redirects`` hops). The response is 200,
         or 206 whose Content-Range starts at ``offset`` when ``offset > 0``; anything else
         raises the mapped error. Transport errors while the caller reads
-        ``response.aiter_raw()`` come out as ``RegistryUnavailable``. The response is
-        always closed on exit.
+        ``response.aiter_raw()`` come out as ``RegistryUnavailable``, except
+        ``httpx.RemoteProtocolError`` (the body ended before its length, or a chunk was
+        cut), which the blob stage reports as ``Truncated`` with how far it got. The
+        response is always closed on exit.
         """
         return self._stream_blob(ref, digest, offset)
 
@@ -222,6 +224,8 @@ class RegistryClient:
             _check_blob_status(response, ref, digest, offset)
             try:
                 yield response
+            except httpx.RemoteProtocolError:
+                raise  # a short body: the blob stage's Truncated says how much came
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, ref, response.url, what, str(digest)) from exc
         finally:

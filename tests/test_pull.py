@@ -656,8 +656,8 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
     tmp_path: Path,
     layer_workers: str,
 ) -> None:
-    """A layer whose body stops halfway: the pull raises the RegistryUnavailable naming
-    it, in both modes. A worker process hands its error back by pickle, with the cause
+    """A layer whose body stops halfway: the pull raises the Truncated naming it and how
+    far it got, in both modes. A worker process hands its error back by pickle, with the cause
     chain (tblib, as trio-parallel does); that once recursed until RecursionError,
     because the error's context was the group that held it."""
     from tblib import pickling_support
@@ -670,16 +670,17 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
     via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, half))
     store = Store.open(tmp_path / "s")
 
-    with pytest.raises(pipeline.RegistryUnavailable) as caught:
+    with pytest.raises(pipeline.Truncated) as caught:
         await pipeline.pull(
             f"{via.host}/{unique_repo}:1", store=store, options=options(layer_workers=layer_workers)
         )
 
     assert cut.digest in str(caught.value)
+    assert f"broke off after {len(half)} of {cut.size} bytes" in str(caught.value)
     assert_store_consistent(tmp_path / "s")
     pickling_support.install(caught.value)
     again = pickle.loads(pickle.dumps(caught.value))
-    assert type(again) is pipeline.RegistryUnavailable
+    assert type(again) is pipeline.Truncated
     assert (again.ref, again.digest) == (caught.value.ref, caught.value.digest)
 
 

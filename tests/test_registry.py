@@ -833,7 +833,8 @@ async def test_cancelled_streams_leak_no_connections() -> None:
                     with trio.move_on_after(0.02):
                         async with client.stream_blob(ref, BLOB_DIGEST):
                             raise AssertionError("the TLS probe should hang")
-                assert await settled(0) == 0
+                left = await settled(0)
+                assert left == 0, f"{left} probe connections left open"
                 answer_tls = True
                 started = 0
                 for _ in range(30):
@@ -842,8 +843,9 @@ async def test_cancelled_streams_leak_no_connections() -> None:
                             started += 1
                             async for _chunk in response.aiter_raw():
                                 pass
-                assert started == 30
-                assert await settled(1) <= 1  # at most the idle /v2/ connection
+                assert started == 30, f"only {started} of 30 streams got their headers"
+                left = await settled(1)
+                assert left <= 1, f"{left} connections left open"  # at most the idle /v2/ one
             nursery.cancel_scope.cancel()
 
 
