@@ -321,6 +321,13 @@ def token_url(realm: str, service: str | None, scope: str) -> httpx.URL:
         raise AuthError(f"the registry named an invalid token realm {realm!r:.200}") from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise AuthError(f"the registry named an unusable token realm {realm!r:.200}")
+    if url.userinfo:
+        # httpx would send them as Basic auth in place of the user's own credentials:
+        # the pull would run as whoever the registry chose. Not echoed: they are secret.
+        raise AuthError(
+            f"the registry named a token realm on {url.host} with a user name and password "
+            "in its URL; refused"
+        )
     return url.copy_merge_params(params)
 
 

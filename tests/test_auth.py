@@ -133,6 +133,10 @@ def test_token_url() -> None:
     for bad in ["", "ftp://a/t", "/relative", "https://"]:
         with pytest.raises(AuthError):
             token_url(bad, "s", "scope")
+    # Credentials in the realm would replace the user's own (httpx sends them as Basic).
+    with pytest.raises(AuthError, match="user name and password in its URL") as info:
+        token_url("https://evil:s3cret@auth.example/token", "s", "scope")
+    assert "s3cret" not in str(info.value)
 
 
 TOKEN_BODIES = [
