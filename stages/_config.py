@@ -78,6 +78,11 @@ class Limits:
     max_zstd_window_bytes: int = 128 * MiB
     connect_timeout_s: float = 30.0
     read_timeout_s: float = 60.0
+    # A response's headers (with the endpoint check, token and redirects before them) and
+    # the whole body of a manifest, config or error must arrive within this. The read
+    # timeout alone never fires for a server that sends a byte now and then; a blob's
+    # body is watched by the transfer rate below instead.
+    response_deadline_s: float = 120.0
     # A blob body arriving slower than this on average over a window fails the layer with
     # RegistryUnavailable: a server that drips a byte just inside the read timeout would
     # otherwise hold the pull for ever (RELIABILITY.md, "slow drip"). Time the download
@@ -123,4 +128,9 @@ _LEAST_COUNTS = {
     "min_transfer_bytes_per_s": 0,  # 0 turns the check off
     "max_redirects": 0,
 }
-_POSITIVE_SECONDS = ("connect_timeout_s", "read_timeout_s", "transfer_window_s")
+_POSITIVE_SECONDS = (
+    "connect_timeout_s",
+    "read_timeout_s",
+    "response_deadline_s",
+    "transfer_window_s",
+)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -162,35 +162,37 @@ class RegistryClient:
         if accept is not None:
             headers["Accept"] = accept
         path = f"/v2/{ref.repository}/{kind}/{target}"
-        response = await self._open(ref, path, headers, what=what, digest=digest)
-        try:
-            if response.status_code != 200:
-                raise RegistryError(
-                    f"{ref.api_host} answered HTTP {response.status_code} instead of 200 for"
-                    f" {what}",
-                    ref=str(ref),
-                    digest=digest,
-                )
+        with self._deadline(ref, what, digest):
+            response = await self._open(ref, path, headers, what=what, digest=digest)
             try:
-                body = await read_bounded(response, max_bytes, what=what)
-            except BodyTooLarge as exc:
-                raise BodyOverLimit(
-                    f"{what} is larger than the {max_bytes}-byte limit; refused",
-                    ref=str(ref),
-                    digest=digest,
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc, ref, response.url, what, digest) from exc
-            log.debug("fetched", ref=str(ref), what=what, size=len(body))
-            return body, response.headers
-        finally:
-            await _close(response)
+                if response.status_code != 200:
+                    raise RegistryError(
+                        f"{ref.api_host} answered HTTP {response.status_code} instead of 200"
+                        f" for {what}",
+                        ref=str(ref),
+                        digest=digest,
+                    )
+                try:
+                    body = await read_bounded(response, max_bytes, what=what)
+                except BodyTooLarge as exc:
+                    raise BodyOverLimit(
+                        f"{what} is larger than the {max_bytes}-byte limit; refused",
+                        ref=str(ref),
+                        digest=digest,
+                    ) from exc
+                except httpx.HTTPError as exc:
+                    raise self._transport_error(exc, ref, response.url, what, digest) from exc
+                log.debug("fetched", ref=str(ref), what=what, size=len(body))
+                return body, response.headers
+            finally:
+                await _close(response)
 
     async def authenticate(self, ref: Reference) -> None:
         """Find ``ref``'s endpoint and get its token now (both cached), so that the time
         auth takes can be measured apart from the manifest's."""
-        endpoint = await self._endpoint(ref)
-        await self._authorization(ref, endpoint, stale=None)
+        with self._deadline(ref, "authentication", None):
+            endpoint = await self._endpoint(ref)
+            await self._authorization(ref, endpoint, stale=None)
 
     def stream_blob(
         self, ref: Reference, digest: Digest, *, offset: int = 0
@@ -219,7 +221,8 @@ class RegistryClient:
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
         path = f"/v2/{ref.repository}/blobs/{digest}"
-        response = await self._open(ref, path, headers, what=what, digest=str(digest))
+        with self._deadline(ref, what, str(digest)):  # the body has the rate check instead
+            response = await self._open(ref, path, headers, what=what, digest=str(digest))
         try:
             _check_blob_status(response, ref, digest, offset)
             try:
@@ -426,6 +429,22 @@ class RegistryClient:
         return self._verified
 
     # -- requests -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _deadline(self, ref: Reference, what: str, digest: str | None) -> Iterator[None]:
+        """``RegistryUnavailable`` if the block takes longer than
+        ``limits.response_deadline_s``: a server that sends a byte now and then, each
+        inside the read timeout, would otherwise hold a pull for ever (RELIABILITY.md)."""
+        seconds = self._limits.response_deadline_s
+        with trio.move_on_after(seconds) as scope:
+            yield
+        if scope.cancelled_caught:
+            raise RegistryUnavailable(
+                f"{ref.api_host} took more than {seconds:g} s to answer for {what}; the "
+                "registry or the network is stalling, pull again",
+                ref=str(ref),
+                digest=digest,
+            )
 
     async def _open(
         self,

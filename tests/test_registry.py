@@ -849,6 +849,61 @@ async def test_cancelled_streams_leak_no_connections() -> None:
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("part", ["manifest body", "blob headers", "error body"])
+async def test_a_response_sent_a_byte_at_a_time_ends_at_the_deadline(part: str) -> None:
+    """Each byte comes well inside the read timeout, so only the response deadline ends
+    it (RELIABILITY.md, slow drip): for a manifest's body, a blob's headers (its body has
+    the rate check), and an error's body, which is read for its message."""
+    drips = {
+        "manifest body": (b"HTTP/1.1 200 OK\r\nContent-Length: 400\r\n\r\n", b"{" * 400),
+        "blob headers": (b"", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nblob"),
+        "error body": (b"HTTP/1.1 404 Not Found\r\nContent-Length: 400\r\n\r\n", b" " * 400),
+    }
+    head, drip = drips[part]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            request = b""
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                request += data
+                if request.startswith(b"\x16"):  # a TLS ClientHello: answer as Go does
+                    await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                    return
+                if b"\r\n\r\n" not in request:
+                    continue
+                if not request.startswith(b"GET /v2/ "):
+                    break
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                request = b""
+            await stream.send_all(head)
+            for byte in drip:
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(0.05)
+
+    limits = Limits(response_deadline_s=0.5, read_timeout_s=10)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            ref = parse_reference(f"127.0.0.1:{port}/app")
+            async with RegistryClient.open(RegistryOptions(), limits) as client:
+                await client.authenticate(ref)  # the endpoint check, outside the deadline
+                started = trio.current_time()
+                with pytest.raises(RegistryUnavailable, match=r"took more than 0\.5 s"):
+                    if part == "blob headers":
+                        async with client.stream_blob(ref, BLOB_DIGEST):
+                            pass
+                    else:
+                        await client.get_bytes(
+                            ref, "manifests", "latest", accept=None, max_bytes=10_000
+                        )
+                assert trio.current_time() - started < 5  # the drip alone would take 20 s
+            nursery.cancel_scope.cancel()
+
+
 async def _answer_plainly(stream: trio.SocketStream, request: bytes = b"") -> None:
     """Read the rest of a request head (``request`` is what came so far); answer GET /v2/
     with an empty 200 and anything else with ``MANIFEST``, then close."""
