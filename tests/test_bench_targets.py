@@ -70,6 +70,15 @@ def test_lower_bounds_add_startup_to_the_work_spread_over_the_cores() -> None:
     assert bound["cpu_s"] == pytest.approx(0.18 + 1.6)
 
 
+def test_the_bound_takes_the_least_stack_startup_of_the_run() -> None:
+    results = _results(ours_app=1.0, stack_startup=0.3)
+    results["stack_startup_least_s"], results["stack_startup_least_cpu_s"] = 0.2, 0.17
+    bound = _targets.lower_bounds(results, "app")
+    assert bound is not None
+    assert bound["wall_s"] == pytest.approx(0.2 + (1.6 + 0.1) / 2)
+    assert bound["cpu_s"] == pytest.approx(0.17 + 1.6)
+
+
 def test_a_serial_stage_longer_than_the_spread_work_sets_the_bound() -> None:
     results = _results(ours_app=1.0)
     results["primitives"]["app"]["floor"]["candidates"]["largest layer: inflate"] = 1.5
