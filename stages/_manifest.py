@@ -268,8 +268,14 @@ def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, 
             f"the {what} is nested too deeply to parse", ref=where, digest=str(digest)
         ) from exc
     except ValueError as exc:
+        # Python's own limit on integer digits words its error for programmers.
+        detail = (
+            "a number has too many digits"
+            if "integer string conversion" in str(exc)
+            else str(exc)[:120]
+        )
         raise ManifestError(
-            f"the {what} is not valid JSON: {str(exc)[:120]}", ref=where, digest=str(digest)
+            f"the {what} is not valid JSON: {detail}", ref=where, digest=str(digest)
         ) from exc
     if not isinstance(doc, dict):
         raise ManifestError(f"the {what} is not a JSON object", ref=where, digest=str(digest))
