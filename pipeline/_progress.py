@@ -333,8 +333,8 @@ class JsonProgress(ProgressRenderer):
     Event lines: ``{"event", "ref", "digest", "current", "total"}`` (``digest`` and
     ``total`` may be null). The summary line: ``{"event": "summary", "ref", "digest",
     "manifest_digest", "image_id", "platform", "layers": [...], "timings": {...},
-    "bytes_downloaded", "up_to_date"}``; each layer is ``{"digest", "diff_id", "media_type", "size",
-    "uncompressed_size", "status", "timings"}``. A failed pull ends instead with
+    "bytes_downloaded", "up_to_date"}``; each layer is ``{"digest", "diff_id",
+    "media_type", "size", "uncompressed_size", "status", "timings"}``. A failed pull ends instead with
     ``{"event": "error", "ref", "digest", "error", "message"}``: ``error`` is the
     exception's class (``NotFound``, ``DigestMismatch`` …), ``message`` the stderr line's.
     """
