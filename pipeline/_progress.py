@@ -334,9 +334,10 @@ class JsonProgress(ProgressRenderer):
     ``total`` may be null). The summary line: ``{"event": "summary", "ref", "digest",
     "manifest_digest", "image_id", "platform", "layers": [...], "timings": {...},
     "bytes_downloaded", "up_to_date"}``; each layer is ``{"digest", "diff_id",
-    "media_type", "size", "uncompressed_size", "status", "timings"}``. A failed pull ends instead with
-    ``{"event": "error", "ref", "digest", "error", "message"}``: ``error`` is the
-    exception's class (``NotFound``, ``DigestMismatch`` …), ``message`` the stderr line's.
+    "media_type", "size", "uncompressed_size", "status", "timings"}``. A failed pull ends
+    instead with ``{"event": "error", "ref", "digest", "error", "message"}``: ``error`` is
+    the exception's class (``NotFound``, ``DigestMismatch`` …), ``message`` the stderr
+    line's.
     """
 
     def _handle(self, event: ProgressEvent) -> None:
