@@ -13,6 +13,7 @@ The per-layer stages are wired in ``stages/_layer.py``; this module wires the im
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +23,7 @@ import trio
 
 from stages._codec import inflater
 from stages._config import Limits, RegistryOptions
-from stages._errors import UsageError
+from stages._errors import ManifestError, UsageError
 from stages._events import LayerTimings, ProgressEvent, ProgressSink
 from stages._groups import collapse_exception_group
 from stages._layer import fetch_layer
@@ -233,12 +234,7 @@ async def _pull(
                 "resolved", str(ref), str(resolved.resolved_digest), total=len(resolved.layers)
             )
         )
-        jobs = [
-            _LayerJob(i, layer, diff_id)
-            for i, (layer, diff_id) in enumerate(
-                zip(resolved.layers, resolved.diff_ids, strict=True)
-            )
-        ]
+        jobs = _unique_jobs(resolved)
         for job in jobs:
             progress(
                 ProgressEvent(
@@ -268,8 +264,8 @@ async def _pull(
     record = recorded.record
     finished = trio.current_time()
     progress(ProgressEvent("pull-complete", record.ref, str(resolved.resolved_digest)))
-    layer_reports = tuple(r for r in reports if r is not None)
-    assert len(layer_reports) == len(jobs), "every layer worker reports or raises"
+    assert all(r is not None for r in reports), "every layer worker reports or raises"
+    layer_reports = _in_manifest_order(resolved, [r for r in reports if r is not None])
     result = PullResult(
         reference=record.ref,
         resolved_digest=resolved.resolved_digest,
@@ -289,6 +285,43 @@ async def _pull(
     )
     _log_pull(resolved, result)
     return result
+
+
+def _unique_jobs(resolved: ResolvedImage) -> list[_LayerJob]:
+    """One job per distinct layer: a manifest may list a layer twice, and it is fetched
+    once (two jobs of one digest made the second wait on the first's download, and report
+    it "shared" after the first had said "complete"). Raises ``ManifestError`` when the
+    config gives one layer two diffIDs: only one of them could be verified."""
+    jobs: dict[Digest, _LayerJob] = {}
+    for layer, diff_id in zip(resolved.layers, resolved.diff_ids, strict=True):
+        first = jobs.get(layer.digest)
+        if first is None:
+            jobs[layer.digest] = _LayerJob(len(jobs), layer, diff_id)
+        elif first.diff_id != diff_id:
+            raise ManifestError(
+                f"the image lists layer {layer.digest} twice, with two diffIDs in its config"
+                f" ({first.diff_id} and {diff_id}); one of them must be wrong",
+                ref=str(resolved.ref),
+                digest=str(layer.digest),
+            )
+    return list(jobs.values())
+
+
+def _in_manifest_order(
+    resolved: ResolvedImage, reports: list[LayerReport]
+) -> tuple[LayerReport, ...]:
+    """A report per layer of the manifest, from one per distinct layer: a repeat of a
+    layer says "exists" (it was in the store by then) and downloaded nothing."""
+    by_digest = {report.digest: report for report in reports}
+    seen: set[Digest] = set()
+    out = []
+    for layer in resolved.layers:
+        report = by_digest[layer.digest]
+        if layer.digest in seen:
+            report = dataclasses.replace(report, status="exists", timings=LayerTimings())
+        seen.add(layer.digest)
+        out.append(report)
+    return tuple(out)
 
 
 async def _pull_layers(

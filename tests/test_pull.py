@@ -717,6 +717,40 @@ async def test_a_worker_process_killed_mid_layer_is_a_worker_error(
     assert caught.value.digest not in blob_names(tmp_path / "s")
 
 
+async def test_a_layer_listed_twice_is_fetched_once_and_reported_once(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    base = images.sample_image(unique_seed, compressions=("gzip",), with_empty_layer=False)
+    one, two = base.layers[0], images.sample_image(f"{unique_seed}:2").layers[0]
+    image = images.make_image([one, two, one])
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    events: list[pipeline.ProgressEvent] = []
+
+    result = await pipeline.pull(
+        f"{via.host}/{unique_repo}:1",
+        store=Store.open(tmp_path / "s"),
+        options=options(progress=events.append),
+    )
+
+    assert [x.status for x in result.layers] == ["downloaded", "downloaded", "exists"]
+    assert result.bytes_downloaded == one.size + two.size
+    assert via.blob_gets(one.digest) == 1
+    seen = [(e.event, e.digest) for e in events if e.digest == one.digest]
+    assert ("layer-shared", one.digest) not in seen
+    assert seen[-1] == ("layer-complete", one.digest)  # nothing undoes "Pull complete"
+    assert [e for e, _ in seen].count("layer-complete") == 1
+    assert_store_consistent(tmp_path / "s")
+
+    # The same layer given two diffIDs: only one could be verified, so neither is taken.
+    liar = images.make_image([one, two, one], diff_ids=[one.diff_id, two.diff_id, two.diff_id])
+    registry.push(unique_repo, liar, "2")
+    with trio.fail_after(30), pytest.raises(pipeline.ManifestError, match="two diffIDs"):
+        await pipeline.pull(
+            registry.ref(unique_repo, "2"), store=Store.open(tmp_path / "t"), options=options()
+        )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
