@@ -397,18 +397,17 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             result = trio.run(_pull_until_stopped, args.ref, store, options)
         finally:
             renderer.close()
-    except KeyboardInterrupt:
-        _error_line("interrupted")
-        return EXIT_INTERRUPTED
-    except _Stopped as stopped:
+    except KeyboardInterrupt as interrupt:
+        return _pull_interrupted(renderer, args.ref, interrupt)
+    except Terminated as stopped:
+        renderer.fail(args.ref, stopped, f"terminated ({stopped.signal.name})")
         _error_line(f"terminated ({stopped.signal.name})")
         return 128 + stopped.signal
     except BaseExceptionGroup as group:
         # pull() promises one exception, never a group; if one escapes anyway, a Ctrl-C
         # inside it still means "interrupted" and anything else is reported on one line.
-        if group.subgroup(KeyboardInterrupt) is not None:
-            _error_line("interrupted")
-            return EXIT_INTERRUPTED
+        if (interrupts := group.subgroup(KeyboardInterrupt)) is not None:
+            return _pull_interrupted(renderer, args.ref, _first_leaf(interrupts))
         return _pull_failed(renderer, args.ref, where, _first_leaf(group), secret)
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _pull_failed(renderer, args.ref, where, exc, secret)
@@ -419,8 +418,17 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _Stopped(Exception):
-    """A stop signal (SIGTERM, SIGHUP) cancelled the pull."""
+def _pull_interrupted(renderer: ProgressRenderer, ref: str, interrupt: BaseException) -> int:
+    """Ctrl-C: the stderr line, and ``--json``'s last word (``"error": "KeyboardInterrupt"``),
+    so that a reader of the stream always gets a final line to act on."""
+    renderer.fail(ref, interrupt, "interrupted")
+    _error_line("interrupted")
+    return EXIT_INTERRUPTED
+
+
+class Terminated(Exception):
+    """A stop signal (SIGTERM, SIGHUP) cancelled the pull; ``--json`` names it in its
+    ``error`` line."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -435,7 +443,7 @@ async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> P
 
     Left to their default action, those signals end the process at once: partial files
     stay in ``ingest/`` until the next run sweeps them, and layer worker processes go on
-    downloading for their orphaned layers. Raises ``_Stopped`` after a clean cancel.
+    downloading for their orphaned layers. Raises ``Terminated`` after a clean cancel.
     """
     stopped: list[int] = []
     result: PullResult | None = None
@@ -451,10 +459,10 @@ async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> P
             nursery.start_soon(stop_on_signal)
             result = await pull(ref, store=store, options=options)
             nursery.cancel_scope.cancel()
-    if stopped:
-        raise _Stopped(stopped[0])
-    assert result is not None
-    return result
+    if result is not None:  # finished before the signal stopped it: the image is stored
+        return result
+    assert stopped, "pull() returns, raises, or is cancelled by a stop signal"
+    raise Terminated(stopped[0])
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

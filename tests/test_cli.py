@@ -650,9 +650,10 @@ _STUCK_PULL = textwrap.dedent(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
-def test_sigint_exits_130(store_dir: Path) -> None:
+@pytest.mark.parametrize("output", ["-q", "--json"])
+def test_sigint_exits_130(store_dir: Path, output: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", _STUCK_PULL, "pull", REF, "--store", str(store_dir), "-q"],
+        [sys.executable, "-c", _STUCK_PULL, "pull", REF, "--store", str(store_dir), output],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -670,7 +671,15 @@ def test_sigint_exits_130(store_dir: Path) -> None:
             proc.wait()
     assert proc.returncode == EXIT_INTERRUPTED
     assert err == "imagec-pipe: interrupted\n"
-    assert out == ""
+    if output == "-q":
+        assert out == ""
+    else:  # --json ends with the error line, as for any failed pull
+        last = json.loads(out.splitlines()[-1])
+        assert (last["event"], last["error"], last["message"]) == (
+            "error",
+            "KeyboardInterrupt",
+            "interrupted",
+        )
 
 
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
@@ -706,13 +715,17 @@ def test_sigterm_cancels_the_pull_cleanly(
                 break
         below = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM
     assert err == "imagec-pipe: terminated (SIGTERM)\n"
+    # --json ends with the error line, as for any failed pull.
+    last = json.loads(out.splitlines()[-1])
+    assert (last["event"], last["error"]) == ("error", "Terminated")
+    assert last["message"] == "terminated (SIGTERM)"
     assert os.listdir(store / "ingest") == []
     for _ in range(50):  # the workers' forkserver notices its parent is gone
         if not any(os.path.exists(f"/proc/{pid}") for pid in below):
