@@ -301,7 +301,7 @@ class TtyProgress(ProgressRenderer):
             self._draw()
 
     def _fit(self, text: str) -> str:
-        return text[: max(self._width - 1, 20)]
+        return text[: max(self._width - 1, 1)]
 
     def _draw(self) -> None:
         """Move up over the block drawn last time and draw every line again."""

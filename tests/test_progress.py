@@ -204,12 +204,13 @@ def test_one_layer_is_one_layer() -> None:
     assert out.getvalue() == f"Resolved {REF} to {INDEX} (1 layer)\n"
 
 
-def test_tty_lines_never_wrap() -> None:
+@pytest.mark.parametrize("width", [30, 12])
+def test_tty_lines_never_wrap(width: int) -> None:
     out, clock = TtyStringIO(), FakeClock()
-    progress = TtyProgress(out, clock=clock, width=30)
+    progress = TtyProgress(out, clock=clock, width=width)
     progress(ev("layer-downloading", LAYER_A, 12 * MB, 45 * MB))
     progress.close()
-    assert all(len(line) < 30 for line in screen(out.getvalue()))
+    assert all(len(line) < width for line in screen(out.getvalue()))
 
 
 def test_tty_close_draws_pending_bytes() -> None:
