@@ -134,7 +134,7 @@ class PullResult:
 
 @dataclass(frozen=True)
 class _LayerJob:
-    index: int
+    index: int  # among the pull's jobs, one per distinct layer (_unique_jobs)
     descriptor: Descriptor
     diff_id: Digest
 

@@ -627,8 +627,9 @@ class Store:
         SQLite reads a WAL database only with its shared-memory file beside it, which it
         creates when it may. Where it may not (a read-only mount, another user's
         directory) and the file is not there, the database is opened as immutable: read
-        as it is, without locks, which is sound only while nobody writes it, as nobody
-        can through a read-only mount.
+        as it is, without locks. That is sound while nobody writes it, as nobody can
+        through a read-only mount; in another user's store, a listing taken while its
+        owner pulls may miss the newest image or fail, and is simply taken again.
         """
         if not self.read_only:
             return sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
