@@ -50,7 +50,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 import trio
@@ -64,6 +64,7 @@ from ._allocator import tune_allocator
 from ._logging import LEVELS, configure_logging
 from ._progress import (
     JsonProgress,
+    LogsAboveProgress,
     PlainProgress,
     ProgressRenderer,
     QuietProgress,
@@ -382,6 +383,10 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         user_agent=f"{PROG}/{version()}",
     )
     renderer = _renderer(args, sys.stdout)
+    if isinstance(renderer, TtyProgress) and _isatty(sys.stderr):
+        # Logs on the same terminal go above the progress block, not into it.
+        logs = cast(TextIO, LogsAboveProgress(renderer, sys.stderr))  # an io.TextIOBase
+        configure_logging(level=args.log_level, json=True if args.log_json else None, stream=logs)
     options = PullOptions(
         platform=args.platform,
         max_concurrent_downloads=args.max_concurrent_downloads,

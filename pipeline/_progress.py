@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import io
 import json
 import shutil
 import threading
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JsonProgress",
+    "LogsAboveProgress",
     "PlainProgress",
     "ProgressRenderer",
     "QuietProgress",
@@ -280,6 +282,7 @@ class TtyProgress(ProgressRenderer):
         self._drawn = 0  # lines of the block currently on screen
         self._dirty = False
         self._last_draw = float("-inf")
+        self._done = False  # finished or closed: the block is final, text goes below it
 
     def _handle(self, event: ProgressEvent) -> None:
         if event.event == "resolving":
@@ -322,9 +325,46 @@ class TtyProgress(ProgressRenderer):
         self._write(
             f"Digest: {result.resolved_digest}\n{_status_line(result)}\n{result.reference}\n"
         )
+        self._done = True
 
     def _close(self) -> None:
         self._draw()
+        self._done = True
+
+    def write_above(self, text: str, other: TextIO) -> None:
+        """Write ``text`` to ``other``, a stream on the same terminal (the logs' stderr),
+        above the block: the block is cleared, the text written, the block drawn again
+        below it. Written straight to ``other``, a log line landed in the middle of the
+        block, and the next redraw's cursor arithmetic left stale copies on screen."""
+        with self._lock:
+            if self._drawn and not self._done:
+                self._write(f"\x1b[{self._drawn}A\r\x1b[J")  # up over the block, clear below
+                self._drawn = 0
+                self._dirty = True
+            try:
+                other.write(text)
+                other.flush()
+            except (OSError, ValueError):  # a closed stderr: the log line is lost, not the pull
+                pass
+            if not self._done:
+                self._draw()
+
+
+class LogsAboveProgress(io.TextIOBase):
+    """A stream for the logger while ``TtyProgress`` draws on the same terminal: each
+    write goes above the progress block (``TtyProgress.write_above``), to ``stream``."""
+
+    def __init__(self, progress: TtyProgress, stream: TextIO) -> None:
+        super().__init__()
+        self._progress = progress
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._progress.write_above(text, self._stream)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return True
 
 
 class JsonProgress(ProgressRenderer):

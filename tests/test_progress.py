@@ -11,6 +11,7 @@ import pytest
 
 from pipeline._progress import (
     JsonProgress,
+    LogsAboveProgress,
     PlainProgress,
     QuietProgress,
     TtyProgress,
@@ -204,6 +205,33 @@ def test_one_layer_is_one_layer() -> None:
     assert out.getvalue() == f"Resolved {REF} to {INDEX} (1 layer)\n"
 
 
+def test_tty_log_lines_go_above_the_block() -> None:
+    # The logs' stderr is the same terminal: written straight, a line landed inside the
+    # block and the next redraw left stale copies of it on screen.
+    out, clock = TtyStringIO(), FakeClock()
+    progress = TtyProgress(out, clock=clock, width=120)
+    logs = LogsAboveProgress(progress, out)
+    progress(ev("resolving"))
+    progress(ev("layer-waiting", LAYER_A, total=45 * MB))
+    progress(ev("layer-waiting", LAYER_B, total=45 * MB))
+    logs.write("first log line\n")
+    progress(ev("layer-downloading", LAYER_A, 1 * MB, 45 * MB))
+    logs.write("second log line\n")
+    progress.finish(result("downloaded", "downloaded"))
+    logs.write("after the pull\n")
+    assert screen(out.getvalue()) == [
+        "1.0: Pulling from team/app",
+        "first log line",
+        "second log line",
+        "aaaaaaaaaaaa: Downloading  1MB/45MB",
+        "bbbbbbbbbbbb: Waiting",
+        f"Digest: {INDEX}",
+        f"Status: Downloaded newer image for {REF}",
+        REF,
+        "after the pull",
+    ]
+
+
 @pytest.mark.parametrize("width", [30, 12])
 def test_tty_lines_never_wrap(width: int) -> None:
     out, clock = TtyStringIO(), FakeClock()
@@ -346,6 +374,9 @@ def screen(text: str) -> list[str]:
             if op == "A":
                 row = max(0, row - int(arg or 1))
             elif op == "K":
+                lines[row] = ""
+            elif op == "J":  # clear from here to the end of the screen
+                del lines[row + 1 :]
                 lines[row] = ""
             i = end + 1
             continue
