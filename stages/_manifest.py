@@ -399,7 +399,7 @@ def _check_platform_names(
     what: str, names: tuple[str | None, ...], where: str, digest: Digest
 ) -> None:
     for name in names:
-        if name is not None and name and not _PLATFORM_NAME.fullmatch(name):
+        if name and not _PLATFORM_NAME.fullmatch(name):
             raise ManifestError(
                 f"{what} has a malformed name {name[:64]!r}: OS, architecture and variant"
                 " are letters, digits, '.', '_', '+' or '-'",
