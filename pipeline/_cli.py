@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gzip-inflater",
         choices=("auto", *available_inflaters()),
         default="auto",
-        help="what inflates gzip layers (default: auto, the fastest installed: isal)",
+        help="what inflates gzip layers (default: auto, the fastest installed, isal first)",
     )
     pull.add_argument(
         "--ca-file", type=_existing_file, metavar="PEM", help="extra CA certificates to trust"

@@ -20,12 +20,14 @@ publisher's fault and gets its own error.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import importlib.util
 import types
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import xxhash
 import zstandard
@@ -34,36 +36,39 @@ from ._config import Limits
 from ._errors import BlobError, DecompressError, Truncated, UsageError
 from ._types import MediaType
 
-_INFLATERS: dict[str, types.ModuleType] = {"zlib": zlib}
-_GZIP_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
-try:  # ISA-L inflates about twice as fast as zlib (benchmarks/RESULTS.md, "Primitives").
-    from isal import isal_zlib
-
-    _INFLATERS["isal"] = isal_zlib
-    _GZIP_ERRORS = (zlib.error, cast("type[Exception]", isal_zlib.error))
-except ImportError:  # pragma: no cover - isal is a dependency; this keeps odd platforms going
-    pass
-
-# What ``Limits.gzip_inflater = "auto"`` picks: the fastest one installed.
-DEFAULT_INFLATER = "isal" if "isal" in _INFLATERS else "zlib"
+# The zlib-compatible gzip inflaters, by the name ``Limits.gzip_inflater`` takes, fastest
+# first as the harness measures them on layer data (benchmarks/RESULTS.md, "Gzip
+# inflaters": ISA-L 7-12% ahead of zlib-ng on app, big and many, zlib-ng ahead on small's
+# one 10 MB layer; both about twice zlib's speed). isal is a dependency; zlib-ng is
+# optional (``pip install imagec-pipe[zlib-ng]``). A module is imported when a pull first
+# chooses it, so none costs the start-up of a command that does not use it.
+_INFLATER_MODULES = {"isal": "isal.isal_zlib", "zlib-ng": "zlib_ng.zlib_ng", "zlib": "zlib"}
 
 
 def available_inflaters() -> tuple[str, ...]:
     """The names ``Limits.gzip_inflater`` may take besides "auto", fastest first."""
-    return tuple(name for name in ("isal", "zlib") if name in _INFLATERS)
+    return tuple(
+        name
+        for name, module in _INFLATER_MODULES.items()
+        if importlib.util.find_spec(module.partition(".")[0]) is not None
+    )
 
 
+@functools.cache
 def inflater(name: str) -> types.ModuleType:
-    """The zlib-compatible module named by ``Limits.gzip_inflater`` ("auto", "isal",
-    "zlib"). Raises ``UsageError`` for one that is unknown or not installed."""
-    chosen = DEFAULT_INFLATER if name == "auto" else name
-    module = _INFLATERS.get(chosen)
-    if module is None:
-        raise UsageError(
-            f"gzip inflater {name!r} is not available here; choose one of auto, "
-            f"{', '.join(sorted(_INFLATERS))}"
-        )
-    return module
+    """The module named by ``Limits.gzip_inflater``: "auto" (the fastest installed) or one
+    of ``available_inflaters()``. Raises ``UsageError`` for one that is unknown or not
+    installed."""
+    installed = available_inflaters()
+    chosen = installed[0] if name == "auto" else name
+    if chosen in installed:
+        try:
+            return importlib.import_module(_INFLATER_MODULES[chosen])
+        except ImportError:  # found but broken: say so below, as for a missing one
+            pass
+    raise UsageError(
+        f"gzip inflater {name!r} is not available here; choose one of auto, {', '.join(installed)}"
+    )
 
 
 __all__ = [
@@ -127,7 +132,7 @@ class BlobHasher:
 
 # ---------------------------------------------------------------------------------------
 # Decompressors: bytes in, bounded pieces out to a sink; internal errors are plain
-# exceptions (zlib/isal/zstd errors, _Corrupt, _Incomplete) that LayerDecoder translates.
+# exceptions (zstd errors, _Corrupt, _Incomplete) that LayerDecoder translates.
 
 
 class _Corrupt(Exception):
@@ -139,7 +144,7 @@ class _Incomplete(Exception):
 
 
 # What a malformed stream raises inside the decompressors, translated by LayerDecoder.
-_BAD_STREAM: tuple[type[Exception], ...] = (*_GZIP_ERRORS, zstandard.ZstdError, _Corrupt)
+_BAD_STREAM: tuple[type[Exception], ...] = (zstandard.ZstdError, _Corrupt)
 
 
 class Decompressor(Protocol):
@@ -164,6 +169,12 @@ class Gunzip:
         self._members = 0  # members completed
 
     def update(self, data: bytes) -> None:
+        try:
+            self._update(data)
+        except self._impl.error as exc:  # each inflater module has an error class of its own
+            raise _Corrupt(str(exc)) from exc
+
+    def _update(self, data: bytes) -> None:
         step, sink = self._step, self._sink
         buf = data
         while buf:

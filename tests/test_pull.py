@@ -758,7 +758,7 @@ async def test_a_layer_listed_twice_is_fetched_once_and_reported_once(
         (lambda: PullOptions(max_concurrent_downloads=2.5), "max_concurrent_downloads"),
         (lambda: PullOptions(layer_workers="fibers"), "layer_workers"),
         (lambda: PullOptions(platform="linux/amd64"), "must be a Platform"),
-        (lambda: PullOptions(limits=pipeline.Limits(gzip_inflater="zlib-ng")), "gzip inflater"),
+        (lambda: PullOptions(limits=pipeline.Limits(gzip_inflater="libdeflate")), "gzip inflater"),
         (lambda: PullOptions(limits=pipeline.Limits(inflate_step_bytes=0)), "inflate_step"),
         (lambda: PullOptions(limits=pipeline.Limits(read_timeout_s=-1)), "read_timeout_s"),
         (lambda: {"max_concurrent_downloads": 3}, "must be PullOptions"),
