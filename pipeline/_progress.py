@@ -256,6 +256,16 @@ class PlainProgress(ProgressRenderer):
         )
 
 
+# Layer events after which a layer's line no longer changes, or has not started to.
+_SETTLED = frozenset({"layer-waiting", "layer-complete", "layer-exists", "layer-shared"})
+# The order in which a condensed block counts them, after the layers still moving.
+_LATER_STATUSES = ("Waiting", "Shared with another pull", "Pull complete", "Already exists")
+
+
+def _position_in_count(label: str) -> int:
+    return _LATER_STATUSES.index(label) + 1 if label in _LATER_STATUSES else 0
+
+
 class TtyProgress(ProgressRenderer):
     """A terminal: docker's display, one line per layer redrawn in place.
 
@@ -263,6 +273,12 @@ class TtyProgress(ProgressRenderer):
     A change of status redraws at once; byte counts only mark the display dirty and are
     drawn at most ``fps`` times a second. Lines are cut to the terminal width so that none
     wraps (a wrapped line would break the cursor arithmetic).
+
+    The cursor cannot move above the top of the screen, so a block taller than the
+    terminal could not be redrawn in place: every frame scrolled, and a 32-layer pull on a
+    15-row terminal left about 1,900 lines behind. While there are more layers than rows,
+    the block shows the layers in progress and one line counting the rest; the final
+    block, drawn once, lists every layer.
     """
 
     def __init__(
@@ -272,11 +288,15 @@ class TtyProgress(ProgressRenderer):
         clock: Clock = time.monotonic,
         fps: float = 10.0,
         width: int | None = None,
+        height: int | None = None,
     ) -> None:
         super().__init__(stream)
         self._clock = clock
         self._min_interval_s = 1.0 / fps
-        self._width = width if width is not None else shutil.get_terminal_size().columns
+        size = shutil.get_terminal_size()
+        self._width = width if width is not None else size.columns
+        # Lines a block may take and still be redrawn in place: one row stays for the cursor.
+        self._room = max((height if height is not None else size.lines) - 1, 1)
         self._lines: dict[str, str] = {}  # short digest → status, in first-seen order
         self._kinds: dict[str, str] = {}  # short digest → its last event name
         self._drawn = 0  # lines of the block currently on screen
@@ -306,29 +326,58 @@ class TtyProgress(ProgressRenderer):
     def _fit(self, text: str) -> str:
         return text[: max(self._width - 1, 1)]
 
-    def _draw(self) -> None:
-        """Move up over the block drawn last time and draw every line again."""
+    def _draw(self, *, final: bool = False) -> None:
+        """Move up over the block drawn last time and draw it again: every line when it
+        fits on the screen or will not be redrawn (``final``), else ``_condensed()``."""
         if not self._dirty:
             return
+        lines = [f"{key}: {status}" for key, status in self._lines.items()]
+        if len(lines) > self._room and not final:
+            lines = self._condensed()
         out = []
         if self._drawn:
             out.append(f"\x1b[{self._drawn}A")
-        for key, status in self._lines.items():
-            out.append(f"\r\x1b[2K{self._fit(f'{key}: {status}')}\n")
+        out.extend(f"\r\x1b[2K{self._fit(line)}\n" for line in lines)
+        if len(lines) < self._drawn:  # a shorter block: clear what the old one left below
+            out.append("\x1b[J")
         self._write("".join(out))
-        self._drawn = len(self._lines)
+        self._drawn = len(lines)
         self._dirty = False
         self._last_draw = self._clock()
 
+    def _condensed(self) -> list[str]:
+        """As many layer lines as fit above one line that counts the rest by status
+        ("+ 30 more: 25 Waiting, 5 Pull complete"): the layers in progress first, the
+        others in manifest order to fill the room; shown in manifest order."""
+        moving = [key for key, kind in self._kinds.items() if kind not in _SETTLED]
+        settled = [key for key in self._kinds if self._kinds[key] in _SETTLED]
+        chosen = set((moving + settled)[: self._room - 1])
+        shown = [key for key in self._kinds if key in chosen]
+        rest: dict[str, int] = {}
+        for key, kind in self._kinds.items():
+            if key not in chosen:
+                label = "Downloading" if kind == "layer-downloading" else self._lines[key]
+                rest[label] = rest.get(label, 0) + 1
+        counts = ", ".join(
+            f"{rest[label]} {label}" for label in sorted(rest, key=_position_in_count)
+        )
+        more = f"+ {sum(rest.values())} more: {counts}"
+        return [*(f"{key}: {self._lines[key]}" for key in shown), more]
+
+    def _draw_final(self) -> None:
+        """The last frame; a condensed block on screen gives way to every layer's line."""
+        self._dirty = self._dirty or self._drawn < len(self._lines)
+        self._draw(final=True)
+
     def _finish(self, result: PullResult) -> None:
-        self._draw()
+        self._draw_final()
         self._write(
             f"Digest: {result.resolved_digest}\n{_status_line(result)}\n{result.reference}\n"
         )
         self._done = True
 
     def _close(self) -> None:
-        self._draw()
+        self._draw_final()
         self._done = True
 
     def write_above(self, text: str, other: TextIO) -> None:

@@ -241,6 +241,68 @@ def test_tty_lines_never_wrap(width: int) -> None:
     assert all(len(line) < width for line in screen(out.getvalue()))
 
 
+def many_layers_pull(progress: TtyProgress, clock: FakeClock, count: int) -> list[str]:
+    """``count`` layers announced, then downloaded three at a time, each in five chunks.
+    Returns the short digests, and leaves every layer complete."""
+    digests = [Digest.from_hex(f"{i:02x}" * 32) for i in range(count)]
+    progress(ev("resolving"))
+    for digest in digests:
+        progress(ev("layer-waiting", digest, total=10 * MB))
+    for start in range(0, count, 3):
+        batch = digests[start : start + 3]
+        for step in range(1, 6):
+            clock.now += 0.2
+            for digest in batch:
+                progress(ev("layer-downloading", digest, 2 * MB * step, 10 * MB))
+        for digest in batch:
+            progress(ev("layer-verifying", digest, 10 * MB, 10 * MB))
+            progress(ev("layer-complete", digest, 10 * MB, 10 * MB))
+    return [str(digest)[7:19] for digest in digests]
+
+
+def test_more_layers_than_rows_are_redrawn_in_place_not_scrolled() -> None:
+    # A block taller than the terminal cannot be redrawn in place: each frame scrolled
+    # and left a copy of the whole block behind.
+    out, clock = TtyStringIO(), FakeClock()
+    progress = TtyProgress(out, clock=clock, width=120, height=10)
+    keys = many_layers_pull(progress, clock, 30)
+    progress.finish(result("downloaded", "downloaded"))
+    progress.close()  # as the CLI does, whatever happened
+    assert screen(out.getvalue(), height=10) == [
+        "1.0: Pulling from team/app",
+        *(f"{key}: Pull complete" for key in keys),
+        f"Digest: {INDEX}",
+        f"Status: Downloaded newer image for {REF}",
+        REF,
+    ]
+
+
+def test_more_layers_than_rows_show_those_in_progress_first_and_count_the_rest() -> None:
+    out, clock = TtyStringIO(), FakeClock()
+    progress = TtyProgress(out, clock=clock, width=120, height=6)
+    keys = [str(Digest.from_hex(f"{i:02x}" * 32))[7:19] for i in range(8)]
+    progress(ev("resolving"))
+    for i in range(8):
+        progress(ev("layer-waiting", Digest.from_hex(f"{i:02x}" * 32), total=10 * MB))
+    progress(ev("layer-complete", Digest.from_hex("00" * 32), 10 * MB, 10 * MB))
+    for i in (3, 5):
+        progress(ev("layer-downloading", Digest.from_hex(f"{i:02x}" * 32), 4 * MB, 10 * MB))
+    # those in progress, then the others in manifest order, as many as fit
+    assert screen(out.getvalue(), height=6)[-5:] == [
+        f"{keys[0]}: Pull complete",
+        f"{keys[1]}: Waiting",
+        f"{keys[3]}: Downloading  4MB/10MB",
+        f"{keys[5]}: Downloading  4MB/10MB",
+        "+ 4 more: 4 Waiting",
+    ]
+    # more in progress than rows: as many as fit, the others counted as downloading
+    for i in (0, 1, 2, 4, 6, 7):
+        progress(ev("layer-downloading", Digest.from_hex(f"{i:02x}" * 32), 1 * MB, 10 * MB))
+    shown = screen(out.getvalue(), height=6)[-5:]
+    assert len(shown) == 5 and shown[-1] == "+ 4 more: 4 Downloading"
+    assert all(": Downloading  " in line for line in shown[:-1])
+
+
 def test_tty_close_draws_pending_bytes() -> None:
     out, clock = TtyStringIO(), FakeClock()
     progress = TtyProgress(out, clock=clock, width=120)
@@ -360,8 +422,10 @@ def test_to_jsonable() -> None:
     assert to_jsonable(LayerTimings(wall_s=1.0))["wall_s"] == 1.0
 
 
-def screen(text: str) -> list[str]:
-    """Replay the few ANSI sequences the renderer uses onto a list of lines."""
+def screen(text: str, height: int | None = None) -> list[str]:
+    """Replay the few ANSI sequences the renderer uses onto a list of lines: the screen and
+    what scrolled off it. With a ``height``, as a terminal does, the cursor cannot move up
+    past the top of the screen, so lines that scrolled off stay as they were."""
     lines: list[str] = [""]
     row = 0
     i = 0
@@ -372,7 +436,8 @@ def screen(text: str) -> list[str]:
                 end += 1
             arg, op = text[i + 2 : end], text[end]
             if op == "A":
-                row = max(0, row - int(arg or 1))
+                top = 0 if height is None else max(0, len(lines) - height)
+                row = max(top, row - int(arg or 1))
             elif op == "K":
                 lines[row] = ""
             elif op == "J":  # clear from here to the end of the screen
