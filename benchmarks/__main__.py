@@ -412,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     images = _csv(args.images, ALL_IMAGES, "images")
     scenarios = _csv(args.scenarios, ALL_SCENARIOS, "scenarios")
     variants = [_peers.add_ours_variant(v) for v in args.ours_variant]
-    tools = _peers.ensure_installed(_csv(args.tools, ALL_TOOLS, "tools"), _log)
+    tools = _peers.ensure_installed(
+        _csv(args.tools, ALL_TOOLS, "tools"), _log, curl="primitives" in scenarios
+    )
     tools[1:1] = variants  # right after ours, so they interleave with it
     command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
 

@@ -1,8 +1,9 @@
 """The tools we time: ours and the peers a user would otherwise pick.
 
 Each tool turns (registry host, repository, tag, an empty output folder) into one command
-line. skopeo and umoci are installed with apt on Debian as root when missing; elsewhere a
-tool that is missing is skipped with a line saying why.
+line. skopeo and umoci are installed with apt on Debian as root when missing (as are the
+registry and curl, which the harness itself needs); elsewhere a peer that is missing is
+skipped with a line saying why.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._setup import find_registry_binary
 
 __all__ = ["TOOLS", "Tool", "add_ours_variant", "ensure_installed", "warm_up"]
 
@@ -137,17 +140,38 @@ def add_ours_variant(spec: str) -> str:
     return label
 
 
-def ensure_installed(tools: list[str], log: Callable[[str], None]) -> list[str]:
-    """The subset of ``tools`` that can run here, installing skopeo/umoci with apt when
-    that is possible (Debian, root); a line for each tool skipped."""
-    missing = sorted({b for t in tools for b in TOOLS[t].binaries if shutil.which(b) is None})
-    if missing and os.geteuid() == 0 and Path("/etc/debian_version").exists():
-        log(f"installing {' '.join(missing)} with apt-get ...")
+def ensure_installed(
+    tools: list[str], log: Callable[[str], None], *, curl: bool = True
+) -> list[str]:
+    """The subset of ``tools`` that can run here, with a line for each one skipped.
+
+    What the harness itself needs, the CNCF registry (and curl, for the primitives), and
+    the peers' skopeo and umoci are installed with apt when missing, where that is
+    possible (Debian, root): so that the harness is one command on a fresh machine. A
+    registry or curl still missing ends the run with what to install.
+    """
+    packages = sorted({b for t in tools for b in TOOLS[t].binaries if shutil.which(b) is None})
+    pointed = os.environ.get("IMAGEC_REGISTRY_BIN")
+    if find_registry_binary() is None and not pointed:
+        packages.append("docker-registry")
+    if curl and shutil.which("curl") is None:
+        packages.append("curl")
+    if packages and os.geteuid() == 0 and Path("/etc/debian_version").exists():
+        log(f"installing {' '.join(packages)} with apt-get ...")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-q"], env=env, check=False, capture_output=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", *missing], env=env, check=False, capture_output=True
+            ["apt-get", "install", "-y", "-q", *packages], env=env, check=False, capture_output=True
         )
+    if find_registry_binary() is None:
+        raise SystemExit(
+            f"IMAGEC_REGISTRY_BIN={pointed} is not an executable file"
+            if pointed
+            else "the benchmarks need the CNCF distribution registry: install it (Debian: "
+            "apt-get install docker-registry) or set IMAGEC_REGISTRY_BIN to its binary"
+        )
+    if curl and shutil.which("curl") is None:
+        raise SystemExit("the primitives need curl: install it (Debian: apt-get install curl)")
     usable = []
     for name in tools:
         absent = [b for b in TOOLS[name].binaries if shutil.which(b) is None]

@@ -1,6 +1,6 @@
 """The registry the benchmarks pull from, and the images in it.
 
-The registry is H-kit's launcher (``tests/support/registry.py``) with a persistent work
+The registry is the test suite's launcher (``tests/support/registry.py``) with a persistent work
 folder under ``benchmarks/.cache/registry``: its storage survives between runs, so an
 image is pushed once. Before each run every wanted image's manifest is checked with a HEAD
 (the digest must be the one built); only missing ones are pushed, blob by blob (the push
@@ -17,7 +17,14 @@ from pathlib import Path
 
 from ._images import IMAGE_SETS, BuiltImage, build_layers, build_manifests
 
-__all__ = ["CACHE", "REPO_ROOT", "prepare_images", "registry", "run_proxy"]
+__all__ = [
+    "CACHE",
+    "REPO_ROOT",
+    "find_registry_binary",
+    "prepare_images",
+    "registry",
+    "run_proxy",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -26,7 +33,11 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.support import images as kit_images  # noqa: E402
-from tests.support.registry import RegistryServer, run_registry  # noqa: E402
+from tests.support.registry import (  # noqa: E402
+    RegistryServer,
+    find_registry_binary,
+    run_registry,
+)
 from tests.support.servers import run_proxy  # noqa: E402
 
 
