@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -91,8 +92,16 @@ def _machine() -> dict[str, Any]:
         "skopeo": version(["skopeo", "--version"]),
         "umoci": version(["umoci", "--version"]),
         "isal": isal.__version__,
+        "zlib-ng": _package_version("zlib-ng"),
         "zstandard": zstandard.__version__,
     }
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _summary_line(stdout: str) -> dict[str, Any] | None:

@@ -150,7 +150,7 @@ def render(results: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory']} memory, kernel {m['kernel']}, "
         f"{m['os']}, Python {m['python']}, store filesystem {m['filesystem']}; "
         f"{m['registry']}; {m['skopeo']}; umoci {m['umoci']}; isal {m['isal']}, "
-        f"zstandard {m['zstandard']}.",
+        f"zlib-ng {m.get('zlib-ng', 'not recorded')}, zstandard {m['zstandard']}.",
         "",
         f"Cold runs: fresh output folder each time; page cache {results.get('page_cache', '?')}. "
         f"{results['runs']} runs per tool, interleaved (the order rotates each round); "
