@@ -56,16 +56,21 @@ def available_inflaters() -> tuple[str, ...]:
 
 @functools.cache
 def inflater(name: str) -> types.ModuleType:
-    """The module named by ``Limits.gzip_inflater``: "auto" (the fastest installed) or one
-    of ``available_inflaters()``. Raises ``UsageError`` for one that is unknown or not
-    installed."""
+    """The module named by ``Limits.gzip_inflater``: "auto" (the fastest installed that
+    imports; zlib at worst) or one of ``available_inflaters()``. Raises ``UsageError`` for
+    one that is unknown, not installed, or installed but broken."""
     installed = available_inflaters()
-    chosen = installed[0] if name == "auto" else name
-    if chosen in installed:
+    if name == "auto":
+        for candidate in installed:
+            try:
+                return importlib.import_module(_INFLATER_MODULES[candidate])
+            except ImportError:  # a broken install of a faster one: take the next
+                continue
+    elif name in installed:
         try:
-            return importlib.import_module(_INFLATER_MODULES[chosen])
-        except ImportError:  # found but broken: say so below, as for a missing one
-            pass
+            return importlib.import_module(_INFLATER_MODULES[name])
+        except ImportError as exc:
+            raise UsageError(f"gzip inflater {name!r} is installed but broken: {exc}") from exc
     raise UsageError(
         f"gzip inflater {name!r} is not available here; choose one of auto, {', '.join(installed)}"
     )

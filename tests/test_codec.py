@@ -14,6 +14,7 @@ import pytest
 import xxhash
 import zstandard
 
+from stages import _codec
 from stages._codec import (
     BlobHasher,
     Gunzip,
@@ -101,6 +102,20 @@ def test_isal_is_the_default_inflater_and_others_are_refused() -> None:
     assert inflater("zlib-ng").__name__ == "zlib_ng.zlib_ng"
     with pytest.raises(UsageError, match="'libdeflate' is not available here; choose one of"):
         inflater("libdeflate")
+
+
+def test_a_broken_inflater_is_skipped_by_auto_and_named_when_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # isal's package is there, its module is not: as after a half-removed install
+    monkeypatch.setitem(_codec._INFLATER_MODULES, "isal", "isal.no_such_module")
+    inflater.cache_clear()
+    try:
+        assert inflater("auto").__name__ == "zlib_ng.zlib_ng"  # the next fastest
+        with pytest.raises(UsageError, match="'isal' is installed but broken: No module"):
+            inflater("isal")
+    finally:
+        inflater.cache_clear()
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 1000, MiB])
