@@ -277,8 +277,8 @@ class TtyProgress(ProgressRenderer):
     The cursor cannot move above the top of the screen, so a block taller than the
     terminal could not be redrawn in place: every frame scrolled, and a 32-layer pull on a
     15-row terminal left about 1,900 lines behind. While there are more layers than rows,
-    the block shows the layers in progress and one line counting the rest; the final
-    block, drawn once, lists every layer.
+    the block shows as many as fit, those in progress first, above one line counting the
+    rest; the final block, drawn once, lists every layer.
     """
 
     def __init__(
