@@ -447,8 +447,9 @@ async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> P
     """``pull``, cancelled by SIGTERM or SIGHUP as Ctrl-C cancels it.
 
     Left to their default action, those signals end the process at once: partial files
-    stay in ``ingest/`` until the next run sweeps them, and layer worker processes go on
-    downloading for their orphaned layers. Raises ``Terminated`` after a clean cancel.
+    stay in ``ingest/`` until the next run sweeps them, ``--json`` never gets its error
+    line, and layer worker processes stop only when they see it gone (``_workers``).
+    Raises ``Terminated`` after a clean cancel.
     """
     stopped: list[int] = []
     result: PullResult | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -413,6 +414,7 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
                     context.registry,
                     context.limits,
                     current_settings(),
+                    os.getpid(),
                 )
                 verified = await run_layer_task(
                     context.workers, context.downloads, task, context.progress

@@ -57,6 +57,7 @@ class LayerTask:
     registry: RegistryOptions
     limits: Limits
     log: LogSettings  # the parent's (``_logging.current_settings()``), on the worker's stderr
+    puller_pid: int  # the process that runs the pull: the worker stops when it is gone
 
 
 @contextlib.asynccontextmanager
@@ -150,6 +151,46 @@ def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
 
 
 async def _fetch_layer(task: LayerTask) -> VerifiedLayer:
+    """``_fetch_layer_for``, ended early if the pulling process ends first.
+
+    The pull cancels its workers when it is cancelled, but a process killed outright
+    (SIGKILL, the OOM killer) cancels nothing: its workers went on downloading their
+    layers into files nobody would commit, for as long as the layers took, and they held
+    the pipes of its output (a ``--json | consumer`` waited for them). trio-parallel's
+    worker notices a dead parent only between jobs.
+    """
+    verified: VerifiedLayer | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_when_gone, task.puller_pid, nursery.cancel_scope)
+        verified = await _fetch_layer_for(task)
+        nursery.cancel_scope.cancel()
+    if verified is None:  # nobody will read this: trio-parallel's worker then exits
+        raise WorkerError(
+            f"the pulling process {task.puller_pid} ended; layer {task.layer.digest} abandoned",
+            ref=str(task.ref),
+            digest=str(task.layer.digest),
+        )
+    return verified
+
+
+async def _cancel_when_gone(pid: int, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when process ``pid`` ends, which makes a pidfd readable (Linux
+    5.3 and later; where there are no pidfds, the worker is not watched)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already
+        scope.cancel()
+        return
+    except (AttributeError, OSError):
+        return
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    scope.cancel()
+
+
+async def _fetch_layer_for(task: LayerTask) -> VerifiedLayer:
     limiter = trio.CapacityLimiter(_WORKER_THREADS)
     with _PathIngest(Path(task.ingest_path), task.layer.digest) as ingest:
         async with RegistryClient.open(task.registry, task.limits) as client:

@@ -7,6 +7,7 @@ the end-to-end pulls against the real registry live in tests/test_pull*.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import hashlib
@@ -732,6 +733,53 @@ def test_sigterm_cancels_the_pull_cleanly(
             break
         time.sleep(0.1)
     assert [pid for pid in below if os.path.exists(f"/proc/{pid}")] == []
+
+
+def test_sigkill_of_the_cli_ends_its_worker_processes(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A CLI killed outright (SIGKILL, the OOM killer) cancels nothing: its layer worker
+    processes went on downloading for as long as their layers took, into files nobody
+    would commit. Each now watches the pulling process and stops when it ends."""
+    from tests.support import images
+    from tests.support.processes import descendants
+
+    image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=200_000)  # a layer takes 10 s or more
+    argv = ["pull", f"{via.host}/{unique_repo}:1", "--json", "--layer-workers", "processes"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(tmp_path / "store")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "layer-downloading":
+                break
+        below = descendants(proc.pid)
+        assert below  # the forkserver and its workers
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:  # not read to its end: orphans may hold its other end
+            proc.stdout.close()
+    try:
+        for _ in range(50):
+            if not any(os.path.exists(f"/proc/{pid}") for pid in below):
+                break
+            time.sleep(0.1)
+        assert [pid for pid in below if os.path.exists(f"/proc/{pid}")] == []
+    finally:
+        for pid in below:  # never leave one behind, whatever the outcome
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # --- logging (pipeline/_logging.py, configured by main) ---
