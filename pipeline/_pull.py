@@ -391,7 +391,7 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
             return _report(job, "shared", sizes[1], LayerTimings())
         with (
             structlog.contextvars.bound_contextvars(digest=digest_text),
-            store.open_ingest(layer.digest) as ingest,
+            store.open_ingest(layer.digest, ref=str(context.ref)) as ingest,
         ):
             if context.workers is None:
                 async with context.downloads:

@@ -322,8 +322,11 @@ class Ingest:
     worker thread; their failures (disk full, fsync failing) become ``StoreError``.
     """
 
-    def __init__(self, store: Path, digest: Digest, path: Path, file: BinaryIO) -> None:
+    def __init__(
+        self, store: Path, digest: Digest, path: Path, file: BinaryIO, ref: str | None = None
+    ) -> None:
         self.digest = digest
+        self.ref = ref  # the image being pulled, for the errors
         self.path = path
         self.committed = False
         self._store = store
@@ -343,7 +346,9 @@ class Ingest:
             self._dirty = True
             self._writeback.wrote(self._file, self._written)
         except OSError as exc:
-            raise store_error(self._store, "write a layer", exc, digest=self.digest) from exc
+            raise store_error(
+                self._store, "write a layer", exc, digest=self.digest, ref=self.ref
+            ) from exc
 
     def sync(self) -> None:
         """Flush and fsync: after this, what was written survives a crash."""
@@ -351,7 +356,9 @@ class Ingest:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            raise store_error(self._store, "sync a layer", exc, digest=self.digest) from exc
+            raise store_error(
+                self._store, "sync a layer", exc, digest=self.digest, ref=self.ref
+            ) from exc
         self._dirty = False
 
     def _finish(self) -> None:
@@ -715,13 +722,14 @@ class Store:
             return self._committed_row(conn, self._blob_path(digest), digest)
 
     @contextlib.contextmanager
-    def open_ingest(self, digest: Digest) -> Iterator[Ingest]:
-        """A new partial file for ``digest``; removed on exit unless committed."""
+    def open_ingest(self, digest: Digest, *, ref: str | None = None) -> Iterator[Ingest]:
+        """A new partial file for ``digest``; removed on exit unless committed. ``ref``, the
+        image being pulled, is named by the errors of its writes (a full disk)."""
         path = self._ingest / f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex[:16]}.partial"
-        with self._errors("create an ingest file", digest=digest):
+        with self._errors("create an ingest file", digest=digest, ref=ref):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             file = os.fdopen(fd, "wb")
-        ingest = Ingest(self.path, digest, path, file)
+        ingest = Ingest(self.path, digest, path, file, ref)
         try:
             yield ingest
         finally:

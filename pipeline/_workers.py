@@ -192,7 +192,7 @@ async def _cancel_when_gone(pid: int, scope: trio.CancelScope) -> None:
 
 async def _fetch_layer_for(task: LayerTask) -> VerifiedLayer:
     limiter = trio.CapacityLimiter(_WORKER_THREADS)
-    with _PathIngest(Path(task.ingest_path), task.layer.digest) as ingest:
+    with _PathIngest(Path(task.ingest_path), task.layer.digest, str(task.ref)) as ingest:
         async with RegistryClient.open(task.registry, task.limits) as client:
             return await fetch_layer(
                 client,
@@ -214,10 +214,11 @@ class _PathIngest:
     sync failures say what the parent's ``Ingest`` says (a full disk: free some space).
     """
 
-    def __init__(self, path: Path, digest: Digest) -> None:
+    def __init__(self, path: Path, digest: Digest, ref: str) -> None:
         self._file = open(path, "r+b")  # noqa: SIM115 - closed by __exit__
         self._store = path.parent.parent  # <store>/ingest/<file>
         self._digest = digest
+        self._ref = ref
         self._written = 0
         self._writeback = Writeback()
 
@@ -233,11 +234,15 @@ class _PathIngest:
             self._written += len(data)
             self._writeback.wrote(self._file, self._written)
         except OSError as exc:
-            raise store_error(self._store, "write a layer", exc, digest=self._digest) from exc
+            raise store_error(
+                self._store, "write a layer", exc, digest=self._digest, ref=self._ref
+            ) from exc
 
     def sync(self) -> None:
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            raise store_error(self._store, "sync a layer", exc, digest=self._digest) from exc
+            raise store_error(
+                self._store, "sync a layer", exc, digest=self._digest, ref=self._ref
+            ) from exc

@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -442,6 +442,45 @@ async def test_a_registry_that_drips_is_given_up_on(
     layer = image.layers[0]
     assert "too slow" in message and layer.digest in message
     assert layer.digest not in blob_names(tmp_path / "s")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small tmpfs needs root and mount(8)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("layer_workers", ["threads", "processes"])
+async def test_a_full_disk_names_the_image_and_the_layer(
+    registry: Any, unique_repo: str, unique_seed: str, tiny_disk: Path, layer_workers: str
+) -> None:
+    # RELIABILITY.md: disk full during ingest ends in a clear error that names the image
+    # and the digest, with nothing unverified visible. The image was missing before.
+    image = images.sample_image(unique_seed, layer_size=4 * 1024 * 1024, compressions=("none",))
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+
+    message = await pull_fails(
+        ref, tiny_disk / "s", pipeline.StoreError, layer_workers=layer_workers
+    )
+
+    assert ref in message and image.layers[0].digest in message
+    assert "free some disk space" in message
+    assert image.layers[0].digest not in blob_names(tiny_disk / "s")
 
 
 async def test_truncated_gzip_stream(

@@ -354,7 +354,7 @@ def test_fsync_failure_is_a_store_error(tmp_path: Path, monkeypatch: pytest.Monk
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with store.open_ingest(layer.descriptor.digest) as ingest:
+    with store.open_ingest(layer.descriptor.digest, ref="reg.example/app:1") as ingest:
         ingest.write(gz)
         monkeypatch.setattr(os, "fsync", full)
         with pytest.raises(StoreError, match="free some disk space") as info:
@@ -362,6 +362,7 @@ def test_fsync_failure_is_a_store_error(tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.undo()
     assert str(store.path) in str(info.value)
     assert info.value.digest == str(layer.descriptor.digest)
+    assert info.value.ref == "reg.example/app:1"
     assert ingest_files(store) == []
 
 
@@ -372,10 +373,10 @@ def test_a_worker_process_full_disk_is_the_same_store_error() -> None:
     from pipeline._workers import _PathIngest
 
     digest = Digest.parse("sha256:" + "ab" * 32)
-    with _PathIngest(Path("/dev/full"), digest) as ingest:
+    with _PathIngest(Path("/dev/full"), digest, "reg.example/app:1") as ingest:
         with pytest.raises(StoreError, match="free some disk space") as info:
             ingest.write(b"x" * (1 << 20))
-        assert info.value.digest == str(digest)
+        assert (info.value.digest, info.value.ref) == (str(digest), "reg.example/app:1")
         with pytest.raises(StoreError, match="cannot sync a layer"):
             ingest.sync()
 
