@@ -25,6 +25,7 @@ import platform
 import resource
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -50,11 +51,65 @@ def _log(message: str) -> None:
 
 
 def _csv(text: str, allowed: Sequence[str], what: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
+    """The names in ``text``, each once, in the order given. Raises ValueError (a usage
+    error) for an unknown name or none at all: an empty list once ran the defaults."""
+    items = list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
     unknown = [x for x in items if x not in allowed]
     if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+        raise ValueError(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    if not items:
+        raise ValueError(f"no {what} given (choose from {', '.join(allowed)})")
     return items
+
+
+def _number(kind: type[int] | type[float], least: float, *, above: bool) -> Callable[[str], Any]:
+    """An argparse type: a number at least ``least``, or above it when ``above``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < least or (above and value == least):
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if above else 'at least'} {least:g}, not {text}"
+            )
+        return value
+
+    return parse
+
+
+def _out_paths(out: Path) -> tuple[Path, Path]:
+    """(Markdown, JSON) report paths for ``--out``, checked before the run, so that a bad
+    path is not found only when a run of many minutes has nothing to write to. Raises
+    ValueError (a usage error)."""
+    if out.suffix == ".json":
+        raise ValueError(f"--out names the Markdown report; its JSON goes beside it: {out}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name in it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot make its folder: {exc}") from exc
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: its folder is not writable")
+    return out, out.with_suffix(".json")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """An interrupted write leaves the previous report whole."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+class _Terminated(Exception):
+    """SIGTERM (timeout(1), a closing terminal session): unwinds like Ctrl-C, so that the
+    registry and the tool being timed are stopped, not left running."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _machine() -> dict[str, Any]:
@@ -74,6 +129,7 @@ def _machine() -> dict[str, Any]:
             return "not installed"
         return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else "?"
 
+    CACHE.mkdir(parents=True, exist_ok=True)  # on a fresh clone: df needs it to exist
     df = subprocess.run(
         ["df", "-T", str(CACHE)], capture_output=True, text=True, check=False
     ).stdout.splitlines()
@@ -126,8 +182,11 @@ class Bench:
         self.built = built
         self.work = CACHE / "runs"
         self.work.mkdir(parents=True, exist_ok=True)
-        self.drop = not args.no_drop_caches
-        self.dropped_ok: bool | None = None
+        # Whether every run (the primitives' too) starts with the page cache dropped:
+        # tried once, here, so that no part of the run is cold and another warm.
+        self.drop = not args.no_drop_caches and drop_caches()
+        if not args.no_drop_caches and not self.drop:
+            _log("cannot drop the page cache (not root?): every run is warm-cache")
         self.results: dict[str, Any] = {}
         # Start-up timings (wall, CPU) of every startup() call of the run, by result key.
         self._startups: dict[str, list[tuple[float, float]]] = {}
@@ -146,11 +205,7 @@ class Bench:
     def _prepare(self, out: Path, warm: Sequence[str]) -> None:
         shutil.rmtree(out, ignore_errors=True)
         if self.drop:
-            ok = drop_caches()
-            if self.dropped_ok is None:
-                self.dropped_ok = ok
-                if not ok:
-                    _log("cannot drop the page cache (not root?): every run is warm-cache")
+            drop_caches()
         else:
             os.sync()
         if warm:
@@ -393,11 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks",
         description="Time imagec-pipe against skopeo, umoci and a naive baseline.",
     )
-    parser.add_argument("--images", default=",".join(ALL_IMAGES), help="comma-separated")
+    parser.add_argument("--images", default=None, help="comma-separated (default: all)")
     parser.add_argument(
         "--scenarios",
-        default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma-separated, of {','.join(ALL_SCENARIOS)} (profile: opt-in, needs py-spy)",
+        default=None,
+        help=f"comma-separated, of {','.join(ALL_SCENARIOS)} (profile: opt-in, needs py-spy; "
+        f"default: {','.join(DEFAULT_SCENARIOS)})",
     )
     parser.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated")
     parser.add_argument(
@@ -408,24 +464,70 @@ def main(argv: list[str] | None = None) -> int:
         help="also time ours with this environment / these pull options, as tool LABEL "
         "(repeatable), e.g. 'ours-6=--max-concurrent-downloads 6'",
     )
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="small + app, 1 run, no fleet")
+    parser.add_argument("--runs", type=_number(int, 1, above=False), default=None)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small + app, 1 run, primitives and single pulls (instead of those three options)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
+    parser.add_argument(
+        "--timeout", type=_number(float, 0, above=True), default=None, help="seconds per tool run"
+    )
     parser.add_argument("--no-drop-caches", action="store_true")
-    parser.add_argument("--throttle", type=float, default=100.0, help="MB/s (throttled)")
-    parser.add_argument("--latency", type=float, default=25.0, help="ms per request")
+    parser.add_argument(
+        "--throttle", type=_number(float, 0, above=True), default=100.0, help="MB/s (throttled)"
+    )
+    parser.add_argument(
+        "--latency", type=_number(float, 0, above=False), default=25.0, help="ms per request"
+    )
     args = parser.parse_args(argv)
     if args.quick:
+        given = [
+            f"--{name}"
+            for name in ("images", "runs", "scenarios")
+            if getattr(args, name) is not None
+        ]
+        if given:
+            parser.error(f"--quick sets --images, --runs and --scenarios: drop {', '.join(given)}")
         args.images, args.runs, args.scenarios = "small,app", 1, "primitives,single"
-    images = _csv(args.images, ALL_IMAGES, "images")
-    scenarios = _csv(args.scenarios, ALL_SCENARIOS, "scenarios")
-    variants = [_peers.add_ours_variant(v) for v in args.ours_variant]
-    tools = _peers.ensure_installed(
-        _csv(args.tools, ALL_TOOLS, "tools"), _log, curl="primitives" in scenarios
-    )
+    if args.runs is None:
+        args.runs = 3
+    try:
+        if args.images is None:
+            args.images = ",".join(ALL_IMAGES)
+        if args.scenarios is None:
+            args.scenarios = ",".join(DEFAULT_SCENARIOS)
+        images = _csv(args.images, ALL_IMAGES, "images")
+        scenarios = _csv(args.scenarios, ALL_SCENARIOS, "scenarios")
+        chosen_tools = _csv(args.tools, ALL_TOOLS, "tools")
+        variants = [_peers.add_ours_variant(v) for v in args.ours_variant]
+        out_md, out_json = _out_paths(args.out)
+    except ValueError as exc:
+        parser.error(str(exc))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+        return _run(
+            args, command.strip(), images, scenarios, chosen_tools, variants, out_md, out_json
+        )
+    except _Terminated:
+        _log("terminated (SIGTERM): the registry and the tool being timed were stopped")
+        return 128 + signal.SIGTERM
+
+
+def _run(
+    args: argparse.Namespace,
+    command: str,
+    images: list[str],
+    scenarios: list[str],
+    chosen_tools: list[str],
+    variants: list[str],
+    out_md: Path,
+    out_json: Path,
+) -> int:
+    tools = _peers.ensure_installed(chosen_tools, _log, curl="primitives" in scenarios)
     tools[1:1] = variants  # right after ours, so they interleave with it
-    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     needed = list(images)
     if "concurrent" in scenarios:
@@ -434,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         needed.append("app")
     started = time.monotonic()
     results: dict[str, Any] = {
-        "command": command.strip(),
+        "command": command,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
         "runs": args.runs,
@@ -472,18 +574,31 @@ def main(argv: list[str] | None = None) -> int:
             "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches), "
             "the tools' own code then loaded back (Python tools with their bytecode "
             "compiled, as after pip install)"
-            if bench.drop and bench.dropped_ok is not False
+            if bench.drop
             else "NOT dropped (not permitted or --no-drop-caches): every tool ran warm"
         )
     results["harness_s"] = round(time.monotonic() - started, 1)
     results["targets"] = _targets.judge(results)
     text = _report.render(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _write_atomically(out_json, json.dumps(results, indent=1, default=str) + "\n")
+    _write_atomically(out_md, text)
     print(text)
-    _log(f"wrote {args.out} and {args.out.with_suffix('.json')} in {results['harness_s']} s")
-    return 0
+    _log(f"wrote {out_md} and {out_json} in {results['harness_s']} s")
+    broken = _what_failed(results)
+    for line in broken:
+        _log(line)
+    return 1 if broken else 0
+
+
+def _what_failed(results: dict[str, Any]) -> list[str]:
+    """What makes the run a failure (exit 1), though its report was written: a scenario
+    that raised, or ours failing every run of an image. A peer failing is a result."""
+    lines = [f"scenario failed: {error}" for error in results.get("errors", [])]
+    for image, by_tool in results.get("single", {}).items():
+        runs = by_tool.get("ours", [])
+        if runs and not any(run["ok"] for run in runs):
+            lines.append(f"ours failed every run of {image}: see its stderr in the JSON")
+    return lines
 
 
 if __name__ == "__main__":

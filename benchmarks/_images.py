@@ -265,11 +265,16 @@ Pools = dict[str, list[tuple[str, int]]]
 
 
 def scan_pools(roots: Sequence[str] = ROOTS) -> Pools:
-    """Regular files under ``roots`` by kind, in sorted order: (path, size)."""
+    """Regular files under ``roots`` by kind, in sorted order: (path, size).
+
+    Only what every user may read (world-readable files, in folders every user may
+    list): with "what this user may read", a run as another user than root made other
+    images, with other digests, and pushed them under the same tags.
+    """
     pools: Pools = {"binary": [], "text": [], "compressed": []}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if _open_to_all(os.path.join(dirpath, d)))
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 try:
@@ -278,10 +283,20 @@ def scan_pools(roots: Sequence[str] = ROOTS) -> Pools:
                     continue
                 if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_FILE:
                     continue
-                if not os.access(path, os.R_OK):
+                if not st.st_mode & stat.S_IROTH:
                     continue
                 pools[_classify(path)].append((path, st.st_size))
     return pools
+
+
+def _open_to_all(folder: str) -> bool:
+    """Whether every user may list ``folder`` and reach what is in it (not a symlink)."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    want = stat.S_IROTH | stat.S_IXOTH
+    return stat.S_ISDIR(st.st_mode) and st.st_mode & want == want
 
 
 def pools_fingerprint(pools: Pools) -> str:
@@ -550,6 +565,29 @@ class BuiltImage:
         }
 
 
+def _cached_layer(cache: Path, key: str) -> dict[str, Any] | None:
+    """The record of a layer built before, with every blob file there and of its size;
+    None when anything is missing, truncated or unreadable (the layer is built again).
+    Blob paths are found under ``cache``, not taken from the record, so that a moved or
+    copied cache reads its own files."""
+    try:
+        meta: dict[str, Any] = json.loads((cache / "layers" / f"{key}.json").read_text())
+        for blob in meta["blobs"].values():
+            path = cache / "blobs" / blob["digest"].split(":")[1]
+            if path.stat().st_size != blob["size"]:
+                return None
+            blob["path"] = str(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return meta
+
+
+def _remove_partial_builds(cache: Path) -> None:
+    """Blob files an interrupted build left half-written (their names start ``.tmp-``)."""
+    for partial in (cache / "blobs").glob(".tmp-*"):
+        partial.unlink(missing_ok=True)
+
+
 def build_layers(
     specs: Iterable[ImageSpec], cache: Path, *, jobs: int | None = None, log: Any = print
 ) -> tuple[dict[tuple[str, Compression], dict[str, Any]], str]:
@@ -569,16 +607,12 @@ def build_layers(
             wanted.setdefault(key, (layer, set()))[1].add(image.compression)
     records: dict[tuple[str, Compression], dict[str, Any]] = {}
     tasks = []
+    _remove_partial_builds(cache)
     for key, (layer, comps) in wanted.items():
-        meta_path = cache / "layers" / f"{key}.json"
-        meta: dict[str, Any] | None = None
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if not all(
-                c in meta["blobs"] and Path(meta["blobs"][c]["path"]).exists() for c in comps
-            ):
-                comps = comps | set(meta["blobs"])
-                meta = None
+        meta = _cached_layer(cache, key)
+        if meta is not None and not all(c in meta["blobs"] for c in comps):
+            comps = comps | set(meta["blobs"])
+            meta = None
         if meta is None:
             tasks.append((layer, tuple(sorted(comps)), key))
         else:

@@ -161,22 +161,28 @@ def run_measured(
         peak = 0
         sampled_cpu: dict[int, float] = {}
         timed_out = False
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            peak = max(peak, _sample_session(process.pid, sampled_cpu))
-            if time.perf_counter() > deadline:
-                timed_out = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(interval)
-        wall = time.perf_counter() - started
-        # the session may have left processes behind (a killed run): end them
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        try:
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                peak = max(peak, _sample_session(process.pid, sampled_cpu))
+                if time.perf_counter() > deadline:
+                    timed_out = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    pid, status, usage = os.wait4(process.pid, 0)
+                    break
+                time.sleep(interval)
+            wall = time.perf_counter() - started
+        finally:
+            # The session may have left processes behind (a killed run), and a harness
+            # interrupted here (Ctrl-C, SIGTERM) must not leave the tool running: it has
+            # a session of its own, which no signal to the harness's group reaches.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            if process.poll() is None:  # interrupted before wait4 reaped it
+                process.wait()
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)

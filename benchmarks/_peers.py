@@ -120,10 +120,12 @@ TOOLS: dict[str, Tool] = {
 def add_ours_variant(spec: str) -> str:
     """Register ``LABEL=[ENV=VALUE ...] [pull options ...]`` as another tool: ours with
     that environment and those extra ``pull`` options (threads vs processes, download
-    concurrency, chunk sizes...). Returns the label."""
+    concurrency, chunk sizes...). Returns the label. Raises ValueError (a usage error)."""
     label, sep, rest = spec.partition("=")
-    if not sep or not label or label in TOOLS:
-        raise SystemExit(f"--ours-variant wants LABEL=[ENV=VALUE ...] [OPTIONS ...], got {spec!r}")
+    if not sep or not label:
+        raise ValueError(f"--ours-variant wants LABEL=[ENV=VALUE ...] [OPTIONS ...], got {spec!r}")
+    if label in TOOLS:
+        raise ValueError(f"--ours-variant {label!r}: that name is taken by another tool")
     tokens = shlex.split(rest)
     env: list[tuple[str, str]] = []
     while tokens and "=" in tokens[0] and not tokens[0].startswith("-"):

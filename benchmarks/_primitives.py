@@ -171,6 +171,10 @@ def _downloads(image: BuiltImage, url: str, drop: bool) -> dict[str, dict[str, f
             with client.stream("GET", target, headers={"Accept-Encoding": "identity"}) as r:
                 for chunk in r.iter_raw(CHUNK):
                     n += len(chunk)
+            if r.status_code != 200 or n != layer.size:  # never time a broken download
+                raise RuntimeError(
+                    f"GET {layer.digest} gave HTTP {r.status_code} and {n} of {layer.size} bytes"
+                )
             out[layer.digest]["download_httpx_s"] = time.perf_counter() - w
             out[layer.digest]["download_httpx_cpu_s"] = time.process_time() - c
     if drop:
@@ -211,6 +215,8 @@ def measure_image(
     layers = []
     for layer in image.layers:
         data = Path(layer.path).read_bytes()
+        if len(data) != layer.size:  # the cache checks this; the file may change since
+            raise RuntimeError(f"{layer.path} holds {len(data)} bytes, not {layer.size}")
         chunks = _chunks(data)
         row: dict[str, Any] = {
             "digest": layer.digest,

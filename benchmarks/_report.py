@@ -97,7 +97,8 @@ def _targets_section(targets: Sequence[dict[str, str]]) -> list[str]:
         "speeds (curl's CPU for receiving) plus the registry's own CPU spread over every "
         "core, the hashing and inflating at the speed-up the cores were measured to give it "
         "together, or the largest layer's slowest stage or the disk, whichever is longer "
-        "(benchmarks/_targets.py).",
+        "(benchmarks/_targets.py). *not measured* means this run did not time what the "
+        "target compares: the image, ours or the peer was not run, or every run of it failed.",
         "",
     ]
     rows = [
@@ -204,7 +205,8 @@ def render(results: dict[str, Any]) -> str:
             if ours:
                 summary = ours["median_run"].get("extra", {}).get("summary") or {}
                 inproc = (summary.get("timings") or {}).get("total_s")
-            row = [name, _f(ours["wall"]) if ours else "failed", _f(inproc)]
+            ran = bool(tools.get("ours"))
+            row = [name, _f(ours["wall"]) if ours else "failed" if ran else "not run", _f(inproc)]
             for p in peers:
                 st = stats(tools.get(p, []))
                 row.append(_ratio(ours["wall"] if ours else None, st["wall"] if st else None))

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ._images import IMAGE_SETS, BuiltImage, build_layers, build_manifests
 
@@ -43,7 +44,10 @@ from tests.support.servers import run_proxy  # noqa: E402
 
 @contextlib.contextmanager
 def registry(cache: Path = CACHE) -> Iterator[RegistryServer]:
-    """A registry on 127.0.0.1 whose storage persists in ``cache/registry``."""
+    """A registry on 127.0.0.1 whose storage persists in ``cache/registry``; the logs of
+    earlier runs' registries are removed (one was left per run)."""
+    for old_log in (cache / "registry").glob("registry-*.log"):
+        old_log.unlink(missing_ok=True)
     with run_registry(workdir=cache / "registry", log_level="error") as server:
         yield server
 
@@ -70,6 +74,7 @@ def prepare_images(
                     head.status_code == 200
                     and head.headers.get("Docker-Content-Digest") == image.manifest_digest
                 ):
+                    _check_blobs(client, image)
                     continue
                 started = time.monotonic()
                 for layer in image.layers:
@@ -90,3 +95,19 @@ def prepare_images(
                     f"{time.monotonic() - started:.0f} s"
                 )
     return built
+
+
+def _check_blobs(client: Any, image: BuiltImage) -> None:
+    """Every layer the registry has for ``image`` is of the size built: its storage,
+    kept between runs, may have been damaged, and a manifest that is there says nothing
+    of its blobs. The registry would not take a blob it believes it has, so a damaged
+    one ends the run with what to do."""
+    for layer in image.layers:
+        head = client.head(f"/v2/{image.repo}/blobs/{layer.digest}")
+        size = head.headers.get("Content-Length")
+        if head.status_code != 200 or size != str(layer.size):
+            raise SystemExit(
+                f"the registry's copy of {layer.digest} ({image.repo}:{image.tag}) is "
+                f"damaged (HTTP {head.status_code}, {size} bytes, built {layer.size}): "
+                f"remove {CACHE / 'registry'} and run again"
+            )

@@ -242,14 +242,12 @@ def _floor_targets(results: dict[str, Any]) -> list[Verdict]:
 
 
 def _concurrent_targets(results: dict[str, Any]) -> list[Verdict]:
-    conc = results.get("concurrent")
-    if not conc:
-        return []
-    u = conc["unique"]
-    unique = u["layer_bytes"] + u["config_bytes"] + u["manifest_bytes"]
+    conc = results.get("concurrent") or {"runs": {}}  # not run: each "not measured"
+    u = conc.get("unique")
+    unique = u["layer_bytes"] + u["config_bytes"] + u["manifest_bytes"] if u else 0
     eight = stats(conc["runs"].get("8 concurrent", []))
     union = stats(conc["runs"].get("union once", []))
-    fetched = eight["median_run"]["extra"] if eight else None
+    fetched = eight["median_run"]["extra"] if eight and unique else None
     return [
         # To 3 decimals: what is left is the /v2/ probes and token requests, a few kB.
         _verdict(

@@ -1,0 +1,195 @@
+"""The harness's command line and run hygiene (benchmarks/__main__.py, _measure, _images):
+bad arguments are usage errors before anything runs, an interrupted run leaves no
+process behind, and a damaged cache is built again instead of being timed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import __main__ as bench_main
+from benchmarks import _images, _measure
+from benchmarks.__main__ import _csv, main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # a zombie is gone too
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An argument let through would start a whole run (images, registry, tools): fail."""
+
+    def ran(*args: object) -> int:
+        raise AssertionError("the arguments were accepted and the harness ran")
+
+    monkeypatch.setattr(bench_main, "_run", ran)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--runs", "0"], "--runs: must be at least 1, not 0"),
+        (["--runs", "-2"], "--runs: must be at least 1"),
+        (["--timeout", "-1"], "--timeout: must be above 0"),
+        (["--timeout", "0"], "--timeout: must be above 0"),
+        (["--throttle", "0"], "--throttle: must be above 0"),
+        (["--latency", "-5"], "--latency: must be at least 0"),
+        (["--images", ""], "no images given"),
+        (["--images", "smal"], "unknown images: smal"),
+        (["--tools", "ours,skopeo"], "unknown tools: skopeo"),
+        (["--scenarios", "single,fast"], "unknown scenarios: fast"),
+        (["--quick", "--images", "small"], "--quick sets --images, --runs and --scenarios"),
+        (["--out", "report.json"], "--out names the Markdown report"),
+        (["--ours-variant", "nolabel"], "--ours-variant wants LABEL="),
+        (["--ours-variant", "naive=--quiet"], "'naive': that name is taken"),
+    ],
+)
+def test_bad_arguments_are_usage_errors_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], no_run: None
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_run: None
+) -> None:
+    for out, message in [
+        (tmp_path, "is a directory"),
+        (Path("/proc/imagec-pipe/report.md"), "cannot make its folder"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main(["--out", str(out)])
+        assert exited.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_names_are_taken_once_in_the_order_given() -> None:
+    assert _csv("small,app,small, app ,", ("small", "app", "big"), "images") == ["small", "app"]
+
+
+def test_an_interrupted_run_kills_the_tool_it_was_timing() -> None:
+    # The tool runs in a session of its own, so Ctrl-C or SIGTERM sent to the harness
+    # never reached it: it went on after the harness had exited.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    pid_file = Path(f"/tmp/imagec-bench-test-{os.getpid()}.pid")
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            _measure.run_measured(
+                "sleeper",
+                ["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"],
+                timeout=60,
+            )
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    grandchild = int(pid_file.read_text())
+    pid_file.unlink()
+    for _ in range(50):
+        if _gone(grandchild):
+            break
+        time.sleep(0.1)
+    assert _gone(grandchild)
+
+
+@pytest.mark.registry
+def test_sigterm_stops_the_registry_of_the_run(tmp_path: Path) -> None:
+    # Without a handler, SIGTERM ended the harness at once, and the registry (started in
+    # a session of its own) ran on for ever.
+    script = (
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "from benchmarks.__main__ import _on_sigterm\n"
+        "from benchmarks._setup import registry\n"
+        "signal.signal(signal.SIGTERM, _on_sigterm)\n"
+        "with registry(Path(sys.argv[1])) as server:\n"
+        "    print(server.process.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    harness = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert harness.stdout is not None
+        registry_pid = int(harness.stdout.readline())
+        harness.send_signal(signal.SIGTERM)
+        harness.wait(timeout=30)
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
+        if harness.stdout is not None:
+            harness.stdout.close()
+    assert _gone(registry_pid)
+
+
+def _record(cache: Path, key: str, blob: bytes, *, path: str) -> None:
+    (cache / "blobs").mkdir(parents=True, exist_ok=True)
+    (cache / "layers").mkdir(parents=True, exist_ok=True)
+    (cache / "blobs" / ("ab" * 32)).write_bytes(blob)
+    record = {"blobs": {"gzip": {"digest": "sha256:" + "ab" * 32, "size": 10, "path": path}}}
+    (cache / "layers" / f"{key}.json").write_text(json.dumps(record))
+
+
+def test_a_cached_layer_is_read_from_this_cache_and_checked(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _record(cache, "k", b"0123456789", path="/elsewhere/old-checkout/blob")
+    meta = _images._cached_layer(cache, "k")
+    assert meta is not None  # whole: used, from this cache, not the path recorded
+    assert meta["blobs"]["gzip"]["path"] == str(cache / "blobs" / ("ab" * 32))
+    (cache / "blobs" / ("ab" * 32)).write_bytes(b"01234")  # truncated: built again
+    assert _images._cached_layer(cache, "k") is None
+    (cache / "layers" / "k.json").write_text('{"blobs": {"gz')  # a record cut short
+    assert _images._cached_layer(cache, "k") is None
+    assert _images._cached_layer(cache, "absent") is None
+
+
+def test_half_built_blobs_are_removed(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / ".tmp-key.gzip").write_bytes(b"half")
+    (blobs / ("cd" * 32)).write_bytes(b"whole")
+    _images._remove_partial_builds(tmp_path)
+    assert sorted(p.name for p in blobs.iterdir()) == ["cd" * 32]
+
+
+def test_the_file_pools_hold_only_what_every_user_may_read(tmp_path: Path) -> None:
+    # Scanned as root, files only root may read went into the images; scanned as another
+    # user, they did not, and the same tags got other images.
+    (tmp_path / "open.txt").write_text("text\n" * 10)
+    (tmp_path / "private.txt").write_text("secret\n" * 10)
+    (tmp_path / "private.txt").chmod(0o600)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    (closed / "inside.txt").write_text("text\n" * 10)
+    closed.chmod(0o700)
+    try:
+        pools = _images.scan_pools([str(tmp_path)])
+    finally:
+        closed.chmod(0o755)
+    found = sorted(Path(path).name for pool in pools.values() for path, _ in pool)
+    assert found == ["open.txt"]
