@@ -80,6 +80,10 @@ SCHEMA_VERSION = 1
 OPEN = "open"
 # How long a call waits for another process's write transaction before failing.
 BUSY_TIMEOUT_S = 30.0
+# The store's file lock (held for moments: opening the store, recording an image).
+LOCK_TIMEOUT_S = BUSY_TIMEOUT_S
+LOCK_NOTICE_S = 2.0
+LOCK_POLL_S = 0.05
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_VERSION = "1.0.0"
@@ -657,13 +661,42 @@ class Store:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the store's exclusive file lock (other processes and threads wait)."""
+        """Hold the store's exclusive file lock (other processes and threads wait).
+
+        A holder is waited for up to ``LOCK_TIMEOUT_S``, as the database's own lock is,
+        with a warning after ``LOCK_NOTICE_S``: a holder that never lets go (a pull
+        stopped with Ctrl-Z) used to hang every later pull without a word. A dead
+        holder is no matter: the kernel releases its lock.
+        """
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._wait_for_lock(fd)
             yield
         finally:
             os.close(fd)  # releases the lock
+
+    def _wait_for_lock(self, fd: int) -> None:
+        started = time.monotonic()
+        warned = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            waited = time.monotonic() - started
+            if waited >= LOCK_TIMEOUT_S:
+                raise StoreError(
+                    f"another process held store {self.path}'s lock ({LOCK_FILE}) for over "
+                    f"{LOCK_TIMEOUT_S:g} s; if an imagec-pipe using this store is stopped "
+                    "(Ctrl-Z), resume or end it, then try again"
+                )
+            if not warned and waited >= LOCK_NOTICE_S:
+                log.warning(
+                    "waiting for another process to release the store", store=str(self.path)
+                )
+                warned = True
+            time.sleep(LOCK_POLL_S)
 
     def _temp_path(self, name: str) -> Path:
         return self._ingest / f".{name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"

@@ -8,6 +8,7 @@ skopeo and umoci, where installed, check that the result is an OCI layout they r
 from __future__ import annotations
 
 import errno
+import fcntl
 import gzip
 import hashlib
 import io
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import pytest
 import xxhash
 from structlog.testing import capture_logs
 
-from pipeline import _oci
+from pipeline import _oci, _store
 from pipeline._store import SCHEMA_VERSION, Store
 from stages._errors import StoreError
 from stages._events import LayerTimings, VerifiedLayer
@@ -379,6 +381,24 @@ def test_a_worker_process_full_disk_is_the_same_store_error() -> None:
         assert (info.value.digest, info.value.ref) == (str(digest), "reg.example/app:1")
         with pytest.raises(StoreError, match="cannot sync a layer"):
             ingest.sync()
+
+
+def test_a_lock_held_for_ever_fails_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pull stopped with Ctrl-Z while it held the lock hung every later pull, silently.
+    store = Store.open(tmp_path / "s")
+    monkeypatch.setattr(_store, "LOCK_TIMEOUT_S", 0.5)
+    holder = os.open(store.path / "imagec.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: as another process would
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"held store .*'s lock .* for over 0.5 s"):
+            Store.open(tmp_path / "s")
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(holder)
+    Store.open(tmp_path / "s")  # released: it opens at once
 
 
 def test_write_blob_checks_digest(tmp_path: Path) -> None:
