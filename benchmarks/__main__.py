@@ -103,9 +103,10 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):
     """SIGTERM (timeout(1), a closing terminal session): unwinds like Ctrl-C, so that the
-    registry and the tool being timed are stopped, not left running."""
+    registry and the tool being timed are stopped, not left running. Not an Exception:
+    the handler that keeps one failing scenario from losing the others must let it by."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -80,6 +80,12 @@ def test_an_out_path_that_cannot_be_written_is_refused_at_once(
         assert message in capsys.readouterr().err
 
 
+def test_sigterm_is_not_taken_for_a_failing_scenario() -> None:
+    # The loop over scenarios catches Exception so that one failing scenario does not
+    # lose the others; SIGTERM must end the run there, not move on to the next one.
+    assert not issubclass(bench_main._Terminated, Exception)
+
+
 def test_names_are_taken_once_in_the_order_given() -> None:
     assert _csv("small,app,small, app ,", ("small", "app", "big"), "images") == ["small", "app"]
 
