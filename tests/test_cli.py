@@ -683,6 +683,38 @@ def test_sigint_exits_130(store_dir: Path, output: str) -> None:
         )
 
 
+def _pull_until_downloading(
+    registry: Any, via: Any, repo: str, seed: str, store: Path, layer_workers: str
+) -> subprocess.Popen[str]:
+    """A CLI pull (``--json``) of a sample image through ``via``, returned once a layer
+    is downloading; its stderr is piped too."""
+    from tests.support import images
+
+    registry.push(repo, images.sample_image(seed, layer_size=2 * 1024 * 1024), "1")
+    argv = ["pull", f"{via.host}/{repo}:1", "--json", "--layer-workers", layer_workers]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "layer-downloading":
+            break
+    return proc
+
+
+def _all_gone(pids: set[int]) -> list[int]:
+    """Those of ``pids`` still there after up to 5 s."""
+    for _ in range(50):
+        if not any(os.path.exists(f"/proc/{pid}") for pid in pids):
+            break
+        time.sleep(0.1)
+    return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
 def test_sigterm_cancels_the_pull_cleanly(
     registry: Any,
@@ -694,26 +726,12 @@ def test_sigterm_cancels_the_pull_cleanly(
 ) -> None:
     """SIGTERM (timeout, systemd, a container stopping) cancels as Ctrl-C does: exit 143,
     no partial file left in ingest/, no worker process left downloading."""
-    from tests.support import images
     from tests.support.processes import descendants
 
-    image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024)
-    registry.push(unique_repo, image, "1")
-    via = proxy(registry, rate=1_000_000)  # seconds per layer
     store = tmp_path / "store"
-    argv = ["pull", f"{via.host}/{unique_repo}:1", "--json", "--layer-workers", layer_workers]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(store)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-    )
+    via = proxy(registry, rate=1_000_000)  # seconds per layer
+    proc = _pull_until_downloading(registry, via, unique_repo, unique_seed, store, layer_workers)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if json.loads(line)["event"] == "layer-downloading":
-                break
         below = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
@@ -728,11 +746,7 @@ def test_sigterm_cancels_the_pull_cleanly(
     assert (last["event"], last["error"]) == ("error", "Terminated")
     assert last["message"] == "terminated (SIGTERM)"
     assert os.listdir(store / "ingest") == []
-    for _ in range(50):  # the workers' forkserver notices its parent is gone
-        if not any(os.path.exists(f"/proc/{pid}") for pid in below):
-            break
-        time.sleep(0.1)
-    assert [pid for pid in below if os.path.exists(f"/proc/{pid}")] == []
+    assert _all_gone(below) == []
 
 
 def test_sigkill_of_the_cli_ends_its_worker_processes(
@@ -741,42 +755,26 @@ def test_sigkill_of_the_cli_ends_its_worker_processes(
     """A CLI killed outright (SIGKILL, the OOM killer) cancels nothing: its layer worker
     processes went on downloading for as long as their layers took, into files nobody
     would commit. Each now watches the pulling process and stops when it ends."""
-    from tests.support import images
     from tests.support.processes import descendants
 
-    image = images.sample_image(unique_seed, layer_size=2 * 1024 * 1024)
-    registry.push(unique_repo, image, "1")
     via = proxy(registry, rate=200_000)  # a layer takes 10 s or more
-    argv = ["pull", f"{via.host}/{unique_repo}:1", "--json", "--layer-workers", "processes"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(tmp_path / "store")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=cli_env(),
+    proc = _pull_until_downloading(
+        registry, via, unique_repo, unique_seed, tmp_path / "store", "processes"
     )
+    below: set[int] = set()
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if json.loads(line)["event"] == "layer-downloading":
-                break
         below = descendants(proc.pid)
         assert below  # the forkserver and its workers
         proc.kill()
         proc.wait()
+        assert _all_gone(below) == []
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stdout is not None:  # not read to its end: orphans may hold its other end
-            proc.stdout.close()
-    try:
-        for _ in range(50):
-            if not any(os.path.exists(f"/proc/{pid}") for pid in below):
-                break
-            time.sleep(0.1)
-        assert [pid for pid in below if os.path.exists(f"/proc/{pid}")] == []
-    finally:
+        for stream in (proc.stdout, proc.stderr):  # not read to the end: orphans hold them
+            if stream is not None:
+                stream.close()
         for pid in below:  # never leave one behind, whatever the outcome
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
