@@ -199,3 +199,44 @@ def test_the_file_pools_hold_only_what_every_user_may_read(tmp_path: Path) -> No
         closed.chmod(0o755)
     found = sorted(Path(path).name for pool in pools.values() for path, _ in pool)
     assert found == ["open.txt"]
+
+
+@pytest.mark.registry
+def test_a_damaged_blob_in_the_registrys_storage_ends_the_run(tmp_path: Path) -> None:
+    # The registry's storage is kept between runs; a manifest that is there says nothing
+    # of its blobs, and every run of every tool then failed with no hint of why.
+    from benchmarks._images import BuiltImage, BuiltLayer
+    from benchmarks._setup import _check_blobs
+    from tests.support import images
+    from tests.support.registry import run_registry
+
+    with run_registry() as registry:
+        layer = images.make_layer("bench-damaged", files={"a.bin": os.urandom(300_000)})
+        registry.push("bench/damaged", images.make_image([layer]), "1")
+        built = BuiltImage(
+            name="damaged",
+            repo="bench/damaged",
+            tag="1",
+            layers=(BuiltLayer(layer.digest, layer.size, "", 0, "", "", "s"),),
+            config=b"",
+            config_media_type="",
+            manifest=b"",
+            manifest_media_type="",
+        )
+        with registry.client() as client:
+            _check_blobs(client, built)  # whole: nothing to say
+            [data] = registry.storage_dir.glob(f"**/{layer.digest.split(':')[1]}/data")
+            os.truncate(data, 1000)
+            with pytest.raises(SystemExit, match=r"is damaged .* 1000 bytes, built 300"):
+                _check_blobs(client, built)
+
+
+def test_the_run_fails_when_a_scenario_raised_or_ours_always_failed() -> None:
+    ok, failed = {"ok": True}, {"ok": False}
+    assert bench_main._what_failed({"single": {"app": {"ours": [ok], "naive": [failed]}}}) == []
+    assert bench_main._what_failed({"errors": ["primitives: OSError()"]}) == [
+        "scenario failed: primitives: OSError()"
+    ]
+    assert bench_main._what_failed({"single": {"app": {"ours": [failed, failed]}}}) == [
+        "ours failed every run of app: see its stderr in the JSON"
+    ]
