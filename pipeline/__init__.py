@@ -47,6 +47,7 @@ from stages import UsageError as UsageError
 from stages import WorkerError as WorkerError
 from stages import parse_reference as parse_reference
 
+from ._allocator import freeze_startup_objects as freeze_startup_objects
 from ._allocator import tune_allocator as tune_allocator
 from ._logging import configure_logging as configure_logging
 from ._pull import LayerReport as LayerReport
@@ -102,6 +103,7 @@ __all__ = [
     "WorkerError",
     "__version__",
     "configure_logging",
+    "freeze_startup_objects",
     "pull",
     "tune_allocator",
 ]

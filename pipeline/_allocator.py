@@ -1,4 +1,4 @@
-"""A process-wide allocator setting that the entry points (CLI, daemon) apply.
+"""Process-wide memory settings that the entry points (CLI, daemon) apply.
 
 A pull allocates and frees thousands of buffers of about 1 MiB: every socket read, every
 inflated piece, and the copies httpx and h11 make of them. glibc serves an allocation
@@ -10,16 +10,23 @@ image (cold CLI pulls, 5 interleaved runs): 1.89 -> 1.66 s median wall, 2.47 -> 
 CPU-s, minor page faults 80k -> 26k; peak RSS +15 MB for ``app``, unchanged for ``big``
 (about 95 MB).
 
-It is not applied on ``import pipeline``: a library does not change its host process's
-allocator. A program embedding the library may call ``tune_allocator()`` itself.
+``freeze_startup_objects`` moves what start-up created (about 200k objects: the modules
+of trio, httpx, structlog and ours) out of the garbage collector's reach. They live until
+exit anyway, and every full collection during a pull walked them all, as did the ones at
+exit. Measured on the ``app`` image (cold CLI pulls, 16 interleaved runs each): 1.57 ->
+1.46 s median wall, 2.23 -> 2.18 CPU-s.
+
+Neither is applied on ``import pipeline``: a library does not change its host process's
+allocator or garbage collector. A program embedding the library may call them itself.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import sys
 
-__all__ = ["tune_allocator"]
+__all__ = ["freeze_startup_objects", "tune_allocator"]
 
 # mallopt(3) parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -46,3 +53,13 @@ def tune_allocator() -> bool:
     mmap_ok: bool = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     trim_ok: bool = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     return mmap_ok and trim_ok
+
+
+def freeze_startup_objects() -> None:
+    """Leave every object alive now out of later garbage collections (``gc.freeze``).
+
+    Call it once the imports are done. Garbage made afterwards is collected as before;
+    only cycles among the frozen objects themselves would never be, and start-up leaves
+    none worth a full collection's time.
+    """
+    gc.freeze()

@@ -60,7 +60,7 @@ from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import ImagecError, UsageError
 from stages._types import Digest, Platform
 
-from ._allocator import tune_allocator
+from ._allocator import freeze_startup_objects, tune_allocator
 from ._logging import LEVELS, configure_logging
 from ._progress import (
     JsonProgress,
@@ -271,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _discard_closed_streams()
     configure_logging(level=args.log_level, json=True if args.log_json else None)
     tune_allocator()
+    freeze_startup_objects()
     try:
         code: int = args.handler(args)
     except _Usage as exc:
