@@ -84,6 +84,9 @@ BUSY_TIMEOUT_S = 30.0
 LOCK_TIMEOUT_S = BUSY_TIMEOUT_S
 LOCK_NOTICE_S = 2.0
 LOCK_POLL_S = 0.05
+# With less free space than this left, SQLite's "disk I/O error" is taken for a full disk
+# (its journal grows by pages of 4 KiB; the disk is rarely *that* close to full by chance).
+NEARLY_FULL_BYTES = 1024 * 1024
 
 LAYOUT_FILE = "oci-layout"
 LAYOUT_VERSION = "1.0.0"
@@ -223,11 +226,14 @@ class LayerRecord:
     xxh3: str | None = None
 
 
-def _hint(exc: BaseException) -> str:
+_FREE_SPACE = "free some disk space (or choose another store with --store) and try again"
+
+
+def _hint(exc: BaseException, store: Path) -> str:
     """What the user can do about a low-level failure."""
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return "free some disk space (or choose another store with --store) and try again"
+            return _FREE_SPACE
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return "check that you may write to the store directory, or choose another with --store"
         if exc.errno == errno.EIO:
@@ -242,8 +248,22 @@ def _hint(exc: BaseException) -> str:
     if "malformed" in text or "not a database" in text:
         return f"the store's database {DB_FILE} is damaged; move the store aside and pull again"
     if "disk" in text and "full" in text:
-        return "free some disk space and try again"
+        return _FREE_SPACE
+    if "disk i/o error" in text:
+        # What SQLite says when a write of its journal fails, a full disk included.
+        if _nearly_full(store):
+            return _FREE_SPACE
+        return "the disk may be full or failing; free some space or check it, then try again"
     return "check the store directory and try again"
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the filesystem of ``path`` has less than ``NEARLY_FULL_BYTES`` left."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < NEARLY_FULL_BYTES
 
 
 def store_error(
@@ -252,7 +272,7 @@ def store_error(
     """The ``StoreError`` for an OS or database failure: what failed, and what to do."""
     what = f"cannot open store {store}" if action == OPEN else f"cannot {action} in store {store}"
     return StoreError(
-        f"{what}: {exc}; {_hint(exc)}",
+        f"{what}: {exc}; {_hint(exc, store)}",
         digest=str(digest) if digest is not None else None,
         ref=ref,
     )
@@ -786,7 +806,7 @@ class Store:
             return
         target = self._blob_path(digest)
         started = time.perf_counter()
-        with self._errors("commit a layer", digest=digest):
+        with self._errors("commit a layer", digest=digest, ref=ingest.ref):
             ingest._finish()
             size = ingest.path.stat().st_size
             if size != desc.size:

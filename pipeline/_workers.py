@@ -225,8 +225,18 @@ class _PathIngest:
     def __enter__(self) -> _PathIngest:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._file.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        """Close the file. After a failed write or sync, the close tries to flush the
+        same bytes again and fails the same way (a full disk); that second failure
+        must not replace the ``StoreError`` on its way out (the parent deletes the file)."""
+        try:
+            self._file.close()
+        except OSError as exc:
+            if exc_type is not None:
+                return
+            raise store_error(
+                self._store, "close a layer", exc, digest=self._digest, ref=self._ref
+            ) from exc
 
     def write(self, data: bytes) -> None:
         try:

@@ -383,6 +383,33 @@ def test_a_worker_process_full_disk_is_the_same_store_error() -> None:
             ingest.sync()
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_worker_process_ingest_closed_after_a_full_disk_keeps_the_store_error() -> None:
+    # A small write waits in the file's buffer; the sync's flush fails, and so did the
+    # close on leaving the block, whose bare OSError used to replace the StoreError.
+    from pipeline._workers import _PathIngest
+
+    digest = Digest.parse("sha256:" + "ab" * 32)
+    with (
+        pytest.raises(StoreError, match=r"cannot sync a layer.*free some disk space"),
+        _PathIngest(Path("/dev/full"), digest, "reg.example/app:1") as ingest,
+    ):
+        ingest.write(b"x" * 10)
+        ingest.sync()
+
+
+def test_sqlites_disk_io_error_on_a_nearly_full_disk_says_to_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite says "disk I/O error", not "disk full", when its journal cannot grow.
+    failure = sqlite3.OperationalError("disk I/O error")
+    message = str(_store.store_error(tmp_path, "commit a layer", failure))
+    assert "the disk may be full or failing" in message
+    monkeypatch.setattr(_store, "NEARLY_FULL_BYTES", 1 << 62)  # every disk is nearly full
+    message = str(_store.store_error(tmp_path, "commit a layer", failure))
+    assert "disk I/O error; free some disk space" in message
+
+
 def test_a_lock_held_for_ever_fails_with_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
