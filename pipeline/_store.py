@@ -680,7 +680,7 @@ class Store:
         )
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, ref: str | None = None) -> Iterator[None]:
         """Hold the store's exclusive file lock (other processes and threads wait).
 
         A holder is waited for up to ``LOCK_TIMEOUT_S``, as the database's own lock is,
@@ -690,12 +690,12 @@ class Store:
         """
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            self._wait_for_lock(fd)
+            self._wait_for_lock(fd, ref)
             yield
         finally:
             os.close(fd)  # releases the lock
 
-    def _wait_for_lock(self, fd: int) -> None:
+    def _wait_for_lock(self, fd: int, ref: str | None) -> None:
         started = time.monotonic()
         warned = False
         while True:
@@ -709,7 +709,8 @@ class Store:
                 raise StoreError(
                     f"another process held store {self.path}'s lock ({LOCK_FILE}) for over "
                     f"{LOCK_TIMEOUT_S:g} s; if an imagec-pipe using this store is stopped "
-                    "(Ctrl-Z), resume or end it, then try again"
+                    "(Ctrl-Z), resume or end it, then try again",
+                    ref=ref,
                 )
             if not warned and waited >= LOCK_NOTICE_S:
                 log.warning(
@@ -916,7 +917,7 @@ class Store:
                 ref_name=ref_name,
                 original=original,
             )
-            with self._locked():
+            with self._locked(ref=ref_name):
                 before = self._insert_image(resolved, ref_name, tag, oci_digest, size, now)
                 index = _oci.index_with_entry(self._read_index(), entry)
                 self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))

@@ -415,6 +415,9 @@ def test_a_lock_held_for_ever_fails_with_what_to_do(
 ) -> None:
     # A pull stopped with Ctrl-Z while it held the lock hung every later pull, silently.
     store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP)
+    for gz, layer in layers:
+        commit(store, gz, layer)
     monkeypatch.setattr(_store, "LOCK_TIMEOUT_S", 0.5)
     holder = os.open(store.path / "imagec.lock", os.O_RDWR)
     try:
@@ -423,6 +426,10 @@ def test_a_lock_held_for_ever_fails_with_what_to_do(
         with pytest.raises(StoreError, match=r"held store .*'s lock .* for over 0.5 s"):
             Store.open(tmp_path / "s")
         assert time.monotonic() - started < 5
+        # Recording the pulled image waits the same way, and the error names the image.
+        with pytest.raises(StoreError, match="lock") as info:
+            store.record_image(resolved)
+        assert info.value.ref == str(APP)
     finally:
         os.close(holder)
     Store.open(tmp_path / "s")  # released: it opens at once
