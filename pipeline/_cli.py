@@ -58,10 +58,11 @@ import trio
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import ImagecError, UsageError
+from stages._reference import parse_reference
 from stages._types import Digest, Platform
 
 from ._allocator import freeze_startup_objects, tune_allocator
-from ._logging import LEVELS, configure_logging
+from ._logging import LEVELS, add_secret, configure_logging
 from ._progress import (
     JsonProgress,
     LogsAboveProgress,
@@ -280,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Outside trio.run (the password prompt, reading the store): nothing to unwind.
         _error_line("interrupted")
         return EXIT_INTERRUPTED
+    except Terminated as stopped:  # at the password prompt (the pull handles its own)
+        _error_line(f"terminated ({stopped.signal.name})")
+        return 128 + stopped.signal
     except BrokenPipeError:  # `imagec-pipe images | head -1`
         _silence_stdout()
         return EXIT_FAILED
@@ -335,33 +339,68 @@ def _error_line(message: str) -> None:
 # --- pull ---
 
 
-def read_password(stdin: TextIO) -> str:
+def read_password(stdin: TextIO | None) -> str:
     """The password piped on stdin, minus one trailing newline (and a CR before it).
 
     As ``docker login --password-stdin``: ``echo pw | ...`` and a file ending in a
-    newline both give ``pw``; other whitespace is part of the password.
+    newline both give ``pw``; other whitespace is part of the password. ``stdin`` is None
+    when the process was started with it closed (``<&-``).
     """
+    if stdin is None:
+        raise _Usage("--password-stdin: stdin is closed")
     data = stdin.read()
     data = data.removesuffix("\n").removesuffix("\r")
     if not data:
         raise _Usage("--password-stdin: no password on stdin")
+    _check_encodable(data, "--password-stdin: the password")
     return data
 
 
-def credentials_from(args: argparse.Namespace, stdin: TextIO) -> Credentials | None:
+def _check_encodable(password: str, what: str) -> None:
+    """A password goes to the registry as UTF-8; bytes that are not UTF-8 reach Python as
+    lone surrogates (``surrogateescape``), which would fail deep inside the request."""
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Usage(f"{what} is not valid UTF-8") from None
+
+
+def credentials_from(args: argparse.Namespace, stdin: TextIO | None) -> Credentials | None:
     """``-u`` with ``--password-stdin``, or with a prompt on a TTY; else a usage error."""
     if args.password_stdin and not args.username:
         raise _Usage("--password-stdin needs --username/-u")
     if not args.username:
         return None
     if args.password_stdin:
-        return Credentials(args.username, read_password(stdin))
-    if not _isatty(stdin):
+        password = read_password(stdin)
+    elif stdin is None or not _isatty(stdin):
         raise _Usage("-u needs --password-stdin when stdin is not a terminal")
-    password = getpass.getpass(f"Password for {args.username}: ")
+    else:
+        password = _ask_password(args.username)
+    add_secret(password)  # out of every log line from now on, the debug log's included
+    return Credentials(args.username, password)
+
+
+def _ask_password(username: str) -> str:
+    """The prompt on the terminal. ``getpass`` turns echo off and back on in a ``finally``
+    that a stop signal's default action never runs: SIGTERM or SIGHUP at the prompt left
+    the user's terminal without echo. They raise ``Terminated`` here instead."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        password = getpass.getpass(f"Password for {username}: ")
+    except EOFError:  # Ctrl-D
+        password = ""
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if not password:
         raise _Usage("no password given")
-    return Credentials(args.username, password)
+    _check_encodable(password, "the password")
+    return password
 
 
 def _renderer(args: argparse.Namespace, stdout: TextIO) -> ProgressRenderer:
@@ -397,6 +436,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         progress=renderer,
     )
     where = _doing(args)
+    ref = _as_reported(args.ref)
     try:
         store = Store.open(args.store)
         try:
@@ -404,20 +444,25 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         finally:
             renderer.close()
     except KeyboardInterrupt as interrupt:
-        return _pull_interrupted(renderer, args.ref, interrupt)
+        return _pull_interrupted(renderer, ref, interrupt)
     except Terminated as stopped:
-        renderer.fail(args.ref, stopped, f"terminated ({stopped.signal.name})")
+        renderer.fail(ref, stopped, f"terminated ({stopped.signal.name})")
         _error_line(f"terminated ({stopped.signal.name})")
         return 128 + stopped.signal
     except BaseExceptionGroup as group:
         # pull() promises one exception, never a group; if one escapes anyway, a Ctrl-C
         # inside it still means "interrupted" and anything else is reported on one line.
         if (interrupts := group.subgroup(KeyboardInterrupt)) is not None:
-            return _pull_interrupted(renderer, args.ref, _first_leaf(interrupts))
-        return _pull_failed(renderer, args.ref, where, _first_leaf(group), secret)
+            return _pull_interrupted(renderer, ref, _first_leaf(interrupts))
+        return _pull_failed(renderer, ref, where, _first_leaf(group), secret)
     except Exception as exc:  # the entry point reports on one line, never a traceback
-        return _pull_failed(renderer, args.ref, where, exc, secret)
+        return _pull_failed(renderer, ref, where, exc, secret)
     renderer.finish(result)
+    if renderer.write_error is not None:
+        _error_line(
+            f"warning: the output to stdout is incomplete ({renderer.write_error.strerror}); "
+            f"the image is in the store"
+        )
     if renderer.broken:
         # Nobody reads stdout any more (`--json | head -1`); the image is in the store.
         _silence_stdout()
@@ -470,6 +515,16 @@ async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> P
         return result
     assert stopped, "pull() returns, raises, or is cancelled by a stop signal"
     raise Terminated(stopped[0])
+
+
+def _as_reported(text: str) -> str:
+    """The reference as the pull's progress events spell it (``name:latest`` for a bare
+    ``name``), so that a ``--json`` reader can match the final error line with them; the
+    text as given when it is no reference at all."""
+    try:
+        return str(parse_reference(text))
+    except ImagecError:
+        return text
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -593,14 +648,29 @@ def _image_json(record: ImageRecord) -> Any:
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    _write_out(json.dumps(value, indent=2) + "\n")
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
     for row in [header, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        sys.stdout.write("   ".join(cells).rstrip() + "\n")
+        lines.append("   ".join(cells).rstrip() + "\n")
+    _write_out("".join(lines))
+
+
+def _write_out(text: str) -> None:
+    """A command's output, flushed now: a failure (a full disk under ``> file``) is then
+    reported as such here, not as an internal error, nor lost at the exit's flush.
+    EPIPE (``| head``) stays a ``BrokenPipeError`` for ``main`` to end quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise ImagecError(f"cannot write the output to stdout: {exc.strerror or exc}") from exc
 
 
 def _ago(when: datetime) -> str:

@@ -15,7 +15,8 @@ The processor chain, in order:
 4. exceptions rendered (text on the console, structured in JSON), never with frame
    locals, which may hold a password;
 5. ``redact_secrets``: insurance that no password, token or Authorization header reaches
-   the output even if a caller binds one by mistake;
+   the output even if a caller binds one by mistake, and that the user's own password
+   (``add_secret``) appears nowhere, not even quoted back by a registry's error message;
 6. the renderer: console (colours, aligned) on a TTY, JSON lines otherwise or with
    ``--log-json``.
 
@@ -34,12 +35,19 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["LEVELS", "LogSettings", "configure_logging", "current_settings", "redact_secrets"]
+__all__ = [
+    "LEVELS",
+    "LogSettings",
+    "add_secret",
+    "configure_logging",
+    "current_settings",
+    "redact_secrets",
+]
 
 # The names --log-level accepts, lowest first.
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -63,6 +71,8 @@ class LogSettings:
 
     level: str = "warning"
     json: bool | None = None
+    # The texts ``add_secret`` was given: a worker process cuts them out of its lines too.
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 class _Applied:
@@ -75,6 +85,15 @@ class _Applied:
 def current_settings() -> LogSettings:
     """The logging settings a worker process of this one should apply."""
     return _Applied.settings
+
+
+def add_secret(text: str) -> None:
+    """Cut ``text`` (the user's password) out of every later log line of this process
+    and of the worker processes it starts, wherever it appears: a registry's error
+    message may quote it back, and a traceback in the debug log quotes that message.
+    The patterns below catch credentials by their shape; this one by its value."""
+    if text and text not in _Applied.settings.secrets:
+        _Applied.settings = replace(_Applied.settings, secrets=(*_Applied.settings.secrets, text))
 
 
 _EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
@@ -92,6 +111,8 @@ def _is_secret_key(key: object) -> bool:
 def _redact_value(value: Any, depth: int = 0) -> Any:
     """Scrub one value: strings lose inline credentials, mappings their secret keys."""
     if isinstance(value, str):
+        for secret in _Applied.settings.secrets:
+            value = value.replace(secret, REDACTED)
         value = _SCHEME_CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
         return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", value)
     if depth < 5 and isinstance(value, Mapping):  # httpx.Headers is a Mapping
@@ -157,7 +178,7 @@ def configure_logging(
         logger_factory=_StreamLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    _Applied.settings = LogSettings(level, json)
+    _Applied.settings = LogSettings(level, json, _Applied.settings.secrets)
 
 
 class _StreamLoggerFactory:

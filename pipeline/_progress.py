@@ -125,6 +125,9 @@ class ProgressRenderer:
         self._lock = threading.Lock()
         # Set when the stream refused a write (a closed pipe): nothing more is written.
         self.broken = False
+        # Why, when it was not that nobody reads any more (EPIPE): a full disk under a
+        # redirected stdout loses output the user meant to keep, and should hear of it.
+        self.write_error: OSError | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
@@ -165,8 +168,10 @@ class ProgressRenderer:
         try:
             self._stream.write(text)
             self._stream.flush()
-        except (OSError, ValueError):  # BrokenPipeError, or a closed file
+        except (OSError, ValueError) as exc:  # BrokenPipeError, or a closed file
             self.broken = True
+            if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+                self.write_error = exc
 
     def _write_line(self, text: str) -> None:
         self._write(text + "\n")

@@ -34,7 +34,7 @@ from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest
 
 from ._allocator import tune_allocator
-from ._logging import LogSettings, configure_logging
+from ._logging import LogSettings, add_secret, configure_logging
 from ._store import Writeback, store_error
 
 if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
@@ -146,6 +146,8 @@ def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
     two modes compare fairly and its logs look like the parent's.
     """
     configure_logging(level=task.log.level, json=task.log.json)
+    for secret in task.log.secrets:
+        add_secret(secret)
     tune_allocator()
     return trio.run(_fetch_layer, task)
 

@@ -122,6 +122,21 @@ _GOARCH = {
     "riscv64": "riscv64",
 }
 
+# What a user may write for an architecture, and the OCI (Go) name and default variant
+# it stands for (containerd's normalizeArch).
+_ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "x86-64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+}
+# One part of os/arch/variant: Go's GOOS and GOARCH names and OCI's variants are all
+# made of these; whitespace or a non-ASCII letter is a typing slip, not a platform.
+_PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -133,14 +148,22 @@ class Platform:
 
     @classmethod
     def parse(cls, text: str) -> Platform:
-        parts = text.split("/")
-        if len(parts) not in (2, 3) or not all(parts):
+        """``os/arch[/variant]`` as a user writes it, normalised as containerd's
+        ``platforms.Normalize`` does: lower case, ``x86_64`` is ``amd64``, ``aarch64``
+        ``arm64``, ``armhf`` ``arm/v7``, a variant ``7`` is ``v7``. Index entries name
+        platforms the Go way, so ``linux/x86_64`` would otherwise match nothing."""
+        parts = text.lower().split("/")
+        if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
             raise UsageError(
                 f"platform {text!r} is not of the form os/arch[/variant], e.g. linux/amd64"
             )
-        return cls(
-            parts[0].lower(), parts[1].lower(), parts[2].lower() if len(parts) == 3 else None
-        )
+        system, arch = parts[0], parts[1]
+        variant = parts[2] if len(parts) == 3 else None
+        arch, default_variant = _ARCH_ALIASES.get(arch, (arch, None))
+        variant = variant or default_variant
+        if variant is not None and variant.isdigit():
+            variant = f"v{variant}"
+        return cls(system, arch, variant)
 
     @classmethod
     def host(cls) -> Platform:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 import structlog
 
-from pipeline import _cli
+from pipeline import _cli, _logging
 from pipeline._cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -36,8 +37,9 @@ from pipeline._cli import (
     main,
     read_password,
 )
+from pipeline._store import Store
 from stages._config import Credentials
-from stages._errors import InvalidReference, NotFound, UsageError
+from stages._errors import AuthError, InvalidReference, NotFound, UsageError
 from stages._events import LayerTimings, ProgressEvent
 from stages._manifest import ResolvedImage
 from stages._reference import Reference
@@ -48,8 +50,10 @@ REF = "127.0.0.1:5000/team/app:1.0"
 
 
 @pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """main() configures structlog; leave the defaults for the next test."""
+def _reset_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """main() configures structlog and remembers the passwords it reads (add_secret);
+    leave the defaults for the next test."""
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
     yield
     structlog.reset_defaults()
 
@@ -77,6 +81,8 @@ class TtyStringIO(io.StringIO):
         (["--store", "/tmp/x", "images"], "invalid choice"),  # options go after the command
         (["pull", "alpine", "--platform", "linux"], "not of the form os/arch"),
         (["pull", "alpine", "--platform", "linux/amd64/v8/x"], "not of the form os/arch"),
+        (["pull", "alpine", "--platform", " linux/amd64"], "not of the form os/arch"),
+        (["pull", "alpine", "--platform", "linux/\u00e4md64"], "not of the form os/arch"),
         (["pull", "alpine", "--max-concurrent-downloads", "0"], "must be at least 1"),
         (["pull", "alpine", "--max-concurrent-downloads", "x"], "not a whole number"),
         (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
@@ -169,6 +175,82 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_read_password_strips_one_newline(piped: str, password: str) -> None:
     assert read_password(io.StringIO(piped)) == password
+
+
+def test_password_stdin_closed_is_a_usage_error(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Started with `<&-`, Python has None for stdin: that was an internal error.
+    monkeypatch.setattr(sys, "stdin", None)
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin"]
+    assert main(argv) == EXIT_USAGE
+    assert "--password-stdin: stdin is closed" in capsys.readouterr().err
+
+
+def test_a_password_that_is_not_utf8_is_a_usage_error(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bytes that are not UTF-8 arrive as lone surrogates, which failed inside the request.
+    piped = io.TextIOWrapper(io.BytesIO(b"\xff\xfepw\n"), errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", piped)
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin"]
+    assert main(argv) == EXIT_USAGE
+    assert "the password is not valid UTF-8" in capsys.readouterr().err
+
+
+def test_ctrl_d_at_the_prompt_is_no_password(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def end_of_input(prompt: str) -> str:
+        raise EOFError
+
+    monkeypatch.setattr(_cli.getpass, "getpass", end_of_input)
+    monkeypatch.setattr(sys, "stdin", TtyStringIO())
+    assert main(["pull", REF, "--store", str(store_dir), "-u", "ci"]) == EXIT_USAGE
+    assert "no password given" in capsys.readouterr().err
+
+
+def test_sigterm_at_the_prompt_restores_the_terminal_and_exits_143(tmp_path: Path) -> None:
+    """getpass turns echo off and back on in a finally that SIGTERM's default action never
+    ran: the user's shell was left without echo. Run on a pseudo-terminal."""
+    import pty
+    import termios
+
+    leader, follower = pty.openpty()
+    try:
+        argv = ["pull", REF, "-u", "ci", "--store", str(tmp_path / "store")]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline._cli", *argv],
+            stdin=follower,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            cwd=REPO_ROOT,
+            preexec_fn=_own_terminal,  # getpass talks to /dev/tty: the pty must be it
+        )
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"Password for ci:" not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 1024)
+        assert b"Password for ci:" in seen
+        assert not termios.tcgetattr(follower)[3] & termios.ECHO  # getpass turned it off
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143
+        assert err.decode().strip() == "imagec-pipe: terminated (SIGTERM)"
+        assert termios.tcgetattr(follower)[3] & termios.ECHO  # and back on
+    finally:
+        os.close(leader)
+        os.close(follower)
+
+
+def _own_terminal() -> None:
+    """In the child: a session of its own whose controlling terminal is its stdin."""
+    import fcntl
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def test_prompt_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -433,6 +515,53 @@ def test_pull_debug_log_has_the_cause_but_no_secret(
     assert not any("s3cret" in line for line in err)
 
 
+def test_pull_debug_log_never_shows_the_password_a_registry_quoted_back(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A registry's error message may quote the password; the stderr line was redacted,
+    # the traceback in the debug log was not.
+    install_fake_pull(monkeypatch, _raise(AuthError("password s3cret-X is expired for ci")))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret-X\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin",
+            "--log-level", "debug", "--log-json"]  # fmt: skip
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "s3cret-X" not in err
+    assert "password [redacted] is expired" in err
+    [record] = [json.loads(line) for line in err.splitlines() if "command failed" in line]
+    assert "[redacted]" in json.dumps(record["exception"])
+
+
+def test_a_failed_json_pull_names_the_reference_as_its_progress_did(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The events said "…/app:latest", the error line the bare argument "…/app".
+    install_fake_pull(monkeypatch, _raise(NotFound("no such repository")))
+    assert main(["pull", "127.0.0.1:5000/team/app", "--store", str(store_dir), "--json"]) == 1
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (last["event"], last["ref"]) == ("error", "127.0.0.1:5000/team/app:latest")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_said_plainly(store_dir: Path) -> None:
+    # `images > file` on a full disk said "internal error: OSError".
+    Store.open(store_dir)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline._cli", "images", "--store", str(store_dir)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr == (
+        "imagec-pipe: error: listing images: cannot write the output to stdout: "
+        "No space left on device\n"
+    )
+
+
 # --- images, layers, inspect ---
 
 
@@ -448,8 +577,6 @@ def test_reading_commands_never_create_a_store(
     store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A mistyped --store lists nothing and says so, and leaves no empty store behind."""
-    from pipeline._store import Store
-
     assert main(["images", "--store", str(store_dir)]) == EXIT_OK
     captured = capsys.readouterr()
     assert captured.out.split()[:2] == ["REFERENCE", "IMAGE"]
@@ -783,6 +910,36 @@ def test_sigkill_of_the_cli_ends_its_worker_processes(
 # --- logging (pipeline/_logging.py, configured by main) ---
 
 
+@pytest.mark.parametrize(
+    ("given", "platform"),
+    [
+        ("linux/x86_64", Platform("linux", "amd64")),
+        ("Linux/AARCH64", Platform("linux", "arm64")),
+        ("linux/i686", Platform("linux", "386")),
+        ("linux/armhf", Platform("linux", "arm", "v7")),
+        ("linux/arm/7", Platform("linux", "arm", "v7")),
+        ("linux/arm64/v8", Platform("linux", "arm64", "v8")),
+        ("windows/amd64", Platform("windows", "amd64")),
+    ],
+)
+def test_platforms_are_named_as_index_entries_name_them(given: str, platform: Platform) -> None:
+    # `--platform linux/x86_64` matched no image: indexes say amd64 (containerd normalises).
+    assert Platform.parse(given) == platform
+
+
+def test_a_secret_added_is_cut_out_of_every_line_and_handed_to_workers() -> None:
+    from pipeline._logging import add_secret, configure_logging, current_settings
+
+    out = io.StringIO()
+    configure_logging(level="info", json=True, stream=out)
+    add_secret("hunter2-S")
+    configure_logging(level="info", json=True, stream=out)  # reconfiguring keeps it
+    structlog.get_logger().info("denied", detail="password hunter2-S expired")
+    assert json.loads(out.getvalue())["detail"] == "password [redacted] expired"
+    assert current_settings().secrets == ("hunter2-S",)  # what a worker process applies
+    assert "hunter2-S" not in repr(current_settings())
+
+
 def test_log_json_redacts_secrets() -> None:
     from pipeline._logging import configure_logging
 
@@ -1047,6 +1204,35 @@ def test_e2e_a_pull_with_stdout_closed_completes(
         )
         assert closed.returncode == 0, closed.stderr
         assert closed.stderr == ""
+    listed = run_cli("images", "--store", store, "--json")
+    assert [x["ref"] for x in json.loads(listed.stdout)] == [ref]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_e2e_a_pull_whose_output_cannot_be_written_says_so(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """``--json > file`` on a full disk: the image is stored, but the lines the user meant
+    to keep are lost, and the pull used to end without a word about it."""
+    from tests.support import images
+
+    registry.push(unique_repo, images.sample_image(unique_seed), "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = str(tmp_path / "store")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline._cli", "pull", ref, "--json", "--store", store],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        "imagec-pipe: warning: the output to stdout is incomplete (No space left on "
+        "device); the image is in the store\n"
+    )
     listed = run_cli("images", "--store", store, "--json")
     assert [x["ref"] for x in json.loads(listed.stdout)] == [ref]
 
