@@ -53,6 +53,7 @@ __all__ = [
     "read_bounded",
     "Resolver",
     "resolve_host",
+    "is_link_local_host",
     "resolves_internal",
     "token_url",
 ]
@@ -244,6 +245,14 @@ def is_internal_host(host: str) -> bool:
     )
 
 
+def is_link_local_host(host: str) -> bool:
+    """An address literal in 169.254.0.0/16 or fe80::/10: where cloud metadata services
+    answer. A registry elsewhere, even on loopback or a private network, has no business
+    sending a client there."""
+    address = _ip(host)
+    return address is not None and address.is_link_local
+
+
 # Host name -> the addresses it resolves to (empty when it does not resolve).
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
@@ -259,14 +268,16 @@ async def resolve_host(host: str) -> list[str]:
     return [str(info[4][0]).partition("%")[0] for info in infos]
 
 
-async def resolves_internal(host: str, resolve: Resolver) -> bool:
-    """Whether ``host`` is an internal address literal (``is_internal_host``) or a name
-    that resolves to at least one internal address."""
-    if is_internal_host(host):
+async def resolves_internal(
+    host: str, resolve: Resolver, *, kind: Callable[[str], bool] = is_internal_host
+) -> bool:
+    """Whether ``host`` is an internal address literal (``is_internal_host``, or what
+    ``kind`` asks, e.g. ``is_link_local_host``) or a name that resolves to at least one."""
+    if kind(host):
         return True
     if _ip(host) is not None:
         return False
-    return any(is_internal_host(address) for address in await resolve(host))
+    return any(kind(address) for address in await resolve(host))
 
 
 def matches_insecure(authority: str, insecure: Iterable[str]) -> bool:
@@ -302,7 +313,10 @@ def check_credential_destination(
             )
     elif url.scheme != "https":
         return f"its scheme {url.scheme!r} is not https"
-    if is_internal_host(host) and not is_internal_host(host_of(registry)):
+    registry_host = host_of(registry)
+    if is_link_local_host(host) and not is_link_local_host(registry_host):
+        return f"{host} is a link-local address and the registry {registry} is not on one"
+    if is_internal_host(host) and not is_internal_host(registry_host):
         return (
             f"{host} is a private or link-local address and the registry {registry} is not on one"
         )

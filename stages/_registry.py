@@ -43,6 +43,7 @@ from ._auth import (
     headers_challenges,
     host_of,
     is_internal_host,
+    is_link_local_host,
     is_loopback_host,
     matches_insecure,
     pull_scope,
@@ -410,10 +411,22 @@ class RegistryClient:
     async def _refuse_internal_realm(self, ref: Reference, url: httpx.URL, authority: str) -> None:
         """A registry that is not on a private address may not send us (with or without
         credentials) to a token service that is on one, by address or by name: that is
-        how a registry would reach a cloud metadata service or an internal host."""
+        how a registry would reach a cloud metadata service or an internal host. A
+        link-local token service (the metadata services' range) needs a registry that is
+        link-local too: a registry on loopback or a private network is not."""
+        registry_host = host_of(authority)
+        if await resolves_internal(
+            url.host, self._resolve, kind=is_link_local_host
+        ) and not await resolves_internal(registry_host, self._resolve, kind=is_link_local_host):
+            raise AuthError(
+                f"{authority} named a token service on the link-local address {url.host}"
+                + ("" if is_link_local_host(url.host) else " (by what the name resolves to)")
+                + "; refused",
+                ref=str(ref),
+            )
         if not await resolves_internal(url.host, self._resolve):
             return
-        if await resolves_internal(host_of(authority), self._resolve):
+        if await resolves_internal(registry_host, self._resolve):
             return
         raise AuthError(
             f"{authority} named a token service on the private address {url.host}"

@@ -246,6 +246,12 @@ def test_matches_insecure(authority: str, listed: list[str], want: bool) -> None
         ("https://10.0.0.5/token", "reg.example", [], False),
         ("https://10.0.0.5/token", "10.0.0.4:5000", [], True),
         ("https://[fe80::1]/token", "reg.example", [], False),
+        # The metadata services' range: only for a registry that is link-local itself.
+        ("https://169.254.169.254/token", "127.0.0.1:5000", [], False),
+        ("https://169.254.169.254/token", "10.0.0.4:5000", [], False),
+        ("https://[fe80::1]/token", "[::1]:5000", [], False),
+        ("https://169.254.1.1/token", "169.254.1.2:5000", [], True),
+        ("https://10.0.0.5/token", "127.0.0.1:5000", [], True),
         ("ftp://auth.example/token", "reg.example", [], False),
         ("http://10.0.0.5:5000/v2/", "10.0.0.5:5000", ["10.0.0.5"], True),
         ("http://10.0.0.5:5000/v2/", "10.0.0.5:5000", [], False),

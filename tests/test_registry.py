@@ -266,7 +266,7 @@ async def test_basic_auth() -> None:
 async def test_credentials_not_sent_to_plain_http_or_private_realm() -> None:
     for realm, why in [
         ("http://auth.example/token", "plain http"),
-        ("https://169.254.169.254/token", "private or link-local"),
+        ("https://169.254.169.254/token", "is a link-local address"),
     ]:
         fake = FakeRegistry(challenge=f'Bearer realm="{realm}",service="x"')
         with trio.fail_after(5):
@@ -293,6 +293,19 @@ async def test_realm_name_resolving_to_a_private_address_is_refused(
     with trio.fail_after(5):
         async with _client(fake, credentials=credentials, names=names) as client:
             with pytest.raises(AuthError, match=r"auth\.example \(by what the name resolves to\)"):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert fake.tokens_issued == 0
+    assert not fake.paths("auth.example")
+
+
+async def test_realm_resolving_to_link_local_is_refused_for_a_private_registry() -> None:
+    # A registry on a private network (or loopback) is no reason to let it send us to the
+    # cloud metadata address: link-local is allowed only from a link-local registry.
+    fake = FakeRegistry(challenge='Bearer realm="https://auth.example/token",service="x"')
+    names = {"reg.example": ["10.0.0.2"], "auth.example": ["169.254.169.254"]}
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS, names=names) as client:
+            with pytest.raises(AuthError, match=r"link-local address auth\.example \(by what"):
                 await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
     assert fake.tokens_issued == 0
     assert not fake.paths("auth.example")
