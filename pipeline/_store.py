@@ -41,7 +41,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -287,18 +287,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists; a number that cannot be a pid (0 would mean our own
-    process group) never does."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+def _create_locked(make_path: Callable[[], Path], mode: int) -> tuple[Path, int]:
+    """Create a new file in ``ingest/`` and hold an exclusive ``flock`` on it until it is
+    closed: ``_sweep_ingest`` in any process, in any PID namespace (a store shared by
+    containers), leaves a file alone while its lock is held. The file is created under a
+    fresh name (``make_path``) and locked at once; should a sweep have removed it in that
+    moment, a new name is taken."""
+    for _ in range(_CREATE_ATTEMPTS):
+        path = make_path()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a sweep holds it to remove it
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return path, fd
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"new files in {path.parent} are removed as soon as made")
+
+
+_CREATE_ATTEMPTS = 5
 
 
 def _utc(ts: float) -> datetime:
@@ -385,12 +393,13 @@ class Ingest:
             ) from exc
         self._dirty = False
 
-    def _finish(self) -> None:
-        """Sync anything written after the last ``sync`` and close the file."""
-        if self._file.closed:
-            return
-        if self._dirty:
+    def _sync_pending(self) -> None:
+        """Sync anything written after the last ``sync``; the file stays open (and locked:
+        ``_create_locked``) until ``commit_layer`` has renamed it."""
+        if not self._file.closed and self._dirty:
             self.sync()
+
+    def _close(self) -> None:
         self._file.close()
 
     def _discard(self) -> None:
@@ -508,10 +517,9 @@ class Store:
             self._sweep_ingest()
             with self._locked():
                 self._init_db()
-                if not (path / INDEX_FILE).exists():
+                if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
-                else:
-                    self._repair_index()
+                self._repair_index()
                 layout = path / LAYOUT_FILE
                 if layout.exists():
                     self._check_layout(layout)
@@ -579,18 +587,44 @@ class Store:
     def _sweep_ingest(self) -> None:
         """Remove partial files left by processes that died (killed mid-download).
 
-        Each name carries its writer's pid; a file is removed only when that pid is gone
-        on this machine, so another live process's download is never touched. (A reused
-        pid merely keeps a stale file; resuming from them is a later issue's business.)
+        A writer holds an exclusive ``flock`` on its file until it has renamed or removed
+        it (``_create_locked``), and the kernel lets go of it when the writer dies. A file
+        whose lock can be taken is therefore abandoned; one whose lock cannot, another
+        live process's download, is never touched. (The pid in the name is not the test:
+        it means nothing in another PID namespace, and a container's pull is pid 1.)
+        A file that cannot be removed is warned about, not fatal: this is housekeeping.
         """
         with os.scandir(self._ingest) as entries:
             for entry in entries:
-                m = _INGEST_NAME.fullmatch(entry.name)
-                if m is None or _pid_alive(int(m.group(1) or m.group(2))):
+                if _INGEST_NAME.fullmatch(entry.name) is None:
                     continue
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    log.info("stale ingest file removed", store=str(self.path), file=entry.name)
+                try:
+                    self._remove_abandoned(entry.path)
+                except OSError as exc:
+                    log.warning(
+                        "stale ingest file not removed",
+                        store=str(self.path),
+                        file=entry.name,
+                        error=str(exc),
+                    )
+
+    def _remove_abandoned(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # its writer is alive
+            with contextlib.suppress(FileNotFoundError):  # committed meanwhile: renamed
+                os.unlink(path)
+                log.info(
+                    "stale ingest file removed", store=str(self.path), file=os.path.basename(path)
+                )
+        finally:
+            os.close(fd)
 
     def _check_layout(self, layout: Path) -> None:
         try:
@@ -724,14 +758,13 @@ class Store:
 
     def _write_atomic(self, target: Path, data: bytes, *, mode: int = 0o644) -> None:
         """temp file in ingest/ + fsync + rename + fsync of the target's directory."""
-        tmp = self._temp_path(target.name)
+        tmp, fd = _create_locked(lambda: self._temp_path(target.name), mode)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
+                os.replace(tmp, target)  # still open, so still locked: no sweep takes it
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -779,9 +812,12 @@ class Store:
     def open_ingest(self, digest: Digest, *, ref: str | None = None) -> Iterator[Ingest]:
         """A new partial file for ``digest``; removed on exit unless committed. ``ref``, the
         image being pulled, is named by the errors of its writes (a full disk)."""
-        path = self._ingest / f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex[:16]}.partial"
+
+        def new_path() -> Path:
+            return self._ingest / f"{digest.hex}.{os.getpid()}.{uuid.uuid4().hex[:16]}.partial"
+
         with self._errors("create an ingest file", digest=digest, ref=ref):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            path, fd = _create_locked(new_path, 0o644)
             file = os.fdopen(fd, "wb")
         ingest = Ingest(self.path, digest, path, file, ref)
         try:
@@ -808,7 +844,7 @@ class Store:
         target = self._blob_path(digest)
         started = time.perf_counter()
         with self._errors("commit a layer", digest=digest, ref=ingest.ref):
-            ingest._finish()
+            ingest._sync_pending()
             size = ingest.path.stat().st_size
             if size != desc.size:
                 raise StoreError(
@@ -817,8 +853,9 @@ class Store:
                     digest=str(digest),
                 )
             os.chmod(ingest.path, 0o444)
-            os.replace(ingest.path, target)
+            os.replace(ingest.path, target)  # while open: its lock keeps sweeps away
             ingest.committed = True
+            ingest._close()
             _fsync_dir(self._blobs)
             with self._db() as conn, _transaction(conn):
                 conn.execute(

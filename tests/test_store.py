@@ -295,25 +295,48 @@ def test_commit_visible_only_after_commit_layer(tmp_path: Path) -> None:
     assert not store.layer_committed(digest)
 
 
-def test_open_removes_ingest_files_of_dead_processes(tmp_path: Path) -> None:
+def test_open_removes_ingest_files_nobody_holds_and_keeps_the_held_ones(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(dead.stdout)
     hexpart = "ab" * 32
-    stale = [f"{hexpart}.{dead_pid}.0123abcd.partial", f".index.json.{dead_pid}.99ff.tmp"]
-    live = [f"{hexpart}.{os.getpid()}.0123abcd.partial", "unrelated-file"]
-    # Names of ours whose pid no process can have: too large for the kernel, or 0.
-    stale += [f"{hexpart}.{'9' * 20}.0123abcd.partial", f".index.json.{10**30}.99ff.tmp"]
-    stale += [f"{hexpart}.0.0123abcd.partial"]
-    for name in stale + live:
+    # Whatever pid a name carries: a process in another PID namespace (a container) has
+    # a pid that means nothing here, and a container's pull is often pid 1. The lock is
+    # what tells a live writer: a file of a live pid was kept for ever, and a live
+    # download of another namespace, its pid unknown here, was removed.
+    stale = [f"{hexpart}.1.0123abcd.partial", f".index.json.{os.getpid()}.99ff.tmp"]
+    stale += [f"{hexpart}.{'9' * 20}.0123abcd.partial", f"{hexpart}.0.0123abcd.partial"]
+    for name in [*stale, "unrelated-file"]:
         (store.path / "ingest" / name).write_bytes(b"partial")
+    # A download in progress in another process: its writer holds the file's lock.
+    held = store.path / "ingest" / f"{hexpart}.{2**22 + 1}.4567cdef.partial"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKED, str(held)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with store.open_ingest(Digest.from_hex(hexpart)) as ours:  # one of this process's
+            Store.open(tmp_path / "s")
+            assert ingest_files(store) == sorted([held.name, ours.path.name, "unrelated-file"])
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+    Store.open(tmp_path / "s")  # the holder is gone, and the kernel released its lock
+    assert ingest_files(store) == ["unrelated-file"]
+
+
+HOLD_LOCKED = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_ingest_entry_that_cannot_be_removed_does_not_stop_the_store(tmp_path: Path) -> None:
+    # A directory under an ingest file's name (or an immutable file) failed every pull.
+    store = Store.open(tmp_path / "s")
+    (store.path / "ingest" / f"{'ab' * 32}.{'9' * 20}.0123abcd.partial").mkdir()
     Store.open(tmp_path / "s")
-    assert ingest_files(store) == sorted(live)
 
 
 def test_two_ingests_of_one_digest_do_not_clash(tmp_path: Path) -> None:
@@ -666,6 +689,17 @@ def test_open_repairs_index_json_left_behind_by_a_crash(tmp_path: Path) -> None:
     repaired = (store.path / "index.json").read_bytes()
     Store.open(store.path)
     assert (store.path / "index.json").read_bytes() == repaired
+
+
+def test_open_rebuilds_a_deleted_index_json_from_the_database(tmp_path: Path) -> None:
+    # It was written anew, empty: OCI tools no longer saw the images `images` listed.
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP)
+    pull_into(store, ALPINE, docker=True, platform=ARM64)
+    good = entries_by_name(store)
+    (store.path / "index.json").unlink()
+
+    assert entries_by_name(Store.open(store.path)) == good
 
 
 def test_open_skips_a_reference_whose_manifest_blob_is_gone(tmp_path: Path) -> None:
