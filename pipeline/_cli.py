@@ -42,12 +42,14 @@ bug (``internal error: …``); ``--log-level debug`` logs the traceback, without
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -274,14 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
     freeze_startup_objects()
     try:
-        code: int = args.handler(args)
+        with _stop_signals_raise():
+            code: int = args.handler(args)
     except _Usage as exc:
         return _usage_error(args.subparser, str(exc))
     except KeyboardInterrupt:
         # Outside trio.run (the password prompt, reading the store): nothing to unwind.
         _error_line("interrupted")
         return EXIT_INTERRUPTED
-    except Terminated as stopped:  # at the password prompt (the pull handles its own)
+    except Terminated as stopped:  # outside trio.run: the password prompt, a lock wait
         _error_line(f"terminated ({stopped.signal.name})")
         return 128 + stopped.signal
     except BrokenPipeError:  # `imagec-pipe images | head -1`
@@ -290,6 +293,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _failed(_doing(args), exc)
     return code
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` while a command runs, as Ctrl-C raises
+    KeyboardInterrupt. Their default action ends the process at once: at the password
+    prompt that left the terminal without echo (getpass restores it in a ``finally``),
+    and during a 30 s wait for the store's lock it skipped the exit code and the message.
+    Inside ``trio.run`` the pull's own signal receiver takes over (``_pull_until_stopped``).
+    The previous handlers come back afterwards: tests run ``main()`` in their process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _discard_closed_streams() -> None:
@@ -382,21 +408,12 @@ def credentials_from(args: argparse.Namespace, stdin: TextIO | None) -> Credenti
 
 
 def _ask_password(username: str) -> str:
-    """The prompt on the terminal. ``getpass`` turns echo off and back on in a ``finally``
-    that a stop signal's default action never runs: SIGTERM or SIGHUP at the prompt left
-    the user's terminal without echo. They raise ``Terminated`` here instead."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    """The prompt on the terminal; a stop signal here raises ``Terminated`` (see
+    ``_stop_signals_raise``), so that getpass turns echo back on."""
     try:
         password = getpass.getpass(f"Password for {username}: ")
     except EOFError:  # Ctrl-D
         password = ""
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     if not password:
         raise _Usage("no password given")
     _check_encodable(password, "the password")

@@ -842,6 +842,34 @@ def _all_gone(pids: set[int]) -> list[int]:
     return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
 
+def test_sigterm_while_waiting_for_the_store_lock_exits_143(tmp_path: Path) -> None:
+    """Before trio.run (here: Store.open waiting up to 30 s for another process's lock),
+    SIGTERM took its default action: no exit code of ours, no line saying why."""
+    import fcntl
+
+    store = Store.open(tmp_path / "store")
+    holder = os.open(store.path / "imagec.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with subprocess.Popen(
+            [sys.executable, "-m", "pipeline._cli", "pull", REF, "--store", str(store.path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        ) as proc:
+            assert proc.stderr is not None
+            warning = proc.stderr.readline()  # after LOCK_NOTICE_S (2 s)
+            assert "waiting for another process to release the store" in warning
+            proc.send_signal(signal.SIGTERM)
+            rest = proc.stderr.read()
+            assert proc.wait(timeout=30) == 143
+        assert rest == "imagec-pipe: terminated (SIGTERM)\n"
+    finally:
+        os.close(holder)
+
+
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
 def test_sigterm_cancels_the_pull_cleanly(
     registry: Any,
