@@ -419,18 +419,24 @@ def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Des
 
 
 def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Digest) -> Descriptor:
-    """The entry for ``wanted``: among matches, an exact variant first, else the first;
-    with no match, the first entry naming no platform (OCI makes it optional), which its
-    config then decides, as containerd does. Attestation manifests are never chosen."""
+    """The entry for ``wanted``: among matches, an exact variant first (``linux/arm``
+    asks for any variant and prefers the default one, v7), else the first; with no
+    match, the first entry naming no platform (OCI makes it optional), which its config
+    then decides, as containerd does. Attestation manifests are never chosen."""
     candidates = _candidates(entries)
     matches = [
         entry
         for entry in candidates
         if entry.platform is not None and wanted.matches(entry.platform)
     ]
-    exact = [entry for entry in matches if entry.platform == wanted]
+    exact = [
+        entry
+        for entry in matches
+        if entry.platform is not None and entry.platform.normalized() == wanted.normalized()
+    ]
     unplaced = [entry for entry in candidates if entry.platform is None]
     if not (matches or unplaced):
+        _refuse_unpullable_match(entries, wanted, where, digest)
         raise PlatformNotFound(
             f"the image has no manifest for {wanted}; it has: {_offered(entries)}. Choose one"
             " with --platform",
@@ -447,6 +453,26 @@ def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Dig
     return chosen
 
 
+def _refuse_unpullable_match(
+    entries: list[Descriptor], wanted: Platform, where: str, digest: Digest
+) -> None:
+    """An entry for ``wanted`` exists but is of a media type that is no image manifest
+    (a schema1 manifest, an artifact): say that, not that the platform is missing."""
+    for entry in entries:
+        if (
+            entry.platform is not None
+            and wanted.matches(entry.platform)
+            and _ATTESTATION not in entry.annotations
+            and entry.media_type not in MediaType.MANIFESTS | MediaType.INDEXES
+        ):
+            raise ManifestError(
+                f"the index's entry for {entry.platform} is of media type "
+                f"{entry.media_type!r:.100}, not an image manifest imagec-pipe can pull",
+                ref=where,
+                digest=str(digest),
+            )
+
+
 def _candidates(entries: list[Descriptor]) -> list[Descriptor]:
     """The index entries that may be pulled: manifests (or indexes), not attestations."""
     return [
@@ -458,15 +484,12 @@ def _candidates(entries: list[Descriptor]) -> list[Descriptor]:
 
 
 def _offered(entries: list[Descriptor], unplaced_config: Platform | None = None) -> str:
-    """What an index offers, for a message: the platforms its entries name (attestations'
-    left out), then its entries without one, and ``unplaced_config`` when the first of
-    those was read and its config named that platform."""
+    """What an index offers, for a message: the platforms of the entries that could be
+    pulled (not attestations, nor media types that are no image manifest), then its
+    entries without one, and ``unplaced_config`` when the first of those was read and
+    its config named that platform."""
     offered = sorted(
-        {
-            str(entry.platform)
-            for entry in entries
-            if entry.platform is not None and _ATTESTATION not in entry.annotations
-        }
+        {str(entry.platform) for entry in _candidates(entries) if entry.platform is not None}
     )
     unplaced = sum(1 for entry in _candidates(entries) if entry.platform is None)
     if unplaced:

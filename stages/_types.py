@@ -133,6 +133,8 @@ _ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
     "armhf": ("arm", "v7"),
     "armel": ("arm", "v6"),
 }
+# The variant an entry or a request without one stands for (containerd's normalizeArch).
+_DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
 # One part of os/arch/variant: Go's GOOS and GOARCH names and OCI's variants are all
 # made of these; whitespace or a non-ASCII letter is a typing slip, not a platform.
 _PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -183,17 +185,22 @@ class Platform:
     def matches(self, other: Platform) -> bool:
         """Whether an index entry ``other`` satisfies this requested platform.
 
-        A request without a variant takes any variant; ``arm64`` treats a missing variant
-        on either side as ``v8``, as containerd's platform matcher does.
+        A request without a variant takes any variant; a missing variant on either side
+        is the architecture's default one (``arm64`` v8, ``arm`` v7), as containerd's
+        ``platforms.Normalize`` makes it: an entry ``linux/arm`` is ``linux/arm/v7``.
         """
         if self.os != other.os or self.architecture != other.architecture:
             return False
         if self.variant is None:
             return True
-        wanted, offered = self.variant, other.variant
-        if self.architecture == "arm64":
-            wanted, offered = wanted or "v8", offered or "v8"
-        return wanted == offered
+        return self.normalized().variant == other.normalized().variant
+
+    def normalized(self) -> Platform:
+        """This platform with its architecture's default variant filled in, if any: what
+        ``linux/arm`` means when an index must choose among ``arm/v6`` and ``arm/v7``."""
+        if self.variant is not None or self.architecture not in _DEFAULT_VARIANTS:
+            return self
+        return Platform(self.os, self.architecture, _DEFAULT_VARIANTS[self.architecture])
 
     def to_json(self) -> dict[str, str]:
         out = {"os": self.os, "architecture": self.architecture}

@@ -232,8 +232,41 @@ async def test_index_prefers_exact_variant() -> None:
     _index(reg, [v6, v7], MediaType.DOCKER_LIST)
     image = await resolve(reg, platform=Platform("linux", "arm", "v7"))
     assert str(image.manifest_digest) == v7["digest"]
+    # `linux/arm` takes any variant, and prefers v7, what containerd makes of it (it
+    # took the first entry, v6, which a v7 machine runs more slowly if at all).
     image = await resolve(reg, platform=Platform("linux", "arm"))
-    assert str(image.manifest_digest) == v6["digest"]  # any variant: the first
+    assert str(image.manifest_digest) == v7["digest"]
+    _index(reg, [v6], MediaType.DOCKER_LIST)
+    image = await resolve(reg, platform=Platform("linux", "arm"))
+    assert str(image.manifest_digest) == v6["digest"]  # the only one
+
+
+async def test_an_arm_entry_without_a_variant_is_v7() -> None:
+    # containerd normalises an entry `linux/arm` to `linux/arm/v7`; the error said "no
+    # manifest for linux/arm/v7; it has: linux/arm".
+    reg = Registry()
+    doc = manifest(reg, config(arch="arm"))
+    entry = index_entry(reg, doc, {"os": "linux", "architecture": "arm"})
+    _index(reg, [entry], MediaType.DOCKER_LIST)
+    image = await resolve(reg, platform=Platform("linux", "arm", "v7"))
+    assert str(image.manifest_digest) == entry["digest"]
+    with pytest.raises(PlatformNotFound):
+        await resolve(reg, platform=Platform("linux", "arm", "v6"))
+
+
+async def test_an_index_entry_for_the_platform_that_is_no_image_says_so() -> None:
+    # It said "no manifest for linux/amd64; it has: linux/amd64".
+    reg = Registry()
+    doc = manifest(reg)
+    entry = index_entry(reg, doc, {"os": "linux", "architecture": "amd64"})
+    entry["mediaType"] = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+    arm = index_entry(reg, doc, {"os": "linux", "architecture": "arm64"})
+    _index(reg, [entry, arm])
+    with pytest.raises(ManifestError, match=r"entry for linux/amd64 is of media type") as info:
+        await resolve(reg, platform=Platform("linux", "amd64"))
+    assert not isinstance(info.value, PlatformNotFound)
+    with pytest.raises(PlatformNotFound, match=r"it has: linux/arm64\. Choose"):
+        await resolve(reg, platform=Platform("linux", "s390x"))
 
 
 async def test_index_without_platform_lists_available() -> None:
