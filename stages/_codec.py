@@ -172,6 +172,7 @@ class Gunzip:
         self._impl = impl if impl is not None else inflater("auto")
         self._member: Any = None  # the current member's decompressobj, None between members
         self._members = 0  # members completed
+        self._header = b""  # the start of the next member's header, held back until whole
 
     def update(self, data: bytes) -> None:
         try:
@@ -185,11 +186,16 @@ class Gunzip:
         while buf:
             member = self._member
             if member is None:
+                if self._header:
+                    buf, self._header = self._header + buf, b""
                 if self._members and not GZIP_MAGIC.startswith(buf[:2]):
                     raise _Corrupt(
                         f"{len(buf)}+ bytes of trailing data that is not gzip after member "
                         f"{self._members} (starts {bytes(buf[:8]).hex()})"
                     )
+                if _gzip_header_size(buf) is None and len(buf) < MAX_HELD_GZIP_HEADER:
+                    self._header = bytes(buf)
+                    return
                 member = self._member = self._impl.decompressobj(wbits=31)
             while True:
                 out = member.decompress(buf, step)
@@ -206,10 +212,39 @@ class Gunzip:
                     return
 
     def finish(self) -> None:
-        if self._member is not None:
+        if self._member is not None or self._header:
             raise _Incomplete(f"gzip stream ends inside member {self._members + 1}")
         if not self._members:
             raise _Incomplete("gzip stream is empty")
+
+
+# A member's header goes to the inflater whole: ISA-L (python-isal 1.9.1) fails with
+# "Incorrect checksum" on a valid header with a header CRC (FHCRC) that arrives in
+# pieces, which the network decides. Headers are short; a longer "header" (a name that
+# never ends) is passed on as it comes, for the inflater to judge.
+MAX_HELD_GZIP_HEADER = 256 * 1024
+
+
+def _gzip_header_size(buf: bytes) -> int | None:
+    """The length of the gzip member header ``buf`` starts with (RFC 1952 section 2.3:
+    10 fixed bytes, then FEXTRA, FNAME, FCOMMENT and FHCRC as its flags say), or None
+    while ``buf`` holds only part of it."""
+    if len(buf) < 10:
+        return None
+    flags, pos = buf[3], 10
+    if flags & 0x04:  # FEXTRA: a 2-byte length, then that many bytes
+        if len(buf) < pos + 2:
+            return None
+        pos += 2 + int.from_bytes(buf[pos : pos + 2], "little")
+    for flag in (0x08, 0x10):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            end = buf.find(b"\0", pos)
+            if end < 0:
+                return None
+            pos = end + 1
+    if flags & 0x02:  # FHCRC
+        pos += 2
+    return pos if len(buf) >= pos else None
 
 
 class _SinkWriter:
