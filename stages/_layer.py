@@ -25,11 +25,12 @@ from ._blob import BlobSource, NetworkClock, blob_stream
 from ._codec import BlobHasher, LayerDecoder
 from ._commit import IngestFile, sync_ingest, verify_layer
 from ._config import Limits
+from ._errors import NotFound
 from ._events import LayerTimings, ProgressEvent, ProgressSink, VerifiedLayer
 from ._groups import collapse_exception_group
 from ._reference import Reference
 from ._tee import HashPipe, Side, StageClock, hash_stage, inflate_stage
-from ._types import Descriptor, Digest
+from ._types import Descriptor, Digest, MediaType
 
 __all__ = ["fetch_layer"]
 
@@ -92,6 +93,14 @@ async def fetch_layer(
     except BaseExceptionGroup as group:
         failure = collapse_exception_group(group)
     if failure is not None:  # raised here, not in the handler: see stages/_groups.py
+        if isinstance(failure, NotFound) and layer.media_type in MediaType.LAYERS_NONDISTRIBUTABLE:
+            raise NotFound(
+                f"layer {digest} is a non-distributable (foreign) layer, which the registry "
+                "does not serve; imagec-pipe fetches layers from the registry only, not from "
+                "the URLs such a layer's descriptor names",
+                ref=ref_text,
+                digest=digest,
+            ) from failure
         raise failure from failure.__cause__
 
     if progress is not None:

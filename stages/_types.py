@@ -103,6 +103,15 @@ class MediaType:
     LAYERS_ZSTD = frozenset({OCI_LAYER_ZSTD, OCI_LAYER_NONDIST_ZSTD})
     LAYERS_PLAIN = frozenset({OCI_LAYER, OCI_LAYER_NONDIST, DOCKER_LAYER})
     LAYERS = LAYERS_GZIP | LAYERS_ZSTD | LAYERS_PLAIN
+    # Layers a registry need not serve: their descriptors name other URLs to fetch from.
+    LAYERS_NONDISTRIBUTABLE = frozenset(
+        {
+            OCI_LAYER_NONDIST,
+            OCI_LAYER_NONDIST_GZIP,
+            OCI_LAYER_NONDIST_ZSTD,
+            DOCKER_FOREIGN_LAYER_GZIP,
+        }
+    )
 
     # The Accept header for manifests: every kind we can handle, most preferred first.
     ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])

@@ -28,6 +28,7 @@ from stages._errors import (
     DiffIDMismatch,
     DigestMismatch,
     ImagecError,
+    NotFound,
     RegistryUnavailable,
     SizeMismatch,
     StoreError,
@@ -168,6 +169,35 @@ async def fetch(
     finally:
         await source.client.aclose()
     return source, verified
+
+
+class MissingBlobSource:
+    """A registry that answers 404 for every blob, as for a foreign layer it never held."""
+
+    @contextlib.asynccontextmanager
+    async def stream_blob(
+        self, ref: Reference, digest: Digest, *, offset: int = 0
+    ) -> AsyncIterator[httpx.Response]:
+        raise NotFound(f"blob {digest} not found in {ref}", ref=str(ref), digest=str(digest))
+        yield httpx.Response(404)  # pragma: no cover (makes this an async generator)
+
+
+async def test_a_foreign_layer_the_registry_lacks_is_named_as_such(ingest: FileIngest) -> None:
+    # It said only "blob not found ... check the repository name, tag or digest".
+    blob = BLOBS[MediaType.DOCKER_LAYER_GZIP]
+    foreign = descriptor(MediaType.DOCKER_FOREIGN_LAYER_GZIP, blob)
+    with pytest.raises(NotFound, match="is a non-distributable \\(foreign\\) layer") as info:
+        await fetch_layer(
+            MissingBlobSource(), REF, foreign, DIFF_ID, ingest, limits=LIMITS,
+            limiter=trio.CapacityLimiter(4), progress=None,
+        )  # fmt: skip
+    assert info.value.digest == str(foreign.digest) and info.value.ref == str(REF)
+    plain = descriptor(MediaType.DOCKER_LAYER_GZIP, blob)
+    with pytest.raises(NotFound, match="not found in"):
+        await fetch_layer(
+            MissingBlobSource(), REF, plain, DIFF_ID, ingest, limits=LIMITS,
+            limiter=trio.CapacityLimiter(4), progress=None,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("media_type", list(BLOBS))
