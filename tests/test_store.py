@@ -691,6 +691,23 @@ def test_open_repairs_index_json_left_behind_by_a_crash(tmp_path: Path) -> None:
     assert (store.path / "index.json").read_bytes() == repaired
 
 
+def test_layers_are_made_durable_by_their_image_record_not_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each commit_layer fsynced blobs/ and its WAL commit: 80 fsyncs for a 40-layer image.
+    store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP)
+    synced_dirs: list[Path] = []
+    real_fsync_dir = _store._fsync_dir
+    monkeypatch.setattr(_store, "_fsync_dir", lambda p: (synced_dirs.append(p), real_fsync_dir(p)))
+    for gz, layer in layers:
+        commit(store, gz, layer)
+        assert store.layer_committed(layer.descriptor.digest)
+    assert synced_dirs == []
+    store.record_image(resolved)
+    assert synced_dirs[0] == store.path / "blobs" / "sha256"  # before the image's rows
+
+
 def test_open_rebuilds_a_deleted_index_json_from_the_database(tmp_path: Path) -> None:
     # It was written anew, empty: OCI tools no longer saw the images `images` listed.
     store = Store.open(tmp_path / "s")
