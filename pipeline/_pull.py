@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -24,17 +23,23 @@ import trio
 
 from stages._codec import inflater
 from stages._config import Limits, RegistryOptions
-from stages._errors import ManifestError, UsageError
+from stages._errors import (
+    DecompressError,
+    DiffIDMismatch,
+    ManifestError,
+    SizeMismatch,
+    UsageError,
+)
 from stages._events import LayerTimings, ProgressEvent, ProgressSink
 from stages._groups import collapse_exception_group
 from stages._layer import fetch_layer
 from stages._manifest import ResolvedImage, resolve_image
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
-from stages._types import Descriptor, Digest, Platform
+from stages._types import Descriptor, Digest, MediaType, Platform
 
 from ._logging import current_settings
-from ._store import Store
+from ._store import LayerRecord, Store
 from ._workers import LayerTask, open_layer_workers, run_layer_task
 
 if TYPE_CHECKING:  # imported only when --layer-workers processes asks for it
@@ -208,6 +213,12 @@ def _check_arguments(ref: object, store: object, options: object, downloads: obj
         raise UsageError(f"options must be PullOptions, not {options!r}")
     if downloads is not None and not isinstance(downloads, trio.CapacityLimiter):
         raise UsageError(f"downloads must be a trio.CapacityLimiter, not {downloads!r}")
+    if downloads is not None and downloads.total_tokens < 1:
+        # trio takes a limiter of 0 tokens; every layer would wait on it for ever.
+        raise UsageError(
+            f"downloads must have at least 1 token, not {downloads.total_tokens}: "
+            "no layer could ever download"
+        )
 
 
 async def _pull(
@@ -308,6 +319,49 @@ def _unique_jobs(resolved: ResolvedImage) -> list[_LayerJob]:
     return list(jobs.values())
 
 
+def _check_stored(job: _LayerJob, stored: LayerRecord, ref: str) -> None:
+    """A layer the store holds is skipped only if it is the layer this image describes:
+    the size and compression its manifest gives and the diffID its config gives, as a
+    download would have verified them. Without this, an image whose config lies about a
+    layer was refused into an empty store but recorded into one that had the layer."""
+    layer, digest = job.descriptor, str(job.descriptor.digest)
+    if stored.size != layer.size:
+        raise SizeMismatch(
+            f"the manifest gives layer {digest} a size of {layer.size} bytes, but the store "
+            f"holds it verified at {stored.size} bytes; the image's manifest is wrong",
+            ref=ref,
+            digest=digest,
+        )
+    if stored.diff_id != job.diff_id:
+        raise DiffIDMismatch(
+            f"layer {digest}: its uncompressed content (verified when the store got it) "
+            f"hashes to {stored.diff_id}, but the image config's diff_id is {job.diff_id}; "
+            "the image's config does not match its layers",
+            ref=ref,
+            digest=digest,
+        )
+    if _compression(layer.media_type) != _compression(stored.media_type):
+        raise DecompressError(
+            f"the manifest says layer {digest} is {layer.media_type}, but the store holds "
+            f"it verified as {stored.media_type}; the image's manifest is wrong",
+            ref=ref,
+            digest=digest,
+        )
+
+
+def _compression(media_type: str) -> str:
+    """What a layer media type says of the bytes: Docker's and OCI's names for the same
+    compression are the same layer."""
+    for name, types in (
+        ("gzip", MediaType.LAYERS_GZIP),
+        ("zstd", MediaType.LAYERS_ZSTD),
+        ("none", MediaType.LAYERS_PLAIN),
+    ):
+        if media_type in types:
+            return name
+    return media_type
+
+
 def _in_manifest_order(
     resolved: ResolvedImage, reports: list[LayerReport]
 ) -> tuple[LayerReport, ...]:
@@ -378,17 +432,17 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
     else fetch, verify and commit it."""
     store, layer = context.store, job.descriptor
     digest_text = str(layer.digest)
-    committed = functools.partial(
-        trio.to_thread.run_sync, store.committed_layer_sizes, layer.digest, limiter=context.limiter
-    )
-    if (sizes := await committed()) is not None:
-        context.progress(ProgressEvent("layer-exists", str(context.ref), digest_text))
-        return _report(job, "exists", sizes[1], LayerTimings())
-
     async with store.lcache.download(layer.digest) as ticket:
-        if ticket.waited and (sizes := await committed()) is not None:
-            context.progress(ProgressEvent("layer-shared", str(context.ref), digest_text))
-            return _report(job, "shared", sizes[1], LayerTimings())
+        # Looked up while holding the layer's slot: looked up before taking it, a layer
+        # another pull committed and let go of in between was downloaded again.
+        stored = await trio.to_thread.run_sync(
+            store.committed_layer, layer.digest, limiter=context.limiter
+        )
+        if stored is not None:
+            _check_stored(job, stored, str(context.ref))
+            status = "shared" if ticket.waited else "exists"
+            context.progress(ProgressEvent(f"layer-{status}", str(context.ref), digest_text))
+            return _report(job, status, stored.uncompressed_size, LayerTimings())
         with (
             structlog.contextvars.bound_contextvars(digest=digest_text),
             store.open_ingest(layer.digest, ref=str(context.ref)) as ingest,

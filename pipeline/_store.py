@@ -785,22 +785,29 @@ class Store:
         return self._blobs / digest.hex
 
     @staticmethod
-    def _committed_row(
-        conn: sqlite3.Connection, blob: Path, digest: Digest
-    ) -> tuple[int, int | None] | None:
-        """(size, uncompressed size) of a layer with its row and a blob file of the
-        recorded size; None otherwise."""
+    def _committed_row(conn: sqlite3.Connection, blob: Path, digest: Digest) -> LayerRecord | None:
+        """The record of a layer with its row and a blob file of the recorded size; None
+        otherwise."""
         row = conn.execute(
-            "SELECT size, uncompressed_size FROM layers WHERE digest = ?", (str(digest),)
+            "SELECT digest, diff_id, size, uncompressed_size, media_type, xxh3 FROM layers "
+            "WHERE digest = ?",
+            (str(digest),),
         ).fetchone()
         if row is None:
             return None
         try:
-            if blob.stat().st_size != int(row[0]):
+            if blob.stat().st_size != int(row[2]):
                 return None
         except FileNotFoundError:
             return None
-        return int(row[0]), None if row[1] is None else int(row[1])
+        return LayerRecord(
+            digest=Digest.parse(row[0]),
+            diff_id=Digest.parse(row[1]),
+            size=int(row[2]),
+            uncompressed_size=None if row[3] is None else int(row[3]),
+            media_type=row[4],
+            xxh3=row[5],
+        )
 
     @classmethod
     def _layer_row_ok(cls, conn: sqlite3.Connection, blob: Path, digest: Digest) -> bool:
@@ -813,9 +820,10 @@ class Store:
         with self._errors("look up a layer", digest=digest), self._db() as conn:
             return self._layer_row_ok(conn, self._blob_path(digest), digest)
 
-    def committed_layer_sizes(self, digest: Digest) -> tuple[int, int | None] | None:
-        """(size, uncompressed size) of a committed layer, as ``layer_committed`` judges
-        it; None when it is not committed. A pull reports them for the layers it skips."""
+    def committed_layer(self, digest: Digest) -> LayerRecord | None:
+        """The record of a committed layer, as ``layer_committed`` judges it; None when it
+        is not committed. A pull checks a layer it skips against it, and reports its
+        uncompressed size."""
         with self._errors("look up a layer", digest=digest), self._db() as conn:
             return self._committed_row(conn, self._blob_path(digest), digest)
 

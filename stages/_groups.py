@@ -35,13 +35,18 @@ def collapse_exception_group(group: BaseExceptionGroup[BaseException]) -> BaseEx
     """The first ``ImagecError`` in ``group`` (depth first, in the order the tasks
     failed), with every other ``ImagecError`` named in its ``__notes__``.
 
+    A group of nothing but ``trio.Cancelled`` (the caller cancelled a pull while its
+    layers ran) becomes its first one: as a pull cancelled before its layers started,
+    it raises one ``Cancelled``, which the caller's cancel scope catches either way.
+
     ``group`` itself is returned when it holds no ``ImagecError``, or holds anything
     besides them that is not merely a consequence of a sibling's failure (a bug, a
     ``KeyboardInterrupt``): that must not be hidden behind a tidy message.
     """
     errors, rest = group.split(ImagecError)
     if errors is None:
-        return group
+        _, not_cancelled = group.split(trio.Cancelled)
+        return _leaves(group)[0] if not_cancelled is None else group
     if rest is not None:
         _, unexplained = rest.split(_CONSEQUENCES)
         if unexplained is not None:

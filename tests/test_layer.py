@@ -387,9 +387,36 @@ def test_collapse_keeps_a_group_with_a_bug_in_it() -> None:
     assert collapse_exception_group(group) is group
 
 
-def test_collapse_keeps_a_group_of_cancellations() -> None:
-    group = BaseExceptionGroup("x", [trio.Cancelled._create()])
-    assert collapse_exception_group(group) is group
+def test_collapse_makes_a_group_of_cancellations_one() -> None:
+    # A pull cancelled before its layers started raised one Cancelled, one cancelled
+    # while they ran a group of them: `except trio.Cancelled` saw only the first.
+    first, second = trio.Cancelled._create(), trio.Cancelled._create()
+    group = BaseExceptionGroup("x", [first, BaseExceptionGroup("y", [second])])
+    assert collapse_exception_group(group) is first
+    mixed = BaseExceptionGroup("x", [first, KeyboardInterrupt()])
+    assert collapse_exception_group(mixed) is mixed
+
+
+@abandons_generators
+async def test_a_layer_cancelled_while_it_runs_raises_one_cancelled(ingest: FileIngest) -> None:
+    blob = BLOBS[MediaType.DOCKER_LAYER_GZIP]
+    layer = descriptor(MediaType.DOCKER_LAYER_GZIP, blob)
+    source = FakeSource(lambda: SlowBody(blob, piece=1000))
+    raised: list[BaseException] = []
+    try:
+        with trio.fail_after(10), trio.move_on_after(0.2) as scope:
+            try:
+                await fetch_layer(
+                    source, REF, layer, DIFF_ID, ingest, limits=LIMITS,
+                    limiter=trio.CapacityLimiter(4), progress=None,
+                )  # fmt: skip
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+    finally:
+        await source.client.aclose()
+    assert scope.cancelled_caught
+    assert [type(exc) for exc in raised] == [trio.Cancelled]
 
 
 def test_collapse_keeps_keyboard_interrupt() -> None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -536,6 +537,88 @@ async def test_manifest_over_4_mib_is_refused(
     )
 
     assert "4 MiB" in message or "4194304" in message
+
+
+async def test_a_stored_layer_is_skipped_only_if_it_is_the_layer_the_image_describes(
+    fixture_server: Any, unique_seed: str, tmp_path: Path
+) -> None:
+    # An image lying about a layer (its config's diffID, its manifest's size or
+    # compression) was refused into an empty store, but recorded into one that already
+    # held the layer: the "exists" path compared nothing.
+    layers = [images.make_layer(f"{unique_seed}:0"), images.make_layer(f"{unique_seed}:1")]
+    good = images.make_image(layers)
+    wrong_diff_id = images.make_image(
+        layers, diff_ids=[layers[0].diff_id, images.digest_of(b"not the layer")]
+    )
+
+    def lying(change: Callable[[dict[str, Any]], None]) -> images.Blob:
+        body = json.loads(good.manifest.data)
+        change(body["layers"][1])
+        return images.Blob(good.manifest.media_type, json.dumps(body).encode())
+
+    server = fixture_server()
+    server.serve_image("t/good", good, "1")
+    server.serve_image("t/diffid", wrong_diff_id, "1")
+    for name, change in [
+        ("size", lambda d: d.update(size=d["size"] + 1000)),
+        ("type", lambda d: d.update(mediaType=pipeline.MediaType.OCI_LAYER_ZSTD)),
+    ]:
+        for blob in good.blobs:
+            server.serve_blob(f"t/{name}", blob)
+        server.serve_manifest(f"t/{name}", "1", lying(change))
+    store = Store.open(tmp_path / "s")
+    await pipeline.pull(f"{server.host}/t/good:1", store=store, options=options())
+    for name, error, words in [
+        ("diffid", pipeline.DiffIDMismatch, "verified when the store got it"),
+        ("size", pipeline.SizeMismatch, "the store holds it verified at"),
+        ("type", pipeline.DecompressError, "the store holds it verified as"),
+    ]:
+        message = await pull_fails(f"{server.host}/t/{name}:1", tmp_path / "s", error)
+        assert words in message and str(layers[1].digest) in message
+    assert [record.ref for record in store.list_images()] == [f"{server.host}/t/good:1"]
+
+
+async def test_a_layer_is_downloaded_once_even_when_a_lookup_answers_late(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # The store was asked before the layer's slot was taken: a pull whose "not there"
+    # arrived after another pull had committed the layer and let go downloaded it again.
+    registry.push(unique_repo, images.make_image([images.make_layer(unique_seed)]), "1")
+    ref = registry.ref(unique_repo, "1")
+
+    class LateAnswers(Store):
+        lookups = 0
+
+        def committed_layer(self, digest: Any) -> Any:
+            answer = super().committed_layer(digest)
+            LateAnswers.lookups += 1
+            if LateAnswers.lookups == 2:  # the second pull's first lookup
+                time.sleep(0.5)  # read already, delivered late (a loaded machine)
+            return answer
+
+    Store.open(tmp_path / "s")
+    store = LateAnswers(tmp_path / "s")
+    results: list[pipeline.PullResult] = []
+
+    async def pull_after(delay: float) -> None:
+        await trio.sleep(delay)
+        results.append(await pipeline.pull(ref, store=store, options=options()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pull_after, 0)
+        nursery.start_soon(pull_after, 0.02)
+    statuses = sorted(layer.status for result in results for layer in result.layers)
+    assert statuses in (["downloaded", "exists"], ["downloaded", "shared"])
+    assert LateAnswers.lookups == 2  # the late one was asked
+
+
+async def test_a_download_budget_of_no_tokens_is_refused(tmp_path: Path) -> None:
+    # trio takes CapacityLimiter(0); every layer waited on it for ever.
+    with pytest.raises(pipeline.UsageError, match="at least 1 token"):
+        await pipeline.pull(
+            "127.0.0.1:5000/a/b:1", store=Store.open(tmp_path / "s"),
+            downloads=trio.CapacityLimiter(0),
+        )  # fmt: skip
 
 
 async def test_index_without_this_platform_lists_what_it_has(
