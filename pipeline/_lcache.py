@@ -9,9 +9,11 @@ compressed digest, with these states::
        └── last user leaves ◀───┴──▶ the next waiter becomes the holder
 
 "Committed" is not a state of the cache: it is a fact of the store
-(``Store.layer_committed``). A caller that had to wait (``ticket.waited``) re-checks the
-store and skips the download if the holder committed it; if the holder failed, the check
-is false and the waiter downloads it itself. Because the holder's slot is released on
+(``Store.committed_layer``). A caller looks the layer up in the store once it holds the
+slot, never before (a layer committed between a lookup and the slot was downloaded
+again), and skips the download if it is there: "shared" when the caller had to wait
+(``ticket.waited``), "exists" otherwise. If the holder failed, the lookup finds nothing
+and the waiter downloads the layer itself. Because the holder's slot is released on
 every exit, an exception or a cancellation in one pull never leaves the others waiting
 forever, and one pull cancelling does not cancel the download of another (each waiter
 runs its own download in its own task).
@@ -39,7 +41,7 @@ class DownloadTicket:
     """The right to download one layer, held until the ``download`` block exits.
 
     ``waited`` is True when another holder had the digest first and this caller waited
-    for it: the caller should then check whether the layer got committed meanwhile.
+    for it (the layer, if the store has it now, was shared rather than already there).
     """
 
     digest: Digest
