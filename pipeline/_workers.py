@@ -78,7 +78,10 @@ async def run_layer_task(
     task: LayerTask,
     progress: ProgressSink,
 ) -> VerifiedLayer:
-    """Run ``task`` in a worker process, relaying its byte count as progress events.
+    """Run ``task`` in a worker process, relaying its byte count as progress events,
+    then ``layer-verifying`` as threads mode sends it (the worker has checked the digest
+    and diffID by the time it returns; a display or a ``--json`` reader sees the same
+    sequence of events in either mode).
 
     Cancelling (Ctrl-C, a failed sibling layer) kills the worker; the parent's ingest
     context then removes the partial file.
@@ -119,6 +122,8 @@ async def run_layer_task(
         finally:
             done.set()
     assert result is not None
+    size = task.layer.size
+    progress(ProgressEvent("layer-verifying", ref_text, digest, size, size))
     return result
 
 

@@ -722,6 +722,9 @@ async def test_layers_in_worker_processes(
     assert all(layer.timings.inflate_s > 0 for layer in result.layers)
     kinds = [e.event for e in events]
     assert kinds.count("layer-complete") == len(image.layers)
+    for layer in image.layers:  # as in threads mode: downloading…, verifying, complete
+        mine = [e.event for e in events if e.digest == layer.digest]
+        assert mine[-2:] == ["layer-verifying", "layer-complete"], mine
     assert_store_consistent(store.path)
 
 
