@@ -38,7 +38,7 @@ from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest, MediaType, Platform
 
-from ._logging import current_settings
+from ._logging import add_secret, current_settings
 from ._store import LayerRecord, Store
 from ._workers import LayerTask, open_layer_workers, run_layer_task
 
@@ -184,6 +184,10 @@ async def pull(
     options = PullOptions() if options is None else options
     _check_arguments(ref, store, options, downloads)
     inflater(options.limits.gzip_inflater)  # an unknown one is a UsageError before any work
+    if options.registry.credentials is not None:
+        # Out of every line configure_logging's redaction writes, this process's and its
+        # layer workers': a registry's error message may quote the password back.
+        add_secret(options.registry.credentials.password)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     with structlog.contextvars.bound_contextvars(ref=str(reference)):
         try:

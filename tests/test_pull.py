@@ -612,6 +612,22 @@ async def test_a_layer_is_downloaded_once_even_when_a_lookup_answers_late(
     assert LateAnswers.lookups == 2  # the late one was asked
 
 
+async def test_a_pulls_password_is_redacted_from_the_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A library host using configure_logging: a registry's error quoting the password
+    # back would have reached its debug log (the CLI already registered it).
+    from pipeline import _logging
+
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials("ci", "pw-7Kq2"))
+    with pytest.raises(pipeline.RegistryUnavailable):
+        await pipeline.pull(
+            "127.0.0.1:1/a/b:1", store=Store.open(tmp_path / "s"), options=options(registry=creds)
+        )
+    assert "pw-7Kq2" in _logging.current_settings().secrets
+
+
 async def test_a_download_budget_of_no_tokens_is_refused(tmp_path: Path) -> None:
     # trio takes CapacityLimiter(0); every layer waited on it for ever.
     with pytest.raises(pipeline.UsageError, match="at least 1 token"):
