@@ -20,10 +20,10 @@ record, not one by one (on ``many``'s 40 layers, 80 fsyncs fewer: 0.81 -> 0.77 s
 wall, 14 interleaved pulls each). ``record_image`` first fsyncs ``blobs/sha256``, which
 makes every earlier rename there durable, then commits its rows with ``synchronous =
 FULL``, whose fsync of the write-ahead log makes the earlier layer rows durable too (the
-log is appended in order). A crash before that loses at
-most some layers' renames or rows, never the blob content behind a visible name, and a
-layer missing either is downloaded again (``_committed_row`` checks both). A pull reports
-success only after its record.
+log is appended in order). A crash before that loses at most some layers' renames or
+rows, never the blob content behind a visible name, and a layer missing either is
+downloaded again (``_committed_row`` checks both). A pull reports success only after its
+record.
 
 ``index.json`` is the last thing an image pull writes; a crash just before leaves the
 image in the database only, and the next ``Store.open`` writes its entry from there.
@@ -179,9 +179,7 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _ID_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 # ingest/ names: "<hex>.<pid>.<random>.partial" and ".<name>.<pid>.<random>.tmp".
-_INGEST_NAME = re.compile(
-    r"(?:[0-9a-f]{64}\.(\d+)\.[0-9a-f]+\.partial|\..+\.(\d+)\.[0-9a-f]+\.tmp)"
-)
+_INGEST_NAME = re.compile(r"[0-9a-f]{64}\.\d+\.[0-9a-f]+\.partial|\..+\.\d+\.[0-9a-f]+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -298,6 +296,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Fresh names ``_create_locked`` tries when a sweep removes each file as it is made.
+_CREATE_ATTEMPTS = 5
+
+
 def _create_locked(make_path: Callable[[], Path], mode: int) -> tuple[Path, int]:
     """Create a new file in ``ingest/`` and hold an exclusive ``flock`` on it until it is
     closed: ``_sweep_ingest`` in any process, in any PID namespace (a store shared by
@@ -315,9 +317,6 @@ def _create_locked(make_path: Callable[[], Path], mode: int) -> tuple[Path, int]
             pass
         os.close(fd)
     raise OSError(errno.EAGAIN, f"new files in {path.parent} are removed as soon as made")
-
-
-_CREATE_ATTEMPTS = 5
 
 
 def _utc(ts: float) -> datetime:

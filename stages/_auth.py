@@ -53,6 +53,7 @@ __all__ = [
     "read_bounded",
     "Resolver",
     "resolve_host",
+    "host_addresses",
     "is_link_local_host",
     "resolves_internal",
     "token_url",
@@ -268,16 +269,19 @@ async def resolve_host(host: str) -> list[str]:
     return [str(info[4][0]).partition("%")[0] for info in infos]
 
 
-async def resolves_internal(
-    host: str, resolve: Resolver, *, kind: Callable[[str], bool] = is_internal_host
-) -> bool:
-    """Whether ``host`` is an internal address literal (``is_internal_host``, or what
-    ``kind`` asks, e.g. ``is_link_local_host``) or a name that resolves to at least one."""
-    if kind(host):
-        return True
-    if _ip(host) is not None:
-        return False
-    return any(kind(address) for address in await resolve(host))
+async def host_addresses(host: str, resolve: Resolver) -> list[str]:
+    """``host`` itself when it is an address literal or ``localhost``, else the addresses
+    it resolves to (none when it does not): what the address checks look at, resolved
+    once for all of them."""
+    if _ip(host) is not None or is_loopback_host(host):
+        return [host]
+    return list(await resolve(host))
+
+
+async def resolves_internal(host: str, resolve: Resolver) -> bool:
+    """Whether ``host`` is an internal address literal (``is_internal_host``) or a name
+    that resolves to at least one internal address."""
+    return any(is_internal_host(address) for address in await host_addresses(host, resolve))
 
 
 def matches_insecure(authority: str, insecure: Iterable[str]) -> bool:

@@ -41,6 +41,7 @@ from ._auth import (
     choose_challenge,
     fetch_token,
     headers_challenges,
+    host_addresses,
     host_of,
     is_internal_host,
     is_link_local_host,
@@ -49,7 +50,6 @@ from ._auth import (
     pull_scope,
     read_bounded,
     resolve_host,
-    resolves_internal,
     token_url,
 )
 from ._config import Limits, RegistryOptions
@@ -414,26 +414,21 @@ class RegistryClient:
         how a registry would reach a cloud metadata service or an internal host. A
         link-local token service (the metadata services' range) needs a registry that is
         link-local too: a registry on loopback or a private network is not."""
-        registry_host = host_of(authority)
-        if await resolves_internal(
-            url.host, self._resolve, kind=is_link_local_host
-        ) and not await resolves_internal(registry_host, self._resolve, kind=is_link_local_host):
+        realm = await host_addresses(url.host, self._resolve)
+        registry = await host_addresses(host_of(authority), self._resolve)
+        by_name = "" if realm == [url.host] else " (by what the name resolves to)"
+        if any(map(is_link_local_host, realm)) and not any(map(is_link_local_host, registry)):
             raise AuthError(
-                f"{authority} named a token service on the link-local address {url.host}"
-                + ("" if is_link_local_host(url.host) else " (by what the name resolves to)")
-                + "; refused",
+                f"{authority} named a token service on the link-local address "
+                f"{url.host}{by_name}; refused",
                 ref=str(ref),
             )
-        if not await resolves_internal(url.host, self._resolve):
-            return
-        if await resolves_internal(registry_host, self._resolve):
-            return
-        raise AuthError(
-            f"{authority} named a token service on the private address {url.host}"
-            + ("" if is_internal_host(url.host) else " (by what the name resolves to)")
-            + "; refused",
-            ref=str(ref),
-        )
+        if any(map(is_internal_host, realm)) and not any(map(is_internal_host, registry)):
+            raise AuthError(
+                f"{authority} named a token service on the private address "
+                f"{url.host}{by_name}; refused",
+                ref=str(ref),
+            )
 
     def _client_for(self, url: httpx.URL) -> httpx.AsyncClient:
         """Unverified TLS only for hosts the user listed as insecure."""
