@@ -194,6 +194,8 @@ def _layer_status(event: ProgressEvent) -> str | None:
             if event.total:
                 return f"Downloading  {human_size(event.current)}/{human_size(event.total)}"
             return f"Downloading  {human_size(event.current)}"
+        case "layer-retrying":
+            return "Retrying"
         case "layer-verifying":
             return "Verifying"
         case "layer-complete":

@@ -6,11 +6,14 @@ bytes hashed are the bytes the registry stores. The stage counts what arrives an
 accepts more than the descriptor's size: the chunk that would go past it ends the
 transfer with ``SizeMismatch`` before it is passed on.
 
-The transfer is one *attempt* from a byte offset (``_attempt``). The stage runs one
-attempt today; the retry policy of a later issue wraps that call in a loop that waits
-and starts the next attempt at ``transfer.received`` with a ``Range`` request, which
-``stream_blob(offset=...)`` already supports. The consumers downstream never see the
-seam: they receive the bytes once, in order.
+The transfer is a series of *attempts*, each from a byte offset (``_attempt``). When one
+fails in a way another may cure (the body broke off, the connection reset, a 5xx or 429,
+an expired signed URL: ``transient`` on the error), ``stages/_retry.py`` waits and the
+next attempt starts at ``transfer.received`` with ``Range: bytes=N-``. The registry must
+answer 206 from byte N, or 200 with the whole blob, of which the first N bytes are
+skipped; the digest, checked downstream over every byte once, proves the pieces belong
+together. The consumers downstream never see the seam: they receive the bytes once, in
+order. Each retry sends a ``layer-retrying`` event (``current``: the bytes kept).
 
 A body that arrives but too slowly (a byte now and then, each just inside the read
 timeout) is ended by ``_check_rate``: fewer than ``Limits.min_transfer_bytes_per_s`` on
@@ -20,6 +23,7 @@ average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailab
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,9 +33,10 @@ import httpx
 import trio
 
 from ._config import Limits
-from ._errors import RegistryUnavailable, SizeMismatch, Truncated
+from ._errors import ImagecError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
 from ._reference import Reference
+from ._retry import retrying
 from ._types import Descriptor, Digest
 
 __all__ = ["BlobSource", "NetworkClock", "blob_stream"]
@@ -103,7 +108,22 @@ async def blob_stream(
     clock = clock if clock is not None else NetworkClock()
     async with send:
         transfer = _Transfer(started=time.perf_counter())
-        await _attempt(source, ref, layer, limits, send, progress, transfer, clock)
+
+        def retrying_from(error: ImagecError, retry: int, wait_s: float) -> None:
+            if progress is not None:
+                progress(
+                    ProgressEvent(
+                        "layer-retrying", str(ref), str(layer.digest), transfer.received, layer.size
+                    )
+                )
+
+        await retrying(
+            functools.partial(
+                _attempt, source, ref, layer, limits, send, progress, transfer, clock
+            ),
+            limits,
+            on_retry=retrying_from,
+        )
         clock.network_s = time.perf_counter() - transfer.started
 
 
@@ -122,7 +142,9 @@ async def _attempt(
     offset = transfer.received
     try:
         async with source.stream_blob(ref, layer.digest, offset=offset) as response:
-            _check_content_length(response, ref_text, layer, offset)
+            # A 200 to a Range request is the whole blob again: skip what we have.
+            skip = offset if response.status_code == 200 else 0
+            _check_content_length(response, ref_text, layer, offset - skip)
             _open_window(transfer, time.perf_counter())
             # Leaving this loop early (too long, cancelled) abandons httpx's nested async
             # generators; trio closes them and warns (ResourceWarning). stream_blob's exit
@@ -130,6 +152,10 @@ async def _attempt(
             # close the outermost generator.
             async for data in response.aiter_raw():
                 _check_rate(transfer, limits, layer, ref_text, len(data))
+                if skip:
+                    kept = data[skip:]
+                    skip -= len(data) - len(kept)
+                    data = kept
                 for chunk in _pieces(data, limits.chunk_size):
                     await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
     except httpx.RemoteProtocolError as exc:
@@ -138,6 +164,7 @@ async def _attempt(
             f"bytes ({exc}); pull again",
             ref=ref_text,
             digest=digest,
+            transient=True,
         ) from exc
     except httpx.HTTPError as exc:
         raise RegistryUnavailable(
@@ -145,6 +172,7 @@ async def _attempt(
             f"bytes of layer {digest}: {type(exc).__name__}: {exc}; pull again",
             ref=ref_text,
             digest=digest,
+            transient=True,
         ) from exc
     if transfer.received < size:
         raise Truncated(
@@ -152,6 +180,7 @@ async def _attempt(
             f"of {size} bytes; pull again",
             ref=ref_text,
             digest=digest,
+            transient=True,
         )
 
 

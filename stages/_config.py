@@ -91,6 +91,18 @@ class Limits:
     transfer_window_s: float = 60.0
     # Redirect hops followed by hand for one blob before giving up.
     max_redirects: int = 5
+    # A request that failed in a way another attempt may cure (HTTP 408, 429, 500, 502,
+    # 503, 504; a connection that broke or timed out; a storage URL that expired) is tried
+    # again this many times, as docker's five download attempts; a layer resumes where it
+    # broke off. 0: never. A refused connection or an untrusted certificate is not retried.
+    retries: int = 4
+    # The wait before retry n is retry_wait_s * 2**(n-1), at most retry_max_wait_s, of
+    # which a random half (jitter: pulls that failed together do not return together).
+    retry_wait_s: float = 0.5
+    retry_max_wait_s: float = 10.0
+    # A 429's Retry-After is waited out up to this; a longer one fails the pull at once
+    # (TooManyRequests, saying how long the registry asked for) instead of hanging.
+    retry_after_max_s: float = 60.0
 
     def __post_init__(self) -> None:
         """Refuse values no pull can run with, before any request: an inflate step of 0
@@ -127,10 +139,14 @@ _LEAST_COUNTS = {
     "max_zstd_window_bytes": 1,
     "min_transfer_bytes_per_s": 0,  # 0 turns the check off
     "max_redirects": 0,
+    "retries": 0,
 }
 _POSITIVE_SECONDS = (
     "connect_timeout_s",
     "read_timeout_s",
     "response_deadline_s",
     "transfer_window_s",
+    "retry_wait_s",
+    "retry_max_wait_s",
+    "retry_after_max_s",
 )

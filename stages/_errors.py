@@ -12,7 +12,7 @@ sqlite3, OSError) are translated at the edge of the stage that met them with
     │   ├── RegistryUnavailable   connection refused, TLS failure, timeout, 5xx
     │   ├── AuthError             no or wrong credentials, token endpoint failures
     │   ├── NotFound              unknown repository, tag, manifest or blob
-    │   ├── TooManyRequests       429 past the retry budget
+    │   ├── TooManyRequests       429 past the retry budget, or a Retry-After too long
     │   └── ManifestError         unusable manifest, index or config
     │       └── PlatformNotFound  no manifest for the requested platform
     ├── BlobError             a layer's bytes are not what the manifest promised
@@ -26,6 +26,11 @@ sqlite3, OSError) are translated at the edge of the stage that met them with
 
 Messages say what happened, to what, and what the user can do. They never contain a
 password or a token.
+
+An error that another attempt may cure (a 5xx, a 429, a connection that broke mid-body,
+an expired signed URL) is raised with ``transient=True``, and a 429's wait with
+``retry_after_s``; ``stages/_retry.py`` decides from these alone whether and when to try
+again, so the sites that meet a failure say what it is and one place says what to do.
 """
 
 from __future__ import annotations
@@ -61,10 +66,20 @@ class ImagecError(Exception):
     names them.
     """
 
-    def __init__(self, message: str, *, ref: str | None = None, digest: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        ref: str | None = None,
+        digest: str | None = None,
+        transient: bool = False,
+        retry_after_s: float | None = None,
+    ):
         self.message = message
         self.ref = ref
         self.digest = digest
+        self.transient = transient
+        self.retry_after_s = retry_after_s
         super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:

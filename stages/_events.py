@@ -26,6 +26,8 @@ class ProgressEvent:
       ``layer-exists``       a layer is already in the store
       ``layer-shared``       another pull in this process is downloading it; we wait
       ``layer-downloading``  bytes arrived (``current`` of ``total``)
+      ``layer-retrying``     the download failed transiently and resumes from ``current``
+                             after a wait (threads mode; a worker process logs it)
       ``layer-verifying``    all bytes in; digest and diffID being checked
       ``layer-complete``     verified and committed
       ``pull-complete``      the image is committed and tagged (``digest`` as in resolved)

@@ -8,6 +8,10 @@ with, and the token cache. Each request goes
     Bearer token for ``repository:<repo>:pull``) → GET, redirects followed by hand
     → 401: renew the token once and retry → status mapped to the error tree
 
+and ``get_bytes`` and ``authenticate`` try again after a transient failure (5xx, 429,
+a broken connection: ``stages/_retry.py``); the blob stage does the same for blobs,
+resuming where the body broke off.
+
 and every response is closed on every path, cancellation included, so a cancelled pull
 never leaks a pool slot.
 
@@ -20,6 +24,7 @@ error that points at ``--ca-file``), plain http if it does not. No other downgra
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -64,6 +69,7 @@ from ._errors import (
 )
 from ._http import describe_error, open_client, tls_failure
 from ._reference import PATH_COMPONENT, Reference
+from ._retry import parse_retry_after, retrying
 from ._types import Digest
 
 __all__ = ["BodyOverLimit", "RegistryClient"]
@@ -71,6 +77,8 @@ __all__ = ["BodyOverLimit", "RegistryClient"]
 log = structlog.get_logger()
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Server errors another attempt may cure (a 501 or 505 will say the same again).
+_TRANSIENT_5XX = frozenset({500, 502, 503, 504})
 _REPOSITORY = re.compile(rf"{PATH_COMPONENT.pattern}(?:/{PATH_COMPONENT.pattern})*")
 _TARGET = re.compile(r"sha256:[0-9a-f]{64}|[\w][\w.-]{0,127}", re.ASCII)
 # The TLS handshake budget when probing a loopback registry for https (a TLS server on
@@ -163,6 +171,21 @@ class RegistryClient:
         if accept is not None:
             headers["Accept"] = accept
         path = f"/v2/{ref.repository}/{kind}/{target}"
+        return await retrying(
+            functools.partial(self._get_bytes_once, ref, path, headers, what, digest, max_bytes),
+            self._limits,
+        )
+
+    async def _get_bytes_once(
+        self,
+        ref: Reference,
+        path: str,
+        headers: Mapping[str, str],
+        what: str,
+        digest: str | None,
+        max_bytes: int,
+    ) -> tuple[bytes, httpx.Headers]:
+        """One attempt of ``get_bytes``."""
         with self._deadline(ref, what, digest):
             response = await self._open(ref, path, headers, what=what, digest=digest)
             try:
@@ -191,6 +214,9 @@ class RegistryClient:
     async def authenticate(self, ref: Reference) -> None:
         """Find ``ref``'s endpoint and get its token now (both cached), so that the time
         auth takes can be measured apart from the manifest's."""
+        await retrying(functools.partial(self._authenticate_once, ref), self._limits)
+
+    async def _authenticate_once(self, ref: Reference) -> None:
         with self._deadline(ref, "authentication", None):
             endpoint = await self._endpoint(ref)
             await self._authorization(ref, endpoint, stale=None)
@@ -202,8 +228,9 @@ class RegistryClient:
 
         Redirects are followed by hand (Authorization only to the registry host;
         https→http refused; at most ``limits.max_redirects`` hops). The response is 200,
-        or 206 whose Content-Range starts at ``offset`` when ``offset > 0``; anything else
-        raises the mapped error. Transport errors while the caller reads
+        or, when ``offset > 0``, a 206 whose Content-Range starts at ``offset`` or a 200
+        (a server that ignores ``Range`` sends the whole blob: the caller skips what it
+        has); anything else raises the mapped error. Transport errors while the caller reads
         ``response.aiter_raw()`` come out as ``RegistryUnavailable``, except
         ``httpx.RemoteProtocolError`` (the body ended before its length, or a chunk was
         cut), which the blob stage reports as ``Truncated`` with how far it got. The
@@ -603,6 +630,16 @@ class RegistryClient:
                 digest=digest,
             )
         reason = describe_error(exc)
+        # Another attempt may cure a connection that broke, or a response that stalled;
+        # not a refused connection, a name that does not resolve, a connect timeout (an
+        # unreachable host: five of them would hold the pull for minutes) or a TLS failure.
+        transient = tls_failure(exc) is None and (
+            isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
+            or (
+                isinstance(exc, httpx.TimeoutException)
+                and not isinstance(exc, httpx.ConnectTimeout)
+            )
+        )
         if isinstance(exc, httpx.TimeoutException):
             message = (
                 f"{authority} {reason} while fetching {what}; the registry may be overloaded"
@@ -615,7 +652,7 @@ class RegistryClient:
             )
         else:
             message = f"the connection to {authority} failed while fetching {what} ({reason})"
-        return RegistryUnavailable(message, ref=str(ref), digest=digest)
+        return RegistryUnavailable(message, ref=str(ref), digest=digest, transient=transient)
 
     async def _status_error(
         self,
@@ -630,19 +667,24 @@ class RegistryClient:
         authority = ref.api_host
         detail = await _error_detail(response)
         suffix = f" ({detail})" if detail else ""
-        where: dict[str, str | None] = {"ref": str(ref), "digest": digest}
+        ref_text = str(ref)
         if not from_registry and status in (401, 403):
+            # The registry signs a fresh URL when asked again (RELIABILITY.md: "a CDN
+            # redirect whose signed URL expired (403): ask the registry again").
             return RegistryError(
                 f"the storage server {response.url.host} that {authority} redirected to"
                 f" refused {what} (HTTP {status}); its signed URL may have expired: pull"
                 " again",
-                **where,
+                ref=ref_text,
+                digest=digest,
+                transient=True,
             )
         if status == 404:
             return NotFound(
                 f"{what} not found in {ref.name} on {authority}{suffix}: check the repository"
                 " name, tag or digest",
-                **where,
+                ref=ref_text,
+                digest=digest,
             )
         if status in (401, 403):
             if self._options.credentials is not None:
@@ -653,21 +695,38 @@ class RegistryClient:
                     " exist): pass -u USER --password-stdin"
                 )
             label = "unauthorized" if status == 401 else "access denied"
-            return AuthError(f"{label}: {hint} (HTTP {status} for {what}){suffix}", **where)
+            return AuthError(
+                f"{label}: {hint} (HTTP {status} for {what}){suffix}", ref=ref_text, digest=digest
+            )
+        retry_after = response.headers.get("Retry-After")
         if status == 429:
-            retry_after = response.headers.get("Retry-After")
             wait = f", Retry-After: {retry_after[:40]}" if retry_after else ""
             return TooManyRequests(
                 f"{authority} is rate-limiting requests (HTTP 429{wait}) for {what}; wait and"
                 " try again",
-                **where,
+                ref=ref_text,
+                digest=digest,
+                transient=True,
+                retry_after_s=parse_retry_after(retry_after),
             )
         if status >= 500:
             return RegistryUnavailable(
                 f"{authority} failed with HTTP {status} for {what}{suffix}; try again later",
-                **where,
+                ref=ref_text,
+                digest=digest,
+                transient=status in _TRANSIENT_5XX,
+                retry_after_s=parse_retry_after(retry_after) if status == 503 else None,
             )
-        return RegistryError(f"{authority} answered HTTP {status} for {what}{suffix}", **where)
+        if status == 408:
+            return RegistryUnavailable(
+                f"{authority} timed out the request for {what} (HTTP 408){suffix}",
+                ref=ref_text,
+                digest=digest,
+                transient=True,
+            )
+        return RegistryError(
+            f"{authority} answered HTTP {status} for {what}{suffix}", ref=ref_text, digest=digest
+        )
 
 
 def _check_blob_status(
@@ -682,6 +741,8 @@ def _check_blob_status(
                 digest=str(digest),
             )
         return
+    if status == 200:
+        return  # Range ignored: the whole blob, from which the caller skips ``offset`` bytes
     content_range = response.headers.get("Content-Range", "")
     if status != 206 or not content_range.startswith(f"bytes {offset}-"):
         raise RegistryError(

@@ -24,7 +24,9 @@ BLOB = os.urandom(10_000)
 LAYER = Descriptor(
     MediaType.OCI_LAYER_GZIP, Digest.from_hex(hashlib.sha256(BLOB).hexdigest()), len(BLOB)
 )
-LIMITS = Limits(chunk_size=1024, chunk_buffer=2)
+# No retries: each failure test sees the one attempt's error (retries have tests below).
+LIMITS = Limits(chunk_size=1024, chunk_buffer=2, retries=0)
+RETRYING = Limits(chunk_size=1024, chunk_buffer=2, retries=2, retry_wait_s=0.001)
 
 # Leaving httpx's aiter_raw early (a body past the size) abandons its nested async
 # generators, which trio closes with a ResourceWarning (see stages/_blob.py).
@@ -64,9 +66,10 @@ class FakeSource:
     ) -> AsyncIterator[httpx.Response]:
         self.calls.append((ref, digest, offset))
         url = f"http://{ref.registry}/v2/{ref.repository}/blobs/{digest}"
-        async with self.client.stream(
-            "GET", url, headers={"Accept-Encoding": "identity"}
-        ) as response:
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        async with self.client.stream("GET", url, headers=headers) as response:
             yield response
 
 
@@ -309,3 +312,90 @@ async def test_a_slow_consumer_is_not_a_slow_transfer() -> None:
                 nursery.start_soon(slow_consumer)
                 await blob_stream(source, REF, LAYER, limits, send, None)
     assert b"".join(received) == BLOB
+
+
+# --- retries and resume -------------------------------------------------------------------
+
+
+def cut_then(
+    cut_at: int, then: Callable[[httpx.Request], httpx.Response], failure: Exception
+) -> tuple[Callable[[httpx.Request], httpx.Response], list[httpx.Request]]:
+    """The first answer breaks off after ``cut_at`` bytes with ``failure``; the rest are
+    ``then``'s. Also returns the requests seen."""
+    seen: list[httpx.Request] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            body = Body([BLOB[:cut_at]], fail=failure)
+            return httpx.Response(200, stream=body, headers={"Content-Length": str(len(BLOB))})
+        return then(request)
+
+    return respond, seen
+
+
+def ranged(request: httpx.Request) -> httpx.Response:
+    """206 from the byte the Range asks for, as the distribution registry answers."""
+    start = int(request.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+    return httpx.Response(
+        206,
+        stream=Body([BLOB[start:]]),
+        headers={
+            "Content-Length": str(len(BLOB) - start),
+            "Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}",
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.RemoteProtocolError("peer closed"), httpx.ReadError("reset"), httpx.ReadTimeout("")],
+)
+async def test_a_body_that_breaks_off_resumes_from_where_it_broke(failure: Exception) -> None:
+    respond, seen = cut_then(4096, ranged, failure)
+    async with source_for(respond) as source:
+        chunks, events, _, error = await run_stage(source, limits=RETRYING)
+    assert error is None
+    assert b"".join(chunks) == BLOB  # every byte once, in order, across the seam
+    assert source.calls == [(REF, LAYER.digest, 0), (REF, LAYER.digest, 4096)]
+    assert seen[1].headers["Range"] == "bytes=4096-"
+    retrying = [e for e in events if e.event == "layer-retrying"]
+    assert [(e.current, e.total) for e in retrying] == [(4096, len(BLOB))]
+
+
+async def test_a_server_that_ignores_range_resends_the_whole_blob_and_the_start_is_skipped() -> (
+    None
+):
+    respond, _ = cut_then(4096 + 17, body_of(BLOB), httpx.RemoteProtocolError("peer closed"))
+    async with source_for(respond) as source:
+        chunks, _, _, error = await run_stage(source, limits=RETRYING)
+    assert error is None
+    assert b"".join(chunks) == BLOB
+    assert source.calls[1][2] == 4096 + 17
+
+
+async def test_a_body_that_keeps_breaking_gives_up_after_the_retries() -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        start = int(request.headers.get("Range", "bytes=0-")[6:-1])
+        body = Body([BLOB[start : start + 1000]], fail=httpx.ReadError("reset"))
+        return httpx.Response(
+            206 if start else 200,
+            stream=body,
+            headers=(
+                {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"} if start else {}
+            ),
+        )
+
+    async with source_for(respond) as source:
+        chunks, _, _, error = await run_stage(source, limits=RETRYING)
+    assert isinstance(error, RegistryUnavailable)
+    assert "3000 of 10000" in str(error) and "gave up after 3 attempts" in str(error)
+    assert [offset for _, _, offset in source.calls] == [0, 1000, 2000]
+    assert b"".join(chunks) == BLOB[:3000]
+
+
+async def test_more_bytes_than_the_size_is_not_retried() -> None:
+    async with source_for(body_of(BLOB + b"x")) as source:
+        _, _, _, error = await run_stage(source, limits=RETRYING)
+    assert isinstance(error, SizeMismatch)
+    assert len(source.calls) == 1

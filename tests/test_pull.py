@@ -799,10 +799,10 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
     tmp_path: Path,
     layer_workers: str,
 ) -> None:
-    """A layer whose body stops halfway: the pull raises the Truncated naming it and how
-    far it got, in both modes. A worker process hands its error back by pickle, with the cause
-    chain (tblib, as trio-parallel does); that once recursed until RecursionError,
-    because the error's context was the group that held it."""
+    """A layer whose body stops halfway, with retries off: the pull raises the Truncated
+    naming it and how far it got, in both modes. A worker process hands its error back by
+    pickle, with the cause chain (tblib, as trio-parallel does); that once recursed until
+    RecursionError, because the error's context was the group that held it."""
     from tblib import pickling_support
 
     image = images.sample_image(unique_seed, layer_size=1024 * 1024)
@@ -815,7 +815,9 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
 
     with pytest.raises(pipeline.Truncated) as caught:
         await pipeline.pull(
-            f"{via.host}/{unique_repo}:1", store=store, options=options(layer_workers=layer_workers)
+            f"{via.host}/{unique_repo}:1",
+            store=store,
+            options=options(layer_workers=layer_workers, limits=pipeline.Limits(retries=0)),
         )
 
     assert cut.digest in str(caught.value)
@@ -825,6 +827,138 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
     again = pickle.loads(pickle.dumps(caught.value))
     assert type(again) is pipeline.Truncated
     assert (again.ref, again.digest) == (caught.value.ref, caught.value.digest)
+
+
+@pytest.mark.parametrize("layer_workers", ["threads", "processes"])
+async def test_a_connection_cut_mid_layer_resumes_with_a_range_request(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    layer_workers: str,
+) -> None:
+    """RELIABILITY.md: a reset mid-blob resumes with ``Range: bytes=N-``, the registry's
+    206 from byte N is checked, and the whole digest is verified. The layer's bytes are
+    fetched once: the first half, then the rest."""
+    image = images.sample_image(unique_seed, layer_size=1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    cut = image.layers[1]
+    via = proxy(registry)
+    half = cut.data[: len(cut.data) // 2]
+    via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, half))
+    store = Store.open(tmp_path / "s")
+    events: list[pipeline.ProgressEvent] = []
+    fast = pipeline.Limits(retry_wait_s=0.01)
+
+    with trio.fail_after(60):
+        result = await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=store,
+            options=options(layer_workers=layer_workers, limits=fast, progress=events.append),
+        )
+
+    blob_requests = [r for r in via.requests if r.path.endswith(f"/blobs/{cut.digest}")]
+    assert [r.headers.get("range") for r in blob_requests] == [None, f"bytes={len(half)}-"]
+    assert cut.digest in blob_names(tmp_path / "s")
+    assert [str(layer.digest) for layer in result.layers] == [x.digest for x in image.layers]
+    if layer_workers == "threads":  # a worker process logs its retries instead
+        retried = [e for e in events if e.event == "layer-retrying"]
+        assert [(e.digest, e.current) for e in retried] == [(cut.digest, len(half))]
+    assert_store_consistent(tmp_path / "s")
+
+
+async def test_a_registry_that_ignores_range_resends_the_blob_and_the_pull_skips_ahead(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    cut = image.layers[1]
+    via = proxy(registry)
+    third = cut.data[: len(cut.data) // 3]
+    via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, third))
+    via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, cut.data))
+
+    with trio.fail_after(60):
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=Store.open(tmp_path / "s"),
+            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
+        )
+
+    assert via.blob_gets(cut.digest) == 2
+    assert cut.digest in blob_names(tmp_path / "s")
+    assert_store_consistent(tmp_path / "s")
+
+
+async def test_server_errors_and_rate_limits_are_waited_out(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A burst of 503s on the manifest, a 429 with Retry-After in seconds and one with an
+    HTTP date on two layers: each is tried again, and the pull completes."""
+    image = images.sample_image(unique_seed, layer_size=256 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    via.inject(f"/v2/{unique_repo}/manifests/1", Reply.error(503, "UNAVAILABLE"), times=3)
+    via.inject(
+        f"*/blobs/{image.layers[0].digest}",
+        Reply(429, {"Retry-After": "1"}, b'{"errors":[{"code":"TOOMANYREQUESTS"}]}'),
+    )
+    via.inject(
+        f"*/blobs/{image.layers[1].digest}",
+        Reply(429, {"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}),
+    )
+
+    with trio.fail_after(60):
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=Store.open(tmp_path / "s"),
+            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
+        )
+
+    assert via.count("GET", f"/v2/{unique_repo}/manifests/1") == 4
+    assert via.blob_gets(image.layers[0].digest) == via.blob_gets(image.layers[1].digest) == 2
+    assert_store_consistent(tmp_path / "s")
+
+
+async def test_a_registry_that_keeps_failing_is_given_up_on_with_nothing_stored(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=256 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    broken = image.layers[1]
+    via.inject(f"*/blobs/{broken.digest}", Reply.error(502, "BAD_GATEWAY"), times=None)
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=pipeline.Limits(retries=2, retry_wait_s=0.01),
+        )
+
+    assert "HTTP 502" in message and "gave up after 3 attempts" in message
+    assert broken.digest in message
+    assert via.blob_gets(broken.digest) == 3
+    assert broken.digest not in blob_names(tmp_path / "s")
+
+
+async def test_a_rate_limit_asking_for_an_hour_fails_at_once(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    via.inject(f"/v2/{unique_repo}/manifests/1", Reply(429, {"Retry-After": "3600"}))
+
+    with trio.fail_after(30):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1", tmp_path / "s", pipeline.TooManyRequests
+        )
+
+    assert "asks to wait 3600 s" in message
+    assert via.count("GET", f"/v2/{unique_repo}/manifests/1") == 1
 
 
 async def test_a_worker_process_killed_mid_layer_is_a_worker_error(

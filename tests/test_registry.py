@@ -351,7 +351,7 @@ async def test_unparseable_challenge() -> None:
 async def test_status_mapping(response: httpx.Response, error: type[Exception], text: str) -> None:
     fake = FakeRegistry()
     fake.routes["https://reg.example/v2/team/app/"] = lambda request: response
-    async with _client(fake) as client:
+    async with _client(fake, limits=Limits(retries=0)) as client:
         with pytest.raises(error) as info:
             await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
     assert text in str(info.value)
@@ -496,12 +496,24 @@ async def test_stream_blob_and_range() -> None:
     assert blob_requests[1].headers["Range"] == "bytes=100-"
 
 
-async def test_stream_blob_range_ignored_is_an_error() -> None:
+async def test_stream_blob_range_ignored_is_the_whole_blob() -> None:
+    """A server that ignores Range answers 200 with every byte; the blob stage skips what
+    it has (tests/test_blob.py), so the client hands that response over as it is."""
     fake = FakeRegistry()
     fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: streamed(200, BLOB)
     async with _client(fake) as client:
-        with pytest.raises(RegistryError, match="did not resume"):
+        assert await _read_blob(client, offset=10) == BLOB
+
+
+async def test_stream_blob_resumed_at_another_byte_is_an_error() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: streamed(
+        206, BLOB, headers={"Content-Range": f"bytes 0-{len(BLOB) - 1}/{len(BLOB)}"}
+    )
+    async with _client(fake, limits=Limits(retries=0)) as client:
+        with pytest.raises(RegistryError, match="did not resume") as info:
             await _read_blob(client, offset=10)
+    assert not info.value.transient
 
 
 def _redirect(location: str, status: int = 307) -> Handler:
@@ -979,3 +991,138 @@ async def test_plain_loopback_registry_never_loads_the_ca_store(tmp_path: Path) 
 
     assert await _manifest_from_loopback(handler, options, Limits()) == MANIFEST
     assert shared_ssl_context(options, verify=True).cert_store_stats()["x509_ca"] == 1
+
+
+# -- retries (stages/_retry.py decides; the client marks what is transient) -----------------
+
+QUICK_RETRIES = Limits(retries=2, retry_wait_s=0.001)
+
+
+def _answers(*responses: httpx.Response | Exception) -> Handler:
+    """Answer with ``responses`` in turn (raising the exceptions), then as the fake does."""
+    queue = list(responses)
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        if not queue:
+            return httpx.Response(
+                200, content=MANIFEST, headers={"Content-Type": "application/json"}
+            )
+        answer = queue.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(503, text="down"),
+        httpx.Response(502),
+        httpx.Response(500),
+        httpx.Response(504),
+        httpx.Response(408),
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(429),
+        httpx.ReadError("connection reset by peer"),
+        httpx.RemoteProtocolError("server disconnected"),
+        httpx.ReadTimeout("timed out"),
+    ],
+)
+async def test_a_transient_failure_is_tried_again(failure: httpx.Response | Exception) -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/manifests/"] = _answers(failure, failure)
+    with trio.fail_after(10):
+        async with _client(fake, limits=QUICK_RETRIES) as client:
+            body, _ = await client.get_bytes(
+                REF, "manifests", "latest", accept=None, max_bytes=1 << 20
+            )
+    assert body == MANIFEST
+    assert fake.paths().count("https://reg.example/v2/team/app/manifests/latest") == 3
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (httpx.Response(404), NotFound),
+        (httpx.Response(403), AuthError),
+        (httpx.Response(501), RegistryUnavailable),
+        (httpx.Response(418), RegistryError),
+        (httpx.ConnectError("connection refused"), RegistryUnavailable),
+        (httpx.ConnectTimeout("timed out"), RegistryUnavailable),
+        (httpx.Response(429, headers={"Retry-After": "3600"}), TooManyRequests),
+        (httpx.Response(503, headers={"Retry-After": "99999999999999"}), RegistryUnavailable),
+    ],
+)
+async def test_a_lasting_failure_is_not_tried_again(
+    failure: httpx.Response | Exception, error: type[Exception]
+) -> None:
+    """Not worth a second try: the answer would be the same, or the host is unreachable
+    (a refused or timed-out connect), or the registry asks for a wait over the cap."""
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/manifests/"] = _answers(failure)
+    with trio.fail_after(10):
+        async with _client(fake, limits=QUICK_RETRIES) as client:
+            with pytest.raises(error) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert fake.paths().count("https://reg.example/v2/team/app/manifests/latest") == 1
+    assert "gave up" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "said"),
+    [("3600", "asks to wait 3600 s"), ("99999999999999", "asks to wait an unbounded time")],
+)
+async def test_a_retry_after_over_the_cap_fails_at_once_saying_so(
+    retry_after: str, said: str
+) -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/manifests/"] = _answers(
+        httpx.Response(429, headers={"Retry-After": retry_after})
+    )
+    async with _client(fake, limits=QUICK_RETRIES) as client:
+        with pytest.raises(TooManyRequests) as info:
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert said in str(info.value) and "over the 60 s a pull waits" in str(info.value)
+
+
+async def test_retries_are_bounded_and_the_error_says_how_many_attempts() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/manifests/"] = lambda r: httpx.Response(503)
+    with trio.fail_after(10):
+        async with _client(fake, limits=QUICK_RETRIES) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert "HTTP 503" in str(info.value) and "gave up after 3 attempts" in str(info.value)
+    assert fake.paths().count("https://reg.example/v2/team/app/manifests/latest") == 3
+
+
+async def test_a_failing_api_check_is_tried_again_too() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/"] = _answers(httpx.Response(503), httpx.Response(200))
+    async with _client(fake, limits=QUICK_RETRIES) as client:
+        await client.authenticate(REF)
+    assert fake.paths().count("https://reg.example/v2/") == 2
+
+
+async def test_an_expired_signed_url_asks_the_registry_again() -> None:
+    """RELIABILITY.md: a CDN redirect whose signed URL expired (403): ask the registry
+    again, which signs a fresh one."""
+    fake = FakeRegistry(challenge=BEARER)
+    signed = iter(["expired", "fresh"])
+    fake.routes["https://reg.example/v2/team/app/manifests/"] = lambda r: _redirect(
+        f"https://cdn.example/m?sig={next(signed)}"
+    )(r)
+    fake.routes["https://cdn.example/"] = lambda r: (
+        httpx.Response(403)
+        if r.url.params["sig"] == "expired"
+        else httpx.Response(200, content=MANIFEST)
+    )
+    async with _client(fake, limits=QUICK_RETRIES) as client:
+        body, _ = await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1 << 20)
+    assert body == MANIFEST
+    assert [r.url.params["sig"] for r in fake.requests if r.url.host == "cdn.example"] == [
+        "expired",
+        "fresh",
+    ]

@@ -1,0 +1,129 @@
+"""Bounded retries: whether a failed request is tried again, and how long to wait first.
+
+RELIABILITY.md asks that 5xx bursts, 429s, a connection reset mid-blob and an expired
+signed URL do not fail a pull that one more attempt would finish, and that every failure
+still ends within a bounded time. The sites that meet a failure only say what it is
+(``transient`` and ``retry_after_s`` on the error, see stages/_errors.py); this module
+alone decides what follows:
+
+- an error not marked transient is raised at once;
+- after ``limits.retries`` retries, the last error is raised, saying how many attempts
+  were made;
+- a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
+  how long the registry asked for: waiting an hour inside a pull is a hang;
+- otherwise the wait is the registry's ``Retry-After``, or else exponential backoff with
+  jitter: ``retry_wait_s * 2**(n-1)``, at most ``retry_max_wait_s``, of which a random
+  half, so that pulls that failed together do not come back together.
+
+The worst case is bounded: ``retries`` waits of at most ``max(retry_max_wait_s,
+retry_after_max_s)``, each attempt bounded by the client's timeouts and deadlines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+import trio
+
+from ._config import Limits
+from ._errors import ImagecError
+
+__all__ = ["parse_retry_after", "retry_wait", "retrying"]
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+# A Retry-After of more digits than this is "too long" without converting it.
+_MAX_RETRY_AFTER_DIGITS = 9
+
+
+def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks us to wait: delay-seconds or an HTTP date
+    (RFC 9110 10.2.3); a date in the past is 0. None when absent or unreadable: the
+    caller then backs off on its own."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float("inf") if len(text) > _MAX_RETRY_AFTER_DIGITS else float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
+        when = when.replace(tzinfo=datetime.UTC)
+    now = now if now is not None else datetime.datetime.now(datetime.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def retry_wait(error: ImagecError, retry: int, limits: Limits) -> float:
+    """Seconds to wait before retry number ``retry`` (from 1) after ``error``.
+
+    Raises ``error`` when there is to be no retry: it is not transient, the retries are
+    used up (its message then says how many attempts were made), or its Retry-After is
+    over ``limits.retry_after_max_s`` (its message then says so).
+    """
+    if not error.transient:
+        raise error
+    if retry > limits.retries:
+        if limits.retries:
+            _extend(error, f"gave up after {retry} attempts")
+        raise error
+    asked = error.retry_after_s
+    if asked is not None:
+        if asked > limits.retry_after_max_s:
+            wait = "an unbounded time" if asked == float("inf") else f"{asked:.0f} s"
+            _extend(
+                error,
+                f"the registry asks to wait {wait}, over the {limits.retry_after_max_s:g} s "
+                "a pull waits: try again later",
+            )
+            raise error
+        return asked
+    ceiling = min(limits.retry_max_wait_s, limits.retry_wait_s * 2.0 ** (retry - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter, not secrecy
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    limits: Limits,
+    *,
+    on_retry: Callable[[ImagecError, int, float], None] | None = None,
+) -> T:
+    """``await attempt()`` until it returns, retrying as ``retry_wait`` allows.
+
+    ``on_retry(error, retry, wait_s)`` is called before each wait (progress events);
+    every retry is also logged as a warning, so a pull that succeeded slowly says why.
+    """
+    retry = 0
+    while True:
+        try:
+            return await attempt()
+        except ImagecError as error:
+            retry += 1
+            wait = retry_wait(error, retry, limits)
+            log.warning(
+                "retrying",
+                ref=error.ref,
+                digest=error.digest,
+                error=error.message,
+                retry=retry,
+                of=limits.retries,
+                wait_s=round(wait, 2),
+            )
+            if on_retry is not None:
+                on_retry(error, retry, wait)
+            await trio.sleep(wait)
+
+
+def _extend(error: ImagecError, note: str) -> None:
+    """Add ``note`` to the message of an error about to be raised as it is: its type,
+    ``ref``, ``digest`` and traceback stay the ones of the failure itself."""
+    error.message = f"{error.message}; {note}"
+    error.args = (error.message,)
