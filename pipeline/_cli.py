@@ -3,7 +3,7 @@
 ::
 
     imagec-pipe pull REF [--store DIR] [--platform os/arch[/variant]]
-                         [--max-concurrent-downloads N] [--ca-file PEM]
+                         [--max-concurrent-downloads N] [--retries N] [--ca-file PEM]
                          [--insecure-registry HOST[:PORT]]... [-u USER] [--password-stdin]
                          [--json | --quiet] [--log-level LEVEL] [--log-json]
     imagec-pipe images [--store DIR] [--json]
@@ -21,7 +21,8 @@ Exit codes (outside checks rely on them):
   ``imagec-pipe: error: pulling REF: <what failed>``), a malformed reference (docker
   also exits 1 for "invalid reference format", and the reference is checked by the pull),
   an image unknown to ``layers`` / ``inspect``, an unusable store;
-- 2 usage error: argparse's own, a bad ``--platform`` or ``--max-concurrent-downloads``,
+- 2 usage error: argparse's own, a bad ``--platform``, ``--max-concurrent-downloads`` or
+  ``--retries``,
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
   source, and a ``UsageError`` raised by the pull (options that contradict each other);
 - 130 interrupted (Ctrl-C): trio cancels the pull, whose context managers remove partial
@@ -113,12 +114,20 @@ def _platform(text: str) -> Platform:
 
 
 def _positive_int(text: str) -> int:
+    return _whole_number(text, least=1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, least=0)
+
+
+def _whole_number(text: str, *, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return value
 
 
@@ -200,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         metavar="N",
         help="layers downloaded at once (default: 3)",
+    )
+    pull.add_argument(
+        "--retries",
+        type=_count,
+        default=Limits.retries,
+        metavar="N",
+        help="times a request that failed transiently (5xx, 429, a broken connection) is "
+        f"tried again, a layer resuming where it broke off (default: {Limits.retries}; 0: never)",
     )
     pull.add_argument(
         "--layer-workers",
@@ -448,7 +465,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         platform=args.platform,
         max_concurrent_downloads=args.max_concurrent_downloads,
         layer_workers=args.layer_workers,
-        limits=Limits(gzip_inflater=args.gzip_inflater),
+        limits=Limits(gzip_inflater=args.gzip_inflater, retries=args.retries),
         registry=registry,
         progress=renderer,
     )

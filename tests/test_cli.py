@@ -85,6 +85,8 @@ class TtyStringIO(io.StringIO):
         (["pull", "alpine", "--platform", "linux/\u00e4md64"], "not of the form os/arch"),
         (["pull", "alpine", "--max-concurrent-downloads", "0"], "must be at least 1"),
         (["pull", "alpine", "--max-concurrent-downloads", "x"], "not a whole number"),
+        (["pull", "alpine", "--retries", "-1"], "must be at least 0"),
+        (["pull", "alpine", "--retries", "2.5"], "not a whole number"),
         (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
         (["pull", "alpine", "--ca-file", "/nonexistent/ca.pem"], "not a readable file"),
         (["pull", "alpine", "--insecure-registry", "http://reg:5000"], "HOST or HOST:PORT"),
@@ -347,7 +349,8 @@ def test_pull_hands_every_option_over(
     argv = ["pull", REF, "--store", str(store_dir), "--platform", "linux/arm64/v8",
             "--max-concurrent-downloads", "7", "--ca-file", str(ca),
             "--insecure-registry", "reg.internal", "--insecure-registry", "10.0.0.1:5000",
-            "-u", "ci", "--password-stdin", "--quiet", "--gzip-inflater", "zlib"]  # fmt: skip
+            "-u", "ci", "--password-stdin", "--quiet", "--gzip-inflater", "zlib",
+            "--retries", "0"]  # fmt: skip
     assert main(argv) == EXIT_OK
     assert capsys.readouterr().out == f"{REF}\n"
     [(ref, store, options)] = calls
@@ -360,6 +363,7 @@ def test_pull_hands_every_option_over(
     assert options.registry.credentials == Credentials("ci", "s3cret")
     assert options.registry.user_agent.startswith("imagec-pipe/")
     assert options.limits.gzip_inflater == "zlib"
+    assert options.limits.retries == 0
 
 
 def test_pull_defaults_and_store_from_environment(
@@ -373,6 +377,7 @@ def test_pull_defaults_and_store_from_environment(
     assert options.platform is None
     assert options.max_concurrent_downloads == 3
     assert options.limits.gzip_inflater == "auto"
+    assert options.limits.retries == 4
     assert options.registry.credentials is None
     assert options.registry.insecure_registries == ()
 
