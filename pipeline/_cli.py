@@ -477,6 +477,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             result = trio.run(_pull_until_stopped, args.ref, store, options)
         finally:
             renderer.close()
+            store.close()
     except KeyboardInterrupt as interrupt:
         return _pull_interrupted(renderer, ref, interrupt)
     except Terminated as stopped:

@@ -30,7 +30,9 @@ image in the database only, and the next ``Store.open`` writes its entry from th
 
 Every method is synchronous and opens its own short-lived sqlite3 connection: a sqlite3
 connection belongs to the thread that made it, and ``pipeline._pull`` calls these methods
-through ``trio.to_thread.run_sync``. Concurrent processes are kept apart by SQLite
+through ``trio.to_thread.run_sync``. A store opened for pulling also holds one idle
+connection until ``close()`` (``_hold_wal_open``), so that closing the short-lived ones
+never checkpoints the WAL. Concurrent processes are kept apart by SQLite
 transactions (``BEGIN IMMEDIATE``, busy timeout) and, for ``index.json``, an exclusive
 ``fcntl.flock``. OSError and sqlite3.Error never leave this module: they become a
 ``StoreError`` naming the store and what the user can do.
@@ -445,9 +447,26 @@ class Store:
         self._blobs = path / BLOBS_DIR / "sha256"
         self._ingest = path / INGEST_DIR
         self._db_path = path / DB_FILE
+        self._wal_holder: sqlite3.Connection | None = None
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the idle connection ``open`` holds (see ``_hold_wal_open``); SQLite
+        then folds its write-ahead log into the database file. Calling it again, or not
+        at all, is harmless: the store stays usable and consistent either way (the log
+        is durable as it is, and the next connection reads it)."""
+        holder, self._wal_holder = self._wal_holder, None
+        if holder is not None:
+            with self._errors("close the database"):
+                holder.close()
 
     # -- opening -------------------------------------------------------------------
 
@@ -539,6 +558,29 @@ class Store:
                     log.info("store created", store=str(path))
                 _fsync_dir(path / BLOBS_DIR)
                 _fsync_dir(path)
+            self._wal_holder = self._hold_wal_open()
+
+    def _hold_wal_open(self) -> sqlite3.Connection:
+        """An idle connection for as long as the store is open.
+
+        SQLite checkpoints the write-ahead log into the database, syncing both, whenever
+        the last connection to it closes; every method here opens and closes its own, so
+        each layer's commit paid a checkpoint and two fdatasyncs, undoing the batching
+        the module docstring describes. While this one is open, no other is the last.
+        Measured on ``many`` (40 layers, one CLI pull): 116 fdatasyncs and 38 SQLite
+        busy-wait sleeps before, 16 and 11 with it; 0.742 -> 0.691 s median over 14
+        interleaved cold pulls. After its first read it runs nothing, so it holds no
+        lock a writer waits for, only its share of the log's index.
+        """
+        conn = sqlite3.connect(
+            self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _repair_index(self) -> None:
         """Give every reference of the database its index.json entry. Caller holds the lock.

@@ -708,6 +708,29 @@ def test_layers_are_made_durable_by_their_image_record_not_one_by_one(
     assert synced_dirs[0] == store.path / "blobs" / "sha256"  # before the image's rows
 
 
+def test_layer_commits_leave_the_log_unfolded_until_the_store_is_closed(tmp_path: Path) -> None:
+    """Closing the last connection to a WAL database checkpoints it (two fdatasyncs);
+    each commit closed its own connection, so each one checkpointed. The store now holds
+    one idle connection until close(): the commits stay in the log, which every reader
+    sees, and close() folds it into the database."""
+    wal = tmp_path / "s" / "imagec.db-wal"
+    with Store.open(tmp_path / "s") as store:
+        resolved, layers = build_image(APP)
+        for gz, layer in layers:
+            commit(store, gz, layer)
+        store.record_image(resolved)
+        assert wal.exists() and wal.stat().st_size > 0  # not checkpointed and truncated
+        reader = Store.open_existing(tmp_path / "s")
+        assert reader is not None
+        assert [r.manifest_digest for r in reader.list_images()] == [resolved.manifest_digest]
+    assert not wal.exists() or wal.stat().st_size == 0
+    reopened = Store.open(tmp_path / "s")
+    assert [r.manifest_digest for r in reopened.list_images()] == [resolved.manifest_digest]
+    reopened.close()
+    reopened.close()  # again: harmless
+    assert reopened.layer_committed(layers[0][1].descriptor.digest)  # still usable
+
+
 def test_open_rebuilds_a_deleted_index_json_from_the_database(tmp_path: Path) -> None:
     # It was written anew, empty: OCI tools no longer saw the images `images` listed.
     store = Store.open(tmp_path / "s")
@@ -957,7 +980,14 @@ def read_only_mount(populated: Store, tmp_path: Path) -> Iterator[Path]:
         )
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=True, capture_output=True, timeout=30)
+        # SQLite keeps a closed connection's file open while another connection of the
+        # process holds locks on the same file (POSIX locks are per process and inode):
+        # the reader's files through the mount stay open until ``populated`` lets go.
+        populated.close()
+        unmounted = subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+        if unmounted.returncode != 0:  # never leave a mount behind, which pytest cannot clean
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+            pytest.fail(f"the read-only mount was busy: {unmounted.stderr.decode().strip()}")
 
 
 def test_a_store_on_a_read_only_mount_can_be_read(populated: Store, read_only_mount: Path) -> None:
