@@ -303,6 +303,20 @@ def test_more_layers_than_rows_show_those_in_progress_first_and_count_the_rest()
     assert all(": Downloading  " in line for line in shown[:-1])
 
 
+def test_a_retry_shows_then_the_download_goes_on() -> None:
+    out, clock = TtyStringIO(), FakeClock()
+    progress = TtyProgress(out, clock=clock, width=120)
+    progress(ev("layer-downloading", LAYER_A, 20 * MB, 45 * MB))
+    progress(ev("layer-retrying", LAYER_A, 20 * MB, 45 * MB))
+    assert screen(out.getvalue()) == ["aaaaaaaaaaaa: Retrying"]
+    clock.now += 1
+    progress(ev("layer-downloading", LAYER_A, 21 * MB, 45 * MB))
+    assert screen(out.getvalue()) == ["aaaaaaaaaaaa: Downloading  21MB/45MB"]
+    plain = io.StringIO()
+    PlainProgress(plain)(ev("layer-retrying", LAYER_A, 20 * MB, 45 * MB))
+    assert plain.getvalue() == "aaaaaaaaaaaa: Retrying\n"
+
+
 def test_tty_close_draws_pending_bytes() -> None:
     out, clock = TtyStringIO(), FakeClock()
     progress = TtyProgress(out, clock=clock, width=120)
