@@ -11,6 +11,9 @@ image ID = config digest) and ``Index`` (OCI index or Docker manifest list). ``p
 uploads them (HEAD to skip existing blobs, monolithic POST + PUT ?digest=, manifest PUT
 with its Content-Type); children of an index are pushed by digest before the index.
 
+``docker_typed_oci_image``: an OCI manifest naming Docker config and/or layer media
+types, as some build tools push (the registry takes it; OCI readers of a layout do not).
+
 Broken inputs for failure tests: ``truncated_gzip_layer``, ``wrong_media_type_layer``,
 ``make_image(..., diff_ids=...)`` / ``mismatched_diff_ids_image``, ``corrupt_blob`` (flips a
 byte of a blob in the registry's storage folder), ``oversized_manifest``.
@@ -47,6 +50,7 @@ __all__ = [
     "compress",
     "corrupt_blob",
     "digest_of",
+    "docker_typed_oci_image",
     "empty_layer",
     "generate_files",
     "make_config",
@@ -477,6 +481,24 @@ def sample_index(
         for p in platforms
     ]
     return make_index(images, kind=kind)
+
+
+def docker_typed_oci_image(
+    seed: int | str, *, docker_config: bool = True, docker_layers: bool = True
+) -> Image:
+    """An OCI image manifest whose config (``docker_config``) and/or layers
+    (``docker_layers``) carry Docker media types: one gzip layer, one plain tar layer."""
+    layer_types = (
+        (MediaTypes.DOCKER_LAYER_GZIP, MediaTypes.DOCKER_LAYER_TAR)
+        if docker_layers
+        else (None, None)
+    )
+    layers = [
+        make_layer(f"{seed}:0", compression="gzip", media_type=layer_types[0]),
+        make_layer(f"{seed}:1", compression="none", media_type=layer_types[1]),
+    ]
+    config = make_config(layers, kind="docker" if docker_config else "oci")
+    return make_image(layers, kind="oci", config=config)
 
 
 def mismatched_diff_ids_image(seed: int | str, *, kind: Kind = "oci") -> Image:
