@@ -1,11 +1,14 @@
-"""The OCI image layout's JSON: Docker schema2 → OCI manifest conversion and index.json.
+"""The OCI image layout's JSON: conversion to an OCI manifest, and index.json.
 
 Pure functions on bytes and dicts, no I/O, so the store's file handling and the format
 rules can be read (and tested) apart.
 
 Why convert: skopeo's and umoci's ``oci:`` readers accept only OCI media types in an
-image layout, so a Docker schema2 image is listed in ``index.json`` through an OCI
-manifest built from it: the same config and layer blobs, with media types renamed
+image layout (skopeo refuses a Docker config as "an artifact", umoci a Docker config or
+layer type), so a Docker schema2 image, and an OCI manifest that names a Docker config
+or layer media type (some build tools push those, and registries accept them), is
+listed in ``index.json`` through an OCI manifest built from it: the same config and
+layer blobs, with media types renamed
 (``application/vnd.docker.container.image.v1+json`` → ``application/vnd.oci.image.config.v1+json``,
 ``…docker.image.rootfs.diff.tar.gzip`` → ``application/vnd.oci.image.layer.v1.tar+gzip``,
 ``…docker.image.rootfs.foreign.diff.tar.gzip`` →
@@ -16,7 +19,9 @@ records that digest in its annotations under the key::
     io.github.imagec-pipe.original-manifest-digest
 
 (``ORIGINAL_DIGEST_ANNOTATION``), and the ``index.json`` entry carries the same
-annotation, so a reader can always get back to what the registry served.
+annotation, so a reader can always get back to what the registry served. An OCI
+manifest of OCI media types only is listed as the registry's bytes, unconverted
+(``needs_conversion``).
 
 Each ``index.json`` entry is the OCI descriptor of a manifest with its ``platform`` and
 ``org.opencontainers.image.ref.name`` = the full normalised reference
@@ -29,19 +34,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
-from stages._types import Digest, MediaType, Platform
+from stages._types import Descriptor, Digest, MediaType, Platform
 
 __all__ = [
     "ORIGINAL_DIGEST_ANNOTATION",
     "REF_NAME_ANNOTATION",
     "ConversionError",
-    "docker_to_oci_manifest",
     "dumps_index",
     "empty_index",
     "index_entry",
     "index_with_entry",
+    "needs_conversion",
+    "to_oci_manifest",
 ]
 
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
@@ -49,7 +56,8 @@ ORIGINAL_DIGEST_ANNOTATION = "io.github.imagec-pipe.original-manifest-digest"
 
 
 # Docker media type → OCI media type. OCI types map to themselves (a Docker schema2
-# manifest may carry OCI layer types, e.g. zstd layers pushed by buildkit).
+# manifest may carry OCI layer types, e.g. zstd layers pushed by buildkit; an OCI
+# manifest may carry Docker ones).
 _TO_OCI = {
     MediaType.DOCKER_CONFIG: MediaType.OCI_CONFIG,
     MediaType.DOCKER_LAYER_GZIP: MediaType.OCI_LAYER_GZIP,
@@ -60,8 +68,25 @@ _TO_OCI = {
 }
 
 
+# OCI manifest fields with no Docker schema2 counterpart, kept as they are: what an
+# OCI manifest refers to (a signature's or SBOM's subject) stays findable.
+_OCI_FIELDS = ("artifactType", "subject")
+
+
 class ConversionError(ValueError):
-    """The Docker manifest cannot be expressed as an OCI manifest (the store wraps it)."""
+    """The manifest cannot be expressed as an OCI manifest (the store wraps it)."""
+
+
+def needs_conversion(media_type: str, descriptors: Iterable[Descriptor]) -> bool:
+    """Whether ``index.json`` must list an OCI manifest converted from this one.
+
+    ``media_type`` is the registry manifest's, ``descriptors`` its config and layers. A
+    Docker schema2 manifest always needs it; an OCI manifest only when it names a Docker
+    media type, so that an OCI image stays listed under the registry's own digest.
+    """
+    if media_type != MediaType.OCI_MANIFEST:
+        return True
+    return any(_TO_OCI.get(d.media_type, d.media_type) != d.media_type for d in descriptors)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -89,19 +114,24 @@ def _convert_descriptor(desc: Any, what: str) -> dict[str, Any]:
     return out
 
 
-def docker_to_oci_manifest(docker_bytes: bytes, original: Digest) -> tuple[bytes, Digest]:
-    """Convert a Docker schema2 manifest to an OCI image manifest over the same blobs.
+def to_oci_manifest(manifest_bytes: bytes, original: Digest) -> tuple[bytes, Digest]:
+    """Convert a Docker schema2 manifest, or an OCI manifest naming Docker media types,
+    to an OCI image manifest of OCI media types over the same blobs.
 
     Returns the new manifest's bytes and digest. The original digest is recorded under
-    ``ORIGINAL_DIGEST_ANNOTATION``. Raises ``ConversionError`` for a manifest that is not
-    schema2 or uses a media type OCI has no name for.
+    ``ORIGINAL_DIGEST_ANNOTATION``; an OCI manifest's annotations, ``subject`` and
+    ``artifactType`` are kept. Raises ``ConversionError`` for a manifest that is neither
+    kind (a manifest without ``mediaType`` is OCI, which allows leaving it out) or uses a
+    media type OCI has no name for.
     """
     try:
-        doc = json.loads(docker_bytes)
+        doc = json.loads(manifest_bytes)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConversionError(f"manifest is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("mediaType") != MediaType.DOCKER_MANIFEST:
-        raise ConversionError("manifest is not a Docker schema2 manifest")
+    if not isinstance(doc, dict) or doc.get("mediaType", MediaType.OCI_MANIFEST) not in (
+        MediaType.MANIFESTS
+    ):
+        raise ConversionError("manifest is not a Docker schema2 or OCI image manifest")
     layers = doc.get("layers")
     if not isinstance(layers, list):
         raise ConversionError("manifest has no layers list")
@@ -113,6 +143,7 @@ def docker_to_oci_manifest(docker_bytes: bytes, original: Digest) -> tuple[bytes
         "mediaType": MediaType.OCI_MANIFEST,
         "config": _convert_descriptor(doc.get("config"), "config descriptor"),
         "layers": [_convert_descriptor(d, f"layer {i}") for i, d in enumerate(layers)],
+        **{key: doc[key] for key in _OCI_FIELDS if key in doc},
         "annotations": annotations,
     }
     data = _dumps(oci)

@@ -37,9 +37,10 @@ transactions (``BEGIN IMMEDIATE``, busy timeout) and, for ``index.json``, an exc
 ``fcntl.flock``. OSError and sqlite3.Error never leave this module: they become a
 ``StoreError`` naming the store and what the user can do.
 
-What ``index.json`` lists, and the annotation a Docker schema2 image's converted OCI
-manifest carries (``io.github.imagec-pipe.original-manifest-digest``), is documented in
-``pipeline._oci``.
+What ``index.json`` lists, when an image is listed through a converted OCI manifest (a
+Docker schema2 image, an OCI manifest naming Docker media types) and the annotation
+that manifest carries (``io.github.imagec-pipe.original-manifest-digest``) are
+documented in ``pipeline._oci``.
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ class ImageRecord:
     ``image_id`` the config digest; ``size`` the bytes of config plus compressed layers;
     ``pulled_at`` (UTC) when this reference was last pulled. ``media_type`` is the
     registry manifest's; ``oci_manifest_digest`` the manifest index.json lists (equal to
-    ``manifest_digest`` unless it was converted from Docker schema2).
+    ``manifest_digest`` unless it was converted: from Docker schema2, or from an OCI
+    manifest naming Docker media types).
     """
 
     ref: str
@@ -973,11 +975,12 @@ class Store:
     def record_image(self, resolved: ResolvedImage) -> RecordedImage:
         """Record a pulled image whose layers are all committed.
 
-        In order: config, manifest (and index) blobs; for Docker schema2, the converted
-        OCI manifest; the database rows in one transaction; last, the index.json entry
-        (which replaces any entry of the same reference name). The store's lock is held
-        from the transaction to the entry, so that ``Store.open`` in another process never
-        takes the moment between them for an interrupted pull.
+        In order: config, manifest (and index) blobs; for Docker schema2 or an OCI
+        manifest naming Docker media types, the converted OCI manifest; the database rows
+        in one transaction; last, the index.json entry (which replaces any entry of the
+        same reference name). The store's lock is held from the transaction to the entry,
+        so that ``Store.open`` in another process never takes the moment between them for
+        an interrupted pull.
 
         A reference with a digest (``name@sha256:…``, also ``name:tag@sha256:…``, where
         the digest wins as it does for docker) is recorded as ``name@digest`` without a
@@ -1047,29 +1050,33 @@ class Store:
     def _oci_manifest(
         self, resolved: ResolvedImage, ref_name: str
     ) -> tuple[Digest, int, Digest | None]:
-        """The manifest index.json lists: (digest, size, original digest if converted)."""
+        """The manifest index.json lists: (digest, size, original digest if converted).
+
+        The registry's own manifest when it is OCI through and through; else an OCI
+        manifest converted from it (``_oci.needs_conversion`` says which, the config's and
+        the layers' media types included: an OCI manifest naming a Docker config is as
+        unreadable to skopeo and umoci as a Docker schema2 one).
+        """
         media_type = resolved.manifest_media_type
-        if media_type == MediaType.OCI_MANIFEST:
+        if media_type not in MediaType.MANIFESTS:
+            raise StoreError(
+                f"cannot record image {ref_name} in store {self.path}: manifest media type "
+                f"{media_type!r} is not an image manifest",
+                ref=ref_name,
+                digest=str(resolved.manifest_digest),
+            )
+        if not _oci.needs_conversion(media_type, (resolved.config, *resolved.layers)):
             return resolved.manifest_digest, len(resolved.manifest_bytes), None
-        if media_type == MediaType.DOCKER_MANIFEST:
-            try:
-                data, digest = _oci.docker_to_oci_manifest(
-                    resolved.manifest_bytes, resolved.manifest_digest
-                )
-            except _oci.ConversionError as exc:
-                raise StoreError(
-                    f"cannot list image {ref_name} in store {self.path} as OCI: {exc}",
-                    ref=ref_name,
-                    digest=str(resolved.manifest_digest),
-                ) from exc
-            self.write_blob(digest, data)
-            return digest, len(data), resolved.manifest_digest
-        raise StoreError(
-            f"cannot record image {ref_name} in store {self.path}: manifest media type "
-            f"{media_type!r} is not an image manifest",
-            ref=ref_name,
-            digest=str(resolved.manifest_digest),
-        )
+        try:
+            data, digest = _oci.to_oci_manifest(resolved.manifest_bytes, resolved.manifest_digest)
+        except _oci.ConversionError as exc:
+            raise StoreError(
+                f"cannot list image {ref_name} in store {self.path} as OCI: {exc}",
+                ref=ref_name,
+                digest=str(resolved.manifest_digest),
+            ) from exc
+        self.write_blob(digest, data)
+        return digest, len(data), resolved.manifest_digest
 
     def _insert_image(
         self,

@@ -1168,6 +1168,42 @@ def test_e2e_pull_json_then_up_to_date_then_list(
     assert record["index"]["manifests"][0]["digest"] in {i.digest for i in index.images}
 
 
+def test_e2e_an_oci_manifest_naming_docker_media_types_lists_pulls_again_and_inspects(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """The store lists such an image through a converted manifest; what the commands
+    show is still the registry's image: its manifest, its layers' media types."""
+    from tests.support import images
+
+    image = images.docker_typed_oci_image(unique_seed)
+    registry.push(unique_repo, image, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = str(tmp_path / "store")
+    first = run_cli("pull", ref, "--store", store)
+    assert first.returncode == 0, first.stderr
+
+    again = run_cli("pull", ref, "--store", store)
+    assert again.returncode == 0, again.stderr
+    out = again.stdout.splitlines()
+    for layer in image.layers:
+        assert f"{layer.digest[7:19]}: Already exists" in out
+    assert out[-3:] == [f"Digest: {image.digest}", f"Status: Image is up to date for {ref}", ref]
+
+    layers = run_cli("layers", ref, "--store", store, "--json")
+    assert layers.returncode == 0, layers.stderr
+    assert [(x["digest"], x["diff_id"], x["media_type"]) for x in json.loads(layers.stdout)] == [
+        (x.digest, x.diff_id, x.media_type) for x in image.layers
+    ]
+
+    inspected = run_cli("inspect", ref, "--store", store)
+    assert inspected.returncode == 0, inspected.stderr
+    shown = json.loads(inspected.stdout)
+    assert shown["manifest"] == image.manifest.json()  # the registry's, not the converted
+    assert shown["record"]["manifest_digest"] == image.digest
+    assert shown["record"]["oci_manifest_digest"] != image.digest
+    assert shown["config"]["rootfs"]["diff_ids"] == list(image.diff_ids)
+
+
 def test_e2e_worker_processes_log_like_the_cli(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.support.servers import Reply
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ORIGINAL_DIGEST = "io.github.imagec-pipe.original-manifest-digest"
 
 
 def assert_store_consistent(store_path: Path) -> None:
@@ -712,6 +715,104 @@ async def test_umoci_unpacks_a_pulled_image(
     rootfs = tmp_path / "bundle" / "rootfs"
     assert (rootfs / "etc/hello.txt").read_bytes() == files["etc/hello.txt"]
     assert (rootfs / "bin/tool").read_bytes() == files["bin/tool"]
+
+
+DOCKER_TYPED = pytest.mark.parametrize(
+    ("docker_config", "docker_layers"),
+    [(True, True), (True, False), (False, True)],
+    ids=["docker-config-and-layers", "docker-config", "docker-layers"],
+)
+
+
+@DOCKER_TYPED
+async def test_an_oci_manifest_with_docker_media_types_is_listed_converted(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    docker_config: bool,
+    docker_layers: bool,
+) -> None:
+    """Some tools push OCI manifests naming Docker media types; the store lists them
+    through a converted OCI manifest (OCI readers refused the registry's), keeps the
+    registry's bytes, and a second pull finds the image and its layers there."""
+    image = images.docker_typed_oci_image(
+        unique_seed, docker_config=docker_config, docker_layers=docker_layers
+    )
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options())
+
+    assert str(result.manifest_digest) == image.digest
+    entry = index_entries(store.path)[ref]
+    assert entry["digest"] != image.digest
+    assert entry["annotations"][ORIGINAL_DIGEST] == image.digest
+    converted = json.loads((store.path / "blobs/sha256" / entry["digest"][7:]).read_bytes())
+    assert converted["mediaType"] == pipeline.MediaType.OCI_MANIFEST
+    assert converted["config"] == {
+        "mediaType": pipeline.MediaType.OCI_CONFIG,
+        "digest": image.image_id,
+        "size": image.config.size,
+    }
+    assert [(x["mediaType"], x["digest"]) for x in converted["layers"]] == [
+        (pipeline.MediaType.OCI_LAYER_GZIP, image.layers[0].digest),
+        (pipeline.MediaType.OCI_LAYER, image.layers[1].digest),
+    ]
+    assert converted["annotations"][ORIGINAL_DIGEST] == image.digest
+    assert (store.path / "blobs/sha256" / image.digest[7:]).read_bytes() == image.manifest.data
+    [record] = store.list_images()
+    assert record.media_type == pipeline.MediaType.OCI_MANIFEST
+    assert str(record.oci_manifest_digest) == entry["digest"]
+
+    again = await pipeline.pull(ref, store=Store.open(store.path), options=options())
+
+    assert {layer.status for layer in again.layers} == {"exists"}
+    assert again.up_to_date
+    assert index_entries(store.path)[ref] == entry  # the same converted bytes
+    assert_store_consistent(store.path)
+
+
+@DOCKER_TYPED
+@pytest.mark.parametrize("tool", ["skopeo", "umoci"])
+async def test_oci_tools_read_a_pulled_oci_manifest_with_docker_media_types(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    tool: str,
+    docker_config: bool,
+    docker_layers: bool,
+) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    image = images.docker_typed_oci_image(
+        unique_seed, docker_config=docker_config, docker_layers=docker_layers
+    )
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+    await pipeline.pull(ref, store=store, options=options())
+    out = tmp_path / "bundle"
+    if tool == "skopeo":  # inspect reads the config, as a copy to dir: does not
+        argv = ["skopeo", "inspect", f"oci:{store.path}:{ref}"]
+    else:
+        argv = ["umoci", "unpack", "--rootless", "--image", f"{store.path}:{ref}", str(out)]
+
+    done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+
+    assert done.returncode == 0, done.stderr
+    if tool == "skopeo":
+        inspected = json.loads(done.stdout)
+        assert inspected["Layers"] == [layer.digest for layer in image.layers]
+        assert (inspected["Os"], inspected["Architecture"]) == ("linux", "amd64")
+    else:
+        names = set()
+        for layer in image.layers:
+            with tarfile.open(fileobj=io.BytesIO(layer.tar)) as tar:
+                names |= set(tar.getnames())
+        assert names and all((out / "rootfs" / name).exists() for name in names)
 
 
 # --- layer workers in processes ------------------------------------------------------

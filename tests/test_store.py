@@ -42,6 +42,8 @@ AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
 APP = Reference("127.0.0.1:5000", "team/app", "1.0")
 ALPINE = Reference("docker.io", "library/alpine", "latest")
+# An OCI manifest naming Docker media types, as some build tools push.
+MIXED = Reference("127.0.0.1:5000", "team/mixed", "2.0")
 
 
 def sha(data: bytes) -> Digest:
@@ -72,10 +74,15 @@ def build_image(
     content: bytes = b"hello\n",
     platform: Platform = AMD64,
     with_index: bool = False,
+    config_type: str | None = None,
+    layer_type: str | None = None,
 ) -> tuple[ResolvedImage, list[tuple[bytes, VerifiedLayer]]]:
-    """A one-layer image as resolve_image would return it, plus its layer bytes."""
+    """A one-layer image as resolve_image would return it, plus its layer bytes.
+
+    ``config_type`` and ``layer_type`` override the media types ``docker`` gives (an OCI
+    manifest naming Docker types, as some build tools push)."""
     raw, gz = make_layer({"hello.txt": content})
-    layer_type = MediaType.DOCKER_LAYER_GZIP if docker else MediaType.OCI_LAYER_GZIP
+    layer_type = layer_type or (MediaType.DOCKER_LAYER_GZIP if docker else MediaType.OCI_LAYER_GZIP)
     layer = Descriptor(layer_type, sha(gz), len(gz))
     config_bytes = dumps(
         {
@@ -86,7 +93,7 @@ def build_image(
             "rootfs": {"type": "layers", "diff_ids": [str(sha(raw))]},
         }
     )
-    config_type = MediaType.DOCKER_CONFIG if docker else MediaType.OCI_CONFIG
+    config_type = config_type or (MediaType.DOCKER_CONFIG if docker else MediaType.OCI_CONFIG)
     config = Descriptor(config_type, sha(config_bytes), len(config_bytes))
     manifest_type = MediaType.DOCKER_MANIFEST if docker else MediaType.OCI_MANIFEST
     manifest_bytes = dumps(
@@ -554,6 +561,95 @@ def test_record_docker_image_lists_converted_manifest(tmp_path: Path) -> None:
     assert_blobs_verified(store)
 
 
+@pytest.mark.parametrize(
+    ("config_type", "layer_type"),
+    [
+        (MediaType.DOCKER_CONFIG, MediaType.DOCKER_LAYER_GZIP),
+        (MediaType.DOCKER_CONFIG, MediaType.OCI_LAYER_GZIP),
+        (MediaType.OCI_CONFIG, MediaType.DOCKER_LAYER_GZIP),
+    ],
+    ids=["docker-config-and-layers", "docker-config", "docker-layers"],
+)
+def test_record_oci_manifest_naming_docker_media_types_lists_converted_manifest(
+    tmp_path: Path, config_type: str, layer_type: str
+) -> None:
+    # It listed the registry's manifest as it was: skopeo took the Docker config for an
+    # artifact's and umoci refused it, and a Docker layer type too.
+    store = Store.open(tmp_path / "s")
+    types = {"config_type": config_type, "layer_type": layer_type}
+    resolved = pull_into(store, APP, **types)
+    assert resolved.manifest_media_type == MediaType.OCI_MANIFEST
+    [entry] = read_index(store)["manifests"]
+    assert entry["mediaType"] == MediaType.OCI_MANIFEST
+    assert entry["digest"] != str(resolved.manifest_digest)
+    assert entry["annotations"] == {
+        _oci.REF_NAME_ANNOTATION: "127.0.0.1:5000/team/app:1.0",
+        _oci.ORIGINAL_DIGEST_ANNOTATION: str(resolved.manifest_digest),
+    }
+    converted_bytes = store.read_blob(Digest.parse(entry["digest"]))
+    assert entry["size"] == len(converted_bytes)
+    converted = json.loads(converted_bytes)
+    assert converted["config"] == {
+        "mediaType": MediaType.OCI_CONFIG,
+        "digest": str(resolved.config.digest),
+        "size": resolved.config.size,
+    }
+    assert converted["layers"] == [
+        {
+            "mediaType": MediaType.OCI_LAYER_GZIP,
+            "digest": str(resolved.layers[0].digest),
+            "size": resolved.layers[0].size,
+        }
+    ]
+    assert converted["annotations"] == {
+        _oci.ORIGINAL_DIGEST_ANNOTATION: str(resolved.manifest_digest)
+    }
+    assert store.read_blob(resolved.manifest_digest) == resolved.manifest_bytes
+    [record] = store.list_images()
+    assert record.media_type == MediaType.OCI_MANIFEST
+    assert record.manifest_digest == resolved.manifest_digest
+    assert record.oci_manifest_digest == Digest.parse(entry["digest"])
+    assert [la.media_type for la in store.image_layers(record)] == [layer_type]
+    # Recorded again: the same converted manifest, and the reference named it already.
+    resolved, _ = build_image(APP, **types)
+    assert store.record_image(resolved).unchanged
+    assert read_index(store)["manifests"] == [entry]
+    assert_blobs_verified(store)
+
+
+def test_conversion_of_an_oci_manifest_keeps_what_only_oci_has() -> None:
+    original = Digest.from_hex("1" * 64)
+    subject = {"mediaType": MediaType.OCI_MANIFEST, "digest": "sha256:" + "4" * 64, "size": 7}
+    doc: dict[str, Any] = {  # no mediaType: OCI allows leaving it out
+        "schemaVersion": 2,
+        "config": {"mediaType": MediaType.DOCKER_CONFIG, "digest": "sha256:" + "2" * 64, "size": 3},
+        "layers": [
+            {"mediaType": MediaType.OCI_LAYER_ZSTD, "digest": "sha256:" + "3" * 64, "size": 5}
+        ],
+        "subject": subject,
+        "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+    }
+    data, digest = _oci.to_oci_manifest(json.dumps(doc).encode(), original)
+    assert digest == sha(data)
+    assert json.loads(data) == {
+        "schemaVersion": 2,
+        "mediaType": MediaType.OCI_MANIFEST,
+        "config": {"mediaType": MediaType.OCI_CONFIG, "digest": "sha256:" + "2" * 64, "size": 3},
+        "layers": doc["layers"],
+        "subject": subject,
+        "annotations": {
+            "org.opencontainers.image.created": "2024-01-01T00:00:00Z",
+            _oci.ORIGINAL_DIGEST_ANNOTATION: str(original),
+        },
+    }
+    config = Descriptor(MediaType.OCI_CONFIG, original, 3)
+    zstd = Descriptor(MediaType.OCI_LAYER_ZSTD, original, 5)
+    docker_layer = Descriptor(MediaType.DOCKER_LAYER, original, 5)
+    assert not _oci.needs_conversion(MediaType.OCI_MANIFEST, [config, zstd])
+    assert _oci.needs_conversion(MediaType.OCI_MANIFEST, [config, zstd, docker_layer])
+    assert _oci.needs_conversion(MediaType.DOCKER_MANIFEST, [config, zstd])
+
+
 def test_conversion_of_foreign_layers_and_rejects() -> None:
     original = Digest.from_hex("1" * 64)
     doc: dict[str, Any] = {
@@ -569,7 +665,7 @@ def test_conversion_of_foreign_layers_and_rejects() -> None:
             }
         ],
     }
-    data, digest = _oci.docker_to_oci_manifest(json.dumps(doc).encode(), original)
+    data, digest = _oci.to_oci_manifest(json.dumps(doc).encode(), original)
     assert digest == sha(data)
     out = json.loads(data)
     assert out["layers"] == [
@@ -582,9 +678,9 @@ def test_conversion_of_foreign_layers_and_rejects() -> None:
     ]
     doc["layers"][0]["mediaType"] = "application/x-unknown"
     with pytest.raises(_oci.ConversionError, match="no OCI equivalent"):
-        _oci.docker_to_oci_manifest(json.dumps(doc).encode(), original)
-    with pytest.raises(_oci.ConversionError, match="not a Docker schema2"):
-        _oci.docker_to_oci_manifest(b'{"mediaType": "x"}', original)
+        _oci.to_oci_manifest(json.dumps(doc).encode(), original)
+    with pytest.raises(_oci.ConversionError, match="not a Docker schema2 or OCI image manifest"):
+        _oci.to_oci_manifest(b'{"mediaType": "x"}', original)
 
 
 def test_record_image_requires_committed_layers(tmp_path: Path) -> None:
@@ -897,6 +993,13 @@ def populated(tmp_path: Path) -> Store:
     store = Store.open(tmp_path / "store")
     pull_into(store, APP, content=b"oci image\n")
     pull_into(store, ALPINE, docker=True, content=b"docker image\n")
+    pull_into(
+        store,
+        MIXED,
+        content=b"docker types in oci\n",
+        config_type=MediaType.DOCKER_CONFIG,
+        layer_type=MediaType.DOCKER_LAYER_GZIP,
+    )
     app = build_image(APP, content=b"oci image\n")[0]
     by_digest = Reference(APP.registry, APP.repository, None, app.manifest_digest)
     pull_into(store, by_digest, content=b"oci image\n")
@@ -1001,6 +1104,7 @@ def test_a_store_on_a_read_only_mount_can_be_read(populated: Store, read_only_mo
 NAMES = [
     ("127.0.0.1:5000/team/app:1.0", b"oci image\n"),
     ("docker.io/library/alpine:latest", b"docker image\n"),
+    ("127.0.0.1:5000/team/mixed:2.0", b"docker types in oci\n"),
 ]
 
 
@@ -1033,8 +1137,15 @@ def test_skopeo_reads_store(populated: Store, tmp_path: Path) -> None:
         assert copied.returncode == 0, copied.stderr
         manifest = json.loads((out / "manifest.json").read_bytes())
         assert manifest["mediaType"] == MediaType.OCI_MANIFEST
+        assert manifest["config"]["mediaType"] == MediaType.OCI_CONFIG
         for layer in manifest["layers"]:
+            assert layer["mediaType"] == MediaType.OCI_LAYER_GZIP
             assert (out / Digest.parse(layer["digest"]).hex).exists()
+        # A copy to dir: never reads the config; inspect does (and took a Docker one for
+        # an artifact's).
+        inspected = _run(["skopeo", "inspect", f"oci:{populated.path}:{name}"], tmp_path)
+        assert inspected.returncode == 0, inspected.stderr
+        assert json.loads(inspected.stdout)["Architecture"] == "amd64"
 
 
 def test_ingest_starts_writeback_as_it_goes(
