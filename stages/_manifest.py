@@ -75,13 +75,15 @@ async def resolve_image(
 ) -> ResolvedImage:
     """Fetch and check what ``ref`` names: (index →) manifest → config.
 
-    An index is resolved to the entry for ``platform`` (an exact variant preferred), or
-    else to its first entry naming no platform, whose config must then be for
-    ``platform``; the config's ``rootfs.diff_ids`` are matched one to one with the
-    manifest's layers. A single manifest is taken for the platform its config names,
-    unless ``platform_asked`` (the user chose ``platform``): then another OS, architecture
-    or variant is refused, as docker refuses it, rather than storing an image the user
-    said they did not want. A variant counts only when both sides name one.
+    An index is resolved to the entry for ``platform`` (an exact variant preferred, else
+    the closest older ARM version it runs), or else to its first entry naming no
+    platform, whose config must then be for ``platform``; the config's
+    ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A single
+    manifest is taken for the platform its config names, unless ``platform_asked`` (the
+    user chose ``platform``): then another OS, architecture or variant is refused, as
+    docker refuses it, rather than storing an image the user said they did not want. A
+    config's variant counts only when both sides name one, and by the same rule as an
+    index entry's (an ``arm/v7`` request takes an ``arm/v6`` config).
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -419,21 +421,19 @@ def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Des
 
 
 def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Digest) -> Descriptor:
-    """The entry for ``wanted``: among matches, an exact variant first (``linux/arm``
-    asks for any variant and prefers the default one, v7), else the first; with no
-    match, the first entry naming no platform (OCI makes it optional), which its config
-    then decides, as containerd does. Attestation manifests are never chosen."""
+    """The entry for ``wanted``: among matches, the best ranked by ``Platform.rank`` (the
+    same platform, else the closest older ARM version: ``arm/v7`` takes ``arm/v6``;
+    ``linux/arm`` asks for any variant and prefers v7, then v6 and v5), the first of
+    equals; with no match, the first entry naming no platform (OCI makes it optional),
+    which its config then decides, as containerd does. Attestation manifests are never
+    chosen."""
     candidates = _candidates(entries)
-    matches = [
-        entry
-        for entry in candidates
-        if entry.platform is not None and wanted.matches(entry.platform)
-    ]
-    exact = [
-        entry
-        for entry in matches
-        if entry.platform is not None and entry.platform.normalized() == wanted.normalized()
-    ]
+    ranked = sorted(
+        (rank, position, entry)
+        for position, entry in enumerate(candidates)
+        if entry.platform is not None and (rank := wanted.rank(entry.platform)) is not None
+    )
+    matches = [entry for _, _, entry in ranked]
     unplaced = [entry for entry in candidates if entry.platform is None]
     if not (matches or unplaced):
         _refuse_unpullable_match(entries, wanted, where, digest)
@@ -443,7 +443,7 @@ def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Dig
             ref=where,
             digest=str(digest),
         )
-    chosen = (exact or matches or unplaced)[0]
+    chosen = (matches or unplaced)[0]
     if chosen.media_type in MediaType.INDEXES:
         raise ManifestError(
             f"the index entry for {wanted} is another index; nested indexes are not supported",
@@ -558,11 +558,14 @@ def _same_system(a: Platform, b: Platform) -> bool:
 
 
 def _satisfies(image: Platform, wanted: Platform) -> bool:
-    """Whether an image whose config says ``image`` is for ``wanted``: the same OS and
-    architecture, and the same variant when both name one (configs often omit it)."""
-    if not _same_system(image, wanted):
-        return False
-    return image.variant is None or wanted.variant is None or image.variant == wanted.variant
+    """Whether an image whose config says ``image`` is for ``wanted``: the rule an index
+    entry is chosen by (``Platform.matches``: the same variant, or an older ARM version
+    that ``wanted`` runs), except that a config without a variant leaves the choice to OS
+    and architecture (configs often omit it, where an index entry's omission means the
+    default variant)."""
+    if image.variant is None:
+        return _same_system(image, wanted)
+    return wanted.matches(image)
 
 
 def _config_platform(doc: Mapping[str, Any], where: str, digest: Digest) -> Platform | None:

@@ -147,6 +147,19 @@ _DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
 # One part of os/arch/variant: Go's GOOS and GOARCH names and OCI's variants are all
 # made of these; whitespace or a non-ASCII letter is a typing slip, not a platform.
 _PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# An ARM version as a variant names it (v5 … v8; three digits at most, so that int() of a
+# user's typo stays cheap), and the oldest one an ARM CPU is taken to run (containerd's
+# platforms.Only stops there too).
+_ARM_VERSION = re.compile(r"v([0-9]{1,3})")
+_OLDEST_ARM_VERSION = 5
+# Platform.rank of an entry of another variant, for a request that names none: after the
+# same platform and every older ARM version (at most 999 versions older).
+_ANY_VARIANT = 1000
+
+
+def _arm_version(variant: str | None) -> int | None:
+    match = _ARM_VERSION.fullmatch(variant or "")
+    return int(match[1]) if match else None
 
 
 @dataclass(frozen=True)
@@ -192,17 +205,44 @@ class Platform:
         return cls(system, arch, variant)
 
     def matches(self, other: Platform) -> bool:
-        """Whether an index entry ``other`` satisfies this requested platform.
+        """Whether an index entry (or an image config) ``other`` satisfies this requested
+        platform: ``rank`` is not None."""
+        return self.rank(other) is not None
 
-        A request without a variant takes any variant; a missing variant on either side
-        is the architecture's default one (``arm64`` v8, ``arm`` v7), as containerd's
-        ``platforms.Normalize`` makes it: an entry ``linux/arm`` is ``linux/arm/v7``.
+    def rank(self, other: Platform) -> int | None:
+        """How well ``other`` (an index entry's platform) serves this requested platform,
+        lower is better: 0 the same platform; ``n`` an ARM version ``n`` older that this
+        one runs; ``None`` not at all.
+
+        A missing variant on either side is the architecture's default one (``arm64`` v8,
+        ``arm`` v7), as containerd's ``platforms.Normalize`` makes it: an entry
+        ``linux/arm`` is ``linux/arm/v7``. As containerd's ``platforms.Only``, a 32-bit
+        ARM CPU runs the code of the ARM versions before its own, down to v5: ``arm/v8``
+        takes v7, then v6, then v5; ``arm/v7`` v6 then v5; ``arm/v6`` v5; never a newer
+        one. A request without a variant (``linux/arm``: v7 preferred) takes any variant
+        after those.
+
+        No other architecture is a fallback, although containerd makes ``386`` one for
+        ``amd64`` and ``arm`` for ``arm64``: a different architecture is a different
+        machine (an arm64 CPU or kernel without 32-bit support, an amd64 system without
+        32-bit libraries), and an error listing the index's platforms, from which the
+        user can choose one with ``--platform``, is a better answer than an image that may
+        not run.
         """
         if self.os != other.os or self.architecture != other.architecture:
-            return False
-        if self.variant is None:
-            return True
-        return self.normalized().variant == other.normalized().variant
+            return None
+        wanted, offered = self.normalized().variant, other.normalized().variant
+        if wanted == offered:
+            return 0
+        if self.architecture == "arm":
+            wanted_version, offered_version = _arm_version(wanted), _arm_version(offered)
+            if (
+                wanted_version is not None
+                and offered_version is not None
+                and _OLDEST_ARM_VERSION <= offered_version < wanted_version
+            ):
+                return wanted_version - offered_version
+        return _ANY_VARIANT if self.variant is None else None
 
     def normalized(self) -> Platform:
         """This platform with its architecture's default variant filled in, if any: what

@@ -254,6 +254,83 @@ async def test_an_arm_entry_without_a_variant_is_v7() -> None:
         await resolve(reg, platform=Platform("linux", "arm", "v6"))
 
 
+def _arm_entry(reg: Registry, variant: str) -> dict[str, Any]:
+    """An index entry for linux/arm/<variant>, whose config says so, of a layer of its own."""
+    doc = manifest(
+        reg, config(arch="arm", variant=variant, diff_ids=1), layers=[layer(int(variant[1:]))]
+    )
+    return index_entry(reg, doc, {"os": "linux", "architecture": "arm", "variant": variant})
+
+
+async def test_arm_falls_back_to_the_closest_older_version() -> None:
+    # As containerd's platforms.Only: an ARMv7 CPU runs ARMv6 and ARMv5 code. It said "no
+    # manifest for linux/arm/v7; it has: linux/amd64, linux/arm/v5, linux/arm/v6".
+    reg = Registry()
+    v5, v6, v7, v8 = (_arm_entry(reg, v) for v in ("v5", "v6", "v7", "v8"))
+    amd = index_entry(reg, manifest(reg), AMD64.to_json())
+    _index(reg, [amd, v5, v6])
+    # The closest first, not the first listed; `linux/arm` is v7 preferred, then older.
+    for asked in ("linux/arm/v7", "linux/arm/v8", "linux/arm"):
+        image = await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
+        assert str(image.manifest_digest) == v6["digest"], asked
+        assert image.platform == Platform("linux", "arm", "v6")
+    image = await resolve(reg, platform=Platform("linux", "arm", "v6"), platform_asked=True)
+    assert str(image.manifest_digest) == v6["digest"]
+    _index(reg, [v5, amd])
+    image = await resolve(reg, platform=Platform("linux", "arm", "v6"), platform_asked=True)
+    assert str(image.manifest_digest) == v5["digest"]
+    # The exact variant wins over every fallback, wherever it is listed.
+    _index(reg, [v5, v6, v8, v7])
+    for asked, entry in (("linux/arm/v7", v7), ("linux/arm", v7), ("linux/arm/v8", v8)):
+        image = await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
+        assert str(image.manifest_digest) == entry["digest"], asked
+    # `linux/arm` takes a newer version only when no older one is there.
+    _index(reg, [v8, v6])
+    image = await resolve(reg, platform=Platform("linux", "arm"))
+    assert str(image.manifest_digest) == v6["digest"]
+    _index(reg, [v8])
+    image = await resolve(reg, platform=Platform("linux", "arm"))
+    assert str(image.manifest_digest) == v8["digest"]
+
+
+@pytest.mark.parametrize(
+    "asked", ["linux/arm/v6", "linux/arm/v5", "linux/arm/v4", "linux/amd64", "linux/arm64"]
+)
+async def test_no_fallback_to_a_newer_arm_version_nor_to_another_architecture(asked: str) -> None:
+    # A v6 CPU cannot run v7 code; an amd64 or arm64 machine is not a 386 or arm one.
+    reg = Registry()
+    i386 = index_entry(
+        reg, manifest(reg, config(arch="386")), {"os": "linux", "architecture": "386"}
+    )
+    _index(reg, [i386, _arm_entry(reg, "v7")])
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
+    assert str(info.value).startswith(
+        f"the image has no manifest for {asked}; it has: linux/386, linux/arm/v7. Choose one"
+    )
+
+
+async def test_a_config_of_an_older_arm_version_serves_a_newer_one_asked_for() -> None:
+    # The rule an index entry is chosen by, for the platform a config names: a single
+    # manifest, and an index entry without a platform. It said "the image is for
+    # linux/arm/v6, not linux/arm/v7 as asked".
+    reg = Registry()
+    v6_doc = manifest(reg, config(arch="arm", variant="v6"))
+    reg.add_manifest(dumps(v6_doc), MediaType.OCI_MANIFEST, "latest")
+    for asked in (Platform("linux", "arm", "v7"), Platform("linux", "arm", "v8")):
+        image = await resolve(reg, platform=asked, platform_asked=True)
+        assert image.platform == Platform("linux", "arm", "v6")
+    with pytest.raises(PlatformNotFound, match="is for linux/arm/v6, not linux/arm/v5 as asked"):
+        await resolve(reg, platform=Platform("linux", "arm", "v5"), platform_asked=True)
+    unplaced = index_entry(reg, v6_doc, None)
+    _index(reg, [unplaced])
+    image = await resolve(reg, platform=Platform("linux", "arm", "v7"), platform_asked=True)
+    assert str(image.manifest_digest) == unplaced["digest"]
+    assert image.platform == Platform("linux", "arm", "v6")
+    with pytest.raises(PlatformNotFound, match=r"\(its config says linux/arm/v6\)"):
+        await resolve(reg, platform=Platform("linux", "arm", "v5"), platform_asked=True)
+
+
 async def test_an_index_entry_for_the_platform_that_is_no_image_says_so() -> None:
     # It said "no manifest for linux/amd64; it has: linux/amd64".
     reg = Registry()

@@ -655,6 +655,30 @@ async def test_index_without_this_platform_lists_what_it_has(
     assert "linux/amd64" in message and "linux/arm64" in message
 
 
+async def test_arm_v7_takes_the_closest_older_arm_version_an_index_has(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    platforms = ("linux/amd64", "linux/arm/v5", "linux/arm/v6")
+    index = images.sample_index(unique_seed, platforms=platforms, layer_size=32 * 1024)
+    registry.push(unique_repo, index, "multi")
+    ref = registry.ref(unique_repo, "multi")
+    want = index.image_for("linux/arm/v6")
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(
+        ref, store=store, options=options(platform=Platform("linux", "arm", "v7"))
+    )
+
+    assert str(result.manifest_digest) == want.digest
+    assert result.platform == Platform("linux", "arm", "v6")
+    assert index_entries(store.path)[ref]["platform"] == want.platform_dict
+    assert_store_consistent(store.path)
+    message = await pull_fails(
+        ref, tmp_path / "s2", pipeline.PlatformNotFound, platform=Platform("linux", "arm64")
+    )
+    assert "it has: linux/amd64, linux/arm/v5, linux/arm/v6. Choose" in message
+
+
 # --- standard OCI tools read the store -----------------------------------------------
 
 
