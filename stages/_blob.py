@@ -109,7 +109,7 @@ async def blob_stream(
     async with send:
         transfer = _Transfer(started=time.perf_counter())
 
-        def retrying_from(error: ImagecError, retry: int, wait_s: float) -> None:
+        def report_retry(error: ImagecError, retry: int, wait_s: float) -> None:
             if progress is not None:
                 progress(
                     ProgressEvent(
@@ -122,7 +122,7 @@ async def blob_stream(
                 _attempt, source, ref, layer, limits, send, progress, transfer, clock
             ),
             limits,
-            on_retry=retrying_from,
+            on_retry=report_retry,
         )
         clock.network_s = time.perf_counter() - transfer.started
 
