@@ -18,9 +18,13 @@ every exit, an exception or a cancellation in one pull never leaves the others w
 forever, and one pull cancelling does not cancel the download of another (each waiter
 runs its own download in its own task).
 
-Later, the cross-process claim (a row in the store's database plus a file lock, a dead
-owner's claim recovered) goes inside ``download`` around the in-process lock, without
-changing this interface.
+Across processes (and across ``Store`` objects of one store) the same holds through the
+store's claim (``Store.try_claim_layer``: a file lock in ``ingest/``, which the kernel
+releases when its holder dies): the holder of the in-process slot takes the claim too
+before it looks the layer up, polling every ``CLAIM_POLL_S`` while another process
+holds it. Only the slot's holder polls, so a process asks once per layer, however many
+of its pulls wait. A dead owner's claim is free at once; a waiter then finds the layer
+absent and downloads it itself.
 """
 
 from __future__ import annotations
@@ -28,20 +32,37 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from stages._types import Digest
 
-__all__ = ["DownloadTicket", "LCache"]
+__all__ = ["CLAIM_POLL_S", "Claim", "DownloadTicket", "LCache"]
+
+# How often a layer claimed by another process is asked for again. Its holder is
+# downloading it: a twentieth of a second is nothing beside that, and a claim costs an
+# open, a flock and a close.
+CLAIM_POLL_S = 0.05
+
+
+class Claim(Protocol):
+    """A held cross-process claim on one layer (``pipeline._store.LayerClaim``)."""
+
+    def release(self) -> None: ...
+
+
+# Takes the claim on a digest, or returns None when someone else holds it; never waits.
+ClaimTaker = Callable[[Digest], Claim | None]
 
 
 @dataclass(frozen=True)
 class DownloadTicket:
     """The right to download one layer, held until the ``download`` block exits.
 
-    ``waited`` is True when another holder had the digest first and this caller waited
-    for it (the layer, if the store has it now, was shared rather than already there).
+    ``waited`` is True when another holder (in this process or another) had the digest
+    first and this caller waited for it (the layer, if the store has it now, was shared
+    rather than already there).
     """
 
     digest: Digest
@@ -63,8 +84,11 @@ class LCache:
     number of layers ever pulled.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, claim: ClaimTaker | None = None) -> None:
+        """``claim``: the store's cross-process claim (``Store.try_claim_layer``); None
+        for a cache that excludes the tasks of this process only."""
         self._entries: dict[Digest, _Entry] = {}
+        self._claim = claim
 
     def busy(self, digest: Digest) -> bool:
         """Whether some task holds (or waits for) ``digest`` right now."""
@@ -77,8 +101,9 @@ class LCache:
         """Hold the download slot of ``digest`` for the duration of the block.
 
         If another task holds it, wait (calling ``on_wait`` once first, e.g. to report
-        "layer-shared") and take the slot when that holder leaves. The slot is released
-        however the block exits.
+        "layer-shared") and take the slot when that holder leaves; then, likewise, the
+        store's claim if another process holds that. Both are released however the block
+        exits.
         """
         entry = self._entries.get(digest)
         if entry is None:
@@ -89,8 +114,28 @@ class LCache:
             if waited and on_wait is not None:
                 on_wait()
             async with entry.lock:
-                yield DownloadTicket(digest, waited)
+                claim, waited_elsewhere = await self._claimed(digest, None if waited else on_wait)
+                try:
+                    yield DownloadTicket(digest, waited or waited_elsewhere)
+                finally:
+                    if claim is not None:
+                        claim.release()
         finally:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[digest]
+
+    async def _claimed(
+        self, digest: Digest, on_wait: Callable[[], None] | None
+    ) -> tuple[Claim | None, bool]:
+        """The store's claim on ``digest`` (None without a claim taker), and whether
+        another process held it first; polls until it is free."""
+        if self._claim is None:
+            return None, False
+        waited = False
+        while (claim := await trio.to_thread.run_sync(self._claim, digest)) is None:
+            if not waited and on_wait is not None:
+                on_wait()
+            waited = True
+            await trio.sleep(CLAIM_POLL_S)
+        return claim, waited

@@ -94,7 +94,8 @@ class PullOptions:
 @dataclass(frozen=True)
 class LayerReport:
     """What happened to one layer: ``downloaded``, ``exists`` (already in the store)
-    or ``shared`` (another pull in this process downloaded it while we waited)."""
+    or ``shared`` (another pull, of this process or another, downloaded it while we
+    waited)."""
 
     digest: Digest
     diff_id: Digest

@@ -78,6 +78,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ImageRecord",
     "Ingest",
+    "LayerClaim",
     "LayerRecord",
     "RecordedImage",
     "Store",
@@ -182,7 +183,9 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _ID_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 # ingest/ names: "<hex>.<pid>.<random>.partial" and ".<name>.<pid>.<random>.tmp".
-_INGEST_NAME = re.compile(r"[0-9a-f]{64}\.\d+\.[0-9a-f]+\.partial|\..+\.\d+\.[0-9a-f]+\.tmp")
+_INGEST_NAME = re.compile(
+    r"[0-9a-f]{64}\.\d+\.[0-9a-f]+\.partial|\..+\.\d+\.[0-9a-f]+\.tmp|[0-9a-f]{64}\.claim"
+)
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,31 @@ def _create_locked(make_path: Callable[[], Path], mode: int) -> tuple[Path, int]
     raise OSError(errno.EAGAIN, f"new files in {path.parent} are removed as soon as made")
 
 
+class LayerClaim:
+    """The store-wide right to download one layer: an exclusive ``flock`` on
+    ``ingest/<hex>.claim``, held until ``release`` or the holder's death (the kernel
+    lets go of a dead process's locks, so a killed pull never blocks the next one).
+
+    ``release`` unlinks the file while still holding it; a claimer that locked the old
+    file meanwhile sees that the path no longer names it and tries again, so two holders
+    can never both believe they have it (``Store.try_claim_layer``).
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        finally:
+            os.close(fd)
+
+
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
@@ -439,12 +467,14 @@ def store_path(path: str | os.PathLike[str] | None = None) -> Path:
 class Store:
     """An opened store. Create it with ``Store.open``; every method is synchronous.
 
-    ``lcache`` is the in-process layer cache shared by every pull given this object.
+    ``lcache`` is the layer cache shared by every pull given this object: one download
+    per layer among them, and, through ``try_claim_layer``, among every process (and
+    every other ``Store`` object) pulling into the same store.
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.lcache = LCache()
+        self.lcache = LCache(self.try_claim_layer)
         self.read_only = read_only
         self._blobs = path / BLOBS_DIR / "sha256"
         self._ingest = path / INGEST_DIR
@@ -886,6 +916,27 @@ class Store:
             yield ingest
         finally:
             ingest._discard()
+
+    def try_claim_layer(self, digest: Digest) -> LayerClaim | None:
+        """The claim on downloading ``digest`` into this store, or None when another
+        holds it: another process, or another ``Store`` object of this one (flock is per
+        open file). Never waits; ``LCache.download`` polls it."""
+        path = self._ingest / f"{digest.hex}.claim"
+        with self._errors("claim a layer download", digest=digest):
+            for _ in range(_CREATE_ATTEMPTS):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return None
+                try:
+                    if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                        return LayerClaim(path, fd)
+                except FileNotFoundError:
+                    pass
+                os.close(fd)  # released and unlinked by its holder meanwhile: again
+            raise OSError(errno.EAGAIN, f"the claim file {path.name} keeps being replaced")
 
     def commit_layer(self, ingest: Ingest, layer: VerifiedLayer) -> None:
         """Make a verified layer visible: rename into blobs/, then its row. Neither is

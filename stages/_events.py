@@ -24,7 +24,8 @@ class ProgressEvent:
                              ``total`` = the number of layers
       ``layer-waiting``      a layer is queued (``digest``, ``total`` = compressed size)
       ``layer-exists``       a layer is already in the store
-      ``layer-shared``       another pull in this process is downloading it; we wait
+      ``layer-shared``       another pull (of this process or another) downloaded it
+                             while we waited
       ``layer-downloading``  bytes arrived (``current`` of ``total``)
       ``layer-retrying``     the download failed transiently and resumes from ``current``
                              after a wait (threads mode; a worker process logs it)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
@@ -167,3 +169,55 @@ async def test_waiters_served_in_order_and_on_wait_called() -> None:
     assert order == [0, 1, 2, 3]
     assert waits == [1, 2, 3]
     assert cache._entries == {}
+
+
+# --- across processes: the store's claim --------------------------------------------------
+
+
+async def test_two_caches_on_one_store_take_turns_through_its_claim(tmp_path: Path) -> None:
+    """Two Store objects (as two processes would) on one store: the second waits for the
+    first's claim, sees that it waited, and gets the claim once the first lets go."""
+    from pipeline._store import Store
+
+    first, second = Store.open(tmp_path / "s"), Store.open(tmp_path / "s")
+    log: list[str] = []
+    holding, release = trio.Event(), trio.Event()
+
+    async def holder() -> None:
+        async with first.lcache.download(A) as ticket:
+            assert not ticket.waited
+            log.append("first in")
+            holding.set()
+            await release.wait()
+            log.append("first out")
+
+    async def waiter() -> None:
+        async with second.lcache.download(A) as ticket:
+            assert ticket.waited
+            log.append("second in")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holder)
+            await holding.wait()  # the claim is taken in a thread: wait for it
+            nursery.start_soon(waiter)
+            await trio.sleep(0.3)  # several polls
+            assert log == ["first in"]
+            release.set()
+    assert log == ["first in", "first out", "second in"]
+    assert not (tmp_path / "s" / "ingest" / f"{A.hex}.claim").exists()
+
+
+async def test_a_cancelled_claim_waiter_leaves_nothing_held(tmp_path: Path) -> None:
+    from pipeline._store import Store
+
+    first, second = Store.open(tmp_path / "s"), Store.open(tmp_path / "s")
+    with trio.fail_after(10):
+        async with first.lcache.download(A):
+            with trio.move_on_after(0.2) as waited:
+                async with second.lcache.download(A):
+                    pytest.fail("the claim is held by the first store")
+            assert waited.cancelled_caught
+            assert not second.lcache.busy(A)
+        async with second.lcache.download(A) as ticket:  # free now, and at once
+            assert not ticket.waited

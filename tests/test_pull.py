@@ -325,6 +325,34 @@ def cli(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
     )
 
 
+def test_two_processes_pulling_one_image_download_each_layer_once(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """RELIABILITY.md: two processes pulling the same layer into one store: one download,
+    both succeed. Through a slow link, so that both reach each layer while it downloads:
+    one process downloads it, the other waits on the store's claim and finds it there."""
+    image = images.sample_image(unique_seed, layer_size=1024 * 1024, compressions=("none",))
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=2_000_000)
+    store = tmp_path / "store"
+    ref = f"{via.host}/{unique_repo}:1"
+
+    procs = [cli("pull", ref, "--store", str(store), "--json") for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+
+    for proc, (_, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+    for layer in image.layers:
+        assert via.blob_gets(layer.digest) == 1, layer.digest
+    summaries = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+    statuses = sorted(
+        (layer["digest"], layer["status"]) for s in summaries for layer in s["layers"]
+    )
+    big = image.layers[0].digest
+    assert [status for digest, status in statuses if digest == big] == ["downloaded", "shared"]
+    assert_store_consistent(store)
+
+
 def test_two_processes_pull_into_one_store(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

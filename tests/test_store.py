@@ -1195,3 +1195,65 @@ def write_ingest_in_pieces(store: Store, data: bytes, piece: int) -> None:
             ingest.write(data[start : start + piece])
         ingest.sync()
         assert ingest.path.read_bytes() == data
+
+
+# --- the cross-process claim on a layer's download -----------------------------------------
+
+_HOLD_CLAIM = """
+import sys, time
+from pipeline._store import Store
+from stages._types import Digest
+claim = Store.open(sys.argv[1]).try_claim_layer(Digest.from_hex(sys.argv[2]))
+print("held" if claim is not None else "refused", file=sys.stderr, flush=True)
+time.sleep(60)
+"""
+
+
+def _claim_in_another_process(store: Path, digest: Digest) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(  # its answer on stderr: the store's logs go to stdout
+        [sys.executable, "-c", _HOLD_CLAIM, str(store), digest.hex],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert holder.stderr is not None
+    answer = holder.stderr.readline().strip()
+    holder.stderr.close()
+    assert answer == "held"
+    return holder
+
+
+def test_a_layer_claimed_by_another_process_is_refused_until_it_lets_go_or_dies(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "s")
+    digest = sha(b"a layer")
+    holder = _claim_in_another_process(store.path, digest)
+    try:
+        assert store.try_claim_layer(digest) is None
+        assert store.try_claim_layer(sha(b"another layer")) is not None  # per digest
+    finally:
+        holder.kill()  # SIGKILL: nothing released by the holder itself
+        holder.wait(timeout=30)
+    claim = store.try_claim_layer(digest)  # the kernel let go of the dead holder's lock
+    assert claim is not None
+    assert store.try_claim_layer(digest) is None  # a second Store object in one process too
+    claim.release()
+    claim.release()  # again: harmless
+    assert not claim.path.exists()  # released claims leave no file
+    assert store.try_claim_layer(digest) is not None
+
+
+def test_open_sweeps_an_abandoned_claim_file_but_not_a_held_one(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    abandoned, held = sha(b"abandoned"), sha(b"held")
+    (store.path / "ingest" / f"{abandoned.hex}.claim").touch()  # as a killed holder leaves
+    holder = _claim_in_another_process(store.path, held)
+    try:
+        Store.open(tmp_path / "s")
+        assert sorted(p.name for p in (store.path / "ingest").iterdir()) == [f"{held.hex}.claim"]
+        assert store.try_claim_layer(held) is None
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
