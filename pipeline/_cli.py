@@ -9,6 +9,7 @@
     imagec-pipe images [--store DIR] [--json]
     imagec-pipe layers REF [--store DIR] [--json]
     imagec-pipe inspect REF [--store DIR]
+    imagec-pipe verify [--store DIR] [--full] [--repair] [--json]
     imagec-pipe --version
 
 Options go after the subcommand. ``--store`` defaults to ``$IMAGEC_PIPE_STORE``, else the
@@ -20,7 +21,8 @@ Exit codes (outside checks rely on them):
 - 1 the command failed: the pull failed (one line on stderr,
   ``imagec-pipe: error: pulling REF: <what failed>``), a malformed reference (docker
   also exits 1 for "invalid reference format", and the reference is checked by the pull),
-  an image unknown to ``layers`` / ``inspect``, an unusable store;
+  an image unknown to ``layers`` / ``inspect``, an unusable store, a damaged blob found
+  by ``verify`` (removed or not);
 - 2 usage error: argparse's own, a bad ``--platform``, ``--max-concurrent-downloads`` or
   ``--retries``,
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
@@ -274,6 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("ref", metavar="REF", help="reference, name@digest or image ID prefix")
     inspect.set_defaults(handler=_cmd_inspect, subparser=inspect)
+
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="check every blob in the store for damage (bit rot, truncation)",
+        description="Check every blob in the store: layers by size and the xxh3 recorded "
+        "when they were pulled (--full: sha256), manifests and configs by sha256. Exit "
+        "status 1 when a blob is damaged.",
+    )
+    verify.add_argument(
+        "--full", action="store_true", help="check layers by sha256 too (slower: about 1 GB/s)"
+    )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove the damaged blobs, so that pulling their images again downloads them",
+    )
+    verify.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    verify.set_defaults(handler=_cmd_verify, subparser=verify)
     return parser
 
 
@@ -668,6 +689,47 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         out["index"] = _json_blob(store, record.resolved_digest)
     _print_json(out)
     return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """A store's blobs are trusted by later pulls once committed; this finds those that
+    changed on disk since. Read-only unless ``--repair``."""
+    where, store = _existing_store(args.store)
+    if store is None:
+        _error_line(f"no store at {where} yet: nothing to verify")
+        return EXIT_OK
+    checked, damage = store.verify(full=args.full)
+    if damage and args.repair:
+        with Store.open(where) as writable:
+            writable.remove_damaged(damage)
+    refs = sorted({ref for item in damage for ref in item.refs})
+    if args.json:
+        _print_json(
+            {
+                "checked": checked,
+                "damaged": [
+                    {
+                        "digest": str(item.digest),
+                        "kind": item.kind,
+                        "problem": item.problem,
+                        "refs": list(item.refs),
+                    }
+                    for item in damage
+                ],
+                "removed": bool(damage and args.repair),
+            }
+        )
+        return EXIT_FAILED if damage else EXIT_OK
+    lines = [f"{item.digest}: {item.kind}: {item.problem}\n" for item in damage]
+    summary = f"{checked} blobs checked in {store.path}: {len(damage) or 'none'} damaged\n"
+    if damage and args.repair:
+        summary += "removed the damaged blobs"
+        summary += f"; pull again: {' '.join(refs)}\n" if refs else "\n"
+    elif damage:
+        summary += "run `imagec-pipe verify --repair` to remove them"
+        summary += f", then pull again: {' '.join(refs)}\n" if refs else "\n"
+    _write_out("".join(lines) + summary)
+    return EXIT_FAILED if damage else EXIT_OK
 
 
 def _json_blob(store: Store, digest: Digest) -> Any:

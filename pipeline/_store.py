@@ -56,13 +56,14 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import platformdirs
 import structlog
+import xxhash
 
 from stages._errors import StoreError
 from stages._events import VerifiedLayer
@@ -76,6 +77,7 @@ from ._lcache import LCache
 __all__ = [
     "ENV_STORE",
     "SCHEMA_VERSION",
+    "BlobDamage",
     "ImageRecord",
     "Ingest",
     "LayerClaim",
@@ -241,6 +243,28 @@ class LayerRecord:
     media_type: str
     xxh3: str | None = None
 
+
+@dataclass(frozen=True)
+class BlobDamage:
+    """A blob in ``blobs/`` that is not what its name (or its layer record) says.
+
+    ``kind`` is "layer" (checked by size and the xxh3 recorded when it was pulled, or by
+    sha256 when asked) or "blob" (a manifest, index or config: always sha256). ``refs``
+    are the references in the store whose image uses it: what to pull again.
+    """
+
+    digest: Digest
+    kind: str
+    problem: str
+    refs: tuple[str, ...]
+    # The file found damaged (None: missing), so that ``remove_damaged`` never removes
+    # a good copy a pull renamed into place since.
+    inode: int | None = field(default=None, repr=False)
+
+
+# Bytes read from a blob at a time by ``Store.verify``.
+_VERIFY_READ_BYTES = 1 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 _FREE_SPACE = "free some disk space (or choose another store with --store) and try again"
 
@@ -1299,6 +1323,104 @@ class Store:
             (ids[0],),
         ).fetchone()
         return None if row is None else self._record(row)
+
+    # -- verification ------------------------------------------------------------------
+
+    def verify(self, *, full: bool = False) -> tuple[int, list[BlobDamage]]:
+        """Check every blob against what the store knows of it: (blobs checked, damage).
+
+        A pull trusts a committed layer by its record and its file's presence, so bit rot
+        in ``blobs/`` would go unnoticed by later pulls (RELIABILITY.md: "a bit-rotted
+        blob found by ``verify``"). Layers are checked by size and by the xxh3 recorded
+        when they were pulled (reading at disk speed), or by sha256 when ``full``; other
+        blobs (manifests, indexes, configs: small) by sha256 always. A layer whose file is
+        missing is damage too: ``index.json`` lists images that need it.
+        """
+        with self._errors("list the store's layers"), self._db() as conn:
+            layers = {
+                row[0]: (row[1], row[2])
+                for row in conn.execute("SELECT digest, size, xxh3 FROM layers")
+            }
+        damage: list[tuple[Digest, str, str, int | None]] = []
+        checked = 0
+        with self._errors("verify the store's blobs"):
+            names = {p.name for p in self._blobs.iterdir()}
+            for text in sorted(layers):
+                digest = Digest.parse(text)
+                if digest.hex not in names:
+                    damage.append((digest, "layer", "missing", None))
+            for name in sorted(names):
+                if not _HEX64.fullmatch(name):
+                    continue
+                digest, checked = Digest.from_hex(name), checked + 1
+                record = layers.get(str(digest))
+                inode = self._blob_path(digest).stat().st_ino  # before reading: see BlobDamage
+                problem = self._blob_problem(digest, record, full=full)
+                if problem is not None:
+                    kind = "blob" if record is None else "layer"
+                    damage.append((digest, kind, problem, inode))
+        users = self._refs_using({item[0] for item in damage})
+        return checked, [
+            BlobDamage(digest, kind, problem, users.get(str(digest), ()), inode)
+            for digest, kind, problem, inode in damage
+        ]
+
+    def _blob_problem(
+        self, digest: Digest, record: tuple[int, str | None] | None, *, full: bool
+    ) -> str | None:
+        """What is wrong with one blob's file, or None."""
+        path = self._blob_path(digest)
+        if record is not None and path.stat().st_size != record[0]:
+            return f"{path.stat().st_size} bytes, its record says {record[0]}"
+        quick = record is not None and record[1] is not None and not full
+        hasher: Any = xxhash.xxh3_128() if quick else hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(_VERIFY_READ_BYTES):
+                hasher.update(chunk)
+        if quick:
+            assert record is not None
+            if hasher.hexdigest() != record[1]:
+                return "content changed since it was pulled (xxh3 differs)"
+            return None
+        if hasher.hexdigest() != digest.hex:
+            return "content does not hash to its digest (sha256 differs)"
+        return None
+
+    def _refs_using(self, digests: set[Digest]) -> dict[str, tuple[str, ...]]:
+        """For each digest, the references whose image uses it as a layer, config or
+        manifest (the registry's, or the converted one index.json lists)."""
+        if not digests:
+            return {}
+        found: dict[str, set[str]] = {str(d): set() for d in digests}
+        with self._errors("find the images using damaged blobs"), self._db() as conn:
+            rows = conn.execute(
+                """SELECT r.name, i.manifest_digest, i.config_digest, i.oci_manifest_digest,
+                          r.resolved_digest, il.layer_digest
+                   FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
+                   LEFT JOIN image_layers il ON il.manifest_digest = i.manifest_digest"""
+            ).fetchall()
+        for name, *used in rows:
+            for digest in used:
+                if digest in found:
+                    found[digest].add(name)
+        return {digest: tuple(sorted(names)) for digest, names in found.items()}
+
+    def remove_damaged(self, damage: list[BlobDamage]) -> None:
+        """Delete damaged blobs' files, so that the next pull of an image that uses one
+        downloads it again (a layer is trusted only while its file is there). A file that
+        a pull replaced since ``verify`` read it (a rename gives it a new inode) is left
+        alone: what is there now was verified by that pull."""
+        with self._errors("remove damaged blobs"):
+            for item in damage:
+                path = self._blob_path(item.digest)
+                try:
+                    if item.inode is None or os.stat(path).st_ino != item.inode:
+                        continue
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                log.warning("damaged blob removed", store=str(self.path), digest=str(item.digest))
+            _fsync_dir(self._blobs)
 
     def image_layers(self, record: ImageRecord) -> list[LayerRecord]:
         """The image's layers, base first (VIC's ListLayers)."""

@@ -1232,6 +1232,95 @@ def test_e2e_worker_processes_log_like_the_cli(
     assert all(x["level"] != "debug" for x in logged)
 
 
+def _flip_a_byte(path: Path, *, offset: int = 100) -> None:
+    """Bit rot: one byte changed in place, the size kept."""
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_e2e_verify_finds_bit_rot_a_pull_would_trust_and_repair_makes_it_download_again(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    image = images.sample_image(unique_seed, compressions=("gzip",))
+    registry.push(unique_repo, image, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = tmp_path / "store"
+    assert run_cli("pull", ref, "--store", str(store)).returncode == 0
+    clean = run_cli("verify", "--store", str(store))
+    assert clean.returncode == 0, clean.stderr
+    assert clean.stdout.endswith("none damaged\n")
+
+    rotten = image.layers[0]
+    _flip_a_byte(store / "blobs" / "sha256" / rotten.digest[7:])
+    trusted = run_cli("pull", ref, "--store", str(store))  # what verify is for
+    assert f"{rotten.digest[7:19]}: Already exists" in trusted.stdout
+
+    found = run_cli("verify", "--store", str(store))
+    assert found.returncode == 1
+    assert found.stdout.splitlines() == [
+        f"{rotten.digest}: layer: content changed since it was pulled (xxh3 differs)",
+        f"{len(list((store / 'blobs' / 'sha256').iterdir()))} blobs checked in {store}: 1 damaged",
+        f"run `imagec-pipe verify --repair` to remove them, then pull again: {ref}",
+    ]
+
+    repaired = run_cli("verify", "--store", str(store), "--repair", "--json")
+    assert repaired.returncode == 1
+    report = json.loads(repaired.stdout)
+    assert report["removed"] is True
+    assert [(d["digest"], d["kind"], d["refs"]) for d in report["damaged"]] == [
+        (rotten.digest, "layer", [ref])
+    ]
+    missing = run_cli("verify", "--store", str(store))  # the image still needs the layer
+    assert missing.returncode == 1 and f"{rotten.digest}: layer: missing" in missing.stdout
+
+    again = run_cli("pull", ref, "--store", str(store), "--json")
+    assert again.returncode == 0, again.stderr
+    statuses = {
+        x["digest"]: x["status"] for x in json.loads(again.stdout.splitlines()[-1])["layers"]
+    }
+    assert statuses[rotten.digest] == "downloaded"
+    assert run_cli("verify", "--store", str(store), "--full").returncode == 0
+
+
+def test_e2e_verify_checks_configs_by_sha256_and_layers_by_size(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    from tests.support import images
+
+    image = images.sample_image(unique_seed, compressions=("gzip",))
+    registry.push(unique_repo, image, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    store = tmp_path / "store"
+    assert run_cli("pull", ref, "--store", str(store)).returncode == 0
+    blobs = store / "blobs" / "sha256"
+    _flip_a_byte(blobs / image.image_id[7:], offset=10)
+    short = blobs / image.layers[0].digest[7:]
+    short.chmod(0o644)
+    short.write_bytes(short.read_bytes()[:-1])
+
+    found = run_cli("verify", "--store", str(store), "--json")
+
+    assert found.returncode == 1
+    damaged = {d["digest"]: d for d in json.loads(found.stdout)["damaged"]}
+    assert damaged[image.image_id]["kind"] == "blob"
+    assert "sha256 differs" in damaged[image.image_id]["problem"]
+    assert damaged[image.layers[0].digest]["problem"] == (
+        f"{image.layers[0].size - 1} bytes, its record says {image.layers[0].size}"
+    )
+    assert set(damaged) == {image.image_id, image.layers[0].digest}
+
+
+def test_e2e_verify_without_a_store_says_so(tmp_path: Path) -> None:
+    result = run_cli("verify", "--store", str(tmp_path / "none"))
+    assert result.returncode == 0
+    assert "nothing to verify" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
 def test_e2e_quiet_pull_by_digest(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

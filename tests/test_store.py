@@ -1257,3 +1257,34 @@ def test_open_sweeps_an_abandoned_claim_file_but_not_a_held_one(tmp_path: Path) 
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_repair_removes_a_damaged_blob_but_not_a_good_copy_renamed_in_since(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP)
+    for gz, layer in layers:
+        commit(store, gz, layer)
+    store.record_image(resolved)
+    (gz, layer), *_ = layers
+    path = store.path / "blobs" / "sha256" / layer.descriptor.digest.hex
+    path.chmod(0o644)
+    path.write_bytes(b"\0" * len(gz))  # same size, other bytes
+    checked, damage = store.verify()
+    assert [(d.digest, d.kind) for d in damage] == [(layer.descriptor.digest, "layer")]
+    assert damage[0].refs == (str(APP),)
+    assert checked == len(list(path.parent.iterdir()))
+
+    good = path.with_name("good")  # a pull commits a verified copy by rename meanwhile
+    good.write_bytes(gz)
+    os.replace(good, path)
+    store.remove_damaged(damage)
+    assert path.read_bytes() == gz  # left alone: it is not the file found damaged
+    assert store.verify()[1] == []
+
+    path.chmod(0o644)
+    path.write_bytes(b"\0" * len(gz))
+    store.remove_damaged(store.verify()[1])
+    assert not path.exists()
+    assert not store.layer_committed(layer.descriptor.digest)  # the next pull downloads it
