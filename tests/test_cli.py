@@ -1232,6 +1232,18 @@ def test_e2e_worker_processes_log_like_the_cli(
     assert all(x["level"] != "debug" for x in logged)
 
 
+def _pulled_by_the_cli(registry: Any, repo: str, seed: str, store: Path) -> tuple[Any, str]:
+    """An image of one gzip layer pushed as ``repo:1.0`` and pulled into ``store``."""
+    from tests.support import images
+
+    image = images.sample_image(seed, compressions=("gzip",))
+    registry.push(repo, image, "1.0")
+    ref = registry.ref(repo, "1.0")
+    pulled = run_cli("pull", ref, "--store", str(store))
+    assert pulled.returncode == 0, pulled.stderr
+    return image, ref
+
+
 def _flip_a_byte(path: Path, *, offset: int = 100) -> None:
     """Bit rot: one byte changed in place, the size kept."""
     path.chmod(0o644)
@@ -1243,13 +1255,8 @@ def _flip_a_byte(path: Path, *, offset: int = 100) -> None:
 def test_e2e_verify_finds_bit_rot_a_pull_would_trust_and_repair_makes_it_download_again(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
-    from tests.support import images
-
-    image = images.sample_image(unique_seed, compressions=("gzip",))
-    registry.push(unique_repo, image, "1.0")
-    ref = registry.ref(unique_repo, "1.0")
     store = tmp_path / "store"
-    assert run_cli("pull", ref, "--store", str(store)).returncode == 0
+    image, ref = _pulled_by_the_cli(registry, unique_repo, unique_seed, store)
     clean = run_cli("verify", "--store", str(store))
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.endswith("none damaged\n")
@@ -1289,13 +1296,8 @@ def test_e2e_verify_finds_bit_rot_a_pull_would_trust_and_repair_makes_it_downloa
 def test_e2e_verify_checks_configs_by_sha256_and_layers_by_size(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
-    from tests.support import images
-
-    image = images.sample_image(unique_seed, compressions=("gzip",))
-    registry.push(unique_repo, image, "1.0")
-    ref = registry.ref(unique_repo, "1.0")
     store = tmp_path / "store"
-    assert run_cli("pull", ref, "--store", str(store)).returncode == 0
+    image, _ = _pulled_by_the_cli(registry, unique_repo, unique_seed, store)
     blobs = store / "blobs" / "sha256"
     _flip_a_byte(blobs / image.image_id[7:], offset=10)
     short = blobs / image.layers[0].digest[7:]
