@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+import structlog
 import trio
 
 from ._config import Limits
@@ -40,6 +41,8 @@ from ._retry import retrying
 from ._types import Descriptor, Digest
 
 __all__ = ["BlobSource", "NetworkClock", "blob_stream"]
+
+log = structlog.get_logger()
 
 
 class BlobSource(Protocol):
@@ -119,12 +122,50 @@ async def blob_stream(
 
         await retrying(
             functools.partial(
-                _attempt, source, ref, layer, limits, send, progress, transfer, clock
+                _attempt_unless_complete,
+                source,
+                ref,
+                layer,
+                limits,
+                send,
+                progress,
+                transfer,
+                clock,
             ),
             limits,
             on_retry=report_retry,
         )
         clock.network_s = time.perf_counter() - transfer.started
+
+
+async def _attempt_unless_complete(
+    source: BlobSource,
+    ref: Reference,
+    layer: Descriptor,
+    limits: Limits,
+    send: trio.MemorySendChannel[bytes],
+    progress: ProgressSink | None,
+    transfer: _Transfer,
+    clock: NetworkClock,
+) -> None:
+    """``_attempt``, except that a transient failure after the last byte ends the transfer.
+
+    A connection can break after the whole body arrived (a chunked body cut before its
+    final empty chunk, a read that times out waiting for it). Another attempt would ask
+    for ``Range: bytes=<size>-``, which a registry refuses with 416, failing a pull that
+    holds every byte; the digest, checked downstream over all of them, decides instead.
+    """
+    try:
+        await _attempt(source, ref, layer, limits, send, progress, transfer, clock)
+    except ImagecError as error:
+        if not (error.transient and layer.size and transfer.received == layer.size):
+            raise
+        log.info(
+            "the connection broke after the last byte; the digest decides",
+            ref=str(ref),
+            digest=str(layer.digest),
+            error=error.message,
+        )
 
 
 async def _attempt(

@@ -1021,6 +1021,44 @@ async def test_a_connection_cut_mid_layer_resumes_with_a_range_request(
     assert_store_consistent(tmp_path / "s")
 
 
+async def test_a_connection_that_breaks_after_the_last_byte_completes_the_layer(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """A storage server's chunked body carries every byte of the layer, then the connection
+    drops before the final empty chunk. The bytes are all there and the digest proves them:
+    the pull must not resume with ``Range: bytes=<size>-``, which the registry answers 416."""
+    image = images.sample_image(unique_seed, layer_size=256 * 1024)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    cdn = fixture_server()
+    chunked = b"%x\r\n%s\r\n" % (layer.size, layer.data)  # no final "0\r\n\r\n"
+    cdn.route(
+        f"/blob/{layer.digest}",
+        Reply(200, {"Transfer-Encoding": "chunked", "Connection": "close"}, chunked),
+    )
+    via = proxy(registry)
+    via.inject(
+        f"*/blobs/{layer.digest}", Reply(307, {"Location": f"{cdn.url}/blob/{layer.digest}"})
+    )
+
+    with trio.fail_after(60):
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=Store.open(tmp_path / "s"),
+            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
+        )
+
+    assert cdn.count(path=f"/blob/{layer.digest}") == 1
+    assert via.blob_gets(layer.digest) == 1
+    assert layer.digest in blob_names(tmp_path / "s")
+    assert_store_consistent(tmp_path / "s")
+
+
 async def test_a_registry_that_ignores_range_resends_the_blob_and_the_pull_skips_ahead(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
