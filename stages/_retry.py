@@ -39,6 +39,9 @@ log = structlog.get_logger()
 
 T = TypeVar("T")
 
+# The exponent of the backoff's doubling stops here (the largest a float holds), so that
+# ``--retries`` of thousands never overflows.
+_MAX_DOUBLINGS = 1023
 # A Retry-After of more digits than this is "too long" without converting it.
 _MAX_RETRY_AFTER_DIGITS = 9
 
@@ -86,7 +89,9 @@ def retry_wait(error: ImagecError, retry: int, limits: Limits) -> float:
             )
             raise error
         return asked
-    ceiling = min(limits.retry_max_wait_s, limits.retry_wait_s * 2.0 ** (retry - 1))
+    # 2.0 ** 1024 is an OverflowError; the product may overflow to inf, which min() caps.
+    doubling = 2.0 ** min(retry - 1, _MAX_DOUBLINGS)
+    ceiling = min(limits.retry_max_wait_s, limits.retry_wait_s * doubling)
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # jitter, not secrecy
 
 

@@ -43,6 +43,16 @@ def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
         assert max(waits) - min(waits) > ceiling / 10  # jittered, not one value
 
 
+def test_the_backoff_stays_at_its_cap_however_many_retries_are_allowed() -> None:
+    """``--retries 5000`` against a registry that keeps failing: past retry 1024 the
+    doubling ``2.0 ** (retry - 1)`` would be an OverflowError, an untyped crash hours into
+    a pull, instead of a wait at the cap."""
+    limits = Limits(retries=5000, retry_wait_s=0.5, retry_max_wait_s=3.0)
+    error = RegistryUnavailable("HTTP 503", transient=True)
+    for retry in (1024, 1025, 4999, 5000):
+        assert 1.5 <= retry_wait(error, retry, limits) <= 3.0
+
+
 def test_retry_after_is_waited_as_asked() -> None:
     error = TooManyRequests("HTTP 429", transient=True, retry_after_s=7.0)
     assert retry_wait(error, 1, Limits()) == 7.0
