@@ -30,7 +30,8 @@ import trio
 
 from ._config import Credentials, Limits
 from ._errors import AuthError
-from ._http import describe_error
+from ._http import describe_error, transient_failure
+from ._retry import parse_retry_after
 
 __all__ = [
     "BodyTooLarge",
@@ -412,6 +413,10 @@ class TokenCache:
         self._tokens.pop(key, None)
 
 
+# Token service answers another request may cure (as the registry's, stages/_registry.py).
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
 async def fetch_token(
     client: httpx.AsyncClient,
     url: httpx.URL,
@@ -443,17 +448,28 @@ async def fetch_token(
                     f"the token service at {realm_host} refused a token {who}"
                     f" (HTTP {status}): {hint}"
                 )
+            # The retry loop (stages/_retry.py) tries these again, as it does the
+            # registry's own: a token service blip must not fail a pull (nor a layer
+            # whose token expired mid-download) that one more request would finish.
+            retry_after = response.headers.get("Retry-After")
             if status >= 500:
                 raise AuthError(
-                    f"the token service at {realm_host} failed (HTTP {status}); try again later"
+                    f"the token service at {realm_host} failed (HTTP {status}); try again later",
+                    transient=status in _TRANSIENT_STATUSES,
+                    retry_after_s=parse_retry_after(retry_after) if status == 503 else None,
                 )
             if status != 200:
                 raise AuthError(
-                    f"the token service at {realm_host} answered HTTP {status} instead of a token"
+                    f"the token service at {realm_host} answered HTTP {status} instead of a token",
+                    transient=status in _TRANSIENT_STATUSES,
+                    retry_after_s=parse_retry_after(retry_after) if status == 429 else None,
                 )
             body = await read_bounded(response, limits.max_token_bytes, what="token response")
     except httpx.HTTPError as exc:
-        raise AuthError(f"cannot get a token from {realm_host}: {describe_error(exc)}") from exc
+        raise AuthError(
+            f"cannot get a token from {realm_host}: {describe_error(exc)}",
+            transient=transient_failure(exc),
+        ) from exc
     except BodyTooLarge as exc:
         raise AuthError(
             f"the token service at {realm_host} sent more than {limits.max_token_bytes} bytes;"

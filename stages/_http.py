@@ -38,6 +38,7 @@ __all__ = [
     "shared_ssl_context",
     "open_client",
     "tls_failure",
+    "transient_failure",
 ]
 
 # Idle connections kept per pool, and how long; registries are few, layers many.
@@ -375,6 +376,18 @@ def tls_failure(exc: BaseException) -> typing.Literal["verify", "protocol"] | No
         if isinstance(link, ssl.SSLError):
             return "protocol"
     return None
+
+
+def transient_failure(exc: httpx.HTTPError) -> bool:
+    """Whether another attempt may cure this transport failure: a connection that broke,
+    or a response that stalled past the read timeout. Not a refused connection, a name
+    that does not resolve, a connect timeout (an unreachable host: five of them would hold
+    a pull for minutes) or a TLS failure."""
+    if tls_failure(exc) is not None:
+        return False
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+        return True
+    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -67,7 +67,7 @@ from ._errors import (
     RegistryUnavailable,
     TooManyRequests,
 )
-from ._http import describe_error, open_client, tls_failure
+from ._http import describe_error, open_client, tls_failure, transient_failure
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
 from ._types import Digest
@@ -630,16 +630,7 @@ class RegistryClient:
                 digest=digest,
             )
         reason = describe_error(exc)
-        # Another attempt may cure a connection that broke, or a response that stalled;
-        # not a refused connection, a name that does not resolve, a connect timeout (an
-        # unreachable host: five of them would hold the pull for minutes) or a TLS failure.
-        transient = tls_failure(exc) is None and (
-            isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
-            or (
-                isinstance(exc, httpx.TimeoutException)
-                and not isinstance(exc, httpx.ConnectTimeout)
-            )
-        )
+        transient = transient_failure(exc)
         if isinstance(exc, httpx.TimeoutException):
             message = (
                 f"{authority} {reason} while fetching {what}; the registry may be overloaded"

@@ -255,6 +255,36 @@ async def test_bearer_tokens_anonymous_and_with_credentials(
     assert_store_consistent(store.path)
 
 
+@pytest.mark.parametrize(("fault", "status"), [("status", 503), ("status", 502), ("close", 0)])
+async def test_a_token_service_blip_is_tried_again(
+    token_registry: Any,
+    token_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    fault: str,
+    status: int,
+) -> None:
+    """One 5xx, or one dropped connection, from the token service: another request gets
+    the token and the pull completes, as it does after a registry's own 503."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    repo = f"public/{unique_repo.rsplit('/', 1)[-1]}"
+    token_registry.push(repo, image, "1")
+    token_server.reset()
+    token_server.set_fault(fault, status=status or 503, times=1)
+
+    with trio.fail_after(60):
+        result = await pipeline.pull(
+            token_registry.ref(repo, "1"),
+            store=Store.open(tmp_path / "s"),
+            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
+        )
+
+    assert str(result.image_id) == image.image_id
+    assert token_server.count == 2  # the failed request, then the token used for the pull
+    assert_store_consistent(tmp_path / "s")
+
+
 async def test_tls_needs_the_ca(
     tls_registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

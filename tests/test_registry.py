@@ -676,13 +676,18 @@ async def test_error_bodies_are_bounded_and_closed() -> None:
 
 
 async def _pull_metadata(
-    server: Any, ref_text: str, options: RegistryOptions, platform: Platform = AMD64
+    server: Any,
+    ref_text: str,
+    options: RegistryOptions,
+    platform: Platform = AMD64,
+    limits: Limits | None = None,
 ) -> tuple[Any, bytes]:
     """resolve_image, then stream the first layer; returns (resolved, layer bytes)."""
     ref = parse_reference(ref_text)
+    limits = limits if limits is not None else Limits()
     with trio.fail_after(30):
-        async with RegistryClient.open(options, Limits()) as client:
-            resolved = await resolve_image(client, ref, platform, Limits())
+        async with RegistryClient.open(options, limits) as client:
+            resolved = await resolve_image(client, ref, platform, limits)
             async with client.stream_blob(ref, resolved.layers[0].digest) as response:
                 data = b"".join([chunk async for chunk in response.aiter_raw()])
     return resolved, data
@@ -786,10 +791,16 @@ async def test_real_registry_token_auth(
     assert info.value.ref == str(token_registry.ref(unique_repo))
     assert info.value.ref in str(info.value)
 
+    # A token service that keeps failing: tried again as a registry's 503 is, then given up on.
     token_server.reset()
     token_server.set_fault("status", status=503)
-    with pytest.raises(AuthError, match=f"token service at {token_server.host.split(':')[0]}"):
-        await _pull_metadata(token_registry, token_registry.ref(unique_repo), creds)
+    fast = Limits(retries=2, retry_wait_s=0.01)
+    with pytest.raises(
+        AuthError, match=f"token service at {token_server.host.split(':')[0]}"
+    ) as info:
+        await _pull_metadata(token_registry, token_registry.ref(unique_repo), creds, limits=fast)
+    assert "gave up after 3 attempts" in str(info.value)
+    assert token_server.count == 3
 
 
 async def test_real_registry_tls(tls_registry: Any, unique_repo: str) -> None:
