@@ -369,7 +369,9 @@ class LayerClaim:
         if fd is None:
             return
         try:
-            with contextlib.suppress(FileNotFoundError):
+            # Housekeeping only: a claim file left behind is taken over by the next
+            # claimer, or swept; it must not hide the error a download is ending with.
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
         finally:
             os.close(fd)
