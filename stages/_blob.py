@@ -23,7 +23,6 @@ average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailab
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,52 +119,27 @@ async def blob_stream(
                     )
                 )
 
-        await retrying(
-            functools.partial(
-                _attempt_unless_complete,
-                source,
-                ref,
-                layer,
-                limits,
-                send,
-                progress,
-                transfer,
-                clock,
-            ),
-            limits,
-            on_retry=report_retry,
-        )
+        async def attempt() -> None:
+            """``_attempt``, except that a transient failure after the last byte ends
+            the transfer. A connection can break after the whole body arrived (a chunked
+            body cut before its final empty chunk, a read that times out waiting for it).
+            Another attempt would ask for ``Range: bytes=<size>-``, which a registry
+            refuses with 416, failing a pull that holds every byte; the digest, checked
+            downstream over all of them, decides instead."""
+            try:
+                await _attempt(source, ref, layer, limits, send, progress, transfer, clock)
+            except ImagecError as error:
+                if not (error.transient and layer.size and transfer.received == layer.size):
+                    raise
+                log.info(
+                    "the connection broke after the last byte; the digest decides",
+                    ref=str(ref),
+                    digest=str(layer.digest),
+                    error=error.message,
+                )
+
+        await retrying(attempt, limits, on_retry=report_retry)
         clock.network_s = time.perf_counter() - transfer.started
-
-
-async def _attempt_unless_complete(
-    source: BlobSource,
-    ref: Reference,
-    layer: Descriptor,
-    limits: Limits,
-    send: trio.MemorySendChannel[bytes],
-    progress: ProgressSink | None,
-    transfer: _Transfer,
-    clock: NetworkClock,
-) -> None:
-    """``_attempt``, except that a transient failure after the last byte ends the transfer.
-
-    A connection can break after the whole body arrived (a chunked body cut before its
-    final empty chunk, a read that times out waiting for it). Another attempt would ask
-    for ``Range: bytes=<size>-``, which a registry refuses with 416, failing a pull that
-    holds every byte; the digest, checked downstream over all of them, decides instead.
-    """
-    try:
-        await _attempt(source, ref, layer, limits, send, progress, transfer, clock)
-    except ImagecError as error:
-        if not (error.transient and layer.size and transfer.received == layer.size):
-            raise
-        log.info(
-            "the connection broke after the last byte; the digest decides",
-            ref=str(ref),
-            digest=str(layer.digest),
-            error=error.message,
-        )
 
 
 async def _attempt(

@@ -274,11 +274,7 @@ async def test_a_token_service_blip_is_tried_again(
     token_server.set_fault(fault, status=status or 503, times=1)
 
     with trio.fail_after(60):
-        result = await pipeline.pull(
-            token_registry.ref(repo, "1"),
-            store=Store.open(tmp_path / "s"),
-            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
-        )
+        result = await pull_retrying_quickly(token_registry.ref(repo, "1"), tmp_path / "s")
 
     assert str(result.image_id) == image.image_id
     assert token_server.count == 2  # the failed request, then the token used for the pull
@@ -441,6 +437,12 @@ def test_sigint_mid_pull_then_pull_again(
 
 
 # --- bad inputs: a clear error, nothing unverified visible ----------------------------
+
+
+async def pull_retrying_quickly(ref: str, store_path: Path) -> pipeline.PullResult:
+    """A pull whose retries wait milliseconds, not seconds: for the retry tests."""
+    limits = pipeline.Limits(retry_wait_s=0.01)
+    return await pipeline.pull(ref, store=Store.open(store_path), options=options(limits=limits))
 
 
 async def pull_fails(ref: str, store_path: Path, error: type[Exception], **kwargs: Any) -> str:
@@ -1077,11 +1079,7 @@ async def test_a_connection_that_breaks_after_the_last_byte_completes_the_layer(
     )
 
     with trio.fail_after(60):
-        await pipeline.pull(
-            f"{via.host}/{unique_repo}:1",
-            store=Store.open(tmp_path / "s"),
-            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
-        )
+        await pull_retrying_quickly(f"{via.host}/{unique_repo}:1", tmp_path / "s")
 
     assert cdn.count(path=f"/blob/{layer.digest}") == 1
     assert via.blob_gets(layer.digest) == 1
@@ -1101,11 +1099,7 @@ async def test_a_registry_that_ignores_range_resends_the_blob_and_the_pull_skips
     via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, cut.data))
 
     with trio.fail_after(60):
-        await pipeline.pull(
-            f"{via.host}/{unique_repo}:1",
-            store=Store.open(tmp_path / "s"),
-            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
-        )
+        await pull_retrying_quickly(f"{via.host}/{unique_repo}:1", tmp_path / "s")
 
     assert via.blob_gets(cut.digest) == 2
     assert cut.digest in blob_names(tmp_path / "s")
@@ -1131,11 +1125,7 @@ async def test_server_errors_and_rate_limits_are_waited_out(
     )
 
     with trio.fail_after(60):
-        await pipeline.pull(
-            f"{via.host}/{unique_repo}:1",
-            store=Store.open(tmp_path / "s"),
-            options=options(limits=pipeline.Limits(retry_wait_s=0.01)),
-        )
+        await pull_retrying_quickly(f"{via.host}/{unique_repo}:1", tmp_path / "s")
 
     assert via.count("GET", f"/v2/{unique_repo}/manifests/1") == 4
     assert via.blob_gets(image.layers[0].digest) == via.blob_gets(image.layers[1].digest) == 2
