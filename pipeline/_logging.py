@@ -17,6 +17,9 @@ The processor chain, in order:
 5. ``redact_secrets``: insurance that no password, token or Authorization header reaches
    the output even if a caller binds one by mistake, and that the user's own password
    (``add_secret``) appears nowhere, not even quoted back by a registry's error message;
+   every string also goes through ``stages/_redact.py``'s rule (a URL's query and user
+   info, ``Bearer``/``Basic`` credentials, secret-named ``name=value`` pairs), the rule
+   the stages apply to a server's text before quoting it in an error;
 6. the renderer: console (colours, aligned) on a TTY, JSON lines otherwise or with
    ``--log-json``.
 
@@ -32,13 +35,14 @@ host program never called ``configure_logging``.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 import structlog
+
+from stages._redact import REDACTED, redact
 
 __all__ = [
     "LEVELS",
@@ -52,16 +56,9 @@ __all__ = [
 # The names --log-level accepts, lowest first.
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
-REDACTED = "[redacted]"
-
 # A key is secret when its lower-cased name contains one of these words
 # ("password", "access_token", "Authorization", "proxy-authorization", "cookie" ...).
 _SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "authorization", "cookie")
-
-# Credentials written inline in a value: "Bearer eyJ...", "Basic dXNlcjpwdw==",
-# and user:password@ in URLs.
-_SCHEME_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -113,8 +110,7 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         for secret in _Applied.settings.secrets:
             value = value.replace(secret, REDACTED)
-        value = _SCHEME_CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
-        return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", value)
+        return redact(value)  # credentials by their shape
     if depth < 5 and isinstance(value, Mapping):  # httpx.Headers is a Mapping
         return {
             k: REDACTED if _is_secret_key(k) else _redact_value(v, depth + 1)

@@ -1002,6 +1002,19 @@ def test_log_json_redacts_secrets() -> None:
     assert record["timestamp"].endswith("Z")
 
 
+def test_log_lines_follow_the_redaction_rule_of_the_stages() -> None:
+    # stages/_redact.py: a signed URL keeps its host and path, a secret-named pair its name.
+    from pipeline._logging import configure_logging
+
+    out = io.StringIO()
+    configure_logging(level="info", json=True, stream=out)
+    structlog.get_logger().warning(
+        "retrying", error="busy: https://cdn.example/b?X-Amz-Signature=S1gn (sig=S2gn)"
+    )
+    record = json.loads(out.getvalue())
+    assert record["error"] == "busy: https://cdn.example/b?[redacted] (sig=[redacted])"
+
+
 def test_log_context_is_merged_and_console_on_a_tty() -> None:
     from pipeline._logging import configure_logging
 

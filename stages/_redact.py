@@ -1,0 +1,94 @@
+"""What of a server's text may be quoted in an error message or a log line.
+
+Servers quote things back: a storage server behind a blob redirect echoes the signed URL
+it was asked for (``?X-Amz-Signature=…&X-Amz-Credential=…``, ``?sig=…&token=…``), a
+registry's error says which token it refused, a challenge header carries whatever the
+server put in it. Each error message that quotes such text is logged once per retry and
+again when the pull fails, often into a CI log that outlives the signature. So every
+piece of server text goes through ``redact`` before it is put in a message, and the log
+processor (``pipeline/_logging.py``) applies it once more to every line as insurance.
+
+The rule, the same everywhere:
+
+- a URL keeps its scheme, host, port and path; its user info and everything from the
+  first ``?`` or ``#`` on become ``[redacted]`` (a signed URL's secrets are in its query);
+- a query string quoted without its URL (``?name=value…``) becomes ``?[redacted]``;
+- a ``name=value`` or JSON ``"name": "value"`` pair keeps its name and loses its value
+  when the name contains sig, token, credential, passw, pwd, secret, key, auth, session
+  or cookie (``X-Amz-Signature``, ``access_token``, ``Key-Pair-Id`` …);
+- the credentials after ``Bearer`` or ``Basic``, and the value of an ``Authorization``
+  or ``Cookie`` header, become ``[redacted]``; so does a bare JWT (``eyJ….….…``), the
+  shape of the tokens registries issue.
+
+Everything else is kept: host names, ports, status codes, error codes and the server's
+words, so a message still says which server failed and what it said. ``redact`` is
+idempotent, pure and cheap (a few regular expressions over a short string).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["REDACTED", "redact"]
+
+REDACTED = "[redacted]"
+
+# A URL: a scheme (the lookbehind starts it at the beginning of a run of scheme
+# characters, which keeps the search linear), "://", then anything up to white space, a
+# quote or an angle bracket.
+_URL = re.compile(r"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s\"'<>]*")
+# A query string quoted on its own: "?" then a parameter name and "=".
+_QUERY = re.compile(r"\?[\w.%-]+=[^\s\"'<>]*")
+# name=value, the value quoted or up to the next separator of a query string, a header's
+# parameter list or a sentence; and "name": "value" in JSON. Any name matches here and
+# ``_SECRET_NAME`` decides, so that the search stays linear.
+_PAIR = re.compile(r"(?<![\w.-])([\w.-]+)=(\[redacted\]|\"[^\"]*\"|[^\s&;,\"'<>)\]]*)")
+_JSON_PAIR = re.compile(r'"([\w.-]+)"\s*:\s*"(?:[^"\\]|\\.)*"')
+_SECRET_NAME = re.compile(r"(?i)sig|token|credential|passw|pwd|secret|key|auth|session|cookie")
+# An auth scheme's credentials (a token68), not its parameters: "Basic realm=…" stays.
+_SCHEME_CREDENTIALS = re.compile(
+    r"(?i)\b(bearer|basic)\s+(?![!#$%&'*+.^`|~\w-]+=[^=\s,])[\w.~+/-]+=*"
+)
+_HEADER_VALUE = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie)(\s*:\s*)[^\r\n,;\"']+"
+)
+# A JWT, or what is left of one cut short: base64url JSON ("eyJ" is '{"').
+_JWT = re.compile(r"\beyJ[\w-]{8,}(?:\.[\w-]*)*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the secrets a server may have quoted in it replaced by ``[redacted]``
+    (the rule is in this module's docstring)."""
+    text = _URL.sub(_redact_url, text)
+    text = _QUERY.sub(f"?{REDACTED}", text)
+    text = _HEADER_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _SCHEME_CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _JSON_PAIR.sub(_redact_json_pair, text)
+    text = _PAIR.sub(_redact_pair, text)
+    return _JWT.sub(REDACTED, text)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    name, value = match.group(1, 2)
+    if not value or not _SECRET_NAME.search(name):
+        return match.group(0)
+    return f"{name}={REDACTED}"
+
+
+def _redact_json_pair(match: re.Match[str]) -> str:
+    name = match.group(1)
+    return f'"{name}": "{REDACTED}"' if _SECRET_NAME.search(name) else match.group(0)
+
+
+def _redact_url(match: re.Match[str]) -> str:
+    url = match.group(0)
+    core = url.rstrip(".,;:!?)")  # the sentence's punctuation, not the URL's
+    punctuation = url[len(core) :]
+    scheme, _, rest = core.partition("://")
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    location, secret_part = rest[:cut], rest[cut:]
+    authority, slash, path = location.partition("/")
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+    tail = f"?{REDACTED}" if secret_part not in ("", "?", "#") else ""
+    return f"{scheme}://{authority}{slash}{path}{tail}{punctuation}"

@@ -1,0 +1,69 @@
+"""stages/_redact.py alone: what of a server's text an error message or a log line keeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages._redact import redact
+
+SIGNED = (
+    "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data"
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fs3"
+    "&X-Amz-Signature=5f2b9c0d&X-Amz-Expires=1200"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        # A URL keeps its scheme, host, port and path; not its query or user info.
+        (SIGNED, "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data?[redacted]"),
+        (
+            f"storage backend busy for {SIGNED}; retry",
+            "storage backend busy for "
+            "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data?[redacted]; retry",
+        ),
+        ("https://ci:pw4@reg.example/v2/", "https://[redacted]@reg.example/v2/"),
+        ("http://[::1]:5000/b?sig=S1#frag", "http://[::1]:5000/b?[redacted]"),
+        ("https://acct.blob.example/c/b#sig=S1", "https://acct.blob.example/c/b?[redacted]"),
+        # A query string quoted without its URL.
+        ("cdn.example/blob?verify=1700000000-8d3f", "cdn.example/blob?[redacted]"),
+        # Pairs whose name says secret, wherever they stand.
+        ("sig=S1&token=T1&se=2026", "sig=[redacted]&token=[redacted]&se=2026"),
+        (
+            "X-Amz-Signature=5f2b9c0d does not match (X-Amz-Credential=AKIAEXAMPLE)",
+            "X-Amz-Signature=[redacted] does not match (X-Amz-Credential=[redacted])",
+        ),
+        ('password="a b", user=ci', "password=[redacted], user=ci"),
+        (
+            '{"access_token": "T\\"1", "expires_in": 60}',
+            '{"access_token": "[redacted]", "expires_in": 60}',
+        ),
+        # Credentials after an auth scheme, and Authorization headers quoted whole.
+        ("sent Basic dXNlcjpwdzM= and Bearer T.1", "sent Basic [redacted] and Bearer [redacted]"),
+        ("Authorization: Token T1, then", "Authorization: [redacted], then"),
+        ("invalid token eyJhbGciOiJI.eyJzdWIi.c2ln", "invalid token [redacted]"),
+        ("cut short: eyJhbGciOiJIUzI1", "cut short: [redacted]"),
+    ],
+)
+def test_secrets_in_a_servers_text_are_redacted(text: str, kept: str) -> None:
+    assert redact(text) == kept
+    assert redact(kept) == kept  # the log processor applies it again
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # What a message must keep to stay useful: hosts, statuses, codes, the server's words.
+        "UNAUTHORIZED: authentication required",
+        "127.0.0.1:5000 failed with HTTP 503 for blob sha256:0123abcd (UNAVAILABLE: busy)",
+        "Content-Range 'bytes 0-99/100'",
+        'Bearer realm="https://auth.example/token",service="registry",error="invalid_token"',
+        'Basic realm="Registry Realm"',
+        "https://registry.example:5000/v2/team/app/blobs/sha256:0123",
+        "the connection to 127.0.0.1:5000 failed (Connection reset by peer); key=",
+        "monkey business: what=why",
+    ],
+)
+def test_what_is_not_secret_is_kept(text: str) -> None:
+    assert redact(text) == text
