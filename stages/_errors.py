@@ -25,7 +25,8 @@ sqlite3, OSError) are translated at the edge of the stage that met them with
     └── WorkerError           a layer worker process died before it finished
 
 Messages say what happened, to what, and what the user can do. They never contain a
-password or a token.
+password or a token: what a server sent back passes ``stages/_redact.py`` before it is
+quoted in one (a storage server may echo the signed URL it was asked for).
 
 An error that another attempt may cure (a 5xx, a 429, a connection that broke mid-body,
 an expired signed URL) is raised with ``transient=True``, and a 429's wait with

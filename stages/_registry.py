@@ -68,6 +68,7 @@ from ._errors import (
     TooManyRequests,
 )
 from ._http import describe_error, open_client, tls_failure, transient_failure
+from ._redact import redact
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
 from ._types import Digest
@@ -191,8 +192,8 @@ class RegistryClient:
             try:
                 if response.status_code != 200:
                     raise RegistryError(
-                        f"{ref.api_host} answered HTTP {response.status_code} instead of 200"
-                        f" for {what}",
+                        f"{_authority(response.url)} answered HTTP {response.status_code}"
+                        f" instead of 200 for {what}",
                         ref=str(ref),
                         digest=digest,
                     )
@@ -546,7 +547,8 @@ class RegistryClient:
 
         Authorization goes only to the registry's own origin; https→http, loops and more
         than ``limits.max_redirects`` hops are refused. Signed redirect URLs are never
-        logged or put in errors (only their host).
+        logged or put in errors (only their host); a storage server that quotes its own
+        back is redacted by ``_error_detail``.
         """
         visited: set[str] = set()
         hops = 0
@@ -656,6 +658,13 @@ class RegistryClient:
     ) -> RegistryError:
         status = response.status_code
         authority = ref.api_host
+        # Which server said it: after a redirect, a storage server, named by its host
+        # alone (its URL is signed: RELIABILITY.md, "secrets never in logs, errors").
+        server = (
+            authority
+            if from_registry
+            else f"the storage server {_authority(response.url)} that {authority} redirected to"
+        )
         detail = await _error_detail(response)
         suffix = f" ({detail})" if detail else ""
         ref_text = str(ref)
@@ -663,16 +672,15 @@ class RegistryClient:
             # The registry signs a fresh URL when asked again (RELIABILITY.md: "a CDN
             # redirect whose signed URL expired (403): ask the registry again").
             return RegistryError(
-                f"the storage server {response.url.host} that {authority} redirected to"
-                f" refused {what} (HTTP {status}); its signed URL may have expired: pull"
-                " again",
+                f"{server} refused {what} (HTTP {status}); its signed URL may have expired:"
+                " pull again",
                 ref=ref_text,
                 digest=digest,
                 transient=True,
             )
         if status == 404:
             return NotFound(
-                f"{what} not found in {ref.name} on {authority}{suffix}: check the repository"
+                f"{what} not found in {ref.name} on {server}{suffix}: check the repository"
                 " name, tag or digest",
                 ref=ref_text,
                 digest=digest,
@@ -691,9 +699,9 @@ class RegistryClient:
             )
         retry_after = response.headers.get("Retry-After")
         if status == 429:
-            wait = f", Retry-After: {retry_after[:40]}" if retry_after else ""
+            wait = f", Retry-After: {redact(retry_after)[:40]}" if retry_after else ""
             return TooManyRequests(
-                f"{authority} is rate-limiting requests (HTTP 429{wait}) for {what}; wait and"
+                f"{server} is rate-limiting requests (HTTP 429{wait}) for {what}; wait and"
                 " try again",
                 ref=ref_text,
                 digest=digest,
@@ -702,7 +710,7 @@ class RegistryClient:
             )
         if status >= 500:
             return RegistryUnavailable(
-                f"{authority} failed with HTTP {status} for {what}{suffix}; try again later",
+                f"{server} failed with HTTP {status} for {what}{suffix}; try again later",
                 ref=ref_text,
                 digest=digest,
                 transient=status in _TRANSIENT_5XX,
@@ -710,13 +718,13 @@ class RegistryClient:
             )
         if status == 408:
             return RegistryUnavailable(
-                f"{authority} timed out the request for {what} (HTTP 408){suffix}",
+                f"{server} timed out the request for {what} (HTTP 408){suffix}",
                 ref=ref_text,
                 digest=digest,
                 transient=True,
             )
         return RegistryError(
-            f"{authority} answered HTTP {status} for {what}{suffix}", ref=ref_text, digest=digest
+            f"{server} answered HTTP {status} for {what}{suffix}", ref=ref_text, digest=digest
         )
 
 
@@ -724,10 +732,11 @@ def _check_blob_status(
     response: httpx.Response, ref: Reference, digest: Digest, offset: int
 ) -> None:
     status = response.status_code
+    server = _authority(response.url)  # the registry's, or a storage server's it named
     if offset == 0:
         if status != 200:
             raise RegistryError(
-                f"{ref.api_host} answered HTTP {status} instead of 200 for blob {digest}",
+                f"{server} answered HTTP {status} instead of 200 for blob {digest}",
                 ref=str(ref),
                 digest=str(digest),
             )
@@ -737,15 +746,23 @@ def _check_blob_status(
     content_range = response.headers.get("Content-Range", "")
     if status != 206 or not content_range.startswith(f"bytes {offset}-"):
         raise RegistryError(
-            f"{ref.api_host} did not resume blob {digest} at byte {offset} (HTTP {status},"
-            f" Content-Range {content_range[:60]!r})",
+            f"{server} did not resume blob {digest} at byte {offset} (HTTP {status},"
+            f" Content-Range {redact(content_range)[:60]!r})",
             ref=str(ref),
             digest=str(digest),
         )
 
 
 async def _error_detail(response: httpx.Response) -> str:
-    """The registry's ``{"errors": [{"code", "message"}]}``, shortened; "" if none."""
+    """The registry's ``{"errors": [{"code", "message"}]}``, redacted and shortened; "" if
+    none.
+
+    The server's words go into errors and retry warnings, so they pass ``redact`` first:
+    a storage server behind a redirect echoes the signed URL it was asked for, a registry
+    the token it refused. Redacted before it is cut, so that a secret cut short still has
+    the shape that gives it away, and after what is not printable is dropped, so that a
+    control character cannot hide a secret's name from it.
+    """
     try:
         body = await read_bounded(response, _ERROR_BODY_BYTES, what="error body")
         doc = json.loads(body.decode("utf-8"))
@@ -757,10 +774,15 @@ async def _error_detail(response: httpx.Response) -> str:
     for error in doc["errors"][:3]:
         if isinstance(error, dict):
             code, message = error.get("code"), error.get("message")
-            text = ": ".join(str(x) for x in (code, message) if isinstance(x, str) and x)
+            said = [_printable(x) for x in (code, message) if isinstance(x, str)]
+            text = ": ".join(redact(x) for x in said if x)
             if text:
-                parts.append("".join(c for c in text if c.isprintable())[:200])
+                parts.append(text[:200])
     return "; ".join(parts)
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())
 
 
 def _authority(url: httpx.URL) -> str:

@@ -1155,6 +1155,126 @@ async def test_a_registry_that_keeps_failing_is_given_up_on_with_nothing_stored(
     assert broken.digest not in blob_names(tmp_path / "s")
 
 
+# What a storage server's signed URL carries: none of it may reach an error or a log line.
+SIGNATURE = "5f2b9c0d1e8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c"
+CREDENTIAL = "AKIAEXAMPLE7Q"
+SIGNED_QUERY = (
+    f"X-Amz-Signature={SIGNATURE}&X-Amz-Credential={CREDENTIAL}%2F20260101%2Fs3"
+    "&sig=SIGv7Tq&token=TOKz9Wp&X-Amz-Expires=1200"
+)
+URL_SECRETS = (SIGNATURE, CREDENTIAL, "SIGv7Tq", "TOKz9Wp")
+
+
+def storage_server_failing_with_its_signed_url(
+    registry: Any, proxy: Any, fixture_server: Any, digest: str
+) -> tuple[Any, Any]:
+    """The registry (behind a proxy) redirects the blob ``digest`` to a signed URL on a
+    storage server, which answers 503 with a registry-style JSON error quoting the URL it
+    was asked for and, in a second error, the signature on its own."""
+    cdn = fixture_server()
+
+    def busy(request: Any) -> Reply:
+        return Reply.json(
+            {
+                "errors": [
+                    {
+                        "code": "SLOW_DOWN",
+                        "message": f"storage backend busy for {cdn.url}{request.target}",
+                    },
+                    {"code": "DETAIL", "message": f"X-Amz-Signature={SIGNATURE} is throttled"},
+                ]
+            },
+            503,
+        )
+
+    cdn.route("/b", busy)
+    via = proxy(registry)
+    via.inject(
+        f"*/blobs/{digest}", Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}), times=None
+    )
+    return via, cdn
+
+
+async def test_a_storage_servers_error_quoting_its_signed_url_is_reported_without_it(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """RELIABILITY.md: secrets never in logs or errors. The storage server's words are
+    quoted in each retry warning and in the final error: they name the server that failed,
+    its status and what it said, but the signed URL only up to its path."""
+    from structlog.testing import capture_logs
+
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    via, cdn = storage_server_failing_with_its_signed_url(
+        registry, proxy, fixture_server, layer.digest
+    )
+
+    with capture_logs() as logs, trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=pipeline.Limits(retries=2, retry_wait_s=0.01),
+        )
+
+    logged = json.dumps(logs, default=str)
+    for secret in URL_SECRETS:
+        assert secret not in message and secret not in logged, secret
+    assert cdn.count("GET", "/b") == 3  # the signed URL was used, and failed each time
+    retries = [entry for entry in logs if entry["event"] == "retrying"]
+    assert len(retries) == 2
+    for text in (message, *(entry["error"] for entry in retries)):
+        assert f"the storage server {cdn.host} that {via.host} redirected to" in text
+        assert "HTTP 503" in text and layer.digest in text
+        assert f"SLOW_DOWN: storage backend busy for {cdn.url}/b?[redacted]" in text
+        assert "X-Amz-Signature=[redacted] is throttled" in text
+    assert "gave up after 3 attempts" in message
+
+
+def test_the_cli_reports_a_storage_servers_failure_without_its_signed_url(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """The same failure through the command line, every output on: the stderr error line,
+    the ``--json`` error line and the debug log (retry warnings, the traceback with its
+    causes) name the storage server and its status, and none carries the signature."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    via, cdn = storage_server_failing_with_its_signed_url(
+        registry, proxy, fixture_server, layer.digest
+    )
+    argv = ["pull", f"{via.host}/{unique_repo}:1", "--store", str(tmp_path / "s"), "--json",
+            "--retries", "1", "--log-level", "debug", "--log-json"]  # fmt: skip
+
+    proc = cli(*argv)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, err
+    for secret in URL_SECRETS:
+        assert secret not in out and secret not in err, secret
+    storage = f"the storage server {cdn.host} that {via.host} redirected to"
+    error_line = json.loads(out.splitlines()[-1])
+    assert (error_line["event"], error_line["error"]) == ("error", "RegistryUnavailable")
+    *log_lines, stderr_line = err.splitlines()
+    for text in (error_line["message"], stderr_line):
+        assert storage in text and "HTTP 503" in text and f"{cdn.url}/b?[redacted]" in text
+    records = [json.loads(line) for line in log_lines]
+    [retry] = [r for r in records if r["event"] == "retrying"]
+    assert storage in retry["error"] and "HTTP 503" in retry["error"]
+    assert any(r["event"] == "command failed" for r in records)
+
+
 async def test_a_rate_limit_asking_for_an_hour_fails_at_once(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -516,6 +516,18 @@ async def test_stream_blob_resumed_at_another_byte_is_an_error() -> None:
     assert not info.value.transient
 
 
+async def test_a_content_range_is_quoted_without_a_secret() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = lambda r: streamed(
+        206, BLOB, headers={"Content-Range": "bytes 0-1/2;token=T0ken99"}
+    )
+    async with _client(fake, limits=Limits(retries=0)) as client:
+        with pytest.raises(RegistryError, match="did not resume") as info:
+            await _read_blob(client, offset=10)
+    assert "T0ken99" not in str(info.value)
+    assert "'bytes 0-1/2;token=[redacted]'" in str(info.value)
+
+
 def _redirect(location: str, status: int = 307) -> Handler:
     return lambda request: httpx.Response(status, headers={"Location": location})
 
