@@ -31,6 +31,7 @@ import trio
 from ._config import Credentials, Limits
 from ._errors import AuthError
 from ._http import describe_error, transient_failure
+from ._redact import redact
 from ._retry import parse_retry_after
 
 __all__ = [
@@ -136,7 +137,7 @@ def _parse_header(text: str) -> list[Challenge]:
             else:
                 out.append(c)
                 pos += 1
-        raise ChallengeError(f"unterminated quoted string in WWW-Authenticate: {text!r:.200}")
+        raise ChallengeError(f"unterminated quoted string in WWW-Authenticate: {_quoted(text)}")
 
     while True:
         skip(" \t,")
@@ -144,7 +145,7 @@ def _parse_header(text: str) -> list[Challenge]:
             return challenges
         scheme = token()
         if not scheme:
-            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {text!r:.200}")
+            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {_quoted(text)}")
         params: dict[str, str] = {}
         skip(" \t")
         while pos < n:
@@ -172,18 +173,24 @@ def _parse_header(text: str) -> list[Challenge]:
                 value = token()
                 if not value:
                     raise ChallengeError(
-                        f"parameter {name!r} has no value in WWW-Authenticate: {text!r:.200}"
+                        f"parameter {name!r:.60} has no value in WWW-Authenticate: {_quoted(text)}"
                     )
             params.setdefault(name.lower(), value)
             skip(" \t")
             if pos < n and text[pos] != ",":
                 raise ChallengeError(
-                    f"unexpected {text[pos]!r} after parameter {name!r} in WWW-Authenticate:"
-                    f" {text!r:.200}"
+                    f"unexpected {text[pos]!r} after parameter {name!r:.60} in WWW-Authenticate:"
+                    f" {_quoted(text)}"
                 )
         if pos < n and text[pos] not in " \t,":
-            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {text!r:.200}")
+            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {_quoted(text)}")
         challenges.append(Challenge(scheme.lower(), tuple(params.items())))
+
+
+def _quoted(text: str) -> str:
+    """A header value (or a realm from one) as an error message quotes it: redacted, for a
+    challenge may carry a token or a signed URL (``stages/_redact.py``), then shortened."""
+    return f"{redact(text)!r:.200}"
 
 
 def choose_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
@@ -337,9 +344,9 @@ def token_url(realm: str, service: str | None, scope: str) -> httpx.URL:
     try:
         url = httpx.URL(realm)
     except httpx.InvalidURL as exc:
-        raise AuthError(f"the registry named an invalid token realm {realm!r:.200}") from exc
+        raise AuthError(f"the registry named an invalid token realm {_quoted(realm)}") from exc
     if url.scheme not in ("http", "https") or not url.host:
-        raise AuthError(f"the registry named an unusable token realm {realm!r:.200}")
+        raise AuthError(f"the registry named an unusable token realm {_quoted(realm)}")
     if url.userinfo:
         # httpx would send them as Basic auth in place of the user's own credentials:
         # the pull would run as whoever the registry chose. Not echoed: they are secret.

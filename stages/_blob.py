@@ -35,6 +35,7 @@ import trio
 from ._config import Limits
 from ._errors import ImagecError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
+from ._redact import redact
 from ._reference import Reference
 from ._retry import retrying
 from ._types import Descriptor, Digest
@@ -176,7 +177,7 @@ async def _attempt(
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
             f"the download of layer {digest} broke off after {transfer.received} of {size} "
-            f"bytes ({exc}); pull again",
+            f"bytes ({redact(str(exc))}); pull again",
             ref=ref_text,
             digest=digest,
             transient=True,
@@ -184,7 +185,7 @@ async def _attempt(
     except httpx.HTTPError as exc:
         raise RegistryUnavailable(
             f"the connection to the registry failed after {transfer.received} of {size} "
-            f"bytes of layer {digest}: {type(exc).__name__}: {exc}; pull again",
+            f"bytes of layer {digest}: {type(exc).__name__}: {redact(str(exc))}; pull again",
             ref=ref_text,
             digest=digest,
             transient=True,

@@ -27,6 +27,7 @@ import trio
 
 from ._config import Limits, RegistryOptions
 from ._errors import UsageError
+from ._redact import redact
 
 __all__ = [
     "DeferredTrustContext",
@@ -394,8 +395,13 @@ def describe_error(exc: BaseException) -> str:
     """A short human description of a transport failure, for error messages.
 
     httpx's own messages are often empty (``ConnectError('')``); the useful text is the
-    ssl or OS error at the bottom of the chain.
+    ssl or OS error at the bottom of the chain. Redacted (``stages/_redact.py``): the
+    text is the network's, and an exception may quote a URL it was given.
     """
+    return redact(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
     for link in _chain(exc):
         if isinstance(link, ssl.SSLCertVerificationError):
             detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)

@@ -112,6 +112,27 @@ def test_parse_challenges_malformed(header: str) -> None:
         parse_challenges([header])
 
 
+def test_a_malformed_challenge_is_quoted_without_its_secrets() -> None:
+    """The header is quoted in the error, which is logged: by the rule of
+    stages/_redact.py, the realm's query and a token-named value are not."""
+    header = 'Bearer realm="https://auth.example/token?sig=S1gn",token=T0ken99 junk'
+    with pytest.raises(ChallengeError) as info:
+        parse_challenges([header])
+    message = str(info.value)
+    assert "S1gn" not in message and "T0ken99" not in message
+    assert "https://auth.example/token?[redacted]" in message and "token=[redacted]" in message
+
+
+@pytest.mark.parametrize(
+    "realm", ["https://auth.example:port/t?sig=S1gn", "ftp://auth.example/t?sig=S1gn"]
+)
+def test_an_unusable_realm_is_quoted_without_its_query(realm: str) -> None:
+    with pytest.raises(AuthError, match="token realm") as info:
+        token_url(realm, "s", "scope")
+    assert "S1gn" not in str(info.value)
+    assert "auth.example" in str(info.value)
+
+
 def test_choose_challenge() -> None:
     basic = ch("basic", realm="r")
     bearer = ch("bearer", realm="https://a/t")

@@ -108,6 +108,12 @@ async def test_connection_refused_is_httpx_connect_error() -> None:
             assert "refused" in describe_error(info.value).lower()
 
 
+def test_a_transport_error_is_described_without_a_signed_url() -> None:
+    # httpx's own texts name no URL today; an exception quoting one must not leak it.
+    text = describe_error(httpx.ReadError("reading https://cdn.example/b?X-Amz-Signature=S1gn"))
+    assert text == "ReadError: reading https://cdn.example/b?[redacted]"
+
+
 async def test_read_timeout_from_limits() -> None:
     async def stall(stream: trio.SocketStream) -> None:
         await _read_request(stream)
