@@ -63,6 +63,7 @@ import trio
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import ImagecError, UsageError
+from stages._redact import redact
 from stages._reference import parse_reference
 from stages._types import Digest, Platform
 
@@ -604,13 +605,15 @@ def _failed(where: str, exc: BaseException, secret: str | None = None) -> int:
 
 
 def _message(exc: BaseException, secret: str | None) -> str:
-    """What a failure says: ours as they are, anything else as an internal error."""
+    """What a failure says: ours as they are, anything else as an internal error; without
+    the password, and redacted by the rule the stages apply to a server's text
+    (``stages/_redact.py``) in case an exception quotes a signed URL or a token."""
     if isinstance(exc, ImagecError):
         message = str(exc)
     else:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         message = f"internal error: {detail} (--log-level debug shows more)"
-    return message.replace(secret, "[redacted]") if secret else message
+    return redact(message.replace(secret, "[redacted]") if secret else message)
 
 
 # --- images, layers, inspect ---

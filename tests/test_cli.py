@@ -502,6 +502,20 @@ def test_pull_error_never_shows_the_password(
     assert "ci:[redacted]" in captured.err
 
 
+def test_an_internal_error_quoting_a_signed_url_is_reported_without_it(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ours are redacted where the server's text enters them; anything else is not ours.
+    install_fake_pull(monkeypatch, _raise(RuntimeError("GET https://cdn.example/b?sig=S1gn")))
+    assert main(["pull", REF, "--store", str(store_dir), "--json"]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "S1gn" not in captured.out + captured.err
+    assert "RuntimeError: GET https://cdn.example/b?[redacted]" in captured.err
+    assert (
+        "https://cdn.example/b?[redacted]" in json.loads(captured.out.splitlines()[-1])["message"]
+    )
+
+
 def test_pull_debug_log_has_the_cause_but_no_secret(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
