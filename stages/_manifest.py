@@ -3,7 +3,8 @@
 Plain async functions, not stages: each is one request and one answer. Every body is
 untrusted: the digest is computed from the bytes received (never taken from a header),
 sizes are capped before reading, and the JSON is checked field by field so that nothing
-malformed (a bad digest, a negative size, an unknown layer type) reaches the layer stages.
+malformed (a bad digest, a negative size, an unknown layer type) reaches the layer stages,
+and nothing ill-typed (``"subject": 5``, ``"Env": "A=1"``: ``_schema``) the store.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from ._config import Limits
 from ._errors import InvalidDigest, ManifestError, PlatformNotFound
 from ._reference import Reference
 from ._registry import BodyOverLimit, RegistryClient
+from ._schema import FieldError, check_config, check_index, check_manifest
 from ._types import Descriptor, Digest, MediaType, Platform
 
 log = structlog.get_logger()
@@ -111,6 +113,7 @@ async def resolve_image(
     if media_type in MediaType.INDEXES:
         index_bytes, index_media_type = body, media_type
         entries = _parse_index(doc, where, digest)
+        _check_fields(check_index, doc, "index", where, digest)
         entry = _choose(entries, platform, where, digest)
         chosen_platform = entry.platform
         if entry.size > limits.max_manifest_bytes:
@@ -140,6 +143,7 @@ async def resolve_image(
             )
 
     config, layers = _parse_manifest(doc, where, digest)
+    _check_fields(check_manifest, doc, "manifest", where, digest)
     if config.size > limits.max_manifest_bytes:
         raise ManifestError(
             f"the image config is {config.size} bytes, over the {limits.max_manifest_bytes}-byte"
@@ -150,6 +154,7 @@ async def resolve_image(
     config_bytes, _ = await _get_described(client, ref, "blobs", config, where)
     _check_blob(config_bytes, _sha256(config_bytes), config, "image config", where)
     config_doc = _load_json(config_bytes, "image config", where, config.digest)
+    _check_fields(check_config, config_doc, "image config", where, config.digest)
     diff_ids = _parse_diff_ids(config_doc, len(layers), where, config.digest)
     image_platform = _config_platform(config_doc, where, config.digest)
     if chosen_platform is not None:
@@ -290,6 +295,27 @@ def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, 
             digest=str(digest),
         ) from exc
     return doc
+
+
+def _check_fields(
+    check: Callable[[Mapping[str, Any]], None],
+    doc: Mapping[str, Any],
+    what: str,
+    where: str,
+    digest: Digest,
+) -> None:
+    """Every field the OCI spec defines in ``doc`` of the JSON type it gives, or
+    ``ManifestError`` naming the document and the field: another tool could not read the
+    document from the store (``_schema``'s docstring says which tools and why)."""
+    try:
+        check(doc)
+    except FieldError as exc:
+        raise ManifestError(
+            f"the {what}'s {exc.field} {exc.problem}, as the OCI image spec requires; refused:"
+            " the tools that read the store (skopeo, umoci, containerd) would fail on it",
+            ref=where,
+            digest=str(digest),
+        ) from exc
 
 
 def _media_type(
@@ -569,7 +595,8 @@ def _satisfies(image: Platform, wanted: Platform) -> bool:
 
 
 def _config_platform(doc: Mapping[str, Any], where: str, digest: Digest) -> Platform | None:
-    """The config's os/architecture(/variant), if it states them as strings."""
+    """The config's os/architecture(/variant), if it states both (``check_config`` made
+    sure that what it states is a string)."""
     os, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
     if not isinstance(os, str) or not isinstance(arch, str) or not os or not arch:
         return None

@@ -553,6 +553,28 @@ def _bad_manifests() -> list[tuple[str, Any, str]]:
             "not an image config",
         ),
         ("annotations", setter(["layers", 0, "annotations"], {"a": 1}), "annotations"),
+        # Fields the pull does not use, but the store keeps (the registry's bytes, or a
+        # manifest converted from them) and other tools read: they passed unchecked.
+        (
+            "urls",
+            setter(["layers", 1, "urls"], "https://x"),
+            'the manifest\'s layers[1].urls is the string "https://x", not an array of strings',
+        ),
+        ("urls item", setter(["layers", 0, "urls"], [5]), "layers[0].urls[0] is the number 5"),
+        ("data", setter(["layers", 0, "data"], 5), "layers[0].data is the number 5, not base64"),
+        ("config urls", setter(["config", "urls"], {}), "the manifest's config.urls is an object"),
+        ("subject", setter(["subject"], 5), "the manifest's subject is the number 5, not a"),
+        (
+            "subject size",
+            setter(["subject"], {"mediaType": "x", "digest": "sha256:" + "1" * 64, "size": "1"}),
+            'subject.size is the string "1"',
+        ),
+        ("artifactType", setter(["artifactType"], 5), "the manifest's artifactType is the number"),
+        (
+            "manifest annotations",
+            setter(["annotations"], {"a": 1}),
+            'the manifest\'s annotations["a"] is the number 1, not a string',
+        ),
     ]
 
 
@@ -634,13 +656,56 @@ async def test_media_type_mismatch_with_header() -> None:
         (dumps({"rootfs": {"diff_ids": ["sha256:bad", "x"]}}), "diff_id 0"),
         (dumps({"os": "linux"}), "no rootfs.diff_ids"),
         (b"\x00not json", "image config is not valid JSON"),
+        # Ill-typed: "architecture": 5 was taken for an unstated platform and the one asked
+        # for recorded; the others were stored for other tools to choke on.
+        (config(arch=5), "the image config's architecture is the number 5, not a string"),
+        (config(variant=["v8"]), "the image config's variant is an array, not a string"),
+        (
+            dumps({"rootfs": {"type": "layers", "diff_ids": "sha256:" + "0" * 64}}),
+            "the image config's rootfs.diff_ids is the string",
+        ),
+        (config(rootfs=[]), "the image config's rootfs is an array, not an object"),
+        (config(config={"Env": "A=1"}), 'config.Env is the string "A=1", not an array of strings'),
+        (config(config={"Labels": {"a": 1}}), r'config.Labels\["a"\] is the number 1'),
+        (config(created="yesterday"), 'created is the string "yesterday", not a date and time'),
+        (config(history=[{"empty_layer": "no"}]), r"history\[0\].empty_layer is the string"),
     ],
 )
 async def test_bad_configs(config_bytes: bytes, text: str) -> None:
     reg = Registry()
     reg.add_manifest(dumps(manifest(reg, config_bytes)), MediaType.OCI_MANIFEST, "latest")
-    with pytest.raises(ManifestError, match=text):
+    with pytest.raises(ManifestError, match=text) as info:
         await resolve(reg)
+    assert REPO in str(info.value)
+
+
+async def test_a_config_as_docker_writes_it_with_nulls_and_its_own_fields_is_taken() -> None:
+    # OCI: an optional field may be null; fields it does not define are ignored.
+    reg = Registry()
+    docker_style = config(
+        variant=None,
+        author=None,
+        created="2015-10-31T22:22:56.015925234Z",
+        config={"Cmd": None, "Labels": None, "OnBuild": None, "Healthcheck": {"Test": []}},
+        container_config={"Cmd": "not an OCI field"},
+        history=None,
+    )
+    reg.add_manifest(dumps(manifest(reg, docker_style)), MediaType.OCI_MANIFEST, "latest")
+    assert (await resolve(reg)).platform == AMD64
+
+
+async def test_an_ill_typed_index_field_is_refused_before_any_manifest_is_fetched() -> None:
+    reg = Registry()
+    entry = index_entry(reg, manifest(reg), AMD64.to_json())
+    entry["platform"]["os.features"] = "sse4"
+    _index(reg, [entry])
+    with pytest.raises(ManifestError) as info:
+        await resolve(reg)
+    assert str(info.value).startswith(
+        'the index\'s manifests[0].platform.os.features is the string "sse4", not an array of'
+        " strings, as the OCI image spec requires; refused"
+    )
+    assert not any(entry["digest"] in path for path in reg.requests)
 
 
 async def test_config_digest_and_size_verified() -> None:

@@ -602,6 +602,97 @@ async def test_manifest_over_4_mib_is_refused(
     assert "4 MiB" in message or "4194304" in message
 
 
+def set_field(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """What sets the field at ``path`` of a JSON document to ``value`` (``config/Env``,
+    ``layers/0/data``: a number indexes an array)."""
+
+    def edit(doc: dict[str, Any]) -> None:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split("/")]
+        target: Any = doc
+        for key in parents:
+            target = target[key]
+        target[last] = value
+
+    return edit
+
+
+def assert_nothing_recorded(store_path: Path, image: images.Image) -> None:
+    """No record of ``image``: no listing, no index.json entry, none of its blobs."""
+    assert Store.open(store_path).list_images() == []
+    index = store_path / "index.json"
+    assert not index.exists() or json.loads(index.read_text())["manifests"] == []
+    blob_dir = store_path / "blobs" / "sha256"
+    stored = blob_names(store_path) if blob_dir.exists() else set()
+    assert stored.isdisjoint({image.digest, image.config.digest, *(x.digest for x in image.layers)})
+
+
+# Fields of the wrong JSON type that the registry stores as pushed (a config is a blob it
+# never reads; a manifest field its Go types lack is ignored): (manifest kind, document,
+# field, value, what the error says). Each was pulled and stored, "architecture": 5 as
+# the platform asked for.
+ILL_TYPED_FIELDS = [
+    ("oci", "config", "architecture", 5, "the image config's architecture is the number 5"),
+    ("oci", "config", "rootfs/diff_ids", "sha256:" + "0" * 64, "config's rootfs.diff_ids is"),
+    ("oci", "config", "config/Env", "PATH=/bin", 'config\'s config.Env is the string "PATH=/bin"'),
+    ("docker", "config", "config/Labels", {"a": 1}, 'config.Labels["a"] is the number 1'),
+    ("oci", "config", "history/0/created", "yesterday", 'history[0].created is the string "y'),
+    ("oci", "manifest", "subject", 5, "the manifest's subject is the number 5, not a descriptor"),
+    ("oci", "manifest", "layers/0/data", 5, "the manifest's layers[0].data is the number 5"),
+    ("docker", "manifest", "annotations", {"a": 1}, 'the manifest\'s annotations["a"] is the'),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "document", "path", "value", "text"),
+    ILL_TYPED_FIELDS,
+    ids=[f"{kind}-{document}-{path}" for kind, document, path, *_ in ILL_TYPED_FIELDS],
+)
+async def test_an_ill_typed_field_fails_the_pull_naming_it_and_nothing_is_recorded(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    kind: images.Kind,
+    document: str,
+    path: str,
+    value: Any,
+    text: str,
+) -> None:
+    image = images.sample_image(unique_seed, kind=kind, compressions=("gzip",), layer_size=8192)
+    bad = images.edited_image(image, **{document: set_field(path, value)})
+    registry.push(unique_repo, bad, "1")
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "1"), tmp_path / "s", pipeline.ManifestError
+    )
+
+    assert text in message and "as the OCI image spec requires" in message
+    assert_nothing_recorded(tmp_path / "s", bad)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "text"),
+    [
+        ("layers/0/size", "12", "layer 0 has an invalid size '12'"),
+        ("layers/0/size", True, "layer 0 has an invalid size True"),
+        ("layers/0/urls", "https://x", 'the manifest\'s layers[0].urls is the string "https://x"'),
+    ],
+)
+async def test_an_ill_typed_field_the_registry_refuses_fails_the_pull_too(
+    fixture_server: Any, unique_seed: str, tmp_path: Path, path: str, value: Any, text: str
+) -> None:
+    # The registry refuses these on push; another registry, or a proxy, may serve them.
+    image = images.sample_image(unique_seed, compressions=("gzip",), layer_size=8192)
+    bad = images.edited_image(image, manifest=set_field(path, value))
+    server = fixture_server()
+    server.serve_image("bad/types", bad, "1")
+
+    message = await pull_fails(f"{server.host}/bad/types:1", tmp_path / "s", pipeline.ManifestError)
+
+    assert text in message
+    assert_nothing_recorded(tmp_path / "s", bad)
+
+
 async def test_a_stored_layer_is_skipped_only_if_it_is_the_layer_the_image_describes(
     fixture_server: Any, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -16,7 +16,8 @@ types, as some build tools push (the registry takes it; OCI readers of a layout 
 
 Broken inputs for failure tests: ``truncated_gzip_layer``, ``wrong_media_type_layer``,
 ``make_image(..., diff_ids=...)`` / ``mismatched_diff_ids_image``, ``corrupt_blob`` (flips a
-byte of a blob in the registry's storage folder), ``oversized_manifest``.
+byte of a blob in the registry's storage folder), ``oversized_manifest``, ``edited_image``
+(any field of the config or manifest JSON set to anything).
 
 A corrupted blob is corrupt for every repository of that registry: build such images from
 a seed no other test uses (e.g. the test's name).
@@ -30,7 +31,7 @@ import io
 import json
 import random
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,7 @@ __all__ = [
     "corrupt_blob",
     "digest_of",
     "docker_typed_oci_image",
+    "edited_image",
     "empty_layer",
     "generate_files",
     "make_config",
@@ -509,6 +511,30 @@ def mismatched_diff_ids_image(seed: int | str, *, kind: Kind = "oci") -> Image:
     ]
     wrong = [layers[0].diff_id, digest_of(b"not the layer " + str(seed).encode())]
     return make_image(layers, kind=kind, diff_ids=wrong)
+
+
+def edited_image(
+    image: Image,
+    *,
+    config: Callable[[dict[str, Any]], None] | None = None,
+    manifest: Callable[[dict[str, Any]], None] | None = None,
+) -> Image:
+    """``image`` with its config JSON changed in place by ``config`` and then its manifest
+    JSON by ``manifest`` (the manifest names the changed config). The registry stores a
+    config as any blob, and ignores manifest fields its Go types lack; what it refuses
+    (a layer's ``"size": "12"``) can be served from a FixtureServer."""
+    cfg = image.config
+    if config is not None:
+        doc = cfg.json()
+        config(doc)
+        cfg = Blob(cfg.media_type, _dumps(doc))
+    body = json.loads(image.manifest.data)
+    body["config"] = cfg.descriptor()
+    if manifest is not None:
+        manifest(body)
+    return Image(
+        image.kind, image.platform, cfg, image.layers, Blob(image.media_type, _dumps(body))
+    )
 
 
 def oversized_manifest(image: Image, *, size: int = 4 * 1024 * 1024 + 1024) -> Blob:
