@@ -58,6 +58,10 @@ class Limits:
     pipe_buffer: int = 8
     # Manifests, indexes and configs over this size are refused unread.
     max_manifest_bytes: int = 4 * MiB
+    # Index entries naming no platform whose manifest and config are read, in order, to
+    # find the platform asked for: two requests each, so an index of thousands costs no
+    # thousands of requests. Real indexes have a few.
+    max_unplaced_entries: int = 16
     # Token endpoint responses over this size are refused unread.
     max_token_bytes: int = 1 * MiB
     # Decompression caps: absolute, and relative to the compressed size.
@@ -131,6 +135,7 @@ _LEAST_COUNTS = {
     "chunk_buffer": 0,  # 0: a rendezvous channel
     "pipe_buffer": 1,
     "max_manifest_bytes": 1,
+    "max_unplaced_entries": 1,
     "max_token_bytes": 1,
     "max_layer_uncompressed_bytes": 1,
     "max_compression_ratio": 1,

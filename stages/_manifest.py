@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,8 +78,10 @@ async def resolve_image(
     """Fetch and check what ``ref`` names: (index →) manifest → config.
 
     An index is resolved to the entry for ``platform`` (an exact variant preferred, else
-    the closest older ARM version it runs), or else to its first entry naming no
-    platform, whose config must then be for ``platform``; the config's
+    the closest older version it runs: ``Platform.rank``). Failing that, its entries
+    naming no platform (OCI makes it optional) are read in order, manifest and config,
+    and the first whose config is for ``platform`` is taken, or else the closest
+    fallback among them; at most ``limits.max_unplaced_entries`` are read. The config's
     ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A single
     manifest is taken for the platform its config names, unless ``platform_asked`` (the
     user chose ``platform``): then another OS, architecture or variant is refused, as
@@ -104,44 +106,167 @@ async def resolve_image(
         )
     doc = _load_json(body, "manifest", where, digest)
     media_type = _media_type(doc, headers.get("Content-Type"), "manifest", where, digest)
-    resolved_digest = digest
 
     index_bytes: bytes | None = None
     index_media_type: str | None = None
-    entries: list[Descriptor] = []
-    chosen_platform: Platform | None = None
-    if media_type in MediaType.INDEXES:
+    if media_type not in MediaType.INDEXES:
+        image = await _read_image(client, ref, digest, media_type, body, doc, limits, where)
+        if (
+            platform_asked
+            and image.platform is not None
+            and _config_rank(image.platform, platform, asked=True) is None
+        ):
+            raise PlatformNotFound(
+                f"the image is for {image.platform}, not {platform} as asked; it is a single "
+                "manifest, with no other platform to choose",
+                ref=where,
+                digest=str(digest),
+            )
+        final_platform = image.platform or platform
+    else:
         index_bytes, index_media_type = body, media_type
         entries = _parse_index(doc, where, digest)
         _check_fields(check_index, doc, "index", where, digest)
-        entry = _choose(entries, platform, where, digest)
-        chosen_platform = entry.platform
-        if entry.size > limits.max_manifest_bytes:
-            named = f"for {entry.platform}" if entry.platform else "without a platform"
-            raise ManifestError(
-                f"the manifest {named} is {entry.size} bytes, over the"
-                f" {limits.max_manifest_bytes}-byte limit; refused",
-                ref=where,
-                digest=str(entry.digest),
+        candidates = _choose(entries, platform, where, digest)
+        entry = candidates[0]
+        if entry.platform is not None:
+            image = await _read_entry(client, ref, entry, limits, where)
+            if image.platform is not None and not _same_system(image.platform, entry.platform):
+                raise ManifestError(
+                    f"the index lists this manifest as {entry.platform} but its config says"
+                    f" {image.platform}",
+                    ref=where,
+                    digest=str(image.config.digest),
+                )
+            final_platform = entry.platform
+        else:
+            image = await _read_unplaced(
+                client, ref, entries, candidates, platform, platform_asked, limits, where, digest
             )
-        body, headers = await _get_described(client, ref, "manifests", entry, where)
-        digest = _sha256(body)
-        _check_blob(body, digest, entry, "manifest", where)
-        doc = _load_json(body, "manifest", where, digest)
-        media_type = _media_type(doc, headers.get("Content-Type"), "manifest", where, digest)
-        if media_type in MediaType.INDEXES:
-            raise ManifestError(
-                "the index points to another index; nested indexes are not supported",
-                ref=where,
-                digest=str(digest),
-            )
-        if media_type != entry.media_type:
-            raise ManifestError(
-                f"the index says {entry.media_type!r} but the manifest is {media_type!r}",
-                ref=where,
-                digest=str(digest),
-            )
+            final_platform = image.platform or platform
+    log.debug(
+        "image resolved",
+        ref=where,
+        digest=str(digest),
+        manifest=str(image.digest),
+        layers=len(image.layers),
+        platform=str(final_platform),
+    )
+    return ResolvedImage(
+        ref=ref,
+        resolved_digest=digest,
+        index_bytes=index_bytes,
+        index_media_type=index_media_type,
+        manifest_digest=image.digest,
+        manifest_media_type=image.media_type,
+        manifest_bytes=image.body,
+        platform=final_platform,
+        config=image.config,
+        config_bytes=image.config_bytes,
+        layers=image.layers,
+        diff_ids=image.diff_ids,
+    )
 
+
+@dataclass(frozen=True)
+class _Image:
+    """One image manifest and its config, both checked; ``platform`` is what the config
+    says, if it says."""
+
+    digest: Digest
+    media_type: str
+    body: bytes
+    config: Descriptor
+    config_bytes: bytes
+    layers: tuple[Descriptor, ...]
+    diff_ids: tuple[Digest, ...]
+    platform: Platform | None
+
+
+async def _read_unplaced(
+    client: RegistryClient,
+    ref: Reference,
+    entries: list[Descriptor],
+    unplaced: list[Descriptor],
+    wanted: Platform,
+    platform_asked: bool,
+    limits: Limits,
+    where: str,
+    index_digest: Digest,
+) -> _Image:
+    """The image of the index entries naming no platform (``unplaced``, in the index's
+    order) whose config is for ``wanted``: the first that is exactly, else the closest
+    fallback (``_config_rank``), the first of equals.
+
+    containerd reads only the first such entry (``images.Manifest`` walks one candidate),
+    so an index of platform-less entries served one platform; each is read here, manifest
+    and config, until one fits. ``limits.max_unplaced_entries`` bounds the requests an
+    index of many such entries costs.
+    """
+    best: tuple[int, _Image] | None = None
+    said: list[Platform] = []
+    for entry in unplaced[: limits.max_unplaced_entries]:
+        image = await _read_entry(client, ref, entry, limits, where)
+        rank = _config_rank(image.platform, wanted, asked=platform_asked)
+        if rank == 0:
+            return image
+        if rank is not None and (best is None or rank < best[0]):
+            best = (rank, image)
+        if image.platform is not None:
+            said.append(image.platform)
+    if best is not None:
+        return best[1]
+    raise PlatformNotFound(
+        f"the image has no manifest for {wanted}; it has: {_offered(entries, said)}. Choose"
+        " one with --platform",
+        ref=where,
+        digest=str(index_digest),
+    )
+
+
+async def _read_entry(
+    client: RegistryClient, ref: Reference, entry: Descriptor, limits: Limits, where: str
+) -> _Image:
+    """Fetch and check the image manifest an index entry names, and its config."""
+    if entry.size > limits.max_manifest_bytes:
+        named = f"for {entry.platform}" if entry.platform else "without a platform"
+        raise ManifestError(
+            f"the manifest {named} is {entry.size} bytes, over the"
+            f" {limits.max_manifest_bytes}-byte limit; refused",
+            ref=where,
+            digest=str(entry.digest),
+        )
+    body, headers = await _get_described(client, ref, "manifests", entry, where)
+    digest = _sha256(body)
+    _check_blob(body, digest, entry, "manifest", where)
+    doc = _load_json(body, "manifest", where, digest)
+    media_type = _media_type(doc, headers.get("Content-Type"), "manifest", where, digest)
+    if media_type in MediaType.INDEXES:
+        raise ManifestError(
+            "the index points to another index; nested indexes are not supported",
+            ref=where,
+            digest=str(digest),
+        )
+    if media_type != entry.media_type:
+        raise ManifestError(
+            f"the index says {entry.media_type!r} but the manifest is {media_type!r}",
+            ref=where,
+            digest=str(digest),
+        )
+    return await _read_image(client, ref, digest, media_type, body, doc, limits, where)
+
+
+async def _read_image(
+    client: RegistryClient,
+    ref: Reference,
+    digest: Digest,
+    media_type: str,
+    body: bytes,
+    doc: Mapping[str, Any],
+    limits: Limits,
+    where: str,
+) -> _Image:
+    """Check an image manifest received, then fetch and check its config."""
     config, layers = _parse_manifest(doc, where, digest)
     _check_fields(check_manifest, doc, "manifest", where, digest)
     if config.size > limits.max_manifest_bytes:
@@ -157,59 +282,7 @@ async def resolve_image(
     _check_fields(check_config, config_doc, "image config", where, config.digest)
     diff_ids = _parse_diff_ids(config_doc, len(layers), where, config.digest)
     image_platform = _config_platform(config_doc, where, config.digest)
-    if chosen_platform is not None:
-        if image_platform is not None and not _same_system(image_platform, chosen_platform):
-            raise ManifestError(
-                f"the index lists this manifest as {chosen_platform} but its config says"
-                f" {image_platform}",
-                ref=where,
-                digest=str(config.digest),
-            )
-        final_platform = chosen_platform
-    elif index_bytes is not None:
-        # The index entry named no platform: its config says which one it is for. The
-        # variant counts only when the user asked for one with --platform, as for a
-        # single manifest: the machine's own variant is a default, not a demand.
-        fits = _satisfies if platform_asked else _same_system
-        if image_platform is not None and not fits(image_platform, platform):
-            raise PlatformNotFound(
-                f"the image has no manifest for {platform}; it has:"
-                f" {_offered(entries, image_platform)}. Choose one with --platform",
-                ref=where,
-                digest=str(digest),
-            )
-        final_platform = image_platform or platform
-    elif platform_asked and image_platform is not None and not _satisfies(image_platform, platform):
-        raise PlatformNotFound(
-            f"the image is for {image_platform}, not {platform} as asked; it is a single "
-            "manifest, with no other platform to choose",
-            ref=where,
-            digest=str(digest),
-        )
-    else:
-        final_platform = image_platform or platform
-    log.debug(
-        "image resolved",
-        ref=where,
-        digest=str(resolved_digest),
-        manifest=str(digest),
-        layers=len(layers),
-        platform=str(final_platform),
-    )
-    return ResolvedImage(
-        ref=ref,
-        resolved_digest=resolved_digest,
-        index_bytes=index_bytes,
-        index_media_type=index_media_type,
-        manifest_digest=digest,
-        manifest_media_type=media_type,
-        manifest_bytes=body,
-        platform=final_platform,
-        config=config,
-        config_bytes=config_bytes,
-        layers=layers,
-        diff_ids=diff_ids,
-    )
+    return _Image(digest, media_type, body, config, config_bytes, layers, diff_ids, image_platform)
 
 
 async def _get_described(
@@ -446,12 +519,14 @@ def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Des
     ]
 
 
-def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Digest) -> Descriptor:
-    """The entry for ``wanted``: among matches, the best ranked by ``Platform.rank`` (the
-    same platform, else the closest older ARM version: ``arm/v7`` takes ``arm/v6``;
-    ``linux/arm`` asks for any variant and prefers v7, then v6 and v5), the first of
-    equals; with no match, the first entry naming no platform (OCI makes it optional),
-    which its config then decides, as containerd does. Attestation manifests are never
+def _choose(
+    entries: list[Descriptor], wanted: Platform, where: str, digest: Digest
+) -> list[Descriptor]:
+    """The entries to read for ``wanted``: the best match alone, ranked by
+    ``Platform.rank`` (the same platform, else the closest older version: ``arm/v7``
+    takes ``arm/v6``; ``linux/arm`` asks for any variant and prefers v7, then v6 and v5),
+    the first of equals; with no match, every entry naming no platform (OCI makes it
+    optional), in order, for their configs to decide. Attestation manifests are never
     chosen."""
     candidates = _candidates(entries)
     ranked = sorted(
@@ -459,9 +534,17 @@ def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Dig
         for position, entry in enumerate(candidates)
         if entry.platform is not None and (rank := wanted.rank(entry.platform)) is not None
     )
-    matches = [entry for _, _, entry in ranked]
+    if ranked:
+        chosen = ranked[0][2]
+        if chosen.media_type in MediaType.INDEXES:
+            raise ManifestError(
+                f"the index entry for {wanted} is another index; nested indexes are not supported",
+                ref=where,
+                digest=str(digest),
+            )
+        return [chosen]
     unplaced = [entry for entry in candidates if entry.platform is None]
-    if not (matches or unplaced):
+    if not unplaced:
         _refuse_unpullable_match(entries, wanted, where, digest)
         raise PlatformNotFound(
             f"the image has no manifest for {wanted}; it has: {_offered(entries)}. Choose one"
@@ -469,14 +552,7 @@ def _choose(entries: list[Descriptor], wanted: Platform, where: str, digest: Dig
             ref=where,
             digest=str(digest),
         )
-    chosen = (matches or unplaced)[0]
-    if chosen.media_type in MediaType.INDEXES:
-        raise ManifestError(
-            f"the index entry for {wanted} is another index; nested indexes are not supported",
-            ref=where,
-            digest=str(digest),
-        )
-    return chosen
+    return unplaced
 
 
 def _refuse_unpullable_match(
@@ -509,11 +585,11 @@ def _candidates(entries: list[Descriptor]) -> list[Descriptor]:
     ]
 
 
-def _offered(entries: list[Descriptor], unplaced_config: Platform | None = None) -> str:
+def _offered(entries: list[Descriptor], unplaced_configs: Sequence[Platform] = ()) -> str:
     """What an index offers, for a message: the platforms of the entries that could be
     pulled (not attestations, nor media types that are no image manifest), then its
-    entries without one, and ``unplaced_config`` when the first of those was read and
-    its config named that platform."""
+    entries without one, with what ``unplaced_configs`` (the configs of the first of
+    those, as read) say."""
     offered = sorted(
         {str(entry.platform) for entry in _candidates(entries) if entry.platform is not None}
     )
@@ -521,9 +597,14 @@ def _offered(entries: list[Descriptor], unplaced_config: Platform | None = None)
     if unplaced:
         text = "an entry" if unplaced == 1 else f"{unplaced} entries"
         text += " without a platform"
-        if unplaced_config is not None:
-            whose = "its" if unplaced == 1 else "the first one's"
-            text += f" ({whose} config says {unplaced_config})"
+        said = ", ".join(dict.fromkeys(str(platform) for platform in unplaced_configs))
+        read = len(unplaced_configs)
+        if unplaced == 1 and read:
+            text += f" (its config says {said})"
+        elif read == unplaced:
+            text += f" (their configs say {said})"
+        elif read:
+            text += f" (the configs of the first {read} say {said})"
         offered.append(text)
     return ", ".join(offered) or "none"
 
@@ -583,15 +664,21 @@ def _same_system(a: Platform, b: Platform) -> bool:
     return a.os == b.os and a.architecture == b.architecture
 
 
-def _satisfies(image: Platform, wanted: Platform) -> bool:
-    """Whether an image whose config says ``image`` is for ``wanted``: the rule an index
-    entry is chosen by (``Platform.matches``: the same variant, or an older ARM version
-    that ``wanted`` runs), except that a config without a variant leaves the choice to OS
-    and architecture (configs often omit it, where an index entry's omission means the
-    default variant)."""
-    if image.variant is None:
-        return _same_system(image, wanted)
-    return wanted.matches(image)
+def _config_rank(image: Platform | None, wanted: Platform, *, asked: bool) -> int | None:
+    """How well an image whose config says ``image`` serves ``wanted``, lower is better,
+    None not at all: by ``Platform.rank`` (the same variant, or an older version that
+    ``wanted`` runs), except that a config naming no platform, or no variant, leaves the
+    choice to what it names (configs often omit the variant, where an index entry's
+    omission means the default one); and the variant counts only when the user ``asked``
+    for ``wanted`` with --platform: the machine's own variant is a default, not a
+    demand."""
+    if image is None:
+        return 0
+    if not _same_system(image, wanted):
+        return None
+    if not asked or image.variant is None:
+        return 0
+    return wanted.rank(image)
 
 
 def _config_platform(doc: Mapping[str, Any], where: str, digest: Digest) -> Platform | None:

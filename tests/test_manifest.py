@@ -400,6 +400,79 @@ async def test_index_entry_without_platform_is_checked_against_its_config() -> N
     assert image.platform == Platform("linux", "arm", "v7")
 
 
+def _unplaced(reg: Registry, platform: str, layer_number: int) -> dict[str, Any]:
+    """An index entry naming no platform, for an image whose config says ``platform``."""
+    os, arch, *variant = platform.split("/")
+    extra = {"variant": variant[0]} if variant else {}
+    doc = manifest(reg, config(os, arch, diff_ids=1, **extra), layers=[layer(layer_number)])
+    return index_entry(reg, doc, None)
+
+
+def _fetched(reg: Registry, entry: dict[str, Any]) -> bool:
+    return f"/v2/team/app/manifests/{entry['digest']}" in reg.requests
+
+
+async def test_every_entry_without_a_platform_is_read_until_one_is_for_the_platform() -> None:
+    # Only the first one's config was read: an index of platform-less entries served the
+    # platform of its first entry, and said "no manifest for linux/amd64" to the others.
+    reg = Registry()
+    arm64, s390x, amd64 = (
+        _unplaced(reg, p, i) for i, p in enumerate(("linux/arm64", "linux/s390x", "linux/amd64"))
+    )
+    _index(reg, [arm64, s390x, amd64])
+    image = await resolve(reg)
+    assert str(image.manifest_digest) == amd64["digest"]
+    assert image.platform == AMD64
+    image = await resolve(reg, platform=Platform("linux", "s390x"), platform_asked=True)
+    assert str(image.manifest_digest) == s390x["digest"]
+    # In the index's order, and no further than the one that fits.
+    reg.requests.clear()
+    image = await resolve(reg, platform=Platform("linux", "arm64", "v8"), platform_asked=True)
+    assert str(image.manifest_digest) == arm64["digest"]
+    assert not _fetched(reg, s390x) and not _fetched(reg, amd64)
+
+
+async def test_entries_without_a_platform_give_the_closest_older_version_to_none_exact() -> None:
+    reg = Registry()
+    v5, v6, v7 = (_unplaced(reg, f"linux/arm/{v}", i) for i, v in enumerate(("v5", "v6", "v7")))
+    v7_asked = Platform("linux", "arm", "v7")
+    _index(reg, [v5, v6])
+    image = await resolve(reg, platform=v7_asked, platform_asked=True)
+    assert str(image.manifest_digest) == v6["digest"]
+    assert image.platform == Platform("linux", "arm", "v6")
+    _index(reg, [v6, v7, v5])
+    reg.requests.clear()
+    image = await resolve(reg, platform=v7_asked, platform_asked=True)
+    assert str(image.manifest_digest) == v7["digest"]
+    assert not _fetched(reg, v5)  # the exact one ends the search
+
+
+async def test_entries_without_a_platform_none_of_them_for_the_platform() -> None:
+    reg = Registry()
+    entries = [_unplaced(reg, p, i) for i, p in enumerate(("linux/arm64", "linux/s390x"))]
+    _index(reg, [*entries, entries[0]])
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg)
+    assert str(info.value).startswith(
+        "the image has no manifest for linux/amd64; it has: 3 entries without a platform"
+        " (their configs say linux/arm64, linux/s390x). Choose one with --platform"
+    )
+
+
+async def test_entries_without_a_platform_are_read_up_to_the_limit() -> None:
+    reg = Registry()
+    entries = [
+        _unplaced(reg, p, i) for i, p in enumerate(("linux/arm64", "linux/s390x", "linux/amd64"))
+    ]
+    _index(reg, entries)
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, limits=Limits(max_unplaced_entries=2))
+    assert "3 entries without a platform (the configs of the first 2 say linux/arm64," in str(
+        info.value
+    )
+    assert not _fetched(reg, entries[2])
+
+
 async def test_attestations_neither_chosen_nor_listed() -> None:
     reg = Registry()
     amd = index_entry(reg, manifest(reg), AMD64.to_json())

@@ -830,6 +830,28 @@ async def test_arm_v7_takes_the_closest_older_arm_version_an_index_has(
     assert "it has: linux/amd64, linux/arm/v5, linux/arm/v6. Choose" in message
 
 
+async def test_an_index_whose_entries_name_no_platform_gives_the_one_whose_config_fits(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # OCI makes an entry's platform optional; only the first entry's config was read, so
+    # this index said "no manifest for linux/amd64" on amd64.
+    arm64, amd64 = (
+        images.sample_image(unique_seed, platform=p, compressions=("gzip",), layer_size=8192)
+        for p in ("linux/arm64/v8", "linux/amd64")
+    )
+    registry.push(unique_repo, images.make_index([arm64, amd64], with_platforms=False), "multi")
+    ref = registry.ref(unique_repo, "multi")
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options(platform=AMD64))
+
+    assert str(result.manifest_digest) == amd64.digest
+    assert result.platform == AMD64
+    assert index_entries(store.path)[ref]["platform"] == {"os": "linux", "architecture": "amd64"}
+    assert arm64.layers[0].digest not in blob_names(store.path)
+    assert_store_consistent(store.path)
+
+
 # --- standard OCI tools read the store -----------------------------------------------
 
 

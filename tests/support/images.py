@@ -422,13 +422,17 @@ def make_image(
     return Image(kind, platform, cfg, tuple(layers), Blob(media_type, _dumps(body)))
 
 
-def make_index(images: Sequence[Image], *, kind: Kind = "oci") -> Index:
-    """An OCI index or Docker manifest list listing ``images`` with their platforms."""
+def make_index(
+    images: Sequence[Image], *, kind: Kind = "oci", with_platforms: bool = True
+) -> Index:
+    """An OCI index or Docker manifest list listing ``images`` with their platforms
+    (``with_platforms=False``: without, as OCI allows; their configs still name them)."""
     media_type = MediaTypes.OCI_INDEX if kind == "oci" else MediaTypes.DOCKER_LIST
     manifests = []
     for image in images:
         desc = image.manifest.descriptor()
-        desc["platform"] = image.platform_dict
+        if with_platforms:
+            desc["platform"] = image.platform_dict
         manifests.append(desc)
     body = {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}
     return Index(kind, tuple(images), Blob(media_type, _dumps(body)))
