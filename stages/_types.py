@@ -142,23 +142,26 @@ _ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
     "armhf": ("arm", "v7"),
     "armel": ("arm", "v6"),
 }
-# The variant an entry or a request without one stands for (containerd's normalizeArch).
-_DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
+# The variant an entry or a request without one stands for (containerd's normalizeArch
+# for arm and arm64; for amd64, plain is the first x86-64 micro-architecture level, as
+# containerd's Normalize makes amd64/v1 plain amd64).
+_DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7", "amd64": "v1"}
 # One part of os/arch/variant: Go's GOOS and GOARCH names and OCI's variants are all
 # made of these; whitespace or a non-ASCII letter is a typing slip, not a platform.
 _PLATFORM_PART = re.compile(r"[a-z0-9][a-z0-9._-]*")
-# An ARM version as a variant names it (v5 … v8; three digits at most, so that int() of a
-# user's typo stays cheap), and the oldest one an ARM CPU is taken to run (containerd's
-# platforms.Only stops there too).
-_ARM_VERSION = re.compile(r"v([0-9]{1,3})")
-_OLDEST_ARM_VERSION = 5
+# A version as a variant names it: an ARM version (v5 … v8) or an x86-64 level (v1 … v4);
+# three digits at most, so that int() of a user's typo stays cheap.
+_VERSION = re.compile(r"v([0-9]{1,3})")
+# The architectures whose CPUs run the code of the versions before their own, and the
+# oldest version each is taken to run (containerd's platforms.Only stops at these too).
+_OLDEST_VERSIONS = {"arm": 5, "amd64": 1}
 # Platform.rank of an entry of another variant, for a request that names none: after the
-# same platform and every older ARM version (at most 999 versions older).
+# same platform and every older version (at most 999 versions older).
 _ANY_VARIANT = 1000
 
 
-def _arm_version(variant: str | None) -> int | None:
-    match = _ARM_VERSION.fullmatch(variant or "")
+def _version(variant: str | None) -> int | None:
+    match = _VERSION.fullmatch(variant or "")
     return int(match[1]) if match else None
 
 
@@ -211,15 +214,18 @@ class Platform:
 
     def rank(self, other: Platform) -> int | None:
         """How well ``other`` (an index entry's platform) serves this requested platform,
-        lower is better: 0 the same platform; ``n`` an ARM version ``n`` older that this
-        one runs; ``None`` not at all.
+        lower is better: 0 the same platform; ``n`` a version ``n`` older that this one
+        runs; ``None`` not at all.
 
-        A missing variant on either side is the architecture's default one (``arm64`` v8,
-        ``arm`` v7), as containerd's ``platforms.Normalize`` makes it: an entry
-        ``linux/arm`` is ``linux/arm/v7``. As containerd's ``platforms.Only``, a 32-bit
-        ARM CPU runs the code of the ARM versions before its own, down to v5: ``arm/v8``
-        takes v7, then v6, then v5; ``arm/v7`` v6 then v5; ``arm/v6`` v5; never a newer
-        one. A request without a variant (``linux/arm``: v7 preferred) takes any variant
+        A missing variant on either side is the architecture's default one (``arm64``
+        v8, ``arm`` v7, ``amd64`` v1), as containerd's ``platforms.Normalize`` makes it:
+        an entry ``linux/arm`` is ``linux/arm/v7``, ``linux/amd64`` is
+        ``linux/amd64/v1``. As containerd's ``platforms.Only``, a CPU runs the code of
+        the versions before its own: a 32-bit ARM one down to v5 (``arm/v8`` takes v7,
+        then v6, then v5; ``arm/v7`` v6 then v5; ``arm/v6`` v5), an x86-64 one down to
+        the first micro-architecture level (``amd64/v4`` takes v3, then v2, then v1 or
+        plain ``amd64``; ``amd64/v2`` v1 or plain); never a newer one. A request without
+        a variant (``linux/arm``: v7 preferred; ``linux/amd64``: v1) takes any variant
         after those.
 
         No other architecture is a fallback, although containerd makes ``386`` one for
@@ -234,14 +240,15 @@ class Platform:
         wanted, offered = self.normalized().variant, other.normalized().variant
         if wanted == offered:
             return 0
-        if self.architecture == "arm":
-            wanted_version, offered_version = _arm_version(wanted), _arm_version(offered)
-            if (
-                wanted_version is not None
-                and offered_version is not None
-                and _OLDEST_ARM_VERSION <= offered_version < wanted_version
-            ):
-                return wanted_version - offered_version
+        oldest = _OLDEST_VERSIONS.get(self.architecture)
+        wanted_version, offered_version = _version(wanted), _version(offered)
+        if (
+            oldest is not None
+            and wanted_version is not None
+            and offered_version is not None
+            and oldest <= offered_version < wanted_version
+        ):
+            return wanted_version - offered_version
         return _ANY_VARIANT if self.variant is None else None
 
     def normalized(self) -> Platform:

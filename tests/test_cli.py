@@ -1195,6 +1195,28 @@ def test_e2e_pull_json_then_up_to_date_then_list(
     assert record["index"]["manifests"][0]["digest"] in {i.digest for i in index.images}
 
 
+def test_e2e_platform_amd64_v3_takes_a_plain_amd64_entry(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # An x86-64-v3 machine runs plain amd64 (v1) code, as containerd's platforms.Only
+    # says; it was told "no manifest for linux/amd64/v3; it has: linux/amd64, ...".
+    from tests.support import images
+
+    index = images.sample_index(unique_seed, platforms=("linux/amd64", "linux/arm64/v8"))
+    registry.push(unique_repo, index, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+    want = index.image_for("linux/amd64")
+
+    pulled = run_cli(
+        "pull", ref, "--store", str(tmp_path / "store"), "--json", "--platform", "linux/amd64/v3"
+    )
+
+    assert pulled.returncode == 0, pulled.stderr
+    summary = json.loads(pulled.stdout.splitlines()[-1])
+    assert summary["manifest_digest"] == want.digest
+    assert summary["platform"] == "linux/amd64"  # what the index entry says
+
+
 def test_e2e_an_oci_manifest_naming_docker_media_types_lists_pulls_again_and_inspects(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -293,6 +293,40 @@ async def test_arm_falls_back_to_the_closest_older_version() -> None:
     assert str(image.manifest_digest) == v8["digest"]
 
 
+async def test_amd64_falls_back_to_the_closest_lower_level() -> None:
+    # As containerd's platforms.Only: an x86-64-v3 CPU runs v2 and v1 (plain amd64) code.
+    reg = Registry()
+    entries = {}
+    for i, variant in enumerate(("", "v2", "v4")):
+        platform = Platform("linux", "amd64", variant or None)
+        doc = manifest(reg, config(diff_ids=1), layers=[layer(20 + i)])
+        entries[str(platform)] = index_entry(reg, doc, platform.to_json())
+    arm64 = index_entry(
+        reg, manifest(reg, config(arch="arm64")), {"os": "linux", "architecture": "arm64"}
+    )
+    _index(reg, [arm64, *entries.values()])
+    for asked, taken in (
+        ("linux/amd64/v3", "linux/amd64/v2"),
+        ("linux/amd64/v4", "linux/amd64/v4"),
+        ("linux/amd64/v2", "linux/amd64/v2"),
+        ("linux/amd64/v1", "linux/amd64"),
+        ("linux/amd64", "linux/amd64"),
+    ):
+        image = await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
+        assert str(image.manifest_digest) == entries[taken]["digest"], asked
+        assert str(image.platform) == taken
+    _index(reg, [arm64, entries["linux/amd64/v4"]])
+    with pytest.raises(PlatformNotFound, match="no manifest for linux/amd64/v3; it has: linux/a"):
+        await resolve(reg, platform=Platform.parse("linux/amd64/v3"), platform_asked=True)
+    # A config naming a level is held to the same rule.
+    v2_doc = manifest(reg, config(variant="v2"))
+    reg.add_manifest(dumps(v2_doc), MediaType.OCI_MANIFEST, "latest")
+    image = await resolve(reg, platform=Platform.parse("linux/amd64/v3"), platform_asked=True)
+    assert image.platform == Platform("linux", "amd64", "v2")
+    with pytest.raises(PlatformNotFound, match="is for linux/amd64/v2, not linux/amd64/v1 as"):
+        await resolve(reg, platform=Platform.parse("linux/amd64/v1"), platform_asked=True)
+
+
 @pytest.mark.parametrize(
     "asked", ["linux/arm/v6", "linux/arm/v5", "linux/arm/v4", "linux/amd64", "linux/arm64"]
 )
