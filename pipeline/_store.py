@@ -548,9 +548,10 @@ class Store:
         For the commands that only look (images, layers, inspect): nothing is created,
         locked, migrated, repaired or swept, so a mistyped ``--store`` leaves nothing
         behind, and a store on read-only media or owned by another user can be listed.
-        Its database is opened read-only; where SQLite cannot keep its shared-memory file
-        next to it (a read-only mount), as an immutable file. Refuses what ``open``
-        refuses, and a schema older than this version's, which only a pull upgrades.
+        Its database is opened so that no statement can change it (``_connect`` says how),
+        and SQLite's ``-wal`` and ``-shm`` files are gone afterwards if they were before,
+        wherever this process may write. Refuses what ``open`` refuses, and a schema
+        older than this version's, which only a pull upgrades.
         """
         where = store_path(path)
         store = cls(where, read_only=True)
@@ -799,16 +800,35 @@ class Store:
     def _connect(self) -> sqlite3.Connection:
         """A read-write connection, or for a read-only store one that cannot write.
 
+        A reader of a WAL database creates its ``-wal`` and ``-shm`` files when they are
+        missing, and the last connection to close removes them after folding the log into
+        the database, which needs write access to the file: a ``mode=ro`` connection
+        never does, so ``imagec-pipe images`` left both behind in a store that had none.
+        Where this process may write the database, a read-only store's connection is
+        therefore opened read-write with ``query_only`` on: it changes no row (SQLite
+        refuses the statement), and on closing it tidies up as a pull's does.
+
+        Where it may not (a read-only mount, another user's store), ``mode=ro``; and as
         SQLite reads a WAL database only with its shared-memory file beside it, which it
-        creates when it may. Where it may not (a read-only mount, another user's
-        directory) and the file is not there, the database is opened as immutable: read
-        as it is, without locks. That is sound while nobody writes it, as nobody can
-        through a read-only mount; in another user's store, a listing taken while its
-        owner pulls may miss the newest image or fail, and is simply taken again.
+        creates when it may, where it may not and the file is not there, the database is
+        opened as immutable: read as it is, without locks. That is sound while nobody
+        writes it, as nobody can through a read-only mount; in another user's store, a
+        listing taken while its owner pulls may miss the newest image or fail, and is
+        simply taken again.
         """
         if not self.read_only:
             return sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         uri = self._db_path.as_uri()
+        if os.access(self._db_path, os.W_OK) and os.access(self.path, os.W_OK):
+            conn = sqlite3.connect(  # mode=rw: a reader never creates the database
+                f"{uri}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            )
+            try:
+                conn.execute("PRAGMA query_only = ON")
+            except sqlite3.Error:
+                conn.close()
+                raise
+            return conn
         conn = sqlite3.connect(
             f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
         )

@@ -1293,6 +1293,28 @@ def _pulled_by_the_cli(registry: Any, repo: str, seed: str, store: Path) -> tupl
     return image, ref
 
 
+def test_e2e_images_leaves_the_store_as_it_found_it(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """``images`` read the database through a read-only connection, which created
+    SQLite's ``-wal`` and ``-shm`` files and could not remove them."""
+    store = tmp_path / "store"
+    image, ref = _pulled_by_the_cli(registry, unique_repo, unique_seed, store)
+    before = sorted(os.listdir(store))
+    assert [name for name in before if name.endswith(("-wal", "-shm"))] == []
+
+    for argv, shown in (
+        (["images"], ref),
+        (["images", "--json"], ref),
+        (["layers", ref], image.layers[0].digest),
+        (["inspect", ref], image.digest),
+    ):
+        done = run_cli(*argv, "--store", str(store))
+        assert done.returncode == 0, done.stderr
+        assert shown in done.stdout
+        assert sorted(os.listdir(store)) == before
+
+
 def _flip_a_byte(path: Path, *, offset: int = 100) -> None:
     """Bit rot: one byte changed in place, the size kept."""
     path.chmod(0o644)

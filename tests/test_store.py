@@ -1040,6 +1040,29 @@ def test_open_existing_reads_and_changes_nothing(populated: Store) -> None:
     assert _files(populated.path) == before
 
 
+def _sqlite_side_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.endswith(("-wal", "-shm")))
+
+
+def test_reading_a_store_leaves_no_wal_or_shm_behind(tmp_path: Path) -> None:
+    """A ``mode=ro`` connection creates a WAL database's ``-wal`` and ``-shm`` files and,
+    unable to fold the log into the database, never removes them: each ``imagec-pipe
+    images`` left both in a store that had none. The reader still changes nothing."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    assert _sqlite_side_files(store.path) == []
+    reader = Store.open_existing(store.path)
+    assert reader is not None
+
+    assert _read_everything(reader) == [str(APP)]
+    assert reader.verify() == (3, [])
+
+    assert _sqlite_side_files(store.path) == []
+    with reader._db() as conn, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn.execute("DELETE FROM refs")
+    assert _read_everything(reader) == [str(APP)]
+
+
 def test_open_existing_finds_no_store_where_there_is_none(tmp_path: Path) -> None:
     assert Store.open_existing(tmp_path / "missing") is None
     assert not (tmp_path / "missing").exists()
@@ -1099,6 +1122,18 @@ def test_a_store_on_a_read_only_mount_can_be_read(populated: Store, read_only_mo
     reader = Store.open_existing(read_only_mount)
     assert reader is not None
     assert _read_everything(reader) == _read_everything(populated)
+
+
+def test_a_closed_store_on_a_read_only_mount_can_be_read(
+    populated: Store, read_only_mount: Path
+) -> None:
+    """With no ``-shm`` file to share (the store closed cleanly) and none to create."""
+    listed = _read_everything(populated)
+    populated.close()
+    assert _sqlite_side_files(read_only_mount) == []
+    reader = Store.open_existing(read_only_mount)
+    assert reader is not None
+    assert _read_everything(reader) == listed
 
 
 NAMES = [
