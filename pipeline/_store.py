@@ -265,6 +265,25 @@ class BlobDamage:
 # Bytes read from a blob at a time by ``Store.verify``.
 _VERIFY_READ_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# References a StoreError names at most (the rest are in index.json).
+_REFS_SHOWN = 5
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _listed_refs(manifests: list[dict[str, Any]]) -> list[str]:
+    """The reference names index.json entries carry (``org.opencontainers.image.ref.name``)."""
+    names = set()
+    for entry in manifests:
+        annotations = entry.get("annotations")
+        if isinstance(annotations, dict) and isinstance(
+            name := annotations.get(_oci.REF_NAME_ANNOTATION), str
+        ):
+            names.add(name)
+    return sorted(names)
+
 
 _FREE_SPACE = "free some disk space (or choose another store with --store) and try again"
 
@@ -280,6 +299,11 @@ def _hint(exc: BaseException, store: Path) -> str:
             return "the disk reported an I/O error; check it, then run the command again"
         return "check the store directory and try again"
     text = str(exc).lower()
+    if "unable to open database file" in text and not (store / DB_FILE).exists():
+        return (
+            f"its database {DB_FILE} is gone (deleted or moved?); put it back, or move the "
+            "store aside and pull again"
+        )
     if "locked" in text or "busy" in text:
         return (
             f"another process kept the store's database busy for over {BUSY_TIMEOUT_S:.0f} s; "
@@ -534,7 +558,8 @@ class Store:
 
         ``None`` means ``$IMAGEC_PIPE_STORE``, else the per-user data directory
         (platformdirs) + ``/store``. Refuses a file, a non-empty directory that is not a
-        store, and a database whose schema is newer than this version understands.
+        store, a database whose schema is newer than this version understands, and a
+        store whose images are there but whose database is not (``_refuse_lost_database``).
         """
         store = cls(store_path(path))
         store._init()
@@ -566,7 +591,8 @@ class Store:
             names = set(os.listdir(where))
             if LAYOUT_FILE not in names or DB_FILE not in names:
                 if LAYOUT_FILE in names or names <= _OWN_NAMES:
-                    return None  # empty, interrupted creation, or an OCI layout of others
+                    store._refuse_lost_database(names)
+                    return None  # empty, or interrupted creation
                 raise StoreError(
                     f"{where} is not an imagec-pipe store: it has no {LAYOUT_FILE} file and "
                     "holds other files; choose a store directory with --store"
@@ -596,6 +622,7 @@ class Store:
                         f"{path} is not an imagec-pipe store: it has no {LAYOUT_FILE} file and "
                         "holds other files; choose a new or empty directory with --store"
                     )
+                self._refuse_lost_database(names)
             created = not path.exists()
             path.mkdir(parents=True, exist_ok=True)
             if created:
@@ -619,6 +646,41 @@ class Store:
                 _fsync_dir(path)
             self._wal_holder = self._hold_wal_open()
 
+    def _refuse_lost_database(self, names: set[str]) -> None:
+        """Refuse a store that holds images but no database (``names``: its directory).
+
+        ``open`` used to create a new, empty ``imagec.db`` next to the old ``blobs/`` and
+        ``index.json``: ``images`` listed nothing, a pull downloaded every layer again,
+        and the old blobs were nobody's. The database is the only record of what was
+        verified (each layer's diffID and checksum, what each reference resolved to),
+        which the blobs and index.json cannot give back, so the store says what happened
+        instead of guessing.
+
+        A blob exists only after the database was made (``_init``), so blobs seen while
+        the database is still missing mean it was removed, not yet to be created.
+        """
+        if DB_FILE in names:
+            return
+        index = self._read_index()
+        manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+        blobs = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._blobs) as entries:
+            blobs = sum(1 for _ in entries)
+        if not (manifests or blobs) or self._db_path.exists():
+            return
+        refs = _listed_refs(manifests)
+        shown = " ".join(refs[:_REFS_SHOWN])
+        if len(refs) > _REFS_SHOWN:
+            shown += f" (and {len(refs) - _REFS_SHOWN} more in {INDEX_FILE})"
+        raise StoreError(
+            f"store {self.path} has no database {DB_FILE}, but {INDEX_FILE} lists "
+            f"{_count(len(manifests), 'image')} and {BLOBS_DIR}/ holds {_count(blobs, 'blob')}: "
+            "the database was deleted or moved, or another tool wrote this OCI layout; "
+            "without it nothing here can be listed or trusted. "
+            f"Put {DB_FILE} back if you can; otherwise move the store aside (or choose "
+            "another with --store) and pull again" + (f": {shown}" if refs else "")
+        )
+
     def _hold_wal_open(self) -> sqlite3.Connection:
         """An idle connection for as long as the store is open.
 
@@ -631,9 +693,7 @@ class Store:
         interleaved cold pulls. After its first read it runs nothing, so it holds no
         lock a writer waits for, only its share of the log's index.
         """
-        conn = sqlite3.connect(
-            self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        conn = self._connect_rw(check_same_thread=False)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except BaseException:
@@ -751,7 +811,7 @@ class Store:
             )
 
     def _init_db(self) -> None:
-        with self._db() as conn:
+        with self._db(create=True) as conn:
             conn.execute("PRAGMA journal_mode = WAL")
             version = self._schema_version(conn)
             if version == SCHEMA_VERSION:
@@ -786,9 +846,11 @@ class Store:
             raise store_error(self.path, action, exc, digest=digest, ref=ref) from exc
 
     @contextlib.contextmanager
-    def _db(self, *, synchronous: str = "FULL") -> Iterator[sqlite3.Connection]:
+    def _db(
+        self, *, synchronous: str = "FULL", create: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """A fresh connection for this call (connections are bound to their thread)."""
-        conn = self._connect()
+        conn = self._connect(create=create)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -797,7 +859,21 @@ class Store:
         finally:
             conn.close()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect_rw(
+        self, *, create: bool = False, check_same_thread: bool = True
+    ) -> sqlite3.Connection:
+        """A read-write connection. Only ``_init_db`` creates the database: one deleted
+        under an open store is an error (see ``_hint``), not a new, empty record that the
+        store's blobs are then missing from."""
+        return sqlite3.connect(
+            f"{self._db_path.as_uri()}?mode={'rwc' if create else 'rw'}",
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=check_same_thread,
+        )
+
+    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
         """A read-write connection, or for a read-only store one that cannot write.
 
         A reader of a WAL database creates its ``-wal`` and ``-shm`` files when they are
@@ -817,12 +893,10 @@ class Store:
         simply taken again.
         """
         if not self.read_only:
-            return sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            return self._connect_rw(create=create)
         uri = self._db_path.as_uri()
         if os.access(self._db_path, os.W_OK) and os.access(self.path, os.W_OK):
-            conn = sqlite3.connect(  # mode=rw: a reader never creates the database
-                f"{uri}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
-            )
+            conn = self._connect_rw()
             try:
                 conn.execute("PRAGMA query_only = ON")
             except sqlite3.Error:

@@ -776,6 +776,29 @@ def test_inspect(
         assert "index" not in out
 
 
+def test_a_store_that_lost_its_database_is_an_error_not_an_empty_store(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without imagec.db, ``images`` said "no store ... yet" and a pull made a new, empty
+    database: the store looked empty and every layer was downloaded again."""
+    (store_dir / "imagec.db").unlink()
+    for argv, doing in (
+        (["images"], "listing images"),
+        (["verify"], "verify"),
+        (["pull", REF, "-q"], f"pulling {REF}"),
+    ):
+        assert main([*argv, "--store", str(store_dir)]) == EXIT_FAILED
+        captured = capsys.readouterr()
+        [line] = captured.err.splitlines()
+        assert line.startswith(
+            f"imagec-pipe: error: {doing}: store {store_dir.absolute()} has no database "
+            "imagec.db, but index.json lists 1 image and blobs/ holds 3 blobs"
+        )
+        assert line.endswith(f"and pull again: {REF}")
+        assert captured.out == ""
+    assert not (store_dir / "imagec.db").exists()
+
+
 # --- a real Ctrl-C: SIGINT to a process whose pull is stuck inside trio.run ---
 
 _STUCK_PULL = textwrap.dedent(

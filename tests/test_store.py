@@ -850,6 +850,55 @@ def test_open_skips_a_reference_whose_manifest_blob_is_gone(tmp_path: Path) -> N
     assert entries_by_name(reopened) == {}
 
 
+def test_a_store_whose_database_was_deleted_is_refused_not_emptied(tmp_path: Path) -> None:
+    """Store.open made a new, empty imagec.db next to the old blobs and index.json: the
+    store looked empty, a pull downloaded every layer again, the old blobs were
+    nobody's. Both ways of opening now say what happened and what to do, and touch
+    nothing."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+        pull_into(store, ALPINE, docker=True, platform=ARM64)
+    (store.path / "imagec.db").unlink()
+    blobs = len(os.listdir(store.path / "blobs" / "sha256"))
+    before = sorted(os.listdir(store.path)), _files(store.path)
+
+    for opener in (Store.open, Store.open_existing):
+        with pytest.raises(StoreError) as info:
+            opener(store.path)
+        message = str(info.value)
+        assert message.startswith(
+            f"store {store.path} has no database imagec.db, but index.json lists 2 images "
+            f"and blobs/ holds {blobs} blobs: the database was deleted or moved"
+        )
+        assert "Put imagec.db back if you can; otherwise move the store aside" in message
+        assert message.endswith(f"pull again: {APP} {ALPINE}")
+        assert (sorted(os.listdir(store.path)), _files(store.path)) == before
+
+
+def test_a_store_without_images_or_database_is_still_opened(tmp_path: Path) -> None:
+    # Nothing to lose: an empty store whose database went, or whose creation stopped short.
+    Store.open(tmp_path / "s").close()
+    for name in os.listdir(tmp_path / "s"):
+        if name.startswith("imagec.db"):
+            (tmp_path / "s" / name).unlink()
+    assert Store.open_existing(tmp_path / "s") is None
+    with Store.open(tmp_path / "s") as store:
+        assert store.list_images() == []
+
+
+def test_a_database_deleted_under_an_open_store_is_not_made_again(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    resolved = pull_into(store, APP)
+    (store.path / "imagec.db").unlink()
+
+    with pytest.raises(StoreError, match=r"its database imagec\.db is gone .* put it back"):
+        store.list_images()
+    with pytest.raises(StoreError, match=r"its database imagec\.db is gone"):
+        store.layer_committed(resolved.layers[0].digest)
+    assert not (store.path / "imagec.db").exists()
+    store.close()
+
+
 def test_pull_by_digest_and_index(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     tagged = pull_into(store, APP, with_index=True)
