@@ -1304,6 +1304,33 @@ def test_e2e_worker_processes_log_like_the_cli(
     assert all(x["level"] != "debug" for x in logged)
 
 
+def test_e2e_worker_processes_log_json_at_the_cli_level(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """``--log-json --log-level warning``: a worker's lines (here, retrying a layer the
+    registry answered 503 for: only a worker fetches layers in this mode) are JSON on
+    stderr and nothing below warning shows."""
+    from tests.support import images
+    from tests.support.servers import Reply
+
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0].digest
+    via.inject(f"*/blobs/{layer}", Reply(503), method="GET")
+    argv = ["pull", f"{via.host}/{unique_repo}:1", "--layer-workers", "processes", "-q"]
+
+    done = run_cli(
+        *argv, "--store", str(tmp_path / "store"), "--log-json", "--log-level", "warning"
+    )
+
+    assert done.returncode == 0, done.stderr
+    logged = [json.loads(line) for line in done.stderr.splitlines()]
+    assert {x["level"] for x in logged} == {"warning"}
+    [retry] = [x for x in logged if x["event"] == "retrying"]
+    assert retry["digest"] == layer
+
+
 def _pulled_by_the_cli(registry: Any, repo: str, seed: str, store: Path) -> tuple[Any, str]:
     """An image of one gzip layer pushed as ``repo:1.0`` and pulled into ``store``."""
     from tests.support import images
