@@ -29,7 +29,9 @@ trio.
 A layer worker process (``--layer-workers processes``) starts with structlog's defaults:
 every level, unredacted, on stdout, where ``--json`` lines go. Each worker applies the
 settings this process last configured (``current_settings``), or quiet defaults when the
-host program never called ``configure_logging``.
+host program never called ``configure_logging``. Where this process logs to a stream of
+its own (``log_stream``: the CLI's, above its progress block on a terminal), a worker
+sends its lines here to be written there (``pipeline._workers``); else to its stderr.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "add_secret",
     "configure_logging",
     "current_settings",
+    "log_stream",
     "redact_secrets",
 ]
 
@@ -70,6 +73,12 @@ class LogSettings:
     json: bool | None = None
     # The texts ``add_secret`` was given: a worker process cuts them out of its lines too.
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Whether this process's log stream is a terminal: a worker's relayed lines are
+    # rendered for it (colours) as this process's are.
+    tty: bool = False
+    # The Unix datagram socket a worker sends its lines to, one datagram a line, when
+    # this process has a ``log_stream`` of its own; None: the worker's stderr.
+    relay: str | None = None
 
 
 class _Applied:
@@ -77,11 +86,18 @@ class _Applied:
     then (a library host that configures structlog its own way)."""
 
     settings = LogSettings()
+    stream: TextIO | None = None
 
 
 def current_settings() -> LogSettings:
     """The logging settings a worker process of this one should apply."""
     return _Applied.settings
+
+
+def log_stream() -> TextIO | None:
+    """The stream ``configure_logging`` was last given; None when lines go to
+    ``sys.stderr`` (or it was never called)."""
+    return _Applied.stream
 
 
 def add_secret(text: str) -> None:
@@ -174,7 +190,8 @@ def configure_logging(
         logger_factory=_StreamLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    _Applied.settings = LogSettings(level, json, _Applied.settings.secrets)
+    _Applied.settings = LogSettings(level, json, _Applied.settings.secrets, tty=_isatty(out))
+    _Applied.stream = stream
 
 
 class _StreamLoggerFactory:

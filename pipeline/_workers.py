@@ -7,7 +7,10 @@ client, writing into the ingest file the parent created, and hands back the
 ``VerifiedLayer``. No layer bytes cross the process boundary. The worker authenticates
 with the same ``RegistryOptions`` (its own ping and token: a few small requests per
 layer). Progress: ``trio_parallel.run_sync`` returns only a final result, so the parent
-polls the size of the ingest file the worker appends to.
+polls the size of the ingest file the worker appends to. Logs: a worker applies the
+parent's settings; where the parent logs to a stream of its own (the CLI's, above its
+progress block on a terminal), the worker's lines come back over a Unix datagram socket
+and are written there (``_LogRelay``).
 
 The pool is a ``trio_parallel`` worker context created by ``pull()`` and passed down.
 Whether this beats threads is decided by the benchmark harness (benchmarks/RESULTS.md).
@@ -16,12 +19,16 @@ Whether this beats threads is decided by the benchmark harness (benchmarks/RESUL
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 import trio
 
@@ -34,7 +41,7 @@ from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest
 
 from ._allocator import tune_allocator
-from ._logging import LogSettings, add_secret, configure_logging
+from ._logging import LogSettings, add_secret, configure_logging, log_stream
 from ._store import Writeback, store_error
 
 if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
@@ -44,6 +51,8 @@ __all__ = ["LayerTask", "open_layer_workers", "run_layer_task"]
 
 _POLL_S = 0.1
 _WORKER_THREADS = 4  # for the one layer a worker runs: its inflate hops and its fsync
+# The longest log line a worker relays (a longer one, a traceback, goes to its stderr).
+_LOG_LINE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,8 @@ async def run_layer_task(
     sequence of events in either mode).
 
     Cancelling (Ctrl-C, a failed sibling layer) kills the worker; the parent's ingest
-    context then removes the partial file.
+    context then removes the partial file. The worker's log lines come back through a
+    ``_LogRelay`` when this process logs to a stream of its own.
     """
     import trio_parallel  # loaded already: open_layer_workers made ``workers``
 
@@ -106,21 +116,26 @@ async def run_layer_task(
                     progress(event)
 
     done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(relay_progress, done)
-        try:
-            result = await workers.run_sync(
-                _fetch_layer_in_worker, task, limiter=limiter, kill_on_cancel=True
-            )
-        except trio_parallel.BrokenWorkerError as exc:
-            raise WorkerError(
-                f"the worker process for layer {digest} died before it finished "
-                f"({_how_it_ended(exc)}); pull again, or with --layer-workers threads",
-                ref=ref_text,
-                digest=digest,
-            ) from exc
-        finally:
-            done.set()
+    with _log_relay() as relay:
+        if relay is not None:
+            task = replace(task, log=replace(task.log, relay=relay.path))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay_progress, done)
+            if relay is not None:
+                nursery.start_soon(relay.forward, done)
+            try:
+                result = await workers.run_sync(
+                    _fetch_layer_in_worker, task, limiter=limiter, kill_on_cancel=True
+                )
+            except trio_parallel.BrokenWorkerError as exc:
+                raise WorkerError(
+                    f"the worker process for layer {digest} died before it finished "
+                    f"({_how_it_ended(exc)}); pull again, or with --layer-workers threads",
+                    ref=ref_text,
+                    digest=digest,
+                ) from exc
+            finally:
+                done.set()
     assert result is not None
     size = task.layer.size
     progress(ProgressEvent("layer-verifying", ref_text, digest, size, size))
@@ -150,8 +165,12 @@ def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
     logging settings and the CLI's allocator setting here (see ``_allocator``), so the
     two modes compare fairly and its logs look like the parent's.
     """
-    configure_logging(level=task.log.level, json=task.log.json)
-    for secret in task.log.secrets:
+    settings = task.log
+    stream = None
+    if settings.relay is not None:  # an io.TextIOBase
+        stream = cast(TextIO, _RelayedLines(settings.relay, tty=settings.tty))
+    configure_logging(level=settings.level, json=settings.json, stream=stream)
+    for secret in settings.secrets:
         add_secret(secret)
     tune_allocator()
     return trio.run(_fetch_layer, task)
@@ -211,6 +230,114 @@ async def _fetch_layer_for(task: LayerTask) -> VerifiedLayer:
                 limiter=limiter,
                 progress=None,
             )
+
+
+@contextlib.contextmanager
+def _log_relay() -> Iterator[_LogRelay | None]:
+    """The relay for one layer task's log lines, when this process logs to a stream of its
+    own; None when its lines go to stderr, where the worker's go too, or when no socket
+    could be made (the worker then writes to its stderr, as it does without one)."""
+    stream = log_stream()
+    if stream is None:
+        yield None
+        return
+    try:
+        relay = _LogRelay(stream)
+    except OSError:
+        yield None
+        return
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+class _LogRelay:
+    """Where a worker's log lines come back to this process, to go where its own go.
+
+    On a terminal the CLI writes its log lines above the progress block it redraws; a
+    worker writing to the terminal itself put its line under the block, and the next
+    redraw wiped it out (a "retrying" warning, never seen). A library host's stream, a
+    file say, never got the workers' lines either.
+
+    A Unix datagram socket in a directory of its own (mode 0700: only this user can
+    send to it), one datagram per line: lines from several workers never run into each
+    other, and a worker blocks when the queue (the kernel's, bounded) is full.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._directory: str | None = None
+        try:
+            self._directory = tempfile.mkdtemp(prefix="imagec-pipe-")
+            self.path = os.path.join(self._directory, "log")
+            self._socket.bind(self.path)  # a $TMPDIR too long for a socket's path: OSError
+            self._socket.setblocking(False)
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the socket and remove its directory; one left behind is no error (it
+        must not replace the one a layer may be ending with)."""
+        self._socket.close()
+        if self._directory is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            with contextlib.suppress(OSError):
+                os.rmdir(self._directory)
+
+    async def forward(self, done: trio.Event) -> None:
+        """Write each line as it comes, until ``done`` (the worker has returned); then
+        the lines still queued."""
+        async with trio.open_nursery() as nursery:
+
+            async def stop_when_done() -> None:
+                await done.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when_done)
+            while True:
+                await trio.lowlevel.wait_readable(self._socket)
+                self._write_queued()
+        self._write_queued()
+
+    def _write_queued(self) -> None:
+        while True:
+            try:
+                line = self._socket.recv(_LOG_LINE_BYTES)
+            except BlockingIOError:
+                return
+            with contextlib.suppress(OSError, ValueError):  # lost, as on a closed stderr
+                self._stream.write(line.decode("utf-8", "replace"))
+
+
+class _RelayedLines(io.TextIOBase):
+    """A worker's log stream when the parent relays its lines (``_LogRelay``): each write
+    (a WriteLogger writes a line in one) is one datagram to the parent's socket. A line
+    too long for one, or with the parent gone (killed), goes to the worker's stderr."""
+
+    def __init__(self, path: str, *, tty: bool) -> None:
+        super().__init__()
+        self._path = path
+        self._tty = tty
+
+    def write(self, text: str) -> int:
+        data = text.encode("utf-8", "backslashreplace")
+        if len(data) <= _LOG_LINE_BYTES:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                    sock.sendto(data, self._path)
+                return len(text)
+            except OSError:
+                pass
+        sys.stderr.write(text)
+        return len(text)
+
+    def isatty(self) -> bool:
+        """The parent's stream's: the worker renders its lines as the parent does."""
+        return self._tty
 
 
 class _PathIngest:

@@ -54,6 +54,7 @@ def _reset_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """main() configures structlog and remembers the passwords it reads (add_secret);
     leave the defaults for the next test."""
     monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    monkeypatch.setattr(_logging._Applied, "stream", None)
     yield
     structlog.reset_defaults()
 

@@ -1071,6 +1071,56 @@ async def test_worker_processes_use_tokens_and_the_ca_file_like_the_parent(
     assert_store_consistent(store.path)
 
 
+async def test_worker_processes_log_to_the_stream_the_pull_logs_to(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host logging to a stream of its own (the CLI on a terminal: above its progress
+    block): a worker process wrote to its stderr instead, under the block, and the next
+    redraw wiped the line out. Its lines now reach that stream, rendered as the host's."""
+    import structlog
+
+    from pipeline import _logging
+
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    monkeypatch.setattr(_logging._Applied, "stream", None)
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0].digest
+    via.inject(f"*/blobs/{layer}", Reply(503), method="GET")  # only a worker fetches it
+    logs = io.StringIO()
+    pipeline.configure_logging(level="warning", json=True, stream=logs)
+    try:
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=Store.open(tmp_path / "s"),
+            options=options(layer_workers="processes"),
+        )
+    finally:
+        structlog.reset_defaults()
+
+    logged = [json.loads(line) for line in logs.getvalue().splitlines()]
+    [retry] = [x for x in logged if x["event"] == "retrying"]
+    assert (retry["level"], retry["digest"], retry["retry"]) == ("warning", layer, 1)
+    assert {x["level"] for x in logged} == {"warning"}
+
+
+def test_a_worker_whose_relay_is_gone_logs_to_its_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The pulling process killed outright: its socket is gone, the worker's line is not.
+    from pipeline._workers import _RelayedLines
+
+    lines = _RelayedLines(str(tmp_path / "gone"), tty=False)
+    assert lines.write("a line\n") == len("a line\n")
+    assert capsys.readouterr().err == "a line\n"
+
+
 async def test_a_worker_process_error_names_the_layer(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
