@@ -31,7 +31,7 @@ import trio
 from ._config import Credentials, Limits
 from ._errors import AuthError
 from ._http import describe_error, transient_failure
-from ._redact import redact
+from ._redact import REDACTED, redact
 from ._retry import parse_retry_after
 
 __all__ = [
@@ -451,9 +451,12 @@ async def fetch_token(
                     if credentials is not None
                     else f"{registry} needs credentials (-u USER --password-stdin)"
                 )
+                secret = credentials.password if credentials is not None else None
+                detail = await error_detail(response, secret=secret)
+                said = f": {detail}" if detail else ""
                 raise AuthError(
                     f"the token service at {realm_host} refused a token {who}"
-                    f" (HTTP {status}): {hint}"
+                    f" (HTTP {status}{said}): {hint}"
                 )
             # The retry loop (stages/_retry.py) tries these again, as it does the
             # registry's own: a token service blip must not fail a pull (nor a layer
@@ -520,6 +523,60 @@ async def read_bounded(response: httpx.Response, max_bytes: int, *, what: str) -
                 raise BodyTooLarge(what)
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Error bodies are read only this far, for what the server says went wrong.
+_ERROR_BODY_BYTES = 16 * 1024
+# What of a server's explanation an error message quotes, per part.
+_ERROR_PART_CHARS = 200
+
+
+async def error_detail(response: httpx.Response, *, secret: str | None = None) -> str:
+    """What a registry or token service says went wrong, redacted and shortened; "" when
+    its body says nothing we can read.
+
+    The shapes servers use: the distribution spec's ``{"errors": [{"code", "message"}]}``
+    (registries, and the token servers built on distribution's), Docker Hub's token
+    service's ``{"details": …}``, OAuth 2's ``{"error", "error_description"}`` (RFC 6749
+    section 5.2) and a bare ``{"message": …}``. Without it a refused login said only
+    "refused", where the service had said why ("incorrect username or password").
+
+    The words go into errors and retry warnings, so they pass ``redact`` first (a storage
+    server behind a redirect echoes the signed URL it was asked for, a registry the token
+    it refused), and ``secret`` (the password just sent) is cut out wherever it appears.
+    Redacted before being cut short, so that a secret cut short still has the shape that
+    gives it away, and after what is not printable is dropped, so that a control
+    character cannot hide a secret's name from it.
+    """
+    try:
+        body = await read_bounded(response, _ERROR_BODY_BYTES, what="error body")
+        doc = json.loads(body.decode("utf-8"))
+    except (httpx.HTTPError, httpx.StreamError, BodyTooLarge, ValueError, RecursionError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    said: list[list[object]] = []
+    if isinstance(doc.get("errors"), list):
+        said += [
+            [error.get("code"), error.get("message")]
+            for error in doc["errors"][:3]
+            if isinstance(error, dict)
+        ]
+    said += [[doc.get("error"), doc.get("error_description")], [doc.get("details")]]
+    said.append([doc.get("message")])
+    parts = []
+    for words in said:
+        texts = [_printable(x) for x in words if isinstance(x, str)]
+        if secret:
+            texts = [x.replace(secret, REDACTED) for x in texts]
+        text = ": ".join(redact(x) for x in texts if x)
+        if text and text not in parts:
+            parts.append(text[:_ERROR_PART_CHARS])
+    return "; ".join(parts)
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if c.isprintable())
 
 
 def headers_challenges(headers: Mapping[str, str] | httpx.Headers) -> list[Challenge]:

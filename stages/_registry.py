@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from ._auth import (
     basic_authorization,
     check_credential_destination,
     choose_challenge,
+    error_detail,
     fetch_token,
     headers_challenges,
     host_addresses,
@@ -85,8 +85,6 @@ _TARGET = re.compile(r"sha256:[0-9a-f]{64}|[\w][\w.-]{0,127}", re.ASCII)
 # The TLS handshake budget when probing a loopback registry for https (a TLS server on
 # loopback answers in milliseconds; a plain one may never answer a ClientHello).
 LOOPBACK_TLS_PROBE_S = 2.0
-# Error bodies are read only this far, for the registry's error code and message.
-_ERROR_BODY_BYTES = 16 * 1024
 
 
 class BodyOverLimit(ManifestError):
@@ -548,7 +546,7 @@ class RegistryClient:
         Authorization goes only to the registry's own origin; https→http, loops and more
         than ``limits.max_redirects`` hops are refused. Signed redirect URLs are never
         logged or put in errors (only their host); a storage server that quotes its own
-        back is redacted by ``_error_detail``.
+        back is redacted by ``error_detail``.
         """
         visited: set[str] = set()
         hops = 0
@@ -665,7 +663,7 @@ class RegistryClient:
             if from_registry
             else f"the storage server {_authority(response.url)} that {authority} redirected to"
         )
-        detail = await _error_detail(response)
+        detail = await error_detail(response)
         suffix = f" ({detail})" if detail else ""
         ref_text = str(ref)
         if not from_registry and status in (401, 403):
@@ -751,38 +749,6 @@ def _check_blob_status(
             ref=str(ref),
             digest=str(digest),
         )
-
-
-async def _error_detail(response: httpx.Response) -> str:
-    """The registry's ``{"errors": [{"code", "message"}]}``, redacted and shortened; "" if
-    none.
-
-    The server's words go into errors and retry warnings, so they pass ``redact`` first:
-    a storage server behind a redirect echoes the signed URL it was asked for, a registry
-    the token it refused. Redacted before it is cut, so that a secret cut short still has
-    the shape that gives it away, and after what is not printable is dropped, so that a
-    control character cannot hide a secret's name from it.
-    """
-    try:
-        body = await read_bounded(response, _ERROR_BODY_BYTES, what="error body")
-        doc = json.loads(body.decode("utf-8"))
-    except (httpx.HTTPError, httpx.StreamError, BodyTooLarge, ValueError, RecursionError):
-        return ""
-    if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
-        return ""
-    parts = []
-    for error in doc["errors"][:3]:
-        if isinstance(error, dict):
-            code, message = error.get("code"), error.get("message")
-            said = [_printable(x) for x in (code, message) if isinstance(x, str)]
-            text = ": ".join(redact(x) for x in said if x)
-            if text:
-                parts.append(text[:200])
-    return "; ".join(parts)
-
-
-def _printable(text: str) -> str:
-    return "".join(c for c in text if c.isprintable())
 
 
 def _authority(url: httpx.URL) -> str:

@@ -17,6 +17,7 @@ from stages._auth import (
     basic_authorization,
     check_credential_destination,
     choose_challenge,
+    error_detail,
     fetch_token,
     host_of,
     is_internal_host,
@@ -339,6 +340,31 @@ async def test_fetch_token_with_credentials() -> None:
     assert request.headers["Authorization"] == basic_authorization(CREDS)
     assert request.url.params["service"] == "reg.example"
     assert request.url.params["scope"] == "repository:a:pull"
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"errors": [{"code": "DENIED", "message": "no"}]}, "DENIED: no"),
+        ({"details": "incorrect username or password"}, "incorrect username or password"),
+        ({"error": "invalid_grant", "error_description": "bad pw"}, "invalid_grant: bad pw"),
+        ({"message": "token expired\n"}, "token expired"),
+        (
+            {"details": "see https://auth.example/x?sig=abc123"},
+            "see https://auth.example/x?[redacted]",
+        ),
+        ({"details": "refused hunter2 for bob"}, "refused [redacted] for bob"),
+        ({"errors": "not a list", "details": 5}, ""),
+        (["not", "an", "object"], ""),
+    ],
+)
+async def test_error_detail_reads_what_servers_say(body: object, said: str) -> None:
+    response = httpx.Response(401, content=json.dumps(body).encode())
+    assert await error_detail(response, secret="hunter2") == said
+
+
+async def test_error_detail_of_a_body_that_is_not_json_is_empty() -> None:
+    assert await error_detail(httpx.Response(401, text="<html>Login</html>")) == ""
 
 
 async def test_fetch_token_anonymous() -> None:

@@ -255,6 +255,38 @@ async def test_bearer_tokens_anonymous_and_with_credentials(
     assert_store_consistent(store.path)
 
 
+@pytest.mark.parametrize("like_docker_hub", [False, True])
+async def test_a_refused_login_says_what_the_token_service_said(
+    token_registry: Any, token_server: Any, unique_seed: str, tmp_path: Path, like_docker_hub: bool
+) -> None:
+    # The token service's reason was dropped: "refused a token as 'u' (HTTP 401)", where it
+    # had said "incorrect username or password". Docker Hub's service answers
+    # {"details": ...}, distribution's token servers {"errors": [...]}; this one quotes
+    # the password back, which the error must not.
+    token_registry.push("team/private-app", images.sample_image(unique_seed), "1")
+    user, password = token_registry.credentials
+    wrong = "not-" + password + "-9f3c"
+    token_server.refuse_like_docker_hub = like_docker_hub
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, wrong))
+
+    with pytest.raises(pipeline.AuthError) as refused:
+        await pipeline.pull(
+            token_registry.ref("team/private-app", "1"),
+            store=Store.open(tmp_path / "store"),
+            options=options(registry=creds),
+        )
+
+    message = str(refused.value)
+    realm_host = token_server.host.rpartition(":")[0]
+    assert f"the token service at {realm_host} refused a token as {user!r}" in message
+    if like_docker_hub:
+        assert f"(HTTP 401: incorrect username or password (got '{user}:[redacted]'))" in message
+    else:
+        assert "(HTTP 401: UNAUTHORIZED: bad credentials)" in message
+    assert wrong not in message
+    assert "9f3c" not in message
+
+
 @pytest.mark.parametrize(("fault", "status"), [("status", 503), ("status", 502), ("close", 0)])
 async def test_a_token_service_blip_is_tried_again(
     token_registry: Any,

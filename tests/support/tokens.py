@@ -111,6 +111,9 @@ class TokenServer:
     exp_skew: int = 0
     #: Omit ``expires_in`` from responses (clients must default it, 60 s per the spec).
     omit_expires_in: bool = False
+    #: Refuse wrong credentials as Docker Hub's token service does, ``{"details": …}``,
+    #: quoting the username and password it was sent (a server must not, but one may).
+    refuse_like_docker_hub: bool = False
     requests: list[TokenRequest] = field(default_factory=list)
     _key: Any = None
     _cert_der: bytes = b""
@@ -141,6 +144,7 @@ class TokenServer:
             self._fault_times = None
             self.exp_skew = 0
             self.omit_expires_in = False
+            self.refuse_like_docker_hub = False
 
     def set_fault(
         self, fault: Fault | None, *, status: int = 503, times: int | None = None
@@ -242,9 +246,11 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             auth = self.headers.get("Authorization")
             user: str | None = None
             bad_credentials = False
+            sent = ""  # the credentials as the client sent them, "user:password"
             if query.get("grant_type") == ["password"]:
                 name = (query.get("username") or [""])[0]
                 pw = (query.get("password") or [""])[0]
+                sent = f"{name}:{pw}"
                 bad_credentials = server.users.get(name) != pw
                 user = None if bad_credentials else name
             elif auth:
@@ -254,6 +260,7 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 except ValueError:
                     decoded = ""
                 name, sep, pw = decoded.partition(":")
+                sent = decoded
                 bad_credentials = (
                     scheme.lower() != "basic" or not sep or server.users.get(name) != pw
                 )
@@ -296,6 +303,11 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 self._send(
                     200, b"<html><body>Welcome to the captive portal</body></html>", "text/html"
                 )
+                return
+            if bad_credentials and server.refuse_like_docker_hub:
+                record(401)
+                details = f"incorrect username or password (got {sent!r})"
+                self._send(401, json.dumps({"details": details}).encode())
                 return
             if bad_credentials:
                 record(401)
