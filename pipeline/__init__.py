@@ -58,6 +58,7 @@ from ._pull import pull as pull
 from ._store import ImageRecord as ImageRecord
 from ._store import LayerRecord as LayerRecord
 from ._store import RecordedImage as RecordedImage
+from ._store import Removal as Removal
 from ._store import Store as Store
 
 __version__ = "0.1.0"
@@ -90,6 +91,7 @@ __all__ = [
     "PullResult",
     "PullTimings",
     "RecordedImage",
+    "Removal",
     "Reference",
     "RegistryError",
     "RegistryOptions",

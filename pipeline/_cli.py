@@ -10,6 +10,8 @@
     imagec-pipe layers REF [--store DIR] [--json]
     imagec-pipe inspect REF [--store DIR]
     imagec-pipe verify [--store DIR] [--full] [--repair] [--json]
+    imagec-pipe rmi REF [REF...] [--store DIR] [--json]
+    imagec-pipe prune [--store DIR] [--json]
     imagec-pipe --version
 
 Options go after the subcommand. ``--store`` defaults to ``$IMAGEC_PIPE_STORE``, else the
@@ -21,8 +23,9 @@ Exit codes (outside checks rely on them):
 - 1 the command failed: the pull failed (one line on stderr,
   ``imagec-pipe: error: pulling REF: <what failed>``), a malformed reference (docker
   also exits 1 for "invalid reference format", and the reference is checked by the pull),
-  an image unknown to ``layers`` / ``inspect``, an unusable store, a damaged blob found
-  by ``verify`` (removed or not);
+  an image unknown to ``layers`` / ``inspect`` / ``rmi``, an unusable store, a damaged
+  blob found by ``verify`` (removed or not), an ``rmi`` or ``prune`` refused because a
+  pull is running in the store;
 - 2 usage error: argparse's own, a bad ``--platform``, ``--max-concurrent-downloads`` or
   ``--retries``,
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
@@ -80,7 +83,7 @@ from ._progress import (
     to_jsonable,
 )
 from ._pull import PullOptions, PullResult, pull
-from ._store import ImageRecord, Store, store_path
+from ._store import ImageRecord, Removal, Store, store_path
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -296,6 +299,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     verify.set_defaults(handler=_cmd_verify, subparser=verify)
+
+    rmi = commands.add_parser(
+        "rmi",
+        parents=[common],
+        help="remove references from the store, and the blobs only they used",
+        description="Remove references (docker rmi): each one's index.json entry and record; "
+        "an image whose last reference goes is removed with every blob no other image uses. "
+        "Nothing is removed unless every REF is found. Refused while a pull runs in the store.",
+    )
+    rmi.add_argument(
+        "refs", nargs="+", metavar="REF", help="reference, name@digest or image ID prefix"
+    )
+    rmi.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    rmi.set_defaults(handler=_cmd_rmi, subparser=rmi)
+
+    prune = commands.add_parser(
+        "prune",
+        parents=[common],
+        help="remove images no reference names, and blobs nothing uses",
+        description="Remove what no reference needs (docker image prune): images no "
+        "reference names any more, layer records no image uses, blobs nothing names. "
+        "Refused while a pull runs in the store.",
+    )
+    prune.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    prune.set_defaults(handler=_cmd_prune, subparser=prune)
     return parser
 
 
@@ -387,6 +415,10 @@ def _doing(args: argparse.Namespace) -> str:
             return f"listing the layers of {args.ref}"
         case "inspect":
             return f"inspecting {args.ref}"
+        case "rmi":
+            return f"removing {' '.join(args.refs)}"
+        case "prune":
+            return "pruning the store"
     return str(args.command)
 
 
@@ -733,6 +765,45 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         summary += f", then pull again: {' '.join(refs)}\n" if refs else "\n"
     _write_out("".join(lines) + summary)
     return EXIT_FAILED if damage else EXIT_OK
+
+
+def _cmd_rmi(args: argparse.Namespace) -> int:
+    """docker rmi: ``Untagged:`` and ``Deleted:`` lines, or one JSON object."""
+    where = store_path(args.store)
+    if Store.open_existing(where) is None:  # opening it to write would create it
+        raise ImagecError(
+            f"no image {args.refs[0]!r} in the store at {where}: there is no store there yet "
+            "(`imagec-pipe pull` creates it)",
+            ref=args.refs[0],
+        )
+    with Store.open(where) as store:
+        removal = store.remove_images(args.refs)
+    _print_removal(removal, json_output=args.json, total=False)
+    return EXIT_OK
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    """docker image prune: what was removed, and the space reclaimed."""
+    where = store_path(args.store)
+    if Store.open_existing(where) is None:
+        _error_line(f"no store at {where} yet: nothing to prune")
+        removal = Removal()
+    else:
+        with Store.open(where) as store:
+            removal = store.prune()
+    _print_removal(removal, json_output=args.json, total=True)
+    return EXIT_OK
+
+
+def _print_removal(removal: Removal, *, json_output: bool, total: bool) -> None:
+    if json_output:
+        _print_json(to_jsonable(removal))
+        return
+    lines = [f"Untagged: {ref}\n" for ref in removal.untagged]
+    lines += [f"Deleted: {digest}\n" for digest in removal.deleted_blobs]
+    if total:
+        lines.append(f"Total reclaimed space: {human_size(removal.reclaimed_bytes)}\n")
+    _write_out("".join(lines))
 
 
 def _json_blob(store: Store, digest: Digest) -> Any:

@@ -198,5 +198,23 @@ def index_with_entry(index: dict[str, Any], entry: dict[str, Any]) -> dict[str, 
     return out
 
 
+def index_without(index: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """``index`` without the entries whose ref name is one of ``names`` (``rmi``); every
+    other entry, other tools' included, is kept as it is."""
+    removed = set(names)
+    manifests = index.get("manifests")
+    out = dict(index)
+    out["manifests"] = [
+        m
+        for m in (manifests if isinstance(manifests, list) else [])
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("annotations"), dict)
+            and m["annotations"].get(REF_NAME_ANNOTATION) in removed
+        )
+    ]
+    return out
+
+
 def dumps_index(index: dict[str, Any]) -> bytes:
     return json.dumps(index, indent=2, ensure_ascii=False).encode() + b"\n"

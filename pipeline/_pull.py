@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +29,7 @@ from stages._errors import (
     DiffIDMismatch,
     ManifestError,
     SizeMismatch,
+    StoreError,
     UsageError,
 )
 from stages._events import LayerTimings, ProgressEvent, ProgressSink
@@ -39,7 +41,7 @@ from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest, MediaType, Platform
 
 from ._logging import add_secret, current_settings
-from ._store import LayerRecord, Store
+from ._store import LOCK_POLL_S, PULL_WAIT_S, LayerRecord, PullHold, Store
 from ._workers import LayerTask, open_layer_workers, run_layer_task
 
 if TYPE_CHECKING:  # imported only when --layer-workers processes asks for it
@@ -194,7 +196,8 @@ async def pull(
         try:
             if downloads is None:
                 downloads = trio.CapacityLimiter(options.max_concurrent_downloads)
-            return await _pull(reference, store, options, downloads)
+            async with _store_held(store):
+                return await _pull(reference, store, options, downloads)
         except BaseExceptionGroup as group:
             failure = collapse_exception_group(group)
         # Raised here, not in the handler: see stages/_groups.py.
@@ -302,6 +305,40 @@ async def _pull(
     )
     _log_pull(resolved, result)
     return result
+
+
+@contextlib.asynccontextmanager
+async def _store_held(store: Store) -> AsyncIterator[None]:
+    """Hold the store for the whole pull (``Store.try_hold_for_pull``): between its
+    layers' commits and its image's record nothing else says the layers are needed, and
+    ``rmi`` or ``prune`` would delete them. Taken before anything else, so before any
+    layer's slot or claim: a removal waiting for pulls to end never waits on those, and
+    one pull holds it once, whatever its layers do."""
+    hold = await _wait_for_hold(store)
+    try:
+        yield
+    finally:
+        hold.release()
+
+
+async def _wait_for_hold(store: Store) -> PullHold:
+    """Poll for the hold while an ``rmi`` or ``prune`` holds the store; a removal stopped
+    half-way (Ctrl-Z) fails the pull after ``PULL_WAIT_S`` instead of hanging it."""
+    warned = False
+    with trio.move_on_after(PULL_WAIT_S):
+        while (held := await trio.to_thread.run_sync(store.try_hold_for_pull)) is None:
+            if not warned:
+                log.warning(
+                    "waiting for an rmi or prune of the store to end", store=str(store.path)
+                )
+                warned = True
+            await trio.sleep(LOCK_POLL_S)
+        return held
+    raise StoreError(
+        f"cannot pull into store {store.path}: an rmi or prune held it for over "
+        f"{PULL_WAIT_S:g} s; if an imagec-pipe using this store is stopped (Ctrl-Z), resume "
+        "or end it, then try again"
+    )
 
 
 def _unique_jobs(resolved: ResolvedImage) -> list[_LayerJob]:

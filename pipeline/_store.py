@@ -9,6 +9,8 @@ Layout of the store directory::
     imagec.db             SQLite (WAL): layers, images, image_layers, refs, repo_digests
     imagec.lock           flock'ed while index.json is read-modified-written or the store
                           is initialised
+    gc.lock               flock'ed shared by every pull while it runs, exclusive by ``rmi``
+                          and ``prune`` (``Store.hold_for_pull``, ``Store.remove_images``)
 
 The promise (RELIABILITY.md): a blob appears in ``blobs/`` only after its digest was
 verified, through ``os.replace`` of an fsynced file. A layer counts as committed only when
@@ -27,6 +29,22 @@ record.
 
 ``index.json`` is the last thing an image pull writes; a crash just before leaves the
 image in the database only, and the next ``Store.open`` writes its entry from there.
+
+Removal (``remove_images``, ``prune``) runs the other way round, so that a crash at any
+moment leaves nothing that names what is gone: index.json loses its entries first, then
+the database its rows (one transaction), then ``blobs/`` the files nothing names any
+more. A crash after the first step leaves references the database still records, which
+the next ``Store.open`` lists again (the removal did not happen); after the second, blobs
+nobody names, which the next ``prune`` removes. A row or entry naming a missing blob, the
+one state that is damage, is never left behind.
+
+A pull commits its layers before it records its image, so in between they are named by
+no image and a removal would take them for garbage. Every pull therefore holds a shared
+``flock`` on ``gc.lock`` from before its first layer lookup until its image is recorded,
+and a removal takes it exclusively, waiting at most ``GC_WAIT_S`` for running pulls to
+end. Locks are taken in one order: ``gc.lock``, then ``imagec.lock``, then SQLite's; a
+pull takes ``gc.lock`` before any layer's slot or claim (``LCache``), and a removal
+never waits on those, so none of them can wait on another in a circle.
 
 Every method is synchronous and opens its own short-lived sqlite3 connection: a sqlite3
 connection belongs to the thread that made it, and ``pipeline._pull`` calls these methods
@@ -82,7 +100,9 @@ __all__ = [
     "Ingest",
     "LayerClaim",
     "LayerRecord",
+    "PullHold",
     "RecordedImage",
+    "Removal",
     "Store",
     "Writeback",
     "store_error",
@@ -101,6 +121,13 @@ BUSY_TIMEOUT_S = 30.0
 LOCK_TIMEOUT_S = BUSY_TIMEOUT_S
 LOCK_NOTICE_S = 2.0
 LOCK_POLL_S = 0.05
+# How long ``rmi`` and ``prune`` wait for the pulls running in the store to end (they
+# hold gc.lock shared), and how long a pull waits for a removal (exclusive) to end.
+GC_WAIT_S = 10.0
+PULL_WAIT_S = LOCK_TIMEOUT_S
+# Manifests and indexes larger than this are not read when walking index.json's entries
+# (a registry refuses them too: RELIABILITY.md).
+_MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # With less free space than this left, SQLite's "disk I/O error" is taken for a full disk
 # (its journal grows by pages of 4 KiB; the disk is rarely *that* close to full by chance).
 NEARLY_FULL_BYTES = 1024 * 1024
@@ -110,6 +137,7 @@ LAYOUT_VERSION = "1.0.0"
 INDEX_FILE = "index.json"
 DB_FILE = "imagec.db"
 LOCK_FILE = "imagec.lock"
+GC_LOCK_FILE = "gc.lock"
 BLOBS_DIR = "blobs"
 INGEST_DIR = "ingest"
 # A directory holding only these names is a store whose creation was interrupted.
@@ -120,6 +148,7 @@ _OWN_NAMES = frozenset(
         BLOBS_DIR,
         INGEST_DIR,
         LOCK_FILE,
+        GC_LOCK_FILE,
         DB_FILE,
         f"{DB_FILE}-wal",
         f"{DB_FILE}-shm",
@@ -262,6 +291,23 @@ class BlobDamage:
     inode: int | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What ``Store.remove_images`` or ``Store.prune`` removed.
+
+    ``untagged``: the references removed (index.json entries and their rows);
+    ``deleted_images``: the manifest digests of the images whose records went with their
+    last reference (or, for ``prune``, that no reference named any more);
+    ``deleted_blobs``: the files removed from ``blobs/`` (manifests, indexes, configs,
+    layers), and ``reclaimed_bytes`` their sizes' sum.
+    """
+
+    untagged: tuple[str, ...] = ()
+    deleted_images: tuple[Digest, ...] = ()
+    deleted_blobs: tuple[Digest, ...] = ()
+    reclaimed_bytes: int = 0
+
+
 # Bytes read from a blob at a time by ``Store.verify``.
 _VERIFY_READ_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -399,6 +445,20 @@ class LayerClaim:
                 os.unlink(self.path)
         finally:
             os.close(fd)
+
+
+class PullHold:
+    """A pull's shared ``flock`` on ``gc.lock``: while any is held, ``rmi`` and ``prune``
+    remove nothing (see the module docstring). Held from before the pull's first layer
+    lookup until its image is recorded; ``release`` (or the holder's death) lets go."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _utc(ts: float) -> datetime:
@@ -1419,6 +1479,319 @@ class Store:
             (ids[0],),
         ).fetchone()
         return None if row is None else self._record(row)
+
+    # -- removal (rmi, prune) ----------------------------------------------------------
+
+    def try_hold_for_pull(self) -> PullHold | None:
+        """The shared hold a pull keeps on the store while it runs, or None while a
+        removal holds the store exclusively. Never waits; the pull polls it (between its
+        layers' commits and its image's record, only this keeps ``prune`` from taking
+        the layers for garbage)."""
+        with self._errors("hold the store for a pull"):
+            fd = os.open(self.path / GC_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            return PullHold(fd)
+
+    @contextlib.contextmanager
+    def _removing(self, what: str) -> Iterator[None]:
+        """Hold ``gc.lock`` exclusively: no pull is between its first layer lookup and
+        its record. Waits up to ``GC_WAIT_S`` for running pulls to end, then refuses
+        (a pull may run for minutes; the user had better choose when to wait)."""
+        if self.read_only:
+            raise StoreError(
+                f"cannot {what} store {self.path}: it was opened read-only "
+                "(Store.open_existing); open it with Store.open"
+            )
+        fd = os.open(self.path / GC_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            started = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+                if time.monotonic() - started >= GC_WAIT_S:
+                    raise StoreError(
+                        f"cannot {what} store {self.path}: a pull is running in this store; "
+                        f"try again when it ends (waited {GC_WAIT_S:g} s for it)"
+                    )
+                time.sleep(LOCK_POLL_S)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def remove_images(self, refs: Sequence[str]) -> Removal:
+        """Remove references from the store, as ``docker rmi`` does, and whatever only
+        they kept: an image whose last reference goes loses its records, then every blob
+        (manifest, index, config, layer) that nothing left in the store names is deleted.
+
+        Each of ``refs`` is found as ``find_image`` finds it: a reference in the store, a
+        familiar name, ``name@digest`` (which, for an image pulled by tag, stands for the
+        reference of that repository naming it), or an image ID prefix. An ID or digest
+        that several references name is refused (they are listed: remove them by name).
+        Nothing is removed unless every one of ``refs`` is found: a StoreError names the
+        ones that are not. Waits for running pulls as ``prune`` does. The order of the
+        steps, and why a crash between any two is harmless, is in the module docstring.
+        """
+        with self._errors("remove images"), self._removing("remove images from"):
+            names, dangling = self._removal_targets(refs)
+            with self._locked(), self._db() as conn, _transaction(conn):
+                resolved = {
+                    str(row[0])
+                    for name in names
+                    for row in conn.execute(
+                        "SELECT resolved_digest FROM refs WHERE name = ?", (name,)
+                    )
+                }
+                manifests = {
+                    str(row[0])
+                    for name in names
+                    for row in conn.execute(
+                        "SELECT manifest_digest FROM refs WHERE name = ?", (name,)
+                    )
+                } | dangling
+                conn.executemany("DELETE FROM refs WHERE name = ?", [(n,) for n in names])
+                orphans = [
+                    m
+                    for m in sorted(manifests)
+                    if conn.execute(
+                        "SELECT 1 FROM refs WHERE manifest_digest = ? LIMIT 1", (m,)
+                    ).fetchone()
+                    is None
+                ]
+                candidates = self._drop_images(conn, orphans) | resolved
+                conn.executemany(
+                    """DELETE FROM layers WHERE digest = ? AND NOT EXISTS
+                       (SELECT 1 FROM image_layers WHERE layer_digest = layers.digest)""",
+                    [(d,) for d in sorted(candidates)],
+                )
+                # index.json first: should the process die before COMMIT, the rows are
+                # still there and the next Store.open lists them again.
+                index = _oci.index_without(self._read_index(), names)
+                self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
+                garbage = candidates - self._live_digests(conn)
+            deleted, reclaimed = self._delete_blobs(sorted(garbage))
+        removal = Removal(
+            untagged=tuple(names),
+            deleted_images=tuple(Digest.parse(m) for m in orphans),
+            deleted_blobs=deleted,
+            reclaimed_bytes=reclaimed,
+        )
+        log.info(
+            "images removed",
+            store=str(self.path),
+            untagged=list(removal.untagged),
+            blobs=len(deleted),
+            reclaimed_bytes=reclaimed,
+        )
+        return removal
+
+    def prune(self) -> Removal:
+        """Remove what no reference in the store needs, as ``docker image prune`` and
+        containerd's garbage collection do: images no reference names any more (left by
+        a tag pulled again after it moved), layer records no image uses (left by a pull
+        that failed after committing some layers), and every file in ``blobs/`` that
+        nothing left names, from the database or from an entry of ``index.json`` (other
+        tools' entries included: what they name is kept).
+
+        Waits up to ``GC_WAIT_S`` for the pulls running in the store to end, then raises
+        StoreError: their layers are committed before their image is recorded, and in
+        between nothing else says they are needed.
+        """
+        with self._errors("prune the store"), self._removing("prune"):
+            with self._db() as conn, _transaction(conn):
+                dangling = [
+                    str(row[0])
+                    for row in conn.execute(
+                        """SELECT manifest_digest FROM images WHERE manifest_digest NOT IN
+                           (SELECT manifest_digest FROM refs) ORDER BY manifest_digest"""
+                    )
+                ]
+                self._drop_images(conn, dangling)
+                conn.execute(
+                    """DELETE FROM layers WHERE NOT EXISTS
+                       (SELECT 1 FROM image_layers WHERE layer_digest = layers.digest)"""
+                )
+                live = self._live_digests(conn)
+            garbage = sorted(
+                entry.name
+                for entry in os.scandir(self._blobs)
+                if _HEX64.fullmatch(entry.name) and f"sha256:{entry.name}" not in live
+            )
+            deleted, reclaimed = self._delete_blobs([f"sha256:{hex_}" for hex_ in garbage])
+        removal = Removal(
+            deleted_images=tuple(Digest.parse(m) for m in dangling),
+            deleted_blobs=deleted,
+            reclaimed_bytes=reclaimed,
+        )
+        log.info(
+            "store pruned",
+            store=str(self.path),
+            images=len(dangling),
+            blobs=len(deleted),
+            reclaimed_bytes=reclaimed,
+        )
+        return removal
+
+    def _removal_targets(self, refs: Sequence[str]) -> tuple[list[str], set[str]]:
+        """The reference names ``refs`` stand for, and the manifest digests of images
+        no reference names that ``refs`` reach by ``name@digest``. Caller holds
+        ``gc.lock`` exclusively: no pull changes the references meanwhile."""
+        names: list[str] = []
+        dangling: set[str] = set()
+        unknown: list[str] = []
+        for text in refs:
+            record = self.find_image(text)
+            if record is None:
+                unknown.append(text)
+                continue
+            with self._db() as conn:
+                prefix = _ID_PREFIX.fullmatch(text.strip())
+                if (
+                    prefix is not None
+                    and text.strip() != record.ref
+                    and record.image_id.hex.startswith(prefix.group(1))
+                ):
+                    rows = conn.execute(
+                        """SELECT r.name FROM refs r JOIN images i
+                           ON i.manifest_digest = r.manifest_digest
+                           WHERE i.config_digest = ? ORDER BY r.name""",
+                        (str(record.image_id),),
+                    ).fetchall()
+                    what = f"image ID {text.strip()}"
+                elif conn.execute("SELECT 1 FROM refs WHERE name = ?", (record.ref,)).fetchone():
+                    rows = [(record.ref,)]
+                    what = text
+                else:  # name@digest of an image pulled by tag, or of one no tag names now
+                    rows = conn.execute(
+                        """SELECT name FROM refs WHERE repository = ? AND manifest_digest = ?
+                           ORDER BY name""",
+                        (record.repository, str(record.manifest_digest)),
+                    ).fetchall()
+                    what = text
+            found = [str(row[0]) for row in rows]
+            if len(found) > 1:
+                raise StoreError(
+                    f"cannot remove {what} from store {self.path}: it names the image of "
+                    f"{_count(len(found), 'reference')} ({', '.join(found)}); remove them by "
+                    "name",
+                    ref=text,
+                )
+            if not found:
+                dangling.add(str(record.manifest_digest))
+            names.extend(name for name in found if name not in names)
+        if unknown:
+            raise StoreError(
+                f"no image {', '.join(repr(u) for u in unknown)} in store {self.path}; "
+                "nothing was removed (`imagec-pipe images` lists the references)",
+                ref=unknown[0],
+            )
+        return names, dangling
+
+    @staticmethod
+    def _drop_images(conn: sqlite3.Connection, manifests: Sequence[str]) -> set[str]:
+        """Delete the records of images no reference names; returns every digest they
+        used (manifests, config, layers, repository digests), the candidates for
+        deletion. Their layer records stay: the caller removes the unused ones."""
+        used: set[str] = set()
+        for manifest in manifests:
+            for row in conn.execute(
+                """SELECT manifest_digest, config_digest, oci_manifest_digest FROM images
+                   WHERE manifest_digest = ?""",
+                (manifest,),
+            ):
+                used.update(str(d) for d in row)
+            used.update(
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT layer_digest FROM image_layers WHERE manifest_digest = ?", (manifest,)
+                )
+            )
+            used.update(
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT digest FROM repo_digests WHERE manifest_digest = ?", (manifest,)
+                )
+            )
+            conn.execute("DELETE FROM repo_digests WHERE manifest_digest = ?", (manifest,))
+            conn.execute("DELETE FROM image_layers WHERE manifest_digest = ?", (manifest,))
+            conn.execute("DELETE FROM images WHERE manifest_digest = ?", (manifest,))
+        return used
+
+    def _live_digests(self, conn: sqlite3.Connection) -> set[str]:
+        """Every digest something left in the store names: each image's manifests and
+        config, each layer record, each reference's and repository's digest (indexes),
+        and everything an index.json entry reaches (other tools' entries too)."""
+        live: set[str] = set()
+        for query in (
+            "SELECT manifest_digest, config_digest, oci_manifest_digest FROM images",
+            "SELECT digest FROM layers",
+            "SELECT layer_digest FROM image_layers",
+            "SELECT resolved_digest FROM refs",
+            "SELECT digest FROM repo_digests",
+        ):
+            for row in conn.execute(query):
+                live.update(str(d) for d in row)
+        return live | self._index_reaches()
+
+    def _index_reaches(self) -> set[str]:
+        """The digests index.json's entries name, and those their manifests and indexes
+        name in turn (config, layers, manifests), read from ``blobs/``. An entry of this
+        store's own names only what the database names too; one another tool wrote (a
+        ``skopeo copy`` into the layout) is known from here only."""
+        index = self._read_index()
+        pending = [m.get("digest") for m in index.get("manifests") or [] if isinstance(m, dict)]
+        reached: set[str] = set()
+        while pending:
+            text = pending.pop()
+            if not isinstance(text, str) or text in reached or not text.startswith("sha256:"):
+                continue
+            reached.add(text)
+            path = self._blobs / text.removeprefix("sha256:")
+            if not _HEX64.fullmatch(path.name):
+                continue
+            try:
+                if path.stat().st_size > _MAX_MANIFEST_BYTES:
+                    continue  # a layer, not a manifest
+                doc = json.loads(path.read_bytes())
+            except (FileNotFoundError, ValueError, UnicodeDecodeError):
+                continue  # missing, or not JSON: names nothing
+            if not isinstance(doc, dict):
+                continue
+            children = [doc.get("config")]
+            for key in ("layers", "manifests"):
+                if isinstance(doc.get(key), list):
+                    children.extend(doc[key])
+            pending.extend(c.get("digest") for c in children if isinstance(c, dict))
+        return reached
+
+    def _delete_blobs(self, digests: Sequence[str]) -> tuple[tuple[Digest, ...], int]:
+        """Unlink these blobs (their records are gone already); the files removed, and
+        their bytes. Caller holds ``gc.lock`` exclusively: no pull renames one of them
+        back in meanwhile."""
+        deleted: list[Digest] = []
+        reclaimed = 0
+        for text in digests:
+            digest = Digest.parse(text)
+            path = self._blob_path(digest)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            deleted.append(digest)
+            reclaimed += size
+        if deleted:
+            _fsync_dir(self._blobs)
+        return tuple(deleted), reclaimed
 
     # -- verification ------------------------------------------------------------------
 

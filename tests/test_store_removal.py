@@ -1,0 +1,411 @@
+"""Removing from the store: ``imagec-pipe rmi`` / ``prune`` (``Store.remove_images``,
+``Store.prune``) against the real registry, pulls by the CLI in other processes.
+
+Each test ends with the store's promises: ``verify --full`` finds nothing wrong (no record
+or index.json entry names a missing blob), and pulling what is left downloads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import Store, _store
+from stages._errors import StoreError
+from tests.support import images
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PLATFORM = "linux/amd64"
+# A CLI command's deadline (the test's own is longer).
+CLI_TIMEOUT_S = 60
+
+
+def cli(*argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline._cli", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    proc = cli(*argv)
+    out, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+    return proc.returncode, out, err
+
+
+def pull(ref: str, store: Path) -> dict[str, Any]:
+    """Pull with the CLI; its JSON summary (the last line)."""
+    code, out, err = run("pull", ref, "--store", str(store), "--platform", PLATFORM, "--json")
+    assert code == 0, err
+    summary: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return summary
+
+
+def blobs(store: Path) -> set[str]:
+    return {f"sha256:{p.name}" for p in (store / "blobs" / "sha256").iterdir()}
+
+
+def image_blobs(image: images.Image) -> set[str]:
+    return {image.manifest.digest, image.config.digest, *(layer.digest for layer in image.layers)}
+
+
+def index_refs(store: Path) -> list[str]:
+    index = json.loads((store / "index.json").read_text())
+    return sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"])
+
+
+def assert_clean(store: Path) -> None:
+    """``verify --full`` accepts the store, and nothing is left in ingest/."""
+    code, out, err = run("verify", "--store", str(store), "--full", "--json")
+    assert code == 0, (out, err)
+    assert json.loads(out)["damaged"] == []
+    assert sorted(p.name for p in (store / "ingest").iterdir()) == []
+
+
+def assert_all_exist(ref: str, store: Path) -> None:
+    """Pulling ``ref`` again downloads nothing: every layer "Already exists"."""
+    summary = pull(ref, store)
+    assert {layer["status"] for layer in summary["layers"]} == {"exists"}, summary
+
+
+def push_sharing(registry: Any, repo: str, seed: str) -> tuple[images.Image, images.Image]:
+    """Two images over one base layer, tagged ``one`` and ``two``."""
+    base = [images.make_layer(f"{seed}:base", size=256 * 1024)]
+    one = images.sample_image(f"{seed}:one", base=base, compressions=("gzip",))
+    two = images.sample_image(f"{seed}:two", base=base, compressions=("zstd",))
+    registry.push(repo, one, "one")
+    registry.push(repo, two, "two")
+    return one, two
+
+
+# --- rmi ---------------------------------------------------------------------------------
+
+
+def test_rmi_keeps_the_layers_another_image_shares(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    one, two = push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    ref_one, ref_two = (f"{registry.host}/{unique_repo}:{tag}" for tag in ("one", "two"))
+    pull(ref_one, store)
+    pull(ref_two, store)
+
+    code, out, err = run("rmi", ref_one, "--store", str(store), "--json")
+
+    assert code == 0, err
+    removal = json.loads(out)
+    assert removal["untagged"] == [ref_one]
+    assert removal["deleted_images"] == [one.manifest.digest]
+    gone = image_blobs(one) - image_blobs(two)
+    assert set(removal["deleted_blobs"]) == gone
+    every = (*one.blobs, one.manifest)
+    assert removal["reclaimed_bytes"] == sum(b.size for b in every if b.digest in gone)
+    assert blobs(store) == image_blobs(two)  # the shared base layer and the empty one kept
+    assert index_refs(store) == [ref_two]
+    listed = Store.open_existing(store)
+    assert listed is not None
+    assert [r.ref for r in listed.list_images()] == [ref_two]
+    assert listed.find_image(ref_one) is None
+    assert_clean(store)
+    assert_all_exist(ref_two, store)
+    assert_clean(store)
+
+
+def test_rmi_of_a_reference_not_in_the_store_removes_nothing(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    ref = f"{registry.host}/{unique_repo}:one"
+    pull(ref, store)
+    before = blobs(store)
+    missing = f"{registry.host}/{unique_repo}:nope"
+
+    code, out, err = run("rmi", ref, missing, "--store", str(store))
+
+    assert code == 1
+    assert out == ""
+    assert f"no image '{missing}' in store" in err
+    assert "nothing was removed" in err
+    assert blobs(store) == before
+    assert index_refs(store) == [ref]
+    code, _, err = run("rmi", "nope:1", "--store", str(tmp_path / "none"))
+    assert code == 1 and "no store there yet" in err, err
+    assert not (tmp_path / "none").exists()  # no store created to say so
+
+
+def test_rmi_of_the_last_reference_removes_every_blob(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    one, _ = push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    ref = f"{registry.host}/{unique_repo}:one"
+    pull(ref, store)
+    by_digest = f"{registry.host}/{unique_repo}@{one.manifest.digest}"
+    pull(by_digest, store)  # a second reference to the same image
+
+    code, out, err = run("rmi", ref, "--store", str(store))
+    assert code == 0, err
+    assert out == f"Untagged: {ref}\n"  # the image is still named
+    assert blobs(store) == image_blobs(one)
+
+    code, out, err = run("rmi", by_digest, "--store", str(store))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"Untagged: {by_digest}"
+    assert sorted(lines[1:]) == sorted(f"Deleted: {d}" for d in image_blobs(one))
+    assert blobs(store) == set()
+    assert index_refs(store) == []
+    reader = Store.open_existing(store)
+    assert reader is not None and reader.list_images() == []
+    assert_clean(store)
+    summary = pull(ref, store)  # and back: every layer downloaded again
+    assert {layer["status"] for layer in summary["layers"]} == {"downloaded"}
+    assert_clean(store)
+
+
+def test_rmi_by_an_image_id_that_two_references_name_is_refused(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    one, _ = push_sharing(registry, unique_repo, unique_seed)
+    registry.push(unique_repo, one, "also")
+    store = tmp_path / "store"
+    refs = [f"{registry.host}/{unique_repo}:{tag}" for tag in ("also", "one")]
+    for ref in refs:
+        pull(ref, store)
+
+    code, _, err = run("rmi", one.image_id[7:19], "--store", str(store))
+
+    assert code == 1
+    assert f"names the image of 2 references ({', '.join(refs)}); remove them by name" in err
+    assert index_refs(store) == refs
+    assert_clean(store)
+
+
+# --- prune -------------------------------------------------------------------------------
+
+
+def test_prune_removes_what_no_reference_needs(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    _, two = push_sharing(registry, unique_repo, unique_seed)
+    moved = images.sample_image(f"{unique_seed}:moved", compressions=("none",))
+    registry.push(unique_repo, moved, "latest")
+    store = tmp_path / "store"
+    ref_one, ref_two, latest = (
+        f"{registry.host}/{unique_repo}:{tag}" for tag in ("one", "two", "latest")
+    )
+    for ref in (ref_one, ref_two, latest):
+        pull(ref, store)
+    registry.push(unique_repo, two, "latest")  # the tag moves: `moved` is named by nothing
+    pull(latest, store)
+    assert run("rmi", ref_one, "--store", str(store))[0] == 0
+    # Left by other tools and by crashes: a blob nothing names, and an entry of
+    # index.json that another tool wrote, whose blobs only it names.
+    stray = images.Blob("application/octet-stream", b"stray " + unique_seed.encode())
+    (store / "blobs" / "sha256" / stray.digest[7:]).write_bytes(stray.data)
+    foreign = images.sample_image(f"{unique_seed}:foreign", compressions=("none",))
+    for blob in (*foreign.blobs, foreign.manifest):
+        (store / "blobs" / "sha256" / blob.digest[7:]).write_bytes(blob.data)
+    index = json.loads((store / "index.json").read_text())
+    index["manifests"].append(foreign.manifest.descriptor())  # no ref name of ours
+    (store / "index.json").write_text(json.dumps(index))
+
+    code, out, err = run("prune", "--store", str(store), "--json")
+
+    assert code == 0, err
+    removal = json.loads(out)
+    assert removal["untagged"] == []
+    assert removal["deleted_images"] == [moved.manifest.digest]
+    gone = (image_blobs(moved) - image_blobs(two)) | {stray.digest}
+    assert set(removal["deleted_blobs"]) == gone
+    assert blobs(store) == image_blobs(two) | image_blobs(foreign)
+    assert index_refs_ours(store) == [latest, ref_two]
+    assert_clean(store)
+    assert_all_exist(ref_two, store)
+    assert_all_exist(latest, store)
+    code, out, err = run("prune", "--store", str(store))  # nothing left to remove
+    assert (code, out) == (0, "Total reclaimed space: 0B\n"), err
+
+
+def index_refs_ours(store: Path) -> list[str]:
+    index = json.loads((store / "index.json").read_text())
+    return sorted(
+        m["annotations"]["org.opencontainers.image.ref.name"]
+        for m in index["manifests"]
+        if "annotations" in m
+    )
+
+
+@pytest.mark.deadline(180)
+def test_prune_while_a_pull_runs_in_another_process_removes_nothing_it_needs(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RELIABILITY.md: garbage collection while a pull is running deletes nothing the
+    pull needs. Prune once the pull has committed a layer, which no image names until the
+    pull records its own: it refuses (a short wait) or waits (the CLI's), never deletes."""
+    image = images.sample_image(unique_seed, compressions=("gzip", "none"), layer_size=64 * 1024)
+    big = images.make_layer(f"{unique_seed}:big", size=1536 * 1024, compression="none")
+    image = images.make_image([*image.layers, big])
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=400_000)  # seconds for the big layer
+    store = tmp_path / "store"
+    ref = f"{via.host}/{unique_repo}:1"
+    Store.open(store).close()
+
+    puller = cli("pull", ref, "--store", str(store), "--platform", PLATFORM, "--json")
+    try:
+        assert puller.stdout is not None
+        for line in puller.stdout:
+            if json.loads(line)["event"] == "layer-complete":
+                break  # a layer committed, its image not recorded yet
+        else:
+            pytest.fail(f"the pull ended first: {puller.communicate()}")
+        monkeypatch.setattr(_store, "GC_WAIT_S", 0.2)
+        with Store.open(store) as pruner, pytest.raises(StoreError) as refused:
+            pruner.prune()
+        assert "a pull is running in this store; try again when it ends" in str(refused.value)
+        # The CLI waits for it (or, on a machine slow enough, refuses too).
+        code, _, err = run("prune", "--store", str(store), "--json")
+        assert code == 0 or "a pull is running in this store" in err, err
+        rest, err = puller.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        puller.kill()
+        puller.wait(timeout=30)
+    assert puller.returncode == 0, err
+    assert json.loads(rest.splitlines()[-1])["ref"] == ref
+    assert blobs(store) == image_blobs(image)
+    assert_clean(store)
+    via.rate = None
+    assert_all_exist(ref, store)
+
+
+def test_a_pull_waits_while_a_removal_holds_the_store_and_a_removal_for_a_pull(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The two sides of gc.lock, in one process (as a daemon's pulls and its API
+    callers would be): flock is per open file, so a hold excludes a removal there too."""
+    store = Store.open(tmp_path / "store")
+    monkeypatch.setattr(_store, "GC_WAIT_S", 0.1)
+    hold = store.try_hold_for_pull()
+    assert hold is not None
+    other = store.try_hold_for_pull()
+    assert other is not None  # pulls share it
+    with pytest.raises(StoreError, match="a pull is running in this store"):
+        store.prune()
+    with pytest.raises(StoreError, match="a pull is running in this store"):
+        store.remove_images(["alpine"])
+    hold.release()
+    other.release()
+    hold.release()  # again: harmless
+    with store._removing("prune"):
+        assert store.try_hold_for_pull() is None  # a pull polls until the removal ends
+    assert store.prune().deleted_blobs == ()
+    assert store.try_hold_for_pull() is not None
+    with pytest.raises(StoreError, match="opened read-only"):
+        reader = Store.open_existing(tmp_path / "store")
+        assert reader is not None
+        reader.prune()
+
+
+# --- crashes -------------------------------------------------------------------------------
+
+# Runs rmi or prune and is killed (SIGKILL) at a chosen moment: right after index.json
+# was rewritten (the rows not yet deleted), or after the first blob is unlinked.
+_CRASHING = """
+import os, pathlib, signal, sys
+from pipeline import Store, _store
+
+where, command, point = sys.argv[1:4]
+refs = sys.argv[4:]
+write_atomic = Store._write_atomic
+unlink = pathlib.Path.unlink
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def crashing_write(self, target, data, **kwargs):
+    write_atomic(self, target, data, **kwargs)
+    if point == "after-index" and target.name == "index.json":
+        die()
+
+def crashing_unlink(self, *args, **kwargs):
+    unlink(self, *args, **kwargs)
+    if point == "after-first-blob" and self.parent.name == "sha256":
+        die()
+
+Store._write_atomic = crashing_write
+pathlib.Path.unlink = crashing_unlink
+store = Store.open(where)
+if command == "rmi":
+    store.remove_images(refs)
+else:
+    store.prune()
+sys.exit(3)  # not killed: the test fails
+"""
+
+
+@pytest.mark.deadline(180)
+@pytest.mark.parametrize(
+    ("command", "point"),
+    [("rmi", "after-index"), ("rmi", "after-first-blob"), ("prune", "after-first-blob")],
+)
+def test_a_removal_killed_midway_leaves_a_store_verify_accepts_and_a_pull_repairs(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    command: str,
+    point: str,
+) -> None:
+    one, two = push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    ref_one, ref_two = (f"{registry.host}/{unique_repo}:{tag}" for tag in ("one", "two"))
+    pull(ref_one, store)
+    pull(ref_two, store)
+    if command == "prune":
+        registry.push(unique_repo, two, "one")
+        pull(ref_one, store)  # the tag moves: image `one` is named by nothing now
+    refs = [ref_one] if command == "rmi" else []
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _CRASHING, str(store), command, point, *refs],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert blobs(store) >= image_blobs(two)  # what the other image uses is all there
+    assert_clean(store)  # no record names a missing blob
+    reopened = Store.open(store)  # and index.json lists what the records say
+    assert reopened.verify(full=True)[1] == []
+    expected = [ref_one, ref_two] if point == "after-index" or command == "prune" else [ref_two]
+    assert sorted(r.ref for r in reopened.list_images()) == expected
+    assert index_refs(store) == expected
+    reopened.close()
+    pull(ref_one, store)  # a pull repairs what the removal took
+    assert_clean(store)
+    assert_all_exist(ref_one, store)
+    assert_all_exist(ref_two, store)
+    code, _, err = run("prune", "--store", str(store), "--json")  # the leftovers go
+    assert code == 0, err
+    assert blobs(store) == image_blobs(two) | (image_blobs(one) if command == "rmi" else set())
+    assert_clean(store)
