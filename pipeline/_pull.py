@@ -181,6 +181,10 @@ async def pull(
     download as one would, instead of each running its own layers against the others'
     on the same cores.
 
+    While it runs, the pull holds the store against ``rmi`` and ``prune``
+    (``_store_held``): they wait for it, or refuse, rather than delete the layers it has
+    committed and not yet recorded.
+
     Raises one ``ImagecError`` on failure, never an ``ExceptionGroup``: the groups of the
     nurseries inside are collapsed here, at the public boundary, to their root cause.
     """
