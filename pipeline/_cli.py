@@ -10,8 +10,8 @@
     imagec-pipe layers REF [--store DIR] [--json]
     imagec-pipe inspect REF [--store DIR]
     imagec-pipe verify [--store DIR] [--full] [--repair] [--json]
-    imagec-pipe rmi REF [REF...] [--store DIR] [--json]
-    imagec-pipe prune [--store DIR] [--json]
+    imagec-pipe rm REF [REF...] [--store DIR] [--json]     (alias: rmi)
+    imagec-pipe gc [--store DIR] [--json]                  (alias: prune)
     imagec-pipe --version
 
 Options go after the subcommand. ``--store`` defaults to ``$IMAGEC_PIPE_STORE``, else the
@@ -23,8 +23,8 @@ Exit codes (outside checks rely on them):
 - 1 the command failed: the pull failed (one line on stderr,
   ``imagec-pipe: error: pulling REF: <what failed>``), a malformed reference (docker
   also exits 1 for "invalid reference format", and the reference is checked by the pull),
-  an image unknown to ``layers`` / ``inspect`` / ``rmi``, an unusable store, a damaged
-  blob found by ``verify`` (removed or not), an ``rmi`` or ``prune`` refused because a
+  an image unknown to ``layers`` / ``inspect`` / ``rm``, an unusable store, a damaged
+  blob found by ``verify`` (removed or not), an ``rm`` or ``gc`` refused because a
   pull is running in the store;
 - 2 usage error: argparse's own, a bad ``--platform``, ``--max-concurrent-downloads`` or
   ``--retries``,
@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_cmd_verify, subparser=verify)
 
     rmi = commands.add_parser(
-        "rmi",
+        "rm",
+        aliases=["rmi"],
         parents=[common],
         help="remove references from the store, and the blobs only they used",
         description="Remove references (docker rmi): each one's index.json entry and record; "
@@ -315,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     rmi.set_defaults(handler=_cmd_rmi, subparser=rmi)
 
     prune = commands.add_parser(
-        "prune",
+        "gc",
+        aliases=["prune"],
         parents=[common],
         help="remove images no reference names, and blobs nothing uses",
         description="Remove what no reference needs (docker image prune): images no "
@@ -415,9 +417,9 @@ def _doing(args: argparse.Namespace) -> str:
             return f"listing the layers of {args.ref}"
         case "inspect":
             return f"inspecting {args.ref}"
-        case "rmi":
+        case "rm" | "rmi":
             return f"removing {' '.join(args.refs)}"
-        case "prune":
+        case "gc" | "prune":
             return "pruning the store"
     return str(args.command)
 

@@ -181,7 +181,7 @@ async def pull(
     download as one would, instead of each running its own layers against the others'
     on the same cores.
 
-    While it runs, the pull holds the store against ``rmi`` and ``prune``
+    While it runs, the pull holds the store against ``rm`` and ``gc``
     (``_store_held``): they wait for it, or refuse, rather than delete the layers it has
     committed and not yet recorded.
 
@@ -315,7 +315,7 @@ async def _pull(
 async def _store_held(store: Store) -> AsyncIterator[None]:
     """Hold the store for the whole pull (``Store.try_hold_for_pull``): between its
     layers' commits and its image's record nothing else says the layers are needed, and
-    ``rmi`` or ``prune`` would delete them. Taken before anything else, so before any
+    ``rm`` or ``gc`` would delete them. Taken before anything else, so before any
     layer's slot or claim: a removal waiting for pulls to end never waits on those, and
     one pull holds it once, whatever its layers do."""
     hold = await _wait_for_hold(store)
@@ -326,20 +326,18 @@ async def _store_held(store: Store) -> AsyncIterator[None]:
 
 
 async def _wait_for_hold(store: Store) -> PullHold:
-    """Poll for the hold while an ``rmi`` or ``prune`` holds the store; a removal stopped
+    """Poll for the hold while an ``rm`` or ``gc`` holds the store; a removal stopped
     half-way (Ctrl-Z) fails the pull after ``PULL_WAIT_S`` instead of hanging it."""
     warned = False
     with trio.move_on_after(PULL_WAIT_S):
         while (held := await trio.to_thread.run_sync(store.try_hold_for_pull)) is None:
             if not warned:
-                log.warning(
-                    "waiting for an rmi or prune of the store to end", store=str(store.path)
-                )
+                log.warning("waiting for an rm or gc of the store to end", store=str(store.path))
                 warned = True
             await trio.sleep(LOCK_POLL_S)
         return held
     raise StoreError(
-        f"cannot pull into store {store.path}: an rmi or prune held it for over "
+        f"cannot pull into store {store.path}: an rm or gc held it for over "
         f"{PULL_WAIT_S:g} s; if an imagec-pipe using this store is stopped (Ctrl-Z), resume "
         "or end it, then try again"
     )

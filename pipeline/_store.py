@@ -9,8 +9,8 @@ Layout of the store directory::
     imagec.db             SQLite (WAL): layers, images, image_layers, refs, repo_digests
     imagec.lock           flock'ed while index.json is read-modified-written or the store
                           is initialised
-    gc.lock               flock'ed shared by every pull while it runs, exclusive by ``rmi``
-                          and ``prune`` (``Store.hold_for_pull``, ``Store.remove_images``)
+    gc.lock               flock'ed shared by every pull while it runs, exclusive by ``rm``
+                          and ``gc`` (``Store.hold_for_pull``, ``Store.remove_images``)
 
 The promise (RELIABILITY.md): a blob appears in ``blobs/`` only after its digest was
 verified, through ``os.replace`` of an fsynced file. A layer counts as committed only when
@@ -121,7 +121,7 @@ BUSY_TIMEOUT_S = 30.0
 LOCK_TIMEOUT_S = BUSY_TIMEOUT_S
 LOCK_NOTICE_S = 2.0
 LOCK_POLL_S = 0.05
-# How long ``rmi`` and ``prune`` wait for the pulls running in the store to end (they
+# How long ``rm`` and ``gc`` wait for the pulls running in the store to end (they
 # hold gc.lock shared), and how long a pull waits for a removal (exclusive) to end.
 GC_WAIT_S = 10.0
 PULL_WAIT_S = LOCK_TIMEOUT_S
@@ -448,7 +448,7 @@ class LayerClaim:
 
 
 class PullHold:
-    """A pull's shared ``flock`` on ``gc.lock``: while any is held, ``rmi`` and ``prune``
+    """A pull's shared ``flock`` on ``gc.lock``: while any is held, ``rm`` and ``gc``
     remove nothing (see the module docstring). Held from before the pull's first layer
     lookup until its image is recorded; ``release`` (or the holder's death) lets go."""
 
@@ -1480,7 +1480,7 @@ class Store:
         ).fetchone()
         return None if row is None else self._record(row)
 
-    # -- removal (rmi, prune) ----------------------------------------------------------
+    # -- removal (rm, gc) ----------------------------------------------------------
 
     def try_hold_for_pull(self) -> PullHold | None:
         """The shared hold a pull keeps on the store while it runs, or None while a

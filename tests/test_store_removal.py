@@ -101,7 +101,7 @@ def test_rmi_keeps_the_layers_another_image_shares(
     pull(ref_one, store)
     pull(ref_two, store)
 
-    code, out, err = run("rmi", ref_one, "--store", str(store), "--json")
+    code, out, err = run("rm", ref_one, "--store", str(store), "--json")
 
     assert code == 0, err
     removal = json.loads(out)
@@ -132,7 +132,7 @@ def test_rmi_of_a_reference_not_in_the_store_removes_nothing(
     before = blobs(store)
     missing = f"{registry.host}/{unique_repo}:nope"
 
-    code, out, err = run("rmi", ref, missing, "--store", str(store))
+    code, out, err = run("rm", ref, missing, "--store", str(store))
 
     assert code == 1
     assert out == ""
@@ -140,7 +140,7 @@ def test_rmi_of_a_reference_not_in_the_store_removes_nothing(
     assert "nothing was removed" in err
     assert blobs(store) == before
     assert index_refs(store) == [ref]
-    code, _, err = run("rmi", "nope:1", "--store", str(tmp_path / "none"))
+    code, _, err = run("rm", "nope:1", "--store", str(tmp_path / "none"))
     assert code == 1 and "no store there yet" in err, err
     assert not (tmp_path / "none").exists()  # no store created to say so
 
@@ -155,7 +155,7 @@ def test_rmi_of_the_last_reference_removes_every_blob(
     by_digest = f"{registry.host}/{unique_repo}@{one.manifest.digest}"
     pull(by_digest, store)  # a second reference to the same image
 
-    code, out, err = run("rmi", ref, "--store", str(store))
+    code, out, err = run("rm", ref, "--store", str(store))
     assert code == 0, err
     assert out == f"Untagged: {ref}\n"  # the image is still named
     assert blobs(store) == image_blobs(one)
@@ -185,7 +185,7 @@ def test_rmi_by_an_image_id_that_two_references_name_is_refused(
     for ref in refs:
         pull(ref, store)
 
-    code, _, err = run("rmi", one.image_id[7:19], "--store", str(store))
+    code, _, err = run("rm", one.image_id[7:19], "--store", str(store))
 
     assert code == 1
     assert f"names the image of 2 references ({', '.join(refs)}); remove them by name" in err
@@ -210,7 +210,7 @@ def test_prune_removes_what_no_reference_needs(
         pull(ref, store)
     registry.push(unique_repo, two, "latest")  # the tag moves: `moved` is named by nothing
     pull(latest, store)
-    assert run("rmi", ref_one, "--store", str(store))[0] == 0
+    assert run("rm", ref_one, "--store", str(store))[0] == 0
     # Left by other tools and by crashes: a blob nothing names, and an entry of
     # index.json that another tool wrote, whose blobs only it names.
     stray = images.Blob("application/octet-stream", b"stray " + unique_seed.encode())
@@ -222,7 +222,7 @@ def test_prune_removes_what_no_reference_needs(
     index["manifests"].append(foreign.manifest.descriptor())  # no ref name of ours
     (store / "index.json").write_text(json.dumps(index))
 
-    code, out, err = run("prune", "--store", str(store), "--json")
+    code, out, err = run("gc", "--store", str(store), "--json")
 
     assert code == 0, err
     removal = json.loads(out)
@@ -282,7 +282,7 @@ def test_prune_while_a_pull_runs_in_another_process_removes_nothing_it_needs(
             pruner.prune()
         assert "a pull is running in this store; try again when it ends" in str(refused.value)
         # The CLI waits for it (or, on a machine slow enough, refuses too).
-        code, _, err = run("prune", "--store", str(store), "--json")
+        code, _, err = run("gc", "--store", str(store), "--json")
         assert code == 0 or "a pull is running in this store" in err, err
         rest, err = puller.communicate(timeout=CLI_TIMEOUT_S)
     finally:
