@@ -130,7 +130,8 @@ def test_sigterm_stops_the_registry_of_the_run(tmp_path: Path) -> None:
         "signal.signal(signal.SIGTERM, _on_sigterm)\n"
         "with registry(Path(sys.argv[1])) as server:\n"
         "    print(server.process.pid, flush=True)\n"
-        "    time.sleep(60)\n"
+        "    for _ in range(600):\n"  # short sleeps: the handler runs within 0.1 s
+        "        time.sleep(0.1)\n"
     )
     harness = subprocess.Popen(
         [sys.executable, "-c", script, str(tmp_path)],
@@ -139,18 +140,23 @@ def test_sigterm_stops_the_registry_of_the_run(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    registry_pid = None
     try:
         assert harness.stdout is not None
         registry_pid = int(harness.stdout.readline())
         harness.send_signal(signal.SIGTERM)
         harness.wait(timeout=30)
+        stopped = _gone(registry_pid)
     finally:
         if harness.poll() is None:
             harness.kill()
             harness.wait()
         if harness.stdout is not None:
             harness.stdout.close()
-    assert _gone(registry_pid)
+        # A failed run must not leave its registry behind (it has a session of its own).
+        if registry_pid is not None and not _gone(registry_pid):
+            os.kill(registry_pid, signal.SIGKILL)
+    assert stopped
 
 
 def _record(cache: Path, key: str, blob: bytes, *, path: str) -> None:
