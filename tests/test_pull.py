@@ -725,6 +725,49 @@ async def test_an_ill_typed_field_the_registry_refuses_fails_the_pull_too(
     assert_nothing_recorded(tmp_path / "s", bad)
 
 
+# --- images as real tools push them ---------------------------------------------------
+
+
+async def test_a_docker_built_image_with_every_field_docker_writes_is_pulled(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """The type checks of ``stages/_schema.py`` take a config as docker writes it: its own
+    fields (container_config, docker_version, Healthcheck), Go's nulls, ports and volumes
+    as objects of empty objects, nanosecond times, history entries with no date."""
+    image = images.docker_built_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options())
+
+    assert str(result.image_id) == image.image_id
+    assert [str(layer.diff_id) for layer in result.layers] == list(image.diff_ids)
+    stored = store.path / "blobs/sha256" / image.image_id[7:]
+    assert stored.read_bytes() == image.config.data  # kept as the registry served it
+    assert_store_consistent(store.path)
+
+
+@pytest.mark.parametrize("platform", [AMD64, ARM64], ids=str)
+async def test_a_buildx_index_with_attestation_manifests_is_pulled(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path, platform: Platform
+) -> None:
+    index = images.buildx_index(unique_seed)
+    registry.push(unique_repo, index, "1")
+    ref = registry.ref(unique_repo, "1")
+    want = index.image_for(str(platform))
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options(platform=platform))
+
+    assert str(result.resolved_digest) == index.digest
+    assert str(result.manifest_digest) == want.digest
+    assert str(result.image_id) == want.image_id
+    attestations = {image.digest for image in index.images if image.platform == "unknown/unknown"}
+    assert len(attestations) == 2 and not attestations & blob_names(store.path)
+    assert_store_consistent(store.path)
+
+
 async def test_a_stored_layer_is_skipped_only_if_it_is_the_layer_the_image_describes(
     fixture_server: Any, unique_seed: str, tmp_path: Path
 ) -> None:

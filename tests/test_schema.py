@@ -214,3 +214,425 @@ def test_ill_typed_config_fields(path: str, value: Any, message: str) -> None:
 )
 def test_dates_rfc_3339_allows_pass(created: str) -> None:
     check_config(spoiled(good_config, "created", created))
+
+
+# --- documents as real tools write them -------------------------------------------------
+#
+# Each must pass: a check that refused one of these would refuse an image docker,
+# containerd and skopeo pull. The shapes follow what the tools emit (moby's image.Image
+# with its Docker-only fields and Go's nulls, buildkit's OCI configs, Windows images,
+# reproducible builders' fixed dates, buildx's attestation manifests, OCI 1.1 artifacts),
+# as image-spec's config.md, manifest.md, image-index.md and descriptor.md describe them.
+
+D = [f"sha256:{i:064x}" for i in range(1, 10)]
+HEALTHCHECK = {
+    "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+    "Interval": 30000000000,  # Go durations: nanoseconds
+    "Timeout": 3000000000,
+    "StartPeriod": 0,
+    "Retries": 3,
+}
+CONTAINER_CONFIG = {  # moby's container.Config as the classic builder records it
+    "Hostname": "0d9f5e3e6b21",
+    "Domainname": "",
+    "User": "",
+    "AttachStdin": False,
+    "AttachStdout": False,
+    "AttachStderr": False,
+    "ExposedPorts": {"80/tcp": {}},
+    "Tty": False,
+    "OpenStdin": False,
+    "StdinOnce": False,
+    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    "Cmd": ["/bin/sh", "-c", "#(nop) ", 'CMD ["nginx" "-g" "daemon off;"]'],
+    "Image": D[0],
+    "Volumes": None,
+    "WorkingDir": "",
+    "Entrypoint": ["/docker-entrypoint.sh"],
+    "OnBuild": None,
+    "Labels": {"maintainer": "NGINX Docker Maintainers <docker-maint@nginx.com>"},
+    "StopSignal": "SIGQUIT",
+}
+CLASSIC_DOCKER_CONFIG = {
+    "architecture": "amd64",
+    "config": {
+        **CONTAINER_CONFIG,
+        "Hostname": "",
+        "Cmd": ["nginx", "-g", "daemon off;"],
+        "ArgsEscaped": True,
+        "Volumes": {"/var/cache/nginx": {}},
+        "Healthcheck": HEALTHCHECK,
+        "Shell": ["/bin/bash", "-c"],
+    },
+    "container": "0d9f5e3e6b21c6b2f0b0c8f3a3f0e5f1d1c9a8b7e6d5c4b3a2f1e0d9c8b7a6f5",
+    "container_config": CONTAINER_CONFIG,
+    "created": "2023-05-11T20:14:56.123456789Z",
+    "docker_version": "20.10.23",
+    "history": [
+        {"created": "2023-05-03T22:20:08.23812497Z", "created_by": "/bin/sh -c #(nop) ADD file:"},
+        {
+            "created": "2023-05-03T22:20:08.654281633Z",
+            "created_by": '/bin/sh -c #(nop)  CMD ["bash"]',
+            "empty_layer": True,
+        },
+        {"created_by": "/bin/sh -c #(nop)  EXPOSE 80", "empty_layer": True},  # no created
+        {"created": "2023-05-11T20:14:56.123456789Z", "author": "", "comment": ""},
+    ],
+    "os": "linux",
+    "rootfs": {"type": "layers", "diff_ids": D[:2]},
+}
+BUILDKIT_CONFIG = {  # docker buildx, linux/arm64/v8
+    "architecture": "arm64",
+    "variant": "v8",
+    "os": "linux",
+    "created": "2024-03-05T10:11:12.345678901Z",
+    "config": {
+        "ExposedPorts": {"8080/tcp": {}, "8443/tcp": {}, "53/udp": {}},
+        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GPG_KEY=A035C8C19219BA821ECEA86B64E628F8"],
+        "Entrypoint": ["/app"],
+        "Cmd": None,
+        "WorkingDir": "/",
+        "Labels": {"org.opencontainers.image.source": "https://github.com/example/app"},
+        "User": "65532:65532",
+        "ArgsEscaped": True,
+        "OnBuild": None,
+    },
+    "history": [
+        {"created": "2024-02-14T18:41:33Z", "created_by": "/bin/sh -c #(nop) ADD file:a in / "},
+        {
+            "created": "2024-03-05T10:11:12.345678901Z",
+            "created_by": "EXPOSE map[8080/tcp:{}]",
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
+    ],
+    "moby.buildkit.buildinfo.v1": "eyJmcm9udGVuZCI6ImRvY2tlcmZpbGUudjAifQ==",
+    "rootfs": {"type": "layers", "diff_ids": D[:3]},
+}
+REAL_CONFIGS = {
+    "docker-classic-builder": CLASSIC_DOCKER_CONFIG,
+    "buildkit": BUILDKIT_CONFIG,
+    "docker-nulls": {  # what FROM scratch leaves unset, as Go writes nil slices and maps
+        "architecture": "amd64",
+        "os": "linux",
+        "author": "",
+        "config": {
+            "Env": None,
+            "Cmd": None,
+            "Entrypoint": None,
+            "Labels": None,
+            "OnBuild": None,
+            "Volumes": None,
+            "ExposedPorts": None,
+            "Healthcheck": None,
+        },
+        "container_config": {"Env": None, "Cmd": None, "Image": ""},
+        "created": "2023-05-11T20:14:56Z",
+        "rootfs": {"type": "layers", "diff_ids": [D[0]]},
+    },
+    "moby-no-layers": {  # moby's RootFS: diff_ids omitempty
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"a": "b"}},
+        "created": "2023-05-11T20:14:56.5+00:00",
+        "history": [{"created_by": "LABEL a=b", "empty_layer": True}],
+        "rootfs": {"type": "layers"},
+    },
+    "empty-diff-ids": {
+        "os": "linux",
+        "architecture": "amd64",
+        "rootfs": {"type": "layers", "diff_ids": []},
+    },
+    "windows": {
+        "architecture": "amd64",
+        "os": "windows",
+        "os.version": "10.0.17763.5206",
+        "os.features": ["win32k"],
+        "created": "2023-11-04T05:12:04.4139446Z",  # seven digits, as Windows builds write
+        "config": {
+            "Env": ["ProgramFiles=C:\\Program Files"],
+            "Cmd": ["c:\\windows\\system32\\cmd.exe"],
+        },
+        "history": [{"created": "2023-10-04T21:35:01.4Z", "created_by": "Apply image 1809-amd64"}],
+        "rootfs": {"type": "layers", "diff_ids": D[:2]},
+    },
+    "reproducible-zero-time": {  # ko, apko and others when no date is given
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "0001-01-01T00:00:00Z",
+        "history": [{"created": "0001-01-01T00:00:00Z", "author": "apko", "comment": "x"}],
+        "rootfs": {"type": "layers", "diff_ids": [D[0]]},
+    },
+    "reproducible-epoch": {  # jib, rules_oci, nix dockerTools
+        "architecture": "arm",
+        "variant": "v7",
+        "os": "linux",
+        "created": "1970-01-01T00:00:01Z",
+        "config": {"Entrypoint": ["java", "-jar", "/app.jar"], "ExposedPorts": {}},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "jib"}],
+        "rootfs": {"type": "layers", "diff_ids": D[:2]},
+    },
+    "python-isoformat": {  # datetime.isoformat() of an aware time
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2023-05-11T22:14:56.123456+02:00",
+        "history": [{"created": "2023-05-11T20:14:56-00:00"}],
+        "rootfs": {"type": "layers", "diff_ids": [D[0]]},
+    },
+    "buildah": {
+        "created": "2023-06-01T12:00:00.000000001Z",
+        "architecture": "s390x",
+        "os": "linux",
+        "config": {
+            "Env": ["container=oci"],
+            "Cmd": ["/bin/bash"],
+            "Labels": {"io.buildah.version": "1.30.0"},
+            "StopSignal": "SIGRTMIN+3",
+        },
+        "rootfs": {"type": "layers", "diff_ids": [D[0]]},
+        "history": [{"created": "2023-06-01T12:00:00Z", "created_by": "/bin/sh"}],
+    },
+    "attestation-config": {  # buildkit's config of an attestation manifest
+        "architecture": "unknown",
+        "os": "unknown",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [D[0]]},
+    },
+}
+
+DOCKER_LAYER = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 3}
+REAL_MANIFESTS = {
+    "docker-schema2": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 7023,
+            "digest": D[0],
+        },
+        "layers": [{**DOCKER_LAYER, "digest": D[1]}, {**DOCKER_LAYER, "digest": D[2]}],
+    },
+    "docker-windows-foreign-layers": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 1,
+            "digest": D[0],
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                "size": 1654713659,
+                "digest": D[1],
+                "urls": ["https://mcr.microsoft.com/v2/windows/servercore/blobs/" + D[1]],
+            },
+            {**DOCKER_LAYER, "digest": D[2]},
+        ],
+    },
+    "oci-annotated": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": D[0],
+            "size": 1,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": D[1], "size": 9},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": D[2], "size": 0},
+        ],
+        "annotations": {
+            "org.opencontainers.image.created": "2024-03-05T10:11:12Z",
+            "org.opencontainers.image.base.name": "docker.io/library/alpine:3.19",
+            "org.opencontainers.image.base.digest": D[3],
+        },
+    },
+    "oci-no-layers": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": D[0],
+            "size": 1,
+        },
+        "layers": [],
+    },
+    "buildx-attestation": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": D[0],
+            "size": 167,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.in-toto+json",
+                "digest": D[1],
+                "size": 1411,
+                "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
+            },
+            {
+                "mediaType": "application/vnd.in-toto+json",
+                "digest": D[2],
+                "size": 2030,
+                "annotations": {"in-toto.io/predicate-type": "https://spdx.dev/Document"},
+            },
+        ],
+    },
+    "oci-1.1-artifact-with-subject": {  # a signature or SBOM, as oras and notation push it
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.cncf.notary.signature",
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": D[0],
+            "size": 2,
+            "data": "e30=",
+        },
+        "layers": [
+            {
+                "mediaType": "application/jose+json",
+                "digest": D[1],
+                "size": 2090,
+                "annotations": {"org.opencontainers.image.title": "sig.jws"},
+            }
+        ],
+        "subject": {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": D[2],
+            "size": 1024,
+            "artifactType": "application/vnd.oci.image.config.v1+json",
+        },
+        "annotations": {"io.cncf.notary.x509chain.thumbprint#S256": '["ab12"]'},
+    },
+    "helm-chart": {  # a config of an artifact's own type: _manifest.py says it is no image
+        "schemaVersion": 2,
+        "config": {
+            "mediaType": "application/vnd.cncf.helm.config.v1+json",
+            "digest": D[0],
+            "size": 117,
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                "digest": D[1],
+                "size": 3,
+            }
+        ],
+    },
+}
+
+OCI_ENTRY = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1234}
+DOCKER_ENTRY = {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": 525}
+REAL_INDEXES = {
+    "buildx-with-attestations": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {**OCI_ENTRY, "digest": D[0], "platform": {"architecture": "amd64", "os": "linux"}},
+            {
+                **OCI_ENTRY,
+                "digest": D[1],
+                "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"},
+            },
+            {
+                **OCI_ENTRY,
+                "digest": D[2],
+                "size": 839,
+                "annotations": {
+                    "vnd.docker.reference.digest": D[0],
+                    "vnd.docker.reference.type": "attestation-manifest",
+                },
+                "platform": {"architecture": "unknown", "os": "unknown"},
+            },
+            {
+                **OCI_ENTRY,
+                "digest": D[3],
+                "size": 839,
+                "annotations": {
+                    "vnd.docker.reference.digest": D[1],
+                    "vnd.docker.reference.type": "attestation-manifest",
+                },
+                "platform": {"architecture": "unknown", "os": "unknown"},
+            },
+        ],
+    },
+    "docker-manifest-list": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [
+            {**DOCKER_ENTRY, "digest": D[0], "platform": {"architecture": "amd64", "os": "linux"}},
+            {
+                **DOCKER_ENTRY,
+                "digest": D[1],
+                "platform": {"architecture": "arm", "os": "linux", "variant": "v6"},
+            },
+            {
+                **DOCKER_ENTRY,
+                "digest": D[2],
+                "platform": {"architecture": "386", "os": "linux", "features": ["sse4"]},
+            },
+            {
+                **DOCKER_ENTRY,
+                "digest": D[3],
+                "platform": {
+                    "architecture": "amd64",
+                    "os": "windows",
+                    "os.version": "10.0.20348.2113",
+                },
+            },
+        ],
+    },
+    "oci-annotated-with-unplaced-entries": {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                **OCI_ENTRY,
+                "digest": D[0],
+                "annotations": {"org.opencontainers.image.ref.name": "1"},
+            },
+            {
+                **OCI_ENTRY,
+                "digest": D[1],
+                "platform": {"architecture": "amd64", "os": "linux", "os.features": []},
+            },
+        ],
+        "annotations": {"org.opencontainers.image.created": "2024-01-01T00:00:00Z"},
+    },
+    "oci-1.1-index-artifact": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "artifactType": "application/vnd.example.bundle",
+        "manifests": [
+            {**OCI_ENTRY, "digest": D[0], "artifactType": "application/vnd.example.part"}
+        ],
+        "subject": {**OCI_ENTRY, "digest": D[1]},
+    },
+    "empty": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("check", "doc"),
+    [
+        *(
+            pytest.param(check_config, doc, id=f"config-{name}")
+            for name, doc in REAL_CONFIGS.items()
+        ),
+        *(
+            pytest.param(check_manifest, doc, id=f"manifest-{name}")
+            for name, doc in REAL_MANIFESTS.items()
+        ),
+        *(pytest.param(check_index, doc, id=f"index-{name}") for name, doc in REAL_INDEXES.items()),
+    ],
+)
+def test_documents_as_real_tools_write_them_pass(
+    check: Callable[[dict[str, Any]], None], doc: dict[str, Any]
+) -> None:
+    check(doc)

@@ -14,6 +14,11 @@ with its Content-Type); children of an index are pushed by digest before the ind
 ``docker_typed_oci_image``: an OCI manifest naming Docker config and/or layer media
 types, as some build tools push (the registry takes it; OCI readers of a layout do not).
 
+Images as real tools push them, for what must be pulled as it is: ``docker_built_image``
+(a schema2 image whose config has every field docker's classic builder writes, nulls and
+Docker-only fields included) and ``buildx_index`` (an OCI index with buildx's attestation
+manifests, platform unknown/unknown).
+
 Broken inputs for failure tests: ``truncated_gzip_layer``, ``wrong_media_type_layer``,
 ``make_image(..., diff_ids=...)`` / ``mismatched_diff_ids_image``, ``corrupt_blob`` (flips a
 byte of a blob in the registry's storage folder), ``oversized_manifest``, ``edited_image``
@@ -48,9 +53,11 @@ __all__ = [
     "Layer",
     "MediaTypes",
     "blob_data_path",
+    "buildx_index",
     "compress",
     "corrupt_blob",
     "digest_of",
+    "docker_built_image",
     "docker_typed_oci_image",
     "edited_image",
     "empty_layer",
@@ -505,6 +512,155 @@ def docker_typed_oci_image(
     ]
     config = make_config(layers, kind="docker" if docker_config else "oci")
     return make_image(layers, kind="oci", config=config)
+
+
+def docker_built_image(seed: int | str) -> Image:
+    """A Docker schema2 image of two layers whose config is as docker's classic builder
+    writes it: its container, container_config and docker_version, Go's nulls for what is
+    unset, ports and volumes as objects of empty objects, a healthcheck, nanosecond
+    times, history entries of no layer (one without a date)."""
+    layers = [
+        make_layer(f"{seed}:0", compression="gzip"),
+        make_layer(f"{seed}:1", compression="gzip", size=64 * 1024),
+    ]
+    container_config = {
+        "Hostname": "0d9f5e3e6b21",
+        "Domainname": "",
+        "User": "",
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "ExposedPorts": {"80/tcp": {}},
+        "Tty": False,
+        "OpenStdin": False,
+        "StdinOnce": False,
+        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        "Cmd": ["/bin/sh", "-c", "#(nop) ", 'CMD ["nginx" "-g" "daemon off;"]'],
+        "Image": digest_of(f"{seed}:parent".encode()),
+        "Volumes": None,
+        "WorkingDir": "",
+        "Entrypoint": ["/docker-entrypoint.sh"],
+        "OnBuild": None,
+        "Labels": {"maintainer": "NGINX Docker Maintainers <docker-maint@nginx.com>"},
+        "StopSignal": "SIGQUIT",
+    }
+    config = {
+        "architecture": "amd64",
+        "config": {
+            **container_config,
+            "Hostname": "",
+            "Cmd": ["nginx", "-g", "daemon off;"],
+            "ArgsEscaped": True,
+            "Volumes": {"/var/cache/nginx": {}},
+            "Healthcheck": {
+                "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+                "Interval": 30000000000,
+                "Timeout": 3000000000,
+                "Retries": 3,
+            },
+            "Image": container_config["Image"],
+        },
+        "container": "0d9f5e3e6b21" + hashlib.sha256(str(seed).encode()).hexdigest()[12:],
+        "container_config": container_config,
+        "created": "2023-05-11T20:14:56.123456789Z",
+        "docker_version": "20.10.23",
+        "history": [
+            {
+                "created": "2023-05-03T22:20:08.23812497Z",
+                "created_by": "/bin/sh -c #(nop) ADD file:0a1b2c in / ",
+            },
+            {
+                "created": "2023-05-03T22:20:08.654281633Z",
+                "created_by": '/bin/sh -c #(nop)  CMD ["bash"]',
+                "empty_layer": True,
+            },
+            {"created_by": "/bin/sh -c #(nop)  EXPOSE 80", "empty_layer": True},
+            {
+                "created": "2023-05-11T20:14:56.123456789Z",
+                "created_by": "/bin/sh -c #(nop) COPY file:3d4e5f in /docker-entrypoint.sh ",
+            },
+        ],
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+    }
+    cfg = Blob(MediaTypes.DOCKER_CONFIG, json.dumps(config, separators=(",", ":")).encode())
+    return make_image(layers, kind="docker", config=cfg)
+
+
+_IN_TOTO = "application/vnd.in-toto+json"
+
+
+def _attestation_for(image: Image, seed: int | str) -> tuple[Image, dict[str, Any]]:
+    """buildx's attestation manifest for ``image`` (an in-toto provenance statement as its
+    layer, a config for unknown/unknown) and its index entry."""
+    statement = json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "predicateType": "https://slsa.dev/provenance/v0.2",
+            "subject": [{"name": f"pkg:docker/app@{seed}", "digest": {"sha256": image.digest[7:]}}],
+            "predicate": {
+                "builder": {"id": ""},
+                "buildType": "https://mobyproject.org/buildkit@v1",
+            },
+        }
+    ).encode()
+    layer = Layer("none", statement, statement, _IN_TOTO)
+    config = Blob(
+        MediaTypes.OCI_CONFIG,
+        json.dumps(
+            {
+                "architecture": "unknown",
+                "os": "unknown",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+            }
+        ).encode(),
+    )
+    body = {
+        "schemaVersion": 2,
+        "mediaType": MediaTypes.OCI_MANIFEST,
+        "config": config.descriptor(),
+        "layers": [
+            {
+                **layer.descriptor("oci"),
+                "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"},
+            }
+        ],
+    }
+    attestation = Image(
+        "oci", "unknown/unknown", config, (layer,), Blob(MediaTypes.OCI_MANIFEST, _dumps(body))
+    )
+    entry = {
+        **attestation.manifest.descriptor(),
+        "annotations": {
+            "vnd.docker.reference.digest": image.digest,
+            "vnd.docker.reference.type": "attestation-manifest",
+        },
+        "platform": {"architecture": "unknown", "os": "unknown"},
+    }
+    return attestation, entry
+
+
+def buildx_index(
+    seed: int | str, *, platforms: Sequence[str] = ("linux/amd64", "linux/arm64/v8")
+) -> Index:
+    """An OCI index as ``docker buildx build --push`` writes it with provenance on (the
+    default): each platform's image, then an attestation manifest per image, listed for
+    the platform unknown/unknown and annotated with the image it attests."""
+    platform_images = [
+        sample_image(seed, platform=p, compressions=("gzip",), layer_size=64 * 1024)
+        for p in platforms
+    ]
+    manifests: list[dict[str, Any]] = []
+    for image in platform_images:
+        manifests.append({**image.manifest.descriptor(), "platform": image.platform_dict})
+    attestations = []
+    for image in platform_images:
+        attestation, entry = _attestation_for(image, seed)
+        attestations.append(attestation)
+        manifests.append(entry)
+    body = {"schemaVersion": 2, "mediaType": MediaTypes.OCI_INDEX, "manifests": manifests}
+    return Index("oci", (*platform_images, *attestations), Blob(MediaTypes.OCI_INDEX, _dumps(body)))
 
 
 def mismatched_diff_ids_image(seed: int | str, *, kind: Kind = "oci") -> Image:
