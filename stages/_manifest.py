@@ -641,6 +641,10 @@ def _parse_diff_ids(
 ) -> tuple[Digest, ...]:
     rootfs = doc.get("rootfs")
     raw = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if raw is None and isinstance(rootfs, dict) and layer_count == 0:
+        # moby writes diff_ids omitempty: an image of no layers (FROM scratch and a
+        # LABEL) has none, and docker, containerd and skopeo pull it.
+        raw = []
     if not isinstance(raw, list):
         raise ManifestError(
             "the image config has no rootfs.diff_ids list", ref=where, digest=str(digest)

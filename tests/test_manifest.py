@@ -801,6 +801,22 @@ async def test_a_config_as_docker_writes_it_with_nulls_and_its_own_fields_is_tak
     assert (await resolve(reg)).platform == AMD64
 
 
+@pytest.mark.parametrize("rootfs", [{"type": "layers"}, {"type": "layers", "diff_ids": None}])
+async def test_an_image_of_no_layers_may_omit_its_diff_ids(rootfs: dict[str, Any]) -> None:
+    # moby writes diff_ids omitempty: FROM scratch and a LABEL has none.
+    reg = Registry()
+    doc = manifest(reg, dumps({"architecture": "amd64", "os": "linux", "rootfs": rootfs}), [])
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    resolved = await resolve(reg)
+    assert resolved.layers == resolved.diff_ids == ()
+
+    reg = Registry()  # with layers, they are needed to check each layer
+    doc = manifest(reg, dumps({"architecture": "amd64", "os": "linux", "rootfs": rootfs}))
+    reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(ManifestError, match=r"no rootfs\.diff_ids list"):
+        await resolve(reg)
+
+
 async def test_an_ill_typed_index_field_is_refused_before_any_manifest_is_fetched() -> None:
     reg = Registry()
     entry = index_entry(reg, manifest(reg), AMD64.to_json())

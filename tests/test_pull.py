@@ -768,6 +768,25 @@ async def test_a_buildx_index_with_attestation_manifests_is_pulled(
     assert_store_consistent(store.path)
 
 
+async def test_a_docker_image_of_no_layers_is_pulled(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """moby writes ``rootfs.diff_ids`` omitempty: a config of no layers has none. It was
+    refused as having "no rootfs.diff_ids list"."""
+    image = images.docker_image_without_layers(unique_seed)
+    assert "diff_ids" not in image.config.json()["rootfs"]
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options())
+
+    assert str(result.image_id) == image.image_id and result.layers == ()
+    [record] = store.list_images()
+    assert record.ref == ref
+    assert_store_consistent(store.path)
+
+
 async def test_a_stored_layer_is_skipped_only_if_it_is_the_layer_the_image_describes(
     fixture_server: Any, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -16,8 +16,9 @@ types, as some build tools push (the registry takes it; OCI readers of a layout 
 
 Images as real tools push them, for what must be pulled as it is: ``docker_built_image``
 (a schema2 image whose config has every field docker's classic builder writes, nulls and
-Docker-only fields included) and ``buildx_index`` (an OCI index with buildx's attestation
-manifests, platform unknown/unknown).
+Docker-only fields included), ``buildx_index`` (an OCI index with buildx's attestation
+manifests, platform unknown/unknown) and ``docker_image_without_layers`` (a schema2 image
+of no layers whose config omits ``rootfs.diff_ids``, as moby writes it).
 
 Broken inputs for failure tests: ``truncated_gzip_layer``, ``wrong_media_type_layer``,
 ``make_image(..., diff_ids=...)`` / ``mismatched_diff_ids_image``, ``corrupt_blob`` (flips a
@@ -58,6 +59,7 @@ __all__ = [
     "corrupt_blob",
     "digest_of",
     "docker_built_image",
+    "docker_image_without_layers",
     "docker_typed_oci_image",
     "edited_image",
     "empty_layer",
@@ -585,6 +587,21 @@ def docker_built_image(seed: int | str) -> Image:
     }
     cfg = Blob(MediaTypes.DOCKER_CONFIG, json.dumps(config, separators=(",", ":")).encode())
     return make_image(layers, kind="docker", config=cfg)
+
+
+def docker_image_without_layers(seed: int | str) -> Image:
+    """A Docker schema2 image of no layers (``FROM scratch`` and a ``LABEL``), whose config
+    has no ``rootfs.diff_ids``: moby's RootFS writes them ``omitempty``."""
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": None, "Cmd": None, "Labels": {"seed": str(seed)}, "OnBuild": None},
+        "created": "2023-05-11T20:14:56.5+00:00",
+        "history": [{"created_by": f"/bin/sh -c #(nop)  LABEL seed={seed}", "empty_layer": True}],
+        "rootfs": {"type": "layers"},
+    }
+    cfg = Blob(MediaTypes.DOCKER_CONFIG, json.dumps(config).encode())
+    return make_image([], kind="docker", config=cfg)
 
 
 _IN_TOTO = "application/vnd.in-toto+json"
