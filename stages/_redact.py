@@ -18,7 +18,10 @@ The rule, the same everywhere:
   or cookie (``X-Amz-Signature``, ``access_token``, ``Key-Pair-Id`` …);
 - the credentials after ``Bearer`` or ``Basic``, and the value of an ``Authorization``
   or ``Cookie`` header, become ``[redacted]``; so does a bare JWT (``eyJ….….…``), the
-  shape of the tokens registries issue.
+  shape of the tokens registries issue. A word that ends a path is no scheme and no
+  header: ``reg.example/team/cookie:1.0`` is an image reference (every reference we
+  print has its registry and repository), ``…/bearer/bearer on reg.example`` says
+  where an image was not found.
 
 Everything else is kept: host names, ports, status codes, error codes and the server's
 words, so a message still says which server failed and what it said. ``redact`` is
@@ -45,12 +48,16 @@ _QUERY = re.compile(r"\?[\w.%-]+=[^\s\"'<>]*")
 _PAIR = re.compile(r"(?<![\w.-])([\w.-]+)=(\[redacted\]|\"[^\"]*\"|[^\s&;,\"'<>)\]]*)")
 _JSON_PAIR = re.compile(r'"([\w.-]+)"\s*:\s*"(?:[^"\\]|\\.)*"')
 _SECRET_NAME = re.compile(r"(?i)sig|token|credential|passw|pwd|secret|key|auth|session|cookie")
+# What starts a scheme or a header name: not a part of a path, a host name or a word
+# ("team/basic on …", "reg.example/team/set-cookie:1.0", which a reference's tag would lose).
+_NOT_IN_A_PATH = r"(?<![\w/.-])"
 # An auth scheme's credentials (a token68), not its parameters: "Basic realm=…" stays.
 _SCHEME_CREDENTIALS = re.compile(
-    r"(?i)\b(bearer|basic)\s+(?![!#$%&'*+.^`|~\w-]+=[^=\s,])[\w.~+/-]+=*"
+    rf"(?i){_NOT_IN_A_PATH}(bearer|basic)\s+(?![!#$%&'*+.^`|~\w-]+=[^=\s,])[\w.~+/-]+=*"
 )
+# Authorization and Cookie headers, with any prefix (Proxy-, Set-, X-Forwarded- …).
 _HEADER_VALUE = re.compile(
-    r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie)(\s*:\s*)[^\r\n,;\"']+"
+    rf"(?i){_NOT_IN_A_PATH}((?:\w+-)*(?:authorization|cookie))(\s*:\s*)[^\r\n,;\"']+"
 )
 # A JWT, or what is left of one cut short: base64url JSON ("eyJ" is '{"').
 _JWT = re.compile(r"\beyJ[\w-]{8,}(?:\.[\w-]*)*")

@@ -1053,6 +1053,27 @@ def test_log_lines_follow_the_redaction_rule_of_the_stages() -> None:
     assert record["error"] == "busy: https://cdn.example/b?[redacted] (sig=[redacted])"
 
 
+def test_log_lines_keep_what_we_print_ourselves() -> None:
+    # A reference whose repository ends in a header or scheme name lost its tag and what
+    # followed it; a digest, a media type, the registry endpoint's URL must stay whole.
+    from pipeline._logging import configure_logging
+
+    out = io.StringIO()
+    configure_logging(level="info", json=True, stream=out)
+    digest = "sha256:" + "ab" * 32
+    fields = {
+        "ref": "127.0.0.1:5000/platform/authorization:2.3.1",
+        "error": f"manifest 1 not found in docker.io/bearer/bearer on registry-1.docker.io"
+        f" (docker.io/bearer/bearer:1, {digest})",
+        "media_type": "application/vnd.oci.image.layer.v1.tar+zstd",
+        "url": "http://127.0.0.1:5000",
+        "store": "/home/ci/.cache/team/cookie: store",
+    }
+    structlog.get_logger().info("registry endpoint", **fields)
+    record = json.loads(out.getvalue())
+    assert {key: record[key] for key in fields} == fields
+
+
 def test_log_context_is_merged_and_console_on_a_tty() -> None:
     from pipeline._logging import configure_logging
 

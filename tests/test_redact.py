@@ -67,3 +67,52 @@ def test_secrets_in_a_servers_text_are_redacted(text: str, kept: str) -> None:
 )
 def test_what_is_not_secret_is_kept(text: str) -> None:
     assert redact(text) == text
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Our own messages and log values, as we print them: references with a port and a
+        # repository whose last part is a header or scheme name, digests, media types,
+        # paths, the registry endpoint's URL. A tag and what followed it were lost.
+        "127.0.0.1:5000/a/b:1",
+        f"127.0.0.1:5000/team/cookie:1.0@{DIGEST}",
+        "reg.example/platform/authorization:2.3.1",
+        "the manifest of reg.example/ops/set-cookie:v2, sha256:ab is 9 bytes",
+        "reg.example/ops/proxy-authorization: HTTP 503 (UNAVAILABLE: busy)",
+        f"manifest latest not found in docker.io/bearer/bearer on registry-1.docker.io ({DIGEST})",
+        "manifest 1 not found in 127.0.0.1:5000/team/basic on 127.0.0.1:5000: check the name",
+        f"layer {DIGEST} is application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8",
+        "cannot open store /home/ci/.cache/token-store/keys: [Errno 13] Permission denied",
+        "http://127.0.0.1:5000",
+        "https://[::1]:5443/v2/",
+    ],
+)
+def test_what_we_print_ourselves_is_kept(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        # The same words where they are a header or a scheme still lose what follows.
+        ("sent Cookie: sid=abc; path=/", "sent Cookie: [redacted]; path=/"),
+        ("headers: authorization: Bearer T1", "headers: authorization: [redacted]"),
+        ("'Proxy-Authorization: Basic dXM6cHc='", "'Proxy-Authorization: [redacted]'"),
+        ("Set-Cookie:a=b", "Set-Cookie:[redacted]"),
+        ("Authorization:Basic dXM6cHc=", "Authorization:[redacted]"),
+        ("X-Authorization: T1", "X-Authorization: [redacted]"),
+        ("(Bearer T1)", "(Bearer [redacted])"),
+        (
+            "token=T1 for reg.example/team/cookie:1",
+            "token=[redacted] for reg.example/team/cookie:1",
+        ),
+    ],
+)
+def test_header_and_scheme_words_outside_a_path_still_redact(text: str, kept: str) -> None:
+    assert redact(text) == kept
+    assert redact(kept) == kept
