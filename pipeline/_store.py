@@ -1803,7 +1803,8 @@ class Store:
         blob found by ``verify``"). Layers are checked by size and by the xxh3 recorded
         when they were pulled (reading at disk speed), or by sha256 when ``full``; other
         blobs (manifests, indexes, configs: small) by sha256 always. A layer whose file is
-        missing is damage too: ``index.json`` lists images that need it.
+        missing is damage too: ``index.json`` lists images that need it; one that ``rm``
+        or ``gc`` removes, record and file, while this runs is not (``_still_missing``).
         """
         with self._errors("list the store's layers"), self._db() as conn:
             layers = {
@@ -1814,25 +1815,45 @@ class Store:
         checked = 0
         with self._errors("verify the store's blobs"):
             names = {p.name for p in self._blobs.iterdir()}
-            for text in sorted(layers):
-                digest = Digest.parse(text)
-                if digest.hex not in names:
-                    damage.append((digest, "layer", "missing", None))
+            gone = [Digest.parse(text) for text in layers if Digest.parse(text).hex not in names]
             for name in sorted(names):
                 if not _HEX64.fullmatch(name):
                     continue
-                digest, checked = Digest.from_hex(name), checked + 1
+                digest = Digest.from_hex(name)
                 record = layers.get(str(digest))
-                inode = self._blob_path(digest).stat().st_ino  # before reading: see BlobDamage
-                problem = self._blob_problem(digest, record, full=full)
+                try:
+                    inode = self._blob_path(digest).stat().st_ino  # before reading: see BlobDamage
+                    problem = self._blob_problem(digest, record, full=full)
+                except FileNotFoundError:  # removed since the listing: see _still_missing
+                    if record is not None:
+                        gone.append(digest)
+                    continue
+                checked += 1
                 if problem is not None:
                     kind = "blob" if record is None else "layer"
                     damage.append((digest, kind, problem, inode))
+            missing = [(d, "layer", "missing", None) for d in self._still_missing(gone)]
+        damage = [*missing, *damage]
         users = self._refs_using({item[0] for item in damage})
         return checked, [
             BlobDamage(digest, kind, problem, users.get(str(digest), ()), inode)
             for digest, kind, problem, inode in damage
         ]
+
+    def _still_missing(self, layers: list[Digest]) -> list[Digest]:
+        """Of these layers, found without a file, those that still have a record and
+        still no file: the damage. ``rm`` and ``gc`` delete a layer's record, then its
+        file, and may do so while ``verify`` reads the store (they do not wait for it); a
+        layer whose record went too was removed, not damaged, and is no longer listed
+        when its file is found gone."""
+        if not layers:
+            return []
+        with self._db() as conn:
+            recorded = {str(row[0]) for row in conn.execute("SELECT digest FROM layers")}
+        return sorted(
+            (d for d in set(layers) if str(d) in recorded and not self._blob_path(d).exists()),
+            key=str,
+        )
 
     def _blob_problem(
         self, digest: Digest, record: tuple[int, str | None] | None, *, full: bool

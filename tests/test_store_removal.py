@@ -324,6 +324,63 @@ def test_a_pull_waits_while_a_removal_holds_the_store_and_a_removal_for_a_pull(
         reader.prune()
 
 
+@pytest.mark.parametrize("moment", ["before-listing", "while-checking"])
+def test_verify_while_an_rm_removes_blobs_finds_no_damage(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    moment: str,
+) -> None:
+    """``rm`` and ``gc`` do not wait for a ``verify`` (it holds nothing): a layer removed
+    with its record while verify reads the store is not damage, and verify does not
+    fail on a file gone from under it. The rm runs in another process at a chosen
+    moment: after verify read the layer records and before it listed ``blobs/``, or
+    while it checks the blobs it listed."""
+    _, two = push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    ref_one, ref_two = (f"{registry.host}/{unique_repo}:{tag}" for tag in ("one", "two"))
+    pull(ref_one, store)
+    pull(ref_two, store)
+    reader = Store.open_existing(store)
+    assert reader is not None
+    removed: list[str] = []
+
+    def remove_one() -> None:
+        if not removed:
+            removed.append(ref_one)
+            code, _, err = run("rm", ref_one, "--store", str(store))
+            assert code == 0, err
+
+    if moment == "before-listing":
+        iterdir = Path.iterdir
+
+        def listing(self: Path) -> Any:
+            if self == store / "blobs" / "sha256":
+                remove_one()
+            return iterdir(self)
+
+        monkeypatch.setattr(Path, "iterdir", listing)
+    else:
+        problem = Store._blob_problem
+
+        def checking(self: Store, *args: Any, **kwargs: Any) -> str | None:
+            remove_one()
+            return problem(self, *args, **kwargs)
+
+        monkeypatch.setattr(Store, "_blob_problem", checking)
+
+    _, damage = reader.verify(full=True)
+
+    monkeypatch.undo()
+    assert removed == [ref_one]
+    assert damage == []
+    assert blobs(store) == image_blobs(two)
+    assert reader.verify(full=True) == (len(image_blobs(two)), [])
+    assert_clean(store)
+
+
 # --- crashes -------------------------------------------------------------------------------
 
 # Runs rmi or prune and is killed (SIGKILL) at a chosen moment: right after index.json
