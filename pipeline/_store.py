@@ -10,7 +10,7 @@ Layout of the store directory::
     imagec.lock           flock'ed while index.json is read-modified-written or the store
                           is initialised
     gc.lock               flock'ed shared by every pull while it runs, exclusive by ``rm``
-                          and ``gc`` (``Store.hold_for_pull``, ``Store.remove_images``)
+                          and ``gc`` (``Store.try_hold_for_pull``, ``Store._removing``)
 
 The promise (RELIABILITY.md): a blob appears in ``blobs/`` only after its digest was
 verified, through ``os.replace`` of an fsynced file. A layer counts as committed only when
@@ -459,6 +459,22 @@ class PullHold:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # releases the lock
+
+
+def _gc_lock_holder(fd: int) -> str:
+    """Who keeps ``gc.lock`` (open on ``fd``, unlocked) from a removal, as its lock
+    says: pulls hold it shared, so a shared lock taken at once means pulls; one refused
+    means another ``rm`` or ``gc`` holds it exclusively (running, or stopped with
+    Ctrl-Z). The shared lock, if taken, is let go before returning."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return (
+            "another rm or gc is running in this store (if an imagec-pipe using it is "
+            "stopped with Ctrl-Z, resume or end it)"
+        )
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return "a pull is running in this store"
 
 
 def _utc(ts: float) -> datetime:
@@ -1502,8 +1518,9 @@ class Store:
     @contextlib.contextmanager
     def _removing(self, what: str) -> Iterator[None]:
         """Hold ``gc.lock`` exclusively: no pull is between its first layer lookup and
-        its record. Waits up to ``GC_WAIT_S`` for running pulls to end, then refuses
-        (a pull may run for minutes; the user had better choose when to wait)."""
+        its record. Waits up to ``GC_WAIT_S`` for running pulls (or another removal) to
+        end, then refuses, saying which it waited for (a pull may run for minutes; the
+        user had better choose when to wait)."""
         if self.read_only:
             raise StoreError(
                 f"cannot {what} store {self.path}: it was opened read-only "
@@ -1520,7 +1537,7 @@ class Store:
                     pass
                 if time.monotonic() - started >= GC_WAIT_S:
                     raise StoreError(
-                        f"cannot {what} store {self.path}: a pull is running in this store; "
+                        f"cannot {what} store {self.path}: {_gc_lock_holder(fd)}; "
                         f"try again when it ends (waited {GC_WAIT_S:g} s for it)"
                     )
                 time.sleep(LOCK_POLL_S)

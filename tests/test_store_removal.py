@@ -324,6 +324,52 @@ def test_a_pull_waits_while_a_removal_holds_the_store_and_a_removal_for_a_pull(
         reader.prune()
 
 
+# Holds the store as an rm or gc does (gc.lock, exclusively) until its stdin closes.
+_HOLDING_REMOVAL = """
+import sys
+from pipeline import Store
+
+with Store.open(sys.argv[1]) as store, store._removing("prune"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_removal_refused_for_another_removal_says_so_not_that_a_pull_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gc's (or an rm and a gc) at once: the second waits, then refuses naming what
+    it waited for; "a pull is running" sent the user looking for a pull that was not
+    there (a gc stopped with Ctrl-Z holds the store until it is resumed or ended)."""
+    store = tmp_path / "store"
+    Store.open(store).close()
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDING_REMOVAL, str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    ) as holder:  # its exit closes the pipes and waits
+        try:
+            assert holder.stdout is not None and holder.stdin is not None
+            assert holder.stdout.readline() == "held\n"
+            monkeypatch.setattr(_store, "GC_WAIT_S", 0.2)
+            with Store.open(store) as pruner:
+                for removal in (pruner.prune, lambda: pruner.remove_images(["alpine"])):
+                    with pytest.raises(StoreError) as refused:
+                        removal()
+                    message = str(refused.value)
+                    assert "another rm or gc is running in this store" in message, message
+                    assert "Ctrl-Z" in message and "a pull is running" not in message, message
+                assert pruner.try_hold_for_pull() is None  # and a pull waits for it
+            holder.stdin.close()
+            assert holder.wait(timeout=CLI_TIMEOUT_S) == 0
+        finally:
+            holder.kill()
+    with Store.open(store) as pruner:
+        assert pruner.prune() == _store.Removal()
+
+
 @pytest.mark.parametrize("moment", ["before-listing", "while-checking"])
 def test_verify_while_an_rm_removes_blobs_finds_no_damage(
     registry: Any,
