@@ -1568,13 +1568,14 @@ class Store:
                         "SELECT resolved_digest FROM refs WHERE name = ?", (name,)
                     )
                 }
-                manifests = {
-                    str(row[0])
+                named = {
+                    (str(row[0]), str(row[1]))
                     for name in names
                     for row in conn.execute(
-                        "SELECT manifest_digest FROM refs WHERE name = ?", (name,)
+                        "SELECT repository, manifest_digest FROM refs WHERE name = ?", (name,)
                     )
-                } | dangling
+                }
+                manifests = {manifest for _, manifest in named} | dangling
                 conn.executemany("DELETE FROM refs WHERE name = ?", [(n,) for n in names])
                 orphans = [
                     m
@@ -1585,6 +1586,7 @@ class Store:
                     is None
                 ]
                 candidates = self._drop_images(conn, orphans) | resolved
+                candidates |= self._forget_repository_digests(conn, named)
                 conn.executemany(
                     """DELETE FROM layers WHERE digest = ? AND NOT EXISTS
                        (SELECT 1 FROM image_layers WHERE layer_digest = layers.digest)""",
@@ -1742,6 +1744,36 @@ class Store:
             conn.execute("DELETE FROM image_layers WHERE manifest_digest = ?", (manifest,))
             conn.execute("DELETE FROM images WHERE manifest_digest = ?", (manifest,))
         return used
+
+    @staticmethod
+    def _forget_repository_digests(
+        conn: sqlite3.Connection, named: set[tuple[str, str]]
+    ) -> set[str]:
+        """For each (repository, manifest digest) a removed reference named, once no
+        reference of that repository names the image: forget the image's digests there
+        (``repo_digests``), by which ``repository@digest`` still found an image another
+        repository's reference keeps (docker untags ``name@digest`` with a repository's
+        last tag too). Returns those digests (an index's among them), candidates for
+        deletion."""
+        forgotten: set[str] = set()
+        for repository, manifest in sorted(named):
+            if conn.execute(
+                "SELECT 1 FROM refs WHERE repository = ? AND manifest_digest = ? LIMIT 1",
+                (repository, manifest),
+            ).fetchone():
+                continue
+            forgotten.update(
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT digest FROM repo_digests WHERE repository = ? AND manifest_digest = ?",
+                    (repository, manifest),
+                )
+            )
+            conn.execute(
+                "DELETE FROM repo_digests WHERE repository = ? AND manifest_digest = ?",
+                (repository, manifest),
+            )
+        return forgotten
 
     def _live_digests(self, conn: sqlite3.Connection) -> set[str]:
         """Every digest something left in the store names: each image's manifests and

@@ -175,6 +175,43 @@ def test_rmi_of_the_last_reference_removes_every_blob(
     assert_clean(store)
 
 
+def test_rmi_of_a_repository_s_last_reference_forgets_its_digest_reference_too(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """An image pulled as ``REPO:one`` and ``MIRROR:one``: removing ``REPO:one`` keeps
+    the image (the mirror names it), but ``REPO@digest`` no longer finds it, as docker
+    untags ``REPO@digest`` with the repository's last tag. It used to: ``inspect`` showed
+    the image under a reference ``images`` did not list, and ``rm REPO@digest`` printed
+    nothing, removed nothing and exited 0, as often as it was run."""
+    one, _ = push_sharing(registry, unique_repo, unique_seed)
+    mirror = f"{unique_repo}-mirror"
+    registry.push(mirror, one, "one")
+    store = tmp_path / "store"
+    ref, mirrored = (f"{registry.host}/{repo}:one" for repo in (unique_repo, mirror))
+    pull(ref, store)
+    pull(mirrored, store)
+    by_digest = f"{registry.host}/{unique_repo}@{one.manifest.digest}"
+    assert run("inspect", by_digest, "--store", str(store))[0] == 0  # before: found
+
+    code, out, err = run("rm", ref, "--store", str(store), "--json")
+
+    assert code == 0, err
+    assert json.loads(out)["deleted_blobs"] == []  # the mirror keeps every blob
+    reader = Store.open_existing(store)
+    assert reader is not None
+    assert reader.find_image(by_digest) is None
+    assert reader.find_image(f"{registry.host}/{mirror}@{one.manifest.digest}") is not None
+    code, _, err = run("inspect", by_digest, "--store", str(store))
+    assert code == 1 and f"no image '{by_digest}'" in err, err
+    code, out, err = run("rm", by_digest, "--store", str(store))
+    assert (code, out) == (1, ""), err
+    assert f"no image '{by_digest}' in store" in err
+    assert blobs(store) == image_blobs(one)
+    assert index_refs(store) == [mirrored]
+    assert_clean(store)
+    assert_all_exist(mirrored, store)
+
+
 def test_rmi_by_an_image_id_that_two_references_name_is_refused(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
