@@ -9,8 +9,9 @@ Layout of the store directory::
     imagec.db             SQLite (WAL): layers, images, image_layers, refs, repo_digests
     imagec.lock           flock'ed while index.json is read-modified-written or the store
                           is initialised
-    gc.lock               flock'ed shared by every pull while it runs, exclusive by ``rm``
-                          and ``gc`` (``Store.try_hold_for_pull``, ``Store._removing``)
+    gc.lock               flock'ed shared by every pull while it runs, exclusive by ``rm``,
+                          ``gc``, and ``verify --repair`` (``Store.try_hold_for_pull``,
+                          ``Store._removing``)
 
 The promise (RELIABILITY.md): a blob appears in ``blobs/`` only after its digest was
 verified, through ``os.replace`` of an fsynced file. A layer counts as committed only when
@@ -1948,8 +1949,13 @@ class Store:
         """Delete damaged blobs' files, so that the next pull of an image that uses one
         downloads it again (a layer is trusted only while its file is there). A file that
         a pull replaced since ``verify`` read it (a rename gives it a new inode) is left
-        alone: what is there now was verified by that pull."""
-        with self._errors("remove damaged blobs"):
+        alone: what is there now was verified by that pull.
+
+        Holds ``gc.lock`` exclusively, as ``rm`` and ``gc`` do (the same wait, the same
+        refusal): a running pull commits its layers before its image is recorded, and
+        one that found a layer committed before this unlinks it would record an image
+        whose layer is gone; nor do two removals unlink beside each other."""
+        with self._errors("remove damaged blobs"), self._removing("remove damaged blobs from"):
             for item in damage:
                 path = self._blob_path(item.digest)
                 try:

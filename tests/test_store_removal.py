@@ -7,6 +7,7 @@ or index.json entry names a missing blob), and pulling what is left downloads no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 from pipeline import Store, _store
 from stages._errors import StoreError
+from stages._types import Digest
 from tests.support import images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -405,6 +407,41 @@ def test_a_removal_refused_for_another_removal_says_so_not_that_a_pull_runs(
             holder.kill()
     with Store.open(store) as pruner:
         assert pruner.prune() == _store.Removal()
+
+
+def test_verify_repair_waits_for_a_running_pull_as_a_removal_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify --repair`` unlinks blobs, so it holds gc.lock as ``rm`` and ``gc`` do: a
+    pull commits its layers before its image is recorded, and must not lose one in
+    between. It used to unlink beside a running pull (and beside a gc)."""
+    where = tmp_path / "store"
+    data = b'{"a config": "soon damaged"}'
+    digest = Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}")
+    with Store.open(where) as store:
+        store.write_blob(digest, data)
+        blob = where / "blobs" / "sha256" / digest.hex
+        blob.chmod(0o644)
+        blob.write_bytes(b'{"a config": "now damaged"}')
+        _, damage = store.verify()
+        assert [(d.digest, d.kind) for d in damage] == [(digest, "blob")]
+        monkeypatch.setattr(_store, "GC_WAIT_S", 0.1)
+        hold = store.try_hold_for_pull()
+        assert hold is not None
+        with pytest.raises(StoreError) as refused:
+            store.remove_damaged(damage)
+        message = str(refused.value)
+        assert "cannot remove damaged blobs from store" in message, message
+        assert "a pull is running in this store; try again when it ends" in message, message
+        assert blob.exists()  # nothing unlinked beside the pull
+        hold.release()
+        with store._removing("prune"), pytest.raises(StoreError) as refused:
+            store.remove_damaged(damage)  # nor beside a gc
+        assert "another rm or gc is running in this store" in str(refused.value)
+        assert blob.exists()
+        store.remove_damaged(damage)  # the store is free: repaired
+        assert not blob.exists()
+        assert store.verify() == (0, [])
 
 
 @pytest.mark.parametrize("moment", ["before-listing", "while-checking"])
