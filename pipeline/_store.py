@@ -312,6 +312,10 @@ class Removal:
 # Bytes read from a blob at a time by ``Store.verify``.
 _VERIFY_READ_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# What an index, manifest or artifact manifest names blobs by (``_named_digests``).
+_DESCRIPTOR_KEYS = ("config", "subject")
+_DESCRIPTOR_LIST_KEYS = ("manifests", "layers", "blobs")
+_DIGEST_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
 # References a StoreError names at most (the rest are in index.json).
 _REFS_SHOWN = 5
 
@@ -476,6 +480,30 @@ def _gc_lock_holder(fd: int) -> str:
         )
     fcntl.flock(fd, fcntl.LOCK_UN)
     return "a pull is running in this store"
+
+
+def _named_digests(data: bytes) -> list[object]:
+    """The digests a blob read as an OCI document names (unchecked: the caller keeps
+    the strings that are digests): an index's ``manifests``, a manifest's ``config``
+    and ``layers``, and what OCI 1.1 adds, ``subject`` (the manifest a signature or
+    SBOM refers to) and the deprecated artifact manifest's ``blobs``. A blob that is
+    not JSON (a layer) names nothing. JSON nested too deeply for ``json`` to parse is
+    no manifest a registry would serve, yet what it names cannot be told apart from
+    what it does not: every ``sha256:`` digest in its text counts as named (gc keeps
+    too much rather than delete what another tool needs)."""
+    try:
+        doc = json.loads(data)
+    except RecursionError:
+        return [m.decode() for m in _DIGEST_TEXT.findall(data)]
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    named = [doc.get(key) for key in _DESCRIPTOR_KEYS]
+    for key in _DESCRIPTOR_LIST_KEYS:
+        if isinstance(doc.get(key), list):
+            named.extend(doc[key])
+    return [d.get("digest") for d in named if isinstance(d, dict)]
 
 
 def _utc(ts: float) -> datetime:
@@ -1794,9 +1822,12 @@ class Store:
 
     def _index_reaches(self) -> set[str]:
         """The digests index.json's entries name, and those their manifests and indexes
-        name in turn (config, layers, manifests), read from ``blobs/``. An entry of this
-        store's own names only what the database names too; one another tool wrote (a
-        ``skopeo copy`` into the layout) is known from here only."""
+        name in turn (``_named_digests``), read from ``blobs/``. An entry of this store's
+        own names only what the database names too; one another tool wrote (a ``skopeo
+        copy`` into the layout, an ``oras push``, a ``cosign sign``) is known from here
+        only. The walk keeps a list and a set, not a call stack: another tool's chain of
+        indexes may be any depth, and its blobs may even name each other in a circle
+        (files are not checked against their names here)."""
         index = self._read_index()
         pending = [m.get("digest") for m in index.get("manifests") or [] if isinstance(m, dict)]
         reached: set[str] = set()
@@ -1811,16 +1842,10 @@ class Store:
             try:
                 if path.stat().st_size > _MAX_MANIFEST_BYTES:
                     continue  # a layer, not a manifest
-                doc = json.loads(path.read_bytes())
-            except (FileNotFoundError, ValueError, UnicodeDecodeError):
-                continue  # missing, or not JSON: names nothing
-            if not isinstance(doc, dict):
-                continue
-            children = [doc.get("config")]
-            for key in ("layers", "manifests"):
-                if isinstance(doc.get(key), list):
-                    children.extend(doc[key])
-            pending.extend(c.get("digest") for c in children if isinstance(c, dict))
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # missing: names nothing
+            pending.extend(_named_digests(data))
         return reached
 
     def _delete_blobs(self, digests: Sequence[str]) -> tuple[tuple[Digest, ...], int]:

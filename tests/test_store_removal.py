@@ -278,6 +278,98 @@ def test_prune_removes_what_no_reference_needs(
     assert (code, out) == (0, "Total reclaimed space: 0B\n"), err
 
 
+ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def put_blob(store: Path, blob: images.Blob | images.Layer, *, name: str | None = None) -> str:
+    """Write a blob into ``blobs/`` as another tool would (``name``: under another
+    digest than its own, as a broken tool might); its digest as named."""
+    digest = name or blob.digest
+    (store / "blobs" / "sha256" / digest.removeprefix("sha256:")).write_bytes(blob.data)
+    return digest
+
+
+def as_json(obj: Any, media_type: str = OCI_INDEX) -> images.Blob:
+    return images.Blob(media_type, json.dumps(obj).encode())
+
+
+def test_prune_keeps_whatever_another_tool_s_entries_reach_however_they_name_it(
+    unique_seed: str, tmp_path: Path
+) -> None:
+    """Entries of index.json another tool wrote are followed through every descriptor
+    OCI 1.1 gives: an image manifest's ``subject`` (a signature naming what it signs), an
+    artifact manifest's ``blobs`` and ``subject``, chains of indexes thousands deep, a
+    cycle of misnamed blobs, and a document nested too deeply to parse (it is searched
+    for digests instead: kept, never deleted for being odd). gc used to delete the
+    ``subject``'s and ``blobs``' files, and to fail on the deep document with
+    "internal error: maximum recursion depth exceeded"."""
+    store = tmp_path / "store"
+    Store.open(store).close()
+    kept: set[str] = set()
+
+    def keep(blob: images.Blob | images.Layer, *, name: str | None = None) -> dict[str, Any]:
+        kept.add(put_blob(store, blob, name=name))
+        media_type = blob.media_type or "application/vnd.oci.image.layer.v1.tar"
+        return {"mediaType": media_type, "digest": name or blob.digest, "size": blob.size}
+
+    def keep_image(seed: str) -> dict[str, Any]:
+        image = images.sample_image(f"{unique_seed}:{seed}", compressions=("none",))
+        for blob in image.blobs:
+            keep(blob)
+        return keep(image.manifest)
+
+    signed = keep_image("signed")  # named only as the signature's subject
+    signature = keep(
+        as_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": keep(images.Blob("application/vnd.oci.empty.v1+json", b"{}")),
+                "layers": [keep(images.Blob("text/plain", b"sig " + unique_seed.encode()))],
+                "subject": signed,
+            },
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    )
+    described = keep_image("described")
+    artifact = keep(
+        as_json(
+            {
+                "mediaType": ARTIFACT_MANIFEST,
+                "artifactType": "application/spdx+json",
+                "blobs": [
+                    keep(images.Blob("application/spdx+json", f"sbom {n} {unique_seed}".encode()))
+                    for n in range(2)
+                ],
+                "subject": described,
+            },
+            ARTIFACT_MANIFEST,
+        )
+    )
+    chain = keep_image("deep")
+    for _ in range(3000):
+        chain = keep(as_json({"schemaVersion": 2, "manifests": [chain]}))
+    leaf = keep_image("cycle")
+    first, second = (images.digest_of(f"{unique_seed}:{n}".encode()) for n in (1, 2))
+    keep(as_json({"manifests": [{"digest": second}, leaf]}), name=first)
+    cycle = keep(as_json({"manifests": [{"digest": first}]}), name=second)
+    deep_leaf = keep_image("nested")
+    depth = 200_000  # past any recursion limit
+    nested = f'{{"manifests": [{json.dumps(deep_leaf)}], "x": {"[" * depth}{"]" * depth}}}'
+    deep = keep(images.Blob(OCI_INDEX, nested.encode()))
+    index = json.loads((store / "index.json").read_text())
+    index["manifests"] += [signature, artifact, chain, cycle, deep]
+    (store / "index.json").write_text(json.dumps(index))
+    stray = put_blob(store, images.Blob("text/plain", b"stray " + unique_seed.encode()))
+
+    code, out, err = run("gc", "--store", str(store), "--json")
+
+    assert code == 0, err
+    assert json.loads(out)["deleted_blobs"] == [stray]
+    assert blobs(store) == kept
+
+
 def index_refs_ours(store: Path) -> list[str]:
     index = json.loads((store / "index.json").read_text())
     return sorted(
