@@ -1581,7 +1581,8 @@ class Store:
 
         Each of ``refs`` is found as ``find_image`` finds it: a reference in the store, a
         familiar name, ``name@digest`` (which, for an image pulled by tag, stands for the
-        reference of that repository naming it), or an image ID prefix. An ID or digest
+        reference of that repository naming it), or an image ID prefix (which also finds
+        an image no reference names any more, as ``docker rmi <ID>`` does). An ID or digest
         that several references name is refused (they are listed: remove them by name).
         Nothing is removed unless every one of ``refs`` is found: a StoreError names the
         ones that are not. Waits for running pulls as ``prune`` does. The order of the
@@ -1691,12 +1692,17 @@ class Store:
 
     def _removal_targets(self, refs: Sequence[str]) -> tuple[list[str], set[str]]:
         """The reference names ``refs`` stand for, and the manifest digests of images
-        no reference names that ``refs`` reach by ``name@digest``. Caller holds
+        no reference names that ``refs`` reach by ``name@digest`` or image ID. Caller holds
         ``gc.lock`` exclusively: no pull changes the references meanwhile."""
         names: list[str] = []
         dangling: set[str] = set()
         unknown: list[str] = []
         for text in refs:
+            if (prefix := _ID_PREFIX.fullmatch(text.strip())) and (
+                unnamed := self._unnamed_images(prefix.group(1))
+            ):
+                dangling.update(unnamed)
+                continue
             record = self.find_image(text)
             if record is None:
                 unknown.append(text)
@@ -1743,6 +1749,37 @@ class Store:
                 ref=unknown[0],
             )
         return names, dangling
+
+    def _unnamed_images(self, prefix: str) -> list[str]:
+        """The manifest digests of the image whose ID starts with ``prefix`` when no
+        reference names it (docker's dangling image, left by a tag pulled again after
+        it moved; ``find_image`` looks through references, so it never finds one);
+        empty when references name it, or when the prefix matches no ID or several
+        (``find_image`` says which)."""
+        with self._db() as conn:
+            ids = [
+                str(row[0])
+                for row in conn.execute(
+                    """SELECT DISTINCT config_digest FROM images
+                       WHERE substr(config_digest, 8, ?) = ?""",
+                    (len(prefix), prefix),
+                )
+            ]
+            if len(ids) != 1:
+                return []
+            named = conn.execute(
+                """SELECT 1 FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
+                   WHERE i.config_digest = ? LIMIT 1""",
+                (ids[0],),
+            ).fetchone()
+            if named is not None:
+                return []
+            return [
+                str(row[0])
+                for row in conn.execute(
+                    "SELECT manifest_digest FROM images WHERE config_digest = ?", (ids[0],)
+                )
+            ]
 
     @staticmethod
     def _drop_images(conn: sqlite3.Connection, manifests: Sequence[str]) -> set[str]:

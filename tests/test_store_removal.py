@@ -232,6 +232,42 @@ def test_rmi_by_an_image_id_that_two_references_name_is_refused(
     assert_clean(store)
 
 
+@pytest.mark.parametrize("by", ["id-prefix", "full-id", "name@digest"])
+def test_rmi_by_image_id_removes_an_image_no_reference_names(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path, by: str
+) -> None:
+    """A tag pulled again after it moved leaves its old image named by nothing (docker's
+    dangling ``<none>`` image); ``docker rmi <ID>`` removes it, and so does ``rm``. It
+    used to say "no image": its ID was looked up through the references only."""
+    one, two = push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    latest = f"{registry.host}/{unique_repo}:latest"
+    registry.push(unique_repo, one, "latest")
+    pull(latest, store)
+    registry.push(unique_repo, two, "latest")  # the tag moves: `one` is named by nothing
+    pull(latest, store)
+    target = {
+        "id-prefix": one.image_id[7:19],
+        "full-id": one.image_id,
+        "name@digest": f"{registry.host}/{unique_repo}@{one.manifest.digest}",
+    }[by]
+
+    code, out, err = run("rm", target, "--store", str(store), "--json")
+
+    assert code == 0, err
+    removal = json.loads(out)
+    assert removal["untagged"] == []
+    assert removal["deleted_images"] == [one.manifest.digest]
+    assert set(removal["deleted_blobs"]) == image_blobs(one) - image_blobs(two)
+    assert blobs(store) == image_blobs(two)  # the base layer they share is kept
+    assert index_refs(store) == [latest]
+    code, out, err = run("rm", target, "--store", str(store))  # gone now
+    assert (code, out) == (1, ""), err
+    assert f"no image '{target}' in store" in err
+    assert_clean(store)
+    assert_all_exist(latest, store)
+
+
 # --- prune -------------------------------------------------------------------------------
 
 
