@@ -733,9 +733,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     changed on disk since. Read-only unless ``--repair``."""
     where, store = _existing_store(args.store)
     if store is None:
+        # Said on stderr, and the empty result printed, as `images` and `gc` do: a
+        # script reading --json gets its object either way.
         _error_line(f"no store at {where} yet: nothing to verify")
-        return EXIT_OK
-    checked, damage = store.verify(full=args.full)
+    checked, damage = (0, []) if store is None else store.verify(full=args.full)
     if damage and args.repair:
         with Store.open(where) as writable:
             writable.remove_damaged(damage)
@@ -758,7 +759,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED if damage else EXIT_OK
     lines = [f"{item.digest}: {item.kind}: {item.problem}\n" for item in damage]
-    summary = f"{checked} blobs checked in {store.path}: {len(damage) or 'none'} damaged\n"
+    summary = f"{checked} blobs checked in {where}: {len(damage) or 'none'} damaged\n"
     if damage and args.repair:
         summary += "removed the damaged blobs"
         summary += f"; pull again: {' '.join(refs)}\n" if refs else "\n"
@@ -773,9 +774,10 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
     """docker rmi: ``Untagged:`` and ``Deleted:`` lines, or one JSON object."""
     where = store_path(args.store)
     if Store.open_existing(where) is None:  # opening it to write would create it
+        # Every REF named, as Store.remove_images names each one it does not find.
         raise ImagecError(
-            f"no image {args.refs[0]!r} in the store at {where}: there is no store there yet "
-            "(`imagec-pipe pull` creates it)",
+            f"no image {', '.join(repr(ref) for ref in args.refs)} in the store at {where}: "
+            "there is no store there yet (`imagec-pipe pull` creates it)",
             ref=args.refs[0],
         )
     with Store.open(where) as store:

@@ -617,6 +617,40 @@ def test_reading_commands_never_create_a_store(
     assert capsys.readouterr().err == ""
 
 
+def test_store_commands_without_a_store_say_so_and_print_their_empty_result(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``images`` (an empty list) and ``gc`` (nothing removed), ``verify`` prints its
+    result for no store: nothing checked, nothing damaged. It printed nothing, so a
+    script reading ``verify --json`` got no JSON where ``images --json`` and ``gc --json``
+    gave theirs. And ``rm A B`` names every REF it cannot find, not the first only."""
+    where = store_dir.absolute()
+    assert main(["verify", "--store", str(store_dir), "--json"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"checked": 0, "damaged": [], "removed": False}
+    assert captured.err == f"imagec-pipe: no store at {where} yet: nothing to verify\n"
+    assert main(["verify", "--store", str(store_dir), "--repair"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.out == f"0 blobs checked in {where}: none damaged\n"
+    assert "nothing to verify" in captured.err
+    assert main(["gc", "--store", str(store_dir), "--json"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "untagged": [],
+        "deleted_images": [],
+        "deleted_blobs": [],
+        "reclaimed_bytes": 0,
+    }
+    assert captured.err == f"imagec-pipe: no store at {where} yet: nothing to prune\n"
+    assert main(["rm", "alpine", "busybox:1", "--store", str(store_dir)]) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no image 'alpine', 'busybox:1' in the store at {where}: there is no store" in (
+        captured.err
+    )
+    assert not store_dir.exists()
+
+
 @pytest.mark.parametrize("command", ["layers", "inspect"])
 @pytest.mark.parametrize(
     "ref", [REF, "sha256:0123456789ab", "0123456789abcdef", "docker.io/library/alpine"]
