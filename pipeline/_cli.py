@@ -24,8 +24,8 @@ Exit codes (outside checks rely on them):
   ``imagec-pipe: error: pulling REF: <what failed>``), a malformed reference (docker
   also exits 1 for "invalid reference format", and the reference is checked by the pull),
   an image unknown to ``layers`` / ``inspect`` / ``rm``, an unusable store, a damaged
-  blob found by ``verify`` (removed or not), an ``rm`` or ``gc`` refused because a
-  pull is running in the store;
+  blob found by ``verify`` (removed or not), an ``rm``, ``gc`` or ``verify --repair``
+  refused because a pull (or another removal) is running in the store;
 - 2 usage error: argparse's own, a bad ``--platform``, ``--max-concurrent-downloads`` or
   ``--retries``,
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
