@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from stages._schema import FieldError, check_config, check_index, check_manifest
+from tests.support import images
 
 DIGEST = "sha256:" + "a" * 64
 DESCRIPTOR = {
@@ -225,62 +226,11 @@ def test_dates_rfc_3339_allows_pass(created: str) -> None:
 # as image-spec's config.md, manifest.md, image-index.md and descriptor.md describe them.
 
 D = [f"sha256:{i:064x}" for i in range(1, 10)]
-HEALTHCHECK = {
-    "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
-    "Interval": 30000000000,  # Go durations: nanoseconds
-    "Timeout": 3000000000,
-    "StartPeriod": 0,
-    "Retries": 3,
-}
-CONTAINER_CONFIG = {  # moby's container.Config as the classic builder records it
-    "Hostname": "0d9f5e3e6b21",
-    "Domainname": "",
-    "User": "",
-    "AttachStdin": False,
-    "AttachStdout": False,
-    "AttachStderr": False,
-    "ExposedPorts": {"80/tcp": {}},
-    "Tty": False,
-    "OpenStdin": False,
-    "StdinOnce": False,
-    "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-    "Cmd": ["/bin/sh", "-c", "#(nop) ", 'CMD ["nginx" "-g" "daemon off;"]'],
-    "Image": D[0],
-    "Volumes": None,
-    "WorkingDir": "",
-    "Entrypoint": ["/docker-entrypoint.sh"],
-    "OnBuild": None,
-    "Labels": {"maintainer": "NGINX Docker Maintainers <docker-maint@nginx.com>"},
-    "StopSignal": "SIGQUIT",
-}
-CLASSIC_DOCKER_CONFIG = {
-    "architecture": "amd64",
-    "config": {
-        **CONTAINER_CONFIG,
-        "Hostname": "",
-        "Cmd": ["nginx", "-g", "daemon off;"],
-        "ArgsEscaped": True,
-        "Volumes": {"/var/cache/nginx": {}},
-        "Healthcheck": HEALTHCHECK,
-        "Shell": ["/bin/bash", "-c"],
-    },
-    "container": "0d9f5e3e6b21c6b2f0b0c8f3a3f0e5f1d1c9a8b7e6d5c4b3a2f1e0d9c8b7a6f5",
-    "container_config": CONTAINER_CONFIG,
-    "created": "2023-05-11T20:14:56.123456789Z",
-    "docker_version": "20.10.23",
-    "history": [
-        {"created": "2023-05-03T22:20:08.23812497Z", "created_by": "/bin/sh -c #(nop) ADD file:"},
-        {
-            "created": "2023-05-03T22:20:08.654281633Z",
-            "created_by": '/bin/sh -c #(nop)  CMD ["bash"]',
-            "empty_layer": True,
-        },
-        {"created_by": "/bin/sh -c #(nop)  EXPOSE 80", "empty_layer": True},  # no created
-        {"created": "2023-05-11T20:14:56.123456789Z", "author": "", "comment": ""},
-    ],
-    "os": "linux",
-    "rootfs": {"type": "layers", "diff_ids": D[:2]},
-}
+CLASSIC_DOCKER_CONFIG = images.classic_docker_config(
+    parent=D[0],
+    container="0d9f5e3e6b21c6b2f0b0c8f3a3f0e5f1d1c9a8b7e6d5c4b3a2f1e0d9c8b7a6f5",
+    diff_ids=D[:2],
+)
 BUILDKIT_CONFIG = {  # docker buildx, linux/arm64/v8
     "architecture": "arm64",
     "variant": "v8",

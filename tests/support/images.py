@@ -516,17 +516,14 @@ def docker_typed_oci_image(
     return make_image(layers, kind="oci", config=config)
 
 
-def docker_built_image(seed: int | str) -> Image:
-    """A Docker schema2 image of two layers whose config is as docker's classic builder
-    writes it: its container, container_config and docker_version, Go's nulls for what is
-    unset, ports and volumes as objects of empty objects, a healthcheck, nanosecond
-    times, history entries of no layer (one without a date)."""
-    layers = [
-        make_layer(f"{seed}:0", compression="gzip"),
-        make_layer(f"{seed}:1", compression="gzip", size=64 * 1024),
-    ]
+def classic_docker_config(*, parent: str, container: str, diff_ids: list[str]) -> dict[str, Any]:
+    """An image config as docker's classic builder writes it: its container,
+    container_config and docker_version, Go's nulls for what is unset, ports and volumes
+    as objects of empty objects, a healthcheck (Go durations, in nanoseconds), a shell,
+    nanosecond times, history entries of no layer (one without a date). ``parent`` is the
+    builder's parent image ID, ``container`` its build container's ID."""
     container_config = {
-        "Hostname": "0d9f5e3e6b21",
+        "Hostname": container[:12],
         "Domainname": "",
         "User": "",
         "AttachStdin": False,
@@ -538,7 +535,7 @@ def docker_built_image(seed: int | str) -> Image:
         "StdinOnce": False,
         "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
         "Cmd": ["/bin/sh", "-c", "#(nop) ", 'CMD ["nginx" "-g" "daemon off;"]'],
-        "Image": digest_of(f"{seed}:parent".encode()),
+        "Image": parent,
         "Volumes": None,
         "WorkingDir": "",
         "Entrypoint": ["/docker-entrypoint.sh"],
@@ -546,7 +543,7 @@ def docker_built_image(seed: int | str) -> Image:
         "Labels": {"maintainer": "NGINX Docker Maintainers <docker-maint@nginx.com>"},
         "StopSignal": "SIGQUIT",
     }
-    config = {
+    return {
         "architecture": "amd64",
         "config": {
             **container_config,
@@ -558,11 +555,12 @@ def docker_built_image(seed: int | str) -> Image:
                 "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
                 "Interval": 30000000000,
                 "Timeout": 3000000000,
+                "StartPeriod": 0,
                 "Retries": 3,
             },
-            "Image": container_config["Image"],
+            "Shell": ["/bin/bash", "-c"],
         },
-        "container": "0d9f5e3e6b21" + hashlib.sha256(str(seed).encode()).hexdigest()[12:],
+        "container": container,
         "container_config": container_config,
         "created": "2023-05-11T20:14:56.123456789Z",
         "docker_version": "20.10.23",
@@ -580,11 +578,27 @@ def docker_built_image(seed: int | str) -> Image:
             {
                 "created": "2023-05-11T20:14:56.123456789Z",
                 "created_by": "/bin/sh -c #(nop) COPY file:3d4e5f in /docker-entrypoint.sh ",
+                "author": "",
+                "comment": "",
             },
         ],
         "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
+
+
+def docker_built_image(seed: int | str) -> Image:
+    """A Docker schema2 image of two layers whose config is as docker's classic builder
+    writes it (``classic_docker_config``)."""
+    layers = [
+        make_layer(f"{seed}:0", compression="gzip"),
+        make_layer(f"{seed}:1", compression="gzip", size=64 * 1024),
+    ]
+    config = classic_docker_config(
+        parent=digest_of(f"{seed}:parent".encode()),
+        container="0d9f5e3e6b21" + hashlib.sha256(str(seed).encode()).hexdigest()[12:],
+        diff_ids=[layer.diff_id for layer in layers],
+    )
     cfg = Blob(MediaTypes.DOCKER_CONFIG, json.dumps(config, separators=(",", ":")).encode())
     return make_image(layers, kind="docker", config=cfg)
 
