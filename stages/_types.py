@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform as _platform
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._errors import InvalidDigest, UsageError
@@ -165,6 +166,67 @@ def _version(variant: str | None) -> int | None:
     return int(match[1]) if match else None
 
 
+# Where Linux lists the CPU's flags.
+_CPUINFO = Path("/proc/cpuinfo")
+# The CPU flags (as /proc/cpuinfo names them) each x86-64 micro-architecture level adds,
+# by the x86-64 psABI: v2 CMPXCHG16B, LAHF/SAHF, POPCNT, SSE3 ("pni"), SSE4.1, SSE4.2,
+# SSSE3; v3 AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT ("abm"), MOVBE, OSXSAVE (listed as
+# "xsave": the kernel clears it, and the AVX flags, when it does not enable XSAVE); v4
+# AVX-512 F, BW, CD, DQ, VL. Level 1 is every x86-64 CPU.
+_AMD64_LEVEL_FLAGS = (
+    (2, frozenset({"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"})),
+    (3, frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})),
+    (4, frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})),
+)
+
+
+def _host_platform(system: str, machine: str, cpuinfo: Path) -> Platform:
+    """The platform of a machine ``platform.system()`` and ``platform.machine()`` name,
+    whose CPU flags ``cpuinfo`` lists (read for ``amd64`` on Linux only)."""
+    machine = machine.lower()
+    system = system.lower() or "linux"
+    arch = _GOARCH.get(machine, machine)
+    variant = None
+    if arch == "arm64":
+        variant = "v8"
+    elif machine == "armv7l":
+        variant = "v7"
+    elif machine == "armv6l":
+        variant = "v6"
+    elif arch == "amd64" and system == "linux":
+        flags = _cpu_flags(cpuinfo)
+        # Unread, the level is left unnamed, which is v1: what every x86-64 CPU runs
+        # (containerd assumes the same).
+        variant = None if flags is None else f"v{_amd64_level(flags)}"
+    return Platform(system, arch, variant)
+
+
+def _cpu_flags(cpuinfo: Path) -> frozenset[str] | None:
+    """The flags of the first CPU ``cpuinfo`` lists (the kernel lists the same for
+    each), None if it cannot be read or lists none. Reading stops at that line: the
+    kernel writes the file for one CPU after another as it is read."""
+    try:
+        with cpuinfo.open(encoding="ascii", errors="replace") as lines:
+            for line in lines:
+                key, colon, value = line.partition(":")
+                if colon and key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def _amd64_level(flags: frozenset[str]) -> int:
+    """The highest x86-64 micro-architecture level whose flags, and every lower
+    level's, are all in ``flags``."""
+    level = 1
+    for next_level, needed in _AMD64_LEVEL_FLAGS:
+        if not needed <= flags:
+            break
+        level = next_level
+    return level
+
+
 @dataclass(frozen=True)
 class Platform:
     """An OCI platform: ``os/architecture[/variant]``, as in ``linux/arm64/v8``."""
@@ -194,18 +256,13 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        """This machine's platform, with architectures named as Go (and OCI) name them."""
-        machine = _platform.machine().lower()
-        arch = _GOARCH.get(machine, machine)
-        variant = None
-        if arch == "arm64":
-            variant = "v8"
-        elif machine == "armv7l":
-            variant = "v7"
-        elif machine == "armv6l":
-            variant = "v6"
-        system = _platform.system().lower() or "linux"
-        return cls(system, arch, variant)
+        """This machine's platform, with architectures named as Go (and OCI) name them,
+        and the variant its CPU runs: ``arm64`` v8, ``arm`` v7 or v6 by the machine's
+        name, ``amd64`` its x86-64 micro-architecture level (v1 to v4) by the CPU flags
+        the kernel lists, as containerd's ``platforms.DefaultSpec`` and docker's
+        ``maximumSpec`` detect it. A request for ``amd64/v3`` takes a v3, v2 or v1
+        image and refuses a v4 one, which would die of an illegal instruction here."""
+        return _host_platform(_platform.system(), _platform.machine(), _CPUINFO)
 
     def matches(self, other: Platform) -> bool:
         """Whether an index entry (or an image config) ``other`` satisfies this requested

@@ -1,10 +1,13 @@
-"""The shared vocabulary: how a requested platform ranks what an index offers."""
+"""The shared vocabulary: the host's platform, and how a requested one ranks an index's."""
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 
-from stages._types import Platform
+from stages._types import Platform, _host_platform
 
 
 @pytest.mark.parametrize(
@@ -65,3 +68,75 @@ def test_a_request_for_plain_amd64_is_v1_then_any_level() -> None:
     ranks = [amd64.rank(Platform.parse(f"linux/amd64/{v}")) for v in ("v1", "v2", "v4")]
     assert ranks[0] == 0
     assert ranks[1] is not None and ranks[1] == ranks[2] and ranks[1] > 0
+
+
+# /proc/cpuinfo's flags lines of real CPUs, shortened to what the levels look at and a
+# few others.
+_BASELINE = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr cmov pat mmx fxsr sse sse2 lm"
+_V2 = f"{_BASELINE} pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm"  # Nehalem
+_V3 = f"{_V2} fma movbe xsave avx f16c abm bmi1 avx2 bmi2 xsaveopt"  # Haswell
+_V4 = f"{_V3} avx512f avx512dq avx512cd avx512bw avx512vl"  # Skylake-SP
+
+
+def _cpuinfo(path: Path, flags: str | None) -> Path:
+    """A /proc/cpuinfo of two CPUs whose flags lines say ``flags`` (None: no such line)."""
+    cpus = []
+    for n in range(2):
+        lines = [f"processor\t: {n}", "vendor_id\t: GenuineIntel", "model name\t: Some CPU"]
+        if flags is not None:
+            lines.append(f"flags\t\t: {flags}")
+        lines.append("bogomips\t: 4800.00")
+        cpus.append("\n".join(lines) + "\n")
+    path.write_text("\n".join(cpus))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "level"),
+    [
+        (_BASELINE, "v1"),
+        (_V2, "v2"),
+        (_V3, "v3"),
+        (_V4, "v4"),
+        (_V3.replace(" movbe", ""), "v2"),  # every flag of a level, or not that level
+        (_V2.replace(" popcnt", "") + " avx avx2 bmi1 bmi2 f16c fma abm movbe xsave", "v1"),
+        (_V4.replace(" avx2", ""), "v2"),  # nor any level above it
+    ],
+)
+def test_the_host_amd64_level_is_read_from_the_cpu_flags(
+    tmp_path: Path, flags: str, level: str
+) -> None:
+    # Platform.host() was plain linux/amd64, and a request without a variant took any
+    # level an index offered: a v3-only image was pulled on a v2 CPU, to die of an
+    # illegal instruction.
+    cpuinfo = _cpuinfo(tmp_path / "cpuinfo", flags)
+    assert _host_platform("Linux", "x86_64", cpuinfo) == Platform("linux", "amd64", level)
+
+
+def test_an_unread_amd64_level_is_v1(tmp_path: Path) -> None:
+    no_flags = _cpuinfo(tmp_path / "cpuinfo", None)
+    for cpuinfo in (no_flags, tmp_path / "missing", tmp_path):
+        host = _host_platform("Linux", "x86_64", cpuinfo)
+        assert host == Platform("linux", "amd64")
+        assert host.normalized() == Platform("linux", "amd64", "v1")
+
+
+def test_other_hosts_read_no_cpu_flags(tmp_path: Path) -> None:
+    v4 = _cpuinfo(tmp_path / "cpuinfo", _V4)
+    assert _host_platform("Linux", "aarch64", v4) == Platform("linux", "arm64", "v8")
+    assert _host_platform("Linux", "armv7l", v4) == Platform("linux", "arm", "v7")
+    assert _host_platform("Linux", "armv6l", v4) == Platform("linux", "arm", "v6")
+    assert _host_platform("Linux", "s390x", v4) == Platform("linux", "s390x")
+    assert _host_platform("Darwin", "x86_64", v4) == Platform("darwin", "amd64")
+
+
+def test_the_host_platform_takes_the_lower_levels_and_refuses_a_higher_one(
+    tmp_path: Path,
+) -> None:
+    host = _host_platform("Linux", "x86_64", _cpuinfo(tmp_path / "cpuinfo", _V3))
+    ranks = [host.rank(Platform.parse(f"linux/amd64/{v}")) for v in ("v3", "v2", "v1", "v4")]
+    assert ranks == [0, 1, 2, None]
+    assert host.rank(Platform("linux", "amd64")) == 2
+    assert Platform.host() == _host_platform(
+        platform.system(), platform.machine(), Path("/proc/cpuinfo")
+    )
