@@ -206,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform",
         type=_platform,
         metavar="OS/ARCH[/VARIANT]",
-        help="platform to pick from a multi-platform image (default: this machine's); "
-        "a single-platform image for another OS/ARCH is refused when this is given",
+        help="platform to pick from a multi-platform image (default: this machine's, "
+        "with its CPU's variant, e.g. linux/amd64/v3); without a VARIANT, the "
+        "architecture's default (linux/amd64 is v1); a single-platform image for another "
+        "OS/ARCH is refused when this is given",
     )
     pull.add_argument(
         "--max-concurrent-downloads",

@@ -86,8 +86,9 @@ async def resolve_image(
     manifest is taken for the platform its config names, unless ``platform_asked`` (the
     user chose ``platform``): then another OS, architecture or variant is refused, as
     docker refuses it, rather than storing an image the user said they did not want. A
-    config's variant counts only when both sides name one, and by the same rule as an
-    index entry's (an ``arm/v7`` request takes an ``arm/v6`` config).
+    config's variant counts only when it names one, and by the same rule as an index
+    entry's (an ``arm/v7`` request takes an ``arm/v6`` config, ``amd64`` no ``amd64/v3``
+    one).
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -524,8 +525,8 @@ def _choose(
 ) -> list[Descriptor]:
     """The entries to read for ``wanted``: the best match alone, ranked by
     ``Platform.rank`` (the same platform, else the closest older version: ``arm/v7``
-    takes ``arm/v6``; ``linux/arm`` asks for any variant and prefers v7, then v6 and v5),
-    the first of equals; with no match, every entry naming no platform (OCI makes it
+    takes ``arm/v6``; ``linux/arm`` is v7, then v6 and v5, never v8), the first of
+    equals; with no match, every entry naming no platform (OCI makes it
     optional), in order, for their configs to decide. Attestation manifests are never
     chosen."""
     candidates = _candidates(entries)

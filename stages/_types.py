@@ -156,14 +156,50 @@ _VERSION = re.compile(r"v([0-9]{1,3})")
 # The architectures whose CPUs run the code of the versions before their own, and the
 # oldest version each is taken to run (containerd's platforms.Only stops at these too).
 _OLDEST_VERSIONS = {"arm": 5, "amd64": 1}
-# Platform.rank of an entry of another variant, for a request that names none: after the
-# same platform and every older version (at most 999 versions older).
-_ANY_VARIANT = 1000
+# An arm64 variant: Armv8.x or Armv9.x, ``v8`` being v8.0 (two digits of minor at most).
+_ARM64_VERSION = re.compile(r"v([89])(?:\.([0-9]{1,2}))?")
+# Armv9.x has the mandatory features of Armv8.(x+5) (containerd's platforms.Only: "v9.0
+# diverged from v8.5").
+_ARM64_V9_IS_V8_PLUS = 5
 
 
 def _version(variant: str | None) -> int | None:
     match = _VERSION.fullmatch(variant or "")
     return int(match[1]) if match else None
+
+
+def _arm64_version(variant: str | None) -> tuple[int, int] | None:
+    match = _ARM64_VERSION.fullmatch(variant or "")
+    return (int(match[1]), int(match[2] or 0)) if match else None
+
+
+def _older_by(architecture: str, wanted: str | None, offered: str | None) -> int | None:
+    """How far ``offered`` comes after ``wanted`` (two different normalised variants of
+    ``architecture``) in the order containerd's ``platforms.Only`` tries the versions a
+    CPU of ``wanted`` runs, None if it runs no ``offered`` code: see ``Platform.rank``."""
+    if architecture == "arm64":
+        wanted_version, offered_version = _arm64_version(wanted), _arm64_version(offered)
+        if wanted_version is None or offered_version is None:
+            return None
+        wanted_major, wanted_minor = wanted_version
+        offered_major, offered_minor = offered_version
+        if offered_major == wanted_major and offered_minor <= wanted_minor:
+            return wanted_minor - offered_minor
+        if (wanted_major, offered_major) == (9, 8):
+            # After v9.x, v9.(x-1) … v9.0: x + 1 places, then v8.(x+5) down to v8.0.
+            as_v8 = wanted_minor + _ARM64_V9_IS_V8_PLUS
+            return wanted_minor + 1 + as_v8 - offered_minor if offered_minor <= as_v8 else None
+        return None
+    oldest = _OLDEST_VERSIONS.get(architecture)
+    if oldest is not None:
+        wanted_number, offered_number = _version(wanted), _version(offered)
+        if wanted_number is None or offered_number is None:
+            return None
+        return wanted_number - offered_number if oldest <= offered_number < wanted_number else None
+    # An architecture of no known versions: an entry naming no variant asks for none
+    # (the architecture's baseline, as plain riscv64 or ppc64le images are built), so a
+    # CPU of any variant runs it; another variant is another CPU feature set, never taken.
+    return 1 if offered is None else None
 
 
 # Where Linux lists the CPU's flags.
@@ -271,19 +307,26 @@ class Platform:
 
     def rank(self, other: Platform) -> int | None:
         """How well ``other`` (an index entry's platform) serves this requested platform,
-        lower is better: 0 the same platform; ``n`` a version ``n`` older that this one
-        runs; ``None`` not at all.
+        lower is better: 0 the same platform; ``n`` a version ``n`` places older that
+        this one runs; ``None`` not at all. As containerd's ``platforms.Only``.
 
         A missing variant on either side is the architecture's default one (``arm64``
-        v8, ``arm`` v7, ``amd64`` v1), as containerd's ``platforms.Normalize`` makes it:
+        v8, ``arm`` v7, ``amd64`` v1, as containerd's ``platforms.Normalize`` makes it):
         an entry ``linux/arm`` is ``linux/arm/v7``, ``linux/amd64`` is
-        ``linux/amd64/v1``. As containerd's ``platforms.Only``, a CPU runs the code of
-        the versions before its own: a 32-bit ARM one down to v5 (``arm/v8`` takes v7,
-        then v6, then v5; ``arm/v7`` v6 then v5; ``arm/v6`` v5), an x86-64 one down to
-        the first micro-architecture level (``amd64/v4`` takes v3, then v2, then v1 or
-        plain ``amd64``; ``amd64/v2`` v1 or plain); never a newer one. A request without
-        a variant (``linux/arm``: v7 preferred; ``linux/amd64``: v1) takes any variant
-        after those.
+        ``linux/amd64/v1``, and so is a request. A CPU runs the code of the versions
+        before its own, never of a newer one: a 32-bit ARM one down to v5 (``arm/v8``
+        takes v7, then v6, then v5; ``arm/v7`` v6 then v5; ``arm/v6`` v5), an x86-64 one
+        down to the first micro-architecture level (``amd64/v4`` takes v3, then v2,
+        then v1 or plain ``amd64``), an arm64 one the Armv8.x and Armv9.x before its
+        own (``arm64/v8.2`` takes v8.1 then v8; ``arm64/v9.1`` v9, then v8.6 down to
+        v8, Armv9.x having Armv8.(x+5)'s features). So a request without a variant takes
+        no newer one: ``linux/amd64`` no ``amd64/v3`` image, ``linux/arm64`` no
+        ``arm64/v8.2`` or ``v9`` one, ``linux/arm`` no ``arm/v8`` one; what this machine
+        runs is ``Platform.host()``, whose variant is its CPU's. An entry without a
+        variant is the oldest its architecture has but for ``arm`` (v7, as docker's
+        ``armhf``, which an ``arm/v6`` request refuses); of an architecture with no known
+        versions (``riscv64``, ``ppc64le``), it serves any variant asked, after that
+        variant's own.
 
         No other architecture is a fallback, although containerd makes ``386`` one for
         ``amd64`` and ``arm`` for ``arm64``: a different architecture is a different
@@ -297,16 +340,7 @@ class Platform:
         wanted, offered = self.normalized().variant, other.normalized().variant
         if wanted == offered:
             return 0
-        oldest = _OLDEST_VERSIONS.get(self.architecture)
-        wanted_version, offered_version = _version(wanted), _version(offered)
-        if (
-            oldest is not None
-            and wanted_version is not None
-            and offered_version is not None
-            and oldest <= offered_version < wanted_version
-        ):
-            return wanted_version - offered_version
-        return _ANY_VARIANT if self.variant is None else None
+        return _older_by(self.architecture, wanted, offered)
 
     def normalized(self) -> Platform:
         """This platform with its architecture's default variant filled in, if any: what

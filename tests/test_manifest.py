@@ -232,8 +232,8 @@ async def test_index_prefers_exact_variant() -> None:
     _index(reg, [v6, v7], MediaType.DOCKER_LIST)
     image = await resolve(reg, platform=Platform("linux", "arm", "v7"))
     assert str(image.manifest_digest) == v7["digest"]
-    # `linux/arm` takes any variant, and prefers v7, what containerd makes of it (it
-    # took the first entry, v6, which a v7 machine runs more slowly if at all).
+    # `linux/arm` is v7, what containerd makes of it, and prefers it to v6 (it took
+    # the first entry, v6, which a v7 machine runs more slowly if at all).
     image = await resolve(reg, platform=Platform("linux", "arm"))
     assert str(image.manifest_digest) == v7["digest"]
     _index(reg, [v6], MediaType.DOCKER_LIST)
@@ -284,13 +284,15 @@ async def test_arm_falls_back_to_the_closest_older_version() -> None:
     for asked, entry in (("linux/arm/v7", v7), ("linux/arm", v7), ("linux/arm/v8", v8)):
         image = await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
         assert str(image.manifest_digest) == entry["digest"], asked
-    # `linux/arm` takes a newer version only when no older one is there.
+    # `linux/arm` is v7, and takes no newer version: it took an index's only arm/v8
+    # image, which an ARMv7 CPU cannot run (containerd refuses it).
     _index(reg, [v8, v6])
     image = await resolve(reg, platform=Platform("linux", "arm"))
     assert str(image.manifest_digest) == v6["digest"]
     _index(reg, [v8])
-    image = await resolve(reg, platform=Platform("linux", "arm"))
-    assert str(image.manifest_digest) == v8["digest"]
+    for asked in (Platform("linux", "arm"), Platform("linux", "arm", "v7")):
+        with pytest.raises(PlatformNotFound, match=r"it has: linux/arm/v8\. Choose one"):
+            await resolve(reg, platform=asked)
 
 
 async def test_amd64_falls_back_to_the_closest_lower_level() -> None:
@@ -325,6 +327,34 @@ async def test_amd64_falls_back_to_the_closest_lower_level() -> None:
     assert image.platform == Platform("linux", "amd64", "v2")
     with pytest.raises(PlatformNotFound, match="is for linux/amd64/v2, not linux/amd64/v1 as"):
         await resolve(reg, platform=Platform.parse("linux/amd64/v1"), platform_asked=True)
+
+
+async def test_a_request_without_a_variant_takes_no_newer_one() -> None:
+    # `--platform linux/amd64` (x86-64 level v1) took an index's only amd64/v3 image,
+    # which a v1 or v2 CPU cannot run, as a last resort, and `linux/arm64` (v8) an
+    # arm64/v9 one; containerd's platforms.Only refuses both.
+    reg = Registry()
+    v3_doc = manifest(reg, config(variant="v3"))
+    v3 = index_entry(reg, v3_doc, {"os": "linux", "architecture": "amd64", "variant": "v3"})
+    v9_doc = manifest(reg, config(arch="arm64", variant="v9"))
+    v9 = index_entry(reg, v9_doc, {"os": "linux", "architecture": "arm64", "variant": "v9"})
+    _index(reg, [v3, v9])
+    for asked in ("linux/amd64", "linux/arm64", "linux/arm64/v8.4", "linux/amd64/v2"):
+        with pytest.raises(PlatformNotFound) as info:
+            await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
+        assert str(info.value).startswith(f"the image has no manifest for {asked}"), asked
+        assert "; it has: linux/amd64/v3, linux/arm64/v9. Choose one" in str(info.value)
+    # The level the entry names, or a higher one, takes it.
+    for asked, entry in (("linux/amd64/v3", v3), ("linux/amd64/v4", v3), ("linux/arm64/v9.2", v9)):
+        image = await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
+        assert str(image.manifest_digest) == entry["digest"], asked
+    # A single manifest's config is held to the same rule when a platform is asked for,
+    # as docker's containerd image store holds it (platforms.Only(...).Match).
+    reg.add_manifest(dumps(v3_doc), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(PlatformNotFound, match="is for linux/amd64/v3, not linux/amd64 as"):
+        await resolve(reg, platform=Platform.parse("linux/amd64"), platform_asked=True)
+    image = await resolve(reg, platform=Platform.parse("linux/amd64/v3"), platform_asked=True)
+    assert image.platform == Platform("linux", "amd64", "v3")
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,30 @@ from stages._types import Platform, _host_platform
         ("linux/arm/v6", "linux/arm", None),
         ("linux/arm/v5", "linux/arm/v4", None),  # nor one older than v5
         ("linux/arm/v7", "linux/arm/v6l", None),  # nor what is no ARM version
-        ("linux/arm64/v8", "linux/arm64/v8.2", None),  # only ARM's versions fall back
+        ("linux/arm64/v8", "linux/arm64/v8.2", None),  # never a newer arm64 version
+        # arm64's Armv8.x and Armv9.x, v9.x having v8.(x+5)'s features (platforms.Only).
+        ("linux/arm64", "linux/arm64/v8.0", 0),
+        ("linux/arm64/v8.2", "linux/arm64/v8.1", 1),
+        ("linux/arm64/v8.2", "linux/arm64", 2),
+        ("linux/arm64/v9", "linux/arm64/v8.5", 1),
+        ("linux/arm64/v9", "linux/arm64/v8", 6),
+        ("linux/arm64/v9.1", "linux/arm64/v9", 1),
+        ("linux/arm64/v9.1", "linux/arm64/v8.6", 2),
+        ("linux/arm64/v9.1", "linux/arm64", 8),
+        ("linux/arm64/v9", "linux/arm64/v8.6", None),
+        ("linux/arm64/v9", "linux/arm64/v9.1", None),
+        ("linux/arm64/v8.5", "linux/arm64/v9", None),
+        ("linux/arm64/v9", "linux/arm64/v10", None),  # nor what is no arm64 version
+        # A request without a variant is the architecture's default, and takes no newer.
+        ("linux/arm64", "linux/arm64/v8.2", None),
+        ("linux/arm64", "linux/arm64/v9", None),
+        ("linux/arm", "linux/arm/v8", None),
+        ("linux/amd64", "linux/amd64/v2", None),
+        ("linux/amd64", "linux/amd64/v4", None),
+        # Architectures of no known versions: an entry without a variant serves any.
+        ("linux/riscv64/rva23u64", "linux/riscv64", 1),
+        ("linux/riscv64", "linux/riscv64/rva23u64", None),
+        ("linux/ppc64le/power10", "linux/ppc64le/power9", None),
         # x86-64 micro-architecture levels, plain amd64 being v1 (containerd's
         # platforms.Only): a v3 machine said "no manifest for linux/amd64/v3" to an
         # index of plain amd64 and arm64.
@@ -55,19 +78,20 @@ def test_rank(asked: str, offered: str, rank: int | None) -> None:
     assert Platform.parse(asked).matches(Platform.parse(offered)) is (rank is not None)
 
 
-def test_a_request_without_a_variant_takes_any_after_the_older_versions() -> None:
-    arm = Platform("linux", "arm")
-    fallbacks = [arm.rank(Platform("linux", "arm", v)) for v in ("v7", "v6", "v5", "v8", "x")]
-    assert fallbacks[:3] == [0, 1, 2]
-    assert fallbacks[3] is not None and fallbacks[3] == fallbacks[4] > fallbacks[2]
-    assert Platform("linux", "arm64").rank(Platform("linux", "arm64", "v9")) is not None
-
-
-def test_a_request_for_plain_amd64_is_v1_then_any_level() -> None:
-    amd64 = Platform("linux", "amd64")
-    ranks = [amd64.rank(Platform.parse(f"linux/amd64/{v}")) for v in ("v1", "v2", "v4")]
-    assert ranks[0] == 0
-    assert ranks[1] is not None and ranks[1] == ranks[2] and ranks[1] > 0
+def test_a_request_without_a_variant_is_the_default_one_and_takes_no_newer() -> None:
+    # A request without a variant took an entry of any other variant as a last resort:
+    # `--platform linux/amd64` pulled an index's only amd64/v3 image, which an x86-64-v1
+    # or v2 CPU cannot run, and `linux/arm` (v7) an arm/v8 one; containerd refuses both.
+    for asked, taken, refused in (
+        ("linux/amd64", ("", "v1"), ("v2", "v3", "v4")),
+        ("linux/arm", ("", "v7", "v6", "v5"), ("v8",)),
+        ("linux/arm64", ("", "v8"), ("v8.2", "v9", "v9.1")),
+    ):
+        request = Platform.parse(asked)
+        for variant in taken:
+            assert request.rank(Platform.parse(f"{asked}/{variant}".rstrip("/"))) is not None
+        for variant in refused:
+            assert request.rank(Platform.parse(f"{asked}/{variant}")) is None, (asked, variant)
 
 
 # /proc/cpuinfo's flags lines of real CPUs, shortened to what the levels look at and a
