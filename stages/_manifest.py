@@ -128,7 +128,7 @@ async def resolve_image(
         index_bytes, index_media_type = body, media_type
         entries = _parse_index(doc, where, digest)
         _check_fields(check_index, doc, "index", where, digest)
-        candidates = _choose(entries, platform, where, digest)
+        candidates = _choose(entries, platform, platform_asked, where, digest)
         entry = candidates[0]
         if entry.platform is not None:
             image = await _read_entry(client, ref, entry, limits, where)
@@ -218,8 +218,8 @@ async def _read_unplaced(
     if best is not None:
         return best[1]
     raise PlatformNotFound(
-        f"the image has no manifest for {wanted}; it has: {_offered(entries, said)}. Choose"
-        " one with --platform",
+        f"the image has no manifest for {_wanted(wanted, platform_asked, _placed(entries) + said)};"
+        f" it has: {_offered(entries, said)}. Choose one with --platform",
         ref=where,
         digest=str(index_digest),
     )
@@ -521,7 +521,7 @@ def _parse_index(doc: Mapping[str, Any], where: str, digest: Digest) -> list[Des
 
 
 def _choose(
-    entries: list[Descriptor], wanted: Platform, where: str, digest: Digest
+    entries: list[Descriptor], wanted: Platform, asked: bool, where: str, digest: Digest
 ) -> list[Descriptor]:
     """The entries to read for ``wanted``: the best match alone, ranked by
     ``Platform.rank`` (the same platform, else the closest older version: ``arm/v7``
@@ -548,8 +548,8 @@ def _choose(
     if not unplaced:
         _refuse_unpullable_match(entries, wanted, where, digest)
         raise PlatformNotFound(
-            f"the image has no manifest for {wanted}; it has: {_offered(entries)}. Choose one"
-            " with --platform",
+            f"the image has no manifest for {_wanted(wanted, asked, _placed(entries))}; it has:"
+            f" {_offered(entries)}. Choose one with --platform",
             ref=where,
             digest=str(digest),
         )
@@ -584,6 +584,29 @@ def _candidates(entries: list[Descriptor]) -> list[Descriptor]:
         if entry.media_type in MediaType.MANIFESTS | MediaType.INDEXES
         and _ATTESTATION not in entry.annotations
     ]
+
+
+def _placed(entries: list[Descriptor]) -> list[Platform]:
+    """The platforms of the index entries that could be pulled and name one."""
+    return [entry.platform for entry in _candidates(entries) if entry.platform is not None]
+
+
+def _wanted(wanted: Platform, asked: bool, offered: Sequence[Platform]) -> str:
+    """The platform a "no manifest for" message names: as it is, and, when the image has
+    its OS and architecture in other variants only, which variant that was: the
+    machine's own (not ``asked``), on x86-64 its CPU's level (``Platform.host``), or
+    the default one of a platform asked for without one (``linux/amd64`` is v1)."""
+    text = str(wanted)
+    if not any(_same_system(platform, wanted) for platform in offered):
+        return text
+    if not asked and wanted.architecture == "amd64":
+        if wanted.variant is None:
+            return f"{text} (this machine's platform: x86-64 level v1, no CPU flags to read)"
+        return f"{text} (this machine's platform, by its CPU's x86-64 level)"
+    if not asked:
+        return f"{text} (this machine's platform)"
+    normalized = wanted.normalized()
+    return f"{text} (that is {normalized})" if normalized != wanted else text
 
 
 def _offered(entries: list[Descriptor], unplaced_configs: Sequence[Platform] = ()) -> str:

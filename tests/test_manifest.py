@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,11 +16,17 @@ from stages._errors import ManifestError, PlatformNotFound
 from stages._manifest import resolve_image
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
-from stages._types import Digest, MediaType, Platform
+from stages._types import Digest, MediaType, Platform, _host_platform
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
 
 AMD64 = Platform("linux", "amd64")
+ARM64 = Platform("linux", "arm64", "v8")
+# The flags of an x86-64-v3 CPU (Haswell), as /proc/cpuinfo lists them, shortened.
+X86_64_V3_FLAGS = (
+    "fpu cx8 cmov mmx fxsr sse sse2 lm pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm"
+    " fma movbe xsave avx f16c abm bmi1 avx2 bmi2"
+)
 UNKNOWN = {"os": "unknown", "architecture": "unknown"}
 REPO = "reg.example/team/app"
 
@@ -355,6 +362,59 @@ async def test_a_request_without_a_variant_takes_no_newer_one() -> None:
         await resolve(reg, platform=Platform.parse("linux/amd64"), platform_asked=True)
     image = await resolve(reg, platform=Platform.parse("linux/amd64/v3"), platform_asked=True)
     assert image.platform == Platform("linux", "amd64", "v3")
+
+
+async def test_this_machine_s_x86_64_level_takes_no_higher_one_and_the_error_says_so(
+    tmp_path: Path,
+) -> None:
+    # The machine's platform was plain linux/amd64, which took an index's only v4 image
+    # on a v3 CPU. The error names the platform, whose it is or what its missing variant
+    # stands for, and what the image has.
+    reg = Registry()
+    entries = {}
+    for i, level in enumerate(("v4", "v2")):
+        doc = manifest(reg, config(variant=level, diff_ids=1), layers=[layer(30 + i)])
+        amd64 = {"os": "linux", "architecture": "amd64", "variant": level}
+        entries[level] = index_entry(reg, doc, amd64)
+    arm64 = index_entry(reg, manifest(reg, config(arch="arm64")), ARM64.to_json())
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    assert this_machine == Platform("linux", "amd64", "v3")
+    _index(reg, [entries["v4"], arm64, entries["v2"]])
+    image = await resolve(reg, platform=this_machine)
+    assert str(image.manifest_digest) == entries["v2"]["digest"]
+    _index(reg, [entries["v4"], arm64])
+    for platform, asked, named in (
+        (
+            this_machine,
+            False,
+            "linux/amd64/v3 (this machine's platform, by its CPU's x86-64 level)",
+        ),
+        (
+            AMD64,
+            False,
+            "linux/amd64 (this machine's platform: x86-64 level v1, no CPU flags to read)",
+        ),
+        (AMD64, True, "linux/amd64 (that is linux/amd64/v1)"),
+        (Platform("linux", "amd64", "v3"), True, "linux/amd64/v3"),
+    ):
+        with pytest.raises(PlatformNotFound) as info:
+            await resolve(reg, platform=platform, platform_asked=asked)
+        assert str(info.value).startswith(
+            f"the image has no manifest for {named}; it has: linux/amd64/v4, linux/arm64/v8."
+            " Choose one with --platform"
+        ), (platform, asked)
+    # Other architectures say the same of their variants.
+    v9 = index_entry(reg, manifest(reg, config(arch="arm64")), {**ARM64.to_json(), "variant": "v9"})
+    _index(reg, [v9])
+    for platform, asked, named in (
+        (ARM64, False, "linux/arm64/v8 (this machine's platform)"),
+        (Platform("linux", "arm64"), True, "linux/arm64 (that is linux/arm64/v8)"),
+    ):
+        with pytest.raises(PlatformNotFound) as info:
+            await resolve(reg, platform=platform, platform_asked=asked)
+        assert str(info.value).startswith(f"the image has no manifest for {named}")
 
 
 @pytest.mark.parametrize(

@@ -924,6 +924,31 @@ async def test_arm_v7_takes_the_closest_older_arm_version_an_index_has(
     assert "it has: linux/amd64, linux/arm/v5, linux/arm/v6. Choose" in message
 
 
+async def test_plain_amd64_takes_no_higher_x86_64_level_an_index_has(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # `--platform linux/amd64` pulled an index's only amd64/v3 image, which an x86-64-v1
+    # or v2 CPU cannot run; containerd refuses it.
+    platforms = ("linux/amd64/v3", "linux/arm64/v8")
+    index = images.sample_index(unique_seed, platforms=platforms, layer_size=8192)
+    registry.push(unique_repo, index, "multi")
+    ref = registry.ref(unique_repo, "multi")
+
+    message = await pull_fails(ref, tmp_path / "s", pipeline.PlatformNotFound, platform=AMD64)
+
+    assert message.startswith(
+        "the image has no manifest for linux/amd64 (that is linux/amd64/v1); it has:"
+        " linux/amd64/v3, linux/arm64/v8. Choose one with --platform"
+    )
+    assert not blob_names(tmp_path / "s")
+    store = Store.open(tmp_path / "store")
+    v4 = Platform("linux", "amd64", "v4")
+    result = await pipeline.pull(ref, store=store, options=options(platform=v4))
+    assert str(result.manifest_digest) == index.image_for("linux/amd64/v3").digest
+    assert result.platform == Platform("linux", "amd64", "v3")
+    assert_store_consistent(store.path)
+
+
 async def test_an_index_whose_entries_name_no_platform_gives_the_one_whose_config_fits(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
