@@ -7,10 +7,11 @@ client, writing into the ingest file the parent created, and hands back the
 ``VerifiedLayer``. No layer bytes cross the process boundary. The worker authenticates
 with the same ``RegistryOptions`` (its own ping and token: a few small requests per
 layer). Progress: ``trio_parallel.run_sync`` returns only a final result, so the parent
-polls the size of the ingest file the worker appends to. Logs: a worker applies the
-parent's settings; where the parent logs to a stream of its own (the CLI's, above its
-progress block on a terminal), the worker's lines come back over a Unix datagram socket
-and are written there (``_LogRelay``).
+polls the size of the ingest file the worker appends to; the events a file's size cannot
+show (``layer-retrying``) come back over a Unix datagram socket per layer task
+(``_Relay``). Logs: a worker applies the parent's settings; where the parent logs to a
+stream of its own (the CLI's, above its progress block on a terminal), the worker's lines
+come back over the same socket and are written there.
 
 The pool is a ``trio_parallel`` worker context created by ``pull()`` and passed down.
 Whether this beats threads is decided by the benchmark harness (benchmarks/RESULTS.md).
@@ -19,7 +20,9 @@ Whether this beats threads is decided by the benchmark harness (benchmarks/RESUL
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
 import os
 import signal
 import socket
@@ -53,6 +56,13 @@ _POLL_S = 0.1
 _WORKER_THREADS = 4  # for the one layer a worker runs: its inflate hops and its fsync
 # The longest log line a worker relays (a longer one, a traceback, goes to its stderr).
 _LOG_LINE_BYTES = 64 * 1024
+# The first byte of each datagram a worker sends its relay: what the rest is.
+_LOG_LINE = b"L"  # a log line, for the parent's log stream
+_EVENT = b"E"  # a ProgressEvent as JSON, for the parent's progress sink
+# The events a worker relays. The rest it sends are known to the parent otherwise: the
+# bytes of ``layer-downloading`` by the size of the ingest file, ``layer-verifying`` by
+# the worker's return.
+_RELAYED_EVENTS = frozenset({"layer-retrying"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,9 @@ class LayerTask:
     limits: Limits
     log: LogSettings  # the parent's (``_logging.current_settings()``), on the worker's stderr
     puller_pid: int  # the process that runs the pull: the worker stops when it is gone
+    # The parent's socket for this task (``_Relay``), where the worker sends the progress
+    # events the parent cannot see for itself; None: there is none (they are only logged).
+    relay: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -88,13 +101,13 @@ async def run_layer_task(
     progress: ProgressSink,
 ) -> VerifiedLayer:
     """Run ``task`` in a worker process, relaying its byte count as progress events,
-    then ``layer-verifying`` as threads mode sends it (the worker has checked the digest
-    and diffID by the time it returns; a display or a ``--json`` reader sees the same
-    sequence of events in either mode).
+    its ``layer-retrying`` events as it sends them, then ``layer-verifying`` as threads
+    mode sends it (the worker has checked the digest and diffID by the time it returns;
+    a display or a ``--json`` reader sees the same sequence of events in either mode).
 
     Cancelling (Ctrl-C, a failed sibling layer) kills the worker; the parent's ingest
-    context then removes the partial file. The worker's log lines come back through a
-    ``_LogRelay`` when this process logs to a stream of its own.
+    context then removes the partial file. The worker's events, and its log lines when
+    this process logs to a stream of its own, come back through a ``_Relay``.
     """
     import trio_parallel  # loaded already: open_layer_workers made ``workers``
 
@@ -116,9 +129,11 @@ async def run_layer_task(
                     progress(event)
 
     done = trio.Event()
-    with _log_relay() as relay:
+    with _open_relay(progress) as relay:
         if relay is not None:
-            task = replace(task, log=replace(task.log, relay=relay.path))
+            task = replace(task, relay=relay.path)
+            if relay.takes_log_lines:
+                task = replace(task, log=replace(task.log, relay=relay.path))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay_progress, done)
             if relay is not None:
@@ -228,21 +243,18 @@ async def _fetch_layer_for(task: LayerTask) -> VerifiedLayer:
                 ingest,
                 limits=task.limits,
                 limiter=limiter,
-                progress=None,
+                progress=_relayed_progress(task.relay) if task.relay is not None else None,
             )
 
 
 @contextlib.contextmanager
-def _log_relay() -> Iterator[_LogRelay | None]:
-    """The relay for one layer task's log lines, when this process logs to a stream of its
-    own; None when its lines go to stderr, where the worker's go too, or when no socket
-    could be made (the worker then writes to its stderr, as it does without one)."""
-    stream = log_stream()
-    if stream is None:
-        yield None
-        return
+def _open_relay(progress: ProgressSink) -> Iterator[_Relay | None]:
+    """The relay for one layer task: its progress events go to ``progress``, its log
+    lines to this process's log stream when it has one of its own. None when no socket
+    could be made: the worker's lines then go to its stderr, as they do without a stream
+    of this process's, and its retries are only logged."""
     try:
-        relay = _LogRelay(stream)
+        relay = _Relay(log_stream(), progress)
     except OSError:
         yield None
         return
@@ -252,31 +264,42 @@ def _log_relay() -> Iterator[_LogRelay | None]:
         relay.close()
 
 
-class _LogRelay:
-    """Where a worker's log lines come back to this process, to go where its own go.
+class _Relay:
+    """Where a worker's progress events and log lines come back to this process.
 
-    On a terminal the CLI writes its log lines above the progress block it redraws; a
-    worker writing to the terminal itself put its line under the block, and the next
-    redraw wiped it out (a "retrying" warning, never seen). A library host's stream, a
-    file say, never got the workers' lines either.
+    Events: a retry in a worker (a connection dropped mid-layer, a 503) sent its
+    ``layer-retrying`` to no one; a display and a ``--json`` reader saw the layer stop,
+    then go on, where threads mode showed "Retrying". Log lines: on a terminal the CLI
+    writes its log lines above the progress block it redraws; a worker writing to the
+    terminal itself put its line under the block, and the next redraw wiped it out. A
+    library host's stream, a file say, never got the workers' lines either.
 
     A Unix datagram socket in a directory of its own (mode 0700: only this user can
-    send to it), one datagram per line: lines from several workers never run into each
-    other, and a worker blocks when the queue (the kernel's, bounded) is full.
+    send to it), one datagram per line or event, its first byte saying which: lines and
+    events from several workers never run into each other, and a worker blocks when the
+    queue (the kernel's, bounded) is full. Lines come only when ``stream`` is given:
+    otherwise the worker writes them to the stderr it shares with this process.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None, progress: ProgressSink) -> None:
         self._stream = stream
+        self._progress = progress
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._directory: str | None = None
         try:
             self._directory = tempfile.mkdtemp(prefix="imagec-pipe-")
-            self.path = os.path.join(self._directory, "log")
+            self.path = os.path.join(self._directory, "relay")
             self._socket.bind(self.path)  # a $TMPDIR too long for a socket's path: OSError
             self._socket.setblocking(False)
         except OSError:
             self.close()
             raise
+
+    @property
+    def takes_log_lines(self) -> bool:
+        """Whether the worker is to send its log lines here (this process has a log
+        stream of its own) rather than write them to its stderr."""
+        return self._stream is not None
 
     def close(self) -> None:
         """Close the socket and remove its directory; one left behind is no error (it
@@ -289,8 +312,8 @@ class _LogRelay:
                 os.rmdir(self._directory)
 
     async def forward(self, done: trio.Event) -> None:
-        """Write each line as it comes, until ``done`` (the worker has returned); then
-        the lines still queued."""
+        """Pass on each datagram as it comes, until ``done`` (the worker has returned);
+        then the ones still queued."""
         async with trio.open_nursery() as nursery:
 
             async def stop_when_done() -> None:
@@ -300,21 +323,53 @@ class _LogRelay:
             nursery.start_soon(stop_when_done)
             while True:
                 await trio.lowlevel.wait_readable(self._socket)
-                self._write_queued()
-        self._write_queued()
+                self._pass_on_queued()
+        self._pass_on_queued()
 
-    def _write_queued(self) -> None:
+    def _pass_on_queued(self) -> None:
         while True:
             try:
-                line = self._socket.recv(_LOG_LINE_BYTES)
+                datagram = self._socket.recv(1 + _LOG_LINE_BYTES)
             except BlockingIOError:
                 return
-            with contextlib.suppress(OSError, ValueError):  # lost, as on a closed stderr
-                self._stream.write(line.decode("utf-8", "replace"))
+            kind, body = datagram[:1], datagram[1:]
+            if kind == _EVENT:
+                event = _event_from(body)
+                if event is not None:
+                    self._progress(event)
+            elif kind == _LOG_LINE and self._stream is not None:
+                with contextlib.suppress(OSError, ValueError):  # lost, as on a closed stderr
+                    self._stream.write(body.decode("utf-8", "replace"))
+
+
+def _event_from(body: bytes) -> ProgressEvent | None:
+    """The event a worker sent (``_relayed_progress``); None for what is not one."""
+    try:
+        return ProgressEvent(**json.loads(body))
+    except (ValueError, TypeError):
+        return None
+
+
+def _relayed_progress(path: str) -> ProgressSink:
+    """A worker's progress sink: the events in ``_RELAYED_EVENTS``, one datagram each, to
+    the parent's ``_Relay`` at ``path``. One that cannot be sent (the parent is gone) is
+    dropped: the worker logs each retry as well."""
+
+    def send(event: ProgressEvent) -> None:
+        if event.event not in _RELAYED_EVENTS:
+            return
+        datagram = _EVENT + json.dumps(dataclasses.asdict(event)).encode()
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        ):
+            sock.sendto(datagram, path)
+
+    return send
 
 
 class _RelayedLines(io.TextIOBase):
-    """A worker's log stream when the parent relays its lines (``_LogRelay``): each write
+    """A worker's log stream when the parent relays its lines (``_Relay``): each write
     (a WriteLogger writes a line in one) is one datagram to the parent's socket. A line
     too long for one, or with the parent gone (killed), goes to the worker's stderr."""
 
@@ -328,7 +383,7 @@ class _RelayedLines(io.TextIOBase):
         if len(data) <= _LOG_LINE_BYTES:
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                    sock.sendto(data, self._path)
+                    sock.sendto(_LOG_LINE + data, self._path)
                 return len(text)
             except OSError:
                 pass

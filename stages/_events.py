@@ -28,7 +28,7 @@ class ProgressEvent:
                              while we waited
       ``layer-downloading``  bytes arrived (``current`` of ``total``)
       ``layer-retrying``     the download failed transiently and resumes from ``current``
-                             after a wait (threads mode; a worker process logs it)
+                             after a wait
       ``layer-verifying``    all bytes in; digest and diffID being checked
       ``layer-complete``     verified and committed
       ``pull-complete``      the image is committed and tagged (``digest`` as in resolved)

@@ -1387,6 +1387,42 @@ def test_e2e_worker_processes_log_json_at_the_cli_level(
     assert retry["digest"] == layer
 
 
+def test_e2e_json_shows_a_worker_processes_retry(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """``--json --layer-workers processes``, a layer whose connection drops halfway: its
+    ``layer-retrying`` line is there, with the bytes kept, as threads mode writes it. A
+    worker process once sent it to no one: the stream showed the layer stop, then go on."""
+    from tests.support import images
+    from tests.support.servers import Reply
+
+    image = images.sample_image(unique_seed, layer_size=1024 * 1024)
+    registry.push(unique_repo, image, "1")
+    cut = image.layers[1]
+    half = cut.data[: len(cut.data) // 2]
+    via = proxy(registry)
+    via.inject(f"*/blobs/{cut.digest}", Reply(200, {"Content-Length": str(cut.size)}, half))
+    ref = f"{via.host}/{unique_repo}:1"
+    argv = ["pull", ref, "--json", "--layer-workers", "processes"]
+
+    done = run_cli(*argv, "--store", str(tmp_path / "store"))
+
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    retried = [x for x in lines if x["event"] == "layer-retrying"]
+    assert retried == [
+        {
+            "event": "layer-retrying",
+            "ref": ref,
+            "digest": cut.digest,
+            "current": len(half),
+            "total": cut.size,
+        }
+    ]
+    mine = [x["event"] for x in lines if x["digest"] == cut.digest]
+    assert mine.index("layer-retrying") < mine.index("layer-verifying")
+
+
 def _pulled_by_the_cli(registry: Any, repo: str, seed: str, store: Path) -> tuple[Any, str]:
     """An image of one gzip layer pushed as ``repo:1.0`` and pulled into ``store``."""
     from tests.support import images
