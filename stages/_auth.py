@@ -30,7 +30,7 @@ import trio
 
 from ._config import Credentials, Limits
 from ._errors import AuthError
-from ._http import describe_error, transient_failure
+from ._http import describe_error, stalled_for, transient_failure
 from ._redact import REDACTED, redact
 from ._retry import parse_retry_after
 
@@ -476,9 +476,12 @@ async def fetch_token(
                 )
             body = await read_bounded(response, limits.max_token_bytes, what="token response")
     except httpx.HTTPError as exc:
+        stalled_s = stalled_for(exc, limits)
+        reason = describe_error(exc) if stalled_s is None else f"no data for {stalled_s:g} s"
         raise AuthError(
-            f"cannot get a token from {realm_host}: {describe_error(exc)}",
+            f"cannot get a token from {realm_host}: {reason}",
             transient=transient_failure(exc),
+            stalled_s=stalled_s,
         ) from exc
     except BodyTooLarge as exc:
         raise AuthError(

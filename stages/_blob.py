@@ -9,7 +9,9 @@ transfer with ``SizeMismatch`` before it is passed on.
 The transfer is a series of *attempts*, each from a byte offset (``_attempt``). When one
 fails in a way another may cure (the body broke off, the connection reset, a 5xx or 429,
 an expired signed URL: ``transient`` on the error), ``stages/_retry.py`` waits and the
-next attempt starts at ``transfer.received`` with ``Range: bytes=N-``. The registry must
+next attempt starts at ``transfer.received`` with ``Range: bytes=N-`` (an attempt that
+received bytes before the server went silent is not a stall "in a row" for
+``Limits.stall_retries``: the transfer moved). The registry must
 answer 206 from byte N, or 200 with the whole blob, of which the first N bytes are
 skipped; the digest, checked downstream over every byte once, proves the pieces belong
 together. The consumers downstream never see the seam: they receive the bytes once, in
@@ -35,6 +37,7 @@ import trio
 from ._config import Limits
 from ._errors import ImagecError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
+from ._http import stalled_for
 from ._redact import redact
 from ._reference import Reference
 from ._retry import retrying
@@ -139,7 +142,7 @@ async def blob_stream(
                     error=error.message,
                 )
 
-        await retrying(attempt, limits, on_retry=report_retry)
+        await retrying(attempt, limits, on_retry=report_retry, position=lambda: transfer.received)
         clock.network_s = time.perf_counter() - transfer.started
 
 
@@ -189,6 +192,7 @@ async def _attempt(
             ref=ref_text,
             digest=digest,
             transient=True,
+            stalled_s=stalled_for(exc, limits),
         ) from exc
     if transfer.received < size:
         raise Truncated(

@@ -100,6 +100,15 @@ class Limits:
     # again this many times, as docker's five download attempts; a layer resumes where it
     # broke off. 0: never. A refused connection or an untrusted certificate is not retried.
     retries: int = 4
+    # Of those, how many in a row may follow a server that accepted the request and then
+    # sent nothing for read_timeout_s, not a byte (each costs the whole read timeout: five
+    # attempts held a pull 5 minutes per request). A fresh connection may cure a stall
+    # once (a dead pooled connection, a hung backend behind a balancer); no peer retries
+    # one more: docker's pull hangs (kubelet's --image-pull-progress-deadline was made for
+    # it), containerd's CRI cancels a pull after 5 minutes without a byte, and
+    # containers/image resumes a body only once 1 MiB arrived since the last resume. An
+    # attempt that received bytes before it stalled starts the count again.
+    stall_retries: int = 1
     # The wait before retry n is retry_wait_s * 2**(n-1), at most retry_max_wait_s, of
     # which a random half (jitter: pulls that failed together do not return together).
     retry_wait_s: float = 0.5
@@ -145,6 +154,7 @@ _LEAST_COUNTS = {
     "min_transfer_bytes_per_s": 0,  # 0 turns the check off
     "max_redirects": 0,
     "retries": 0,
+    "stall_retries": 0,
 }
 _POSITIVE_SECONDS = (
     "connect_timeout_s",

@@ -38,6 +38,7 @@ __all__ = [
     "make_ssl_context",
     "shared_ssl_context",
     "open_client",
+    "stalled_for",
     "tls_failure",
     "transient_failure",
 ]
@@ -389,6 +390,13 @@ def transient_failure(exc: httpx.HTTPError) -> bool:
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
         return True
     return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+
+
+def stalled_for(exc: httpx.HTTPError, limits: Limits) -> float | None:
+    """The seconds the server sent nothing for, when that is what ended the request (a
+    read that waited out ``limits.read_timeout_s``): ``ImagecError.stalled_s``. None for
+    any other failure."""
+    return limits.read_timeout_s if isinstance(exc, httpx.ReadTimeout) else None
 
 
 def describe_error(exc: BaseException) -> str:

@@ -67,7 +67,7 @@ from ._errors import (
     RegistryUnavailable,
     TooManyRequests,
 )
-from ._http import describe_error, open_client, tls_failure, transient_failure
+from ._http import describe_error, open_client, stalled_for, tls_failure, transient_failure
 from ._redact import redact
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
@@ -631,7 +631,13 @@ class RegistryClient:
             )
         reason = describe_error(exc)
         transient = transient_failure(exc)
-        if isinstance(exc, httpx.TimeoutException):
+        stalled_s = stalled_for(exc, self._limits)
+        if stalled_s is not None:
+            message = (
+                f"no data from {authority} for {stalled_s:g} s while fetching {what}; the"
+                " registry or the network is stalling: try again later"
+            )
+        elif isinstance(exc, httpx.TimeoutException):
             message = (
                 f"{authority} {reason} while fetching {what}; the registry may be overloaded"
                 " or unreachable: try again"
@@ -643,7 +649,9 @@ class RegistryClient:
             )
         else:
             message = f"the connection to {authority} failed while fetching {what} ({reason})"
-        return RegistryUnavailable(message, ref=str(ref), digest=digest, transient=transient)
+        return RegistryUnavailable(
+            message, ref=str(ref), digest=digest, transient=transient, stalled_s=stalled_s
+        )
 
     async def _status_error(
         self,

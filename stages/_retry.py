@@ -7,6 +7,10 @@ still ends within a bounded time. The sites that meet a failure only say what it
 alone decides what follows:
 
 - an error not marked transient is raised at once;
+- a stall (the server sent nothing for the read timeout: ``stalled_s`` on the error) is
+  tried again at most ``limits.stall_retries`` times in a row while the request receives
+  nothing, then raised, saying how many times it happened: each costs the whole read
+  timeout, and five of them held a pull five minutes on a server that had hung;
 - after ``limits.retries`` retries, the last error is raised, saying how many attempts
   were made;
 - a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
@@ -65,14 +69,22 @@ def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -
     return max(0.0, (when - now).total_seconds())
 
 
-def retry_wait(error: ImagecError, retry: int, limits: Limits) -> float:
-    """Seconds to wait before retry number ``retry`` (from 1) after ``error``.
+def retry_wait(error: ImagecError, retry: int, limits: Limits, *, stalls: int = 0) -> float:
+    """Seconds to wait before retry number ``retry`` (from 1) after ``error``, the last of
+    ``stalls`` stalls in a row that received nothing (0: ``error`` is no such stall).
 
-    Raises ``error`` when there is to be no retry: it is not transient, the retries are
-    used up (its message then says how many attempts were made), or its Retry-After is
-    over ``limits.retry_after_max_s`` (its message then says so).
+    Raises ``error`` when there is to be no retry: it is not transient, ``stalls`` is
+    over ``limits.stall_retries`` (its message then says how many), the retries are used
+    up (its message then says how many attempts were made), or its Retry-After is over
+    ``limits.retry_after_max_s`` (its message then says so).
     """
     if not error.transient:
+        raise error
+    if stalls > limits.stall_retries and limits.retries:
+        _extend(
+            error,
+            f"{stalls} times in a row, so not tried again" if stalls > 1 else "not tried again",
+        )
         raise error
     if retry > limits.retries:
         if limits.retries:
@@ -100,19 +112,27 @@ async def retrying(
     limits: Limits,
     *,
     on_retry: Callable[[ImagecError, int, float], None] | None = None,
+    position: Callable[[], int] | None = None,
 ) -> T:
     """``await attempt()`` until it returns, retrying as ``retry_wait`` allows.
 
     ``on_retry(error, retry, wait_s)`` is called before each wait (progress events);
     every retry is also logged as a warning, so a pull that succeeded slowly says why.
+    ``position()`` says how far the work has got (a blob's bytes received): an attempt
+    that moved it and then stalled did receive something, so it starts the count of
+    stalls in a row again. Without it, every stall counts.
     """
     retry = 0
+    stalls = 0  # attempts in a row that ended in a stall having received nothing
     while True:
+        before = position() if position is not None else 0
         try:
             return await attempt()
         except ImagecError as error:
             retry += 1
-            wait = retry_wait(error, retry, limits)
+            moved = position is not None and position() != before
+            stalls = stalls + 1 if error.stalled_s is not None and not moved else 0
+            wait = retry_wait(error, retry, limits, stalls=stalls)
             log.warning(
                 "retrying",
                 ref=error.ref,

@@ -394,6 +394,45 @@ async def test_a_body_that_keeps_breaking_gives_up_after_the_retries() -> None:
     assert b"".join(chunks) == BLOB[:3000]
 
 
+def stalling_from(offsets: list[int]) -> Callable[[httpx.Request], httpx.Response]:
+    """Attempt n sends the blob from its Range up to ``offsets[n]``, then the server goes
+    silent (a read timeout); past the list, the rest of the blob."""
+    attempts = iter(offsets)
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        start = int(request.headers.get("Range", "bytes=0-")[6:-1])
+        stop = next(attempts, len(BLOB))
+        body = Body([BLOB[start:stop]], fail=httpx.ReadTimeout("") if stop < len(BLOB) else None)
+        headers = {"Content-Range": f"bytes {start}-{len(BLOB) - 1}/{len(BLOB)}"} if start else {}
+        return httpx.Response(206 if start else 200, stream=body, headers=headers)
+
+    return respond
+
+
+async def test_a_body_that_sends_nothing_twice_in_a_row_is_given_up_on() -> None:
+    """Each stall costs the read timeout (60 s by default): a server that stopped sending
+    for good held the layer five of them. A stall that received nothing is tried once
+    more, then not."""
+    limits = Limits(chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001)
+    async with source_for(stalling_from([4096, 4096, 4096])) as source:
+        chunks, _, _, error = await run_stage(source, limits=limits)
+    assert isinstance(error, RegistryUnavailable) and error.stalled_s == limits.read_timeout_s
+    assert "2 times in a row, so not tried again" in str(error)
+    # The first attempt moved the transfer before it stalled: not one of the two.
+    assert [offset for _, _, offset in source.calls] == [0, 4096, 4096]
+    assert b"".join(chunks) == BLOB[:4096]
+
+
+async def test_stalls_after_bytes_arrived_are_retried_as_long_as_the_transfer_moves() -> None:
+    limits = Limits(chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001)
+    async with source_for(stalling_from([1000, 2000, 2000, 3000])) as source:
+        chunks, events, _, error = await run_stage(source, limits=limits)
+    assert error is None
+    assert b"".join(chunks) == BLOB
+    assert [offset for _, _, offset in source.calls] == [0, 1000, 2000, 2000, 3000]
+    assert len([e for e in events if e.event == "layer-retrying"]) == 4
+
+
 async def test_more_bytes_than_the_size_is_not_retried() -> None:
     async with source_for(body_of(BLOB + b"x")) as source:
         _, _, _, error = await run_stage(source, limits=RETRYING)

@@ -540,6 +540,39 @@ async def test_a_registry_that_drips_is_given_up_on(
     assert layer.digest not in blob_names(tmp_path / "s")
 
 
+@pytest.mark.parametrize("stalled", ["manifest", "layer"])
+async def test_a_registry_that_stalls_is_asked_twice_not_five_times(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path, stalled: str
+) -> None:
+    """RELIABILITY.md, "a total stall": the registry accepts the request and sends
+    nothing. Each attempt waited out the read timeout and was retried like a 503, all
+    five of them: 5 x 60 s by default before the pull failed, for each request. A request
+    that got no byte is tried once more (a fresh connection may cure it), then the pull
+    fails, saying so. Here the read timeout is 1 s."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0]
+    path = f"/v2/{unique_repo}/manifests/1" if stalled == "manifest" else None
+    via.inject(path or f"*/blobs/{layer.digest}", Reply(stall=True), method="GET", times=None)
+    limits = pipeline.Limits(read_timeout_s=1.0, retry_wait_s=0.01)
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    gets = via.count("GET", path) if path else via.blob_gets(layer.digest)
+    assert gets == 2
+    assert f"no data from {via.host} for 1 s" in message, message
+    assert "2 times in a row" in message, message
+    if path is None:
+        assert layer.digest in message and layer.digest not in blob_names(tmp_path / "s")
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""

@@ -92,3 +92,23 @@ async def test_retrying_calls_again_and_reports_each_retry() -> None:
         )
     assert result == "done" and len(calls) == 3
     assert [retry for retry, _ in reported] == [1, 2]
+
+
+def test_a_stall_is_retried_up_to_the_stall_retries_in_a_row_then_raised_saying_so() -> None:
+    """Each stall costs the whole read timeout: ``retries`` of them held a pull minutes on
+    a server that had hung. A stall that received nothing is retried ``stall_retries``
+    times in a row."""
+    limits = Limits(retries=4, stall_retries=1)
+    error = RegistryUnavailable("no data from reg for 60 s", transient=True, stalled_s=60.0)
+    assert retry_wait(error, 1, limits, stalls=1) <= limits.retry_wait_s
+    assert retry_wait(error, 3, limits, stalls=1) <= 4 * limits.retry_wait_s
+    with pytest.raises(RegistryUnavailable) as info:
+        retry_wait(error, 2, limits, stalls=2)
+    assert str(info.value) == "no data from reg for 60 s; 2 times in a row, so not tried again"
+    with pytest.raises(RegistryUnavailable, match=r"60 s; not tried again$"):
+        retry_wait(
+            RegistryUnavailable("no data from reg for 60 s", transient=True, stalled_s=60.0),
+            1,
+            Limits(stall_retries=0),
+            stalls=1,
+        )

@@ -10,7 +10,7 @@ request heads on the client→server side (GET/HEAD have no body; Content-Length
 bodies are forwarded as they are) to count requests per method and path, and it can
 throttle the server→client direction to ``rate`` bytes/s and add ``latency`` seconds before
 each request is forwarded. Responses are relayed untouched. ``inject()`` answers matching
-requests itself instead of forwarding them (a 401, a 503…).
+requests itself instead of forwarding them (a 401, a 503…), or never answers them.
 
 Threads run the servers; everything binds to 127.0.0.1 and stops when the context exits.
 """
@@ -68,7 +68,9 @@ class Reply:
     ``headers`` may set Content-Length to a value that does not match ``body`` (a short
     body: the connection is closed after it). ``delay`` waits before answering; ``drip``
     sends the body in ``drip`` byte pieces with ``drip_interval`` seconds between them.
-    ``close`` drops the connection without any answer.
+    ``close`` drops the connection without any answer. ``stall`` (the proxy only) keeps
+    the connection open and sends nothing, until the client gives up or the proxy stops:
+    a server that accepted the request and hangs.
     """
 
     status: int = 200
@@ -78,6 +80,7 @@ class Reply:
     drip: int = 0
     drip_interval: float = 0.0
     close: bool = False
+    stall: bool = False
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
@@ -367,7 +370,8 @@ class _Reader:
         self.sock = sock
         self.buf = b""
 
-    def _fill(self) -> bool:
+    def fill(self) -> bool:
+        """Read what the socket has into the buffer; False when the peer closed it."""
         data = self.sock.recv(65536)
         if not data:
             return False
@@ -382,7 +386,7 @@ class _Reader:
                 raise _ProtocolError("not an HTTP request")
             if len(self.buf) > limit:
                 raise _ProtocolError("head too large")
-            if not self._fill():
+            if not self.fill():
                 if self.buf:
                     raise _ProtocolError("connection closed mid-head")
                 return None
@@ -392,7 +396,7 @@ class _Reader:
 
     def exactly(self, n: int) -> Iterator[bytes]:
         while n > 0:
-            if not self.buf and not self._fill():
+            if not self.buf and not self.fill():
                 raise _ProtocolError("connection closed mid-body")
             piece, self.buf = self.buf[:n], self.buf[n:]
             n -= len(piece)
@@ -561,6 +565,10 @@ class Proxy:
             if injected is not None:
                 for _ in body:  # consume and drop the request body
                     pass
+                if injected.stall:
+                    while reader.fill():  # silent until the client hangs up
+                        pass
+                    return
                 self._answer(client, injected, write_lock, head_only=method == "HEAD")
                 if injected.close or injected.mismatched_length:
                     return  # the caller closes the client connection
