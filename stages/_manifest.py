@@ -469,10 +469,13 @@ def _descriptor(
                 f"{what} has annotations that are not strings", ref=where, digest=str(digest)
             )
         annotations = tuple(sorted(raw_annotations.items()))
+    # An ill-typed urls is refused by _schema's check, with the field's path, right after.
+    raw_urls = raw.get("urls")
+    urls = tuple(raw_urls) if isinstance(raw_urls, list) else ()
     platform: Platform | None = None
     if with_platform and raw.get("platform") is not None:
         platform = _platform(raw["platform"], what, where, digest)
-    return Descriptor(media_type, blob_digest, size, platform, annotations)
+    return Descriptor(media_type, blob_digest, size, platform, annotations, urls)
 
 
 def _platform(raw: Any, what: str, where: str, digest: Digest) -> Platform:

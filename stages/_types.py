@@ -364,6 +364,9 @@ class Descriptor:
     """An OCI content descriptor: what a manifest says about one blob.
 
     ``size`` is validated non-negative by whoever builds it from untrusted JSON.
+    ``urls`` are the descriptor's other places to download the blob from (descriptor.md:
+    "a list of URIs from which this object MAY be downloaded"), as the manifest wrote
+    them: unchecked text until ``RegistryClient.stream_url`` decides whether to use one.
     """
 
     media_type: str
@@ -371,6 +374,7 @@ class Descriptor:
     size: int
     platform: Platform | None = None
     annotations: tuple[tuple[str, str], ...] = field(default=())
+    urls: tuple[str, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -378,6 +382,8 @@ class Descriptor:
             "digest": str(self.digest),
             "size": self.size,
         }
+        if self.urls:
+            out["urls"] = list(self.urls)
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform is not None:

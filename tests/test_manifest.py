@@ -942,3 +942,15 @@ async def test_config_digest_and_size_verified() -> None:
     reg.add_manifest(dumps(doc), MediaType.OCI_MANIFEST, "latest")
     with pytest.raises(ManifestError, match=r"larger than the .* bytes its descriptor says"):
         await resolve(reg)
+
+
+async def test_a_foreign_layers_urls_reach_its_descriptor() -> None:
+    # The layer stage fetches a foreign layer from them; they were dropped here.
+    reg = Registry()
+    urls = ["https://cdn.example/a", "https://cdn.example/b?sig=1"]
+    foreign = {**layer(0, MediaType.DOCKER_FOREIGN_LAYER_GZIP), "urls": urls}
+    doc = manifest(reg, layers=[foreign, layer(1)], media_type=MediaType.DOCKER_MANIFEST)
+    reg.add_manifest(dumps(doc), MediaType.DOCKER_MANIFEST, "latest")
+    resolved = await resolve(reg)
+    assert [d.urls for d in resolved.layers] == [tuple(urls), ()]
+    assert resolved.layers[0].to_json()["urls"] == urls
