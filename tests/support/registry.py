@@ -198,6 +198,9 @@ def _config(
             f"    issuer: {token_server.issuer}",
             f"    rootcertbundle: {token_server.cert_path}",
         ]
+    # Manifests may name http(s) URLs for their foreign (non-distributable) layers, as
+    # Windows images do; distribution refuses every such URL without an allow list.
+    lines += ["validation:", "  manifests:", "    urls:", "      allow:", "        - ^https?://"]
     return "\n".join(lines) + "\n"
 
 
