@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REDACTED", "redact"]
+__all__ = ["REDACTED", "redact", "shown_url"]
 
 REDACTED = "[redacted]"
+# A URL a manifest names (a foreign layer's) is shown cut to this many characters.
+SHOWN_URL_CHARS = 200
 
 # A URL: a scheme (the lookbehind starts it at the beginning of a run of scheme
 # characters, which keeps the search linear), "://", then anything up to white space, a
@@ -99,3 +101,14 @@ def _redact_url(match: re.Match[str]) -> str:
         authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
     tail = f"?{REDACTED}" if secret_part not in ("", "?", "#") else ""
     return f"{scheme}://{authority}{slash}{path}{tail}{punctuation}"
+
+
+def shown_url(url: str) -> str:
+    """A URL a manifest names (a foreign layer's) as errors and logs show it: redacted
+    (no query, no user info), what is not printable replaced (a line break would forge
+    a log line), and at most ``SHOWN_URL_CHARS`` characters (a manifest may hold one of
+    megabytes). Cut after redacting, so no part of a secret survives the cut."""
+    shown = "".join(c if c.isprintable() else "?" for c in redact(url))
+    if len(shown) > SHOWN_URL_CHARS:
+        shown = shown[: SHOWN_URL_CHARS - 3] + "..."
+    return shown

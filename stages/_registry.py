@@ -68,7 +68,7 @@ from ._errors import (
     TooManyRequests,
 )
 from ._http import describe_error, open_client, stalled_for, tls_failure, transient_failure
-from ._redact import redact
+from ._redact import redact, shown_url
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
 from ._types import Digest
@@ -260,6 +260,100 @@ class RegistryClient:
                 raise self._transport_error(exc, ref, response.url, what, str(digest)) from exc
         finally:
             await _close(response)
+
+    def stream_url(
+        self, ref: Reference, url: str, digest: Digest, *, offset: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        """Anonymous streaming GET of a blob from ``url``, one of the URLs a layer's
+        descriptor names (a foreign layer's), with what ``stream_blob`` promises of the
+        response and its errors.
+
+        The URL is the manifest's word, not the user's, so: no Authorization header,
+        neither the registry's credentials nor a token (the hole containerd had,
+        CVE-2020-15157), no cookie, and a URL with user info is refused; http or https only, plain
+        http only where a registry could use it (a loopback host, or one listed with
+        --insecure-registry), https verified unless so listed; a link-local or private
+        host only when the registry is on one too (as for a token realm:
+        ``_refuse_internal_realm``). Redirects follow ``_follow``'s rules. Errors name
+        the URL as ``redact`` shows it, without its query (a signed URL's secrets).
+        """
+        return self._stream_url(ref, url, digest, offset)
+
+    @contextlib.asynccontextmanager
+    async def _stream_url(
+        self, ref: Reference, url: str, digest: Digest, offset: int
+    ) -> AsyncIterator[httpx.Response]:
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        shown = shown_url(url)
+        target = self._foreign_target(ref, url, shown, digest)
+        what = f"blob {digest} from {shown}"
+        headers = {"Accept-Encoding": "identity"}
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+        insecure = matches_insecure(_authority(target), self._options.insecure_registries)
+        origin = _Endpoint(_authority(target), target, verify=not insecure)
+        with self._deadline(ref, what, str(digest)):
+            await self._refuse_internal_url(ref, target, shown, digest)
+            response = await self._follow(
+                ref, origin, target, headers, None, what, str(digest), cookies=False
+            )
+        try:
+            if response.status_code >= 300:
+                raise await _url_status_error(response, ref, target, shown, digest)
+            _check_blob_status(response, ref, digest, offset)
+            try:
+                yield response
+            except httpx.RemoteProtocolError:
+                raise  # a short body: the blob stage's Truncated says how much came
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, ref, response.url, what, str(digest)) from exc
+        finally:
+            await _close(response)
+
+    def _foreign_target(self, ref: Reference, url: str, shown: str, digest: Digest) -> httpx.URL:
+        """``url`` as a URL we may fetch from, or a ``RegistryError`` saying why not."""
+
+        def refused(reason: str) -> RegistryError:
+            return RegistryError(
+                f"the URL {shown} for layer {digest} {reason}", ref=str(ref), digest=str(digest)
+            )
+
+        try:
+            target = httpx.URL(url)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise refused("is not a valid URL") from exc
+        if target.scheme not in ("http", "https") or not target.host:
+            raise refused("is not an http or https URL; skipped")
+        if target.userinfo:
+            raise refused("carries user info; no credentials go to a layer's URLs")
+        authority = _authority(target)
+        if target.scheme == "http" and not (
+            is_loopback_host(target.host)
+            or matches_insecure(authority, self._options.insecure_registries)
+        ):
+            raise refused(
+                "is plain http, which is used only for loopback hosts and hosts listed with"
+                f" --insecure-registry ({authority})"
+            )
+        return target
+
+    async def _refuse_internal_url(
+        self, ref: Reference, target: httpx.URL, shown: str, digest: Digest
+    ) -> None:
+        """A manifest from a registry that is not on a link-local or private address may
+        not send us to a host that is (a cloud metadata service, an internal server): the
+        rule of ``_refuse_internal_realm``, for the URLs of a foreign layer."""
+        host = await host_addresses(target.host, self._resolve)
+        registry = await host_addresses(host_of(ref.api_host), self._resolve)
+        for kind, check in (("link-local", is_link_local_host), ("private", is_internal_host)):
+            if any(map(check, host)) and not any(map(check, registry)):
+                raise RegistryError(
+                    f"the URL {shown} for layer {digest} is on a {kind} address and the"
+                    f" registry {ref.api_host} is not; refused",
+                    ref=str(ref),
+                    digest=str(digest),
+                )
 
     # -- endpoint discovery ---------------------------------------------------------------
 
@@ -540,13 +634,17 @@ class RegistryClient:
         authorization: str | None,
         what: str,
         digest: str | None,
+        *,
+        cookies: bool = True,
     ) -> httpx.Response:
         """GET ``url``, following redirects by hand.
 
         Authorization goes only to the registry's own origin; https→http, loops and more
         than ``limits.max_redirects`` hops are refused. Signed redirect URLs are never
         logged or put in errors (only their host); a storage server that quotes its own
-        back is redacted by ``error_detail``.
+        back is redacted by ``error_detail``. ``cookies`` False sends none of the
+        client's cookie jar (a registry's session cookie is a credential too, and cookies
+        match a host on any port).
         """
         visited: set[str] = set()
         hops = 0
@@ -561,6 +659,8 @@ class RegistryClient:
             else:
                 client = self._client_for(current)
             request = client.build_request("GET", current, headers=request_headers)
+            if not cookies:
+                request.headers.pop("Cookie", None)
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
@@ -732,6 +832,40 @@ class RegistryClient:
         return RegistryError(
             f"{server} answered HTTP {status} for {what}{suffix}", ref=ref_text, digest=digest
         )
+
+
+async def _url_status_error(
+    response: httpx.Response, ref: Reference, target: httpx.URL, shown: str, digest: Digest
+) -> RegistryError:
+    """The error for a status other than 2xx from a foreign layer's URL (or where it
+    redirected): the registry's hints (check the repository, pass credentials) do not
+    apply to a server that the manifest named and that gets no credentials."""
+    status = response.status_code
+    detail = await error_detail(response)
+    server = shown
+    if not _same_origin(response.url, target):
+        server = f"{_authority(response.url)}, where {shown} redirected,"
+    message = f"{server} answered HTTP {status} for layer {digest}" + (
+        f" ({detail})" if detail else ""
+    )
+    retry_after = response.headers.get("Retry-After")
+    kind: type[RegistryError] = RegistryError
+    transient = status == 408 or status in _TRANSIENT_5XX
+    if status in (404, 410):
+        kind = NotFound
+    elif status in (401, 403):
+        message += " (imagec-pipe sends no credentials to the URLs a layer names)"
+    elif status == 429:
+        kind, transient = TooManyRequests, True
+    elif status >= 500:
+        kind = RegistryUnavailable
+    return kind(
+        message,
+        ref=str(ref),
+        digest=str(digest),
+        transient=transient,
+        retry_after_s=parse_retry_after(retry_after) if status in (429, 503) else None,
+    )
 
 
 def _check_blob_status(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages._redact import redact
+from stages._redact import SHOWN_URL_CHARS, redact, shown_url
 
 SIGNED = (
     "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data"
@@ -116,3 +116,13 @@ def test_what_we_print_ourselves_is_kept(text: str) -> None:
 def test_header_and_scheme_words_outside_a_path_still_redact(text: str, kept: str) -> None:
     assert redact(text) == kept
     assert redact(kept) == kept
+
+
+def test_a_url_a_manifest_names_is_shown_redacted_printable_and_short() -> None:
+    assert shown_url("https://cdn.example/l?sig=abc") == "https://cdn.example/l?[redacted]"
+    assert shown_url("https://u:pw@cdn.example/l") == "https://[redacted]@cdn.example/l"
+    assert shown_url("https://cdn.example/a\nforged log line") == (
+        "https://cdn.example/a?forged log line"
+    )
+    long = shown_url("https://cdn.example/" + "a" * 10_000 + "?token=" + "s" * 50)
+    assert len(long) == SHOWN_URL_CHARS and long.endswith("...") and "sss" not in long

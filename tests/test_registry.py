@@ -1183,3 +1183,134 @@ async def test_an_expired_signed_url_asks_the_registry_again() -> None:
         "expired",
         "fresh",
     ]
+
+
+# --- a foreign layer's URLs ------------------------------------------------------------
+
+
+async def _read_url(client: RegistryClient, url: str, offset: int = 0) -> bytes:
+    async with client.stream_url(REF, url, BLOB_DIGEST, offset=offset) as response:
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+
+
+async def test_a_layers_url_gets_no_credentials_nor_token() -> None:
+    # CVE-2020-15157: containerd sent the registry's credentials to the URLs a manifest
+    # named, so whoever wrote the manifest could collect them.
+    for challenge in ('Basic realm="reg"', BEARER):
+        fake = FakeRegistry(challenge=challenge)
+        fake.routes["https://cdn.example/layers/"] = fake._blob
+        with trio.fail_after(5):
+            async with _client(fake, credentials=CREDS) as client:
+                assert await _read_blob(client) == BLOB  # the registry got them
+                assert await _read_url(client, "https://cdn.example/layers/x?sig=1") == BLOB
+                assert await _read_url(client, "https://cdn.example/layers/x", 100) == BLOB[100:]
+        [first, resumed] = [r for r in fake.requests if r.url.host == "cdn.example"]
+        assert first.url.params["sig"] == "1"
+        assert resumed.headers["Range"] == "bytes=100-"
+        for request in (first, resumed):
+            assert "Authorization" not in request.headers and "Cookie" not in request.headers
+            assert request.headers["Accept-Encoding"] == "identity"
+        registry_blob = next(r for r in fake.requests if "/blobs/" in r.url.path)
+        assert "Authorization" in registry_blob.headers
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://cdn.example/layer", "is plain http, which is used only for loopback hosts"),
+        ("ftp://cdn.example/layer", "is not an http or https URL"),
+        ("cdn.example/layer", "is not an http or https URL"),
+        ("https://", "is not"),
+        ("https://bob:pw-in-url@cdn.example/layer", "carries user info"),
+        ("https://10.0.0.1/layer", "is on a private address and the registry reg.example"),
+        ("https://169.254.169.254/latest", "is on a link-local address"),
+        ("https://metadata.example/latest", "is on a link-local address"),
+    ],
+)
+async def test_a_layers_url_is_refused_before_any_request(url: str, why: str) -> None:
+    fake = FakeRegistry()
+    names = {"reg.example": ["93.184.216.34"], "metadata.example": ["169.254.169.254"]}
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_url(client, url)
+    assert why in info.value.message
+    assert not info.value.transient
+    assert info.value.digest == str(BLOB_DIGEST) and info.value.ref == str(REF)
+    assert "pw-in-url" not in str(info.value)
+    assert fake.requests == []
+
+
+async def test_plain_http_to_a_layers_url_only_where_a_registry_could_use_it() -> None:
+    fake = FakeRegistry()
+    fake.routes["http://cdn.example/"] = fake._blob
+    fake.routes["http://127.0.0.1:8080/"] = fake._blob
+    with trio.fail_after(5):
+        async with _client(fake, insecure_registries=("cdn.example",)) as client:
+            assert await _read_url(client, "http://cdn.example/layer") == BLOB
+        loopback = parse_reference("127.0.0.1:5000/team/app")
+        async with _client(fake) as client:
+            url = "http://127.0.0.1:8080/layer"
+            async with client.stream_url(loopback, url, BLOB_DIGEST) as response:
+                assert b"".join([c async for c in response.aiter_raw()]) == BLOB
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "text", "transient"),
+    [
+        (httpx.Response(404), NotFound, "answered HTTP 404", False),
+        (httpx.Response(403), RegistryError, "sends no credentials to the URLs", False),
+        (httpx.Response(503), RegistryUnavailable, "answered HTTP 503", True),
+        (httpx.Response(429), TooManyRequests, "answered HTTP 429", True),
+    ],
+)
+async def test_a_layers_url_status_names_the_url_without_its_query(
+    response: httpx.Response, error: type[RegistryError], text: str, transient: bool
+) -> None:
+    fake = FakeRegistry()
+    fake.routes["https://cdn.example/"] = lambda request: response
+    with trio.fail_after(5):
+        async with _client(fake, limits=Limits(retries=0)) as client:
+            with pytest.raises(error) as info:
+                await _read_url(client, "https://cdn.example/layer?X-Amz-Signature=s3cr3t")
+    assert type(info.value) is error
+    assert info.value.message.startswith("https://cdn.example/layer?[redacted] answered HTTP")
+    assert text in info.value.message
+    assert "s3cr3t" not in str(info.value)
+    assert info.value.transient is transient
+
+
+async def test_a_layers_url_that_redirects_is_named_with_where_it_went() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://cdn.example/"] = _redirect("https://store.example/o?sig=abc")
+    fake.routes["https://store.example/"] = lambda request: httpx.Response(404)
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(NotFound) as info:
+                await _read_url(client, "https://cdn.example/layer")
+    assert "store.example, where https://cdn.example/layer redirected," in info.value.message
+    assert "abc" not in str(info.value)
+    assert all("Authorization" not in r.headers for r in fake.requests)
+
+
+async def test_a_layers_url_gets_none_of_the_registrys_cookies() -> None:
+    # Cookies match a host on any port: a registry's session cookie went along to a
+    # layer URL on the same host.
+    fake = FakeRegistry()
+
+    def blob_with_cookie(request: httpx.Request) -> httpx.Response:
+        response = fake._blob(request)
+        response.headers["Set-Cookie"] = "session=registry-session; Path=/"
+        return response
+
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = blob_with_cookie
+    fake.routes["https://reg.example:8443/"] = fake._blob
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            assert await _read_blob(client) == BLOB
+            assert await _read_blob(client) == BLOB
+            assert await _read_url(client, "https://reg.example:8443/layer") == BLOB
+    second_registry_blob = [r for r in fake.requests if "/blobs/" in r.url.path][1]
+    assert "registry-session" in second_registry_blob.headers.get("Cookie", "")
+    [url_request] = [r for r in fake.requests if r.url.port == 8443]
+    assert "Cookie" not in url_request.headers
