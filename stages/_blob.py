@@ -17,6 +17,14 @@ skipped; the digest, checked downstream over every byte once, proves the pieces 
 together. The consumers downstream never see the seam: they receive the bytes once, in
 order. Each retry sends a ``layer-retrying`` event (``current``: the bytes kept).
 
+A layer whose descriptor names ``urls`` (a foreign, non-distributable layer: Windows
+base layers) has more sources than the registry: when the registry's transfer fails
+(after its retries) in a way another server may not share (not found, refused,
+unreachable), the next source continues it, the descriptor's URLs in order
+(``_places`` says why the registry goes first), each with the same retries and resume,
+and without credentials (``RegistryClient.stream_url``). The bytes are checked the
+same way whichever source sent them.
+
 A body that arrives but too slowly (a byte now and then, each just inside the read
 timeout) is ended by ``_check_rate``: fewer than ``Limits.min_transfer_bytes_per_s`` on
 average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailable``.
@@ -25,6 +33,7 @@ average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailab
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +44,10 @@ import structlog
 import trio
 
 from ._config import Limits
-from ._errors import ImagecError, RegistryUnavailable, SizeMismatch, Truncated
+from ._errors import ImagecError, RegistryError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
 from ._http import stalled_for
-from ._redact import redact
+from ._redact import redact, shown_url
 from ._reference import Reference
 from ._retry import retrying
 from ._types import Descriptor, Digest
@@ -51,12 +60,17 @@ log = structlog.get_logger()
 class BlobSource(Protocol):
     """Where blobs come from; ``RegistryClient`` satisfies it (tests use fakes).
 
-    ``stream_blob`` yields a response whose status is already checked (200, or 206
-    starting at ``offset``) and closes it on exit.
+    ``stream_blob`` (from the registry) and ``stream_url`` (from one of the URLs a layer's
+    descriptor names, sending no credentials) yield a response whose status is already
+    checked (200, or 206 starting at ``offset``) and close it on exit.
     """
 
     def stream_blob(
         self, ref: Reference, digest: Digest, *, offset: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]: ...
+
+    def stream_url(
+        self, ref: Reference, url: str, digest: Digest, *, offset: int = 0
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]: ...
 
 
@@ -110,6 +124,10 @@ async def blob_stream(
     early), ``RegistryUnavailable`` (the connection failed mid-body, or the body came
     slower than ``limits.min_transfer_bytes_per_s``), or what
     ``stream_blob`` raises for the request itself; each names ``ref`` and the digest.
+
+    A layer whose descriptor names URLs is fetched from the registry, then from each URL
+    in turn (``_places``), each source with its retries, the next one resuming where the
+    last stopped; when none serves it, one error names every source and what it said.
     """
     clock = clock if clock is not None else NetworkClock()
     async with send:
@@ -123,7 +141,7 @@ async def blob_stream(
                     )
                 )
 
-        async def attempt() -> None:
+        async def attempt(place: str | None) -> None:
             """``_attempt``, except that a transient failure after the last byte ends
             the transfer. A connection can break after the whole body arrived (a chunked
             body cut before its final empty chunk, a read that times out waiting for it).
@@ -131,7 +149,7 @@ async def blob_stream(
             refuses with 416, failing a pull that holds every byte; the digest, checked
             downstream over all of them, decides instead."""
             try:
-                await _attempt(source, ref, layer, limits, send, progress, transfer, clock)
+                await _attempt(source, place, ref, layer, limits, send, progress, transfer, clock)
             except ImagecError as error:
                 if not (error.transient and layer.size and transfer.received == layer.size):
                     raise
@@ -142,12 +160,95 @@ async def blob_stream(
                     error=error.message,
                 )
 
-        await retrying(attempt, limits, on_retry=report_retry, position=lambda: transfer.received)
-        clock.network_s = time.perf_counter() - transfer.started
+        failures: list[tuple[str | None, ImagecError]] = []
+        places = _places(layer, limits)
+        for place in places:
+            shown = "the registry" if place is None else shown_url(place)
+            try:
+                await retrying(
+                    functools.partial(attempt, place),
+                    limits,
+                    on_retry=report_retry,
+                    position=lambda: transfer.received,
+                )
+            except ImagecError as error:
+                if len(places) == 1 or not _another_place_may_cure(error):
+                    raise
+                failures.append((place, error))
+                report_retry(error, 0, 0.0)
+                log.warning(
+                    "layer source failed, trying the next",
+                    ref=str(ref),
+                    digest=str(layer.digest),
+                    source=shown,
+                    error=error.message,
+                    received=transfer.received,
+                )
+                continue
+            if place is not None:
+                log.info(
+                    "layer fetched from a URL", ref=str(ref), digest=str(layer.digest), url=shown
+                )
+            clock.network_s = time.perf_counter() - transfer.started
+            return
+        raise _every_place_failed(ref, layer, failures, limits)
+
+
+def _places(layer: Descriptor, limits: Limits) -> list[str | None]:
+    """Where to fetch ``layer`` from, in order: the registry (None), then the first
+    ``limits.max_layer_urls`` of the URLs its descriptor names, as written there
+    (``RegistryClient.stream_url`` decides whether it may use one).
+
+    The registry first, as moby does (containerd tries the URLs first; containers/image
+    only the URLs): it is the source the user chose and configured (TLS, credentials,
+    --insecure-registry), most registries hold the layers once called foreign (Windows
+    base layers have been distributable since 2023, and registries that mirror them hold
+    them), and an air-gapped mirror then needs no connection attempt to a host that only
+    the manifest names. A registry that lacks the blob costs one 404.
+    """
+    return [None, *layer.urls[: limits.max_layer_urls]]
+
+
+def _another_place_may_cure(error: ImagecError) -> bool:
+    """Whether to go on to the next source after ``error`` (its retries used up): the
+    source failed to serve (not found, refused, unreachable, broke off), not sent bytes
+    that contradict the descriptor (too many: those already went downstream, and only
+    the digest check over a fresh download could tell the sources apart)."""
+    return isinstance(error, RegistryError) or error.transient
+
+
+def _every_place_failed(
+    ref: Reference,
+    layer: Descriptor,
+    failures: list[tuple[str | None, ImagecError]],
+    limits: Limits,
+) -> ImagecError:
+    """One error for a layer none of whose sources served it: each source and what it
+    said, of the type they share (``NotFound`` when every one lacked it)."""
+    kinds = {type(error) for _, error in failures}
+    kind = kinds.pop() if len(kinds) == 1 else RegistryError
+    said = "; ".join(
+        f"{'the registry' if place is None else shown_url(place)}: {error.message}"
+        for place, error in failures
+    )
+    skipped = len(layer.urls) - limits.max_layer_urls
+    note = (
+        f" (its descriptor names {len(layer.urls)} URLs; the first {limits.max_layer_urls}"
+        " were tried: Limits.max_layer_urls)"
+        if skipped > 0
+        else ""
+    )
+    return kind(
+        f"layer {layer.digest} could not be fetched from the registry or any of the URLs"
+        f" its descriptor names{note}: {said}",
+        ref=str(ref),
+        digest=str(layer.digest),
+    )
 
 
 async def _attempt(
     source: BlobSource,
+    place: str | None,
     ref: Reference,
     layer: Descriptor,
     limits: Limits,
@@ -156,11 +257,18 @@ async def _attempt(
     transfer: _Transfer,
     clock: NetworkClock,
 ) -> None:
-    """One GET from ``transfer.received`` to the end of the blob."""
+    """One GET from ``transfer.received`` to the end of the blob, from the registry
+    (``place`` None) or the URL ``place``. The bytes an earlier source sent stay: the
+    next one is asked from where they end."""
     size, digest, ref_text = layer.size, str(layer.digest), str(ref)
     offset = transfer.received
+    opened = (
+        source.stream_blob(ref, layer.digest, offset=offset)
+        if place is None
+        else source.stream_url(ref, place, layer.digest, offset=offset)
+    )
     try:
-        async with source.stream_blob(ref, layer.digest, offset=offset) as response:
+        async with opened as response:
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
             _check_content_length(response, ref_text, layer, offset - skip)

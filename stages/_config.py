@@ -95,6 +95,13 @@ class Limits:
     transfer_window_s: float = 60.0
     # Redirect hops followed by hand for one blob before giving up.
     max_redirects: int = 5
+    # A layer whose descriptor names URLs (a foreign, non-distributable layer) the
+    # registry does not serve is fetched from the first this many of them, in order; any
+    # further ones are not tried. Each URL is a source of its own, with its own retries:
+    # without a cap, a manifest naming thousands of unreachable hosts held the pull for
+    # thousands of connect timeouts. Real descriptors name one (Windows base layers).
+    # 0: never fetch from a descriptor's URLs, only from the registry.
+    max_layer_urls: int = 8
     # A request that failed in a way another attempt may cure (HTTP 408, 429, 500, 502,
     # 503, 504; a connection that broke or timed out; a storage URL that expired) is tried
     # again this many times, as docker's five download attempts; a layer resumes where it
@@ -153,6 +160,7 @@ _LEAST_COUNTS = {
     "max_zstd_window_bytes": 1,
     "min_transfer_bytes_per_s": 0,  # 0 turns the check off
     "max_redirects": 0,
+    "max_layer_urls": 0,  # 0: the registry only
     "retries": 0,
     "stall_retries": 0,
 }

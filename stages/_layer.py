@@ -93,11 +93,21 @@ async def fetch_layer(
     except BaseExceptionGroup as group:
         failure = collapse_exception_group(group)
     if failure is not None:  # raised here, not in the handler: see stages/_groups.py
-        if isinstance(failure, NotFound) and layer.media_type in MediaType.LAYERS_NONDISTRIBUTABLE:
+        if (
+            isinstance(failure, NotFound)
+            and layer.media_type in MediaType.LAYERS_NONDISTRIBUTABLE
+            and not (layer.urls and limits.max_layer_urls)
+        ):
+            # With URLs to try, blob_stream's error names each source already.
+            why = (
+                "fetching from the URLs its descriptor names is turned off"
+                " (Limits.max_layer_urls is 0)"
+                if layer.urls
+                else "its descriptor names no URLs to fetch it from"
+            )
             raise NotFound(
                 f"layer {digest} is a non-distributable (foreign) layer, which the registry "
-                "does not serve; imagec-pipe fetches layers from the registry only, not from "
-                "the URLs such a layer's descriptor names",
+                f"does not serve, and {why}",
                 ref=ref_text,
                 digest=digest,
             ) from failure

@@ -14,6 +14,7 @@ import os
 import random
 import tarfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -455,3 +456,68 @@ async def test_cancelled_mid_download_is_a_plain_cancellation(ingest: FileIngest
     assert scope.cancelled_caught
     assert not ingest.synced
     assert 0 < source.bodies[0].pulled < len(blob)
+
+
+class RegistryThenURLs:
+    """A registry whose body breaks off after ``cut`` bytes, and URLs (a foreign layer's)
+    each answering per ``url_status``: 206 from the offset asked, or that status."""
+
+    def __init__(self, blob: bytes, cut: int, url_status: dict[str, int]) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+        def respond(request: httpx.Request) -> httpx.Response:
+            offset = int(request.headers.get("range", "bytes=0-")[6:-1])
+            place = "registry" if request.url.host == "reg.test" else str(request.url)
+            self.asked.append((place, offset))
+            if place == "registry":
+                cut_off = httpx.RemoteProtocolError("peer closed connection")
+                return httpx.Response(200, stream=Body(blob[:cut], fail=cut_off))
+            status = url_status[place]
+            if status != 206:
+                return httpx.Response(status)
+            return httpx.Response(206, stream=Body(blob[offset:]), headers={
+                "Content-Range": f"bytes {offset}-{len(blob) - 1}/{len(blob)}"
+            })  # fmt: skip
+
+        self.client = httpx.AsyncClient(transport=httpx.MockTransport(respond))
+
+    @contextlib.asynccontextmanager
+    async def _get(self, url: str, offset: int) -> AsyncIterator[httpx.Response]:
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        async with self.client.stream("GET", url, headers=headers) as response:
+            if response.status_code == 404:
+                raise NotFound(f"{url} answered HTTP 404")
+            yield response
+
+    def stream_blob(
+        self, ref: Reference, digest: Digest, *, offset: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        return self._get(f"http://reg.test/v2/{ref.repository}/blobs/{digest}", offset)
+
+    def stream_url(
+        self, ref: Reference, url: str, digest: Digest, *, offset: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        return self._get(url, offset)
+
+
+async def test_a_foreign_layer_broken_off_by_the_registry_is_finished_from_its_urls(
+    ingest: FileIngest,
+) -> None:
+    # The registry's transfer broke after a third of the bytes and its retries ran out:
+    # the first URL lacks the blob, the second serves the rest; the third is not asked.
+    blob = BLOBS[MediaType.DOCKER_LAYER_GZIP]
+    cut = len(blob) // 3
+    urls = ("https://a.test/missing", "https://b.test/layer", "https://c.test/never")
+    source = RegistryThenURLs(blob, cut, {urls[0]: 404, urls[1]: 206, urls[2]: 206})
+    foreign = replace(descriptor(MediaType.DOCKER_FOREIGN_LAYER_GZIP, blob), urls=urls)
+    try:
+        with trio.fail_after(20):
+            verified = await fetch_layer(
+                source, REF, foreign, DIFF_ID, ingest, limits=replace(LIMITS, retries=0),
+                limiter=trio.CapacityLimiter(4), progress=None,
+            )  # fmt: skip
+    finally:
+        await source.client.aclose()
+    assert verified.descriptor == foreign and verified.diff_id == DIFF_ID
+    assert source.asked == [("registry", 0), (urls[0], cut), (urls[1], cut)]
+    assert ingest.path.read_bytes() == blob
