@@ -66,7 +66,7 @@ import trio
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import ImagecError, UsageError
-from stages._redact import redact
+from stages._redact import cut_secret, redact
 from stages._reference import parse_reference
 from stages._types import Digest, Platform
 
@@ -649,7 +649,7 @@ def _message(exc: BaseException, secret: str | None) -> str:
     else:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         message = f"internal error: {detail} (--log-level debug shows more)"
-    return redact(message.replace(secret, "[redacted]") if secret else message)
+    return redact(cut_secret(message, secret) if secret else message)
 
 
 # --- images, layers, inspect ---

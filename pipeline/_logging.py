@@ -44,7 +44,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from stages._redact import REDACTED, redact
+from stages._redact import REDACTED, cut_secret, redact
 
 __all__ = [
     "LEVELS",
@@ -102,7 +102,8 @@ def log_stream() -> TextIO | None:
 
 def add_secret(text: str) -> None:
     """Cut ``text`` (the user's password) out of every later log line of this process
-    and of the worker processes it starts, wherever it appears: a registry's error
+    and of the worker processes it starts, wherever it appears (a short password only
+    where it stands alone, ``stages/_redact.py``'s ``cut_secret``): a registry's error
     message may quote it back, and a traceback in the debug log quotes that message.
     The patterns below catch credentials by their shape; this one by its value."""
     if text and text not in _Applied.settings.secrets:
@@ -125,7 +126,7 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
     """Scrub one value: strings lose inline credentials, mappings their secret keys."""
     if isinstance(value, str):
         for secret in _Applied.settings.secrets:
-            value = value.replace(secret, REDACTED)
+            value = cut_secret(value, secret)
         return redact(value)  # credentials by their shape
     if depth < 5 and isinstance(value, Mapping):  # httpx.Headers is a Mapping
         return {

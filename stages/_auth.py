@@ -31,7 +31,7 @@ import trio
 from ._config import Credentials, Limits
 from ._errors import AuthError
 from ._http import describe_error, stalled_for, transient_failure
-from ._redact import REDACTED, redact
+from ._redact import cut_secret, redact
 from ._retry import parse_retry_after
 
 __all__ = [
@@ -546,7 +546,8 @@ async def error_detail(response: httpx.Response, *, secret: str | None = None) -
 
     The words go into errors and retry warnings, so they pass ``redact`` first (a storage
     server behind a redirect echoes the signed URL it was asked for, a registry the token
-    it refused), and ``secret`` (the password just sent) is cut out wherever it appears.
+    it refused), and ``secret`` (the password just sent) is cut out where the service
+    quotes it (``cut_secret``: a short one only where it stands alone, not out of words).
     Redacted before being cut short, so that a secret cut short still has the shape that
     gives it away, and after what is not printable is dropped, so that a control
     character cannot hide a secret's name from it.
@@ -571,7 +572,7 @@ async def error_detail(response: httpx.Response, *, secret: str | None = None) -
     for words in said:
         texts = [_printable(x) for x in words if isinstance(x, str)]
         if secret:
-            texts = [x.replace(secret, REDACTED) for x in texts]
+            texts = [cut_secret(x, secret) for x in texts]
         text = ": ".join(redact(x) for x in texts if x)
         if text and text not in parts:
             parts.append(text[:_ERROR_PART_CHARS])

@@ -10,18 +10,44 @@ processor (``pipeline/_logging.py``) applies it once more to every line as insur
 
 The rule, the same everywhere:
 
-- a URL keeps its scheme, host, port and path; its user info and everything from the
-  first ``?`` or ``#`` on become ``[redacted]`` (a signed URL's secrets are in its query);
+- a URL keeps its scheme, host, port and path; its user info and its query become
+  ``[redacted]`` (a signed URL's secrets are in its query), and so does its fragment
+  unless the fragment reads as a page anchor (``#pull-rate-limit``, ``#section-2.1``):
+  a lower-case word, then more words or numbers of up to four digits, joined by ``-``,
+  ``_`` or ``.``. A fragment may carry a token (``#access_token=…``) or a key
+  (``#3q2-7Xk…``), which have other shapes;
 - a query string quoted without its URL (``?name=value…``) becomes ``?[redacted]``;
 - a ``name=value`` or JSON ``"name": "value"`` pair keeps its name and loses its value
-  when the name contains sig, token, credential, passw, pwd, secret, key, auth, session
-  or cookie (``X-Amz-Signature``, ``access_token``, ``Key-Pair-Id`` …);
+  when the name says secret. The name is split into its words (at ``-``, ``_``, ``.``
+  and where camelCase changes case: ``X-Amz-Signature`` is x, amz, signature); it says
+  secret when a word contains token, passw, passphrase, secret, credential, signature,
+  cookie, authorization, sessionid or sessid, ends in key or sig (``apikey``,
+  ``privatekey``, ``urlsig``), or is one of sig, key, auth, session, pass, pwd, pw, sid,
+  jwt, cred, creds, hmac, otp, bearer or ticket (``Key-Pair-Id``, ``session_token``,
+  ``X-Amz-Security-Token``, ``client_secret``). A name that merely contains such
+  letters is a word of its own: ``keys``, ``author``, ``authority``, ``sessions``,
+  ``design``, ``signal`` keep their values. A name made of several words says secret
+  when any of them does (``session_count`` loses its value: masking too much costs a
+  number, masking too little a credential);
 - the credentials after ``Bearer`` or ``Basic``, and the value of an ``Authorization``
   or ``Cookie`` header, become ``[redacted]``; so does a bare JWT (``eyJ….….…``), the
   shape of the tokens registries issue. A word that ends a path is no scheme and no
   header: ``reg.example/team/cookie:1.0`` is an image reference (every reference we
   print has its registry and repository), ``…/bearer/bearer on reg.example`` says
   where an image was not found.
+
+The user's own password is cut out by its value too (``cut_secret``), wherever a server
+quotes it back: a token service's "incorrect password 'pw1'", a message quoting
+``ci:pw1``. A password of eight characters or more is cut wherever it appears, even
+inside a word: so long a string turns up in other text by chance almost never. A shorter
+one is cut only where it stands on its own, not touching a letter or a digit: a password
+"e" cut out of every word made "incorr[redacted]ct us[redacted]rnam[redacted]" of the
+service's reason, and of the reference and every log line. The trade-off, in the
+direction of masking too much: a short password that is also a word or a number of the
+text ("or", "2026") is still cut where that word stands alone. What is not cut is a
+short password run into other letters or digits ("xpw1y"): a server quoting what it was
+sent quotes it apart (alone, or as ``ci:pw1``), and a word that merely contains two or
+three letters of it says nothing of it.
 
 Everything else is kept: host names, ports, status codes, error codes and the server's
 words, so a message still says which server failed and what it said. ``redact`` is
@@ -32,7 +58,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REDACTED", "redact", "shown_url"]
+__all__ = ["REDACTED", "cut_secret", "redact", "shown_url"]
 
 REDACTED = "[redacted]"
 # A URL a manifest names (a foreign layer's) is shown cut to this many characters.
@@ -46,10 +72,21 @@ _URL = re.compile(r"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s\"'<>]*")
 _QUERY = re.compile(r"\?[\w.%-]+=[^\s\"'<>]*")
 # name=value, the value quoted or up to the next separator of a query string, a header's
 # parameter list or a sentence; and "name": "value" in JSON. Any name matches here and
-# ``_SECRET_NAME`` decides, so that the search stays linear.
+# ``_is_secret_name`` decides, so that the search stays linear.
 _PAIR = re.compile(r"(?<![\w.-])([\w.-]+)=(\[redacted\]|\"[^\"]*\"|[^\s&;,\"'<>)\]]*)")
 _JSON_PAIR = re.compile(r'"([\w.-]+)"\s*:\s*"(?:[^"\\]|\\.)*"')
-_SECRET_NAME = re.compile(r"(?i)sig|token|credential|passw|pwd|secret|key|auth|session|cookie")
+# A pair's name, word by word (the rule is in the module's docstring).
+_NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+_SECRET_IN_A_WORD = re.compile(
+    r"token|passw|passphrase|secret|credential|signature|cookie|authorization|sessionid"
+    r"|sessid|(?:key|sig)$"
+)
+_SECRET_WORDS = frozenset(
+    {"sig", "key", "auth", "session", "pass", "pwd", "pw", "sid", "jwt", "cred", "creds"}
+    | {"hmac", "otp", "bearer", "ticket"}
+)
+# A fragment kept as it is: a page anchor, lower-case words and short numbers.
+_ANCHOR = re.compile(r"#[a-z]{1,24}(?:[-_.](?:[a-z]{1,24}|[0-9]{1,4}))*")
 # What starts a scheme or a header name: not a part of a path, a host name or a word
 # ("team/basic on …", "reg.example/team/set-cookie:1.0", which a reference's tag would lose).
 _NOT_IN_A_PATH = r"(?<![\w/.-])"
@@ -77,16 +114,41 @@ def redact(text: str) -> str:
     return _JWT.sub(REDACTED, text)
 
 
+# Passwords this long are cut wherever they appear; shorter ones only on their own.
+_CUT_ANYWHERE_FROM = 8
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+
+
+def cut_secret(text: str, secret: str) -> str:
+    """``text`` without ``secret`` (the password the user gave), wherever a server may
+    have quoted it; a short password only where it stands on its own, so that the words
+    around it stay whole (the rule is in this module's docstring)."""
+    if not secret:
+        return text
+    if len(secret) >= _CUT_ANYWHERE_FROM:
+        return text.replace(secret, REDACTED)
+    # Only an edge that is a letter or a digit can run into a word of the text.
+    before = r"(?<![^\W_])" if _LETTER_OR_DIGIT.fullmatch(secret[0]) else ""
+    after = r"(?![^\W_])" if _LETTER_OR_DIGIT.fullmatch(secret[-1]) else ""
+    return re.sub(f"{before}{re.escape(secret)}{after}", REDACTED, text)
+
+
 def _redact_pair(match: re.Match[str]) -> str:
     name, value = match.group(1, 2)
-    if not value or not _SECRET_NAME.search(name):
+    if not value or not _is_secret_name(name):
         return match.group(0)
     return f"{name}={REDACTED}"
 
 
 def _redact_json_pair(match: re.Match[str]) -> str:
     name = match.group(1)
-    return f'"{name}": "{REDACTED}"' if _SECRET_NAME.search(name) else match.group(0)
+    return f'"{name}": "{REDACTED}"' if _is_secret_name(name) else match.group(0)
+
+
+def _is_secret_name(name: str) -> bool:
+    """Whether a pair named ``name`` holds a secret (the rule is in the module's docstring)."""
+    words = [word.lower() for word in _NAME_WORDS.findall(name)]
+    return any(word in _SECRET_WORDS or _SECRET_IN_A_WORD.search(word) for word in words)
 
 
 def _redact_url(match: re.Match[str]) -> str:
@@ -99,7 +161,10 @@ def _redact_url(match: re.Match[str]) -> str:
     authority, slash, path = location.partition("/")
     if "@" in authority:
         authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
-    tail = f"?{REDACTED}" if secret_part not in ("", "?", "#") else ""
+    if _ANCHOR.fullmatch(secret_part):
+        tail = secret_part
+    else:
+        tail = f"?{REDACTED}" if secret_part not in ("", "?", "#") else ""
     return f"{scheme}://{authority}{slash}{path}{tail}{punctuation}"
 
 

@@ -363,6 +363,14 @@ async def test_error_detail_reads_what_servers_say(body: object, said: str) -> N
     assert await error_detail(response, secret="hunter2") == said
 
 
+async def test_error_detail_cuts_a_short_password_only_where_it_stands_alone() -> None:
+    # A password "e" cut out of every word: "incorr[redacted]ct us[redacted]rnam[redacted]".
+    body = {"details": "incorrect username or password (got 'ci:e')"}
+    response = httpx.Response(401, content=json.dumps(body).encode())
+    said = "incorrect username or password (got 'ci:[redacted]')"
+    assert await error_detail(response, secret="e") == said
+
+
 async def test_error_detail_of_a_body_that_is_not_json_is_empty() -> None:
     assert await error_detail(httpx.Response(401, text="<html>Login</html>")) == ""
 

@@ -552,6 +552,24 @@ def test_pull_debug_log_never_shows_the_password_a_registry_quoted_back(
     assert "[redacted]" in json.dumps(record["exception"])
 
 
+def test_a_short_password_is_cut_out_where_it_stands_not_out_of_words(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A password "e" was cut out of every word of the error line and of every log line:
+    # "127.0.0.1:5000/t[redacted]am/app:1.0" (stages/_redact.py, cut_secret).
+    install_fake_pull(monkeypatch, _raise(AuthError("password e is expired for ci")))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("e\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin",
+            "--log-level", "debug", "--log-json"]  # fmt: skip
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"imagec-pipe: error: pulling {REF}: password [redacted] is expired for ci"
+    [record] = [json.loads(line) for line in err if "command failed" in line]
+    assert record["where"] == f"pulling {REF}"
+    assert "password [redacted] is expired for ci" in json.dumps(record["exception"])
+    assert " e " not in " ".join(err)
+
+
 def test_a_failed_json_pull_names_the_reference_as_its_progress_did(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -287,6 +287,27 @@ async def test_a_refused_login_says_what_the_token_service_said(
     assert "9f3c" not in message
 
 
+async def test_a_refused_short_password_is_cut_out_of_the_reason_not_its_words(
+    token_registry: Any, token_server: Any, unique_seed: str, tmp_path: Path
+) -> None:
+    # A one-letter password was cut out of every word the service said: "incorr[redacted]ct
+    # us[redacted]rnam[redacted] or password". Where it stands alone it still goes.
+    token_registry.push("team/private-app", images.sample_image(unique_seed), "1")
+    user, _ = token_registry.credentials
+    token_server.refuse_like_docker_hub = True
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, "e"))
+
+    with pytest.raises(pipeline.AuthError) as refused:
+        await pipeline.pull(
+            token_registry.ref("team/private-app", "1"),
+            store=Store.open(tmp_path / "store"),
+            options=options(registry=creds),
+        )
+
+    said = f"(HTTP 401: incorrect username or password (got '{user}:[redacted]'))"
+    assert said in str(refused.value)
+
+
 @pytest.mark.parametrize(("fault", "status"), [("status", 503), ("status", 502), ("close", 0)])
 async def test_a_token_service_blip_is_tried_again(
     token_registry: Any,

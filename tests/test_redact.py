@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from stages._redact import SHOWN_URL_CHARS, redact, shown_url
+from stages._redact import SHOWN_URL_CHARS, cut_secret, redact, shown_url
 
 SIGNED = (
     "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data"
     "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20260101%2Fs3"
     "&X-Amz-Signature=5f2b9c0d&X-Amz-Expires=1200"
+)
+# What we print: a short password's letters are in it.
+NAMED = "reg.example/team/app:latest, sha256:abab12"
+# Secret names as storage services, OAuth and web servers spell them.
+SECRET_NAMES = (
+    *("token", "access_token", "password", "passwd", "secret", "client_secret", "api_key"),
+    *("apikey", "x-api-key", "apiKey", "signature", "sig", "credential", "credentials"),
+    *("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "X-Goog-Signature"),
+    *("Authorization", "session_token", "sessionToken", "session", "JSESSIONID", "PHPSESSID"),
+    *("Key-Pair-Id", "key", "auth", "private_key", "pwd"),
 )
 
 
@@ -26,6 +36,11 @@ SIGNED = (
         ("https://ci:pw4@reg.example/v2/", "https://[redacted]@reg.example/v2/"),
         ("http://[::1]:5000/b?sig=S1#frag", "http://[::1]:5000/b?[redacted]"),
         ("https://acct.blob.example/c/b#sig=S1", "https://acct.blob.example/c/b?[redacted]"),
+        # A fragment that is no page anchor: a token, a key, a line number.
+        ("https://app.example/cb#access_token=T1&type=x", "https://app.example/cb?[redacted]"),
+        ("https://share.example/f#3q2-7Xk_9aBcDeF", "https://share.example/f?[redacted]"),
+        ("https://share.example/f#5f2b9c0d1e3a", "https://share.example/f?[redacted]"),
+        ("https://git.example/a/b#L120", "https://git.example/a/b?[redacted]"),
         # A query string quoted without its URL.
         ("cdn.example/blob?verify=1700000000-8d3f", "cdn.example/blob?[redacted]"),
         # Pairs whose name says secret, wherever they stand.
@@ -35,6 +50,7 @@ SIGNED = (
             "X-Amz-Signature=[redacted] does not match (X-Amz-Credential=[redacted])",
         ),
         ('password="a b", user=ci', "password=[redacted], user=ci"),
+        *((f"{name}=V1 refused", f"{name}=[redacted] refused") for name in SECRET_NAMES),
         (
             '{"access_token": "T\\"1", "expires_in": 60}',
             '{"access_token": "[redacted]", "expires_in": 60}',
@@ -63,6 +79,13 @@ def test_secrets_in_a_servers_text_are_redacted(text: str, kept: str) -> None:
         "https://registry.example:5000/v2/team/app/blobs/sha256:0123",
         "the connection to 127.0.0.1:5000 failed (Connection reset by peer); key=",
         "monkey business: what=why",
+        # Names that merely contain the letters of a secret name are words of their own.
+        "too many keys=12 (author=ci, authority=auth.example, sessions=3)",
+        "design=flat signal=TERM keyword=latest authenticated=false",
+        '{"keys": "a,b", "author": "ci"}',
+        # A fragment that reads as a page anchor says where the server's help is.
+        "see https://docs.example/docker-hub/download-rate-limit/#pull-rate-limit.",
+        "https://distribution.example/spec/api#section-2.1_errors",
     ],
 )
 def test_what_is_not_secret_is_kept(text: str) -> None:
@@ -126,3 +149,29 @@ def test_a_url_a_manifest_names_is_shown_redacted_printable_and_short() -> None:
     )
     long = shown_url("https://cdn.example/" + "a" * 10_000 + "?token=" + "s" * 50)
     assert len(long) == SHOWN_URL_CHARS and long.endswith("...") and "sss" not in long
+
+
+@pytest.mark.parametrize(
+    ("text", "secret", "kept"),
+    [
+        # A password of eight characters or more goes wherever it is, inside a word too.
+        ("refused hunter2-S for ci", "hunter2-S", "refused [redacted] for ci"),
+        ("got 'cihunter2-Sx'", "hunter2-S", "got 'ci[redacted]x'"),
+        # A short one goes where it stands on its own ...
+        ("incorrect password (got 'ci:pw1')", "pw1", "incorrect password (got 'ci:[redacted]')"),
+        ("password e is expired", "e", "password [redacted] is expired"),
+        ("user=ci,password=a_b", "a", "user=ci,password=[redacted]_b"),
+        # ... and words, references and digests that contain it stay whole.
+        ("incorrect username or password", "e", "incorrect username or password"),
+        (NAMED, "ab", NAMED),
+        # A word of the text that is the password is cut where it stands alone (the price
+        # of never leaking one).
+        ("incorrect username or password", "or", "incorrect username [redacted] password"),
+        # An edge that is no letter or digit cannot run into a word: it is cut anywhere.
+        ("sent x-!", "-!", "sent x[redacted]"),
+        ("nothing to cut", "", "nothing to cut"),
+    ],
+)
+def test_a_password_is_cut_out_without_cutting_words(text: str, secret: str, kept: str) -> None:
+    assert cut_secret(text, secret) == kept
+    assert cut_secret(kept, secret) == kept
