@@ -463,15 +463,17 @@ def _descriptor(
     raw_annotations = raw.get("annotations")
     if raw_annotations is not None:
         if not isinstance(raw_annotations, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in raw_annotations.items()
+            isinstance(k, str) and isinstance(v, str | None) for k, v in raw_annotations.items()
         ):
             raise ManifestError(
                 f"{what} has annotations that are not strings", ref=where, digest=str(digest)
             )
-        annotations = tuple(sorted(raw_annotations.items()))
-    # An ill-typed urls is refused by _schema's check, with the field's path, right after.
+        # A null value is "", as Go's encoding/json (docker, containerd) decodes it.
+        annotations = tuple(sorted((k, v or "") for k, v in raw_annotations.items()))
+    # An ill-typed urls is refused by _schema's check, with the field's path, right after;
+    # a null in it (Go's "") names no place to fetch from.
     raw_urls = raw.get("urls")
-    urls = tuple(raw_urls) if isinstance(raw_urls, list) else ()
+    urls = tuple(url for url in raw_urls if url) if isinstance(raw_urls, list) else ()
     platform: Platform | None = None
     if with_platform and raw.get("platform") is not None:
         platform = _platform(raw["platform"], what, where, digest)

@@ -12,7 +12,12 @@ config that states no platform, recording the platform asked for instead.
 
 What is checked is what the spec says (opencontainers/image-spec descriptor.md,
 manifest.md, image-index.md, config.md): a field it makes optional may be absent or null
-("equivalent to being absent", config.md); a field it does not define is left alone, as
+("equivalent to being absent", config.md); a value in a map or an array of strings (an
+annotation, a label, an ``Env`` entry) may be null too, which Go's encoding/json decodes
+without an error as the element's zero value (``{"a": null}`` as ``{"a": ""}``,
+``[null]`` as ``[""]``, an exposed port's ``null`` as ``{}``), so docker, containerd and
+the registry take it; null is refused only where that zero value would name nothing a pull
+can use (a layer's descriptor, a diff ID); a field it does not define is left alone, as
 the spec tells implementations to ignore them (Docker's own config fields among them);
 ``rootfs.type`` must be ``layers``, the one value the spec fixes. What a value means to
 the pull (a sha256 digest it can verify, a media type it can unpack, as many diff_ids as
@@ -155,7 +160,7 @@ def _layers(value: Any, field: str) -> None:
 
 
 def _array(item: Check, expected: str) -> Check:
-    """A JSON array whose every element passes ``item`` (null is no element)."""
+    """A JSON array whose every element passes ``item``."""
 
     def check(value: Any, field: str) -> None:
         if not isinstance(value, list):
@@ -174,6 +179,17 @@ def _map(item: Check, expected: str) -> Check:
             raise _wrong(field, value, expected)
         for key, element in value.items():
             item(element, f"{field}[{json.dumps(key, ensure_ascii=False)}]")
+
+    return check
+
+
+def _or_null(item: Check) -> Check:
+    """``item``, or null: a map's or an array's member that Go's encoding/json decodes
+    into a string or a struct, where null leaves the zero value ("", {}) and no error."""
+
+    def check(value: Any, field: str) -> None:
+        if value is not None:
+            item(value, field)
 
     return check
 
@@ -197,10 +213,13 @@ def _object(expected: str, fields: Mapping[str, Check], required: tuple[str, ...
     return check
 
 
-_strings = _array(_string, "an array of strings")
-_annotations = _map(_string, "an object of strings")
-# Go's map[string]struct{}: {"8080/tcp": {}}.
-_set = _map(_object("an empty object", {}), "an object of empty objects")
+# Go's []string and map[string]string: a null member decodes as "".
+_strings = _array(_or_null(_string), "an array of strings")
+_annotations = _map(_or_null(_string), "an object of strings")
+# Go's map[string]struct{}: {"8080/tcp": {}}, a null member decoded as {}.
+_set = _map(_or_null(_object("an empty object", {})), "an object of empty objects")
+# A diff ID names a layer: "" (what Go makes of null) names none, and the pull checks each.
+_diff_ids = _array(_string, "an array of strings")
 
 _PLATFORM = _object(
     "a platform object",
@@ -228,6 +247,8 @@ _DESCRIPTOR = _object("a descriptor object", _DESCRIPTOR_FIELDS, _REQUIRED_IN_DE
 _INDEX_ENTRY = _object(
     "a descriptor object", {**_DESCRIPTOR_FIELDS, "platform": _PLATFORM}, _REQUIRED_IN_DESCRIPTOR
 )
+# Arrays of descriptors (layers, manifests) take no null: Go would decode it as a
+# descriptor of no digest, which names no blob.
 
 _MANIFEST = _object(
     "an object",
@@ -250,6 +271,16 @@ _INDEX = _object(
         "manifests": _array(_INDEX_ENTRY, "an array of descriptors"),
         "subject": _DESCRIPTOR,
         "annotations": _annotations,
+    },
+)
+_HISTORY_ENTRY = _object(
+    "an object",
+    {
+        "created": _date_time,
+        "author": _string,
+        "created_by": _string,
+        "comment": _string,
+        "empty_layer": _boolean,
     },
 )
 _CONFIG = _object(
@@ -277,20 +308,9 @@ _CONFIG = _object(
                 "ArgsEscaped": _boolean,
             },
         ),
-        "rootfs": _object("an object", {"type": _layers, "diff_ids": _strings}),
-        "history": _array(
-            _object(
-                "an object",
-                {
-                    "created": _date_time,
-                    "author": _string,
-                    "created_by": _string,
-                    "comment": _string,
-                    "empty_layer": _boolean,
-                },
-            ),
-            "an array of objects",
-        ),
+        "rootfs": _object("an object", {"type": _layers, "diff_ids": _diff_ids}),
+        # Go's []History: a null entry decodes as an empty one, which docker lists.
+        "history": _array(_or_null(_HISTORY_ENTRY), "an array of objects"),
     },
 )
 

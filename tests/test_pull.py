@@ -841,6 +841,26 @@ async def test_a_docker_image_of_no_layers_is_pulled(
     assert_store_consistent(store.path)
 
 
+async def test_an_image_with_null_labels_annotations_and_env_entries_is_pulled(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """Go's encoding/json decodes null inside a map or an array as the zero value, so the
+    registry, docker and containerd take ``"Labels": {"x": null}``, ``"Env": [null]`` and
+    a layer's ``"annotations": {"a": null}``. The pull refused each as "null, not a
+    string"."""
+    image = images.image_with_null_members(unique_seed)
+    registry.push(unique_repo, image, "1")  # the registry takes it
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(registry.ref(unique_repo, "1"), store=store, options=options())
+
+    assert str(result.image_id) == image.image_id
+    assert str(result.manifest_digest) == image.digest
+    stored = store.path / "blobs/sha256" / image.image_id[7:]
+    assert stored.read_bytes() == image.config.data  # kept as the registry served it
+    assert_store_consistent(store.path)
+
+
 async def test_a_stored_layer_is_skipped_only_if_it_is_the_layer_the_image_describes(
     fixture_server: Any, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -115,8 +116,10 @@ def spoiled(make: Callable[[], dict[str, Any]], path: str, value: Any) -> dict[s
         ("layers/1/artifactType", 5, "layers[1].artifactType is the number 5, not a string"),
         ("layers/1", "x", 'layers[1] is the string "x", not a descriptor object'),
         ("layers", {}, "layers is an object, not an array of descriptors"),
-        ("config/annotations", {"a": None}, 'config.annotations["a"] is null, not a string'),
-        ("config/urls", [None], "config.urls[0] is null, not a string"),
+        ("config/annotations", {"a": None, "b": 2}, 'config.annotations["b"] is the number 2'),
+        ("config/urls", [None, 5], "config.urls[1] is the number 5, not a string"),
+        # A descriptor Go would make of null names no blob.
+        ("layers/1", None, "layers[1] is null, not a descriptor object"),
         ("subject", 5, "subject is the number 5, not a descriptor object"),
         ("subject", {"digest": DIGEST, "size": 1}, "subject.mediaType is missing"),
         ("subject/digest", "sha256:" + "a" * 64 + "!", "subject.digest is the string"),
@@ -174,7 +177,12 @@ def test_ill_typed_index_fields(path: str, value: Any, message: str | None) -> N
         ("created", "2024-01-01T00:00:00+24:00", "not a date and time"),
         ("config", [], "config is an array, not an object"),
         ("config/Env", "A=1", 'config.Env is the string "A=1", not an array of strings'),
-        ("config/Env", ["A=1", None], "config.Env[1] is null, not a string"),
+        ("config/Env", ["A=1", None, 1], "config.Env[2] is the number 1, not a string"),
+        ("config/Labels", {"a": None, "b": []}, 'config.Labels["b"] is an array, not a string'),
+        ("config/ExposedPorts", {"80/tcp": None, "53/udp": 1}, 'Ports["53/udp"] is the number'),
+        ("history", [None, 5], "history[1] is the number 5, not an object"),
+        # A diff ID Go would make of null ("") names no layer.
+        ("rootfs/diff_ids", [DIGEST, None], "rootfs.diff_ids[1] is null, not a string"),
         ("config/Cmd", [1], "config.Cmd[0] is the number 1, not a string"),
         ("config/Entrypoint", "/bin/sh", "config.Entrypoint is the string"),
         ("config/User", 0, "config.User is the number 0, not a string"),
@@ -342,6 +350,22 @@ REAL_CONFIGS = {
         "rootfs": {"type": "layers", "diff_ids": [D[0]]},
         "history": [{"created": "2023-06-01T12:00:00Z", "created_by": "/bin/sh"}],
     },
+    "script-written-nulls": images.image_with_null_members(1).config.json(),
+    "nulls-in-maps-and-arrays": {  # each decoded by Go's encoding/json as its zero value
+        "architecture": "amd64",
+        "os": "linux",
+        "os.features": [None],
+        "config": {
+            "Env": [None, "A=1"],
+            "Cmd": [None],
+            "Entrypoint": ["/bin/sh", None],
+            "Labels": {"a": None},
+            "ExposedPorts": {"80/tcp": None},
+            "Volumes": {"/data": None},
+        },
+        "history": [None, {"created_by": "x", "empty_layer": True}],
+        "rootfs": {"type": "layers", "diff_ids": [D[0]]},
+    },
     "attestation-config": {  # buildkit's config of an attestation manifest
         "architecture": "unknown",
         "os": "unknown",
@@ -457,6 +481,20 @@ REAL_MANIFESTS = {
         },
         "annotations": {"io.cncf.notary.x509chain.thumbprint#S256": '["ab12"]'},
     },
+    "script-written-nulls": json.loads(images.image_with_null_members(1).manifest.data),
+    "null-annotations": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": D[0],
+            "size": 1,
+            "annotations": {"a": None},
+        },
+        "layers": [{**DESCRIPTOR, "digest": D[1], "urls": [None], "annotations": {"b": None}}],
+        "subject": {**DESCRIPTOR, "digest": D[2], "annotations": {"c": None}},
+        "annotations": {"org.opencontainers.image.revision": None},
+    },
     "helm-chart": {  # a config of an artifact's own type: _manifest.py says it is no image
         "schemaVersion": 2,
         "config": {
@@ -559,6 +597,19 @@ REAL_INDEXES = {
             {**OCI_ENTRY, "digest": D[0], "artifactType": "application/vnd.example.part"}
         ],
         "subject": {**OCI_ENTRY, "digest": D[1]},
+    },
+    "null-annotations": {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                **OCI_ENTRY,
+                "digest": D[0],
+                "annotations": {"org.opencontainers.image.ref.name": None},
+                "platform": {"architecture": "amd64", "os": "linux", "features": [None]},
+            }
+        ],
+        "annotations": {"a": None},
     },
     "empty": {
         "schemaVersion": 2,

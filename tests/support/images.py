@@ -17,8 +17,10 @@ types, as some build tools push (the registry takes it; OCI readers of a layout 
 Images as real tools push them, for what must be pulled as it is: ``docker_built_image``
 (a schema2 image whose config has every field docker's classic builder writes, nulls and
 Docker-only fields included), ``buildx_index`` (an OCI index with buildx's attestation
-manifests, platform unknown/unknown) and ``docker_image_without_layers`` (a schema2 image
-of no layers whose config omits ``rootfs.diff_ids``, as moby writes it).
+manifests, platform unknown/unknown), ``docker_image_without_layers`` (a schema2 image
+of no layers whose config omits ``rootfs.diff_ids``, as moby writes it) and
+``image_with_null_members`` (null labels, annotations and ``Env`` entries, as a script
+that writes JSON from unset values leaves them).
 
 Broken inputs for failure tests: ``truncated_gzip_layer``, ``wrong_media_type_layer``,
 ``make_image(..., diff_ids=...)`` / ``mismatched_diff_ids_image``, ``corrupt_blob`` (flips a
@@ -64,6 +66,7 @@ __all__ = [
     "edited_image",
     "empty_layer",
     "generate_files",
+    "image_with_null_members",
     "make_config",
     "make_image",
     "make_index",
@@ -616,6 +619,26 @@ def docker_image_without_layers(seed: int | str) -> Image:
     }
     cfg = Blob(MediaTypes.DOCKER_CONFIG, json.dumps(config).encode())
     return make_image([], kind="docker", config=cfg)
+
+
+def image_with_null_members(seed: int | str) -> Image:
+    """An OCI image as a build script in a language of nullable values writes it, a value
+    it had not set becoming null inside a map or an array: a label, an ``Env`` entry, an
+    exposed port, an annotation of the manifest and of its layer. The registry takes it
+    (Go's encoding/json decodes each as its zero value, "" or {}), as do docker and
+    containerd."""
+    layers = [make_layer(f"{seed}:0", compression="gzip", size=64 * 1024)]
+
+    def config(doc: dict[str, Any]) -> None:
+        doc["config"]["Env"].append(None)
+        doc["config"]["Labels"] = {"org.opencontainers.image.revision": None, "seed": str(seed)}
+        doc["config"]["ExposedPorts"] = {"8080/tcp": None}
+
+    def manifest(body: dict[str, Any]) -> None:
+        body["annotations"] = {"org.opencontainers.image.revision": None}
+        body["layers"][0]["annotations"] = {"org.opencontainers.image.title": None}
+
+    return edited_image(make_image(layers), config=config, manifest=manifest)
 
 
 _IN_TOTO = "application/vnd.in-toto+json"
