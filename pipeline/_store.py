@@ -1472,8 +1472,12 @@ class Store:
 
         Accepts the full normalised reference (``docker.io/library/alpine:latest``), a
         familiar one (``alpine``), ``name@sha256:…`` (also for an image pulled by tag), and
-        an image-ID prefix of at least 12 hex digits (``sha256:`` optional). An ambiguous
-        prefix raises StoreError; a malformed reference raises InvalidReference.
+        an image-ID prefix of at least 12 hex digits (``sha256:`` optional). An ID finds an
+        image no reference names any more too (docker's dangling image, left by a tag
+        pulled again after it moved), as ``docker inspect <ID>`` does: its record's ``ref``
+        is then ``repository@manifest-digest`` (which finds it again) and its ``tag`` None.
+        An ambiguous prefix raises StoreError; a malformed reference raises
+        InvalidReference.
         """
         text = ref.strip()
         with self._errors("look up an image", ref=text), self._db() as conn:
@@ -1503,7 +1507,22 @@ class Store:
             ).fetchone()
             return None if row is None else self._record(row)
 
+    # An image no reference names, as a record: named by its repository's name@digest
+    # (each pull records repository@manifest-digest in repo_digests), by the manifest digest
+    # alone should no repository know it.
+    _UNNAMED_RECORD_SELECT = """
+        SELECT COALESCE(d.repository || '@' || i.manifest_digest, i.manifest_digest),
+               COALESCE(d.repository, ''), NULL, i.manifest_digest, i.manifest_digest,
+               i.config_digest, i.platform, i.size, i.pulled_at, i.media_type,
+               i.oci_manifest_digest
+        FROM images i LEFT JOIN repo_digests d
+             ON d.manifest_digest = i.manifest_digest AND d.digest = i.manifest_digest
+    """
+
     def _find_by_id(self, conn: sqlite3.Connection, prefix: str) -> ImageRecord | None:
+        """The image whose ID starts with ``prefix``, as its most recently pulled reference
+        names it, or as ``_UNNAMED_RECORD_SELECT`` does when no reference names it; None
+        when no ID starts so; StoreError when several do."""
         ids = [
             r[0]
             for r in conn.execute(
@@ -1523,6 +1542,12 @@ class Store:
             self._RECORD_SELECT + " WHERE i.config_digest = ? ORDER BY r.pulled_at DESC LIMIT 1",
             (ids[0],),
         ).fetchone()
+        if row is None:
+            row = conn.execute(
+                self._UNNAMED_RECORD_SELECT
+                + " WHERE i.config_digest = ? ORDER BY i.pulled_at DESC, d.repository LIMIT 1",
+                (ids[0],),
+            ).fetchone()
         return None if row is None else self._record(row)
 
     # -- removal (rm, gc) ----------------------------------------------------------
@@ -1698,11 +1723,6 @@ class Store:
         dangling: set[str] = set()
         unknown: list[str] = []
         for text in refs:
-            if (prefix := _ID_PREFIX.fullmatch(text.strip())) and (
-                unnamed := self._unnamed_images(prefix.group(1))
-            ):
-                dangling.update(unnamed)
-                continue
             record = self.find_image(text)
             if record is None:
                 unknown.append(text)
@@ -1721,6 +1741,14 @@ class Store:
                         (str(record.image_id),),
                     ).fetchall()
                     what = f"image ID {text.strip()}"
+                    if not rows:  # named by nothing: every manifest of that ID goes
+                        dangling.update(
+                            str(row[0])
+                            for row in conn.execute(
+                                "SELECT manifest_digest FROM images WHERE config_digest = ?",
+                                (str(record.image_id),),
+                            )
+                        )
                 elif conn.execute("SELECT 1 FROM refs WHERE name = ?", (record.ref,)).fetchone():
                     rows = [(record.ref,)]
                     what = text
@@ -1749,37 +1777,6 @@ class Store:
                 ref=unknown[0],
             )
         return names, dangling
-
-    def _unnamed_images(self, prefix: str) -> list[str]:
-        """The manifest digests of the image whose ID starts with ``prefix`` when no
-        reference names it (docker's dangling image, left by a tag pulled again after
-        it moved; ``find_image`` looks through references, so it never finds one);
-        empty when references name it, or when the prefix matches no ID or several
-        (``find_image`` says which)."""
-        with self._db() as conn:
-            ids = [
-                str(row[0])
-                for row in conn.execute(
-                    """SELECT DISTINCT config_digest FROM images
-                       WHERE substr(config_digest, 8, ?) = ?""",
-                    (len(prefix), prefix),
-                )
-            ]
-            if len(ids) != 1:
-                return []
-            named = conn.execute(
-                """SELECT 1 FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
-                   WHERE i.config_digest = ? LIMIT 1""",
-                (ids[0],),
-            ).fetchone()
-            if named is not None:
-                return []
-            return [
-                str(row[0])
-                for row in conn.execute(
-                    "SELECT manifest_digest FROM images WHERE config_digest = ?", (ids[0],)
-                )
-            ]
 
     @staticmethod
     def _drop_images(conn: sqlite3.Connection, manifests: Sequence[str]) -> set[str]:

@@ -1235,6 +1235,48 @@ def test_e2e_a_tag_moved_to_an_image_of_the_same_layers_is_newer_not_up_to_date(
     assert json.loads(again.stdout.splitlines()[-1])["up_to_date"] is True
 
 
+@pytest.mark.parametrize("by", ["id-prefix", "full-id"])
+def test_e2e_inspect_and_layers_find_an_image_no_reference_names_by_its_id(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path, by: str
+) -> None:
+    # A tag pulled again after it moved leaves its old image named by nothing (docker's
+    # dangling image). `rm <ID>` found it; `inspect <ID>` and `layers <ID>` said "no
+    # image", where `docker inspect <ID>` shows it.
+    from tests.support import images
+
+    old = images.sample_image(unique_seed, compressions=("gzip", "none"), layer_size=8192)
+    new = images.sample_image(f"{unique_seed}:new", compressions=("gzip",), layer_size=8192)
+    ref = registry.ref(unique_repo, "latest")
+    store = str(tmp_path / "store")
+    registry.push(unique_repo, old, "latest")
+    assert run_cli("pull", ref, "--store", store).returncode == 0
+    registry.push(unique_repo, new, "latest")  # the tag moves: `old` is named by nothing
+    assert run_cli("pull", ref, "--store", store).returncode == 0
+    image_id = {"id-prefix": old.image_id[7:19], "full-id": old.image_id}[by]
+
+    inspected = run_cli("inspect", image_id, "--store", store)
+    assert inspected.returncode == 0, inspected.stderr
+    shown = json.loads(inspected.stdout)
+    record = shown["record"]
+    assert (record["image_id"], record["manifest_digest"]) == (old.image_id, old.digest)
+    # No tag names it; its repository's name@digest does (docker's RepoDigests).
+    assert (record["ref"], record["tag"]) == (f"{registry.host}/{unique_repo}@{old.digest}", None)
+    assert shown["config"] == old.config.json()
+    assert shown["manifest"] == json.loads(old.manifest.data)
+    assert "index" not in shown
+
+    listed = run_cli("layers", image_id, "--store", store, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [layer["digest"] for layer in json.loads(listed.stdout)] == [
+        layer.digest for layer in old.layers
+    ]
+    # The reference the record gives finds the image again; the tag names the new one.
+    again = run_cli("inspect", record["ref"], "--store", store)
+    assert json.loads(again.stdout)["record"]["image_id"] == old.image_id
+    images_listed = run_cli("images", "--store", store, "--json")
+    assert [r["image_id"] for r in json.loads(images_listed.stdout)] == [new.image_id]
+
+
 def test_e2e_pull_json_then_up_to_date_then_list(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
