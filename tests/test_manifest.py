@@ -954,3 +954,16 @@ async def test_a_foreign_layers_urls_reach_its_descriptor() -> None:
     resolved = await resolve(reg)
     assert [d.urls for d in resolved.layers] == [tuple(urls), ()]
     assert resolved.layers[0].to_json()["urls"] == urls
+
+
+async def test_a_null_among_a_foreign_layers_urls_names_no_place_to_fetch() -> None:
+    # Go decodes it as "", which no fetch can use; the others still serve.
+    reg = Registry()
+    foreign = {
+        **layer(0, MediaType.DOCKER_FOREIGN_LAYER_GZIP),
+        "urls": [None, "https://cdn.example/a"],
+    }
+    doc = manifest(reg, layers=[foreign, layer(1)], media_type=MediaType.DOCKER_MANIFEST)
+    reg.add_manifest(dumps(doc), MediaType.DOCKER_MANIFEST, "latest")
+    resolved = await resolve(reg)
+    assert [d.urls for d in resolved.layers] == [("https://cdn.example/a",), ()]
