@@ -1,5 +1,14 @@
 """The public API is flat: every name in __all__ exists, and the errors form one tree."""
 
+import ast
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 import pipeline
 import stages
 
@@ -28,3 +37,57 @@ def test_every_error_descends_from_imagec_error() -> None:
     for error in errors:
         assert issubclass(error, pipeline.ImagecError), error
     assert not issubclass(pipeline.ImagecError, ReferenceError)
+
+
+def test_import_pipeline_imports_nothing_else() -> None:
+    """The ``imagec-pipe`` entry point is imported through this package and must put its
+    signal handlers in place before the stack is imported (tests/test_main.py); each
+    public name is imported when first used."""
+    code = (
+        "import sys, pipeline; "
+        "print(sorted(m for m in sys.modules if m.startswith('pipeline.') "
+        "or m.partition('.')[0] in ('stages', 'trio', 'httpx', 'structlog')))"
+    )
+    source = Path(pipeline.__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(source)},
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout == "[]\n"
+
+
+def test_type_checkers_see_the_names_and_objects_pipeline_gives() -> None:
+    """mypy and IDEs read the imports under ``if TYPE_CHECKING:``; at run time the names
+    come from ``__getattr__``. Both must name the same objects, all of ``__all__``."""
+    tree = ast.parse(Path(pipeline.__file__).read_text())
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    seen = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom), ast.unparse(node)
+        module = importlib.import_module("." * node.level + (node.module or ""), "pipeline")
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{alias.name} is not re-exported"
+            seen[alias.name] = getattr(module, alias.name)
+    assert sorted(seen) == sorted(set(pipeline.__all__) - {"__version__"})
+    for name, value in seen.items():
+        assert getattr(pipeline, name) is value, name
+
+
+def test_names_are_listed_and_an_unknown_one_is_an_attribute_error() -> None:
+    assert set(pipeline.__all__) <= set(dir(pipeline))
+    with pytest.raises(AttributeError, match="module 'pipeline' has no attribute 'Pul'"):
+        pipeline.Pul  # noqa: B018
+    assert not hasattr(pipeline, "Pul")
+    namespace: dict[str, object] = {}
+    exec("from pipeline import *", namespace)
+    assert {name: namespace[name] for name in pipeline.__all__} == {
+        name: getattr(pipeline, name) for name in pipeline.__all__
+    }
