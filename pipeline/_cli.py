@@ -37,6 +37,10 @@ Exit codes (outside checks rely on them):
   files removed, layer worker processes killed) and ``imagec-pipe: terminated (SIGTERM)``
   goes to stderr.
 
+These two hold from the console script's first line: it enters through ``_main.main``,
+which puts the handlers in place before this module's imports (trio, httpx, structlog:
+about 0.25 s) and says the same there.
+
 Every subcommand also takes ``--store``, ``--log-level`` and ``--log-json``.
 
 Progress goes to stdout (docker-like on a TTY, plain lines otherwise, JSON lines with
@@ -48,14 +52,11 @@ bug (``internal error: …``); ``--log-level debug`` logs the traceback, without
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -72,6 +73,14 @@ from stages._types import Digest, Platform
 
 from ._allocator import freeze_startup_objects, tune_allocator
 from ._logging import LEVELS, add_secret, configure_logging
+from ._main import (
+    EXIT_INTERRUPTED,
+    PROG,
+    STOP_SIGNALS,
+    Terminated,
+    error_line,
+    stop_signals_raise,
+)
 from ._progress import (
     JsonProgress,
     LogsAboveProgress,
@@ -87,12 +96,9 @@ from ._store import ImageRecord, Removal, Store, store_path
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
-PROG = "imagec-pipe"
-
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 STORE_ENV = "IMAGEC_PIPE_STORE"
 
@@ -347,16 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()
     freeze_startup_objects()
     try:
-        with _stop_signals_raise():
+        with stop_signals_raise():
             code: int = args.handler(args)
     except _Usage as exc:
         return _usage_error(args.subparser, str(exc))
     except KeyboardInterrupt:
         # Outside trio.run (the password prompt, reading the store): nothing to unwind.
-        _error_line("interrupted")
+        error_line("interrupted")
         return EXIT_INTERRUPTED
     except Terminated as stopped:  # outside trio.run: the password prompt, a lock wait
-        _error_line(f"terminated ({stopped.signal.name})")
+        error_line(f"terminated ({stopped.signal.name})")
         return 128 + stopped.signal
     except BrokenPipeError:  # `imagec-pipe images | head -1`
         _silence_stdout()
@@ -364,29 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _failed(_doing(args), exc)
     return code
-
-
-@contextlib.contextmanager
-def _stop_signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``Terminated`` while a command runs, as Ctrl-C raises
-    KeyboardInterrupt. Their default action ends the process at once: at the password
-    prompt that left the terminal without echo (getpass restores it in a ``finally``),
-    and during a 30 s wait for the store's lock it skipped the exit code and the message.
-    Inside ``trio.run`` the pull's own signal receiver takes over (``_pull_until_stopped``).
-    The previous handlers come back afterwards: tests run ``main()`` in their process."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _discard_closed_streams() -> None:
@@ -430,11 +413,6 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     parser.print_usage(sys.stderr)
     print(f"{parser.prog}: error: {message}", file=sys.stderr)
     return EXIT_USAGE
-
-
-def _error_line(message: str) -> None:
-    """The one line a failure prints: no traceback, no newline inside."""
-    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
 
 
 # --- pull ---
@@ -540,7 +518,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         return _pull_interrupted(renderer, ref, interrupt)
     except Terminated as stopped:
         renderer.fail(ref, stopped, f"terminated ({stopped.signal.name})")
-        _error_line(f"terminated ({stopped.signal.name})")
+        error_line(f"terminated ({stopped.signal.name})")
         return 128 + stopped.signal
     except BaseExceptionGroup as group:
         # pull() promises one exception, never a group; if one escapes anyway, a Ctrl-C
@@ -552,7 +530,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         return _pull_failed(renderer, ref, where, exc, secret)
     renderer.finish(result)
     if renderer.write_error is not None:
-        _error_line(
+        error_line(
             f"warning: the output to stdout is incomplete ({renderer.write_error.strerror}); "
             f"the image is in the store"
         )
@@ -566,20 +544,8 @@ def _pull_interrupted(renderer: ProgressRenderer, ref: str, interrupt: BaseExcep
     """Ctrl-C: the stderr line, and ``--json``'s last word (``"error": "KeyboardInterrupt"``),
     so that a reader of the stream always gets a final line to act on."""
     renderer.fail(ref, interrupt, "interrupted")
-    _error_line("interrupted")
+    error_line("interrupted")
     return EXIT_INTERRUPTED
-
-
-class Terminated(Exception):
-    """A stop signal (SIGTERM, SIGHUP) cancelled the pull; ``--json`` names it in its
-    ``error`` line."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signal = signal.Signals(signum)
-
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> PullResult:
@@ -592,7 +558,7 @@ async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> P
     """
     stopped: list[int] = []
     result: PullResult | None = None
-    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
@@ -636,7 +602,7 @@ def _pull_failed(
 def _failed(where: str, exc: BaseException, secret: str | None = None) -> int:
     """Report a failure on one line (traceback only in the debug log); pick the exit code."""
     log.debug("command failed", where=where, exc_info=exc)
-    _error_line(f"error: {where}: {_message(exc, secret)}")
+    error_line(f"error: {where}: {_message(exc, secret)}")
     return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
 
 
@@ -682,7 +648,7 @@ def _find(path: str | None, ref: str) -> tuple[Store, ImageRecord]:
 def _cmd_images(args: argparse.Namespace) -> int:
     where, store = _existing_store(args.store)
     if store is None:
-        _error_line(f"no store at {where} yet: nothing pulled there")
+        error_line(f"no store at {where} yet: nothing pulled there")
     records = [] if store is None else store.list_images()
     if args.json:
         _print_json([_image_json(r) for r in records])
@@ -737,7 +703,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if store is None:
         # Said on stderr, and the empty result printed, as `images` and `gc` do: a
         # script reading --json gets its object either way.
-        _error_line(f"no store at {where} yet: nothing to verify")
+        error_line(f"no store at {where} yet: nothing to verify")
     checked, damage = (0, []) if store is None else store.verify(full=args.full)
     if damage and args.repair:
         with Store.open(where) as writable:
@@ -792,7 +758,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     """docker image prune: what was removed, and the space reclaimed."""
     where = store_path(args.store)
     if Store.open_existing(where) is None:
-        _error_line(f"no store at {where} yet: nothing to prune")
+        error_line(f"no store at {where} yet: nothing to prune")
         removal = Removal()
     else:
         with Store.open(where) as store:

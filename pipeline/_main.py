@@ -1,0 +1,103 @@
+"""The ``imagec-pipe`` entry point: a Ctrl-C or SIGTERM ends it quietly from its first line.
+
+The command line (``_cli``) imports trio, httpx, structlog and the stages: about 0.25 s.
+While ``_cli.main`` was the entry point, no code of ours ran before those imports were
+done, so a Ctrl-C then printed a traceback and SIGTERM ended the process without a
+word, where later both end a command with one line on stderr and status 130, or 128 + N
+after signal N. Here the handlers come first and ``_cli`` is imported under them; the
+two share what a stop signal prints and the status it exits with, defined here.
+
+What runs before ``main``'s first line is all that a signal still interrupts Python's
+way: the interpreter's start-up, ``import pipeline`` (which imports nothing until its
+names are used) and this module's imports, light ones of the standard library, most of
+them loaded by Python's start-up already. tests/test_main.py keeps it so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+
+TYPE_CHECKING = False  # as in pipeline/__init__.py: typing is not imported yet
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "PROG",
+    "STOP_SIGNALS",
+    "Terminated",
+    "error_line",
+    "main",
+    "stop_signals_raise",
+]
+
+PROG = "imagec-pipe"
+
+EXIT_INTERRUPTED = 130
+
+# What timeout(1), systemd and container runtimes send to stop a process.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) arrived; ``--json`` names it in its ``error`` line.
+
+    Not an Exception, as KeyboardInterrupt is not: raised wherever the signal lands (in
+    the middle of an import, a lock wait), it must pass every ``except Exception`` on its
+    way up, such as the one trio's ``_core/_thread_cache.py`` runs at import time.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` while a command runs, as Ctrl-C raises
+    KeyboardInterrupt. Their default action ends the process at once: at the password
+    prompt that left the terminal without echo (getpass restores it in a ``finally``),
+    and during a 30 s wait for the store's lock it skipped the exit code and the message.
+    Inside ``trio.run`` the pull's own signal receiver takes over (``_pull_until_stopped``).
+    The previous handlers come back afterwards: tests run ``main()`` in their process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def error_line(message: str) -> None:
+    """The one line a failure prints: no traceback, no newline inside."""
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    The ``imagec-pipe`` console script (pyproject.toml). ``_cli.main`` does the work; a
+    stop signal before it has its own handlers (during the imports, the parsing) ends
+    here, as it would there.
+    """
+    try:
+        with stop_signals_raise():
+            from . import _cli  # imported here, under the handlers: the 0.25 s
+
+            return _cli.main(argv)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return EXIT_INTERRUPTED
+    except Terminated as stopped:
+        error_line(f"terminated ({stopped.signal.name})")
+        return 128 + stopped.signal
