@@ -15,7 +15,9 @@ The processor chain, in order:
 4. exceptions rendered (text on the console, structured in JSON), never with frame
    locals, which may hold a password;
 5. ``redact_secrets``: insurance that no password, token or Authorization header reaches
-   the output even if a caller binds one by mistake, and that the user's own password
+   the output even if a caller binds one by mistake (a field whose name says secret by
+   ``stages/_redact.py``'s rule, ``is_secret_name``, loses its value whatever it is:
+   ``api_key``, ``client_secret``, ``signature``), and that the user's own password
    (``add_secret``) appears nowhere, not even quoted back by a registry's error message;
    every string also goes through ``stages/_redact.py``'s rule (a URL's query and user
    info, ``Bearer``/``Basic`` credentials, secret-named ``name=value`` pairs), the rule
@@ -44,7 +46,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from stages._redact import REDACTED, cut_secret, redact
+from stages._redact import REDACTED, cut_secret, is_secret_name, redact
 
 __all__ = [
     "LEVELS",
@@ -58,10 +60,6 @@ __all__ = [
 
 # The names --log-level accepts, lowest first.
 LEVELS = ("debug", "info", "warning", "error", "critical")
-
-# A key is secret when its lower-cased name contains one of these words
-# ("password", "access_token", "Authorization", "proxy-authorization", "cookie" ...).
-_SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "authorization", "cookie")
 
 
 @dataclass(frozen=True)
@@ -116,10 +114,11 @@ _EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
 
 
 def _is_secret_key(key: object) -> bool:
-    if not isinstance(key, str):
-        return False
-    lowered = key.lower()
-    return any(part in lowered for part in _SECRET_KEY_PARTS)
+    """Whether a log field (or a key of a mapping logged) holds a secret by its name: the
+    rule a server's ``name=value`` pairs are redacted by (``is_secret_name``), so that
+    ``api_key``, ``client_secret`` or ``signature`` lose their values here as they do in
+    an error message, and ``ref``, ``digest``, ``url`` or ``keys`` keep theirs."""
+    return isinstance(key, str) and is_secret_name(key)
 
 
 def _redact_value(value: Any, depth: int = 0) -> Any:

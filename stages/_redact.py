@@ -18,7 +18,8 @@ The rule, the same everywhere:
   (``#3q2-7Xk…``), which have other shapes;
 - a query string quoted without its URL (``?name=value…``) becomes ``?[redacted]``;
 - a ``name=value`` or JSON ``"name": "value"`` pair keeps its name and loses its value
-  when the name says secret. The name is split into its words (at ``-``, ``_``, ``.``
+  when the name says secret (``is_secret_name``; the log processor masks a log field's
+  value by the same rule). The name is split into its words (at ``-``, ``_``, ``.``
   and where camelCase changes case: ``X-Amz-Signature`` is x, amz, signature); it says
   secret when a word contains token, passw, passphrase, secret, credential, signature,
   cookie, authorization, sessionid or sessid, ends in key or sig (``apikey``,
@@ -58,7 +59,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REDACTED", "cut_secret", "redact", "shown_url"]
+__all__ = ["REDACTED", "cut_secret", "is_secret_name", "redact", "shown_url"]
 
 REDACTED = "[redacted]"
 # A URL a manifest names (a foreign layer's) is shown cut to this many characters.
@@ -72,7 +73,7 @@ _URL = re.compile(r"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s\"'<>]*")
 _QUERY = re.compile(r"\?[\w.%-]+=[^\s\"'<>]*")
 # name=value, the value quoted or up to the next separator of a query string, a header's
 # parameter list or a sentence; and "name": "value" in JSON. Any name matches here and
-# ``_is_secret_name`` decides, so that the search stays linear.
+# ``is_secret_name`` decides, so that the search stays linear.
 _PAIR = re.compile(r"(?<![\w.-])([\w.-]+)=(\[redacted\]|\"[^\"]*\"|[^\s&;,\"'<>)\]]*)")
 _JSON_PAIR = re.compile(r'"([\w.-]+)"\s*:\s*"(?:[^"\\]|\\.)*"')
 # A pair's name, word by word (the rule is in the module's docstring).
@@ -135,18 +136,20 @@ def cut_secret(text: str, secret: str) -> str:
 
 def _redact_pair(match: re.Match[str]) -> str:
     name, value = match.group(1, 2)
-    if not value or not _is_secret_name(name):
+    if not value or not is_secret_name(name):
         return match.group(0)
     return f"{name}={REDACTED}"
 
 
 def _redact_json_pair(match: re.Match[str]) -> str:
     name = match.group(1)
-    return f'"{name}": "{REDACTED}"' if _is_secret_name(name) else match.group(0)
+    return f'"{name}": "{REDACTED}"' if is_secret_name(name) else match.group(0)
 
 
-def _is_secret_name(name: str) -> bool:
-    """Whether a pair named ``name`` holds a secret (the rule is in the module's docstring)."""
+def is_secret_name(name: str) -> bool:
+    """Whether a pair, a header or a log field named ``name`` holds a secret (the rule is
+    in the module's docstring): ``api_key``, ``client_secret``, ``X-Amz-Signature`` do;
+    ``keys``, ``author``, ``digest``, ``registry`` do not."""
     words = [word.lower() for word in _NAME_WORDS.findall(name)]
     return any(word in _SECRET_WORDS or _SECRET_IN_A_WORD.search(word) for word in words)
 

@@ -1092,6 +1092,67 @@ def test_log_json_redacts_secrets() -> None:
     assert record["timestamp"].endswith("Z")
 
 
+# Names a log field may have that say secret by stages/_redact.py's rule. The old
+# substring list (password, secret, token, ...) missed the key, signature and session
+# ones: such a field was masked only when its value looked like a credential.
+SECRET_FIELD_NAMES = (
+    *("api_key", "apiKey", "X-Api-Key", "private_key", "key", "signature", "sig"),
+    *("X-Amz-Signature", "credential", "credentials", "session", "sessionid", "pwd"),
+    *("passphrase", "client_secret", "password", "access_token", "Authorization", "Cookie"),
+)
+
+
+def _fields_our_code_logs() -> set[str]:
+    """Every keyword a structlog call in pipeline/ and stages/ logs or binds a value by:
+    ``log.info("...", ref=..., digest=...)``, ``bound_contextvars(ref=...)``."""
+    import ast
+
+    calls = {"debug", "info", "warning", "error", "exception", "critical", "bind"}
+    calls |= {"bound_contextvars", "bind_contextvars"}
+    names: set[str] = set()
+    for package in ("pipeline", "stages"):
+        for source in (REPO_ROOT / package).glob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in calls
+                ):
+                    names.update(k.arg for k in node.keywords if k.arg is not None)
+    return names
+
+
+def test_a_log_field_is_masked_by_the_name_rule_of_the_stages() -> None:
+    # A field named api_key or client_secret kept a value that did not look like a
+    # credential; every field our own code logs must keep its value.
+    from pipeline._logging import configure_logging
+
+    ours = _fields_our_code_logs()
+    assert {"ref", "digest", "url", "registry", "store", "realm"} <= ours
+    ours.discard("exc_info")  # structlog's, not a field
+    out = io.StringIO()
+    configure_logging(level="info", json=True, stream=out)
+    plain = "plain-value-7"  # no credential's shape: only the name can mask it
+    secret_fields = {name: plain for name in SECRET_FIELD_NAMES}
+    structlog.get_logger().info(
+        "fields",
+        **{name: plain for name in ours},
+        **secret_fields,
+        headers={"X-Api-Key": plain, "X-Goog-Signature": plain, "Accept": "x", "keys": "3"},
+    )
+    record = json.loads(out.getvalue())
+    assert {name: record[name] for name in ours} == {name: plain for name in ours}
+    assert {name: record[name] for name in SECRET_FIELD_NAMES} == {
+        name: "[redacted]" for name in SECRET_FIELD_NAMES
+    }
+    assert record["headers"] == {
+        "X-Api-Key": "[redacted]",
+        "X-Goog-Signature": "[redacted]",
+        "Accept": "x",
+        "keys": "3",
+    }
+
+
 def test_log_lines_follow_the_redaction_rule_of_the_stages() -> None:
     # stages/_redact.py: a signed URL keeps its host and path, a secret-named pair its name.
     from pipeline._logging import configure_logging
