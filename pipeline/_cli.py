@@ -64,6 +64,7 @@ from typing import Any, TextIO, cast
 import structlog
 import trio
 
+from stages._auth import sent_secrets
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import ImagecError, UsageError
@@ -456,8 +457,10 @@ def credentials_from(args: argparse.Namespace, stdin: TextIO | None) -> Credenti
         raise _Usage("-u needs --password-stdin when stdin is not a terminal")
     else:
         password = _ask_password(args.username)
-    add_secret(password)  # out of every log line from now on, the debug log's included
-    return Credentials(args.username, password)
+    credentials = Credentials(args.username, password)
+    for secret in sent_secrets(credentials):
+        add_secret(secret)  # out of every log line from now on, the debug log's included
+    return credentials
 
 
 def _ask_password(username: str) -> str:
@@ -485,7 +488,7 @@ def _renderer(args: argparse.Namespace, stdout: TextIO) -> ProgressRenderer:
 
 def _cmd_pull(args: argparse.Namespace) -> int:
     credentials = credentials_from(args, sys.stdin)  # usage errors before any work
-    secret = credentials.password if credentials else None
+    secrets = sent_secrets(credentials) if credentials else ()
     registry = RegistryOptions(
         ca_file=args.ca_file,
         insecure_registries=tuple(args.insecure_registry),
@@ -525,9 +528,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         # inside it still means "interrupted" and anything else is reported on one line.
         if (interrupts := group.subgroup(KeyboardInterrupt)) is not None:
             return _pull_interrupted(renderer, ref, _first_leaf(interrupts))
-        return _pull_failed(renderer, ref, where, _first_leaf(group), secret)
+        return _pull_failed(renderer, ref, where, _first_leaf(group), secrets)
     except Exception as exc:  # the entry point reports on one line, never a traceback
-        return _pull_failed(renderer, ref, where, exc, secret)
+        return _pull_failed(renderer, ref, where, exc, secrets)
     renderer.finish(result)
     if renderer.write_error is not None:
         error_line(
@@ -592,30 +595,37 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _pull_failed(
-    renderer: ProgressRenderer, ref: str, where: str, exc: BaseException, secret: str | None
+    renderer: ProgressRenderer,
+    ref: str,
+    where: str,
+    exc: BaseException,
+    secrets: tuple[str, ...],
 ) -> int:
     """A failed pull: the stderr line, and the renderer's own last word (``--json``)."""
-    renderer.fail(ref, exc, _message(exc, secret))
-    return _failed(where, exc, secret)
+    renderer.fail(ref, exc, _message(exc, secrets))
+    return _failed(where, exc, secrets)
 
 
-def _failed(where: str, exc: BaseException, secret: str | None = None) -> int:
+def _failed(where: str, exc: BaseException, secrets: tuple[str, ...] = ()) -> int:
     """Report a failure on one line (traceback only in the debug log); pick the exit code."""
     log.debug("command failed", where=where, exc_info=exc)
-    error_line(f"error: {where}: {_message(exc, secret)}")
+    error_line(f"error: {where}: {_message(exc, secrets)}")
     return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
 
 
-def _message(exc: BaseException, secret: str | None) -> str:
+def _message(exc: BaseException, secrets: tuple[str, ...]) -> str:
     """What a failure says: ours as they are, anything else as an internal error; without
-    the password, and redacted by the rule the stages apply to a server's text
+    the credentials (``secrets``: the password and the Basic credentials made of it,
+    ``sent_secrets``), and redacted by the rule the stages apply to a server's text
     (``stages/_redact.py``) in case an exception quotes a signed URL or a token."""
     if isinstance(exc, ImagecError):
         message = str(exc)
     else:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         message = f"internal error: {detail} (--log-level debug shows more)"
-    return redact(cut_secret(message, secret) if secret else message)
+    for secret in secrets:
+        message = cut_secret(message, secret)
+    return redact(message)
 
 
 # --- images, layers, inspect ---

@@ -99,11 +99,13 @@ def log_stream() -> TextIO | None:
 
 
 def add_secret(text: str) -> None:
-    """Cut ``text`` (the user's password) out of every later log line of this process
-    and of the worker processes it starts, wherever it appears (a short password only
-    where it stands alone, ``stages/_redact.py``'s ``cut_secret``): a registry's error
-    message may quote it back, and a traceback in the debug log quotes that message.
-    The patterns below catch credentials by their shape; this one by its value."""
+    """Cut ``text`` (the user's password, or the Basic credentials made of it: callers
+    add each of ``stages/_auth.py``'s ``sent_secrets``) out of every later log line of
+    this process and of the worker processes it starts, wherever it appears, as it is or
+    percent-encoded (a short password only where it stands alone, ``stages/_redact.py``'s
+    ``cut_secret``): a registry's error message may quote it back, and a traceback in the
+    debug log quotes that message. The patterns below catch credentials by their shape;
+    this one by its value."""
     if text and text not in _Applied.settings.secrets:
         _Applied.settings = replace(_Applied.settings, secrets=(*_Applied.settings.secrets, text))
 

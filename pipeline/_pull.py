@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 import trio
 
+from stages._auth import sent_secrets
 from stages._codec import inflater
 from stages._config import Limits, RegistryOptions
 from stages._errors import (
@@ -194,8 +195,10 @@ async def pull(
     inflater(options.limits.gzip_inflater)  # an unknown one is a UsageError before any work
     if options.registry.credentials is not None:
         # Out of every line configure_logging's redaction writes, this process's and its
-        # layer workers': a registry's error message may quote the password back.
-        add_secret(options.registry.credentials.password)
+        # layer workers': a registry's error message may quote the password back, or the
+        # Basic credentials made of it.
+        for secret in sent_secrets(options.registry.credentials):
+            add_secret(secret)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     with structlog.contextvars.bound_contextvars(ref=str(reference)):
         try:

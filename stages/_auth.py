@@ -58,6 +58,7 @@ __all__ = [
     "host_addresses",
     "is_link_local_host",
     "resolves_internal",
+    "sent_secrets",
     "token_url",
 ]
 
@@ -209,8 +210,26 @@ def pull_scope(repository: str) -> str:
 
 
 def basic_authorization(credentials: Credentials) -> str:
+    return "Basic " + _basic_credentials(credentials)
+
+
+def _basic_credentials(credentials: Credentials) -> str:
+    """The credentials of ``Authorization: Basic …`` (RFC 7617): base64 of user:password."""
     raw = f"{credentials.username}:{credentials.password}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def sent_secrets(credentials: Credentials) -> tuple[str, ...]:
+    """What of ``credentials`` a server we sent them to may quote back, for ``cut_secret``
+    to cut out of its words (``stages/_redact.py``): the password, and the Basic
+    credentials made of it, with and without their ``=`` padding. ``redact`` knows those
+    only after the word ``Basic``; a token service or a registry that says which
+    credentials it could not decode quotes them bare. ``cut_secret`` finds each also
+    percent-encoded (``p%40ss``), as a form body or a query spells it. The padded form
+    comes first: cut after the unpadded one, its ``=`` would be left behind."""
+    basic = _basic_credentials(credentials)
+    forms = (credentials.password, basic, basic.rstrip("="))
+    return tuple(dict.fromkeys(form for form in forms if form))
 
 
 def host_of(authority: str) -> str:
@@ -451,8 +470,7 @@ async def fetch_token(
                     if credentials is not None
                     else f"{registry} needs credentials (-u USER --password-stdin)"
                 )
-                secret = credentials.password if credentials is not None else None
-                detail = await error_detail(response, secret=secret)
+                detail = await error_detail(response, credentials=credentials)
                 said = f": {detail}" if detail else ""
                 raise AuthError(
                     f"the token service at {realm_host} refused a token {who}"
@@ -534,7 +552,7 @@ _ERROR_BODY_BYTES = 16 * 1024
 _ERROR_PART_CHARS = 200
 
 
-async def error_detail(response: httpx.Response, *, secret: str | None = None) -> str:
+async def error_detail(response: httpx.Response, *, credentials: Credentials | None = None) -> str:
     """What a registry or token service says went wrong, redacted and shortened; "" when
     its body says nothing we can read.
 
@@ -546,8 +564,10 @@ async def error_detail(response: httpx.Response, *, secret: str | None = None) -
 
     The words go into errors and retry warnings, so they pass ``redact`` first (a storage
     server behind a redirect echoes the signed URL it was asked for, a registry the token
-    it refused), and ``secret`` (the password just sent) is cut out where the service
-    quotes it (``cut_secret``: a short one only where it stands alone, not out of words).
+    it refused), and the ``credentials`` just sent are cut out where the service quotes
+    them (``sent_secrets``: the password, as it is or percent-encoded, and the base64 of
+    the Basic credentials; ``cut_secret``: a short one only where it stands alone, not
+    out of words).
     Redacted before being cut short, so that a secret cut short still has the shape that
     gives it away, and after what is not printable is dropped, so that a control
     character cannot hide a secret's name from it.
@@ -568,10 +588,11 @@ async def error_detail(response: httpx.Response, *, secret: str | None = None) -
         ]
     said += [[doc.get("error"), doc.get("error_description")], [doc.get("details")]]
     said.append([doc.get("message")])
+    secrets = sent_secrets(credentials) if credentials is not None else ()
     parts = []
     for words in said:
         texts = [_printable(x) for x in words if isinstance(x, str)]
-        if secret:
+        for secret in secrets:
             texts = [cut_secret(x, secret) for x in texts]
         text = ": ".join(redact(x) for x in texts if x)
         if text and text not in parts:

@@ -39,16 +39,23 @@ The rule, the same everywhere:
 
 The user's own password is cut out by its value too (``cut_secret``), wherever a server
 quotes it back: a token service's "incorrect password 'pw1'", a message quoting
-``ci:pw1``. A password of eight characters or more is cut wherever it appears, even
-inside a word: so long a string turns up in other text by chance almost never. A shorter
-one is cut only where it stands on its own, not touching a letter or a digit: a password
-"e" cut out of every word made "incorr[redacted]ct us[redacted]rnam[redacted]" of the
-service's reason, and of the reference and every log line. The trade-off, in the
-direction of masking too much: a short password that is also a word or a number of the
-text ("or", "2026") is still cut where that word stands alone. What is not cut is a
-short password run into other letters or digits ("xpw1y"): a server quoting what it was
-sent quotes it apart (alone, or as ``ci:pw1``), and a word that merely contains two or
-three letters of it says nothing of it.
+``ci:pw1``, and the same with any of its characters percent-encoded, as a form body, a
+query or a URL's user info spells it (``p%40ss`` for ``p@ss``, ``+`` or ``%20`` for a
+space, the hex in either case). The Basic credentials made of it (the base64 of
+``user:password``) are a secret of their own, which the caller gives, knowing the user
+name (``stages/_auth.py``, ``sent_secrets``): ``redact`` knows them only after the word
+``Basic``, and a server that could not decode them quotes them bare.
+
+A password of eight characters or more is cut wherever it appears, even inside a word:
+so long a string turns up in other text by chance almost never. A shorter one is cut
+only where it stands on its own, not touching a letter or a digit: a password "e" cut
+out of every word made "incorr[redacted]ct us[redacted]rnam[redacted]" of the service's
+reason, and of the reference and every log line. The trade-off, in the direction of
+masking too much: a short password that is also a word or a number of the text ("or",
+"2026") is still cut where that word stands alone. What is not cut is a short password
+run into other letters or digits ("xpw1y"): a server quoting what it was sent quotes it
+apart (alone, or as ``ci:pw1``), and a word that merely contains two or three letters
+of it says nothing of it.
 
 Everything else is kept: host names, ports, status codes, error codes and the server's
 words, so a message still says which server failed and what it said. ``redact`` is
@@ -57,6 +64,7 @@ idempotent, pure and cheap (a few regular expressions over a short string).
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["REDACTED", "cut_secret", "is_secret_name", "redact", "shown_url"]
@@ -122,16 +130,36 @@ _LETTER_OR_DIGIT = re.compile(r"[^\W_]")
 
 def cut_secret(text: str, secret: str) -> str:
     """``text`` without ``secret`` (the password the user gave), wherever a server may
-    have quoted it; a short password only where it stands on its own, so that the words
-    around it stay whole (the rule is in this module's docstring)."""
+    have quoted it, as it is or percent-encoded; a short password only where it stands on
+    its own, so that the words around it stay whole (the rule is in this module's
+    docstring)."""
     if not secret:
         return text
+    return _secret_pattern(secret).sub(REDACTED, text)
+
+
+@functools.lru_cache(maxsize=16)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """``secret`` with each character as it is or percent-encoded (every byte of its
+    UTF-8 as ``%XX``, the hex in either case; a space also as ``+``), so that one search
+    finds it however a form body, a query or a URL's user info spelled it. Cached: the
+    log processor cuts the same few secrets out of every string of every line."""
+    characters = []
+    for char in secret:
+        encoded = "".join(f"%{_hex_either_case(byte)}" for byte in char.encode())
+        spellings = [re.escape(char), encoded, *([r"\+"] if char == " " else [])]
+        characters.append(f"(?:{'|'.join(spellings)})")
+    body = "".join(characters)
     if len(secret) >= _CUT_ANYWHERE_FROM:
-        return text.replace(secret, REDACTED)
+        return re.compile(body)
     # Only an edge that is a letter or a digit can run into a word of the text.
     before = r"(?<![^\W_])" if _LETTER_OR_DIGIT.fullmatch(secret[0]) else ""
     after = r"(?![^\W_])" if _LETTER_OR_DIGIT.fullmatch(secret[-1]) else ""
-    return re.sub(f"{before}{re.escape(secret)}{after}", REDACTED, text)
+    return re.compile(f"{before}{body}{after}")
+
+
+def _hex_either_case(byte: int) -> str:
+    return "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}")
 
 
 def _redact_pair(match: re.Match[str]) -> str:

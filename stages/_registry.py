@@ -771,7 +771,8 @@ class RegistryClient:
             if from_registry
             else f"the storage server {_authority(response.url)} that {authority} redirected to"
         )
-        detail = await error_detail(response)
+        # A registry refusing Basic credentials may quote them back (sent_secrets).
+        detail = await error_detail(response, credentials=self._options.credentials)
         suffix = f" ({detail})" if detail else ""
         ref_text = str(ref)
         if not from_registry and status in (401, 403):

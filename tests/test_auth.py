@@ -27,6 +27,7 @@ from stages._auth import (
     parse_token_response,
     resolve_host,
     resolves_internal,
+    sent_secrets,
     token_url,
 )
 from stages._config import Credentials, Limits
@@ -360,7 +361,7 @@ async def test_fetch_token_with_credentials() -> None:
 )
 async def test_error_detail_reads_what_servers_say(body: object, said: str) -> None:
     response = httpx.Response(401, content=json.dumps(body).encode())
-    assert await error_detail(response, secret="hunter2") == said
+    assert await error_detail(response, credentials=Credentials("bob", "hunter2")) == said
 
 
 async def test_error_detail_cuts_a_short_password_only_where_it_stands_alone() -> None:
@@ -368,7 +369,38 @@ async def test_error_detail_cuts_a_short_password_only_where_it_stands_alone() -
     body = {"details": "incorrect username or password (got 'ci:e')"}
     response = httpx.Response(401, content=json.dumps(body).encode())
     said = "incorrect username or password (got 'ci:[redacted]')"
-    assert await error_detail(response, secret="e") == said
+    assert await error_detail(response, credentials=Credentials("ci", "e")) == said
+
+
+BASIC = basic_authorization(CREDS).removeprefix("Basic ")
+
+
+@pytest.mark.parametrize(
+    ("quoted", "kept"),
+    [
+        (BASIC, "[redacted]"),  # the Basic credentials without the word "Basic"
+        (BASIC.rstrip("="), "[redacted]"),  # ... and without their padding
+        (BASIC.replace("=", "%3D"), "[redacted]"),  # ... as a form body would carry them
+        ("alice:s3cr3t%2Dpa55", "alice:[redacted]"),  # the password as in a URL's user info
+    ],
+)
+async def test_error_detail_cuts_the_credentials_however_a_server_quotes_them(
+    quoted: str, kept: str
+) -> None:
+    # Only the password as sent was cut: a token service or a registry that could not
+    # decode the Basic credentials it got quoted them whole, and the password with them.
+    body = {"errors": [{"code": "UNAUTHORIZED", "message": f"cannot decode {quoted}"}]}
+    response = httpx.Response(401, content=json.dumps(body).encode())
+    said = await error_detail(response, credentials=CREDS)
+    assert said == f"UNAUTHORIZED: cannot decode {kept}"
+
+
+def test_sent_secrets_are_the_password_and_the_basic_credentials_padded_then_not() -> None:
+    # Padded first: cut after the unpadded form, the padding would be left in the text.
+    assert sent_secrets(CREDS) == (SECRET, BASIC, BASIC.rstrip("="))
+    assert BASIC.endswith("=")
+    unpadded = Credentials("alice", "s3cr3t-pa55x")  # user:password is 18 bytes
+    assert sent_secrets(unpadded) == ("s3cr3t-pa55x", basic_authorization(unpadded)[6:])
 
 
 async def test_error_detail_of_a_body_that_is_not_json_is_empty() -> None:

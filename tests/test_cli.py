@@ -7,6 +7,7 @@ the end-to-end pulls against the real registry live in tests/test_pull*.py.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import gzip
@@ -568,6 +569,28 @@ def test_a_short_password_is_cut_out_where_it_stands_not_out_of_words(
     assert record["where"] == f"pulling {REF}"
     assert "password [redacted] is expired for ci" in json.dumps(record["exception"])
     assert " e " not in " ".join(err)
+
+
+def test_credentials_quoted_back_encoded_are_cut_from_the_error_line_and_the_log(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only the password as typed was cut: quoted as the base64 of the Basic credentials
+    # without the word "Basic", or percent-encoded, it reached the error line and the
+    # debug log's traceback.
+    basic = base64.b64encode(b"ci:p@ss w0rd!").decode()
+    said = f"cannot decode {basic} nor {basic.rstrip('=')}; got ci:p%40ss+w0rd%21"
+    install_fake_pull(monkeypatch, _raise(AuthError(said)))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("p@ss w0rd!\n"))
+    argv = ["pull", REF, "--store", str(store_dir), "-u", "ci", "--password-stdin",
+            "--log-level", "debug", "--log-json"]  # fmt: skip
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    cut = "cannot decode [redacted] nor [redacted]; got ci:[redacted]"
+    assert err[-1] == f"imagec-pipe: error: pulling {REF}: {cut}"
+    [record] = [json.loads(line) for line in err if "command failed" in line]
+    assert cut in json.dumps(record["exception"])
+    for secret in (basic.rstrip("="), "p%40ss", "w0rd"):
+        assert secret not in "\n".join(err)
 
 
 def test_a_failed_json_pull_names_the_reference_as_its_progress_did(

@@ -6,6 +6,7 @@ name, and no partial download is left in ``ingest/``.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import io
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import pipeline
 from pipeline import Platform, PullOptions, Store
 from tests.support import images
 from tests.support.processes import descendants
-from tests.support.servers import Reply
+from tests.support.servers import RecordedRequest, Reply
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
@@ -306,6 +308,71 @@ async def test_a_refused_short_password_is_cut_out_of_the_reason_not_its_words(
 
     said = f"(HTTP 401: incorrect username or password (got '{user}:[redacted]'))"
     assert said in str(refused.value)
+
+
+@pytest.mark.parametrize("quote_back", ["base64", "percent-encoded"])
+async def test_a_token_service_quoting_the_credentials_encoded_gets_them_cut(
+    token_registry: Any, token_server: Any, unique_seed: str, tmp_path: Path, quote_back: str
+) -> None:
+    # The password was cut only as it was sent: quoted back as the Basic credentials'
+    # base64 without the word "Basic", or percent-encoded ("ci:p%40ss%21"), it stayed in
+    # the error, in every retry warning and in the CLI's error line.
+    token_registry.push("team/private-app", images.sample_image(unique_seed), "1")
+    user, password = token_registry.credentials
+    wrong = f"not {password}@9f3c!"
+    token_server.refuse_like_docker_hub = True
+    token_server.quote_back = quote_back
+    creds = pipeline.RegistryOptions(credentials=pipeline.Credentials(user, wrong))
+
+    with pytest.raises(pipeline.AuthError) as refused:
+        await pipeline.pull(
+            token_registry.ref("team/private-app", "1"),
+            store=Store.open(tmp_path / "store"),
+            options=options(registry=creds),
+        )
+
+    message = str(refused.value)
+    basic = base64.b64encode(f"{user}:{wrong}".encode()).decode()
+    encoded = urllib.parse.quote(wrong, safe="")
+    assert "%40" in encoded and "%20" in encoded  # what the service quotes is encoded
+    quoted = "[redacted]" if quote_back == "base64" else f"{user}:[redacted]"
+    assert f"(HTTP 401: incorrect username or password (got '{quoted}'))" in message
+    for secret in (basic, basic.rstrip("="), encoded, "9f3c"):
+        assert secret not in message
+
+
+async def test_a_registry_quoting_basic_credentials_back_gets_them_cut(
+    fixture_server: Any, tmp_path: Path
+) -> None:
+    # A registry that answers Basic credentials it cannot take by quoting them, without
+    # the word "Basic" (padded or not): its words reached the error whole, and with
+    # them the password, base64 being no secret-keeping.
+    server = fixture_server()
+    credentials = pipeline.Credentials("ci", "hunter2-S!")
+    basic = base64.b64encode(b"ci:hunter2-S!").decode()
+    assert basic.endswith("=")
+
+    def registry(request: RecordedRequest) -> Reply:
+        authorization = request.headers.get("authorization")
+        if authorization is None:
+            return Reply(401, {"WWW-Authenticate": 'Basic realm="fixture"'})
+        sent = authorization.removeprefix("Basic ")
+        message = f"cannot decode {sent}, nor {sent.rstrip('=')}"
+        return Reply.error(401, "UNAUTHORIZED", message)
+
+    server.route("/v2/", registry)
+    server.route("/v2/team/app/manifests/1", registry)
+
+    message = await pull_fails(
+        f"{server.host}/team/app:1",
+        tmp_path / "s",
+        pipeline.AuthError,
+        registry=pipeline.RegistryOptions(credentials=credentials),
+    )
+
+    assert server.count() >= 2  # the credentials were sent, and quoted back
+    assert "(UNAUTHORIZED: cannot decode [redacted], nor [redacted])" in message
+    assert basic.rstrip("=") not in message
 
 
 @pytest.mark.parametrize(("fault", "status"), [("status", 503), ("status", 502), ("close", 0)])

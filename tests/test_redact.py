@@ -170,6 +170,17 @@ def test_a_url_a_manifest_names_is_shown_redacted_printable_and_short() -> None:
         # An edge that is no letter or digit cannot run into a word: it is cut anywhere.
         ("sent x-!", "-!", "sent x[redacted]"),
         ("nothing to cut", "", "nothing to cut"),
+        # Percent-encoded, as a form body, a query or a URL's user info spells it: any of
+        # its characters, the hex in either case, a space as %20 or +.
+        ("got 'ci:p%40ss%21'", "p@ss!", "got 'ci:[redacted]'"),
+        (
+            "x=hunter+2%2FS&y=1 (hunter%202%2fS)",
+            "hunter 2/S",
+            "x=[redacted]&y=1 ([redacted])",
+        ),
+        ("got %C3%A9t%c3%a9 for ci", "été", "got [redacted] for ci"),
+        # ... and a short one, so spelled, still only where it stands on its own.
+        ("sent p%40s, not xp%40s", "p@s", "sent [redacted], not xp%40s"),
     ],
 )
 def test_a_password_is_cut_out_without_cutting_words(text: str, secret: str, kept: str) -> None:

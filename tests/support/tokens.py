@@ -114,6 +114,10 @@ class TokenServer:
     #: Refuse wrong credentials as Docker Hub's token service does, ``{"details": …}``,
     #: quoting the username and password it was sent (a server must not, but one may).
     refuse_like_docker_hub: bool = False
+    #: How such a refusal quotes what it was sent: ``user:password`` as it is, the Basic
+    #: credentials' base64 without the word "Basic", or percent-encoded as a form body
+    #: or a URL's user info spells it (``ci:p%40ss``).
+    quote_back: Literal["decoded", "base64", "percent-encoded"] = "decoded"
     requests: list[TokenRequest] = field(default_factory=list)
     _key: Any = None
     _cert_der: bytes = b""
@@ -145,6 +149,7 @@ class TokenServer:
             self.exp_skew = 0
             self.omit_expires_in = False
             self.refuse_like_docker_hub = False
+            self.quote_back = "decoded"
 
     def set_fault(
         self, fault: Fault | None, *, status: int = 503, times: int | None = None
@@ -306,7 +311,13 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 return
             if bad_credentials and server.refuse_like_docker_hub:
                 record(401)
-                details = f"incorrect username or password (got {sent!r})"
+                name, _, pw = sent.partition(":")
+                quoted = {
+                    "decoded": sent,
+                    "base64": base64.b64encode(sent.encode()).decode(),
+                    "percent-encoded": ":".join(urllib.parse.quote(x, safe="") for x in (name, pw)),
+                }[server.quote_back]
+                details = f"incorrect username or password (got {quoted!r})"
                 self._send(401, json.dumps({"details": details}).encode())
                 return
             if bad_credentials:
