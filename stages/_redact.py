@@ -14,17 +14,20 @@ The rule, the same everywhere:
   ``[redacted]`` (a signed URL's secrets are in its query), and so does its fragment
   unless the fragment reads as a page anchor (``#pull-rate-limit``, ``#section-2.1``):
   a lower-case word, then more words or numbers of up to four digits, joined by ``-``,
-  ``_`` or ``.``. A fragment may carry a token (``#access_token=…``) or a key
-  (``#3q2-7Xk…``), which have other shapes;
+  ``_`` or ``.``, none of them a secret's name (``#access-token-…`` goes). A fragment
+  may carry a token (``#access_token=…``) or a key (``#3q2-7Xk…``), which have other
+  shapes;
 - a query string quoted without its URL (``?name=value…``) becomes ``?[redacted]``;
 - a ``name=value`` or JSON ``"name": "value"`` pair keeps its name and loses its value
   when the name says secret (``is_secret_name``; the log processor masks a log field's
   value by the same rule). The name is split into its words (at ``-``, ``_``, ``.``
   and where camelCase changes case: ``X-Amz-Signature`` is x, amz, signature); it says
   secret when a word contains token, passw, passphrase, secret, credential, signature,
-  cookie, authorization, sessionid or sessid, ends in key or sig (``apikey``,
-  ``privatekey``, ``urlsig``), or is one of sig, key, auth, session, pass, pwd, pw, sid,
-  jwt, cred, creds, hmac, otp, bearer or ticket (``Key-Pair-Id``, ``session_token``,
+  cookie, authorization, sessionid or sessid, ends in key, sig or auth, with or without
+  "id" after (``apikey``, ``privatekey``, ``urlsig``, ``accesskeyid``, ``oauth``),
+  ends in keys after more letters (``apikeys``), starts with authcode or authkey, or is
+  one of sig, key, auth, session, pass, pwd, pw, sid, jwt, cred, creds, hmac, otp,
+  bearer, ticket, sign or sigv (``Key-Pair-Id``, ``session_token``, ``q-sign-time``,
   ``X-Amz-Security-Token``, ``client_secret``). A name that merely contains such
   letters is a word of its own: ``keys``, ``author``, ``authority``, ``sessions``,
   ``design``, ``signal`` keep their values. A name made of several words says secret
@@ -88,11 +91,11 @@ _JSON_PAIR = re.compile(r'"([\w.-]+)"\s*:\s*"(?:[^"\\]|\\.)*"')
 _NAME_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _SECRET_IN_A_WORD = re.compile(
     r"token|passw|passphrase|secret|credential|signature|cookie|authorization|sessionid"
-    r"|sessid|(?:key|sig)$"
+    r"|sessid|(?:key|sig|auth)(?:id)?$|.keys$|^auth(?:code|key)"
 )
 _SECRET_WORDS = frozenset(
     {"sig", "key", "auth", "session", "pass", "pwd", "pw", "sid", "jwt", "cred", "creds"}
-    | {"hmac", "otp", "bearer", "ticket"}
+    | {"hmac", "otp", "bearer", "ticket", "sign", "sigv"}
 )
 # A fragment kept as it is: a page anchor, lower-case words and short numbers.
 _ANCHOR = re.compile(r"#[a-z]{1,24}(?:[-_.](?:[a-z]{1,24}|[0-9]{1,4}))*")
@@ -192,7 +195,7 @@ def _redact_url(match: re.Match[str]) -> str:
     authority, slash, path = location.partition("/")
     if "@" in authority:
         authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
-    if _ANCHOR.fullmatch(secret_part):
+    if _ANCHOR.fullmatch(secret_part) and not is_secret_name(secret_part[1:]):
         tail = secret_part
     else:
         tail = f"?{REDACTED}" if secret_part not in ("", "?", "#") else ""

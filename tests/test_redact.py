@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages._redact import SHOWN_URL_CHARS, cut_secret, redact, shown_url
+from stages._redact import REDACTED, SHOWN_URL_CHARS, cut_secret, is_secret_name, redact, shown_url
 
 SIGNED = (
     "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data"
@@ -186,3 +186,39 @@ def test_a_url_a_manifest_names_is_shown_redacted_printable_and_short() -> None:
 def test_a_password_is_cut_out_without_cutting_words(text: str, secret: str, kept: str) -> None:
     assert cut_secret(text, secret) == kept
     assert cut_secret(kept, secret) == kept
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # Names the substring rule caught and the word rule first missed: a key's ID, a
+        # plural of keys, auth at a word's end or start, a signing scheme's parameters.
+        "accesskeyid",
+        "AWSAccessKeyId",
+        "apikeyid",
+        "privatekeyid",
+        "keyid",
+        "apikeys",
+        "basicauth",
+        "oauth",
+        "authcode",
+        "sigv4",
+        "q-sign-algorithm",
+    ],
+)
+def test_a_key_id_or_auth_name_still_loses_its_value(name: str) -> None:
+    assert is_secret_name(name)
+    assert redact(f"refused: {name}=v4lue-9") == f"refused: {name}={REDACTED}"
+
+
+@pytest.mark.parametrize("name", ["keys", "author", "authority", "signal", "design", "keyboard"])
+def test_words_that_only_contain_a_secret_name_keep_their_value(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_a_fragment_shaped_as_an_anchor_but_named_as_a_secret_goes() -> None:
+    url = "https://cdn.example/l#access-token-abcdefabcdef"
+    assert redact(url) == f"https://cdn.example/l?{REDACTED}"
+    assert (
+        redact("https://cdn.example/l#secretlowercasevalue") == f"https://cdn.example/l?{REDACTED}"
+    )
