@@ -78,8 +78,10 @@ from ._main import (
     EXIT_INTERRUPTED,
     PROG,
     STOP_SIGNALS,
+    StopRequest,
     Terminated,
     error_line,
+    stop_signals_deferred,
     stop_signals_raise,
 )
 from ._progress import (
@@ -465,7 +467,7 @@ def credentials_from(args: argparse.Namespace, stdin: TextIO | None) -> Credenti
 
 def _ask_password(username: str) -> str:
     """The prompt on the terminal; a stop signal here raises ``Terminated`` (see
-    ``_stop_signals_raise``), so that getpass turns echo back on."""
+    ``stop_signals_raise``), so that getpass turns echo back on."""
     try:
         password = getpass.getpass(f"Password for {username}: ")
     except EOFError:  # Ctrl-D
@@ -513,7 +515,8 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     try:
         store = Store.open(args.store)
         try:
-            result = trio.run(_pull_until_stopped, args.ref, store, options)
+            with stop_signals_deferred() as stop:
+                result = trio.run(_pull_until_stopped, args.ref, store, options, stop)
         finally:
             renderer.close()
             store.close()
@@ -551,17 +554,22 @@ def _pull_interrupted(renderer: ProgressRenderer, ref: str, interrupt: BaseExcep
     return EXIT_INTERRUPTED
 
 
-async def _pull_until_stopped(ref: str, store: Store, options: PullOptions) -> PullResult:
+async def _pull_until_stopped(
+    ref: str, store: Store, options: PullOptions, stop: StopRequest
+) -> PullResult:
     """``pull``, cancelled by SIGTERM or SIGHUP as Ctrl-C cancels it.
 
     Left to their default action, those signals end the process at once: partial files
     stay in ``ingest/`` until the next run sweeps them, ``--json`` never gets its error
     line, and layer worker processes stop only when they see it gone (``_workers``).
-    Raises ``Terminated`` after a clean cancel.
+    Raises ``Terminated`` after a clean cancel. ``stop`` holds a signal that came while
+    trio was starting (``stop_signals_deferred``), before this receiver opened.
     """
     stopped: list[int] = []
     result: PullResult | None = None
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        if (early := stop.take()) is not None:  # from here on, signals come to `signals`
+            raise Terminated(early)
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:

@@ -28,9 +28,11 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "PROG",
     "STOP_SIGNALS",
+    "StopRequest",
     "Terminated",
     "error_line",
     "main",
+    "stop_signals_deferred",
     "stop_signals_raise",
 ]
 
@@ -61,8 +63,8 @@ def stop_signals_raise() -> Iterator[None]:
     KeyboardInterrupt. Their default action ends the process at once: at the password
     prompt that left the terminal without echo (getpass restores it in a ``finally``),
     and during a 30 s wait for the store's lock it skipped the exit code and the message.
-    Inside ``trio.run`` the pull's own signal receiver takes over (``_pull_until_stopped``).
-    The previous handlers come back afterwards: tests run ``main()`` in their process."""
+    Around ``trio.run`` they are recorded instead (``stop_signals_deferred``). The
+    previous handlers come back afterwards: tests run ``main()`` in their process."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers
         return
@@ -76,6 +78,57 @@ def stop_signals_raise() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class StopRequest:
+    """The first stop signal that arrived while ``stop_signals_deferred`` held it back.
+
+    A plain record, set by a signal handler: it only ever goes from None to a signal.
+    """
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+    def record(self, signum: int, frame: object) -> None:
+        """The signal handler: remember the signal, raise nothing."""
+        if self.signal is None:
+            self.signal = signal.Signals(signum)
+
+    def take(self) -> signal.Signals | None:
+        """The signal recorded, if any, which is then no longer pending."""
+        signum, self.signal = self.signal, None
+        return signum
+
+
+@contextlib.contextmanager
+def stop_signals_deferred() -> Iterator[StopRequest]:
+    """SIGTERM and SIGHUP are recorded, not raised, while ``trio.run`` runs; leaving the
+    block raises ``Terminated`` for one that was recorded and not taken.
+
+    Before the pull's signal receiver opens and after it closes, trio runs code of its own
+    (starting and ending its run, between tasks), and it takes an exception raised there
+    for a bug of its own: a raising handler ended the pull with ``TrioInternalError``
+    (exit 1, "internal error"), or abandoned the run with warnings and no clean-up. A
+    handler that only records is safe anywhere. The receiver replaces it while open
+    (``_pull_until_stopped``): a signal that came before, the pull takes from the
+    ``StopRequest`` once the receiver is open; one after it closed is raised here, once
+    trio has returned. That one ends the command as terminated even if the image was
+    pulled, as trio raises KeyboardInterrupt after its run for a Ctrl-C at that moment.
+    SIGINT needs none of this: trio's own handler holds a Ctrl-C back in trio's code."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # only the main thread may set handlers
+        return
+    previous = {signum: signal.signal(signum, request.record) for signum in STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        # After the handlers are back, so that no signal falls between the check and them;
+        # raised here, it replaces what trio returned, or has what it raised as context.
+        if (stopped := request.take()) is not None:
+            raise Terminated(stopped)
 
 
 def error_line(message: str) -> None:

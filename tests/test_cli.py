@@ -1022,6 +1022,153 @@ def test_sigterm_cancels_the_pull_cleanly(
     assert _all_gone(below) == []
 
 
+# The moments at which trio runs its own code around the pull, outside any task: a stop
+# signal there found the raising handler in place (trio's receiver opens only inside the
+# pull), and trio took the Terminated it raised for a bug of its own. Each hooks one
+# function trio calls there and raises the signal in the process itself, right after the
+# call (or, for Runner.close, right before it): the signal lands at that moment every time.
+_TRIO_MOMENTS = {
+    # unrolled_run, before the first task: TrioInternalError.
+    "trio-starts-its-clock": ("after _run.SystemClock.start_clock", False),
+    # trio.run's own loop, before the first task: the run abandoned, RuntimeWarnings.
+    "trio-first-waits-for-io": ("after _run.TheIOManager.get_events", False),
+    # unrolled_run, the image pulled: TrioInternalError and an ignored traceback.
+    "the-pull-task-has-ended": ("after _run.Runner.task_exited", True),
+    # trio's receiver hands the signal on from a system task, once closed: TrioInternalError.
+    "the-receiver-closes": ("before trio.open_signal_receiver's exit", True),
+    # in unrolled_run's finally: Terminated (this one worked already).
+    "trio-closes-its-run": ("before _run.Runner.close", True),
+}
+
+_SIGNAL_INSIDE_TRIO = textwrap.dedent(
+    """
+    import contextlib, os, signal, sys
+    import trio
+    from trio._core import _run
+    from pipeline._main import main
+
+    report_fd, moment, signum = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    del sys.argv[1:4]
+    when, _, name = moment.partition(" ")
+    unreported = [report_fd]
+
+    def raise_signal_once():
+        if unreported:
+            fd = unreported.pop()
+            os.write(fd, moment.encode())
+            os.close(fd)
+            signal.raise_signal(signum)  # the handler runs in this thread, before we return
+
+    if name == "trio.open_signal_receiver's exit":
+        open_signal_receiver = trio.open_signal_receiver
+
+        @contextlib.contextmanager
+        def hooked_receiver(*signals):
+            with open_signal_receiver(*signals) as receiver:
+                try:
+                    yield receiver
+                finally:
+                    raise_signal_once()
+
+        trio.open_signal_receiver = hooked_receiver
+    else:
+        owner, _, method = name.removeprefix("_run.").partition(".")
+        cls = getattr(_run, owner)
+        original = getattr(cls, method)
+
+        def hooked(self, *args):
+            if owner == "Runner" and method == "task_exited" and args[0] is not self.main_task:
+                return original(self, *args)
+            if when == "before":
+                raise_signal_once()
+            result = original(self, *args)
+            if when == "after":
+                raise_signal_once()
+            return result
+
+        setattr(cls, method, hooked)
+    sys.exit(main())
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("moment", list(_TRIO_MOMENTS))
+@pytest.mark.parametrize(
+    ("signum", "status", "line", "error"),
+    [
+        (signal.SIGTERM, 143, "imagec-pipe: terminated (SIGTERM)\n", "Terminated"),
+        (signal.SIGHUP, 129, "imagec-pipe: terminated (SIGHUP)\n", "Terminated"),
+        (signal.SIGINT, 130, "imagec-pipe: interrupted\n", "KeyboardInterrupt"),
+    ],
+    ids=["SIGTERM", "SIGHUP", "SIGINT"],
+)
+def test_a_stop_signal_while_trio_starts_or_ends_exits_as_in_the_pull(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    moment: str,
+    signum: int,
+    status: int,
+    line: str,
+    error: str,
+) -> None:
+    """A signal that lands in trio's own code, as it starts or ends the pull's run, ends
+    the command as one that lands in the pull: its status, its one line on stderr, and
+    --json's error line; not "internal error: TrioInternalError" (exit 1), nor an
+    abandoned run's warnings. (SIGINT worked before: trio defers a Ctrl-C in its code.)"""
+    from tests.support import images
+
+    registry.push(unique_repo, images.sample_image(unique_seed, layer_size=64 * 1024), "1")
+    store = tmp_path / "store"
+    argv = ["pull", registry.ref(unique_repo, "1"), "--store", str(store), "--json"]
+    report, report_fd = os.pipe()
+    hook, pulled = _TRIO_MOMENTS[moment]
+    try:
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _SIGNAL_INSIDE_TRIO,
+                    str(report_fd),
+                    hook,
+                    str(signum),
+                    *argv,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=cli_env(),
+                pass_fds=(report_fd,),
+            )
+        finally:
+            os.close(report_fd)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        reported = os.read(report, 200).decode()
+    finally:
+        os.close(report)
+    assert reported == hook, f"the hook never ran: {err}"
+    assert (proc.returncode, err) == (status, line)
+    events = [json.loads(text) for text in out.splitlines()]
+    assert (events[-1]["event"], events[-1]["error"]) == ("error", error)
+    # A signal before the pull began stops it before any request; one after it ended
+    # leaves the image it pulled. Either way nothing is left half-written.
+    with Store.open(store) as opened:
+        assert [record.ref for record in opened.list_images()] == (
+            [registry.ref(unique_repo, "1")] if pulled else []
+        )
+    assert (len(events) > 1) is pulled  # more than the error line: the pull's own events
+    assert os.listdir(store / "ingest") == []
+
+
 def test_sigkill_of_the_cli_ends_its_worker_processes(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -176,3 +176,32 @@ def test_a_stop_signal_during_the_imports_exits_as_it_does_in_a_pull(
     # The delay counted from the start of the heavy imports, the handlers in place by
     # then. Checked last: where they were not, the failure above shows what the signal did.
     assert reported.endswith("with handlers in place"), f"{module}:{function}: {reported}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_stop_signals_deferred_raises_terminated_when_left_not_where_the_signal_lands() -> None:
+    """Around trio.run a stop signal is recorded: trio takes an exception its own code
+    raises for a bug of its own (TrioInternalError). It is raised on leaving, unless the
+    pull took it; the handlers before come back either way."""
+    # Raising handlers outside, so that a broken one fails this test, not the test run.
+    with _main.stop_signals_raise():
+        outside = signal.getsignal(signal.SIGTERM)
+        reached = []
+        with pytest.raises(_main.Terminated) as stopped, _main.stop_signals_deferred():
+            signal.raise_signal(signal.SIGHUP)
+            signal.raise_signal(signal.SIGTERM)
+            reached.append("after the signals")
+        assert reached == ["after the signals"]
+        assert stopped.value.signal == signal.SIGHUP  # the first one
+        assert signal.getsignal(signal.SIGTERM) is outside
+
+        with _main.stop_signals_deferred() as request:
+            signal.raise_signal(signal.SIGTERM)
+            assert request.take() == signal.SIGTERM  # taken: nothing raised on leaving
+        assert signal.getsignal(signal.SIGTERM) is outside
+
+        # What the block raised is the context of the Terminated that replaces it.
+        with pytest.raises(_main.Terminated) as stopped, _main.stop_signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            raise ValueError("the pull failed")
+        assert isinstance(stopped.value.__context__, ValueError)
