@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform as _platform
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,18 +119,36 @@ class MediaType:
     ACCEPT_MANIFESTS = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 
 
-_GOARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "arm",
-    "armv6l": "arm",
-    "i386": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
+# What ``platform.machine()`` (the kernel's name for the machine) says, and the Go
+# (OCI) architecture a program built for it has, with the variant the name implies
+# (containerd's DefaultSpec: runtime.GOARCH, and for ARM the variant its
+# getCPUVariantFromArch reads after "armv"). A name not listed is
+# taken as Go's own (ppc64le, s390x, riscv64, ppc64, mips64).
+_MACHINES: dict[str, tuple[str, str | None]] = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "i386": ("386", None),
+    "i486": ("386", None),
+    "i586": ("386", None),
+    "i686": ("386", None),
+    "x86": ("386", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    # A big-endian arm64 kernel runs no little-endian (arm64) program: Go's arm64be.
+    "aarch64_be": ("arm64be", None),
+    "loongarch64": ("loong64", None),
+    "mipsel": ("mipsle", None),
+    "mips64el": ("mips64le", None),
+}
+# 32-bit ARM as the kernel names it: "armv" and the version, then the letters of its
+# extensions (armv5tel, armv5tejl, armv6l, armv7l; armv8l is a 32-bit program on an
+# ARMv8 CPU), then "l" for little-endian (Go's arm) or "b" for big-endian (armbe).
+_ARM_MACHINE = re.compile(r"armv([3-8])[a-z]*([lb])")
+# What a 32-bit interpreter on a 64-bit kernel is: the 32-bit architecture of the same
+# CPU, as containerd built for it (GOARCH 386 or arm) says; an arm64 CPU is ARMv8.
+_32_BIT_OF: dict[str, tuple[str, str | None]] = {
+    "amd64": ("386", None),
+    "arm64": ("arm", "v8"),
 }
 
 # What a user may write for an architecture, and the OCI (Go) name and default variant
@@ -204,6 +223,9 @@ def _older_by(architecture: str, wanted: str | None, offered: str | None) -> int
 
 # Where Linux lists the CPU's flags.
 _CPUINFO = Path("/proc/cpuinfo")
+# The size of this interpreter's pointers: a 32-bit one on a 64-bit kernel is a 32-bit
+# userland's.
+_INTERPRETER_BITS = 64 if sys.maxsize > 2**32 else 32
 # The CPU flags (as /proc/cpuinfo names them) each x86-64 micro-architecture level adds,
 # by the x86-64 psABI: v2 CMPXCHG16B, LAHF/SAHF, POPCNT, SSE3 ("pni"), SSE4.1, SSE4.2,
 # SSSE3; v3 AVX, AVX2, BMI1, BMI2, F16C, FMA, LZCNT ("abm"), MOVBE, OSXSAVE (listed as
@@ -216,20 +238,34 @@ _AMD64_LEVEL_FLAGS = (
 )
 
 
-def _host_platform(system: str, machine: str, cpuinfo: Path) -> Platform:
+def _host_platform(
+    system: str, machine: str, cpuinfo: Path, interpreter_bits: int = 64
+) -> Platform:
     """The platform of a machine ``platform.system()`` and ``platform.machine()`` name,
-    whose CPU flags ``cpuinfo`` lists (read for ``amd64`` on Linux only)."""
+    whose CPU flags ``cpuinfo`` lists (read for ``amd64`` on Linux only), running an
+    interpreter of ``interpreter_bits`` bits.
+
+    The platform is the interpreter's, as containerd's is its binary's (``GOARCH``): a
+    32-bit Python on an aarch64 kernel (a 32-bit userland, as 32-bit Raspberry Pi OS on
+    a 64-bit kernel) is ``linux/arm/v8``, the platform of the userland whose tools will
+    run the image, not ``arm64``.
+
+    An ARM version is the one the kernel names the machine by (``armv6l`` v6), where
+    containerd reads /proc/cpuinfo's "CPU architecture" first: the two agree but on the
+    first Raspberry Pis' ARMv6 CPUs, which say "7" there (containerd corrects that by
+    their model name, which older kernels do not list)."""
     machine = machine.lower()
     system = system.lower() or "linux"
-    arch = _GOARCH.get(machine, machine)
-    variant = None
-    if arch == "arm64":
-        variant = "v8"
-    elif machine == "armv7l":
-        variant = "v7"
-    elif machine == "armv6l":
-        variant = "v6"
-    elif arch == "amd64" and system == "linux":
+    arch: str
+    variant: str | None
+    arm = _ARM_MACHINE.fullmatch(machine)
+    if arm:
+        arch, variant = ("arm" if arm[2] == "l" else "armbe"), f"v{arm[1]}"
+    else:
+        arch, variant = _MACHINES.get(machine, (machine, None))
+    if interpreter_bits == 32 and arch in _32_BIT_OF:
+        arch, variant = _32_BIT_OF[arch]
+    if arch == "amd64" and system == "linux":
         flags = _cpu_flags(cpuinfo)
         # Unread, the level is left unnamed, which is v1: what every x86-64 CPU runs
         # (containerd assumes the same).
@@ -293,12 +329,14 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         """This machine's platform, with architectures named as Go (and OCI) name them,
-        and the variant its CPU runs: ``arm64`` v8, ``arm`` v7 or v6 by the machine's
-        name, ``amd64`` its x86-64 micro-architecture level (v1 to v4) by the CPU flags
-        the kernel lists, as containerd's ``platforms.DefaultSpec`` and docker's
-        ``maximumSpec`` detect it. A request for ``amd64/v3`` takes a v3, v2 or v1
+        and the variant its CPU runs: ``arm64`` v8, ``arm`` the version the machine's
+        name says (``armv7l`` v7, ``armv8l`` v8), ``amd64`` its x86-64
+        micro-architecture level (v1 to v4) by the CPU flags the kernel lists; a 32-bit
+        Python on a 64-bit kernel is the 32-bit architecture (``386``, ``arm/v8``): as
+        containerd's ``platforms.DefaultSpec`` and docker's ``maximumSpec`` detect it.
+        A request for ``amd64/v3`` takes a v3, v2 or v1
         image and refuses a v4 one, which would die of an illegal instruction here."""
-        return _host_platform(_platform.system(), _platform.machine(), _CPUINFO)
+        return _host_platform(_platform.system(), _platform.machine(), _CPUINFO, _INTERPRETER_BITS)
 
     def matches(self, other: Platform) -> bool:
         """Whether an index entry (or an image config) ``other`` satisfies this requested

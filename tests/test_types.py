@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,48 @@ def test_other_hosts_read_no_cpu_flags(tmp_path: Path) -> None:
     assert _host_platform("Darwin", "x86_64", v4) == Platform("darwin", "amd64")
 
 
+@pytest.mark.parametrize(
+    ("machine", "bits", "host"),
+    [
+        # What containerd's platforms.DefaultSpec says on each machine (GOARCH, and the
+        # ARM version after "armv" in the machine's name), with a Python of ``bits``.
+        ("x86_64", 64, "linux/amd64"),
+        ("amd64", 64, "linux/amd64"),
+        ("aarch64", 64, "linux/arm64/v8"),
+        ("arm64", 64, "linux/arm64/v8"),
+        ("armv8l", 32, "linux/arm/v8"),  # a 32-bit program on an ARMv8 CPU
+        ("armv7l", 32, "linux/arm/v7"),
+        ("armv6l", 32, "linux/arm/v6"),
+        ("armv5tel", 32, "linux/arm/v5"),
+        ("armv5tejl", 32, "linux/arm/v5"),
+        ("armv7b", 32, "linux/armbe/v7"),  # big-endian: no arm program runs there
+        ("aarch64_be", 64, "linux/arm64be"),  # nor any arm64 one here
+        ("i386", 32, "linux/386"),
+        ("i686", 32, "linux/386"),
+        ("x86", 32, "linux/386"),
+        ("ppc64le", 64, "linux/ppc64le"),
+        ("s390x", 64, "linux/s390x"),
+        ("riscv64", 64, "linux/riscv64"),
+        ("loongarch64", 64, "linux/loong64"),
+        ("mips64el", 64, "linux/mips64le"),
+        # A 32-bit Python on a 64-bit kernel: a 32-bit userland, as containerd built for
+        # it (GOARCH arm, 386) says.
+        ("aarch64", 32, "linux/arm/v8"),
+        ("x86_64", 32, "linux/386"),
+        ("s390x", 32, "linux/s390x"),
+    ],
+)
+def test_the_machine_s_name_is_go_s_architecture_and_variant(
+    tmp_path: Path, machine: str, bits: int, host: str
+) -> None:
+    # armv8l, armv5tel and armv5tejl were taken for architectures of those names (no
+    # index offers them), aarch64_be for arm64's own name, a 32-bit Python on an aarch64
+    # kernel for arm64.
+    no_flags = tmp_path / "missing"
+    assert _host_platform("Linux", machine, no_flags, bits) == Platform.parse(host)
+    assert str(_host_platform("Linux", machine, no_flags, bits)) == host
+
+
 def test_the_host_platform_takes_the_lower_levels_and_refuses_a_higher_one(
     tmp_path: Path,
 ) -> None:
@@ -161,6 +204,7 @@ def test_the_host_platform_takes_the_lower_levels_and_refuses_a_higher_one(
     ranks = [host.rank(Platform.parse(f"linux/amd64/{v}")) for v in ("v3", "v2", "v1", "v4")]
     assert ranks == [0, 1, 2, None]
     assert host.rank(Platform("linux", "amd64")) == 2
+    bits = 64 if sys.maxsize > 2**32 else 32
     assert Platform.host() == _host_platform(
-        platform.system(), platform.machine(), Path("/proc/cpuinfo")
+        platform.system(), platform.machine(), Path("/proc/cpuinfo"), bits
     )
