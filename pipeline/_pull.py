@@ -57,8 +57,9 @@ log = structlog.get_logger()
 class PullOptions:
     """How to pull. ``platform`` None means this machine's platform (``Platform.host()``,
     with its CPU's variant: ``linux/amd64/v3`` takes no ``v4`` image of an index), and
-    then a single-platform image for another one is pulled for what it is; a platform
-    given is required of it too (``PlatformNotFound`` otherwise, as docker refuses it)."""
+    then a single-platform image for another one is pulled for what it is, with a
+    warning, as docker pulls it; a platform given is required of it too
+    (``PlatformNotFound`` otherwise, as docker refuses it)."""
 
     platform: Platform | None = None
     max_concurrent_downloads: int = 3

@@ -82,13 +82,13 @@ async def resolve_image(
     naming no platform (OCI makes it optional) are read in order, manifest and config,
     and the first whose config is for ``platform`` is taken, or else the closest
     fallback among them; at most ``limits.max_unplaced_entries`` are read. The config's
-    ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A single
-    manifest is taken for the platform its config names, unless ``platform_asked`` (the
-    user chose ``platform``): then another OS, architecture or variant is refused, as
-    docker refuses it, rather than storing an image the user said they did not want. A
-    config's variant counts only when it names one, and by the same rule as an index
-    entry's (an ``arm/v7`` request takes an ``arm/v6`` config, ``amd64`` no ``amd64/v3``
-    one).
+    ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A config's
+    platform serves ``platform`` by the rule an index entry's does (an ``arm/v7`` request
+    takes an ``arm/v6`` config, ``amd64`` or an x86-64-v3 machine no ``amd64/v4`` one),
+    its variant counting only when it names one. A single manifest for another platform
+    is refused if ``platform_asked`` (the user chose ``platform``), as docker refuses
+    it, rather than storing an image the user said they did not want; else it is taken
+    for the platform its config names, with a warning, as docker pulls it.
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -112,14 +112,19 @@ async def resolve_image(
     index_media_type: str | None = None
     if media_type not in MediaType.INDEXES:
         image = await _read_image(client, ref, digest, media_type, body, doc, limits, where)
-        if (
-            platform_asked
-            and image.platform is not None
-            and _config_rank(image.platform, platform, asked=True) is None
-        ):
-            raise PlatformNotFound(
-                f"the image is for {image.platform}, not {platform} as asked; it is a single "
-                "manifest, with no other platform to choose",
+        if image.platform is not None and _config_rank(image.platform, platform) is None:
+            if platform_asked:
+                raise PlatformNotFound(
+                    f"the image is for {image.platform}, not {platform} as asked; it is a"
+                    " single manifest, with no other platform to choose",
+                    ref=where,
+                    digest=str(digest),
+                )
+            # As docker pulls it (and warns when it is run).
+            log.warning(
+                f"the image's platform ({image.platform}) does not match this machine's"
+                f" ({platform}), and no platform was asked for: it is a single manifest,"
+                " pulled as it is, which may not run here",
                 ref=where,
                 digest=str(digest),
             )
@@ -197,7 +202,9 @@ async def _read_unplaced(
 ) -> _Image:
     """The image of the index entries naming no platform (``unplaced``, in the index's
     order) whose config is for ``wanted``: the first that is exactly, else the closest
-    fallback (``_config_rank``), the first of equals.
+    fallback (``_config_rank``), the first of equals. ``wanted`` is held to its variant
+    whether asked for or the machine's own (its CPU's x86-64 level): an entry whose
+    config says ``amd64/v4`` would die of an illegal instruction on an x86-64-v3 CPU.
 
     containerd reads only the first such entry (``images.Manifest`` walks one candidate),
     so an index of platform-less entries served one platform; each is read here, manifest
@@ -208,7 +215,7 @@ async def _read_unplaced(
     said: list[Platform] = []
     for entry in unplaced[: limits.max_unplaced_entries]:
         image = await _read_entry(client, ref, entry, limits, where)
-        rank = _config_rank(image.platform, wanted, asked=platform_asked)
+        rank = _config_rank(image.platform, wanted)
         if rank == 0:
             return image
         if rank is not None and (best is None or rank < best[0]):
@@ -697,19 +704,19 @@ def _same_system(a: Platform, b: Platform) -> bool:
     return a.os == b.os and a.architecture == b.architecture
 
 
-def _config_rank(image: Platform | None, wanted: Platform, *, asked: bool) -> int | None:
+def _config_rank(image: Platform | None, wanted: Platform) -> int | None:
     """How well an image whose config says ``image`` serves ``wanted``, lower is better,
     None not at all: by ``Platform.rank`` (the same variant, or an older version that
     ``wanted`` runs), except that a config naming no platform, or no variant, leaves the
     choice to what it names (configs often omit the variant, where an index entry's
-    omission means the default one); and the variant counts only when the user ``asked``
-    for ``wanted`` with --platform: the machine's own variant is a default, not a
-    demand."""
+    omission means the default one). As containerd's ``images.Manifest`` matches an
+    index entry without a platform by its config's (``ConfigPlatform``, variant and all),
+    whether ``wanted`` was asked for or is this machine's ``DefaultSpec``."""
     if image is None:
         return 0
     if not _same_system(image, wanted):
         return None
-    if not asked or image.variant is None:
+    if image.variant is None:
         return 0
     return wanted.rank(image)
 

@@ -1970,3 +1970,24 @@ def test_e2e_tls_needs_the_ca_file(
     pulled = run_cli("pull", ref, "--store", str(tmp_path / "b"), "--ca-file",
                      str(tls_registry.ca_pem), "-q")  # fmt: skip
     assert pulled.returncode == 0, pulled.stderr
+
+
+def test_e2e_a_single_manifest_for_another_platform_is_pulled_with_a_warning(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # Without --platform, docker pulls a single-platform image of another platform and
+    # warns that it does not match the host's; we pulled it without a word.
+    from pipeline import Platform
+    from tests.support import images
+
+    other = "linux/s390x" if Platform.host().architecture != "s390x" else "linux/ppc64le"
+    image = images.sample_image(unique_seed, platform=other, layer_size=4096)
+    ref = registry.ref(unique_repo, "other")
+    registry.push(unique_repo, image, "other")
+
+    done = run_cli("pull", ref, "--store", str(tmp_path / "store"))
+
+    assert done.returncode == 0, done.stderr
+    assert f"Status: Downloaded newer image for {ref}" in done.stdout
+    assert f"the image's platform ({other}) does not match this machine's" in done.stderr
+    assert "no platform was asked for" in done.stderr

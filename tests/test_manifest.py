@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from structlog.testing import capture_logs
 
 from stages._config import Limits, RegistryOptions
 from stages._errors import ManifestError, PlatformNotFound
@@ -28,6 +29,7 @@ X86_64_V3_FLAGS = (
     " fma movbe xsave avx f16c abm bmi1 avx2 bmi2"
 )
 UNKNOWN = {"os": "unknown", "architecture": "unknown"}
+AMD64_LEVELS = ("linux/amd64/v4", "linux/amd64/v2", "linux/amd64")
 REPO = "reg.example/team/app"
 
 
@@ -517,8 +519,14 @@ async def test_index_entry_without_platform_is_checked_against_its_config() -> N
     v6 = Platform("linux", "arm", "v6")
     with pytest.raises(PlatformNotFound, match=r"\(its config says linux/arm/v7\)"):
         await resolve(reg, platform=v6, platform_asked=True)
-    # Not asked for: the machine's own platform, whose variant a config may differ in.
-    assert (await resolve(reg, platform=v6)).platform == Platform("linux", "arm", "v7")
+    # Not asked for, the machine's own platform holds a config to its variant too: an
+    # ARMv6 CPU does not run ARMv7 code (it took the entry).
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=v6)
+    assert str(info.value).startswith(
+        "the image has no manifest for linux/arm/v6 (this machine's platform); it has:"
+        " linux/s390x, an entry without a platform (its config says linux/arm/v7)."
+    )
     image = await resolve(reg, platform=Platform("linux", "arm", "v7"))
     assert str(image.manifest_digest) == unplaced["digest"]
     assert image.platform == Platform("linux", "arm", "v7")
@@ -569,6 +577,81 @@ async def test_entries_without_a_platform_give_the_closest_older_version_to_none
     image = await resolve(reg, platform=v7_asked, platform_asked=True)
     assert str(image.manifest_digest) == v7["digest"]
     assert not _fetched(reg, v5)  # the exact one ends the search
+
+
+async def test_this_machine_s_x86_64_level_holds_entries_without_a_platform_to_it(
+    tmp_path: Path,
+) -> None:
+    # Without --platform, a config's variant was not looked at: on an x86-64-v3 CPU an
+    # index entry naming no platform, whose config says amd64/v4, was taken, to die of
+    # an illegal instruction. containerd matches such an entry by its config's platform,
+    # variant included, with the machine's own as with one asked for.
+    reg = Registry()
+    v4, v2, plain = (_unplaced(reg, p, i) for i, p in enumerate(AMD64_LEVELS))
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    _index(reg, [v4])
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=this_machine)
+    assert str(info.value).startswith(
+        "the image has no manifest for linux/amd64/v3 (this machine's platform, by its"
+        " CPU's x86-64 level); it has: an entry without a platform (its config says"
+        " linux/amd64/v4). Choose one with --platform"
+    )
+    # A level it runs is taken, as is a config naming none (every x86-64 CPU runs it).
+    _index(reg, [v4, v2])
+    image = await resolve(reg, platform=this_machine)
+    assert str(image.manifest_digest) == v2["digest"]
+    assert image.platform == Platform("linux", "amd64", "v2")
+    _index(reg, [v4, plain])
+    assert str((await resolve(reg, platform=this_machine)).manifest_digest) == plain["digest"]
+    # A machine whose level cannot be read is v1, and takes neither v2 nor v4.
+    _index(reg, [v4, v2])
+    with pytest.raises(PlatformNotFound, match=r"x86-64 level v1, no CPU flags to read"):
+        await resolve(reg, platform=AMD64)
+    # Asked for, as before.
+    image = await resolve(reg, platform=Platform.parse("linux/amd64/v4"), platform_asked=True)
+    assert str(image.manifest_digest) == v4["digest"]
+
+
+async def test_a_single_manifest_for_another_platform_is_pulled_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    # Without --platform, docker pulls a single manifest of another platform (and warns
+    # "The requested image's platform (...) does not match the detected host platform
+    # (...)" when it is run); we pulled it and said nothing.
+    reg = Registry()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    for config_bytes, said in (
+        (config(variant="v4"), "linux/amd64/v4"),
+        (config(arch="arm64", variant="v8"), "linux/arm64/v8"),
+    ):
+        digest = reg.add_manifest(
+            dumps(manifest(reg, config_bytes)), MediaType.OCI_MANIFEST, "latest"
+        )
+        with capture_logs() as logs:
+            image = await resolve(reg, platform=this_machine)
+        assert str(image.manifest_digest) == digest
+        assert str(image.platform) == said
+        warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+        assert len(warnings) == 1, logs
+        assert warnings[0]["event"].startswith(
+            f"the image's platform ({said}) does not match this machine's (linux/amd64/v3),"
+            " and no platform was asked for"
+        )
+        assert warnings[0]["digest"] == digest
+        # Asked for, it is refused, as before.
+        with pytest.raises(PlatformNotFound, match=f"the image is for {said}, not linux/amd"):
+            await resolve(reg, platform=this_machine, platform_asked=True)
+    # What the machine runs is pulled without a word.
+    for config_bytes in (config(variant="v2"), config(), config(os="", arch="")):
+        reg.add_manifest(dumps(manifest(reg, config_bytes)), MediaType.OCI_MANIFEST, "latest")
+        with capture_logs() as logs:
+            await resolve(reg, platform=this_machine)
+        assert not [entry for entry in logs if entry["log_level"] == "warning"], logs
 
 
 async def test_entries_without_a_platform_none_of_them_for_the_platform() -> None:
