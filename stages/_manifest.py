@@ -128,7 +128,7 @@ async def resolve_image(
                 ref=where,
                 digest=str(digest),
             )
-        final_platform = image.platform or platform
+        final_platform = image.platform or _unnamed_platform(platform)
     else:
         index_bytes, index_media_type = body, media_type
         entries = _parse_index(doc, where, digest)
@@ -149,7 +149,7 @@ async def resolve_image(
             image = await _read_unplaced(
                 client, ref, entries, candidates, platform, platform_asked, limits, where, digest
             )
-            final_platform = image.platform or platform
+            final_platform = image.platform or _unnamed_platform(platform)
     log.debug(
         "image resolved",
         ref=where,
@@ -719,6 +719,24 @@ def _config_rank(image: Platform | None, wanted: Platform) -> int | None:
     if image.variant is None:
         return 0
     return wanted.rank(image)
+
+
+def _unnamed_platform(wanted: Platform) -> Platform:
+    """The platform an image whose config names none is recorded under: ``wanted``'s OS
+    and architecture, and its variant only where the plain architecture is one
+    ``wanted`` does not run (``arm/v6``: plain ``arm`` is v7).
+
+    Only an image can say what it needs; a variant of ours (this machine's x86-64 level,
+    or one asked for) said it needs ``linux/amd64/v4``, and tools that take an OCI
+    layout's ``index.json`` by platform, as containerd's import does, would refuse it on
+    any lower level. docker and containerd record the config as it is, with no platform;
+    the store records one (the images' listing, ``index.json``), so this one says the
+    least that is true of what was pulled for ``wanted``: ``linux/amd64`` for any level,
+    ``linux/arm64`` for ``arm64/v9``, ``linux/arm/v7`` kept as it is."""
+    plain = Platform(wanted.os, wanted.architecture)
+    if plain.normalized() == wanted.normalized() or wanted.rank(plain) is None:
+        return wanted
+    return plain
 
 
 def _config_platform(doc: Mapping[str, Any], where: str, digest: Digest) -> Platform | None:

@@ -654,6 +654,40 @@ async def test_a_single_manifest_for_another_platform_is_pulled_with_a_warning(
         assert not [entry for entry in logs if entry["log_level"] == "warning"], logs
 
 
+async def test_a_config_naming_no_platform_is_recorded_without_the_machine_s_level(
+    tmp_path: Path,
+) -> None:
+    # It was recorded under the machine's platform, which now says its CPU's x86-64
+    # level: linux/amd64/v4, a need the image never stated, which tools choosing an OCI
+    # layout's entry by platform refuse on a lower level. docker and containerd keep
+    # the config as it is.
+    reg = Registry()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    nameless = manifest(reg, config(os="", arch="", diff_ids=1), layers=[layer(40)])
+    unplaced = index_entry(reg, nameless, None)
+    for platform, asked, recorded in (
+        (this_machine, False, "linux/amd64"),
+        (Platform.parse("linux/amd64/v4"), True, "linux/amd64"),
+        (AMD64, False, "linux/amd64"),
+        (ARM64, False, "linux/arm64/v8"),  # the same as plain arm64, kept as it was
+        (Platform.parse("linux/arm64/v9"), True, "linux/arm64"),
+        (Platform.parse("linux/arm/v7"), False, "linux/arm/v7"),
+        (Platform.parse("linux/arm/v8"), True, "linux/arm"),
+        # Plain arm is v7, which an ARMv6 CPU does not run: the variant stays.
+        (Platform.parse("linux/arm/v6"), False, "linux/arm/v6"),
+        (Platform.parse("linux/riscv64/rva23u64"), True, "linux/riscv64"),
+    ):
+        reg.add_manifest(dumps(nameless), MediaType.OCI_MANIFEST, "latest")
+        image = await resolve(reg, platform=platform, platform_asked=asked)
+        assert str(image.platform) == recorded, (platform, asked)
+        _index(reg, [unplaced])
+        image = await resolve(reg, platform=platform, platform_asked=asked)
+        assert str(image.manifest_digest) == unplaced["digest"]
+        assert str(image.platform) == recorded, (platform, asked)
+
+
 async def test_entries_without_a_platform_none_of_them_for_the_platform() -> None:
     reg = Registry()
     entries = [_unplaced(reg, p, i) for i, p in enumerate(("linux/arm64", "linux/s390x"))]

@@ -1090,6 +1090,27 @@ async def test_plain_amd64_takes_no_higher_x86_64_level_an_index_has(
     assert_store_consistent(store.path)
 
 
+async def test_an_image_naming_no_platform_is_stored_without_the_level_it_was_pulled_for(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # Its config names no OS or architecture: it was stored as linux/amd64/v4, the level
+    # it was pulled for (this machine's since f137044), in the database and index.json.
+    layer = images.make_layer(unique_seed, size=4096, compression="gzip")
+    config = images.make_config([layer], extra={"os": "", "architecture": ""})
+    image = images.make_image([layer], config=config)
+    registry.push(unique_repo, image, "nameless")
+    ref = registry.ref(unique_repo, "nameless")
+    store = Store.open(tmp_path / "store")
+
+    v4 = Platform("linux", "amd64", "v4")
+    result = await pipeline.pull(ref, store=store, options=options(platform=v4))
+
+    assert result.platform == AMD64
+    assert index_entries(store.path)[ref]["platform"] == {"os": "linux", "architecture": "amd64"}
+    assert [record.platform for record in store.list_images()] == [AMD64]
+    assert_store_consistent(store.path)
+
+
 async def test_an_index_whose_entries_name_no_platform_gives_the_one_whose_config_fits(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
