@@ -6,6 +6,7 @@ validated, so a digest can be put in a path or a URL without further checks.
 
 from __future__ import annotations
 
+import functools
 import platform as _platform
 import re
 import sys
@@ -299,6 +300,11 @@ def _amd64_level(flags: frozenset[str]) -> int:
     return level
 
 
+@functools.cache
+def _this_host() -> Platform:
+    return _host_platform(_platform.system(), _platform.machine(), _CPUINFO, _INTERPRETER_BITS)
+
+
 @dataclass(frozen=True)
 class Platform:
     """An OCI platform: ``os/architecture[/variant]``, as in ``linux/arm64/v8``."""
@@ -335,8 +341,11 @@ class Platform:
         Python on a 64-bit kernel is the 32-bit architecture (``386``, ``arm/v8``): as
         containerd's ``platforms.DefaultSpec`` and docker's ``maximumSpec`` detect it.
         A request for ``amd64/v3`` takes a v3, v2 or v1
-        image and refuses a v4 one, which would die of an illegal instruction here."""
-        return _host_platform(_platform.system(), _platform.machine(), _CPUINFO, _INTERPRETER_BITS)
+        image and refuses a v4 one, which would die of an illegal instruction here.
+
+        Read once per process: the machine does not change, and every pull (a library
+        host's many) asks, on its event loop."""
+        return _this_host()
 
     def matches(self, other: Platform) -> bool:
         """Whether an index entry (or an image config) ``other`` satisfies this requested
