@@ -10,8 +10,8 @@ The transfer is a series of *attempts*, each from a byte offset (``_attempt``). 
 fails in a way another may cure (the body broke off, the connection reset, a 5xx or 429,
 an expired signed URL: ``transient`` on the error), ``stages/_retry.py`` waits and the
 next attempt starts at ``transfer.received`` with ``Range: bytes=N-`` (an attempt that
-received bytes before the server went silent is not a stall "in a row" for
-``Limits.stall_retries``: the transfer moved). The registry must
+received ``Limits.stall_progress_bytes`` before the server went silent is not a stall
+"in a row" for ``Limits.stall_retries``: the transfer moved). The registry must
 answer 206 from byte N, or 200 with the whole blob, of which the first N bytes are
 skipped; the digest, checked downstream over every byte once, proves the pieces belong
 together. The consumers downstream never see the seam: they receive the bytes once, in

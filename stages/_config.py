@@ -114,8 +114,14 @@ class Limits:
     # one more: docker's pull hangs (kubelet's --image-pull-progress-deadline was made for
     # it), containerd's CRI cancels a pull after 5 minutes without a byte, and
     # containers/image resumes a body only once 1 MiB arrived since the last resume. An
-    # attempt that received bytes before it stalled starts the count again.
+    # attempt that received stall_progress_bytes before it stalled starts the count again.
     stall_retries: int = 1
+    # The bytes of a layer an attempt that ended in a stall must have received to count
+    # as progress rather than as one more stall in a row (for any other request, every
+    # stall counts). When any byte counted, a server that sent a byte and then nothing,
+    # on every attempt, held a layer for retries + 1 read timeouts; containers/image asks
+    # for 1 MiB since the last resume. 1: any byte.
+    stall_progress_bytes: int = 1 * MiB
     # The wait before retry n is retry_wait_s * 2**(n-1), at most retry_max_wait_s, of
     # which a random half (jitter: pulls that failed together do not return together).
     retry_wait_s: float = 0.5
@@ -163,6 +169,7 @@ _LEAST_COUNTS = {
     "max_layer_urls": 0,  # 0: the registry only
     "retries": 0,
     "stall_retries": 0,
+    "stall_progress_bytes": 1,  # 1: any byte is progress
 }
 _POSITIVE_SECONDS = (
     "connect_timeout_s",

@@ -8,9 +8,11 @@ alone decides what follows:
 
 - an error not marked transient is raised at once;
 - a stall (the server sent nothing for the read timeout: ``stalled_s`` on the error) is
-  tried again at most ``limits.stall_retries`` times in a row while the request receives
-  nothing, then raised, saying how many times it happened: each costs the whole read
-  timeout, and five of them held a pull five minutes on a server that had hung;
+  tried again at most ``limits.stall_retries`` times in a row while the request makes no
+  real progress (a layer: fewer than ``limits.stall_progress_bytes`` per attempt; any
+  other request: any stall), then raised, saying how many times it happened: each costs
+  the whole read timeout, and five of them held a pull five minutes on a server that had
+  hung, or that sent one byte per attempt;
 - after ``limits.retries`` retries, the last error is raised, saying how many attempts
   were made;
 - a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
@@ -71,7 +73,7 @@ def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -
 
 def retry_wait(error: ImagecError, retry: int, limits: Limits, *, stalls: int = 0) -> float:
     """Seconds to wait before retry number ``retry`` (from 1) after ``error``, the last of
-    ``stalls`` stalls in a row that received nothing (0: ``error`` is no such stall).
+    ``stalls`` stalls in a row that made no real progress (0: ``error`` is no such stall).
 
     Raises ``error`` when there is to be no retry: it is not transient, ``stalls`` is
     over ``limits.stall_retries`` (its message then says how many), the retries are used
@@ -119,18 +121,19 @@ async def retrying(
     ``on_retry(error, retry, wait_s)`` is called before each wait (progress events);
     every retry is also logged as a warning, so a pull that succeeded slowly says why.
     ``position()`` says how far the work has got (a blob's bytes received): an attempt
-    that moved it and then stalled did receive something, so it starts the count of
-    stalls in a row again. Without it, every stall counts.
+    that moved it by ``limits.stall_progress_bytes`` or more and then stalled made
+    progress, so it starts the count of stalls in a row again; one that moved it less (a
+    byte, then silence) is one more stall. Without it, every stall counts.
     """
     retry = 0
-    stalls = 0  # attempts in a row that ended in a stall having received nothing
+    stalls = 0  # attempts in a row that ended in a stall having made no real progress
     while True:
         before = position() if position is not None else 0
         try:
             return await attempt()
         except ImagecError as error:
             retry += 1
-            moved = position is not None and position() != before
+            moved = position is not None and position() - before >= limits.stall_progress_bytes
             stalls = stalls + 1 if error.stalled_s is not None and not moved else 0
             wait = retry_wait(error, retry, limits, stalls=stalls)
             log.warning(

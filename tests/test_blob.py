@@ -413,7 +413,9 @@ async def test_a_body_that_sends_nothing_twice_in_a_row_is_given_up_on() -> None
     """Each stall costs the read timeout (60 s by default): a server that stopped sending
     for good held the layer five of them. A stall that received nothing is tried once
     more, then not."""
-    limits = Limits(chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001)
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001, stall_progress_bytes=4096
+    )
     async with source_for(stalling_from([4096, 4096, 4096])) as source:
         chunks, _, _, error = await run_stage(source, limits=limits)
     assert isinstance(error, RegistryUnavailable) and error.stalled_s == limits.read_timeout_s
@@ -424,13 +426,30 @@ async def test_a_body_that_sends_nothing_twice_in_a_row_is_given_up_on() -> None
 
 
 async def test_stalls_after_bytes_arrived_are_retried_as_long_as_the_transfer_moves() -> None:
-    limits = Limits(chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001)
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001, stall_progress_bytes=1000
+    )
     async with source_for(stalling_from([1000, 2000, 2000, 3000])) as source:
         chunks, events, _, error = await run_stage(source, limits=limits)
     assert error is None
     assert b"".join(chunks) == BLOB
     assert [offset for _, _, offset in source.calls] == [0, 1000, 2000, 2000, 3000]
     assert len([e for e in events if e.event == "layer-retrying"]) == 4
+
+
+async def test_a_stall_after_less_than_stall_progress_bytes_is_one_more_stall_in_a_row() -> None:
+    """A server that sends a little and then nothing, attempt after attempt: when any
+    byte was progress, its stalls were never in a row and each of the retries waited out
+    the read timeout. Less than ``stall_progress_bytes`` per attempt is no progress."""
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001, stall_progress_bytes=1001
+    )
+    async with source_for(stalling_from([1000, 2000, 3000])) as source:
+        chunks, _, _, error = await run_stage(source, limits=limits)
+    assert isinstance(error, RegistryUnavailable) and error.stalled_s == limits.read_timeout_s
+    assert "2 times in a row, so not tried again" in str(error)
+    assert [offset for _, _, offset in source.calls] == [0, 1000]
+    assert b"".join(chunks) == BLOB[:2000]
 
 
 async def test_more_bytes_than_the_size_is_not_retried() -> None:

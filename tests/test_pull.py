@@ -661,6 +661,35 @@ async def test_a_registry_that_stalls_is_asked_twice_not_five_times(
         assert layer.digest in message and layer.digest not in blob_names(tmp_path / "s")
 
 
+async def test_a_layer_that_sends_a_little_then_stalls_every_time_is_asked_twice(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A server that sends a few bytes of the layer and then nothing, on every attempt:
+    any byte counted as progress, so its stalls were never "in a row" and the layer
+    waited out the read timeout on all five attempts. An attempt that received less than
+    Limits.stall_progress_bytes (1 MiB) before it stalled is a stall like one that
+    received nothing. Here 1000 bytes per attempt, and a read timeout of 1 s."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0]
+    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
+    limits = pipeline.Limits(read_timeout_s=1.0, retry_wait_s=0.01)
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    assert via.blob_gets(layer.digest) == 2
+    assert f"no data from {via.host} for 1 s" in message, message
+    assert "2 times in a row, so not tried again" in message, message
+    assert layer.digest not in blob_names(tmp_path / "s")
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""

@@ -304,6 +304,29 @@ def test_proxy_counts_and_injects(
     assert p.bytes_to_client >= 4 * layer.size
 
 
+def test_proxy_relays_the_start_of_a_body_then_stalls(
+    registry: RegistryServer, proxy: Callable[..., Proxy], unique_repo: str
+) -> None:
+    image = images.sample_image("cut", compressions=("none",), with_empty_layer=False)
+    registry.push(unique_repo, image)
+    layer = image.layers[0]
+    p = proxy(registry)
+    path = f"/v2/{unique_repo}/blobs/{layer.digest}"
+    p.inject(path, Reply(stall_after=1000), method="GET", times=2)
+    # No registry_client: its auth reads every response's body before handing it over.
+    with httpx.Client(base_url=p.url, timeout=httpx.Timeout(10, read=0.5)) as client:
+        for start, status in ((0, 200), (5000, 206)):  # the registry answers the Range
+            received = bytearray()
+            headers = {"Range": f"bytes={start}-"} if start else {}
+            with client.stream("GET", path, headers=headers) as response:
+                assert response.status_code == status
+                with pytest.raises(httpx.ReadTimeout):
+                    for piece in response.iter_raw():
+                        received += piece
+            assert bytes(received) == layer.data[start : start + 1000]
+        assert client.get(path).content == layer.data  # the next one is relayed whole
+
+
 def test_proxy_throttles_and_delays(registry: RegistryServer, proxy: Callable[..., Proxy]) -> None:
     image = images.sample_image("throttle", compressions=("none",), with_empty_layer=False)
     repo = "kit/throttle"

@@ -10,7 +10,8 @@ request heads on the client→server side (GET/HEAD have no body; Content-Length
 bodies are forwarded as they are) to count requests per method and path, and it can
 throttle the server→client direction to ``rate`` bytes/s and add ``latency`` seconds before
 each request is forwarded. Responses are relayed untouched. ``inject()`` answers matching
-requests itself instead of forwarding them (a 401, a 503…), or never answers them.
+requests itself instead of forwarding them (a 401, a 503…), never answers them, or
+forwards them and relays only the start of the answer, then nothing more.
 
 Threads run the servers; everything binds to 127.0.0.1 and stops when the context exits.
 """
@@ -70,7 +71,11 @@ class Reply:
     sends the body in ``drip`` byte pieces with ``drip_interval`` seconds between them.
     ``close`` drops the connection without any answer. ``stall`` (the proxy only) keeps
     the connection open and sends nothing, until the client gives up or the proxy stops:
-    a server that accepted the request and hangs.
+    a server that accepted the request and hangs. ``stall_after`` (the proxy only; the
+    other fields are then unused) forwards the request, relays the head of the upstream's
+    answer and the first ``stall_after`` bytes of its body, then nothing more, as
+    ``stall``: a server that hangs partway through a body (the upstream's own Range
+    handling answers a resumed request).
     """
 
     status: int = 200
@@ -81,6 +86,7 @@ class Reply:
     drip_interval: float = 0.0
     close: bool = False
     stall: bool = False
+    stall_after: int | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
@@ -363,6 +369,47 @@ class _ProtocolError(Exception):
     pass
 
 
+class _Cut:
+    """How much of the response on one proxied connection is relayed: all of it, until
+    ``arm(n)`` (for ``Reply.stall_after``) asks for the next response's head and ``n``
+    bytes of its body only; what comes after is read from the upstream and dropped.
+
+    Armed by the client→server side before it forwards the request, so before any byte
+    of that response reaches the server→client side.
+    """
+
+    def __init__(self) -> None:
+        self.body_left: int | None = None  # None: relay everything
+        self._head_tail: bytes | None = None  # the head's last bytes while it is relayed
+
+    @property
+    def silent(self) -> bool:
+        """Whether the response was cut: nothing more goes to the client."""
+        return self.body_left == 0
+
+    def arm(self, body_bytes: int) -> None:
+        self.body_left = body_bytes
+        self._head_tail = b""
+
+    def admit(self, data: bytes) -> bytes:
+        """The part of ``data`` (as read from the upstream) to relay."""
+        if self.body_left is None:
+            return data
+        head = b""
+        if self._head_tail is not None:
+            seen = self._head_tail + data
+            end = seen.find(b"\r\n\r\n")
+            if end < 0:
+                self._head_tail = seen[-3:]
+                return data
+            split = end + 4 - len(self._head_tail)
+            head, data = data[:split], data[split:]
+            self._head_tail = None
+        body = data[: self.body_left]
+        self.body_left -= len(body)
+        return head + body
+
+
 class _Reader:
     """Buffered reads from a socket, for parsing request heads and chunked bodies."""
 
@@ -529,16 +576,21 @@ class Proxy:
         upstream.settimeout(None)
         self._track(upstream)
         write_lock = threading.Lock()
-        self._spawn(self._pump_down, upstream, client, write_lock)
+        cut = _Cut()
+        self._spawn(self._pump_down, upstream, client, write_lock, cut)
         try:
-            self._pump_up(client, upstream, write_lock)
+            self._pump_up(client, upstream, write_lock, cut)
         except (OSError, _ProtocolError):
             pass
         finally:
             self._close(client, upstream)
 
     def _pump_up(
-        self, client: socket.socket, upstream: socket.socket, write_lock: threading.Lock
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        write_lock: threading.Lock,
+        cut: _Cut,
     ) -> None:
         reader = _Reader(client)
         while not self._stopping.is_set():
@@ -562,7 +614,9 @@ class Proxy:
                 time.sleep(self.latency)
             injected = self._take_injection(method, request.path)
             body = self._body(reader, headers, method)
-            if injected is not None:
+            if injected is not None and injected.stall_after is not None:
+                cut.arm(injected.stall_after)  # and forward it
+            elif injected is not None:
                 for _ in body:  # consume and drop the request body
                     pass
                 if injected.stall:
@@ -623,13 +677,20 @@ class Proxy:
             client.sendall(data if head_only else data + reply.body)
 
     def _pump_down(
-        self, upstream: socket.socket, client: socket.socket, write_lock: threading.Lock
+        self,
+        upstream: socket.socket,
+        client: socket.socket,
+        write_lock: threading.Lock,
+        cut: _Cut,
     ) -> None:
         try:
             while not self._stopping.is_set():
                 data = upstream.recv(65536)
                 if not data:
                     break
+                data = cut.admit(data)
+                if not data:
+                    continue  # cut: read on, relay nothing
                 view = memoryview(data)
                 step = max(1024, int((self.rate or 0) / 20)) if self.rate else len(data)
                 for i in range(0, len(view), step):
@@ -649,8 +710,9 @@ class Proxy:
         except OSError:
             pass
         finally:
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_WR)
+            if not cut.silent:  # a cut response stays silent, however the upstream ends
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_WR)
 
 
 @contextlib.contextmanager
