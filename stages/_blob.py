@@ -28,6 +28,9 @@ same way whichever source sent them.
 A body that arrives but too slowly (a byte now and then, each just inside the read
 timeout) is ended by ``_check_rate``: fewer than ``Limits.min_transfer_bytes_per_s`` on
 average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailable``.
+The window runs on across a resume from the same source (network time being the time
+spent reading bodies), so a server that sends a little and then stalls, attempt after
+attempt, is judged on all of them, not on each one afresh.
 """
 
 from __future__ import annotations
@@ -95,11 +98,14 @@ class _Transfer:
     started: float
     received: int = 0
     reported_at: float = 0.0  # when the last progress event went out
-    # The window of the slow-transfer check: when it opened, bytes received by then, and
-    # the seconds since then that sending downstream waited (not the network's fault).
-    window_started: float = 0.0
+    # The window of the slow-transfer check: when it opened (None: not yet, from this
+    # source), bytes received by then, and the seconds since then that were not the
+    # network's fault: sending downstream waited, or no body was being read (from one
+    # attempt's end to the next one's response: the retry's wait, a new connection).
+    window_started: float | None = None
     window_received: int = 0
     window_waited_s: float = 0.0
+    body_ended: float = 0.0  # when the last attempt stopped reading its body
 
 
 # Progress events per layer at most this often (and once at the end): a display needs
@@ -164,6 +170,7 @@ async def blob_stream(
         places = _places(layer, limits)
         for place in places:
             shown = "the registry" if place is None else shown_url(place)
+            transfer.window_started = None  # each source is judged on its own bytes
             try:
                 await retrying(
                     functools.partial(attempt, place),
@@ -272,19 +279,22 @@ async def _attempt(
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
             _check_content_length(response, ref_text, layer, offset - skip)
-            _open_window(transfer, time.perf_counter())
-            # Leaving this loop early (too long, cancelled) abandons httpx's nested async
-            # generators; trio closes them and warns (ResourceWarning). stream_blob's exit
-            # closes the response, so no connection leaks; aclosing() here would only
-            # close the outermost generator.
-            async for data in response.aiter_raw():
-                _check_rate(transfer, limits, layer, ref_text, len(data))
-                if skip:
-                    kept = data[skip:]
-                    skip -= len(data) - len(kept)
-                    data = kept
-                for chunk in _pieces(data, limits.chunk_size):
-                    await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
+            _resume_window(transfer, time.perf_counter())
+            try:
+                # Leaving this loop early (too long, cancelled) abandons httpx's nested
+                # async generators; trio closes them and warns (ResourceWarning).
+                # stream_blob's exit closes the response, so no connection leaks;
+                # aclosing() here would only close the outermost generator.
+                async for data in response.aiter_raw():
+                    _check_rate(transfer, limits, layer, ref_text, len(data))
+                    if skip:
+                        kept = data[skip:]
+                        skip -= len(data) - len(kept)
+                        data = kept
+                    for chunk in _pieces(data, limits.chunk_size):
+                        await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
+            finally:
+                transfer.body_ended = time.perf_counter()
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
             f"the download of layer {digest} broke off after {transfer.received} of {size} "
@@ -363,6 +373,18 @@ def _open_window(transfer: _Transfer, now: float) -> None:
     transfer.window_waited_s = 0.0
 
 
+def _resume_window(transfer: _Transfer, now: float) -> None:
+    """At the start of an attempt's body: open the first window of a source, or let
+    the one open go on, not counting the time since the last attempt's body ended.
+
+    A window opened afresh with each attempt never spanned a resume: a server that sent
+    a few bytes per attempt and then stalled for the read timeout was never too slow."""
+    if transfer.window_started is None:
+        _open_window(transfer, now)
+    else:
+        transfer.window_waited_s += now - transfer.body_ended
+
+
 def _check_rate(
     transfer: _Transfer, limits: Limits, layer: Descriptor, ref_text: str, arriving: int
 ) -> None:
@@ -372,7 +394,7 @@ def _check_rate(
     drip is caught at its next byte; a body that stops altogether ends at the read
     timeout instead."""
     minimum = limits.min_transfer_bytes_per_s
-    if minimum <= 0:
+    if minimum <= 0 or transfer.window_started is None:
         return
     now = time.perf_counter()
     network_s = now - transfer.window_started - transfer.window_waited_s

@@ -690,6 +690,42 @@ async def test_a_layer_that_sends_a_little_then_stalls_every_time_is_asked_twice
     assert layer.digest not in blob_names(tmp_path / "s")
 
 
+async def test_the_slow_transfer_check_spans_the_resumes_of_a_layer(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """RELIABILITY.md, "slow drip": a server that sends a little per attempt and then
+    stalls. The rate window opened afresh with each attempt, so such a body was never
+    too slow, however many attempts it took: here every attempt counts as progress
+    (stall_progress_bytes=1000) and there are 10 retries, 1000 bytes and a 0.5 s stall
+    each, about 2000 B/s against a minimum of 4096 B/s over 0.8 s windows. Every retry
+    was made; now the layer is too slow once the attempts add up to a window."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0]
+    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
+    limits = pipeline.Limits(
+        read_timeout_s=0.5,
+        retries=10,
+        retry_wait_s=0.01,
+        stall_progress_bytes=1000,
+        min_transfer_bytes_per_s=4096,
+        transfer_window_s=0.8,
+    )
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    assert f"the download of layer {layer.digest} is too slow" in message, message
+    assert "gave up after" not in message, message
+    assert via.blob_gets(layer.digest) < 11
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""
