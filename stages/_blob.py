@@ -15,7 +15,9 @@ received ``Limits.stall_progress_bytes`` before the server went silent is not a 
 answer 206 from byte N, or 200 with the whole blob, of which the first N bytes are
 skipped; the digest, checked downstream over every byte once, proves the pieces belong
 together. The consumers downstream never see the seam: they receive the bytes once, in
-order. Each retry sends a ``layer-retrying`` event (``current``: the bytes kept).
+order. Each retry sends a ``layer-retrying`` event (``current``: the bytes kept). An
+attempt's error from the registry client (a stall, a broken connection) is given the
+bytes that had arrived by then, which that client does not know.
 
 A layer whose descriptor names ``urls`` (a foreign, non-distributable layer: Windows
 base layers) has more sources than the registry: when the registry's transfer fails
@@ -274,12 +276,14 @@ async def _attempt(
         if place is None
         else source.stream_url(ref, place, layer.digest, offset=offset)
     )
+    reading = False
     try:
         async with opened as response:
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
             _check_content_length(response, ref_text, layer, offset - skip)
             _resume_window(transfer, time.perf_counter())
+            reading = True
             try:
                 # Leaving this loop early (too long, cancelled) abandons httpx's nested
                 # async generators; trio closes them and warns (ResourceWarning).
@@ -295,6 +299,13 @@ async def _attempt(
                         await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
             finally:
                 transfer.body_ended = time.perf_counter()
+    except ImagecError as error:
+        # The source's own error for a failure it met (a stall, a broken connection, a
+        # 5xx on resuming) names the server and the request but not how far the layer
+        # got: that is known here. The stage's own errors say it already.
+        if error.transient and (reading or transfer.received):
+            error.extend_message(f"{transfer.received} of {size} bytes had arrived")
+        raise
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
             f"the download of layer {digest} broke off after {transfer.received} of {size} "

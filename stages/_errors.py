@@ -86,6 +86,13 @@ class ImagecError(Exception):
         self.stalled_s = stalled_s
         super().__init__(message)
 
+    def extend_message(self, note: str) -> None:
+        """Add ``note`` to the message of an error about to be raised as it is, by a site
+        that knows more than the one that made it: its type, ``ref``, ``digest`` and
+        traceback stay the ones of the failure itself."""
+        self.message = f"{self.message}; {note}"
+        self.args = (self.message,)
+
     def __reduce__(self) -> tuple[object, ...]:
         """Keep ``ref`` and ``digest`` when an error crosses a process boundary (a layer
         worker raises it in its own process)."""

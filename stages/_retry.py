@@ -83,21 +83,19 @@ def retry_wait(error: ImagecError, retry: int, limits: Limits, *, stalls: int = 
     if not error.transient:
         raise error
     if stalls > limits.stall_retries and limits.retries:
-        _extend(
-            error,
+        error.extend_message(
             f"{stalls} times in a row, so not tried again" if stalls > 1 else "not tried again",
         )
         raise error
     if retry > limits.retries:
         if limits.retries:
-            _extend(error, f"gave up after {retry} attempts")
+            error.extend_message(f"gave up after {retry} attempts")
         raise error
     asked = error.retry_after_s
     if asked is not None:
         if asked > limits.retry_after_max_s:
             wait = "an unbounded time" if asked == float("inf") else f"{asked:.0f} s"
-            _extend(
-                error,
+            error.extend_message(
                 f"the registry asks to wait {wait}, over the {limits.retry_after_max_s:g} s "
                 "a pull waits: try again later",
             )
@@ -148,10 +146,3 @@ async def retrying(
             if on_retry is not None:
                 on_retry(error, retry, wait)
             await trio.sleep(wait)
-
-
-def _extend(error: ImagecError, note: str) -> None:
-    """Add ``note`` to the message of an error about to be raised as it is: its type,
-    ``ref``, ``digest`` and traceback stay the ones of the failure itself."""
-    error.message = f"{error.message}; {note}"
-    error.args = (error.message,)

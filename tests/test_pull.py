@@ -690,6 +690,30 @@ async def test_a_layer_that_sends_a_little_then_stalls_every_time_is_asked_twice
     assert layer.digest not in blob_names(tmp_path / "s")
 
 
+async def test_a_layer_that_stalls_partway_says_how_many_bytes_had_arrived(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """The registry client's error for a stall names the server and the blob, not how far
+    the layer got; the blob stage, which counts the bytes, adds it."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0]
+    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
+    limits = pipeline.Limits(read_timeout_s=1.0, retries=0)
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    assert f"no data from {via.host} for 1 s while fetching blob {layer.digest}" in message
+    assert f"; 1000 of {layer.size} bytes had arrived" in message, message
+
+
 async def test_the_slow_transfer_check_spans_the_resumes_of_a_layer(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
