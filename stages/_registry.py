@@ -18,7 +18,10 @@ never leaks a pool slot.
 Scheme rules (docker's): https with verification; a registry listed with
 ``--insecure-registry`` gets https without verification, then plain http; a loopback
 registry gets verified https if the server speaks TLS (an untrusted certificate is an
-error that points at ``--ca-file``), plain http if it does not. No other downgrade.
+error that points at ``--ca-file``), plain http if it does not. No other downgrade, by
+a redirect either: plain http to another host only if that host could be a registry
+reached so, and a private or link-local host only from a registry on one
+(``_check_redirect``).
 """
 
 from __future__ import annotations
@@ -226,10 +229,11 @@ class RegistryClient:
         """Authorised streaming GET of a blob, ``Accept-Encoding: identity``.
 
         Redirects are followed by hand (Authorization only to the registry host;
-        https→http refused; at most ``limits.max_redirects`` hops). The response is 200,
-        or, when ``offset > 0``, a 206 whose Content-Range starts at ``offset`` or a 200
-        (a server that ignores ``Range`` sends the whole blob: the caller skips what it
-        has); anything else raises the mapped error. Transport errors while the caller reads
+        https→http refused, and what ``_check_redirect`` refuses; at most
+        ``limits.max_redirects`` hops). The response is 200, or, when ``offset > 0``, a
+        206 whose Content-Range starts at ``offset`` or a 200 (a server that ignores
+        ``Range`` sends the whole blob: the caller skips what it has); anything else
+        raises the mapped error. Transport errors while the caller reads
         ``response.aiter_raw()`` come out as ``RegistryUnavailable``, except
         ``httpx.RemoteProtocolError`` (the body ended before its length, or a chunk was
         cut), which the blob stage reports as ``Truncated`` with how far it got. The
@@ -344,16 +348,34 @@ class RegistryClient:
         """A manifest from a registry that is not on a link-local or private address may
         not send us to a host that is (a cloud metadata service, an internal server): the
         rule of ``_refuse_internal_realm``, for the URLs of a foreign layer."""
-        host = await host_addresses(target.host, self._resolve)
+        kind = await self._internal_kind(ref, target.host)
+        if kind is not None:
+            raise RegistryError(
+                f"the URL {shown} for layer {digest} is on a {kind} address and the"
+                f" registry {ref.api_host} is not; refused",
+                ref=str(ref),
+                digest=str(digest),
+            )
+
+    async def _internal_kind(self, ref: Reference, host: str) -> str | None:
+        """The kind, "link-local" or "private", when ``host`` is on such an address (as
+        a literal or by what its name resolves to) and ``ref``'s registry is not on one: a
+        place neither the manifest nor a redirect may send a request to
+        (``_refuse_internal_realm``'s rule; loopback counts as private). None when it may.
+        The registry's own name is looked up only when ``host`` is internal."""
+        addresses = await host_addresses(host, self._resolve)
+        kinds = [
+            (kind, check)
+            for kind, check in (("link-local", is_link_local_host), ("private", is_internal_host))
+            if any(map(check, addresses))
+        ]
+        if not kinds:
+            return None
         registry = await host_addresses(host_of(ref.api_host), self._resolve)
-        for kind, check in (("link-local", is_link_local_host), ("private", is_internal_host)):
-            if any(map(check, host)) and not any(map(check, registry)):
-                raise RegistryError(
-                    f"the URL {shown} for layer {digest} is on a {kind} address and the"
-                    f" registry {ref.api_host} is not; refused",
-                    ref=str(ref),
-                    digest=str(digest),
-                )
+        for kind, check in kinds:
+            if not any(map(check, registry)):
+                return kind
+        return None
 
     # -- endpoint discovery ---------------------------------------------------------------
 
@@ -639,12 +661,14 @@ class RegistryClient:
     ) -> httpx.Response:
         """GET ``url``, following redirects by hand.
 
-        Authorization goes only to the registry's own origin; https→http, loops and more
-        than ``limits.max_redirects`` hops are refused. Signed redirect URLs are never
-        logged or put in errors (only their host); a storage server that quotes its own
-        back is redacted by ``error_detail``. ``cookies`` False sends none of the
-        client's cookie jar (a registry's session cookie is a credential too, and cookies
-        match a host on any port).
+        Authorization goes only to the registry's own origin; https→http, loops, more
+        than ``limits.max_redirects`` hops and targets ``_check_redirect`` refuses (plain
+        http or an internal address where the first request could not have gone) are
+        refused. Signed redirect URLs are never logged or put in errors (only their
+        host); a storage server that quotes its own back is redacted by
+        ``error_detail``. ``cookies`` False sends none of the client's cookie jar (a
+        registry's session cookie is a credential too, and cookies match a host on any
+        port).
         """
         visited: set[str] = set()
         hops = 0
@@ -702,6 +726,7 @@ class RegistryClient:
                     ref=str(ref),
                     digest=digest,
                 )
+            await self._check_redirect(ref, current, target, what, digest)
             visited.add(str(current))
             if str(target) in visited:
                 raise RegistryError(
@@ -709,6 +734,39 @@ class RegistryClient:
                 )
             log.debug("redirected", what=what, to_host=target.host)
             current = target
+
+    async def _check_redirect(
+        self, ref: Reference, current: httpx.URL, target: httpx.URL, what: str, digest: str | None
+    ) -> None:
+        """Refuse a redirect from ``current`` to another host where no request of ours
+        could have gone in the first place: plain http to a host that is neither on
+        loopback nor listed with --insecure-registry (the rule by which ``_discover``
+        chose plain http for a registry and ``_foreign_target`` for a layer's URL: a
+        plain-http registry or URL may not pass the request on to any http host), or a
+        host on a link-local or private address when the registry is not on one
+        (``_internal_kind``: a CDN redirect to a cloud metadata service). A redirect
+        within ``current``'s host goes where the request already went."""
+        if target.host == current.host:
+            return
+        authority = _authority(target)
+        if target.scheme == "http" and not (
+            is_loopback_host(target.host)
+            or matches_insecure(authority, self._options.insecure_registries)
+        ):
+            raise RegistryError(
+                f"refused a redirect to plain http on {authority} for {what}: plain http is"
+                " used only for loopback hosts and hosts listed with --insecure-registry",
+                ref=str(ref),
+                digest=digest,
+            )
+        kind = await self._internal_kind(ref, target.host)
+        if kind is not None:
+            raise RegistryError(
+                f"{_authority(current)} redirected {what} to {target.host}, a {kind} address,"
+                f" and the registry {ref.api_host} is not on one; refused",
+                ref=str(ref),
+                digest=digest,
+            )
 
     # -- errors ---------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._types import Digest, Platform
 from tests.support.images import sample_image, sample_index
+from tests.support.servers import FixtureServer, Reply
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
 
@@ -606,6 +607,72 @@ async def test_bad_redirects(routes: dict[str, Handler], text: str) -> None:
     assert text in str(info.value)
     assert "SIGNED" not in str(info.value)
     assert str(BLOB_DIGEST) in str(info.value)
+
+
+PUBLIC = {"reg.example": ["93.184.216.34"]}  # a registry not on any internal address
+
+
+@pytest.mark.parametrize(
+    ("names", "location", "refused"),
+    [
+        (PUBLIC, "https://10.0.0.1/b?sig=SIGNED", "to 10.0.0.1, a private address"),
+        (PUBLIC, "https://127.0.0.1:9000/b", "to 127.0.0.1, a private address"),
+        (PUBLIC, "https://169.254.169.254/latest/meta-data/", "to 169.254.169.254, a link-local"),
+        (PUBLIC, "https://[fe80::1]/latest", "to fe80::1, a link-local address"),
+        (
+            {**PUBLIC, "cdn.example": ["169.254.169.254"]},
+            "https://cdn.example/b?sig=SIGNED",
+            "to cdn.example, a link-local address",
+        ),
+        # A registry on a private network may use storage there, not a metadata service.
+        (
+            {"reg.example": ["10.0.0.5"]},
+            "https://169.254.169.254/latest",
+            "to 169.254.169.254, a link-local address",
+        ),
+    ],
+)
+async def test_a_redirect_to_an_internal_address_is_refused(
+    names: dict[str, list[str]], location: str, refused: str
+) -> None:
+    """RELIABILITY.md, Auth: never to a link-local or private address unless the registry
+    itself is on one. A registry (or the CDN it redirects to) could send the request to a
+    cloud metadata service or an internal host; only https→http was refused."""
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(location)
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_blob(client)
+    assert f"reg.example redirected blob {BLOB_DIGEST} {refused}" in info.value.message
+    assert "and the registry reg.example is not on one; refused" in info.value.message
+    assert not info.value.transient
+    assert "SIGNED" not in str(info.value)
+    assert {r.url.host for r in fake.requests} == {"reg.example"}
+
+
+async def test_a_layers_url_may_not_redirect_to_an_internal_address() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://cdn.example/"] = _redirect("https://metadata.example/latest")
+    names = {**PUBLIC, "metadata.example": ["169.254.169.254"]}
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_url(client, "https://cdn.example/layer")
+    assert info.value.message.startswith(
+        f"cdn.example redirected blob {BLOB_DIGEST} from https://cdn.example/layer to"
+        " metadata.example, a link-local address"
+    )
+    assert {r.url.host for r in fake.requests} == {"cdn.example"}
+
+
+async def test_a_registry_on_a_private_address_may_redirect_to_another() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect("https://10.0.0.9/b")
+    fake.routes["https://10.0.0.9/"] = fake._blob
+    with trio.fail_after(5):
+        async with _client(fake, names={"reg.example": ["10.0.0.5"]}) as client:
+            assert await _read_blob(client) == BLOB
 
 
 class CountingStream(httpx.AsyncByteStream):
@@ -1314,3 +1381,83 @@ async def test_a_layers_url_gets_none_of_the_registrys_cookies() -> None:
     assert "registry-session" in second_registry_blob.headers.get("Cookie", "")
     [url_request] = [r for r in fake.requests if r.url.port == 8443]
     assert "Cookie" not in url_request.headers
+
+
+# --- redirects from loopback servers ---------------------------------------------------
+
+
+def _loopback_source(
+    fixture_server: Callable[[], FixtureServer], source: str, *replies: Reply
+) -> tuple[Reference, str | None]:
+    """A loopback registry, and for ``source`` "url" a loopback layer URL, whose blob
+    request is answered with ``replies`` in turn; returns the reference and the URL."""
+    registry = fixture_server()
+    ref = parse_reference(f"{registry.host}/team/app")
+    if source == "registry":
+        registry.route(f"/v2/team/app/blobs/{BLOB_DIGEST}", *replies)
+        return ref, None
+    files = fixture_server()
+    files.route("/layer", *replies)
+    return ref, f"{files.url}/layer"
+
+
+async def _read_from(client: RegistryClient, ref: Reference, url: str | None) -> bytes:
+    opened = (
+        client.stream_blob(ref, BLOB_DIGEST)
+        if url is None
+        else client.stream_url(ref, url, BLOB_DIGEST)
+    )
+    async with opened as response:
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+
+
+@pytest.mark.parametrize("source", ["registry", "url"])
+async def test_a_plain_http_redirect_goes_only_where_plain_http_could_go(
+    fixture_server: Callable[[], FixtureServer], source: str
+) -> None:
+    """A loopback registry, or a layer's URL on loopback, is fetched over plain http. Its
+    redirect to plain http on another host was followed to any host at all, where plain
+    http is used only for loopback hosts and those listed with --insecure-registry."""
+    storage = fixture_server()
+    storage.route("/b", Reply(200, {}, BLOB))
+    port = storage.url.rpartition(":")[2]
+    ref, url = _loopback_source(
+        fixture_server,
+        source,
+        Reply(307, {"Location": f"http://storage.invalid:{port}/b?sig=SIGNED"}),
+        Reply(307, {"Location": f"http://localhost:{port}/b"}),
+    )
+    with trio.fail_after(20):
+        async with RegistryClient.open(RegistryOptions(), Limits(retries=0)) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_from(client, ref, url)
+            assert await _read_from(client, ref, url) == BLOB  # loopback: followed
+    assert f"refused a redirect to plain http on storage.invalid:{port} for blob" in str(info.value)
+    assert "--insecure-registry" in info.value.message
+    assert not info.value.transient and "SIGNED" not in str(info.value)
+    assert storage.count(path="/b") == 1
+
+
+@pytest.mark.parametrize("source", ["registry", "url"])
+async def test_a_loopback_registry_may_not_redirect_to_a_link_local_address(
+    fixture_server: Callable[[], FixtureServer], source: str
+) -> None:
+    """A registry on loopback counts as private, not link-local: its storage may be on a
+    private network, but a redirect to the metadata service's range is refused, here by
+    what the storage name resolves to, before any connection to it."""
+    ref, url = _loopback_source(
+        fixture_server,
+        source,
+        Reply(307, {"Location": "https://metadata.invalid/latest/meta-data/iam?sig=SIGNED"}),
+    )
+    names = {"metadata.invalid": ["169.254.169.254"]}
+    limits = Limits(retries=0, connect_timeout_s=2.0)
+    with trio.fail_after(20):
+        async with RegistryClient.open(
+            RegistryOptions(), limits, resolve=_resolver(names)
+        ) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_from(client, ref, url)
+    assert "to metadata.invalid, a link-local address" in info.value.message
+    assert f"the registry {ref.api_host} is not on one; refused" in info.value.message
+    assert not info.value.transient and "SIGNED" not in str(info.value)
