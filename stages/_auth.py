@@ -11,7 +11,9 @@ realm its challenge names; over https, or plain http only when that host is list
 insecure or is a loopback address; never a link-local or private address unless the
 registry itself is on one; never a redirect target (redirects are never followed here).
 A host name counts as private when it resolves to a private address (``resolves_internal``:
-a public registry naming ``auth.corp`` that resolves to 169.254.169.254 is refused).
+a public registry naming ``auth.corp`` that resolves to 169.254.169.254 is refused). An
+IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, Teredo, NAT64) is classified by
+the IPv4 address inside (``_classified``).
 """
 
 from __future__ import annotations
@@ -248,37 +250,77 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+# NAT64's well-known prefix (RFC 6052): 64:ff9b::a.b.c.d is a.b.c.d, through a translator.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_BITS = 0xFFFF_FFFF
+
+
+def _classified(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses the checks below classify for ``host``: none for a name, else the
+    address itself or, for an IPv6 address that carries an IPv4 one, that IPv4 address.
+
+    A connection to ``::ffff:169.254.169.254`` (IPv4-mapped), ``2002:a9fe:a9fe::`` (6to4),
+    ``64:ff9b::a9fe:a9fe`` (NAT64) or ``::169.254.169.254`` (IPv4-compatible) may reach
+    the IPv4 address inside, but ``ipaddress`` classifies the IPv6 wrapper: on Python 3.11
+    none of them is ``is_link_local``. A Teredo address carries two (its server and its
+    client): both are classified, and one in a class puts the host in it.
+    """
+    address = _ip(host)
+    if address is None:
+        return []
+    if isinstance(address, ipaddress.IPv4Address):
+        return [address]
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    if address in _NAT64 or (1 < int(address) <= _IPV4_BITS):  # NAT64, IPv4-compatible
+        return [ipaddress.IPv4Address(int(address) & _IPV4_BITS)]
+    return [address]
+
+
 def is_loopback_host(host: str) -> bool:
-    """``localhost`` or an address in 127.0.0.0/8 or ``::1`` (host without port)."""
+    """``localhost`` or an address in 127.0.0.0/8 or ``::1`` (host without port), also
+    IPv4-mapped (``::ffff:127.0.0.1``, which the local stack delivers to 127.0.0.1).
+
+    Not through 6to4, Teredo or NAT64: those go out to a relay or a translator, so they
+    earn none of what loopback is allowed (plain http, credentials over it); where they
+    lead is classified by ``_is_this_machine`` and ``is_internal_host`` instead.
+    """
     if host.lower() in ("localhost", "localhost."):
         return True
     address = _ip(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return address is not None and address.is_loopback
 
 
 def is_internal_host(host: str) -> bool:
-    """Loopback, private, link-local or otherwise non-public address literals.
+    """Loopback, private, link-local or otherwise non-public address literals, also
+    inside an IPv6 address that carries an IPv4 one (``_classified``).
 
     Host names are not resolved: a name is taken as public.
     """
     if is_loopback_host(host):
         return True
-    address = _ip(host)
-    return address is not None and (
+    return any(
         address.is_private
         or address.is_link_local
         or address.is_reserved
         or address.is_unspecified
         or address.is_multicast
+        for address in _classified(host)
     )
 
 
 def is_link_local_host(host: str) -> bool:
-    """An address literal in 169.254.0.0/16 or fe80::/10: where cloud metadata services
-    answer. A registry elsewhere, even on loopback or a private network, has no business
-    sending a client there."""
-    address = _ip(host)
-    return address is not None and address.is_link_local
+    """An address literal in 169.254.0.0/16 or fe80::/10, also inside an IPv6 address
+    that carries an IPv4 one (``_classified``): where cloud metadata services answer. A
+    registry elsewhere, even on loopback or a private network, has no business sending a
+    client there."""
+    return any(address.is_link_local for address in _classified(host))
 
 
 # Host name -> the addresses it resolves to (empty when it does not resolve).

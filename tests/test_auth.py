@@ -21,6 +21,7 @@ from stages._auth import (
     fetch_token,
     host_of,
     is_internal_host,
+    is_link_local_host,
     is_loopback_host,
     matches_insecure,
     parse_challenges,
@@ -211,6 +212,38 @@ def test_host_helpers() -> None:
     assert is_internal_host("10.1.2.3") and is_internal_host("169.254.169.254")
     assert is_internal_host("fe80::1") and is_internal_host("192.168.0.1")
     assert not is_internal_host("8.8.8.8") and not is_internal_host("auth.docker.io")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "::ffff:169.254.169.254",  # IPv4-mapped
+        "[::ffff:169.254.169.254]",
+        "::ffff:a9fe:a9fe",
+        "2002:a9fe:a9fe::1",  # 6to4
+        "64:ff9b::169.254.169.254",  # NAT64's well-known prefix
+        "::169.254.169.254",  # IPv4-compatible
+        "2001:0:a9fe:a9fe::1",  # Teredo whose server is the metadata address
+        "2001:0:808:808:0:0:5601:5601",  # Teredo whose client is (stored inverted)
+    ],
+)
+def test_an_ipv4_address_inside_an_ipv6_one_is_classified_as_itself(host: str) -> None:
+    # ipaddress classifies the IPv6 wrapper: on Python 3.11 none of these is
+    # is_link_local, so a registry on a private network could send us to the cloud
+    # metadata service by writing its address this way.
+    assert is_link_local_host(host) and is_internal_host(host)
+    assert not is_loopback_host(host)
+
+
+def test_an_embedded_address_keeps_its_own_class() -> None:
+    assert is_loopback_host("::ffff:127.0.0.1") and is_internal_host("64:ff9b::127.0.0.1")
+    # A relay or a translator is no loopback host: no plain http, no credentials over it.
+    assert not is_loopback_host("64:ff9b::127.0.0.1") and not is_loopback_host("2002:7f00:1::")
+    assert is_internal_host("::ffff:10.1.2.3") and not is_link_local_host("::ffff:10.1.2.3")
+    assert not is_internal_host("::ffff:8.8.8.8") and not is_internal_host("64:ff9b::8.8.8.8")
+    assert is_loopback_host("::1") and not is_loopback_host("::")
+    assert is_internal_host("::") and is_link_local_host("fe80::1%eth0")
+    assert not is_internal_host("2606:4700:4700::1111")
 
 
 async def test_resolves_internal() -> None:

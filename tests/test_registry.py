@@ -312,6 +312,29 @@ async def test_realm_resolving_to_link_local_is_refused_for_a_private_registry()
     assert not fake.paths("auth.example")
 
 
+@pytest.mark.parametrize(
+    ("realm", "names"),
+    [
+        ("https://[::ffff:169.254.169.254]/token", {}),
+        ("https://[2002:a9fe:a9fe::1]/token", {}),
+        ("https://auth.example/token", {"auth.example": ["64:ff9b::a9fe:a9fe"]}),
+    ],
+)
+async def test_a_link_local_realm_written_as_ipv6_is_refused_for_a_private_registry(
+    realm: str, names: dict[str, list[str]]
+) -> None:
+    # ipaddress calls ::ffff:169.254.169.254 (and its 6to4 and NAT64 spellings) neither
+    # link-local nor loopback; from a registry on a private network it passed.
+    fake = FakeRegistry(challenge=f'Bearer realm="{realm}",service="x"')
+    names = {"reg.example": ["10.1.1.1"], **names}
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:  # anonymous: no other check
+            with pytest.raises(AuthError, match="link-local address"):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert fake.tokens_issued == 0
+    assert [r.url.host for r in fake.requests] == ["reg.example"]  # /v2/ only
+
+
 async def test_realm_on_a_private_address_is_allowed_for_a_registry_on_one() -> None:
     # An internal registry (its name resolves to a private address) with an internal
     # token service: the normal case inside a company network.
@@ -1305,6 +1328,31 @@ async def test_a_layers_url_is_refused_before_any_request(url: str, why: str) ->
     assert not info.value.transient
     assert info.value.digest == str(BLOB_DIGEST) and info.value.ref == str(REF)
     assert "pw-in-url" not in str(info.value)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[::ffff:169.254.169.254]/latest",
+        "https://[2002:a9fe:a9fe::]/latest",
+        "https://[64:ff9b::a9fe:a9fe]/latest",
+        "https://mapped.example/latest",
+    ],
+)
+async def test_a_link_local_url_written_as_ipv6_is_refused_for_a_private_registry(
+    url: str,
+) -> None:
+    # A registry on a private network (a corporate mirror on 10.1.1.1) may name private
+    # URLs, never the metadata address; written as an IPv4-mapped (or 6to4, NAT64) IPv6
+    # address it was taken for neither link-local nor loopback, and the GET went out.
+    fake = FakeRegistry()
+    names = {"reg.example": ["10.1.1.1"], "mapped.example": ["::ffff:169.254.169.254"]}
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_url(client, url)
+    assert "is on a link-local address and the registry reg.example" in info.value.message
     assert fake.requests == []
 
 
