@@ -8,8 +8,9 @@ decides when to call them.
 
 Credential destinations (RELIABILITY.md, "Auth"): the registry host itself, and the token
 realm its challenge names; over https, or plain http only when that host is listed as
-insecure or is a loopback address; never a link-local or private address unless the
-registry itself is on one; never a redirect target (redirects are never followed here).
+insecure or is a loopback address; never a link-local, loopback or private address unless
+the registry itself is on one of the same kind (``refused_address_class``); never a
+redirect target (redirects are never followed here).
 A host name counts as private when it resolves to a private address (``resolves_internal``:
 a public registry naming ``auth.corp`` that resolves to 169.254.169.254 is refused). An
 IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, Teredo, NAT64) is classified by
@@ -55,6 +56,7 @@ __all__ = [
     "parse_token_response",
     "pull_scope",
     "read_bounded",
+    "refused_address_class",
     "Resolver",
     "resolve_host",
     "host_addresses",
@@ -323,6 +325,43 @@ def is_link_local_host(host: str) -> bool:
     return any(address.is_link_local for address in _classified(host))
 
 
+def _is_this_machine(host: str) -> bool:
+    """Loopback or the unspecified address (``0.0.0.0``, ``::``, through which a
+    connection reaches this machine too), also inside an IPv6 address that carries an
+    IPv4 one (``_classified``)."""
+    return is_loopback_host(host) or any(
+        address.is_loopback or address.is_unspecified for address in _classified(host)
+    )
+
+
+# The classes of address a host the registry names (a token realm, a layer's URL) may be
+# in only when the registry is in the same one, most particular first: the metadata
+# services' range, this machine (its docker daemon, its other services), the private
+# networks (which include the two before).
+_ADDRESS_CLASSES = (
+    ("link-local", is_link_local_host),
+    ("loopback", _is_this_machine),
+    ("private", is_internal_host),
+)
+
+
+def refused_address_class(target: Sequence[str], registry: Sequence[str]) -> str | None:
+    """The class of address (``"link-local"``, ``"loopback"``, ``"private"``) one of
+    ``target``'s addresses is in and none of ``registry``'s is, or None when the registry
+    may send us to ``target``.
+
+    The registry's word takes us no further than where it stands: a public registry to
+    no internal host; a registry on a private network (a company mirror) to that network
+    but not to this machine's loopback services nor to the metadata address; a registry
+    on loopback (a local mirror, the test kit) to this machine too, but not to the
+    metadata address. Both are address lists as ``host_addresses`` gives them.
+    """
+    for kind, within in _ADDRESS_CLASSES:
+        if any(map(within, target)) and not any(map(within, registry)):
+            return kind
+    return None
+
+
 # Host name -> the addresses it resolves to (empty when it does not resolve).
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
@@ -386,13 +425,9 @@ def check_credential_destination(
             )
     elif url.scheme != "https":
         return f"its scheme {url.scheme!r} is not https"
-    registry_host = host_of(registry)
-    if is_link_local_host(host) and not is_link_local_host(registry_host):
-        return f"{host} is a link-local address and the registry {registry} is not on one"
-    if is_internal_host(host) and not is_internal_host(registry_host):
-        return (
-            f"{host} is a private or link-local address and the registry {registry} is not on one"
-        )
+    kind = refused_address_class([host], [host_of(registry)])
+    if kind is not None:
+        return f"{host} is a {kind} address and the registry {registry} is not on one"
     return None
 
 

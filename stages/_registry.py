@@ -51,12 +51,11 @@ from ._auth import (
     headers_challenges,
     host_addresses,
     host_of,
-    is_internal_host,
-    is_link_local_host,
     is_loopback_host,
     matches_insecure,
     pull_scope,
     read_bounded,
+    refused_address_class,
     resolve_host,
     token_url,
 )
@@ -276,9 +275,10 @@ class RegistryClient:
         neither the registry's credentials nor a token (the hole containerd had,
         CVE-2020-15157), no cookie, and a URL with user info is refused; http or https only, plain
         http only where a registry could use it (a loopback host, or one listed with
-        --insecure-registry), https verified unless so listed; a link-local or private
-        host only when the registry is on one too (as for a token realm:
-        ``_refuse_internal_realm``). Redirects follow ``_follow``'s rules. Errors name
+        --insecure-registry), https verified unless so listed; a link-local, loopback or
+        private host only when the registry is on one of the same kind (as for a token
+        realm: ``_refuse_internal_realm``), so a loopback URL, plain http or not, only for
+        a registry on loopback. Redirects follow ``_follow``'s rules. Errors name
         the URL as ``redact`` shows it, without its query (a signed URL's secrets).
         """
         return self._stream_url(ref, url, digest, offset)
@@ -345,9 +345,12 @@ class RegistryClient:
     async def _refuse_internal_url(
         self, ref: Reference, target: httpx.URL, shown: str, digest: Digest
     ) -> None:
-        """A manifest from a registry that is not on a link-local or private address may
-        not send us to a host that is (a cloud metadata service, an internal server): the
-        rule of ``_refuse_internal_realm``, for the URLs of a foreign layer."""
+        """A manifest may not send us to a link-local, loopback or private host unless
+        its registry is on one of the same kind, by address or by what the names resolve
+        to (``_internal_kind``): not to a cloud metadata service, and, from a registry on
+        a private network, not to this machine's own services (a docker daemon on
+        127.0.0.1:2375). The rule of ``_refuse_internal_realm``, for the URLs of a
+        foreign layer."""
         kind = await self._internal_kind(ref, target.host)
         if kind is not None:
             raise RegistryError(
@@ -358,24 +361,16 @@ class RegistryClient:
             )
 
     async def _internal_kind(self, ref: Reference, host: str) -> str | None:
-        """The kind, "link-local" or "private", when ``host`` is on such an address (as
-        a literal or by what its name resolves to) and ``ref``'s registry is not on one: a
-        place neither the manifest nor a redirect may send a request to
-        (``_refuse_internal_realm``'s rule; loopback counts as private). None when it may.
-        The registry's own name is looked up only when ``host`` is internal."""
+        """The class, "link-local", "loopback" or "private", of ``host``'s address (a
+        literal, or what its name resolves to) when ``ref``'s registry is on no address
+        of that class (``refused_address_class``): a place neither the manifest nor a
+        redirect may send a request to. None when it may. The registry's own name is
+        looked up only when ``host`` is in such a class."""
         addresses = await host_addresses(host, self._resolve)
-        kinds = [
-            (kind, check)
-            for kind, check in (("link-local", is_link_local_host), ("private", is_internal_host))
-            if any(map(check, addresses))
-        ]
-        if not kinds:
+        if refused_address_class(addresses, ()) is None:
             return None
         registry = await host_addresses(host_of(ref.api_host), self._resolve)
-        for kind, check in kinds:
-            if not any(map(check, registry)):
-                return kind
-        return None
+        return refused_address_class(addresses, registry)
 
     # -- endpoint discovery ---------------------------------------------------------------
 
@@ -551,23 +546,21 @@ class RegistryClient:
             return f"Bearer {token.value}"
 
     async def _refuse_internal_realm(self, ref: Reference, url: httpx.URL, authority: str) -> None:
-        """A registry that is not on a private address may not send us (with or without
-        credentials) to a token service that is on one, by address or by name: that is
-        how a registry would reach a cloud metadata service or an internal host. A
-        link-local token service (the metadata services' range) needs a registry that is
-        link-local too: a registry on loopback or a private network is not."""
+        """A registry may not send us (with or without credentials) to a token service on
+        a link-local, loopback or private address unless it is on one of the same kind
+        itself, by address or by name (``refused_address_class``): that is how a registry
+        would reach a cloud metadata service, this machine's own services or an internal
+        host. A registry on a private network reaches neither the metadata range nor
+        loopback; one on loopback (a local mirror, the test kit's registry and token
+        server on 127.0.0.1) reaches loopback and private hosts, not the metadata
+        range."""
         realm = await host_addresses(url.host, self._resolve)
         registry = await host_addresses(host_of(authority), self._resolve)
         by_name = "" if realm == [url.host] else " (by what the name resolves to)"
-        if any(map(is_link_local_host, realm)) and not any(map(is_link_local_host, registry)):
+        kind = refused_address_class(realm, registry)
+        if kind is not None:
             raise AuthError(
-                f"{authority} named a token service on the link-local address "
-                f"{url.host}{by_name}; refused",
-                ref=str(ref),
-            )
-        if any(map(is_internal_host, realm)) and not any(map(is_internal_host, registry)):
-            raise AuthError(
-                f"{authority} named a token service on the private address "
+                f"{authority} named a token service on the {kind} address "
                 f"{url.host}{by_name}; refused",
                 ref=str(ref),
             )
@@ -743,7 +736,7 @@ class RegistryClient:
         loopback nor listed with --insecure-registry (the rule by which ``_discover``
         chose plain http for a registry and ``_foreign_target`` for a layer's URL: a
         plain-http registry or URL may not pass the request on to any http host), or a
-        host on a link-local or private address when the registry is not on one
+        host on a link-local, loopback or private address when the registry is not on one
         (``_internal_kind``: a CDN redirect to a cloud metadata service). A redirect
         within ``current``'s host goes where the request already went."""
         if target.host == current.host:

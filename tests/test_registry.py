@@ -335,6 +335,22 @@ async def test_a_link_local_realm_written_as_ipv6_is_refused_for_a_private_regis
     assert [r.url.host for r in fake.requests] == ["reg.example"]  # /v2/ only
 
 
+@pytest.mark.parametrize(
+    "realm", ["http://127.0.0.1:2375/token", "https://localhost/token", "https://[::]:2376/t"]
+)
+async def test_a_loopback_realm_is_refused_for_a_registry_on_a_private_network(
+    realm: str,
+) -> None:
+    # Loopback counted as private: a registry on 10.1.1.1 could send the token request
+    # to this machine's own services (a docker daemon on 127.0.0.1:2375).
+    fake = FakeRegistry(challenge=f'Bearer realm="{realm}",service="x"')
+    with trio.fail_after(5):
+        async with _client(fake, names={"reg.example": ["10.1.1.1"]}) as client:
+            with pytest.raises(AuthError, match="named a token service on the loopback address"):
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert [r.url.host for r in fake.requests] == ["reg.example"]  # /v2/ only
+
+
 async def test_realm_on_a_private_address_is_allowed_for_a_registry_on_one() -> None:
     # An internal registry (its name resolves to a private address) with an internal
     # token service: the normal case inside a company network.
@@ -1354,6 +1370,48 @@ async def test_a_link_local_url_written_as_ipv6_is_refused_for_a_private_registr
                 await _read_url(client, url)
     assert "is on a link-local address and the registry reg.example" in info.value.message
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:2375/containers/json",
+        "https://localhost:2376/containers/json",
+        "https://docker.example:2376/containers/json",  # resolves to 127.0.0.1
+        "https://0.0.0.0:2376/containers/json",  # reaches this machine too
+        "https://[::ffff:127.0.0.1]:2376/containers/json",
+        "https://[64:ff9b::127.0.0.1]:2376/containers/json",
+    ],
+)
+async def test_a_loopback_url_is_refused_for_a_registry_on_a_private_network(url: str) -> None:
+    # Loopback counted as private: a registry on a private network could name this
+    # machine's docker daemon as a layer URL, and the GET went out.
+    fake = FakeRegistry()
+    names = {"reg.example": ["10.1.1.1"], "docker.example": ["127.0.0.1"]}
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_url(client, url)
+    assert "is on a loopback address and the registry reg.example is not" in info.value.message
+    assert fake.requests == []
+
+
+async def test_a_registry_reaches_the_urls_of_its_own_kind_of_network() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://10.1.1.2/"] = fake._blob
+    fake.routes["http://127.0.0.1:8080/"] = fake._blob
+    fake.routes["https://10.1.1.3/"] = fake._blob
+    names = {"reg.example": ["10.1.1.1"]}
+    loopback = parse_reference("127.0.0.1:5000/team/app")
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            assert await _read_url(client, "https://10.1.1.2/layer") == BLOB  # private
+            for url in ("http://127.0.0.1:8080/layer", "https://10.1.1.3/layer"):
+                async with client.stream_url(loopback, url, BLOB_DIGEST) as response:
+                    assert b"".join([c async for c in response.aiter_raw()]) == BLOB
+            with pytest.raises(RegistryError, match="is on a link-local address"):
+                async with client.stream_url(loopback, "https://169.254.169.254/", BLOB_DIGEST):
+                    pass
 
 
 async def test_plain_http_to_a_layers_url_only_where_a_registry_could_use_it() -> None:
