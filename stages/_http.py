@@ -14,10 +14,13 @@ registries the user listed as insecure.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import http.cookiejar
 import os
 import ssl
 import sys
 import typing
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import certifi
@@ -34,6 +37,7 @@ __all__ = [
     "LargeReadBackend",
     "LargeReadStream",
     "PoolTransport",
+    "cookie_jar_used",
     "describe_error",
     "make_ssl_context",
     "shared_ssl_context",
@@ -305,6 +309,39 @@ def shared_ssl_context(options: RegistryOptions, *, verify: bool) -> ssl.SSLCont
     return context
 
 
+# Whether the clients' cookie jars are used in this task (see cookie_jar_used).
+_COOKIE_JAR_USED = contextvars.ContextVar("imagec_cookie_jar_used", default=True)
+
+
+class _TaskCookiePolicy(http.cookiejar.DefaultCookiePolicy):
+    """The default policy, except that nothing is stored or sent while the task asked
+    for no cookies (``cookie_jar_used(False)``)."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return _COOKIE_JAR_USED.get() and super().set_ok(cookie, request)
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return _COOKIE_JAR_USED.get() and super().return_ok(cookie, request)
+
+
+@contextlib.contextmanager
+def cookie_jar_used(used: bool) -> Iterator[None]:
+    """With ``used`` False, the jar of a client from ``open_client`` neither stores a
+    cookie a response sets nor sends one, for requests built or sent inside the block
+    by this task (a context variable: other tasks sharing the client are not affected).
+
+    httpx's ``client.send`` stores every ``Set-Cookie`` it receives in the client's jar,
+    which then goes to that host on every port: a layer URL on the registry's host could
+    plant a session cookie the registry would receive. Dropping the outgoing ``Cookie``
+    header alone does not stop that.
+    """
+    token = _COOKIE_JAR_USED.set(used)
+    try:
+        yield
+    finally:
+        _COOKIE_JAR_USED.reset(token)
+
+
 @contextlib.asynccontextmanager
 async def open_client(
     options: RegistryOptions,
@@ -316,8 +353,9 @@ async def open_client(
     """An ``httpx.AsyncClient`` reading ``limits.chunk_size`` bytes per socket read.
 
     Redirects are not followed (the registry client follows them by hand, deciding at each
-    hop which headers may go along); no environment proxies or netrc; HTTP/1.1 only.
-    ``transport`` replaces the pool (tests pass an ``httpx.MockTransport``).
+    hop which headers may go along); no environment proxies or netrc; HTTP/1.1 only. The
+    cookie jar can be shut for some requests (``cookie_jar_used``). ``transport``
+    replaces the pool (tests pass an ``httpx.MockTransport``).
     """
     if transport is None:
         transport = _pool_transport(options, limits, verify=verify)
@@ -333,6 +371,7 @@ async def open_client(
         follow_redirects=False,
         trust_env=False,
         headers={"User-Agent": options.user_agent},
+        cookies=http.cookiejar.CookieJar(policy=_TaskCookiePolicy()),
     )
     async with client:
         yield client

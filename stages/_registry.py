@@ -69,7 +69,14 @@ from ._errors import (
     RegistryUnavailable,
     TooManyRequests,
 )
-from ._http import describe_error, open_client, stalled_for, tls_failure, transient_failure
+from ._http import (
+    cookie_jar_used,
+    describe_error,
+    open_client,
+    stalled_for,
+    tls_failure,
+    transient_failure,
+)
 from ._redact import redact, shown_url
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
@@ -273,13 +280,15 @@ class RegistryClient:
 
         The URL is the manifest's word, not the user's, so: no Authorization header,
         neither the registry's credentials nor a token (the hole containerd had,
-        CVE-2020-15157), no cookie, and a URL with user info is refused; http or https only, plain
-        http only where a registry could use it (a loopback host, or one listed with
-        --insecure-registry), https verified unless so listed; a link-local, loopback or
-        private host only when the registry is on one of the same kind (as for a token
-        realm: ``_refuse_internal_realm``), so a loopback URL, plain http or not, only for
-        a registry on loopback. Redirects follow ``_follow``'s rules. Errors name
-        the URL as ``redact`` shows it, without its query (a signed URL's secrets).
+        CVE-2020-15157); no cookie sent, and none it sets kept (the jar is shared with
+        the registry's requests); a URL with user info is refused. http or https only,
+        plain http only where a registry could use it (a loopback host, or one listed
+        with --insecure-registry), https verified unless so listed. A link-local,
+        loopback or private host only when the registry is on one of the same kind (as
+        for a token realm: ``_refuse_internal_realm``): a loopback URL, plain http or
+        not, only for a registry on loopback. Redirects follow ``_follow``'s rules.
+        Errors name the URL as ``shown_url`` shows it, without its query (a signed URL's
+        secrets).
         """
         return self._stream_url(ref, url, digest, offset)
 
@@ -661,7 +670,8 @@ class RegistryClient:
         host); a storage server that quotes its own back is redacted by
         ``error_detail``. ``cookies`` False sends none of the client's cookie jar (a
         registry's session cookie is a credential too, and cookies match a host on any
-        port).
+        port) and stores none the responses set (a layer URL on the registry's host,
+        another port, would plant one the registry then receives).
         """
         visited: set[str] = set()
         hops = 0
@@ -679,7 +689,8 @@ class RegistryClient:
             if not cookies:
                 request.headers.pop("Cookie", None)
             try:
-                response = await client.send(request, stream=True)
+                with cookie_jar_used(cookies):  # nor stores what the response sets
+                    response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, ref, current, what, digest) from exc
             if response.status_code not in _REDIRECTS:

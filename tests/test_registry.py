@@ -1567,3 +1567,32 @@ async def test_a_loopback_registry_may_not_redirect_to_a_link_local_address(
     assert "to metadata.invalid, a link-local address" in info.value.message
     assert f"the registry {ref.api_host} is not on one; refused" in info.value.message
     assert not info.value.transient and "SIGNED" not in str(info.value)
+
+
+async def test_a_cookie_a_layers_url_sets_never_reaches_the_registry() -> None:
+    # httpx's client.send stored the layer URL's Set-Cookie in the shared jar, and
+    # cookies ignore the port: the registry's next GET carried the planted session.
+    fake = FakeRegistry()
+
+    def layer_with_cookie(request: httpx.Request) -> httpx.Response:
+        response = fake._blob(request)
+        response.headers["Set-Cookie"] = "session=attacker; Path=/"
+        return response
+
+    def redirect_with_cookie(request: httpx.Request) -> httpx.Response:
+        response = _redirect("https://reg.example:8443/layer")(request)
+        response.headers["Set-Cookie"] = "hop=attacker; Path=/"
+        return response
+
+    fake.routes["https://reg.example:8443/"] = layer_with_cookie
+    fake.routes["https://reg.example:9443/"] = redirect_with_cookie
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            assert await _read_url(client, "https://reg.example:8443/layer") == BLOB
+            assert await _read_url(client, "https://reg.example:9443/layer") == BLOB
+            assert await _read_blob(client) == BLOB
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    registry_requests = [r for r in fake.requests if r.url.port is None]
+    assert len(registry_requests) == 3  # /v2/, the blob, the manifest
+    assert all("attacker" not in r.headers.get("Cookie", "") for r in registry_requests)
+    assert all("Cookie" not in r.headers for r in fake.requests)
