@@ -170,7 +170,7 @@ async def blob_stream(
 
         failures: list[tuple[str | None, ImagecError]] = []
         places = _places(layer, limits)
-        for place in places:
+        for index, place in enumerate(places):
             shown = "the registry" if place is None else shown_url(place)
             transfer.window_started = None  # each source is judged on its own bytes
             try:
@@ -184,15 +184,16 @@ async def blob_stream(
                 if len(places) == 1 or not _another_place_may_cure(error):
                     raise
                 failures.append((place, error))
-                report_retry(error, 0, 0.0)
-                log.warning(
-                    "layer source failed, trying the next",
-                    ref=str(ref),
-                    digest=str(layer.digest),
-                    source=shown,
-                    error=error.message,
-                    received=transfer.received,
-                )
+                if index + 1 < len(places):  # after the last, the error says it all
+                    report_retry(error, 0, 0.0)
+                    log.warning(
+                        "layer source failed, trying the next",
+                        ref=str(ref),
+                        digest=str(layer.digest),
+                        source=shown,
+                        error=error.message,
+                        received=transfer.received,
+                    )
                 continue
             if place is not None:
                 log.info(
@@ -236,10 +237,7 @@ def _every_place_failed(
     said, of the type they share (``NotFound`` when every one lacked it)."""
     kinds = {type(error) for _, error in failures}
     kind = kinds.pop() if len(kinds) == 1 else RegistryError
-    said = "; ".join(
-        f"{'the registry' if place is None else shown_url(place)}: {error.message}"
-        for place, error in failures
-    )
+    said = "; ".join(_said(place, error) for place, error in failures)
     skipped = len(layer.urls) - limits.max_layer_urls
     note = (
         f" (its descriptor names {len(layer.urls)} URLs; the first {limits.max_layer_urls}"
@@ -253,6 +251,16 @@ def _every_place_failed(
         ref=str(ref),
         digest=str(layer.digest),
     )
+
+
+def _said(place: str | None, error: ImagecError) -> str:
+    """What ``place`` said, naming it once: ``stream_url``'s errors name their URL
+    already ("https://x/y answered HTTP 404 ...", "... from https://x/y: ..."); the
+    others are prefixed with it."""
+    if place is None:
+        return f"the registry: {error.message}"
+    shown = shown_url(place)
+    return error.message if shown in error.message else f"{shown}: {error.message}"
 
 
 async def _attempt(

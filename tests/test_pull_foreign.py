@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 import pipeline
 from pipeline import Limits, Platform, PullOptions, Store
@@ -208,14 +209,42 @@ async def test_when_every_source_fails_the_error_names_each_without_its_query(
     assert info.value.digest == foreign.digest
     assert "could not be fetched from the registry or any of the URLs" in text
     assert f"the registry: blob {foreign.digest} not found" in text
-    assert f"{server.url}/missing?[redacted]: " in text
+    assert f"{server.url}/missing?[redacted] answered HTTP 404" in text
     assert "s3cr3tsig" not in text and "t0ken" not in text
-    assert f"{server.url}/refused: " in text and "HTTP 403" in text
-    assert "https://127.0.0.1:1/layer: cannot connect to 127.0.0.1:1" in text
-    assert "http://example.com/layer: " in text and "plain http" in text
+    assert f"{server.url}/refused answered HTTP 403" in text
+    assert "cannot connect to 127.0.0.1:1" in text
+    assert "the URL http://example.com/layer for layer" in text and "plain http" in text
+    # Each source named once: "https://x/y: https://x/y answered HTTP 404" said it twice.
+    for source in (f"{server.url}/missing?[redacted]", f"{server.url}/refused", *urls[2:]):
+        assert text.count(source) == 1, source
     assert [r.path for r in server.requests] == ["/missing", "/refused"]
     assert foreign.digest not in blob_names(store.path)
     assert_store_consistent(store.path)
+
+
+async def test_after_the_last_source_fails_no_next_one_is_announced(
+    registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # A layer-retrying event and a "trying the next" warning went out after the last
+    # source too, announcing a source that did not exist.
+    server = fixture_server()
+    foreign = foreign_layer(unique_seed, "oci")
+    image, _ = foreign_image(unique_seed, "oci", foreign, [f"{server.url}/gone"])
+    ref = push_without(registry, unique_repo, image, foreign)
+    events: list[pipeline.ProgressEvent] = []
+    options = PullOptions(platform=AMD64, limits=QUICK, progress=events.append)
+
+    with capture_logs() as logs, pytest.raises(pipeline.NotFound) as info:
+        await pipeline.pull(ref, store=Store.open(tmp_path / "store"), options=options)
+
+    # The registry's 404, then the URL's: one move to the next source, announced once.
+    retried = [e for e in events if e.event == "layer-retrying"]
+    assert [(e.digest, e.current) for e in retried] == [(foreign.digest, 0)]
+    assert [entry["source"] for entry in logs if entry["event"].startswith("layer source")] == [
+        "the registry"
+    ]
+    assert [r.path for r in server.requests] == ["/gone"]
+    assert str(info.value).count(f"{server.url}/gone") == 1
 
 
 async def test_only_the_first_max_layer_urls_are_tried(
