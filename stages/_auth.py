@@ -562,12 +562,14 @@ async def fetch_token(
                     f"the token service at {realm_host} failed (HTTP {status}); try again later",
                     transient=status in _TRANSIENT_STATUSES,
                     retry_after_s=parse_retry_after(retry_after) if status == 503 else None,
+                    retry_after_from=f"the token service at {realm_host}",
                 )
             if status != 200:
                 raise AuthError(
                     f"the token service at {realm_host} answered HTTP {status} instead of a token",
                     transient=status in _TRANSIENT_STATUSES,
                     retry_after_s=parse_retry_after(retry_after) if status == 429 else None,
+                    retry_after_from=f"the token service at {realm_host}",
                 )
             body = await read_bounded(response, limits.max_token_bytes, what="token response")
     except httpx.HTTPError as exc:

@@ -30,7 +30,9 @@ quoted in one (a storage server may echo the signed URL it was asked for).
 
 An error that another attempt may cure (a 5xx, a 429, a connection that broke mid-body,
 an expired signed URL) is raised with ``transient=True``, a 429's wait with
-``retry_after_s``, and a server that sent nothing for the read timeout with ``stalled_s``
+``retry_after_s`` (and who asked for it with ``retry_after_from``: the registry, a
+storage server, a layer's URL, a token service), and a server that sent nothing for the
+read timeout with ``stalled_s``
 (those seconds); ``stages/_retry.py`` decides from these alone whether and when to try
 again, so the sites that meet a failure say what it is and one place says what to do.
 """
@@ -77,12 +79,14 @@ class ImagecError(Exception):
         transient: bool = False,
         retry_after_s: float | None = None,
         stalled_s: float | None = None,
+        retry_after_from: str | None = None,
     ):
         self.message = message
         self.ref = ref
         self.digest = digest
         self.transient = transient
         self.retry_after_s = retry_after_s
+        self.retry_after_from = retry_after_from
         self.stalled_s = stalled_s
         super().__init__(message)
 

@@ -306,7 +306,7 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-"
         insecure = matches_insecure(_authority(target), self._options.insecure_registries)
         origin = _Endpoint(_authority(target), target, verify=not insecure)
-        with self._deadline(ref, what, str(digest)):
+        with self._deadline(ref, what, str(digest), server=_authority(target)):
             await self._refuse_internal_url(ref, target, shown, digest)
             response = await self._follow(
                 ref, origin, target, headers, None, what, str(digest), cookies=False
@@ -583,17 +583,24 @@ class RegistryClient:
     # -- requests -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _deadline(self, ref: Reference, what: str, digest: str | None) -> Iterator[None]:
+    def _deadline(
+        self, ref: Reference, what: str, digest: str | None, *, server: str | None = None
+    ) -> Iterator[None]:
         """``RegistryUnavailable`` if the block takes longer than
         ``limits.response_deadline_s``: a server that sends a byte now and then, each
-        inside the read timeout, would otherwise hold a pull for ever (RELIABILITY.md)."""
+        inside the read timeout, would otherwise hold a pull for ever (RELIABILITY.md).
+
+        ``server`` is the ``host[:port]`` the block asks when that is not the registry (a
+        layer's URL), for the message to blame the right one."""
         seconds = self._limits.response_deadline_s
         with trio.move_on_after(seconds) as scope:
             yield
         if scope.cancelled_caught:
+            who = ref.api_host if server is None else server
+            role = "the registry" if server is None else "that server"
             raise RegistryUnavailable(
-                f"{ref.api_host} took more than {seconds:g} s to answer for {what}; the "
-                "registry or the network is stalling, pull again",
+                f"{who} took more than {seconds:g} s to answer for {what}; {role} or the"
+                " network is stalling, pull again",
                 ref=str(ref),
                 digest=digest,
             )
@@ -794,26 +801,41 @@ class RegistryClient:
         reason = describe_error(exc)
         transient = transient_failure(exc)
         stalled_s = stalled_for(exc, self._limits)
+        # The registry, or another server it redirected to or a manifest named: the
+        # message blames the one that failed.
+        registry = self._is_registry(ref, url)
+        role = "the registry" if registry else "that server"
         if stalled_s is not None:
             message = (
-                f"no data from {authority} for {stalled_s:g} s while fetching {what}; the"
-                " registry or the network is stalling: try again later"
+                f"no data from {authority} for {stalled_s:g} s while fetching {what}; {role}"
+                " or the network is stalling: try again later"
             )
         elif isinstance(exc, httpx.TimeoutException):
             message = (
-                f"{authority} {reason} while fetching {what}; the registry may be overloaded"
+                f"{authority} {reason} while fetching {what}; {role} may be overloaded"
                 " or unreachable: try again"
             )
         elif isinstance(exc, httpx.ConnectError):
-            message = (
-                f"cannot connect to {authority} ({reason}) to fetch {what}: check the registry"
-                " address and that it is running"
+            hint = (
+                "check the registry address and that it is running"
+                if registry
+                else "that server may be down or unreachable from here"
             )
+            message = f"cannot connect to {authority} ({reason}) to fetch {what}: {hint}"
         else:
             message = f"the connection to {authority} failed while fetching {what} ({reason})"
         return RegistryUnavailable(
             message, ref=str(ref), digest=digest, transient=transient, stalled_s=stalled_s
         )
+
+    def _is_registry(self, ref: Reference, url: httpx.URL) -> bool:
+        """Whether ``url`` is on ``ref``'s registry endpoint (scheme, host and port), not
+        a storage server it redirected to nor a URL a manifest named. Before the endpoint
+        is known, only the registry is asked, so its host decides."""
+        endpoint = self._endpoints.get(ref.api_host)
+        if endpoint is None:
+            return url.host == host_of(ref.api_host)
+        return _same_origin(url, endpoint.base_url)
 
     async def _status_error(
         self,
@@ -876,6 +898,7 @@ class RegistryClient:
                 digest=digest,
                 transient=True,
                 retry_after_s=parse_retry_after(retry_after),
+                retry_after_from=_authority(response.url),
             )
         if status >= 500:
             return RegistryUnavailable(
@@ -884,6 +907,7 @@ class RegistryClient:
                 digest=digest,
                 transient=status in _TRANSIENT_5XX,
                 retry_after_s=parse_retry_after(retry_after) if status == 503 else None,
+                retry_after_from=_authority(response.url),
             )
         if status == 408:
             return RegistryUnavailable(
@@ -928,6 +952,7 @@ async def _url_status_error(
         digest=str(digest),
         transient=transient,
         retry_after_s=parse_retry_after(retry_after) if status in (429, 503) else None,
+        retry_after_from=_authority(response.url),
     )
 
 

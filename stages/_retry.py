@@ -16,7 +16,8 @@ alone decides what follows:
 - after ``limits.retries`` retries, the last error is raised, saying how many attempts
   were made;
 - a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
-  how long the registry asked for: waiting an hour inside a pull is a hang;
+  how long the server (``retry_after_from``) asked for: waiting an hour inside a pull is
+  a hang;
 - otherwise the wait is the registry's ``Retry-After``, or else exponential backoff with
   jitter: ``retry_wait_s * 2**(n-1)``, at most ``retry_max_wait_s``, of which a random
   half, so that pulls that failed together do not come back together.
@@ -95,8 +96,9 @@ def retry_wait(error: ImagecError, retry: int, limits: Limits, *, stalls: int = 
     if asked is not None:
         if asked > limits.retry_after_max_s:
             wait = "an unbounded time" if asked == float("inf") else f"{asked:.0f} s"
+            who = error.retry_after_from or "the server"
             error.extend_message(
-                f"the registry asks to wait {wait}, over the {limits.retry_after_max_s:g} s "
+                f"{who} asks to wait {wait}, over the {limits.retry_after_max_s:g} s "
                 "a pull waits: try again later",
             )
             raise error

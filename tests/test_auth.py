@@ -33,6 +33,7 @@ from stages._auth import (
 )
 from stages._config import Credentials, Limits
 from stages._errors import AuthError
+from stages._retry import retry_wait
 
 # httpx and httpcore nest async generators that trio reports when a body is abandoned
 # (here: a token body over its cap); the response itself is closed.
@@ -473,6 +474,17 @@ async def test_fetch_token_failures(response: httpx.Response | Exception, expect
     assert "auth.example" in message
     assert SECRET not in message
     assert basic_authorization(CREDS).split()[1] not in message
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_token_service_asking_to_wait_too_long_is_named(status: int) -> None:
+    # "the registry asks to wait 3600 s": the token service had asked.
+    service = TokenService(httpx.Response(status, headers={"Retry-After": "3600"}))
+    with pytest.raises(AuthError) as info:
+        await _fetch(service)
+    with pytest.raises(AuthError) as retried:
+        retry_wait(info.value, 1, Limits())
+    assert "the token service at auth.example asks to wait 3600 s" in str(retried.value)
 
 
 async def test_fetch_token_oversize_chunked_body_read_only_to_the_cap() -> None:

@@ -247,6 +247,29 @@ async def test_after_the_last_source_fails_no_next_one_is_announced(
     assert str(info.value).count(f"{server.url}/gone") == 1
 
 
+async def test_a_url_asking_to_wait_too_long_is_named_not_the_registry(
+    registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # "the registry asks to wait 3600 s": the registry had answered 404; the layer's URL
+    # sent the Retry-After.
+    server = fixture_server()
+    server.route("/busy", Reply(429, {"Retry-After": "3600"}))
+    foreign = foreign_layer(unique_seed, "docker")
+    image, _ = foreign_image(unique_seed, "docker", foreign, [f"{server.url}/busy"])
+    ref = push_without(registry, unique_repo, image, foreign)
+
+    with pytest.raises(pipeline.RegistryError) as info:
+        await pipeline.pull(
+            ref, store=Store.open(tmp_path / "store"), options=PullOptions(platform=AMD64)
+        )
+
+    text = str(info.value)
+    authority = server.url.removeprefix("http://")
+    assert f"{authority} asks to wait 3600 s, over the 60 s a pull waits" in text
+    assert "the registry asks" not in text
+    assert [r.path for r in server.requests] == ["/busy"]  # not waited for, not asked again
+
+
 async def test_only_the_first_max_layer_urls_are_tried(
     registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -34,6 +34,7 @@ from stages._http import shared_ssl_context
 from stages._manifest import resolve_image
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
+from stages._retry import retry_wait
 from stages._types import Digest, Platform
 from tests.support.images import sample_image, sample_index
 from tests.support.servers import FixtureServer, Reply
@@ -1596,3 +1597,62 @@ async def test_a_cookie_a_layers_url_sets_never_reaches_the_registry() -> None:
     assert len(registry_requests) == 3  # /v2/, the blob, the manifest
     assert all("attacker" not in r.headers.get("Cookie", "") for r in registry_requests)
     assert all("Cookie" not in r.headers for r in fake.requests)
+
+
+async def test_a_layers_url_that_stalls_is_blamed_not_the_registry() -> None:
+    # "reg.example took more than 0.2 s", "the registry or the network is stalling":
+    # the registry was not even asked.
+    fake = FakeRegistry()
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    fake.routes["https://cdn.example/"] = never_answers  # type: ignore[assignment]
+    with trio.fail_after(5):
+        async with _client(fake, limits=Limits(response_deadline_s=0.2)) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await _read_url(client, "https://cdn.example/layer?sig=s3cr3t")
+    assert info.value.message == (
+        f"cdn.example took more than 0.2 s to answer for blob {BLOB_DIGEST} from"
+        " https://cdn.example/layer?[redacted]; that server or the network is stalling,"
+        " pull again"
+    )
+    assert fake.requests[0].url.host == "cdn.example"
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (httpx.ReadTimeout("timed out"), "no data from cdn.example for 60 s while fetching"),
+        (httpx.ConnectTimeout("timed out"), "that server may be overloaded or unreachable"),
+        (httpx.ConnectError("refused"), "that server may be down or unreachable from here"),
+    ],
+)
+async def test_a_layers_url_that_fails_in_transport_is_blamed_not_the_registry(
+    failure: Exception, said: str
+) -> None:
+    fake = FakeRegistry()
+    fake.routes["https://cdn.example/"] = _answers(failure)
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await _read_url(client, "https://cdn.example/layer")
+    assert said in info.value.message and "cdn.example" in info.value.message
+    assert "registry" not in info.value.message
+
+
+async def test_a_layers_url_retry_after_names_that_server() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://cdn.example/"] = lambda r: httpx.Response(
+        429, headers={"Retry-After": "3600"}
+    )
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(TooManyRequests) as info:
+                await _read_url(client, "https://cdn.example/layer")
+    assert info.value.retry_after_s == 3600 and info.value.retry_after_from == "cdn.example"
+    with pytest.raises(TooManyRequests) as retried:
+        retry_wait(info.value, 1, Limits())
+    assert "cdn.example asks to wait 3600 s, over the 60 s a pull waits" in str(retried.value)
+    assert "registry" not in str(retried.value)
