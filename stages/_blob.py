@@ -278,6 +278,7 @@ async def _attempt(
     (``place`` None) or the URL ``place``. The bytes an earlier source sent stay: the
     next one is asked from where they end."""
     size, digest, ref_text = layer.size, str(layer.digest), str(ref)
+    source_name = "the registry" if place is None else shown_url(place)  # for messages
     offset = transfer.received
     opened = (
         source.stream_blob(ref, layer.digest, offset=offset)
@@ -289,7 +290,7 @@ async def _attempt(
         async with opened as response:
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
-            _check_content_length(response, ref_text, layer, offset - skip)
+            _check_content_length(response, ref_text, layer, offset - skip, source_name)
             _resume_window(transfer, time.perf_counter())
             reading = True
             try:
@@ -298,13 +299,15 @@ async def _attempt(
                 # stream_blob's exit closes the response, so no connection leaks;
                 # aclosing() here would only close the outermost generator.
                 async for data in response.aiter_raw():
-                    _check_rate(transfer, limits, layer, ref_text, len(data))
+                    _check_rate(transfer, limits, layer, ref_text, len(data), source_name)
                     if skip:
                         kept = data[skip:]
                         skip -= len(data) - len(kept)
                         data = kept
                     for chunk in _pieces(data, limits.chunk_size):
-                        await _pass_on(chunk, layer, ref_text, send, progress, transfer, clock)
+                        await _pass_on(
+                            chunk, layer, ref_text, send, progress, transfer, clock, source_name
+                        )
             finally:
                 transfer.body_ended = time.perf_counter()
     except ImagecError as error:
@@ -324,7 +327,7 @@ async def _attempt(
         ) from exc
     except httpx.HTTPError as exc:
         raise RegistryUnavailable(
-            f"the connection to the registry failed after {transfer.received} of {size} "
+            f"the connection to {source_name} failed after {transfer.received} of {size} "
             f"bytes of layer {digest}: {type(exc).__name__}: {redact(str(exc))}; pull again",
             ref=ref_text,
             digest=digest,
@@ -333,8 +336,8 @@ async def _attempt(
         ) from exc
     if transfer.received < size:
         raise Truncated(
-            f"the registry's response for layer {digest} ended after {transfer.received} "
-            f"of {size} bytes; pull again",
+            f"the response from {source_name} for layer {digest} ended after "
+            f"{transfer.received} of {size} bytes; pull again",
             ref=ref_text,
             digest=digest,
             transient=True,
@@ -360,13 +363,15 @@ async def _pass_on(
     progress: ProgressSink | None,
     transfer: _Transfer,
     clock: NetworkClock,
+    source_name: str,
 ) -> None:
-    """Count ``chunk`` against the descriptor's size, send it on, report progress."""
+    """Count ``chunk`` against the descriptor's size, send it on, report progress.
+    ``source_name`` (the registry, or a layer's URL) is what error messages blame."""
     size = layer.size
     received = transfer.received + len(chunk)
     if received > size:
         raise SizeMismatch(
-            f"the registry sends more than the {size} bytes the descriptor of "
+            f"{source_name} sends more than the {size} bytes the descriptor of "
             f"layer {layer.digest} says (stopped reading at {received})",
             ref=ref_text,
             digest=str(layer.digest),
@@ -405,7 +410,12 @@ def _resume_window(transfer: _Transfer, now: float) -> None:
 
 
 def _check_rate(
-    transfer: _Transfer, limits: Limits, layer: Descriptor, ref_text: str, arriving: int
+    transfer: _Transfer,
+    limits: Limits,
+    layer: Descriptor,
+    ref_text: str,
+    arriving: int,
+    source_name: str,
 ) -> None:
     """Fail the transfer if, over a whole window of network time, fewer bytes arrived
     than ``limits.min_transfer_bytes_per_s`` asks; otherwise open a new window when one
@@ -424,7 +434,7 @@ def _check_rate(
         raise RegistryUnavailable(
             f"the download of layer {layer.digest} is too slow: {got} bytes in the last "
             f"{network_s:.0f} s ({got / network_s:.0f} B/s, the minimum is {minimum} B/s; "
-            f"{transfer.received} of {layer.size} bytes so far); the registry or the "
+            f"{transfer.received} of {layer.size} bytes so far); {source_name} or the "
             f"network is stalling, pull again",
             ref=ref_text,
             digest=str(layer.digest),
@@ -433,7 +443,7 @@ def _check_rate(
 
 
 def _check_content_length(
-    response: httpx.Response, ref_text: str, layer: Descriptor, offset: int
+    response: httpx.Response, ref_text: str, layer: Descriptor, offset: int, source_name: str
 ) -> None:
     """Refuse up front a body whose announced length cannot be the blob's."""
     announced = response.headers.get("content-length")
@@ -441,7 +451,7 @@ def _check_content_length(
         return
     if int(announced) != layer.size - offset:
         raise SizeMismatch(
-            f"the registry announces {announced} bytes for layer {layer.digest} "
+            f"{source_name} announces {announced} bytes for layer {layer.digest} "
             f"(from byte {offset}), but its descriptor says {layer.size} bytes in all",
             ref=ref_text,
             digest=str(layer.digest),

@@ -270,6 +270,29 @@ async def test_a_url_asking_to_wait_too_long_is_named_not_the_registry(
     assert [r.path for r in server.requests] == ["/busy"]  # not waited for, not asked again
 
 
+async def test_a_url_announcing_the_wrong_size_is_blamed_not_the_registry(
+    registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # "the registry announces ... bytes": the registry had answered 404.
+    server = fixture_server()
+    foreign = foreign_layer(unique_seed, "oci")
+    size = len(foreign.data)
+    server.route("/layer", Reply(200, {"Content-Length": str(size + 10)}, foreign.data))
+    image, _ = foreign_image(unique_seed, "oci", foreign, [f"{server.url}/layer"])
+    ref = push_without(registry, unique_repo, image, foreign)
+
+    with pytest.raises(pipeline.SizeMismatch) as info:
+        await pipeline.pull(
+            ref, store=Store.open(tmp_path / "store"), options=PullOptions(platform=AMD64)
+        )
+
+    assert info.value.message.startswith(
+        f"{server.url}/layer announces {size + 10} bytes for layer {foreign.digest}"
+    )
+    assert "registry" not in info.value.message
+    assert_store_consistent(tmp_path / "store")
+
+
 async def test_only_the_first_max_layer_urls_are_tried(
     registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
