@@ -656,7 +656,7 @@ PUBLIC = {"reg.example": ["93.184.216.34"]}  # a registry not on any internal ad
     ("names", "location", "refused"),
     [
         (PUBLIC, "https://10.0.0.1/b?sig=SIGNED", "to 10.0.0.1, a private address"),
-        (PUBLIC, "https://127.0.0.1:9000/b", "to 127.0.0.1, a private address"),
+        (PUBLIC, "https://127.0.0.1:9000/b", "to 127.0.0.1, a loopback address"),
         (PUBLIC, "https://169.254.169.254/latest/meta-data/", "to 169.254.169.254, a link-local"),
         (PUBLIC, "https://[fe80::1]/latest", "to fe80::1, a link-local address"),
         (
