@@ -33,7 +33,7 @@ import trio
 
 from ._config import Credentials, Limits
 from ._errors import AuthError
-from ._http import describe_error, stalled_for, transient_failure
+from ._http import cookie_jar_used, describe_error, stalled_for, transient_failure
 from ._redact import cut_secret, redact
 from ._retry import parse_retry_after
 
@@ -532,6 +532,15 @@ async def fetch_token(
 
     The caller checked that ``url`` may receive the credentials. Redirects are not
     followed. Errors name the realm host, never the credentials.
+
+    No cookie goes either way (``cookie_jar_used(False)``): the client's jar is the
+    registry's, and the token service is whatever host the registry's challenge named.
+    A cookie it set was stored in that jar and, cookies ignoring the port, sent to the
+    registry when the two share a host (``reg.example:5001/token`` planting a session on
+    ``reg.example:5000``); the registry's session cookie went the other way. A token
+    request is one GET with its own credentials, which needs no session: docker's
+    client (distribution's ``registry/client/auth``) asks with an ``http.Client``
+    without a jar, which neither keeps nor sends any.
     """
     realm_host = url.host
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
@@ -539,7 +548,13 @@ async def fetch_token(
         headers["Authorization"] = basic_authorization(credentials)
     who = f"as {credentials.username!r}" if credentials is not None else "anonymously"
     try:
-        async with client.stream("GET", url, headers=headers) as response:
+        request = client.build_request("GET", url, headers=headers)
+        # build_request copies the whole jar into the request's Cookie header, whatever
+        # the jar's policy says; the send below stores none of the answer's Set-Cookie.
+        request.headers.pop("Cookie", None)
+        with cookie_jar_used(False):
+            response = await client.send(request, stream=True)
+        try:
             status = response.status_code
             if status in (401, 403):
                 hint = (
@@ -572,6 +587,9 @@ async def fetch_token(
                     retry_after_from=f"the token service at {realm_host}",
                 )
             body = await read_bounded(response, limits.max_token_bytes, what="token response")
+        finally:
+            with trio.CancelScope(shield=True):  # its pool slot back, cancelled or not
+                await response.aclose()
     except httpx.HTTPError as exc:
         stalled_s = stalled_for(exc, limits)
         reason = describe_error(exc) if stalled_s is None else f"no data for {stalled_s:g} s"

@@ -1599,6 +1599,41 @@ async def test_a_cookie_a_layers_url_sets_never_reaches_the_registry() -> None:
     assert all("Cookie" not in r.headers for r in fake.requests)
 
 
+async def test_the_token_service_and_the_registry_get_none_of_each_others_cookies() -> None:
+    # fetch_token stored the token service's Set-Cookie in the client's jar, shared with
+    # the registry's requests, and cookies ignore the port: a realm on the registry's
+    # host, another port, planted a session the registry then received. The registry's
+    # own session cookie went to the token service the same way.
+    fake = FakeRegistry(challenge='Bearer realm="https://reg.example:8443/token"')
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v2/":
+            return fake._blob(request) if "/blobs/" in request.url.path else httpx.Response(200)
+        response = httpx.Response(401, headers={"WWW-Authenticate": fake.challenge or ""})
+        response.headers["Set-Cookie"] = "session=registry-session; Path=/"
+        return response
+
+    def token_with_cookie(request: httpx.Request) -> httpx.Response:
+        fake.tokens_issued += 1
+        response = httpx.Response(200, json={"token": f"tok{fake.tokens_issued}"})
+        response.headers["Set-Cookie"] = "planted=token-service; Path=/"
+        return response
+
+    fake.routes["https://reg.example/v2/"] = registry
+    fake.routes["https://reg.example:8443/token"] = token_with_cookie
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            assert await _read_blob(client) == BLOB
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    [token_request] = [r for r in fake.requests if r.url.port == 8443]
+    assert "Cookie" not in token_request.headers
+    registry_gets = [r for r in fake.requests if r.url.port is None and r.url.path != "/v2/"]
+    assert len(registry_gets) == 2  # the blob, the manifest
+    for request in registry_gets:
+        assert request.headers["Authorization"] == "Bearer tok1"
+        assert request.headers.get("Cookie") == "session=registry-session"  # its own, kept
+
+
 async def test_a_layers_url_that_stalls_is_blamed_not_the_registry() -> None:
     # "reg.example took more than 0.2 s", "the registry or the network is stalling":
     # the registry was not even asked.
