@@ -68,7 +68,7 @@ from stages._auth import sent_secrets
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import ImagecError, UsageError
-from stages._redact import cut_secret, redact
+from stages._redact import cut_secrets, cut_tokens, recent_tokens, redact
 from stages._reference import parse_reference
 from stages._types import Digest, Platform
 
@@ -624,16 +624,15 @@ def _failed(where: str, exc: BaseException, secrets: tuple[str, ...] = ()) -> in
 def _message(exc: BaseException, secrets: tuple[str, ...]) -> str:
     """What a failure says: ours as they are, anything else as an internal error; without
     the credentials (``secrets``: the password and the Basic credentials made of it,
-    ``sent_secrets``), and redacted by the rule the stages apply to a server's text
-    (``stages/_redact.py``) in case an exception quotes a signed URL or a token."""
+    ``sent_secrets``) nor the tokens the pull was issued (``recent_tokens``), and
+    redacted by the rule the stages apply to a server's text (``stages/_redact.py``) in
+    case an exception quotes a signed URL or a token."""
     if isinstance(exc, ImagecError):
         message = str(exc)
     else:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         message = f"internal error: {detail} (--log-level debug shows more)"
-    for secret in secrets:
-        message = cut_secret(message, secret)
-    return redact(message)
+    return redact(cut_tokens(cut_secrets(message, secrets), recent_tokens()))
 
 
 # --- images, layers, inspect ---

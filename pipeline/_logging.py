@@ -18,7 +18,8 @@ The processor chain, in order:
    the output even if a caller binds one by mistake (a field whose name says secret by
    ``stages/_redact.py``'s rule, ``is_secret_name``, loses its value whatever it is:
    ``api_key``, ``client_secret``, ``signature``), and that the user's own password
-   (``add_secret``) appears nowhere, not even quoted back by a registry's error message;
+   (``add_secret``) and the tokens it was issued (``stages/_redact.py``'s
+   ``recent_tokens``) appear nowhere, not even quoted back by a registry's error message;
    every string also goes through ``stages/_redact.py``'s rule (a URL's query and user
    info, ``Bearer``/``Basic`` credentials, secret-named ``name=value`` pairs), the rule
    the stages apply to a server's text before quoting it in an error;
@@ -46,7 +47,14 @@ from typing import Any, TextIO
 
 import structlog
 
-from stages._redact import REDACTED, cut_secret, is_secret_name, redact
+from stages._redact import (
+    REDACTED,
+    cut_secrets,
+    cut_tokens,
+    is_secret_name,
+    recent_tokens,
+    redact,
+)
 
 __all__ = [
     "LEVELS",
@@ -105,7 +113,9 @@ def add_secret(text: str) -> None:
     percent-encoded (a short password only where it stands alone, ``stages/_redact.py``'s
     ``cut_secret``): a registry's error message may quote it back, and a traceback in the
     debug log quotes that message. The patterns below catch credentials by their shape;
-    this one by its value."""
+    this one by its value. Bearer tokens need no call: the token service's answer gives
+    them to ``stages/_redact.py``'s ``remember_token``, in whichever process fetched
+    them, and each line cuts ``recent_tokens`` too."""
     if text and text not in _Applied.settings.secrets:
         _Applied.settings = replace(_Applied.settings, secrets=(*_Applied.settings.secrets, text))
 
@@ -123,19 +133,21 @@ def _is_secret_key(key: object) -> bool:
     return isinstance(key, str) and is_secret_name(key)
 
 
-def _redact_value(value: Any, depth: int = 0) -> Any:
-    """Scrub one value: strings lose inline credentials, mappings their secret keys."""
+def _redact_value(
+    value: Any, secrets: tuple[str, ...], tokens: tuple[str, ...], depth: int = 0
+) -> Any:
+    """Scrub one value: strings lose ``secrets``, ``tokens`` and inline credentials,
+    mappings their secret keys."""
     if isinstance(value, str):
-        for secret in _Applied.settings.secrets:
-            value = cut_secret(value, secret)
-        return redact(value)  # credentials by their shape
+        # By their values, then by their shape.
+        return redact(cut_tokens(cut_secrets(value, secrets), tokens))
     if depth < 5 and isinstance(value, Mapping):  # httpx.Headers is a Mapping
         return {
-            k: REDACTED if _is_secret_key(k) else _redact_value(v, depth + 1)
+            k: REDACTED if _is_secret_key(k) else _redact_value(v, secrets, tokens, depth + 1)
             for k, v in value.items()
         }
     if depth < 5 and isinstance(value, list | tuple):
-        return [_redact_value(v, depth + 1) for v in value]
+        return [_redact_value(v, secrets, tokens, depth + 1) for v in value]
     return value
 
 
@@ -147,11 +159,12 @@ def redact_secrets(
     Cheap on ordinary log lines (a few short strings), and it runs only for lines that
     passed the level filter.
     """
+    secrets, tokens = _Applied.settings.secrets, recent_tokens()
     for key in list(event_dict):
         if _is_secret_key(key):
             event_dict[key] = REDACTED
         else:
-            event_dict[key] = _redact_value(event_dict[key])
+            event_dict[key] = _redact_value(event_dict[key], secrets, tokens)
     return event_dict
 
 

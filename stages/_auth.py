@@ -34,7 +34,7 @@ import trio
 from ._config import Credentials, Limits
 from ._errors import AuthError
 from ._http import cookie_jar_used, describe_error, stalled_for, transient_failure
-from ._redact import cut_secret, redact
+from ._redact import cut_secrets, cut_tokens, recent_tokens, redact, remember_token
 from ._retry import parse_retry_after
 
 __all__ = [
@@ -194,8 +194,9 @@ def _parse_header(text: str) -> list[Challenge]:
 
 def _quoted(text: str) -> str:
     """A header value (or a realm from one) as an error message quotes it: redacted, for a
-    challenge may carry a token or a signed URL (``stages/_redact.py``), then shortened."""
-    return f"{redact(text)!r:.200}"
+    challenge may carry a token or a signed URL (``stages/_redact.py``), a token we were
+    issued among them (``recent_tokens``), then shortened."""
+    return f"{redact(cut_tokens(text, recent_tokens()))!r:.200}"
 
 
 def choose_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
@@ -455,10 +456,19 @@ def token_url(realm: str, service: str | None, scope: str) -> httpx.URL:
 
 @dataclass(frozen=True)
 class Token:
-    """A bearer token and how long it lives (seconds from when it was fetched)."""
+    """A bearer token and how long it lives (seconds from when it was fetched).
+
+    ``others``: the other secrets the token service's answer carried (a refresh token, a
+    ``token`` other than the ``access_token`` used), cut out of errors and logs as the
+    token is (``secrets``) though never sent."""
 
     value: str = field(repr=False)
     expires_in: float = DEFAULT_TOKEN_LIFETIME_S
+    others: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.value, *self.others)
 
 
 def parse_token_response(body: bytes, *, realm_host: str) -> Token:
@@ -474,6 +484,13 @@ def parse_token_response(body: bytes, *, realm_host: str) -> Token:
         raise AuthError(f"the token service at {realm_host} answered without a token")
     if any(c in value for c in "\r\n\0") or not value.isascii():
         raise AuthError(f"the token service at {realm_host} answered a malformed token")
+    others = tuple(
+        dict.fromkeys(
+            other
+            for other in (doc.get("token"), doc.get("refresh_token"))
+            if isinstance(other, str) and other and other != value
+        )
+    )
     expires_in = doc.get("expires_in")
     lifetime: float = DEFAULT_TOKEN_LIFETIME_S
     if (
@@ -482,7 +499,7 @@ def parse_token_response(body: bytes, *, realm_host: str) -> Token:
         and 0 < expires_in < 10**9
     ):
         lifetime = float(expires_in)
-    return Token(value, lifetime)
+    return Token(value, lifetime, others)
 
 
 def _no_constants(name: str) -> None:
@@ -514,6 +531,11 @@ class TokenCache:
 
     def discard(self, key: tuple[str, str, str]) -> None:
         self._tokens.pop(key, None)
+
+    def secrets(self) -> list[str]:
+        """The secrets of every token held, expired ones not yet dropped included: what a
+        server we sent one to may quote back (``error_detail``'s ``tokens``)."""
+        return [secret for token, _ in self._tokens.values() for secret in token.secrets]
 
 
 # Token service answers another request may cure (as the registry's, stages/_registry.py).
@@ -604,6 +626,8 @@ async def fetch_token(
             " refused"
         ) from exc
     token = parse_token_response(body, realm_host=realm_host)
+    for secret in token.secrets:  # out of errors and log lines, if a server quotes it
+        remember_token(secret)
     log.debug("token fetched", realm=realm_host, registry=registry, expires_in=token.expires_in)
     return token
 
@@ -649,7 +673,12 @@ _ERROR_BODY_BYTES = 16 * 1024
 _ERROR_PART_CHARS = 200
 
 
-async def error_detail(response: httpx.Response, *, credentials: Credentials | None = None) -> str:
+async def error_detail(
+    response: httpx.Response,
+    *,
+    credentials: Credentials | None = None,
+    tokens: Iterable[str] = (),
+) -> str:
     """What a registry or token service says went wrong, redacted and shortened; "" when
     its body says nothing we can read.
 
@@ -664,7 +693,9 @@ async def error_detail(response: httpx.Response, *, credentials: Credentials | N
     it refused), and the ``credentials`` just sent are cut out where the service quotes
     them (``sent_secrets``: the password, as it is or percent-encoded, and the base64 of
     the Basic credentials; ``cut_secret``: a short one only where it stands alone, not
-    out of words).
+    out of words), and so are the bearer ``tokens`` sent, and those this process was
+    issued last (``recent_tokens``): a registry may name the token it refused, and many
+    tokens are opaque, which ``redact`` finds only after the word ``Bearer``.
     Redacted before being cut short, so that a secret cut short still has the shape that
     gives it away, and after what is not printable is dropped, so that a control
     character cannot hide a secret's name from it.
@@ -686,11 +717,14 @@ async def error_detail(response: httpx.Response, *, credentials: Credentials | N
     said += [[doc.get("error"), doc.get("error_description")], [doc.get("details")]]
     said.append([doc.get("message")])
     secrets = sent_secrets(credentials) if credentials is not None else ()
+    issued = dict.fromkeys((*tokens, *recent_tokens()))
     parts = []
     for words in said:
-        texts = [_printable(x) for x in words if isinstance(x, str)]
-        for secret in secrets:
-            texts = [cut_secret(x, secret) for x in texts]
+        texts = [
+            cut_tokens(cut_secrets(_printable(x), secrets), issued)
+            for x in words
+            if isinstance(x, str)
+        ]
         text = ": ".join(redact(x) for x in texts if x)
         if text and text not in parts:
             parts.append(text[:_ERROR_PART_CHARS])

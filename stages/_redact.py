@@ -60,6 +60,23 @@ run into other letters or digits ("xpw1y"): a server quoting what it was sent qu
 apart (alone, or as ``ci:pw1``), and a word that merely contains two or three letters
 of it says nothing of it.
 
+The bearer tokens this process obtained are cut out by their value too (``cut_token``):
+``redact`` knows a token after the word ``Bearer`` or by a JWT's shape, and many
+registries issue opaque ones (Docker Hub's older tokens, GitLab's, Harbor's robot
+tokens), which a registry or a token service that names the token it refused quotes
+bare. The token service's answer is the place they are learnt (``remember_token``, from
+``stages/_auth.py``); error messages and every log line cut the last
+``RECENT_TOKENS_KEPT`` of them (``recent_tokens``). Only so many, because each is a
+search through every string of every log line, and a library host pulls for a long time:
+a token lives minutes, and the registry client cuts the tokens it holds itself out of
+what its servers say, however many other pulls have fetched tokens since. A token is
+cut as it is and as a URL or a form spells it whole (every character but letters,
+digits and ``-._~`` percent-encoded, the hex in either case), by plain replacement: a
+server quotes the token as its Authorization header carried it, and a registry's token
+is often a JWT of a kilobyte or two, whose pattern of per-character spellings (the
+password's) took 0.4 s to compile and 350 KB to keep, each. A token shorter than eight
+characters, which no registry issues, is cut as a short password is.
+
 Everything else is kept: host names, ports, status codes, error codes and the server's
 words, so a message still says which server failed and what it said. ``redact`` is
 idempotent, pure and cheap (a few regular expressions over a short string).
@@ -69,8 +86,23 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import urllib.parse
+from collections.abc import Iterable
 
-__all__ = ["REDACTED", "cut_secret", "is_secret_name", "redact", "shown_url"]
+__all__ = [
+    "RECENT_TOKENS_KEPT",
+    "REDACTED",
+    "cut_secret",
+    "cut_secrets",
+    "cut_token",
+    "cut_tokens",
+    "is_secret_name",
+    "recent_tokens",
+    "redact",
+    "remember_token",
+    "shown_url",
+]
 
 REDACTED = "[redacted]"
 # A URL a manifest names (a foreign layer's) is shown cut to this many characters.
@@ -138,7 +170,78 @@ def cut_secret(text: str, secret: str) -> str:
     docstring)."""
     if not secret:
         return text
+    # Without a "%" (nor a "+" for a space) the text can hold the secret only as it is:
+    # a substring search then spares the pattern, for the log processor runs this for
+    # each secret over every string of every line.
+    if secret not in text and "%" not in text and not (" " in secret and "+" in text):
+        return text
     return _secret_pattern(secret).sub(REDACTED, text)
+
+
+def cut_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without any of ``secrets``, each as ``cut_secret`` cuts it, in their order
+    (a padded form before the unpadded one: ``stages/_auth.py``'s ``sent_secrets``)."""
+    for secret in secrets:
+        text = cut_secret(text, secret)
+    return text
+
+
+# How many of the tokens this process obtained last are cut by value (module docstring).
+RECENT_TOKENS_KEPT = 16
+
+
+class _RecentTokens:
+    """The tokens ``remember_token`` was given, the latest last; replaced whole, never
+    changed in place, so a reader in another thread sees one list or the other."""
+
+    tokens: tuple[str, ...] = ()
+    lock = threading.Lock()  # writers only: a pull may run in any thread of a host
+
+
+def remember_token(token: str) -> None:
+    """Cut ``token`` (a bearer token or a refresh token a token service issued) out of
+    error messages and log lines from now on, until ``RECENT_TOKENS_KEPT`` newer ones
+    push it out (the rule is in this module's docstring)."""
+    if not token:
+        return
+    with _RecentTokens.lock:
+        kept = tuple(t for t in _RecentTokens.tokens if t != token)
+        _RecentTokens.tokens = (*kept, token)[-RECENT_TOKENS_KEPT:]
+
+
+def recent_tokens() -> tuple[str, ...]:
+    """The tokens to cut by value: the last ``RECENT_TOKENS_KEPT`` ``remember_token`` was
+    given, the latest last."""
+    return _RecentTokens.tokens
+
+
+def cut_token(text: str, token: str) -> str:
+    """``text`` without ``token`` (a bearer or refresh token we were issued), as it is or
+    percent-encoded whole (the rule is in this module's docstring)."""
+    if len(token) < _CUT_ANYWHERE_FROM:
+        return cut_secret(text, token)
+    for spelling in _token_spellings(token):
+        if spelling in text:
+            text = text.replace(spelling, REDACTED)
+    return text
+
+
+def cut_tokens(text: str, tokens: Iterable[str]) -> str:
+    """``text`` without any of ``tokens``, each as ``cut_token`` cuts it."""
+    for token in tokens:
+        text = cut_token(text, token)
+    return text
+
+
+@functools.lru_cache(maxsize=2 * RECENT_TOKENS_KEPT)
+def _token_spellings(token: str) -> tuple[str, ...]:
+    """``token``, and percent-encoded with upper- and with lower-case hex."""
+    encoded = urllib.parse.quote(token, safe="-._~")
+    lower = _PERCENT_HEX.sub(lambda m: m.group(0).lower(), encoded)
+    return tuple(dict.fromkeys((token, encoded, lower)))
+
+
+_PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 
 
 @functools.lru_cache(maxsize=16)

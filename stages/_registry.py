@@ -855,8 +855,11 @@ class RegistryClient:
             if from_registry
             else f"the storage server {_authority(response.url)} that {authority} redirected to"
         )
-        # A registry refusing Basic credentials may quote them back (sent_secrets).
-        detail = await error_detail(response, credentials=self._options.credentials)
+        # A registry refusing Basic credentials may quote them back (sent_secrets), one
+        # refusing a token that token (opaque ones have no shape redact knows).
+        detail = await error_detail(
+            response, credentials=self._options.credentials, tokens=self._tokens.secrets()
+        )
         suffix = f" ({detail})" if detail else ""
         ref_text = str(ref)
         if not from_registry and status in (401, 403):

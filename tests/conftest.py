@@ -15,7 +15,8 @@ relevant, ``.ca_pem`` for TLS, ``.push(repo, image, tag)``, ``.client()``):
 Function-scoped factories: ``fixture_server()`` → ``FixtureServer``; ``proxy(upstream,
 rate=None, latency=0.0)`` → ``Proxy`` (upstream: a RegistryServer or "host:port").
 Helpers: ``unique_repo`` (a repository name unique to the test), ``unique_seed`` (a seed
-unique to the test, for images whose blobs a test corrupts).
+unique to the test, for images whose blobs a test corrupts). Every test starts with no
+bearer tokens remembered for redaction (``stages._redact.recent_tokens``).
 
 Registry tests are skipped (with the reason) when docker-registry is not installed, except
 in CI (``$CI`` set), where that is an error. Every test has a deadline: 120 s by default,
@@ -311,6 +312,18 @@ def proxy() -> Iterator[Callable[..., Proxy]]:
             return stack.enter_context(run_proxy(host, rate=rate, latency=latency))
 
         yield make
+
+
+# --- process state ---------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _forget_recent_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no tokens to cut (``stages._redact.recent_tokens``): a token
+    one test was issued ("T", "tok1") would be cut out of the next one's messages."""
+    from stages import _redact
+
+    monkeypatch.setattr(_redact._RecentTokens, "tokens", ())
 
 
 # --- names -----------------------------------------------------------------------------

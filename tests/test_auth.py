@@ -33,6 +33,7 @@ from stages._auth import (
 )
 from stages._config import Credentials, Limits
 from stages._errors import AuthError
+from stages._redact import recent_tokens, remember_token
 from stages._retry import retry_wait
 
 # httpx and httpcore nest async generators that trio reports when a body is abandoned
@@ -439,6 +440,39 @@ def test_sent_secrets_are_the_password_and_the_basic_credentials_padded_then_not
 
 async def test_error_detail_of_a_body_that_is_not_json_is_empty() -> None:
     assert await error_detail(httpx.Response(401, text="<html>Login</html>")) == ""
+
+
+async def test_fetch_token_remembers_every_token_the_answer_carried() -> None:
+    # Opaque tokens have no shape redact knows: the answer is where they are learnt, for
+    # errors and log lines to cut them wherever a server quotes them back.
+    answer = {"access_token": "opaque-access-7Kq2x", "token": "opaque-other-9f3c", "expires_in": 90}
+    service = TokenService(httpx.Response(200, json={**answer, "refresh_token": "rt-5mN8w-2Lp"}))
+    token = await _fetch(service)
+    assert token == Token("opaque-access-7Kq2x", 90)
+    assert token.others == ("opaque-other-9f3c", "rt-5mN8w-2Lp")
+    assert recent_tokens() == ("opaque-access-7Kq2x", "opaque-other-9f3c", "rt-5mN8w-2Lp")
+    assert "rt-5mN8w" not in repr(token)
+
+
+async def test_error_detail_cuts_the_tokens_sent_and_those_issued_lately() -> None:
+    # A registry naming the token it refused, bare and opaque (not after "Bearer", not
+    # a JWT): redact left it whole in the error, each retry warning and the CLI's line.
+    remember_token("harbor-robot-Xk2f9QmA")
+    body = {
+        "errors": [{"code": "UNAUTHORIZED", "message": "token glpat-7Kq2xW9m expired"}],
+        "details": "robot harbor-robot-Xk2f9QmA disabled",
+    }
+    response = httpx.Response(401, content=json.dumps(body).encode())
+    said = await error_detail(response, tokens=["glpat-7Kq2xW9m"])
+    assert said == "UNAUTHORIZED: token [redacted] expired; robot [redacted] disabled"
+
+
+def test_a_challenge_quoted_in_an_error_loses_a_token_issued_lately() -> None:
+    remember_token("opaque-Xk2f9QmA7p")
+    with pytest.raises(ChallengeError) as info:
+        parse_challenges(['Bearer realm="https://auth.example", error="opaque-Xk2f9QmA7p'])
+    assert "opaque-Xk2f9QmA7p" not in str(info.value)
+    assert "[redacted]" in str(info.value)
 
 
 async def test_fetch_token_anonymous() -> None:

@@ -43,6 +43,7 @@ from stages._config import Credentials
 from stages._errors import AuthError, InvalidReference, NotFound, UsageError
 from stages._events import LayerTimings, ProgressEvent
 from stages._manifest import ResolvedImage
+from stages._redact import remember_token
 from stages._reference import Reference
 from stages._types import Descriptor, Digest, MediaType, Platform
 
@@ -516,6 +517,27 @@ def test_an_internal_error_quoting_a_signed_url_is_reported_without_it(
     assert (
         "https://cdn.example/b?[redacted]" in json.loads(captured.out.splitlines()[-1])["message"]
     )
+
+
+def test_a_token_the_pull_was_issued_is_cut_from_the_error_line_and_the_logs(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An opaque token (not after "Bearer", not a JWT) quoted by an error that is not ours
+    # went whole into the error line, the --json error and the debug log's traceback.
+    token = "glpat-Xk2f9QmA7p3vR2"
+
+    def fails() -> None:
+        remember_token(token)  # as the token service's answer is read (fetch_token)
+        raise RuntimeError(f"header value {token} refused")
+
+    install_fake_pull(monkeypatch, fails)
+    argv = ["pull", REF, "--store", str(store_dir), "--json",
+            "--log-level", "debug", "--log-json"]  # fmt: skip
+    assert main(argv) == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err
+    assert "RuntimeError: header value [redacted] refused" in captured.err.splitlines()[-1]
+    assert "header value [redacted] refused" in json.loads(captured.out.splitlines()[-1])["message"]
 
 
 def test_pull_debug_log_has_the_cause_but_no_secret(

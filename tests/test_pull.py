@@ -341,6 +341,53 @@ async def test_a_token_service_quoting_the_credentials_encoded_gets_them_cut(
         assert secret not in message
 
 
+async def test_an_opaque_token_quoted_back_bare_is_cut_from_the_error_and_the_logs(
+    token_registry: Any,
+    token_server: Any,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Many registries issue opaque tokens (Docker Hub's older ones, GitLab's, Harbor's
+    # robot tokens): quoted bare, not after "Bearer" and not a JWT, redact let them
+    # through, and only the password was cut by its value. Here the registry refuses the
+    # opaque token and the token service answers the renewal by naming it, and its
+    # refresh token, as revoked.
+    import structlog
+
+    from pipeline import _logging
+
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    monkeypatch.setattr(_logging._Applied, "stream", None)
+    repository = f"public/{unique_seed[-8:]}-opaque"
+    token_registry.push(repository, images.sample_image(unique_seed), "1")
+    token_server.revoke_opaque_tokens = True
+    logs = io.StringIO()
+    pipeline.configure_logging(level="debug", json=True, stream=logs)
+    try:
+        with pytest.raises(pipeline.AuthError) as refused:
+            await pipeline.pull(
+                token_registry.ref(repository, "1"),
+                store=Store.open(tmp_path / "store"),
+                options=options(),
+            )
+        # A host logging what the servers said, or the error itself.
+        [(token, refresh)] = token_server.opaque_issued
+        structlog.get_logger().warning("pull failed", said=f"revoked {token} and {refresh}")
+        structlog.get_logger().warning("pull failed", error=str(refused.value))
+    finally:
+        structlog.reset_defaults()
+
+    message = str(refused.value)
+    realm_host = token_server.host.rpartition(":")[0]
+    assert f"the token service at {realm_host} refused a token anonymously" in message
+    assert "(HTTP 401: token [redacted] (refresh token [redacted]) was revoked)" in message
+    logged = logs.getvalue()
+    assert "revoked [redacted] and [redacted]" in logged
+    for secret in (token, refresh):
+        assert secret not in message and secret not in logged
+
+
 async def test_a_registry_quoting_basic_credentials_back_gets_them_cut(
     fixture_server: Any, tmp_path: Path
 ) -> None:

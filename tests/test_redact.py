@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from stages._redact import REDACTED, SHOWN_URL_CHARS, cut_secret, is_secret_name, redact, shown_url
+from stages._redact import (
+    RECENT_TOKENS_KEPT,
+    REDACTED,
+    SHOWN_URL_CHARS,
+    cut_secret,
+    cut_secrets,
+    cut_tokens,
+    is_secret_name,
+    recent_tokens,
+    redact,
+    remember_token,
+    shown_url,
+)
 
 SIGNED = (
     "https://cdn.example:8443/registry-v2/blobs/sha256/ab/data"
@@ -222,3 +234,35 @@ def test_a_fragment_shaped_as_an_anchor_but_named_as_a_secret_goes() -> None:
     assert (
         redact("https://cdn.example/l#secretlowercasevalue") == f"https://cdn.example/l?{REDACTED}"
     )
+
+
+def test_only_the_latest_tokens_are_remembered_each_once() -> None:
+    # A library host pulls for days: each token remembered would be searched for in
+    # every string of every log line from then on.
+    for n in range(3 * RECENT_TOKENS_KEPT):
+        remember_token(f"opaque-{n:04d}-token")
+    remember_token("")
+    remember_token(f"opaque-{RECENT_TOKENS_KEPT:04d}-token")  # again: moves to the end
+    kept = recent_tokens()
+    assert len(kept) == RECENT_TOKENS_KEPT == len(set(kept))
+    assert kept[-1] == f"opaque-{RECENT_TOKENS_KEPT:04d}-token"
+    assert kept[-2] == f"opaque-{3 * RECENT_TOKENS_KEPT - 1:04d}-token"
+    assert "opaque-0000-token" not in kept
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("token hb/Xk2f+9QmA7p3v== revoked", f"token {REDACTED} revoked"),
+        ("see ?t=hb%2FXk2f%2B9QmA7p3v%3D%3D", f"see ?t={REDACTED}"),  # as a query spells it
+        ("see ?t=hb%2fXk2f%2b9QmA7p3v%3d%3d", f"see ?t={REDACTED}"),
+        ("token hb/xk2f+9qma7p3v== revoked", "token hb/xk2f+9qma7p3v== revoked"),  # another
+        ("got pw1, not xpw1y", f"got {REDACTED}, not xpw1y"),  # a short one stands alone
+    ],
+)
+def test_tokens_are_cut_as_they_are_or_percent_encoded_whole(text: str, kept: str) -> None:
+    assert cut_tokens(text, ("hb/Xk2f+9QmA7p3v==", "pw1")) == kept
+
+
+def test_secrets_are_cut_in_their_order() -> None:
+    assert cut_secrets("ci:pw1 and ci:pw2", ("pw1", "pw2")) == f"ci:{REDACTED} and ci:{REDACTED}"

@@ -32,6 +32,7 @@ from stages._errors import (
 )
 from stages._http import shared_ssl_context
 from stages._manifest import resolve_image
+from stages._redact import RECENT_TOKENS_KEPT, remember_token
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._retry import retry_wait
@@ -229,6 +230,35 @@ async def test_401_after_renewal_is_auth_error_without_loop() -> None:
     assert "unauthorized: check the username/password for reg.example" in message
     assert SECRET not in message
     assert "tok" not in message
+
+
+async def test_a_registry_naming_the_token_it_refused_gets_it_cut() -> None:
+    # An opaque token quoted bare (not after "Bearer", not a JWT) reached the error whole.
+    # The client's own tokens are cut even when other pulls have since been issued more
+    # tokens than the process remembers.
+    fake = FakeRegistry(challenge=BEARER)
+
+    def opaque_token(request: httpx.Request) -> httpx.Response:
+        fake.tokens_issued += 1
+        return httpx.Response(200, json={"token": f"opaque{fake.tokens_issued}-Xk2f9QmA"})
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        for n in range(RECENT_TOKENS_KEPT):  # other pulls' tokens, fetched meanwhile
+            remember_token(f"elsewhere-{n}-Qm7p3v")
+        sent = request.headers["Authorization"].removeprefix("Bearer ")
+        said = {"errors": [{"code": "UNAUTHORIZED", "message": f"token {sent} was revoked"}]}
+        return httpx.Response(401, headers={"WWW-Authenticate": BEARER}, json=said)
+
+    fake.routes["https://auth.example/token"] = opaque_token
+    fake.routes["https://reg.example/v2/team/"] = refused
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(AuthError) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+    assert fake.tokens_issued == 2
+    message = str(info.value)
+    assert "(UNAUTHORIZED: token [redacted] was revoked)" in message
+    assert "Xk2f9QmA" not in message
 
 
 async def test_401_anonymous_says_credentials_needed() -> None:

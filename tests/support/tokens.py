@@ -11,8 +11,10 @@ else needs HTTP Basic credentials of a known user, who gets every action asked f
 (docker's flow) and ``POST /token`` with a form (OAuth2 password grant) both work.
 
 For auth tests the server can be told to misbehave (``set_fault``): a 5xx, a non-JSON
-body, JSON without a token, a body over 1 MiB, or a token the registry will reject. Every
-request is recorded (``requests``, ``count``) so tests can check where credentials went.
+body, JSON without a token, a body over 1 MiB, or a token the registry will reject; or to
+issue opaque tokens and name them back when it revokes them (``revoke_opaque_tokens``).
+Every request is recorded (``requests``, ``count``) so tests can check where credentials
+went.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -118,6 +120,13 @@ class TokenServer:
     #: credentials' base64 without the word "Basic", or percent-encoded as a form body
     #: or a URL's user info spells it (``ci:p%40ss``).
     quote_back: Literal["decoded", "base64", "percent-encoded"] = "decoded"
+    #: Issue an opaque token and a refresh token (random text, as GitLab's tokens or
+    #: Harbor's robot tokens look, not a JWT: the registry refuses it, as it would a
+    #: revoked one), then refuse every later request with a 401 that names both, bare:
+    #: ``{"details": "token T (refresh token R) was revoked"}``.
+    revoke_opaque_tokens: bool = False
+    #: The (token, refresh token) pairs issued so, the latest last.
+    opaque_issued: list[tuple[str, str]] = field(default_factory=list)
     requests: list[TokenRequest] = field(default_factory=list)
     _key: Any = None
     _cert_der: bytes = b""
@@ -150,6 +159,8 @@ class TokenServer:
             self.omit_expires_in = False
             self.refuse_like_docker_hub = False
             self.quote_back = "decoded"
+            self.revoke_opaque_tokens = False
+            self.opaque_issued.clear()
 
     def set_fault(
         self, fault: Fault | None, *, status: int = 503, times: int | None = None
@@ -326,6 +337,9 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                     401, b'{"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}'
                 )
                 return
+            if server.revoke_opaque_tokens:
+                self._opaque(record)
+                return
             granted = server.grant(user, scopes)
             token = server.issue(user or "", granted)
             if fault == "bad-signature":
@@ -344,6 +358,24 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             if fault == "huge":
                 body["padding"] = "x" * (1024 * 1024 + 4096)
             record(200, granted)
+            self._send(200, json.dumps(body).encode())
+
+        def _opaque(self, record: Callable[..., None]) -> None:
+            """``revoke_opaque_tokens``: the first pair, then its revocation."""
+            with server._lock:
+                revoked = bool(server.opaque_issued)
+                if not revoked:
+                    server.opaque_issued.append(
+                        (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+                    )
+                token, refresh = server.opaque_issued[-1]
+            if revoked:
+                record(401)
+                details = f"token {token} (refresh token {refresh}) was revoked"
+                self._send(401, json.dumps({"details": details}).encode())
+                return
+            record(200)
+            body = {"token": token, "refresh_token": refresh, "expires_in": server.expires_in}
             self._send(200, json.dumps(body).encode())
 
     return Handler
