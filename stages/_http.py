@@ -326,14 +326,17 @@ class _TaskCookiePolicy(http.cookiejar.DefaultCookiePolicy):
 
 @contextlib.contextmanager
 def cookie_jar_used(used: bool) -> Iterator[None]:
-    """With ``used`` False, the jar of a client from ``open_client`` neither stores a
-    cookie a response sets nor sends one, for requests built or sent inside the block
-    by this task (a context variable: other tasks sharing the client are not affected).
+    """With ``used`` False, the jar of a client from ``open_client`` stores no cookie a
+    response sets, for requests sent inside the block by this task (a context variable:
+    other tasks sharing the client are not affected).
 
     httpx's ``client.send`` stores every ``Set-Cookie`` it receives in the client's jar,
     which then goes to that host on every port: a layer URL on the registry's host could
     plant a session cookie the registry would receive. Dropping the outgoing ``Cookie``
-    header alone does not stop that.
+    header alone does not stop that; nor does this block stop the sending: httpx's
+    ``build_request`` copies the jar's cookies into the request's ``Cookie`` header
+    through a jar of its own, so a caller that must send none removes that header too
+    (``_follow`` with ``cookies=False``, ``fetch_token``).
     """
     token = _COOKIE_JAR_USED.set(used)
     try:
