@@ -85,10 +85,13 @@ async def resolve_image(
     ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A config's
     platform serves ``platform`` by the rule an index entry's does (an ``arm/v7`` request
     takes an ``arm/v6`` config, ``amd64`` or an x86-64-v3 machine no ``amd64/v4`` one),
-    its variant counting only when it names one. A single manifest for another platform
-    is refused if ``platform_asked`` (the user chose ``platform``), as docker refuses
-    it, rather than storing an image the user said they did not want; else it is taken
-    for the platform its config names, with a warning, as docker pulls it.
+    its variant counting only when it names one. The config of an entry naming a
+    platform must agree with it on OS and architecture, and a variant it names must be
+    one ``platform`` runs, or the image is refused, no other entry taken in its place
+    (``_check_placed_config``). A single manifest for another platform is refused if
+    ``platform_asked`` (the user chose ``platform``), as docker refuses it, rather than
+    storing an image the user said they did not want; else it is taken for the platform
+    its config names, with a warning, as docker pulls it.
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -137,12 +140,15 @@ async def resolve_image(
         entry = candidates[0]
         if entry.platform is not None:
             image = await _read_entry(client, ref, entry, limits, where)
-            if image.platform is not None and not _same_system(image.platform, entry.platform):
-                raise ManifestError(
-                    f"the index lists this manifest as {entry.platform} but its config says"
-                    f" {image.platform}",
-                    ref=where,
-                    digest=str(image.config.digest),
+            if image.platform is not None:
+                _check_placed_config(
+                    entries,
+                    entry.platform,
+                    image.platform,
+                    image.config.digest,
+                    platform,
+                    platform_asked,
+                    where,
                 )
             final_platform = entry.platform
         else:
@@ -702,6 +708,46 @@ def _parse_diff_ids(
 def _same_system(a: Platform, b: Platform) -> bool:
     """Same OS and architecture; variants are left out, as image configs often omit them."""
     return a.os == b.os and a.architecture == b.architecture
+
+
+def _check_placed_config(
+    entries: list[Descriptor],
+    placed: Platform,
+    config: Platform,
+    config_digest: Digest,
+    wanted: Platform,
+    asked: bool,
+    where: str,
+) -> None:
+    """Refuse the image an index entry for ``placed`` names when its config's platform,
+    ``config``, says another OS or architecture, or a variant that ``wanted`` does not
+    run: an entry ``linux/amd64`` whose config says ``amd64/v4``, taken on an x86-64-v3
+    CPU, would die of an illegal instruction. A config naming no variant leaves it to
+    the entry (configs often omit it: an entry ``linux/arm/v6`` with a plain ``arm``
+    config is no contradiction), and one naming a variant ``wanted`` runs is taken.
+
+    containerd and docker choose by the entry alone and never read its config for that,
+    so every other tool here pulls this same entry. No other entry is taken in its
+    place: which of the two the index's author got wrong is unknown, and pulling
+    another image than the one the index names for this platform, and than docker
+    pulls, would be a silent divergence; the error lists what the index has, to choose
+    from with ``--platform`` (or by a manifest's digest)."""
+    if not _same_system(config, placed):
+        raise ManifestError(
+            f"the index lists this manifest as {placed} but its config says {config}",
+            ref=where,
+            digest=str(config_digest),
+        )
+    if config.variant is None or wanted.rank(config) is not None:
+        return
+    raise PlatformNotFound(
+        f"the index lists a manifest for {placed}, but its config says {config}, which"
+        f" {_wanted(wanted, asked, [placed])} does not run: refused, as it would fail here."
+        f" The image has: {_offered(entries)}. Choose another with --platform, or pull one"
+        " of its manifests by digest",
+        ref=where,
+        digest=str(config_digest),
+    )
 
 
 def _config_rank(image: Platform | None, wanted: Platform) -> int | None:

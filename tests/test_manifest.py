@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -764,6 +765,74 @@ async def test_config_platform_contradicting_index_refused() -> None:
     _index(reg, [index_entry(reg, doc, {"os": "linux", "architecture": "amd64"})])
     with pytest.raises(ManifestError, match="its config says linux/arm64"):
         await resolve(reg)
+
+
+def _placed(
+    reg: Registry, platform: str, config_platform: str, layer_number: int
+) -> dict[str, Any]:
+    """An index entry naming ``platform``, for an image whose config says ``config_platform``."""
+    os, arch, *variant = config_platform.split("/")
+    extra = {"variant": variant[0]} if variant else {}
+    doc = manifest(reg, config(os, arch, diff_ids=1, **extra), layers=[layer(layer_number)])
+    return index_entry(reg, doc, Platform.parse(platform).to_json())
+
+
+async def test_an_entry_s_config_naming_a_variant_this_machine_does_not_run_is_refused(
+    tmp_path: Path,
+) -> None:
+    # An entry naming a platform was checked against its config by OS and architecture
+    # only: on an x86-64-v3 CPU an entry linux/amd64 whose config says amd64/v4 was
+    # taken, to die of an illegal instruction. containerd chooses by the entry alone.
+    reg = Registry()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    lying = _placed(reg, "linux/amd64", "linux/amd64/v4", 50)
+    arm64 = index_entry(reg, manifest(reg, config(arch="arm64")), ARM64.to_json())
+    _index(reg, [lying, arm64])
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=this_machine)
+    assert str(info.value).startswith(
+        "the index lists a manifest for linux/amd64, but its config says linux/amd64/v4,"
+        " which linux/amd64/v3 (this machine's platform, by its CPU's x86-64 level) does"
+        " not run: refused, as it would fail here. The image has: linux/amd64,"
+        " linux/arm64/v8. Choose another with --platform, or pull one of its manifests by"
+        " digest"
+    )
+    # A level the machine runs is taken.
+    v2 = _placed(reg, "linux/amd64", "linux/amd64/v2", 51)
+    _index(reg, [v2, arm64])
+    image = await resolve(reg, platform=this_machine)
+    assert str(image.manifest_digest) == v2["digest"]
+    # But not on a machine whose level is unread (v1), nor for `linux/amd64` asked.
+    for asked, named in (
+        (False, "linux/amd64 (this machine's platform: x86-64 level v1, no CPU flags to"),
+        (True, "linux/amd64 (that is linux/amd64/v1) does not run"),
+    ):
+        with pytest.raises(PlatformNotFound, match=re.escape(named)):
+            await resolve(reg, platform=AMD64, platform_asked=asked)
+    # A level asked for that runs the config's takes it.
+    _index(reg, [lying, arm64])
+    image = await resolve(reg, platform=Platform.parse("linux/amd64/v4"), platform_asked=True)
+    assert str(image.manifest_digest) == lying["digest"]
+    # Another entry is not taken in its place; the error lists it, to be asked for.
+    plain = _placed(reg, "linux/amd64", "linux/amd64", 52)
+    v3 = _placed(reg, "linux/amd64/v3", "linux/amd64/v4", 53)
+    _index(reg, [plain, v3])
+    with pytest.raises(PlatformNotFound, match=r"The image has: linux/amd64, linux/amd64/v3\. Ch"):
+        await resolve(reg, platform=this_machine)
+    image = await resolve(reg, platform=AMD64, platform_asked=True)
+    assert str(image.manifest_digest) == plain["digest"]
+    # ARM: an ARMv6 CPU runs no ARMv7 code; a config naming no variant is the entry's.
+    v6 = Platform.parse("linux/arm/v6")
+    _index(reg, [_placed(reg, "linux/arm/v6", "linux/arm/v7", 54)])
+    with pytest.raises(PlatformNotFound, match=r"linux/arm/v6, but its config says linux/arm/v7"):
+        await resolve(reg, platform=v6)
+    unnamed = _placed(reg, "linux/arm/v6", "linux/arm", 55)
+    _index(reg, [unnamed])
+    image = await resolve(reg, platform=v6)
+    assert str(image.manifest_digest) == unnamed["digest"]
+    assert image.platform == v6
 
 
 async def test_config_platform_without_index_not_policed() -> None:
