@@ -85,13 +85,15 @@ async def resolve_image(
     ``rootfs.diff_ids`` are matched one to one with the manifest's layers. A config's
     platform serves ``platform`` by the rule an index entry's does (an ``arm/v7`` request
     takes an ``arm/v6`` config, ``amd64`` or an x86-64-v3 machine no ``amd64/v4`` one),
-    its variant counting only when it names one. The config of an entry naming a
-    platform must agree with it on OS and architecture, and a variant it names must be
-    one ``platform`` runs, or the image is refused, no other entry taken in its place
-    (``_check_placed_config``). A single manifest for another platform is refused if
-    ``platform_asked`` (the user chose ``platform``), as docker refuses it, rather than
-    storing an image the user said they did not want; else it is taken for the platform
-    its config names, with a warning, as docker pulls it.
+    a config naming no variant standing for its architecture's default one (plain
+    ``arm`` is v7, which an ``arm/v6`` request refuses), as containerd normalises it.
+    The config of an entry naming a platform must agree with it on OS and architecture,
+    and a variant it names must be one ``platform`` runs, or the image is refused, no
+    other entry taken in its place (``_check_placed_config``). A single manifest for
+    another platform is refused if ``platform_asked`` (the user chose ``platform``), as
+    docker refuses it, rather than storing an image the user said they did not want;
+    else it is taken for the platform its config names, with a warning, as docker pulls
+    it.
     """
     where = str(ref)
     body, headers = await client.get_bytes(
@@ -752,17 +754,16 @@ def _check_placed_config(
 
 def _config_rank(image: Platform | None, wanted: Platform) -> int | None:
     """How well an image whose config says ``image`` serves ``wanted``, lower is better,
-    None not at all: by ``Platform.rank`` (the same variant, or an older version that
-    ``wanted`` runs), except that a config naming no platform, or no variant, leaves the
-    choice to what it names (configs often omit the variant, where an index entry's
-    omission means the default one). As containerd's ``images.Manifest`` matches an
-    index entry without a platform by its config's (``ConfigPlatform``, variant and all),
-    whether ``wanted`` was asked for or is this machine's ``DefaultSpec``."""
+    None not at all: by ``Platform.rank``, as an index entry's platform is (the same
+    variant, or an older version that ``wanted`` runs, the closest first), a config
+    naming no variant being its architecture's default one: plain ``amd64`` is v1, which
+    an x86-64-v3 machine takes after ``amd64/v2``, plain ``arm`` v7, which an ARMv6
+    machine does not run. As containerd's ``images.Manifest`` matches an index entry
+    without a platform by its config's (``ConfigPlatform``: normalised, so a missing
+    variant is the default one), whether ``wanted`` was asked for or is this machine's
+    ``DefaultSpec``. A config naming no platform at all leaves the choice to ``wanted``.
+    """
     if image is None:
-        return 0
-    if not _same_system(image, wanted):
-        return None
-    if image.variant is None:
         return 0
     return wanted.rank(image)
 

@@ -616,6 +616,52 @@ async def test_this_machine_s_x86_64_level_holds_entries_without_a_platform_to_i
     assert str(image.manifest_digest) == v4["digest"]
 
 
+async def test_a_config_naming_no_variant_is_its_architecture_s_default_one(
+    tmp_path: Path,
+) -> None:
+    # A config naming no variant counted as an exact match: among entries without a
+    # platform, a plain amd64 config (v1) was taken on an x86-64-v3 CPU before an
+    # amd64/v2 one, and an ARMv6 machine took a plain arm config (v7, as containerd
+    # normalises it), which it cannot run.
+    reg = Registry()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    v4, v2, plain = (_unplaced(reg, p, 60 + i) for i, p in enumerate(AMD64_LEVELS))
+    _index(reg, [plain, v4, v2])
+    image = await resolve(reg, platform=this_machine)
+    assert str(image.manifest_digest) == v2["digest"]
+    assert image.platform == Platform("linux", "amd64", "v2")
+    # Plain amd64 is v1: exact for a machine of that level, which takes no v2.
+    _index(reg, [v2, plain])
+    assert str((await resolve(reg, platform=AMD64)).manifest_digest) == plain["digest"]
+    # Plain arm is v7.
+    arm_plain, arm_v6 = (
+        _unplaced(reg, p, 63 + i) for i, p in enumerate(("linux/arm", "linux/arm/v6"))
+    )
+    _index(reg, [arm_plain])
+    v6 = Platform.parse("linux/arm/v6")
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=v6)
+    assert str(info.value).startswith(
+        "the image has no manifest for linux/arm/v6 (this machine's platform); it has: an"
+        " entry without a platform (its config says linux/arm). Choose one with --platform"
+    )
+    _index(reg, [arm_v6, arm_plain])
+    for platform, entry in ((v6, arm_v6), (Platform.parse("linux/arm/v8"), arm_plain)):
+        image = await resolve(reg, platform=platform, platform_asked=True)
+        assert str(image.manifest_digest) == entry["digest"], platform
+    # A single manifest's config is held to the same rule: refused when asked for, as
+    # docker refuses it (platforms.Only normalises the config), pulled with a warning if not.
+    reg.add_manifest(dumps(manifest(reg, config(arch="arm"))), MediaType.OCI_MANIFEST, "latest")
+    with pytest.raises(PlatformNotFound, match="is for linux/arm, not linux/arm/v6 as asked"):
+        await resolve(reg, platform=v6, platform_asked=True)
+    with capture_logs() as logs:
+        image = await resolve(reg, platform=v6)
+    assert image.platform == Platform("linux", "arm")
+    assert [entry["log_level"] for entry in logs].count("warning") == 1, logs
+
+
 async def test_a_single_manifest_for_another_platform_is_pulled_with_a_warning(
     tmp_path: Path,
 ) -> None:
@@ -867,10 +913,15 @@ async def test_config_variant_must_match_a_variant_asked_for() -> None:
     for asked in (Platform("linux", "arm", "v7"), Platform("linux", "arm")):
         image = await resolve(reg, platform=asked, platform_asked=True)
         assert image.platform == Platform("linux", "arm", "v7")
-    # A config without a variant leaves the choice to OS and architecture.
+    # A config without a variant is its architecture's default one: plain arm is v7,
+    # which an ARMv6 CPU does not run (it was taken, "the choice left to OS and
+    # architecture"); an ARMv7 or v8 one does.
     reg.add_manifest(dumps(manifest(reg, config(arch="arm"))), MediaType.OCI_MANIFEST, "latest")
-    image = await resolve(reg, platform=Platform("linux", "arm", "v6"), platform_asked=True)
-    assert image.platform == Platform("linux", "arm")
+    with pytest.raises(PlatformNotFound, match="is for linux/arm, not linux/arm/v6 as asked"):
+        await resolve(reg, platform=Platform("linux", "arm", "v6"), platform_asked=True)
+    for asked in (Platform("linux", "arm", "v7"), Platform("linux", "arm", "v8")):
+        image = await resolve(reg, platform=asked, platform_asked=True)
+        assert image.platform == Platform("linux", "arm")
 
 
 async def test_media_type_from_header_when_body_has_none() -> None:
