@@ -32,7 +32,8 @@ timeout) is ended by ``_check_rate``: fewer than ``Limits.min_transfer_bytes_per
 average over ``Limits.transfer_window_s`` of network time is ``RegistryUnavailable``.
 The window runs on across a resume from the same source (network time being the time
 spent reading bodies), so a server that sends a little and then stalls, attempt after
-attempt, is judged on all of them, not on each one afresh.
+attempt, is judged on all of them, not on each one afresh. It counts every byte the
+network delivered, including those of a resent blob's start that are skipped.
 """
 
 from __future__ import annotations
@@ -100,12 +101,16 @@ class _Transfer:
     started: float
     received: int = 0
     reported_at: float = 0.0  # when the last progress event went out
+    # Bytes the network delivered, kept or not: a 200 to a Range request resends the
+    # blob from its start, and the part skipped took network time as the rest does.
+    # The slow-transfer check counts these; ``received`` (the bytes kept) is progress.
+    delivered: int = 0
     # The window of the slow-transfer check: when it opened (None: not yet, from this
-    # source), bytes received by then, and the seconds since then that were not the
+    # source), bytes delivered by then, and the seconds since then that were not the
     # network's fault: sending downstream waited, or no body was being read (from one
     # attempt's end to the next one's response: the retry's wait, a new connection).
     window_started: float | None = None
-    window_received: int = 0
+    window_delivered: int = 0
     window_waited_s: float = 0.0
     body_ended: float = 0.0  # when the last attempt stopped reading its body
 
@@ -300,6 +305,7 @@ async def _attempt(
                 # aclosing() here would only close the outermost generator.
                 async for data in response.aiter_raw():
                     _check_rate(transfer, limits, layer, ref_text, len(data), source_name)
+                    transfer.delivered += len(data)
                     if skip:
                         kept = data[skip:]
                         skip -= len(data) - len(kept)
@@ -393,7 +399,7 @@ async def _pass_on(
 
 def _open_window(transfer: _Transfer, now: float) -> None:
     transfer.window_started = now
-    transfer.window_received = transfer.received
+    transfer.window_delivered = transfer.delivered
     transfer.window_waited_s = 0.0
 
 
@@ -421,7 +427,11 @@ def _check_rate(
     than ``limits.min_transfer_bytes_per_s`` asks; otherwise open a new window when one
     is complete. Runs as each read arrives (``arriving`` bytes, not yet counted), so a
     drip is caught at its next byte; a body that stops altogether ends at the read
-    timeout instead."""
+    timeout instead.
+
+    The bytes counted are those the network delivered (``transfer.delivered``), skipped
+    ones too: counting only the bytes kept, a whole blob resent to a Range request was
+    "too slow" while its first part was skipped, however fast it came."""
     minimum = limits.min_transfer_bytes_per_s
     if minimum <= 0 or transfer.window_started is None:
         return
@@ -429,7 +439,7 @@ def _check_rate(
     network_s = now - transfer.window_started - transfer.window_waited_s
     if network_s < limits.transfer_window_s:
         return
-    got = transfer.received + arriving - transfer.window_received
+    got = transfer.delivered + arriving - transfer.window_delivered
     if got < minimum * network_s:
         raise RegistryUnavailable(
             f"the download of layer {layer.digest} is too slow: {got} bytes in the last "

@@ -374,6 +374,30 @@ async def test_a_server_that_ignores_range_resends_the_whole_blob_and_the_start_
     assert source.calls[1][2] == 4096 + 17
 
 
+async def test_the_skipped_start_of_a_resent_blob_counts_for_the_slow_transfer_check() -> None:
+    """The whole blob again after a Range request, 100 bytes every 5 ms (20 kB/s, five
+    times the minimum): the 8000 bytes skipped take about 0.4 s, four windows. Counting
+    only the bytes kept, each window in the skip saw one read's 100 bytes: "too slow"."""
+    limits = Limits(
+        chunk_size=1024,
+        chunk_buffer=2,
+        retries=2,
+        retry_wait_s=0.001,
+        min_transfer_bytes_per_s=4000,
+        transfer_window_s=0.1,
+    )
+    respond, seen = cut_then(8000, dripping(BLOB, 100, 0.005), httpx.ReadError("reset"))
+    async with source_for(respond) as source:
+        chunks, events, _, error = await run_stage(source, limits=limits)
+    assert error is None
+    assert b"".join(chunks) == BLOB  # the skipped bytes are not passed on twice
+    assert seen[1].headers["Range"] == "bytes=8000-"
+    # Progress counts the bytes kept: the resent start is not reported again.
+    downloading = [e.current for e in events if e.event == "layer-downloading"]
+    assert downloading == sorted(downloading) and downloading[-1] == len(BLOB)
+    assert [e.current for e in events if e.event == "layer-retrying"] == [8000]
+
+
 async def test_a_body_that_keeps_breaking_gives_up_after_the_retries() -> None:
     def respond(request: httpx.Request) -> httpx.Response:
         start = int(request.headers.get("Range", "bytes=0-")[6:-1])

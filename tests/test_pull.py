@@ -1688,6 +1688,55 @@ async def test_a_registry_that_ignores_range_resends_the_blob_and_the_pull_skips
     assert_store_consistent(tmp_path / "s")
 
 
+async def test_a_blob_resent_whole_to_a_range_request_is_not_too_slow_while_its_start_is_skipped(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """A storage server that ignores Range sends the whole layer again; the pull skips
+    the first three quarters, which it has. Those bytes were not counted by the
+    slow-transfer check but their time was: a body of 1 KiB reads about 200 KB/s, far
+    above the 32 KiB/s minimum, failed as "too slow" once the skipping outlasted a
+    0.2 s window (it lasts about 1 s here)."""
+    image = images.sample_image(unique_seed, compressions=("none",), with_empty_layer=False)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    kept_before = layer.size * 3 // 4
+    cdn = fixture_server()
+    cdn.route(
+        f"/blob/{layer.digest}",
+        # Broken off after three quarters (a Content-Length it does not keep), then the
+        # whole blob again, whatever the Range asked, in 1 KiB pieces 5 ms apart.
+        Reply(200, {"Content-Length": str(layer.size)}, layer.data[:kept_before]),
+        Reply(200, {}, layer.data, drip=1024, drip_interval=0.005),
+    )
+    via = proxy(registry)
+    via.inject(
+        f"*/blobs/{layer.digest}",
+        Reply(307, {"Location": f"{cdn.url}/blob/{layer.digest}"}),
+        times=None,
+    )
+    limits = pipeline.Limits(
+        retry_wait_s=0.01, min_transfer_bytes_per_s=32 * 1024, transfer_window_s=0.2
+    )
+
+    with trio.fail_after(60):
+        await pipeline.pull(
+            f"{via.host}/{unique_repo}:1",
+            store=Store.open(tmp_path / "s"),
+            options=options(limits=limits),
+        )
+
+    first, resumed = [r for r in cdn.requests if r.path == f"/blob/{layer.digest}"]
+    assert "range" not in first.headers
+    assert resumed.headers["range"] == f"bytes={kept_before}-"
+    assert layer.digest in blob_names(tmp_path / "s")
+    assert_store_consistent(tmp_path / "s")
+
+
 async def test_server_errors_and_rate_limits_are_waited_out(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
