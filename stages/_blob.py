@@ -25,7 +25,9 @@ base layers) has more sources than the registry: when the registry's transfer fa
 unreachable), the next source continues it, the descriptor's URLs in order
 (``_places`` says why the registry goes first), each with the same retries and resume,
 and without credentials (``RegistryClient.stream_url``). The bytes are checked the
-same way whichever source sent them.
+same way whichever source sent them, and the messages about a body name the server that
+sent it: the registry, a layer's URL, or the storage server or CDN either redirected to,
+by its host alone (``_sender``).
 
 A body that arrives but too slowly (a byte now and then, each just inside the read
 timeout) is ended by ``_check_rate``: fewer than ``Limits.min_transfer_bytes_per_s`` on
@@ -283,7 +285,8 @@ async def _attempt(
     (``place`` None) or the URL ``place``. The bytes an earlier source sent stay: the
     next one is asked from where they end."""
     size, digest, ref_text = layer.size, str(layer.digest), str(ref)
-    source_name = "the registry" if place is None else shown_url(place)  # for messages
+    # For messages: the source asked until its response names the server that sent it.
+    source_name = "the registry" if place is None else shown_url(place)
     offset = transfer.received
     opened = (
         source.stream_blob(ref, layer.digest, offset=offset)
@@ -293,6 +296,7 @@ async def _attempt(
     reading = False
     try:
         async with opened as response:
+            source_name = _sender(ref, place, response)
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
             _check_content_length(response, ref_text, layer, offset - skip, source_name)
@@ -350,6 +354,27 @@ async def _attempt(
         )
 
 
+def _sender(ref: Reference, place: str | None, response: httpx.Response) -> str:
+    """The server that sent ``response``, as the messages about its body name it: the
+    source asked (the registry, or the URL ``place``), or the server it redirected to
+    (a registry's storage server or CDN), which is the one to blame for a short, long or
+    slow body.
+
+    That server is named by its host and port alone, redacted: its URL is signed, and
+    its query holds the signature (RELIABILITY.md, "secrets never in logs, errors")."""
+    asked_name = "the registry" if place is None else shown_url(place)
+    sent_from = response.url
+    # The registry client's endpoint is ``ref.api_host``, over the scheme it chose.
+    endpoint = f"{sent_from.scheme}://{ref.api_host}"
+    asked = httpx.URL(endpoint if place is None else place)
+    if (sent_from.host, sent_from.port) == (asked.host, asked.port):
+        return asked_name
+    host = f"[{sent_from.host}]" if ":" in sent_from.host else sent_from.host
+    authority = redact(host if sent_from.port is None else f"{host}:{sent_from.port}")
+    kind = "the storage server" if place is None else "the server"
+    return f"{kind} {authority} (redirected from {asked_name})"
+
+
 def _pieces(data: bytes, most: int) -> Iterator[bytes]:
     """``data`` in pieces of at most ``most`` bytes: the stages downstream bound their
     memory by counting chunks. A socket read is never bigger than ``chunk_size`` with our
@@ -372,7 +397,8 @@ async def _pass_on(
     source_name: str,
 ) -> None:
     """Count ``chunk`` against the descriptor's size, send it on, report progress.
-    ``source_name`` (the registry, or a layer's URL) is what error messages blame."""
+    ``source_name`` (the registry, a layer's URL, or the server either redirected to:
+    ``_sender``) is what error messages blame."""
     size = layer.size
     received = transfer.received + len(chunk)
     if received > size:

@@ -1737,6 +1737,39 @@ async def test_a_blob_resent_whole_to_a_range_request_is_not_too_slow_while_its_
     assert_store_consistent(tmp_path / "s")
 
 
+async def test_a_storage_server_sending_the_wrong_size_is_blamed_not_the_registry(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """The registry redirects a layer to a storage server, whose body is not the layer's
+    size: the error named the registry ("the registry announces ..."), which had only
+    answered 307. It names the storage server by its host, without the signed query."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    cdn = fixture_server()
+    cdn.route("/b", Reply(200, {"Content-Length": str(layer.size + 10)}, layer.data))
+    via = proxy(registry)
+    via.inject(f"*/blobs/{layer.digest}", Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}))
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1", tmp_path / "s", pipeline.SizeMismatch
+        )
+
+    assert (
+        f"the storage server {cdn.host} (redirected from the registry) announces"
+        f" {layer.size + 10} bytes for layer {layer.digest}"
+    ) in message, message
+    for secret in URL_SECRETS:
+        assert secret not in message, secret
+    assert cdn.count("GET", "/b") == 1
+
+
 async def test_server_errors_and_rate_limits_are_waited_out(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

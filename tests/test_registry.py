@@ -20,6 +20,7 @@ import trio.lowlevel
 import trustme
 
 from stages._auth import basic_authorization
+from stages._blob import blob_stream
 from stages._config import Credentials, Limits, RegistryOptions
 from stages._errors import (
     AuthError,
@@ -28,6 +29,7 @@ from stages._errors import (
     PlatformNotFound,
     RegistryError,
     RegistryUnavailable,
+    SizeMismatch,
     TooManyRequests,
 )
 from stages._http import shared_ssl_context
@@ -36,7 +38,7 @@ from stages._redact import RECENT_TOKENS_KEPT, remember_token
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._retry import retry_wait
-from stages._types import Digest, Platform
+from stages._types import Descriptor, Digest, MediaType, Platform
 from tests.support.images import sample_image, sample_index
 from tests.support.servers import FixtureServer, Reply
 
@@ -743,6 +745,66 @@ async def test_a_registry_on_a_private_address_may_redirect_to_another() -> None
     with trio.fail_after(5):
         async with _client(fake, names={"reg.example": ["10.0.0.5"]}) as client:
             assert await _read_blob(client) == BLOB
+
+
+def _too_long(request: httpx.Request) -> httpx.Response:
+    """The blob, announced as 10 bytes longer than it is."""
+    return streamed(200, BLOB, headers={"Content-Length": str(len(BLOB) + 10)})
+
+
+@pytest.mark.parametrize(
+    ("routes", "urls", "sender"),
+    [
+        (
+            {
+                "https://reg.example/v2/team/app/blobs/": _redirect(
+                    "https://cdn.example/blob?sig=SIGNED"
+                ),
+                "https://cdn.example/": _too_long,
+            },
+            (),
+            "the storage server cdn.example (redirected from the registry)",
+        ),
+        (  # the registry's own host, another path: still the registry
+            {
+                "https://reg.example/v2/team/app/blobs/": _redirect("/storage/blob", 302),
+                "https://reg.example/storage/": _too_long,
+            },
+            (),
+            "the registry",
+        ),
+        (  # a foreign layer's URL, which redirects in turn
+            {
+                "https://reg.example/v2/team/app/blobs/": lambda r: httpx.Response(404),
+                "https://cdn.example/": _redirect("https://store.example:8443/o?sig=SIGNED"),
+                "https://store.example:8443/": _too_long,
+            },
+            ("https://cdn.example/layer?sig=SIGNED",),
+            "the server store.example:8443 (redirected from https://cdn.example/layer?[redacted])",
+        ),
+    ],
+    ids=["registry-to-cdn", "registry-own-host", "layer-url-to-storage"],
+)
+async def test_the_blob_stage_blames_the_server_a_body_came_from_after_a_redirect(
+    routes: dict[str, Handler], urls: tuple[str, ...], sender: str
+) -> None:
+    """The blob stage over this client: a body a registry (or a layer's URL) redirected
+    to a storage server is that server's, and the stage's messages about it (too long,
+    short, slow) said "the registry" though it had only answered 307."""
+    fake = FakeRegistry()
+    fake.routes.update(routes)
+    layer = Descriptor(MediaType.OCI_LAYER_GZIP, BLOB_DIGEST, len(BLOB), urls=urls)
+    limits = Limits(retries=0)
+    send, receive = trio.open_memory_channel[bytes](4)
+    receive.close()  # nothing is sent: the body is refused before it is read
+    with trio.fail_after(5):
+        async with _client(fake, limits=limits) as client:
+            with pytest.raises(SizeMismatch) as info:
+                await blob_stream(client, REF, layer, limits, send, None)
+    assert info.value.message.startswith(
+        f"{sender} announces {len(BLOB) + 10} bytes for layer {BLOB_DIGEST}"
+    )
+    assert "SIGNED" not in str(info.value)
 
 
 class CountingStream(httpx.AsyncByteStream):
