@@ -54,7 +54,7 @@ import trio
 from ._config import Limits
 from ._errors import ImagecError, RegistryError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
-from ._http import stalled_for
+from ._http import stalled_for, url_authority
 from ._redact import redact, shown_url
 from ._reference import Reference
 from ._retry import retrying
@@ -369,8 +369,7 @@ def _sender(ref: Reference, place: str | None, response: httpx.Response) -> str:
     asked = httpx.URL(endpoint if place is None else place)
     if (sent_from.host, sent_from.port) == (asked.host, asked.port):
         return asked_name
-    host = f"[{sent_from.host}]" if ":" in sent_from.host else sent_from.host
-    authority = redact(host if sent_from.port is None else f"{host}:{sent_from.port}")
+    authority = redact(url_authority(sent_from))
     kind = "the storage server" if place is None else "the server"
     return f"{kind} {authority} (redirected from {asked_name})"
 

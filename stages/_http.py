@@ -45,6 +45,7 @@ __all__ = [
     "stalled_for",
     "tls_failure",
     "transient_failure",
+    "url_authority",
 ]
 
 # Idle connections kept per pool, and how long; registries are few, layers many.
@@ -470,3 +471,10 @@ def _describe(exc: BaseException) -> str:
         return f"the server broke the HTTP protocol ({exc})" if str(exc) else "connection closed"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def url_authority(url: httpx.URL) -> str:
+    """``host[:port]`` of ``url`` as messages name a server (an IPv6 host in brackets):
+    never its path or query, which a signed URL fills with secrets."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port}" if url.port is not None else host

@@ -76,6 +76,7 @@ from ._http import (
     stalled_for,
     tls_failure,
     transient_failure,
+    url_authority,
 )
 from ._redact import redact, shown_url
 from ._reference import PATH_COMPONENT, Reference
@@ -199,7 +200,7 @@ class RegistryClient:
             try:
                 if response.status_code != 200:
                     raise RegistryError(
-                        f"{_authority(response.url)} answered HTTP {response.status_code}"
+                        f"{url_authority(response.url)} answered HTTP {response.status_code}"
                         f" instead of 200 for {what}",
                         ref=str(ref),
                         digest=digest,
@@ -304,9 +305,9 @@ class RegistryClient:
         headers = {"Accept-Encoding": "identity"}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
-        insecure = matches_insecure(_authority(target), self._options.insecure_registries)
-        origin = _Endpoint(_authority(target), target, verify=not insecure)
-        with self._deadline(ref, what, str(digest), server=_authority(target)):
+        insecure = matches_insecure(url_authority(target), self._options.insecure_registries)
+        origin = _Endpoint(url_authority(target), target, verify=not insecure)
+        with self._deadline(ref, what, str(digest), server=url_authority(target)):
             await self._refuse_internal_url(ref, target, shown, digest)
             response = await self._follow(
                 ref, origin, target, headers, None, what, str(digest), cookies=False
@@ -340,7 +341,7 @@ class RegistryClient:
             raise refused("is not an http or https URL; skipped")
         if target.userinfo:
             raise refused("carries user info; no credentials go to a layer's URLs")
-        authority = _authority(target)
+        authority = url_authority(target)
         if target.scheme == "http" and not (
             is_loopback_host(target.host)
             or matches_insecure(authority, self._options.insecure_registries)
@@ -576,7 +577,7 @@ class RegistryClient:
 
     def _client_for(self, url: httpx.URL) -> httpx.AsyncClient:
         """Unverified TLS only for hosts the user listed as insecure."""
-        if matches_insecure(_authority(url), self._options.insecure_registries):
+        if matches_insecure(url_authority(url), self._options.insecure_registries):
             return self._unverified
         return self._verified
 
@@ -759,7 +760,7 @@ class RegistryClient:
         within ``current``'s host goes where the request already went."""
         if target.host == current.host:
             return
-        authority = _authority(target)
+        authority = url_authority(target)
         if target.scheme == "http" and not (
             is_loopback_host(target.host)
             or matches_insecure(authority, self._options.insecure_registries)
@@ -773,7 +774,7 @@ class RegistryClient:
         kind = await self._internal_kind(ref, target.host)
         if kind is not None:
             raise RegistryError(
-                f"{_authority(current)} redirected {what} to {target.host}, a {kind} address,"
+                f"{url_authority(current)} redirected {what} to {target.host}, a {kind} address,"
                 f" and the registry {ref.api_host} is not on one; refused",
                 ref=str(ref),
                 digest=digest,
@@ -789,7 +790,7 @@ class RegistryClient:
         what: str,
         digest: str | None,
     ) -> RegistryError:
-        authority = _authority(url)
+        authority = url_authority(url)
         if tls_failure(exc) == "verify":
             return RegistryUnavailable(
                 f"the TLS certificate of {authority} is not trusted ({describe_error(exc)}):"
@@ -853,7 +854,7 @@ class RegistryClient:
         server = (
             authority
             if from_registry
-            else f"the storage server {_authority(response.url)} that {authority} redirected to"
+            else f"the storage server {url_authority(response.url)} that {authority} redirected to"
         )
         # A registry refusing Basic credentials may quote them back (sent_secrets), one
         # refusing a token that token (opaque ones have no shape redact knows).
@@ -901,7 +902,7 @@ class RegistryClient:
                 digest=digest,
                 transient=True,
                 retry_after_s=parse_retry_after(retry_after),
-                retry_after_from=_authority(response.url),
+                retry_after_from=url_authority(response.url),
             )
         if status >= 500:
             return RegistryUnavailable(
@@ -910,7 +911,7 @@ class RegistryClient:
                 digest=digest,
                 transient=status in _TRANSIENT_5XX,
                 retry_after_s=parse_retry_after(retry_after) if status == 503 else None,
-                retry_after_from=_authority(response.url),
+                retry_after_from=url_authority(response.url),
             )
         if status == 408:
             return RegistryUnavailable(
@@ -934,7 +935,7 @@ async def _url_status_error(
     detail = await error_detail(response)
     server = shown
     if not _same_origin(response.url, target):
-        server = f"{_authority(response.url)}, where {shown} redirected,"
+        server = f"{url_authority(response.url)}, where {shown} redirected,"
     message = f"{server} answered HTTP {status} for layer {digest}" + (
         f" ({detail})" if detail else ""
     )
@@ -955,7 +956,7 @@ async def _url_status_error(
         digest=str(digest),
         transient=transient,
         retry_after_s=parse_retry_after(retry_after) if status in (429, 503) else None,
-        retry_after_from=_authority(response.url),
+        retry_after_from=url_authority(response.url),
     )
 
 
@@ -963,7 +964,7 @@ def _check_blob_status(
     response: httpx.Response, ref: Reference, digest: Digest, offset: int
 ) -> None:
     status = response.status_code
-    server = _authority(response.url)  # the registry's, or a storage server's it named
+    server = url_authority(response.url)  # the registry's, or a storage server's it named
     if offset == 0:
         if status != 200:
             raise RegistryError(
@@ -982,11 +983,6 @@ def _check_blob_status(
             ref=str(ref),
             digest=str(digest),
         )
-
-
-def _authority(url: httpx.URL) -> str:
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return f"{host}:{url.port}" if url.port is not None else host
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
