@@ -76,56 +76,10 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AuthError",
-    "BlobError",
-    "Credentials",
-    "DecompressError",
-    "Descriptor",
-    "DiffIDMismatch",
-    "Digest",
-    "DigestMismatch",
-    "ImageRecord",
-    "ImagecError",
-    "InvalidDigest",
-    "InvalidReference",
-    "LayerRecord",
-    "LayerReport",
-    "LayerTimings",
-    "Limits",
-    "ManifestError",
-    "MediaType",
-    "NotFound",
-    "Platform",
-    "PlatformNotFound",
-    "ProgressEvent",
-    "ProgressSink",
-    "PullOptions",
-    "PullResult",
-    "PullTimings",
-    "RecordedImage",
-    "Removal",
-    "Reference",
-    "RegistryError",
-    "RegistryOptions",
-    "RegistryUnavailable",
-    "SizeMismatch",
-    "Store",
-    "StoreError",
-    "TooManyRequests",
-    "Truncated",
-    "UsageError",
-    "WorkerError",
-    "__version__",
-    "configure_logging",
-    "freeze_startup_objects",
-    "parse_reference",
-    "pull",
-    "tune_allocator",
-]
 
-# Where each public name is imported from when first used; the imports under
-# TYPE_CHECKING say the same (tests/test_exports.py holds the two together).
+# Where each public name is imported from when first used, and so the names of
+# ``__all__``; the imports under TYPE_CHECKING say the same for type checkers
+# (tests/test_exports.py holds the two together).
 _SOURCES: dict[str, tuple[str, ...]] = {
     "stages": (
         "AuthError",
@@ -166,6 +120,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "._store": ("ImageRecord", "LayerRecord", "RecordedImage", "Removal", "Store"),
 }
 _SOURCE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted([*_SOURCE_OF, "__version__"])
 
 
 def _import_public_name(name: str) -> object:
