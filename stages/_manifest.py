@@ -788,12 +788,14 @@ def _unnamed_platform(wanted: Platform) -> Platform:
 
 def _config_platform(doc: Mapping[str, Any], where: str, digest: Digest) -> Platform | None:
     """The config's os/architecture(/variant), if it states both (``check_config`` made
-    sure that what it states is a string)."""
+    sure that what it states is a string), normalised as a ``--platform`` is
+    (``Platform.from_names``): a config saying ``x86_64`` is for ``linux/amd64``, and
+    ``aarch64`` for ``linux/arm64``, as containerd's ``ConfigPlatform`` reads it. Taken
+    as written, such a config under an index entry ``linux/amd64`` was refused as a
+    contradiction, and one under an entry naming no platform matched nothing."""
     os, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
     if not isinstance(os, str) or not isinstance(arch, str) or not os or not arch:
         return None
     variant = variant if isinstance(variant, str) else None
     _check_platform_names("the config's platform", (os, arch, variant), where, digest)
-    return Platform(
-        os.lower(), arch.lower(), variant.lower() if isinstance(variant, str) and variant else None
-    )
+    return Platform.from_names(os, arch, variant)

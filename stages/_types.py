@@ -324,13 +324,23 @@ class Platform:
             raise UsageError(
                 f"platform {text!r} is not of the form os/arch[/variant], e.g. linux/amd64"
             )
-        system, arch = parts[0], parts[1]
-        variant = parts[2] if len(parts) == 3 else None
-        arch, default_variant = _ARCH_ALIASES.get(arch, (arch, None))
-        variant = variant or default_variant
-        if variant is not None and variant.isdigit():
-            variant = f"v{variant}"
-        return cls(system, arch, variant)
+        return cls.from_names(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def from_names(cls, os: str, architecture: str, variant: str | None = None) -> Platform:
+        """The platform these names stand for, normalised as ``parse`` normalises what a
+        user writes (containerd's ``platforms.Normalize``): lower case, ``x86_64`` is
+        ``amd64``, ``aarch64`` ``arm64``, ``armhf`` ``arm/v7``, ``i386`` ``386``, a
+        variant ``7`` is ``v7``. Also for an image config's names, which a tool naming
+        architectures as the kernel does may write ``x86_64`` or ``aarch64``, and which
+        containerd reads normalised (``ConfigPlatform``). The names' characters are
+        the caller's to check."""
+        lowered = architecture.lower()
+        arch, default_variant = _ARCH_ALIASES.get(lowered, (lowered, None))
+        named = (variant or "").lower() or default_variant
+        if named is not None and named.isdigit():
+            named = f"v{named}"
+        return cls(os.lower(), arch, named)
 
     @classmethod
     def host(cls) -> Platform:

@@ -813,6 +813,54 @@ async def test_config_platform_contradicting_index_refused() -> None:
         await resolve(reg)
 
 
+async def test_a_config_s_platform_is_normalised_as_a_platform_asked_for_is() -> None:
+    # A config was read as written: one saying x86_64 under an entry linux/amd64 was
+    # refused as a contradiction, one saying aarch64 under an entry naming no platform
+    # matched no machine, and a single manifest saying x86_64 was "another platform".
+    # containerd reads a config's platform normalised (ConfigPlatform).
+    reg = Registry()
+    for entry_platform, config_platform, recorded in (
+        ("linux/amd64", ("linux", "x86_64", None), "linux/amd64"),
+        ("linux/arm64/v8", ("Linux", "AArch64", None), "linux/arm64/v8"),
+        ("linux/arm/v7", ("linux", "armhf", None), "linux/arm/v7"),
+        ("linux/arm/v7", ("linux", "arm", "7"), "linux/arm/v7"),
+        ("linux/386", ("linux", "i386", None), "linux/386"),
+    ):
+        os, arch, variant = config_platform
+        extra = {"variant": variant} if variant else {}
+        doc = manifest(reg, config(os, arch, diff_ids=1, **extra), layers=[layer(7)])
+        entry = index_entry(reg, doc, Platform.parse(entry_platform).to_json())
+        _index(reg, [entry])
+        asked = Platform.parse(entry_platform)
+        image = await resolve(reg, platform=asked)
+        assert str(image.manifest_digest) == entry["digest"]
+        assert str(image.platform) == recorded
+    # An entry without a platform is matched by its config, normalised, and recorded as
+    # the normalised platform (the store's index.json names Go's architectures).
+    amd64 = _unplaced(reg, "linux/x86_64", 8)
+    arm64 = _unplaced(reg, "linux/aarch64", 9)
+    _index(reg, [amd64, arm64])
+    image = await resolve(reg, platform=ARM64)
+    assert str(image.manifest_digest) == arm64["digest"]
+    assert image.platform == Platform("linux", "arm64")
+    image = await resolve(reg, platform=AMD64, platform_asked=True)
+    assert str(image.manifest_digest) == amd64["digest"]
+    assert image.platform == AMD64
+    # An ARMv6 machine does not take a config saying armhf (ARMv7).
+    _index(reg, [_unplaced(reg, "linux/armhf", 10)])
+    with pytest.raises(PlatformNotFound, match=r"\(its config says linux/arm/v7\)"):
+        await resolve(reg, platform=Platform("linux", "arm", "v6"))
+    # A single manifest saying x86_64 is for linux/amd64: pulled without a warning, and
+    # taken when linux/amd64 is asked for.
+    reg.add_manifest(dumps(manifest(reg, config(arch="x86_64"))), MediaType.OCI_MANIFEST, "latest")
+    with capture_logs() as logs:
+        image = await resolve(reg)
+    assert image.platform == AMD64
+    assert not [entry for entry in logs if entry["log_level"] == "warning"], logs
+    image = await resolve(reg, platform=AMD64, platform_asked=True)
+    assert image.platform == AMD64
+
+
 def _placed(
     reg: Registry, platform: str, config_platform: str, layer_number: int
 ) -> dict[str, Any]:
