@@ -89,7 +89,9 @@ async def resolve_image(
     ``arm`` is v7, which an ``arm/v6`` request refuses), as containerd normalises it.
     The config of an entry naming a platform must agree with it on OS and architecture,
     and a variant it names must be one ``platform`` runs, or the image is refused, no
-    other entry taken in its place (``_check_placed_config``). A single manifest for
+    other entry taken in its place (``_check_placed_config``); the image is recorded
+    under the entry's platform, or the config's variant where that demands more
+    (``_placed_platform``: ``amd64/v2`` under ``linux/amd64``). A single manifest for
     another platform is refused if ``platform_asked`` (the user chose ``platform``), as
     docker refuses it, rather than storing an image the user said they did not want;
     else it is taken for the platform its config names, with a warning, as docker pulls
@@ -152,7 +154,7 @@ async def resolve_image(
                     platform_asked,
                     where,
                 )
-            final_platform = entry.platform
+            final_platform = _placed_platform(entry.platform, image.platform)
         else:
             image = await _read_unplaced(
                 client, ref, entries, candidates, platform, platform_asked, limits, where, digest
@@ -750,6 +752,28 @@ def _check_placed_config(
         ref=where,
         digest=str(config_digest),
     )
+
+
+def _placed_platform(placed: Platform, config: Platform | None) -> Platform:
+    """The platform an image an index entry for ``placed`` names is recorded under: the
+    entry's, unless its config (``config``, agreeing with it on OS and architecture:
+    ``_check_placed_config``) names a variant that a CPU of ``placed`` does not run.
+    Then the config's variant: an entry ``linux/amd64`` whose config says
+    ``amd64/v2``, pulled on an x86-64-v3 machine, is recorded ``linux/amd64/v2``.
+
+    The store's ``index.json`` entry is read by tools that choose an image by its
+    platform (containerd's import, with ``platforms.Only`` of the machine's level);
+    recorded ``linux/amd64``, a v1 machine would take this image and die of an illegal
+    instruction. Of the two claims, the one that demands more of the CPU is the safe
+    one to record: a machine it admits runs what both say. The config is the image's
+    own statement of what its code needs, so where neither admits the other (two
+    arm64 versions on different branches) it is the config's that is recorded. A
+    config naming no variant, or one the entry's platform runs (an entry ``arm/v7``
+    whose config says ``arm/v6``), says nothing more than the entry, which stays as
+    the index names it."""
+    if config is None or config.variant is None or placed.rank(config) is not None:
+        return placed
+    return Platform(placed.os, placed.architecture, config.variant)
 
 
 def _config_rank(image: Platform | None, wanted: Platform) -> int | None:

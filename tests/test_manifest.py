@@ -929,6 +929,39 @@ async def test_an_entry_s_config_naming_a_variant_this_machine_does_not_run_is_r
     assert image.platform == v6
 
 
+async def test_an_entry_is_recorded_under_the_variant_its_config_names_beyond_it(
+    tmp_path: Path,
+) -> None:
+    # An entry linux/amd64 whose config says amd64/v2, pulled on an x86-64-v3 machine,
+    # was recorded linux/amd64: a tool choosing from the store's index.json by platform
+    # would take it on a v1 machine, where it dies of an illegal instruction.
+    reg = Registry()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
+    this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    riscv = Platform.parse("linux/riscv64/rva23u64")
+    for entry_platform, config_platform, wanted, recorded in (
+        # The config demands more than the entry: its variant is recorded.
+        ("linux/amd64", "linux/amd64/v2", this_machine, "linux/amd64/v2"),
+        ("linux/amd64/v2", "linux/amd64/v3", this_machine, "linux/amd64/v3"),
+        ("linux/arm/v6", "linux/arm/v7", Platform.parse("linux/arm/v7"), "linux/arm/v7"),
+        ("linux/riscv64", "linux/riscv64/rva23u64", riscv, "linux/riscv64/rva23u64"),
+        # It says nothing the entry does not: the entry's platform, as the index names it.
+        ("linux/amd64/v3", "linux/amd64/v2", this_machine, "linux/amd64/v3"),
+        ("linux/amd64", "linux/amd64/v1", this_machine, "linux/amd64"),
+        ("linux/amd64/v2", "linux/amd64", this_machine, "linux/amd64/v2"),
+        ("linux/arm/v7", "linux/arm/v6", Platform.parse("linux/arm/v7"), "linux/arm/v7"),
+        ("linux/arm/v6", "linux/arm", Platform.parse("linux/arm/v6"), "linux/arm/v6"),
+        ("linux/arm64", "linux/arm64/v8", ARM64, "linux/arm64"),
+        ("linux/arm64/v8", "linux/arm64", ARM64, "linux/arm64/v8"),
+    ):
+        entry = _placed(reg, entry_platform, config_platform, 60)
+        _index(reg, [entry])
+        image = await resolve(reg, platform=wanted)
+        assert str(image.manifest_digest) == entry["digest"]
+        assert str(image.platform) == recorded, (entry_platform, config_platform)
+
+
 async def test_config_platform_without_index_not_policed() -> None:
     reg = Registry()
     reg.add_manifest(dumps(manifest(reg, config(arch="arm64"))), MediaType.OCI_MANIFEST, "latest")

@@ -1247,6 +1247,38 @@ async def test_an_image_naming_no_platform_is_stored_without_the_level_it_was_pu
     assert_store_consistent(store.path)
 
 
+async def test_an_entry_whose_config_names_a_higher_level_is_stored_under_that_level(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # The index lists it as linux/amd64, its config says linux/amd64/v2: pulled for v3,
+    # it was stored as linux/amd64, so a tool choosing from index.json by platform on a
+    # v1 machine would take it.
+    layer = images.make_layer(unique_seed, size=4096, compression="gzip")
+    config = images.make_config([layer], platform="linux/amd64/v2")
+    image = images.make_image([layer], platform="linux/amd64", config=config)
+    registry.push(unique_repo, images.make_index([image]), "v2")
+    ref = registry.ref(unique_repo, "v2")
+    store = Store.open(tmp_path / "store")
+
+    v3 = Platform("linux", "amd64", "v3")
+    result = await pipeline.pull(ref, store=store, options=options(platform=v3))
+
+    v2 = Platform("linux", "amd64", "v2")
+    assert str(result.manifest_digest) == image.digest
+    assert result.platform == v2
+    assert index_entries(store.path)[ref]["platform"] == v2.to_json()
+    assert [record.platform for record in store.list_images()] == [v2]
+    # What `inspect` says of it: recorded for v2; the index and config as served.
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    argv = [sys.executable, "-m", "pipeline._cli", "inspect", ref, "--store", str(store.path)]
+    done = await trio.run_process(argv, capture_stdout=True, env=env, cwd=REPO_ROOT)
+    inspected = json.loads(done.stdout)
+    assert inspected["record"]["platform"] == "linux/amd64/v2"
+    assert inspected["index"]["manifests"][0]["platform"] == AMD64.to_json()
+    assert inspected["config"]["variant"] == "v2"
+    assert_store_consistent(store.path)
+
+
 async def test_an_index_whose_entries_name_no_platform_gives_the_one_whose_config_fits(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
