@@ -39,11 +39,13 @@ sends its lines here to be written there (``pipeline._workers``); else to its st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import structlog
 
@@ -58,10 +60,12 @@ from stages._redact import (
 
 __all__ = [
     "LEVELS",
+    "RECENT_SECRETS_KEPT",
     "LogSettings",
     "add_secret",
     "configure_logging",
     "current_settings",
+    "held_secrets",
     "log_stream",
     "redact_secrets",
 ]
@@ -77,7 +81,8 @@ class LogSettings:
 
     level: str = "warning"
     json: bool | None = None
-    # The texts ``add_secret`` was given: a worker process cuts them out of its lines too.
+    # The texts to cut out of every line (``add_secret``, ``held_secrets``): a worker
+    # process cuts them out of its lines too.
     secrets: tuple[str, ...] = field(default=(), repr=False)
     # Whether this process's log stream is a terminal: a worker's relayed lines are
     # rendered for it (colours) as this process's are.
@@ -93,6 +98,11 @@ class _Applied:
 
     settings = LogSettings()
     stream: TextIO | None = None
+    # How many running blocks of ``held_secrets`` (pulls) hold each of settings.secrets:
+    # those are never pushed out. Changed under ``lock`` only (a pull may run in any
+    # thread of a host); the log processor reads settings.secrets, replaced whole.
+    holders: ClassVar[dict[str, int]] = {}
+    lock = threading.Lock()
 
 
 def current_settings() -> LogSettings:
@@ -106,6 +116,15 @@ def log_stream() -> TextIO | None:
     return _Applied.stream
 
 
+# How many of the secrets no running pull holds are still cut, the latest given last:
+# eight credentials' ``sent_secrets`` (the password and two spellings of the Basic
+# credentials). Only so many, as with tokens (``stages/_redact.py``'s
+# ``RECENT_TOKENS_KEPT``): each is a search through every string of every line, and a
+# library host that pulls with many credentials for a long time gave this process an
+# ever longer list of them.
+RECENT_SECRETS_KEPT = 24
+
+
 def add_secret(text: str) -> None:
     """Cut ``text`` (the user's password, or the Basic credentials made of it: callers
     add each of ``stages/_auth.py``'s ``sent_secrets``) out of every later log line of
@@ -115,9 +134,52 @@ def add_secret(text: str) -> None:
     debug log quotes that message. The patterns below catch credentials by their shape;
     this one by its value. Bearer tokens need no call: the token service's answer gives
     them to ``stages/_redact.py``'s ``remember_token``, in whichever process fetched
-    them, and each line cuts ``recent_tokens`` too."""
-    if text and text not in _Applied.settings.secrets:
-        _Applied.settings = replace(_Applied.settings, secrets=(*_Applied.settings.secrets, text))
+    them, and each line cuts ``recent_tokens`` too.
+
+    Cut until ``RECENT_SECRETS_KEPT`` newer ones push it out, unless a running
+    ``held_secrets`` block holds it: the CLI, which pulls once, adds its user's; a pull
+    holds its credentials' while it runs (``held_secrets``)."""
+    if text:
+        with _Applied.lock:
+            _keep_latest((text,))
+
+
+@contextlib.contextmanager
+def held_secrets(texts: tuple[str, ...]) -> Iterator[None]:
+    """Cut ``texts`` (as ``add_secret`` does) out of every line for as long as the block
+    runs, however many others are added meanwhile: a pull holds its credentials'
+    ``sent_secrets`` while it runs, a layer worker process those of the pull that sent it
+    its task. When no block holds one any more it stays cut as a recent one of
+    ``add_secret``'s, for the lines that log the pull's end (a host logging the error it
+    raised), until newer ones push it out."""
+    texts = tuple(text for text in texts if text)
+    with _Applied.lock:
+        for text in texts:
+            _Applied.holders[text] = _Applied.holders.get(text, 0) + 1
+        _keep_latest(texts)
+    try:
+        yield
+    finally:
+        with _Applied.lock:
+            for text in texts:
+                left = _Applied.holders[text] - 1
+                if left:
+                    _Applied.holders[text] = left
+                else:
+                    del _Applied.holders[text]
+            _keep_latest(texts)
+
+
+def _keep_latest(texts: tuple[str, ...]) -> None:
+    """Put ``texts`` last (the latest) among the secrets cut, in their order (a padded
+    form before the unpadded one: ``sent_secrets``), and drop the oldest no block holds
+    beyond ``RECENT_SECRETS_KEPT``. The caller holds ``_Applied.lock``."""
+    secrets = (*(s for s in _Applied.settings.secrets if s not in texts), *texts)
+    unheld = [s for s in secrets if s not in _Applied.holders]
+    dropped = set(unheld[: max(0, len(unheld) - RECENT_SECRETS_KEPT)])
+    kept = tuple(s for s in secrets if s not in dropped)
+    if kept != _Applied.settings.secrets:
+        _Applied.settings = replace(_Applied.settings, secrets=kept)
 
 
 _EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
@@ -205,7 +267,8 @@ def configure_logging(
         logger_factory=_StreamLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    _Applied.settings = LogSettings(level, json, _Applied.settings.secrets, tty=_isatty(out))
+    with _Applied.lock:  # not to lose a secret added meanwhile by another thread
+        _Applied.settings = LogSettings(level, json, _Applied.settings.secrets, tty=_isatty(out))
     _Applied.stream = stream
 
 

@@ -41,7 +41,7 @@ from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest, MediaType, Platform
 
-from ._logging import add_secret, current_settings
+from ._logging import current_settings, held_secrets
 from ._store import LOCK_POLL_S, PULL_WAIT_S, LayerRecord, PullHold, Store
 from ._workers import LayerTask, open_layer_workers, run_layer_task
 
@@ -194,14 +194,15 @@ async def pull(
     options = PullOptions() if options is None else options
     _check_arguments(ref, store, options, downloads)
     inflater(options.limits.gzip_inflater)  # an unknown one is a UsageError before any work
-    if options.registry.credentials is not None:
-        # Out of every line configure_logging's redaction writes, this process's and its
-        # layer workers': a registry's error message may quote the password back, or the
-        # Basic credentials made of it.
-        for secret in sent_secrets(options.registry.credentials):
-            add_secret(secret)
+    credentials = options.registry.credentials
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
-    with structlog.contextvars.bound_contextvars(ref=str(reference)):
+    # Out of every line configure_logging's redaction writes while the pull runs (and a
+    # while after), this process's and its layer workers': a registry's error message
+    # may quote the password back, or the Basic credentials made of it.
+    with (
+        held_secrets(sent_secrets(credentials) if credentials is not None else ()),
+        structlog.contextvars.bound_contextvars(ref=str(reference)),
+    ):
         try:
             if downloads is None:
                 downloads = trio.CapacityLimiter(options.max_concurrent_downloads)

@@ -44,7 +44,7 @@ from stages._registry import RegistryClient
 from stages._types import Descriptor, Digest
 
 from ._allocator import tune_allocator
-from ._logging import LogSettings, add_secret, configure_logging, log_stream
+from ._logging import LogSettings, configure_logging, held_secrets, log_stream
 from ._store import Writeback, store_error
 
 if TYPE_CHECKING:  # imported by open_layer_workers: most pulls use threads and never need it
@@ -185,10 +185,11 @@ def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
     if settings.relay is not None:  # an io.TextIOBase
         stream = cast(TextIO, _RelayedLines(settings.relay, tty=settings.tty))
     configure_logging(level=settings.level, json=settings.json, stream=stream)
-    for secret in settings.secrets:
-        add_secret(secret)
     tune_allocator()
-    return trio.run(_fetch_layer, task)
+    # Held, not added: the secrets of every pull the parent runs come along, and this
+    # task's own must not be pushed out of the worker's RECENT_SECRETS_KEPT by them.
+    with held_secrets(settings.secrets):
+        return trio.run(_fetch_layer, task)
 
 
 async def _fetch_layer(task: LayerTask) -> VerifiedLayer:

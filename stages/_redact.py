@@ -244,7 +244,9 @@ def _token_spellings(token: str) -> tuple[str, ...]:
 _PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
 
 
-@functools.lru_cache(maxsize=16)
+# As many as the log processor cuts: pipeline/_logging.py's RECENT_SECRETS_KEPT, and
+# those of the pulls running; recompiling them for every line that holds a "%" costs more.
+@functools.lru_cache(maxsize=64)
 def _secret_pattern(secret: str) -> re.Pattern[str]:
     """``secret`` with each character as it is or percent-encoded (every byte of its
     UTF-8 as ``%XX``, the hex in either case; a space also as ``+``), so that one search

@@ -1153,6 +1153,75 @@ async def test_a_pulls_password_is_redacted_from_the_logs(
     assert "pw-7Kq2" in _logging.current_settings().secrets
 
 
+async def test_the_passwords_cut_from_the_logs_are_bounded_in_a_long_lived_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library host pulling with many credentials: every pull's password (and its Basic
+    credentials) stayed in the list each log line is searched for, for ever, a memory
+    and per-line leak. The last RECENT_SECRETS_KEPT of them are kept once their pull has
+    ended: the latest pull's are still cut, the first ones' are not searched for."""
+    from pipeline import _logging
+
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    store = Store.open(tmp_path / "s")
+    passwords = [f"pw-{n}-9xQ" for n in range(_logging.RECENT_SECRETS_KEPT + 5)]
+    for password in passwords:
+        creds = pipeline.RegistryOptions(credentials=pipeline.Credentials("ci", password))
+        with pytest.raises(pipeline.RegistryUnavailable):
+            await pipeline.pull("127.0.0.1:1/a/b:1", store=store, options=options(registry=creds))
+
+    secrets = _logging.current_settings().secrets
+    assert len(secrets) == _logging.RECENT_SECRETS_KEPT, len(secrets)
+    assert passwords[-1] in secrets
+    assert passwords[0] not in secrets
+    assert not _logging._Applied.holders  # every pull has let go of its own
+
+
+async def test_a_running_pulls_password_stays_cut_however_many_are_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound never drops the secrets of a pull still running: while it runs (here,
+    at its first progress event) many other passwords are added, and a line quoting its
+    own is still cut."""
+    import structlog
+
+    from pipeline import _logging
+
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    monkeypatch.setattr(_logging._Applied, "stream", None)
+    logs = io.StringIO()
+    pipeline.configure_logging(level="info", json=True, stream=logs)
+    creds = pipeline.Credentials("ci", "pw-running-4Tz")
+    seen: list[tuple[str, ...]] = []
+
+    def progress(event: pipeline.ProgressEvent) -> None:
+        if not seen:
+            for n in range(3 * _logging.RECENT_SECRETS_KEPT):
+                _logging.add_secret(f"other-{n}-pw")
+            structlog.get_logger().info("denied", detail="password pw-running-4Tz refused")
+            seen.append(_logging.current_settings().secrets)
+
+    try:
+        with pytest.raises(pipeline.RegistryUnavailable):
+            await pipeline.pull(
+                "127.0.0.1:1/a/b:1",
+                store=Store.open(tmp_path / "s"),
+                options=options(
+                    registry=pipeline.RegistryOptions(credentials=creds), progress=progress
+                ),
+            )
+    finally:
+        structlog.reset_defaults()
+
+    [during] = seen
+    assert "pw-running-4Tz" in during
+    [denied] = [r for r in map(json.loads, logs.getvalue().splitlines()) if r["event"] == "denied"]
+    assert denied["detail"] == "password [redacted] refused"
+    # Ended, it is the latest of the recent ones: still cut, for a host logging the error.
+    after = _logging.current_settings().secrets
+    assert "pw-running-4Tz" in after and len(after) <= _logging.RECENT_SECRETS_KEPT
+
+
 async def test_a_download_budget_of_no_tokens_is_refused(tmp_path: Path) -> None:
     # trio takes CapacityLimiter(0); every layer waited on it for ever.
     with pytest.raises(pipeline.UsageError, match="at least 1 token"):
