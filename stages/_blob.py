@@ -329,8 +329,8 @@ async def _attempt(
         raise
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
-            f"the download of layer {digest} broke off after {transfer.received} of {size} "
-            f"bytes ({redact(str(exc))}); pull again",
+            f"the download of layer {digest} from {source_name} broke off after "
+            f"{transfer.received} of {size} bytes ({redact(str(exc))}); pull again",
             ref=ref_text,
             digest=digest,
             transient=True,

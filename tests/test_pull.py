@@ -1686,8 +1686,10 @@ async def test_a_connection_cut_mid_layer_is_one_picklable_error(
             options=options(layer_workers=layer_workers, limits=pipeline.Limits(retries=0)),
         )
 
-    assert cut.digest in str(caught.value)
-    assert f"broke off after {len(half)} of {cut.size} bytes" in str(caught.value)
+    assert (
+        f"the download of layer {cut.digest} from the registry broke off after"
+        f" {len(half)} of {cut.size} bytes"
+    ) in str(caught.value)
     assert_store_consistent(tmp_path / "s")
     pickling_support.install(caught.value)
     again = pickle.loads(pickle.dumps(caught.value))
@@ -1869,6 +1871,42 @@ async def test_a_storage_server_sending_the_wrong_size_is_blamed_not_the_registr
     for secret in URL_SECRETS:
         assert secret not in message, secret
     assert cdn.count("GET", "/b") == 1
+
+
+async def test_a_storage_server_breaking_off_a_layer_is_blamed_not_the_registry(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """The registry redirects a layer to a storage server, which breaks the body off
+    halfway: the Truncated named no server at all, where the blob stage's other body
+    failures name the storage server (by its host, without the signed query)."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    half = layer.data[: layer.size // 2]
+    cdn = fixture_server()
+    cdn.route("/b", Reply(200, {"Content-Length": str(layer.size)}, half))
+    via = proxy(registry)
+    via.inject(f"*/blobs/{layer.digest}", Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}))
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.Truncated,
+            limits=pipeline.Limits(retries=0),
+        )
+
+    assert (
+        f"the download of layer {layer.digest} from the storage server {cdn.host}"
+        f" (redirected from the registry) broke off after {len(half)} of {layer.size} bytes"
+    ) in message, message
+    for secret in URL_SECRETS:
+        assert secret not in message, secret
 
 
 async def test_server_errors_and_rate_limits_are_waited_out(
