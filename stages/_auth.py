@@ -55,6 +55,7 @@ __all__ = [
     "parse_challenges",
     "parse_token_response",
     "pull_scope",
+    "quotable",
     "read_bounded",
     "refused_address_class",
     "Resolver",
@@ -77,7 +78,23 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 
 
 class ChallengeError(ValueError):
-    """A ``WWW-Authenticate`` header that does not follow RFC 7235."""
+    """A ``WWW-Authenticate`` header that does not follow RFC 7235: what is wrong
+    (``problem``) and the ``header`` as the server sent it. The message quotes both as
+    ``quotable`` does without knowing the credentials or tokens sent; a registry client,
+    which knows those, quotes them through its own cut (``quoting``)."""
+
+    def __init__(self, problem: str, header: str) -> None:
+        self.problem = problem
+        self.header = header
+        super().__init__(self.quoting(quotable))
+
+    def quoting(self, quote: Callable[[str], str]) -> str:
+        """The message, the server's words passed through ``quote``; the header cut short
+        after, so that no part of a secret outlives the cut."""
+        return f"{quote(self.problem)} in WWW-Authenticate: {quote(self.header)!r:.200}"
+
+    def __reduce__(self) -> tuple[type[ChallengeError], tuple[str, str]]:
+        return (type(self), (self.problem, self.header))
 
 
 @dataclass(frozen=True)
@@ -142,7 +159,7 @@ def _parse_header(text: str) -> list[Challenge]:
             else:
                 out.append(c)
                 pos += 1
-        raise ChallengeError(f"unterminated quoted string in WWW-Authenticate: {_quoted(text)}")
+        raise ChallengeError("unterminated quoted string", text)
 
     while True:
         skip(" \t,")
@@ -150,7 +167,7 @@ def _parse_header(text: str) -> list[Challenge]:
             return challenges
         scheme = token()
         if not scheme:
-            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {_quoted(text)}")
+            raise ChallengeError(f"unexpected {text[pos]!r}", text)
         params: dict[str, str] = {}
         skip(" \t")
         while pos < n:
@@ -177,26 +194,21 @@ def _parse_header(text: str) -> list[Challenge]:
             else:
                 value = token()
                 if not value:
-                    raise ChallengeError(
-                        f"parameter {name!r:.60} has no value in WWW-Authenticate: {_quoted(text)}"
-                    )
+                    raise ChallengeError(f"parameter {name!r:.60} has no value", text)
             params.setdefault(name.lower(), value)
             skip(" \t")
             if pos < n and text[pos] != ",":
-                raise ChallengeError(
-                    f"unexpected {text[pos]!r} after parameter {name!r:.60} in WWW-Authenticate:"
-                    f" {_quoted(text)}"
-                )
+                raise ChallengeError(f"unexpected {text[pos]!r} after parameter {name!r:.60}", text)
         if pos < n and text[pos] not in " \t,":
-            raise ChallengeError(f"unexpected {text[pos]!r} in WWW-Authenticate: {_quoted(text)}")
+            raise ChallengeError(f"unexpected {text[pos]!r}", text)
         challenges.append(Challenge(scheme.lower(), tuple(params.items())))
 
 
 def _quoted(text: str) -> str:
-    """A header value (or a realm from one) as an error message quotes it: redacted, for a
-    challenge may carry a token or a signed URL (``stages/_redact.py``), a token we were
-    issued among them (``recent_tokens``), then shortened."""
-    return f"{redact(cut_tokens(text, recent_tokens()))!r:.200}"
+    """A header value (or a realm from one) as an error message quotes it: ``quotable``,
+    for a challenge may carry a token or a signed URL (``stages/_redact.py``), a token we
+    were issued among them (``recent_tokens``), then shortened."""
+    return f"{quotable(text)!r:.200}"
 
 
 def choose_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
@@ -716,19 +728,33 @@ async def error_detail(
         ]
     said += [[doc.get("error"), doc.get("error_description")], [doc.get("details")]]
     said.append([doc.get("message")])
-    secrets = sent_secrets(credentials) if credentials is not None else ()
-    issued = dict.fromkeys((*tokens, *recent_tokens()))
+    tokens = tuple(tokens)
     parts = []
     for words in said:
         texts = [
-            cut_tokens(cut_secrets(_printable(x), secrets), issued)
-            for x in words
-            if isinstance(x, str)
+            quotable(x, credentials=credentials, tokens=tokens) for x in words if isinstance(x, str)
         ]
-        text = ": ".join(redact(x) for x in texts if x)
+        text = ": ".join(x for x in texts if x)
         if text and text not in parts:
             parts.append(text[:_ERROR_PART_CHARS])
     return "; ".join(parts)
+
+
+def quotable(
+    text: str, *, credentials: Credentials | None = None, tokens: Iterable[str] = ()
+) -> str:
+    """A server's ``text`` (words of an error body, a header's value) as an error message
+    may quote it: what is not printable dropped (a line break would forge a log line, a
+    control character could hide a secret's name from ``redact``), the ``credentials``
+    sent cut out where the server quotes them (``sent_secrets``, each as ``cut_secret``
+    cuts it), the bearer ``tokens`` sent and those this process was issued last
+    (``recent_tokens``) too, then ``redact``. Not shortened: a caller cuts the result to
+    its length, after, so that a secret cut short still has the shape that gives it away.
+    Every place that quotes a server's text goes through here, the registry client's
+    with its own credentials and tokens (``RegistryClient._quotable``)."""
+    secrets = sent_secrets(credentials) if credentials is not None else ()
+    issued = dict.fromkeys((*tokens, *recent_tokens()))
+    return redact(cut_tokens(cut_secrets(_printable(text), secrets), issued))
 
 
 def _printable(text: str) -> str:

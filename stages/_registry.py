@@ -54,6 +54,7 @@ from ._auth import (
     is_loopback_host,
     matches_insecure,
     pull_scope,
+    quotable,
     read_bounded,
     refused_address_class,
     resolve_host,
@@ -78,7 +79,7 @@ from ._http import (
     transient_failure,
     url_authority,
 )
-from ._redact import redact, shown_url
+from ._redact import shown_url
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
 from ._types import Digest
@@ -262,7 +263,7 @@ class RegistryClient:
         with self._deadline(ref, what, str(digest)):  # the body has the rate check instead
             response = await self._open(ref, path, headers, what=what, digest=str(digest))
         try:
-            _check_blob_status(response, ref, digest, offset)
+            self._check_blob_status(response, ref, digest, offset)
             try:
                 yield response
             except httpx.RemoteProtocolError:
@@ -315,7 +316,7 @@ class RegistryClient:
         try:
             if response.status_code >= 300:
                 raise await _url_status_error(response, ref, target, shown, digest)
-            _check_blob_status(response, ref, digest, offset)
+            self._check_blob_status(response, ref, digest, offset)
             try:
                 yield response
             except httpx.RemoteProtocolError:
@@ -482,10 +483,46 @@ class RegistryClient:
             challenges = headers_challenges(response.headers)
         except ChallengeError as exc:
             raise AuthError(
-                f"{ref.api_host} sent an unreadable WWW-Authenticate header: {exc}",
+                f"{ref.api_host} sent an unreadable WWW-Authenticate header:"
+                f" {exc.quoting(self._quotable)}",
                 ref=str(ref),
             ) from exc
         return choose_challenge(challenges)
+
+    def _quotable(self, text: str) -> str:
+        """A server's ``text`` as this client's errors quote it (``quotable``): without
+        the credentials it sends, the tokens it holds (which ``recent_tokens`` may have
+        let go of while other pulls fetched theirs) and what ``redact`` cuts. A registry
+        refusing Basic credentials may quote them back, one refusing a token that token,
+        in its body or in any header (opaque tokens have no shape ``redact`` knows)."""
+        return quotable(text, credentials=self._options.credentials, tokens=self._tokens.secrets())
+
+    def _check_blob_status(
+        self, response: httpx.Response, ref: Reference, digest: Digest, offset: int
+    ) -> None:
+        """A blob's response is one to read: 200 from the start; from ``offset``, a 206
+        whose Content-Range starts there, or a 200 (Range ignored, the whole blob again).
+        Else a ``RegistryError``, quoting the Content-Range through ``_quotable``."""
+        status = response.status_code
+        server = url_authority(response.url)  # the registry's, or a storage server's it named
+        if offset == 0:
+            if status != 200:
+                raise RegistryError(
+                    f"{server} answered HTTP {status} instead of 200 for blob {digest}",
+                    ref=str(ref),
+                    digest=str(digest),
+                )
+            return
+        if status == 200:
+            return  # Range ignored: the whole blob, from which the caller skips ``offset`` bytes
+        content_range = response.headers.get("Content-Range", "")
+        if status != 206 or not content_range.startswith(f"bytes {offset}-"):
+            raise RegistryError(
+                f"{server} did not resume blob {digest} at byte {offset} (HTTP {status},"
+                f" Content-Range {self._quotable(content_range)[:60]!r})",
+                ref=str(ref),
+                digest=str(digest),
+            )
 
     # -- authorisation --------------------------------------------------------------------
 
@@ -856,8 +893,7 @@ class RegistryClient:
             if from_registry
             else f"the storage server {url_authority(response.url)} that {authority} redirected to"
         )
-        # A registry refusing Basic credentials may quote them back (sent_secrets), one
-        # refusing a token that token (opaque ones have no shape redact knows).
+        # The body's words go through the same cut as _quotable's.
         detail = await error_detail(
             response, credentials=self._options.credentials, tokens=self._tokens.secrets()
         )
@@ -894,7 +930,7 @@ class RegistryClient:
             )
         retry_after = response.headers.get("Retry-After")
         if status == 429:
-            wait = f", Retry-After: {redact(retry_after)[:40]}" if retry_after else ""
+            wait = f", Retry-After: {self._quotable(retry_after)[:40]}" if retry_after else ""
             return TooManyRequests(
                 f"{server} is rate-limiting requests (HTTP 429{wait}) for {what}; wait and"
                 " try again",
@@ -958,31 +994,6 @@ async def _url_status_error(
         retry_after_s=parse_retry_after(retry_after) if status in (429, 503) else None,
         retry_after_from=url_authority(response.url),
     )
-
-
-def _check_blob_status(
-    response: httpx.Response, ref: Reference, digest: Digest, offset: int
-) -> None:
-    status = response.status_code
-    server = url_authority(response.url)  # the registry's, or a storage server's it named
-    if offset == 0:
-        if status != 200:
-            raise RegistryError(
-                f"{server} answered HTTP {status} instead of 200 for blob {digest}",
-                ref=str(ref),
-                digest=str(digest),
-            )
-        return
-    if status == 200:
-        return  # Range ignored: the whole blob, from which the caller skips ``offset`` bytes
-    content_range = response.headers.get("Content-Range", "")
-    if status != 206 or not content_range.startswith(f"bytes {offset}-"):
-        raise RegistryError(
-            f"{server} did not resume blob {digest} at byte {offset} (HTTP {status},"
-            f" Content-Range {redact(content_range)[:60]!r})",
-            ref=str(ref),
-            digest=str(digest),
-        )
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:

@@ -263,6 +263,68 @@ async def test_a_registry_naming_the_token_it_refused_gets_it_cut() -> None:
     assert "Xk2f9QmA" not in message
 
 
+# A header quoting what the request carried: a registry's Retry-After, a resumed blob's
+# Content-Range or a challenge that cannot be read (``said`` is what was sent).
+QUOTING_HEADERS: dict[str, Callable[[str], httpx.Response]] = {
+    "Retry-After": lambda said: httpx.Response(429, headers={"Retry-After": f"later {said}"}),
+    "Content-Range": lambda said: streamed(
+        206, BLOB, headers={"Content-Range": f"bytes 0-1/2 {said}"}
+    ),
+    "WWW-Authenticate": lambda said: httpx.Response(
+        401, headers={"WWW-Authenticate": f'Bearer error="{said} was revoked'}
+    ),
+}
+
+
+async def _fails_quoting(fake: FakeRegistry, header: str, **options: Any) -> str:
+    """The error of a manifest GET (a blob GET from byte 10, for Content-Range)."""
+    with trio.fail_after(5):
+        async with _client(fake, limits=Limits(retries=0), **options) as client:
+            with pytest.raises((RegistryError, AuthError)) as info:
+                if header == "Content-Range":
+                    await _read_blob(client, offset=10)
+                else:
+                    await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("header", QUOTING_HEADERS)
+async def test_a_header_quoting_the_token_sent_gets_it_cut(header: str) -> None:
+    # Retry-After and Content-Range went through redact only, an unreadable challenge
+    # through redact and recent_tokens: an opaque token the client holds, pushed out of
+    # recent_tokens by other pulls' tokens, was quoted whole. Now the cut of error_detail.
+    fake = FakeRegistry(challenge=BEARER)
+
+    def opaque_token(request: httpx.Request) -> httpx.Response:
+        fake.tokens_issued += 1
+        return httpx.Response(200, json={"token": f"opaque{fake.tokens_issued}-Vb8r4TzW"})
+
+    def quoting(request: httpx.Request) -> httpx.Response:
+        for n in range(RECENT_TOKENS_KEPT):  # other pulls' tokens, fetched meanwhile
+            remember_token(f"elsewhere-{n}-Wq5c1r")
+        return QUOTING_HEADERS[header](request.headers["Authorization"].removeprefix("Bearer "))
+
+    fake.routes["https://auth.example/token"] = opaque_token
+    fake.routes["https://reg.example/v2/team/"] = quoting
+    message = await _fails_quoting(fake, header)
+    assert "Vb8r4TzW" not in message, message
+    assert header in message and "[redacted]" in message, message
+
+
+@pytest.mark.parametrize("header", QUOTING_HEADERS)
+async def test_a_header_quoting_the_basic_credentials_sent_gets_them_cut(header: str) -> None:
+    # redact knows Basic credentials after the word "Basic" only; quoted bare they went
+    # through, and so did the password (SECRET) itself.
+    fake = FakeRegistry(challenge='Basic realm="Registry Realm"')
+    basic = basic_authorization(CREDS).removeprefix("Basic ")
+    fake.routes["https://reg.example/v2/team/"] = lambda request: QUOTING_HEADERS[header](
+        f"{basic} {SECRET}"
+    )
+    message = await _fails_quoting(fake, header, credentials=CREDS)
+    assert basic.rstrip("=") not in message and SECRET not in message, message
+    assert header in message and "[redacted]" in message, message
+
+
 async def test_401_anonymous_says_credentials_needed() -> None:
     fake = FakeRegistry(challenge=BEARER, token_ok=lambda token: False)
     with trio.fail_after(5):
