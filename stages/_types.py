@@ -152,16 +152,30 @@ _32_BIT_OF: dict[str, tuple[str, str | None]] = {
     "arm64": ("arm", "v8"),
 }
 
-# What a user may write for an architecture, and the OCI (Go) name and default variant
-# it stands for (containerd's normalizeArch).
-_ARCH_ALIASES: dict[str, tuple[str, str | None]] = {
-    "x86_64": ("amd64", None),
-    "x86-64": ("amd64", None),
-    "aarch64": ("arm64", None),
+# What a user (or an index or config) may write for an architecture, and the OCI (Go)
+# name it stands for, its variant kept (containerd's normalizeArch).
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
+# Names that say the variant too, whatever variant is written beside them
+# (containerd's normalizeArch: armhf is arm/v7 and armel arm/v6 even written
+# "armhf/v6", i386 has none). i686 is ours, and means what i386 does.
+_ARCH_AND_VARIANT_ALIASES: dict[str, tuple[str, str | None]] = {
     "i386": ("386", None),
     "i686": ("386", None),
     "armhf": ("arm", "v7"),
     "armel": ("arm", "v6"),
+}
+# Variants written two ways, and the one spelling kept (after a bare version "8" is made
+# "v8"), so that an index entry, a config and a --platform naming one variant are
+# recorded alike: containerd's normalizeArch makes amd64/v1 plain amd64 (the first
+# x86-64 level is what plain amd64 is), arm64 v8.0 v8 and v9.0 v9. Unlike containerd,
+# arm64 v8 stays v8 rather than plain arm64: it is how docker and buildx write arm64
+# entries, what Platform.host() says, and what the store has recorded such entries
+# under; rank takes plain arm64 and v8 as the same.
+_VARIANT_SPELLINGS: dict[tuple[str, str], str | None] = {
+    ("amd64", "v1"): None,
+    ("arm64", "v8.0"): "v8",
+    ("arm64", "9.0"): "v9",
+    ("arm64", "v9.0"): "v9",
 }
 # The variant an entry or a request without one stands for (containerd's normalizeArch
 # for arm and arm64; for amd64, plain is the first x86-64 micro-architecture level, as
@@ -330,16 +344,24 @@ class Platform:
     def from_names(cls, os: str, architecture: str, variant: str | None = None) -> Platform:
         """The platform these names stand for, normalised as ``parse`` normalises what a
         user writes (containerd's ``platforms.Normalize``): lower case, ``x86_64`` is
-        ``amd64``, ``aarch64`` ``arm64``, ``armhf`` ``arm/v7``, ``i386`` ``386``, a
-        variant ``7`` is ``v7``. Also for an image config's names, which a tool naming
-        architectures as the kernel does may write ``x86_64`` or ``aarch64``, and which
-        containerd reads normalised (``ConfigPlatform``). The names' characters are
-        the caller's to check."""
+        ``amd64``, ``aarch64`` ``arm64``, ``armhf`` ``arm/v7`` and ``armel`` ``arm/v6``
+        whatever variant follows, ``i386`` ``386`` with none, a variant ``7`` is ``v7``,
+        ``amd64/v1`` plain ``amd64``, ``arm64/v8.0`` ``arm64/v8`` (kept where containerd
+        drops it: see ``_VARIANT_SPELLINGS``). Also for an image config's names, which a
+        tool naming architectures as the kernel does may write ``x86_64`` or
+        ``aarch64``, and which containerd reads normalised (``ConfigPlatform``), and for
+        an index entry's, which containerd normalises when it matches them. The names'
+        characters are the caller's to check."""
         lowered = architecture.lower()
-        arch, default_variant = _ARCH_ALIASES.get(lowered, (lowered, None))
-        named = (variant or "").lower() or default_variant
+        if lowered in _ARCH_AND_VARIANT_ALIASES:
+            arch, named = _ARCH_AND_VARIANT_ALIASES[lowered]
+            return cls(os.lower(), arch, named)
+        arch = _ARCH_ALIASES.get(lowered, lowered)
+        named = (variant or "").lower() or None
         if named is not None and named.isdigit():
             named = f"v{named}"
+        if named is not None:
+            named = _VARIANT_SPELLINGS.get((arch, named), named)
         return cls(os.lower(), arch, named)
 
     @classmethod

@@ -79,6 +79,48 @@ def test_rank(asked: str, offered: str, rank: int | None) -> None:
     assert Platform.parse(asked).matches(Platform.parse(offered)) is (rank is not None)
 
 
+@pytest.mark.parametrize(
+    ("names", "platform"),
+    [
+        # containerd's normalizeArch: the alias names the variant, whatever is written.
+        (("linux", "armhf", "v6"), "linux/arm/v7"),
+        (("linux", "armel", "v7"), "linux/arm/v6"),
+        (("linux", "armel", None), "linux/arm/v6"),
+        (("linux", "i386", "v7"), "linux/386"),
+        (("linux", "i686", "v7"), "linux/386"),
+        # amd64/v1 is plain amd64, written either way.
+        (("linux", "amd64", "v1"), "linux/amd64"),
+        (("linux", "x86_64", "V1"), "linux/amd64"),
+        (("linux", "amd64", "1"), "linux/amd64"),
+        (("linux", "amd64", "v3"), "linux/amd64/v3"),
+        # arm64: v8.0 is v8, v9.0 v9; v8 itself is kept (docker's spelling, the host's).
+        (("linux", "arm64", "v8.0"), "linux/arm64/v8"),
+        (("linux", "aarch64", "8"), "linux/arm64/v8"),
+        (("linux", "arm64", "v8"), "linux/arm64/v8"),
+        (("linux", "arm64", None), "linux/arm64"),
+        (("linux", "arm64", "v9.0"), "linux/arm64/v9"),
+        (("linux", "arm64", "9.0"), "linux/arm64/v9"),
+        (("linux", "arm64", "v8.2"), "linux/arm64/v8.2"),
+        # Unchanged: what needed no rule, or what other architectures name alike.
+        (("linux", "arm", "7"), "linux/arm/v7"),
+        (("linux", "arm", None), "linux/arm"),
+        (("linux", "386", "v1"), "linux/386/v1"),
+        (("linux", "riscv64", "rva23u64"), "linux/riscv64/rva23u64"),
+    ],
+)
+def test_names_are_normalised_as_containerd_s_normalize_arch(
+    names: tuple[str, str, str | None], platform: str
+) -> None:
+    # armhf/v6 was arm/v6 (an ARMv6 image for a v7 name), i386/v7 was 386/v7,
+    # amd64/v1 and arm64/v8.0 were kept as written: recorded apart from the same
+    # platform written otherwise. Normalising twice changes nothing (the store reads
+    # back what it recorded with Platform.parse).
+    normalised = Platform.from_names(*names)
+    assert str(normalised) == platform
+    assert Platform.parse(str(normalised)) == normalised
+    assert Platform.parse("/".join(n for n in names if n)) == normalised
+
+
 def test_a_request_without_a_variant_is_the_default_one_and_takes_no_newer() -> None:
     # A request without a variant took an entry of any other variant as a last resort:
     # `--platform linux/amd64` pulled an index's only amd64/v3 image, which an x86-64-v1
