@@ -498,6 +498,10 @@ def _descriptor(
 
 
 def _platform(raw: Any, what: str, where: str, digest: Digest) -> Platform:
+    """An index entry's platform, normalised as a ``--platform`` and a config's are
+    (``Platform.from_names``), as containerd normalises an entry when it matches it:
+    taken as written, an entry ``linux/x86_64`` or ``linux/aarch64`` matched no
+    request, and was recorded under a name the store read back as another."""
     if not isinstance(raw, dict):
         raise ManifestError(f"{what}'s platform is not an object", ref=where, digest=str(digest))
     os, arch, variant = raw.get("os"), raw.get("architecture"), raw.get("variant")
@@ -510,7 +514,7 @@ def _platform(raw: Any, what: str, where: str, digest: Digest) -> Platform:
             f"{what}'s platform variant is not a string", ref=where, digest=str(digest)
         )
     _check_platform_names(f"{what}'s platform", (os, arch, variant), where, digest)
-    return Platform(os.lower(), arch.lower(), variant.lower() if variant else None)
+    return Platform.from_names(os, arch, variant)
 
 
 # What an OS, architecture or variant name may look like (Go's GOOS/GOARCH, "v8",

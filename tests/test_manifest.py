@@ -233,6 +233,34 @@ async def test_index_picks_platform() -> None:
     assert image.platform == Platform("linux", "arm64", "v8")
 
 
+async def test_an_index_entry_s_platform_is_normalised_as_a_request_is() -> None:
+    # Entries were taken as written: linux/x86_64 or linux/aarch64 matched no request
+    # (Platform.parse makes those amd64 and arm64), where containerd normalises an
+    # entry before matching it, and the image was refused as having no such platform.
+    reg = Registry()
+    amd = manifest(reg, config(arch="amd64"))
+    arm = manifest(reg, config(arch="arm64", diff_ids=1), layers=[layer(8)])
+    arm32 = manifest(reg, config(arch="arm", variant="v7", diff_ids=1), layers=[layer(9)])
+    entries = [
+        index_entry(reg, amd, {"os": "Linux", "architecture": "x86_64", "variant": "v1"}),
+        index_entry(reg, arm, {"os": "linux", "architecture": "aarch64", "variant": "8"}),
+        index_entry(reg, arm32, {"os": "linux", "architecture": "armhf"}),
+    ]
+    _index(reg, entries)
+    for wanted, taken, recorded in (
+        (AMD64, entries[0], "linux/amd64"),
+        (Platform.parse("linux/amd64/v3"), entries[0], "linux/amd64"),
+        (Platform("linux", "arm64"), entries[1], "linux/arm64/v8"),
+        (Platform.parse("linux/arm/v7"), entries[2], "linux/arm/v7"),
+    ):
+        image = await resolve(reg, platform=wanted, platform_asked=True)
+        assert str(image.manifest_digest) == taken["digest"], wanted
+        assert str(image.platform) == recorded
+    # armhf is ARMv7, which an ARMv6 machine does not run.
+    with pytest.raises(PlatformNotFound, match="it has: linux/amd64, linux/arm/v7, linux/arm64"):
+        await resolve(reg, platform=Platform.parse("linux/arm/v6"), platform_asked=True)
+
+
 async def test_index_prefers_exact_variant() -> None:
     reg = Registry()
     doc = manifest(reg, config(arch="arm"))
