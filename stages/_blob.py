@@ -114,7 +114,8 @@ class _Transfer:
     window_started: float | None = None
     window_delivered: int = 0
     window_waited_s: float = 0.0
-    body_ended: float = 0.0  # when the last attempt stopped reading its body
+    body_ended: float = 0.0  # when the last attempt's body last delivered bytes
+    last_data_at: float = 0.0  # when this attempt's body last delivered bytes
 
 
 # Progress events per layer at most this often (and once at the end): a display needs
@@ -300,7 +301,8 @@ async def _attempt(
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
             _check_content_length(response, ref_text, layer, offset - skip, source_name)
-            _resume_window(transfer, time.perf_counter())
+            transfer.last_data_at = time.perf_counter()
+            _resume_window(transfer, transfer.last_data_at)
             reading = True
             try:
                 # Leaving this loop early (too long, cancelled) abandons httpx's nested
@@ -309,6 +311,7 @@ async def _attempt(
                 # aclosing() here would only close the outermost generator.
                 async for data in response.aiter_raw():
                     _check_rate(transfer, limits, layer, ref_text, len(data), source_name)
+                    transfer.last_data_at = time.perf_counter()
                     transfer.delivered += len(data)
                     if skip:
                         kept = data[skip:]
@@ -319,7 +322,10 @@ async def _attempt(
                             chunk, layer, ref_text, send, progress, transfer, clock, source_name
                         )
             finally:
-                transfer.body_ended = time.perf_counter()
+                # Not the moment the body failed: the quiet spell before a stall or a
+                # reset is for the retry rules to judge (stall_progress_bytes), and
+                # counted here it made the resumed attempt "too slow" at its first read.
+                transfer.body_ended = transfer.last_data_at
     except ImagecError as error:
         # The source's own error for a failure it met (a stall, a broken connection, a
         # 5xx on resuming) names the server and the request but not how far the layer
@@ -430,10 +436,13 @@ def _open_window(transfer: _Transfer, now: float) -> None:
 
 def _resume_window(transfer: _Transfer, now: float) -> None:
     """At the start of an attempt's body: open the first window of a source, or let
-    the one open go on, not counting the time since the last attempt's body ended.
+    the one open go on, not counting the time since the last attempt's body last
+    delivered bytes (its final silence, the retry wait, the reconnect).
 
-    A window opened afresh with each attempt never spanned a resume: a server that sent
-    a few bytes per attempt and then stalled for the read timeout was never too slow."""
+    A window opened afresh with each attempt never spanned a resume: a server that
+    dripped a little per attempt and then broke the connection was never too slow. A
+    server that sends a little and then stalls, every attempt, is caught by the stall
+    rule instead (``Limits.stall_progress_bytes``)."""
     if transfer.window_started is None:
         _open_window(transfer, now)
     else:

@@ -761,40 +761,37 @@ async def test_a_layer_that_stalls_partway_says_how_many_bytes_had_arrived(
     assert f"; 1000 of {layer.size} bytes had arrived" in message, message
 
 
-async def test_the_slow_transfer_check_spans_the_resumes_of_a_layer(
+async def test_a_quiet_spell_before_a_stall_does_not_make_the_resumed_layer_too_slow(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
-    """RELIABILITY.md, "slow drip": a server that sends a little per attempt and then
-    stalls. The rate window opened afresh with each attempt, so such a body was never
-    too slow, however many attempts it took: here every attempt counts as progress
-    (stall_progress_bytes=1000) and there are 10 retries, 1000 bytes and a 0.5 s stall
-    each, about 2000 B/s against a minimum of 4096 B/s over 0.8 s windows. Every retry
-    was made; now the layer is too slow once the attempts add up to a window."""
-    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    """The slow-transfer window runs on across a layer's resumes (a server dripping a
+    little per attempt is judged on all of it), but the silence that ended an attempt
+    (here a stall, the read timeout) is the retry rules' to judge: counted in the window,
+    it made the resumed attempt "too slow" at its first read, however fast that came,
+    and "too slow" is not retried, so one stall on a healthy link failed the pull."""
+    image = images.sample_image(unique_seed, layer_size=256 * 1024)
     registry.push(unique_repo, image, "1")
     via = proxy(registry)
     layer = image.layers[0]
-    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
+    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=1)
     limits = pipeline.Limits(
         read_timeout_s=0.5,
-        retries=10,
         retry_wait_s=0.01,
-        stall_progress_bytes=1000,
-        min_transfer_bytes_per_s=4096,
-        transfer_window_s=0.8,
+        min_transfer_bytes_per_s=1_000_000,
+        transfer_window_s=0.2,
     )
-
-    with trio.fail_after(60):
-        message = await pull_fails(
-            f"{via.host}/{unique_repo}:1",
-            tmp_path / "s",
-            pipeline.RegistryUnavailable,
-            limits=limits,
-        )
-
-    assert f"the download of layer {layer.digest} is too slow" in message, message
-    assert "gave up after" not in message, message
-    assert via.blob_gets(layer.digest) < 11
+    store = Store.open(tmp_path / "s")
+    try:
+        with trio.fail_after(60):
+            result = await pipeline.pull(
+                f"{via.host}/{unique_repo}:1",
+                store=store,
+                options=PullOptions(limits=limits),
+            )
+    finally:
+        store.close()
+    assert str(result.layers[0].digest) == str(layer.digest)
+    assert via.blob_gets(layer.digest) == 2  # the stalled attempt, then the resume
 
 
 @pytest.fixture
