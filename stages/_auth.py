@@ -278,7 +278,8 @@ def _classified(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address
     ``64:ff9b::a9fe:a9fe`` (NAT64) or ``::169.254.169.254`` (IPv4-compatible) may reach
     the IPv4 address inside, but ``ipaddress`` classifies the IPv6 wrapper: on Python 3.11
     none of them is ``is_link_local``. A Teredo address carries two (its server and its
-    client): both are classified, and one in a class puts the host in it.
+    client): both are classified, with the Teredo address itself, and one in a class
+    puts the host in it.
     """
     address = _ip(host)
     if address is None:
@@ -290,7 +291,9 @@ def _classified(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address
     if address.sixtofour is not None:
         return [address.sixtofour]
     if address.teredo is not None:
-        return list(address.teredo)
+        # The wrapper too: 2001::/32 is itself special-purpose (``is_private``), as it
+        # was classified before the addresses inside were.
+        return [address, *address.teredo]
     if address in _NAT64 or (1 < int(address) <= _IPV4_BITS):  # NAT64, IPv4-compatible
         return [ipaddress.IPv4Address(int(address) & _IPV4_BITS)]
     return [address]

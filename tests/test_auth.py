@@ -246,6 +246,9 @@ def test_an_embedded_address_keeps_its_own_class() -> None:
     assert is_loopback_host("::1") and not is_loopback_host("::")
     assert is_internal_host("::") and is_link_local_host("fe80::1%eth0")
     assert not is_internal_host("2606:4700:4700::1111")
+    # Teredo (2001::/32) is special-purpose whatever it carries, as it was before the
+    # addresses inside were classified: a public registry may not send us there.
+    assert is_internal_host("2001:0:808:808::f7f7:f7f7")
 
 
 async def test_resolves_internal() -> None:
