@@ -732,7 +732,10 @@ def _check_placed_config(
     run: an entry ``linux/amd64`` whose config says ``amd64/v4``, taken on an x86-64-v3
     CPU, would die of an illegal instruction. A config naming no variant leaves it to
     the entry (configs often omit it: an entry ``linux/arm/v6`` with a plain ``arm``
-    config is no contradiction), and one naming a variant ``wanted`` runs is taken.
+    config is no contradiction), and one naming a variant ``wanted`` runs is taken. A
+    platform the user asked for without a variant (``--platform linux/amd64``) names the
+    entry as docker reads it, and takes it whatever level its config names; the level
+    is what this machine's CPU or a variant asked for is held to.
 
     containerd and docker choose by the entry alone and never read its config for that,
     so every other tool here pulls this same entry. No other entry is taken in its
@@ -748,9 +751,14 @@ def _check_placed_config(
         )
     if config.variant is None or wanted.rank(config) is not None:
         return
+    if asked and wanted.variant is None:
+        # The user named the entry's own platform, with no level: the entry is taken, as
+        # docker takes it, and recorded under the config's variant (_placed_platform).
+        return
+    outcome = "refused" if asked else "refused, as it would fail here"
     raise PlatformNotFound(
         f"the index lists a manifest for {placed}, but its config says {config}, which"
-        f" {_wanted(wanted, asked, [placed])} does not run: refused, as it would fail here."
+        f" {_wanted(wanted, asked, [placed])} does not run: {outcome}."
         f" The image has: {_offered(entries)}. Choose another with --platform, or pull one"
         " of its manifests by digest",
         ref=where,

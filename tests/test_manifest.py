@@ -927,13 +927,18 @@ async def test_an_entry_s_config_naming_a_variant_this_machine_does_not_run_is_r
     _index(reg, [v2, arm64])
     image = await resolve(reg, platform=this_machine)
     assert str(image.manifest_digest) == v2["digest"]
-    # But not on a machine whose level is unread (v1), nor for `linux/amd64` asked.
-    for asked, named in (
-        (False, "linux/amd64 (this machine's platform: x86-64 level v1, no CPU flags to"),
-        (True, "linux/amd64 (that is linux/amd64/v1) does not run"),
-    ):
-        with pytest.raises(PlatformNotFound, match=re.escape(named)):
-            await resolve(reg, platform=AMD64, platform_asked=asked)
+    # But not on a machine whose level is unread (v1), nor for a level asked for below.
+    named = "linux/amd64 (this machine's platform: x86-64 level v1, no CPU flags to"
+    with pytest.raises(PlatformNotFound, match=re.escape(named)):
+        await resolve(reg, platform=AMD64)
+    _index(reg, [lying, arm64])
+    with pytest.raises(PlatformNotFound, match=r"which linux/amd64/v3 does not run: refused\."):
+        await resolve(reg, platform=Platform.parse("linux/amd64/v3"), platform_asked=True)
+    # `--platform linux/amd64` names the entry as docker reads it: it is taken, and
+    # recorded under its config's level.
+    image = await resolve(reg, platform=AMD64, platform_asked=True)
+    assert str(image.manifest_digest) == lying["digest"]
+    assert str(image.platform) == "linux/amd64/v4"
     # A level asked for that runs the config's takes it.
     _index(reg, [lying, arm64])
     image = await resolve(reg, platform=Platform.parse("linux/amd64/v4"), platform_asked=True)
