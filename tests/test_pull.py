@@ -708,6 +708,27 @@ async def test_a_registry_that_stalls_is_asked_twice_not_five_times(
         assert layer.digest in message and layer.digest not in blob_names(tmp_path / "s")
 
 
+async def _pull_a_layer_that_stalls_after_1000_bytes(
+    registry: Any, proxy: Any, repo: str, seed: str, store_path: Path, **limits: Any
+) -> tuple[Any, images.Layer, str]:
+    """A pull, through the proxy, of an image whose layer stops after 1000 bytes on
+    every request, with a read timeout of 1 s and ``limits``; it must fail with
+    RegistryUnavailable. Returns the proxy, the layer and the error's text."""
+    image = images.sample_image(seed, layer_size=64 * 1024)
+    registry.push(repo, image, "1")
+    via = proxy(registry)
+    layer = image.layers[0]
+    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{repo}:1",
+            store_path,
+            pipeline.RegistryUnavailable,
+            limits=pipeline.Limits(read_timeout_s=1.0, **limits),
+        )
+    return via, layer, message
+
+
 async def test_a_layer_that_sends_a_little_then_stalls_every_time_is_asked_twice(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
@@ -716,20 +737,9 @@ async def test_a_layer_that_sends_a_little_then_stalls_every_time_is_asked_twice
     waited out the read timeout on all five attempts. An attempt that received less than
     Limits.stall_progress_bytes (1 MiB) before it stalled is a stall like one that
     received nothing. Here 1000 bytes per attempt, and a read timeout of 1 s."""
-    image = images.sample_image(unique_seed, layer_size=64 * 1024)
-    registry.push(unique_repo, image, "1")
-    via = proxy(registry)
-    layer = image.layers[0]
-    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
-    limits = pipeline.Limits(read_timeout_s=1.0, retry_wait_s=0.01)
-
-    with trio.fail_after(60):
-        message = await pull_fails(
-            f"{via.host}/{unique_repo}:1",
-            tmp_path / "s",
-            pipeline.RegistryUnavailable,
-            limits=limits,
-        )
+    via, layer, message = await _pull_a_layer_that_stalls_after_1000_bytes(
+        registry, proxy, unique_repo, unique_seed, tmp_path / "s", retry_wait_s=0.01
+    )
 
     assert via.blob_gets(layer.digest) == 2
     assert f"no data from {via.host} for 1 s" in message, message
@@ -742,20 +752,9 @@ async def test_a_layer_that_stalls_partway_says_how_many_bytes_had_arrived(
 ) -> None:
     """The registry client's error for a stall names the server and the blob, not how far
     the layer got; the blob stage, which counts the bytes, adds it."""
-    image = images.sample_image(unique_seed, layer_size=64 * 1024)
-    registry.push(unique_repo, image, "1")
-    via = proxy(registry)
-    layer = image.layers[0]
-    via.inject(f"*/blobs/{layer.digest}", Reply(stall_after=1000), method="GET", times=None)
-    limits = pipeline.Limits(read_timeout_s=1.0, retries=0)
-
-    with trio.fail_after(60):
-        message = await pull_fails(
-            f"{via.host}/{unique_repo}:1",
-            tmp_path / "s",
-            pipeline.RegistryUnavailable,
-            limits=limits,
-        )
+    via, layer, message = await _pull_a_layer_that_stalls_after_1000_bytes(
+        registry, proxy, unique_repo, unique_seed, tmp_path / "s", retries=0
+    )
 
     assert f"no data from {via.host} for 1 s while fetching blob {layer.digest}" in message
     assert f"; 1000 of {layer.size} bytes had arrived" in message, message
