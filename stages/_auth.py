@@ -204,13 +204,6 @@ def _parse_header(text: str) -> list[Challenge]:
         challenges.append(Challenge(scheme.lower(), tuple(params.items())))
 
 
-def _quoted(text: str) -> str:
-    """A header value (or a realm from one) as an error message quotes it: ``quotable``,
-    for a challenge may carry a token or a signed URL (``stages/_redact.py``), a token we
-    were issued among them (``recent_tokens``), then shortened."""
-    return f"{quotable(text)!r:.200}"
-
-
 def choose_challenge(challenges: Iterable[Challenge]) -> Challenge | None:
     """The challenge we answer: Bearer (with a realm) over Basic; others are ignored."""
     basic = None
@@ -447,8 +440,17 @@ def check_credential_destination(
     return None
 
 
-def token_url(realm: str, service: str | None, scope: str) -> httpx.URL:
-    """``realm?service=…&scope=…``, keeping any query the realm already has."""
+def token_url(
+    realm: str, service: str | None, scope: str, *, quote: Callable[[str], str]
+) -> httpx.URL:
+    """``realm?service=…&scope=…``, keeping any query the realm already has.
+
+    A realm that cannot be used is named in the error through ``quote``: the caller's
+    cut of a server's text, which knows the credentials it sends and the tokens it
+    holds (``RegistryClient._quotable``, ``quotable`` with them). The realm is the
+    registry's text, and may carry what it was sent: ``ftp://evil.example/<password>``
+    kept its path, the password in it, through ``quotable`` without the credentials.
+    Shortened after the cut, so that no part of a secret outlives it."""
     params: dict[str, str] = {}
     if service:
         params["service"] = service
@@ -456,15 +458,15 @@ def token_url(realm: str, service: str | None, scope: str) -> httpx.URL:
     try:
         url = httpx.URL(realm)
     except httpx.InvalidURL as exc:
-        raise AuthError(f"the registry named an invalid token realm {_quoted(realm)}") from exc
+        raise AuthError(f"the registry named an invalid token realm {quote(realm)!r:.200}") from exc
     if url.scheme not in ("http", "https") or not url.host:
-        raise AuthError(f"the registry named an unusable token realm {_quoted(realm)}")
+        raise AuthError(f"the registry named an unusable token realm {quote(realm)!r:.200}")
     if url.userinfo:
         # httpx would send them as Basic auth in place of the user's own credentials:
         # the pull would run as whoever the registry chose. Not echoed: they are secret.
         raise AuthError(
-            f"the registry named a token realm on {url.host} with a user name and password "
-            "in its URL; refused"
+            f"the registry named a token realm on {quote(url.host)} with a user name and"
+            " password in its URL; refused"
         )
     return url.copy_merge_params(params)
 
@@ -568,7 +570,8 @@ async def fetch_token(
     """GET the token ``url`` (with Basic credentials when given) and read the token.
 
     The caller checked that ``url`` may receive the credentials. Redirects are not
-    followed. Errors name the realm host, never the credentials.
+    followed. Errors name the realm host, never the credentials: the host through
+    ``quotable`` with them, for the registry chose it and may have put them in it.
 
     No cookie goes either way (``cookie_jar_used(False)``): the client's jar is the
     registry's, and the token service is whatever host the registry's challenge named.
@@ -579,7 +582,8 @@ async def fetch_token(
     client (distribution's ``registry/client/auth``) asks with an ``http.Client``
     without a jar, which neither keeps nor sends any.
     """
-    realm_host = url.host
+    # The realm's host is the registry's text too: named through the cut of its words.
+    realm_host = quotable(url.host, credentials=credentials)
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     if credentials is not None:
         headers["Authorization"] = basic_authorization(credentials)

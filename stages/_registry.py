@@ -572,13 +572,15 @@ class RegistryClient:
             token = self._tokens.get(key)
             if token is not None and f"Bearer {token.value}" != stale:
                 return f"Bearer {token.value}"
-            url = token_url(realm, service, scope)
+            # The realm, its host and what is said of them are the registry's words:
+            # quoted through this client's cut, which knows the credentials it sends.
+            url = token_url(realm, service, scope, quote=self._quotable)
             if credentials is not None:
                 reason = check_credential_destination(url, registry=authority, insecure=insecure)
                 if reason is not None:
                     raise AuthError(
                         f"refusing to send credentials for {authority} to the token service"
-                        f" {url.host}: {reason}",
+                        f" {self._quotable(url.host)}: {self._quotable(reason)}",
                         ref=str(ref),
                     )
             await self._refuse_internal_realm(ref, url, authority)
@@ -608,7 +610,7 @@ class RegistryClient:
         if kind is not None:
             raise AuthError(
                 f"{authority} named a token service on the {kind} address "
-                f"{url.host}{by_name}; refused",
+                f"{self._quotable(url.host)}{by_name}; refused",
                 ref=str(ref),
             )
 

@@ -26,6 +26,7 @@ from stages._auth import (
     matches_insecure,
     parse_challenges,
     parse_token_response,
+    quotable,
     resolve_host,
     resolves_internal,
     sent_secrets,
@@ -133,9 +134,22 @@ def test_a_malformed_challenge_is_quoted_without_its_secrets() -> None:
 )
 def test_an_unusable_realm_is_quoted_without_its_query(realm: str) -> None:
     with pytest.raises(AuthError, match="token realm") as info:
-        token_url(realm, "s", "scope")
+        token_url(realm, "s", "scope", quote=quotable)
     assert "S1gn" not in str(info.value)
     assert "auth.example" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "realm", [f"ftp://auth.example/t/{SECRET}", f"https://auth.example:port/{SECRET}", SECRET]
+)
+def test_an_unusable_realm_is_quoted_through_the_caller_s_cut(realm: str) -> None:
+    # The realm's path kept the password: token_url quoted it through quotable without
+    # the credentials. Its caller passes the cut that knows them (the registry client's:
+    # test_registry's test_a_realm_carrying_the_credentials_is_quoted_without_them).
+    with pytest.raises(AuthError, match="token realm") as info:
+        token_url(realm, "s", "scope", quote=lambda text: quotable(text, credentials=CREDS))
+    assert SECRET not in str(info.value)
+    assert "[redacted]" in str(info.value)
 
 
 def test_choose_challenge() -> None:
@@ -150,18 +164,18 @@ def test_choose_challenge() -> None:
 
 
 def test_token_url() -> None:
-    url = token_url("https://auth.example/token?x=1", "reg", "repository:a/b:pull")
+    url = token_url("https://auth.example/token?x=1", "reg", "repository:a/b:pull", quote=quotable)
     assert url.host == "auth.example"
     assert url.params["x"] == "1"
     assert url.params["service"] == "reg"
     assert url.params["scope"] == "repository:a/b:pull"
-    assert "service" not in token_url("https://a/t", "", "s").params
+    assert "service" not in token_url("https://a/t", "", "s", quote=quotable).params
     for bad in ["", "ftp://a/t", "/relative", "https://"]:
         with pytest.raises(AuthError):
-            token_url(bad, "s", "scope")
+            token_url(bad, "s", "scope", quote=quotable)
     # Credentials in the realm would replace the user's own (httpx sends them as Basic).
     with pytest.raises(AuthError, match="user name and password in its URL") as info:
-        token_url("https://evil:s3cret@auth.example/token", "s", "scope")
+        token_url("https://evil:s3cret@auth.example/token", "s", "scope", quote=quotable)
     assert "s3cret" not in str(info.value)
 
 
@@ -364,7 +378,9 @@ class TokenService:
 
 
 async def _fetch(service: TokenService, credentials: Credentials | None = CREDS) -> Token:
-    url = token_url("https://auth.example/token", "reg.example", "repository:a:pull")
+    url = token_url(
+        "https://auth.example/token", "reg.example", "repository:a:pull", quote=quotable
+    )
     async with httpx.AsyncClient(transport=httpx.MockTransport(service)) as client:
         with trio.fail_after(5):
             return await fetch_token(

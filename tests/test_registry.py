@@ -378,6 +378,52 @@ async def test_credentials_not_sent_to_plain_http_or_private_realm() -> None:
             await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
 
 
+# The Basic credentials made of CREDS, which a realm may carry as well as the password.
+BASIC = basic_authorization(CREDS).removeprefix("Basic ")
+
+
+@pytest.mark.parametrize(
+    ("realm", "names", "said"),
+    [
+        # Unusable or malformed: the realm itself is quoted.
+        (f"ftp://evil.example/token/{SECRET}", {}, "unusable token realm"),
+        (f"evil.example/token/{BASIC}", {}, "unusable token realm"),
+        (f"https://evil.example:port/t/{SECRET.replace('-', '%2D')}", {}, "invalid token realm"),
+        # In its query: never quoted (redact's rule), the host named refusing a token.
+        (f"https://evil.example/token?p={SECRET}", {}, "the token service at evil.example"),
+        # In its host, which the refusals and the token service's errors name.
+        (f"http://{SECRET}.evil.example/token", {}, "it is plain http"),
+        (
+            f"https://{SECRET}.evil.example/token",
+            {f"{SECRET}.evil.example": ["10.0.0.9"]},
+            "named a token service on the private address",
+        ),
+        (
+            f"https://{SECRET}.evil.example/token",
+            {f"{SECRET}.evil.example": ["93.184.216.35"]},
+            "refused a token as 'bob'",
+        ),
+    ],
+)
+async def test_a_realm_carrying_the_credentials_is_quoted_without_them(
+    realm: str, names: dict[str, list[str]], said: str
+) -> None:
+    # A realm that could not be used was quoted with the tokens cut but not the
+    # credentials (token_url quoted it through quotable without them), and its host
+    # named as it was: a registry's realm carrying the user's password, as it is,
+    # percent-encoded or as the Basic credentials, put it in the error message.
+    fake = FakeRegistry(challenge=f'Bearer realm="{realm}",service="x"')
+    names = {"reg.example": ["93.184.216.34"], **names}
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS, names=names) as client:
+            with pytest.raises(AuthError) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    message = str(info.value)
+    assert said in message, message
+    assert SECRET not in message and "hunter2" not in message, message
+    assert BASIC not in message, message
+
+
 @pytest.mark.parametrize("credentials", [CREDS, None], ids=["with credentials", "anonymous"])
 async def test_realm_name_resolving_to_a_private_address_is_refused(
     credentials: Credentials | None,
