@@ -121,9 +121,16 @@ async def resolve_image(
         image = await _read_image(client, ref, digest, media_type, body, doc, limits, where)
         if image.platform is not None and _config_rank(image.platform, platform) is None:
             if platform_asked:
+                # Each named as the index's refusal names it: a missing variant spelt
+                # out where the other has the same OS and architecture.
+                offered = (
+                    _spelled_out(image.platform)
+                    if _same_system(image.platform, platform)
+                    else str(image.platform)
+                )
                 raise PlatformNotFound(
-                    f"the image is for {image.platform}, not {platform} as asked; it is a"
-                    " single manifest, with no other platform to choose",
+                    f"the image is for {offered}, not {_wanted(platform, True, [image.platform])}"
+                    " as asked; it is a single manifest, with no other platform to choose",
                     ref=where,
                     digest=str(digest),
                 )
@@ -618,10 +625,11 @@ def _placed(entries: list[Descriptor]) -> list[Platform]:
 
 
 def _wanted(wanted: Platform, asked: bool, offered: Sequence[Platform]) -> str:
-    """The platform a "no manifest for" message names: as it is, and, when the image has
-    its OS and architecture in other variants only, which variant that was: the
-    machine's own (not ``asked``), on x86-64 its CPU's level (``Platform.host``), or
-    the default one of a platform asked for without one (``linux/amd64`` is v1)."""
+    """The platform a "no manifest for" message names (and a single manifest's refusal,
+    and a config's "which … does not run"): as it is, and, when the image has its OS
+    and architecture in other variants only, which variant that was: the machine's own
+    (not ``asked``), on x86-64 its CPU's level (``Platform.host``), or the default one
+    of a platform asked for without one (``linux/amd64`` is v1: ``_spelled_out``)."""
     text = str(wanted)
     if not any(_same_system(platform, wanted) for platform in offered):
         return text
@@ -631,8 +639,15 @@ def _wanted(wanted: Platform, asked: bool, offered: Sequence[Platform]) -> str:
         return f"{text} (this machine's platform, by its CPU's x86-64 level)"
     if not asked:
         return f"{text} (this machine's platform)"
-    normalized = wanted.normalized()
-    return f"{text} (that is {normalized})" if normalized != wanted else text
+    return _spelled_out(wanted)
+
+
+def _spelled_out(platform: Platform) -> str:
+    """``platform`` for a message, with the variant that a missing one stands for
+    (``Platform.normalized``): ``linux/amd64 (that is linux/amd64/v1)``, ``linux/arm
+    (that is linux/arm/v7)``; as it is when it names one or its architecture has none."""
+    normalized = platform.normalized()
+    return f"{platform} (that is {normalized})" if normalized != platform else str(platform)
 
 
 def _offered(entries: list[Descriptor], unplaced_configs: Sequence[Platform] = ()) -> str:
