@@ -830,10 +830,13 @@ def _unnamed_platform(wanted: Platform) -> Platform:
     any lower level. docker and containerd record the config as it is, with no platform;
     the store records one (the images' listing, ``index.json``), so this one says the
     least that is true of what was pulled for ``wanted``: ``linux/amd64`` for any level,
-    ``linux/arm64`` for ``arm64/v9``, ``linux/arm/v7`` kept as it is."""
+    ``linux/arm64`` for ``arm64/v9``, ``linux/arm/v7`` kept as it is. Kept, it is spelt
+    as ``Platform.from_names`` spells it, as the store reads it back: the machine's
+    platform on an x86-64-v1 CPU (``Platform.host``: ``amd64/v1``) is plain
+    ``linux/amd64``, as on any other level."""
     plain = Platform(wanted.os, wanted.architecture)
     if plain.normalized() == wanted.normalized() or wanted.rank(plain) is None:
-        return wanted
+        return Platform.from_names(wanted.os, wanted.architecture, wanted.variant)
     return plain
 
 

@@ -29,6 +29,8 @@ X86_64_V3_FLAGS = (
     "fpu cx8 cmov mmx fxsr sse sse2 lm pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm"
     " fma movbe xsave avx f16c abm bmi1 avx2 bmi2"
 )
+# ... and of an x86-64-v1 CPU (no POPCNT, SSE4, SSSE3: an early Opteron or Athlon 64).
+X86_64_V1_FLAGS = "fpu cx8 cmov mmx fxsr sse sse2 lm"
 UNKNOWN = {"os": "unknown", "architecture": "unknown"}
 AMD64_LEVELS = ("linux/amd64/v4", "linux/amd64/v2", "linux/amd64")
 REPO = "reg.example/team/app"
@@ -749,10 +751,18 @@ async def test_a_config_naming_no_platform_is_recorded_without_the_machine_s_lev
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V3_FLAGS}\n")
     this_machine = _host_platform("Linux", "x86_64", cpuinfo)
+    # On an x86-64-v1 CPU the machine's platform names its level, v1, which was kept
+    # as the one level that says no more than plain amd64: recorded linux/amd64/v1,
+    # read back as linux/amd64 (Platform.from_names), unlike on any other level.
+    v1_cpuinfo = tmp_path / "v1_cpuinfo"
+    v1_cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {X86_64_V1_FLAGS}\n")
+    v1_machine = _host_platform("Linux", "x86_64", v1_cpuinfo)
+    assert v1_machine == Platform("linux", "amd64", "v1")
     nameless = manifest(reg, config(os="", arch="", diff_ids=1), layers=[layer(40)])
     unplaced = index_entry(reg, nameless, None)
     for platform, asked, recorded in (
         (this_machine, False, "linux/amd64"),
+        (v1_machine, False, "linux/amd64"),
         (Platform.parse("linux/amd64/v4"), True, "linux/amd64"),
         (AMD64, False, "linux/amd64"),
         (ARM64, False, "linux/arm64/v8"),  # the same as plain arm64, kept as it was

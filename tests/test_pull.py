@@ -29,6 +29,7 @@ import trio
 
 import pipeline
 from pipeline import Platform, PullOptions, Store
+from stages import _types
 from tests.support import images
 from tests.support.processes import descendants
 from tests.support.servers import RecordedRequest, Reply
@@ -1292,7 +1293,11 @@ async def test_plain_amd64_takes_no_higher_x86_64_level_an_index_has(
 
 
 async def test_an_image_naming_no_platform_is_stored_without_the_level_it_was_pulled_for(
-    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Its config names no OS or architecture: it was stored as linux/amd64/v4, the level
     # it was pulled for (this machine's since f137044), in the database and index.json.
@@ -1310,6 +1315,20 @@ async def test_an_image_naming_no_platform_is_stored_without_the_level_it_was_pu
     assert index_entries(store.path)[ref]["platform"] == {"os": "linux", "architecture": "amd64"}
     assert [record.platform for record in store.list_images()] == [AMD64]
     assert_store_consistent(store.path)
+    # Pulled for this machine on an x86-64-v1 CPU (Platform.host() says linux/amd64/v1):
+    # it was stored as linux/amd64/v1 in index.json, the one level kept.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu cx8 cmov mmx fxsr sse sse2 lm\n")
+    v1_machine = _types._host_platform("Linux", "x86_64", cpuinfo)
+    assert v1_machine == Platform("linux", "amd64", "v1")
+    monkeypatch.setattr(_types, "_this_host", lambda: v1_machine)
+    on_v1 = Store.open(tmp_path / "on_v1")
+
+    result = await pipeline.pull(ref, store=on_v1, options=PullOptions())
+
+    assert result.platform == AMD64
+    assert index_entries(on_v1.path)[ref]["platform"] == {"os": "linux", "architecture": "amd64"}
+    assert_store_consistent(on_v1.path)
 
 
 async def test_an_entry_whose_config_names_a_higher_level_is_stored_under_that_level(
