@@ -387,6 +387,14 @@ async def test_a_request_without_a_variant_takes_no_newer_one() -> None:
             await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
         assert str(info.value).startswith(f"the image has no manifest for {asked}"), asked
         assert "; it has: linux/amd64/v3, linux/arm64/v9. Choose one" in str(info.value)
+    # `--platform linux/amd64/v1` is plain linux/amd64 (Platform.parse, as containerd
+    # normalises it): refused alike, the level it stands for named.
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=Platform.parse("linux/amd64/v1"), platform_asked=True)
+    assert str(info.value).startswith(
+        "the image has no manifest for linux/amd64 (that is linux/amd64/v1); it has:"
+        " linux/amd64/v3, linux/arm64/v9. Choose one with --platform"
+    )
     # The level the entry names, or a higher one, takes it.
     for asked, entry in (("linux/amd64/v3", v3), ("linux/amd64/v4", v3), ("linux/arm64/v9.2", v9)):
         image = await resolve(reg, platform=Platform.parse(asked), platform_asked=True)
