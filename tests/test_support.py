@@ -279,6 +279,29 @@ def test_fixture_server(fixture_server: Callable[[], FixtureServer]) -> None:
     assert server.requests[-1].path == "/nothing"
 
 
+def test_fixture_server_stalls_before_answering_or_partway_through_a_body(
+    fixture_server: Callable[[], FixtureServer],
+) -> None:
+    server = fixture_server()
+    body = bytes(range(256)) * 40
+    server.route("/hangs", Reply(stall=True))
+    # Ignoring Range: a resumed request gets the body from its start again.
+    server.route("/cut", Reply(200, {}, body, stall_after=1000), Reply(200, {}, body))
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=0.5)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.get("/hangs")
+        received = bytearray()
+        with client.stream("GET", "/cut") as response:
+            assert response.headers["content-length"] == str(len(body))
+            with pytest.raises(httpx.ReadTimeout):
+                for piece in response.iter_raw():
+                    received += piece
+        assert bytes(received) == body[:1000]
+        resumed = client.get("/cut", headers={"Range": "bytes=1000-"})
+        assert resumed.status_code == 200 and resumed.content == body
+    assert server.count("GET") == 3
+
+
 def test_proxy_counts_and_injects(
     registry: RegistryServer, proxy: Callable[..., Proxy], unique_repo: str
 ) -> None:

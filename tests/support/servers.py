@@ -2,8 +2,8 @@
 
 ``run_fixture_server()`` serves programmed replies (status, headers, body) per path, for
 inputs the real registry refuses to store (a manifest over 4 MiB, a mismatched media type)
-and for protocol faults (token endpoint errors, short bodies, slow answers). It records
-every request.
+and for protocol faults (token endpoint errors, short bodies, slow answers, stalls). It
+records every request.
 
 ``run_proxy(upstream)`` is an HTTP-aware TCP proxy in front of the real registry: it parses
 request heads on the client→server side (GET/HEAD have no body; Content-Length or chunked
@@ -69,13 +69,14 @@ class Reply:
     ``headers`` may set Content-Length to a value that does not match ``body`` (a short
     body: the connection is closed after it). ``delay`` waits before answering; ``drip``
     sends the body in ``drip`` byte pieces with ``drip_interval`` seconds between them.
-    ``close`` drops the connection without any answer. ``stall`` (the proxy only) keeps
-    the connection open and sends nothing, until the client gives up or the proxy stops:
-    a server that accepted the request and hangs. ``stall_after`` (the proxy only; the
-    other fields are then unused) forwards the request, relays the head of the upstream's
-    answer and the first ``stall_after`` bytes of its body, then nothing more, as
-    ``stall``: a server that hangs partway through a body (the upstream's own Range
-    handling answers a resumed request).
+    ``close`` drops the connection without any answer. ``stall`` keeps the connection
+    open and sends nothing, until the client gives up (or the proxy stops): a server that
+    accepted the request and hangs. ``stall_after`` sends the head and the first
+    ``stall_after`` bytes of the body, then nothing more, as ``stall``: a server that hangs
+    partway through a body. The proxy forwards such a request and cuts the upstream's
+    answer so (the other fields are then unused: the upstream's own Range handling answers
+    a resumed request); the fixture server cuts ``body``, whose whole length it announces,
+    and ignores any Range, as a server that resends a blob from its start.
     """
 
     status: int = 200
@@ -252,6 +253,9 @@ def _fixture_handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if reply.stall:
+                self._silent_until_the_client_hangs_up()
+                return
             self.send_response(reply.status)
             headers = {k.lower(): (k, v) for k, v in reply.headers.items()}
             for name, value in headers.values():
@@ -264,6 +268,10 @@ def _fixture_handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command == "HEAD":
                 return
+            if reply.stall_after is not None:
+                self.wfile.write(reply.body[: reply.stall_after])
+                self._silent_until_the_client_hangs_up()
+                return
             if reply.drip:
                 for i in range(0, len(reply.body), reply.drip):
                     self.wfile.write(reply.body[i : i + reply.drip])
@@ -271,6 +279,14 @@ def _fixture_handler(server: FixtureServer) -> type[BaseHTTPRequestHandler]:
                     time.sleep(reply.drip_interval)
             else:
                 self.wfile.write(reply.body)
+
+        def _silent_until_the_client_hangs_up(self) -> None:
+            """Send nothing more; return when the client closes the connection (or after
+            ``timeout`` s of it sending nothing either)."""
+            self.close_connection = True
+            with contextlib.suppress(OSError):  # a reset, or the socket timeout
+                while self.connection.recv(65536):
+                    pass
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
