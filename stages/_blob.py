@@ -9,15 +9,18 @@ transfer with ``SizeMismatch`` before it is passed on.
 The transfer is a series of *attempts*, each from a byte offset (``_attempt``). When one
 fails in a way another may cure (the body broke off, the connection reset, a 5xx or 429,
 an expired signed URL: ``transient`` on the error), ``stages/_retry.py`` waits and the
-next attempt starts at ``transfer.received`` with ``Range: bytes=N-`` (an attempt that
-received ``Limits.stall_progress_bytes`` before the server went silent is not a stall
-"in a row" for ``Limits.stall_retries``: the transfer moved). The registry must
+next attempt starts at ``transfer.received`` with ``Range: bytes=N-``. The registry must
 answer 206 from byte N, or 200 with the whole blob, of which the first N bytes are
 skipped; the digest, checked downstream over every byte once, proves the pieces belong
-together. The consumers downstream never see the seam: they receive the bytes once, in
-order. Each retry sends a ``layer-retrying`` event (``current``: the bytes kept). An
-attempt's error from the registry client (a stall, a broken connection) is given the
-bytes that had arrived by then, which that client does not know.
+together. An attempt to which the network delivered ``Limits.stall_progress_bytes``
+before the server went silent is not a stall "in a row" for ``Limits.stall_retries``:
+the server was sending, whether the bytes were kept or were the start of a resent blob,
+skipped (the rule gives up on a server that sends nothing; ``Limits.retries`` bounds one
+that resends and stalls for ever). The consumers downstream never see the seam: they
+receive the bytes once, in order. Each retry sends a ``layer-retrying`` event
+(``current``: the bytes kept). An attempt's error from the registry client (a stall, a
+broken connection) is given the bytes that had arrived by then, which that client does
+not know.
 
 A layer whose descriptor names ``urls`` (a foreign, non-distributable layer: Windows
 base layers) has more sources than the registry: when the registry's transfer fails
@@ -105,7 +108,8 @@ class _Transfer:
     reported_at: float = 0.0  # when the last progress event went out
     # Bytes the network delivered, kept or not: a 200 to a Range request resends the
     # blob from its start, and the part skipped took network time as the rest does.
-    # The slow-transfer check counts these; ``received`` (the bytes kept) is progress.
+    # The slow-transfer check and the stall rule (stall_progress_bytes) count these;
+    # ``received`` (the bytes kept) is what progress reports and where a resume starts.
     delivered: int = 0
     # The window of the slow-transfer check: when it opened (None: not yet, from this
     # source), bytes delivered by then, and the seconds since then that were not the
@@ -186,7 +190,7 @@ async def blob_stream(
                     functools.partial(attempt, place),
                     limits,
                     on_retry=report_retry,
-                    position=lambda: transfer.received,
+                    position=lambda: transfer.delivered,
                 )
             except ImagecError as error:
                 if len(places) == 1 or not _another_place_may_cure(error):

@@ -120,7 +120,8 @@ class Limits:
     # as progress rather than as one more stall in a row (for any other request, every
     # stall counts). When any byte counted, a server that sent a byte and then nothing,
     # on every attempt, held a layer for retries + 1 read timeouts; containers/image asks
-    # for 1 MiB since the last resume. 1: any byte.
+    # for 1 MiB since the last resume. 1: any byte. Bytes received, not kept: the start
+    # of a blob resent to a Range request, skipped, counts (the server was sending).
     stall_progress_bytes: int = 1 * MiB
     # The wait before retry n is retry_wait_s * 2**(n-1), at most retry_max_wait_s, of
     # which a random half (jitter: pulls that failed together do not return together).

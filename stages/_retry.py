@@ -9,10 +9,10 @@ alone decides what follows:
 - an error not marked transient is raised at once;
 - a stall (the server sent nothing for the read timeout: ``stalled_s`` on the error) is
   tried again at most ``limits.stall_retries`` times in a row while the request makes no
-  real progress (a layer: fewer than ``limits.stall_progress_bytes`` per attempt; any
-  other request: any stall), then raised, saying how many times it happened: each costs
-  the whole read timeout, and five of them held a pull five minutes on a server that had
-  hung, or that sent one byte per attempt;
+  real progress (a layer: fewer than ``limits.stall_progress_bytes`` delivered by the
+  network per attempt, kept or skipped; any other request: any stall), then raised,
+  saying how many times it happened: each costs the whole read timeout, and five of them
+  held a pull five minutes on a server that had hung, or that sent one byte per attempt;
 - after ``limits.retries`` retries, the last error is raised, saying how many attempts
   were made;
 - a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
@@ -120,10 +120,12 @@ async def retrying(
 
     ``on_retry(error, retry, wait_s)`` is called before each wait (progress events);
     every retry is also logged as a warning, so a pull that succeeded slowly says why.
-    ``position()`` says how far the work has got (a blob's bytes received): an attempt
-    that moved it by ``limits.stall_progress_bytes`` or more and then stalled made
-    progress, so it starts the count of stalls in a row again; one that moved it less (a
-    byte, then silence) is one more stall. Without it, every stall counts.
+    ``position()`` says how far the work has got (a blob's bytes delivered by the
+    network, those of a resent start that were skipped included: the server was
+    sending): an attempt that moved it by ``limits.stall_progress_bytes`` or more and
+    then stalled made progress, so it starts the count of stalls in a row again; one that
+    moved it less (a byte, then silence) is one more stall. Without it, every stall
+    counts.
     """
     retry = 0
     stalls = 0  # attempts in a row that ended in a stall having made no real progress

@@ -476,6 +476,29 @@ async def test_a_stall_after_less_than_stall_progress_bytes_is_one_more_stall_in
     assert b"".join(chunks) == BLOB[:2000]
 
 
+async def test_a_stall_in_a_resent_blob_counts_the_bytes_skipped_as_progress() -> None:
+    """A server that ignores Range resends the blob from its start and stalls 100 bytes
+    past the last attempt's end: 5000 bytes and more arrive per attempt, 100 are kept.
+    Counting the bytes kept, the second such stall was "2 times in a row" while the
+    server was sending; counting those that arrived, the retries go on."""
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001, stall_progress_bytes=4096
+    )
+    stops = iter([5000, 5100, 5200])
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        stop = next(stops, len(BLOB))
+        body = Body([BLOB[:stop]], fail=httpx.ReadTimeout("") if stop < len(BLOB) else None)
+        return httpx.Response(200, stream=body)
+
+    async with source_for(respond) as source:
+        chunks, events, _, error = await run_stage(source, limits=limits)
+    assert error is None
+    assert b"".join(chunks) == BLOB  # the resent starts are not passed on again
+    assert [offset for _, _, offset in source.calls] == [0, 5000, 5100, 5200]
+    assert [e.current for e in events if e.event == "layer-retrying"] == [5000, 5100, 5200]
+
+
 async def test_more_bytes_than_the_size_is_not_retried() -> None:
     async with source_for(body_of(BLOB + b"x")) as source:
         _, _, _, error = await run_stage(source, limits=RETRYING)

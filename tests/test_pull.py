@@ -794,6 +794,55 @@ async def test_a_quiet_spell_before_a_stall_does_not_make_the_resumed_layer_too_
     assert via.blob_gets(layer.digest) == 2  # the stalled attempt, then the resume
 
 
+async def test_a_blob_resent_whole_that_stalls_past_what_is_kept_is_not_a_stall_in_a_row(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """A storage server that ignores Range resends the layer from its start on every
+    resume and stalls a little past where the last attempt stopped: over 2 MiB a time,
+    of which the pull keeps 1000 bytes (the rest it has). Counting the bytes kept
+    against Limits.stall_progress_bytes (1 MiB), the second such attempt was "2 times in
+    a row" and the pull gave up, though the server was sending; counting the bytes that
+    arrived, the retries go on, and here the fourth request gets the whole layer."""
+    image = images.sample_image(
+        unique_seed, layer_size=3 * 1024 * 1024, compressions=("none",), with_empty_layer=False
+    )
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    first = 2 * 1024 * 1024
+    stops = [first, first + 1000, first + 2000]
+    cdn = fixture_server()
+    cdn.route(
+        f"/blob/{layer.digest}",
+        *(Reply(200, {}, layer.data, stall_after=stop) for stop in stops),
+        Reply(200, {}, layer.data),
+    )
+    via = proxy(registry)
+    via.inject(
+        f"*/blobs/{layer.digest}",
+        Reply(307, {"Location": f"{cdn.url}/blob/{layer.digest}"}),
+        times=None,
+    )
+    limits = pipeline.Limits(read_timeout_s=1.0, retry_wait_s=0.01)
+    store = Store.open(tmp_path / "s")
+    try:
+        with trio.fail_after(60):
+            await pipeline.pull(
+                f"{via.host}/{unique_repo}:1", store=store, options=options(limits=limits)
+            )
+    finally:
+        store.close()
+
+    asked = [r.headers.get("range") for r in cdn.requests if r.path == f"/blob/{layer.digest}"]
+    assert asked == [None, *(f"bytes={stop}-" for stop in stops)]
+    assert layer.digest in blob_names(tmp_path / "s")
+    assert_store_consistent(tmp_path / "s")
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""
