@@ -115,6 +115,17 @@ class _Endpoint:
     verify: bool
 
 
+@dataclass
+class _Asking:
+    """The server a block under ``RegistryClient._deadline`` is waiting on at the moment,
+    for the message that blames it when the deadline passes: None for the registry, else
+    as the message names it (``host[:port]`` of a storage server the registry redirected
+    to, of a layer's URL or where that redirected; the token service). ``_follow`` moves
+    it at each hop, and a response's body is read from the last one."""
+
+    server: str | None = None
+
+
 class RegistryClient:
     """Holds one httpx.AsyncClient per TLS mode (large socket reads, see ``_http``), the
     resolved endpoint (scheme) per registry host and the token cache."""
@@ -196,8 +207,8 @@ class RegistryClient:
         max_bytes: int,
     ) -> tuple[bytes, httpx.Headers]:
         """One attempt of ``get_bytes``."""
-        with self._deadline(ref, what, digest):
-            response = await self._open(ref, path, headers, what=what, digest=digest)
+        with self._deadline(ref, what, digest) as asking:
+            response = await self._open(ref, path, headers, what=what, digest=digest, asking=asking)
             try:
                 if response.status_code != 200:
                     raise RegistryError(
@@ -227,9 +238,9 @@ class RegistryClient:
         await retrying(functools.partial(self._authenticate_once, ref), self._limits)
 
     async def _authenticate_once(self, ref: Reference) -> None:
-        with self._deadline(ref, "authentication", None):
+        with self._deadline(ref, "authentication", None) as asking:
             endpoint = await self._endpoint(ref)
-            await self._authorization(ref, endpoint, stale=None)
+            await self._authorization(ref, endpoint, stale=None, asking=asking)
 
     def stream_blob(
         self, ref: Reference, digest: Digest, *, offset: int = 0
@@ -260,8 +271,11 @@ class RegistryClient:
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
         path = f"/v2/{ref.repository}/blobs/{digest}"
-        with self._deadline(ref, what, str(digest)):  # the body has the rate check instead
-            response = await self._open(ref, path, headers, what=what, digest=str(digest))
+        # The body has the rate check instead of the deadline.
+        with self._deadline(ref, what, str(digest)) as asking:
+            response = await self._open(
+                ref, path, headers, what=what, digest=str(digest), asking=asking
+            )
         try:
             self._check_blob_status(response, ref, digest, offset)
             try:
@@ -308,10 +322,11 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-"
         insecure = matches_insecure(url_authority(target), self._options.insecure_registries)
         origin = _Endpoint(url_authority(target), target, verify=not insecure)
-        with self._deadline(ref, what, str(digest), server=url_authority(target)):
+        with self._deadline(ref, what, str(digest)) as asking:
+            asking.server = self._server_of(ref, target)
             await self._refuse_internal_url(ref, target, shown, digest)
             response = await self._follow(
-                ref, origin, target, headers, None, what, str(digest), cookies=False
+                ref, origin, target, headers, None, what, str(digest), asking, cookies=False
             )
         try:
             if response.status_code >= 300:
@@ -527,23 +542,23 @@ class RegistryClient:
     # -- authorisation --------------------------------------------------------------------
 
     async def _authorization(
-        self, ref: Reference, endpoint: _Endpoint, *, stale: str | None
+        self, ref: Reference, endpoint: _Endpoint, *, stale: str | None, asking: _Asking
     ) -> str | None:
         """The Authorization header for ``ref``'s registry, or None if it wants none.
 
         ``stale`` is the header a request was just refused with: a cached token equal to
         it is not reused. The token service's errors (``_auth`` knows nothing of images)
-        are made to name ``ref``.
+        are made to name ``ref``. ``asking`` is moved to the token service while it is asked.
         """
         try:
-            return await self._authorization_for(ref, endpoint, stale=stale)
+            return await self._authorization_for(ref, endpoint, stale=stale, asking=asking)
         except ImagecError as exc:
             if exc.ref is None:
                 exc.ref = str(ref)
             raise
 
     async def _authorization_for(
-        self, ref: Reference, endpoint: _Endpoint, *, stale: str | None
+        self, ref: Reference, endpoint: _Endpoint, *, stale: str | None, asking: _Asking
     ) -> str | None:
         challenge = self._challenges.get(endpoint.authority)
         if challenge is None:
@@ -584,6 +599,7 @@ class RegistryClient:
                         ref=str(ref),
                     )
             await self._refuse_internal_realm(ref, url, authority)
+            asking.server = f"the token service at {url_authority(url)}"
             token = await fetch_token(
                 self._client_for(url),
                 url,
@@ -623,19 +639,20 @@ class RegistryClient:
     # -- requests -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _deadline(
-        self, ref: Reference, what: str, digest: str | None, *, server: str | None = None
-    ) -> Iterator[None]:
+    def _deadline(self, ref: Reference, what: str, digest: str | None) -> Iterator[_Asking]:
         """``RegistryUnavailable`` if the block takes longer than
         ``limits.response_deadline_s``: a server that sends a byte now and then, each
         inside the read timeout, would otherwise hold a pull for ever (RELIABILITY.md).
 
-        ``server`` is the ``host[:port]`` the block asks when that is not the registry (a
-        layer's URL), for the message to blame the right one."""
+        The block moves the ``_Asking`` it is given to each server it asks (the registry
+        to start with), for the message to blame the one that was being asked when the
+        time ran out: a storage server the registry redirected to, not the registry."""
         seconds = self._limits.response_deadline_s
+        asking = _Asking()
         with trio.move_on_after(seconds) as scope:
-            yield
+            yield asking
         if scope.cancelled_caught:
+            server = asking.server
             who = ref.api_host if server is None else server
             role = "the registry" if server is None else "that server"
             raise RegistryUnavailable(
@@ -653,11 +670,13 @@ class RegistryClient:
         *,
         what: str,
         digest: str | None,
+        asking: _Asking,
     ) -> httpx.Response:
         """An authorised GET with redirects followed; returns an open 2xx response.
 
         A 401 (or a 403 with a challenge) from the registry renews the authorisation
-        once and retries; the second refusal is an ``AuthError``.
+        once and retries; the second refusal is an ``AuthError``. ``asking`` follows the
+        request (``_deadline``).
         """
         if not _REPOSITORY.fullmatch(ref.repository):
             raise ValueError(f"not a repository name: {ref.repository!r:.100}")
@@ -666,8 +685,10 @@ class RegistryClient:
         stale: str | None = None
         renewed = False
         while True:
-            authorization = await self._authorization(ref, endpoint, stale=stale)
-            response = await self._follow(ref, endpoint, url, headers, authorization, what, digest)
+            authorization = await self._authorization(ref, endpoint, stale=stale, asking=asking)
+            response = await self._follow(
+                ref, endpoint, url, headers, authorization, what, digest, asking
+            )
             keep = False
             try:
                 status = response.status_code
@@ -705,6 +726,7 @@ class RegistryClient:
         authorization: str | None,
         what: str,
         digest: str | None,
+        asking: _Asking,
         *,
         cookies: bool = True,
     ) -> httpx.Response:
@@ -718,7 +740,8 @@ class RegistryClient:
         ``error_detail``. ``cookies`` False sends none of the client's cookie jar (a
         registry's session cookie is a credential too, and cookies match a host on any
         port) and stores none the responses set (a layer URL on the registry's host,
-        another port, would plant one the registry then receives).
+        another port, would plant one the registry then receives). ``asking`` is moved to
+        each URL as it is asked, for ``_deadline``'s message.
         """
         visited: set[str] = set()
         hops = 0
@@ -735,6 +758,7 @@ class RegistryClient:
             request = client.build_request("GET", current, headers=request_headers)
             if not cookies:
                 request.headers.pop("Cookie", None)
+            asking.server = self._server_of(ref, current)
             try:
                 with cookie_jar_used(cookies):  # nor stores what the response sets
                     response = await client.send(request, stream=True)
@@ -876,6 +900,11 @@ class RegistryClient:
         if endpoint is None:
             return url.host == host_of(ref.api_host)
         return _same_origin(url, endpoint.base_url)
+
+    def _server_of(self, ref: Reference, url: httpx.URL) -> str | None:
+        """The server of ``url`` as ``_Asking`` holds it: None on the registry's endpoint,
+        else its ``host[:port]`` (never its path or query: a signed URL's secrets)."""
+        return None if self._is_registry(ref, url) else url_authority(url)
 
     async def _status_error(
         self,

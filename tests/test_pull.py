@@ -1973,6 +1973,48 @@ async def test_a_storage_server_breaking_off_a_layer_is_blamed_not_the_registry(
         assert secret not in message, secret
 
 
+@pytest.mark.parametrize("blob", ["layer", "config"])
+async def test_a_storage_server_past_the_deadline_is_blamed_not_the_registry(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    blob: str,
+) -> None:
+    """The registry redirects a blob (a layer, streamed; the config, read whole) to a
+    storage server that accepts the request and never answers, and the response deadline
+    passes before the read timeout: the error named the registry ("<registry> took more
+    than 1 s ...; the registry or the network is stalling"), which had answered 307 at
+    once. It names the storage server, by its host and port."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    digest = image.layers[0].digest if blob == "layer" else image.config.digest
+    cdn = fixture_server()
+    cdn.route("/b", Reply(stall=True))
+    via = proxy(registry)
+    via.inject(f"*/blobs/{digest}", Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}))
+    limits = pipeline.Limits(response_deadline_s=1.0, read_timeout_s=30.0)
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    assert (
+        f"{cdn.host} took more than 1 s to answer for blob {digest}; that server or the"
+        " network is stalling"
+    ) in message, message
+    assert f"{via.host} took more than" not in message
+    for secret in URL_SECRETS:
+        assert secret not in message, secret
+    assert cdn.count("GET", "/b") == 1
+
+
 async def test_server_errors_and_rate_limits_are_waited_out(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -293,6 +293,35 @@ async def test_a_url_announcing_the_wrong_size_is_blamed_not_the_registry(
     assert_store_consistent(tmp_path / "store")
 
 
+async def test_a_url_redirecting_to_a_server_past_the_deadline_names_that_server(
+    registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # "<the URL's host> took more than 1 s": the URL had redirected at once; the server
+    # it redirected to (another port) never answered.
+    first, second = fixture_server(), fixture_server()
+    second.route("/layer", Reply(stall=True))
+    first.route("/layer", Reply(307, {"Location": f"{second.url}/layer"}))
+    foreign = foreign_layer(unique_seed, "oci")
+    image, _ = foreign_image(unique_seed, "oci", foreign, [f"{first.url}/layer"])
+    ref = push_without(registry, unique_repo, image, foreign)
+    limits = dataclasses.replace(QUICK, response_deadline_s=1.0, read_timeout_s=30.0)
+
+    with pytest.raises(pipeline.RegistryError) as info:  # with the registry's 404
+        await pipeline.pull(
+            ref,
+            store=Store.open(tmp_path / "store"),
+            options=PullOptions(platform=AMD64, limits=limits),
+        )
+
+    assert (
+        f"{second.host} took more than 1 s to answer for blob {foreign.digest} from"
+        f" {first.url}/layer; that server or the network is stalling"
+    ) in str(info.value), str(info.value)
+    assert f"{first.host} took more than" not in str(info.value)
+    assert [r.path for r in second.requests] == ["/layer"]
+    assert_store_consistent(tmp_path / "store")
+
+
 async def test_only_the_first_max_layer_urls_are_tried(
     registry: Any, fixture_server: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:

@@ -1856,6 +1856,26 @@ async def test_a_layers_url_that_stalls_is_blamed_not_the_registry() -> None:
     assert fake.requests[0].url.host == "cdn.example"
 
 
+async def test_a_token_service_past_the_deadline_is_blamed_not_the_registry() -> None:
+    # "reg.example took more than 0.2 s to answer for authentication": the registry had
+    # answered its challenge at once; the token service it named never answered.
+    fake = FakeRegistry(challenge=BEARER)
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    fake.routes["https://auth.example/token"] = never_answers  # type: ignore[assignment]
+    with trio.fail_after(5):
+        async with _client(fake, limits=Limits(response_deadline_s=0.2)) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await client.authenticate(REF)
+    assert info.value.message == (
+        "the token service at auth.example took more than 0.2 s to answer for"
+        " authentication; that server or the network is stalling, pull again"
+    )
+
+
 @pytest.mark.parametrize(
     ("failure", "said"),
     [
