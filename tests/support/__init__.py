@@ -17,4 +17,6 @@ Modules:
 - ``servers``: ``run_fixture_server()`` (programmed replies) and ``run_proxy(upstream)``
   (counts requests, throttles, adds latency, injects replies).
 - ``client``: a small sync httpx client that authenticates like docker (for setup/checks).
+- ``network``: a simulated network for the HTTP pool (hosts at "public" and "internal"
+  addresses served from loopback) and a DNS whose answers change (rebinding).
 """

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -137,7 +138,11 @@ class FixtureServer:
 
     @property
     def host(self) -> str:
-        return self.url.removeprefix("http://")
+        return self.url.partition("://")[2]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
 
     def route(self, path: str, *replies: Responder, method: str | None = None) -> None:
         """Answer ``path`` (exact, without query) with ``replies`` in turn; the last repeats.
@@ -310,13 +315,18 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
     @contextlib.contextmanager
-    def running(self, name: str) -> Iterator[str]:
-        """Serve from a daemon thread called ``name``; yield the base URL; on exit, stop
-        serving, close the socket and wait for the thread."""
+    def running(self, name: str, tls: ssl.SSLContext | None = None) -> Iterator[str]:
+        """Serve from a daemon thread called ``name``, over TLS with the server context
+        ``tls`` if given; yield the base URL; on exit, stop serving, close the socket and
+        wait for the thread."""
+        scheme = "http"
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
+            scheme = "https"
         thread = threading.Thread(target=self.serve_forever, name=name, daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{self.server_address[1]}"
+            yield f"{scheme}://127.0.0.1:{self.server_address[1]}"
         finally:
             self.shutdown()
             self.server_close()
@@ -324,12 +334,13 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def run_fixture_server() -> Iterator[FixtureServer]:
-    """A fixture registry on ``http://127.0.0.1:<port>``; ``/v2/`` answers 200 by default."""
+def run_fixture_server(tls: ssl.SSLContext | None = None) -> Iterator[FixtureServer]:
+    """A fixture registry on ``http://127.0.0.1:<port>`` (``https://`` with the server
+    context ``tls``); ``/v2/`` answers 200 by default."""
     state = FixtureServer()
     state.route("/v2/", Reply.json({}, headers={"Docker-Distribution-API-Version": "registry/2.0"}))
     httpd = LoopbackHTTPServer(("127.0.0.1", 0), _fixture_handler(state))
-    with httpd.running("fixture-server") as url:
+    with httpd.running("fixture-server", tls) as url:
         state.url = url
         yield state
 
@@ -489,7 +500,11 @@ class Proxy:
 
     @property
     def host(self) -> str:
-        return self.url.removeprefix("http://")
+        return self.url.partition("://")[2]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rpartition(":")[2])
 
     @property
     def rate(self) -> float | None:
