@@ -15,6 +15,12 @@ A host name counts as private when it resolves to a private address (``resolves_
 a public registry naming ``auth.corp`` that resolves to 169.254.169.254 is refused). An
 IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, Teredo, NAT64) is classified by
 the IPv4 address inside (``_classified``).
+
+A name is looked up once per registry client (``PinnedResolver``, ``stages/_http.py``):
+the checks classify its first answer, and the client's connections go to the addresses
+of that same answer, never looked up again. A name whose DNS answer changes after the
+check (DNS rebinding: a public address, then 169.254.169.254) still reaches only the
+public one; the registry's own name, which the checks compare against, is pinned too.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import contextlib
 import ipaddress
 import json
 import typing
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,7 +39,15 @@ import trio
 
 from ._config import Credentials, Limits
 from ._errors import AuthError
-from ._http import cookie_jar_used, describe_error, stalled_for, transient_failure
+from ._http import (
+    Resolver,
+    cookie_jar_used,
+    describe_error,
+    is_literal_host,
+    resolve_host,
+    stalled_for,
+    transient_failure,
+)
 from ._redact import cut_secrets, cut_tokens, recent_tokens, redact, remember_token
 from ._retry import parse_retry_after
 
@@ -371,26 +385,12 @@ def refused_address_class(target: Sequence[str], registry: Sequence[str]) -> str
     return None
 
 
-# Host name -> the addresses it resolves to (empty when it does not resolve).
-Resolver = Callable[[str], Awaitable[Sequence[str]]]
-
-
-async def resolve_host(host: str) -> list[str]:
-    """The addresses ``host`` resolves to, through the system resolver; empty on failure
-    (the request that follows then fails with its own, clearer error)."""
-    try:
-        infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
-    except OSError:
-        return []
-    # An IPv6 link-local address may carry its zone: "fe80::1%eth0".
-    return [str(info[4][0]).partition("%")[0] for info in infos]
-
-
 async def host_addresses(host: str, resolve: Resolver) -> list[str]:
-    """``host`` itself when it is an address literal or ``localhost``, else the addresses
-    it resolves to (none when it does not): what the address checks look at, resolved
-    once for all of them."""
-    if _ip(host) is not None or is_loopback_host(host):
+    """``host`` itself when it is an address literal or ``localhost`` (``is_literal_host``),
+    else the addresses it resolves to (none when it does not): what the address checks
+    look at. The registry client's ``resolve`` is the ``PinnedResolver`` its connections
+    use, so that these are the addresses a request to ``host`` can reach."""
+    if is_literal_host(host):
         return [host]
     return list(await resolve(host))
 

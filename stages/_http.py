@@ -9,6 +9,16 @@ transport of our own (the one httpx ships builds its own pool with the default b
 
 One client per TLS verification mode: ``open_client(..., verify=False)`` exists only for
 registries the user listed as insecure.
+
+Where a connection goes: the backend looks each host name up through a ``PinnedResolver``,
+the one the registry client's address checks (``stages/_auth.py``,
+``refused_address_class``) look names up through, and connects only to the addresses it
+answers, which are the same for as long as it lives (a pull). Left to httpcore, the name
+was looked up again at the connect: a name whose DNS answer changed between the check and
+the connect (DNS rebinding: a public address for the check, then 169.254.169.254) reached
+the address no check had seen. TLS still names the host (SNI, certificate check), not the
+address; a pooled connection was made to a pinned address of its origin's host, so reusing
+it goes nowhere the checks did not classify.
 """
 
 from __future__ import annotations
@@ -16,12 +26,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import http.cookiejar
+import ipaddress
+import math
 import os
+import socket
 import ssl
 import sys
 import typing
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import certifi
 import httpcore
@@ -36,12 +50,16 @@ __all__ = [
     "DeferredTrustContext",
     "LargeReadBackend",
     "LargeReadStream",
+    "PinnedResolver",
     "PoolTransport",
+    "Resolver",
     "cookie_jar_used",
     "describe_error",
+    "is_literal_host",
     "make_ssl_context",
     "shared_ssl_context",
     "open_client",
+    "resolve_host",
     "stalled_for",
     "tls_failure",
     "transient_failure",
@@ -122,12 +140,138 @@ class LargeReadStream(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
-class LargeReadBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's trio backend, with every stream wrapped in ``LargeReadStream``."""
+# Host name -> the addresses it resolves to (empty when it does not resolve).
+Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
-    def __init__(self, read_size: int, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+# How long a connection to one of a host's addresses is given before the next address is
+# tried alongside it (RFC 8305's "Connection Attempt Delay", trio's open_tcp_stream's).
+HAPPY_EYEBALLS_DELAY_S = 0.25
+
+
+async def resolve_host(host: str) -> list[str]:
+    """The addresses ``host`` resolves to, through the system resolver; empty on failure.
+
+    An IPv6 link-local address keeps its zone (``fe80::1%eth0``): a connection to it
+    needs it, and ``ipaddress`` classifies it as the address without."""
+    try:
+        return await _system_lookup(host)
+    except OSError:
+        return []
+
+
+async def _system_lookup(host: str) -> list[str]:
+    infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_literal_host(host: str) -> bool:
+    """An address literal (IPv6 with or without brackets) or ``localhost``: a host the
+    address checks classify as written, without a lookup, and that a connection reaches
+    without asking DNS (``localhost`` is the hosts file's)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _lookup_name(host: str) -> str:
+    """``host`` as a connection is asked for it: lowercase, an internationalised name in
+    its ASCII form, as httpx hands it to httpcore (``URL.raw_host``). The checks are given
+    ``URL.host``, the Unicode form: both must find the one lookup."""
+    if host.isascii():
+        return host.lower()
+    try:
+        return httpx.URL(scheme="https", host=host).raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError, ValueError):
+        return host.lower()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What a name resolved to: its ``addresses``, or, when none, the resolver's error
+    (``errno``, ``error``) that a connection to it fails with."""
+
+    addresses: tuple[str, ...]
+    errno: int = 0
+    error: str = ""
+
+
+class PinnedResolver:
+    """A ``Resolver`` that looks each host name up once: the first answer for a name (its
+    failure too) is that name's answer for as long as this object lives, one
+    ``RegistryClient``'s, one pull's.
+
+    The registry client's address checks (``stages/_auth.py``) and its connections
+    (``LargeReadBackend``) both ask here, so a request goes only to an address a check
+    classified. With a second lookup at the connect, a name whose DNS answer changed in
+    between (DNS rebinding: a public address, then 169.254.169.254 or 127.0.0.1) was
+    checked at one address and reached at the other; a failed first lookup (no address
+    to classify) let the second go anywhere. A pull that outlives a DNS change goes on
+    with the addresses it started with, as a browser pinning DNS does; the next pull
+    looks again. Tasks asking for a name being looked up wait for that lookup.
+
+    ``resolve`` None is the system resolver, whose error a failed connection then
+    reports ("Name or service not known"); tests pass a table. Address literals and
+    ``localhost`` are their own answer (``is_literal_host``).
+    """
+
+    def __init__(self, resolve: Resolver | None = None) -> None:
+        self._resolve = resolve
+        self._answers: dict[str, _Answer] = {}
+        self._lookups: dict[str, trio.Event] = {}
+
+    async def __call__(self, host: str) -> list[str]:
+        return list((await self.answer(host)).addresses)
+
+    async def answer(self, host: str) -> _Answer:
+        """``host``'s addresses, or why it has none."""
+        if is_literal_host(host):
+            return _Answer((host,))
+        name = _lookup_name(host)
+        while name not in self._answers:
+            lookup = self._lookups.get(name)
+            if lookup is None:
+                await self._look_up(name)
+            else:  # its answer, or, if it was cancelled, a lookup of our own
+                await lookup.wait()
+        return self._answers[name]
+
+    async def _look_up(self, name: str) -> None:
+        done = self._lookups[name] = trio.Event()
+        try:
+            if self._resolve is not None:
+                answer = _Answer(tuple(await self._resolve(name)))
+            else:
+                try:
+                    answer = _Answer(tuple(await _system_lookup(name)))
+                except OSError as exc:
+                    answer = _Answer((), exc.errno or 0, exc.strerror or str(exc))
+            if not answer.addresses and not answer.error:
+                answer = _Answer((), socket.EAI_NONAME, "the name resolves to no address")
+            self._answers[name] = answer
+        finally:
+            del self._lookups[name]
+            done.set()
+
+
+class LargeReadBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend, with every stream wrapped in ``LargeReadStream``, and
+    every TCP connection made to an address ``names`` answers for its host: the address
+    checks' (``PinnedResolver``), never one looked up again. ``inner`` connects to an
+    address (tests: a simulated network)."""
+
+    def __init__(
+        self,
+        read_size: int,
+        inner: httpcore.AsyncNetworkBackend | None = None,
+        names: PinnedResolver | None = None,
+    ) -> None:
         self._read_size = read_size
         self._inner = inner if inner is not None else httpcore.TrioBackend()
+        self._names = names if names is not None else PinnedResolver()
 
     async def connect_tcp(
         self,
@@ -137,8 +281,85 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        # The connect timeout covers the lookup too, as it did trio's open_tcp_stream's.
+        started = trio.current_time()
+        with trio.move_on_after(math.inf if timeout is None else timeout) as looking_up:
+            answer = await self._names.answer(host)
+        if looking_up.cancelled_caught:
+            raise httpcore.ConnectTimeout(f"looking up {host} took more than {timeout:g} s")
+        if not answer.addresses:  # as the stack's own lookup fails, in the resolver's words
+            failure = socket.gaierror(answer.errno, answer.error)
+            raise _caused(httpcore.ConnectError(f"{host}: {answer.error}"), failure)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (trio.current_time() - started))
+        options = list(socket_options or ())
+        if len(answer.addresses) == 1:
+            stream = await self._inner.connect_tcp(
+                answer.addresses[0], port, timeout, local_address, options
+            )
+        else:
+            stream = await self._connect_first(
+                answer.addresses, port, timeout, local_address, options
+            )
         return LargeReadStream(stream, self._read_size)
+
+    async def _connect_first(
+        self,
+        addresses: Sequence[str],
+        port: int,
+        timeout: float | None,  # noqa: ASYNC109 (httpcore's, per attempt)
+        local_address: str | None,
+        socket_options: list[httpcore.SOCKET_OPTION],
+    ) -> httpcore.AsyncNetworkStream:
+        """The first connection to one of ``addresses`` that succeeds, each tried when the
+        one before failed or ``HAPPY_EYEBALLS_DELAY_S`` after it started, IPv4 and IPv6
+        taking turns first (RFC 8305, as trio's ``open_tcp_stream`` tries what it
+        resolves): an address that does not answer costs a quarter second, not the
+        connect timeout. The others are cancelled, or closed when they connected too.
+        When none connects, ``ConnectTimeout`` if every attempt timed out, else
+        ``ConnectError``, from the attempts' errors."""
+        connected: list[httpcore.AsyncNetworkStream] = []
+        failures: list[Exception] = []
+
+        async def attempt(address: str, failed: trio.Event, nursery: trio.Nursery) -> None:
+            try:
+                stream = await self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failures.append(exc)
+                failed.set()
+                return
+            if connected:  # another attempt got there first
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                return
+            connected.append(stream)
+            nursery.cancel_scope.cancel()
+
+        done = False
+        try:
+            async with trio.open_nursery() as nursery:
+                for address in _interleaved(addresses):
+                    failed = trio.Event()
+                    nursery.start_soon(attempt, address, failed, nursery)
+                    with trio.move_on_after(HAPPY_EYEBALLS_DELAY_S):
+                        await failed.wait()
+            done = True
+        finally:
+            if not done and connected:  # cancelled from outside after one connected
+                with trio.CancelScope(shield=True):
+                    await connected[0].aclose()
+        if connected:
+            return connected[0]
+        timed_out = bool(failures) and all(
+            isinstance(failure, httpcore.ConnectTimeout) for failure in failures
+        )
+        error = httpcore.ConnectTimeout if timed_out else httpcore.ConnectError
+        message = f"no connection to any of {', '.join(addresses)} port {port}"
+        if not failures:
+            raise error(message)
+        raise _caused(error(message), ExceptionGroup("connection attempts", failures))
 
     async def connect_unix_socket(
         self,
@@ -151,6 +372,25 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def _caused(error: Exception, cause: BaseException) -> Exception:
+    """``error`` caused by ``cause``, also as its context: httpcore's pool re-raises what
+    a backend raised ``from None``, which keeps only the context, and ``describe_error``
+    finds the OS's words (``_chain``) there."""
+    error.__cause__ = error.__context__ = cause
+    return error
+
+
+def _interleaved(addresses: Sequence[str]) -> list[str]:
+    """``addresses`` with the first of the other family (IPv4, IPv6) moved second, as
+    RFC 6555 section 5.4 (and trio) order them: a host whose first family does not
+    connect gets its other tried after one delay, not after all of the first."""
+    first_is_v6 = ":" in addresses[0]
+    for index, address in enumerate(addresses):
+        if (":" in address) != first_is_v6:
+            return [addresses[0], address, *addresses[1:index], *addresses[index + 1 :]]
+    return list(addresses)
 
 
 # Most specific first: the first match wins.
@@ -353,16 +593,21 @@ async def open_client(
     *,
     verify: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    names: PinnedResolver | None = None,
+    network: httpcore.AsyncNetworkBackend | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An ``httpx.AsyncClient`` reading ``limits.chunk_size`` bytes per socket read.
 
     Redirects are not followed (the registry client follows them by hand, deciding at each
     hop which headers may go along); no environment proxies or netrc; HTTP/1.1 only. The
-    cookie jar can be shut for some requests (``cookie_jar_used``). ``transport``
-    replaces the pool (tests pass an ``httpx.MockTransport``).
+    cookie jar can be shut for some requests (``cookie_jar_used``). Connections go to
+    the addresses ``names`` answers (``LargeReadBackend``): the resolver the caller's
+    address checks use, or one of the client's own. ``transport`` replaces the pool
+    (tests pass an ``httpx.MockTransport``), ``network`` what the pool connects through
+    (tests: a simulated network of named hosts).
     """
     if transport is None:
-        transport = _pool_transport(options, limits, verify=verify)
+        transport = _pool_transport(options, limits, verify=verify, names=names, network=network)
     timeout = httpx.Timeout(
         connect=limits.connect_timeout_s,
         read=limits.read_timeout_s,
@@ -381,7 +626,14 @@ async def open_client(
         yield client
 
 
-def _pool_transport(options: RegistryOptions, limits: Limits, *, verify: bool) -> PoolTransport:
+def _pool_transport(
+    options: RegistryOptions,
+    limits: Limits,
+    *,
+    verify: bool,
+    names: PinnedResolver | None,
+    network: httpcore.AsyncNetworkBackend | None,
+) -> PoolTransport:
     pool = httpcore.AsyncConnectionPool(
         ssl_context=shared_ssl_context(options, verify=verify),
         max_connections=MAX_CONNECTIONS,
@@ -389,7 +641,7 @@ def _pool_transport(options: RegistryOptions, limits: Limits, *, verify: bool) -
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
         http1=True,
         http2=False,
-        network_backend=LargeReadBackend(limits.chunk_size),
+        network_backend=LargeReadBackend(limits.chunk_size, network, names),
     )
     return PoolTransport(pool)
 

@@ -22,6 +22,12 @@ error that points at ``--ca-file``), plain http if it does not. No other downgra
 a redirect either: plain http to another host only if that host could be a registry
 reached so, and a private or link-local host only from a registry on one
 (``_check_redirect``).
+
+The address checks (a token realm, a layer's URL, a redirect target) and the connections
+look each name up once, through one ``PinnedResolver`` per client: a request reaches a
+host only at an address its check classified, however the name's DNS answer changes
+after (DNS rebinding), and a kept-alive connection in the pool was made to such an
+address too.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import httpcore
 import httpx
 import structlog
 import trio
@@ -57,7 +64,6 @@ from ._auth import (
     quotable,
     read_bounded,
     refused_address_class,
-    resolve_host,
     token_url,
 )
 from ._config import Limits, RegistryOptions
@@ -71,6 +77,7 @@ from ._errors import (
     TooManyRequests,
 )
 from ._http import (
+    PinnedResolver,
     cookie_jar_used,
     describe_error,
     open_client,
@@ -128,7 +135,11 @@ class _Asking:
 
 class RegistryClient:
     """Holds one httpx.AsyncClient per TLS mode (large socket reads, see ``_http``), the
-    resolved endpoint (scheme) per registry host and the token cache."""
+    resolved endpoint (scheme) per registry host and the token cache.
+
+    ``resolve`` looks names up for the address checks; it must be the resolver the
+    clients connect through (``open`` builds both on one ``PinnedResolver``), or a check
+    and its connection may see different answers."""
 
     def __init__(
         self,
@@ -136,7 +147,7 @@ class RegistryClient:
         limits: Limits,
         verified: httpx.AsyncClient,
         unverified: httpx.AsyncClient,
-        resolve: Resolver = resolve_host,
+        resolve: Resolver,
     ) -> None:
         self._options = options
         self._limits = limits
@@ -157,15 +168,24 @@ class RegistryClient:
         limits: Limits,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        resolve: Resolver = resolve_host,
+        resolve: Resolver | None = None,
+        network: httpcore.AsyncNetworkBackend | None = None,
     ) -> AsyncIterator[RegistryClient]:
-        """Open the clients; ``transport`` replaces the network and ``resolve`` the name
-        lookups of the credential checks (tests: MockTransport and a table)."""
+        """Open the clients. Every name is looked up once, through ``resolve`` (None: the
+        system's), for the address checks and the connections alike (``PinnedResolver``:
+        a name whose answer changes after a check reaches only what the check saw).
+        ``transport`` replaces the pool, ``network`` what the pool connects through
+        (tests: MockTransport, a simulated network, and a table of names)."""
+        names = PinnedResolver(resolve)
         async with (
-            open_client(options, limits, verify=True, transport=transport) as verified,
-            open_client(options, limits, verify=False, transport=transport) as unverified,
+            open_client(
+                options, limits, verify=True, transport=transport, names=names, network=network
+            ) as verified,
+            open_client(
+                options, limits, verify=False, transport=transport, names=names, network=network
+            ) as unverified,
         ):
-            yield cls(options, limits, verified, unverified, resolve)
+            yield cls(options, limits, verified, unverified, names)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -391,7 +411,9 @@ class RegistryClient:
         literal, or what its name resolves to) when ``ref``'s registry is on no address
         of that class (``refused_address_class``): a place neither the manifest nor a
         redirect may send a request to. None when it may. The registry's own name is
-        looked up only when ``host`` is in such a class."""
+        looked up only when ``host`` is in such a class. Both answers are the ones the
+        connections use (``PinnedResolver``): a check that passes holds for the request
+        it let go."""
         addresses = await host_addresses(host, self._resolve)
         if refused_address_class(addresses, ()) is None:
             return None
@@ -820,7 +842,8 @@ class RegistryClient:
         plain-http registry or URL may not pass the request on to any http host), or a
         host on a link-local, loopback or private address when the registry is not on one
         (``_internal_kind``: a CDN redirect to a cloud metadata service). A redirect
-        within ``current``'s host goes where the request already went."""
+        within ``current``'s host goes where the request already went: the name's
+        addresses are pinned (``PinnedResolver``), not looked up again."""
         if target.host == current.host:
             return
         authority = url_authority(target)

@@ -18,12 +18,15 @@ from stages._errors import UsageError
 from stages._http import (
     DeferredTrustContext,
     LargeReadBackend,
+    PinnedResolver,
     describe_error,
     make_ssl_context,
     open_client,
     shared_ssl_context,
     tls_failure,
+    transient_failure,
 )
+from tests.support.network import DNS, Network
 
 BODY_SIZE = 8 << 20
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -264,3 +267,140 @@ def test_ssl_contexts_are_built_once_per_ca_file_version(tmp_path: Path) -> None
     second = shared_ssl_context(options, verify=True)
     assert second is not first
     assert second.cert_store_stats()["x509_ca"] == first.cert_store_stats()["x509_ca"] + 1
+
+
+# -- PinnedResolver and the connections made by what it answers ---------------------------
+
+
+async def _free_port() -> int:
+    """A loopback port nothing listens on (connecting to it is refused)."""
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+async def test_a_name_is_looked_up_once_by_all_its_askers() -> None:
+    """Tasks asking for a name at once share its one lookup; its answer holds after, also
+    for the name in another case or, internationalised, in its ASCII form (as httpx hands
+    it to the backend, where the checks are given ``URL.host``)."""
+    dns = DNS(
+        {
+            "reg.example": [["93.184.216.34"], ["169.254.169.254"]],
+            "xn--bcher-kva.example": [["93.184.216.35"], ["127.0.0.1"]],
+        }
+    )
+    names = PinnedResolver(dns)
+    answers: list[list[str]] = []
+
+    async def ask(host: str) -> None:
+        answers.append(await names(host))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(ask, "reg.example")
+        answers.append(await names("REG.example"))
+        assert await names("bücher.example") == ["93.184.216.35"]
+        assert await names("xn--bcher-kva.example") == ["93.184.216.35"]
+        # Literals and localhost are their own answer, never looked up.
+        assert await names("[::1]") == ["[::1]"]
+        assert await names("169.254.169.254") == ["169.254.169.254"]
+        assert await names("localhost") == ["localhost"]
+    assert answers == [["93.184.216.34"]] * 4
+    assert dns.lookups == {"reg.example": 1, "xn--bcher-kva.example": 1}
+
+
+async def test_a_lookup_cancelled_midway_is_made_again_by_the_next_asker() -> None:
+    started = trio.Event()
+    release = trio.Event()
+    asked: list[str] = []
+
+    async def slow(host: str) -> list[str]:
+        asked.append(host)
+        if len(asked) == 1:
+            started.set()
+            await release.wait()
+        return ["93.184.216.34"]
+
+    names = PinnedResolver(slow)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(names, "reg.example")
+            await started.wait()
+            nursery.cancel_scope.cancel()
+        assert await names("reg.example") == ["93.184.216.34"]
+    assert asked == ["reg.example", "reg.example"]
+
+
+async def test_the_backend_connects_to_literals_as_written_and_names_as_pinned() -> None:
+    """An IPv6 literal reaches the network without its brackets and without a lookup; a
+    name, at its pinned address, however the DNS answers after."""
+    dns = DNS({"reg.example": [["2606:2800:220:1::1"], ["::1"]]})
+    network = Network(dns)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, _answer_ok)
+            network.route("2606:2800:220:1::1", 443, port)
+            network.route("93.184.216.34", 443, port)
+            backend = LargeReadBackend(1 << 16, network, PinnedResolver(dns))
+            for host in ("2606:2800:220:1::1", "reg.example", "reg.example", "93.184.216.34"):
+                await (await backend.connect_tcp(host, 443)).aclose()
+            nursery.cancel_scope.cancel()
+    assert network.connects == [("2606:2800:220:1::1", 443)] * 3 + [("93.184.216.34", 443)]
+    assert dns.lookups == {"reg.example": 1}
+
+
+async def test_a_name_none_of_whose_addresses_answers_fails_as_they_did() -> None:
+    """Every address is tried, the other family second (RFC 6555 section 5.4); the error
+    is a ConnectError in the words of the first refusal."""
+    dns = DNS({"reg.example": [["93.184.216.1", "93.184.216.2", "2606:2800:220:1::1"]]})
+    network = Network(dns)
+    with trio.fail_after(5):
+        port = await _free_port()
+        for address in ("93.184.216.1", "93.184.216.2", "2606:2800:220:1::1"):
+            network.route(address, 443, port)
+        names = PinnedResolver(dns)
+        async with open_client(RegistryOptions(), Limits(), names=names, network=network) as client:
+            with pytest.raises(httpx.ConnectError) as info:
+                await client.get("https://reg.example/v2/")
+    assert [address for address, _ in network.connects] == [
+        "93.184.216.1",
+        "2606:2800:220:1::1",
+        "93.184.216.2",
+    ]
+    assert "refused" in describe_error(info.value).lower()
+    assert not transient_failure(info.value)
+
+
+async def test_a_name_that_does_not_resolve_fails_to_connect_in_the_resolvers_words() -> None:
+    names = PinnedResolver(DNS({}))
+    with trio.fail_after(5):
+        async with open_client(RegistryOptions(), Limits(), names=names) as client:
+            with pytest.raises(httpx.ConnectError) as info:
+                await client.get("https://nowhere.example/v2/")
+    assert describe_error(info.value) == "the name resolves to no address"
+    assert not transient_failure(info.value)
+
+
+async def test_a_lookup_that_hangs_is_a_connect_timeout() -> None:
+    """The connect timeout covers the name's lookup, as it did inside trio's
+    open_tcp_stream; the pin is not made, so the next connection looks again."""
+    asked: list[str] = []
+
+    async def hanging(host: str) -> list[str]:
+        asked.append(host)
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    names = PinnedResolver(hanging)
+    with trio.fail_after(5):
+        async with open_client(
+            RegistryOptions(), Limits(connect_timeout_s=0.1), names=names
+        ) as client:
+            for _ in range(2):
+                with pytest.raises(httpx.ConnectTimeout) as info:
+                    await client.get("https://slow.example/v2/")
+    assert describe_error(info.value) == "timed out connecting"
+    assert asked == ["slow.example", "slow.example"]

@@ -6,9 +6,10 @@ The real-registry round trips (plain, basic, token) are at the end of the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ from stages._registry import RegistryClient
 from stages._retry import retry_wait
 from stages._types import Descriptor, Digest, MediaType, Platform
 from tests.support.images import sample_image, sample_index
-from tests.support.servers import FixtureServer, Reply
+from tests.support.network import DNS, Network
+from tests.support.servers import FixtureServer, RecordedRequest, Reply, run_fixture_server
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:Async generator 'http(core|x)\._:ResourceWarning")
 
@@ -1911,3 +1913,203 @@ async def test_a_layers_url_retry_after_names_that_server() -> None:
         retry_wait(info.value, 1, Limits())
     assert "cdn.example asks to wait 3600 s, over the 60 s a pull waits" in str(retried.value)
     assert "registry" not in str(retried.value)
+
+
+# -- DNS rebinding: a name is reached only at the addresses its check classified ----------
+#
+# A simulated network (tests/support/network.py) puts "public" and "internal" hosts on
+# loopback servers, with TLS certificates that name the hosts; its DNS answers a rebinding
+# name with a public address on the first lookup and an internal one after. The check
+# looked the name up, then httpcore looked it up again to connect: the request went to
+# the second answer, which no check had seen.
+
+PUBLIC_REGISTRY = "93.184.216.34"
+METADATA = "169.254.169.254"
+
+
+@contextlib.contextmanager
+def _internet(
+    tmp_path: Path, hosts: dict[str, str], answers: dict[str, list[list[str]]]
+) -> Iterator[tuple[Network, dict[str, FixtureServer], RegistryOptions]]:
+    """A TLS fixture server on port 443 of each address in ``hosts`` (address -> what to
+    call its server), names answered from ``answers``, one certificate naming them all,
+    and the options that trust it."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*answers).configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    network = Network(DNS(answers))
+    servers: dict[str, FixtureServer] = {}
+    with contextlib.ExitStack() as stack:
+        for address, label in hosts.items():
+            servers[label] = stack.enter_context(run_fixture_server(server_context))
+            network.route(address, 443, servers[label].port)
+        yield network, servers, RegistryOptions(ca_file=ca_file)
+
+
+def _on(network: Network, options: RegistryOptions) -> Any:
+    return RegistryClient.open(
+        options, Limits(retries=0, connect_timeout_s=5.0), resolve=network.dns, network=network
+    )
+
+
+async def test_a_layers_url_whose_name_rebinds_is_fetched_from_the_checked_address(
+    tmp_path: Path,
+) -> None:
+    answers = {"files.example": [["93.184.216.40"], [METADATA]]}
+    hosts = {"93.184.216.40": "storage", METADATA: "metadata"}
+    with _internet(tmp_path, hosts, answers) as (network, servers, options):
+        servers["storage"].route("/layer", Reply(200, {}, BLOB))
+        servers["metadata"].route("/layer", Reply(200, {}, b"iam credentials"))
+        with trio.fail_after(20):
+            async with _on(network, options) as client:
+                body = await _read_from(client, REF, "https://files.example/layer?sig=S")
+    assert servers["metadata"].requests == []
+    assert body == BLOB
+    assert network.connects == [("93.184.216.40", 443)]
+    assert network.dns.lookups["files.example"] == 1  # checked and connected by one answer
+
+
+async def test_a_token_realm_whose_name_rebinds_gets_the_token_request_at_the_checked_address(
+    tmp_path: Path,
+) -> None:
+    answers = {
+        "reg.example": [[PUBLIC_REGISTRY]],
+        "auth.example": [["93.184.216.35"], [METADATA]],
+    }
+    hosts = {PUBLIC_REGISTRY: "registry", "93.184.216.35": "auth", METADATA: "metadata"}
+    challenge = Reply.challenge("https://auth.example/token", "reg.example")
+
+    def manifest(request: RecordedRequest) -> Reply:
+        if request.headers.get("authorization") != "Bearer tok":
+            return challenge
+        return Reply(200, {"Content-Type": "application/json"}, MANIFEST)
+
+    with _internet(tmp_path, hosts, answers) as (network, servers, options):
+        servers["registry"].route("/v2/", challenge)
+        servers["registry"].route("/v2/team/app/manifests/latest", manifest)
+        servers["auth"].route("/token", Reply.json({"token": "tok"}))
+        servers["metadata"].route("/token", Reply.json({"token": "metadata's"}))
+        with trio.fail_after(20):
+            async with _on(network, dataclasses.replace(options, credentials=CREDS)) as client:
+                body, _ = await client.get_bytes(
+                    REF, "manifests", "latest", accept=None, max_bytes=1000
+                )
+    assert servers["metadata"].requests == []  # nor the credentials sent with it
+    assert body == MANIFEST
+    assert servers["auth"].count(path="/token") == 1
+    assert not network.connected_to(METADATA)
+
+
+async def test_a_redirect_target_whose_name_rebinds_is_reached_at_the_checked_address(
+    tmp_path: Path,
+) -> None:
+    answers = {
+        "reg.example": [[PUBLIC_REGISTRY]],
+        "cdn.example": [["93.184.216.36"], ["127.0.0.1"]],
+    }
+    hosts = {PUBLIC_REGISTRY: "registry", "93.184.216.36": "cdn", "127.0.0.1": "daemon"}
+    with _internet(tmp_path, hosts, answers) as (network, servers, options):
+        servers["registry"].route(
+            f"/v2/team/app/blobs/{BLOB_DIGEST}",
+            Reply(307, {"Location": "https://cdn.example/blob?sig=SIGNED"}),
+        )
+        servers["cdn"].route("/blob", Reply(200, {}, BLOB))
+        servers["daemon"].route("/blob", Reply(200, {}, b"this machine's daemon"))
+        with trio.fail_after(20):
+            async with _on(network, options) as client:
+                body = await _read_from(client, REF, None)
+    assert servers["daemon"].requests == []
+    assert body == BLOB
+    assert not network.connected_to("127.0.0.1")
+    assert network.dns.lookups["cdn.example"] == 1
+
+
+async def test_a_name_that_did_not_resolve_for_its_check_does_not_resolve_to_connect(
+    tmp_path: Path,
+) -> None:
+    """A name with no address for the check (none to classify) answered the connect's own
+    lookup with the metadata address; the failed lookup is the name's answer now."""
+    answers = {"files.example": [[], [METADATA]]}
+    with _internet(tmp_path, {METADATA: "metadata"}, answers) as (network, servers, options):
+        servers["metadata"].route("/layer", Reply(200, {}, b"iam credentials"))
+        with trio.fail_after(20):
+            async with _on(network, options) as client:
+                with pytest.raises(RegistryUnavailable) as info:
+                    await _read_from(client, REF, "https://files.example/layer")
+    assert servers["metadata"].requests == []
+    assert "cannot connect to files.example (the name resolves to no address)" in str(info.value)
+    assert not info.value.transient
+
+
+async def test_a_kept_alive_connection_reaches_only_where_a_new_one_could(
+    tmp_path: Path,
+) -> None:
+    """A layer URL on a private host, fetched for a registry on the same private network,
+    leaves a connection in the pool. The same client is then asked for that URL for a
+    public registry, and the name now answers a public address: the check passed on the
+    new answer and the pooled connection took the request to the private host. The name
+    keeps its first answer, so the check refuses it as a new connection would be."""
+    answers = {
+        "mirror.corp": [["10.0.0.5"]],
+        "reg.example": [[PUBLIC_REGISTRY]],
+        "files.corp": [["10.0.0.6"], ["93.184.216.50"]],
+    }
+    hosts = {"10.0.0.6": "private", "93.184.216.50": "public"}
+    url = "https://files.corp/layer"
+    with _internet(tmp_path, hosts, answers) as (network, servers, options):
+        for server in servers.values():
+            server.route("/layer", Reply(200, {}, BLOB))
+        with trio.fail_after(20):
+            async with _on(network, options) as client:
+                assert await _read_from(client, parse_reference("mirror.corp/team/app"), url)
+                with pytest.raises(RegistryError) as info:
+                    await _read_from(client, REF, url)
+    assert servers["private"].count(path="/layer") == 1
+    assert servers["public"].requests == []
+    assert (
+        f"the URL {url} for layer {BLOB_DIGEST} is on a private address and the registry"
+        " reg.example is not; refused"
+    ) in info.value.message
+    assert network.connects == [("10.0.0.6", 443)]
+
+
+async def test_a_name_with_several_addresses_is_reached_at_the_one_that_answers(
+    tmp_path: Path,
+) -> None:
+    """The addresses of a pinned name are tried in turn (the first here is routed nowhere),
+    the certificate still checked against the name, not the address."""
+    answers = {"files.example": [["93.184.216.41", "93.184.216.42"]]}
+    with _internet(tmp_path, {"93.184.216.42": "storage"}, answers) as (
+        network,
+        servers,
+        options,
+    ):
+        servers["storage"].route("/layer", Reply(200, {}, BLOB))
+        with trio.fail_after(20):
+            async with _on(network, options) as client:
+                assert await _read_from(client, REF, "https://files.example/layer") == BLOB
+    assert network.connects == [("93.184.216.41", 443), ("93.184.216.42", 443)]
+
+
+async def test_a_registry_whose_own_name_rebinds_is_classified_where_it_was_reached(
+    tmp_path: Path,
+) -> None:
+    """The registry is compared by its own addresses: looked up again for the check, a
+    rebinding registry name answered the metadata address and so was "on" link-local,
+    and its link-local token realm passed. It is where its connections went."""
+    answers = {"reg.example": [[PUBLIC_REGISTRY], [METADATA]]}
+    hosts = {PUBLIC_REGISTRY: "registry", METADATA: "metadata"}
+    with _internet(tmp_path, hosts, answers) as (network, servers, options):
+        servers["registry"].route("/v2/", Reply.challenge(f"https://{METADATA}/token", "reg"))
+        servers["metadata"].route("/token", Reply.json({"token": "metadata's"}))
+        with trio.fail_after(20):
+            async with _on(network, options) as client:
+                with pytest.raises(AuthError) as info:
+                    await client.authenticate(REF)
+    assert not network.connected_to(METADATA)
+    assert (
+        f"reg.example named a token service on the link-local address {METADATA}; refused"
+        in info.value.message
+    )
