@@ -324,6 +324,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    """Whether the database has a schema: one that has none was created a moment ago, or
+    was emptied (``Store._refuse_empty_database``)."""
+    return conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None
+
+
 def _listed_refs(manifests: list[dict[str, Any]]) -> list[str]:
     """The reference names index.json entries carry (``org.opencontainers.image.ref.name``)."""
     names = set()
@@ -673,7 +679,8 @@ class Store:
     @classmethod
     def open_existing(cls, path: str | os.PathLike[str] | None = None) -> Store | None:
         """Open the store at ``path`` (as ``open`` finds it) to read it only; None when
-        there is no store there yet.
+        there is no store there yet (or its creation stopped before its database had a
+        schema).
 
         For the commands that only look (images, layers, inspect): nothing is created,
         locked, migrated, repaired or swept, so a mistyped ``--store`` leaves nothing
@@ -705,6 +712,10 @@ class Store:
             store._check_layout(where / LAYOUT_FILE)
             with store._db() as conn:
                 version = store._schema_version(conn)
+                empty = not _has_tables(conn)
+            if empty:  # its creation stopped short, or the database was emptied
+                store._refuse_empty_database()
+                return None
         if version < SCHEMA_VERSION:
             raise StoreError(
                 f"store {where} has database schema version {version}, older than this "
@@ -766,24 +777,49 @@ class Store:
         """
         if DB_FILE in names:
             return
+        self._refuse_unrecorded_images(
+            f"has no database {DB_FILE}",
+            "the database was deleted or moved, or another tool wrote this OCI layout",
+            unless_created=True,
+        )
+
+    def _refuse_unrecorded_images(
+        self, what: str, cause: str, *, unless_created: bool = False
+    ) -> None:
+        """Raise StoreError if ``index.json`` lists images or ``blobs/`` holds blobs: the
+        store ``what`` (has no database, or an empty one), so none of them is recorded.
+
+        ``unless_created``: not if the database appeared meanwhile (another process's
+        ``_init`` made it; its blobs come after).
+        """
         index = self._read_index()
         manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
         blobs = 0
         with contextlib.suppress(FileNotFoundError), os.scandir(self._blobs) as entries:
             blobs = sum(1 for _ in entries)
-        if not (manifests or blobs) or self._db_path.exists():
+        if not (manifests or blobs) or (unless_created and self._db_path.exists()):
             return
         refs = _listed_refs(manifests)
         shown = " ".join(refs[:_REFS_SHOWN])
         if len(refs) > _REFS_SHOWN:
             shown += f" (and {len(refs) - _REFS_SHOWN} more in {INDEX_FILE})"
         raise StoreError(
-            f"store {self.path} has no database {DB_FILE}, but {INDEX_FILE} lists "
+            f"store {self.path} {what}, but {INDEX_FILE} lists "
             f"{_count(len(manifests), 'image')} and {BLOBS_DIR}/ holds {_count(blobs, 'blob')}: "
-            "the database was deleted or moved, or another tool wrote this OCI layout; "
-            "without it nothing here can be listed or trusted. "
+            f"{cause}; without it nothing here can be listed or trusted. "
             f"Put {DB_FILE} back if you can; otherwise move the store aside (or choose "
             "another with --store) and pull again" + (f": {shown}" if refs else "")
+        )
+
+    def _refuse_empty_database(self) -> None:
+        """Refuse a store whose ``imagec.db`` holds no tables while its images are there:
+        a database file truncated to nothing, or replaced by an empty one. ``open`` used
+        to set the schema up in it as in a new store, which forgot every image as a
+        deleted database did before ``_refuse_lost_database``. A store whose creation
+        stopped before its schema was committed has no blobs yet."""
+        self._refuse_unrecorded_images(
+            f"has an empty database {DB_FILE} (no tables)",
+            "the database file was emptied or replaced (truncated, or copied short)",
         )
 
     def _hold_wal_open(self) -> sqlite3.Connection:
@@ -917,6 +953,8 @@ class Store:
 
     def _init_db(self) -> None:
         with self._db(create=True) as conn:
+            if not _has_tables(conn):  # before anything is written to it
+                self._refuse_empty_database()
             conn.execute("PRAGMA journal_mode = WAL")
             version = self._schema_version(conn)
             if version == SCHEMA_VERSION:

@@ -886,6 +886,55 @@ def test_a_store_without_images_or_database_is_still_opened(tmp_path: Path) -> N
         assert store.list_images() == []
 
 
+@pytest.mark.parametrize("emptied", ["truncated", "replaced"])
+def test_a_store_whose_database_was_emptied_is_refused_not_emptied(
+    tmp_path: Path, emptied: str
+) -> None:
+    """An imagec.db cut to 0 bytes (or swapped for a new, empty SQLite file) has schema
+    version 0: ``open`` set the schema up in it as in a new store, and the images in
+    index.json and blobs/ were nobody's, as with a deleted database; ``open_existing``
+    said "a pull into it upgrades it". Both now refuse it as they refuse a deleted one,
+    and touch nothing."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+        pull_into(store, ALPINE, docker=True, platform=ARM64)
+    for name in os.listdir(store.path):
+        if name.startswith("imagec.db-"):
+            (store.path / name).unlink()
+    if emptied == "truncated":
+        (store.path / "imagec.db").write_bytes(b"")
+    else:
+        (store.path / "imagec.db").unlink()
+        sqlite3.connect(store.path / "imagec.db").close()
+    blobs = len(os.listdir(store.path / "blobs" / "sha256"))
+    before = sorted(os.listdir(store.path)), _files(store.path)
+
+    for opener in (Store.open, Store.open_existing):
+        with pytest.raises(StoreError) as info:
+            opener(store.path)
+        message = str(info.value)
+        assert message.startswith(
+            f"store {store.path} has an empty database imagec.db (no tables), but index.json "
+            f"lists 2 images and blobs/ holds {blobs} blobs: the database file was emptied"
+        )
+        assert "Put imagec.db back if you can; otherwise move the store aside" in message
+        assert message.endswith(f"pull again: {APP} {ALPINE}")
+        assert (sorted(os.listdir(store.path)), _files(store.path)) == before
+
+
+def test_a_store_whose_creation_stopped_before_its_schema_is_opened(tmp_path: Path) -> None:
+    # Killed between making imagec.db and committing its schema: nothing pulled yet.
+    Store.open(tmp_path / "s").close()
+    for name in os.listdir(tmp_path / "s"):
+        if name.startswith("imagec.db"):
+            (tmp_path / "s" / name).unlink()
+    (tmp_path / "s" / "imagec.db").write_bytes(b"")
+
+    assert Store.open_existing(tmp_path / "s") is None
+    with Store.open(tmp_path / "s") as store:
+        assert store.list_images() == []
+
+
 def test_a_database_deleted_under_an_open_store_is_not_made_again(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     resolved = pull_into(store, APP)
