@@ -1949,20 +1949,23 @@ class Store:
         in ``blobs/`` would go unnoticed by later pulls (RELIABILITY.md: "a bit-rotted
         blob found by ``verify``"). Layers are checked by size and by the xxh3 recorded
         when they were pulled (reading at disk speed), or by sha256 when ``full``; other
-        blobs (manifests, indexes, configs: small) by sha256 always. A layer whose file is
-        missing is damage too: ``index.json`` lists images that need it; one that ``rm``
-        or ``gc`` removes, record and file, while this runs is not (``_still_missing``).
+        blobs (manifests, indexes, configs: small) by sha256 always. A recorded blob whose
+        file is missing is damage too, a layer's or one of an image's manifests, index or
+        config (``inspect`` fails on it, and OCI tools reading the layout); one that
+        ``rm`` or ``gc`` removes, record and file, while this runs is not
+        (``_still_missing``).
         """
         with self._errors("list the store's layers"), self._db() as conn:
             layers = {
                 row[0]: (row[1], row[2])
                 for row in conn.execute("SELECT digest, size, xxh3 FROM layers")
             }
+            needed = self._recorded_blobs(conn)
         damage: list[tuple[Digest, str, str, int | None]] = []
         checked = 0
         with self._errors("verify the store's blobs"):
             names = {p.name for p in self._blobs.iterdir()}
-            gone = [Digest.parse(text) for text in layers if Digest.parse(text).hex not in names]
+            gone = [Digest.parse(text) for text in needed if Digest.parse(text).hex not in names]
             for name in sorted(names):
                 if not _HEX64.fullmatch(name):
                     continue
@@ -1972,14 +1975,17 @@ class Store:
                     inode = self._blob_path(digest).stat().st_ino  # before reading: see BlobDamage
                     problem = self._blob_problem(digest, record, full=full)
                 except FileNotFoundError:  # removed since the listing: see _still_missing
-                    if record is not None:
+                    if str(digest) in needed:
                         gone.append(digest)
                     continue
                 checked += 1
                 if problem is not None:
                     kind = "blob" if record is None else "layer"
                     damage.append((digest, kind, problem, inode))
-            missing = [(d, "layer", "missing", None) for d in self._still_missing(gone)]
+            missing = [
+                (d, "layer" if str(d) in layers else "blob", "missing", None)
+                for d in self._still_missing(gone)
+            ]
         damage = [*missing, *damage]
         users = self._refs_using({item[0] for item in damage})
         return checked, [
@@ -1987,18 +1993,34 @@ class Store:
             for digest, kind, problem, inode in damage
         ]
 
-    def _still_missing(self, layers: list[Digest]) -> list[Digest]:
-        """Of these layers, found without a file, those that still have a record and
-        still no file: the damage. ``rm`` and ``gc`` delete a layer's record, then its
-        file, and may do so while ``verify`` reads the store (they do not wait for it); a
-        layer whose record went too was removed, not damaged, and is no longer listed
+    @staticmethod
+    def _recorded_blobs(conn: sqlite3.Connection) -> set[str]:
+        """The digests whose files the records say are in ``blobs/``: every layer, and
+        every image's manifest (the registry's and the one index.json lists), config,
+        and the index each reference resolved to. ``record_image`` writes them before
+        the rows that name them; ``rm`` and ``gc`` delete the rows first."""
+        recorded: set[str] = set()
+        for query in (
+            "SELECT digest FROM layers",
+            "SELECT manifest_digest, config_digest, oci_manifest_digest FROM images",
+            "SELECT resolved_digest FROM refs",
+        ):
+            for row in conn.execute(query):
+                recorded.update(str(d) for d in row)
+        return recorded
+
+    def _still_missing(self, blobs: list[Digest]) -> list[Digest]:
+        """Of these blobs, found without a file, those that records still name and that
+        still have no file: the damage. ``rm`` and ``gc`` delete the records, then the
+        files, and may do so while ``verify`` reads the store (they do not wait for it); a
+        blob whose records went too was removed, not damaged, and is no longer listed
         when its file is found gone."""
-        if not layers:
+        if not blobs:
             return []
         with self._db() as conn:
-            recorded = {str(row[0]) for row in conn.execute("SELECT digest FROM layers")}
+            recorded = self._recorded_blobs(conn)
         return sorted(
-            (d for d in set(layers) if str(d) in recorded and not self._blob_path(d).exists()),
+            (d for d in set(blobs) if str(d) in recorded and not self._blob_path(d).exists()),
             key=str,
         )
 

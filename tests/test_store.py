@@ -1421,3 +1421,31 @@ def test_repair_removes_a_damaged_blob_but_not_a_good_copy_renamed_in_since(
     store.remove_damaged(store.verify()[1])
     assert not path.exists()
     assert not store.layer_committed(layer.descriptor.digest)  # the next pull downloads it
+
+
+def test_verify_finds_an_images_missing_manifest_index_and_config(tmp_path: Path) -> None:
+    """Only a missing layer was damage: with an image's config, manifest or index gone
+    from blobs/, verify said "none damaged" and exited 0 while ``inspect`` failed on
+    the image and OCI tools could not read it. Each is now damage, named with the
+    references that need it; the file of a blob removed with its records is not."""
+    store = Store.open(tmp_path / "s")
+    resolved = pull_into(store, APP, with_index=True)
+    other = pull_into(store, ALPINE, docker=True, platform=ARM64)
+    assert resolved.index_bytes is not None
+    gone = sorted(
+        [resolved.config.digest, resolved.manifest_digest, resolved.resolved_digest], key=str
+    )
+    for digest in gone:
+        (store.path / "blobs" / "sha256" / digest.hex).unlink()
+
+    checked, damage = store.verify()
+
+    assert [(d.digest, d.kind, d.problem, d.refs) for d in damage] == [
+        (digest, "blob", "missing", (str(APP),)) for digest in gone
+    ]
+    assert checked == len(list((store.path / "blobs" / "sha256").iterdir()))
+
+    store.remove_images([str(APP)])  # records and files of APP's image go: no damage left
+    assert store.verify()[1] == []
+    assert [r.ref for r in store.list_images()] == [str(ALPINE)]
+    assert store.read_blob(other.config.digest) == other.config_bytes
