@@ -1953,8 +1953,11 @@ class Store:
         file is missing is damage too, a layer's or one of an image's manifests, index or
         config (``inspect`` fails on it, and OCI tools reading the layout); one that
         ``rm`` or ``gc`` removes, record and file, while this runs is not
-        (``_still_missing``).
+        (``_still_missing``). An ``index.json`` that cannot be read raises StoreError, as
+        it makes every pull, ``rm`` and ``gc`` in the store do: it is no sound store.
         """
+        with self._errors("read index.json"):
+            self._read_index()
         with self._errors("list the store's layers"), self._db() as conn:
             layers = {
                 row[0]: (row[1], row[2])

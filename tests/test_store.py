@@ -1449,3 +1449,22 @@ def test_verify_finds_an_images_missing_manifest_index_and_config(tmp_path: Path
     assert store.verify()[1] == []
     assert [r.ref for r in store.list_images()] == [str(ALPINE)]
     assert store.read_blob(other.config.digest) == other.config_bytes
+
+
+@pytest.mark.parametrize("damaged", [b'{"schemaVersion": 2, "manifests": [', b"[]"])
+def test_verify_refuses_an_index_json_that_pull_rm_and_gc_refuse(
+    tmp_path: Path, damaged: bytes
+) -> None:
+    # verify found "none damaged" in a store every command that writes it refused.
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    (store.path / "index.json").write_bytes(damaged)
+    reader = Store.open_existing(store.path)
+    assert reader is not None
+
+    with pytest.raises(StoreError) as verifying:
+        reader.verify()
+    with pytest.raises(StoreError) as opening:
+        Store.open(store.path)
+    assert str(verifying.value) == str(opening.value)
+    assert str(verifying.value).startswith(f"{store.path / 'index.json'} is not ")
