@@ -405,6 +405,8 @@ def _doing(args: argparse.Namespace) -> str:
             return f"listing the layers of {args.ref}"
         case "inspect":
             return f"inspecting {args.ref}"
+        case "verify":
+            return "verifying the store"
         case "rm" | "rmi":
             return f"removing {' '.join(args.refs)}"
         case "gc" | "prune":

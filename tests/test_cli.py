@@ -750,6 +750,29 @@ def test_store_that_cannot_be_opened_exits_1(
     assert "Traceback" not in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "doing"),
+    [
+        (["images"], "listing images"),
+        (["layers", REF], f"listing the layers of {REF}"),
+        (["inspect", REF], f"inspecting {REF}"),
+        (["verify"], "verifying the store"),
+        (["verify", "--repair"], "verifying the store"),
+        (["rm", REF], f"removing {REF}"),
+        (["gc"], "pruning the store"),
+    ],
+)
+def test_every_store_command_says_what_it_was_doing_when_it_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], doing: str
+) -> None:
+    # verify's line read "imagec-pipe: error: verify: store path … is not a directory".
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    assert main([*argv, "--store", str(not_a_dir)]) == EXIT_FAILED
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"imagec-pipe: error: {doing}: store path {not_a_dir} exists and is")
+
+
 def _needs_parse_reference() -> None:
     from stages._reference import parse_reference
 
@@ -882,7 +905,7 @@ def test_a_store_that_lost_its_database_is_an_error_not_an_empty_store(
     (store_dir / "imagec.db").unlink()
     for argv, doing in (
         (["images"], "listing images"),
-        (["verify"], "verify"),
+        (["verify"], "verifying the store"),
         (["pull", REF, "-q"], f"pulling {REF}"),
     ):
         assert main([*argv, "--store", str(store_dir)]) == EXIT_FAILED
