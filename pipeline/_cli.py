@@ -769,7 +769,7 @@ def _cmd_rmi(args: argparse.Namespace) -> int:
         )
     with Store.open(where) as store:
         removal = store.remove_images(args.refs)
-    _print_removal(removal, json_output=args.json, total=False)
+    _print_removal(removal, json_output=args.json, total=False, done="the images are removed")
     return EXIT_OK
 
 
@@ -782,19 +782,24 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     else:
         with Store.open(where) as store:
             removal = store.prune()
-    _print_removal(removal, json_output=args.json, total=True)
+    _print_removal(removal, json_output=args.json, total=True, done="the store is pruned")
     return EXIT_OK
 
 
-def _print_removal(removal: Removal, *, json_output: bool, total: bool) -> None:
+def _print_removal(removal: Removal, *, json_output: bool, total: bool, done: str) -> None:
+    """What ``rm`` or ``gc`` removed. It is removed by now: output that cannot be written
+    (``> file`` on a full disk) is a warning saying so (``done``), as a pull's is, not a
+    failure that reads as if nothing was removed and that a script would retry (an ``rm``
+    run again finds no image and fails)."""
     if json_output:
-        _print_json(to_jsonable(removal))
-        return
-    lines = [f"Untagged: {ref}\n" for ref in removal.untagged]
-    lines += [f"Deleted: {digest}\n" for digest in removal.deleted_blobs]
-    if total:
-        lines.append(f"Total reclaimed space: {human_size(removal.reclaimed_bytes)}\n")
-    _write_out("".join(lines))
+        text = json.dumps(to_jsonable(removal), indent=2) + "\n"
+    else:
+        lines = [f"Untagged: {ref}\n" for ref in removal.untagged]
+        lines += [f"Deleted: {digest}\n" for digest in removal.deleted_blobs]
+        if total:
+            lines.append(f"Total reclaimed space: {human_size(removal.reclaimed_bytes)}\n")
+        text = "".join(lines)
+    _write_out(text, done=done)
 
 
 def _json_blob(store: Store, digest: Digest) -> Any:
@@ -822,17 +827,22 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     _write_out("".join(lines))
 
 
-def _write_out(text: str) -> None:
+def _write_out(text: str, *, done: str | None = None) -> None:
     """A command's output, flushed now: a failure (a full disk under ``> file``) is then
     reported as such here, not as an internal error, nor lost at the exit's flush.
-    EPIPE (``| head``) stays a ``BrokenPipeError`` for ``main`` to end quietly."""
+    EPIPE (``| head``) stays a ``BrokenPipeError`` for ``main`` to end quietly.
+
+    ``done``: the command's work is done whatever happens to its output (``rm``, ``gc``);
+    a failure is then a warning ending with it, and the command succeeds."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise ImagecError(f"cannot write the output to stdout: {exc.strerror or exc}") from exc
+        if done is None:
+            raise ImagecError(f"cannot write the output to stdout: {exc.strerror or exc}") from exc
+        error_line(f"warning: the output to stdout is incomplete ({exc.strerror or exc}); {done}")
 
 
 def _ago(when: datetime) -> str:

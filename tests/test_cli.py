@@ -897,6 +897,40 @@ def test_inspect(
         assert "index" not in out
 
 
+@pytest.mark.parametrize(
+    ("argv", "done"),
+    [
+        (["rm", REF], "the images are removed"),
+        (["rm", REF, "--json"], "the images are removed"),
+        (["gc"], "the store is pruned"),
+    ],
+)
+def test_a_removal_whose_output_cannot_be_written_says_it_is_done(
+    stored_image: StoredImage, store_dir: Path, argv: list[str], done: str
+) -> None:
+    """``rm > file`` on a full disk removed the image, then failed (exit 1) with
+    "error: removing REF: cannot write the output to stdout", which reads as if nothing
+    was removed; the ``rm`` a script then retries finds no image. As for a pull whose
+    output is lost, it is a warning saying what was done."""
+    with open("/dev/full", "w") as full:
+        done_run = subprocess.run(
+            [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(store_dir)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
+    assert done_run.returncode == EXIT_OK, done_run.stderr
+    assert done_run.stderr == (
+        "imagec-pipe: warning: the output to stdout is incomplete (No space left on "
+        f"device); {done}\n"
+    )
+    reader = Store.open_existing(store_dir)
+    assert reader is not None
+    assert (reader.find_image(REF) is None) == (argv[0] == "rm")
+
+
 def test_a_store_that_lost_its_database_is_an_error_not_an_empty_store(
     stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
