@@ -715,6 +715,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_UNUSED_MISSING = "no reference uses them; `imagec-pipe gc` removes their records\n"
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     """A store's blobs are trusted by later pulls once committed; this finds those that
     changed on disk since. Read-only unless ``--repair``."""
@@ -724,7 +727,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         # script reading --json gets its object either way.
         error_line(f"no store at {where} yet: nothing to verify")
     checked, damage = (0, []) if store is None else store.verify(full=args.full)
-    if damage and args.repair:
+    # A missing blob has no file to remove: pulling its images again puts it back.
+    removed = args.repair and any(not item.missing for item in damage)
+    if removed:
         with Store.open(where) as writable:
             writable.remove_damaged(damage)
     refs = sorted({ref for item in damage for ref in item.refs})
@@ -741,18 +746,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                     }
                     for item in damage
                 ],
-                "removed": bool(damage and args.repair),
+                "removed": removed,
             }
         )
         return EXIT_FAILED if damage else EXIT_OK
     lines = [f"{item.digest}: {item.kind}: {item.problem}\n" for item in damage]
     summary = f"{checked} blobs checked in {where}: {len(damage) or 'none'} damaged\n"
-    if damage and args.repair:
+    if removed:
         summary += "removed the damaged blobs"
         summary += f"; pull again: {' '.join(refs)}\n" if refs else "\n"
-    elif damage:
+    elif any(not item.missing for item in damage):
         summary += "run `imagec-pipe verify --repair` to remove them"
         summary += f", then pull again: {' '.join(refs)}\n" if refs else "\n"
+    elif damage:  # missing only: nothing to remove
+        summary += f"pull again: {' '.join(refs)}\n" if refs else _UNUSED_MISSING
     _write_out("".join(lines) + summary)
     return EXIT_FAILED if damage else EXIT_OK
 

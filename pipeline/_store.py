@@ -291,6 +291,11 @@ class BlobDamage:
     # a good copy a pull renamed into place since.
     inode: int | None = field(default=None, repr=False)
 
+    @property
+    def missing(self) -> bool:
+        """No file: ``remove_damaged`` has nothing to remove; a pull puts it back."""
+        return self.inode is None
+
 
 @dataclass(frozen=True)
 class Removal:

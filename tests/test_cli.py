@@ -931,6 +931,52 @@ def test_a_removal_whose_output_cannot_be_written_says_it_is_done(
     assert (reader.find_image(REF) is None) == (argv[0] == "rm")
 
 
+def test_verify_of_missing_blobs_says_to_pull_again_not_to_repair(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing blob has no file for ``--repair`` to remove: verify said "run
+    `imagec-pipe verify --repair` to remove them", and after it "removed the damaged
+    blobs" (``"removed": true``) though nothing was."""
+    blobs = store_dir / "blobs" / "sha256"
+    (blobs / stored_image.config.hex).unlink()
+    listed = sorted(os.listdir(blobs))
+
+    # --full: the fixture records no real xxh3 for its layer
+    assert main(["verify", "--full", "--store", str(store_dir)]) == EXIT_FAILED
+    assert capsys.readouterr().out == (
+        f"{stored_image.config}: blob: missing\n"
+        f"{len(listed)} blobs checked in {store_dir}: 1 damaged\n"
+        f"pull again: {REF}\n"
+    )
+    assert (
+        main(["verify", "--full", "--repair", "--json", "--store", str(store_dir)]) == EXIT_FAILED
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["removed"] is False
+    assert [(d["digest"], d["problem"], d["refs"]) for d in out["damaged"]] == [
+        (str(stored_image.config), "missing", [REF])
+    ]
+    assert sorted(os.listdir(blobs)) == listed
+
+    # Missing blobs no reference uses: a layer record whose image is gone (gc's work).
+    with Store.open(store_dir) as store:
+        store.remove_images([REF])
+        data = b"unused layer"
+        digest = Digest.from_hex(hashlib.sha256(data).hexdigest())
+        with store.open_ingest(digest) as ingest:
+            ingest.write(data)
+            ingest.sync()
+            descriptor = Descriptor(MediaType.OCI_LAYER, digest, len(data))
+            store.commit_layer(ingest, _verified(descriptor, digest, len(data)))
+    (blobs / digest.hex).unlink()
+    assert main(["verify", "--full", "--repair", "--store", str(store_dir)]) == EXIT_FAILED
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "no reference uses them; `imagec-pipe gc` removes their records"
+    )
+    assert main(["gc", "--store", str(store_dir)]) == EXIT_OK
+    assert main(["verify", "--full", "--store", str(store_dir)]) == EXIT_OK
+
+
 def test_a_store_that_lost_its_database_is_an_error_not_an_empty_store(
     stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
