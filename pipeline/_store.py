@@ -1475,6 +1475,12 @@ class Store:
             ) from exc
         if not isinstance(index, dict):
             raise StoreError(f"{path} is not a JSON object; repair it or move the store aside")
+        if not isinstance(index.get("manifests", []), list | None):
+            # Not an OCI index; a number here failed pull and gc with a TypeError.
+            raise StoreError(
+                f"{path} is not an OCI image index: its manifests are not a JSON array; "
+                "repair it or move the store aside"
+            )
         return index
 
     # -- read side -----------------------------------------------------------------

@@ -1451,7 +1451,10 @@ def test_verify_finds_an_images_missing_manifest_index_and_config(tmp_path: Path
     assert store.read_blob(other.config.digest) == other.config_bytes
 
 
-@pytest.mark.parametrize("damaged", [b'{"schemaVersion": 2, "manifests": [', b"[]"])
+@pytest.mark.parametrize(
+    "damaged",
+    [b'{"schemaVersion": 2, "manifests": [', b"[]", b'{"manifests": 5}', b'{"manifests": {}}'],
+)
 def test_verify_refuses_an_index_json_that_pull_rm_and_gc_refuse(
     tmp_path: Path, damaged: bytes
 ) -> None:
@@ -1468,3 +1471,21 @@ def test_verify_refuses_an_index_json_that_pull_rm_and_gc_refuse(
         Store.open(store.path)
     assert str(verifying.value) == str(opening.value)
     assert str(verifying.value).startswith(f"{store.path / 'index.json'} is not ")
+
+
+@pytest.mark.parametrize("manifests", ["5", "true", '{"a": 1}', '"text"'])
+def test_an_index_json_whose_manifests_are_not_an_array_is_refused(
+    tmp_path: Path, manifests: str
+) -> None:
+    # {"manifests": 5} failed pull and gc with "internal error: TypeError: 'int' object is
+    # not iterable"; an object or a string there was replaced by the pull's own entry.
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    damaged = f'{{"schemaVersion": 2, "manifests": {manifests}}}'.encode()
+    (store.path / "index.json").write_bytes(damaged)
+
+    for attempt in (lambda: Store.open(store.path), lambda: store.prune()):
+        with pytest.raises(StoreError, match="its manifests are not a JSON array; repair it"):
+            attempt()
+    assert (store.path / "index.json").read_bytes() == damaged
+    assert [r.ref for r in store.list_images()] == [str(APP)]
