@@ -84,7 +84,7 @@ import platformdirs
 import structlog
 import xxhash
 
-from stages._errors import StoreError
+from stages._errors import ImagecError, StoreError
 from stages._events import VerifiedLayer
 from stages._manifest import ResolvedImage
 from stages._reference import parse_reference
@@ -1492,21 +1492,38 @@ class Store:
         FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
     """
 
-    @staticmethod
-    def _record(row: Sequence[Any]) -> ImageRecord:
-        return ImageRecord(
-            ref=row[0],
-            repository=row[1],
-            tag=row[2],
-            resolved_digest=Digest.parse(row[3]),
-            manifest_digest=Digest.parse(row[4]),
-            image_id=Digest.parse(row[5]),
-            platform=Platform.parse(row[6]),
-            size=row[7],
-            pulled_at=_utc(row[8]),
-            media_type=row[9],
-            oci_manifest_digest=Digest.parse(row[10]),
-        )
+    def _record(self, row: Sequence[Any]) -> ImageRecord:
+        """A row of ``_RECORD_SELECT`` as a record; StoreError if it does not read as one.
+
+        Every pull writes well-formed rows, so one that is not was damaged in place or
+        edited by hand: its platform raised UsageError (exit 2, as if the command line
+        were wrong), its time or size a TypeError (an "internal error").
+        """
+        try:
+            if not isinstance(row[7], int):
+                raise ValueError(f"its size is {row[7]!r:.40}")
+            if not isinstance(row[8], int | float):
+                raise ValueError(f"its time of pulling is {row[8]!r:.40}")
+            return ImageRecord(
+                ref=row[0],
+                repository=row[1],
+                tag=row[2],
+                resolved_digest=Digest.parse(row[3]),
+                manifest_digest=Digest.parse(row[4]),
+                image_id=Digest.parse(row[5]),
+                platform=Platform.parse(row[6]),
+                size=row[7],
+                pulled_at=_utc(row[8]),
+                media_type=row[9],
+                oci_manifest_digest=Digest.parse(row[10]),
+            )
+        except (ImagecError, ValueError, OverflowError, OSError) as exc:
+            raise StoreError(
+                f"the record of {row[0]} in store {self.path} is damaged "
+                f"({exc.message if isinstance(exc, ImagecError) else exc}): its database "
+                f"{DB_FILE} was damaged or edited; move the store aside and pull again",
+                ref=str(row[0]),
+            ) from exc
 
     def list_images(self) -> list[ImageRecord]:
         """Every reference in the store, most recently pulled first."""

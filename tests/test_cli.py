@@ -977,6 +977,24 @@ def test_verify_of_missing_blobs_says_to_pull_again_not_to_repair(
     assert main(["verify", "--full", "--store", str(store_dir)]) == EXIT_OK
 
 
+def test_a_damaged_record_in_the_store_is_no_usage_error(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A platform no pull records was reported as a usage error: exit 2.
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store_dir / "imagec.db")) as conn, conn:
+        conn.execute("UPDATE images SET platform = 'garbage'")
+    for argv, doing in (
+        (["images"], "listing images"),
+        (["inspect", REF], f"inspecting {REF}"),
+        (["layers", REF], f"listing the layers of {REF}"),
+    ):
+        assert main([*argv, "--store", str(store_dir)]) == EXIT_FAILED
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"imagec-pipe: error: {doing}: the record of {REF} in store ")
+
+
 def test_a_store_that_lost_its_database_is_an_error_not_an_empty_store(
     stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

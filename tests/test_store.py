@@ -1489,3 +1489,37 @@ def test_an_index_json_whose_manifests_are_not_an_array_is_refused(
             attempt()
     assert (store.path / "index.json").read_bytes() == damaged
     assert [r.ref for r in store.list_images()] == [str(APP)]
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ("UPDATE images SET platform = 'garbage'", "platform 'garbage' is not of the form"),
+        ("UPDATE images SET config_digest = 'sha256:zz'", "digest 'sha256:zz' is not sha256"),
+        ("UPDATE refs SET pulled_at = 'x'", "its time of pulling is 'x'"),
+        ("UPDATE refs SET pulled_at = 1e300", "out of range"),
+        ("UPDATE images SET size = 'big'", "its size is 'big'"),
+    ],
+)
+def test_a_damaged_image_record_is_a_store_error(tmp_path: Path, change: str, detail: str) -> None:
+    """A row that no pull writes (a database damaged in place, an edit by hand): a bad
+    platform raised UsageError, which the CLI reports as a usage error (exit 2), and a
+    bad time or size a TypeError or OverflowError (an "internal error")."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    with sqlite3.connect(store.path / "imagec.db") as conn:
+        conn.execute(change)
+    conn.close()
+    reader = Store.open_existing(store.path)
+    assert reader is not None
+
+    for reading in (reader.list_images, lambda: reader.find_image(str(APP))):
+        with pytest.raises(StoreError) as info:
+            reading()
+        assert type(info.value) is StoreError
+        message = str(info.value)
+        assert message.startswith(f"the record of {APP} in store {store.path} is damaged (")
+        assert detail in message
+        assert message.endswith(
+            "): its database imagec.db was damaged or edited; move the store aside and pull again"
+        )
