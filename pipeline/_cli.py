@@ -515,6 +515,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     where = _doing(args)
     ref = _as_reported(args.ref)
     try:
+        # Before the store is opened, which creates it: a mistyped reference makes no
+        # store where a mistyped --store points.
+        parse_reference(args.ref)
         store = Store.open(args.store)
         try:
             with stop_signals_deferred() as stop:

@@ -2074,6 +2074,17 @@ def test_e2e_malformed_reference_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith("imagec-pipe: error: pulling Team/App:1: ")
+    assert not (tmp_path / "store").exists()  # it made a new, empty store there
+
+
+def test_a_malformed_reference_creates_no_store(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The store was opened, and so created, before the reference was read.
+    assert main(["pull", "team/app:1 ", "--json", "--store", str(store_dir)]) == EXIT_FAILED
+    out = json.loads(capsys.readouterr().out)
+    assert (out["event"], out["error"]) == ("error", "InvalidReference")
+    assert not store_dir.exists()
 
 
 def test_e2e_basic_auth_password_stdin(
