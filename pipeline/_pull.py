@@ -440,14 +440,18 @@ async def _pull_layers(
     small layers are made of little else.
     """
     reports: list[LayerReport | None] = [None] * len(jobs)
-    layers_send, layers_recv = trio.open_memory_channel[_LayerJob](0)
+    # Largest first: the biggest layer is the pull's critical path, and starting it last
+    # (base images often end with a large application layer) leaves cores idle at the end.
+    ranked = sorted(jobs, key=lambda job: job.descriptor.size, reverse=True)
+    order = _SlotOrder(len(ranked))
+    layers_send, layers_recv = trio.open_memory_channel[tuple[int, _LayerJob]](0)
     reports_send, reports_recv = trio.open_memory_channel[tuple[int, LayerReport]](0)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed_layers, jobs, layers_send)
+        nursery.start_soon(_feed_layers, ranked, layers_send)
         async with layers_recv, reports_send:
             for _ in range(min(2 * concurrency, max(1, len(jobs)))):
                 nursery.start_soon(
-                    _layer_worker, context, layers_recv.clone(), reports_send.clone()
+                    _layer_worker, context, order, layers_recv.clone(), reports_send.clone()
                 )
         async with reports_recv:
             async for index, report in reports_recv:
@@ -456,33 +460,87 @@ async def _pull_layers(
 
 
 async def _feed_layers(
-    jobs: list[_LayerJob], layers_send: trio.MemorySendChannel[_LayerJob]
+    ranked: list[_LayerJob], layers_send: trio.MemorySendChannel[tuple[int, _LayerJob]]
 ) -> None:
-    """Largest layers first: the biggest one is the pull's critical path, and starting it
-    last (base images often end with a large application layer) leaves cores idle at the
-    end. Reports still come back in manifest order."""
+    """The layers to the workers in ``ranked`` order, each with its position there."""
     async with layers_send:
-        for job in sorted(jobs, key=lambda job: job.descriptor.size, reverse=True):
-            await layers_send.send(job)
+        for position, job in enumerate(ranked):
+            await layers_send.send((position, job))
 
 
 async def _layer_worker(
     context: _PullContext,
-    layers_recv: trio.MemoryReceiveChannel[_LayerJob],
+    order: _SlotOrder,
+    layers_recv: trio.MemoryReceiveChannel[tuple[int, _LayerJob]],
     reports_send: trio.MemorySendChannel[tuple[int, LayerReport]],
 ) -> None:
     async with layers_recv, reports_send:
-        async for job in layers_recv:
-            report = await _pull_layer(context, job)
+        async for position, job in layers_recv:
+            try:
+                report = await _pull_layer(context, job, order, position)
+            finally:
+                order.passed(position)  # failed too: the layers after it ask on
             await reports_send.send((job.index, report))
 
 
-async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
+class _SlotOrder:
+    """Layers ask for download slots in the order they were handed out (largest first).
+
+    Between taking its layer and asking for a slot, a worker makes two thread hops (the
+    store's cross-process claim and its lookup), which come back in any order: the
+    102 MB layer of the harness's ``app`` image was the fourth of six to start in 2 of 6
+    pulls, and those pulls ended with it alone on the cores. So the layer at
+    ``position`` asks only once every layer before it has asked for a slot (it holds one
+    or is queued for one: ``trio.CapacityLimiter`` serves its queue in order) or needs
+    none: found in the store, waiting for another pull's download of it, or failed.
+    Waiting for such a layer's turn would hold the others up for nothing.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._passed = [False] * count
+        self._turns = [trio.Event() for _ in range(count)]
+        self._next = 0  # the first position that has not passed
+        if count:
+            self._turns[0].set()
+
+    async def wait(self, position: int) -> None:
+        """Until every layer before ``position`` has passed (at once if it passed itself
+        already: it waited for another pull, which then failed)."""
+        if not self._passed[position]:
+            await self._turns[position].wait()
+
+    def passed(self, position: int) -> None:
+        """``position`` asks for no slot after this point, or is about to ask for one."""
+        self._passed[position] = True
+        while self._next < len(self._passed) and self._passed[self._next]:
+            self._next += 1
+        if self._next < len(self._turns):
+            self._turns[self._next].set()
+
+
+@contextlib.asynccontextmanager
+async def _download_slot(
+    downloads: trio.CapacityLimiter, order: _SlotOrder, position: int
+) -> AsyncIterator[None]:
+    """Hold one of ``downloads`` for the block, asked for in ``order``'s turn."""
+    await order.wait(position)
+    # The next layer runs only once this task yields, which it does inside the limiter's
+    # acquire, holding a token or queued for one: its place in the queue is kept.
+    order.passed(position)
+    async with downloads:
+        yield
+
+
+async def _pull_layer(
+    context: _PullContext, job: _LayerJob, order: _SlotOrder, position: int
+) -> LayerReport:
     """One layer: skip it if the store has it, wait if another pull is fetching it,
-    else fetch, verify and commit it."""
+    else fetch, verify and commit it, taking a download slot in ``order``."""
     store, layer = context.store, job.descriptor
     digest_text = str(layer.digest)
-    async with store.lcache.download(layer.digest) as ticket:
+    async with store.lcache.download(
+        layer.digest, on_wait=lambda: order.passed(position)
+    ) as ticket:
         # Looked up while holding the layer's slot: looked up before taking it, a layer
         # another pull committed and let go of in between was downloaded again.
         stored = await trio.to_thread.run_sync(
@@ -497,8 +555,8 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
             structlog.contextvars.bound_contextvars(digest=digest_text),
             store.open_ingest(layer.digest, ref=str(context.ref)) as ingest,
         ):
-            if context.workers is None:
-                async with context.downloads:
+            async with _download_slot(context.downloads, order, position):
+                if context.workers is None:
                     verified = await fetch_layer(
                         context.client,
                         context.ref,
@@ -509,20 +567,18 @@ async def _pull_layer(context: _PullContext, job: _LayerJob) -> LayerReport:
                         limiter=context.limiter,
                         progress=context.progress,
                     )
-            else:
-                task = LayerTask(
-                    context.ref,
-                    layer,
-                    job.diff_id,
-                    str(ingest.path),
-                    context.registry,
-                    context.limits,
-                    current_settings(),
-                    os.getpid(),
-                )
-                verified = await run_layer_task(
-                    context.workers, context.downloads, task, context.progress
-                )
+                else:
+                    task = LayerTask(
+                        context.ref,
+                        layer,
+                        job.diff_id,
+                        str(ingest.path),
+                        context.registry,
+                        context.limits,
+                        current_settings(),
+                        os.getpid(),
+                    )
+                    verified = await run_layer_task(context.workers, task, context.progress)
             commit_started = trio.current_time()
             await trio.to_thread.run_sync(
                 store.commit_layer, ingest, verified, limiter=context.limiter

@@ -84,8 +84,8 @@ class LayerTask:
 
 @contextlib.asynccontextmanager
 async def open_layer_workers() -> AsyncIterator[trio_parallel.WorkerContext]:
-    """The process pool of one pull: forked workers (as many as the limiter given to
-    ``run_layer_task`` lets run at once), gone when the pull ends."""
+    """The process pool of one pull: forked workers (one per layer that holds a download
+    slot while ``run_layer_task`` runs it), gone when the pull ends."""
     import trio_parallel  # here, not at the top: 15 ms of start-up for every pull
 
     async with trio_parallel.open_worker_context(
@@ -96,11 +96,11 @@ async def open_layer_workers() -> AsyncIterator[trio_parallel.WorkerContext]:
 
 async def run_layer_task(
     workers: trio_parallel.WorkerContext,
-    limiter: trio.CapacityLimiter,
     task: LayerTask,
     progress: ProgressSink,
 ) -> VerifiedLayer:
-    """Run ``task`` in a worker process, relaying its byte count as progress events,
+    """Run ``task`` in a worker process (the caller holds the layer's download slot),
+    relaying its byte count as progress events,
     its ``layer-retrying`` events as it sends them, then ``layer-verifying`` as threads
     mode sends it (the worker has checked the digest and diffID by the time it returns;
     a display or a ``--json`` reader sees the same sequence of events in either mode).
@@ -139,8 +139,13 @@ async def run_layer_task(
             if relay is not None:
                 nursery.start_soon(relay.forward, done)
             try:
+                # A limiter of its own: the caller's download slot is what limits how
+                # many run; trio-parallel's default would allow only one per core.
                 result = await workers.run_sync(
-                    _fetch_layer_in_worker, task, limiter=limiter, kill_on_cancel=True
+                    _fetch_layer_in_worker,
+                    task,
+                    limiter=trio.CapacityLimiter(1),
+                    kill_on_cancel=True,
                 )
             except trio_parallel.BrokenWorkerError as exc:
                 raise WorkerError(

@@ -506,6 +506,49 @@ async def test_concurrent_pulls_in_one_process_share_layers(
     assert_store_consistent(store.path)
 
 
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+async def test_layers_take_download_slots_largest_first_whatever_their_lookups_take(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: str,
+) -> None:
+    # Between taking its layer and asking for a download slot, a layer worker looks the
+    # layer up in the store in a thread; those lookups come back in any order. Here the
+    # largest layer's lookup comes back last: with one slot, it must still go first.
+    sizes = [96 * 1024, 768 * 1024, 192 * 1024, 384 * 1024]
+    layers = [images.make_layer(f"{unique_seed}:{size}", size=size) for size in sizes]
+    image = images.make_image(layers)
+    registry.push(unique_repo, image, "latest")
+    largest = max(layers, key=lambda layer: layer.size)
+    store = Store.open(tmp_path / "store")
+    look_up = store.committed_layer
+
+    def slow_for_the_largest(digest: pipeline.Digest) -> Any:
+        if str(digest) == largest.digest:
+            time.sleep(0.3)
+        return look_up(digest)
+
+    monkeypatch.setattr(store, "committed_layer", slow_for_the_largest)
+    started: list[str] = []
+
+    def watch(event: pipeline.ProgressEvent) -> None:
+        if event.event == "layer-downloading" and str(event.digest) not in started:
+            started.append(str(event.digest))
+
+    with trio.fail_after(60):
+        await pipeline.pull(
+            f"{registry.host}/{unique_repo}:latest",
+            store=store,
+            options=options(max_concurrent_downloads=1, progress=watch, layer_workers=workers),
+        )
+    by_size = sorted(layers, key=lambda layer: layer.size, reverse=True)
+    assert started == [layer.digest for layer in by_size]
+    assert_store_consistent(store.path)
+
+
 def cli(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.Popen(
