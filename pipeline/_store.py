@@ -126,9 +126,15 @@ LOCK_POLL_S = 0.05
 # hold gc.lock shared), and how long a pull waits for a removal (exclusive) to end.
 GC_WAIT_S = 10.0
 PULL_WAIT_S = LOCK_TIMEOUT_S
-# Manifests and indexes larger than this are not read when walking index.json's entries
-# (a registry refuses them too: RELIABILITY.md).
+# Walking index.json's entries (``Store._index_reaches``), a blob whose descriptor does not
+# say it is a manifest or an index (a config, or no media type at all) is read only up to
+# this size (a registry refuses manifests larger: RELIABILITY.md); larger, it is taken for
+# a layer, which names nothing.
 _MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# One that its descriptor says is a manifest or an index is read whatever the registry
+# limit (another tool may write a multi-platform index or an artifact manifest of
+# thousands of blobs into the layout), up to this; one larger refuses the removal.
+_MAX_FOLLOWED_BYTES = 64 * 1024 * 1024
 # With less free space than this left, SQLite's "disk I/O error" is taken for a full disk
 # (its journal grows by pages of 4 KiB; the disk is rarely *that* close to full by chance).
 NEARLY_FULL_BYTES = 1024 * 1024
@@ -317,9 +323,17 @@ class Removal:
 # Bytes read from a blob at a time by ``Store.verify``.
 _VERIFY_READ_BYTES = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# What an index, manifest or artifact manifest names blobs by (``_named_digests``).
+# What an index, manifest or artifact manifest names blobs by (``_named_descriptors``).
 _DESCRIPTOR_KEYS = ("config", "subject")
 _DESCRIPTOR_LIST_KEYS = ("manifests", "layers", "blobs")
+# The members of a document ``_named_descriptors`` keeps while parsing (a big index's
+# platforms and annotations are dropped as each object is read, not held to the end).
+_WALKED_KEYS = frozenset({"digest", "mediaType", *_DESCRIPTOR_KEYS, *_DESCRIPTOR_LIST_KEYS})
+# The deprecated OCI 1.1-rc artifact manifest (``blobs``, ``subject``), which oras wrote.
+_ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
+# Media types whose blob the walk of index.json's entries must read, whatever its size:
+# what it names is needed by whoever wrote the entry.
+_FOLLOWED_MEDIA_TYPES = MediaType.INDEXES | MediaType.MANIFESTS | {_ARTIFACT_MANIFEST}
 _DIGEST_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
 # References a StoreError names at most (the rest are in index.json).
 _REFS_SHOWN = 5
@@ -493,28 +507,33 @@ def _gc_lock_holder(fd: int) -> str:
     return "a pull is running in this store"
 
 
-def _named_digests(data: bytes) -> list[object]:
-    """The digests a blob read as an OCI document names (unchecked: the caller keeps
-    the strings that are digests): an index's ``manifests``, a manifest's ``config``
-    and ``layers``, and what OCI 1.1 adds, ``subject`` (the manifest a signature or
-    SBOM refers to) and the deprecated artifact manifest's ``blobs``. A blob that is
-    not JSON (a layer) names nothing. JSON nested too deeply for ``json`` to parse is
-    no manifest a registry would serve, yet what it names cannot be told apart from
-    what it does not: every ``sha256:`` digest in its text counts as named (gc keeps
-    too much rather than delete what another tool needs)."""
+def _walked_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value for key, value in pairs if key in _WALKED_KEYS}
+
+
+def _named_descriptors(data: bytes) -> list[tuple[object, object]] | None:
+    """The (digest, media type) of each descriptor a blob read as an OCI document names
+    (unchecked: the caller keeps the strings that are digests), or None when it is no
+    JSON object (a layer, or a damaged manifest): an index's ``manifests``, a manifest's
+    ``config`` and ``layers``, and what OCI 1.1 adds, ``subject`` (the manifest a
+    signature or SBOM refers to) and the deprecated artifact manifest's ``blobs``. JSON
+    nested too deeply for ``json`` to parse is no manifest a registry would serve, yet
+    what it names cannot be told apart from what it does not: every ``sha256:`` digest
+    in its text counts as named, of no known media type (gc keeps too much rather than
+    delete what another tool needs)."""
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, object_pairs_hook=_walked_fields)
     except RecursionError:
-        return [m.decode() for m in _DIGEST_TEXT.findall(data)]
+        return [(m.decode(), None) for m in _DIGEST_TEXT.findall(data)]
     except (ValueError, UnicodeDecodeError):
-        return []
+        return None
     if not isinstance(doc, dict):
-        return []
+        return None
     named = [doc.get(key) for key in _DESCRIPTOR_KEYS]
     for key in _DESCRIPTOR_LIST_KEYS:
         if isinstance(doc.get(key), list):
             named.extend(doc[key])
-    return [d.get("digest") for d in named if isinstance(d, dict)]
+    return [(d.get("digest"), d.get("mediaType")) for d in named if isinstance(d, dict)]
 
 
 def _utc(ts: float) -> datetime:
@@ -1676,7 +1695,8 @@ class Store:
         an image no reference names any more, as ``docker rmi <ID>`` does). An ID or digest
         that several references name is refused (they are listed: remove them by name).
         Nothing is removed unless every one of ``refs`` is found: a StoreError names the
-        ones that are not. Waits for running pulls as ``prune`` does. The order of the
+        ones that are not; nor when what another tool's entry of index.json reaches cannot
+        be told, as for ``prune``. Waits for running pulls as ``prune`` does. The order of the
         steps, and why a crash between any two is harmless, is in the module docstring.
         """
         with self._errors("remove images"), self._removing("remove images from"):
@@ -1713,11 +1733,12 @@ class Store:
                        (SELECT 1 FROM image_layers WHERE layer_digest = layers.digest)""",
                     [(d,) for d in sorted(candidates)],
                 )
+                index = _oci.index_without(self._read_index(), names)
+                live = self._live_digests(conn, index)  # may refuse: nothing changed yet
                 # index.json first: should the process die before COMMIT, the rows are
                 # still there and the next Store.open lists them again.
-                index = _oci.index_without(self._read_index(), names)
                 self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
-                garbage = candidates - self._live_digests(conn)
+                garbage = candidates - live
             deleted, reclaimed = self._delete_blobs(sorted(garbage))
         removal = Removal(
             untagged=tuple(names),
@@ -1740,7 +1761,8 @@ class Store:
         a tag pulled again after it moved), layer records no image uses (left by a pull
         that failed after committing some layers), and every file in ``blobs/`` that
         nothing left names, from the database or from an entry of ``index.json`` (other
-        tools' entries included: what they name is kept).
+        tools' entries included: what they name is kept; when that cannot be told, a
+        StoreError says which entry to remove first, and nothing is removed).
 
         Waits up to ``GC_WAIT_S`` for the pulls running in the store to end, then raises
         StoreError: their layers are committed before their image is recorded, and in
@@ -1760,7 +1782,7 @@ class Store:
                     """DELETE FROM layers WHERE NOT EXISTS
                        (SELECT 1 FROM image_layers WHERE layer_digest = layers.digest)"""
                 )
-                live = self._live_digests(conn)
+                live = self._live_digests(conn, self._read_index())
             garbage = sorted(
                 entry.name
                 for entry in os.scandir(self._blobs)
@@ -1904,10 +1926,12 @@ class Store:
             )
         return forgotten
 
-    def _live_digests(self, conn: sqlite3.Connection) -> set[str]:
+    def _live_digests(self, conn: sqlite3.Connection, index: dict[str, Any]) -> set[str]:
         """Every digest something left in the store names: each image's manifests and
         config, each layer record, each reference's and repository's digest (indexes),
-        and everything an index.json entry reaches (other tools' entries too)."""
+        and everything an entry of ``index`` (index.json as the removal leaves it)
+        reaches, other tools' entries too. Raises StoreError when what an entry reaches
+        cannot be told (``_index_reaches``): the caller then removes nothing."""
         live: set[str] = set()
         for query in (
             "SELECT manifest_digest, config_digest, oci_manifest_digest FROM images",
@@ -1918,35 +1942,88 @@ class Store:
         ):
             for row in conn.execute(query):
                 live.update(str(d) for d in row)
-        return live | self._index_reaches()
+        own = {
+            (str(row[0]), str(row[1]))
+            for row in conn.execute(
+                """SELECT r.name, i.oci_manifest_digest
+                   FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest"""
+            )
+        }
+        return live | self._index_reaches(index, own)
 
-    def _index_reaches(self) -> set[str]:
-        """The digests index.json's entries name, and those their manifests and indexes
-        name in turn (``_named_digests``), read from ``blobs/``. An entry of this store's
-        own names only what the database names too; one another tool wrote (a ``skopeo
-        copy`` into the layout, an ``oras push``, a ``cosign sign``) is known from here
-        only. The walk keeps a list and a set, not a call stack: another tool's chain of
+    def _index_reaches(self, index: dict[str, Any], own: set[tuple[str, str]]) -> set[str]:
+        """The digests ``index``'s entries name, and those their manifests and indexes
+        name in turn (``_named_descriptors``), read from ``blobs/``.
+
+        An entry this store wrote (``own``: a reference's name and its image's OCI
+        manifest) names only what the database names too, and is not read. One another
+        tool wrote (a ``skopeo copy`` into the layout, an ``oras push``, a ``cosign
+        sign``) is known from here only, so a blob its descriptor says is a manifest or an
+        index (``_FOLLOWED_MEDIA_TYPES``) is read whatever its size, up to
+        ``_MAX_FOLLOWED_BYTES``: skipped as a layer for being large, a big multi-platform
+        index had every blob it named deleted. Such a blob that is larger still, or is no
+        JSON object, raises StoreError naming it and its entry, rather than delete what it
+        may name. Any other blob is read only when small enough to be a manifest
+        (``_MAX_MANIFEST_BYTES``: a config, or a descriptor without a media type) and
+        names nothing when it is no JSON.
+
+        The walk keeps a list and a set, not a call stack: another tool's chain of
         indexes may be any depth, and its blobs may even name each other in a circle
         (files are not checked against their names here)."""
-        index = self._read_index()
-        pending = [m.get("digest") for m in index.get("manifests") or [] if isinstance(m, dict)]
+        pending: list[tuple[object, object, str]] = []
+        for entry in index.get("manifests") or []:
+            if not isinstance(entry, dict):
+                continue
+            digest = entry.get("digest")
+            annotations = entry.get("annotations")
+            name = (
+                annotations.get(_oci.REF_NAME_ANNOTATION) if isinstance(annotations, dict) else None
+            )
+            if isinstance(name, str) and (name, digest) in own:
+                continue  # its manifest is the database's: see _live_digests
+            label = f"{name!r} ({digest})" if isinstance(name, str) else f"{digest}"
+            pending.append((digest, entry.get("mediaType"), label))
         reached: set[str] = set()
+        read: set[str] = set()
         while pending:
-            text = pending.pop()
-            if not isinstance(text, str) or text in reached or not text.startswith("sha256:"):
+            text, media_type, label = pending.pop()
+            if not isinstance(text, str) or not text.startswith("sha256:"):
+                continue
+            followed = isinstance(media_type, str) and media_type in _FOLLOWED_MEDIA_TYPES
+            if text in read or (text in reached and not followed):
                 continue
             reached.add(text)
             path = self._blobs / text.removeprefix("sha256:")
             if not _HEX64.fullmatch(path.name):
                 continue
+            limit = _MAX_FOLLOWED_BYTES if followed else _MAX_MANIFEST_BYTES
             try:
-                if path.stat().st_size > _MAX_MANIFEST_BYTES:
-                    continue  # a layer, not a manifest
-                data = path.read_bytes()
+                with open(path, "rb") as file:
+                    data = file.read(limit + 1)
             except FileNotFoundError:
                 continue  # missing: names nothing
-            pending.extend(_named_digests(data))
+            if len(data) > limit:
+                if followed:
+                    raise self._untold(text, media_type, label, f"is over {limit / 2**20:g} MiB")
+                continue  # a layer, not a manifest
+            named = _named_descriptors(data)
+            if named is None:
+                if followed:
+                    raise self._untold(text, media_type, label, "is not a JSON object")
+                continue
+            read.add(text)
+            pending.extend((digest, child_type, label) for digest, child_type in named)
         return reached
+
+    def _untold(self, digest: str, media_type: object, entry: str, problem: str) -> StoreError:
+        """The refusal of a removal when what an index.json entry reaches cannot be told."""
+        return StoreError(
+            f"cannot tell which blobs {INDEX_FILE}'s entry {entry} needs in store "
+            f"{self.path}: it reaches {digest}, named as {media_type}, whose blob {problem}; "
+            f"nothing was removed. Remove that entry from {INDEX_FILE} (or put the blob "
+            "right), then try again",
+            digest=digest,
+        )
 
     def _delete_blobs(self, digests: Sequence[str]) -> tuple[tuple[Digest, ...], int]:
         """Unlink these blobs (their records are gone already); the files removed, and

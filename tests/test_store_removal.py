@@ -406,6 +406,150 @@ def test_prune_keeps_whatever_another_tool_s_entries_reach_however_they_name_it(
     assert blobs(store) == kept
 
 
+# Over the 4 MiB a registry takes for a manifest, as other tools write into a layout.
+BIG_BYTES = 5 * 1024 * 1024
+
+
+def padded(descriptor: dict[str, Any], seed: str, share: int) -> dict[str, Any]:
+    """``descriptor`` with an annotation of ``BIG_BYTES // share`` bytes: ``share`` of them
+    make a document over 4 MiB (a big index's platforms, attestations, notes)."""
+    note = (seed * (BIG_BYTES // share // len(seed) + 1))[: BIG_BYTES // share]
+    return {**descriptor, "annotations": {"org.example.note": note}}
+
+
+def test_rm_and_gc_keep_what_another_tool_s_manifests_over_4_mib_reach(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """Another tool's entry of index.json whose index or artifact manifest is over 4 MiB
+    (a multi-platform index copied in by skopeo, an artifact of thousands of blobs pushed
+    by oras) is followed as one of any size: its descriptor says what it is. Such blobs
+    used to be skipped as layers, and what they named deleted: here the image pulled,
+    which the big index lists too (the same image copied under another name), by ``rm``
+    of its reference, and the artifact's blobs and the other image by ``gc``."""
+    pulled = images.sample_image(f"{unique_seed}:pulled", compressions=("gzip",))
+    registry.push(unique_repo, pulled, "latest")
+    store = tmp_path / "store"
+    ref = f"{registry.host}/{unique_repo}:latest"
+    pull(ref, store)
+    other = images.sample_image(f"{unique_seed}:other", compressions=("none",))
+    for blob in (*other.blobs, other.manifest):
+        put_blob(store, blob)
+    big_index = as_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                padded({**image.manifest.descriptor(), "platform": image.platform_dict}, n, 2)
+                for n, image in (("pulled ", pulled), ("other ", other))
+            ],
+        }
+    )
+    assert big_index.size > BIG_BYTES
+    put_blob(store, big_index)
+    parts = [images.Blob("text/plain", f"part {n} {unique_seed}".encode()) for n in range(3)]
+    for part in parts:
+        put_blob(store, part)
+    artifact = as_json(
+        {
+            "mediaType": ARTIFACT_MANIFEST,
+            "artifactType": "application/example",
+            "blobs": [padded(part.descriptor(), f"part {n} ", 3) for n, part in enumerate(parts)],
+        },
+        ARTIFACT_MANIFEST,
+    )
+    assert artifact.size > BIG_BYTES
+    put_blob(store, artifact)
+    index = json.loads((store / "index.json").read_text())
+    index["manifests"] += [big_index.descriptor(), artifact.descriptor()]
+    (store / "index.json").write_text(json.dumps(index))
+    stray = put_blob(store, images.Blob("text/plain", b"stray " + unique_seed.encode()))
+    foreign = image_blobs(other) | {p.digest for p in parts} | {big_index.digest, artifact.digest}
+
+    code, out, err = run("rm", ref, "--store", str(store), "--json")
+
+    assert code == 0, err
+    removal = json.loads(out)
+    assert removal["untagged"] == [ref]
+    assert removal["deleted_blobs"] == []  # the big index still lists the image
+    assert blobs(store) == image_blobs(pulled) | foreign | {stray}
+
+    code, out, err = run("gc", "--store", str(store), "--json")
+
+    assert code == 0, err
+    assert json.loads(out)["deleted_blobs"] == [stray]
+    assert blobs(store) == image_blobs(pulled) | foreign
+    assert_clean(store)
+
+
+def test_rm_and_gc_refuse_when_what_another_tool_s_entry_reaches_cannot_be_told(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A blob another tool's entry names as a manifest or an index, which is no JSON
+    (damaged) or over the size read to follow one, may name anything in the store: rm
+    and gc refuse, naming the blob and the entry, and remove nothing, where they used to
+    delete whatever it named, until that entry is gone from index.json."""
+    image = images.sample_image(f"{unique_seed}:image", compressions=("gzip",))
+    registry.push(unique_repo, image, "latest")
+    store = tmp_path / "store"
+    ref = f"{registry.host}/{unique_repo}:latest"
+    pull(ref, store)
+    other = images.sample_image(f"{unique_seed}:other", compressions=("none",))
+    for blob in other.blobs:  # named by the damaged manifest, once
+        put_blob(store, blob)
+    damaged = put_blob(store, images.Blob(OCI_INDEX, b"\x00 not json " + unique_seed.encode()))
+    entry = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": damaged,
+        "size": 20,
+        "annotations": {"org.opencontainers.image.ref.name": "other:1"},
+    }
+    index = json.loads((store / "index.json").read_text())
+    before = json.dumps(index)
+    (store / "index.json").write_text(
+        json.dumps({**index, "manifests": [*index["manifests"], entry]})
+    )
+    stray = put_blob(store, images.Blob("text/plain", b"stray " + unique_seed.encode()))
+    every = blobs(store)
+
+    for argv in (("gc",), ("rm", ref)):
+        code, out, err = run(*argv, "--store", str(store))
+
+        assert (code, out) == (1, ""), err
+        assert f"entry 'other:1' ({damaged})" in err, err
+        assert "is not a JSON object; nothing was removed" in err, err
+        assert "Remove that entry from index.json" in err, err
+        assert blobs(store) == every
+        assert index_refs_ours(store) == [ref, "other:1"]
+    listed = Store.open_existing(store)
+    assert listed is not None and [r.ref for r in listed.list_images()] == [ref]
+
+    # Over the size read to follow a manifest (lowered here: 64 MiB in earnest).
+    big = as_json({"schemaVersion": 2, "manifests": [other.manifest.descriptor()]})
+    put_blob(store, big)
+    (store / "index.json").write_text(
+        json.dumps({**index, "manifests": [*index["manifests"], big.descriptor()]})
+    )
+    monkeypatch.setattr(_store, "_MAX_FOLLOWED_BYTES", big.size - 1)
+    with Store.open(store) as opened, pytest.raises(StoreError) as refused:
+        opened.prune()
+    assert f"entry {big.digest} needs" in str(refused.value)
+    assert "whose blob is over " in str(refused.value)
+    assert blobs(store) == every | {big.digest}
+
+    (store / "index.json").write_text(before)  # the user removes the entry
+    code, out, err = run("gc", "--store", str(store), "--json")
+    assert code == 0, err
+    assert sorted(json.loads(out)["deleted_blobs"]) == sorted(
+        {damaged, stray, big.digest} | image_blobs(other) - image_blobs(image) - {other.digest}
+    )
+    assert blobs(store) == image_blobs(image)
+    assert_clean(store)
+
+
 def index_refs_ours(store: Path) -> list[str]:
     index = json.loads((store / "index.json").read_text())
     return sorted(
