@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -290,7 +291,15 @@ async def _pull(
             reports = await _pull_layers(context, jobs, options.max_concurrent_downloads)
         layers_done = trio.current_time()
 
-    recorded = await trio.to_thread.run_sync(store.record_image, resolved, limiter=limiter)
+    # A thread is not cancelled with its task: the store checks between slices of its
+    # waits for another process (the lock, a write transaction), holding neither, so a
+    # Ctrl-C ends them at once rather than after up to 30 s.
+    recorded = await trio.to_thread.run_sync(
+        functools.partial(
+            store.record_image, resolved, check_cancelled=trio.from_thread.check_cancelled
+        ),
+        limiter=limiter,
+    )
     record = recorded.record
     finished = trio.current_time()
     progress(ProgressEvent("pull-complete", record.ref, str(resolved.resolved_digest)))
@@ -581,7 +590,13 @@ async def _pull_layer(
                     verified = await run_layer_task(context.workers, task, context.progress)
             commit_started = trio.current_time()
             await trio.to_thread.run_sync(
-                store.commit_layer, ingest, verified, limiter=context.limiter
+                functools.partial(
+                    store.commit_layer,
+                    ingest,
+                    verified,
+                    check_cancelled=trio.from_thread.check_cancelled,  # as record_image's
+                ),
+                limiter=context.limiter,
             )
             commit_s = trio.current_time() - commit_started
     context.progress(

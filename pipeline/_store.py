@@ -53,8 +53,11 @@ through ``trio.to_thread.run_sync``. A store opened for pulling also holds one i
 connection until ``close()`` (``_hold_wal_open``), so that closing the short-lived ones
 never checkpoints the WAL. Concurrent processes are kept apart by SQLite
 transactions (``BEGIN IMMEDIATE``, busy timeout) and, for ``index.json``, an exclusive
-``fcntl.flock``. OSError and sqlite3.Error never leave this module: they become a
-``StoreError`` naming the store and what the user can do.
+``fcntl.flock``. Both are waited for in short slices, so that a Ctrl-C ends the wait, and
+a pull's calls (``commit_layer``, ``record_image``) take a ``check_cancelled`` asked
+between them, holding nothing then: a worker thread is not cancelled with its task.
+OSError and sqlite3.Error never leave this module: they become a ``StoreError`` naming
+the store and what the user can do.
 
 What ``index.json`` lists, when an image is listed through a converted OCI manifest (a
 Docker schema2 image, an OCI manifest naming Docker media types) and the annotation
@@ -118,6 +121,9 @@ SCHEMA_VERSION = 1
 OPEN = "open"
 # How long a call waits for another process's write transaction before failing.
 BUSY_TIMEOUT_S = 30.0
+# That wait is made in slices of this (``_begin_immediate``): SQLite's own busy wait cannot
+# be interrupted, and between two slices a Ctrl-C or a cancelled pull ends it.
+BUSY_SLICE_S = 0.1
 # The store's file lock (held for moments: opening the store, recording an image).
 LOCK_TIMEOUT_S = BUSY_TIMEOUT_S
 LOCK_NOTICE_S = 2.0
@@ -1085,22 +1091,27 @@ class Store:
         )
 
     @contextlib.contextmanager
-    def _locked(self, *, ref: str | None = None) -> Iterator[None]:
+    def _locked(
+        self, *, ref: str | None = None, check_cancelled: Callable[[], None] | None = None
+    ) -> Iterator[None]:
         """Hold the store's exclusive file lock (other processes and threads wait).
 
         A holder is waited for up to ``LOCK_TIMEOUT_S``, as the database's own lock is,
         with a warning after ``LOCK_NOTICE_S``: a holder that never lets go (a pull
         stopped with Ctrl-Z) used to hang every later pull without a word. A dead
-        holder is no matter: the kernel releases its lock.
+        holder is no matter: the kernel releases its lock. ``check_cancelled`` is called
+        between polls, the lock not held (see ``record_image``).
         """
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            self._wait_for_lock(fd, ref)
+            self._wait_for_lock(fd, ref, check_cancelled)
             yield
         finally:
             os.close(fd)  # releases the lock
 
-    def _wait_for_lock(self, fd: int, ref: str | None) -> None:
+    def _wait_for_lock(
+        self, fd: int, ref: str | None, check_cancelled: Callable[[], None] | None
+    ) -> None:
         started = time.monotonic()
         warned = False
         while True:
@@ -1122,6 +1133,8 @@ class Store:
                     "waiting for another process to release the store", store=str(self.path)
                 )
                 warned = True
+            if check_cancelled is not None:
+                check_cancelled()
             time.sleep(LOCK_POLL_S)
 
     def _temp_path(self, name: str) -> Path:
@@ -1225,13 +1238,26 @@ class Store:
                 os.close(fd)  # released and unlinked by its holder meanwhile: again
             raise OSError(errno.EAGAIN, f"the claim file {path.name} keeps being replaced")
 
-    def commit_layer(self, ingest: Ingest, layer: VerifiedLayer) -> None:
+    def commit_layer(
+        self,
+        ingest: Ingest,
+        layer: VerifiedLayer,
+        *,
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> None:
         """Make a verified layer visible: rename into blobs/, then its row. Neither is
         synced here: the image's record makes both durable (see the module docstring).
 
         The caller verified size, digest and diffID; the file was fsynced by the stage
         (synced again here if anything was written after). If the blob already exists
         (another process committed it), the rename replaces it with identical content.
+
+        ``check_cancelled`` is called while the row waits for another process's write
+        transaction, and may raise to end the wait (a pull passes
+        ``trio.from_thread.check_cancelled``: a worker thread is not cancelled with its
+        task). It is called with no transaction begun, so raising leaves the blob
+        without its row: what a crash there leaves, a layer the next pull downloads
+        again.
         """
         desc = layer.descriptor
         digest = desc.digest
@@ -1257,7 +1283,10 @@ class Store:
             os.replace(ingest.path, target)  # while open: its lock keeps sweeps away
             ingest.committed = True
             ingest._close()
-            with self._db(synchronous="NORMAL") as conn, _transaction(conn):
+            with (
+                self._db(synchronous="NORMAL") as conn,
+                _transaction(conn, check_cancelled),
+            ):
                 conn.execute(
                     """INSERT INTO layers (digest, diff_id, size, uncompressed_size, media_type,
                                            xxh3, committed_at)
@@ -1310,7 +1339,9 @@ class Store:
 
     # -- images ----------------------------------------------------------------------
 
-    def record_image(self, resolved: ResolvedImage) -> RecordedImage:
+    def record_image(
+        self, resolved: ResolvedImage, *, check_cancelled: Callable[[], None] | None = None
+    ) -> RecordedImage:
         """Record a pulled image whose layers are all committed.
 
         In order: config, manifest (and index) blobs; for Docker schema2 or an OCI
@@ -1323,6 +1354,11 @@ class Store:
         A reference with a digest (``name@sha256:…``, also ``name:tag@sha256:…``, where
         the digest wins as it does for docker) is recorded as ``name@digest`` without a
         tag; otherwise as ``name:tag``.
+
+        ``check_cancelled``, as for ``commit_layer``, is called while waiting for the
+        store's lock or another process's write transaction, neither held: raising
+        leaves the image's blobs written and nothing naming them, which ``prune``
+        removes.
         """
         ref = resolved.ref
         if ref.digest is not None:
@@ -1356,8 +1392,10 @@ class Store:
                 ref_name=ref_name,
                 original=original,
             )
-            with self._locked(ref=ref_name):
-                before = self._insert_image(resolved, ref_name, tag, oci_digest, size, now)
+            with self._locked(ref=ref_name, check_cancelled=check_cancelled):
+                before = self._insert_image(
+                    resolved, ref_name, tag, oci_digest, size, now, check_cancelled
+                )
                 index = _oci.index_with_entry(self._read_index(), entry)
                 self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
         log.info(
@@ -1424,12 +1462,13 @@ class Store:
         oci_digest: Digest,
         size: int,
         now: float,
+        check_cancelled: Callable[[], None] | None,
     ) -> tuple[str, str] | None:
         """The rows of one pulled image, in one transaction; returns the (resolved,
         manifest) digests ``ref_name`` named before, None if it is new."""
         manifest = str(resolved.manifest_digest)
         repository = resolved.ref.name
-        with self._db() as conn, _transaction(conn):
+        with self._db() as conn, _transaction(conn, check_cancelled):
             row = conn.execute(
                 "SELECT resolved_digest, manifest_digest FROM refs WHERE name = ?", (ref_name,)
             ).fetchone()
@@ -2217,13 +2256,45 @@ class Store:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE (take the write lock up front, waiting up to the busy timeout);
-    COMMIT if the block succeeds, ROLLBACK otherwise."""
-    conn.execute("BEGIN IMMEDIATE")
+def _transaction(
+    conn: sqlite3.Connection, check_cancelled: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """BEGIN IMMEDIATE (take the write lock up front, waiting up to the busy timeout:
+    ``_begin_immediate``); COMMIT if the block succeeds, ROLLBACK otherwise."""
+    _begin_immediate(conn, check_cancelled)
     ok = False
     try:
         yield
         ok = True
     finally:
         conn.execute("COMMIT" if ok else "ROLLBACK")
+
+
+def _begin_immediate(conn: sqlite3.Connection, check_cancelled: Callable[[], None] | None) -> None:
+    """BEGIN IMMEDIATE, waiting up to ``BUSY_TIMEOUT_S`` for another process's write
+    transaction, in slices of ``BUSY_SLICE_S``.
+
+    SQLite's busy wait runs in C and sleeps through signals: a Ctrl-C of ``gc`` waiting
+    for another writer took effect only when the 30 s were up (Python runs a signal's
+    handler between two statements of the main thread), and a pull's worker thread
+    could not be cancelled at all. Between two slices, the main thread takes its
+    signals, and ``check_cancelled`` may raise (``trio.from_thread.check_cancelled`` in
+    a pull's thread); no transaction has begun then, so there is nothing to undo. The
+    connection's busy timeout is ``BUSY_TIMEOUT_S`` again afterwards, and a writer that
+    keeps the database past it gives SQLite's own "database is locked" (see ``_hint``).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            if check_cancelled is not None:
+                check_cancelled()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")

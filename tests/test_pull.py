@@ -647,6 +647,48 @@ def test_sigint_mid_pull_then_pull_again(
     assert_store_consistent(store)
 
 
+async def test_a_cancelled_pull_waiting_for_the_store_lock_ends_at_once(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """The record of an image waits (in a worker thread, up to 30 s) for the store's
+    lock while another process holds it; a cancel of the pull used to wait for that
+    thread to give up. It ends the wait now, leaving nothing recorded and nothing
+    half-written, and the pull succeeds once the lock is free."""
+    import fcntl
+
+    image = images.sample_image(unique_seed, compressions=("gzip",), with_empty_layer=False)
+    registry.push(unique_repo, image, "1")
+    ref = registry.ref(unique_repo, "1")
+    store = Store.open(tmp_path / "store")
+    holder = os.open(store.path / "imagec.lock", os.O_RDWR)  # another open file: another owner
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        # Written by record_image before it takes the lock.
+        manifest = store.path / "blobs" / "sha256" / image.digest.removeprefix("sha256:")
+        with trio.fail_after(10):  # the old code's thread gave up after 30 s
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(pipeline.pull, ref, store=store, options=options())
+                )
+                for _ in range(200):  # the fail_after ends the wait first
+                    if manifest.exists():
+                        break
+                    await trio.sleep(0.05)
+                await trio.sleep(0.3)  # polling the lock
+                nursery.cancel_scope.cancel()
+    finally:
+        os.close(holder)
+    assert store.find_image(ref) is None
+    assert ref not in index_entries(store.path)
+    assert_store_consistent(store.path)
+
+    result = await pipeline.pull(ref, store=store, options=options())
+
+    assert store.find_image(ref) is not None
+    assert {layer.status for layer in result.layers} == {"exists"}  # committed before
+    assert_store_consistent(store.path)
+
+
 # --- bad inputs: a clear error, nothing unverified visible ----------------------------
 
 

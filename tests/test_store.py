@@ -465,6 +465,48 @@ def test_a_lock_held_for_ever_fails_with_what_to_do(
     Store.open(tmp_path / "s")  # released: it opens at once
 
 
+class _Stop(Exception):
+    """What a cancelled caller's ``check_cancelled`` raises, here."""
+
+
+def test_a_database_write_held_for_ever_fails_with_what_to_do_unless_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wait for another process's write transaction is made in slices (so that a
+    # cancel can end it), up to the same limit and with the same error as before.
+    store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP)
+    monkeypatch.setattr(_store, "BUSY_TIMEOUT_S", 1.0)
+    holder = sqlite3.connect(store.path / "imagec.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process writing
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="kept the store's database busy for over 1 s"):
+            commit(store, *layers[0])
+        assert time.monotonic() - started < 10
+        # Asked between the slices, with no transaction begun: raising ends the wait.
+        calls: list[None] = []
+
+        def check_cancelled() -> None:
+            calls.append(None)
+            if len(calls) == 3:
+                raise _Stop
+
+        gz, layer = layers[0]
+        with store.open_ingest(layer.descriptor.digest) as ingest, pytest.raises(_Stop):
+            ingest.write(gz)
+            store.commit_layer(ingest, layer, check_cancelled=check_cancelled)
+        assert len(calls) == 3
+        assert not store.layer_committed(layer.descriptor.digest)  # the blob, not its row
+    finally:
+        holder.close()
+    for gz, layer in layers:  # the database is free: nothing was left half-done
+        commit(store, gz, layer)
+    store.record_image(resolved, check_cancelled=check_cancelled)
+    assert store.find_image(str(APP)) is not None
+    assert store.verify(full=True)[1] == []
+
+
 def test_write_blob_checks_digest(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     data = b'{"hello": "world"}'
