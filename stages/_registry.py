@@ -621,7 +621,9 @@ class RegistryClient:
                         ref=str(ref),
                     )
             await self._refuse_internal_realm(ref, url, authority)
-            asking.server = f"the token service at {url_authority(url)}"
+            # Named as the token service's own errors name it: through the cut of the
+            # registry's words, for the realm's host may carry the credentials.
+            asking.server = f"the token service at {self._quotable(url_authority(url))}"
             token = await fetch_token(
                 self._client_for(url),
                 url,

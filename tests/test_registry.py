@@ -1878,6 +1878,30 @@ async def test_a_token_service_past_the_deadline_is_blamed_not_the_registry() ->
     )
 
 
+async def test_a_token_service_past_the_deadline_is_named_without_the_credentials() -> None:
+    # The deadline's message named the realm's host as it was, where every other
+    # message about the token service quotes it through the cut that knows the
+    # credentials (a realm may carry what it was sent: ea5ed7e).
+    realm = f"https://{SECRET}.evil.example/token"
+    fake = FakeRegistry(challenge=f'Bearer realm="{realm}",service="x"')
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    fake.routes[realm] = never_answers  # type: ignore[assignment]
+    names = {"reg.example": ["93.184.216.34"], f"{SECRET}.evil.example": ["93.184.216.35"]}
+    limits = Limits(response_deadline_s=0.2)
+    with trio.fail_after(5):
+        async with _client(fake, credentials=CREDS, limits=limits, names=names) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await client.authenticate(REF)
+    assert info.value.message == (
+        "the token service at [redacted].evil.example took more than 0.2 s to answer for"
+        " authentication; that server or the network is stalling, pull again"
+    )
+
+
 @pytest.mark.parametrize(
     ("failure", "said"),
     [
