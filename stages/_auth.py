@@ -758,10 +758,20 @@ def quotable(
     (``recent_tokens``) too, then ``redact``. Not shortened: a caller cuts the result to
     its length, after, so that a secret cut short still has the shape that gives it away.
     Every place that quotes a server's text goes through here, the registry client's
-    with its own credentials and tokens (``RegistryClient._quotable``)."""
-    secrets = sent_secrets(credentials) if credentials is not None else ()
+    with its own credentials and tokens (``RegistryClient._quotable``).
+
+    The credentials are cut in lower case too: a server's URL (a token realm) is quoted
+    by its host, which parsing lower-cases, so ``https://Hunter2.evil.example`` is named
+    ``hunter2.evil.example``, where the password as typed is not found."""
+    secrets = _and_lower_case(sent_secrets(credentials)) if credentials is not None else ()
     issued = dict.fromkeys((*tokens, *recent_tokens()))
     return redact(cut_tokens(cut_secrets(_printable(text), secrets), issued))
+
+
+def _and_lower_case(secrets: Sequence[str]) -> tuple[str, ...]:
+    """``secrets``, then each in lower case where that differs, in their order (a padded
+    form still before the unpadded one: ``sent_secrets``)."""
+    return tuple(dict.fromkeys((*secrets, *(secret.lower() for secret in secrets))))
 
 
 def _printable(text: str) -> str:

@@ -426,6 +426,40 @@ async def test_a_realm_carrying_the_credentials_is_quoted_without_them(
     assert BASIC not in message, message
 
 
+# A password with capitals, and its Basic credentials (base64, capitals too, no padding).
+MIXED_CASE = Credentials("bob", "Hunter2-Secret")
+MIXED_CASE_BASIC = basic_authorization(MIXED_CASE).removeprefix("Basic ")
+
+
+@pytest.mark.parametrize("secret", ["Hunter2-Secret", MIXED_CASE_BASIC], ids=["password", "basic"])
+@pytest.mark.parametrize(
+    ("scheme", "address", "said"),
+    [
+        ("http", "93.184.216.35", "it is plain http"),
+        ("https", "10.0.0.9", "named a token service on the private address"),
+        ("https", "93.184.216.35", "refused a token as 'bob'"),
+    ],
+)
+async def test_a_realm_host_carrying_the_credentials_in_capitals_is_quoted_without_them(
+    secret: str, scheme: str, address: str, said: str
+) -> None:
+    # A URL's host is lower-cased when it is parsed: the realm's host named the password
+    # (or the Basic credentials) in lower case, which the cut, looking for it as the
+    # user typed it, did not find.
+    assert MIXED_CASE_BASIC == "Ym9iOkh1bnRlcjItU2VjcmV0"  # no "+", "/" or "=": a host
+    host = f"{secret}.evil.example"
+    fake = FakeRegistry(challenge=f'Bearer realm="{scheme}://{host}/token",service="x"')
+    names = {"reg.example": ["93.184.216.34"], host.lower(): [address]}
+    with trio.fail_after(5):
+        async with _client(fake, credentials=MIXED_CASE, names=names) as client:
+            with pytest.raises(AuthError) as info:
+                await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    message = str(info.value)
+    assert said in message, message
+    assert secret.lower() not in message.lower(), message
+    assert "[redacted].evil.example" in message, message
+
+
 @pytest.mark.parametrize("credentials", [CREDS, None], ids=["with credentials", "anonymous"])
 async def test_realm_name_resolving_to_a_private_address_is_refused(
     credentials: Credentials | None,
