@@ -307,7 +307,7 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         self,
         addresses: Sequence[str],
         port: int,
-        timeout: float | None,  # noqa: ASYNC109 (httpcore's, per attempt)
+        timeout: float | None,  # noqa: ASYNC109 (httpcore's, for all the attempts)
         local_address: str | None,
         socket_options: list[httpcore.SOCKET_OPTION],
     ) -> httpcore.AsyncNetworkStream:
@@ -316,15 +316,19 @@ class LargeReadBackend(httpcore.AsyncNetworkBackend):
         taking turns first (RFC 8305, as trio's ``open_tcp_stream`` tries what it
         resolves): an address that does not answer costs a quarter second, not the
         connect timeout. The others are cancelled, or closed when they connected too.
-        When none connects, ``ConnectTimeout`` if every attempt timed out, else
-        ``ConnectError``, from the attempts' errors."""
+        All within ``timeout``, as trio's attempts were under one deadline: an attempt
+        started later is given what is left of it (each given the whole of it, n silent
+        addresses took (n - 1) / 4 s more). When none connects, ``ConnectTimeout`` if
+        every attempt timed out, else ``ConnectError``, from the attempts' errors."""
         connected: list[httpcore.AsyncNetworkStream] = []
         failures: list[Exception] = []
+        deadline = None if timeout is None else trio.current_time() + timeout
 
         async def attempt(address: str, failed: trio.Event, nursery: trio.Nursery) -> None:
+            left = None if deadline is None else max(0.0, deadline - trio.current_time())
             try:
                 stream = await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
+                    address, port, left, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failures.append(exc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -404,3 +404,43 @@ async def test_a_lookup_that_hangs_is_a_connect_timeout() -> None:
                     await client.get("https://slow.example/v2/")
     assert describe_error(info.value) == "timed out connecting"
     assert asked == ["slow.example", "slow.example"]
+
+
+class _Unanswered(httpcore.AsyncNetworkBackend):
+    """A network on which no connection is answered: each attempt waits out the timeout
+    it was given, then fails as httpcore's trio backend does. ``gives_up_at``: when each
+    address's attempt would stop waiting."""
+
+    def __init__(self) -> None:
+        self.gives_up_at: dict[str, float] = {}
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        assert timeout is not None
+        self.gives_up_at[host] = trio.current_time() + timeout
+        await trio.sleep(timeout)
+        raise httpcore.ConnectTimeout(f"{host} did not answer")
+
+
+async def test_a_names_addresses_share_one_connect_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Attempts started a quarter second apart end together, when the connect timeout
+    does, as trio's open_tcp_stream did them all under one deadline: each given the
+    whole timeout, a name of n silent addresses took (n - 1) / 4 s more than it."""
+    dns = DNS({"reg.example": [["93.184.216.1", "93.184.216.2", "2606:2800:220:1::1"]]})
+    network = _Unanswered()
+    backend = LargeReadBackend(1 << 16, network, PinnedResolver(dns))
+    with trio.fail_after(60):
+        started = trio.current_time()
+        with pytest.raises(httpcore.ConnectTimeout):
+            await backend.connect_tcp("reg.example", 443, timeout=5.0)
+    assert sorted(network.gives_up_at) == ["2606:2800:220:1::1", "93.184.216.1", "93.184.216.2"]
+    for gives_up_at in network.gives_up_at.values():
+        assert gives_up_at == pytest.approx(started + 5.0)
