@@ -160,7 +160,15 @@ async def resolve_host(host: str) -> list[str]:
 
 
 async def _system_lookup(host: str) -> list[str]:
-    infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+    """``host``'s addresses; ``socket.gaierror`` when it has none, also for a name the
+    resolver cannot be asked for (a label empty or over 63 characters), which the idna
+    codec refuses with a ``UnicodeError`` before any lookup: a layer's URL or a redirect
+    names any host it likes, and that error went out of the address checks as it was."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_STREAM)
+    except UnicodeError as exc:
+        reason = exc.__cause__ or exc.__context__ or exc
+        raise socket.gaierror(socket.EAI_NONAME, f"not a name DNS can look up: {reason}") from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 

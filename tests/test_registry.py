@@ -2084,6 +2084,22 @@ async def test_a_redirect_target_whose_name_rebinds_is_reached_at_the_checked_ad
     assert network.dns.lookups["cdn.example"] == 1
 
 
+@pytest.mark.parametrize(
+    "host", ["a" * 64 + ".example", "files..example", "x" * 300], ids=["label", "empty", "long"]
+)
+async def test_a_layers_url_on_a_name_dns_cannot_ask_for_is_a_registry_error(host: str) -> None:
+    """The system's lookup (trio's getaddrinfo) refuses such a name with a UnicodeError
+    from the idna codec, not an OSError: it went through the address check and out of
+    the registry client as it was, a crash where the pull says what was wrong."""
+    with trio.fail_after(10):
+        async with RegistryClient.open(RegistryOptions(), Limits(retries=0)) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await _read_from(client, REF, f"https://{host}/layer")
+    assert f"cannot connect to {host} (" in info.value.message
+    assert "label" in info.value.message
+    assert not info.value.transient
+
+
 async def test_a_name_that_did_not_resolve_for_its_check_does_not_resolve_to_connect(
     tmp_path: Path,
 ) -> None:
