@@ -457,9 +457,10 @@ def token_url(
     params["scope"] = scope
     try:
         url = httpx.URL(realm)
-    except httpx.InvalidURL as exc:
+        host = url.host  # an "xn--" label that is no IDNA name raises here, not above
+    except (httpx.InvalidURL, UnicodeError) as exc:
         raise AuthError(f"the registry named an invalid token realm {quote(realm)!r:.200}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         raise AuthError(f"the registry named an unusable token realm {quote(realm)!r:.200}")
     if url.userinfo:
         # httpx would send them as Basic auth in place of the user's own credentials:
@@ -644,6 +645,8 @@ async def fetch_token(
             f"the token service at {realm_host} sent more than {limits.max_token_bytes} bytes;"
             " refused"
         ) from exc
+    except UnicodeError as exc:  # httpx reading a Location whose host is no IDNA name
+        raise AuthError(f"the token service at {realm_host} redirected to an invalid URL") from exc
     token = parse_token_response(body, realm_host=realm_host)
     for secret in token.secrets:  # out of errors and log lines, if a server quotes it
         remember_token(secret)

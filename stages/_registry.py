@@ -371,9 +371,10 @@ class RegistryClient:
 
         try:
             target = httpx.URL(url)
+            host = target.host  # an "xn--" label that is no IDNA name raises here
         except (httpx.InvalidURL, ValueError, TypeError) as exc:
             raise refused("is not a valid URL") from exc
-        if target.scheme not in ("http", "https") or not target.host:
+        if target.scheme not in ("http", "https") or not host:
             raise refused("is not an http or https URL; skipped")
         if target.userinfo:
             raise refused("carries user info; no credentials go to a layer's URLs")
@@ -788,6 +789,12 @@ class RegistryClient:
                     response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, ref, current, what, digest) from exc
+            except UnicodeError as exc:  # httpx reading a Location whose host is no IDNA name
+                raise RegistryError(
+                    f"{current.host} redirected {what} to an invalid URL",
+                    ref=str(ref),
+                    digest=digest,
+                ) from exc
             if response.status_code not in _REDIRECTS:
                 return response
             location = response.headers.get("Location")
@@ -807,13 +814,14 @@ class RegistryClient:
                 )
             try:
                 target = current.join(location)
-            except httpx.InvalidURL as exc:
+                target_host = target.host  # an "xn--" label that is no IDNA name raises here
+            except (httpx.InvalidURL, UnicodeError) as exc:
                 raise RegistryError(
                     f"{current.host} redirected {what} to an invalid URL",
                     ref=str(ref),
                     digest=digest,
                 ) from exc
-            if target.scheme not in ("http", "https") or not target.host:
+            if target.scheme not in ("http", "https") or not target_host:
                 raise RegistryError(
                     f"{current.host} redirected {what} to an unusable URL",
                     ref=str(ref),

@@ -764,6 +764,39 @@ async def test_redirect_to_cdn_drops_authorization() -> None:
     assert cdn[0].headers["Accept-Encoding"] == "identity"
 
 
+# An ACE label whose Unicode (U+2177, SMALL ROMAN NUMERAL EIGHT) IDNA 2008 does not allow:
+# httpx parses the URL and raises idna's InvalidCodepoint when asked for its ``host``.
+NOT_IDNA = "xn--e5g.example"
+
+
+@pytest.mark.parametrize("place", ["realm", "redirect", "token redirect", "layer URL"])
+async def test_a_url_whose_host_is_no_idna_name_is_refused_not_a_crash(place: str) -> None:
+    # The realm (token_url), a redirect's Location (_follow, and httpx's send, which
+    # reads it too) and a layer's URL (_foreign_target) are the registry's text; each
+    # parsed, and the first look at its host raised idna's error out of the registry
+    # client, a UnicodeError.
+    realm = f'Bearer realm="https://{NOT_IDNA}/token"'
+    fake = FakeRegistry(challenge=realm if place == "realm" else None)
+    if place == "redirect":
+        fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(f"https://{NOT_IDNA}/b")
+    if place == "token redirect":
+        fake.challenge = BEARER
+        fake.routes["https://auth.example/token"] = _redirect(f"https://{NOT_IDNA}/t")
+    url = f"https://{NOT_IDNA}/layer" if place == "layer URL" else None
+    error = AuthError if place in ("realm", "token redirect") else RegistryError
+    with trio.fail_after(5):
+        async with _client(fake) as client:
+            with pytest.raises(error) as info:
+                await _read_from(client, REF, url)
+    said = {
+        "realm": f"the registry named an invalid token realm 'https://{NOT_IDNA}/token'",
+        "redirect": "reg.example redirected blob",
+        "token redirect": "the token service at auth.example redirected to an invalid URL",
+        "layer URL": f"the URL https://{NOT_IDNA}/layer for layer {BLOB_DIGEST} is not a valid URL",
+    }[place]
+    assert said in info.value.message, info.value.message
+
+
 async def test_relative_redirect_on_registry_keeps_authorization() -> None:
     fake = FakeRegistry(challenge=BEARER)
     fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect("/storage/blob", 302)
