@@ -634,7 +634,12 @@ async def fetch_token(
                 await response.aclose()
     except httpx.HTTPError as exc:
         stalled_s = stalled_for(exc, limits)
-        reason = describe_error(exc) if stalled_s is None else f"no data for {stalled_s:g} s"
+        # The network's words may name the realm's host too (a certificate not valid for it).
+        reason = (
+            quotable(describe_error(exc), credentials=credentials)
+            if stalled_s is None
+            else f"no data for {stalled_s:g} s"
+        )
         raise AuthError(
             f"cannot get a token from {realm_host}: {reason}",
             transient=transient_failure(exc),

@@ -57,8 +57,8 @@ import trio
 from ._config import Limits
 from ._errors import ImagecError, RegistryError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
-from ._http import stalled_for, url_authority
-from ._redact import redact, shown_url
+from ._http import stalled_for
+from ._redact import redact
 from ._reference import Reference
 from ._retry import retrying
 from ._types import Descriptor, Digest
@@ -74,6 +74,10 @@ class BlobSource(Protocol):
     ``stream_blob`` (from the registry) and ``stream_url`` (from one of the URLs a layer's
     descriptor names, sending no credentials) yield a response whose status is already
     checked (200, or 206 starting at ``offset``) and close it on exit.
+
+    ``server_named`` and ``url_shown`` are how the stage's messages name a server that
+    sent a body and a layer's URL: the registry chose them, and the source knows what it
+    sent the registry that must not come back in them (the credentials, the tokens).
     """
 
     def stream_blob(
@@ -83,6 +87,14 @@ class BlobSource(Protocol):
     def stream_url(
         self, ref: Reference, url: str, digest: Digest, *, offset: int = 0
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]: ...
+
+    def server_named(self, ref: Reference, url: httpx.URL) -> str:
+        """``url``'s ``host[:port]``, as errors and log lines may name it."""
+        ...
+
+    def url_shown(self, url: str) -> str:
+        """A layer's URL, as errors and log lines may show it (``shown_url``'s form)."""
+        ...
 
 
 class NetworkClock:
@@ -183,7 +195,7 @@ async def blob_stream(
         failures: list[tuple[str | None, ImagecError]] = []
         places = _places(layer, limits)
         for index, place in enumerate(places):
-            shown = "the registry" if place is None else shown_url(place)
+            shown = "the registry" if place is None else source.url_shown(place)
             transfer.window_started = None  # each source is judged on its own bytes
             try:
                 await retrying(
@@ -195,7 +207,7 @@ async def blob_stream(
             except ImagecError as error:
                 if len(places) == 1 or not _another_place_may_cure(error):
                     raise
-                failures.append((place, error))
+                failures.append((None if place is None else shown, error))
                 if index + 1 < len(places):  # after the last, the error says it all
                     report_retry(error, 0, 0.0)
                     log.warning(
@@ -245,11 +257,12 @@ def _every_place_failed(
     failures: list[tuple[str | None, ImagecError]],
     limits: Limits,
 ) -> ImagecError:
-    """One error for a layer none of whose sources served it: each source and what it
-    said, of the type they share (``NotFound`` when every one lacked it)."""
+    """One error for a layer none of whose sources served it: each source (None for the
+    registry, else its URL as shown) and what it said, of the type they share
+    (``NotFound`` when every one lacked it)."""
     kinds = {type(error) for _, error in failures}
     kind = kinds.pop() if len(kinds) == 1 else RegistryError
-    said = "; ".join(_said(place, error) for place, error in failures)
+    said = "; ".join(_said(shown, error) for shown, error in failures)
     skipped = len(layer.urls) - limits.max_layer_urls
     note = (
         f" (its descriptor names {len(layer.urls)} URLs; the first {limits.max_layer_urls}"
@@ -265,13 +278,13 @@ def _every_place_failed(
     )
 
 
-def _said(place: str | None, error: ImagecError) -> str:
-    """What ``place`` said, naming it once: ``stream_url``'s errors name their URL
-    already ("https://x/y answered HTTP 404 ...", "... from https://x/y: ..."); the
-    others are prefixed with it."""
-    if place is None:
+def _said(shown: str | None, error: ImagecError) -> str:
+    """What a source said, naming it once (``shown``: None for the registry, else its URL
+    as ``url_shown`` shows it): ``stream_url``'s errors name their URL so already
+    ("https://x/y answered HTTP 404 ...", "... from https://x/y: ..."); the others are
+    prefixed with it."""
+    if shown is None:
         return f"the registry: {error.message}"
-    shown = shown_url(place)
     return error.message if shown in error.message else f"{shown}: {error.message}"
 
 
@@ -291,7 +304,7 @@ async def _attempt(
     next one is asked from where they end."""
     size, digest, ref_text = layer.size, str(layer.digest), str(ref)
     # For messages: the source asked until its response names the server that sent it.
-    source_name = "the registry" if place is None else shown_url(place)
+    source_name = "the registry" if place is None else source.url_shown(place)
     offset = transfer.received
     opened = (
         source.stream_blob(ref, layer.digest, offset=offset)
@@ -301,7 +314,7 @@ async def _attempt(
     reading = False
     try:
         async with opened as response:
-            source_name = _sender(ref, place, response)
+            source_name = _sender(source, ref, place, response)
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
             _check_content_length(response, ref_text, layer, offset - skip, source_name)
@@ -364,22 +377,23 @@ async def _attempt(
         )
 
 
-def _sender(ref: Reference, place: str | None, response: httpx.Response) -> str:
+def _sender(source: BlobSource, ref: Reference, place: str | None, response: httpx.Response) -> str:
     """The server that sent ``response``, as the messages about its body name it: the
     source asked (the registry, or the URL ``place``), or the server it redirected to
     (a registry's storage server or CDN), which is the one to blame for a short, long or
     slow body.
 
-    That server is named by its host and port alone, redacted: its URL is signed, and
-    its query holds the signature (RELIABILITY.md, "secrets never in logs, errors")."""
-    asked_name = "the registry" if place is None else shown_url(place)
+    That server is named by its host and port alone, through the source's cut
+    (``server_named``): its URL is signed, and its query holds the signature
+    (RELIABILITY.md, "secrets never in logs, errors"), and the registry chose its host."""
+    asked_name = "the registry" if place is None else source.url_shown(place)
     sent_from = response.url
     # The registry client's endpoint is ``ref.api_host``, over the scheme it chose.
     endpoint = f"{sent_from.scheme}://{ref.api_host}"
     asked = httpx.URL(endpoint if place is None else place)
     if (sent_from.host, sent_from.port) == (asked.host, asked.port):
         return asked_name
-    authority = redact(url_authority(sent_from))
+    authority = source.server_named(ref, sent_from)
     kind = "the storage server" if place is None else "the server"
     return f"{kind} {authority} (redirected from {asked_name})"
 

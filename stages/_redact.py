@@ -88,7 +88,7 @@ import functools
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = [
     "RECENT_TOKENS_KEPT",
@@ -307,12 +307,16 @@ def _redact_url(match: re.Match[str]) -> str:
     return f"{scheme}://{authority}{slash}{path}{tail}{punctuation}"
 
 
-def shown_url(url: str) -> str:
+def shown_url(url: str, *, quote: Callable[[str], str] = redact) -> str:
     """A URL a manifest names (a foreign layer's) as errors and logs show it: redacted
     (no query, no user info), what is not printable replaced (a line break would forge
     a log line), and at most ``SHOWN_URL_CHARS`` characters (a manifest may hold one of
-    megabytes). Cut after redacting, so no part of a secret survives the cut."""
-    shown = "".join(c if c.isprintable() else "?" for c in redact(url))
+    megabytes). Cut after redacting, so no part of a secret survives the cut.
+
+    ``quote`` redacts: ``redact``, or the cut of a registry client, which knows the
+    credentials it sends and the tokens it holds (``RegistryClient.url_shown``): the URL
+    is the registry's text, and a registry may put in it what it was sent."""
+    shown = "".join(c if c.isprintable() else "?" for c in quote(url))
     if len(shown) > SHOWN_URL_CHARS:
         shown = shown[: SHOWN_URL_CHARS - 3] + "..."
     return shown

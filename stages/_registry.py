@@ -23,6 +23,11 @@ a redirect either: plain http to another host only if that host could be a regis
 reached so, and a private or link-local host only from a registry on one
 (``_check_redirect``).
 
+Those servers (a token realm, a layer's URL, a redirect target) are the registry's
+choice, and a registry that was sent the password may name one after it
+(``https://<password>.evil.example/``): errors and log lines name them through the cut
+of the credentials sent and the tokens held (``server_named``, ``url_shown``).
+
 The address checks (a token realm, a layer's URL, a redirect target) and the connections
 look each name up once, through one ``PinnedResolver`` per client: a request reaches a
 host only at an address its check classified, however the name's DNS answer changes
@@ -232,7 +237,8 @@ class RegistryClient:
             try:
                 if response.status_code != 200:
                     raise RegistryError(
-                        f"{url_authority(response.url)} answered HTTP {response.status_code}"
+                        f"{self.server_named(ref, response.url)} answered HTTP"
+                        f" {response.status_code}"
                         f" instead of 200 for {what}",
                         ref=str(ref),
                         digest=digest,
@@ -323,8 +329,8 @@ class RegistryClient:
         loopback or private host only when the registry is on one of the same kind (as
         for a token realm: ``_refuse_internal_realm``): a loopback URL, plain http or
         not, only for a registry on loopback. Redirects follow ``_follow``'s rules.
-        Errors name the URL as ``shown_url`` shows it, without its query (a signed URL's
-        secrets).
+        Errors name the URL as ``url_shown`` shows it, without its query (a signed URL's
+        secrets) and cut of the credentials.
         """
         return self._stream_url(ref, url, digest, offset)
 
@@ -334,7 +340,7 @@ class RegistryClient:
     ) -> AsyncIterator[httpx.Response]:
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
-        shown = shown_url(url)
+        shown = self.url_shown(url)
         target = self._foreign_target(ref, url, shown, digest)
         what = f"blob {digest} from {shown}"
         headers = {"Accept-Encoding": "identity"}
@@ -350,7 +356,7 @@ class RegistryClient:
             )
         try:
             if response.status_code >= 300:
-                raise await _url_status_error(response, ref, target, shown, digest)
+                raise await self._url_status_error(response, ref, target, shown, digest)
             self._check_blob_status(response, ref, digest, offset)
             try:
                 yield response
@@ -385,7 +391,7 @@ class RegistryClient:
         ):
             raise refused(
                 "is plain http, which is used only for loopback hosts and hosts listed with"
-                f" --insecure-registry ({authority})"
+                f" --insecure-registry ({self.server_named(ref, target)})"
             )
         return target
 
@@ -535,6 +541,27 @@ class RegistryClient:
         in its body or in any header (opaque tokens have no shape ``redact`` knows)."""
         return quotable(text, credentials=self._options.credentials, tokens=self._tokens.secrets())
 
+    def server_named(self, ref: Reference, url: httpx.URL, *, port: bool = True) -> str:
+        """The server of ``url`` as errors and log lines name it: ``host[:port]``
+        (``port`` False: the host alone), never its path or query (a signed URL's
+        secrets). The registry's own host as it is: the user typed it. Any other through
+        ``_quotable``: a storage server the registry redirected to, a token service, a
+        layer's URL and where that redirected are the registry's text, and a registry
+        that was sent the password may name ``https://<password>.evil.example/``, which
+        parsing lower-cases (``_quotable`` cuts the credentials in lower case too). Every
+        message naming such a server goes through here."""
+        name = url_authority(url) if port else url.host
+        if url.host == host_of(ref.api_host):
+            return name
+        return self._quotable(name)
+
+    def url_shown(self, url: str) -> str:
+        """A URL a manifest names (a foreign layer's) as errors and log lines show it:
+        ``shown_url``'s form, the registry's text cut by ``_quotable`` before it is cut
+        short, for the URL may carry what the registry was sent as ``server_named``'s
+        hosts may."""
+        return shown_url(url, quote=self._quotable)
+
     def _check_blob_status(
         self, response: httpx.Response, ref: Reference, digest: Digest, offset: int
     ) -> None:
@@ -542,7 +569,7 @@ class RegistryClient:
         whose Content-Range starts there, or a 200 (Range ignored, the whole blob again).
         Else a ``RegistryError``, quoting the Content-Range through ``_quotable``."""
         status = response.status_code
-        server = url_authority(response.url)  # the registry's, or a storage server's it named
+        server = self.server_named(ref, response.url)  # the registry, or a storage server
         if offset == 0:
             if status != 200:
                 raise RegistryError(
@@ -618,13 +645,13 @@ class RegistryClient:
                 if reason is not None:
                     raise AuthError(
                         f"refusing to send credentials for {authority} to the token service"
-                        f" {self._quotable(url.host)}: {self._quotable(reason)}",
+                        f" {self.server_named(ref, url, port=False)}: {self._quotable(reason)}",
                         ref=str(ref),
                     )
             await self._refuse_internal_realm(ref, url, authority)
             # Named as the token service's own errors name it: through the cut of the
             # registry's words, for the realm's host may carry the credentials.
-            asking.server = f"the token service at {self._quotable(url_authority(url))}"
+            asking.server = f"the token service at {self.server_named(ref, url)}"
             token = await fetch_token(
                 self._client_for(url),
                 url,
@@ -651,7 +678,7 @@ class RegistryClient:
         if kind is not None:
             raise AuthError(
                 f"{authority} named a token service on the {kind} address "
-                f"{self._quotable(url.host)}{by_name}; refused",
+                f"{self.server_named(ref, url, port=False)}{by_name}; refused",
                 ref=str(ref),
             )
 
@@ -791,7 +818,8 @@ class RegistryClient:
                 raise self._transport_error(exc, ref, current, what, digest) from exc
             except UnicodeError as exc:  # httpx reading a Location whose host is no IDNA name
                 raise RegistryError(
-                    f"{current.host} redirected {what} to an invalid URL",
+                    f"{self.server_named(ref, current, port=False)} redirected {what} to an"
+                    " invalid URL",
                     ref=str(ref),
                     digest=digest,
                 ) from exc
@@ -801,7 +829,8 @@ class RegistryClient:
             await _close(response)
             if not location:
                 raise RegistryError(
-                    f"{current.host} redirected the request for {what} without a Location",
+                    f"{self.server_named(ref, current, port=False)} redirected the request"
+                    f" for {what} without a Location",
                     ref=str(ref),
                     digest=digest,
                 )
@@ -817,19 +846,22 @@ class RegistryClient:
                 target_host = target.host  # an "xn--" label that is no IDNA name raises here
             except (httpx.InvalidURL, UnicodeError) as exc:
                 raise RegistryError(
-                    f"{current.host} redirected {what} to an invalid URL",
+                    f"{self.server_named(ref, current, port=False)} redirected {what} to an"
+                    " invalid URL",
                     ref=str(ref),
                     digest=digest,
                 ) from exc
             if target.scheme not in ("http", "https") or not target_host:
                 raise RegistryError(
-                    f"{current.host} redirected {what} to an unusable URL",
+                    f"{self.server_named(ref, current, port=False)} redirected {what} to an"
+                    " unusable URL",
                     ref=str(ref),
                     digest=digest,
                 )
             if current.scheme == "https" and target.scheme == "http":
                 raise RegistryError(
-                    f"refused a redirect from https to plain http ({target.host}) for {what}",
+                    "refused a redirect from https to plain http"
+                    f" ({self.server_named(ref, target, port=False)}) for {what}",
                     ref=str(ref),
                     digest=digest,
                 )
@@ -837,9 +869,11 @@ class RegistryClient:
             visited.add(str(current))
             if str(target) in visited:
                 raise RegistryError(
-                    f"redirect loop for {what} (via {target.host})", ref=str(ref), digest=digest
+                    f"redirect loop for {what} (via {self.server_named(ref, target, port=False)})",
+                    ref=str(ref),
+                    digest=digest,
                 )
-            log.debug("redirected", what=what, to_host=target.host)
+            log.debug("redirected", what=what, to_host=self.server_named(ref, target, port=False))
             current = target
 
     async def _check_redirect(
@@ -862,7 +896,8 @@ class RegistryClient:
             or matches_insecure(authority, self._options.insecure_registries)
         ):
             raise RegistryError(
-                f"refused a redirect to plain http on {authority} for {what}: plain http is"
+                f"refused a redirect to plain http on {self.server_named(ref, target)} for"
+                f" {what}: plain http is"
                 " used only for loopback hosts and hosts listed with --insecure-registry",
                 ref=str(ref),
                 digest=digest,
@@ -870,7 +905,8 @@ class RegistryClient:
         kind = await self._internal_kind(ref, target.host)
         if kind is not None:
             raise RegistryError(
-                f"{url_authority(current)} redirected {what} to {target.host}, a {kind} address,"
+                f"{self.server_named(ref, current)} redirected {what} to"
+                f" {self.server_named(ref, target, port=False)}, a {kind} address,"
                 f" and the registry {ref.api_host} is not on one; refused",
                 ref=str(ref),
                 digest=digest,
@@ -886,16 +922,17 @@ class RegistryClient:
         what: str,
         digest: str | None,
     ) -> RegistryError:
-        authority = url_authority(url)
+        authority = self.server_named(ref, url)
+        # The network's words may name the host too (a certificate not valid for it).
+        reason = self._quotable(describe_error(exc))
         if tls_failure(exc) == "verify":
             return RegistryUnavailable(
-                f"the TLS certificate of {authority} is not trusted ({describe_error(exc)}):"
+                f"the TLS certificate of {authority} is not trusted ({reason}):"
                 f" pass --ca-file PEM with the CA that signed it, or --insecure-registry"
                 f" {authority} to skip verification",
                 ref=str(ref),
                 digest=digest,
             )
-        reason = describe_error(exc)
         transient = transient_failure(exc)
         stalled_s = stalled_for(exc, self._limits)
         # The registry, or another server it redirected to or a manifest named: the
@@ -937,7 +974,7 @@ class RegistryClient:
     def _server_of(self, ref: Reference, url: httpx.URL) -> str | None:
         """The server of ``url`` as ``_Asking`` holds it: None on the registry's endpoint,
         else its ``host[:port]`` (never its path or query: a signed URL's secrets)."""
-        return None if self._is_registry(ref, url) else url_authority(url)
+        return None if self._is_registry(ref, url) else self.server_named(ref, url)
 
     async def _status_error(
         self,
@@ -955,7 +992,8 @@ class RegistryClient:
         server = (
             authority
             if from_registry
-            else f"the storage server {url_authority(response.url)} that {authority} redirected to"
+            else f"the storage server {self.server_named(ref, response.url)} that {authority}"
+            " redirected to"
         )
         # The body's words go through the same cut as _quotable's.
         detail = await error_detail(
@@ -1002,7 +1040,7 @@ class RegistryClient:
                 digest=digest,
                 transient=True,
                 retry_after_s=parse_retry_after(retry_after),
-                retry_after_from=url_authority(response.url),
+                retry_after_from=self.server_named(ref, response.url),
             )
         if status >= 500:
             return RegistryUnavailable(
@@ -1011,7 +1049,7 @@ class RegistryClient:
                 digest=digest,
                 transient=status in _TRANSIENT_5XX,
                 retry_after_s=parse_retry_after(retry_after) if status == 503 else None,
-                retry_after_from=url_authority(response.url),
+                retry_after_from=self.server_named(ref, response.url),
             )
         if status == 408:
             return RegistryUnavailable(
@@ -1024,40 +1062,48 @@ class RegistryClient:
             f"{server} answered HTTP {status} for {what}{suffix}", ref=ref_text, digest=digest
         )
 
-
-async def _url_status_error(
-    response: httpx.Response, ref: Reference, target: httpx.URL, shown: str, digest: Digest
-) -> RegistryError:
-    """The error for a status other than 2xx from a foreign layer's URL (or where it
-    redirected): the registry's hints (check the repository, pass credentials) do not
-    apply to a server that the manifest named and that gets no credentials."""
-    status = response.status_code
-    detail = await error_detail(response)
-    server = shown
-    if not _same_origin(response.url, target):
-        server = f"{url_authority(response.url)}, where {shown} redirected,"
-    message = f"{server} answered HTTP {status} for layer {digest}" + (
-        f" ({detail})" if detail else ""
-    )
-    retry_after = response.headers.get("Retry-After")
-    kind: type[RegistryError] = RegistryError
-    transient = status == 408 or status in _TRANSIENT_5XX
-    if status in (404, 410):
-        kind = NotFound
-    elif status in (401, 403):
-        message += " (imagec-pipe sends no credentials to the URLs a layer names)"
-    elif status == 429:
-        kind, transient = TooManyRequests, True
-    elif status >= 500:
-        kind = RegistryUnavailable
-    return kind(
-        message,
-        ref=str(ref),
-        digest=str(digest),
-        transient=transient,
-        retry_after_s=parse_retry_after(retry_after) if status in (429, 503) else None,
-        retry_after_from=url_authority(response.url),
-    )
+    async def _url_status_error(
+        self,
+        response: httpx.Response,
+        ref: Reference,
+        target: httpx.URL,
+        shown: str,
+        digest: Digest,
+    ) -> RegistryError:
+        """The error for a status other than 2xx from a foreign layer's URL (or where it
+        redirected): the registry's hints (check the repository, pass credentials) do not
+        apply to a server that the manifest named and that gets no credentials."""
+        status = response.status_code
+        # The same cut as _quotable's: the server got no credentials, but the registry
+        # that named it did, and may run it.
+        detail = await error_detail(
+            response, credentials=self._options.credentials, tokens=self._tokens.secrets()
+        )
+        server = shown
+        if not _same_origin(response.url, target):
+            server = f"{self.server_named(ref, response.url)}, where {shown} redirected,"
+        message = f"{server} answered HTTP {status} for layer {digest}" + (
+            f" ({detail})" if detail else ""
+        )
+        retry_after = response.headers.get("Retry-After")
+        kind: type[RegistryError] = RegistryError
+        transient = status == 408 or status in _TRANSIENT_5XX
+        if status in (404, 410):
+            kind = NotFound
+        elif status in (401, 403):
+            message += " (imagec-pipe sends no credentials to the URLs a layer names)"
+        elif status == 429:
+            kind, transient = TooManyRequests, True
+        elif status >= 500:
+            kind = RegistryUnavailable
+        return kind(
+            message,
+            ref=str(ref),
+            digest=str(digest),
+            transient=transient,
+            retry_after_s=parse_retry_after(retry_after) if status in (429, 503) else None,
+            retry_after_from=self.server_named(ref, response.url),
+        )
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:

@@ -37,7 +37,9 @@ from stages._errors import (
 )
 from stages._events import ProgressEvent
 from stages._groups import collapse_exception_group
+from stages._http import url_authority
 from stages._layer import fetch_layer
+from stages._redact import shown_url
 from stages._reference import Reference
 from stages._types import Descriptor, Digest, MediaType
 
@@ -498,6 +500,12 @@ class RegistryThenURLs:
         self, ref: Reference, url: str, digest: Digest, *, offset: int = 0
     ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
         return self._get(url, offset)
+
+    def server_named(self, ref: Reference, url: httpx.URL) -> str:
+        return url_authority(url)
+
+    def url_shown(self, url: str) -> str:
+        return shown_url(url)
 
 
 async def test_a_foreign_layer_broken_off_by_the_registry_is_finished_from_its_urls(

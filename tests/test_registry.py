@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
+import logging
 import ssl
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -16,9 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 import trio
 import trio.lowlevel
 import trustme
+from structlog.testing import capture_logs
 
 from stages._auth import basic_authorization
 from stages._blob import blob_stream
@@ -2220,3 +2224,86 @@ async def test_a_registry_whose_own_name_rebinds_is_classified_where_it_was_reac
         f"reg.example named a token service on the link-local address {METADATA}; refused"
         in info.value.message
     )
+
+
+# --- hosts the registry chose, named without the credentials ---------------------------
+
+EVIL = "93.184.216.36"  # a storage server on a name the registry made up
+UNROUTED = "93.184.216.37"  # an address no server answers at
+
+
+@contextlib.contextmanager
+def _every_log_line() -> Iterator[list[Any]]:
+    """Every log line, debug included, as its fields were given, before any processor
+    (whatever level another test configured)."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.parametrize("secret", ["Hunter2-Secret", MIXED_CASE_BASIC], ids=["password", "basic"])
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("private", "reg.example redirected blob {digest} to [redacted].evil.example, a private"),
+        ("plain http", "refused a redirect from https to plain http ([redacted].evil.example)"),
+        ("503", "the storage server [redacted].evil.example that reg.example redirected to failed"),
+        ("unreachable", "cannot connect to [redacted].evil.example ("),
+        ("too long", "the storage server [redacted].evil.example (redirected from the registry)"),
+        (
+            "layer URL",
+            "the URL https://[redacted].evil.example/layer?[redacted] for layer {digest} is on"
+            " a private address",
+        ),
+    ],
+    ids=["private", "plain-http", "503", "unreachable", "too-long", "layer-url"],
+)
+async def test_a_server_the_registry_named_after_the_credentials_is_named_without_them(
+    tmp_path: Path, secret: str, case: str, said: str
+) -> None:
+    """A registry that was sent the password (Basic) redirects the blob to a storage
+    server, or its manifest names a layer URL, on a host it named after the password or
+    the Basic credentials. The host, lower-cased by parsing, was named as it was in the
+    refusals, the storage server's failures, the blob stage's messages and the
+    "redirected" log line; only a token realm's host went through the credentials' cut."""
+    host = f"{secret}.evil.example"
+    address = {"private": "10.0.0.9", "layer URL": "10.0.0.9", "unreachable": UNROUTED}.get(
+        case, EVIL
+    )
+    answers = {"reg.example": [[PUBLIC_REGISTRY]], host.lower(): [[address]]}
+    hosts = {PUBLIC_REGISTRY: "registry", EVIL: "storage"}
+    scheme = "http" if case == "plain http" else "https"
+    urls: tuple[str, ...] = ()
+    with _internet(tmp_path, hosts, answers) as (network, servers, options):
+        registry, storage = servers["registry"], servers["storage"]
+        registry.route("/v2/", Reply(401, {"WWW-Authenticate": 'Basic realm="reg"'}))
+        blob_path = f"/v2/team/app/blobs/{BLOB_DIGEST}"
+        if case == "layer URL":
+            urls = (f"https://{host}/layer?sig=S",)  # the registry lacks the blob
+        else:
+            registry.route(blob_path, Reply(307, {"Location": f"{scheme}://{host}/b?sig=S"}))
+        if case == "503":
+            storage.route("/b", Reply.error(503, "UNAVAILABLE", "busy"))
+        else:  # announcing 10 bytes more than the blob: too long
+            storage.route("/b", Reply(200, {"Content-Length": str(len(BLOB) + 10)}, BLOB))
+        layer = Descriptor(MediaType.OCI_LAYER_GZIP, BLOB_DIGEST, len(BLOB), urls=urls)
+        send, receive = trio.open_memory_channel[bytes](4)
+        receive.close()  # nothing is sent: each case fails before a body is read
+        options = dataclasses.replace(options, credentials=MIXED_CASE)
+        with _every_log_line() as logs, trio.fail_after(20):
+            async with _on(network, options) as client:
+                with pytest.raises((RegistryError, SizeMismatch)) as info:
+                    await blob_stream(client, REF, layer, Limits(retries=0), send, None)
+    message = str(info.value)
+    logged = json.dumps(logs, default=str)
+    for text in (message, logged):
+        assert secret.lower() not in text.lower(), text
+    assert said.format(digest=BLOB_DIGEST) in message, message
+    if case in ("503", "too long"):  # the redirect was followed, and logged
+        assert {"event": "redirected", "to_host": "[redacted].evil.example"}.items() <= next(
+            line for line in logs if line["event"] == "redirected"
+        ).items(), logs
