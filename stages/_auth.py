@@ -770,7 +770,8 @@ def quotable(
 
     The credentials are cut in lower case too: a server's URL (a token realm) is quoted
     by its host, which parsing lower-cases, so ``https://Hunter2.evil.example`` is named
-    ``hunter2.evil.example``, where the password as typed is not found."""
+    ``hunter2.evil.example``, where the password as typed is not found. The tokens are
+    cut in any case by ``cut_tokens`` itself, wherever it runs."""
     secrets = _and_lower_case(sent_secrets(credentials)) if credentials is not None else ()
     issued = dict.fromkeys((*tokens, *recent_tokens()))
     return redact(cut_tokens(cut_secrets(_printable(text), secrets), issued))

@@ -71,11 +71,15 @@ search through every string of every log line, and a library host pulls for a lo
 a token lives minutes, and the registry client cuts the tokens it holds itself out of
 what its servers say, however many other pulls have fetched tokens since. A token is
 cut as it is and as a URL or a form spells it whole (every character but letters,
-digits and ``-._~`` percent-encoded, the hex in either case), by plain replacement: a
-server quotes the token as its Authorization header carried it, and a registry's token
-is often a JWT of a kilobyte or two, whose pattern of per-character spellings (the
-password's) took 0.4 s to compile and 350 KB to keep, each. A token shorter than eight
-characters, which no registry issues, is cut as a short password is.
+digits and ``-._~`` percent-encoded, the hex in either case), and in any case of its
+letters: a URL's host is lower-cased when it is parsed, and a registry that names a
+server after a token it was sent (``https://<token>.evil.example/``) has it named so.
+Each token is looked for once in the text lower-cased (``cut_tokens``), and a pattern of
+those spellings, ignoring case, is compiled only for one found: a server quotes the token
+as its Authorization header carried it, and a registry's token is often a JWT of a
+kilobyte or two, whose pattern of per-character spellings (the password's) took 0.4 s to
+compile and 350 KB to keep, each. A token shorter than eight characters, which no
+registry issues, is cut as a short password is, in its own case only.
 
 Everything else is kept: host names, ports, status codes, error codes and the server's
 words, so a message still says which server failed and what it said. ``redact`` is
@@ -217,31 +221,52 @@ def recent_tokens() -> tuple[str, ...]:
 
 def cut_token(text: str, token: str) -> str:
     """``text`` without ``token`` (a bearer or refresh token we were issued), as it is or
-    percent-encoded whole (the rule is in this module's docstring)."""
-    if len(token) < _CUT_ANYWHERE_FROM:
-        return cut_secret(text, token)
-    for spelling in _token_spellings(token):
-        if spelling in text:
-            text = text.replace(spelling, REDACTED)
-    return text
+    percent-encoded whole, in any case (the rule is in this module's docstring)."""
+    return cut_tokens(text, (token,))
 
 
 def cut_tokens(text: str, tokens: Iterable[str]) -> str:
-    """``text`` without any of ``tokens``, each as ``cut_token`` cuts it."""
+    """``text`` without any of ``tokens``, each as ``cut_token`` cuts it.
+
+    The text is lower-cased once and each token looked for in it, lower-cased too (and
+    percent-encoded, when that spells it otherwise): one search per token for the log
+    processor, which runs this over every string of every line. Only a token found is
+    cut, by a pattern that ignores case."""
+    folded: str | None = None
     for token in tokens:
-        text = cut_token(text, token)
+        if len(token) < _CUT_ANYWHERE_FROM:
+            cut = cut_secret(text, token)
+            if cut is not text:
+                text, folded = cut, None
+            continue
+        if folded is None:
+            folded = text.lower()
+        bare, encoded = _folded_spellings(token)
+        if bare in folded or (encoded is not None and encoded in folded):
+            text, folded = _token_pattern(token).sub(REDACTED, text), None
     return text
 
 
 @functools.lru_cache(maxsize=2 * RECENT_TOKENS_KEPT)
-def _token_spellings(token: str) -> tuple[str, ...]:
-    """``token``, and percent-encoded with upper- and with lower-case hex."""
-    encoded = urllib.parse.quote(token, safe="-._~")
-    lower = _PERCENT_HEX.sub(lambda m: m.group(0).lower(), encoded)
-    return tuple(dict.fromkeys((token, encoded, lower)))
+def _folded_spellings(token: str) -> tuple[str, str | None]:
+    """``token`` in lower case, and percent-encoded whole in lower case (None when that
+    is the same: it has nothing to encode)."""
+    encoded = _percent_encoded(token)
+    return token.lower(), (encoded.lower() if encoded != token else None)
 
 
-_PERCENT_HEX = re.compile(r"%[0-9A-F]{2}")
+@functools.lru_cache(maxsize=2 * RECENT_TOKENS_KEPT)
+def _token_pattern(token: str) -> re.Pattern[str]:
+    """``token`` as it is or percent-encoded whole, in any case of its letters and of the
+    hex. Compiled only for a token found in a text: a literal of a kilobyte or two."""
+    spellings = dict.fromkeys((token, _percent_encoded(token)))
+    return re.compile("|".join(re.escape(s) for s in spellings), re.IGNORECASE)
+
+
+def _percent_encoded(token: str) -> str:
+    """``token`` as a URL or a form spells it: every character but letters, digits and
+    ``-._~`` percent-encoded."""
+    return urllib.parse.quote(token, safe="-._~")
 
 
 # As many as the log processor cuts: pipeline/_logging.py's RECENT_SECRETS_KEPT, and

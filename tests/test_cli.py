@@ -1486,6 +1486,20 @@ def test_log_json_redacts_secrets() -> None:
     assert record["timestamp"].endswith("Z")
 
 
+def test_a_token_remembered_is_cut_from_every_line_in_lower_case_too() -> None:
+    # A registry naming a server after the token it was sent (https://<token>.evil.example)
+    # has it named in lower case, as a URL's host: the processor cut the token only as it
+    # was issued.
+    from pipeline._logging import configure_logging
+
+    token = "glpat-Xk2f9QmA7p3vR2"
+    remember_token(token)
+    out = io.StringIO()
+    configure_logging(level="debug", json=True, stream=out)
+    structlog.get_logger().debug("redirected", to_host=f"{token.lower()}.evil.example")
+    assert json.loads(out.getvalue())["to_host"] == "[redacted].evil.example"
+
+
 # Names a log field may have that say secret by stages/_redact.py's rule. The old
 # substring list (password, secret, token, ...) missed the key, signature and session
 # ones: such a field was masked only when its value looked like a credential.

@@ -10,6 +10,7 @@ from stages._redact import (
     SHOWN_URL_CHARS,
     cut_secret,
     cut_secrets,
+    cut_token,
     cut_tokens,
     is_secret_name,
     recent_tokens,
@@ -256,7 +257,8 @@ def test_only_the_latest_tokens_are_remembered_each_once() -> None:
         ("token hb/Xk2f+9QmA7p3v== revoked", f"token {REDACTED} revoked"),
         ("see ?t=hb%2FXk2f%2B9QmA7p3v%3D%3D", f"see ?t={REDACTED}"),  # as a query spells it
         ("see ?t=hb%2fXk2f%2b9QmA7p3v%3d%3d", f"see ?t={REDACTED}"),
-        ("token hb/xk2f+9qma7p3v== revoked", "token hb/xk2f+9qma7p3v== revoked"),  # another
+        ("token hb/xk2f+9qma7p3v== revoked", f"token {REDACTED} revoked"),  # lower-cased
+        ("token hb/Xk2f+9QmA7p3w== revoked", "token hb/Xk2f+9QmA7p3w== revoked"),  # another
         ("got pw1, not xpw1y", f"got {REDACTED}, not xpw1y"),  # a short one stands alone
     ],
 )
@@ -266,3 +268,27 @@ def test_tokens_are_cut_as_they_are_or_percent_encoded_whole(text: str, kept: st
 
 def test_secrets_are_cut_in_their_order() -> None:
     assert cut_secrets("ci:pw1 and ci:pw2", ("pw1", "pw2")) == f"ci:{REDACTED} and ci:{REDACTED}"
+
+
+# An opaque token as a registry may issue it, whose characters a host name may carry.
+OPAQUE = "Xq7pK2mN9vB4-wR8tZ"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        # A URL's host, as parsing spells it: lower-cased.
+        (f"https://{OPAQUE.lower()}.evil.example/b", f"https://{REDACTED}.evil.example/b"),
+        (f"to {OPAQUE.lower()}.evil.example, a private", f"to {REDACTED}.evil.example, a private"),
+        (f"named {OPAQUE.upper()} and {OPAQUE}", f"named {REDACTED} and {REDACTED}"),
+        (
+            "a token that is not it: xq7pk2mn9vb4-wr8tY",
+            "a token that is not it: xq7pk2mn9vb4-wr8tY",
+        ),
+    ],
+)
+def test_a_token_is_cut_in_any_case(text: str, kept: str) -> None:
+    # Cut only as it was issued: a registry naming a server after the token it was sent
+    # (https://<token>.evil.example) had it named in lower case, as the URL's host.
+    assert cut_tokens(text, ("tok1", OPAQUE)) == kept
+    assert cut_token(text, OPAQUE) == kept

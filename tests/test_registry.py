@@ -2307,3 +2307,23 @@ async def test_a_server_the_registry_named_after_the_credentials_is_named_withou
         assert {"event": "redirected", "to_host": "[redacted].evil.example"}.items() <= next(
             line for line in logs if line["event"] == "redirected"
         ).items(), logs
+
+
+async def test_a_server_named_after_the_token_is_named_without_it() -> None:
+    # The client cut the tokens it holds out of the servers it names, but only as they
+    # were issued: a registry that redirects to a host named after the token it was sent
+    # had it named in lower case, as parsing spells a URL's host.
+    token = "Opaque-Tok3n-XyZ42"
+    fake = FakeRegistry(challenge=BEARER, token_ok=lambda sent: sent == token)
+    fake.routes["https://auth.example/token"] = lambda r: httpx.Response(200, json={"token": token})
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(
+        f"https://{token}.evil.example/b"
+    )
+    names = {**PUBLIC, f"{token.lower()}.evil.example": ["10.0.0.9"]}
+    with _every_log_line() as logs, trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_blob(client)
+    for text in (str(info.value), json.dumps(logs, default=str)):
+        assert token.lower() not in text.lower(), text
+    assert "to [redacted].evil.example, a private address" in info.value.message
