@@ -89,7 +89,7 @@ import xxhash
 
 from stages._errors import ImagecError, StoreError
 from stages._events import VerifiedLayer
-from stages._manifest import ResolvedImage
+from stages._manifest import SCHEMA1, ResolvedImage
 from stages._reference import parse_reference
 from stages._types import Digest, MediaType, Platform
 
@@ -332,14 +332,21 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # What an index, manifest or artifact manifest names blobs by (``_named_descriptors``).
 _DESCRIPTOR_KEYS = ("config", "subject")
 _DESCRIPTOR_LIST_KEYS = ("manifests", "layers", "blobs")
+# A Docker schema1 manifest names its layers as ``fsLayers: [{"blobSum": digest}]``, with
+# no media type (and no config: its history is inline).
+_SCHEMA1_LAYERS, _SCHEMA1_DIGEST = "fsLayers", "blobSum"
 # The members of a document ``_named_descriptors`` keeps while parsing (a big index's
 # platforms and annotations are dropped as each object is read, not held to the end).
-_WALKED_KEYS = frozenset({"digest", "mediaType", *_DESCRIPTOR_KEYS, *_DESCRIPTOR_LIST_KEYS})
+_WALKED_KEYS = frozenset(
+    {"digest", "mediaType", *_DESCRIPTOR_KEYS, *_DESCRIPTOR_LIST_KEYS}
+    | {_SCHEMA1_LAYERS, _SCHEMA1_DIGEST}
+)
 # The deprecated OCI 1.1-rc artifact manifest (``blobs``, ``subject``), which oras wrote.
 _ARTIFACT_MANIFEST = "application/vnd.oci.artifact.manifest.v1+json"
 # Media types whose blob the walk of index.json's entries must read, whatever its size:
-# what it names is needed by whoever wrote the entry.
-_FOLLOWED_MEDIA_TYPES = MediaType.INDEXES | MediaType.MANIFESTS | {_ARTIFACT_MANIFEST}
+# what it names is needed by whoever wrote the entry. Schema1 manifests too: pull refuses
+# them, but another tool (skopeo, an old docker save) may have written one into the layout.
+_FOLLOWED_MEDIA_TYPES = MediaType.INDEXES | MediaType.MANIFESTS | SCHEMA1 | {_ARTIFACT_MANIFEST}
 _DIGEST_TEXT = re.compile(rb"sha256:[0-9a-f]{64}")
 # References a StoreError names at most (the rest are in index.json).
 _REFS_SHOWN = 5
@@ -521,8 +528,9 @@ def _named_descriptors(data: bytes) -> list[tuple[object, object]] | None:
     """The (digest, media type) of each descriptor a blob read as an OCI document names
     (unchecked: the caller keeps the strings that are digests), or None when it is no
     JSON object (a layer, or a damaged manifest): an index's ``manifests``, a manifest's
-    ``config`` and ``layers``, and what OCI 1.1 adds, ``subject`` (the manifest a
-    signature or SBOM refers to) and the deprecated artifact manifest's ``blobs``. JSON
+    ``config`` and ``layers``, what OCI 1.1 adds, ``subject`` (the manifest a signature
+    or SBOM refers to) and the deprecated artifact manifest's ``blobs``, and a Docker
+    schema1 manifest's ``fsLayers`` (each a ``blobSum``, of no media type). JSON
     nested too deeply for ``json`` to parse is no manifest a registry would serve, yet
     what it names cannot be told apart from what it does not: every ``sha256:`` digest
     in its text counts as named, of no known media type (gc keeps too much rather than
@@ -539,7 +547,14 @@ def _named_descriptors(data: bytes) -> list[tuple[object, object]] | None:
     for key in _DESCRIPTOR_LIST_KEYS:
         if isinstance(doc.get(key), list):
             named.extend(doc[key])
-    return [(d.get("digest"), d.get("mediaType")) for d in named if isinstance(d, dict)]
+    descriptors = [(d.get("digest"), d.get("mediaType")) for d in named if isinstance(d, dict)]
+    if isinstance(doc.get(_SCHEMA1_LAYERS), list):
+        descriptors.extend(
+            (layer.get(_SCHEMA1_DIGEST), None)
+            for layer in doc[_SCHEMA1_LAYERS]
+            if isinstance(layer, dict)
+        )
+    return descriptors
 
 
 def _utc(ts: float) -> datetime:

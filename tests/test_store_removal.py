@@ -481,6 +481,76 @@ def test_rm_and_gc_keep_what_another_tool_s_manifests_over_4_mib_reach(
     assert_clean(store)
 
 
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+def schema1_manifest(name: str, layers: list[images.Layer], comment: str) -> dict[str, Any]:
+    """A Docker schema1 manifest as docker and skopeo wrote them: its layers in
+    ``fsLayers`` (the top one first) by ``blobSum``, a v1 history entry each, no config."""
+    return {
+        "schemaVersion": 1,
+        "name": name,
+        "tag": "1.0",
+        "architecture": "amd64",
+        "fsLayers": [{"blobSum": layer.digest} for layer in reversed(layers)],
+        "history": [
+            {"v1Compatibility": json.dumps({"id": f"{n:064x}", "comment": comment})}
+            for n in range(len(layers))
+        ],
+    }
+
+
+def test_rm_and_gc_keep_the_layers_of_another_tool_s_schema1_entry(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A Docker schema1 manifest names its layers as ``fsLayers[].blobSum``, which the
+    walk of another tool's entries of index.json did not read: gc deleted the layers of a
+    schema1 image copied into the layout (an old image, by skopeo), and rm those the
+    image it removed shared with one. A schema1 manifest over 4 MiB (a long history) is
+    followed as the other manifests are, not taken for a layer."""
+    pulled = images.sample_image(f"{unique_seed}:pulled", compressions=("gzip",))
+    registry.push(unique_repo, pulled, "latest")
+    store = tmp_path / "store"
+    ref = f"{registry.host}/{unique_repo}:latest"
+    pull(ref, store)
+    shared = pulled.layers[0]  # the image pulled is the old one, converted
+    entries, foreign = [], {shared.digest}
+    for n, (media_type, comment) in enumerate(
+        ((SCHEMA1_SIGNED, "signed"), (SCHEMA1, "x" * BIG_BYTES))
+    ):
+        layers = [images.make_layer(f"{unique_seed}:v1 {n} {k}", size=16 * 1024) for k in (0, 1)]
+        doc = schema1_manifest(f"team/old{n}", [shared, *layers], comment)
+        if media_type == SCHEMA1_SIGNED:
+            header = {"alg": "ES256", "jwk": {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}}
+            doc["signatures"] = [{"header": header, "signature": "c2ln", "protected": "cA"}]
+        manifest = as_json(doc, media_type)
+        foreign |= {put_blob(store, blob) for blob in (*layers, manifest)}
+        annotations = {"org.opencontainers.image.ref.name": f"old{n}:1.0"}
+        entries.append({**manifest.descriptor(), "annotations": annotations})
+    assert manifest.size > BIG_BYTES
+    index = json.loads((store / "index.json").read_text())
+    index["manifests"] += entries
+    (store / "index.json").write_text(json.dumps(index))
+    stray = put_blob(store, images.Blob("text/plain", b"stray " + unique_seed.encode()))
+
+    code, out, err = run("rm", ref, "--store", str(store), "--json")
+
+    assert code == 0, err
+    removal = json.loads(out)
+    assert removal["untagged"] == [ref]
+    assert set(removal["deleted_blobs"]) == image_blobs(pulled) - {shared.digest}
+    assert blobs(store) == foreign | {stray}
+
+    code, out, err = run("gc", "--store", str(store), "--json")
+
+    assert code == 0, err
+    assert json.loads(out)["deleted_blobs"] == [stray]
+    assert blobs(store) == foreign
+    assert index_refs_ours(store) == ["old0:1.0", "old1:1.0"]
+    assert_clean(store)
+
+
 def test_rm_and_gc_refuse_when_what_another_tool_s_entry_reaches_cannot_be_told(
     registry: Any,
     unique_repo: str,
