@@ -81,6 +81,8 @@ from ._main import (
     StopRequest,
     Terminated,
     error_line,
+    report_stop,
+    silence_stdout,
     stop_signals_deferred,
     stop_signals_raise,
 )
@@ -360,15 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             code: int = args.handler(args)
     except _Usage as exc:
         return _usage_error(args.subparser, str(exc))
-    except KeyboardInterrupt:
-        # Outside trio.run (the password prompt, reading the store): nothing to unwind.
-        error_line("interrupted")
-        return EXIT_INTERRUPTED
-    except Terminated as stopped:  # outside trio.run: the password prompt, a lock wait
-        error_line(f"terminated ({stopped.signal.name})")
-        return 128 + stopped.signal
+    except (KeyboardInterrupt, Terminated) as stop:
+        # Outside trio.run (the password prompt, reading the password from stdin,
+        # reading the store): nothing to unwind. A pull's renderer said nothing yet.
+        json_ref = _as_reported(args.ref) if args.command == "pull" and args.json else None
+        return report_stop(stop, json_ref)
     except BrokenPipeError:  # `imagec-pipe images | head -1`
-        _silence_stdout()
+        silence_stdout()
         return EXIT_FAILED
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _failed(_doing(args), exc)
@@ -383,15 +383,6 @@ def _discard_closed_streams() -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-
-
-def _silence_stdout() -> None:
-    """After EPIPE, point stdout at /dev/null so the interpreter's last flush is quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor (a test's StringIO)
-        pass
 
 
 def _doing(args: argparse.Namespace) -> str:
@@ -547,7 +538,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         )
     if renderer.broken:
         # Nobody reads stdout any more (`--json | head -1`); the image is in the store.
-        _silence_stdout()
+        silence_stdout()
     return EXIT_OK
 
 

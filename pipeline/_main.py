@@ -5,7 +5,10 @@ While ``_cli.main`` was the entry point, no code of ours ran before those import
 done, so a Ctrl-C then printed a traceback and SIGTERM ended the process without a
 word, where later both end a command with one line on stderr and status 130, or 128 + N
 after signal N. Here the handlers come first and ``_cli`` is imported under them; the
-two share what a stop signal prints and the status it exits with, defined here.
+two share what a stop signal prints and the status it exits with, defined here, and so
+``pull --json``'s final ``error`` line: stopped before ``_cli`` had read the command
+line, it is found in ``argv`` without the parser (``json_pull_ref``), so that a script
+reading the stream gets its last line whenever the stop comes.
 
 What runs before ``main``'s first line is all that a signal still interrupts Python's
 way: the interpreter's start-up, ``import pipeline`` (which imports nothing until its
@@ -16,6 +19,7 @@ them loaded by Python's start-up already. tests/test_main.py keeps it so.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -27,11 +31,16 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_INTERRUPTED",
     "PROG",
+    "PULL_OPTIONS",
     "STOP_SIGNALS",
     "StopRequest",
     "Terminated",
     "error_line",
+    "json_error_line",
+    "json_pull_ref",
     "main",
+    "report_stop",
+    "silence_stdout",
     "stop_signals_deferred",
     "stop_signals_raise",
 ]
@@ -136,6 +145,115 @@ def error_line(message: str) -> None:
     print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
 
 
+def json_error_line(ref: str, digest: str | None, error: str, message: str) -> str:
+    """The last line of ``pull --json`` when the pull fails or is stopped: ``error`` is
+    the exception's class (``NotFound``, ``KeyboardInterrupt``, ``Terminated``),
+    ``message`` the stderr line's. Made here, for ``JsonProgress`` and for a stop that
+    comes before the renderer exists (``report_stop``), so that the two lines are one
+    format."""
+    import json  # light, and needed only for these lines
+
+    return json.dumps(
+        {"event": "error", "ref": ref, "digest": digest, "error": error, "message": message},
+        separators=(",", ":"),
+    )
+
+
+# pull's options, each with whether it takes a value: what ``json_pull_ref`` needs to
+# know of the parser (``_cli.build_parser``), which a stop during the imports comes
+# before. tests/test_main.py keeps the two the same.
+PULL_OPTIONS = {
+    "-h": False,
+    "--help": False,
+    "--store": True,
+    "--log-level": True,
+    "--log-json": False,
+    "--platform": True,
+    "--max-concurrent-downloads": True,
+    "--retries": True,
+    "--layer-workers": True,
+    "--gzip-inflater": True,
+    "--ca-file": True,
+    "--insecure-registry": True,
+    "-u": True,
+    "--username": True,
+    "--password-stdin": False,
+    "--json": False,
+    "-q": False,
+    "--quiet": False,
+}
+
+
+def json_pull_ref(argv: Sequence[str]) -> str | None:
+    """The REF of a command line ``pull REF ... --json``, else None: whether a stop that
+    came before ``_cli`` parsed it owes ``--json``'s final error line, and for what.
+
+    Read as argparse reads a valid command line: an option's value goes with it
+    (``--store DIR``, ``--store=DIR``, ``-uNAME``), a long option may be shortened to
+    a unique prefix (``--js``), and after ``--`` everything is positional. What argparse
+    refuses (an unknown option, a second REF) is None: no pull runs for it."""
+    if not argv or argv[0] != "pull":
+        return None
+    positionals: list[str] = []
+    json_output = False
+    tokens = iter(argv[1:])
+    for token in tokens:
+        if token == "--":
+            positionals.extend(tokens)
+            break
+        if not token.startswith("-") or token == "-":
+            positionals.append(token)
+            continue
+        name, equals, _ = token.partition("=")
+        if token in PULL_OPTIONS or (equals and name in PULL_OPTIONS):
+            option, attached = name, bool(equals)
+        elif token.startswith("--"):
+            matches = [known for known in PULL_OPTIONS if known.startswith(name)]
+            if len(matches) != 1:
+                return None  # unknown, or ambiguous
+            option, attached = matches[0], bool(equals)
+        elif token[:2] in PULL_OPTIONS:  # -uNAME
+            option, attached = token[:2], True
+        else:
+            return None
+        if PULL_OPTIONS[option] and not attached:
+            next(tokens, None)  # its value
+        json_output = json_output or option == "--json"
+    return positionals[0] if json_output and len(positionals) == 1 else None
+
+
+def silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's last flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor, or no stdout
+        pass
+
+
+def report_stop(stop: KeyboardInterrupt | Terminated, json_ref: str | None) -> int:
+    """End a command that a stop signal interrupted before a pull's renderer could say
+    so: the line on stderr, the exit status (130, or 128 + N after signal N), and for a
+    ``pull --json`` the stream's final ``error`` line naming ``json_ref``, which a reader
+    of it would otherwise wait for in vain (a pull stopped later ends with the same one).
+
+    ``main`` gives the reference as typed: spelling it as the progress events do
+    (``_cli._as_reported``) takes ``stages``, whose import this one has to do without."""
+    if isinstance(stop, Terminated):
+        message, code = f"terminated ({stop.signal.name})", 128 + stop.signal
+    else:
+        message, code = "interrupted", EXIT_INTERRUPTED
+    if json_ref is not None and sys.stdout is not None:
+        line = json_error_line(json_ref, None, type(stop).__name__, message)
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError):  # nobody reads it (`| head -0`), or it is closed
+            silence_stdout()
+    error_line(message)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
@@ -148,9 +266,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import _cli  # imported here, under the handlers: the 0.25 s
 
             return _cli.main(argv)
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        return EXIT_INTERRUPTED
-    except Terminated as stopped:
-        error_line(f"terminated ({stopped.signal.name})")
-        return 128 + stopped.signal
+    except (KeyboardInterrupt, Terminated) as stop:
+        return report_stop(stop, json_pull_ref(sys.argv[1:] if argv is None else argv))

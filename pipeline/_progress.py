@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from stages._errors import ImagecError
 from stages._events import ProgressEvent
 
+from ._main import json_error_line
+
 if TYPE_CHECKING:
     from ._pull import PullResult
 
@@ -452,15 +454,7 @@ class JsonProgress(ProgressRenderer):
 
     def _fail(self, ref: str, error: BaseException, message: str) -> None:
         digest = error.digest if isinstance(error, ImagecError) else None
-        self._write_json(
-            {
-                "event": "error",
-                "ref": ref,
-                "digest": digest,
-                "error": type(error).__name__,
-                "message": message,
-            }
-        )
+        self._write_line(json_error_line(ref, digest, type(error).__name__, message))
 
     def _write_json(self, obj: dict[str, Any]) -> None:
         self._write_line(json.dumps(obj, separators=(",", ":")))

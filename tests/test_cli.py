@@ -216,15 +216,20 @@ def test_ctrl_d_at_the_prompt_is_no_password(
     assert "no password given" in capsys.readouterr().err
 
 
-def test_sigterm_at_the_prompt_restores_the_terminal_and_exits_143(tmp_path: Path) -> None:
+@pytest.mark.parametrize("output", [[], ["--json"]], ids=["plain", "json"])
+def test_sigterm_at_the_prompt_restores_the_terminal_and_exits_143(
+    tmp_path: Path, output: list[str]
+) -> None:
     """getpass turns echo off and back on in a finally that SIGTERM's default action never
-    ran: the user's shell was left without echo. Run on a pseudo-terminal."""
+    ran: the user's shell was left without echo. Run on a pseudo-terminal. With
+    ``--json``, the stream ends with its error line, as a pull stopped later does: the
+    signal came before the pull's renderer had written anything, and nothing did."""
     import pty
     import termios
 
     leader, follower = pty.openpty()
     try:
-        argv = ["pull", REF, "-u", "ci", "--store", str(tmp_path / "store")]
+        argv = ["pull", REF, "-u", "ci", "--store", str(tmp_path / "store"), *output]
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline._cli", *argv],
             stdin=follower,
@@ -245,6 +250,18 @@ def test_sigterm_at_the_prompt_restores_the_terminal_and_exits_143(tmp_path: Pat
         assert proc.returncode == 143
         assert err.decode().strip() == "imagec-pipe: terminated (SIGTERM)"
         assert termios.tcgetattr(follower)[3] & termios.ECHO  # and back on
+        while select.select([leader], [], [], 0.5)[0]:  # what it wrote after the prompt
+            seen += os.read(leader, 1024)
+        # The JSON line follows the prompt on its line: getpass never got a newline.
+        after = seen.decode().partition("Password for ci: ")[2]
+        events = [json.loads(text) for text in after.splitlines() if text.strip()]
+        if output:
+            assert events == [
+                {"event": "error", "ref": REF, "digest": None, "error": "Terminated",
+                 "message": "terminated (SIGTERM)"}
+            ]  # fmt: skip
+        else:
+            assert events == []
     finally:
         os.close(leader)
         os.close(follower)

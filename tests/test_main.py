@@ -9,6 +9,7 @@ console script does, and signal it while it imports.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -169,10 +170,13 @@ def test_a_stop_signal_during_the_imports_exits_as_it_does_in_a_pull(
     # (A machine so busy that the wait for the lock passed 2 s also logs that it waits.)
     said = [text for text in err.splitlines(keepends=True) if "release the store" not in text]
     assert (proc.returncode, said) == (status, [line])
-    # Either the pull had not begun (nothing on stdout yet), or --json ended with its
-    # error line, as for any pull that stops.
+    # Whether the pull had begun or not, --json ends with its error line, as for any
+    # pull that stops: stopped during the imports, it wrote nothing.
     events = [json.loads(text) for text in out.splitlines()]
-    assert [(event["event"], event["error"]) for event in events] in ([], [("error", error)])
+    message = line.removeprefix("imagec-pipe: ").rstrip("\n")
+    assert events == [
+        {"event": "error", "ref": REF, "digest": None, "error": error, "message": message}
+    ]
     # The delay counted from the start of the heavy imports, the handlers in place by
     # then. Checked last: where they were not, the failure above shows what the signal did.
     assert reported.endswith("with handlers in place"), f"{module}:{function}: {reported}"
@@ -205,3 +209,66 @@ def test_stop_signals_deferred_raises_terminated_when_left_not_where_the_signal_
             signal.raise_signal(signal.SIGTERM)
             raise ValueError("the pull failed")
         assert isinstance(stopped.value.__context__, ValueError)
+
+
+def _pull_parser() -> argparse.ArgumentParser:
+    from pipeline._cli import build_parser
+
+    parsed = build_parser().parse_args(["pull", REF])
+    subparser: argparse.ArgumentParser = parsed.subparser
+    return subparser
+
+
+def test_the_pull_options_known_before_the_imports_are_the_parsers() -> None:
+    """``json_pull_ref`` reads a pull's command line before the parser can be imported;
+    an option added to the parser and not to ``PULL_OPTIONS`` would make it take the
+    option's value for the reference, or miss ``--json``."""
+    parser = _pull_parser()
+    options = {
+        name: action.nargs != 0 for action in parser._actions for name in action.option_strings
+    }
+    assert options == _main.PULL_OPTIONS
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pull", REF, "--json"],
+        ["pull", "--json", REF],
+        ["pull", REF],
+        ["pull", REF, "--quiet"],
+        ["pull", REF, "--log-json"],
+        ["pull", "--store", "/s", REF, "--js"],
+        ["pull", "--store=/s", "--j", REF],
+        ["pull", "--sto", "/s", REF, "--json"],
+        ["pull", "--platform", "linux/arm64", "--json", REF, "--retries", "2"],
+        ["pull", "-u", "me", "--password-stdin", REF, "--json"],
+        ["pull", "-ume", REF, "--json"],
+        ["pull", "--username=me", "--json", "--", REF],
+        ["pull", "--json", "--insecure-registry", "r:5000", "--max-c", "2", REF],
+        ["pull", "--", "--json"],
+        ["pull", "--json", "--", "--json"],
+        ["images", "--json"],
+    ],
+)
+def test_json_pull_ref_reads_a_command_line_as_the_parser_does(argv: list[str]) -> None:
+    from pipeline._cli import build_parser
+
+    parsed = build_parser().parse_args(argv)
+    expected = parsed.ref if parsed.command == "pull" and parsed.json else None
+    assert _main.json_pull_ref(argv) == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--version"],
+        ["pull", "--json"],
+        ["pull", REF, "other", "--json"],
+        ["pull", REF, "--bogus", "--json"],
+        ["pull", REF, "--log", "x", "--json"],  # --log-level or --log-json: ambiguous
+    ],
+)
+def test_json_pull_ref_is_none_for_what_the_parser_refuses(argv: list[str]) -> None:
+    assert _main.json_pull_ref(argv) is None
