@@ -96,7 +96,7 @@ from ._progress import (
     human_size,
     to_jsonable,
 )
-from ._pull import PullOptions, PullResult, pull
+from ._pull import PullOptions, PullResult, check_options, pull
 from ._store import ImageRecord, Removal, Store, store_path
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -506,9 +506,10 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     where = _doing(args)
     ref = _as_reported(args.ref)
     try:
-        # Before the store is opened, which creates it: a mistyped reference makes no
-        # store where a mistyped --store points.
+        # Before the store is opened, which creates it: a mistyped reference or a
+        # --ca-file that is no PEM file makes no store where a mistyped --store points.
         parse_reference(args.ref)
+        check_options(options)
         store = Store.open(args.store)
         try:
             with stop_signals_deferred() as stop:

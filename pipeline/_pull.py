@@ -36,6 +36,7 @@ from stages._errors import (
 )
 from stages._events import LayerTimings, ProgressEvent, ProgressSink
 from stages._groups import collapse_exception_group
+from stages._http import shared_ssl_context
 from stages._layer import fetch_layer
 from stages._manifest import ResolvedImage, resolve_image
 from stages._reference import Reference, parse_reference
@@ -49,7 +50,7 @@ from ._workers import LayerTask, open_layer_workers, run_layer_task
 if TYPE_CHECKING:  # imported only when --layer-workers processes asks for it
     import trio_parallel
 
-__all__ = ["LayerReport", "PullOptions", "PullResult", "PullTimings", "pull"]
+__all__ = ["LayerReport", "PullOptions", "PullResult", "PullTimings", "check_options", "pull"]
 
 log = structlog.get_logger()
 
@@ -194,7 +195,7 @@ async def pull(
     """
     options = PullOptions() if options is None else options
     _check_arguments(ref, store, options, downloads)
-    inflater(options.limits.gzip_inflater)  # an unknown one is a UsageError before any work
+    check_options(options)
     credentials = options.registry.credentials
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     # Out of every line configure_logging's redaction writes while the pull runs (and a
@@ -213,6 +214,19 @@ async def pull(
             failure = collapse_exception_group(group)
         # Raised here, not in the handler: see stages/_groups.py.
         raise failure from failure.__cause__
+
+
+def check_options(options: PullOptions) -> None:
+    """Raise the ``UsageError`` of an option that ``PullOptions`` takes and no pull can
+    use: a CA file that is not PEM certificates (``make_ssl_context`` reads it), a gzip
+    inflater unknown here or installed but broken (``inflater``). ``pull`` does so
+    before any work; the CLI before it opens the store, which creates it, so that a
+    mistyped ``--ca-file`` leaves no store behind as a mistyped reference leaves none.
+
+    Both are cached by what they build (a context per CA file, a module per name): the
+    pull that follows uses them as built here."""
+    inflater(options.limits.gzip_inflater)
+    shared_ssl_context(options.registry, verify=True)
 
 
 def _check_arguments(ref: object, store: object, options: object, downloads: object) -> None:

@@ -363,9 +363,11 @@ def test_pull_hands_every_option_over(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    import trustme
+
     calls = install_fake_pull(monkeypatch)
     ca = tmp_path / "ca.pem"
-    ca.write_text("not checked here\n")
+    trustme.CA().cert_pem.write_to_path(str(ca))  # read before the store is opened
     monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
     argv = ["pull", REF, "--store", str(store_dir), "--platform", "linux/arm64/v8",
             "--max-concurrent-downloads", "7", "--ca-file", str(ca),
@@ -2197,6 +2199,23 @@ def test_a_malformed_reference_creates_no_store(
     out = json.loads(capsys.readouterr().out)
     assert (out["event"], out["error"]) == ("error", "InvalidReference")
     assert not store_dir.exists()
+
+
+@pytest.mark.parametrize("content", ["not a certificate\n", ""], ids=["text", "empty"])
+def test_a_ca_file_that_is_no_pem_file_creates_no_store(
+    store_dir: Path, tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The store was opened, and so created, before the registry client read the file.
+    ca = tmp_path / "ca.pem"
+    ca.write_text(content)
+    argv = ["pull", REF, "--ca-file", str(ca), "--json", "--store", str(store_dir)]
+    assert main(argv) == EXIT_USAGE
+    assert not store_dir.exists()
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)  # the error line alone: the pull never began
+    assert (out["event"], out["error"]) == ("error", "UsageError")
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"imagec-pipe: error: pulling {REF}: cannot use --ca-file {ca}: ")
 
 
 def test_e2e_basic_auth_password_stdin(
