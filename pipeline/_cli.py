@@ -125,7 +125,9 @@ def version() -> str:
 
 def _platform(text: str) -> Platform:
     try:
-        return Platform.parse(text)
+        platform = Platform.parse(text)
+        platform.check_variant()  # linux/amd64/v9: no such level
+        return platform
     except UsageError as exc:
         raise argparse.ArgumentTypeError(exc.message) from exc
 

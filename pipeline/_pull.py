@@ -80,6 +80,8 @@ class PullOptions:
                 f"PullOptions.platform must be a Platform (Platform.parse('linux/amd64')), "
                 f"not {self.platform!r}"
             )
+        if self.platform is not None:
+            self.platform.check_variant()
         concurrency = self.max_concurrent_downloads
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise UsageError(

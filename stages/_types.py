@@ -190,6 +190,10 @@ _VERSION = re.compile(r"v([0-9]{1,3})")
 # The architectures whose CPUs run the code of the versions before their own, and the
 # oldest version each is taken to run (containerd's platforms.Only stops at these too).
 _OLDEST_VERSIONS = {"arm": 5, "amd64": 1}
+# The newest version each has: x86-64-v4 is the psABI's last level, Armv8 the last
+# 32-bit ARM architecture (arm/v8 is a 64-bit CPU's 32-bit mode). Only a platform asked
+# for is held to it (``Platform.check_variant``).
+_NEWEST_VERSIONS = {"arm": 8, "amd64": 4}
 # An arm64 variant: Armv8.x or Armv9.x, ``v8`` being v8.0 (two digits of minor at most).
 _ARM64_VERSION = re.compile(r"v([89])(?:\.([0-9]{1,2}))?")
 # Armv9.x has the mandatory features of Armv8.(x+5) (containerd's platforms.Only: "v9.0
@@ -378,6 +382,36 @@ class Platform:
         Read once per process: the machine does not change, and every pull (a library
         host's many) asks, on its event loop."""
         return _this_host()
+
+    def check_variant(self) -> None:
+        """Raise ``UsageError`` if this platform, asked for, names a variant that its
+        architecture has none of: ``amd64`` has the x86-64 levels ``v1`` to ``v4``,
+        ``arm`` ``v5`` to ``v8``, ``arm64`` ``v8`` and ``v9`` and their ``.N`` revisions.
+        ``linux/amd64/v9`` (a typo of a level, or of ``arm64/v9``) took the highest level
+        an index offered, as if it named a CPU newer than any.
+
+        For a request only (``--platform``, ``PullOptions.platform``): an index entry or a
+        config naming a variant unknown here is read, listed, stored and ranked as before.
+        A variant of an architecture with no known versions (``riscv64``, ``ppc64le``) is
+        anyone's."""
+        variant = self.normalized().variant
+        if self.architecture == "arm64":
+            if _arm64_version(variant) is not None:
+                return
+            known = "v8, v9, and their revisions v8.N and v9.N"
+        elif self.architecture in _NEWEST_VERSIONS:
+            oldest = _OLDEST_VERSIONS[self.architecture]
+            newest = _NEWEST_VERSIONS[self.architecture]
+            number = _version(variant)
+            if number is not None and oldest <= number <= newest:
+                return
+            known = ", ".join(f"v{n}" for n in range(oldest, newest + 1))
+        else:
+            return
+        raise UsageError(
+            f"platform {self}: {self.architecture} has no variant {variant}; its variants "
+            f"are {known}"
+        )
 
     def matches(self, other: Platform) -> bool:
         """Whether an index entry (or an image config) ``other`` satisfies this requested

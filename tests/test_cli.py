@@ -87,6 +87,12 @@ class TtyStringIO(io.StringIO):
         (["pull", "alpine", "--platform", "linux/amd64/v8/x"], "not of the form os/arch"),
         (["pull", "alpine", "--platform", " linux/amd64"], "not of the form os/arch"),
         (["pull", "alpine", "--platform", "linux/\u00e4md64"], "not of the form os/arch"),
+        (
+            ["pull", "alpine", "--platform", "linux/amd64/v9"],
+            "linux/amd64/v9: amd64 has no variant v9; its variants are v1, v2, v3, v4",
+        ),
+        (["pull", "alpine", "--platform", "linux/arm/v9"], "its variants are v5, v6, v7, v8"),
+        (["pull", "alpine", "--platform", "linux/arm64/v7"], "arm64 has no variant v7"),
         (["pull", "alpine", "--max-concurrent-downloads", "0"], "must be at least 1"),
         (["pull", "alpine", "--max-concurrent-downloads", "x"], "not a whole number"),
         (["pull", "alpine", "--retries", "-1"], "must be at least 0"),

@@ -36,6 +36,7 @@ from tests.support.servers import RecordedRequest, Reply
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64", "v8")
+AMD64_V9 = Platform("linux", "amd64", "v9")  # no such x86-64 level
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ORIGINAL_DIGEST = "io.github.imagec-pipe.original-manifest-digest"
 
@@ -2360,6 +2361,7 @@ async def test_a_layer_listed_twice_is_fetched_once_and_reported_once(
         (lambda: PullOptions(max_concurrent_downloads=2.5), "max_concurrent_downloads"),
         (lambda: PullOptions(layer_workers="fibers"), "layer_workers"),
         (lambda: PullOptions(platform="linux/amd64"), "must be a Platform"),
+        (lambda: PullOptions(platform=AMD64_V9), "amd64 has no variant v9"),
         (lambda: PullOptions(limits=pipeline.Limits(gzip_inflater="libdeflate")), "gzip inflater"),
         (lambda: PullOptions(limits=pipeline.Limits(inflate_step_bytes=0)), "inflate_step"),
         (lambda: PullOptions(limits=pipeline.Limits(read_timeout_s=-1)), "read_timeout_s"),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from stages._errors import UsageError
 from stages._types import Platform, _host_platform
 
 
@@ -119,6 +120,50 @@ def test_names_are_normalised_as_containerd_s_normalize_arch(
     assert str(normalised) == platform
     assert Platform.parse(str(normalised)) == normalised
     assert Platform.parse("/".join(n for n in names if n)) == normalised
+
+
+@pytest.mark.parametrize(
+    "asked",
+    ["linux/amd64", "linux/amd64/v1", "linux/x86_64/v4", "linux/amd64/3", "linux/arm/v5",
+     "linux/arm/v8", "linux/armhf", "linux/arm64", "linux/arm64/v8", "linux/arm64/v8.9",
+     "linux/aarch64/v9.0", "linux/arm64/v9.5", "linux/riscv64/rva23u64", "linux/386/v1",
+     "windows/amd64/v2"],
+)  # fmt: skip
+def test_a_variant_the_architecture_has_may_be_asked_for(asked: str) -> None:
+    Platform.parse(asked).check_variant()
+
+
+@pytest.mark.parametrize(
+    ("asked", "known"),
+    [
+        ("linux/amd64/v9", "v1, v2, v3, v4"),
+        ("linux/amd64/v0", "v1, v2, v3, v4"),
+        ("linux/amd64/v3.1", "v1, v2, v3, v4"),
+        ("linux/x86_64/avx2", "v1, v2, v3, v4"),
+        ("linux/arm/v4", "v5, v6, v7, v8"),
+        ("linux/arm/v9", "v5, v6, v7, v8"),
+        ("linux/arm64/v7", "v8, v9, and their revisions v8.N and v9.N"),
+        ("linux/arm64/v10", "v8, v9, and their revisions v8.N and v9.N"),
+    ],
+)
+def test_a_variant_the_architecture_has_not_is_refused_when_asked_for(
+    asked: str, known: str
+) -> None:
+    # linux/amd64/v9 took the highest level an index had, as if it named a newer CPU.
+    platform = Platform.parse(asked)
+    with pytest.raises(UsageError) as refused:
+        platform.check_variant()
+    assert str(refused.value) == (
+        f"platform {platform}: {platform.architecture} has no variant {platform.variant}; "
+        f"its variants are {known}"
+    )
+    # What an index entry or a config names is still read, recorded and ranked as
+    # before (taken by no request): only a request is held to the known variants.
+    assert Platform.parse(str(platform)) == platform
+    newest = {"amd64": "v4", "arm": "v8", "arm64": "v9.5"}[platform.architecture]
+    asked = Platform(platform.os, platform.architecture, newest)
+    asked.check_variant()
+    assert asked.rank(platform) is None
 
 
 def test_a_request_without_a_variant_is_the_default_one_and_takes_no_newer() -> None:
