@@ -47,6 +47,9 @@ Progress goes to stdout (docker-like on a TTY, plain lines otherwise, JSON lines
 ``--json``, only the reference with ``--quiet``; see ``_progress``); logs go to stderr
 (see ``_logging``). A failure is one line on stderr, never a traceback, not even for a
 bug (``internal error: …``); ``--log-level debug`` logs the traceback, without locals.
+``--log-json`` governs the log records only: the command's own lines on stderr
+(``error_line``: a failure, a warning, a stop) stay plain, as docker's do; ``--json``
+and the exit status are what a program reads a failure from.
 """
 
 from __future__ import annotations
@@ -208,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"log threshold: {', '.join(LEVELS)} (default: warning)",
     )
     common.add_argument(
-        "--log-json", action="store_true", help="logs as JSON lines (default on a non-TTY)"
+        "--log-json",
+        action="store_true",
+        help="log records as JSON lines (default on a non-TTY); the command's own lines, "
+        "such as the one a failure ends with, stay plain text",
     )
 
     pull = commands.add_parser(

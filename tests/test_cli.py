@@ -2189,6 +2189,25 @@ def test_e2e_a_failed_json_pull_ends_with_an_error_event(registry: Any, tmp_path
     }
 
 
+def test_e2e_log_json_makes_the_log_records_json_and_leaves_the_error_line_plain(
+    registry: Any, tmp_path: Path
+) -> None:
+    """``--log-json`` governs log records; the line a failure ends with is the command's
+    own, plain as docker's (README: "Logs are records on stderr"), and ``pull --help``
+    says so, where a reader of the JSON logs found a line that was not JSON."""
+    ref = registry.ref("no/such-repo", "1.0")
+    argv = ["pull", ref, "--store", str(tmp_path / "store"), "--log-json"]
+    result = run_cli(*argv, "--log-level", "debug")
+    assert result.returncode == 1
+    *records, last = result.stderr.splitlines()
+    assert records, result.stderr  # at debug, the failure's own record at least
+    assert all(json.loads(record)["level"] for record in records)
+    assert last.startswith(f"imagec-pipe: error: pulling {ref}: ")
+    shown = " ".join(run_cli("pull", "--help").stdout.split())
+    assert "log records as JSON lines (default on a non-TTY); the command's own lines" in shown
+    assert "stay plain text" in shown
+
+
 def test_e2e_malformed_reference_exits_1(tmp_path: Path) -> None:
     result = run_cli("pull", "Team/App:1", "--store", str(tmp_path / "store"))
     assert result.returncode == 1
