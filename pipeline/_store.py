@@ -117,8 +117,13 @@ log = structlog.get_logger()
 
 ENV_STORE = "IMAGEC_PIPE_STORE"
 SCHEMA_VERSION = 1
-# The action of a StoreError raised while opening a store ("cannot open store …").
-OPEN = "open"
+# The action of a StoreError raised while opening a store ("cannot open store …"):
+# "{store}" where an action names the store itself (see ``store_error``).
+OPEN = "open {store}"
+# The removals' actions, for their StoreErrors and their refusals (``_removing``) alike.
+REMOVE_IMAGES = "remove images from {store}"
+PRUNE = "prune {store}"
+REMOVE_DAMAGED = "remove damaged blobs from {store}"
 # How long a call waits for another process's write transaction before failing.
 BUSY_TIMEOUT_S = 30.0
 # That wait is made in slices of this (``_begin_immediate``): SQLite's own busy wait cannot
@@ -422,13 +427,24 @@ def _nearly_full(path: Path) -> bool:
 def store_error(
     store: Path, action: str, exc: BaseException, *, digest: object = None, ref: str | None = None
 ) -> StoreError:
-    """The ``StoreError`` for an OS or database failure: what failed, and what to do."""
-    what = f"cannot open store {store}" if action == OPEN else f"cannot {action} in store {store}"
+    """The ``StoreError`` for an OS or database failure: what failed, and what to do.
+
+    ``action`` says what was being done: ``"commit a layer"`` is done "in store DIR";
+    one done to the store itself names it with ``{store}`` (``"prune {store}"``,
+    ``"remove images from {store}"``), where "store DIR" goes. "cannot prune the store
+    in store DIR" said the store twice."""
     return StoreError(
-        f"{what}: {exc}; {_hint(exc, store)}",
+        f"cannot {_action_text(action, store)}: {exc}; {_hint(exc, store)}",
         digest=str(digest) if digest is not None else None,
         ref=ref,
     )
+
+
+def _action_text(action: str, store: Path) -> str:
+    """``action`` (see ``store_error``) with the store named once: in it, or by it."""
+    if "{store}" in action:
+        return action.replace("{store}", f"store {store}")
+    return f"{action} in store {store}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1333,7 +1349,7 @@ class Store:
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest.hex:
             raise StoreError(
-                f"refusing to store blob {digest} in store {self.path}: its bytes hash to "
+                f"refusing to write blob {digest} into store {self.path}: its bytes hash to "
                 f"sha256:{actual}",
                 digest=str(digest),
             )
@@ -1696,7 +1712,7 @@ class Store:
         removal holds the store exclusively. Never waits; the pull polls it (between its
         layers' commits and its image's record, only this keeps ``prune`` from taking
         the layers for garbage)."""
-        with self._errors("hold the store for a pull"):
+        with self._errors("hold {store} for a pull"):
             fd = os.open(self.path / GC_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -1709,14 +1725,16 @@ class Store:
             return PullHold(fd)
 
     @contextlib.contextmanager
-    def _removing(self, what: str) -> Iterator[None]:
+    def _removing(self, action: str) -> Iterator[None]:
         """Hold ``gc.lock`` exclusively: no pull is between its first layer lookup and
         its record. Waits up to ``GC_WAIT_S`` for running pulls (or another removal) to
         end, then refuses, saying which it waited for (a pull may run for minutes; the
-        user had better choose when to wait)."""
+        user had better choose when to wait). ``action`` is the removal's, as
+        ``store_error`` takes it."""
+        what = _action_text(action, self.path)
         if self.read_only:
             raise StoreError(
-                f"cannot {what} store {self.path}: it was opened read-only "
+                f"cannot {what}: it was opened read-only "
                 "(Store.open_existing); open it with Store.open"
             )
         fd = os.open(self.path / GC_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -1730,7 +1748,7 @@ class Store:
                     pass
                 if time.monotonic() - started >= GC_WAIT_S:
                     raise StoreError(
-                        f"cannot {what} store {self.path}: {_gc_lock_holder(fd)}; "
+                        f"cannot {what}: {_gc_lock_holder(fd)}; "
                         f"try again when it ends (waited {GC_WAIT_S:g} s for it)"
                     )
                 time.sleep(LOCK_POLL_S)
@@ -1753,7 +1771,7 @@ class Store:
         be told, as for ``prune``. Waits for running pulls as ``prune`` does. The order of the
         steps, and why a crash between any two is harmless, is in the module docstring.
         """
-        with self._errors("remove images"), self._removing("remove images from"):
+        with self._errors(REMOVE_IMAGES), self._removing(REMOVE_IMAGES):
             names, dangling = self._removal_targets(refs)
             with self._locked(), self._db() as conn, _transaction(conn):
                 resolved = {
@@ -1822,7 +1840,7 @@ class Store:
         StoreError: their layers are committed before their image is recorded, and in
         between nothing else says they are needed.
         """
-        with self._errors("prune the store"), self._removing("prune"):
+        with self._errors(PRUNE), self._removing(PRUNE):
             with self._db() as conn, _transaction(conn):
                 dangling = [
                     str(row[0])
@@ -2117,7 +2135,7 @@ class Store:
         """
         with self._errors("read index.json"):
             self._read_index()
-        with self._errors("list the store's layers"), self._db() as conn:
+        with self._errors("list the layers"), self._db() as conn:
             layers = {
                 row[0]: (row[1], row[2])
                 for row in conn.execute("SELECT digest, size, xxh3 FROM layers")
@@ -2125,7 +2143,7 @@ class Store:
             needed = self._recorded_blobs(conn)
         damage: list[tuple[Digest, str, str, int | None]] = []
         checked = 0
-        with self._errors("verify the store's blobs"):
+        with self._errors("verify the blobs"):
             names = {p.name for p in self._blobs.iterdir()}
             gone = [Digest.parse(text) for text in needed if Digest.parse(text).hex not in names]
             for name in sorted(names):
@@ -2236,7 +2254,7 @@ class Store:
         refusal): a running pull commits its layers before its image is recorded, and
         one that found a layer committed before this unlinks it would record an image
         whose layer is gone; nor do two removals unlink beside each other."""
-        with self._errors("remove damaged blobs"), self._removing("remove damaged blobs from"):
+        with self._errors(REMOVE_DAMAGED), self._removing(REMOVE_DAMAGED):
             for item in damage:
                 path = self._blob_path(item.digest)
                 try:

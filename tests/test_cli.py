@@ -777,19 +777,25 @@ def test_store_that_cannot_be_opened_exits_1(
 
 
 @pytest.mark.parametrize(
-    ("argv", "doing"),
+    ("argv", "doing", "failed"),
     [
-        (["images"], "listing images"),
-        (["layers", REF], f"listing the layers of {REF}"),
-        (["inspect", REF], f"inspecting {REF}"),
-        (["verify"], "verifying the store"),
-        (["verify", "--repair"], "verifying the store"),
-        (["rm", REF], f"removing {REF}"),
-        (["gc"], "pruning the store"),
+        (["images"], "listing images", None),
+        (["layers", REF], f"listing the layers of {REF}", None),
+        (["inspect", REF], f"inspecting {REF}", None),
+        (["verify"], "verifying the store", "cannot verify the blobs in store {store}"),
+        (["verify", "--repair"], "verifying the store", None),
+        (["rm", REF], f"removing {REF}", "cannot remove images from store {store}"),
+        (["gc"], "pruning the store", "cannot prune store {store}"),
+        (["pull", "127.0.0.1:9/team/app:1"], "pulling 127.0.0.1:9/team/app:1",
+         "cannot hold store {store} for a pull"),
     ],
-)
+)  # fmt: skip
 def test_every_store_command_says_what_it_was_doing_when_it_fails(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], doing: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    doing: str,
+    failed: str | None,
 ) -> None:
     # verify's line read "imagec-pipe: error: verify: store path … is not a directory".
     not_a_dir = tmp_path / "file"
@@ -797,6 +803,23 @@ def test_every_store_command_says_what_it_was_doing_when_it_fails(
     assert main([*argv, "--store", str(not_a_dir)]) == EXIT_FAILED
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"imagec-pipe: error: {doing}: store path {not_a_dir} exists and is")
+    if failed is None:
+        return
+    # A store that fails inside (its blobs directory for verify, its gc.lock for the
+    # others, made what they are not): the store's part names the store once ("cannot
+    # prune the store in store DIR" said it twice), then the cause.
+    with Store.open(tmp_path / "store") as store:
+        if argv[0] == "verify":
+            (store.path / "blobs" / "sha256").rmdir()
+            (store.path / "blobs" / "sha256").write_text("not a directory")
+        else:
+            (store.path / "gc.lock").unlink(missing_ok=True)
+            (store.path / "gc.lock").mkdir()
+    assert main([*argv, "--store", str(store.path)]) == EXIT_FAILED
+    [line] = capsys.readouterr().err.splitlines()
+    said = failed.format(store=store.path)
+    assert line.startswith(f"imagec-pipe: error: {doing}: {said}: [Errno "), line
+    assert line.count(f"store {store.path}") == 1, line
 
 
 def _needs_parse_reference() -> None:
