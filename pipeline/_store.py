@@ -230,7 +230,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
-_ID_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+# An image ID prefix: any number of its hex digits, as docker takes one (``sha256:``
+# optional). One of ID_DIGITS_FIRST digits or more is looked up as an ID before the text
+# is read as a reference; a shorter one ("213e", which may well be a repository's name)
+# only once no reference has that name, as docker's lookup tries the reference first.
+_ID_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
+ID_DIGITS_FIRST = 12
+# The images an ambiguous prefix's refusal lists at most.
+_AMBIGUOUS_SHOWN = 5
 # ingest/ names: "<hex>.<pid>.<random>.partial" and ".<name>.<pid>.<random>.tmp".
 _INGEST_NAME = re.compile(
     r"[0-9a-f]{64}\.\d+\.[0-9a-f]+\.partial|\..+\.\d+\.[0-9a-f]+\.tmp|[0-9a-f]{64}\.claim"
@@ -1627,32 +1634,45 @@ class Store:
 
         Accepts the full normalised reference (``docker.io/library/alpine:latest``), a
         familiar one (``alpine``), ``name@sha256:…`` (also for an image pulled by tag), and
-        an image-ID prefix of at least 12 hex digits (``sha256:`` optional). An ID finds an
+        a prefix of an image ID, of any length as docker takes one (``sha256:`` optional;
+        one shorter than ``ID_DIGITS_FIRST`` digits, such as ``213e``, once no reference
+        of that name is found). An ID finds an
         image no reference names any more too (docker's dangling image, left by a tag
         pulled again after it moved), as ``docker inspect <ID>`` does: its record's ``ref``
         is then ``repository@manifest-digest`` (which finds it again) and its ``tag`` None.
-        An ambiguous prefix raises StoreError; a malformed reference raises
+        A prefix of several images' IDs raises StoreError; a malformed reference raises
         InvalidReference.
         """
+        found = self._find_image(ref)
+        return None if found is None else found[0]
+
+    def _find_image(self, ref: str) -> tuple[ImageRecord, bool] | None:
+        """``find_image``'s record, and whether ``ref`` found it as an image ID prefix."""
         text = ref.strip()
         with self._errors("look up an image", ref=text), self._db() as conn:
             row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (text,)).fetchone()
             if row is not None:
-                return self._record(row)
-            if m := _ID_PREFIX.fullmatch(text):
-                found = self._find_by_id(conn, m.group(1))
+                return self._record(row), False
+            id_prefix = m.group(1) if (m := _ID_PREFIX.fullmatch(text)) else None
+            if id_prefix is not None and len(id_prefix) >= ID_DIGITS_FIRST:
+                found = self._find_by_id(conn, id_prefix)
                 if found is not None:
-                    return found
+                    return found, True
             parsed = parse_reference(text)
             if parsed.digest is None:
                 row = conn.execute(
                     self._RECORD_SELECT + " WHERE r.name = ?", (str(parsed),)
                 ).fetchone()
-                return None if row is None else self._record(row)
+                if row is not None:
+                    return self._record(row), False
+                if id_prefix is not None and len(id_prefix) < ID_DIGITS_FIRST:
+                    found = self._find_by_id(conn, id_prefix)
+                    return None if found is None else (found, True)
+                return None
             name = f"{parsed.name}@{parsed.digest}"
             row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (name,)).fetchone()
             if row is not None:
-                return self._record(row)
+                return self._record(row), False
             row = conn.execute(
                 """SELECT ?, ?, NULL, d.digest, i.manifest_digest, i.config_digest,
                           i.platform, i.size, i.pulled_at, i.media_type, i.oci_manifest_digest
@@ -1660,7 +1680,7 @@ class Store:
                    WHERE d.repository = ? AND d.digest = ?""",
                 (name, parsed.name, parsed.name, str(parsed.digest)),
             ).fetchone()
-            return None if row is None else self._record(row)
+            return None if row is None else (self._record(row), False)
 
     # An image no reference names, as a record: named by its repository's name@digest
     # (each pull records repository@manifest-digest in repo_digests), by the manifest digest
@@ -1686,10 +1706,13 @@ class Store:
             )
         ]
         if len(ids) > 1:
-            shown = ", ".join(sorted(Digest.parse(i).short for i in ids))
+            shown = sorted(Digest.parse(i).short for i in ids)  # as `images` shows them
+            listed = ", ".join(shown[:_AMBIGUOUS_SHOWN])
+            if len(ids) > _AMBIGUOUS_SHOWN:  # a prefix of one digit matches a sixteenth
+                listed += f" and {len(ids) - _AMBIGUOUS_SHOWN} more"
             raise StoreError(
                 f"image ID prefix {prefix} is ambiguous in store {self.path}: it matches "
-                f"{shown}; give more digits"
+                f"{len(ids)} images ({listed}); give more digits"
             )
         if not ids:
             return None
@@ -1883,17 +1906,13 @@ class Store:
         dangling: set[str] = set()
         unknown: list[str] = []
         for text in refs:
-            record = self.find_image(text)
-            if record is None:
+            lookup = self._find_image(text)
+            if lookup is None:
                 unknown.append(text)
                 continue
+            record, by_id = lookup
             with self._db() as conn:
-                prefix = _ID_PREFIX.fullmatch(text.strip())
-                if (
-                    prefix is not None
-                    and text.strip() != record.ref
-                    and record.image_id.hex.startswith(prefix.group(1))
-                ):
+                if by_id:
                     rows = conn.execute(
                         """SELECT r.name FROM refs r JOIN images i
                            ON i.manifest_digest = r.manifest_digest

@@ -932,6 +932,22 @@ def test_layers_table_and_json(
     assert layer["media_type"] == MediaType.OCI_LAYER_GZIP
 
 
+def test_an_image_id_prefix_of_a_few_digits_finds_the_image_as_docker_s_does(
+    stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "no image '213e' in the store": a prefix needed 12 digits.
+    prefix = stored_image.config.hex[:4]
+    assert main(["inspect", prefix, "--store", str(store_dir)]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["record"]["ref"] == REF
+    assert main(["layers", prefix, "--store", str(store_dir), "--json"]) == EXIT_OK
+    [layer] = json.loads(capsys.readouterr().out)
+    assert layer["digest"] == str(stored_image.layer)
+    assert main(["rm", prefix, "--store", str(store_dir)]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[0] == f"Untagged: {REF}"
+    assert main(["inspect", prefix, "--store", str(store_dir)]) == EXIT_FAILED
+    assert f"no image '{prefix}' in the store at " in capsys.readouterr().err
+
+
 def test_inspect(
     stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

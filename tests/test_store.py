@@ -1009,6 +1009,48 @@ def test_pull_by_digest_and_index(tmp_path: Path) -> None:
     assert record.manifest_digest == tagged.manifest_digest
 
 
+def test_find_image_takes_an_image_id_prefix_of_any_length_as_docker_does(
+    tmp_path: Path,
+) -> None:
+    # Below 12 digits a prefix found nothing: "no image '213e'".
+    store = Store.open(tmp_path / "s")
+    app = pull_into(store, APP, with_index=True)
+    alpine = pull_into(store, ALPINE, docker=True, content=b"alpine\n")
+    ids = {str(APP): app.config.digest.hex, str(ALPINE): alpine.config.digest.hex}
+    app_id, alpine_id = ids.values()
+    shared = next(n for n, (a, b) in enumerate(zip(app_id, alpine_id, strict=True)) if a != b)
+
+    def found(text: str) -> str | None:
+        record = store.find_image(text)
+        return None if record is None else record.ref
+
+    for ref, image_id in ids.items():
+        for digits in range(shared + 1, 13):
+            assert found(image_id[:digits]) == ref
+            assert found("sha256:" + image_id[:digits]) == ref
+    # A reference of that name comes first, as in docker's lookup: "cafe" may be a
+    # repository's name as well as an ID's first digits.
+    prefix = ids[str(APP)][: shared + 1]
+    named = Reference("docker.io", f"library/{prefix}", "latest")
+    pull_into(store, named, content=b"named like an ID\n")
+    assert found(prefix) == str(named)
+    # What several IDs start with is refused, naming them.
+    conn = sqlite3.connect(store.path / "imagec.db")
+    clash = "sha256:" + ids[str(APP)][:2] + ids[str(ALPINE)][2:]
+    with conn:
+        conn.execute(
+            "UPDATE images SET config_digest = ? WHERE manifest_digest = ?",
+            (clash, str(alpine.manifest_digest)),
+        )
+    conn.close()
+    with pytest.raises(StoreError) as refused:
+        store.find_image(ids[str(APP)][:2])
+    message = str(refused.value)
+    assert message.startswith(f"image ID prefix {ids[str(APP)][:2]} is ambiguous in store ")
+    assert "matches 2 images (" in message and message.endswith("); give more digits")
+    assert app.config.digest.short in message and Digest.parse(clash).short in message
+
+
 def test_find_image_variants(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     app = pull_into(store, APP, with_index=True)
