@@ -843,12 +843,15 @@ def _write_out(text: str, *, done: str | None = None) -> None:
     EPIPE (``| head``) stays a ``BrokenPipeError`` for ``main`` to end quietly.
 
     ``done``: the command's work is done whatever happens to its output (``rm``, ``gc``);
-    a failure is then a warning ending with it, and the command succeeds."""
+    a failure is then a warning ending with it, and the command succeeds. A reader that
+    went away (EPIPE) then needs no warning, as for a pull: nobody reads any more."""
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
     except BrokenPipeError:
-        raise
+        if done is None:
+            raise
+        silence_stdout()
     except OSError as exc:
         if done is None:
             raise ImagecError(f"cannot write the output to stdout: {exc.strerror or exc}") from exc

@@ -996,6 +996,36 @@ def test_a_removal_whose_output_cannot_be_written_says_it_is_done(
     assert (reader.find_image(REF) is None) == (argv[0] == "rm")
 
 
+@pytest.mark.parametrize(
+    "argv", [["rm", REF], ["rm", REF, "--json"], ["gc"]], ids=["rm", "rm-json", "gc"]
+)
+def test_a_removal_whose_reader_went_away_succeeds(
+    stored_image: StoredImage, store_dir: Path, argv: list[str]
+) -> None:
+    """``rm REF | head -0`` (or a reader gone before the output came, as ``gc | head``
+    with a long list of deleted blobs): the removal is done, as it is when the output
+    cannot be written to a full disk. It exited 1, which a script under ``pipefail``
+    takes for a failed removal and retries ("no image REF"). A pull whose reader goes
+    away exits 0 the same way."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the first write fails with EPIPE
+    try:
+        done_run = subprocess.run(
+            [sys.executable, "-m", "pipeline._cli", *argv, "--store", str(store_dir)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done_run.returncode, done_run.stderr) == (EXIT_OK, "")
+    reader = Store.open_existing(store_dir)
+    assert reader is not None
+    assert (reader.find_image(REF) is None) == (argv[0] == "rm")
+
+
 def test_verify_of_missing_blobs_says_to_pull_again_not_to_repair(
     stored_image: StoredImage, store_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
