@@ -620,6 +620,60 @@ def test_rm_and_gc_refuse_when_what_another_tool_s_entry_reaches_cannot_be_told(
     assert_clean(store)
 
 
+def bytes_read() -> int:
+    """What this process has read through read(2) so far (Linux's /proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("/proc/self/io has no rchar line")
+
+
+def test_gc_tells_the_large_layers_another_tool_s_image_names_by_their_size(
+    tmp_path: Path,
+) -> None:
+    """A blob over 4 MiB that another tool's manifest names as a layer names nothing,
+    and its size says so: gc and rm read 4 MiB of each such layer to find it too large
+    (``read(limit + 1)``), where a stat had told them (a store shared with skopeo, of
+    images of large layers: gigabytes read by every ``rm``)."""
+    store = tmp_path / "store"
+    Store.open(store).close()
+    layers = []
+    for mib in (5, 6, 7, 8):  # zeros: written sparse, each its own digest
+        size = mib * 1024 * 1024
+        digest = f"sha256:{hashlib.sha256(bytes(size)).hexdigest()}"
+        with open(store / "blobs" / "sha256" / digest.removeprefix("sha256:"), "wb") as file:
+            file.truncate(size)
+        layers.append(
+            {"mediaType": images.MediaTypes.OCI_LAYER_TAR, "digest": digest, "size": size}
+        )
+    config = images.Blob(images.MediaTypes.OCI_CONFIG, b"{}")
+    manifest = as_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": images.MediaTypes.OCI_MANIFEST,
+            "config": config.descriptor(),
+            "layers": layers,
+        },
+        images.MediaTypes.OCI_MANIFEST,
+    )
+    for blob in (config, manifest):
+        put_blob(store, blob)
+    index = json.loads((store / "index.json").read_text())
+    index["manifests"].append(manifest.descriptor())
+    (store / "index.json").write_text(json.dumps(index))
+    every = blobs(store)
+
+    with Store.open(store) as opened:
+        before = bytes_read()
+        removal = opened.prune()
+        read = bytes_read() - before
+
+    assert removal.deleted_blobs == ()
+    assert blobs(store) == every
+    # Old: 4 MiB and 8 KiB of each layer. Now: the database, index.json and the manifest.
+    assert read < _store._MAX_MANIFEST_BYTES, read
+
+
 def index_refs_ours(store: Path) -> list[str]:
     index = json.loads((store / "index.json").read_text())
     return sorted(
