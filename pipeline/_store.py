@@ -87,7 +87,7 @@ import platformdirs
 import structlog
 import xxhash
 
-from stages._errors import ImagecError, StoreError
+from stages._errors import ImagecError, InvalidDigest, StoreError
 from stages._events import VerifiedLayer
 from stages._manifest import SCHEMA1, ResolvedImage
 from stages._reference import parse_reference
@@ -2167,7 +2167,7 @@ class Store:
         checked = 0
         with self._errors("verify the blobs"):
             names = {p.name for p in self._blobs.iterdir()}
-            gone = [Digest.parse(text) for text in needed if Digest.parse(text).hex not in names]
+            gone = [d for d in map(self._recorded_digest, needed) if d.hex not in names]
             for name in sorted(names):
                 if not _HEX64.fullmatch(name):
                     continue
@@ -2210,6 +2210,18 @@ class Store:
             for row in conn.execute(query):
                 recorded.update(str(d) for d in row)
         return recorded
+
+    def _recorded_digest(self, text: str) -> Digest:
+        """A digest the database records (``_recorded_blobs``); StoreError when it is none:
+        a row no pull writes, damaged in place or edited, said as ``_record`` says it of an
+        image's row (verify's line was the bare "digest 'sha256:zz' is not sha256 …")."""
+        try:
+            return Digest.parse(text)
+        except InvalidDigest as exc:
+            raise StoreError(
+                f"a record in store {self.path} is damaged ({exc.message}): its database "
+                f"{DB_FILE} was damaged or edited; move the store aside and pull again"
+            ) from exc
 
     def _still_missing(self, blobs: list[Digest]) -> list[Digest]:
         """Of these blobs, found without a file, those that records still name and that

@@ -1607,3 +1607,35 @@ def test_a_damaged_image_record_is_a_store_error(tmp_path: Path, change: str, de
         assert message.endswith(
             "): its database imagec.db was damaged or edited; move the store aside and pull again"
         )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE images SET config_digest = 'sha256:zz'",
+        "UPDATE refs SET resolved_digest = 'md5:0'",
+        "UPDATE layers SET digest = 'sha256:' || upper(substr(digest, 8))",
+    ],
+)
+def test_verify_of_a_damaged_digest_record_names_the_database(tmp_path: Path, change: str) -> None:
+    # verify reads every digest the records name (the blobs that must be there); one that
+    # is none failed with the bare "digest 'sha256:zz' is not sha256 …", saying neither
+    # where it came from nor what to do, where images and inspect name the database.
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    conn = sqlite3.connect(store.path / "imagec.db")
+    with conn:
+        conn.execute(change)
+    conn.close()
+    reader = Store.open_existing(store.path)
+    assert reader is not None
+
+    with pytest.raises(StoreError) as info:
+        reader.verify()
+
+    assert type(info.value) is StoreError
+    message = str(info.value)
+    assert message.startswith(f"a record in store {store.path} is damaged (digest ")
+    assert message.endswith(
+        "): its database imagec.db was damaged or edited; move the store aside and pull again"
+    )
