@@ -935,7 +935,12 @@ class Store:
         for name, oci_digest, manifest_digest, platform in rows:
             if listed.get(name) == oci_digest:
                 continue
-            digest = Digest.parse(oci_digest)
+            try:
+                digest = Digest.parse(oci_digest)
+                original = None if manifest_digest == oci_digest else Digest.parse(manifest_digest)
+                parsed_platform = Platform.parse(platform)
+            except ImagecError as exc:  # a UsageError (exit 2) from Platform.parse
+                raise self._damaged_record(name, exc) from exc
             try:
                 size = self._blob_path(digest).stat().st_size
             except FileNotFoundError:  # removed by hand: nothing to list; a pull restores it
@@ -949,9 +954,9 @@ class Store:
             entry = _oci.index_entry(
                 digest=digest,
                 size=size,
-                platform=Platform.parse(platform),
+                platform=parsed_platform,
                 ref_name=name,
-                original=None if manifest_digest == oci_digest else Digest.parse(manifest_digest),
+                original=original,
             )
             index = _oci.index_with_entry(index, entry)
             repaired.append(name)
@@ -1614,12 +1619,16 @@ class Store:
                 oci_manifest_digest=Digest.parse(row[10]),
             )
         except (ImagecError, ValueError, OverflowError, OSError) as exc:
-            raise StoreError(
-                f"the record of {row[0]} in store {self.path} is damaged "
-                f"({exc.message if isinstance(exc, ImagecError) else exc}): its database "
-                f"{DB_FILE} was damaged or edited; move the store aside and pull again",
-                ref=str(row[0]),
-            ) from exc
+            raise self._damaged_record(row[0], exc) from exc
+
+    def _damaged_record(self, ref: object, exc: Exception) -> StoreError:
+        """The StoreError for the row of ``ref`` that does not read (``exc`` says why)."""
+        return StoreError(
+            f"the record of {ref} in store {self.path} is damaged "
+            f"({exc.message if isinstance(exc, ImagecError) else exc}): its database "
+            f"{DB_FILE} was damaged or edited; move the store aside and pull again",
+            ref=str(ref),
+        )
 
     def list_images(self) -> list[ImageRecord]:
         """Every reference in the store, most recently pulled first."""

@@ -1639,3 +1639,34 @@ def test_verify_of_a_damaged_digest_record_names_the_database(tmp_path: Path, ch
     assert message.endswith(
         "): its database imagec.db was damaged or edited; move the store aside and pull again"
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ("UPDATE images SET platform = 'garbage'", "platform 'garbage' is not of the form"),
+        ("UPDATE images SET oci_manifest_digest = 'sha256:zz'", "digest 'sha256:zz' is not"),
+    ],
+)
+def test_a_damaged_record_whose_index_entry_is_missing_is_a_store_error(
+    tmp_path: Path, change: str, detail: str
+) -> None:
+    # Store.open writes the index.json entry of each reference that lacks one from its
+    # record, and read a damaged one unchecked: a bad platform made pull, rm and gc a
+    # usage error (exit 2), which ab3e83c had made a StoreError everywhere else.
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    conn = sqlite3.connect(store.path / "imagec.db")
+    with conn:
+        conn.execute(change)
+    conn.close()
+    (store.path / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+
+    with pytest.raises(StoreError) as info:
+        Store.open(store.path)
+
+    assert type(info.value) is StoreError
+    message = str(info.value)
+    assert message.startswith(f"the record of {APP} in store {store.path} is damaged (")
+    assert detail in message
+    assert message.endswith("move the store aside and pull again")
