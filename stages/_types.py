@@ -403,7 +403,9 @@ class Platform:
             oldest = _OLDEST_VERSIONS[self.architecture]
             newest = _NEWEST_VERSIONS[self.architecture]
             number = _version(variant)
-            if number is not None and oldest <= number <= newest:
+            # As the level is spelled: rank tells amd64/v03 from the v3 it means by its
+            # text, and takes v2 for it (a CPU of level 3 runs no "newer" level 3).
+            if number is not None and oldest <= number <= newest and variant == f"v{number}":
                 return
             known = ", ".join(f"v{n}" for n in range(oldest, newest + 1))
         else:

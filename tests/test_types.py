@@ -295,3 +295,26 @@ def test_the_host_platform_takes_the_lower_levels_and_refuses_a_higher_one(
     assert Platform.host() == _host_platform(
         platform.system(), platform.machine(), Path("/proc/cpuinfo"), bits
     )
+
+
+@pytest.mark.parametrize(
+    ("asked", "spelled", "known"),
+    [
+        ("linux/amd64/v03", "linux/amd64/v3", "v1, v2, v3, v4"),
+        ("linux/amd64/v004", "linux/amd64/v4", "v1, v2, v3, v4"),
+        ("linux/arm/v07", "linux/arm/v7", "v5, v6, v7, v8"),
+    ],
+)
+def test_a_level_spelled_with_a_leading_zero_is_refused_when_asked_for(
+    asked: str, spelled: str, known: str
+) -> None:
+    # amd64/v03 passed the check as level 3, but rank tells variants by their text: the
+    # request took an index's v2 entry over its v3 one (arm/v07 took v6 over v7).
+    platform = Platform.parse(asked)
+    assert platform.rank(Platform.parse(spelled)) is None
+    with pytest.raises(UsageError) as refused:
+        platform.check_variant()
+    assert str(refused.value) == (
+        f"platform {platform}: {platform.architecture} has no variant {platform.variant}; "
+        f"its variants are {known}"
+    )
