@@ -74,11 +74,10 @@ cut as it is and as a URL or a form spells it whole (every character but letters
 digits and ``-._~`` percent-encoded, the hex in either case), and in any case of its
 letters: a URL's host is lower-cased when it is parsed, and a registry that names a
 server after a token it was sent (``https://<token>.evil.example/``) has it named so.
-Each token is looked for once in the text lower-cased (``cut_tokens``), and a pattern of
-those spellings, ignoring case, is compiled only for one found: a server quotes the token
-as its Authorization header carried it, and a registry's token is often a JWT of a
-kilobyte or two, whose pattern of per-character spellings (the password's) took 0.4 s to
-compile and 350 KB to keep, each. A token shorter than eight characters, which no
+Each token is looked for in the text lower-cased (``cut_tokens``) and cut where it is
+found there, by plain searches and no pattern: a registry's token is often a JWT of a
+kilobyte or two, and a token service may issue one of a megabyte, whose pattern took
+4 ms and 150 KB a kilobyte to compile and keep. A token shorter than eight characters, which no
 registry issues, is cut as a short password is, in its own case only.
 
 Everything else is kept: host names, ports, status codes, error codes and the server's
@@ -92,7 +91,7 @@ import functools
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "RECENT_TOKENS_KEPT",
@@ -230,8 +229,10 @@ def cut_tokens(text: str, tokens: Iterable[str]) -> str:
 
     The text is lower-cased once and each token looked for in it, lower-cased too (and
     percent-encoded, when that spells it otherwise): one search per token for the log
-    processor, which runs this over every string of every line. Only a token found is
-    cut, by a pattern that ignores case."""
+    processor, which runs this over every string of every line. A token found is cut
+    where the lower-cased text has it, by plain searches: a pattern ignoring case, as
+    this once compiled for each token found, took 4 ms and 150 KB a kilobyte of token,
+    and a token service may issue one of a megabyte (``Limits.max_token_bytes``)."""
     folded: str | None = None
     for token in tokens:
         if len(token) < _CUT_ANYWHERE_FROM:
@@ -240,11 +241,45 @@ def cut_tokens(text: str, tokens: Iterable[str]) -> str:
                 text, folded = cut, None
             continue
         if folded is None:
-            folded = text.lower()
-        bare, encoded = _folded_spellings(token)
-        if bare in folded or (encoded is not None and encoded in folded):
-            text, folded = _token_pattern(token).sub(REDACTED, text), None
+            folded = _folded(text)
+        spellings = [s for s in _folded_spellings(token) if s is not None and s in folded]
+        if spellings:
+            text = _cut_spans(text, folded, spellings)
+            folded = None
     return text
+
+
+def _folded(text: str) -> str:
+    """``text`` lower-cased, each character in its place: where lower-casing a character
+    makes more than one ("İ" is "i" and a combining dot), that one is kept as it is, so
+    that a position in the result is the same in ``text``."""
+    folded = text.lower()
+    if len(folded) == len(text):
+        return folded  # no character grew: each stands where it stood
+    return "".join(c if len(lower := c.lower()) != 1 else lower for c in text)
+
+
+def _cut_spans(text: str, folded: str, spellings: Sequence[str]) -> str:
+    """``text`` with ``[redacted]`` where ``folded`` (``_folded(text)``) holds any of
+    ``spellings``; occurrences that overlap are cut as one."""
+    spans: list[tuple[int, int]] = []
+    for spelling in spellings:
+        start = folded.find(spelling)
+        while start != -1:
+            spans.append((start, start + len(spelling)))
+            start = folded.find(spelling, start + len(spelling))
+    spans.sort()
+    pieces: list[str] = []
+    kept_from = 0  # where the text after the last cut starts
+    cut_start, cut_end = spans[0]
+    for start, end in spans[1:]:
+        if start < cut_end:  # overlaps the cut: widen it
+            cut_end = max(cut_end, end)
+            continue
+        pieces += (text[kept_from:cut_start], REDACTED)
+        kept_from, cut_start, cut_end = cut_end, start, end
+    pieces += (text[kept_from:cut_start], REDACTED, text[cut_end:])
+    return "".join(pieces)
 
 
 @functools.lru_cache(maxsize=2 * RECENT_TOKENS_KEPT)
@@ -252,15 +287,7 @@ def _folded_spellings(token: str) -> tuple[str, str | None]:
     """``token`` in lower case, and percent-encoded whole in lower case (None when that
     is the same: it has nothing to encode)."""
     encoded = _percent_encoded(token)
-    return token.lower(), (encoded.lower() if encoded != token else None)
-
-
-@functools.lru_cache(maxsize=2 * RECENT_TOKENS_KEPT)
-def _token_pattern(token: str) -> re.Pattern[str]:
-    """``token`` as it is or percent-encoded whole, in any case of its letters and of the
-    hex. Compiled only for a token found in a text: a literal of a kilobyte or two."""
-    spellings = dict.fromkeys((token, _percent_encoded(token)))
-    return re.compile("|".join(re.escape(s) for s in spellings), re.IGNORECASE)
+    return _folded(token), (_folded(encoded) if encoded != token else None)
 
 
 def _percent_encoded(token: str) -> str:
