@@ -939,7 +939,8 @@ class Store:
                 digest = Digest.parse(oci_digest)
                 original = None if manifest_digest == oci_digest else Digest.parse(manifest_digest)
                 parsed_platform = Platform.parse(platform)
-            except ImagecError as exc:  # a UsageError (exit 2) from Platform.parse
+            except (ImagecError, TypeError, AttributeError) as exc:
+                # A UsageError (exit 2) from Platform.parse; a column of another type.
                 raise self._damaged_record(name, exc) from exc
             try:
                 size = self._blob_path(digest).stat().st_size
@@ -1618,7 +1619,10 @@ class Store:
                 media_type=row[9],
                 oci_manifest_digest=Digest.parse(row[10]),
             )
-        except (ImagecError, ValueError, OverflowError, OSError) as exc:
+        except (ImagecError, ValueError, OverflowError, OSError, TypeError, AttributeError) as exc:
+            # TypeError, AttributeError: a column of another type (SQLite keeps what it is
+            # given), a number where a platform or a digest was, which the parsers take
+            # for text.
             raise self._damaged_record(row[0], exc) from exc
 
     def _damaged_record(self, ref: object, exc: Exception) -> StoreError:
@@ -1715,7 +1719,8 @@ class Store:
             )
         ]
         if len(ids) > 1:
-            shown = sorted(Digest.parse(i).short for i in ids)  # as `images` shows them
+            # As `images` shows them, without parsing them: a damaged one is listed too.
+            shown = sorted(str(i).removeprefix("sha256:")[:12] for i in ids)
             listed = ", ".join(shown[:_AMBIGUOUS_SHOWN])
             if len(ids) > _AMBIGUOUS_SHOWN:  # a prefix of one digit matches a sixteenth
                 listed += f" and {len(ids) - _AMBIGUOUS_SHOWN} more"

@@ -1583,6 +1583,8 @@ def test_an_index_json_whose_manifests_are_not_an_array_is_refused(
         ("UPDATE refs SET pulled_at = 'x'", "its time of pulling is 'x'"),
         ("UPDATE refs SET pulled_at = 1e300", "out of range"),
         ("UPDATE images SET size = 'big'", "its size is 'big'"),
+        ("UPDATE images SET platform = x'6c696e7578'", "bytes"),
+        ("UPDATE images SET config_digest = x'00'", "digest is not a string"),
     ],
 )
 def test_a_damaged_image_record_is_a_store_error(tmp_path: Path, change: str, detail: str) -> None:
