@@ -798,6 +798,17 @@ class RegistryClient:
         visited: set[str] = set()
         hops = 0
         current = url
+
+        def invalid_redirect() -> RegistryError:
+            """``current``'s redirect to a URL that cannot be read (httpx's parse, or a
+            host that is no IDNA name, whether httpx or this loop reads it first)."""
+            return RegistryError(
+                f"{self.server_named(ref, current, port=False)} redirected {what} to an"
+                " invalid URL",
+                ref=str(ref),
+                digest=digest,
+            )
+
         while True:
             origin = _same_origin(current, endpoint.base_url)
             request_headers = dict(headers)
@@ -817,12 +828,7 @@ class RegistryClient:
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, ref, current, what, digest) from exc
             except UnicodeError as exc:  # httpx reading a Location whose host is no IDNA name
-                raise RegistryError(
-                    f"{self.server_named(ref, current, port=False)} redirected {what} to an"
-                    " invalid URL",
-                    ref=str(ref),
-                    digest=digest,
-                ) from exc
+                raise invalid_redirect() from exc
             if response.status_code not in _REDIRECTS:
                 return response
             location = response.headers.get("Location")
@@ -845,12 +851,7 @@ class RegistryClient:
                 target = current.join(location)
                 target_host = target.host  # an "xn--" label that is no IDNA name raises here
             except (httpx.InvalidURL, UnicodeError) as exc:
-                raise RegistryError(
-                    f"{self.server_named(ref, current, port=False)} redirected {what} to an"
-                    " invalid URL",
-                    ref=str(ref),
-                    digest=digest,
-                ) from exc
+                raise invalid_redirect() from exc
             if target.scheme not in ("http", "https") or not target_host:
                 raise RegistryError(
                     f"{self.server_named(ref, current, port=False)} redirected {what} to an"
