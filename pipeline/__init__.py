@@ -12,7 +12,10 @@
 Every layer is fetched once and, in the same pass, checked against its digest,
 decompressed, checked against its diffID and committed atomically. Pulls sharing one
 ``Store`` object share its layer cache: a layer is downloaded once however many pulls
-want it. Failures raise one ``ImagecError`` subclass.
+want it. Failures raise one ``ImagecError`` subclass. From trio code, remove from a
+store with ``await store.prune_async()`` (``remove_images_async``,
+``remove_damaged_async``): the synchronous removals wait for the pulls running in the
+store, and refuse to run on the event loop those pulls need.
 
 ``import pipeline`` imports nothing more: each public name is imported from its module
 when first used (PEP 562's module ``__getattr__``), and is then the same object as

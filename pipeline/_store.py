@@ -59,6 +59,15 @@ between them, holding nothing then: a worker thread is not cancelled with its ta
 OSError and sqlite3.Error never leave this module: they become a ``StoreError`` naming
 the store and what the user can do.
 
+The removals (``prune``, ``remove_images``, ``remove_damaged``) wait for the pulls running
+in the store, and in a trio program those include its own, which run on its event loop:
+called there, the wait blocked the very pulls it waited for. They refuse to run on
+trio's event loop (UsageError), and trio code awaits their ``*_async`` forms, which run them in a
+worker thread and end their waits when cancelled, before anything is removed. The CLI
+calls them outside ``trio.run``. The other methods wait on no pull of this process; the
+long ones a host may call (``open``: another process's lock, up to ``LOCK_TIMEOUT_S``;
+``verify``: reading every blob) stay synchronous, for ``trio.to_thread.run_sync``.
+
 What ``index.json`` lists, when an image is listed through a converted OCI manifest (a
 Docker schema2 image, an OCI manifest naming Docker media types) and the annotation
 that manifest carries (``io.github.imagec-pipe.original-manifest-digest``) are
@@ -70,6 +79,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -85,9 +95,10 @@ from typing import Any, BinaryIO
 
 import platformdirs
 import structlog
+import trio
 import xxhash
 
-from stages._errors import ImagecError, InvalidDigest, StoreError
+from stages._errors import ImagecError, InvalidDigest, StoreError, UsageError
 from stages._events import VerifiedLayer
 from stages._manifest import SCHEMA1, ResolvedImage
 from stages._reference import parse_reference
@@ -694,7 +705,9 @@ def store_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 class Store:
-    """An opened store. Create it with ``Store.open``; every method is synchronous.
+    """An opened store. Create it with ``Store.open``; every method is synchronous, but
+    for the removals' forms for trio code (``prune_async``, ``remove_images_async``,
+    ``remove_damaged_async``: see the module docstring).
 
     ``lcache`` is the layer cache shared by every pull given this object: one download
     per layer among them, and, through ``try_claim_layer``, among every process (and
@@ -1761,13 +1774,32 @@ class Store:
                 raise
             return PullHold(fd)
 
+    def _refuse_in_event_loop(self, method: str) -> None:
+        """Raise UsageError when removal ``method`` is called from a thread running trio's
+        event loop: it waits up to ``GC_WAIT_S`` for the pulls running in the store, and
+        those of this program run on that very loop, which the wait blocks. A trio
+        program's ``prune()`` froze its own pulls for the whole wait, then refused ("a
+        pull is running in this store"); with no pull, it still froze the loop for a
+        large removal's unlinking. Its ``*_async`` form runs it in a worker thread
+        instead. (In such a thread, trio's ``in_trio_run`` is False.)"""
+        if trio.lowlevel.in_trio_run():
+            raise UsageError(
+                f"Store.{method}() was called from trio's event loop: it waits up to "
+                f"{GC_WAIT_S:g} s for the pulls running in store {self.path}, this "
+                "program's among them, and blocks them while it waits; from trio code "
+                f"use `await store.{method}_async(...)`"
+            )
+
     @contextlib.contextmanager
-    def _removing(self, action: str) -> Iterator[None]:
+    def _removing(
+        self, action: str, check_cancelled: Callable[[], None] | None = None
+    ) -> Iterator[None]:
         """Hold ``gc.lock`` exclusively: no pull is between its first layer lookup and
         its record. Waits up to ``GC_WAIT_S`` for running pulls (or another removal) to
         end, then refuses, saying which it waited for (a pull may run for minutes; the
         user had better choose when to wait). ``action`` is the removal's, as
-        ``store_error`` takes it."""
+        ``store_error`` takes it. ``check_cancelled`` is called between polls, the lock
+        not held, and may raise to end the wait (see ``prune``)."""
         what = _action_text(action, self.path)
         if self.read_only:
             raise StoreError(
@@ -1788,12 +1820,16 @@ class Store:
                         f"cannot {what}: {_gc_lock_holder(fd)}; "
                         f"try again when it ends (waited {GC_WAIT_S:g} s for it)"
                     )
+                if check_cancelled is not None:
+                    check_cancelled()
                 time.sleep(LOCK_POLL_S)
             yield
         finally:
             os.close(fd)  # releases the lock
 
-    def remove_images(self, refs: Sequence[str]) -> Removal:
+    def remove_images(
+        self, refs: Sequence[str], *, check_cancelled: Callable[[], None] | None = None
+    ) -> Removal:
         """Remove references from the store, as ``docker rmi`` does, and whatever only
         they kept: an image whose last reference goes loses its records, then every blob
         (manifest, index, config, layer) that nothing left in the store names is deleted.
@@ -1805,12 +1841,19 @@ class Store:
         that several references name is refused (they are listed: remove them by name).
         Nothing is removed unless every one of ``refs`` is found: a StoreError names the
         ones that are not; nor when what another tool's entry of index.json reaches cannot
-        be told, as for ``prune``. Waits for running pulls as ``prune`` does. The order of the
-        steps, and why a crash between any two is harmless, is in the module docstring.
+        be told, as for ``prune``. Waits for running pulls as ``prune`` does, and is
+        refused from trio's event loop as it is (``remove_images_async`` is for trio
+        code; ``check_cancelled`` as for ``prune``). The order of the steps, and why a
+        crash between any two is harmless, is in the module docstring.
         """
-        with self._errors(REMOVE_IMAGES), self._removing(REMOVE_IMAGES):
+        self._refuse_in_event_loop("remove_images")
+        with self._errors(REMOVE_IMAGES), self._removing(REMOVE_IMAGES, check_cancelled):
             names, dangling = self._removal_targets(refs)
-            with self._locked(), self._db() as conn, _transaction(conn):
+            with (
+                self._locked(check_cancelled=check_cancelled),
+                self._db() as conn,
+                _transaction(conn, check_cancelled),
+            ):
                 resolved = {
                     str(row[0])
                     for name in names
@@ -1864,7 +1907,7 @@ class Store:
         )
         return removal
 
-    def prune(self) -> Removal:
+    def prune(self, *, check_cancelled: Callable[[], None] | None = None) -> Removal:
         """Remove what no reference in the store needs, as ``docker image prune`` and
         containerd's garbage collection do: images no reference names any more (left by
         a tag pulled again after it moved), layer records no image uses (left by a pull
@@ -1876,9 +1919,17 @@ class Store:
         Waits up to ``GC_WAIT_S`` for the pulls running in the store to end, then raises
         StoreError: their layers are committed before their image is recorded, and in
         between nothing else says they are needed.
+
+        Called from trio's event loop, it raises UsageError (``_refuse_in_event_loop``):
+        the wait would block the loop, and with it this program's own pulls, the ones
+        it waits for. Trio code awaits ``prune_async``, which runs this in a worker
+        thread. ``check_cancelled`` is called while it waits (for the pulls, or for
+        another process's write transaction), before anything is removed, and may raise
+        to end the wait; once the removal has begun, it runs to its end.
         """
-        with self._errors(PRUNE), self._removing(PRUNE):
-            with self._db() as conn, _transaction(conn):
+        self._refuse_in_event_loop("prune")
+        with self._errors(PRUNE), self._removing(PRUNE, check_cancelled):
+            with self._db() as conn, _transaction(conn, check_cancelled):
                 dangling = [
                     str(row[0])
                     for row in conn.execute(
@@ -1911,6 +1962,39 @@ class Store:
             reclaimed_bytes=reclaimed,
         )
         return removal
+
+    # -- removal from trio code (the library) ---------------------------------------
+
+    async def prune_async(self) -> Removal:
+        """``prune``, for trio code: run in a worker thread, so that the event loop goes on
+        while it waits for the pulls running in the store (this program's own too: they
+        end, and then it prunes) and while it unlinks. Waits and refuses as ``prune``
+        does; a cancel scope around it ends the wait sooner.
+
+        Cancelled while it waits (for the pulls, or for another process's write
+        transaction), it removes nothing and raises ``trio.Cancelled`` at once: the
+        thread checks between slices of its waits (``check_cancelled``). Cancelled once
+        the removal has begun, it runs to its end first, as any thread does, so that
+        nothing is left half-done; what it removed is logged ("store pruned")."""
+        return await trio.to_thread.run_sync(
+            functools.partial(self.prune, check_cancelled=trio.from_thread.check_cancelled)
+        )
+
+    async def remove_images_async(self, refs: Sequence[str]) -> Removal:
+        """``remove_images``, for trio code, as ``prune_async`` is ``prune``'s."""
+        return await trio.to_thread.run_sync(
+            functools.partial(
+                self.remove_images, refs, check_cancelled=trio.from_thread.check_cancelled
+            )
+        )
+
+    async def remove_damaged_async(self, damage: list[BlobDamage]) -> None:
+        """``remove_damaged``, for trio code, as ``prune_async`` is ``prune``'s."""
+        await trio.to_thread.run_sync(
+            functools.partial(
+                self.remove_damaged, damage, check_cancelled=trio.from_thread.check_cancelled
+            )
+        )
 
     def _removal_targets(self, refs: Sequence[str]) -> tuple[list[str], set[str]]:
         """The reference names ``refs`` stand for, and the manifest digests of images
@@ -2292,7 +2376,9 @@ class Store:
                     found[digest].add(name)
         return {digest: tuple(sorted(names)) for digest, names in found.items()}
 
-    def remove_damaged(self, damage: list[BlobDamage]) -> None:
+    def remove_damaged(
+        self, damage: list[BlobDamage], *, check_cancelled: Callable[[], None] | None = None
+    ) -> None:
         """Delete damaged blobs' files, so that the next pull of an image that uses one
         downloads it again (a layer is trusted only while its file is there). A file that
         a pull replaced since ``verify`` read it (a rename gives it a new inode) is left
@@ -2301,8 +2387,11 @@ class Store:
         Holds ``gc.lock`` exclusively, as ``rm`` and ``gc`` do (the same wait, the same
         refusal): a running pull commits its layers before its image is recorded, and
         one that found a layer committed before this unlinks it would record an image
-        whose layer is gone; nor do two removals unlink beside each other."""
-        with self._errors(REMOVE_DAMAGED), self._removing(REMOVE_DAMAGED):
+        whose layer is gone; nor do two removals unlink beside each other. Refused from
+        trio's event loop as ``prune`` is (``remove_damaged_async`` is for trio code;
+        ``check_cancelled`` as for ``prune``)."""
+        self._refuse_in_event_loop("remove_damaged")
+        with self._errors(REMOVE_DAMAGED), self._removing(REMOVE_DAMAGED, check_cancelled):
             for item in damage:
                 path = self._blob_path(item.digest)
                 try:

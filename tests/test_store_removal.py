@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
+import pipeline
 from pipeline import Store, _store
 from stages._errors import StoreError
 from stages._types import Digest
@@ -982,3 +984,155 @@ def test_a_removal_killed_midway_leaves_a_store_verify_accepts_and_a_pull_repair
     assert code == 0, err
     assert blobs(store) == image_blobs(two) | (image_blobs(one) if command == "rmi" else set())
     assert_clean(store)
+
+
+# --- from trio code (the library) ------------------------------------------------------
+
+
+def push_slow_image(registry: Any, proxy: Any, repo: str, seed: str) -> tuple[images.Image, str]:
+    """An image whose big layer takes a few seconds through a throttled proxy, so that a
+    pull of it has committed its small layer long before it records its image."""
+    small = images.make_layer(f"{seed}:small", size=64 * 1024)
+    big = images.make_layer(f"{seed}:big", size=1024 * 1024, compression="none")
+    image = images.make_image([small, big])
+    registry.push(repo, image, "1")
+    via = proxy(registry, rate=500_000)
+    return image, f"{via.host}/{repo}:1"
+
+
+async def pull_in_background(
+    nursery: trio.Nursery, ref: str, store: Store, results: list[pipeline.PullResult]
+) -> None:
+    """Start ``pipeline.pull(ref)`` in ``nursery``; return once it has committed a layer
+    (and so holds the store against removals: its image is not recorded yet)."""
+    committed = trio.Event()
+
+    def progress(event: pipeline.ProgressEvent) -> None:
+        if event.event == "layer-complete":
+            committed.set()
+
+    async def run() -> None:
+        options = pipeline.PullOptions(
+            platform=pipeline.Platform.parse(PLATFORM), progress=progress
+        )
+        results.append(await pipeline.pull(ref, store=store, options=options))
+
+    nursery.start_soon(run)
+    await committed.wait()
+
+
+async def test_a_removal_called_from_the_event_loop_is_refused_not_left_to_block_the_pulls(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trio program pulling into a store and calling ``store.prune()`` from its event
+    loop: prune waited for the pulls running in the store, its own among them, and they
+    could not run while it blocked the loop; after ``GC_WAIT_S`` it refused, "a pull is
+    running in this store". The synchronous removals now refuse at once from a trio
+    thread, naming their async form, and the pull goes on."""
+    monkeypatch.setattr(_store, "GC_WAIT_S", 2.0)  # how long the old code blocked the loop
+    image, ref = push_slow_image(registry, proxy, unique_repo, unique_seed)
+    where = tmp_path / "store"
+    results: list[pipeline.PullResult] = []
+    with Store.open(where) as store:
+        async with trio.open_nursery() as nursery:
+            await pull_in_background(nursery, ref, store, results)
+            removals = {
+                "prune": store.prune,
+                "remove_images": lambda: store.remove_images([ref]),
+                "remove_damaged": lambda: store.remove_damaged([]),
+            }
+            for name, removal in removals.items():
+                with pytest.raises(pipeline.UsageError) as refused:
+                    removal()
+                message = str(refused.value)
+                assert f"Store.{name}() was called from trio's event loop" in message, message
+                assert f"await store.{name}_async(" in message, message
+    assert [r.reference for r in results] == [ref]
+    assert blobs(where) == image_blobs(image)
+    assert_clean(where)
+
+
+def put_garbage(store: Store, seed: str) -> str:
+    """A blob nothing names, which ``prune`` removes; its digest."""
+    data = json.dumps({"garbage": seed}).encode()
+    digest = Digest.parse(f"sha256:{hashlib.sha256(data).hexdigest()}")
+    store.write_blob(digest, data)
+    return str(digest)
+
+
+async def test_prune_async_waits_for_the_program_s_own_pull_then_prunes(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a trio program pulling into a store awaits to prune it: the wait for the
+    running pulls is made in a worker thread, the pull goes on meanwhile and ends,
+    and then the store is pruned: of what nothing names, not of the pull's layers."""
+    monkeypatch.setattr(_store, "GC_WAIT_S", 60.0)  # the pull ends long before, however slow
+    image, ref = push_slow_image(registry, proxy, unique_repo, unique_seed)
+    where = tmp_path / "store"
+    results: list[pipeline.PullResult] = []
+    with Store.open(where) as store:
+        garbage = put_garbage(store, unique_seed)
+        async with trio.open_nursery() as nursery:
+            await pull_in_background(nursery, ref, store, results)
+            removal = await store.prune_async()
+    assert [str(d) for d in removal.deleted_blobs] == [garbage]
+    assert [r.reference for r in results] == [ref]
+    assert blobs(where) == image_blobs(image)
+    assert_clean(where)
+
+
+async def test_an_async_removal_cancelled_while_it_waits_removes_nothing(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancel scope around ``prune_async`` (or ``remove_images_async``) ends its wait
+    for a pull, or for the store's lock another holder keeps, at once, with nothing
+    removed: the worker thread checks between slices of its waits. Without that the
+    thread, which trio does not abandon, waited out ``GC_WAIT_S`` (the lock's 30 s)."""
+    monkeypatch.setattr(_store, "GC_WAIT_S", 30.0)  # past it, a StoreError fails the test
+    image = images.sample_image(unique_seed, compressions=("gzip",))
+    registry.push(unique_repo, image, "1")
+    ref = f"{registry.host}/{unique_repo}:1"
+    where = tmp_path / "store"
+    with Store.open(where) as store:
+        options = pipeline.PullOptions(platform=pipeline.Platform.parse(PLATFORM))
+        await pipeline.pull(ref, store=store, options=options)
+        garbage = put_garbage(store, unique_seed)
+
+        hold = store.try_hold_for_pull()  # as a running pull holds the store
+        assert hold is not None
+        for removal in (store.prune_async, lambda: store.remove_images_async([ref])):
+            with trio.move_on_after(0.5) as waiting:
+                await removal()
+            assert waiting.cancelled_caught
+        hold.release()
+        with store._locked():  # the lock remove_images takes once the pulls let go
+            with trio.move_on_after(0.5) as waiting:
+                await store.remove_images_async([ref])
+            assert waiting.cancelled_caught
+
+        assert [r.ref for r in store.list_images()] == [ref]
+        assert garbage in blobs(where)
+        assert blobs(where) == image_blobs(image) | {garbage}
+        free = store.try_hold_for_pull()
+        assert free is not None  # gc.lock let go by every removal
+        free.release()
+        removal = await store.remove_images_async([ref])
+    assert removal.untagged == (ref,)
+    assert blobs(where) == {garbage}  # remove_images removes what it freed; prune the rest
+    with Store.open(where) as store:
+        assert [str(d) for d in (await store.prune_async()).deleted_blobs] == [garbage]
+    assert blobs(where) == set()
