@@ -108,8 +108,9 @@ class Limits:
     # broke off. 0: never. A refused connection or an untrusted certificate is not retried.
     retries: int = 4
     # Of those, how many in a row may follow a server that accepted the request and then
-    # sent nothing for read_timeout_s, not a byte (each costs the whole read timeout: five
-    # attempts held a pull 5 minutes per request). A fresh connection may cure a stall
+    # sent nothing for read_timeout_s, not a byte, or did not answer within
+    # response_deadline_s (each costs the whole timeout or deadline: five attempts held a
+    # pull 5 minutes per request). A fresh connection may cure a stall
     # once (a dead pooled connection, a hung backend behind a balancer); no peer retries
     # one more: docker's pull hangs (kubelet's --image-pull-progress-deadline was made for
     # it), containerd's CRI cancels a pull after 5 minutes without a byte, and

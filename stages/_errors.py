@@ -32,7 +32,7 @@ An error that another attempt may cure (a 5xx, a 429, a connection that broke mi
 an expired signed URL) is raised with ``transient=True``, a 429's wait with
 ``retry_after_s`` (and who asked for it with ``retry_after_from``: the registry, a
 storage server, a layer's URL, a token service), and a server that sent nothing for the
-read timeout with ``stalled_s``
+read timeout, or did not answer within the response deadline, with ``stalled_s``
 (those seconds); ``stages/_retry.py`` decides from these alone whether and when to try
 again, so the sites that meet a failure say what it is and one place says what to do.
 """

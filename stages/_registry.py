@@ -9,8 +9,8 @@ with, and the token cache. Each request goes
     → 401: renew the token once and retry → status mapped to the error tree
 
 and ``get_bytes`` and ``authenticate`` try again after a transient failure (5xx, 429,
-a broken connection: ``stages/_retry.py``); the blob stage does the same for blobs,
-resuming where the body broke off.
+a broken connection, a missed response deadline: ``stages/_retry.py``); the blob stage
+does the same for blobs, resuming where the body broke off.
 
 and every response is closed on every path, cancellation included, so a cancelled pull
 never leaks a pool slot.
@@ -698,7 +698,15 @@ class RegistryClient:
 
         The block moves the ``_Asking`` it is given to each server it asks (the registry
         to start with), for the message to blame the one that was being asked when the
-        time ran out: a storage server the registry redirected to, not the registry."""
+        time ran out: a storage server the registry redirected to, not the registry.
+
+        The error is transient, and a stall (``stalled_s``, the deadline's seconds) for
+        the retry rules: a server that was slow once (a hung backend behind a balancer,
+        a storage server behind an expired signed URL that hangs) may answer the next
+        request, which asks the registry again (a fresh redirect) and resumes a layer
+        where it broke off, as after a broken connection. A miss costs the whole
+        deadline, more than a read timeout, so misses in a row are tried again only as
+        often as stalls are (``limits.stall_retries``)."""
         seconds = self._limits.response_deadline_s
         asking = _Asking()
         with trio.move_on_after(seconds) as scope:
@@ -712,6 +720,8 @@ class RegistryClient:
                 " network is stalling, pull again",
                 ref=str(ref),
                 digest=digest,
+                transient=True,
+                stalled_s=seconds,
             )
 
     async def _open(

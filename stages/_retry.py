@@ -7,11 +7,12 @@ still ends within a bounded time. The sites that meet a failure only say what it
 alone decides what follows:
 
 - an error not marked transient is raised at once;
-- a stall (the server sent nothing for the read timeout: ``stalled_s`` on the error) is
-  tried again at most ``limits.stall_retries`` times in a row while the request makes no
-  real progress (a layer: fewer than ``limits.stall_progress_bytes`` delivered by the
-  network per attempt, kept or skipped; any other request: any stall), then raised,
-  saying how many times it happened: each costs the whole read timeout, and five of them
+- a stall (the server sent nothing for the read timeout, or did not answer within the
+  response deadline: ``stalled_s`` on the error) is tried again at most
+  ``limits.stall_retries`` times in a row while the request makes no real progress (a
+  layer: fewer than ``limits.stall_progress_bytes`` delivered by the network per
+  attempt, kept or skipped; any other request: any stall), then raised, saying how many
+  times it happened: each costs the whole read timeout (or deadline), and five of them
   held a pull five minutes on a server that had hung, or that sent one byte per attempt;
 - after ``limits.retries`` retries, the last error is raised, saying how many attempts
   were made;

@@ -2073,15 +2073,18 @@ async def test_a_storage_server_past_the_deadline_is_blamed_not_the_registry(
     storage server that accepts the request and never answers, and the response deadline
     passes before the read timeout: the error named the registry ("<registry> took more
     than 1 s ...; the registry or the network is stalling"), which had answered 307 at
-    once. It names the storage server, by its host and port."""
+    once. It names the storage server, by its host and port, after the one retry a
+    stall gets (Limits.stall_retries)."""
     image = images.sample_image(unique_seed, layer_size=64 * 1024)
     registry.push(unique_repo, image, "1")
     digest = image.layers[0].digest if blob == "layer" else image.config.digest
     cdn = fixture_server()
     cdn.route("/b", Reply(stall=True))
     via = proxy(registry)
-    via.inject(f"*/blobs/{digest}", Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}))
-    limits = pipeline.Limits(response_deadline_s=1.0, read_timeout_s=30.0)
+    via.inject(
+        f"*/blobs/{digest}", Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}), times=None
+    )
+    limits = pipeline.Limits(response_deadline_s=1.0, read_timeout_s=30.0, retry_wait_s=0.01)
 
     with trio.fail_after(60):
         message = await pull_fails(
@@ -2095,10 +2098,65 @@ async def test_a_storage_server_past_the_deadline_is_blamed_not_the_registry(
         f"{cdn.host} took more than 1 s to answer for blob {digest}; that server or the"
         " network is stalling"
     ) in message, message
+    assert "2 times in a row, so not tried again" in message, message
     assert f"{via.host} took more than" not in message
     for secret in URL_SECRETS:
         assert secret not in message, secret
-    assert cdn.count("GET", "/b") == 1
+    assert cdn.count("GET", "/b") == 2
+    assert via.blob_gets(digest) == 2  # the registry was asked again: a fresh redirect
+
+
+async def test_a_storage_server_past_the_deadline_once_is_asked_again_and_resumed(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """A missed response deadline was final, where a 503 or a broken connection is tried
+    again: a storage server (behind a signed URL the registry redirects to) that hangs
+    once failed the pull. Here its first answer breaks off halfway through the layer,
+    its second never comes (the deadline), and its third answers the resumed request:
+    each time the registry is asked again (a fresh redirect), the layer resumes with
+    ``Range`` from the byte where the body broke off, and the pull succeeds."""
+    image = images.sample_image(unique_seed, layer_size=64 * 1024)
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    half = layer.size // 2
+    answers = iter(
+        [
+            Reply(200, {"Content-Length": str(layer.size)}, layer.data[:half]),  # breaks off
+            Reply(stall=True),
+            Reply(
+                206,
+                {"Content-Range": f"bytes {half}-{layer.size - 1}/{layer.size}"},
+                layer.data[half:],
+            ),
+        ]
+    )
+    cdn = fixture_server()
+    cdn.route("/b", lambda request: next(answers))
+    via = proxy(registry)
+    via.inject(
+        f"*/blobs/{layer.digest}",
+        Reply(307, {"Location": f"{cdn.url}/b?{SIGNED_QUERY}"}),
+        times=None,
+    )
+    limits = pipeline.Limits(response_deadline_s=1.0, read_timeout_s=30.0, retry_wait_s=0.01)
+    store = Store.open(tmp_path / "s")
+
+    with trio.fail_after(60):
+        result = await pipeline.pull(
+            f"{via.host}/{unique_repo}:1", store=store, options=options(limits=limits)
+        )
+
+    assert str(result.manifest_digest) == image.digest
+    assert layer.digest in blob_names(store.path)
+    assert via.blob_gets(layer.digest) == 3
+    resumed = f"bytes={half}-"
+    assert [r.headers.get("range") for r in cdn.requests] == [None, resumed, resumed]
+    assert_store_consistent(store.path)
 
 
 async def test_server_errors_and_rate_limits_are_waited_out(

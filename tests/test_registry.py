@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -1945,7 +1945,8 @@ async def test_a_token_service_past_the_deadline_is_blamed_not_the_registry() ->
                 await client.authenticate(REF)
     assert info.value.message == (
         "the token service at auth.example took more than 0.2 s to answer for"
-        " authentication; that server or the network is stalling, pull again"
+        " authentication; that server or the network is stalling, pull again;"
+        " 2 times in a row, so not tried again"
     )
 
 
@@ -1969,8 +1970,113 @@ async def test_a_token_service_past_the_deadline_is_named_without_the_credential
                 await client.authenticate(REF)
     assert info.value.message == (
         "the token service at [redacted].evil.example took more than 0.2 s to answer for"
-        " authentication; that server or the network is stalling, pull again"
+        " authentication; that server or the network is stalling, pull again;"
+        " 2 times in a row, so not tried again"
     )
+
+
+def _silent_first(answer: Handler) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+    """A route that never answers its first request (a server that hung once, until the
+    response deadline) and answers each later one with ``answer``."""
+    asked = 0
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            await trio.sleep_forever()
+        return answer(request)
+
+    return route
+
+
+async def _stream_layer(client: RegistryClient, limits: Limits) -> bytes:
+    """BLOB through the blob stage (``blob_stream``, with its retries) over ``client``."""
+    layer = Descriptor(MediaType.OCI_LAYER_GZIP, BLOB_DIGEST, len(BLOB))
+    chunks: list[bytes] = []
+    send, receive = trio.open_memory_channel[bytes](4)
+
+    async def collect() -> None:
+        async with receive:
+            async for chunk in receive:
+                chunks.append(chunk)
+
+    failure: RegistryError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect)
+        try:  # raised after the nursery, not inside an ExceptionGroup
+            await blob_stream(client, REF, layer, limits, send, None)
+        except RegistryError as error:
+            failure = error
+    if failure is not None:
+        raise failure
+    return b"".join(chunks)
+
+
+# A response deadline and retry waits short enough for a test.
+QUICK_DEADLINE = Limits(response_deadline_s=0.2, retry_wait_s=0.01, retry_max_wait_s=0.01)
+
+
+@pytest.mark.parametrize("server", ["registry", "token service", "storage server"])
+async def test_a_server_past_the_deadline_once_is_asked_again(server: str) -> None:
+    """A missed response deadline was final: a server that hung once (a backend behind a
+    balancer, a storage server behind a signed URL) failed the pull that a second
+    request, as after a broken connection or a 503, would have finished. The registry's
+    manifest, the token service's token and a blob's storage server hang on their first
+    request; the second (for the blob: the registry asked again, a fresh redirect)
+    answers."""
+    fake = FakeRegistry(challenge=BEARER if server == "token service" else None)
+    blobs = "https://reg.example/v2/team/app/blobs/"
+    if server == "registry":
+        fake.routes["https://reg.example/v2/team/app/manifests/"] = _silent_first(
+            lambda request: httpx.Response(200, content=MANIFEST)
+        )
+    elif server == "token service":
+        fake.routes["https://auth.example/token"] = _silent_first(
+            lambda request: httpx.Response(200, json={"token": "tok1"})
+        )
+    else:
+        fake.routes[blobs] = _redirect("https://cdn.example/b?sig=SIGNED")
+        fake.routes["https://cdn.example/b"] = _silent_first(lambda request: streamed(200, BLOB))
+    with trio.fail_after(5):
+        async with _client(fake, limits=QUICK_DEADLINE) as client:
+            if server == "storage server":
+                assert await _stream_layer(client, QUICK_DEADLINE) == BLOB
+            else:
+                body, _ = await client.get_bytes(
+                    REF, "manifests", "latest", accept=None, max_bytes=1000
+                )
+                assert body == MANIFEST
+    asked = {"registry": "reg.example", "token service": "auth.example"}.get(server, "cdn.example")
+    assert len([r for r in fake.requests if r.url.host == asked and r.url.path != "/v2/"]) == 2
+    if server == "storage server":
+        assert len([r for r in fake.requests if r.url.path.startswith("/v2/team/app/blobs/")]) == 2
+
+
+async def test_a_server_past_the_deadline_every_time_fails_after_the_retries() -> None:
+    # With the stall rule set to allow them, the misses are retried up to
+    # Limits.retries, and the last error still names the server being asked (the storage
+    # server, not the registry that redirected to it) and how long it was waited for.
+    fake = FakeRegistry()
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(
+        "https://cdn.example/b?sig=SIGNED"
+    )
+    fake.routes["https://cdn.example/b"] = never_answers  # type: ignore[assignment]
+    limits = dataclasses.replace(QUICK_DEADLINE, retries=2, stall_retries=5)
+    with trio.fail_after(5):
+        async with _client(fake, limits=limits) as client:
+            with pytest.raises(RegistryUnavailable) as info:
+                await _stream_layer(client, limits)
+    assert info.value.message == (
+        f"cdn.example took more than 0.2 s to answer for blob {BLOB_DIGEST}; that server or"
+        " the network is stalling, pull again; gave up after 3 attempts"
+    )
+    assert len([r for r in fake.requests if r.url.host == "cdn.example"]) == 3
 
 
 @pytest.mark.parametrize(
