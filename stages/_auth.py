@@ -567,12 +567,17 @@ async def fetch_token(
     credentials: Credentials | None,
     limits: Limits,
     registry: str,
+    tokens: Sequence[str] = (),
 ) -> Token:
     """GET the token ``url`` (with Basic credentials when given) and read the token.
 
     The caller checked that ``url`` may receive the credentials. Redirects are not
     followed. Errors name the realm host, never the credentials: the host through
     ``quotable`` with them, for the registry chose it and may have put them in it.
+    ``tokens`` are the bearer tokens the caller holds (a registry client's
+    ``TokenCache``), cut there too, and out of the service's words: the registry was
+    sent them and may name its realm after one (``https://<token>.evil.example/``), and
+    ``recent_tokens`` keeps only the process's last few.
 
     No cookie goes either way (``cookie_jar_used(False)``): the client's jar is the
     registry's, and the token service is whatever host the registry's challenge named.
@@ -584,7 +589,7 @@ async def fetch_token(
     without a jar, which neither keeps nor sends any.
     """
     # The realm's host is the registry's text too: named through the cut of its words.
-    realm_host = quotable(url.host, credentials=credentials)
+    realm_host = quotable(url.host, credentials=credentials, tokens=tokens)
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     if credentials is not None:
         headers["Authorization"] = basic_authorization(credentials)
@@ -604,7 +609,7 @@ async def fetch_token(
                     if credentials is not None
                     else f"{registry} needs credentials (-u USER --password-stdin)"
                 )
-                detail = await error_detail(response, credentials=credentials)
+                detail = await error_detail(response, credentials=credentials, tokens=tokens)
                 said = f": {detail}" if detail else ""
                 raise AuthError(
                     f"the token service at {realm_host} refused a token {who}"
@@ -636,7 +641,7 @@ async def fetch_token(
         stalled_s = stalled_for(exc, limits)
         # The network's words may name the realm's host too (a certificate not valid for it).
         reason = (
-            quotable(describe_error(exc), credentials=credentials)
+            quotable(describe_error(exc), credentials=credentials, tokens=tokens)
             if stalled_s is None
             else f"no data for {stalled_s:g} s"
         )

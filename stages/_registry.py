@@ -658,6 +658,7 @@ class RegistryClient:
                 credentials=credentials,
                 limits=self._limits,
                 registry=authority,
+                tokens=self._tokens.secrets(),
             )
             self._tokens.put(key, token)
             return f"Bearer {token.value}"

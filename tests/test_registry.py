@@ -269,6 +269,50 @@ async def test_a_registry_naming_the_token_it_refused_gets_it_cut() -> None:
     assert "Xk2f9QmA" not in message
 
 
+async def test_a_realm_named_after_a_token_the_client_holds_is_named_without_it() -> None:
+    # fetch_token named the realm's host, and quoted the token service's words, through
+    # the cut of the credentials and the last RECENT_TOKENS_KEPT tokens of the process:
+    # a token this client holds, pushed out of those by other pulls' tokens, came back
+    # whole (lower-cased) when the registry named its next realm after it.
+    held = "Opaque-Tok3n-Rw8q2Z"
+    host = f"{held.lower()}.evil.example"
+    fake = FakeRegistry(challenge=BEARER)
+
+    def issue(request: httpx.Request) -> httpx.Response:
+        fake.tokens_issued += 1
+        token = held if fake.tokens_issued == 1 else f"another{fake.tokens_issued}-Pc3v7N"
+        return httpx.Response(200, json={"token": token})
+
+    fake.routes["https://auth.example/token"] = issue
+    fake.routes["https://reg.example/v2/team/other/"] = lambda r: httpx.Response(
+        401, headers={"WWW-Authenticate": f'Bearer realm="https://{host}/token",service="x"'}
+    )
+    fake.routes[f"https://{host}/token"] = lambda r: httpx.Response(
+        401, json={"details": f"{held} is not a token of this service"}
+    )
+    names = {"reg.example": ["93.184.216.34"], host: ["93.184.216.35"]}
+    with trio.fail_after(5):
+        async with _client(fake, names=names) as client:
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=1000)
+            for n in range(RECENT_TOKENS_KEPT):  # other pulls' tokens, fetched meanwhile
+                remember_token(f"elsewhere-{n}-Hy6t4k")
+            with pytest.raises(AuthError) as info:
+                await client.get_bytes(
+                    parse_reference("reg.example/team/other"),
+                    "manifests",
+                    "latest",
+                    accept=None,
+                    max_bytes=1000,
+                )
+    assert fake.tokens_issued == 2  # the second for team/other, from auth.example
+    message = str(info.value)
+    assert held.lower() not in message.lower(), message
+    assert (
+        "the token service at [redacted].evil.example refused a token anonymously"
+        " (HTTP 401: [redacted] is not a token of this service)"
+    ) in message, message
+
+
 # A header quoting what the request carried: a registry's Retry-After, a resumed blob's
 # Content-Range or a challenge that cannot be read (``said`` is what was sent).
 QUOTING_HEADERS: dict[str, Callable[[str], httpx.Response]] = {
