@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import ipaddress
 import json
 import typing
@@ -773,19 +774,42 @@ def quotable(
     Every place that quotes a server's text goes through here, the registry client's
     with its own credentials and tokens (``RegistryClient._quotable``).
 
-    The credentials are cut in lower case too: a server's URL (a token realm) is quoted
-    by its host, which parsing lower-cases, so ``https://Hunter2.evil.example`` is named
-    ``hunter2.evil.example``, where the password as typed is not found. The tokens are
-    cut in any case by ``cut_tokens`` itself, wherever it runs."""
-    secrets = _and_lower_case(sent_secrets(credentials)) if credentials is not None else ()
+    The credentials are cut as a host spells them too (``_as_hosts_spell_them``): a
+    server's URL (a token realm) is quoted by its host, which parsing lower-cases, so
+    ``https://Hunter2.evil.example`` is named ``hunter2.evil.example``, where the password
+    as typed is not found; and a password with letters outside ASCII is spelt in a
+    host's ASCII form (``xn--…``) where the resolver or TLS names what it was asked for,
+    or where the registry wrote a URL so. The tokens are cut in any case by
+    ``cut_tokens`` itself, wherever it runs."""
+    secrets = _as_hosts_spell_them(sent_secrets(credentials)) if credentials is not None else ()
     issued = dict.fromkeys((*tokens, *recent_tokens()))
     return redact(cut_tokens(cut_secrets(_printable(text), secrets), issued))
 
 
-def _and_lower_case(secrets: Sequence[str]) -> tuple[str, ...]:
-    """``secrets``, then each in lower case where that differs, in their order (a padded
-    form still before the unpadded one: ``sent_secrets``)."""
-    return tuple(dict.fromkeys((*secrets, *(secret.lower() for secret in secrets))))
+def _as_hosts_spell_them(secrets: Sequence[str]) -> tuple[str, ...]:
+    """``secrets``, then each in lower case where that differs, then the IDNA forms of
+    those outside ASCII (``_idna_forms``), in their order (a padded form still before the
+    unpadded one: ``sent_secrets``)."""
+    lower = (secret.lower() for secret in secrets)
+    encoded = (form for secret in secrets if not secret.isascii() for form in _idna_forms(secret))
+    return tuple(dict.fromkeys((*secrets, *lower, *encoded)))
+
+
+# As many as the passwords of the pulls running; the registry client's cut runs for every
+# server it names (each redirect, each blob's sender), and both encodings cost 150 us.
+@functools.lru_cache(maxsize=16)
+def _idna_forms(secret: str) -> tuple[str, ...]:
+    """``secret`` as a host name's ASCII form spells it, each label ``xn--`` and its
+    punycode: IDNA 2008 as httpx encodes a host for the connection, the resolver and
+    TLS (``URL.raw_host``), and IDNA 2003 as Python's codec does (it maps "ß" to "ss",
+    which 2008 keeps). No form from an encoder that refuses ``secret`` (a label empty or
+    over 63 characters, a character no host name has): no host is spelt so."""
+    forms = []
+    with contextlib.suppress(httpx.InvalidURL, UnicodeError, ValueError):
+        forms.append(httpx.URL(scheme="https", host=secret).raw_host.decode("ascii"))
+    with contextlib.suppress(UnicodeError):
+        forms.append(secret.encode("idna").decode("ascii"))
+    return tuple(form for form in forms if form != secret.lower())
 
 
 def _printable(text: str) -> str:

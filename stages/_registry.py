@@ -548,8 +548,10 @@ class RegistryClient:
         ``_quotable``: a storage server the registry redirected to, a token service, a
         layer's URL and where that redirected are the registry's text, and a registry
         that was sent the password may name ``https://<password>.evil.example/``, which
-        parsing lower-cases (``_quotable`` cuts the credentials in lower case too). Every
-        message naming such a server goes through here."""
+        parsing lower-cases (``_quotable`` cuts the credentials in lower case too, and in
+        the ``xn--`` form a host spells letters outside ASCII in, where the resolver, TLS
+        or the registry's own text name it). Every message naming such a server goes
+        through here."""
         name = url_authority(url) if port else url.host
         if url.host == host_of(ref.api_host):
             return name

@@ -457,6 +457,40 @@ def test_sent_secrets_are_the_password_and_the_basic_credentials_padded_then_not
     assert sent_secrets(unpadded) == ("s3cr3t-pa55x", basic_authorization(unpadded)[6:])
 
 
+@pytest.mark.parametrize(
+    ("password", "quoted"),
+    [
+        ("pässwörd-Ünïcode", "xn--psswrd-ncode-gcb5n2dte"),
+        ("straße-Pässe", "xn--strae-psse-83a7d"),  # IDNA 2008 keeps "ß", as httpx does
+        ("straße-Pässe", "xn--strasse-psse-ocb"),  # IDNA 2003 (Python's codec): "ss"
+        ("pä.wörd-Ünï", "xn--p-0fa.xn--wrd-n-gta8bxc"),  # two labels, each encoded
+    ],
+)
+def test_a_non_ascii_password_is_cut_in_its_idna_form_too(password: str, quoted: str) -> None:
+    # A host named after the password is spelt in its ASCII form where it is looked up
+    # or connected to ("looking up xn--….evil.example took more than 30 s", a TLS name
+    # mismatch) and where a registry writes it so (a layer's URL, a realm): the cut
+    # knew the password as typed and in lower case only.
+    credentials = Credentials("bob", password)
+    text = f"cannot connect to https://{quoted}.evil.example/b?sig=S: no route"
+    said = quotable(text, credentials=credentials)
+    assert said == "cannot connect to https://[redacted].evil.example/b?[redacted]: no route"
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["ä" * 64, "pä..ss", "pä ss!", "-pä:ss/x", "ä"],
+    ids=["label-too-long", "empty-label", "space", "not-a-host", "short"],
+)
+def test_a_password_that_is_no_host_name_is_cut_as_it_is(password: str) -> None:
+    # IDNA refuses it (a label over 63 characters, an empty one, characters no host
+    # has), or one encoder does and the other does not: no error, the forms that exist
+    # are cut, and the password itself still is.
+    credentials = Credentials("bob", password)
+    said = quotable(f"the password {password} was refused", credentials=credentials)
+    assert said == "the password [redacted] was refused"
+
+
 async def test_error_detail_of_a_body_that_is_not_json_is_empty() -> None:
     assert await error_detail(httpx.Response(401, text="<html>Login</html>")) == ""
 

@@ -2477,3 +2477,55 @@ async def test_a_server_named_after_the_token_is_named_without_it() -> None:
     for text in (str(info.value), json.dumps(logs, default=str)):
         assert token.lower() not in text.lower(), text
     assert "to [redacted].evil.example, a private address" in info.value.message
+
+
+# A password with letters outside ASCII, and the host named after it as a connection,
+# the resolver, TLS and a registry writing it in ASCII spell it: its IDNA form.
+UNICODE_CREDS = Credentials("bob", "pässwörd-Ünïcode")
+IDNA_HOST = "xn--psswrd-ncode-gcb5n2dte.evil.example"
+
+
+@pytest.mark.parametrize("case", ["layer URL", "realm", "lookup", "storage server's words"])
+async def test_a_host_named_after_a_non_ascii_password_is_cut_in_its_idna_form(
+    case: str,
+) -> None:
+    """The credentials' cut (``quotable``, through ``server_named`` and ``url_shown``)
+    knew the password as typed and in lower case: a host named after it is parsed into
+    that form, but its ASCII (IDNA) form came through where the registry wrote the URL so
+    (a layer's URL, a realm), where the resolver names what it looked up, and where a
+    storage server quotes its own URL."""
+    fake = FakeRegistry(
+        challenge=f'Bearer realm="ftp://{IDNA_HOST}/t"' if case == "realm" else None
+    )
+    blobs = "https://reg.example/v2/team/app/blobs/"
+    if case in ("lookup", "storage server's words"):
+        fake.routes[blobs] = _redirect(f"https://{IDNA_HOST}/b?sig=S")
+    if case == "lookup":
+        # As stages/_http.py's connect_tcp says it, naming the host httpcore asked for.
+        looked_up = httpx.ConnectError(f"{IDNA_HOST}: [Errno -2] Name or service not known")
+        fake.routes[f"https://{IDNA_HOST}/"] = _answers(looked_up)
+    else:
+        busy = {"errors": [{"code": "SLOW_DOWN", "message": f"busy: https://{IDNA_HOST}/b"}]}
+        fake.routes[f"https://{IDNA_HOST}/"] = lambda request: httpx.Response(503, json=busy)
+    address = "10.0.0.9" if case == "layer URL" else "93.184.216.35"
+    names = {**PUBLIC, IDNA_HOST: [address], "pässwörd-ünïcode.evil.example": [address]}
+    limits = Limits(retries=0)
+    with _every_log_line() as logs, trio.fail_after(5):
+        async with _client(fake, credentials=UNICODE_CREDS, names=names, limits=limits) as client:
+            with pytest.raises(RegistryError) as info:
+                if case == "layer URL":
+                    await _read_url(client, f"https://{IDNA_HOST}/layer?sig=S")
+                elif case == "realm":
+                    await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+                else:
+                    await _read_blob(client)
+    message = str(info.value)
+    for text in (message, json.dumps(logs, default=str, ensure_ascii=False)):
+        assert "xn--psswrd" not in text and "pässwörd" not in text.lower(), text
+    said = {
+        "layer URL": "the URL https://[redacted].evil.example/layer?[redacted] for layer",
+        "realm": "unusable token realm 'ftp://[redacted].evil.example/t'",
+        "lookup": "(ConnectError: [redacted].evil.example: [Errno -2] Name or service",
+        "storage server's words": "(SLOW_DOWN: busy: https://[redacted].evil.example/b)",
+    }[case]
+    assert said in message, message
