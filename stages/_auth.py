@@ -72,6 +72,7 @@ __all__ = [
     "pull_scope",
     "quotable",
     "read_bounded",
+    "refusal_hint",
     "refused_address_class",
     "Resolver",
     "resolve_host",
@@ -81,6 +82,9 @@ __all__ = [
     "sent_secrets",
     "token_url",
 ]
+
+# The OAuth2 client a refresh-token request names (docker's names itself "docker").
+OAUTH_CLIENT_ID = "imagec-pipe"
 
 log = structlog.get_logger()
 
@@ -251,10 +255,30 @@ def sent_secrets(credentials: Credentials) -> tuple[str, ...]:
     only after the word ``Basic``; a token service or a registry that says which
     credentials it could not decode quotes them bare. ``cut_secret`` finds each also
     percent-encoded (``p%40ss``), as a form body or a query spells it. The padded form
-    comes first: cut after the unpadded one, its ``=`` would be left behind."""
-    basic = _basic_credentials(credentials)
-    forms = (credentials.password, basic, basic.rstrip("="))
+    comes first: cut after the unpadded one, its ``=`` would be left behind.
+
+    An identity token (``Credentials.identity_token``) is a secret of its own, sent in a
+    form body: a token service that refuses it may quote it back. Credentials that are
+    only an identity token make no Basic credentials (none are sent)."""
+    forms: tuple[str, ...] = (credentials.identity_token,)
+    if credentials.password or not credentials.identity_token:
+        basic = _basic_credentials(credentials)
+        forms += (credentials.password, basic, basic.rstrip("="))
     return tuple(dict.fromkeys(form for form in forms if form))
+
+
+def refusal_hint(credentials: Credentials | None, registry: str) -> str:
+    """What an error that ``registry`` or its token service refused ``credentials`` tells
+    the user to do; it names where they came from when they were not given with ``-u``
+    (``Credentials.source``: a docker config file, a credential helper)."""
+    if credentials is None:
+        return f"{registry} needs credentials (-u USER --password-stdin)"
+    if credentials.source:
+        return (
+            f"check the credentials from {credentials.source} for {registry}"
+            " (docker login again, or pass -u USER --password-stdin)"
+        )
+    return f"check the username/password for {registry}"
 
 
 def host_of(authority: str) -> str:
@@ -570,7 +594,10 @@ async def fetch_token(
     registry: str,
     tokens: Sequence[str] = (),
 ) -> Token:
-    """GET the token ``url`` (with Basic credentials when given) and read the token.
+    """GET the token ``url`` (with Basic credentials when given) and read the token; with
+    an identity token, POST it instead (OAuth2's refresh-token grant, RFC 6749 section
+    6, as docker's client does: ``grant_type=refresh_token``, the token, ``service``,
+    ``scope`` and ``client_id`` as a form), and read ``access_token`` from the answer.
 
     The caller checked that ``url`` may receive the credentials. Redirects are not
     followed. Errors name the realm host, never the credentials: the host through
@@ -592,11 +619,26 @@ async def fetch_token(
     # The realm's host is the registry's text too: named through the cut of its words.
     realm_host = quotable(url.host, credentials=credentials, tokens=tokens)
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-    if credentials is not None:
+    refresh_token = credentials.identity_token if credentials is not None else ""
+    if credentials is None:
+        who = "anonymously"
+    elif refresh_token:
+        who = "for an identity token"
+    else:
         headers["Authorization"] = basic_authorization(credentials)
-    who = f"as {credentials.username!r}" if credentials is not None else "anonymously"
+        who = f"as {credentials.username!r}"
     try:
-        request = client.build_request("GET", url, headers=headers)
+        if refresh_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "service": url.params.get("service", ""),
+                "scope": url.params.get("scope", ""),
+                "client_id": OAUTH_CLIENT_ID,
+            }
+            request = client.build_request("POST", url, headers=headers, data=form)
+        else:
+            request = client.build_request("GET", url, headers=headers)
         # build_request copies the whole jar into the request's Cookie header, whatever
         # the jar's policy says; the send below stores none of the answer's Set-Cookie.
         request.headers.pop("Cookie", None)
@@ -604,12 +646,9 @@ async def fetch_token(
             response = await client.send(request, stream=True)
         try:
             status = response.status_code
-            if status in (401, 403):
-                hint = (
-                    f"check the username/password for {registry}"
-                    if credentials is not None
-                    else f"{registry} needs credentials (-u USER --password-stdin)"
-                )
+            # A refresh token the service no longer takes is OAuth2's invalid_grant, a 400.
+            if status in (401, 403) or (status == 400 and refresh_token):
+                hint = refusal_hint(credentials, registry)
                 detail = await error_detail(response, credentials=credentials, tokens=tokens)
                 said = f": {detail}" if detail else ""
                 raise AuthError(

@@ -18,13 +18,23 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class Credentials:
-    """A username and password (or identity token) for one pull.
+    """A username and password, or an identity token, for one pull.
 
-    ``repr`` hides the password so it cannot reach a log line by accident.
+    ``identity_token``: an OAuth2 refresh token (what ``docker login`` keeps as
+    ``identitytoken`` for a registry whose token service issued one). When set, a token
+    service is asked with it (``grant_type=refresh_token``) instead of the password,
+    and a registry that asks for Basic credentials is refused them.
+
+    ``source``: where they came from, for errors to name ("credentials from
+    ~/.docker/config.json for reg.example"); "" for credentials the caller gave (``-u``).
+
+    ``repr`` hides the password and the token so they cannot reach a log line by accident.
     """
 
     username: str
     password: str = field(repr=False)
+    identity_token: str = field(default="", repr=False)
+    source: str = ""
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ from ._auth import (
     pull_scope,
     quotable,
     read_bounded,
+    refusal_hint,
     refused_address_class,
     token_url,
 )
@@ -624,6 +625,14 @@ class RegistryClient:
                     f"{authority} requires a username and password: pass -u USER --password-stdin",
                     ref=str(ref),
                 )
+            if credentials.identity_token and not credentials.password:
+                given = f"from {credentials.source}" if credentials.source else "given"
+                raise AuthError(
+                    f"{authority} asks for a username and password, and the credentials"
+                    f" {given} are an identity token, which only a token service takes:"
+                    " pass -u USER --password-stdin",
+                    ref=str(ref),
+                )
             reason = check_credential_destination(
                 endpoint.base_url, registry=authority, insecure=insecure
             )
@@ -1034,7 +1043,7 @@ class RegistryClient:
             )
         if status in (401, 403):
             if self._options.credentials is not None:
-                hint = f"check the username/password for {authority}"
+                hint = refusal_hint(self._options.credentials, authority)
             else:
                 hint = (
                     f"{authority} needs credentials for {ref.repository} (or it does not"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import httpx
 import pytest
@@ -395,6 +396,48 @@ async def test_fetch_token_with_credentials() -> None:
     assert request.headers["Authorization"] == basic_authorization(CREDS)
     assert request.url.params["service"] == "reg.example"
     assert request.url.params["scope"] == "repository:a:pull"
+
+
+async def test_fetch_token_with_an_identity_token_asks_by_the_refresh_token_grant() -> None:
+    # docker's OAuth2 path for an "identitytoken" of its config: the token is a refresh
+    # token, POSTed as a form; no Basic credentials go with it.
+    service = TokenService(httpx.Response(200, json={"access_token": "A", "expires_in": 60}))
+    identity = Credentials("ci", "", identity_token="idt-R7q2+/=x")
+    assert await _fetch(service, identity) == Token("A", 60)
+    (request,) = service.requests
+    assert request.method == "POST"
+    assert "Authorization" not in request.headers
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert urllib.parse.parse_qs(request.content.decode(), strict_parsing=True) == {
+        "grant_type": ["refresh_token"],
+        "refresh_token": ["idt-R7q2+/=x"],
+        "service": ["reg.example"],
+        "scope": ["repository:a:pull"],
+        "client_id": ["imagec-pipe"],
+    }
+
+
+@pytest.mark.parametrize("status", [400, 401])
+async def test_a_refused_identity_token_is_cut_and_its_source_named(status: int) -> None:
+    # OAuth2 refuses a refresh token it no longer takes with a 400 invalid_grant.
+    said = {"error": "invalid_grant", "error_description": "token idt-R7q2+/=x revoked"}
+    service = TokenService(httpx.Response(status, json=said))
+    identity = Credentials("", "", identity_token="idt-R7q2+/=x", source="/home/u/config.json")
+    with pytest.raises(AuthError) as refused:
+        await _fetch(service, identity)
+    assert str(refused.value) == (
+        f"the token service at auth.example refused a token for an identity token (HTTP"
+        f" {status}: invalid_grant: token [redacted] revoked): check the credentials from"
+        " /home/u/config.json for reg.example (docker login again, or pass -u USER"
+        " --password-stdin)"
+    )
+
+
+def test_the_secrets_of_an_identity_token_are_the_token() -> None:
+    assert sent_secrets(Credentials("ci", "", identity_token="idt-1")) == ("idt-1",)
+    both = Credentials("ci", "pw-1", identity_token="idt-1")
+    assert sent_secrets(both)[:2] == ("idt-1", "pw-1")
+    assert "idt-1" not in repr(both) and "pw-1" not in repr(both)
 
 
 @pytest.mark.parametrize(
