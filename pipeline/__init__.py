@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from stages import Truncated as Truncated
     from stages import UsageError as UsageError
     from stages import WorkerError as WorkerError
+    from stages import docker_config_credentials as docker_config_credentials
+    from stages import docker_config_path as docker_config_path
     from stages import parse_reference as parse_reference
 
     from ._allocator import freeze_startup_objects as freeze_startup_objects
@@ -115,6 +117,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "Truncated",
         "UsageError",
         "WorkerError",
+        "docker_config_credentials",
+        "docker_config_path",
         "parse_reference",
     ),
     "._allocator": ("freeze_startup_objects", "tune_allocator"),

@@ -7,6 +7,8 @@ package never imports ``pipeline``.
 from ._config import Credentials as Credentials
 from ._config import Limits as Limits
 from ._config import RegistryOptions as RegistryOptions
+from ._dockerconfig import docker_config_credentials as docker_config_credentials
+from ._dockerconfig import docker_config_path as docker_config_path
 from ._errors import AuthError as AuthError
 from ._errors import BlobError as BlobError
 from ._errors import DecompressError as DecompressError
@@ -69,5 +71,7 @@ __all__ = [
     "UsageError",
     "VerifiedLayer",
     "WorkerError",
+    "docker_config_credentials",
+    "docker_config_path",
     "parse_reference",
 ]

@@ -326,6 +326,16 @@ def _forget_recent_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_redact._RecentTokens, "tokens", ())
 
 
+@pytest.fixture(autouse=True)
+def _no_docker_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test reads the docker config of whoever runs the suite: the CLI reads it for a
+    pull without ``-u`` (``stages/_dockerconfig.py``), and the commands the tests start
+    inherit this environment. A test that wants one sets ``DOCKER_CONFIG`` itself."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path_factory.getbasetemp() / "no-docker-config"))
+
+
 # --- names -----------------------------------------------------------------------------
 
 

@@ -8,7 +8,11 @@ iat, jti and ``access`` (``[{type, name, actions}]``). The certificate is self-s
 Policy: pull is granted anonymously on repositories under ``public_prefixes``; anything
 else needs HTTP Basic credentials of a known user, who gets every action asked for
 (pull, push, delete, ``*``). Wrong credentials get a 401. ``GET /token?service=&scope=``
-(docker's flow) and ``POST /token`` with a form (OAuth2 password grant) both work.
+(docker's flow) and ``POST /token`` with a form (OAuth2 password grant) both work, and
+so does OAuth2's refresh-token grant (``grant_type=refresh_token``, what docker sends for
+an ``identitytoken`` of its config) for the tokens in ``refresh_tokens``; it needs a
+``client_id``, as distribution's token server does, and an unknown token gets a 400
+``invalid_grant`` that quotes it back (a server must not, but one may).
 
 For auth tests the server can be told to misbehave (``set_fault``): a 5xx, a non-JSON
 body, JSON without a token, a body over 1 MiB, or a token the registry will reject; or to
@@ -95,6 +99,8 @@ class TokenRequest:
     user: str | None  # the authenticated user; None when anonymous or wrong credentials
     status: int
     granted: tuple[dict[str, Any], ...] = ()
+    grant_type: str | None = None  # a POST's form: password, refresh_token
+    client_id: str | None = None
 
 
 @dataclass
@@ -127,6 +133,8 @@ class TokenServer:
     revoke_opaque_tokens: bool = False
     #: The (token, refresh token) pairs issued so, the latest last.
     opaque_issued: list[tuple[str, str]] = field(default_factory=list)
+    #: Refresh tokens (identity tokens) the server takes, and whose they are.
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
     requests: list[TokenRequest] = field(default_factory=list)
     _key: Any = None
     _cert_der: bytes = b""
@@ -161,6 +169,7 @@ class TokenServer:
             self.quote_back = "decoded"
             self.revoke_opaque_tokens = False
             self.opaque_issued.clear()
+            self.refresh_tokens.clear()
 
     def set_fault(
         self, fault: Fault | None, *, status: int = 503, times: int | None = None
@@ -263,7 +272,15 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
             user: str | None = None
             bad_credentials = False
             sent = ""  # the credentials as the client sent them, "user:password"
-            if query.get("grant_type") == ["password"]:
+            bad_grant = False  # a refresh token the server does not know, or no client_id
+            grant_type = (query.get("grant_type") or [None])[0]
+            client_id = (query.get("client_id") or [None])[0]
+            if grant_type == "refresh_token":
+                sent = (query.get("refresh_token") or [""])[0]
+                owner = server.refresh_tokens.get(sent)
+                bad_grant = owner is None or not client_id
+                user = None if bad_grant else owner
+            elif grant_type == "password":
                 name = (query.get("username") or [""])[0]
                 pw = (query.get("password") or [""])[0]
                 sent = f"{name}:{pw}"
@@ -296,6 +313,8 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                             user=user,
                             status=status,
                             granted=tuple(granted),
+                            grant_type=grant_type if self.command == "POST" else None,
+                            client_id=client_id if self.command == "POST" else None,
                         )
                     )
 
@@ -319,6 +338,12 @@ def _handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
                 self._send(
                     200, b"<html><body>Welcome to the captive portal</body></html>", "text/html"
                 )
+                return
+            if bad_grant:
+                record(400)
+                said = f"refresh token {sent} is not valid" if client_id else "no client_id"
+                refusal = {"error": "invalid_grant", "error_description": said}
+                self._send(400, json.dumps(refusal).encode())
                 return
             if bad_credentials and server.refuse_like_docker_hub:
                 record(401)

@@ -1,0 +1,353 @@
+"""The credentials ``docker login`` left for a registry, read as docker's CLI reads them.
+
+A user who ran ``docker login private.example`` expects ``imagec-pipe pull
+private.example/app`` to work, as it does for docker, skopeo and crane. The file is
+``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (docker's
+``cli/config``); for a registry it gives, in docker's order (``configfile``'s
+``GetCredentialsStore``):
+
+1. ``credHelpers[key]``: that credential helper;
+2. else ``credsStore``: that helper, for every registry (the ``auths`` entries then hold
+   no secrets: ``docker login`` leaves ``{}`` there);
+3. else ``auths[key]``: ``auth`` (base64 of ``user:password``), or ``username`` and
+   ``password``, or an ``identitytoken`` (an OAuth2 refresh token the token service
+   issued at ``docker login``). A key written as a URL matches by its host and port
+   (``https://host:5000/v1/`` is ``host:5000``: docker's ``ConvertToHostname``).
+
+The ``key`` is docker's for the registry (``GetAuthConfigKey``): ``host[:port]`` as the
+reference spells it, and Docker Hub's historical ``https://index.docker.io/v1/`` for a
+reference on ``docker.io``. A helper is the program ``docker-credential-<name>`` on
+``PATH``, run with ``get`` and the key on its stdin; it answers
+``{"ServerURL", "Username", "Secret"}`` on stdout, or exits non-zero saying
+``credentials not found in native keychain`` (docker-credential-helpers' protocol). A
+``Username`` of ``<token>`` means the ``Secret`` is an identity token.
+
+A missing file, a missing entry and a helper that has none give no credentials: the
+pull is anonymous, as without the file. Anything else is an ``AuthError`` that names
+the file (or the helper) and what is wrong, never what the file holds: it holds secrets.
+docker only warns about a config file it cannot read and goes on without it; a pull
+here that then fails with "unauthorized" would hide the cause.
+
+Not read: ``DOCKER_AUTH_CONFIG`` (docker 28's config in the environment), and an
+entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
+saying so). A helper past its timeout is killed; a process it started and left
+running is not waited for.
+
+Nothing here runs behind a library host's back: ``pipeline.pull`` never reads the
+file. A host calls ``docker_config_credentials`` and passes what it returns in
+``RegistryOptions(credentials=...)``; the CLI does so when no ``-u`` is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import selectors
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._auth import quotable
+from ._config import Credentials
+from ._errors import AuthError, UsageError
+from ._reference import DOCKER_HUB, Reference, parse_reference
+
+__all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
+
+# Docker Hub's key in config.json and in credential helpers, from the v1 API's days.
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+# What docker-credential-helpers' helpers print (and docker's client matches, trimmed)
+# when they hold nothing for the server asked.
+_NOT_FOUND = "credentials not found in native keychain"
+# The username a helper answers when its secret is an identity token.
+_TOKEN_USERNAME = "<token>"
+# A helper's answer is a few hundred bytes (a cloud registry's password a few KB); one
+# past this is refused unread, and its error output is read only this far.
+_MAX_HELPER_ANSWER = 1 << 20
+_MAX_HELPER_ERROR = 16 * 1024
+# A config.json is a few KB; one past this is no docker config.
+_MAX_CONFIG_BYTES = 4 << 20
+# A helper may ask for a passphrase (pass's gpg agent), so it gets time for a person.
+DEFAULT_HELPER_TIMEOUT_S = 60.0
+# What of a failing helper's words an error quotes.
+_QUOTED_CHARS = 200
+
+
+def docker_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where docker keeps its client config: ``$DOCKER_CONFIG/config.json``, else
+    ``~/.docker/config.json``."""
+    env = os.environ if environ is None else environ
+    directory = env.get("DOCKER_CONFIG")
+    base = Path(directory) if directory else Path.home() / ".docker"
+    return base / "config.json"
+
+
+def docker_config_credentials(
+    ref: str | Reference,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+    helper_timeout_s: float = DEFAULT_HELPER_TIMEOUT_S,
+) -> Credentials | None:
+    """The credentials docker's config gives for ``ref``'s registry, or None (no file, no
+    entry, a helper that has none): pass them as ``RegistryOptions(credentials=...)``.
+
+    ``config_path``: the file to read (default: ``docker_config_path()``).
+    ``helper_timeout_s``: how long a credential helper may take. Blocks for as long as
+    the helper runs: a trio host calls it through ``trio.to_thread.run_sync``.
+
+    Raises ``AuthError`` for a file that cannot be read or is not a docker config, an
+    entry that cannot be decoded, and a helper that is missing, fails, takes too long
+    or answers what is not its protocol; ``InvalidReference`` for a malformed ``ref``;
+    ``UsageError`` for a timeout that is no number of seconds above 0.
+    """
+    if isinstance(helper_timeout_s, bool) or not (
+        isinstance(helper_timeout_s, int | float) and helper_timeout_s > 0
+    ):
+        raise UsageError(
+            f"helper_timeout_s must be a number of seconds above 0, not {helper_timeout_s!r}"
+        )
+    reference = ref if isinstance(ref, Reference) else parse_reference(ref)
+    path = Path(config_path) if config_path is not None else docker_config_path()
+    config = _read_config(path)
+    if config is None:
+        return None
+    key = DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
+    helpers = _string_map(config, "credHelpers", path)
+    store = config.get("credsStore")
+    if store is not None and not isinstance(store, str):
+        raise AuthError(f"cannot use {path}: its credsStore is not a string")
+    if key in helpers:
+        # An empty name is docker's way to keep one registry's secrets in the file.
+        if not helpers[key]:
+            return _from_auths(config, key, path)
+        return _from_helper(helpers[key], key, f"credHelpers in {path}", helper_timeout_s)
+    if store:
+        return _from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
+    return _from_auths(config, key, path)
+
+
+def _read_config(path: Path) -> dict[str, object] | None:
+    """The file's JSON object, or None when there is no file. The errors say what is
+    wrong with it, never what it holds (not even the JSON parser's excerpt of it)."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(_MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:  # $DOCKER_CONFIG names a file: no config there either
+        return None
+    except OSError as exc:
+        raise AuthError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > _MAX_CONFIG_BYTES:
+        raise AuthError(f"cannot use {path}: it is larger than {_MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise AuthError(f"cannot use {path}: it is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        # Line and column only: the parser's own message may quote the text around them.
+        raise AuthError(
+            f"cannot use {path}: it is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise AuthError(f"cannot use {path}: it is not valid JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise AuthError(f"cannot use {path}: it is not a JSON object")
+    return doc
+
+
+def _string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str, str]:
+    value = config.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise AuthError(f"cannot use {path}: its {name} is not an object of strings")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _from_auths(config: Mapping[str, object], key: str, path: Path) -> Credentials | None:
+    """The ``auths`` entry for ``key`` (docker's file store): the key itself, else the
+    first whose host and port are ``key``, as docker matches a key written as a URL."""
+    auths = config.get("auths")
+    if auths is None:
+        return None
+    if not isinstance(auths, dict):
+        raise AuthError(f"cannot use {path}: its auths is not an object")
+    found = key if key in auths else next((k for k in auths if _hostname(k) == key), None)
+    if found is None:
+        return None
+    entry = auths[found]
+    where = f"the auths entry {found!r} in {path}"
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise AuthError(f"cannot use {where}: it is not an object")
+    fields = {}
+    for name in ("auth", "username", "password", "identitytoken", "registrytoken"):
+        value = entry.get(name)
+        if value is not None and not isinstance(value, str):
+            raise AuthError(f"cannot use {where}: its {name} is not a string")
+        fields[name] = value or ""
+    username, password = fields["username"], fields["password"]
+    if fields["auth"]:
+        username, password = _decoded_auth(fields["auth"], where)
+    source = str(path)
+    if fields["identitytoken"]:
+        # A token service is asked with the token; a Basic registry gets the password,
+        # if the entry has one too (docker's client does the same with both).
+        return Credentials(
+            username, password, identity_token=fields["identitytoken"], source=source
+        )
+    if username or password:
+        return Credentials(username, password, source=source)
+    if fields["registrytoken"]:
+        raise AuthError(
+            f"cannot use {where}: it holds a registry token, which imagec-pipe does not"
+            " send; log in with -u USER --password-stdin"
+        )
+    return None  # {}: what docker login leaves when a helper holds the secret
+
+
+def _decoded_auth(auth: str, where: str) -> tuple[str, str]:
+    """``auth``'s ``user:password``, as docker decodes it (standard base64, the user
+    before the first colon and not empty). The errors never quote it."""
+    try:
+        raw = base64.b64decode(auth.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise AuthError(f"cannot use {where}: its auth is not base64") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthError(f"cannot use {where}: its auth is not UTF-8 text") from None
+    username, colon, password = text.partition(":")
+    if not colon or not username:
+        raise AuthError(
+            f"cannot use {where}: its auth is not the base64 of user:password (no user name"
+            f"{'' if colon else ' and no colon'})"
+        )
+    return username, password.strip("\0")
+
+
+def _hostname(key: str) -> str:
+    """``https://host:5000/v1/`` → ``host:5000``; ``host/path`` → ``host`` (docker's
+    ``ConvertToHostname``)."""
+    if "://" in key:
+        rest = key.partition("://")[2]
+        authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        if authority:
+            return authority.rpartition("@")[2]
+    return key.split("/", 1)[0]
+
+
+def _from_helper(name: str, key: str, configured: str, timeout_s: float) -> Credentials | None:
+    """Ask ``docker-credential-<name>`` for ``key``'s credentials (module docstring).
+
+    ``configured`` says where the config names the helper, for errors and for the
+    credentials' ``source``. What the helper says when it fails is quoted through
+    ``quotable`` (``redact``: a secret's shape, the tokens this process was issued) and
+    cut short; its answer's secret is never quoted."""
+    program = f"docker-credential-{name}"
+    registry = "Docker Hub" if key == DOCKER_HUB_KEY else key
+    helper = f"the credential helper {program} ({configured})"
+    if not name.strip() or "/" in name or "\\" in name or name in (".", ".."):
+        raise AuthError(f"cannot use {configured}: {name!r:.100} is not a helper name")
+    executable = shutil.which(program)
+    if executable is None:
+        raise AuthError(
+            f"{helper} is not installed: no {program} on PATH; install it, or remove it"
+            f" from the config to pull {registry} anonymously"
+        )
+    status, answer, said = _run_helper(executable, key, timeout_s, helper, registry)
+    if status != 0:
+        if answer.decode("utf-8", "replace").strip() == _NOT_FOUND:
+            return None
+        words = (answer or said).decode("utf-8", "replace").strip()
+        quoted = quotable(words)[:_QUOTED_CHARS]
+        detail = f": {quoted}" if quoted else ""
+        raise AuthError(f"{helper} failed for {registry} (exit status {status}){detail}")
+    try:
+        doc = json.loads(answer.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise AuthError(f"{helper} answered for {registry} with what is not JSON") from None
+    if not isinstance(doc, dict):
+        raise AuthError(f"{helper} answered for {registry} with JSON that is not an object")
+    username, secret = doc.get("Username", ""), doc.get("Secret", "")
+    if not isinstance(username, str) or not isinstance(secret, str):
+        raise AuthError(f"{helper} answered for {registry} a Username or Secret that is no string")
+    source = f"{program} ({configured})"
+    if username == _TOKEN_USERNAME:
+        return Credentials("", "", identity_token=secret, source=source) if secret else None
+    if not username and not secret:
+        return None
+    return Credentials(username, secret, source=source)
+
+
+def _run_helper(
+    executable: str, key: str, timeout_s: float, helper: str, registry: str
+) -> tuple[int, bytes, bytes]:
+    """Run ``executable get`` with ``key`` on its stdin; its exit status, its stdout (at
+    most ``_MAX_HELPER_ANSWER`` bytes) and its stderr (the first ``_MAX_HELPER_ERROR``).
+
+    Killed past ``timeout_s`` (a helper waiting on a keychain that never answers must
+    not hold the pull for ever), or once it writes more than it may: a ``selectors``
+    loop reads both pipes, so that neither output is buffered unbounded. Its own
+    children, if it left any running, are not waited for: their pipes are closed."""
+    try:
+        process = subprocess.Popen(
+            [executable, "get"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise AuthError(
+            f"cannot run {helper} for {registry}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    answer_fd, error_fd = process.stdout.fileno(), process.stderr.fileno()
+    outputs = {answer_fd: bytearray(), error_fd: bytearray()}
+    try:
+        try:
+            process.stdin.write(key.encode())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # it did not read it: its exit status and output say why
+        with selectors.DefaultSelector() as selector:
+            for fd in outputs:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(executable, timeout_s)
+                for selected, _ in selector.select(left):
+                    chunk = os.read(selected.fd, 64 * 1024)
+                    if not chunk:
+                        selector.unregister(selected.fd)
+                        continue
+                    kept = outputs[selected.fd]
+                    if selected.fd == error_fd:  # read on, so that it never blocks writing
+                        chunk = chunk[: max(_MAX_HELPER_ERROR - len(kept), 0)]
+                    elif len(kept) + len(chunk) > _MAX_HELPER_ANSWER:
+                        raise AuthError(
+                            f"{helper} answered more than {_MAX_HELPER_ANSWER} bytes for"
+                            f" {registry}; refused"
+                        )
+                    kept += chunk
+        status = process.wait(max(deadline - time.monotonic(), 0.01))
+    except subprocess.TimeoutExpired:  # closed its output, still running
+        raise AuthError(
+            f"{helper} did not answer for {registry} within {timeout_s:g} s; killed"
+        ) from None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            pipe.close()
+    return status, bytes(outputs[answer_fd]), bytes(outputs[error_fd])

@@ -1,0 +1,505 @@
+"""Credentials from docker's config (stages/_dockerconfig.py): real files in a temporary
+``DOCKER_CONFIG``, real credential-helper programs on ``PATH``, and pulls from the real
+registry in its htpasswd (basic) and bearer-token variants.
+
+Every secret a test puts in a config or a helper's answer is checked to appear in no
+error, no output and no log line of the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import stat
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pipeline
+from pipeline import AuthError, Credentials, PullOptions, RegistryOptions, Store
+from stages._auth import sent_secrets
+from stages._dockerconfig import DOCKER_HUB_KEY, docker_config_credentials, docker_config_path
+from tests.support import images
+
+AMD64 = pipeline.Platform("linux", "amd64")
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``DOCKER_CONFIG`` directory for the test (and the commands it runs)."""
+    directory = tmp_path / "docker-config"
+    directory.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(directory))
+    return directory
+
+
+def write_config(config_dir: Path, doc: object) -> Path:
+    path = config_dir / "config.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory put first on ``PATH``, for the helper programs a test writes."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ.get('PATH', '')}")
+    return directory
+
+
+def write_helper(directory: Path, name: str, body: str) -> Path:
+    """``docker-credential-<name>``: a Python program whose ``main(action, server)``
+    is ``body``; what it was asked goes to ``<name>.asked`` beside it."""
+    path = directory / f"docker-credential-{name}"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys, time\n"
+        "from pathlib import Path\n"
+        "action, server = sys.argv[1], sys.stdin.read()\n"
+        f"Path({str(directory / f'{name}.asked')!r}).write_text(json.dumps([action, server]))\n"
+        + textwrap.dedent(body)
+    )
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def answering(username: str, secret: str) -> str:
+    answer = json.dumps({"ServerURL": "ignored", "Username": username, "Secret": secret})
+    return f"print({answer!r})\n"
+
+
+def asked(directory: Path, name: str) -> list[str]:
+    result: list[str] = json.loads((directory / f"{name}.asked").read_text())
+    return result
+
+
+def options(credentials: Credentials | None) -> PullOptions:
+    return PullOptions(platform=AMD64, registry=RegistryOptions(credentials=credentials))
+
+
+# --- where the file is, and which entry -------------------------------------------------
+
+
+def test_the_file_is_in_docker_config_else_in_the_home_directory(tmp_path: Path) -> None:
+    assert docker_config_path({"DOCKER_CONFIG": str(tmp_path)}) == tmp_path / "config.json"
+    assert docker_config_path({}) == Path.home() / ".docker" / "config.json"
+    assert docker_config_path({"DOCKER_CONFIG": ""}) == Path.home() / ".docker" / "config.json"
+
+
+def test_no_file_and_no_entry_are_no_credentials(config_dir: Path) -> None:
+    assert docker_config_credentials("reg.example/app") is None  # no file
+    write_config(config_dir, {"auths": {"other.example": {"auth": b64("u:p")}}})
+    assert docker_config_credentials("reg.example/app") is None
+    write_config(config_dir, {"auths": {"reg.example": {}}})  # docker login with a helper
+    assert docker_config_credentials("reg.example/app") is None
+    write_config(config_dir, {"HttpHeaders": {"X-Meta": "1"}})
+    assert docker_config_credentials("reg.example/app") is None
+
+
+def test_an_auths_entry_matches_as_docker_matches_it(config_dir: Path) -> None:
+    path = write_config(
+        config_dir,
+        {
+            "auths": {
+                "https://reg.example:5000/v1/": {"auth": b64("ci:pw-port:with-colon")},
+                "plain.example": {"username": "bob", "password": "pw-plain"},
+                "http://path.example/some/path": {"auth": b64("eve:pw-path")},
+                DOCKER_HUB_KEY: {"auth": b64("hub:pw-hub")},
+                "docker.io": {"auth": b64("not:used")},
+            }
+        },
+    )
+    got = docker_config_credentials("reg.example:5000/team/app:1")
+    assert got == Credentials("ci", "pw-port:with-colon", source=str(path))
+    assert docker_config_credentials("plain.example/app") == Credentials(
+        "bob", "pw-plain", source=str(path)
+    )
+    assert docker_config_credentials("path.example/app") == Credentials(
+        "eve", "pw-path", source=str(path)
+    )
+    # Docker Hub's key is the v1 URL, for every spelling of a Hub reference.
+    for ref in ("alpine", "docker.io/library/alpine", "index.docker.io/team/app"):
+        assert docker_config_credentials(ref) == Credentials("hub", "pw-hub", source=str(path))
+    # Another port of the same host is another registry.
+    assert docker_config_credentials("reg.example/app") is None
+    assert docker_config_credentials("reg.example:5001/app") is None
+
+
+def test_an_explicit_config_path_is_read_instead(config_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere.json"
+    other.write_text(json.dumps({"auths": {"reg.example": {"auth": b64("x:pw-x")}}}))
+    write_config(config_dir, {"auths": {"reg.example": {"auth": b64("y:pw-y")}}})
+    got = docker_config_credentials("reg.example/app", config_path=other)
+    assert got == Credentials("x", "pw-x", source=str(other))
+
+
+def test_an_identity_token_entry_is_kept_as_such(config_dir: Path) -> None:
+    path = write_config(
+        config_dir,
+        {
+            "auths": {
+                "reg.example": {"username": "ci", "identitytoken": "idt-1"},
+                "both.example": {"auth": b64("ci:pw-2"), "identitytoken": "idt-2"},
+            }
+        },
+    )
+    got = docker_config_credentials("reg.example/app")
+    assert got == Credentials("ci", "", identity_token="idt-1", source=str(path))
+    assert "idt-1" not in repr(got)
+    assert sent_secrets(got) == ("idt-1",)
+    # With a password too, as docker's client keeps both: a Basic registry gets that.
+    both = docker_config_credentials("both.example/app")
+    assert both == Credentials("ci", "pw-2", identity_token="idt-2", source=str(path))
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), True, "5"])
+def test_a_helper_timeout_that_is_no_time_is_a_usage_error(timeout: Any) -> None:
+    with pytest.raises(pipeline.UsageError, match="helper_timeout_s must be a number"):
+        docker_config_credentials("reg.example/app", helper_timeout_s=timeout)
+
+
+# --- what is wrong with a file, never what it holds --------------------------------------
+
+SECRET = "Sup3r-S3cret-pw"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"auths": {"reg.example": {"auth": "' + b64("u:" + SECRET), "is not valid JSON (line 1"),
+        ('["' + SECRET + '"]', "is not a JSON object"),
+        ('{"auths": ["' + SECRET + '"]}', "its auths is not an object"),
+        ('{"credHelpers": {"reg.example": 1}, "p": "' + SECRET + '"}', "its credHelpers is not"),
+        ('{"credsStore": ["' + SECRET + '"]}', "its credsStore is not a string"),
+        (
+            '{"auths": {"reg.example": "' + SECRET + '"}}',
+            "the auths entry 'reg.example' in {path}: it is not an object",
+        ),
+        (
+            '{"auths": {"reg.example": {"auth": "' + SECRET + '!"}}}',
+            "the auths entry 'reg.example' in {path}: its auth is not base64",
+        ),
+        (
+            '{"auths": {"reg.example": {"auth": "' + b64(SECRET) + '"}}}',
+            "its auth is not the base64 of user:password (no user name and no colon)",
+        ),
+        (
+            '{"auths": {"reg.example": {"auth": "' + b64(":" + SECRET) + '"}}}',
+            "its auth is not the base64 of user:password (no user name)",
+        ),
+        (
+            '{"auths": {"reg.example": {"password": ["' + SECRET + '"]}}}',
+            "its password is not a string",
+        ),
+        (
+            '{"auths": {"reg.example": {"registrytoken": "' + SECRET + '"}}}',
+            "it holds a registry token, which imagec-pipe does not send",
+        ),
+    ],
+    ids=[
+        "truncated-json",
+        "array",
+        "auths-array",
+        "helper-not-string",
+        "store-not-string",
+        "entry-not-object",
+        "auth-not-base64",
+        "auth-no-colon",
+        "auth-no-user",
+        "password-not-string",
+        "registry-token",
+    ],
+)
+def test_a_malformed_file_is_an_error_naming_it_and_not_its_content(
+    config_dir: Path, content: str, says: str
+) -> None:
+    path = config_dir / "config.json"
+    path.write_text(content)
+    with pytest.raises(AuthError) as error:
+        docker_config_credentials("reg.example/app")
+    message = str(error.value)
+    assert str(path) in message
+    assert says.format(path=path) in message
+    assert SECRET not in message
+    assert b64(SECRET) not in message
+    # Nor in a traceback: the parser's own words may quote the file.
+    assert error.value.__context__ is None or error.value.__suppress_context__
+
+
+def test_an_unreadable_file_is_an_error_naming_it(config_dir: Path) -> None:
+    path = config_dir / "config.json"
+    path.mkdir()
+    with pytest.raises(AuthError, match=f"^cannot read {path}: Is a directory$"):
+        docker_config_credentials("reg.example/app")
+    path.rmdir()
+    write_config(config_dir, {"auths": {}})
+    path.chmod(0)
+    if os.geteuid() != 0:  # root reads a file of mode 000
+        with pytest.raises(AuthError, match=f"^cannot read {path}: Permission denied$"):
+            docker_config_credentials("reg.example/app")
+
+
+# --- credential helpers ------------------------------------------------------------------
+
+
+def test_a_helper_is_asked_in_docker_s_order(config_dir: Path, helpers: Path) -> None:
+    path = write_config(
+        config_dir,
+        {
+            "auths": {"reg.example": {"auth": b64("file:pw-file")}},
+            "credsStore": "store",
+            "credHelpers": {"special.example": "special", "kept.example": ""},
+        },
+    )
+    write_helper(helpers, "store", answering("from-store", "pw-store"))
+    write_helper(helpers, "special", answering("from-special", "pw-special"))
+
+    # credHelpers for its host, then credsStore for every other: auths is not read.
+    assert docker_config_credentials("special.example/app") == Credentials(
+        "from-special", "pw-special", source=f"docker-credential-special (credHelpers in {path})"
+    )
+    assert asked(helpers, "special") == ["get", "special.example"]
+    assert docker_config_credentials("reg.example/app") == Credentials(
+        "from-store", "pw-store", source=f"docker-credential-store (credsStore in {path})"
+    )
+    assert asked(helpers, "store") == ["get", "reg.example"]
+    # Docker Hub is asked for by its v1 URL.
+    assert docker_config_credentials("alpine") is not None
+    assert asked(helpers, "store") == ["get", DOCKER_HUB_KEY]
+    # An empty helper name keeps that registry's secrets in the file (docker's rule).
+    write_config(
+        config_dir,
+        {
+            "auths": {"kept.example": {"auth": b64("file:pw-file")}},
+            "credHelpers": {"kept.example": ""},
+        },
+    )
+    assert docker_config_credentials("kept.example/app") == Credentials(
+        "file", "pw-file", source=str(path)
+    )
+
+
+def test_a_helper_s_token_username_means_an_identity_token(config_dir: Path, helpers: Path) -> None:
+    write_config(config_dir, {"credsStore": "tok"})
+    write_helper(helpers, "tok", answering("<token>", "idt-from-helper"))
+    got = docker_config_credentials("reg.example/app")
+    assert got is not None
+    assert (got.username, got.password, got.identity_token) == ("", "", "idt-from-helper")
+
+
+def test_a_helper_without_credentials_for_the_registry_is_none(
+    config_dir: Path, helpers: Path
+) -> None:
+    write_config(config_dir, {"credsStore": "empty"})
+    write_helper(
+        helpers, "empty", "print('credentials not found in native keychain')\nsys.exit(1)\n"
+    )
+    assert docker_config_credentials("reg.example/app") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            f"print('cannot unlock the keychain: password={SECRET}')\nsys.exit(3)\n",
+            "failed for reg.example (exit status 3): cannot unlock the keychain:"
+            " password=[redacted]",
+        ),
+        (
+            f"sys.stderr.write('Authorization: Basic {b64('u:' + SECRET)}')\nsys.exit(1)\n",
+            "failed for reg.example (exit status 1): Authorization: [redacted]",
+        ),
+        (f'print(\'{{"Username": "u", "Secret": "{SECRET}"\')\n', "with what is not JSON"),
+        (
+            f"print(json.dumps({{'Username': 'u', 'Secret': ['{SECRET}']}}))\n",
+            "a Username or Secret that is no string",
+        ),
+        ("sys.stdout.write('x' * (2 << 20))\n", "answered more than 1048576 bytes"),
+    ],
+    ids=["fails", "fails-on-stderr", "not-json", "not-strings", "too-much"],
+)
+def test_a_helper_that_fails_is_an_error_naming_it_and_the_registry(
+    config_dir: Path, helpers: Path, body: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(config_dir, {"credsStore": "broken"})
+    write_helper(helpers, "broken", body)
+    with pytest.raises(AuthError) as error:
+        docker_config_credentials("reg.example/app")
+    message = str(error.value)
+    assert message.startswith(
+        f"the credential helper docker-credential-broken (credsStore in {path}) "
+    )
+    assert says in message
+    assert SECRET not in message
+    assert b64("u:" + SECRET) not in message
+    captured = capsys.readouterr()  # nothing of the helper's goes past it either
+    assert SECRET not in captured.out + captured.err
+
+
+def test_a_helper_that_hangs_is_killed_at_its_timeout(config_dir: Path, helpers: Path) -> None:
+    path = write_config(config_dir, {"credHelpers": {"reg.example": "hangs"}})
+    pid_file = helpers / "hangs.pid"
+    helper = helpers / "docker-credential-hangs"  # sh: started in a moment, then sleep itself
+    helper.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 60\n")
+    helper.chmod(0o755)
+    with pytest.raises(AuthError) as error:
+        docker_config_credentials("reg.example/app", helper_timeout_s=1.0)
+    assert str(error.value) == (
+        f"the credential helper docker-credential-hangs (credHelpers in {path}) did not"
+        " answer for reg.example within 1 s; killed"
+    )
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
+        os.kill(pid, 0)
+
+
+def test_a_helper_that_is_not_installed_is_an_error(config_dir: Path, helpers: Path) -> None:
+    path = write_config(config_dir, {"credsStore": "nowhere", "auths": {}})
+    with pytest.raises(AuthError) as error:
+        docker_config_credentials("reg.example/app")
+    assert str(error.value) == (
+        f"the credential helper docker-credential-nowhere (credsStore in {path}) is not"
+        " installed: no docker-credential-nowhere on PATH; install it, or remove it from the"
+        " config to pull reg.example anonymously"
+    )
+    write_config(config_dir, {"credsStore": "../../bin/sh"})
+    with pytest.raises(AuthError, match=re.escape("'../../bin/sh' is not a helper name")):
+        docker_config_credentials("reg.example/app")
+
+
+# --- pulls from the real registry --------------------------------------------------------
+
+
+async def test_a_basic_registry_takes_the_config_s_credentials(
+    basic_registry: Any,
+    config_dir: Path,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=4096)
+    basic_registry.push(unique_repo, image, "1")
+    ref = basic_registry.ref(unique_repo, "1")
+    user, password = basic_registry.credentials
+    path = write_config(
+        config_dir, {"auths": {basic_registry.host: {"auth": b64(f"{user}:nope-{password}")}}}
+    )
+    store = Store.open(tmp_path / "store")
+
+    wrong = docker_config_credentials(ref)
+    with pytest.raises(AuthError) as refused:
+        await pipeline.pull(ref, store=store, options=options(wrong))
+    message = str(refused.value)
+    assert f"check the credentials from {path} for {basic_registry.host}" in message
+    assert f"nope-{password}" not in message
+
+    write_config(
+        config_dir,
+        {"auths": {f"http://{basic_registry.host}/v2/": {"auth": b64(f"{user}:{password}")}}},
+    )
+    result = await pipeline.pull(ref, store=store, options=options(docker_config_credentials(ref)))
+    assert str(result.image_id) == image.image_id
+    logged = capsys.readouterr()  # structlog's defaults: every level, on stdout
+    for secret in (password, f"nope-{password}", b64(f"{user}:{password}")):
+        assert secret not in logged.out + logged.err
+
+
+async def test_a_token_registry_takes_a_helper_s_credentials(
+    token_registry: Any,
+    token_server: Any,
+    config_dir: Path,
+    helpers: Path,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=4096)
+    token_registry.push("team/private-app", image, "1")
+    ref = token_registry.ref("team/private-app", "1")
+    user, password = token_registry.credentials
+    write_config(config_dir, {"credHelpers": {token_registry.host: "vault"}})
+    write_helper(helpers, "vault", answering(user, password))
+
+    result = await pipeline.pull(
+        ref, store=Store.open(tmp_path / "store"), options=options(docker_config_credentials(ref))
+    )
+
+    assert str(result.image_id) == image.image_id
+    assert asked(helpers, "vault") == ["get", token_registry.host]
+    assert any(r.user == user for r in token_server.requests)
+
+
+async def test_an_identity_token_is_sent_as_oauth2_s_refresh_token_grant(
+    token_registry: Any,
+    token_server: Any,
+    config_dir: Path,
+    unique_seed: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=4096)
+    token_registry.push("team/private-app", image, "1")
+    ref = token_registry.ref("team/private-app", "1")
+    user, _ = token_registry.credentials
+    token_server.reset()  # the push's requests
+    identity = "idt-" + "Q7x" * 12
+    token_server.refresh_tokens[identity] = user
+    path = write_config(
+        config_dir, {"auths": {token_registry.host: {"username": user, "identitytoken": identity}}}
+    )
+    store = Store.open(tmp_path / "store")
+
+    result = await pipeline.pull(ref, store=store, options=options(docker_config_credentials(ref)))
+
+    assert str(result.image_id) == image.image_id
+    posts = [r for r in token_server.requests if r.method == "POST"]
+    assert posts and all(r.grant_type == "refresh_token" for r in posts)
+    assert {r.client_id for r in posts} == {"imagec-pipe"}
+    assert {r.user for r in posts} == {user}
+    assert all(r.authorization is None for r in token_server.requests)  # no Basic with it
+    assert posts[0].service == token_server.service
+    assert posts[0].scopes == ("repository:team/private-app:pull",)
+
+    # A token the service no longer takes: it says so, quoting the token back.
+    write_config(
+        config_dir, {"auths": {token_registry.host: {"identitytoken": identity + "-revoked"}}}
+    )
+    with pytest.raises(AuthError) as refused:
+        await pipeline.pull(ref, store=store, options=options(docker_config_credentials(ref)))
+    message = str(refused.value)
+    assert "refused a token for an identity token (HTTP 400: invalid_grant:" in message
+    assert f"check the credentials from {path} for {token_registry.host}" in message
+    assert identity not in message
+    captured = capsys.readouterr()
+    assert identity not in captured.out + captured.err
+
+
+async def test_an_identity_token_is_not_sent_to_a_basic_registry(
+    basic_registry: Any, config_dir: Path, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    basic_registry.push(unique_repo, images.sample_image(unique_seed, layer_size=4096), "1")
+    ref = basic_registry.ref(unique_repo, "1")
+    path = write_config(
+        config_dir, {"auths": {basic_registry.host: {"identitytoken": "idt-x1y2z3w4"}}}
+    )
+    with pytest.raises(AuthError) as refused:
+        await pipeline.pull(
+            ref,
+            store=Store.open(tmp_path / "store"),
+            options=options(docker_config_credentials(ref)),
+        )
+    assert (
+        f"{basic_registry.host} asks for a username and password, and the credentials from"
+        f" {path} are an identity token" in str(refused.value)
+    )
+    assert "idt-x1y2z3w4" not in str(refused.value)
