@@ -14,6 +14,9 @@
     imagec-pipe gc [--store DIR] [--json]                  (alias: prune)
     imagec-pipe --version
 
+``pull`` without ``-u`` uses what ``docker login`` left for the image's registry in
+docker's ``config.json`` (``stages/_dockerconfig.py``), read before the store is opened.
+
 Options go after the subcommand. ``--store`` defaults to ``$IMAGEC_PIPE_STORE``, else the
 per-user data directory (``Store.open(None)`` decides).
 
@@ -55,6 +58,7 @@ and the exit status are what a program reads a failure from.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -70,6 +74,7 @@ import trio
 from stages._auth import sent_secrets
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, RegistryOptions
+from stages._dockerconfig import docker_config_credentials
 from stages._errors import ImagecError, UsageError
 from stages._redact import cut_secrets, cut_tokens, recent_tokens, redact
 from stages._reference import parse_reference
@@ -218,7 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     pull = commands.add_parser(
-        "pull", parents=[common], help="pull an image into the store", description="Pull an image."
+        "pull",
+        parents=[common],
+        help="pull an image into the store",
+        description="Pull an image. Credentials: -u USER with --password-stdin (or a "
+        "prompt on a terminal); without -u, those `docker login` left for the image's "
+        "registry in docker's config.json (auths, or a credential helper it names); "
+        "else anonymous.",
     )
     pull.add_argument("ref", metavar="REF", help="image reference, e.g. alpine or host:5000/app:1")
     pull.add_argument(
@@ -269,7 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="HTTPS without verification, then plain HTTP, for this registry (repeatable)",
     )
-    pull.add_argument("-u", "--username", metavar="USER", help="registry user name")
+    pull.add_argument(
+        "-u",
+        "--username",
+        metavar="USER",
+        help="registry user name (default: the credentials `docker login` left for the "
+        "image's registry in $DOCKER_CONFIG/config.json, else ~/.docker/config.json: its "
+        "auths, credsStore or credHelpers; none there: anonymous)",
+    )
     pull.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin (needs -u)"
     )
@@ -466,6 +484,19 @@ def credentials_from(args: argparse.Namespace, stdin: TextIO | None) -> Credenti
     return credentials
 
 
+def config_credentials(ref: str) -> Credentials | None:
+    """Without ``-u``: what ``docker login`` left for ``ref``'s registry in docker's config
+    (``stages/_dockerconfig.py``), as docker, skopeo and crane use it; cut out of every
+    log line from now on, as ``-u``'s password is."""
+    credentials = docker_config_credentials(ref)
+    if credentials is None:
+        return None
+    for secret in sent_secrets(credentials):
+        add_secret(secret)
+    log.debug("credentials from the docker config", ref=ref, source=credentials.source)
+    return credentials
+
+
 def _ask_password(username: str) -> str:
     """The prompt on the terminal; a stop signal here raises ``Terminated`` (see
     ``stop_signals_raise``), so that getpass turns echo back on."""
@@ -514,9 +545,14 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     where = _doing(args)
     ref = _as_reported(args.ref)
     try:
-        # Before the store is opened, which creates it: a mistyped reference or a
-        # --ca-file that is no PEM file makes no store where a mistyped --store points.
+        # Before the store is opened, which creates it: a mistyped reference, a docker
+        # config that cannot be read or a --ca-file that is no PEM file makes no store
+        # where a mistyped --store points.
         parse_reference(args.ref)
+        if credentials is None and (credentials := config_credentials(args.ref)) is not None:
+            secrets = sent_secrets(credentials)
+            registry = dataclasses.replace(registry, credentials=credentials)
+            options = dataclasses.replace(options, registry=registry)
         check_options(options)
         store = Store.open(args.store)
         try:

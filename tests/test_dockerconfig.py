@@ -1,6 +1,6 @@
 """Credentials from docker's config (stages/_dockerconfig.py): real files in a temporary
 ``DOCKER_CONFIG``, real credential-helper programs on ``PATH``, and pulls from the real
-registry in its htpasswd (basic) and bearer-token variants.
+registry in its htpasswd (basic) and bearer-token variants, in-process and by the CLI.
 
 Every secret a test puts in a config or a helper's answer is checked to appear in no
 error, no output and no log line of the test.
@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -27,6 +28,7 @@ from stages._dockerconfig import DOCKER_HUB_KEY, docker_config_credentials, dock
 from tests.support import images
 
 AMD64 = pipeline.Platform("linux", "amd64")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def b64(text: str) -> str:
@@ -85,6 +87,19 @@ def asked(directory: Path, name: str) -> list[str]:
 
 def options(credentials: Credentials | None) -> PullOptions:
     return PullOptions(platform=AMD64, registry=RegistryOptions(credentials=credentials))
+
+
+def run_cli(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process, in this test's environment (its ``DOCKER_CONFIG``
+    and ``PATH``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline._cli", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=90,
+    )
 
 
 # --- where the file is, and which entry -------------------------------------------------
@@ -503,3 +518,86 @@ async def test_an_identity_token_is_not_sent_to_a_basic_registry(
         f" {path} are an identity token" in str(refused.value)
     )
     assert "idt-x1y2z3w4" not in str(refused.value)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_cli_pulls_with_the_config_s_credentials_and_never_shows_them(
+    basic_registry: Any, config_dir: Path, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    basic_registry.push(unique_repo, images.sample_image(unique_seed, layer_size=4096))
+    ref = basic_registry.ref(unique_repo)
+    user, password = basic_registry.credentials
+    wrong = f"{password}-but-not-9z8y"
+    path = write_config(
+        config_dir, {"auths": {basic_registry.host: {"auth": b64(f"{user}:{wrong}")}}}
+    )
+    store = str(tmp_path / "store")
+    debug = ("--log-level", "debug", "--log-json")
+
+    refused = run_cli("pull", ref, "--store", store, "--json", *debug)
+    assert refused.returncode == 1
+    [line] = [x for x in refused.stderr.splitlines() if x.startswith("imagec-pipe: error:")]
+    assert f"check the credentials from {path} for {basic_registry.host}" in line
+    for secret in (wrong, b64(f"{user}:{wrong}"), b64(f"{user}:{wrong}").rstrip("=")):
+        assert secret not in refused.stdout + refused.stderr
+
+    # -u wins over the config.
+    given = run_cli("pull", ref, "--store", store, "-q", "-u", user, "--password-stdin",
+                    *debug, stdin=password + "\n")  # fmt: skip
+    assert given.returncode == 0, given.stderr
+    assert given.stdout == f"{ref}\n"
+
+    write_config(config_dir, {"auths": {basic_registry.host: {"auth": b64(f"{user}:{password}")}}})
+    pulled = run_cli("pull", ref, "--store", str(tmp_path / "other"), "-q", *debug)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout == f"{ref}\n"
+    assert str(path) in pulled.stderr  # the debug log says where they came from
+    for secret in (password, b64(f"{user}:{password}")):
+        assert secret not in pulled.stdout + pulled.stderr
+
+
+def test_cli_with_a_malformed_config_says_which_file_and_creates_no_store(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    path = config_dir / "config.json"
+    path.write_text('{"auths": {"127.0.0.1:9": {"auth": "' + SECRET)
+    store = tmp_path / "store"
+    done = run_cli("pull", "127.0.0.1:9/team/app", "--store", str(store))
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        f"imagec-pipe: error: pulling 127.0.0.1:9/team/app: cannot use {path}: it is not"
+        " valid JSON (line 1, column "
+    )
+    assert len(done.stderr.splitlines()) == 1
+    assert SECRET not in done.stdout + done.stderr
+    assert not store.exists()
+    # With -u the config is not read at all.
+    given = run_cli("pull", "127.0.0.1:9/team/app", "--store", str(store), "-u", "ci",
+                    "--password-stdin", stdin="pw\n")  # fmt: skip
+    assert "cannot use" not in given.stderr
+
+
+def test_cli_pulls_from_a_token_registry_with_a_helper_s_credentials(
+    token_registry: Any,
+    token_server: Any,
+    config_dir: Path,
+    helpers: Path,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    token_registry.push("team/private-app", images.sample_image(unique_seed, layer_size=4096))
+    ref = token_registry.ref("team/private-app")
+    user, password = token_registry.credentials
+    write_config(config_dir, {"credsStore": "vault"})
+    write_helper(helpers, "vault", answering(user, password))
+
+    pulled = run_cli("pull", ref, "--store", str(tmp_path / "store"), "-q",
+                     "--log-level", "debug", "--log-json")  # fmt: skip
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout == f"{ref}\n"
+    assert asked(helpers, "vault") == ["get", token_registry.host]
+    assert password not in pulled.stderr
+    assert b64(f"{user}:{password}") not in pulled.stderr
