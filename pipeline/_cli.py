@@ -32,7 +32,10 @@ Exit codes (outside checks rely on them):
 - 2 usage error: argparse's own, a bad ``--platform``, ``--max-concurrent-downloads`` or
   ``--retries``,
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
-  source, and a ``UsageError`` raised by the pull (options that contradict each other);
+  source, and a ``UsageError`` raised by the pull (options that contradict each other).
+  Those found once the command line is parsed (the password's, the pull's) end a
+  ``pull --json`` stream with its ``error`` line (``"error": "UsageError"``), as any
+  failed pull does; argparse's own come before any pull and write nothing to stdout;
 - 130 interrupted (Ctrl-C): trio cancels the pull, whose context managers remove partial
   ingest files, and ``imagec-pipe: interrupted`` goes to stderr;
 - 128 + N after signal N, SIGTERM (143) or SIGHUP (129): what ``timeout``, systemd and
@@ -449,7 +452,12 @@ def read_password(stdin: TextIO | None) -> str:
     """
     if stdin is None:
         raise _Usage("--password-stdin: stdin is closed")
-    data = stdin.read()
+    try:
+        data = stdin.read()
+    except UnicodeDecodeError:  # a strict locale's stdin (``PYTHONIOENCODING=utf-8:strict``)
+        raise _Usage("--password-stdin: the password is not valid UTF-8") from None
+    except OSError as exc:  # ``0>file``: opened to write (EBADF); EIO: a terminal gone
+        raise _Usage(f"--password-stdin: cannot read stdin: {exc.strerror or exc}") from None
     data = data.removesuffix("\n").removesuffix("\r")
     if not data:
         raise _Usage("--password-stdin: no password on stdin")
@@ -521,7 +529,18 @@ def _renderer(args: argparse.Namespace, stdout: TextIO) -> ProgressRenderer:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    credentials = credentials_from(args, sys.stdin)  # usage errors before any work
+    renderer = _renderer(args, sys.stdout)  # writes nothing until an event or the end
+    where = _doing(args)
+    ref = _as_reported(args.ref)
+    try:
+        credentials = credentials_from(args, sys.stdin)  # usage errors before any work
+    except _Usage as exc:
+        # ``main`` reports it as argparse's own (exit 2); a reader of ``--json`` still
+        # gets the stream's last line, as for the usage errors the pull finds itself.
+        renderer.fail(ref, UsageError(str(exc)), str(exc))
+        raise
+    except Exception as exc:  # the entry point reports on one line, never a traceback
+        return _pull_failed(renderer, ref, where, exc, ())
     secrets = sent_secrets(credentials) if credentials else ()
     registry = RegistryOptions(
         ca_file=args.ca_file,
@@ -529,7 +548,6 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         credentials=credentials,
         user_agent=f"{PROG}/{version()}",
     )
-    renderer = _renderer(args, sys.stdout)
     if isinstance(renderer, TtyProgress) and _isatty(sys.stderr):
         # Logs on the same terminal go above the progress block, not into it.
         logs = cast(TextIO, LogsAboveProgress(renderer, sys.stderr))  # an io.TextIOBase
@@ -542,8 +560,6 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         registry=registry,
         progress=renderer,
     )
-    where = _doing(args)
-    ref = _as_reported(args.ref)
     try:
         # Before the store is opened, which creates it: a mistyped reference, a docker
         # config that cannot be read or a --ca-file that is no PEM file makes no store

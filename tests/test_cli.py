@@ -282,6 +282,122 @@ def _own_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+# What the ``imagec-pipe`` console script runs (pyproject.toml), from these sources.
+CONSOLE_SCRIPT = [
+    sys.executable,
+    "-c",
+    "import sys; from pipeline._main import main; sys.exit(main())",
+]
+
+
+def _json_usage_error_ends_the_stream(
+    done: subprocess.CompletedProcess[bytes], store: Path, message: str
+) -> None:
+    """A ``pull --json`` refused after parsing: exit 2 with argparse's usage and the
+    message on stderr, and the stream's one line, ``error``, naming the same message."""
+    err = done.stderr.decode()
+    assert done.returncode == EXIT_USAGE, err
+    assert err.startswith("usage: imagec-pipe pull"), err
+    assert err.splitlines()[-1] == f"imagec-pipe pull: error: {message}"
+    assert [json.loads(line) for line in done.stdout.decode().splitlines()] == [
+        {"event": "error", "ref": REF, "digest": None, "error": "UsageError", "message": message}
+    ]
+    assert not store.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "stdin", "environment", "message"),
+    [
+        (["--password-stdin"], b"pw\n", {}, "--password-stdin needs --username/-u"),
+        (["-u", "ci"], b"pw\n", {}, "-u needs --password-stdin when stdin is not a terminal"),
+        (["-u", "ci", "--password-stdin"], b"\n", {}, "--password-stdin: no password on stdin"),
+        (["-u", "ci", "--password-stdin"], "<&-", {}, "--password-stdin: stdin is closed"),
+        (  # opened to write: that was an internal error (exit 1)
+            ["-u", "ci", "--password-stdin"],
+            "0>file",
+            {},
+            "--password-stdin: cannot read stdin: Bad file descriptor",
+        ),
+        (
+            ["-u", "ci", "--password-stdin"],
+            b"\xffpw\n",
+            {},
+            "--password-stdin: the password is not valid UTF-8",
+        ),
+        (  # a locale whose stdin is strict: the read failed, an internal error (exit 1)
+            ["-u", "ci", "--password-stdin"],
+            b"\xffpw\n",
+            {"PYTHONIOENCODING": "utf-8:strict"},
+            "--password-stdin: the password is not valid UTF-8",
+        ),
+    ],
+    ids=[
+        "stdin-without-user",
+        "user-without-tty",
+        "empty",
+        "closed",
+        "write-only",
+        "not-utf8",
+        "strict",
+    ],
+)
+def test_a_json_pull_refused_after_parsing_ends_with_its_error_line(
+    tmp_path: Path,
+    options: list[str],
+    stdin: bytes | str,
+    environment: dict[str, str],
+    message: str,
+) -> None:
+    """A script reading ``pull --json`` got no line at all for these usage errors, where
+    one found by the pull itself (``--ca-file`` no PEM file) or a failed pull ends the
+    stream with its ``error`` line: it had nothing to act on but the exit status."""
+    store = tmp_path / "store"
+    command = [*CONSOLE_SCRIPT, "pull", REF, "--json"]
+    command += ["--store", str(store), *options]
+    if isinstance(stdin, str):  # a shell's redirection of it: `<&-` closes it
+        command = ["sh", "-c", f'cd "$0" && exec "$@" {stdin}', str(tmp_path), *command]
+    done = subprocess.run(
+        command,
+        input=stdin if isinstance(stdin, bytes) else None,
+        stdin=subprocess.DEVNULL if isinstance(stdin, str) else None,
+        capture_output=True,
+        env={**cli_env(), **environment},
+        timeout=60,
+    )
+    _json_usage_error_ends_the_stream(done, store, message)
+
+
+def test_a_json_pull_whose_prompt_got_ctrl_d_ends_with_its_error_line(tmp_path: Path) -> None:
+    """On a terminal: Ctrl-D at the password prompt, with ``--json``."""
+    import pty
+
+    leader, follower = pty.openpty()
+    store = tmp_path / "store"
+    argv = ["pull", REF, "--json", "--store", str(store), "-u", "ci"]
+    try:
+        with subprocess.Popen(
+            [*CONSOLE_SCRIPT, *argv],
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+            preexec_fn=_own_terminal,  # getpass talks to /dev/tty: the pty must be it
+        ) as proc:
+            seen = b""
+            deadline = time.monotonic() + 30
+            while b"Password for ci:" not in seen and time.monotonic() < deadline:
+                if select.select([leader], [], [], 0.5)[0]:
+                    seen += os.read(leader, 1024)
+            assert b"Password for ci:" in seen
+            os.write(leader, b"\x04")
+            out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    _json_usage_error_ends_the_stream(done, store, "no password given")
+
+
 def test_prompt_on_a_tty(monkeypatch: pytest.MonkeyPatch) -> None:
     prompts: list[str] = []
 
