@@ -242,11 +242,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 # An image ID prefix: any number of its hex digits, as docker takes one (``sha256:``
-# optional). One of ID_DIGITS_FIRST digits or more is looked up as an ID before the text
-# is read as a reference; a shorter one ("213e", which may well be a repository's name)
-# only once no reference has that name, as docker's lookup tries the reference first.
+# optional). It is looked up as an ID only once no reference has that name, of whatever
+# length ("213e", "deadbeefcafe" may well be repositories' names), as docker's lookup
+# tries the reference first; a whole ID (ID_DIGITS), which no repository may be named,
+# is an ID and nothing else, with ``sha256:`` or without, as docker parses it.
 _ID_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
-ID_DIGITS_FIRST = 12
+ID_DIGITS = 64
 # The images an ambiguous prefix's refusal lists at most.
 _AMBIGUOUS_SHOWN = 5
 # ingest/ names: "<hex>.<pid>.<random>.partial" and ".<name>.<pid>.<random>.tmp".
@@ -1660,14 +1661,14 @@ class Store:
 
         Accepts the full normalised reference (``docker.io/library/alpine:latest``), a
         familiar one (``alpine``), ``name@sha256:…`` (also for an image pulled by tag), and
-        a prefix of an image ID, of any length as docker takes one (``sha256:`` optional;
-        one shorter than ``ID_DIGITS_FIRST`` digits, such as ``213e``, once no reference
-        of that name is found). An ID finds an
-        image no reference names any more too (docker's dangling image, left by a tag
-        pulled again after it moved), as ``docker inspect <ID>`` does: its record's ``ref``
-        is then ``repository@manifest-digest`` (which finds it again) and its ``tag`` None.
-        A prefix of several images' IDs raises StoreError; a malformed reference raises
-        InvalidReference.
+        a prefix of an image ID, of any length as docker takes one (``sha256:`` optional),
+        once no reference of that name is found: ``deadbeefcafe`` is first the repository
+        of that name's ``latest``, as in docker's lookup; a whole ID (64 digits) is only an
+        ID. An ID finds an image no reference names any more too (docker's dangling image,
+        left by a tag pulled again after it moved), as ``docker inspect <ID>`` does: its
+        record's ``ref`` is then ``repository@manifest-digest`` (which finds it again) and
+        its ``tag`` None. A prefix of several images' IDs raises StoreError; a malformed
+        reference raises InvalidReference.
         """
         found = self._find_image(ref)
         return None if found is None else found[0]
@@ -1680,10 +1681,9 @@ class Store:
             if row is not None:
                 return self._record(row), False
             id_prefix = m.group(1) if (m := _ID_PREFIX.fullmatch(text)) else None
-            if id_prefix is not None and len(id_prefix) >= ID_DIGITS_FIRST:
+            if id_prefix is not None and len(id_prefix) == ID_DIGITS:
                 found = self._find_by_id(conn, id_prefix)
-                if found is not None:
-                    return found, True
+                return None if found is None else (found, True)
             parsed = parse_reference(text)
             if parsed.digest is None:
                 row = conn.execute(
@@ -1691,7 +1691,7 @@ class Store:
                 ).fetchone()
                 if row is not None:
                     return self._record(row), False
-                if id_prefix is not None and len(id_prefix) < ID_DIGITS_FIRST:
+                if id_prefix is not None:
                     found = self._find_by_id(conn, id_prefix)
                     return None if found is None else (found, True)
                 return None

@@ -1051,6 +1051,42 @@ def test_find_image_takes_an_image_id_prefix_of_any_length_as_docker_does(
     assert app.config.digest.short in message and Digest.parse(clash).short in message
 
 
+def test_a_reference_named_like_an_image_id_prefix_of_12_digits_or_more_comes_first(
+    tmp_path: Path,
+) -> None:
+    """``inspect deadbeefcafe`` found the image whose ID starts so before the repository
+    of that name, and ``rm`` removed that image instead: 12 digits or more were an ID
+    first. Docker's lookup (daemon/images/image.go, GetImage) tries the reference
+    first at any length; only a whole ID, bare or ``sha256:``, is an ID alone."""
+    store = Store.open(tmp_path / "s")
+    app = pull_into(store, APP, with_index=True)
+    app_id = app.config.digest.hex
+
+    def found(text: str) -> str | None:
+        record = store.find_image(text)
+        return None if record is None else record.ref
+
+    named: list[Reference] = []
+    for digits in (12, 20, 63):
+        prefix = app_id[:digits]
+        assert found(prefix) == str(APP)  # no such repository: the ID prefix
+        named.append(Reference("docker.io", f"library/{prefix}", "latest"))
+        pull_into(store, named[-1], content=f"named like an ID, {digits}\n".encode())
+        assert found(prefix) == str(named[-1])
+        assert found("sha256:" + prefix) == str(APP)  # no repository sha256 here
+    # A whole ID is an ID, even where a reference spells itself the same way.
+    spelled_as_id = Reference("docker.io", "library/sha256", app_id)
+    pull_into(store, spelled_as_id, content=b"tagged with an ID\n")
+    assert found(app_id) == str(APP)
+    assert found("sha256:" + app_id) == str(APP)
+    assert found(app_id[:63] + ("0" if app_id[63] != "0" else "1")) is None
+    # rm of the text removes the reference of that name, not the image of that ID.
+    removal = store.remove_images([app_id[:12]])
+    assert removal.untagged == (str(named[0]),)
+    assert found(str(APP)) == str(APP)
+    assert found(app_id[:12]) == str(APP)  # the repository gone, the ID prefix again
+
+
 def test_find_image_variants(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s")
     app = pull_into(store, APP, with_index=True)
