@@ -782,12 +782,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         # script reading --json gets its object either way.
         error_line(f"no store at {where} yet: nothing to verify")
     checked, damage = (0, []) if store is None else store.verify(full=args.full)
+    refs = sorted({ref for item in damage for ref in item.refs})
+    # Before --repair, which may remove the index that tells them.
+    platforms = {} if store is None else store.pull_platforms(refs)
     # A missing blob has no file to remove: pulling its images again puts it back.
     removed = args.repair and any(not item.missing for item in damage)
     if removed:
         with Store.open(where) as writable:
             writable.remove_damaged(damage)
-    refs = sorted({ref for item in damage for ref in item.refs})
     if args.json:
         _print_json(
             {
@@ -802,21 +804,36 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                     for item in damage
                 ],
                 "removed": removed,
+                # The --platform a pull of each reference needs to fetch its image again.
+                "platforms": {ref: str(platform) for ref, platform in platforms.items()},
             }
         )
         return EXIT_FAILED if damage else EXIT_OK
     lines = [f"{item.digest}: {item.kind}: {item.problem}\n" for item in damage]
     summary = f"{checked} blobs checked in {where}: {len(damage) or 'none'} damaged\n"
+    again = _pull_again(refs, platforms)
     if removed:
         summary += "removed the damaged blobs"
-        summary += f"; pull again: {' '.join(refs)}\n" if refs else "\n"
+        summary += f"; pull again: {again}\n" if refs else "\n"
     elif any(not item.missing for item in damage):
         summary += "run `imagec-pipe verify --repair` to remove them"
-        summary += f", then pull again: {' '.join(refs)}\n" if refs else "\n"
+        summary += f", then pull again: {again}\n" if refs else "\n"
     elif damage:  # missing only: nothing to remove
-        summary += f"pull again: {' '.join(refs)}\n" if refs else _UNUSED_MISSING
+        summary += f"pull again: {again}\n" if refs else _UNUSED_MISSING
     _write_out("".join(lines) + summary)
     return EXIT_FAILED if damage else EXIT_OK
+
+
+def _pull_again(refs: list[str], platforms: dict[str, Platform]) -> str:
+    """The pulls ``verify`` advises: each reference, with the ``--platform`` its image
+    was pulled for where a pull without one would fetch another platform's image
+    (``Store.pull_platforms``); separated by ``;`` then, so that each option stays with
+    its reference."""
+    if not platforms:
+        return " ".join(refs)
+    return "; ".join(
+        f"{ref} --platform {platforms[ref]}" if ref in platforms else ref for ref in refs
+    )
 
 
 def _cmd_rmi(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,7 +100,7 @@ import xxhash
 
 from stages._errors import ImagecError, InvalidDigest, StoreError, UsageError
 from stages._events import VerifiedLayer
-from stages._manifest import SCHEMA1, ResolvedImage
+from stages._manifest import SCHEMA1, ResolvedImage, index_choice
 from stages._reference import parse_reference
 from stages._types import Digest, MediaType, Platform
 
@@ -2375,6 +2375,49 @@ class Store:
                 if digest in found:
                     found[digest].add(name)
         return {digest: tuple(sorted(names)) for digest, names in found.items()}
+
+    def pull_platforms(self, refs: Iterable[str]) -> dict[str, Platform]:
+        """Of these references (``verify``'s to pull again), those whose pull needs a
+        ``--platform`` to fetch the image the store holds again, with it: the image's
+        recorded platform. A pull without one takes this machine's (``Platform.host()``):
+        from an index, another entry than the image pulled with ``--platform`` for
+        another machine. None is needed for a single manifest, pulled whatever its
+        platform, nor where the kept index (``index_choice``) says a pull for this
+        machine takes the same entry, nor, the index unreadable (it may be the blob
+        missing), for an image of this machine's very platform. A record that does not
+        read is left out: ``verify`` reports blobs, ``inspect`` says what is wrong."""
+        names = set(refs)
+        if not names:
+            return {}
+        with self._errors("read the platforms of the images to pull again"), self._db() as conn:
+            rows = [row for row in conn.execute(self._RECORD_SELECT) if row[0] in names]
+        host = Platform.host()
+        needed: dict[str, Platform] = {}
+        for row in rows:
+            try:
+                record = self._record(row)
+            except StoreError:
+                continue
+            if record.resolved_digest == record.manifest_digest:
+                continue
+            chosen = self._index_choice(record.resolved_digest, host)
+            if chosen is None:
+                if host.rank(record.platform) != 0:
+                    needed[record.ref] = record.platform
+            elif chosen != record.manifest_digest:
+                needed[record.ref] = record.platform
+        return needed
+
+    def _index_choice(self, index: Digest, platform: Platform) -> Digest | None:
+        """The manifest a pull for ``platform`` takes from the kept index ``index``;
+        None when the index is missing, damaged (``verify`` lists it) or does not say."""
+        try:
+            data = self._blob_path(index).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != index.hex:
+            return None
+        return index_choice(data, platform)
 
     def remove_damaged(
         self, damage: list[BlobDamage], *, check_cancelled: Callable[[], None] | None = None

@@ -20,7 +20,7 @@ import httpx
 import structlog
 
 from ._config import Limits
-from ._errors import InvalidDigest, ManifestError, PlatformNotFound
+from ._errors import ImagecError, InvalidDigest, ManifestError, PlatformNotFound
 from ._reference import Reference
 from ._registry import BodyOverLimit, RegistryClient
 from ._schema import FieldError, check_config, check_index, check_manifest
@@ -41,7 +41,7 @@ MAX_SIZE = 1 << 53
 # The annotation buildx puts on an index's attestation manifests (platform unknown/unknown).
 _ATTESTATION = ("vnd.docker.reference.type", "attestation-manifest")
 
-__all__ = ["ResolvedImage", "resolve_image"]
+__all__ = ["ResolvedImage", "index_choice", "resolve_image"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,24 @@ async def resolve_image(
         layers=image.layers,
         diff_ids=image.diff_ids,
     )
+
+
+def index_choice(index: bytes, platform: Platform) -> Digest | None:
+    """The manifest a pull for ``platform`` takes from this index, chosen as
+    ``resolve_image`` chooses it, from the entries' platforms alone; None when no entry
+    naming a platform serves it (the configs of those naming none would decide) or the
+    bytes are no index this reads. For the store, which keeps the index a reference
+    resolved to: whether pulling that reference again for this machine's platform
+    fetches the image it holds, or one for another platform."""
+    digest = _sha256(index)
+    try:
+        doc = _load_json(index, "index", "", digest)
+        chosen = _choose(_parse_index(doc, "", digest), platform, False, "", digest)
+    except ImagecError:
+        return None
+    if len(chosen) != 1 or chosen[0].platform is None:
+        return None
+    return chosen[0].digest
 
 
 @dataclass(frozen=True)

@@ -832,7 +832,12 @@ def test_store_commands_without_a_store_say_so_and_print_their_empty_result(
     where = store_dir.absolute()
     assert main(["verify", "--store", str(store_dir), "--json"]) == EXIT_OK
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == {"checked": 0, "damaged": [], "removed": False}
+    assert json.loads(captured.out) == {
+        "checked": 0,
+        "damaged": [],
+        "removed": False,
+        "platforms": {},
+    }
     assert captured.err == f"imagec-pipe: no store at {where} yet: nothing to verify\n"
     assert main(["verify", "--store", str(store_dir), "--repair"]) == EXIT_OK
     captured = capsys.readouterr()
@@ -2243,6 +2248,56 @@ def test_e2e_verify_finds_bit_rot_a_pull_would_trust_and_repair_makes_it_downloa
     }
     assert statuses[rotten.digest] == "downloaded"
     assert run_cli("verify", "--store", str(store), "--full").returncode == 0
+
+
+def test_e2e_verify_says_to_pull_an_image_for_another_platform_again_with_its_platform(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """An image pulled with ``--platform`` for another machine and missing a blob: verify
+    said "pull again: REF", whose pull takes this machine's entry of the index and leaves
+    that image's blob missing. The advice names the platform the store recorded, and
+    only where a pull without it would fetch another image."""
+    from tests.support import images
+
+    platforms = ("linux/amd64", "linux/arm64/v8")
+    host = Platform.host()
+    native = [p for p in platforms if host.matches(Platform.parse(p))]
+    foreign = [p for p in platforms if p not in native]
+    if not native or not foreign:
+        pytest.skip(f"this machine ({host}) runs both or neither of {platforms}")
+    index = images.sample_index(unique_seed, platforms=platforms, layer_size=4096)
+    registry.push(unique_repo, index, "1.0")
+    ref = registry.ref(unique_repo, "1.0")
+
+    store = tmp_path / "store"
+    pulled = run_cli("pull", ref, "--store", str(store), "--platform", foreign[0])
+    assert pulled.returncode == 0, pulled.stderr
+    blobs = store / "blobs" / "sha256"
+    shared = {layer.digest for layer in index.image_for(native[0]).layers}
+    lost = next(x.digest for x in index.image_for(foreign[0]).layers if x.digest not in shared)
+    (blobs / lost[7:]).unlink()
+    found = run_cli("verify", "--store", str(store))
+    assert found.returncode == 1
+    assert found.stdout.splitlines()[-1] == f"pull again: {ref} --platform {foreign[0]}"
+    as_json = json.loads(run_cli("verify", "--store", str(store), "--json").stdout)
+    assert as_json["platforms"] == {ref: foreign[0]}
+    # The index gone too (what would tell), the platform recorded still differs.
+    (blobs / index.digest[7:]).unlink()
+    found = run_cli("verify", "--store", str(store))
+    assert found.stdout.splitlines()[-1] == f"pull again: {ref} --platform {foreign[0]}"
+    advised = run_cli("pull", ref, "--store", str(store), "--platform", foreign[0])
+    assert advised.returncode == 0, advised.stderr
+    assert run_cli("verify", "--store", str(store), "--full").returncode == 0
+
+    # Pulled for this machine: a pull without --platform fetches it again.
+    store = tmp_path / "native"
+    assert run_cli("pull", ref, "--store", str(store)).returncode == 0
+    (store / "blobs" / "sha256" / index.image_for(native[0]).layers[0].digest[7:]).unlink()
+    found = run_cli("verify", "--store", str(store))
+    assert found.returncode == 1
+    assert found.stdout.splitlines()[-1] == f"pull again: {ref}"
+    as_json = json.loads(run_cli("verify", "--store", str(store), "--json").stdout)
+    assert as_json["platforms"] == {}
 
 
 def test_e2e_verify_checks_configs_by_sha256_and_layers_by_size(

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from stages._config import Limits, RegistryOptions
 from stages._errors import ManifestError, PlatformNotFound
-from stages._manifest import resolve_image
+from stages._manifest import index_choice, resolve_image
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
 from stages._types import Digest, MediaType, Platform, _host_platform
@@ -1350,3 +1350,28 @@ async def test_a_null_among_a_foreign_layers_urls_names_no_place_to_fetch() -> N
     reg.add_manifest(dumps(doc), MediaType.DOCKER_MANIFEST, "latest")
     resolved = await resolve(reg)
     assert [d.urls for d in resolved.layers] == [("https://cdn.example/a",), ()]
+
+
+def test_index_choice_is_the_entry_a_pull_takes_or_none_when_the_entries_cannot_say() -> None:
+    """What the store asks of an index it keeps (``verify``'s advice): the manifest a
+    pull for a platform would take, by the entries' platforms alone."""
+
+    def entry(n: int, platform: dict[str, str] | None) -> dict[str, Any]:
+        digest = "sha256:" + hashlib.sha256(str(n).encode()).hexdigest()
+        out: dict[str, Any] = {"mediaType": MediaType.OCI_MANIFEST, "digest": digest, "size": 9}
+        return {**out, "platform": platform} if platform is not None else out
+
+    amd64, v3, arm64 = (
+        entry(0, {"os": "linux", "architecture": "amd64"}),
+        entry(1, {"os": "linux", "architecture": "amd64", "variant": "v3"}),
+        entry(2, {"os": "linux", "architecture": "arm64", "variant": "v8"}),
+    )
+    index = dumps({"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX,
+                   "manifests": [amd64, v3, arm64]})  # fmt: skip
+    assert index_choice(index, Platform.parse("linux/amd64/v3")) == Digest.parse(v3["digest"])
+    assert index_choice(index, Platform.parse("linux/amd64")) == Digest.parse(amd64["digest"])
+    assert index_choice(index, Platform.parse("linux/arm64")) == Digest.parse(arm64["digest"])
+    assert index_choice(index, Platform.parse("linux/s390x")) is None  # none serves it
+    unplaced = dumps({"schemaVersion": 2, "manifests": [entry(3, None)]})
+    assert index_choice(unplaced, Platform.parse("linux/amd64")) is None  # configs decide
+    assert index_choice(b"not an index", Platform.parse("linux/amd64")) is None
