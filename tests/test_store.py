@@ -440,6 +440,22 @@ def test_sqlites_disk_io_error_on_a_nearly_full_disk_says_to_free_space(
     assert "disk I/O error; free some disk space" in message
 
 
+def test_sqlites_full_disk_codes_say_to_free_space_whatever_space_is_left(
+    tmp_path: Path,
+) -> None:
+    # Its shared-memory file could not grow ("disk I/O error": a quota, where the disk
+    # itself is far from full), or its log: a full disk, for a removal too.
+    for code in (sqlite3.SQLITE_IOERR_SHMSIZE, sqlite3.SQLITE_FULL):
+        failure = sqlite3.OperationalError("disk I/O error")
+        failure.sqlite_errorcode = code
+        message = str(_store.store_error(tmp_path, "commit a layer", failure))
+        assert message.endswith("disk I/O error; " + _store._FREE_SPACE)
+        message = str(_store.store_error(tmp_path, _store.PRUNE, failure))
+        assert message.endswith("disk I/O error; " + _store._FREE_SPACE_TO_REMOVE)
+        message = str(_store.store_error(tmp_path, _store.OPEN, failure))
+        assert message.endswith("disk I/O error; " + _store._FREE_SPACE_TO_OPEN)
+
+
 def test_a_lock_held_for_ever_fails_with_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,12 +7,15 @@ or index.json entry names a missing blob), and pulling what is left downloads no
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -897,6 +900,94 @@ def test_verify_while_an_rm_removes_blobs_finds_no_damage(
     assert blobs(store) == image_blobs(two)
     assert reader.verify(full=True) == (len(image_blobs(two)), [])
     assert_clean(store)
+
+
+# --- a full disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 4 MiB of its own, to fill. Mounting it needs root (the CI's); the test
+    is skipped where it is not permitted."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount(8) here")
+    argv = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)]
+    mounted = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True, timeout=30)
+
+
+def fill(filesystem: Path, *, leave: int) -> None:
+    """Take the free space of ``filesystem`` but ``leave`` bytes, with one file."""
+    (filesystem / "filler").unlink(missing_ok=True)
+    stat = os.statvfs(filesystem)
+    remaining = max(stat.f_bavail * stat.f_frsize - leave, 0)
+    chunk = bytes(64 * 1024)
+    fd = os.open(filesystem / "filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while remaining > 0:
+            remaining -= os.write(fd, chunk[:remaining])
+    except OSError as exc:  # the file's own blocks took the last few
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_rm_and_gc_on_a_full_disk_say_what_room_they_need_and_remove_nothing(
+    registry: Any, unique_repo: str, unique_seed: str, small_filesystem: Path
+) -> None:
+    """On a full disk no removal can start: SQLite reads the store's database only
+    through a shared-memory file it must create (32 KiB), and a removal writes its
+    records (through the log) before it deletes a file. Both said "disk I/O error" or
+    "database or disk is full", then "free some disk space (or choose another store
+    with --store)", which a user who ran gc to free space could not act on. No sound
+    removal frees space first (see ``_store._FREE_SPACE_TO_REMOVE``): the store is left
+    as it was, and the message says how much room to make."""
+    _, two = push_sharing(registry, unique_repo, unique_seed)
+    store = small_filesystem / "store"
+    ref_one, ref_two = (f"{registry.host}/{unique_repo}:{tag}" for tag in ("one", "two"))
+    pull(ref_one, store)
+    pull(ref_two, store)
+    every_blob = blobs(store)
+
+    def refused(*argv: str) -> str:
+        code, out, err = run(*argv, "--store", str(store))
+        assert (code, out) == (1, ""), err
+        assert "free some disk space" in err
+        assert blobs(store) == every_blob
+        return err
+
+    fill(small_filesystem, leave=0)
+    for argv in (["rm", ref_one], ["gc"]):
+        err = refused(*argv)
+        assert f"cannot open store {store}: " in err
+        assert "`rm` and `gc` need about 100 KiB (1 MiB to remove hundreds of" in err
+    fill(small_filesystem, leave=40 * 1024)  # room to open it, not to record a removal
+    err = refused("rm", ref_one)
+    assert f"cannot remove images from store {store}: " in err
+    assert "free some disk space on its filesystem, about 100 KiB" in err
+    assert "records what it removes in the store's database before it deletes any" in err
+    (small_filesystem / "filler").unlink()
+    listed = Store.open_existing(store)
+    assert listed is not None
+    assert sorted(r.ref for r in listed.list_images()) == sorted([ref_one, ref_two])
+    assert_clean(store)
+
+    fill(small_filesystem, leave=128 * 1024)  # about 100 KiB, as the message says
+    code, out, err = run("rm", ref_one, "--store", str(store), "--json")
+    assert code == 0, err
+    assert json.loads(out)["untagged"] == [ref_one]
+    (small_filesystem / "filler").unlink()
+    assert blobs(store) == image_blobs(two)
+    assert index_refs(store) == [ref_two]
+    assert_clean(store)
+    assert_all_exist(ref_two, store)
 
 
 # --- crashes -------------------------------------------------------------------------------
