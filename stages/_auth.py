@@ -68,6 +68,7 @@ __all__ = [
     "is_loopback_host",
     "matches_insecure",
     "parse_challenges",
+    "parse_realm",
     "parse_token_response",
     "pull_scope",
     "quotable",
@@ -468,7 +469,21 @@ def check_credential_destination(
 def token_url(
     realm: str, service: str | None, scope: str, *, quote: Callable[[str], str]
 ) -> httpx.URL:
-    """``realm?service=…&scope=…``, keeping any query the realm already has.
+    """``realm?service=…&scope=…``, keeping any query the realm already has: what a
+    token GET asks (``parse_realm`` checks the realm)."""
+    return _with_token_params(parse_realm(realm, quote=quote), service, scope)
+
+
+def _with_token_params(realm: httpx.URL, service: str | None, scope: str) -> httpx.URL:
+    params: dict[str, str] = {}
+    if service:
+        params["service"] = service
+    params["scope"] = scope
+    return realm.copy_merge_params(params)
+
+
+def parse_realm(realm: str, *, quote: Callable[[str], str]) -> httpx.URL:
+    """The token realm a challenge named, as a URL that may be asked for a token.
 
     A realm that cannot be used is named in the error through ``quote``: the caller's
     cut of a server's text, which knows the credentials it sends and the tokens it
@@ -476,10 +491,6 @@ def token_url(
     registry's text, and may carry what it was sent: ``ftp://evil.example/<password>``
     kept its path, the password in it, through ``quotable`` without the credentials.
     Shortened after the cut, so that no part of a secret outlives it."""
-    params: dict[str, str] = {}
-    if service:
-        params["service"] = service
-    params["scope"] = scope
     try:
         url = httpx.URL(realm)
         host = url.host  # an "xn--" label that is no IDNA name raises here, not above
@@ -494,7 +505,7 @@ def token_url(
             f"the registry named a token realm on {quote(url.host)} with a user name and"
             " password in its URL; refused"
         )
-    return url.copy_merge_params(params)
+    return url
 
 
 @dataclass(frozen=True)
@@ -587,19 +598,27 @@ _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 async def fetch_token(
     client: httpx.AsyncClient,
-    url: httpx.URL,
+    realm: httpx.URL,
     *,
+    service: str,
+    scope: str,
     credentials: Credentials | None,
     limits: Limits,
     registry: str,
     tokens: Sequence[str] = (),
 ) -> Token:
-    """GET the token ``url`` (with Basic credentials when given) and read the token; with
+    """GET a token for ``scope`` from ``realm`` (``parse_realm``'s; ``service`` and
+    ``scope`` added to its query, with Basic credentials when given) and read it; with
     an identity token, POST it instead (OAuth2's refresh-token grant, RFC 6749 section
     6, as docker's client does: ``grant_type=refresh_token``, the token, ``service``,
     ``scope`` and ``client_id`` as a form), and read ``access_token`` from the answer.
 
-    The caller checked that ``url`` may receive the credentials. Redirects are not
+    The POST goes to the realm as the challenge named it, its own query kept and
+    nothing added: distribution's ``fetchTokenWithOAuth`` posts the form to the bare
+    realm, and OAuth2 (RFC 6749 section 3.2) forbids a parameter sent twice, which the
+    GET's ``service`` and ``scope`` left in the URL would be, beside the form's.
+
+    The caller checked that ``realm`` may receive the credentials. Redirects are not
     followed. Errors name the realm host, never the credentials: the host through
     ``quotable`` with them, for the registry chose it and may have put them in it.
     ``tokens`` are the bearer tokens the caller holds (a registry client's
@@ -617,7 +636,7 @@ async def fetch_token(
     without a jar, which neither keeps nor sends any.
     """
     # The realm's host is the registry's text too: named through the cut of its words.
-    realm_host = quotable(url.host, credentials=credentials, tokens=tokens)
+    realm_host = quotable(realm.host, credentials=credentials, tokens=tokens)
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     refresh_token = credentials.identity_token if credentials is not None else ""
     if credentials is None:
@@ -632,12 +651,13 @@ async def fetch_token(
             form = {
                 "grant_type": "refresh_token",
                 "refresh_token": refresh_token,
-                "service": url.params.get("service", ""),
-                "scope": url.params.get("scope", ""),
+                "service": service,
+                "scope": scope,
                 "client_id": OAUTH_CLIENT_ID,
             }
-            request = client.build_request("POST", url, headers=headers, data=form)
+            request = client.build_request("POST", realm, headers=headers, data=form)
         else:
+            url = _with_token_params(realm, service, scope)
             request = client.build_request("GET", url, headers=headers)
         # build_request copies the whole jar into the request's Cookie header, whatever
         # the jar's policy says; the send below stores none of the answer's Set-Cookie.

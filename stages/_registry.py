@@ -65,12 +65,12 @@ from ._auth import (
     host_of,
     is_loopback_host,
     matches_insecure,
+    parse_realm,
     pull_scope,
     quotable,
     read_bounded,
     refusal_hint,
     refused_address_class,
-    token_url,
 )
 from ._config import Limits, RegistryOptions
 from ._errors import (
@@ -650,7 +650,7 @@ class RegistryClient:
                 return f"Bearer {token.value}"
             # The realm, its host and what is said of them are the registry's words:
             # quoted through this client's cut, which knows the credentials it sends.
-            url = token_url(realm, service, scope, quote=self._quotable)
+            url = parse_realm(realm, quote=self._quotable)
             if credentials is not None:
                 reason = check_credential_destination(url, registry=authority, insecure=insecure)
                 if reason is not None:
@@ -666,6 +666,8 @@ class RegistryClient:
             token = await fetch_token(
                 self._client_for(url),
                 url,
+                service=service,
+                scope=scope,
                 credentials=credentials,
                 limits=self._limits,
                 registry=authority,

@@ -26,6 +26,7 @@ from stages._auth import (
     is_loopback_host,
     matches_insecure,
     parse_challenges,
+    parse_realm,
     parse_token_response,
     quotable,
     resolve_host,
@@ -378,14 +379,22 @@ class TokenService:
         return self.response
 
 
-async def _fetch(service: TokenService, credentials: Credentials | None = CREDS) -> Token:
-    url = token_url(
-        "https://auth.example/token", "reg.example", "repository:a:pull", quote=quotable
-    )
+async def _fetch(
+    service: TokenService,
+    credentials: Credentials | None = CREDS,
+    *,
+    realm: str = "https://auth.example/token",
+) -> Token:
     async with httpx.AsyncClient(transport=httpx.MockTransport(service)) as client:
         with trio.fail_after(5):
             return await fetch_token(
-                client, url, credentials=credentials, limits=Limits(), registry="reg.example"
+                client,
+                parse_realm(realm, quote=quotable),
+                service="reg.example",
+                scope="repository:a:pull",
+                credentials=credentials,
+                limits=Limits(),
+                registry="reg.example",
             )
 
 
@@ -415,6 +424,27 @@ async def test_fetch_token_with_an_identity_token_asks_by_the_refresh_token_gran
         "scope": ["repository:a:pull"],
         "client_id": ["imagec-pipe"],
     }
+
+
+@pytest.mark.parametrize(
+    ("realm", "posted_to"),
+    [
+        ("https://auth.example/token", "https://auth.example/token"),
+        ("https://auth.example/token?tenant=t1", "https://auth.example/token?tenant=t1"),
+    ],
+)
+async def test_an_identity_token_is_posted_to_the_realm_as_the_challenge_named_it(
+    realm: str, posted_to: str
+) -> None:
+    # distribution's fetchTokenWithOAuth posts the form to the realm itself: service and
+    # scope go in the form only, for OAuth2 forbids a parameter sent twice (RFC 6749 3.2).
+    service = TokenService(httpx.Response(200, json={"access_token": "A", "expires_in": 60}))
+    await _fetch(service, Credentials("", "", identity_token="idt-1"), realm=realm)
+    (request,) = service.requests
+    assert request.method == "POST"
+    assert request.url == httpx.URL(posted_to)
+    form = urllib.parse.parse_qs(request.content.decode(), strict_parsing=True)
+    assert form["service"] == ["reg.example"] and form["scope"] == ["repository:a:pull"]
 
 
 @pytest.mark.parametrize("status", [400, 401])
