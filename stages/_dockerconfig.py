@@ -16,8 +16,8 @@ private.example/app`` to work, as it does for docker, skopeo and crane. The file
 
 The ``key`` is docker's for the registry (``GetAuthConfigKey``): ``host[:port]`` as the
 reference spells it, and Docker Hub's historical ``https://index.docker.io/v1/`` for a
-reference on ``docker.io``. A helper is the program ``docker-credential-<name>`` on
-``PATH``, run with ``get`` and the key on its stdin; it answers
+reference on ``docker.io``. A helper is the program ``docker-credential-<name>`` in
+one of ``PATH``'s absolute directories, run with ``get`` and the key on its stdin; it answers
 ``{"ServerURL", "Username", "Secret"}`` on stdout, or exits non-zero saying
 ``credentials not found in native keychain`` (docker-credential-helpers' protocol). A
 ``Username`` of ``<token>`` means the ``Secret`` is an identity token.
@@ -246,6 +246,11 @@ def _hostname(key: str) -> str:
 def _from_helper(name: str, key: str, configured: str, timeout_s: float) -> Credentials | None:
     """Ask ``docker-credential-<name>`` for ``key``'s credentials (module docstring).
 
+    The program is looked up in ``PATH``'s absolute entries only. A relative one (``.``,
+    an empty entry as ``/usr/bin:`` leaves, ``bin``) names the current directory: a pull
+    run in a checkout would run the ``docker-credential-desktop`` planted there. docker's
+    client refuses a program found so (Go's ``exec.LookPath``, ``ErrDot``, since 1.19).
+
     ``configured`` says where the config names the helper, for errors and for the
     credentials' ``source``. What the helper says when it fails is quoted through
     ``quotable`` (``redact``: a secret's shape, the tokens this process was issued) and
@@ -255,11 +260,14 @@ def _from_helper(name: str, key: str, configured: str, timeout_s: float) -> Cred
     helper = f"the credential helper {program} ({configured})"
     if not name.strip() or "/" in name or "\\" in name or name in (".", ".."):
         raise AuthError(f"cannot use {configured}: {name!r:.100} is not a helper name")
-    executable = shutil.which(program)
+    searched = [entry for entry in os.get_exec_path() if os.path.isabs(entry)]
+    executable = shutil.which(program, path=os.pathsep.join(searched))
     if executable is None:
+        skipped = len(searched) < len(os.get_exec_path())
         raise AuthError(
-            f"{helper} is not installed: no {program} on PATH; install it, or remove it"
-            f" from the config to pull {registry} anonymously"
+            f"{helper} is not installed: no {program} on PATH"
+            f"{' (its relative entries not searched)' if skipped else ''}; install it, or"
+            f" remove it from the config to pull {registry} anonymously"
         )
     status, answer, said = _run_helper(executable, key, timeout_s, helper, registry)
     if status != 0:

@@ -392,6 +392,28 @@ def test_a_helper_that_is_not_installed_is_an_error(config_dir: Path, helpers: P
         docker_config_credentials("reg.example/app")
 
 
+@pytest.mark.parametrize("relative", [".", "", "bin"])
+def test_a_helper_is_not_looked_up_relative_to_the_current_directory(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: str
+) -> None:
+    # PATH=".", an empty entry ("/usr/bin:") or "bin" name the current directory: a
+    # docker-credential-desktop in a checkout one pulls from would run. docker's client
+    # refuses a program found so (Go's exec.LookPath and its ErrDot, since Go 1.19).
+    work = tmp_path / "checkout"
+    (work / "bin").mkdir(parents=True)
+    planted = write_helper(work / relative, "desktop", answering("u", SECRET))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PATH", os.pathsep.join([relative, "/usr/bin", "/bin"]))
+    path = write_config(config_dir, {"credsStore": "desktop"})
+    with pytest.raises(AuthError, match="no docker-credential-desktop on PATH"):
+        docker_config_credentials("reg.example/app")
+    assert not (planted.parent / "desktop.asked").exists()  # it never ran
+    # The same program in an absolute PATH entry is the helper.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(planted.parent), "/usr/bin", "/bin"]))
+    source = f"docker-credential-desktop (credsStore in {path})"
+    assert docker_config_credentials("reg.example/app") == Credentials("u", SECRET, source=source)
+
+
 # --- pulls from the real registry --------------------------------------------------------
 
 
