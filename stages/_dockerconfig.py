@@ -75,6 +75,8 @@ _MAX_CONFIG_BYTES = 4 << 20
 DEFAULT_HELPER_TIMEOUT_S = 60.0
 # What of a failing helper's words an error quotes.
 _QUOTED_CHARS = 200
+# Where there is no pidfd, how often a running helper is asked whether it has exited.
+_EXIT_POLL_S = 0.1
 
 
 def docker_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -302,8 +304,14 @@ def _run_helper(
 
     Killed past ``timeout_s`` (a helper waiting on a keychain that never answers must
     not hold the pull for ever), or once it writes more than it may: a ``selectors``
-    loop reads both pipes, so that neither output is buffered unbounded. Its own
-    children, if it left any running, are not waited for: their pipes are closed."""
+    loop reads both pipes, so that neither output is buffered unbounded.
+
+    Its own children, if it left any running, are not waited for: a process it started
+    in the background (an agent, a cache) inherits its pipes and keeps them open, so
+    that their end is no sign that the helper is done. Its exit is: once it has exited
+    (a pidfd in the same loop, where Linux has one; else ``poll`` every
+    ``_EXIT_POLL_S``), what it wrote is in the pipes, and is read without waiting for
+    more."""
     try:
         process = subprocess.Popen(
             [executable, "get"],
@@ -320,6 +328,7 @@ def _run_helper(
     deadline = time.monotonic() + timeout_s
     answer_fd, error_fd = process.stdout.fileno(), process.stderr.fileno()
     outputs = {answer_fd: bytearray(), error_fd: bytearray()}
+    exit_fd = _exit_fd(process.pid)
     try:
         try:
             process.stdin.write(key.encode())
@@ -329,11 +338,25 @@ def _run_helper(
         with selectors.DefaultSelector() as selector:
             for fd in outputs:
                 selector.register(fd, selectors.EVENT_READ)
-            while selector.get_map():
+            if exit_fd is not None:
+                selector.register(exit_fd, selectors.EVENT_READ)
+            exited = False
+            while any(fd in selector.get_map() for fd in outputs):
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if exited:
+                        break  # a process it left running writes on: not waited for
                     raise subprocess.TimeoutExpired(executable, timeout_s)
-                for selected, _ in selector.select(left):
+                # Exited: what is in the pipes now, then no more waiting.
+                wait_s = 0.0 if exited else left if exit_fd is not None else _EXIT_POLL_S
+                ready = selector.select(min(wait_s, left))
+                if exited and not ready:
+                    break
+                for selected, _ in ready:
+                    if selected.fd == exit_fd:
+                        exited = True
+                        selector.unregister(exit_fd)
+                        continue
                     chunk = os.read(selected.fd, 64 * 1024)
                     if not chunk:
                         selector.unregister(selected.fd)
@@ -347,6 +370,8 @@ def _run_helper(
                             f" {registry}; refused"
                         )
                     kept += chunk
+                if exit_fd is None and not exited and process.poll() is not None:
+                    exited = True
         status = process.wait(max(deadline - time.monotonic(), 0.01))
     except subprocess.TimeoutExpired:  # closed its output, still running
         raise AuthError(
@@ -358,4 +383,19 @@ def _run_helper(
             process.wait()
         for pipe in (process.stdout, process.stderr):
             pipe.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
     return status, bytes(outputs[answer_fd]), bytes(outputs[error_fd])
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A pidfd for ``pid``, readable once it has exited; None where there is none (not
+    Linux, or a kernel before 5.3)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    return fd

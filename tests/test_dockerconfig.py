@@ -9,9 +9,11 @@ error, no output and no log line of the test.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -376,6 +378,27 @@ def test_a_helper_that_hangs_is_killed_at_its_timeout(config_dir: Path, helpers:
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
         os.kill(pid, 0)
+
+
+def test_a_helper_that_leaves_a_process_running_is_not_waited_for(
+    config_dir: Path, helpers: Path
+) -> None:
+    # An agent or cache the helper starts in the background inherits its stdout and
+    # keeps it open: the pipe's end never comes, the helper's exit does. Before, the
+    # answer was thrown away at the timeout: "did not answer within 5 s; killed".
+    write_config(config_dir, {"credHelpers": {"reg.example": "agent"}})
+    pid_file = helpers / "agent.pid"
+    helper = helpers / "docker-credential-agent"
+    answer = json.dumps({"ServerURL": "", "Username": "u", "Secret": SECRET})
+    helper.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > '{pid_file}'\necho '{answer}'\nexit 0\n")
+    helper.chmod(0o755)
+    try:
+        credentials = docker_config_credentials("reg.example/app", helper_timeout_s=5.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert credentials is not None
+    assert (credentials.username, credentials.password) == ("u", SECRET)
 
 
 def test_a_helper_that_is_not_installed_is_an_error(config_dir: Path, helpers: Path) -> None:
