@@ -563,13 +563,15 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     try:
         # Before the store is opened, which creates it: a mistyped reference, a docker
         # config that cannot be read or a --ca-file that is no PEM file makes no store
-        # where a mistyped --store points.
+        # where a mistyped --store points. The options first: the config may name a
+        # credential helper, which may ask a person for a passphrase before a usage
+        # error that needed none (check_options reads no credentials).
         parse_reference(args.ref)
+        check_options(options)
         if credentials is None and (credentials := config_credentials(args.ref)) is not None:
             secrets = sent_secrets(credentials)
             registry = dataclasses.replace(registry, credentials=credentials)
             options = dataclasses.replace(options, registry=registry)
-        check_options(options)
         store = Store.open(args.store)
         try:
             with stop_signals_deferred() as stop:

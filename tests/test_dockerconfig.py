@@ -624,6 +624,22 @@ def test_cli_with_a_malformed_config_says_which_file_and_creates_no_store(
     assert "cannot use" not in given.stderr
 
 
+def test_cli_with_a_bad_option_runs_no_credential_helper(
+    config_dir: Path, helpers: Path, tmp_path: Path
+) -> None:
+    # A helper may ask a person for a passphrase (a keychain, pass's gpg agent): a
+    # mistyped --ca-file must fail before it is run, not after the person answered.
+    write_config(config_dir, {"credsStore": "keychain"})
+    write_helper(helpers, "keychain", answering("u", SECRET))
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    done = run_cli("pull", "127.0.0.1:9/team/app", "--store", str(tmp_path / "store"),
+                   "--ca-file", str(not_pem))  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "ca.pem" in done.stderr
+    assert not (helpers / "keychain.asked").exists()
+
+
 def test_cli_pulls_from_a_token_registry_with_a_helper_s_credentials(
     token_registry: Any,
     token_server: Any,
