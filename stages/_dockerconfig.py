@@ -147,7 +147,10 @@ def _read_config(path: Path) -> dict[str, object] | None:
     if len(data) > _MAX_CONFIG_BYTES:
         raise AuthError(f"cannot use {path}: it is larger than {_MAX_CONFIG_BYTES} bytes")
     try:
-        doc = json.loads(data.decode("utf-8-sig"))
+        # No number here is read: parse_int=float, for Python refuses to convert an
+        # integer of more than 4300 digits (a ValueError, no JSONDecodeError) where
+        # docker's client reads the file.
+        doc = json.loads(data.decode("utf-8-sig"), parse_int=float)
     except UnicodeDecodeError:
         raise AuthError(f"cannot use {path}: it is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

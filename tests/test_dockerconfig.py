@@ -253,6 +253,25 @@ def test_a_malformed_file_is_an_error_naming_it_and_not_its_content(
     assert error.value.__context__ is None or error.value.__suppress_context__
 
 
+def test_a_number_longer_than_python_converts_is_read_as_docker_reads_it(
+    config_dir: Path,
+) -> None:
+    # Python refuses to convert an integer of more than 4300 digits (ValueError, not a
+    # JSONDecodeError): such a number in any field, one imagec-pipe never reads, was an
+    # "internal error" naming no file. docker's client reads the file.
+    path = config_dir / "config.json"
+    path.write_text(
+        '{"auths": {"reg.example": {"auth": "' + b64("ci:" + SECRET) + '"}},'
+        ' "proxies": {"default": {"timeout": ' + "9" * 5000 + "}}}"
+    )
+    assert docker_config_credentials("reg.example/app") == Credentials(
+        "ci", SECRET, source=str(path)
+    )
+    path.write_text('{"auths": {"reg.example": {"auth": ' + "1" * 5000 + "}}}")
+    with pytest.raises(AuthError, match="its auth is not a string"):
+        docker_config_credentials("reg.example/app")
+
+
 def test_an_unreadable_file_is_an_error_naming_it(config_dir: Path) -> None:
     path = config_dir / "config.json"
     path.mkdir()
