@@ -23,7 +23,9 @@ one of ``PATH``'s absolute directories, run with ``get`` and the key on its stdi
 ``Username`` of ``<token>`` means the ``Secret`` is an identity token.
 
 A missing file, a missing entry and a helper that has none give no credentials: the
-pull is anonymous, as without the file. Anything else is an ``AuthError`` that names
+pull is anonymous, as without the file. So does an entry (or a helper's answer) with a
+user name and no password, or the reverse, as docker's client sends none then; a
+warning says so. Anything else is an ``AuthError`` that names
 the file (or the helper) and what is wrong, never what the file holds: it holds secrets.
 docker only warns about a config file it cannot read and goes on without it; a pull
 here that then fails with "unauthorized" would hide the cause.
@@ -51,12 +53,16 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import structlog
+
 from ._auth import quotable
 from ._config import Credentials
 from ._errors import AuthError, UsageError
 from ._reference import DOCKER_HUB, Reference, parse_reference
 
 __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
+
+log = structlog.get_logger()
 
 # Docker Hub's key in config.json and in credential helpers, from the v1 API's days.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -207,8 +213,11 @@ def _from_auths(config: Mapping[str, object], key: str, path: Path) -> Credentia
         return Credentials(
             username, password, identity_token=fields["identitytoken"], source=source
         )
-    if username or password:
+    if username and password:
         return Credentials(username, password, source=source)
+    if username or password:
+        _half_filled(where)
+        return None
     if fields["registrytoken"]:
         raise AuthError(
             f"cannot use {where}: it holds a registry token, which imagec-pipe does not"
@@ -296,7 +305,24 @@ def _from_helper(name: str, key: str, configured: str, timeout_s: float) -> Cred
         return Credentials("", "", identity_token=secret, source=source) if secret else None
     if not username and not secret:
         return None
+    if not username or not secret:
+        _half_filled(f"{helper}'s answer for {registry}")
+        return None
     return Credentials(username, secret, source=source)
+
+
+def _half_filled(where: str) -> None:
+    """No credentials from ``where``, which has a user name without a password or the
+    reverse: docker's client sends Basic credentials, or asks a token service with them,
+    only when both are there, and is anonymous otherwise (distribution's
+    ``registry/client/auth``), so that a public image pulls whatever such an entry
+    says. Said at warning level: a pull that then needs credentials fails, and this
+    says why none were sent."""
+    log.warning(
+        "docker config credentials ignored: a user name without a password or the"
+        " reverse; pulling anonymously, as docker does",
+        where=where,
+    )
 
 
 def _run_helper(

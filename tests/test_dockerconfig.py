@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 import pipeline
 from pipeline import AuthError, Credentials, PullOptions, RegistryOptions, Store
@@ -681,3 +682,37 @@ def test_cli_pulls_from_a_token_registry_with_a_helper_s_credentials(
     assert asked(helpers, "vault") == ["get", token_registry.host]
     assert password not in pulled.stderr
     assert b64(f"{user}:{password}") not in pulled.stderr
+
+
+def test_a_user_name_without_a_password_or_the_reverse_is_no_credentials(
+    config_dir: Path, helpers: Path
+) -> None:
+    # docker's client sends Basic credentials (or asks a token service with them) only
+    # when both are there; with one, it pulls anonymously, and a public image pulls.
+    write_config(
+        config_dir,
+        {
+            "auths": {
+                "user-only.example": {"username": "ci"},
+                "password-only.example": {"password": SECRET},
+                "empty-password.example": {"auth": b64("ci:")},
+            },
+            "credHelpers": {"helper.example": "half", "helper2.example": "half2"},
+        },
+    )
+    write_helper(helpers, "half", answering("ci", ""))
+    write_helper(helpers, "half2", answering("", SECRET))
+    with structlog.testing.capture_logs() as logs:
+        for ref in (
+            "user-only.example/app",
+            "password-only.example/app",
+            "empty-password.example/app",
+            "helper.example/app",
+            "helper2.example/app",
+        ):
+            assert docker_config_credentials(ref) is None, ref
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 5
+    assert "password-only.example" in warnings[1]["where"]
+    assert "docker-credential-half2" in warnings[4]["where"]
+    assert SECRET not in repr(logs)
