@@ -838,8 +838,9 @@ def quotable(
     ``https://Hunter2.evil.example`` is named ``hunter2.evil.example``, where the password
     as typed is not found; and a password with letters outside ASCII is spelt in a
     host's ASCII form (``xn--…``) where the resolver or TLS names what it was asked for,
-    or where the registry wrote a URL so. The tokens are cut in any case by
-    ``cut_tokens`` itself, wherever it runs."""
+    or where the registry wrote a URL so, and in that form decoded again, as a URL's
+    host names it (IDNA 2003 folds a final sigma, both map "ﬁ" to "fi"). The tokens
+    are cut in any case by ``cut_tokens`` itself, wherever it runs."""
     secrets = _as_hosts_spell_them(sent_secrets(credentials)) if credentials is not None else ()
     issued = dict.fromkeys((*tokens, *recent_tokens()))
     return redact(cut_tokens(cut_secrets(_printable(text), secrets), issued))
@@ -862,13 +863,37 @@ def _idna_forms(secret: str) -> tuple[str, ...]:
     punycode: IDNA 2008 as httpx encodes a host for the connection, the resolver and
     TLS (``URL.raw_host``), and IDNA 2003 as Python's codec does (it maps "ß" to "ss",
     which 2008 keeps). No form from an encoder that refuses ``secret`` (a label empty or
-    over 63 characters, a character no host name has): no host is spelt so."""
+    over 63 characters, a character no host name has): no host is spelt so.
+
+    Then each of those decoded back (``_decoded_host``), as httpx's ``URL.host`` names a
+    host written in ASCII: IDNA maps what it encodes (2003 folds a final sigma, both map "ﬁ" to
+    "fi", "Ⅻ" to "xii", a decomposed "ä" to the composed one), so a registry that writes
+    the password's ``xn--`` form has it named in a Unicode spelling that is neither the
+    password nor its lower case."""
     forms = []
     with contextlib.suppress(httpx.InvalidURL, UnicodeError, ValueError):
         forms.append(httpx.URL(scheme="https", host=secret).raw_host.decode("ascii"))
     with contextlib.suppress(UnicodeError):
         forms.append(secret.encode("idna").decode("ascii"))
-    return tuple(form for form in forms if form != secret.lower())
+    decoded = [_decoded_host(form) for form in forms]
+    spellings = dict.fromkeys([*forms, *(form for form in decoded if form is not None)])
+    return tuple(form for form in spellings if form not in (secret, secret.lower()))
+
+
+def _decoded_host(host: str) -> str | None:
+    """``host``'s Unicode spelling: each ``xn--`` label's punycode decoded, as any IDNA
+    decoder gives it (the checks a decoder adds refuse, they do not respell); None
+    when a label is no punycode."""
+    labels = []
+    for label in host.split("."):
+        if label[:4].lower() != "xn--":
+            labels.append(label)
+            continue
+        try:
+            labels.append(label[4:].encode("ascii").decode("punycode"))
+        except UnicodeError:
+            return None
+    return ".".join(labels)
 
 
 def _printable(text: str) -> str:

@@ -551,6 +551,25 @@ def test_a_non_ascii_password_is_cut_in_its_idna_form_too(password: str, quoted:
 
 
 @pytest.mark.parametrize(
+    ("password", "shown"),
+    [
+        ("λόγος-Pässwort", "λόγοσ-pässwort"),  # IDNA 2003 folds the final sigma
+        ("ﬁnance-Geheimnis-ä", "finance-geheimnis-ä"),  # and a ligature
+        ("Ⅻ-Römisch-Kennwort", "xii-römisch-kennwort"),  # and a numeral
+        ("pa\u0308sswort-geheim", "p\u00e4sswort-geheim"),  # typed decomposed
+    ],
+)
+def test_a_non_ascii_password_is_cut_as_its_idna_form_decodes_too(
+    password: str, shown: str
+) -> None:
+    # A host written in the password's ASCII form is named in Unicode by httpx
+    # (URL.host decodes it): the password as IDNA mapped it, not as it was typed.
+    text = f"the storage server {shown}.evil.example failed"
+    said = quotable(text, credentials=Credentials("bob", password))
+    assert said == "the storage server [redacted].evil.example failed"
+
+
+@pytest.mark.parametrize(
     "password",
     ["ä" * 64, "pä..ss", "pä ss!", "-pä:ss/x", "ä"],
     ids=["label-too-long", "empty-label", "space", "not-a-host", "short"],

@@ -2529,3 +2529,41 @@ async def test_a_host_named_after_a_non_ascii_password_is_cut_in_its_idna_form(
         "storage server's words": "(SLOW_DOWN: busy: https://[redacted].evil.example/b)",
     }[case]
     assert said in message, message
+
+
+@pytest.mark.parametrize(
+    ("password", "written"),
+    [
+        # IDNA 2003 (Python's codec, trio's resolver) folds the final sigma.
+        ("λόγος-Pässwort", "xn---psswort-1za103erc4byc7g"),
+        # Both map the ligature "ﬁ" to "fi", and the password typed decomposed (as
+        # macOS files keep text: "a" and a combining diaeresis) to its composed "ä".
+        ("ﬁnance-Geheimnis-ä", "xn--finance-geheimnis--2tb"),
+        ("pa\u0308sswort-geheim", "xn--psswort-geheim-5hb"),
+    ],
+    ids=["final-sigma", "ligature", "decomposed"],
+)
+async def test_a_host_a_registry_wrote_in_a_non_ascii_password_s_idna_form_is_named_without_it(
+    password: str, written: str
+) -> None:
+    """A host the registry wrote in the ASCII form of the password as IDNA maps it is
+    named by httpx in Unicode (``URL.host`` decodes it): the mapped password ("λόγοσ" for
+    "λόγος", "fi" for "ﬁ", the composed "ä"), which is neither the password as typed nor
+    in lower case nor an ``xn--`` form, so the cut missed it."""
+    host = f"{written}.evil.example"
+    shown = httpx.URL(f"https://{host}/").host
+    assert shown != host and password.lower() not in shown  # the case this is about
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(f"https://{host}/b?sig=S")
+    fake.routes[f"https://{host}/"] = lambda request: httpx.Response(503)
+    names = {**PUBLIC, host: ["93.184.216.35"], shown: ["93.184.216.35"]}
+    with _every_log_line() as logs, trio.fail_after(5):
+        async with _client(
+            fake, credentials=Credentials("bob", password), names=names, limits=Limits(retries=0)
+        ) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_blob(client)
+    message = str(info.value)
+    for text in (message, json.dumps(logs, default=str, ensure_ascii=False)):
+        assert shown.partition(".")[0] not in text and written not in text, text
+    assert "the storage server [redacted].evil.example that reg.example" in message, message
