@@ -49,7 +49,14 @@ from ._http import (
     stalled_for,
     transient_failure,
 )
-from ._redact import cut_secrets, cut_tokens, recent_tokens, redact, remember_token
+from ._redact import (
+    cut_secrets,
+    cut_secrets_in_idna_labels,
+    cut_tokens,
+    recent_tokens,
+    redact,
+    remember_token,
+)
 from ._retry import parse_retry_after
 
 __all__ = [
@@ -839,11 +846,16 @@ def quotable(
     as typed is not found; and a password with letters outside ASCII is spelt in a
     host's ASCII form (``xn--…``) where the resolver or TLS names what it was asked for,
     or where the registry wrote a URL so, and in that form decoded again, as a URL's
-    host names it (IDNA 2003 folds a final sigma, both map "ﬁ" to "fi"). The tokens
-    are cut in any case by ``cut_tokens`` itself, wherever it runs."""
+    host names it (IDNA 2003 folds a final sigma, both map "ﬁ" to "fi"); and an
+    ``xn--`` label that decodes to text holding it (``x-<password>``, encoded whole) is
+    cut whole (``cut_secrets_in_idna_labels``). The tokens are cut in any case by
+    ``cut_tokens`` itself, wherever it runs."""
     secrets = _as_hosts_spell_them(sent_secrets(credentials)) if credentials is not None else ()
     issued = dict.fromkeys((*tokens, *recent_tokens()))
-    return redact(cut_tokens(cut_secrets(_printable(text), secrets), issued))
+    text = cut_secrets(_printable(text), secrets)
+    if credentials is not None and not credentials.password.isascii():
+        text = cut_secrets_in_idna_labels(text, secrets)
+    return redact(cut_tokens(text, issued))
 
 
 def _as_hosts_spell_them(secrets: Sequence[str]) -> tuple[str, ...]:

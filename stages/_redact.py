@@ -87,9 +87,11 @@ idempotent, pure and cheap (a few regular expressions over a short string).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import threading
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 
@@ -98,6 +100,7 @@ __all__ = [
     "REDACTED",
     "cut_secret",
     "cut_secrets",
+    "cut_secrets_in_idna_labels",
     "cut_token",
     "cut_tokens",
     "is_secret_name",
@@ -187,6 +190,69 @@ def cut_secrets(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         text = cut_secret(text, secret)
     return text
+
+
+# A host name's label in its ASCII (IDNA) form: "xn--" and punycode, not run into the
+# letters, digits or hyphens of a label around it.
+# 63 characters at most, as a label is: punycode decodes in quadratic time, and a
+# server's text may be long.
+_IDNA_LABEL = re.compile(r"(?i)(?<![a-z0-9-])xn--[a-z0-9-]{1,59}(?![a-z0-9-])")
+
+
+def cut_secrets_in_idna_labels(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each ``xn--`` label cut whose decoded form holds one of ``secrets``
+    (a password's Unicode spellings, lower-cased), alone or with the labels beside it
+    (a dotted password spans several).
+
+    IDNA encodes a label whole: a host named ``x-<password>.evil.example`` is spelt
+    ``xn--x-<punycode>``, which holds none of the password's own ``xn--`` forms, however
+    plainly it decodes to it; and httpx names a host in that form unless its first label
+    is one (``URL.host`` decodes only a leading ``xn--``). Only secrets of
+    ``_CUT_ANYWHERE_FROM`` characters or more are looked for: a shorter one inside a
+    label is run into its letters, which ``cut_secret`` leaves too."""
+    wanted = [
+        unicodedata.normalize("NFC", secret).lower()
+        for secret in secrets
+        if len(secret) >= _CUT_ANYWHERE_FROM
+    ]
+    if not wanted or "xn--" not in text.lower():
+        return text
+    # The text with each label decoded, and where each label stands in it and in text.
+    decoded: list[str] = []
+    labels: list[tuple[int, int, int, int]] = []
+    done = shown = 0
+    for match in _IDNA_LABEL.finditer(text):
+        try:
+            label = match.group()[4:].encode("ascii").decode("punycode")
+        except UnicodeError:
+            continue  # no punycode: it spells nothing
+        label = unicodedata.normalize("NFC", label).lower()
+        between = _folded(text[done : match.start()])
+        decoded += (between, label)
+        shown += len(between)
+        labels.append((match.start(), match.end(), shown, shown + len(label)))
+        shown += len(label)
+        done = match.end()
+    decoded.append(_folded(text[done:]))
+    plain = "".join(decoded)
+    ends = [b for _, _, _, b in labels]  # in order, as the labels are
+    cut: set[int] = set()
+    for secret in wanted:
+        start = plain.find(secret)
+        while start != -1:
+            end = start + len(secret)
+            n = bisect.bisect_right(ends, start)  # the first label ending after start
+            while n < len(labels) and labels[n][2] < end:
+                cut.add(n)
+                n += 1
+            start = plain.find(secret, start + 1)
+    pieces: list[str] = []
+    done = 0
+    for n in sorted(cut):
+        begin, finish, _, _ = labels[n]
+        pieces += (text[done:begin], REDACTED)
+        done = finish
+    return "".join((*pieces, text[done:]))
 
 
 # How many of the tokens this process obtained last are cut by value (module docstring).

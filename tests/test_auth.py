@@ -570,6 +570,41 @@ def test_a_non_ascii_password_is_cut_as_its_idna_form_decodes_too(
 
 
 @pytest.mark.parametrize(
+    ("password", "host"),
+    [
+        ("pässwort-Geheim", "cdn.x-pässwort-geheim.evil.example"),  # a label holds it
+        ("pässwort-Geheim", "cdn.pässwort-geheim-2.evil.example"),  # and more after it
+        ("λόγος-Pässwort", "cdn.ein-λόγοσ-pässwort.evil.example"),  # mapped, then encoded
+        ("pä.wörd-Ünïcode", "cdn.x-pä.wörd-ünïcode-y.evil.example"),  # across two labels
+    ],
+)
+def test_a_non_ascii_password_inside_a_label_is_cut_from_its_idna_form(
+    password: str, host: str
+) -> None:
+    # A label holding the password among other letters is encoded whole: its xn-- form
+    # holds none of the password's own forms, and a host whose first label is ASCII
+    # stays in that form where httpx names it (URL.host decodes only a leading xn--).
+    shown = httpx.URL(f"https://{host}/").host
+    assert "xn--" in shown  # the case this is about
+    said = quotable(f"the storage server {shown} failed", credentials=Credentials("bob", password))
+    assert "xn--" not in said and said.startswith("the storage server cdn."), said
+    assert said.endswith(".evil.example failed") and "[redacted]" in said, said
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "xn--tst-qla.example and xn--mnchen-3ya.de",  # other hosts' labels
+        "xn--psswort-5wa",  # "pässwort": the short password is part of the word
+        "xn--zz-",  # no punycode after all
+    ],
+)
+def test_idna_labels_that_do_not_hold_the_password_are_kept(text: str) -> None:
+    said = quotable(text, credentials=Credentials("bob", "äss"))
+    assert said == text
+
+
+@pytest.mark.parametrize(
     "password",
     ["ä" * 64, "pä..ss", "pä ss!", "-pä:ss/x", "ä"],
     ids=["label-too-long", "empty-label", "space", "not-a-host", "short"],

@@ -2567,3 +2567,28 @@ async def test_a_host_a_registry_wrote_in_a_non_ascii_password_s_idna_form_is_na
     for text in (message, json.dumps(logs, default=str, ensure_ascii=False)):
         assert shown.partition(".")[0] not in text and written not in text, text
     assert "the storage server [redacted].evil.example that reg.example" in message, message
+
+
+async def test_a_host_with_a_non_ascii_password_inside_a_label_is_named_without_it() -> None:
+    """A label holding the password among other letters is encoded whole by IDNA
+    (``xn--x-psswort-geheim-xnb`` for ``x-pässwort-geheim``), and httpx names a host
+    whose first label is ASCII in that form: none of the password's own forms is in it,
+    so the cut let it through, where ``x-password-geheim`` would have been cut."""
+    shown = httpx.URL("https://cdn.x-pässwort-geheim.evil.example/").host
+    assert shown == "cdn.xn--x-psswort-geheim-xnb.evil.example"  # the case this is about
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect(f"https://{shown}/b?sig=S")
+    fake.routes[f"https://{shown}/"] = lambda request: httpx.Response(503)
+    names = {**PUBLIC, shown: ["93.184.216.35"]}
+    credentials = Credentials("bob", "pässwort-Geheim")
+    with _every_log_line() as logs, trio.fail_after(5):
+        async with _client(
+            fake, credentials=credentials, names=names, limits=Limits(retries=0)
+        ) as client:
+            with pytest.raises(RegistryError) as info:
+                await _read_blob(client)
+    message = str(info.value)
+    for text in (message, json.dumps(logs, default=str, ensure_ascii=False)):
+        assert "xn--x-psswort" not in text and "pässwort" not in text.lower(), text
+    said = "the storage server cdn.[redacted].evil.example that reg.example redirected to"
+    assert said in message, message
