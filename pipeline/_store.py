@@ -759,6 +759,12 @@ class Store:
         self._ingest = path / INGEST_DIR
         self._db_path = path / DB_FILE
         self._wal_holder: sqlite3.Connection | None = None
+        # The thread of the removals' async forms comes from here, not from trio's default
+        # limiter: it waits up to GC_WAIT_S for the pulls running in the store, and a pull
+        # takes threads of the default limiter (its hold, its layers' claims), so a removal
+        # holding the last of those stopped the pulls it waited for. Removals take
+        # gc.lock one at a time anyway; the others wait here, in trio, cancellably.
+        self._removal_thread = trio.CapacityLimiter(1)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -2011,9 +2017,12 @@ class Store:
         transaction), it removes nothing and raises ``trio.Cancelled`` at once: the
         thread checks between slices of its waits (``check_cancelled``). Cancelled once
         the removal has begun, it runs to its end first, as any thread does, so that
-        nothing is left half-done; what it removed is logged ("store pruned")."""
+        nothing is left half-done; what it removed is logged ("store pruned"). The thread
+        is the store's own (one at a time), not one of trio's default limiter, which the
+        pulls it waits for take theirs from."""
         return await trio.to_thread.run_sync(
-            functools.partial(self.prune, check_cancelled=trio.from_thread.check_cancelled)
+            functools.partial(self.prune, check_cancelled=trio.from_thread.check_cancelled),
+            limiter=self._removal_thread,
         )
 
     async def remove_images_async(self, refs: Sequence[str]) -> Removal:
@@ -2021,7 +2030,8 @@ class Store:
         return await trio.to_thread.run_sync(
             functools.partial(
                 self.remove_images, refs, check_cancelled=trio.from_thread.check_cancelled
-            )
+            ),
+            limiter=self._removal_thread,
         )
 
     async def remove_damaged_async(self, damage: list[BlobDamage]) -> None:
@@ -2029,7 +2039,8 @@ class Store:
         await trio.to_thread.run_sync(
             functools.partial(
                 self.remove_damaged, damage, check_cancelled=trio.from_thread.check_cancelled
-            )
+            ),
+            limiter=self._removal_thread,
         )
 
     def _removal_targets(self, refs: Sequence[str]) -> tuple[list[str], set[str]]:

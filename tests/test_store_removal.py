@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import pipeline
 from pipeline import Store, _store
@@ -1227,3 +1228,38 @@ async def test_an_async_removal_cancelled_while_it_waits_removes_nothing(
     with Store.open(where) as store:
         assert [str(d) for d in (await store.prune_async()).deleted_blobs] == [garbage]
     assert blobs(where) == set()
+
+
+async def test_an_async_removal_takes_no_thread_the_pulls_it_waits_for_need(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique_seed: str
+) -> None:
+    """``prune_async``'s thread waits for the pulls running in the store, and a pull
+    takes threads of trio's default limiter (its hold on the store, each layer's claim:
+    ``LCache``). The removal's thread came from that limiter too, so a removal holding
+    the last of its threads (here the only one: a host may lower it, and 40 removals at
+    once take them all) left the pull it waited for waiting on it, the program's pulls
+    frozen again until ``GC_WAIT_S`` ran out. Its thread has a limiter of its own now."""
+    monkeypatch.setattr(_store, "GC_WAIT_S", 30.0)  # past it, a StoreError fails the test
+    monkeypatch.setattr(trio.to_thread.current_default_thread_limiter(), "total_tokens", 1)
+    removals: list[_store.Removal] = []
+    with Store.open(tmp_path / "store") as store:
+        garbage = put_garbage(store, unique_seed)
+        hold = store.try_hold_for_pull()  # a pull that has begun, its layers not claimed
+        assert hold is not None
+
+        async def prune() -> None:
+            removals.append(await store.prune_async())
+
+        async def pull_goes_on() -> None:
+            # What the pull does next: claim its layer, as every pull does, through the
+            # default limiter; then, its image recorded, it lets go of the store.
+            async with store.lcache.download(Digest.parse(f"sha256:{'ab' * 32}")):
+                pass
+            hold.release()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(prune)
+                await trio.testing.wait_all_tasks_blocked()  # its thread waits for the hold
+                nursery.start_soon(pull_goes_on)
+    assert [[str(d) for d in removal.deleted_blobs] for removal in removals] == [[garbage]]
