@@ -200,6 +200,12 @@ async def pull(
     check_options(options)
     credentials = options.registry.credentials
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
+    if credentials is not None and credentials.registry not in ("", reference.registry):
+        raise UsageError(
+            f"the credentials {f'from {credentials.source} ' if credentials.source else ''}"
+            f"are for {credentials.registry}, and {reference} is on {reference.registry}:"
+            " give the pull its own registry's (docker_config_credentials(ref))"
+        )
     # Out of every line configure_logging's redaction writes while the pull runs (and a
     # while after), this process's and its layer workers': a registry's error message
     # may quote the password back, or the Basic credentials made of it.

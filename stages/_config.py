@@ -28,6 +28,12 @@ class Credentials:
     ``source``: where they came from, for errors to name ("credentials from
     ~/.docker/config.json for reg.example"); "" for credentials the caller gave (``-u``).
 
+    ``registry``: the registry they are for, as a reference names it (``reg.example:5000``,
+    ``docker.io``), when they came from one registry's entry (``docker_config_credentials``
+    sets it); a pull from another registry is refused them (``pipeline.pull`` raises
+    UsageError) rather than send one registry's secret to another, as options made once
+    and reused for every pull of a library host would. "": the pull's registry, whichever.
+
     ``repr`` hides the password and the token so they cannot reach a log line by accident.
     """
 
@@ -35,6 +41,7 @@ class Credentials:
     password: str = field(repr=False)
     identity_token: str = field(default="", repr=False)
     source: str = ""
+    registry: str = ""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import os
 import selectors
@@ -103,6 +104,8 @@ def docker_config_credentials(
     """The credentials docker's config gives for ``ref``'s registry, or None (no file, no
     entry, a helper that has none): pass them as ``RegistryOptions(credentials=...)``.
 
+    They carry ``registry=``, the reference's registry: a pull from another refuses them.
+
     ``config_path``: the file to read (default: ``docker_config_path()``).
     ``helper_timeout_s``: how long a credential helper may take. Blocks for as long as
     the helper runs: a trio host calls it through ``trio.to_thread.run_sync``.
@@ -128,14 +131,14 @@ def docker_config_credentials(
     store = config.get("credsStore")
     if store is not None and not isinstance(store, str):
         raise AuthError(f"cannot use {path}: its credsStore is not a string")
-    if key in helpers:
-        # An empty name is docker's way to keep one registry's secrets in the file.
-        if not helpers[key]:
-            return _from_auths(config, key, path)
-        return _from_helper(helpers[key], key, f"credHelpers in {path}", helper_timeout_s)
-    if store:
-        return _from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
-    return _from_auths(config, key, path)
+    if helpers.get(key):
+        found = _from_helper(helpers[key], key, f"credHelpers in {path}", helper_timeout_s)
+    elif store and key not in helpers:
+        found = _from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
+    else:  # credHelpers naming "" is docker's way to keep one registry's secrets here
+        found = _from_auths(config, key, path)
+    # Bound to this registry: ``pull`` refuses them for a reference on another.
+    return dataclasses.replace(found, registry=reference.registry) if found else None
 
 
 def _read_config(path: Path) -> dict[str, object] | None:

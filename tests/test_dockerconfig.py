@@ -25,7 +25,7 @@ import pytest
 import structlog
 
 import pipeline
-from pipeline import AuthError, Credentials, PullOptions, RegistryOptions, Store
+from pipeline import AuthError, Credentials, PullOptions, RegistryOptions, Store, UsageError
 from stages._auth import sent_secrets
 from stages._dockerconfig import DOCKER_HUB_KEY, docker_config_credentials, docker_config_path
 from tests.support import images
@@ -138,16 +138,20 @@ def test_an_auths_entry_matches_as_docker_matches_it(config_dir: Path) -> None:
         },
     )
     got = docker_config_credentials("reg.example:5000/team/app:1")
-    assert got == Credentials("ci", "pw-port:with-colon", source=str(path))
+    assert got == Credentials(
+        "ci", "pw-port:with-colon", source=str(path), registry="reg.example:5000"
+    )
     assert docker_config_credentials("plain.example/app") == Credentials(
-        "bob", "pw-plain", source=str(path)
+        "bob", "pw-plain", source=str(path), registry="plain.example"
     )
     assert docker_config_credentials("path.example/app") == Credentials(
-        "eve", "pw-path", source=str(path)
+        "eve", "pw-path", source=str(path), registry="path.example"
     )
     # Docker Hub's key is the v1 URL, for every spelling of a Hub reference.
     for ref in ("alpine", "docker.io/library/alpine", "index.docker.io/team/app"):
-        assert docker_config_credentials(ref) == Credentials("hub", "pw-hub", source=str(path))
+        assert docker_config_credentials(ref) == Credentials(
+            "hub", "pw-hub", source=str(path), registry="docker.io"
+        )
     # Another port of the same host is another registry.
     assert docker_config_credentials("reg.example/app") is None
     assert docker_config_credentials("reg.example:5001/app") is None
@@ -158,7 +162,7 @@ def test_an_explicit_config_path_is_read_instead(config_dir: Path, tmp_path: Pat
     other.write_text(json.dumps({"auths": {"reg.example": {"auth": b64("x:pw-x")}}}))
     write_config(config_dir, {"auths": {"reg.example": {"auth": b64("y:pw-y")}}})
     got = docker_config_credentials("reg.example/app", config_path=other)
-    assert got == Credentials("x", "pw-x", source=str(other))
+    assert got == Credentials("x", "pw-x", source=str(other), registry="reg.example")
 
 
 def test_an_identity_token_entry_is_kept_as_such(config_dir: Path) -> None:
@@ -172,12 +176,16 @@ def test_an_identity_token_entry_is_kept_as_such(config_dir: Path) -> None:
         },
     )
     got = docker_config_credentials("reg.example/app")
-    assert got == Credentials("ci", "", identity_token="idt-1", source=str(path))
+    assert got == Credentials(
+        "ci", "", identity_token="idt-1", source=str(path), registry="reg.example"
+    )
     assert "idt-1" not in repr(got)
     assert sent_secrets(got) == ("idt-1",)
     # With a password too, as docker's client keeps both: a Basic registry gets that.
     both = docker_config_credentials("both.example/app")
-    assert both == Credentials("ci", "pw-2", identity_token="idt-2", source=str(path))
+    assert both == Credentials(
+        "ci", "pw-2", identity_token="idt-2", source=str(path), registry="both.example"
+    )
 
 
 @pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), True, "5"])
@@ -266,7 +274,7 @@ def test_a_number_longer_than_python_converts_is_read_as_docker_reads_it(
         ' "proxies": {"default": {"timeout": ' + "9" * 5000 + "}}}"
     )
     assert docker_config_credentials("reg.example/app") == Credentials(
-        "ci", SECRET, source=str(path)
+        "ci", SECRET, source=str(path), registry="reg.example"
     )
     path.write_text('{"auths": {"reg.example": {"auth": ' + "1" * 5000 + "}}}")
     with pytest.raises(AuthError, match="its auth is not a string"):
@@ -303,11 +311,17 @@ def test_a_helper_is_asked_in_docker_s_order(config_dir: Path, helpers: Path) ->
 
     # credHelpers for its host, then credsStore for every other: auths is not read.
     assert docker_config_credentials("special.example/app") == Credentials(
-        "from-special", "pw-special", source=f"docker-credential-special (credHelpers in {path})"
+        "from-special",
+        "pw-special",
+        source=f"docker-credential-special (credHelpers in {path})",
+        registry="special.example",
     )
     assert asked(helpers, "special") == ["get", "special.example"]
     assert docker_config_credentials("reg.example/app") == Credentials(
-        "from-store", "pw-store", source=f"docker-credential-store (credsStore in {path})"
+        "from-store",
+        "pw-store",
+        source=f"docker-credential-store (credsStore in {path})",
+        registry="reg.example",
     )
     assert asked(helpers, "store") == ["get", "reg.example"]
     # Docker Hub is asked for by its v1 URL.
@@ -322,7 +336,7 @@ def test_a_helper_is_asked_in_docker_s_order(config_dir: Path, helpers: Path) ->
         },
     )
     assert docker_config_credentials("kept.example/app") == Credentials(
-        "file", "pw-file", source=str(path)
+        "file", "pw-file", source=str(path), registry="kept.example"
     )
 
 
@@ -454,7 +468,9 @@ def test_a_helper_is_not_looked_up_relative_to_the_current_directory(
     # The same program in an absolute PATH entry is the helper.
     monkeypatch.setenv("PATH", os.pathsep.join([str(planted.parent), "/usr/bin", "/bin"]))
     source = f"docker-credential-desktop (credsStore in {path})"
-    assert docker_config_credentials("reg.example/app") == Credentials("u", SECRET, source=source)
+    assert docker_config_credentials("reg.example/app") == Credentials(
+        "u", SECRET, source=source, registry="reg.example"
+    )
 
 
 # --- pulls from the real registry --------------------------------------------------------
@@ -493,6 +509,43 @@ async def test_a_basic_registry_takes_the_config_s_credentials(
     logged = capsys.readouterr()  # structlog's defaults: every level, on stdout
     for secret in (password, f"nope-{password}", b64(f"{user}:{password}")):
         assert secret not in logged.out + logged.err
+
+
+async def test_one_registry_s_config_credentials_are_refused_for_another_s_pull(
+    basic_registry: Any, config_dir: Path, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    # A library host that made its options once, from the config's entry for one
+    # registry, and pulls from another, would send the first one's secret to the second.
+    image = images.sample_image(unique_seed, layer_size=4096)
+    basic_registry.push(unique_repo, image, "1")
+    ref = basic_registry.ref(unique_repo, "1")
+    user, password = basic_registry.credentials
+    path = write_config(
+        config_dir,
+        {
+            "auths": {
+                "elsewhere.example": {"auth": b64(f"{user}:{password}")},
+                basic_registry.host: {"auth": b64(f"{user}:{password}")},
+            }
+        },
+    )
+    store = Store.open(tmp_path / "store")
+    elsewhere = docker_config_credentials("elsewhere.example/app")
+    assert elsewhere is not None and elsewhere.registry == "elsewhere.example"
+    with pytest.raises(UsageError) as refused:
+        await pipeline.pull(ref, store=store, options=options(elsewhere))
+    message = str(refused.value)
+    assert f"from {path} are for elsewhere.example" in message
+    assert f"is on {basic_registry.host}" in message
+    assert password not in message
+    assert store.list_images() == []
+    # Its own registry's entry pulls; so do credentials bound to no registry (-u's).
+    own = docker_config_credentials(ref)
+    result = await pipeline.pull(ref, store=store, options=options(own))
+    assert str(result.image_id) == image.image_id
+    given = Credentials(user, password)
+    result = await pipeline.pull(ref, store=store, options=options(given))
+    assert str(result.image_id) == image.image_id
 
 
 async def test_a_token_registry_takes_a_helper_s_credentials(
