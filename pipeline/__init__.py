@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from stages import PlatformNotFound as PlatformNotFound
     from stages import ProgressEvent as ProgressEvent
     from stages import ProgressSink as ProgressSink
+    from stages import ProxySettings as ProxySettings
     from stages import Reference as Reference
     from stages import RegistryError as RegistryError
     from stages import RegistryOptions as RegistryOptions
@@ -107,6 +108,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "PlatformNotFound",
         "ProgressEvent",
         "ProgressSink",
+        "ProxySettings",
         "Reference",
         "RegistryError",
         "RegistryOptions",

@@ -6,6 +6,7 @@ package never imports ``pipeline``.
 
 from ._config import Credentials as Credentials
 from ._config import Limits as Limits
+from ._config import ProxySettings as ProxySettings
 from ._config import RegistryOptions as RegistryOptions
 from ._dockerconfig import docker_config_credentials as docker_config_credentials
 from ._dockerconfig import docker_config_path as docker_config_path
@@ -60,6 +61,7 @@ __all__ = [
     "PlatformNotFound",
     "ProgressEvent",
     "ProgressSink",
+    "ProxySettings",
     "Reference",
     "RegistryError",
     "RegistryOptions",

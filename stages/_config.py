@@ -1,17 +1,28 @@
 """Small frozen configuration objects, passed down explicitly.
 
-``RegistryOptions`` says how to reach and authenticate to registries; ``Limits`` holds
-every size, buffer and timeout the stages use, so none is a magic number in a stage.
+``RegistryOptions`` says how to reach and authenticate to registries (``ProxySettings``:
+through which proxy); ``Limits`` holds every size, buffer and timeout the stages use, so
+none is a magic number in a stage.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import UsageError
+from ._proxy import (
+    NoProxy,
+    ProxyURL,
+    environment_setting,
+    is_loopback_target,
+    parse_proxy_url,
+    proxy_secrets,
+)
 
-__all__ = ["Credentials", "Limits", "RegistryOptions"]
+__all__ = ["Credentials", "Limits", "ProxySettings", "RegistryOptions"]
 
 MiB = 1 << 20
 
@@ -45,19 +56,128 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """The proxies requests go through, and the hosts they do not (``stages/_proxy.py``
+    has the rules: Go's, as docker, skopeo and crane apply them).
+
+    ``https_proxy`` for https requests, ``http_proxy`` for plain-http ones (empty: none),
+    ``no_proxy`` the exceptions, each written as the environment variable of that name
+    would be. The default is no proxy. A library host says what it wants here, or passes
+    its environment to ``from_environment``, which is what the CLI does; ``pull`` never
+    reads the environment itself. A setting that is no usable proxy URL is a
+    ``UsageError`` naming it, when the object is made.
+
+    ``repr`` shows each proxy as ``scheme://host:port``, never its credentials.
+
+    Through a proxy, the proxy resolves the registry's name and connects: the address
+    checks still refuse what they can classify here (address literals, and names that
+    resolve here to a link-local, loopback or private address), but a name that does not
+    resolve here is not refused for that alone, and nothing pins the address the proxy
+    reaches (``stages/_http.py``: what does not hold through a proxy).
+    """
+
+    https_proxy: str = field(default="", repr=False)
+    http_proxy: str = field(default="", repr=False)
+    no_proxy: str = ""
+    # The names the settings are given by in messages ("HTTPS_PROXY" when they came from
+    # the environment).
+    https_setting: str = field(default="ProxySettings.https_proxy", repr=False, compare=False)
+    http_setting: str = field(default="ProxySettings.http_proxy", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Read both URLs now, so that a bad one fails before any request."""
+        for name in ("https_proxy", "http_proxy", "no_proxy"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"ProxySettings.{name} must be a string")
+        _ = (self.https, self.http)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> ProxySettings:
+        """The settings ``environ`` (``os.environ``) gives: ``HTTPS_PROXY``,
+        ``HTTP_PROXY`` and ``NO_PROXY``, each upper case if set and not empty, else
+        lower case, as Go reads them. A usage error names the variable that is wrong."""
+        https_setting, https_proxy = environment_setting(environ, "https_proxy")
+        http_setting, http_proxy = environment_setting(environ, "http_proxy")
+        _, no_proxy = environment_setting(environ, "no_proxy")
+        return cls(
+            https_proxy=https_proxy,
+            http_proxy=http_proxy,
+            no_proxy=no_proxy,
+            https_setting=https_setting,
+            http_setting=http_setting,
+        )
+
+    # Read once per object (cached_property writes the instance's __dict__, which a
+    # frozen dataclass allows): proxy_for runs for every request.
+    @functools.cached_property
+    def https(self) -> ProxyURL | None:
+        """The proxy for https requests, or None."""
+        return parse_proxy_url(self.https_proxy, self.https_setting)
+
+    @functools.cached_property
+    def http(self) -> ProxyURL | None:
+        """The proxy for plain-http requests, or None."""
+        return parse_proxy_url(self.http_proxy, self.http_setting)
+
+    @property
+    def configured(self) -> bool:
+        """Whether any request may go through a proxy."""
+        return bool(self.https_proxy.strip() or self.http_proxy.strip())
+
+    def proxy_for(self, scheme: str, host: str, port: int | None) -> ProxyURL | None:
+        """The proxy a request to ``scheme://host:port`` goes through, or None: by its
+        scheme, unless ``host`` is loopback or ``no_proxy`` excludes it."""
+        proxy = self.https if scheme == "https" else self.http if scheme == "http" else None
+        if proxy is None:
+            return None
+        port = port if port is not None else (443 if scheme == "https" else 80)
+        if is_loopback_target(host) or self._exceptions.excludes(host, port):
+            return None
+        return proxy
+
+    @functools.cached_property
+    def _exceptions(self) -> NoProxy:
+        return NoProxy.parse(self.no_proxy)
+
+    def secrets(self) -> tuple[str, ...]:
+        """The passwords of the proxies and the Basic credentials made of them: for the
+        log redaction, which must cut them wherever they appear."""
+        return tuple(dict.fromkeys((*proxy_secrets(self.https), *proxy_secrets(self.http))))
+
+    def __repr__(self) -> str:
+        shown = {
+            "https_proxy": self.https.shown if self.https else "",
+            "http_proxy": self.http.shown if self.http else "",
+            "no_proxy": self.no_proxy,
+        }
+        return f"ProxySettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+@dataclass(frozen=True)
 class RegistryOptions:
     """How to reach registries.
 
     ``insecure_registries`` holds ``host`` or ``host:port`` entries, as docker's
     ``--insecure-registry``: HTTPS without certificate verification, then plain HTTP.
     Loopback registries may use plain HTTP without being listed; HTTPS to them is still
-    verified unless listed.
+    verified unless listed. ``proxy``: the proxies to reach them through (default none;
+    ``ProxySettings.from_environment`` reads docker's variables).
     """
 
     ca_file: Path | None = None
     insecure_registries: tuple[str, ...] = ()
     credentials: Credentials | None = None
     user_agent: str = "imagec-pipe"
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+
+    def __post_init__(self) -> None:
+        """A proxy given as a string failed deep inside, at the first request."""
+        if not isinstance(self.proxy, ProxySettings):
+            raise UsageError(
+                "RegistryOptions.proxy must be ProxySettings (ProxySettings(https_proxy=...)"
+                f" or ProxySettings.from_environment(os.environ)), not a"
+                f" {type(self.proxy).__name__}"
+            )
 
 
 @dataclass(frozen=True)
