@@ -208,9 +208,11 @@ async def pull(
         )
     # Out of every line configure_logging's redaction writes while the pull runs (and a
     # while after), this process's and its layer workers': a registry's error message
-    # may quote the password back, or the Basic credentials made of it.
+    # may quote the password back, or the Basic credentials made of it, and a proxy its
+    # own (``ProxySettings.secrets``).
+    secrets = sent_secrets(credentials) if credentials is not None else ()
     with (
-        held_secrets(sent_secrets(credentials) if credentials is not None else ()),
+        held_secrets((*secrets, *options.registry.proxy.secrets())),
         structlog.contextvars.bound_contextvars(ref=str(reference)),
     ):
         try:

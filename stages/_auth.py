@@ -21,6 +21,11 @@ the checks classify its first answer, and the client's connections go to the add
 of that same answer, never looked up again. A name whose DNS answer changes after the
 check (DNS rebinding: a public address, then 169.254.169.254) still reaches only the
 public one; the registry's own name, which the checks compare against, is pinned too.
+
+Through a proxy (``RegistryOptions.proxy``) the proxy looks the target's name up and
+connects: these checks still classify an address literal and a name that resolves here,
+and refuse as above, but a name that does not resolve here (usual behind a proxy) has no
+address to classify and passes, and the pinning does not hold (``stages/_http.py``).
 """
 
 from __future__ import annotations

@@ -42,9 +42,10 @@ import httpcore
 import httpx
 import trio
 
-from ._config import Limits, RegistryOptions
+from ._config import Limits, ProxySettings, RegistryOptions
 from ._errors import UsageError
-from ._redact import redact
+from ._proxy import ProxyURL, proxy_secrets
+from ._redact import cut_secrets, redact
 
 __all__ = [
     "DeferredTrustContext",
@@ -52,6 +53,9 @@ __all__ = [
     "LargeReadStream",
     "PinnedResolver",
     "PoolTransport",
+    "ProxyRefused",
+    "ProxyRouter",
+    "ProxyUnreachable",
     "Resolver",
     "cookie_jar_used",
     "describe_error",
@@ -502,6 +506,137 @@ class PoolTransport(httpx.AsyncBaseTransport):
             await self._pool.aclose()
 
 
+class ProxyRefused(httpx.ProxyError):
+    """The proxy answered a request it was to carry with an error of its own: a
+    ``CONNECT`` not answered 2xx, or a 407 to a plain-http request. The message names the
+    proxy (``ProxyURL.shown``, never its credentials), the target and what the proxy said."""
+
+
+class ProxyUnreachable(httpx.ConnectError):
+    """No connection to the proxy itself (refused, timed out, a name that does not
+    resolve). The message names the proxy and the setting it came from."""
+
+
+class _ProxyConnectFailed(httpcore.ConnectError):
+    """A connection to the proxy failed: how ``ProxyRouter`` tells it from a failure
+    inside the tunnel (a TLS handshake with the target), which httpcore reports with the
+    same type."""
+
+
+class _ProxyConnections(httpcore.AsyncNetworkBackend):
+    """The network backend of a proxy's pool: ``inner``'s (``LargeReadBackend``: the
+    large reads, the proxy's name looked up once), with a failed connection, which can
+    only be one to the proxy, marked as such."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            raise _caused(_ProxyConnectFailed(str(exc)), exc) from exc
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class ProxyRouter(httpx.AsyncBaseTransport):
+    """Each request through the pool its proxy decision picks: ``direct`` when
+    ``settings`` proxies nothing to its scheme and host (``ProxySettings.proxy_for``),
+    else the pool ``proxied`` makes for that proxy (one per proxy, made at its first
+    request). A failure of the proxy's own (unreachable, or refusing the request) is
+    raised as ``ProxyUnreachable`` or ``ProxyRefused``, naming the proxy."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        direct: httpx.AsyncBaseTransport,
+        proxied: Callable[[ProxyURL], httpx.AsyncBaseTransport],
+    ) -> None:
+        self._settings = settings
+        self._direct = direct
+        self._proxied = proxied
+        self._pools: dict[ProxyURL, httpx.AsyncBaseTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        proxy = self._settings.proxy_for(url.scheme, url.raw_host.decode("ascii"), url.port)
+        if proxy is None:
+            return await self._direct.handle_async_request(request)
+        pool = self._pools.get(proxy)
+        if pool is None:
+            pool = self._pools[proxy] = self._proxied(proxy)
+        setting = (
+            self._settings.https_setting if url.scheme == "https" else self._settings.http_setting
+        )
+        try:
+            response = await pool.handle_async_request(request)
+        except httpx.ProxyError as exc:  # httpcore's: the CONNECT was not answered 2xx
+            raise ProxyRefused(_refusal(proxy, setting, url, str(exc))) from exc
+        except httpx.TransportError as exc:
+            if not any(isinstance(link, _ProxyConnectFailed) for link in _chain(exc)):
+                raise
+            timed_out = any(isinstance(link, httpcore.ConnectTimeout) for link in _chain(exc))
+            reason = "timed out" if timed_out else cut_secrets(_describe(exc), proxy_secrets(proxy))
+            raise ProxyUnreachable(
+                f"cannot connect to the proxy {proxy.shown} that {setting} names ({reason}):"
+                f" check {setting} and that the proxy is running"
+            ) from exc
+        if url.scheme == "http" and response.status_code == 407:
+            # A plain-http request went to the proxy as it is: 407 is the proxy's answer.
+            reason = response.extensions.get("reason_phrase", b"")
+            await response.aclose()
+            status = f"407 {reason.decode('ascii', 'replace') if isinstance(reason, bytes) else ''}"
+            raise ProxyRefused(_refusal(proxy, setting, url, status))
+        return response
+
+    async def aclose(self) -> None:
+        try:
+            for pool in self._pools.values():
+                await pool.aclose()
+        finally:
+            await self._direct.aclose()
+
+
+def _refusal(proxy: ProxyURL, setting: str, url: httpx.URL, answer: str) -> str:
+    """What ``ProxyRefused`` says when ``proxy`` answered ``answer`` (``"407 Proxy
+    Authentication Required"``) to a request for ``url``: the proxy's reason phrase is its
+    text, and quoted cut (``redact``, and the proxy's own credentials)."""
+    status, _, phrase = answer.strip().partition(" ")
+    phrase = cut_secrets(redact(phrase.strip()), proxy_secrets(proxy))[:100]
+    said = f"HTTP {status} {phrase}".rstrip()
+    target = url_authority(url)
+    if status == "407":
+        hint = (
+            f"it did not accept the user and password that {setting} gives"
+            if proxy.username
+            else f"it asks for credentials: put them in {setting} (http://user:password@host:port)"
+        )
+        return f"the proxy {proxy.shown} refused to carry the request to {target} ({said}): {hint}"
+    if status in ("502", "503", "504"):
+        return (
+            f"the proxy {proxy.shown} could not reach {target} ({said}): check the address,"
+            f" or, if this machine reaches {target} without the proxy, list it in NO_PROXY"
+        )
+    return f"the proxy {proxy.shown} refused to carry the request to {target} ({said})"
+
+
 def make_ssl_context(options: RegistryOptions, *, verify: bool) -> ssl.SSLContext:
     """A client TLS context: the system's CAs (certifi's where the system has none) plus
     ``options.ca_file``.
@@ -611,7 +746,8 @@ async def open_client(
     """An ``httpx.AsyncClient`` reading ``limits.chunk_size`` bytes per socket read.
 
     Redirects are not followed (the registry client follows them by hand, deciding at each
-    hop which headers may go along); no environment proxies or netrc; HTTP/1.1 only. The
+    hop which headers may go along); proxies only as ``options.proxy`` says, never read
+    from the environment here (``ProxyRouter``), and no netrc; HTTP/1.1 only. The
     cookie jar can be shut for some requests (``cookie_jar_used``). Connections go to
     the addresses ``names`` answers (``LargeReadBackend``): the resolver the caller's
     address checks use, or one of the client's own. ``transport`` replaces the pool
@@ -645,17 +781,59 @@ def _pool_transport(
     verify: bool,
     names: PinnedResolver | None,
     network: httpcore.AsyncNetworkBackend | None,
-) -> PoolTransport:
-    pool = httpcore.AsyncConnectionPool(
-        ssl_context=shared_ssl_context(options, verify=verify),
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_KEEPALIVE,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        http1=True,
-        http2=False,
-        network_backend=LargeReadBackend(limits.chunk_size, network, names),
+) -> httpx.AsyncBaseTransport:
+    """The pool, alone when no proxy is configured; else a ``ProxyRouter`` in front of it
+    and of a pool per proxy, all connecting through one ``LargeReadBackend`` (one lookup
+    of each name, the proxy's included)."""
+    ssl_context = shared_ssl_context(options, verify=verify)
+    backend = LargeReadBackend(limits.chunk_size, network, names)
+    direct = PoolTransport(
+        httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_KEEPALIVE,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            http1=True,
+            http2=False,
+            network_backend=backend,
+        )
     )
-    return PoolTransport(pool)
+    if not options.proxy.configured:
+        return direct
+
+    def proxied(proxy: ProxyURL) -> PoolTransport:
+        authorization = proxy.authorization
+        return PoolTransport(
+            httpcore.AsyncConnectionPool(
+                ssl_context=ssl_context,
+                proxy=httpcore.Proxy(
+                    url=httpcore.URL(
+                        scheme=proxy.scheme.encode("ascii"),
+                        host=proxy.host.encode("ascii"),
+                        port=proxy.port,
+                        target=b"/",
+                    ),
+                    headers=[]
+                    if authorization is None
+                    else [(b"Proxy-Authorization", authorization)],
+                    # An https proxy is verified as a registry is: the system's CAs and
+                    # --ca-file, whatever the target's mode.
+                    ssl_context=(
+                        shared_ssl_context(options, verify=True)
+                        if proxy.scheme == "https"
+                        else None
+                    ),
+                ),
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+                http1=True,
+                http2=False,
+                network_backend=_ProxyConnections(backend),
+            )
+        )
+
+    return ProxyRouter(options.proxy, direct, proxied)
 
 
 def _chain(exc: BaseException, depth: int = 0) -> Iterator[BaseException]:
@@ -718,6 +896,8 @@ def describe_error(exc: BaseException) -> str:
 
 def _describe(exc: BaseException) -> str:
     for link in _chain(exc):
+        if isinstance(link, ProxyRefused | ProxyUnreachable):
+            return str(link)  # its own words, naming the proxy
         if isinstance(link, ssl.SSLCertVerificationError):
             detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)
             return f"TLS certificate not trusted ({detail or link})"

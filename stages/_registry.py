@@ -32,7 +32,9 @@ The address checks (a token realm, a layer's URL, a redirect target) and the con
 look each name up once, through one ``PinnedResolver`` per client: a request reaches a
 host only at an address its check classified, however the name's DNS answer changes
 after (DNS rebinding), and a kept-alive connection in the pool was made to such an
-address too.
+address too. Not through a proxy (``RegistryOptions.proxy``): the proxy looks the name up
+and connects, so only what the checks classify here is refused (``stages/_http.py`` says
+what does not hold then); transport errors of a request sent through one name the proxy.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ from ._errors import (
 )
 from ._http import (
     PinnedResolver,
+    ProxyRefused,
+    ProxyUnreachable,
     cookie_jar_used,
     describe_error,
     open_client,
@@ -950,9 +954,14 @@ class RegistryClient:
         authority = self.server_named(ref, url)
         # The network's words may name the host too (a certificate not valid for it).
         reason = self._quotable(describe_error(exc))
+        proxy = self._options.proxy.proxy_for(url.scheme, url.raw_host.decode("ascii"), url.port)
+        if isinstance(exc, ProxyRefused | ProxyUnreachable):
+            # Its words name the proxy and the target; the proxy said no, or is down.
+            return RegistryUnavailable(f"{reason}, fetching {what}", ref=str(ref), digest=digest)
+        via = "" if proxy is None else f" (through the proxy {proxy.shown})"
         if tls_failure(exc) == "verify":
             return RegistryUnavailable(
-                f"the TLS certificate of {authority} is not trusted ({reason}):"
+                f"the TLS certificate of {authority}{via} is not trusted ({reason}):"
                 f" pass --ca-file PEM with the CA that signed it, or --insecure-registry"
                 f" {authority} to skip verification",
                 ref=str(ref),
@@ -984,7 +993,7 @@ class RegistryClient:
         else:
             message = f"the connection to {authority} failed while fetching {what} ({reason})"
         return RegistryUnavailable(
-            message, ref=str(ref), digest=digest, transient=transient, stalled_s=stalled_s
+            message + via, ref=str(ref), digest=digest, transient=transient, stalled_s=stalled_s
         )
 
     def _is_registry(self, ref: Reference, url: httpx.URL) -> bool:

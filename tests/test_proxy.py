@@ -10,13 +10,26 @@ went through the proxy without looking the name up itself.
 from __future__ import annotations
 
 import base64
+import contextlib
+import ssl
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
-from pipeline import Platform, ProxySettings, RegistryOptions
-from stages._errors import UsageError
+import pipeline
+from pipeline import Platform, ProxySettings, PullOptions, RegistryOptions, Store
+from stages._config import Limits
+from stages._errors import RegistryUnavailable, UsageError
 from stages._proxy import NoProxy, parse_proxy_url
+from stages._reference import parse_reference
+from stages._registry import RegistryClient
+from tests.support import images
+from tests.support.forward_proxy import ForwardProxy, run_forward_proxy
+from tests.support.registry import RegistryServer
+from tests.support.servers import Reply
 
 pytestmark = pytest.mark.deadline(60)
 
@@ -172,3 +185,290 @@ def test_loopback_is_never_proxied(host: str) -> None:
     assert settings.proxy_for("https", host, 443) is None
     assert settings.proxy_for("http", host, 5000) is None
     assert settings.proxy_for("https", "localhost.example", 443) is not None
+
+
+# --- pulls through a real proxy -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def forward_proxy(**kwargs: Any) -> Iterator[ForwardProxy]:
+    with run_forward_proxy({NAME: "127.0.0.1"}, **kwargs) as proxy:
+        yield proxy
+
+
+def with_credentials(url: str, password: str = PROXY_PASSWORD) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{PROXY_USER}:{password}@{rest}"
+
+
+@pytest.fixture
+def tls_registry_named(
+    registry_factory: Callable[..., RegistryServer],
+) -> RegistryServer:
+    """A TLS registry whose certificate is valid for ``registry.test`` too."""
+    return registry_factory(tls=True, tls_names=(NAME,))
+
+
+async def _pull(
+    ref: str, tmp_path: Path, *, layer_workers: str = "threads", **registry: Any
+) -> pipeline.PullResult:
+    store = Store.open(tmp_path / "store")
+    try:
+        with trio.fail_after(45):
+            return await pipeline.pull(
+                ref,
+                store=store,
+                options=PullOptions(
+                    platform=AMD64,
+                    layer_workers=layer_workers,  # type: ignore[arg-type]
+                    registry=RegistryOptions(**registry),
+                    limits=Limits(retries=1, retry_wait_s=0.01),
+                ),
+            )
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("layer_workers", ["threads", "processes"])
+async def test_pull_over_tls_through_a_connect_tunnel(
+    tls_registry_named: RegistryServer,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    layer_workers: str,
+) -> None:
+    """HTTPS to the registry through CONNECT, the certificate verified against
+    ``--ca-file`` by the registry's name; the proxy's credentials go to the proxy, in the
+    CONNECT, and the client never looks up the name the proxy resolves. Layer worker
+    processes, which open clients of their own, go through it too."""
+    registry = tls_registry_named
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    ref = f"{NAME}:{registry.port}/{unique_repo}:1"
+    with forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        result = await _pull(
+            ref,
+            tmp_path,
+            layer_workers=layer_workers,
+            ca_file=registry.ca_pem,
+            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.tunnels and set(proxy.tunnels) == {f"{NAME}:{registry.port}"}
+    assert proxy.forwarded == []
+    basic = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
+    assert set(proxy.authorizations) == {basic}
+
+
+async def test_an_untrusted_certificate_through_the_tunnel_still_points_at_ca_file(
+    tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """TLS runs to the registry inside the tunnel and is verified as without a proxy."""
+    ref = f"{NAME}:{tls_registry_named.port}/{unique_repo}:1"
+    with forward_proxy() as proxy, pytest.raises(RegistryUnavailable) as caught:
+        await _pull(ref, tmp_path, proxy=ProxySettings(https_proxy=proxy.url))
+    message = str(caught.value)
+    assert "is not trusted" in message and "--ca-file" in message
+    assert f"through the proxy {proxy.url}" in message
+    assert proxy.tunnels
+
+
+async def test_pull_over_plain_http_through_the_proxy(
+    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A registry listed as insecure: https through the tunnel fails (it speaks plain
+    http), then plain http goes to the proxy in absolute form."""
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    authority = f"{NAME}:{registry.port}"
+    with forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        url = with_credentials(proxy.url)
+        result = await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            insecure_registries=(authority,),
+            proxy=ProxySettings(https_proxy=url, http_proxy=url),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.tunnels == [authority]  # the https attempt
+    assert proxy.forwarded[0] == f"http://{authority}/v2/"
+    assert all(target.startswith(f"http://{authority}/v2/") for target in proxy.forwarded)
+    assert any(f"/blobs/{layer.digest}" in t for t in proxy.forwarded for layer in image.layers)
+
+
+async def test_loopback_registries_are_never_proxied(
+    registry: RegistryServer,
+    proxy: Callable[..., Any],
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """Through a loopback relay that records request heads: no request went to the
+    forward proxy, and none carried the proxy's credentials."""
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    relay = proxy(registry)
+    with forward_proxy() as forward:
+        url = with_credentials(forward.url)
+        await _pull(
+            f"{relay.host}/{unique_repo}:1",
+            tmp_path,
+            proxy=ProxySettings(https_proxy=url, http_proxy=url),
+        )
+    assert forward.carried() == 0
+    assert relay.count() > 0
+    assert not any("proxy-authorization" in r.headers for r in relay.requests)
+
+
+async def test_no_proxy_sends_the_host_directly(registry: RegistryServer, unique_repo: str) -> None:
+    """The same name, resolved here by the client's table: listed in NO_PROXY it goes
+    directly, else through the proxy (which resolves it the same)."""
+    registry.push(unique_repo, images.sample_image(unique_repo), "1")
+    ref = parse_reference(f"{NAME}:{registry.port}/{unique_repo}:1")
+
+    async def resolve(host: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return ["127.0.0.1"] if host == NAME else []
+
+    async def fetch(no_proxy: str, proxy_url: str) -> None:
+        settings = ProxySettings(https_proxy=proxy_url, http_proxy=proxy_url, no_proxy=no_proxy)
+        options = RegistryOptions(insecure_registries=(f"{NAME}:{registry.port}",), proxy=settings)
+        async with RegistryClient.open(options, Limits(retries=0), resolve=resolve) as client:
+            accept = "application/vnd.oci.image.manifest.v1+json"
+            await client.get_bytes(ref, "manifests", "1", accept=accept, max_bytes=1 << 20)
+
+    with trio.fail_after(30), forward_proxy() as proxy:
+        await fetch(f"other.test,.{NAME},{NAME}:{registry.port}", proxy.url)
+        assert proxy.carried() == 0
+        await fetch("other.test", proxy.url)
+        assert proxy.carried() > 0
+        assert proxy.forwarded
+
+
+async def test_a_redirect_to_another_host_is_decided_for_that_host(
+    registry: RegistryServer, proxy: Callable[..., Any], unique_repo: str
+) -> None:
+    """The registry (through the proxy) redirects a blob to a storage server listed in
+    NO_PROXY: that request goes directly, not through the proxy."""
+    image = images.sample_image(unique_repo)
+    registry.push(unique_repo, image, "1")
+    relay = proxy(registry)  # the "registry" the forward proxy reaches, which redirects
+    storage = f"storage.test:{registry.port}"
+    path = f"/v2/{unique_repo}/blobs/{image.config.digest}"
+    relay.inject(path, Reply(307, {"Location": f"http://{storage}{path}"}), times=None)
+    ref = parse_reference(f"{NAME}:{relay.port}/{unique_repo}:1")
+
+    async def resolve(host: str) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return ["127.0.0.1"] if host in (NAME, "storage.test") else []
+
+    with trio.fail_after(30), forward_proxy() as forward:
+        settings = ProxySettings(http_proxy=forward.url, https_proxy=forward.url, no_proxy=storage)
+        options = RegistryOptions(
+            insecure_registries=(f"{NAME}:{relay.port}", storage), proxy=settings
+        )
+        async with RegistryClient.open(options, Limits(retries=0), resolve=resolve) as client:
+            body, _ = await client.get_bytes(
+                ref, "blobs", image.config.digest, accept=None, max_bytes=1 << 20
+            )
+    assert body == image.config.data
+    assert f"http://{NAME}:{relay.port}{path}" in forward.forwarded
+    assert not any("storage.test" in target for target in forward.forwarded + forward.tunnels)
+    assert relay.count("GET", path) == 1  # the redirect; the blob came from the registry
+
+
+async def test_pull_through_an_https_proxy(
+    tls_registry_named: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """TLS to the proxy (verified with --ca-file, which holds the proxy's CA and the
+    registry's), then TLS to the registry inside the tunnel."""
+    import trustme
+
+    registry = tls_registry_named
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    proxy_ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    proxy_ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    assert registry.ca_pem is not None
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(registry.ca_pem.read_bytes() + proxy_ca.cert_pem.bytes())
+    with forward_proxy(tls=server_context) as proxy:
+        assert proxy.url.startswith("https://")
+        result = await _pull(
+            f"{NAME}:{registry.port}/{unique_repo}:1",
+            tmp_path,
+            ca_file=bundle,
+            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert set(proxy.tunnels) == {f"{NAME}:{registry.port}"}
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+@pytest.mark.parametrize("password", [None, "wrong-pw-given"])
+async def test_a_proxy_asking_for_credentials_is_named_without_its_password(
+    registry: RegistryServer,
+    tls_registry_named: RegistryServer,
+    unique_repo: str,
+    tmp_path: Path,
+    scheme: str,
+    password: str | None,
+) -> None:
+    """407 to a CONNECT (https) and to a forwarded request (http): the error names the
+    proxy as ``scheme://host:port`` and says what to do; the password is nowhere."""
+    target = tls_registry_named if scheme == "https" else registry
+    authority = f"{NAME}:{target.port}"
+    with forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        url = proxy.url if password is None else with_credentials(proxy.url, password)
+        settings = (
+            ProxySettings(https_proxy=url) if scheme == "https" else ProxySettings(http_proxy=url)
+        )
+        insecure = () if scheme == "https" else (authority,)
+        with pytest.raises(RegistryUnavailable) as caught:
+            await _pull(
+                f"{authority}/{unique_repo}:1",
+                tmp_path,
+                ca_file=target.ca_pem,
+                insecure_registries=insecure,
+                proxy=settings,
+            )
+    message = str(caught.value)
+    assert f"the proxy {proxy.url} refused to carry the request to {authority}" in message
+    assert "HTTP 407 Proxy Authentication Required" in message
+    if password is None:
+        assert "it asks for credentials: put them in ProxySettings" in message
+    else:
+        assert "it did not accept the user and password" in message
+        assert password not in message and password not in repr(caught.value)
+    assert not caught.value.transient
+
+
+async def test_a_proxy_that_cannot_reach_the_registry_is_named(
+    tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    with forward_proxy(refuse=502) as proxy:
+        url = with_credentials(proxy.url)
+        with pytest.raises(RegistryUnavailable) as caught:
+            await _pull(
+                f"{NAME}:{tls_registry_named.port}/{unique_repo}:1",
+                tmp_path,
+                ca_file=tls_registry_named.ca_pem,
+                proxy=ProxySettings(https_proxy=url),
+            )
+    message = str(caught.value)
+    assert f"the proxy {proxy.url} could not reach {NAME}:{tls_registry_named.port}" in message
+    assert "HTTP 502" in message and "NO_PROXY" in message
+    assert PROXY_PASSWORD not in message
+
+
+async def test_an_unreachable_proxy_is_named(unique_repo: str, tmp_path: Path) -> None:
+    with forward_proxy() as proxy:
+        gone = with_credentials(proxy.url)  # nothing listens there once it stopped
+    with pytest.raises(RegistryUnavailable) as caught:
+        await _pull(f"{NAME}:5000/{unique_repo}:1", tmp_path, proxy=ProxySettings(https_proxy=gone))
+    message = str(caught.value)
+    assert (
+        f"cannot connect to the proxy {proxy.url} that ProxySettings.https_proxy names" in message
+    )
+    assert PROXY_PASSWORD not in message

@@ -249,6 +249,7 @@ def run_registry(
     workdir: str | Path | None = None,
     log_level: str = "warn",
     start_timeout: float = 20.0,
+    tls_names: Sequence[str] = (),
 ) -> Iterator[RegistryServer]:
     """Run one registry for the duration of the ``with`` block.
 
@@ -257,6 +258,8 @@ def run_registry(
     ``auth="token"`` a TokenServer runs on another loopback port (``server.token_server``)
     granting anonymous pull under ``public_prefixes`` and everything to the users.
     ``workdir`` (config, storage, certificates, log) is removed on exit unless given.
+    ``tls_names``: more names its certificate is valid for than 127.0.0.1 and localhost
+    (a name a test proxy resolves for it).
     """
     exe = binary or find_registry_binary()
     if exe is None:
@@ -281,7 +284,7 @@ def run_registry(
             import trustme
 
             ca = trustme.CA()
-            cert = ca.issue_cert("127.0.0.1", "localhost")
+            cert = ca.issue_cert("127.0.0.1", "localhost", *tls_names)
             ca_pem = root / "ca.pem"
             ca.cert_pem.write_to_path(str(ca_pem))
             tls_files = (root / "server-chain.pem", root / "server-key.pem")
