@@ -76,7 +76,7 @@ import trio
 
 from stages._auth import sent_secrets
 from stages._codec import available_inflaters
-from stages._config import Credentials, Limits, RegistryOptions
+from stages._config import Credentials, Limits, ProxySettings, RegistryOptions
 from stages._dockerconfig import docker_config_credentials
 from stages._errors import ImagecError, UsageError
 from stages._redact import cut_secrets, cut_tokens, recent_tokens, redact
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt on a terminal); without -u, those `docker login` left for the image's "
         "registry in docker's config.json (auths, or a credential helper it names); "
         "else anonymous.",
+        epilog="Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (or their lower-case forms) are"
+        " honoured as docker honours them; loopback registries are never proxied.",
     )
     pull.add_argument("ref", metavar="REF", help="image reference, e.g. alpine or host:5000/app:1")
     pull.add_argument(
@@ -528,12 +530,26 @@ def _renderer(args: argparse.Namespace, stdout: TextIO) -> ProgressRenderer:
     return PlainProgress(stdout)
 
 
+def proxy_from_environment() -> ProxySettings:
+    """``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY`` (or their lower-case forms) as
+    docker reads them; a setting that is no proxy URL is a usage error naming it. The
+    proxies' passwords are cut out of every log line from now on."""
+    try:
+        proxy = ProxySettings.from_environment(os.environ)
+    except UsageError as exc:
+        raise _Usage(exc.message) from None
+    for secret in proxy.secrets():
+        add_secret(secret)
+    return proxy
+
+
 def _cmd_pull(args: argparse.Namespace) -> int:
     renderer = _renderer(args, sys.stdout)  # writes nothing until an event or the end
     where = _doing(args)
     ref = _as_reported(args.ref)
     try:
-        credentials = credentials_from(args, sys.stdin)  # usage errors before any work
+        proxy = proxy_from_environment()  # usage errors before any work
+        credentials = credentials_from(args, sys.stdin)
     except _Usage as exc:
         # ``main`` reports it as argparse's own (exit 2); a reader of ``--json`` still
         # gets the stream's last line, as for the usage errors the pull finds itself.
@@ -541,12 +557,13 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _pull_failed(renderer, ref, where, exc, ())
-    secrets = sent_secrets(credentials) if credentials else ()
+    secrets = (*(sent_secrets(credentials) if credentials else ()), *proxy.secrets())
     registry = RegistryOptions(
         ca_file=args.ca_file,
         insecure_registries=tuple(args.insecure_registry),
         credentials=credentials,
         user_agent=f"{PROG}/{version()}",
+        proxy=proxy,
     )
     if isinstance(renderer, TtyProgress) and _isatty(sys.stderr):
         # Logs on the same terminal go above the progress block, not into it.
@@ -569,7 +586,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         parse_reference(args.ref)
         check_options(options)
         if credentials is None and (credentials := config_credentials(args.ref)) is not None:
-            secrets = sent_secrets(credentials)
+            secrets = (*sent_secrets(credentials), *proxy.secrets())
             registry = dataclasses.replace(registry, credentials=credentials)
             options = dataclasses.replace(options, registry=registry)
         store = Store.open(args.store)

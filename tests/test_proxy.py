@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ import pytest
 import trio
 
 import pipeline
-from pipeline import Platform, ProxySettings, PullOptions, RegistryOptions, Store
+from pipeline import Platform, ProxySettings, PullOptions, RegistryOptions, Store, _cli, _logging
 from stages._config import Limits
 from stages._errors import RegistryUnavailable, UsageError
 from stages._proxy import NoProxy, parse_proxy_url
@@ -472,3 +476,72 @@ async def test_an_unreachable_proxy_is_named(unique_repo: str, tmp_path: Path) -
         f"cannot connect to the proxy {proxy.url} that ProxySettings.https_proxy names" in message
     )
     assert PROXY_PASSWORD not in message
+
+
+# --- the CLI --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _cli_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() configures structlog and remembers secrets; leave the defaults after."""
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    monkeypatch.setattr(_logging._Applied, "stream", None)
+
+
+@pytest.mark.usefixtures("_cli_logging")
+def test_cli_refuses_a_malformed_proxy_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.setenv("https_proxy", f"socks5://{PROXY_USER}:{PROXY_PASSWORD}@proxy:1080")
+    argv = ["pull", "reg.example/team/app:1", "--json", "--store", str(tmp_path / "store")]
+    assert _cli.main(argv) == _cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    said = "https_proxy='socks5://[redacted]@proxy:1080' is not a usable proxy URL"
+    assert said in err
+    last = json.loads(out.splitlines()[-1])  # --json still ends with its error line
+    assert last["event"] == "error" and said in last["message"]
+    assert PROXY_PASSWORD not in out + err
+    assert not (tmp_path / "store").exists()
+
+
+def run_cli(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    base.pop("IMAGEC_PIPE_STORE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline._cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHONPATH": str(REPO_ROOT), **env},
+        timeout=50,
+        check=False,
+    )
+
+
+def test_cli_pulls_through_the_proxy_its_environment_names(
+    tls_registry_named: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """End to end: the CLI reads HTTPS_PROXY and NO_PROXY (docker's), pulls through the
+    proxy, and neither its output nor its debug log shows the proxy's password, also when
+    the proxy refuses it."""
+    registry = tls_registry_named
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    ref = f"{NAME}:{registry.port}/{unique_repo}:1"
+    argv = ["pull", ref, "--store", str(tmp_path / "store"), "--ca-file", str(registry.ca_pem)]
+    argv += ["--platform", "linux/amd64", "--log-level", "debug"]
+    with forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        env = {"HTTPS_PROXY": with_credentials(proxy.url), "NO_PROXY": "other.test"}
+        done = run_cli(argv, env)
+        assert done.returncode == 0, done.stderr
+        assert set(proxy.tunnels) == {f"{NAME}:{registry.port}"}
+        assert PROXY_PASSWORD not in done.stdout + done.stderr
+        assert image.digest in done.stdout
+
+        refused = run_cli(
+            [*argv, "--retries", "0"],
+            {"https_proxy": with_credentials(proxy.url, "wrong-pw-given")},
+        )
+    assert refused.returncode == _cli.EXIT_FAILED
+    assert f"the proxy {proxy.url} refused to carry the request" in refused.stderr
+    assert "wrong-pw-given" not in refused.stdout + refused.stderr
