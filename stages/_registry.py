@@ -96,6 +96,7 @@ from ._http import (
     transient_failure,
     url_authority,
 )
+from ._proxy import ProxyURL
 from ._redact import shown_url
 from ._reference import PATH_COMPONENT, Reference
 from ._retry import parse_retry_after, retrying
@@ -460,13 +461,16 @@ class RegistryClient:
             try:
                 challenge = await self._ping(ref, base_url, verify)
             except httpx.HTTPError as exc:
-                # Only an insecure registry has a next attempt: plain http.
+                # Only an insecure registry has a next attempt: plain http. A proxy
+                # refusing the https attempt's CONNECT counts as failing to connect (a
+                # proxy may allow CONNECT to port 443 only, as squid does by default).
                 fallback = isinstance(
                     exc,
                     httpx.ConnectError
                     | httpx.ConnectTimeout
                     | httpx.ProtocolError
-                    | httpx.ReadError,
+                    | httpx.ReadError
+                    | ProxyRefused,
                 )
                 if fallback and index + 1 < len(attempts):
                     log.debug(
@@ -954,7 +958,7 @@ class RegistryClient:
         authority = self.server_named(ref, url)
         # The network's words may name the host too (a certificate not valid for it).
         reason = self._quotable(describe_error(exc))
-        proxy = self._options.proxy.proxy_for(url.scheme, url.raw_host.decode("ascii"), url.port)
+        proxy = self._proxy_for(url)
         if isinstance(exc, ProxyRefused | ProxyUnreachable):
             # Its words name the proxy and the target; the proxy said no, or is down.
             return RegistryUnavailable(f"{reason}, fetching {what}", ref=str(ref), digest=digest)
@@ -994,6 +998,22 @@ class RegistryClient:
             message = f"the connection to {authority} failed while fetching {what} ({reason})"
         return RegistryUnavailable(
             message + via, ref=str(ref), digest=digest, transient=transient, stalled_s=stalled_s
+        )
+
+    def _proxy_for(self, url: httpx.URL) -> ProxyURL | None:
+        """The proxy a request for ``url`` goes through (``RegistryOptions.proxy``)."""
+        return self._options.proxy.proxy_for(url.scheme, url.raw_host.decode("ascii"), url.port)
+
+    def _forwarded_by(self, url: httpx.URL) -> str:
+        """For a plain-http ``url`` sent through a proxy, words saying so: the proxy
+        answers such a request itself when it cannot reach the server (502, 504), and
+        nothing tells its answer from the server's. Empty otherwise (through a CONNECT
+        tunnel, the answer is the server's own)."""
+        proxy = self._proxy_for(url) if url.scheme == "http" else None
+        return (
+            ""
+            if proxy is None
+            else f" (through the proxy {proxy.shown}, which may have answered for it)"
         )
 
     def _is_registry(self, ref: Reference, url: httpx.URL) -> bool:
@@ -1078,7 +1098,8 @@ class RegistryClient:
             )
         if status >= 500:
             return RegistryUnavailable(
-                f"{server} failed with HTTP {status} for {what}{suffix}; try again later",
+                f"{server} failed with HTTP {status} for {what}{suffix}"
+                f"{self._forwarded_by(response.url)}; try again later",
                 ref=ref_text,
                 digest=digest,
                 transient=status in _TRANSIENT_5XX,

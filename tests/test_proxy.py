@@ -300,6 +300,45 @@ async def test_pull_over_plain_http_through_the_proxy(
     assert any(f"/blobs/{layer.digest}" in t for t in proxy.forwarded for layer in image.layers)
 
 
+async def test_an_insecure_registry_falls_back_to_http_when_the_proxy_refuses_connect(
+    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A proxy that tunnels to port 443 only (squid's default) answers the https
+    attempt's CONNECT 403: for a registry listed as insecure that is one more way https
+    fails, and plain http through the proxy follows, as docker falls back."""
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    authority = f"{NAME}:{registry.port}"
+    with forward_proxy(refuse_connect=403) as proxy:
+        result = await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            insecure_registries=(authority,),
+            proxy=ProxySettings(https_proxy=proxy.url, http_proxy=proxy.url),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.tunnels == [authority] and proxy.forwarded
+
+
+async def test_a_5xx_through_a_forwarding_proxy_says_the_proxy_may_have_answered(
+    registry: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """A plain-http request's 502 may be the proxy's own answer: the error says it went
+    through the proxy (named without its password)."""
+    authority = f"{NAME}:{registry.port}"
+    with forward_proxy(refuse=502) as proxy, pytest.raises(RegistryUnavailable) as caught:
+        await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            insecure_registries=(authority,),
+            proxy=ProxySettings(http_proxy=with_credentials(proxy.url)),
+        )
+    message = str(caught.value)
+    assert f"{authority} failed with HTTP 502" in message
+    assert f"(through the proxy {proxy.url}, which may have answered for it)" in message
+    assert PROXY_PASSWORD not in message
+
+
 async def test_loopback_registries_are_never_proxied(
     registry: RegistryServer,
     proxy: Callable[..., Any],

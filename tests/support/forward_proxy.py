@@ -9,7 +9,8 @@ of each CONNECT; ``forwarded``: the absolute URL of each plain-http request;
 ``authorizations``: the ``Proxy-Authorization`` of every request, None when absent;
 ``upstream_heads``: each forwarded request head as the target received it), can require
 credentials (``credentials``: anything else is answered 407) and can refuse everything
-with a status of its choice (``refuse``, e.g. 502). A forwarded request goes upstream
+with a status of its choice (``refuse``, e.g. 502), or only CONNECTs (``refuse_connect``:
+a proxy that tunnels to port 443 only, as squid by default). A forwarded request goes upstream
 with ``Connection: close`` and its answer to the client too: one request per
 connection keeps the relay a byte copy.
 
@@ -40,6 +41,7 @@ class ForwardProxy:
     hosts: Mapping[str, str]
     credentials: tuple[str, str] | None = None
     refuse: int | None = None
+    refuse_connect: int | None = None
     url: str = ""
     tunnels: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
@@ -118,6 +120,9 @@ class ForwardProxy:
             if method == "CONNECT":
                 with self._lock:
                     self.tunnels.append(target)
+                if self.refuse_connect is not None:
+                    _answer(client, self.refuse_connect, "CONNECT Refused By Test Proxy")
+                    return
                 host, _, port = target.rpartition(":")
                 upstream = self._connect(host.strip("[]"), int(port))
                 if upstream is None:
@@ -256,12 +261,16 @@ def run_forward_proxy(
     *,
     credentials: tuple[str, str] | None = None,
     refuse: int | None = None,
+    refuse_connect: int | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> Iterator[ForwardProxy]:
     """A forward proxy on ``http://127.0.0.1:<port>`` (``https://`` with the server
     context ``tls``) until the block exits."""
     proxy = ForwardProxy(
-        hosts={k.lower(): v for k, v in hosts.items()}, credentials=credentials, refuse=refuse
+        hosts={k.lower(): v for k, v in hosts.items()},
+        credentials=credentials,
+        refuse=refuse,
+        refuse_connect=refuse_connect,
     )
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
