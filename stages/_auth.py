@@ -582,12 +582,14 @@ class TokenCache:
         self._tokens: dict[tuple[str, str, str], tuple[Token, float]] = {}
 
     def get(self, key: tuple[str, str, str]) -> Token | None:
+        """The token for ``key`` while it lives, else None. An expired one is kept (and
+        in ``secrets``) until ``put`` replaces it: the request that renews it may meet a
+        server quoting it back, a realm named after it among them."""
         entry = self._tokens.get(key)
         if entry is None:
             return None
         token, expires_at = entry
         if trio.current_time() >= expires_at:
-            del self._tokens[key]
             return None
         return token
 
