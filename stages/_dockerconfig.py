@@ -49,6 +49,7 @@ import json
 import os
 import selectors
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -145,8 +146,16 @@ def _read_config(path: Path) -> dict[str, object] | None:
     """The file's JSON object, or None when there is no file. The errors say what is
     wrong with it, never what it holds (not even the JSON parser's excerpt of it)."""
     try:
-        with path.open("rb") as file:
-            data = file.read(_MAX_CONFIG_BYTES + 1)
+        # O_NONBLOCK: a FIFO (or a device) put there opens at once, to be refused below,
+        # rather than hold the pull until something writes to it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise AuthError(f"cannot use {path}: it is not a regular file")
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(_MAX_CONFIG_BYTES + 1)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         return None
     except NotADirectoryError:  # $DOCKER_CONFIG names a file: no config there either

@@ -284,9 +284,14 @@ def test_a_number_longer_than_python_converts_is_read_as_docker_reads_it(
 def test_an_unreadable_file_is_an_error_naming_it(config_dir: Path) -> None:
     path = config_dir / "config.json"
     path.mkdir()
-    with pytest.raises(AuthError, match=f"^cannot read {path}: Is a directory$"):
+    with pytest.raises(AuthError, match=f"^cannot use {path}: it is not a regular file$"):
         docker_config_credentials("reg.example/app")
     path.rmdir()
+    # A FIFO is refused at once, not read until something writes to it.
+    os.mkfifo(path)
+    with pytest.raises(AuthError, match=f"^cannot use {path}: it is not a regular file$"):
+        docker_config_credentials("reg.example/app")
+    path.unlink()
     write_config(config_dir, {"auths": {}})
     path.chmod(0)
     if os.geteuid() != 0:  # root reads a file of mode 000
