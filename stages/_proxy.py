@@ -128,9 +128,18 @@ def parse_proxy_url(text: str, setting: str) -> ProxyURL | None:
         parts = urllib.parse.urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        # urllib's words name the part ("Port out of range 0-65535", "Invalid IPv6
-        # URL"), never the credentials.
-        raise refused(f"{exc}; write it as http://[user:password@]host:port") from None
+        # Not urllib's words: they quote the text it took for the port ("Port could not
+        # be cast to integer value as 's3cr3t'"), and a password holding "/", "?" or "#"
+        # unencoded ends the authority early, so that text is the password.
+        what = (
+            "its port is not a number from 0 to 65535"
+            if "Port" in str(exc)
+            else "it is not a URL (an IPv6 host goes in brackets)"
+        )
+        raise refused(
+            f"{what}; write it as http://[user:password@]host:port, with '/', '?', '#', '@'"
+            " and '%' in the user or password percent-encoded (%2F, %3F, %23, %40, %25)"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme in _SOCKS:
         raise refused(

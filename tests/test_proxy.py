@@ -109,8 +109,14 @@ def test_proxy_credentials_become_proxy_authorization() -> None:
         ("socks5://proxy:1080", "socks5 proxies are not supported"),
         ("socks5h://u:pw-in-socks@proxy:1080", "socks5h proxies are not supported"),
         ("ftp://proxy:21", "the scheme 'ftp' is not http or https"),
-        ("http://u:pw-in-port@proxy:99999", "Port out of range"),
-        ("http://u:pw-in-port@proxy:31x8", "Port could not be cast"),
+        ("http://u:pw-in-port@proxy:99999", "its port is not a number"),
+        ("http://u:pw-in-port@proxy:31x8", "its port is not a number"),
+        # A password with an unencoded "/", "?" or "#" ends the authority early: urllib
+        # then reads the password as the port, and quoted it in its error.
+        ("http://u:pw-slash/tail@proxy:3128", "percent-encoded"),
+        ("http://u:pw-query?x@proxy:3128", "percent-encoded"),
+        ("u:pw-hash#@proxy:3128", "percent-encoded"),
+        ("http://u:[pw-bracket@proxy:3128", "it is not a URL"),
         ("http://", "it names no host"),
         ("http://:pw-no-user@proxy:3128", "it has a password but no user name"),
         ("http://pro xy:3128", "its host is not a host name"),
