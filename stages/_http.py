@@ -508,8 +508,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
 
 class ProxyRefused(httpx.ProxyError):
     """The proxy answered a request it was to carry with an error of its own: a
-    ``CONNECT`` not answered 2xx, or a 407 to a plain-http request. The message names the
-    proxy (``ProxyURL.shown``, never its credentials), the target and what the proxy said."""
+    ``CONNECT`` not answered 2xx, or a 407 to a plain-http request; or a request to an
+    IPv6 address, which httpcore cannot name to a proxy, refused before it is sent. The
+    message names the proxy (``ProxyURL.shown``, never its credentials), the target and
+    what the proxy said."""
 
 
 class ProxyUnreachable(httpx.ConnectError):
@@ -579,12 +581,22 @@ class ProxyRouter(httpx.AsyncBaseTransport):
         proxy = self._settings.proxy_for(url.scheme, url.raw_host.decode("ascii"), url.port)
         if proxy is None:
             return await self._direct.handle_async_request(request)
-        pool = self._pools.get(proxy)
-        if pool is None:
-            pool = self._pools[proxy] = self._proxied(proxy)
         setting = (
             self._settings.https_setting if url.scheme == "https" else self._settings.http_setting
         )
+        if ":" in url.host:
+            # httpcore writes an IPv6 target without its brackets (``CONNECT
+            # 2001:db8::1:5000``, ``GET http://2001:db8::1:5000/v2/``), which names another
+            # host and port or none; it cannot be told otherwise: refused here, unsent.
+            raise ProxyRefused(
+                f"cannot send the request to {url_authority(url)} through the proxy"
+                f" {proxy.shown} that {setting} names: an IPv6 address cannot be sent through"
+                f" a proxy here; if this machine reaches it directly, list {url.host} in"
+                " NO_PROXY"
+            )
+        pool = self._pools.get(proxy)
+        if pool is None:
+            pool = self._pools[proxy] = self._proxied(proxy)
         try:
             response = await pool.handle_async_request(request)
         except httpx.ProxyError as exc:  # httpcore's: the CONNECT was not answered 2xx

@@ -511,6 +511,23 @@ async def test_a_proxy_that_cannot_reach_the_registry_is_named(
     assert PROXY_PASSWORD not in message
 
 
+async def test_an_ipv6_registry_is_not_sent_to_the_proxy_unbracketed(
+    unique_repo: str, tmp_path: Path
+) -> None:
+    """httpcore names a tunnel's target ``host:port`` with no brackets: ``CONNECT
+    2001:db8::1:5000`` is another host, or none, to a proxy. The request is refused
+    before it is sent, naming NO_PROXY, rather than sent malformed."""
+    with forward_proxy() as proxy, pytest.raises(RegistryUnavailable) as caught:
+        await _pull(
+            f"[2001:db8::1]:5000/{unique_repo}:1",
+            tmp_path,
+            proxy=ProxySettings(https_proxy=proxy.url, http_proxy=proxy.url),
+        )
+    message = str(caught.value)
+    assert "IPv6" in message and "NO_PROXY" in message and "[2001:db8::1]:5000" in message
+    assert proxy.tunnels == [] and proxy.forwarded == []
+
+
 async def test_an_unreachable_proxy_is_named(unique_repo: str, tmp_path: Path) -> None:
     with forward_proxy() as proxy:
         gone = with_credentials(proxy.url)  # nothing listens there once it stopped
