@@ -511,7 +511,17 @@ class ProxyRefused(httpx.ProxyError):
     ``CONNECT`` not answered 2xx, or a 407 to a plain-http request; or a request to an
     IPv6 address, which httpcore cannot name to a proxy, refused before it is sent. The
     message names the proxy (``ProxyURL.shown``, never its credentials), the target and
-    what the proxy said."""
+    what the proxy said. ``status``: the proxy's HTTP status, when it answered one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def credentials_refused(self) -> bool:
+        """407: the proxy wants credentials, or other ones; whatever is asked next of it
+        gets the same answer."""
+        return self.status == 407
 
 
 class ProxyUnreachable(httpx.ConnectError):
@@ -600,7 +610,12 @@ class ProxyRouter(httpx.AsyncBaseTransport):
         try:
             response = await pool.handle_async_request(request)
         except httpx.ProxyError as exc:  # httpcore's: the CONNECT was not answered 2xx
-            raise ProxyRefused(_refusal(proxy, setting, url, str(exc))) from exc
+            answer = str(exc)
+            status = answer.split(" ", 1)[0]
+            raise ProxyRefused(
+                _refusal(proxy, setting, url, answer),
+                status=int(status) if status.isdigit() else None,
+            ) from exc
         except httpx.TransportError as exc:
             if not any(isinstance(link, _ProxyConnectFailed) for link in _chain(exc)):
                 raise
@@ -615,7 +630,7 @@ class ProxyRouter(httpx.AsyncBaseTransport):
             reason = response.extensions.get("reason_phrase", b"")
             await response.aclose()
             status = f"407 {reason.decode('ascii', 'replace') if isinstance(reason, bytes) else ''}"
-            raise ProxyRefused(_refusal(proxy, setting, url, status))
+            raise ProxyRefused(_refusal(proxy, setting, url, status), status=407)
         return response
 
     async def aclose(self) -> None:

@@ -463,7 +463,10 @@ class RegistryClient:
             except httpx.HTTPError as exc:
                 # Only an insecure registry has a next attempt: plain http. A proxy
                 # refusing the https attempt's CONNECT counts as failing to connect (a
-                # proxy may allow CONNECT to port 443 only, as squid does by default).
+                # proxy may allow CONNECT to port 443 only, as squid does by default),
+                # but not one refusing its credentials (407): that is what the user must
+                # hear, not what the http attempt meets next (without HTTP_PROXY, a
+                # direct connection to a name only the proxy can resolve).
                 fallback = isinstance(
                     exc,
                     httpx.ConnectError
@@ -471,7 +474,7 @@ class RegistryClient:
                     | httpx.ProtocolError
                     | httpx.ReadError
                     | ProxyRefused,
-                )
+                ) and not (isinstance(exc, ProxyRefused) and exc.credentials_refused)
                 if fallback and index + 1 < len(attempts):
                     log.debug(
                         "registry endpoint failed, trying the next",

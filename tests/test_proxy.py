@@ -326,6 +326,29 @@ async def test_an_insecure_registry_falls_back_to_http_when_the_proxy_refuses_co
     assert proxy.tunnels == [authority] and proxy.forwarded
 
 
+async def test_an_insecure_registry_does_not_fall_back_when_the_proxy_refuses_credentials(
+    registry: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """A 407 to the https attempt's CONNECT is the proxy refusing its credentials: the
+    error says so, rather than what the plain-http attempt meets next (here, with no
+    HTTP_PROXY, a direct connection to a name only the proxy resolves)."""
+    authority = f"{NAME}:{registry.port}"
+    with forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+        url = with_credentials(proxy.url, "wrong-pw-given")
+        with pytest.raises(RegistryUnavailable) as caught:
+            await _pull(
+                f"{authority}/{unique_repo}:1",
+                tmp_path,
+                insecure_registries=(authority,),
+                proxy=ProxySettings(https_proxy=url),
+            )
+    message = str(caught.value)
+    assert "HTTP 407 Proxy Authentication Required" in message
+    assert "it did not accept the user and password" in message
+    assert "wrong-pw-given" not in message
+    assert not proxy.forwarded
+
+
 async def test_a_5xx_through_a_forwarding_proxy_says_the_proxy_may_have_answered(
     registry: RegistryServer, unique_repo: str, tmp_path: Path
 ) -> None:
