@@ -28,6 +28,8 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from .servers import ThreadedRelay, relaying
+
 __all__ = ["ForwardProxy", "run_forward_proxy"]
 
 _MAX_HEAD = 64 * 1024
@@ -35,23 +37,18 @@ _RELAY_CHUNK = 256 * 1024
 
 
 @dataclass
-class ForwardProxy:
+class ForwardProxy(ThreadedRelay):
     """A running proxy: ``url`` is ``http://127.0.0.1:PORT`` (``https://`` with TLS)."""
 
     hosts: Mapping[str, str]
     credentials: tuple[str, str] | None = None
     refuse: int | None = None
     refuse_connect: int | None = None
-    url: str = ""
     tunnels: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
     upstream_heads: list[bytes] = field(default_factory=list)
     bytes_to_client: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _sockets: set[socket.socket] = field(default_factory=set)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def port(self) -> int:
@@ -64,12 +61,6 @@ class ForwardProxy:
 
     # -- serving -------------------------------------------------------------------------
 
-    def _spawn(self, target: object, *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
     def _accept_loop(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         while not self._stopping.is_set():
             try:
@@ -77,19 +68,6 @@ class ForwardProxy:
             except OSError:
                 return
             self._spawn(self._serve, client, tls)
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-
-    def _close(self, *socks: socket.socket) -> None:
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
-            with contextlib.suppress(OSError):
-                sock.close()
-            with self._lock:
-                self._sockets.discard(sock)
 
     def _serve(self, client: socket.socket, tls: ssl.SSLContext | None) -> None:
         self._track(client)
@@ -272,24 +250,5 @@ def run_forward_proxy(
         refuse=refuse,
         refuse_connect=refuse_connect,
     )
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    scheme = "https" if tls is not None else "http"
-    proxy.url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
-    proxy._spawn(proxy._accept_loop, listener, tls)
-    try:
+    with relaying(proxy, proxy._accept_loop, tls, scheme="https" if tls is not None else "http"):
         yield proxy
-    finally:
-        proxy._stopping.set()
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        with proxy._lock:
-            socks = list(proxy._sockets)
-        proxy._close(*socks)
-        with proxy._lock:
-            threads = list(proxy._threads)
-        for thread in threads:
-            thread.join(timeout=5)

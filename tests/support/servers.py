@@ -477,8 +477,70 @@ class _Reader:
             yield piece
 
 
+@dataclass(kw_only=True)
+class ThreadedRelay:
+    """What the test kit's loopback relays (``Proxy``, ``forward_proxy.ForwardProxy``)
+    share: the threads that serve their connections and the sockets those hold, so that
+    ``relaying`` stops every one of them when its block exits. ``url`` is set once it
+    listens."""
+
+    url: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _sockets: set[socket.socket] = field(default_factory=set)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="relay")
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+
+    def _close(self, *socks: socket.socket) -> None:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
+            with contextlib.suppress(OSError):
+                sock.close()
+            with self._lock:
+                self._sockets.discard(sock)
+
+
+@contextlib.contextmanager
+def relaying(
+    relay: ThreadedRelay, accept_loop: Callable[..., None], *args: Any, scheme: str = "http"
+) -> Iterator[None]:
+    """Listen on 127.0.0.1 (a free port: ``relay.url``), run ``accept_loop(listener,
+    *args)`` in a thread until the block exits, then close every socket and join every
+    thread the relay started."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    relay.url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}"
+    relay._spawn(accept_loop, listener, *args)
+    try:
+        yield
+    finally:
+        relay._stopping.set()
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        with relay._lock:
+            socks = list(relay._sockets)
+        relay._close(*socks)
+        with relay._lock:
+            threads = list(relay._threads)
+        for thread in threads:
+            thread.join(timeout=5)
+
+
 @dataclass
-class Proxy:
+class Proxy(ThreadedRelay):
     """A running proxy. Point the client at ``host``/``url`` instead of the upstream.
 
     ``rate`` (bytes/s, None: unlimited) and ``latency`` (seconds per request) may be changed
@@ -487,16 +549,11 @@ class Proxy:
     """
 
     upstream: str
-    url: str = ""
     latency: float = 0.0
     requests: list[RecordedRequest] = field(default_factory=list)
     bytes_to_client: int = 0
     _bucket: _TokenBucket = field(default_factory=_TokenBucket)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _injections: list[_Injection] = field(default_factory=list)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _sockets: set[socket.socket] = field(default_factory=set)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     @property
     def host(self) -> str:
@@ -569,24 +626,6 @@ class Proxy:
         return None
 
     # -- connection handling --
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True, name="proxy")
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-
-    def _close(self, *socks: socket.socket) -> None:
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-            with self._lock:
-                self._sockets.discard(sock)
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
@@ -754,23 +793,5 @@ def run_proxy(upstream: str, *, rate: float | None = None, latency: float = 0.0)
     """
     proxy = Proxy(upstream=upstream, latency=latency)
     proxy.rate = rate
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    proxy.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    proxy._spawn(proxy._accept_loop, listener)
-    try:
+    with relaying(proxy, proxy._accept_loop):
         yield proxy
-    finally:
-        proxy._stopping.set()
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        with proxy._lock:
-            socks = list(proxy._sockets)
-        proxy._close(*socks)
-        with proxy._lock:
-            threads = list(proxy._threads)
-        for thread in threads:
-            thread.join(timeout=5)
