@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from stages import Truncated as Truncated
     from stages import UsageError as UsageError
     from stages import WorkerError as WorkerError
+    from stages import auth_file_credentials as auth_file_credentials
     from stages import docker_config_credentials as docker_config_credentials
     from stages import docker_config_path as docker_config_path
     from stages import parse_reference as parse_reference
@@ -119,6 +120,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "Truncated",
         "UsageError",
         "WorkerError",
+        "auth_file_credentials",
         "docker_config_credentials",
         "docker_config_path",
         "parse_reference",

@@ -5,6 +5,7 @@
     imagec-pipe pull REF [--store DIR] [--platform os/arch[/variant]]
                          [--max-concurrent-downloads N] [--retries N] [--ca-file PEM]
                          [--insecure-registry HOST[:PORT]]... [-u USER] [--password-stdin]
+                         [--authfile PATH]
                          [--json | --quiet] [--log-level LEVEL] [--log-json]
     imagec-pipe images [--store DIR] [--json]
     imagec-pipe layers REF [--store DIR] [--json]
@@ -14,8 +15,11 @@
     imagec-pipe gc [--store DIR] [--json]                  (alias: prune)
     imagec-pipe --version
 
-``pull`` without ``-u`` uses what ``docker login`` left for the image's registry in
-docker's ``config.json`` (``stages/_dockerconfig.py``), read before the store is opened.
+``pull`` without ``-u`` uses what ``skopeo login``, ``podman login`` or ``docker login``
+left for the image's registry, found as skopeo finds it (``stages/_authfile.py``: the
+containers tools' auth.json files, then docker's ``config.json``, then ``~/.dockercfg``;
+``--authfile``, default ``$REGISTRY_AUTH_FILE``, is then the only file read), read
+before the store is opened.
 
 Options go after the subcommand. ``--store`` defaults to ``$IMAGEC_PIPE_STORE``, else the
 per-user data directory (``Store.open(None)`` decides).
@@ -75,9 +79,9 @@ import structlog
 import trio
 
 from stages._auth import sent_secrets
+from stages._authfile import auth_file_credentials
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, ProxySettings, RegistryOptions
-from stages._dockerconfig import docker_config_credentials
 from stages._errors import ImagecError, UsageError
 from stages._redact import cut_secrets, cut_tokens, recent_tokens, redact
 from stages._reference import parse_reference
@@ -230,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="pull an image into the store",
         description="Pull an image. Credentials: -u USER with --password-stdin (or a "
-        "prompt on a terminal); without -u, those `docker login` left for the image's "
-        "registry in docker's config.json (auths, or a credential helper it names); "
-        "else anonymous.",
+        "prompt on a terminal); without -u, those `skopeo login`, `podman login` or "
+        "`docker login` left for the image's registry, found as skopeo finds them (see "
+        "--authfile); else anonymous.",
         epilog="Proxies: HTTPS_PROXY, HTTP_PROXY and NO_PROXY (or their lower-case forms) are"
         " honoured as docker honours them; loopback registries are never proxied.",
     )
@@ -289,12 +293,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-u",
         "--username",
         metavar="USER",
-        help="registry user name (default: the credentials `docker login` left for the "
-        "image's registry in $DOCKER_CONFIG/config.json, else ~/.docker/config.json: its "
-        "auths, credsStore or credHelpers; none there: anonymous)",
+        help="registry user name (default: the credentials a login left, see --authfile; "
+        "none: anonymous)",
     )
     pull.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin (needs -u)"
+    )
+    pull.add_argument(
+        "--authfile",
+        metavar="PATH",
+        help="without -u, read the credentials from this auth.json only (default: "
+        "$REGISTRY_AUTH_FILE; unset: the first of $XDG_RUNTIME_DIR/containers/auth.json, "
+        "$XDG_CONFIG_HOME/containers/auth.json (~/.config), $DOCKER_CONFIG/config.json "
+        "(~/.docker) and ~/.dockercfg with an entry for the image; an auth.json key may name "
+        "a namespace, the most specific wins)",
     )
     output = pull.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
@@ -494,16 +506,16 @@ def credentials_from(args: argparse.Namespace, stdin: TextIO | None) -> Credenti
     return credentials
 
 
-def config_credentials(ref: str) -> Credentials | None:
-    """Without ``-u``: what ``docker login`` left for ``ref``'s registry in docker's config
-    (``stages/_dockerconfig.py``), as docker, skopeo and crane use it; cut out of every
-    log line from now on, as ``-u``'s password is."""
-    credentials = docker_config_credentials(ref)
+def config_credentials(ref: str, auth_file: str | None = None) -> Credentials | None:
+    """Without ``-u``: what a login left for ``ref`` in the auth files skopeo reads
+    (``stages/_authfile.py``; ``auth_file``: only that one); cut out of every log line
+    from now on, as ``-u``'s password is."""
+    credentials = auth_file_credentials(ref, auth_file=auth_file)
     if credentials is None:
         return None
     for secret in sent_secrets(credentials):
         add_secret(secret)
-    log.debug("credentials from the docker config", ref=ref, source=credentials.source)
+    log.debug("credentials from an auth file", ref=ref, source=credentials.source)
     return credentials
 
 
@@ -585,7 +597,10 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         # error that needed none (check_options reads no credentials).
         parse_reference(args.ref)
         check_options(options)
-        if credentials is None and (credentials := config_credentials(args.ref)) is not None:
+        if (
+            credentials is None
+            and (credentials := config_credentials(args.ref, args.authfile)) is not None
+        ):
             secrets = (*sent_secrets(credentials), *proxy.secrets())
             registry = dataclasses.replace(registry, credentials=credentials)
             options = dataclasses.replace(options, registry=registry)

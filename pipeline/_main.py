@@ -178,6 +178,7 @@ PULL_OPTIONS = {
     "-u": True,
     "--username": True,
     "--password-stdin": False,
+    "--authfile": True,
     "--json": False,
     "-q": False,
     "--quiet": False,

@@ -4,6 +4,7 @@
 package never imports ``pipeline``.
 """
 
+from ._authfile import auth_file_credentials as auth_file_credentials
 from ._config import Credentials as Credentials
 from ._config import Limits as Limits
 from ._config import ProxySettings as ProxySettings
@@ -73,6 +74,7 @@ __all__ = [
     "UsageError",
     "VerifiedLayer",
     "WorkerError",
+    "auth_file_credentials",
     "docker_config_credentials",
     "docker_config_path",
     "parse_reference",

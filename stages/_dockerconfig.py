@@ -116,12 +116,7 @@ def docker_config_credentials(
     or answers what is not its protocol; ``InvalidReference`` for a malformed ``ref``;
     ``UsageError`` for a timeout that is no number of seconds above 0.
     """
-    if isinstance(helper_timeout_s, bool) or not (
-        isinstance(helper_timeout_s, int | float) and helper_timeout_s > 0
-    ):
-        raise UsageError(
-            f"helper_timeout_s must be a number of seconds above 0, not {helper_timeout_s!r}"
-        )
+    _checked_timeout(helper_timeout_s)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     path = Path(config_path) if config_path is not None else docker_config_path()
     config = _read_config(path)
@@ -138,7 +133,20 @@ def docker_config_credentials(
         found = _from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
     else:  # credHelpers naming "" is docker's way to keep one registry's secrets here
         found = _from_auths(config, key, path)
-    # Bound to this registry: ``pull`` refuses them for a reference on another.
+    return _bound(found, reference)
+
+
+def _checked_timeout(helper_timeout_s: float) -> None:
+    if isinstance(helper_timeout_s, bool) or not (
+        isinstance(helper_timeout_s, int | float) and helper_timeout_s > 0
+    ):
+        raise UsageError(
+            f"helper_timeout_s must be a number of seconds above 0, not {helper_timeout_s!r}"
+        )
+
+
+def _bound(found: Credentials | None, reference: Reference) -> Credentials | None:
+    """Bound to the reference's registry: ``pull`` refuses them for a reference on another."""
     return dataclasses.replace(found, registry=reference.registry) if found else None
 
 
@@ -195,14 +203,24 @@ def _string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str
 def _from_auths(config: Mapping[str, object], key: str, path: Path) -> Credentials | None:
     """The ``auths`` entry for ``key`` (docker's file store): the key itself, else the
     first whose host and port are ``key``, as docker matches a key written as a URL."""
+    auths = _auths(config, path)
+    found = key if key in auths else next((k for k in auths if _hostname(k) == key), None)
+    return None if found is None else _from_entry(auths, found, path)
+
+
+def _auths(config: Mapping[str, object], path: Path) -> dict[str, object]:
+    """The file's ``auths`` object (none: empty)."""
     auths = config.get("auths")
     if auths is None:
-        return None
+        return {}
     if not isinstance(auths, dict):
         raise AuthError(f"cannot use {path}: its auths is not an object")
-    found = key if key in auths else next((k for k in auths if _hostname(k) == key), None)
-    if found is None:
-        return None
+    return auths
+
+
+def _from_entry(auths: Mapping[str, object], found: str, path: Path) -> Credentials | None:
+    """The credentials of ``auths[found]``, as docker's client decodes an entry (the
+    containers tools' auth.json has the same entries)."""
     entry = auths[found]
     where = f"the auths entry {found!r} in {path}"
     if entry is None:

@@ -327,13 +327,21 @@ def _forget_recent_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_docker_config(
+def _no_auth_files(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No test reads the docker config of whoever runs the suite: the CLI reads it for a
-    pull without ``-u`` (``stages/_dockerconfig.py``), and the commands the tests start
-    inherit this environment. A test that wants one sets ``DOCKER_CONFIG`` itself."""
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path_factory.getbasetemp() / "no-docker-config"))
+    """No test reads the auth files of whoever runs the suite: the CLI reads them for a
+    pull without ``-u`` (``stages/_authfile.py``: the containers tools' auth.json files,
+    docker's config, ``~/.dockercfg``), and the commands the tests start inherit this
+    environment. Every place is pointed at one empty directory (``HOME`` too, for
+    ``~/.dockercfg`` and ``~/.config``); a test that wants a file sets the variable itself."""
+    empty = tmp_path_factory.getbasetemp() / "no-auth-files"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("DOCKER_CONFIG", str(empty))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(empty))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(empty))
+    monkeypatch.setenv("HOME", str(empty))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
 
 
 # --- names -----------------------------------------------------------------------------
