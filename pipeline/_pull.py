@@ -204,7 +204,7 @@ async def pull(
         raise UsageError(
             f"the credentials {f'from {credentials.source} ' if credentials.source else ''}"
             f"are for {credentials.registry}, and {reference} is on {reference.registry}:"
-            " give the pull its own registry's (docker_config_credentials(ref))"
+            " give the pull its own registry's (auth_file_credentials(ref))"
         )
     # Out of every line configure_logging's redaction writes while the pull runs (and a
     # while after), this process's and its layer workers': a registry's error message
