@@ -102,6 +102,11 @@ class ForwardProxy(ThreadedRelay):
                     _answer(client, self.refuse_connect, "CONNECT Refused By Test Proxy")
                     return
                 host, _, port = target.rpartition(":")
+                if ":" in host and not (host.startswith("[") and host.endswith("]")):
+                    # RFC 9110's authority form brackets an IPv6 host; a real proxy reads
+                    # an unbracketed one as another host and port (httpcore writes it so).
+                    _answer(client, 400, "Unbracketed IPv6 Target")
+                    return
                 upstream = self._connect(host.strip("[]"), int(port))
                 if upstream is None:
                     _answer(client, 502, "Bad Gateway")
