@@ -1021,7 +1021,8 @@ class Store:
             self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
             log.warning(
                 "index.json repaired: it lacked references the database records (a pull "
-                "interrupted after recording its image, or an edit by hand)",
+                "interrupted after recording its image, an rm that failed or was killed "
+                "before its database change was made, or an edit by hand)",
                 store=str(self.path),
                 refs=repaired,
             )

@@ -845,6 +845,24 @@ def test_open_repairs_index_json_left_behind_by_a_crash(tmp_path: Path) -> None:
     assert (store.path / "index.json").read_bytes() == repaired
 
 
+def test_open_relists_an_entry_an_rm_removed_before_its_database_change_failed(
+    tmp_path: Path,
+) -> None:
+    # rm rewrites index.json, then commits its database change: one that failed there
+    # (a full disk) or was killed leaves the entry out while the records stay. The next
+    # open lists it again, and its warning names that case, not only a pull's.
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP, content=b"one\n")
+    listed = read_index(store)
+    (store.path / "index.json").write_text(json.dumps({**listed, "manifests": []}))
+    with capture_logs() as logs:
+        reopened = Store.open(store.path)
+    assert read_index(reopened) == listed
+    (warning,) = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert "an rm that failed or was killed before its database change" in warning["event"]
+    assert warning["refs"] == [str(APP)]
+
+
 def test_layers_are_made_durable_by_their_image_record_not_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
