@@ -108,6 +108,18 @@ def shown_setting(text: str) -> str:
     return shown
 
 
+def _port_cut(shown: str) -> str:
+    """``shown`` with what stands after its authority's last colon cut: a text that is
+    no port number may be a password, when the user wrote ``user:password`` and forgot
+    ``@host:port``."""
+    scheme, sep, rest = shown.partition("://")
+    if not sep:
+        scheme, rest = "", shown
+    authority, slash, path = rest.partition("/")
+    host, colon, _ = authority.rpartition(":")
+    return f"{scheme}{sep}{host}{colon}{REDACTED}{slash}{path}" if colon else shown
+
+
 def parse_proxy_url(text: str, setting: str) -> ProxyURL | None:
     """The proxy ``text`` names (None when it is empty), or a ``UsageError`` naming
     ``setting`` (``HTTPS_PROXY``, ``ProxySettings.https_proxy``) and saying what is wrong.
@@ -131,11 +143,14 @@ def parse_proxy_url(text: str, setting: str) -> ProxyURL | None:
         # Not urllib's words: they quote the text it took for the port ("Port could not
         # be cast to integer value as 's3cr3t'"), and a password holding "/", "?" or "#"
         # unencoded ends the authority early, so that text is the password.
+        port_refused = "Port" in str(exc)
         what = (
             "its port is not a number from 0 to 65535"
-            if "Port" in str(exc)
+            if port_refused
             else "it is not a URL (an IPv6 host goes in brackets)"
         )
+        if port_refused:  # "http://alice:s3cr3t", the host forgotten: no port to show
+            shown = _port_cut(shown)
         raise refused(
             f"{what}; write it as http://[user:password@]host:port, with '/', '?', '#', '@'"
             " and '%' in the user or password percent-encoded (%2F, %3F, %23, %40, %25)"

@@ -120,6 +120,9 @@ def test_proxy_credentials_become_proxy_authorization() -> None:
         ("http://", "it names no host"),
         ("http://:pw-no-user@proxy:3128", "it has a password but no user name"),
         ("http://pro xy:3128", "its host is not a host name"),
+        # The host forgotten: the password stands where the port does.
+        ("http://alice:pw-for-alice", "its port is not a number"),
+        ("alice:pw-for-alice/", "its port is not a number"),
     ],
 )
 def test_a_malformed_proxy_is_a_usage_error_naming_the_variable(value: str, says: str) -> None:
