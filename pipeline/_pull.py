@@ -276,6 +276,14 @@ async def _pull(
     # inflate thread waits on it while holding a token from this one.
     limiter = trio.CapacityLimiter(max(4, 4 * options.max_concurrent_downloads))
     progress(ProgressEvent("resolving", str(ref)))
+    proxy = options.registry.proxy
+    if proxy.configured:  # where a failure may come from; never the proxies' passwords
+        log.info(
+            "requests go through proxies",
+            https_proxy=proxy.https.shown if proxy.https else None,
+            http_proxy=proxy.http.shown if proxy.http else None,
+            no_proxy=proxy.no_proxy or None,
+        )
 
     async with RegistryClient.open(options.registry, options.limits) as client:
         await client.authenticate(ref)

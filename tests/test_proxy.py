@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 
 import pipeline
@@ -258,15 +259,26 @@ async def test_pull_over_tls_through_a_connect_tunnel(
     image = images.sample_image(unique_seed)
     registry.push(unique_repo, image, "1")
     ref = f"{NAME}:{registry.port}/{unique_repo}:1"
-    with forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy:
+    with (
+        forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as proxy,
+        structlog.testing.capture_logs() as logs,
+    ):
         result = await _pull(
             ref,
             tmp_path,
             layer_workers=layer_workers,
             ca_file=registry.ca_pem,
-            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
+            proxy=ProxySettings(https_proxy=with_credentials(proxy.url), no_proxy="other.test"),
         )
     assert str(result.manifest_digest) == image.digest
+    # A log line says where requests go, the proxy named without its password.
+    (said,) = [entry for entry in logs if entry["event"] == "requests go through proxies"]
+    assert (said["https_proxy"], said["http_proxy"], said["no_proxy"]) == (
+        proxy.url,
+        None,
+        "other.test",
+    )
+    assert PROXY_PASSWORD not in repr(logs)
     assert proxy.tunnels and set(proxy.tunnels) == {f"{NAME}:{registry.port}"}
     assert proxy.forwarded == []
     basic = "Basic " + base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
