@@ -172,6 +172,22 @@ def test_a_runtime_dir_that_is_no_directory_is_skipped(
     assert pipeline.auth_file_credentials("reg.example/app").username == "h"  # type: ignore[union-attr]
 
 
+def test_a_port_is_part_of_the_registry_and_keys_are_matched_as_written(places: Places) -> None:
+    find = pipeline.auth_file_credentials
+    for key in ("reg.example", "https://reg.example/v1/", "reg.example/team"):
+        write(places.runtime_file, {"auths": {key: entry("plain", "pw")}})
+        assert find("reg.example:5000/team/app") is None, key
+    for key in ("reg.example:5000", "https://reg.example:5000/v1/", "reg.example:5000/team"):
+        write(places.runtime_file, {"auths": {key: entry("port", "pw")}})
+        assert find("reg.example/team/app") is None, key
+        assert find("reg.example:5000/team/app").username == "port"  # type: ignore[union-attr]
+    # As containers/image: a key is matched as written, case included (the reference's
+    # host keeps its case too).
+    write(places.runtime_file, {"auths": {"REG.example": entry("upper", "pw")}})
+    assert find("reg.example/team/app") is None
+    assert find("REG.example/team/app").username == "upper"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("content", "says"),
     [
