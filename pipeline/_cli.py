@@ -173,6 +173,14 @@ def _store_dir(text: str) -> str:
     return text
 
 
+def _auth_file(text: str) -> str:
+    """An --authfile value: not empty, which Path() would read as the working directory
+    (a script's ``--authfile "$UNSET"`` would fail on "." instead of saying so)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the auth file must not be empty")
+    return text
+
+
 def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -301,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull.add_argument(
         "--authfile",
+        type=_auth_file,
         metavar="PATH",
         help="without -u, read the credentials from this auth.json only (default: "
         "$REGISTRY_AUTH_FILE; unset: the first of $XDG_RUNTIME_DIR/containers/auth.json, "

@@ -13,8 +13,9 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
 4. the legacy ``~/.dockercfg`` (docker's ``auths`` object alone, keys matched by host).
 
 An auth file given explicitly (``auth_file=``, the CLI's ``--authfile``; default
-``$REGISTRY_AUTH_FILE``) is the only file read, as skopeo and podman read only it then;
-it must exist.
+``$REGISTRY_AUTH_FILE``, unset when empty, as for skopeo) is the only file read, as
+skopeo and podman read only it then; it must exist. An empty ``auth_file`` is a
+``UsageError``: ``Path("")`` would name the working directory.
 
 An auth.json holds docker's ``auths`` entries (``auth``, ``identitytoken``) and
 ``credHelpers``. Its ``auths`` keys may name a namespace or a repository
@@ -53,7 +54,7 @@ from ._dockerconfig import (
     docker_config_credentials,
     docker_config_path,
 )
-from ._errors import AuthError
+from ._errors import AuthError, UsageError
 from ._reference import DOCKER_HUB, Reference, parse_reference
 
 __all__ = ["auth_file_credentials"]
@@ -83,9 +84,14 @@ def auth_file_credentials(
 
     Raises ``AuthError`` for an explicit file that does not exist, and for a file, an
     entry or a helper as ``docker_config_credentials`` does; ``InvalidReference`` for a
-    malformed ``ref``; ``UsageError`` for a timeout that is no number of seconds above 0.
+    malformed ``ref``; ``UsageError`` for a timeout that is no number of seconds above 0
+    and for an empty ``auth_file``.
     """
     _checked_timeout(helper_timeout_s)
+    if auth_file is not None and not os.fspath(auth_file).strip():
+        raise UsageError(
+            "auth_file must not be empty: it names an auth.json (None: the default search)"
+        )
     env = os.environ if environ is None else environ
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     explicit = auth_file if auth_file is not None else env.get("REGISTRY_AUTH_FILE") or None

@@ -188,6 +188,23 @@ def test_a_port_is_part_of_the_registry_and_keys_are_matched_as_written(places: 
     assert find("REG.example/team/app").username == "upper"  # type: ignore[union-attr]
 
 
+def test_an_empty_auth_file_name_is_a_usage_error_not_the_working_directory(
+    places: Places, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pipeline.UsageError, match="auth_file must not be empty"):
+        pipeline.auth_file_credentials("reg.example/app", auth_file="")
+    # The CLI's --authfile "$UNSET": a usage error, before any file is read.
+    result = run_cli("pull", "reg.example/app", "--store", str(tmp_path / "s"), "--authfile", "")
+    assert result.returncode == 2, result.stderr
+    assert "--authfile: the auth file must not be empty" in result.stderr
+    assert not (tmp_path / "s").exists()
+    # An empty REGISTRY_AUTH_FILE is unset, as for skopeo and podman.
+    write(places.config_file, {"auths": {"reg.example": entry("config", "pw")}})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", "")
+    assert pipeline.auth_file_credentials("reg.example/app").username == "config"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("content", "says"),
     [
