@@ -10,7 +10,9 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
    skipped with a warning, as containers/image does);
 2. ``$XDG_CONFIG_HOME/containers/auth.json`` (default ``~/.config``);
 3. docker's config, read by docker's rules (``stages/_dockerconfig.py``);
-4. the legacy ``~/.dockercfg`` (docker's ``auths`` object alone, keys matched by host).
+4. the legacy ``~/.dockercfg`` (docker's ``auths`` object alone), as containers/image
+   reads it: the registry's own key, else a key whose host is the registry (a URL's
+   scheme and path dropped; Docker Hub under any of its names).
 
 An auth file given explicitly (``auth_file=``, the CLI's ``--authfile``; default
 ``$REGISTRY_AUTH_FILE``, unset when empty, as for skopeo) is the only file read, as
@@ -42,20 +44,19 @@ import structlog
 from ._config import Credentials
 from ._dockerconfig import (
     DEFAULT_HELPER_TIMEOUT_S,
-    DOCKER_HUB_KEY,
     _auths,
     _bound,
     _checked_timeout,
-    _from_auths,
     _from_entry,
     _from_helper,
+    _hostname,
     _read_config,
     _string_map,
     docker_config_credentials,
     docker_config_path,
 )
 from ._errors import AuthError, UsageError
-from ._reference import DOCKER_HUB, Reference, parse_reference
+from ._reference import Reference, parse_reference
 
 __all__ = ["auth_file_credentials"]
 
@@ -119,8 +120,22 @@ def auth_file_credentials(
     config = _read_config(legacy)
     if config is None:
         return None
-    key = DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
-    return _bound(_from_auths({"auths": config}, key, legacy), reference)
+    return _bound(_from_legacy(config, reference, legacy), reference)
+
+
+def _from_legacy(
+    config: Mapping[str, object], reference: Reference, path: Path
+) -> Credentials | None:
+    """What ``~/.dockercfg`` (``auths``' object alone) gives: the registry's own key,
+    else the first whose host is the registry's (containers/image's
+    ``normalizeAuthFileKey`` for the legacy format: ``https://index.docker.io/v1/`` and
+    ``index.docker.io/x`` are ``index.docker.io``, Docker Hub's names are one)."""
+    auths = _auths({"auths": config}, path)
+    if reference.registry in auths:
+        return _from_entry(auths, reference.registry, path)
+    registry = _normalized_host(reference.registry)
+    found = next((k for k in auths if _normalized_host(_hostname(k)) == registry), None)
+    return None if found is None else _from_entry(auths, found, path)
 
 
 def _home(env: Mapping[str, str]) -> Path:

@@ -205,6 +205,24 @@ def test_an_empty_auth_file_name_is_a_usage_error_not_the_working_directory(
     assert pipeline.auth_file_credentials("reg.example/app").username == "config"  # type: ignore[union-attr]
 
 
+def test_the_legacy_dockercfg_takes_docker_hub_under_any_of_its_names(places: Places) -> None:
+    # containers/image reads ~/.dockercfg keys by host, Docker Hub's names normalised.
+    for key in (
+        "https://index.docker.io/v1/",
+        "https://index.docker.io/v1",
+        "index.docker.io",
+        "docker.io",
+        "registry-1.docker.io",
+    ):
+        write(places.legacy_file, {key: entry("legacy", "pw")})
+        got = pipeline.auth_file_credentials("alpine")
+        assert got is not None and got.username == "legacy", key
+        assert got.registry == "docker.io" and got.source == str(places.legacy_file)
+    write(places.legacy_file, {"reg.example": entry("legacy", "pw")})
+    assert pipeline.auth_file_credentials("reg.example:5000/app") is None
+    assert pipeline.auth_file_credentials("alpine") is None
+
+
 @pytest.mark.parametrize(
     ("content", "says"),
     [
