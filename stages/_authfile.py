@@ -14,10 +14,17 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
    reads it: the registry's own key, else a key whose host is the registry (a URL's
    scheme and path dropped; Docker Hub under any of its names).
 
+Where 1 or 2 holds something that cannot be read (no permission, a directory, a FIFO),
+it is skipped with a warning that names it and says why. containers/image fails the
+lookup there, and so an anonymous pull of a public image (containers/image#514): the
+file is most often another user's, met through an inherited ``XDG_RUNTIME_DIR``
+(``sudo``, ``su``) or a root-only ``/run/containers``, and holds no login of this
+user's. A file there that can be read and is no auth.json is an error, as for skopeo.
+
 An auth file given explicitly (``auth_file=``, the CLI's ``--authfile``; default
 ``$REGISTRY_AUTH_FILE``, unset when empty, as for skopeo) is the only file read, as
-skopeo and podman read only it then; it must exist. An empty ``auth_file`` is a
-``UsageError``: ``Path("")`` would name the working directory.
+skopeo and podman read only it then; it must exist and be readable. An empty
+``auth_file`` is a ``UsageError``: ``Path("")`` would name the working directory.
 
 An auth.json holds docker's ``auths`` entries (``auth``, ``identitytoken``) and
 ``credHelpers``. Its ``auths`` keys may name a namespace or a repository
@@ -35,7 +42,9 @@ reads no file. A host calls ``auth_file_credentials`` and passes what it returns
 
 from __future__ import annotations
 
+import functools
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -83,10 +92,10 @@ def auth_file_credentials(
     search). ``environ``: where the variables are read (default ``os.environ``).
     ``helper_timeout_s``: as for ``docker_config_credentials``; blocks as it does.
 
-    Raises ``AuthError`` for an explicit file that does not exist, and for a file, an
-    entry or a helper as ``docker_config_credentials`` does; ``InvalidReference`` for a
-    malformed ``ref``; ``UsageError`` for a timeout that is no number of seconds above 0
-    and for an empty ``auth_file``.
+    Raises ``AuthError`` for an explicit file that does not exist or cannot be read,
+    and for a file, an entry or a helper as ``docker_config_credentials`` does;
+    ``InvalidReference`` for a malformed ``ref``; ``UsageError`` for a timeout that is
+    no number of seconds above 0 and for an empty ``auth_file``.
     """
     _checked_timeout(helper_timeout_s)
     if auth_file is not None and not os.fspath(auth_file).strip():
@@ -106,7 +115,7 @@ def auth_file_credentials(
             )
         return _bound(_from_auth_json(config, reference, path, helper_timeout_s), reference)
     for path in _auth_json_paths(env):
-        config = _read_config(path)
+        config = _read_config(path, unreadable=functools.partial(_skipped, path))
         if config is not None and (
             found := _from_auth_json(config, reference, path, helper_timeout_s)
         ):
@@ -121,6 +130,14 @@ def auth_file_credentials(
     if config is None:
         return None
     return _bound(_from_legacy(config, reference, legacy), reference)
+
+
+def _skipped(path: Path, reason: str) -> None:
+    log.warning(
+        "an auth file that cannot be read is skipped: no credentials from it",
+        path=str(path),
+        reason=reason,
+    )
 
 
 def _from_legacy(
@@ -148,7 +165,7 @@ def _auth_json_paths(env: Mapping[str, str]) -> Iterator[Path]:
     runtime_dir = env.get("XDG_RUNTIME_DIR")
     if not runtime_dir:
         yield Path(f"/run/containers/{os.getuid()}/auth.json")
-    elif Path(runtime_dir).is_dir():
+    elif _maybe_directory(runtime_dir):
         yield Path(runtime_dir) / "containers" / "auth.json"
     else:
         log.warning(
@@ -157,6 +174,18 @@ def _auth_json_paths(env: Mapping[str, str]) -> Iterator[Path]:
         )
     config_home = env.get("XDG_CONFIG_HOME")
     yield (Path(config_home) if config_home else _home(env) / ".config") / "containers/auth.json"
+
+
+def _maybe_directory(name: str) -> bool:
+    """False for what is surely no directory (none there, a file); True for a directory
+    and for what cannot be looked at (no permission, a name too long): reading the file
+    in it then says why, as containers/image lets it."""
+    try:
+        return stat.S_ISDIR(os.stat(name).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 def _from_auth_json(

@@ -52,7 +52,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -150,16 +150,25 @@ def _bound(found: Credentials | None, reference: Reference) -> Credentials | Non
     return dataclasses.replace(found, registry=reference.registry) if found else None
 
 
-def _read_config(path: Path) -> dict[str, object] | None:
+def _read_config(
+    path: Path, unreadable: Callable[[str], None] | None = None
+) -> dict[str, object] | None:
     """The file's JSON object, or None when there is no file. The errors say what is
-    wrong with it, never what it holds (not even the JSON parser's excerpt of it)."""
+    wrong with it, never what it holds (not even the JSON parser's excerpt of it).
+
+    ``unreadable``: given, a file that cannot be opened or is no regular file is no
+    error: it is told why (the words the error would use) and None is returned. A file
+    that can be read and is no config stays an error."""
     try:
         # O_NONBLOCK: a FIFO (or a device) put there opens at once, to be refused below,
         # rather than hold the pull until something writes to it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise AuthError(f"cannot use {path}: it is not a regular file")
+                if unreadable is None:
+                    raise AuthError(f"cannot use {path}: it is not a regular file")
+                unreadable("it is not a regular file")
+                return None
             with open(fd, "rb", closefd=False) as file:
                 data = file.read(_MAX_CONFIG_BYTES + 1)
         finally:
@@ -169,7 +178,11 @@ def _read_config(path: Path) -> dict[str, object] | None:
     except NotADirectoryError:  # $DOCKER_CONFIG names a file: no config there either
         return None
     except OSError as exc:
-        raise AuthError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        reason = exc.strerror or type(exc).__name__
+        if unreadable is None:
+            raise AuthError(f"cannot read {path}: {reason}") from None
+        unreadable(reason)
+        return None
     if len(data) > _MAX_CONFIG_BYTES:
         raise AuthError(f"cannot use {path}: it is larger than {_MAX_CONFIG_BYTES} bytes")
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 
 import pipeline
@@ -221,6 +222,57 @@ def test_the_legacy_dockercfg_takes_docker_hub_under_any_of_its_names(places: Pl
     write(places.legacy_file, {"reg.example": entry("legacy", "pw")})
     assert pipeline.auth_file_credentials("reg.example:5000/app") is None
     assert pipeline.auth_file_credentials("alpine") is None
+
+
+def test_a_default_auth_file_that_cannot_be_read_is_skipped_with_a_warning(
+    places: Places, tmp_path: Path
+) -> None:
+    """The containers tools fail the lookup there (containers/image#514): an anonymous
+    pull of a public image fails over a file the user cannot read, often another user's
+    (``sudo`` keeps ``XDG_RUNTIME_DIR``; ``/run/containers`` is root's)."""
+    write(places.config_file, {"auths": {"reg.example": entry("config", "pw")}})
+
+    def skipped(make: Any, why: str) -> None:
+        make()
+        with structlog.testing.capture_logs() as logs:
+            got = pipeline.auth_file_credentials("reg.example/app")
+        assert got is not None and got.source == str(places.config_file)
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warnings) == 1, logs
+        assert warnings[0]["path"] == str(places.runtime_file) and why in warnings[0]["reason"]
+
+    places.runtime_file.parent.mkdir()
+    skipped(places.runtime_file.mkdir, "not a regular file")
+    places.runtime_file.rmdir()
+    skipped(lambda: os.mkfifo(places.runtime_file), "not a regular file")
+    places.runtime_file.unlink()
+    skipped(lambda: places.runtime_file.symlink_to(places.runtime_file), "symbolic links")
+    places.runtime_file.unlink()
+    if os.geteuid() != 0:  # root reads it whatever its mode
+        write(places.runtime_file, {"auths": {"reg.example": entry("runtime", "pw")}})
+        skipped(lambda: places.runtime_file.chmod(0), "Permission denied")
+        places.runtime_file.unlink()
+    # A file it can read that is no auth.json stays an error, as for skopeo.
+    places.runtime_file.write_text("{" + SECRET)
+    with pytest.raises(AuthError, match="it is not valid JSON"):
+        pipeline.auth_file_credentials("reg.example/app")
+    # A file named by the user that cannot be read is an error naming it.
+    directory = tmp_path / "given-dir"
+    directory.mkdir()
+    with pytest.raises(AuthError, match=f"cannot use {directory}: it is not a regular file"):
+        pipeline.auth_file_credentials("reg.example/app", auth_file=directory)
+
+
+def test_a_runtime_dir_that_cannot_be_looked_at_is_skipped_not_a_crash(
+    places: Places, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name no file system takes: stat() fails with ENAMETOOLONG, not ENOENT.
+    monkeypatch.setenv("XDG_RUNTIME_DIR", f"/{'r' * 300}")
+    write(places.config_file, {"auths": {"reg.example": entry("config", "pw")}})
+    with structlog.testing.capture_logs() as logs:
+        got = pipeline.auth_file_credentials("reg.example/app")
+    assert got is not None and got.username == "config"
+    assert [e["log_level"] for e in logs] == ["warning"]
 
 
 @pytest.mark.parametrize(
