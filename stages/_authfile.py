@@ -53,16 +53,16 @@ import structlog
 from ._config import Credentials
 from ._dockerconfig import (
     DEFAULT_HELPER_TIMEOUT_S,
-    _auths,
-    _bound,
-    _checked_timeout,
-    _from_entry,
-    _from_helper,
-    _hostname,
-    _read_config,
-    _string_map,
+    auths_entries,
+    bound_to_registry,
+    checked_timeout,
     docker_config_credentials,
     docker_config_path,
+    from_auths_entry,
+    from_helper,
+    key_hostname,
+    read_config,
+    string_map,
 )
 from ._errors import AuthError, UsageError
 from ._reference import Reference, parse_reference
@@ -97,7 +97,7 @@ def auth_file_credentials(
     ``InvalidReference`` for a malformed ``ref``; ``UsageError`` for a timeout that is
     no number of seconds above 0 and for an empty ``auth_file``.
     """
-    _checked_timeout(helper_timeout_s)
+    checked_timeout(helper_timeout_s)
     if auth_file is not None and not os.fspath(auth_file).strip():
         raise UsageError(
             "auth_file must not be empty: it names an auth.json (None: the default search)"
@@ -107,29 +107,31 @@ def auth_file_credentials(
     explicit = auth_file if auth_file is not None else env.get("REGISTRY_AUTH_FILE") or None
     if explicit is not None:
         path = Path(explicit)
-        config = _read_config(path)
+        config = read_config(path)
         if config is None:
             raise AuthError(
                 f"cannot read the auth file {path}: there is no such file (it was given by"
                 " --authfile or REGISTRY_AUTH_FILE)"
             )
-        return _bound(_from_auth_json(config, reference, path, helper_timeout_s), reference)
+        return bound_to_registry(
+            _from_auth_json(config, reference, path, helper_timeout_s), reference
+        )
     for path in _auth_json_paths(env):
-        config = _read_config(path, unreadable=functools.partial(_skipped, path))
+        config = read_config(path, unreadable=functools.partial(_skipped, path))
         if config is not None and (
             found := _from_auth_json(config, reference, path, helper_timeout_s)
         ):
-            return _bound(found, reference)
+            return bound_to_registry(found, reference)
     docker = docker_config_credentials(
         reference, config_path=docker_config_path(env), helper_timeout_s=helper_timeout_s
     )
     if docker is not None:
         return docker
     legacy = _home(env) / ".dockercfg"
-    config = _read_config(legacy)
+    config = read_config(legacy)
     if config is None:
         return None
-    return _bound(_from_legacy(config, reference, legacy), reference)
+    return bound_to_registry(_from_legacy(config, reference, legacy), reference)
 
 
 def _skipped(path: Path, reason: str) -> None:
@@ -147,12 +149,12 @@ def _from_legacy(
     else the first whose host is the registry's (containers/image's
     ``normalizeAuthFileKey`` for the legacy format: ``https://index.docker.io/v1/`` and
     ``index.docker.io/x`` are ``index.docker.io``, Docker Hub's names are one)."""
-    auths = _auths({"auths": config}, path)
+    auths = auths_entries({"auths": config}, path)
     if reference.registry in auths:
-        return _from_entry(auths, reference.registry, path)
+        return from_auths_entry(auths, reference.registry, path)
     registry = _normalized_host(reference.registry)
-    found = next((k for k in auths if _normalized_host(_hostname(k)) == registry), None)
-    return None if found is None else _from_entry(auths, found, path)
+    found = next((k for k in auths if _normalized_host(key_hostname(k)) == registry), None)
+    return None if found is None else from_auths_entry(auths, found, path)
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -193,17 +195,17 @@ def _from_auth_json(
 ) -> Credentials | None:
     """What one auth.json gives for ``reference``: its ``credHelpers`` entry for the
     registry, else the most specific ``auths`` key (module docstring)."""
-    helpers = _string_map(config, "credHelpers", path)
+    helpers = string_map(config, "credHelpers", path)
     if helpers.get(reference.registry):
         configured = f"credHelpers in {path}"
-        return _from_helper(helpers[reference.registry], reference.registry, configured, timeout_s)
-    auths = _auths(config, path)
+        return from_helper(helpers[reference.registry], reference.registry, configured, timeout_s)
+    auths = auths_entries(config, path)
     for key in _namespace_keys(reference):
         if key in auths:
-            return _from_entry(auths, key, path)
+            return from_auths_entry(auths, key, path)
     registry = _normalized_host(reference.registry)
     found = next((k for k in auths if _url_key_host(k) == registry), None)
-    return None if found is None else _from_entry(auths, found, path)
+    return None if found is None else from_auths_entry(auths, found, path)
 
 
 def _namespace_keys(reference: Reference) -> Iterator[str]:

@@ -64,6 +64,11 @@ from ._reference import DOCKER_HUB, Reference, parse_reference
 
 __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
 
+# Besides __all__, stages/_authfile.py uses the reading rules below, since an auth.json
+# is docker's format: read_config, string_map, auths_entries, from_auths_entry,
+# from_helper, key_hostname, checked_timeout and bound_to_registry. They are part of
+# this module's contract with it, not of the package's public API.
+
 log = structlog.get_logger()
 
 # Docker Hub's key in config.json and in credential helpers, from the v1 API's days.
@@ -116,27 +121,27 @@ def docker_config_credentials(
     or answers what is not its protocol; ``InvalidReference`` for a malformed ``ref``;
     ``UsageError`` for a timeout that is no number of seconds above 0.
     """
-    _checked_timeout(helper_timeout_s)
+    checked_timeout(helper_timeout_s)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     path = Path(config_path) if config_path is not None else docker_config_path()
-    config = _read_config(path)
+    config = read_config(path)
     if config is None:
         return None
     key = DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
-    helpers = _string_map(config, "credHelpers", path)
+    helpers = string_map(config, "credHelpers", path)
     store = config.get("credsStore")
     if store is not None and not isinstance(store, str):
         raise AuthError(f"cannot use {path}: its credsStore is not a string")
     if helpers.get(key):
-        found = _from_helper(helpers[key], key, f"credHelpers in {path}", helper_timeout_s)
+        found = from_helper(helpers[key], key, f"credHelpers in {path}", helper_timeout_s)
     elif store and key not in helpers:
-        found = _from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
+        found = from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
     else:  # credHelpers naming "" is docker's way to keep one registry's secrets here
         found = _from_auths(config, key, path)
-    return _bound(found, reference)
+    return bound_to_registry(found, reference)
 
 
-def _checked_timeout(helper_timeout_s: float) -> None:
+def checked_timeout(helper_timeout_s: float) -> None:
     if isinstance(helper_timeout_s, bool) or not (
         isinstance(helper_timeout_s, int | float) and helper_timeout_s > 0
     ):
@@ -145,12 +150,12 @@ def _checked_timeout(helper_timeout_s: float) -> None:
         )
 
 
-def _bound(found: Credentials | None, reference: Reference) -> Credentials | None:
+def bound_to_registry(found: Credentials | None, reference: Reference) -> Credentials | None:
     """Bound to the reference's registry: ``pull`` refuses them for a reference on another."""
     return dataclasses.replace(found, registry=reference.registry) if found else None
 
 
-def _read_config(
+def read_config(
     path: Path, unreadable: Callable[[str], None] | None = None
 ) -> dict[str, object] | None:
     """The file's JSON object, or None when there is no file. The errors say what is
@@ -204,7 +209,7 @@ def _read_config(
     return doc
 
 
-def _string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str, str]:
+def string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str, str]:
     value = config.get(name)
     if value is None:
         return {}
@@ -216,12 +221,12 @@ def _string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str
 def _from_auths(config: Mapping[str, object], key: str, path: Path) -> Credentials | None:
     """The ``auths`` entry for ``key`` (docker's file store): the key itself, else the
     first whose host and port are ``key``, as docker matches a key written as a URL."""
-    auths = _auths(config, path)
-    found = key if key in auths else next((k for k in auths if _hostname(k) == key), None)
-    return None if found is None else _from_entry(auths, found, path)
+    auths = auths_entries(config, path)
+    found = key if key in auths else next((k for k in auths if key_hostname(k) == key), None)
+    return None if found is None else from_auths_entry(auths, found, path)
 
 
-def _auths(config: Mapping[str, object], path: Path) -> dict[str, object]:
+def auths_entries(config: Mapping[str, object], path: Path) -> dict[str, object]:
     """The file's ``auths`` object (none: empty)."""
     auths = config.get("auths")
     if auths is None:
@@ -231,7 +236,7 @@ def _auths(config: Mapping[str, object], path: Path) -> dict[str, object]:
     return auths
 
 
-def _from_entry(auths: Mapping[str, object], found: str, path: Path) -> Credentials | None:
+def from_auths_entry(auths: Mapping[str, object], found: str, path: Path) -> Credentials | None:
     """The credentials of ``auths[found]``, as docker's client decodes an entry (the
     containers tools' auth.json has the same entries)."""
     entry = auths[found]
@@ -289,7 +294,7 @@ def _decoded_auth(auth: str, where: str) -> tuple[str, str]:
     return username, password.strip("\0")
 
 
-def _hostname(key: str) -> str:
+def key_hostname(key: str) -> str:
     """``https://host:5000/v1/`` → ``host:5000``; ``host/path`` → ``host`` (docker's
     ``ConvertToHostname``)."""
     if "://" in key:
@@ -300,7 +305,7 @@ def _hostname(key: str) -> str:
     return key.split("/", 1)[0]
 
 
-def _from_helper(name: str, key: str, configured: str, timeout_s: float) -> Credentials | None:
+def from_helper(name: str, key: str, configured: str, timeout_s: float) -> Credentials | None:
     """Ask ``docker-credential-<name>`` for ``key``'s credentials (module docstring).
 
     The program is looked up in ``PATH``'s absolute entries only. A relative one (``.``,
