@@ -164,6 +164,8 @@ def read_config(
     ``unreadable``: given, a file that cannot be opened or is no regular file is no
     error: it is told why (the words the error would use) and None is returned. A file
     that can be read and is no config stays an error."""
+    if "\0" in str(path):  # os.open's ValueError would escape the exception tree
+        raise UsageError(f"cannot read {str(path)!r}: a file name cannot hold a NUL byte")
     try:
         # O_NONBLOCK: a FIFO (or a device) put there opens at once, to be refused below,
         # rather than hold the pull until something writes to it.

@@ -206,6 +206,15 @@ def test_an_empty_auth_file_name_is_a_usage_error_not_the_working_directory(
     assert pipeline.auth_file_credentials("reg.example/app").username == "config"  # type: ignore[union-attr]
 
 
+def test_a_file_name_with_a_nul_byte_is_a_usage_error_not_a_valueerror(tmp_path: Path) -> None:
+    # A library caller's path; os.open would raise ValueError, outside the error tree.
+    bad = str(tmp_path / "auth\0.json")
+    with pytest.raises(pipeline.UsageError, match="cannot hold a NUL byte"):
+        pipeline.auth_file_credentials("reg.example/app", auth_file=bad)
+    with pytest.raises(pipeline.UsageError, match="cannot hold a NUL byte"):
+        pipeline.docker_config_credentials("reg.example/app", config_path=bad)
+
+
 def test_the_legacy_dockercfg_takes_docker_hub_under_any_of_its_names(places: Places) -> None:
     # containers/image reads ~/.dockercfg keys by host, Docker Hub's names normalised.
     for key in (
