@@ -14,8 +14,9 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
    reads it: the registry's own key, else a key whose host is the registry (a URL's
    scheme and path dropped; Docker Hub under any of its names).
 
-Where 1 or 2 holds something that cannot be read (no permission, a directory, a FIFO),
-it is skipped with a warning that names it and says why. containers/image fails the
+Where any of them holds something that cannot be read (no permission, a directory, a
+FIFO), it is skipped with a warning that names it and says why (docker's CLI does so for
+its config). containers/image fails the
 lookup there, and so an anonymous pull of a public image (containers/image#514): the
 file is most often another user's, met through an inherited ``XDG_RUNTIME_DIR``
 (``sudo``, ``su``) or a root-only ``/run/containers``, and holds no login of this
@@ -56,13 +57,14 @@ from ._dockerconfig import (
     auths_entries,
     bound_to_registry,
     checked_timeout,
-    docker_config_credentials,
+    credentials_in,
     docker_config_path,
     from_auths_entry,
     from_helper,
     key_hostname,
     read_config,
     string_map,
+    warn_unreadable,
 )
 from ._errors import AuthError, UsageError
 from ._reference import Reference, parse_reference
@@ -117,29 +119,23 @@ def auth_file_credentials(
             _from_auth_json(config, reference, path, helper_timeout_s), reference
         )
     for path in _auth_json_paths(env):
-        config = read_config(path, unreadable=functools.partial(_skipped, path))
+        config = read_config(path, unreadable=functools.partial(warn_unreadable, path))
         if config is not None and (
             found := _from_auth_json(config, reference, path, helper_timeout_s)
         ):
             return bound_to_registry(found, reference)
-    docker = docker_config_credentials(
-        reference, config_path=docker_config_path(env), helper_timeout_s=helper_timeout_s
+    docker_path = docker_config_path(env)
+    docker_config = read_config(
+        docker_path, unreadable=functools.partial(warn_unreadable, docker_path)
     )
+    docker = credentials_in(docker_config, reference, docker_path, helper_timeout_s)
     if docker is not None:
         return docker
     legacy = _home(env) / ".dockercfg"
-    config = read_config(legacy)
+    config = read_config(legacy, unreadable=functools.partial(warn_unreadable, legacy))
     if config is None:
         return None
     return bound_to_registry(_from_legacy(config, reference, legacy), reference)
-
-
-def _skipped(path: Path, reason: str) -> None:
-    log.warning(
-        "an auth file that cannot be read is skipped: no credentials from it",
-        path=str(path),
-        reason=reason,
-    )
 
 
 def _from_legacy(

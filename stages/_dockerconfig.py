@@ -25,10 +25,14 @@ one of ``PATH``'s absolute directories, run with ``get`` and the key on its stdi
 A missing file, a missing entry and a helper that has none give no credentials: the
 pull is anonymous, as without the file. So does an entry (or a helper's answer) with a
 user name and no password, or the reverse, as docker's client sends none then; a
-warning says so. Anything else is an ``AuthError`` that names
-the file (or the helper) and what is wrong, never what the file holds: it holds secrets.
-docker only warns about a config file it cannot read and goes on without it; a pull
-here that then fails with "unauthorized" would hide the cause.
+warning says so. So does a file at the default place that cannot be read (no
+permission, a directory, a FIFO), as docker's CLI only warns about it ("Error loading
+config file") and goes on: the usual cause is a ``config.json`` that ``sudo docker
+login`` left to root, and it must not fail a pull of a public image. The warning names
+the file and why, so a pull that then fails with "unauthorized" shows its cause just
+above. A file given explicitly (``config_path=``) that cannot be read is an error.
+Anything else is an ``AuthError`` that names the file (or the helper) and what is
+wrong, never what the file holds: it holds secrets.
 
 Not read: ``DOCKER_AUTH_CONFIG`` (docker 28's config in the environment), and an
 entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
@@ -45,6 +49,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import os
 import selectors
@@ -65,8 +70,9 @@ from ._reference import DOCKER_HUB, Reference, parse_reference
 __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
 
 # Besides __all__, stages/_authfile.py uses the reading rules below, since an auth.json
-# is docker's format: read_config, string_map, auths_entries, from_auths_entry,
-# from_helper, key_hostname, checked_timeout and bound_to_registry. They are part of
+# is docker's format: read_config, warn_unreadable, credentials_in, string_map,
+# auths_entries, from_auths_entry, from_helper, key_hostname, checked_timeout and
+# bound_to_registry. They are part of
 # this module's contract with it, not of the package's public API.
 
 log = structlog.get_logger()
@@ -112,19 +118,32 @@ def docker_config_credentials(
 
     They carry ``registry=``, the reference's registry: a pull from another refuses them.
 
-    ``config_path``: the file to read (default: ``docker_config_path()``).
+    ``config_path``: the file to read (default: ``docker_config_path()``, skipped with a
+    warning when it cannot be read, as docker does).
     ``helper_timeout_s``: how long a credential helper may take. Blocks for as long as
     the helper runs: a trio host calls it through ``trio.to_thread.run_sync``.
 
-    Raises ``AuthError`` for a file that cannot be read or is not a docker config, an
-    entry that cannot be decoded, and a helper that is missing, fails, takes too long
-    or answers what is not its protocol; ``InvalidReference`` for a malformed ``ref``;
-    ``UsageError`` for a timeout that is no number of seconds above 0.
+    Raises ``AuthError`` for a given file that cannot be read, a file that is not a
+    docker config, an entry that cannot be decoded, and a helper that is missing, fails,
+    takes too long or answers what is not its protocol; ``InvalidReference`` for a
+    malformed ``ref``; ``UsageError`` for a timeout that is no number of seconds above 0.
     """
     checked_timeout(helper_timeout_s)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
-    path = Path(config_path) if config_path is not None else docker_config_path()
-    config = read_config(path)
+    if config_path is not None:
+        path = Path(config_path)
+        config = read_config(path)
+    else:
+        path = docker_config_path()
+        config = read_config(path, unreadable=functools.partial(warn_unreadable, path))
+    return credentials_in(config, reference, path, helper_timeout_s)
+
+
+def credentials_in(
+    config: Mapping[str, object] | None, reference: Reference, path: Path, timeout_s: float
+) -> Credentials | None:
+    """What docker's config ``config``, read from ``path`` (None: no file), gives for
+    ``reference``'s registry: ``docker_config_credentials`` once the file is read."""
     if config is None:
         return None
     key = DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
@@ -133,12 +152,21 @@ def docker_config_credentials(
     if store is not None and not isinstance(store, str):
         raise AuthError(f"cannot use {path}: its credsStore is not a string")
     if helpers.get(key):
-        found = from_helper(helpers[key], key, f"credHelpers in {path}", helper_timeout_s)
+        found = from_helper(helpers[key], key, f"credHelpers in {path}", timeout_s)
     elif store and key not in helpers:
-        found = from_helper(store, key, f"credsStore in {path}", helper_timeout_s)
+        found = from_helper(store, key, f"credsStore in {path}", timeout_s)
     else:  # credHelpers naming "" is docker's way to keep one registry's secrets here
         found = _from_auths(config, key, path)
     return bound_to_registry(found, reference)
+
+
+def warn_unreadable(path: Path, reason: str) -> None:
+    """Say that a credentials file at a default place is skipped, and why."""
+    log.warning(
+        "a credentials file that cannot be read is skipped: no credentials from it",
+        path=str(path),
+        reason=reason,
+    )
 
 
 def checked_timeout(helper_timeout_s: float) -> None:

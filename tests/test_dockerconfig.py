@@ -281,22 +281,53 @@ def test_a_number_longer_than_python_converts_is_read_as_docker_reads_it(
         docker_config_credentials("reg.example/app")
 
 
-def test_an_unreadable_file_is_an_error_naming_it(config_dir: Path) -> None:
+def test_an_unreadable_file_given_is_an_error_naming_it(config_dir: Path) -> None:
     path = config_dir / "config.json"
     path.mkdir()
     with pytest.raises(AuthError, match=f"^cannot use {path}: it is not a regular file$"):
-        docker_config_credentials("reg.example/app")
+        docker_config_credentials("reg.example/app", config_path=path)
     path.rmdir()
     # A FIFO is refused at once, not read until something writes to it.
     os.mkfifo(path)
     with pytest.raises(AuthError, match=f"^cannot use {path}: it is not a regular file$"):
-        docker_config_credentials("reg.example/app")
+        docker_config_credentials("reg.example/app", config_path=path)
     path.unlink()
     write_config(config_dir, {"auths": {}})
     path.chmod(0)
     if os.geteuid() != 0:  # root reads a file of mode 000
         with pytest.raises(AuthError, match=f"^cannot read {path}: Permission denied$"):
-            docker_config_credentials("reg.example/app")
+            docker_config_credentials("reg.example/app", config_path=path)
+
+
+def test_an_unreadable_file_at_the_default_place_is_skipped_with_a_warning(
+    config_dir: Path,
+) -> None:
+    """docker's CLI warns ("Error loading config file") and goes on; the usual cause is a
+    config.json that ``sudo docker login`` left to root, and a public pull must work."""
+    path = config_dir / "config.json"
+
+    def skipped(why: str) -> None:
+        with structlog.testing.capture_logs() as logs:
+            assert docker_config_credentials("reg.example/app") is None
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warnings) == 1, logs
+        assert warnings[0]["path"] == str(path) and why in warnings[0]["reason"]
+
+    path.mkdir()
+    skipped("not a regular file")
+    path.rmdir()
+    os.mkfifo(path)
+    skipped("not a regular file")
+    path.unlink()
+    if os.geteuid() != 0:  # root reads a file of mode 000
+        write_config(config_dir, {"auths": {"reg.example": {"auth": "eDp5"}}})
+        path.chmod(0)
+        skipped("Permission denied")
+        path.unlink()
+    # One that can be read and is no config stays an error.
+    path.write_text("{" + SECRET)
+    with pytest.raises(AuthError, match="not valid JSON"):
+        docker_config_credentials("reg.example/app")
 
 
 # --- credential helpers ------------------------------------------------------------------
