@@ -410,7 +410,7 @@ _FREE_SPACE = "free some disk space (or choose another store with --store) and t
 # index.json rewritten).
 _FREE_SPACE_TO_OPEN = (
     "free some disk space (or choose another store with --store) and try again: its "
-    "database cannot even be read without some, and `rm` and `gc` need about 100 KiB "
+    "database cannot be opened without some, and `rm` and `gc` need about 100 KiB "
     "(1 MiB to remove hundreds of images at once) to record what they remove before "
     "they delete it"
 )
@@ -442,10 +442,7 @@ def _hint(exc: BaseException, store: Path, action: str) -> str:
         if exc.errno == errno.EIO:
             return "the disk reported an I/O error; check it, then run the command again"
         return "check the store directory and try again"
-    if getattr(exc, "sqlite_errorcode", None) in (
-        sqlite3.SQLITE_FULL,  # its log or database file could not grow
-        sqlite3.SQLITE_IOERR_SHMSIZE,  # its shared-memory file could not: "disk I/O error"
-    ):
+    if isinstance(exc, sqlite3.Error) and _no_space_for(exc, store):
         return _free_space(action)
     text = str(exc).lower()
     if "unable to open database file" in text and not (store / DB_FILE).exists():
@@ -460,14 +457,22 @@ def _hint(exc: BaseException, store: Path, action: str) -> str:
         )
     if "malformed" in text or "not a database" in text:
         return f"the store's database {DB_FILE} is damaged; move the store aside and pull again"
-    if "disk" in text and "full" in text:
-        return _free_space(action)
-    if "disk i/o error" in text:
-        # What SQLite says when a write of its journal fails, a full disk included.
-        if _nearly_full(store):
-            return _free_space(action)
+    if "disk i/o error" in text:  # and the disk is not nearly full
         return "the disk may be full or failing; free some space or check it, then try again"
     return "check the store directory and try again"
+
+
+def _no_space_for(exc: sqlite3.Error, store: Path) -> bool:
+    """Whether SQLite failed for want of disk space in ``store``'s filesystem."""
+    if getattr(exc, "sqlite_errorcode", None) in (
+        sqlite3.SQLITE_FULL,  # its log or database file could not grow
+        sqlite3.SQLITE_IOERR_SHMSIZE,  # its shared-memory file could not: "disk I/O error"
+    ):
+        return True
+    text = str(exc).lower()
+    # "disk I/O error" is what SQLite says when a write of its journal fails, a full
+    # disk included.
+    return ("disk" in text and "full" in text) or ("disk i/o error" in text and _nearly_full(store))
 
 
 def _nearly_full(path: Path) -> bool:
@@ -1165,6 +1170,12 @@ class Store:
         writes it, as nobody can through a read-only mount; in another user's store, a
         listing taken while its owner pulls may miss the newest image or fail, and is
         simply taken again.
+
+        On a full disk, SQLite cannot create that shared-memory file either, and a user
+        lists the images just then, to choose what to remove. Where the log is empty or
+        gone (a store at rest: the last connection folds it into the database), the
+        database file holds every committed row, and nobody can write a new one without
+        space: it is read as immutable too.
         """
         if not self.read_only:
             return self._connect_rw(create=create)
@@ -1173,10 +1184,16 @@ class Store:
             conn = self._connect_rw()
             try:
                 conn.execute("PRAGMA query_only = ON")
+                conn.execute("SELECT count(*) FROM sqlite_master")  # makes the -shm file
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if not (_no_space_for(exc, self.path) and self._log_is_empty()):
+                    raise
             except sqlite3.Error:
                 conn.close()
                 raise
-            return conn
+            return self._connect_immutable()
         conn = sqlite3.connect(
             f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
         )
@@ -1187,9 +1204,23 @@ class Store:
             conn.close()
             if os.access(self.path, os.W_OK):
                 raise
+        return self._connect_immutable()
+
+    def _connect_immutable(self) -> sqlite3.Connection:
+        """The database read as it is on disk: no lock, no log, no shared-memory file."""
         return sqlite3.connect(
-            f"{uri}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            f"{self._db_path.as_uri()}?mode=ro&immutable=1",
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
         )
+
+    def _log_is_empty(self) -> bool:
+        """Whether the database's write-ahead log holds nothing to replay."""
+        try:
+            return (self.path / f"{DB_FILE}-wal").stat().st_size == 0
+        except FileNotFoundError:
+            return True
 
     @contextlib.contextmanager
     def _locked(

@@ -32,7 +32,9 @@ import faulthandler
 import hashlib
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -363,3 +365,23 @@ def unique_repo(request: pytest.FixtureRequest) -> str:
 def unique_seed(request: pytest.FixtureRequest) -> str:
     """A seed no other test uses: images built from it share no blob with other tests."""
     return str(request.node.nodeid)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a small tmpfs needs root and mount(8)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True, capture_output=True, timeout=30)

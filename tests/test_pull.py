@@ -20,7 +20,7 @@ import sys
 import tarfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -927,26 +927,6 @@ async def test_a_blob_resent_whole_that_stalls_past_what_is_kept_is_not_a_stall_
     assert asked == [None, *(f"bytes={stop}-" for stop in stops)]
     assert layer.digest in blob_names(tmp_path / "s")
     assert_store_consistent(tmp_path / "s")
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs: room for a store, not for a layer (needs root and mount(8))."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a small tmpfs needs root and mount(8)")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=30,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True, capture_output=True, timeout=30)
 
 
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])

@@ -1742,3 +1742,33 @@ def test_a_damaged_record_whose_index_entry_is_missing_is_a_store_error(
     assert message.startswith(f"the record of {APP} in store {store.path} is damaged (")
     assert detail in message
     assert message.endswith("move the store aside and pull again")
+
+
+def test_a_full_disk_still_lets_the_store_be_listed(tiny_disk: Path) -> None:
+    """A full disk is when a user lists the images to choose what to remove, but a WAL
+    database is read only beside a shared-memory file that SQLite then cannot create.
+    With no log to replay (a store at rest), the database file holds everything."""
+    with Store.open(tiny_disk / "store") as store:
+        pull_into(store, APP, content=b"oci image\n")
+        expected = store.list_images()
+    assert not (tiny_disk / "store" / f"{_store.DB_FILE}-wal").exists()
+    # Fill the disk to its last byte.
+    with open(tiny_disk / "filler", "wb") as filler, pytest.raises(OSError) as full:
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    assert full.value.errno == errno.ENOSPC
+
+    store = Store.open_existing(tiny_disk / "store")
+    assert store is not None
+    with store:
+        assert store.list_images() == expected
+        assert store.find_image(str(APP)) == expected[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline._cli", "images", "--store", str(tiny_disk / "store")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(APP).rsplit(":", 1)[0] in result.stdout
