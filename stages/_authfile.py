@@ -9,7 +9,8 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
    ``/run/containers/<uid>/auth.json``; a ``XDG_RUNTIME_DIR`` naming no directory is
    skipped with a warning, as containers/image does);
 2. ``$XDG_CONFIG_HOME/containers/auth.json`` (default ``~/.config``);
-3. docker's config, read by docker's rules (``stages/_dockerconfig.py``);
+3. docker's config, read by docker's rules (``stages/_dockerconfig.py``):
+   ``DOCKER_AUTH_CONFIG``'s entries, then the file's;
 4. the legacy ``~/.dockercfg`` (docker's ``auths`` object alone), as containers/image
    reads it: the registry's own key, else a key whose host is the registry (a URL's
    scheme and path dropped; Docker Hub under any of its names).
@@ -57,8 +58,7 @@ from ._dockerconfig import (
     auths_entries,
     bound_to_registry,
     checked_timeout,
-    credentials_in,
-    docker_config_path,
+    docker_credentials,
     from_auths_entry,
     from_helper,
     key_hostname,
@@ -124,11 +124,7 @@ def auth_file_credentials(
             found := _from_auth_json(config, reference, path, helper_timeout_s)
         ):
             return bound_to_registry(found, reference)
-    docker_path = docker_config_path(env)
-    docker_config = read_config(
-        docker_path, unreadable=functools.partial(warn_unreadable, docker_path)
-    )
-    docker = credentials_in(docker_config, reference, docker_path, helper_timeout_s)
+    docker = docker_credentials(reference, env, None, helper_timeout_s)
     if docker is not None:
         return docker
     legacy = _home(env) / ".dockercfg"

@@ -34,8 +34,15 @@ above. A file given explicitly (``config_path=``) that cannot be read is an erro
 Anything else is an ``AuthError`` that names the file (or the helper) and what is
 wrong, never what the file holds: it holds secrets.
 
-Not read: ``DOCKER_AUTH_CONFIG`` (docker 28's config in the environment), and an
-entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
+``DOCKER_AUTH_CONFIG``, when set and not empty, is read first, as docker's CLI reads
+it since 28.3 (GitLab CI sets it): a config in JSON whose ``auths`` entry for the
+registry (matched as the file's are) wins over the file's helpers and entries; for a
+registry it has no entry for, the file is read as above. Its other keys are not read,
+as docker does not read them. A value that is not such a config is an ``AuthError``
+naming the variable, never quoting it (docker ignores it without a word, which turns a
+typo into an "unauthorized" with no cause).
+
+Not read: an entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
 saying so). A helper past its timeout is killed; a process it started and left
 running is not waited for.
 
@@ -70,13 +77,15 @@ from ._reference import DOCKER_HUB, Reference, parse_reference
 __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
 
 # Besides __all__, stages/_authfile.py uses the reading rules below, since an auth.json
-# is docker's format: read_config, warn_unreadable, credentials_in, string_map,
+# is docker's format: read_config, warn_unreadable, docker_credentials, string_map,
 # auths_entries, from_auths_entry, from_helper, key_hostname, checked_timeout and
 # bound_to_registry. They are part of
 # this module's contract with it, not of the package's public API.
 
 log = structlog.get_logger()
 
+# The variable docker's CLI (28.3 on) reads a config from before its file (GitLab CI's).
+ENV_AUTH_CONFIG = "DOCKER_AUTH_CONFIG"
 # Docker Hub's key in config.json and in credential helpers, from the v1 API's days.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 # What docker-credential-helpers' helpers print (and docker's client matches, trimmed)
@@ -112,6 +121,7 @@ def docker_config_credentials(
     *,
     config_path: str | os.PathLike[str] | None = None,
     helper_timeout_s: float = DEFAULT_HELPER_TIMEOUT_S,
+    environ: Mapping[str, str] | None = None,
 ) -> Credentials | None:
     """The credentials docker's config gives for ``ref``'s registry, or None (no file, no
     entry, a helper that has none): pass them as ``RegistryOptions(credentials=...)``.
@@ -122,31 +132,63 @@ def docker_config_credentials(
     warning when it cannot be read, as docker does).
     ``helper_timeout_s``: how long a credential helper may take. Blocks for as long as
     the helper runs: a trio host calls it through ``trio.to_thread.run_sync``.
+    ``environ``: where ``DOCKER_AUTH_CONFIG`` and ``DOCKER_CONFIG`` are read (default
+    ``os.environ``).
 
-    Raises ``AuthError`` for a given file that cannot be read, a file that is not a
-    docker config, an entry that cannot be decoded, and a helper that is missing, fails,
-    takes too long or answers what is not its protocol; ``InvalidReference`` for a
-    malformed ``ref``; ``UsageError`` for a timeout that is no number of seconds above 0.
+    Raises ``AuthError`` for a given file that cannot be read, a file (or a
+    ``DOCKER_AUTH_CONFIG``) that is not a docker config, an entry that cannot be
+    decoded, and a helper that is missing, fails, takes too long or answers what is not
+    its protocol; ``InvalidReference`` for a malformed ``ref``; ``UsageError`` for a
+    timeout that is no number of seconds above 0.
     """
     checked_timeout(helper_timeout_s)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
+    env = os.environ if environ is None else environ
+    return docker_credentials(reference, env, config_path, helper_timeout_s)
+
+
+def docker_credentials(
+    reference: Reference,
+    env: Mapping[str, str],
+    config_path: str | os.PathLike[str] | None,
+    timeout_s: float,
+) -> Credentials | None:
+    """docker's lookup for ``reference``: ``DOCKER_AUTH_CONFIG``'s entry, else the
+    config file's (``config_path``, else the default place)."""
+    found = _from_env_config(reference, env)
+    if found is not None:
+        return found
     if config_path is not None:
         path = Path(config_path)
         config = read_config(path)
     else:
-        path = docker_config_path()
+        path = docker_config_path(env)
         config = read_config(path, unreadable=functools.partial(warn_unreadable, path))
-    return credentials_in(config, reference, path, helper_timeout_s)
+    return _credentials_in(config, reference, path, timeout_s)
 
 
-def credentials_in(
+def _docker_key(reference: Reference) -> str:
+    return DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
+
+
+def _from_env_config(reference: Reference, env: Mapping[str, str]) -> Credentials | None:
+    """``DOCKER_AUTH_CONFIG``'s ``auths`` entry for ``reference``'s registry, if any."""
+    text = env.get(ENV_AUTH_CONFIG)
+    if not text:
+        return None
+    config = parse_config(text.encode("utf-8", "surrogateescape"), f"${ENV_AUTH_CONFIG}")
+    found = _from_auths(config, _docker_key(reference), f"${ENV_AUTH_CONFIG}")
+    return bound_to_registry(found, reference)
+
+
+def _credentials_in(
     config: Mapping[str, object] | None, reference: Reference, path: Path, timeout_s: float
 ) -> Credentials | None:
     """What docker's config ``config``, read from ``path`` (None: no file), gives for
     ``reference``'s registry: ``docker_config_credentials`` once the file is read."""
     if config is None:
         return None
-    key = DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
+    key = _docker_key(reference)
     helpers = string_map(config, "credHelpers", path)
     store = config.get("credsStore")
     if store is not None and not isinstance(store, str):
@@ -220,6 +262,12 @@ def read_config(
         return None
     if len(data) > _MAX_CONFIG_BYTES:
         raise AuthError(f"cannot use {path}: it is larger than {_MAX_CONFIG_BYTES} bytes")
+    return parse_config(data, path)
+
+
+def parse_config(data: bytes, path: Path | str) -> dict[str, object]:
+    """The JSON object ``data`` holds, read from ``path`` (a file, or the variable it
+    came from). The errors never quote it."""
     try:
         # No number here is read: parse_int=float, for Python refuses to convert an
         # integer of more than 4300 digits (a ValueError, no JSONDecodeError) where
@@ -239,7 +287,7 @@ def read_config(
     return doc
 
 
-def string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str, str]:
+def string_map(config: Mapping[str, object], name: str, path: Path | str) -> dict[str, str]:
     value = config.get(name)
     if value is None:
         return {}
@@ -248,7 +296,7 @@ def string_map(config: Mapping[str, object], name: str, path: Path) -> dict[str,
     return {str(k): str(v) for k, v in value.items()}
 
 
-def _from_auths(config: Mapping[str, object], key: str, path: Path) -> Credentials | None:
+def _from_auths(config: Mapping[str, object], key: str, path: Path | str) -> Credentials | None:
     """The ``auths`` entry for ``key`` (docker's file store): the key itself, else the
     first whose host and port are ``key``, as docker matches a key written as a URL."""
     auths = auths_entries(config, path)
@@ -256,7 +304,7 @@ def _from_auths(config: Mapping[str, object], key: str, path: Path) -> Credentia
     return None if found is None else from_auths_entry(auths, found, path)
 
 
-def auths_entries(config: Mapping[str, object], path: Path) -> dict[str, object]:
+def auths_entries(config: Mapping[str, object], path: Path | str) -> dict[str, object]:
     """The file's ``auths`` object (none: empty)."""
     auths = config.get("auths")
     if auths is None:
@@ -266,7 +314,9 @@ def auths_entries(config: Mapping[str, object], path: Path) -> dict[str, object]
     return auths
 
 
-def from_auths_entry(auths: Mapping[str, object], found: str, path: Path) -> Credentials | None:
+def from_auths_entry(
+    auths: Mapping[str, object], found: str, path: Path | str
+) -> Credentials | None:
     """The credentials of ``auths[found]``, as docker's client decodes an entry (the
     containers tools' auth.json has the same entries)."""
     entry = auths[found]

@@ -509,6 +509,74 @@ def test_a_helper_is_not_looked_up_relative_to_the_current_directory(
     )
 
 
+def test_docker_auth_config_is_read_before_the_file(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker's CLI (28.3 on) asks DOCKER_AUTH_CONFIG's entries first, the file's for
+    a registry it has none for (GitLab CI sets the variable)."""
+    path = write_config(
+        config_dir,
+        {
+            "auths": {
+                "reg.example": {"auth": b64("file:pw-file")},
+                "other.example": {"auth": b64("other:pw-other")},
+            }
+        },
+    )
+    monkeypatch.setenv(
+        "DOCKER_AUTH_CONFIG",
+        json.dumps(
+            {
+                "auths": {
+                    "reg.example": {"auth": b64(f"env:{SECRET}")},
+                    "https://index.docker.io/v1/": {"username": "hub", "password": "pw-hub"},
+                }
+            }
+        ),
+    )
+    assert docker_config_credentials("reg.example/app") == Credentials(
+        "env", SECRET, source="$DOCKER_AUTH_CONFIG", registry="reg.example"
+    )
+    assert docker_config_credentials("alpine") == Credentials(
+        "hub", "pw-hub", source="$DOCKER_AUTH_CONFIG", registry="docker.io"
+    )
+    assert docker_config_credentials("other.example/app") == Credentials(
+        "other", "pw-other", source=str(path), registry="other.example"
+    )
+    # As for skopeo, an auth.json's entry comes before docker's, the variable included.
+    auth_json = config_dir / "auth.json"
+    auth_json.write_text(json.dumps({"auths": {"reg.example": {"auth": b64("podman:pw-p")}}}))
+    found = pipeline.auth_file_credentials("reg.example/app", auth_file=auth_json)
+    assert found is not None and found.username == "podman"
+    environ = {"DOCKER_AUTH_CONFIG": os.environ["DOCKER_AUTH_CONFIG"], "HOME": str(config_dir)}
+    found = pipeline.auth_file_credentials("reg.example/app", environ=environ)
+    assert found is not None and found.source == "$DOCKER_AUTH_CONFIG"
+    # Empty is unset.
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", "")
+    found = docker_config_credentials("reg.example/app")
+    assert found is not None and found.username == "file"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ('{"auths": {"reg.example": {"auth": "' + SECRET, "it is not valid JSON (line 1, column"),
+        ('["' + SECRET + '"]', "it is not a JSON object"),
+        ('{"auths": ["' + SECRET + '"]}', "its auths is not an object"),
+        ('{"auths": {"reg.example": {"auth": "' + SECRET + '"}}}', "its auth is not base64"),
+    ],
+)
+def test_a_docker_auth_config_that_is_no_config_is_an_error_naming_it(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str, why: str
+) -> None:
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", value)
+    with pytest.raises(AuthError) as refused:
+        docker_config_credentials("reg.example/app")
+    message = str(refused.value)
+    assert "$DOCKER_AUTH_CONFIG" in message and why in message
+    assert SECRET not in message
+
+
 # --- pulls from the real registry --------------------------------------------------------
 
 
@@ -805,3 +873,28 @@ def test_a_user_name_without_a_password_or_the_reverse_is_no_credentials(
     assert "password-only.example" in warnings[1]["where"]
     assert "docker-credential-half2" in warnings[4]["where"]
     assert SECRET not in repr(logs)
+
+
+def test_the_cli_pulls_with_docker_auth_config_s_credentials(
+    basic_registry: Any,
+    config_dir: Path,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=4096)
+    basic_registry.push(unique_repo, image, "1")
+    ref = basic_registry.ref(unique_repo, "1")
+    user, password = basic_registry.credentials
+    monkeypatch.setenv("HOME", str(tmp_path))  # no auth.json of the machine's
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.setenv(
+        "DOCKER_AUTH_CONFIG",
+        json.dumps({"auths": {basic_registry.host: {"auth": b64(f"{user}:{password}")}}}),
+    )
+    result = run_cli("pull", ref, "--store", str(tmp_path / "store"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ref
+    assert password not in result.stdout + result.stderr
