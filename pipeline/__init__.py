@@ -3,7 +3,7 @@
     import pipeline, trio
 
     async def main() -> None:
-        store = pipeline.Store.open("/var/lib/images")
+        store = await pipeline.Store.open_async("/var/lib/images")
         result = await pipeline.pull("docker.io/library/alpine", store=store)
         print(result.image_id)
 
@@ -12,8 +12,9 @@
 Every layer is fetched once and, in the same pass, checked against its digest,
 decompressed, checked against its diffID and committed atomically. Pulls sharing one
 ``Store`` object share its layer cache: a layer is downloaded once however many pulls
-want it. Failures raise one ``ImagecError`` subclass. From trio code, remove from a
-store with ``await store.prune_async()`` (``remove_images_async``,
+want it. Failures raise one ``ImagecError`` subclass. From trio code, open a store with
+``await Store.open_async(path)`` (a cancel scope ends its wait for another process's
+lock), and remove from it with ``await store.prune_async()`` (``remove_images_async``,
 ``remove_damaged_async``): the synchronous removals wait for the pulls running in the
 store, and refuse to run on the event loop those pulls need.
 

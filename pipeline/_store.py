@@ -64,9 +64,11 @@ in the store, and in a trio program those include its own, which run on its even
 called there, the wait blocked the very pulls it waited for. They refuse to run on
 trio's event loop (UsageError), and trio code awaits their ``*_async`` forms, which run them in a
 worker thread and end their waits when cancelled, before anything is removed. The CLI
-calls them outside ``trio.run``. The other methods wait on no pull of this process; the
-long ones a host may call (``open``: another process's lock, up to ``LOCK_TIMEOUT_S``;
-``verify``: reading every blob) stay synchronous, for ``trio.to_thread.run_sync``.
+calls them outside ``trio.run``. ``open`` waits up to ``LOCK_TIMEOUT_S`` for another
+process's lock (a ``gc`` or ``rm`` in progress); trio code awaits ``open_async``, whose
+wait a cancel scope ends (``open`` itself stays callable there: it takes no time unless
+another process holds the store). ``verify`` (reading every blob) stays synchronous, for
+``trio.to_thread.run_sync``.
 
 What ``index.json`` lists, when an image is listed through a converted OCI manifest (a
 Docker schema2 image, an OCI manifest naming Docker media types) and the annotation
@@ -747,9 +749,10 @@ def store_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 
 class Store:
-    """An opened store. Create it with ``Store.open``; every method is synchronous, but
-    for the removals' forms for trio code (``prune_async``, ``remove_images_async``,
-    ``remove_damaged_async``: see the module docstring).
+    """An opened store. Create it with ``Store.open`` (``open_async`` from trio code);
+    every method is synchronous, but for the removals' forms for trio code
+    (``prune_async``, ``remove_images_async``, ``remove_damaged_async``: see the module
+    docstring).
 
     ``lcache`` is the layer cache shared by every pull given this object: one download
     per layer among them, and, through ``try_claim_layer``, among every process (and
@@ -764,11 +767,12 @@ class Store:
         self._ingest = path / INGEST_DIR
         self._db_path = path / DB_FILE
         self._wal_holder: sqlite3.Connection | None = None
-        # The thread of the removals' async forms comes from here, not from trio's default
-        # limiter: it waits up to GC_WAIT_S for the pulls running in the store, and a pull
-        # takes threads of the default limiter (its hold, its layers' claims), so a removal
-        # holding the last of those stopped the pulls it waited for. Removals take
-        # gc.lock one at a time anyway; the others wait here, in trio, cancellably.
+        # The thread of the async forms (removals, open) comes from here, not from trio's
+        # default limiter: a removal waits up to GC_WAIT_S for the pulls running in the
+        # store, and a pull takes threads of the default limiter (its hold, its layers'
+        # claims), so a removal holding the last of those stopped the pulls it waited for.
+        # Removals take gc.lock one at a time anyway; the others wait here, in trio,
+        # cancellably.
         self._removal_thread = trio.CapacityLimiter(1)
 
     def __repr__(self) -> str:
@@ -803,6 +807,36 @@ class Store:
         """
         store = cls(store_path(path))
         store._init()
+        return store
+
+    @classmethod
+    async def open_async(cls, path: str | os.PathLike[str] | None = None) -> Store:
+        """``open``, for trio code: run in a worker thread, so that the event loop goes on
+        while it waits for another process holding the store's lock (a ``gc`` or ``rm``
+        in progress, up to ``LOCK_TIMEOUT_S``), and a cancel scope around it ends that
+        wait within ``LOCK_POLL_S``.
+
+        ``open`` called on the event loop blocked it, so that neither a deadline
+        (``trio.move_on_after``) nor a cancelled nursery could end the wait; through
+        ``trio.to_thread.run_sync`` the thread, which trio does not abandon, waited it out
+        all the same. Here the thread asks trio between its non-blocking tries of the
+        lock (``check_cancelled``), never holding it then, and raises ``trio.Cancelled``:
+        no thread is left behind to take the lock, or to open the store, after its caller
+        has gone. A thread that took the lock just before the cancel finishes opening (a
+        moment's work) and lets go of it, as ``open`` does; the store it opened is closed
+        and ``trio.Cancelled`` raised all the same."""
+        store = cls(store_path(path))
+        await trio.to_thread.run_sync(
+            functools.partial(store._init, check_cancelled=trio.from_thread.check_cancelled),
+            limiter=store._removal_thread,
+        )
+        opened = False
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            opened = True
+        finally:
+            if not opened:
+                store.close()
         return store
 
     @classmethod
@@ -852,7 +886,10 @@ class Store:
             )
         return store
 
-    def _init(self) -> None:
+    def _init(self, *, check_cancelled: Callable[[], None] | None = None) -> None:
+        """Create or check the store; ``check_cancelled`` is called while it waits for the
+        store's lock or another process's write transaction, neither held (see
+        ``open_async``)."""
         path = self.path
         with self._errors(OPEN):
             if path.exists() and not path.is_dir():
@@ -875,8 +912,8 @@ class Store:
             self._blobs.mkdir(parents=True, exist_ok=True)
             self._ingest.mkdir(exist_ok=True)
             self._sweep_ingest()
-            with self._locked():
-                self._init_db()
+            with self._locked(check_cancelled=check_cancelled):
+                self._init_db(check_cancelled)
                 if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
                 self._repair_index()
@@ -1087,7 +1124,7 @@ class Store:
                 f"this imagec-pipe understands {LAYOUT_VERSION}; use another --store"
             )
 
-    def _init_db(self) -> None:
+    def _init_db(self, check_cancelled: Callable[[], None] | None = None) -> None:
         with self._db(create=True) as conn:
             if not _has_tables(conn):  # before anything is written to it
                 self._refuse_empty_database()
@@ -1095,7 +1132,7 @@ class Store:
             version = self._schema_version(conn)
             if version == SCHEMA_VERSION:
                 return
-            with _transaction(conn):
+            with _transaction(conn, check_cancelled):
                 version = self._schema_version(conn)
                 for step in range(version, SCHEMA_VERSION):
                     for statement in _MIGRATIONS[step]:

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import inspect
 import os
 import subprocess
 import sys
@@ -91,3 +92,15 @@ def test_names_are_listed_and_an_unknown_one_is_an_attribute_error() -> None:
     assert {name: namespace[name] for name in pipeline.__all__} == {
         name: getattr(pipeline, name) for name in pipeline.__all__
     }
+
+
+def test_the_store_s_long_waits_have_forms_for_trio_code() -> None:
+    """What may block a trio program's event loop for long (a removal's wait for the
+    pulls, ``open``'s wait for another process's lock) has an ``*_async`` form on the
+    exported ``Store``, which the README and the package docstring name."""
+    readme = (Path(pipeline.__file__).resolve().parent.parent / "README.md").read_text()
+    for name in ("prune", "remove_images", "remove_damaged", "open"):
+        form = getattr(pipeline.Store, f"{name}_async")
+        assert inspect.iscoroutinefunction(form), name
+        assert f"{name}_async(" in readme, name
+        assert f"{name}_async" in (pipeline.__doc__ or ""), name

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 import xxhash
 from structlog.testing import capture_logs
 
@@ -479,6 +480,99 @@ def test_a_lock_held_for_ever_fails_with_what_to_do(
     finally:
         os.close(holder)
     Store.open(tmp_path / "s")  # released: it opens at once
+
+
+@pytest.fixture
+def lock_held_elsewhere(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A store whose lock another process holds, as a ``gc`` or ``rm`` in progress would:
+    the store's path and that process (kill it to let go)."""
+    where = tmp_path / "s"
+    Store.open(where).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKED, str(where / "imagec.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield where, holder
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+
+
+@pytest.mark.deadline(60)
+async def test_opening_a_store_from_trio_ends_its_wait_for_the_lock_when_cancelled(
+    lock_held_elsewhere: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    """A trio program opening a store that another process holds locked (``gc``, ``rm``)
+    could not end the wait: ``Store.open`` blocked the event loop, deadline and all, and
+    through ``trio.to_thread.run_sync`` the thread waited out ``LOCK_TIMEOUT_S`` (30 s)
+    before the cancel took effect. ``open_async``'s wait ends with its cancel scope,
+    whether a deadline or a nursery's cancel, and leaves nothing holding the lock."""
+    where, holder = lock_held_elsewhere
+    started = trio.current_time()
+    with trio.move_on_after(0.5) as waiting:
+        await Store.open_async(where)
+    assert waiting.cancelled_caught
+    assert trio.current_time() - started < 1.5
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Store.open_async, where)
+        await trio.sleep(0.3)  # its thread is waiting for the lock
+        cancelled_at = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - cancelled_at < 1.0
+
+    holder.kill()  # lets go of the lock: no thread of ours may take it now and keep it
+    await trio.to_thread.run_sync(holder.wait)
+    await trio.sleep(5 * _store.LOCK_POLL_S)  # a thread still polling would have it by now
+    fd = os.open(where / "imagec.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if one had
+    finally:
+        os.close(fd)
+    with trio.fail_after(10):
+        store = await Store.open_async(where)  # free: it opens at once
+    with store:
+        pull_into(store, APP)
+        assert [r.ref for r in store.list_images()] == [str(APP)]
+
+
+@pytest.mark.deadline(60)
+async def test_opening_a_store_from_trio_waits_for_the_lock_without_stopping_the_loop(
+    lock_held_elsewhere: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    """Not cancelled, ``open_async`` waits for the holder, the event loop running on
+    meanwhile, and opens the store once it lets go."""
+    where, holder = lock_held_elsewhere
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.05)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            opened: list[Store] = []
+            done = trio.Event()
+
+            async def open_store() -> None:
+                opened.append(await Store.open_async(where))
+                done.set()
+
+            nursery.start_soon(open_store)
+            await trio.sleep(0.5)
+            assert opened == []  # still waiting for the holder
+            assert ticks >= 3  # and the loop went on
+            holder.kill()
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    with opened[0] as store:
+        assert store.list_images() == []
 
 
 class _Stop(Exception):
