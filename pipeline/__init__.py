@@ -16,7 +16,8 @@ want it. Failures raise one ``ImagecError`` subclass. From trio code, open a sto
 ``await Store.open_async(path)`` (a cancel scope ends its wait for another process's
 lock), and remove from it with ``await store.prune_async()`` (``remove_images_async``,
 ``remove_damaged_async``): the synchronous removals wait for the pulls running in the
-store, and refuse to run on the event loop those pulls need.
+store, and refuse to run on the event loop those pulls need. So does ``verify``, which
+reads every blob: await ``store.verify_async()``.
 
 ``import pipeline`` imports nothing more: each public name is imported from its module
 when first used (PEP 562's module ``__getattr__``), and is then the same object as

@@ -63,12 +63,12 @@ The removals (``prune``, ``remove_images``, ``remove_damaged``) wait for the pul
 in the store, and in a trio program those include its own, which run on its event loop:
 called there, the wait blocked the very pulls it waited for. They refuse to run on
 trio's event loop (UsageError), and trio code awaits their ``*_async`` forms, which run them in a
-worker thread and end their waits when cancelled, before anything is removed. The CLI
-calls them outside ``trio.run``. ``open`` waits up to ``LOCK_TIMEOUT_S`` for another
-process's lock (a ``gc`` or ``rm`` in progress); trio code awaits ``open_async``, whose
-wait a cancel scope ends (``open`` itself stays callable there: it takes no time unless
-another process holds the store). ``verify`` (reading every blob) stays synchronous, for
-``trio.to_thread.run_sync``.
+worker thread and end their waits when cancelled, before anything is removed. ``verify``
+reads every blob, for minutes in a large store, and is refused there and awaited as
+``verify_async`` the same way. The CLI calls them outside ``trio.run``. ``open`` waits up
+to ``LOCK_TIMEOUT_S`` for another process's lock (a ``gc`` or ``rm`` in progress); trio
+code awaits ``open_async``, whose wait a cancel scope ends (``open`` itself stays
+callable there: it takes no time unless another process holds the store).
 
 What ``index.json`` lists, when an image is listed through a converted OCI manifest (a
 Docker schema2 image, an OCI manifest naming Docker media types) and the annotation
@@ -750,9 +750,9 @@ def store_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 class Store:
     """An opened store. Create it with ``Store.open`` (``open_async`` from trio code);
-    every method is synchronous, but for the removals' forms for trio code
-    (``prune_async``, ``remove_images_async``, ``remove_damaged_async``: see the module
-    docstring).
+    every method is synchronous, but for the forms for trio code of those that may wait
+    or read for long (``prune_async``, ``remove_images_async``, ``remove_damaged_async``,
+    ``verify_async``: see the module docstring).
 
     ``lcache`` is the layer cache shared by every pull given this object: one download
     per layer among them, and, through ``try_claim_layer``, among every process (and
@@ -767,12 +767,12 @@ class Store:
         self._ingest = path / INGEST_DIR
         self._db_path = path / DB_FILE
         self._wal_holder: sqlite3.Connection | None = None
-        # The thread of the async forms (removals, open) comes from here, not from trio's
-        # default limiter: a removal waits up to GC_WAIT_S for the pulls running in the
-        # store, and a pull takes threads of the default limiter (its hold, its layers'
+        # The thread of the async forms (removals, verify, open) comes from here, not from
+        # trio's default limiter: a removal waits up to GC_WAIT_S for the pulls running in
+        # the store, and a pull takes threads of the default limiter (its hold, its layers'
         # claims), so a removal holding the last of those stopped the pulls it waited for.
-        # Removals take gc.lock one at a time anyway; the others wait here, in trio,
-        # cancellably.
+        # Removals take gc.lock one at a time anyway; the others (and a verify, which a
+        # removal of what it found follows) wait here, in trio, cancellably.
         self._removal_thread = trio.CapacityLimiter(1)
 
     def __repr__(self) -> str:
@@ -1885,20 +1885,24 @@ class Store:
                 raise
             return PullHold(fd)
 
-    def _refuse_in_event_loop(self, method: str) -> None:
-        """Raise UsageError when removal ``method`` is called from a thread running trio's
-        event loop: it waits up to ``GC_WAIT_S`` for the pulls running in the store, and
-        those of this program run on that very loop, which the wait blocks. A trio
+    def _refuse_in_event_loop(self, method: str, why: str | None = None) -> None:
+        """Raise UsageError when ``method`` is called from a thread running trio's event
+        loop. A removal waits up to ``GC_WAIT_S`` for the pulls running in the store, and
+        those of this program run on that very loop, which the wait blocks: a trio
         program's ``prune()`` froze its own pulls for the whole wait, then refused ("a
         pull is running in this store"); with no pull, it still froze the loop for a
-        large removal's unlinking. Its ``*_async`` form runs it in a worker thread
-        instead. (In such a thread, trio's ``in_trio_run`` is False.)"""
+        large removal's unlinking. ``why`` says it of another method (``verify``). Its
+        ``*_async`` form runs it in a worker thread instead. (In such a thread, trio's
+        ``in_trio_run`` is False.)"""
         if trio.lowlevel.in_trio_run():
+            if why is None:
+                why = (
+                    f"it waits up to {GC_WAIT_S:g} s for the pulls running in store "
+                    f"{self.path}, this program's among them, and blocks them while it waits"
+                )
             raise UsageError(
-                f"Store.{method}() was called from trio's event loop: it waits up to "
-                f"{GC_WAIT_S:g} s for the pulls running in store {self.path}, this "
-                "program's among them, and blocks them while it waits; from trio code "
-                f"use `await store.{method}_async(...)`"
+                f"Store.{method}() was called from trio's event loop: {why}; from trio "
+                f"code use `await store.{method}_async(...)`"
             )
 
     @contextlib.contextmanager
@@ -2108,6 +2112,19 @@ class Store:
         await trio.to_thread.run_sync(
             functools.partial(
                 self.remove_damaged, damage, check_cancelled=trio.from_thread.check_cancelled
+            ),
+            limiter=self._removal_thread,
+        )
+
+    async def verify_async(self, *, full: bool = False) -> tuple[int, list[BlobDamage]]:
+        """``verify``, for trio code: run in the store's own worker thread, as the removals'
+        forms are (one at a time with them: ``remove_damaged_async`` of what it found
+        waits for it), so that the event loop goes on while it reads every blob. A cancel
+        scope around it ends it between two reads (``check_cancelled``); it has changed
+        nothing."""
+        return await trio.to_thread.run_sync(
+            functools.partial(
+                self.verify, full=full, check_cancelled=trio.from_thread.check_cancelled
             ),
             limiter=self._removal_thread,
         )
@@ -2355,7 +2372,9 @@ class Store:
 
     # -- verification ------------------------------------------------------------------
 
-    def verify(self, *, full: bool = False) -> tuple[int, list[BlobDamage]]:
+    def verify(
+        self, *, full: bool = False, check_cancelled: Callable[[], None] | None = None
+    ) -> tuple[int, list[BlobDamage]]:
         """Check every blob against what the store knows of it: (blobs checked, damage).
 
         A pull trusts a committed layer by its record and its file's presence, so bit rot
@@ -2368,7 +2387,17 @@ class Store:
         ``rm`` or ``gc`` removes, record and file, while this runs is not
         (``_still_missing``). An ``index.json`` that cannot be read raises StoreError, as
         it makes every pull, ``rm`` and ``gc`` in the store do: it is no sound store.
+
+        It reads every blob, for minutes in a large store: called from trio's event loop,
+        it would stop the loop (and the program's pulls) as long, and raises UsageError
+        instead; trio code awaits ``verify_async``. ``check_cancelled`` is called between
+        reads and may raise to end it: it changes nothing, so nothing is left half-done.
         """
+        self._refuse_in_event_loop(
+            "verify",
+            f"it reads every blob in store {self.path}, and the event loop, this "
+            "program's pulls with it, would stop for as long",
+        )
         with self._errors("read index.json"):
             self._read_index()
         with self._errors("list the layers"), self._db() as conn:
@@ -2389,7 +2418,7 @@ class Store:
                 record = layers.get(str(digest))
                 try:
                     inode = self._blob_path(digest).stat().st_ino  # before reading: see BlobDamage
-                    problem = self._blob_problem(digest, record, full=full)
+                    problem = self._blob_problem(digest, record, full, check_cancelled)
                 except FileNotFoundError:  # removed since the listing: see _still_missing
                     if str(digest) in needed:
                         gone.append(digest)
@@ -2453,16 +2482,25 @@ class Store:
         )
 
     def _blob_problem(
-        self, digest: Digest, record: tuple[int, str | None] | None, *, full: bool
+        self,
+        digest: Digest,
+        record: tuple[int, str | None] | None,
+        full: bool,
+        check_cancelled: Callable[[], None] | None,
     ) -> str | None:
-        """What is wrong with one blob's file, or None."""
+        """What is wrong with one blob's file, or None; ``check_cancelled`` is called
+        before each read."""
         path = self._blob_path(digest)
         if record is not None and path.stat().st_size != record[0]:
             return f"{path.stat().st_size} bytes, its record says {record[0]}"
         quick = record is not None and record[1] is not None and not full
         hasher: Any = xxhash.xxh3_128() if quick else hashlib.sha256()
         with open(path, "rb") as file:
-            while chunk := file.read(_VERIFY_READ_BYTES):
+            while True:
+                if check_cancelled is not None:
+                    check_cancelled()
+                if not (chunk := file.read(_VERIFY_READ_BYTES)):
+                    break
                 hasher.update(chunk)
         if quick:
             assert record is not None

@@ -96,10 +96,11 @@ def test_names_are_listed_and_an_unknown_one_is_an_attribute_error() -> None:
 
 def test_the_store_s_long_waits_have_forms_for_trio_code() -> None:
     """What may block a trio program's event loop for long (a removal's wait for the
-    pulls, ``open``'s wait for another process's lock) has an ``*_async`` form on the
-    exported ``Store``, which the README and the package docstring name."""
+    pulls, ``verify``'s reading of every blob, ``open``'s wait for another process's
+    lock) has an ``*_async`` form on the exported ``Store``, which the README and the
+    package docstring name."""
     readme = (Path(pipeline.__file__).resolve().parent.parent / "README.md").read_text()
-    for name in ("prune", "remove_images", "remove_damaged", "open"):
+    for name in ("prune", "remove_images", "remove_damaged", "verify", "open"):
         form = getattr(pipeline.Store, f"{name}_async")
         assert inspect.iscoroutinefunction(form), name
         assert f"{name}_async(" in readme, name

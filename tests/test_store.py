@@ -33,7 +33,7 @@ from structlog.testing import capture_logs
 
 from pipeline import _oci, _store
 from pipeline._store import SCHEMA_VERSION, Store
-from stages._errors import StoreError
+from stages._errors import StoreError, UsageError
 from stages._events import LayerTimings, VerifiedLayer
 from stages._manifest import ResolvedImage
 from stages._reference import Reference, parse_reference
@@ -1669,6 +1669,68 @@ def test_repair_removes_a_damaged_blob_but_not_a_good_copy_renamed_in_since(
     store.remove_damaged(store.verify()[1])
     assert not path.exists()
     assert not store.layer_committed(layer.descriptor.digest)  # the next pull downloads it
+
+
+async def test_verify_async_finds_a_damaged_blob_and_sync_verify_is_refused_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """``verify`` reads every blob, for minutes in a large store, and a trio program had
+    only the synchronous form: on the event loop it stopped the loop, pulls and all,
+    for as long. It is refused there now, naming ``verify_async``, which finds the same
+    damage in the store's own thread, and ``remove_damaged_async`` removes it."""
+    store = Store.open(tmp_path / "s")
+    resolved, layers = build_image(APP)
+    for gz, layer in layers:
+        commit(store, gz, layer)
+    store.record_image(resolved)
+    (gz, layer), *_ = layers
+    path = store.path / "blobs" / "sha256" / layer.descriptor.digest.hex
+    path.chmod(0o644)
+    path.write_bytes(b"\0" * len(gz))  # bit rot: same size, other bytes
+
+    with pytest.raises(UsageError) as refused:
+        store.verify()
+    message = str(refused.value)
+    assert "Store.verify() was called from trio's event loop" in message, message
+    assert "await store.verify_async(" in message, message
+
+    with trio.fail_after(30):
+        checked, damage = await store.verify_async()
+        assert [(d.digest, d.kind, d.refs) for d in damage] == [
+            (layer.descriptor.digest, "layer", (str(APP),))
+        ]
+        assert "xxh3 differs" in damage[0].problem
+        assert checked == len(list(path.parent.iterdir()))
+        _, full = await store.verify_async(full=True)
+        assert [(d.digest, d.problem) for d in full] == [
+            (layer.descriptor.digest, "content does not hash to its digest (sha256 differs)")
+        ]
+        await store.remove_damaged_async(damage)
+        assert not path.exists()
+        _, after = await store.verify_async()  # missing until a pull fetches it again
+        assert [(d.digest, d.problem) for d in after] == [(layer.descriptor.digest, "missing")]
+    assert not store.layer_committed(layer.descriptor.digest)
+
+
+@pytest.mark.deadline(60)
+async def test_verify_async_ends_between_two_reads_when_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel scope around ``verify_async`` ends it while it reads, not after every blob
+    was read: its thread asks between reads (here of one byte each, so that a 32 MiB
+    blob takes seconds)."""
+    store = Store.open(tmp_path / "s")
+    data = os.urandom(32 << 20)
+    store.write_blob(sha(data), data)
+    monkeypatch.setattr(_store, "_VERIFY_READ_BYTES", 1)
+    started = trio.current_time()
+    with trio.move_on_after(0.3) as reading:
+        await store.verify_async()
+    assert reading.cancelled_caught
+    assert trio.current_time() - started < 1.3
+    monkeypatch.setattr(_store, "_VERIFY_READ_BYTES", 1 << 20)
+    with trio.fail_after(30):
+        assert await store.verify_async() == (1, [])
 
 
 def test_verify_finds_an_images_missing_manifest_index_and_config(tmp_path: Path) -> None:
