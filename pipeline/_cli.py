@@ -37,9 +37,10 @@ Exit codes (outside checks rely on them):
   ``--retries``,
   a missing ``--ca-file``, ``--password-stdin`` without ``-u``, ``-u`` without a password
   source, and a ``UsageError`` raised by the pull (options that contradict each other).
-  Those found once the command line is parsed (the password's, the pull's) end a
-  ``pull --json`` stream with its ``error`` line (``"error": "UsageError"``), as any
-  failed pull does; argparse's own come before any pull and write nothing to stdout;
+  They end a ``pull --json`` stream with its ``error`` line (``"error": "UsageError"``),
+  as any failed pull does: argparse's own too (its ``ref`` the REF given, or null),
+  whether ``--json`` came before or after the mistake. The other subcommands' ``--json``
+  is one document printed on success; they write nothing to stdout for any failure;
 - 130 interrupted (Ctrl-C): trio cancels the pull, whose context managers remove partial
   ingest files, and ``imagec-pipe: interrupted`` goes to stderr;
 - 128 + N after signal N, SIGTERM (143) or SIGHUP (129): what ``timeout``, systemd and
@@ -73,7 +74,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, NoReturn, TextIO, cast
 
 import structlog
 import trio
@@ -96,6 +97,8 @@ from ._main import (
     StopRequest,
     Terminated,
     error_line,
+    json_error_line,
+    json_pull_refused,
     report_stop,
     silence_stdout,
     stop_signals_deferred,
@@ -208,14 +211,14 @@ def _log_level(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; options belong to the subcommands, after them."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog=PROG,
         description="Pull container images into a local OCI store, verifying every byte.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _ArgumentParser(add_help=False)
     common.add_argument(
         "--store",
         metavar="DIR",
@@ -398,14 +401,34 @@ class _Usage(Exception):
     """A usage error found after parsing; reported like argparse's own (exit 2)."""
 
 
+class _Refused(SystemExit):
+    """argparse's own usage error (exit 2), its message kept for ``pull --json``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose usage error says what argparse's
+    says on stderr and exits the same way, with the message kept for ``main``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _Refused(message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
+    _discard_closed_streams()  # before argparse's usage errors, which write to both
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help / --version (0) or a usage error (2)
+    except _Refused as refused:
+        return _parse_refused(argv, refused.message)
+    except SystemExit as exc:  # argparse: --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    _discard_closed_streams()
     configure_logging(level=args.log_level, json=True if args.log_json else None)
     tune_allocator()
     freeze_startup_objects()
@@ -455,6 +478,23 @@ def _doing(args: argparse.Namespace) -> str:
         case "gc" | "prune":
             return "pruning the store"
     return str(args.command)
+
+
+def _parse_refused(argv: Sequence[str] | None, message: str) -> int:
+    """argparse refused the command line and said so on stderr; a ``pull --json`` also
+    gets its stream's one line, as a usage error found after parsing gives it: a script
+    reading the stream would otherwise get nothing to act on but the exit status."""
+    json_output, ref = json_pull_refused(sys.argv[1:] if argv is None else argv)
+    if json_output:
+        line = json_error_line(
+            None if ref is None else _as_reported(ref), None, "UsageError", message
+        )
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError):  # nobody reads it (`| head -0`), or it is closed
+            silence_stdout()
+    return EXIT_USAGE
 
 
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:

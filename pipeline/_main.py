@@ -38,6 +38,7 @@ __all__ = [
     "error_line",
     "json_error_line",
     "json_pull_ref",
+    "json_pull_refused",
     "main",
     "report_stop",
     "silence_stdout",
@@ -145,12 +146,13 @@ def error_line(message: str) -> None:
     print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr)
 
 
-def json_error_line(ref: str, digest: str | None, error: str, message: str) -> str:
+def json_error_line(ref: str | None, digest: str | None, error: str, message: str) -> str:
     """The last line of ``pull --json`` when the pull fails or is stopped: ``error`` is
     the exception's class (``NotFound``, ``KeyboardInterrupt``, ``Terminated``),
     ``message`` the stderr line's. Made here, for ``JsonProgress`` and for a stop that
-    comes before the renderer exists (``report_stop``), so that the two lines are one
-    format."""
+    comes before the renderer exists (``report_stop``) or a command line argparse
+    refused (``_cli``), so that the lines are one format; ``ref`` is null only for a
+    command line refused with no REF in it."""
     import json  # light, and needed only for these lines
 
     return json.dumps(
@@ -195,14 +197,35 @@ def json_pull_ref(argv: Sequence[str]) -> str | None:
     refuses (an unknown option, a second REF) is None: no pull runs for it."""
     if not argv or argv[0] != "pull":
         return None
+    json_output, positionals, all_known = _read_pull(argv[1:])
+    return positionals[0] if all_known and json_output and len(positionals) == 1 else None
+
+
+def json_pull_refused(argv: Sequence[str]) -> tuple[bool, str | None]:
+    """For a command line argparse refused: whether it is a ``pull ... --json``, which
+    then owes its stream's final error line, and the REF that line names (the first
+    positional, as argparse takes it; None when there is none). Read as ``json_pull_ref``
+    reads it, an unknown option counting as one without a value, as argparse counts it."""
+    if not argv or argv[0] != "pull":
+        return False, None
+    json_output, positionals, _ = _read_pull(argv[1:])
+    return json_output, positionals[0] if positionals else None
+
+
+def _read_pull(tokens: Sequence[str]) -> tuple[bool, list[str], bool]:
+    """pull's arguments: whether ``--json`` is among them, the positionals, and whether
+    every option is one of pull's (an unknown or ambiguous one takes no value here)."""
     positionals: list[str] = []
     json_output = False
-    tokens = iter(argv[1:])
-    for token in tokens:
+    all_known = True
+    at = 0
+    while at < len(tokens):
+        token = tokens[at]
+        at += 1
         if token == "--":
-            positionals.extend(tokens)
+            positionals.extend(tokens[at:])
             break
-        if not token.startswith("-") or token == "-":
+        if not _looks_like_option(token):
             positionals.append(token)
             continue
         name, equals, _ = token.partition("=")
@@ -211,16 +234,24 @@ def json_pull_ref(argv: Sequence[str]) -> str | None:
         elif token.startswith("--"):
             matches = [known for known in PULL_OPTIONS if known.startswith(name)]
             if len(matches) != 1:
-                return None  # unknown, or ambiguous
+                all_known = False  # unknown, or ambiguous
+                continue
             option, attached = matches[0], bool(equals)
         elif token[:2] in PULL_OPTIONS:  # -uNAME
             option, attached = token[:2], True
         else:
-            return None
-        if PULL_OPTIONS[option] and not attached:
-            next(tokens, None)  # its value
+            all_known = False
+            continue
+        takes_value = PULL_OPTIONS[option] and not attached and at < len(tokens)
+        if takes_value and not _looks_like_option(tokens[at]):  # ``-u --json``: none
+            at += 1  # its value
         json_output = json_output or option == "--json"
-    return positionals[0] if json_output and len(positionals) == 1 else None
+    return json_output, positionals, all_known
+
+
+def _looks_like_option(token: str) -> bool:
+    """As argparse sees it: ``-`` and negative numbers (``--retries -1``) are values."""
+    return token.startswith("-") and token != "-" and not token[1:].replace(".", "", 1).isdigit()
 
 
 def silence_stdout() -> None:

@@ -367,6 +367,95 @@ def test_a_json_pull_refused_after_parsing_ends_with_its_error_line(
     _json_usage_error_ends_the_stream(done, store, message)
 
 
+@pytest.mark.parametrize(
+    ("argv", "ref", "message"),
+    [
+        (["pull", REF, "--json", "--bogus"], REF, "unrecognized arguments: --bogus"),
+        (["pull", "--json"], None, "the following arguments are required: REF"),
+        (
+            ["pull", REF, "--json", "--max-concurrent-downloads", "abc"],
+            REF,
+            "argument --max-concurrent-downloads: 'abc' is not a whole number",
+        ),
+        (  # refused before argparse reached the REF; --json shortened, as argparse allows
+            ["pull", "--authfile", "", "--js", REF],
+            REF,
+            "argument --authfile: the auth file must not be empty",
+        ),
+        (
+            ["pull", "--retries", "-1", "alpine", "--json"],
+            "docker.io/library/alpine:latest",  # as the pull's own lines spell it
+            "argument --retries: -1 must be at least 0",
+        ),
+        (
+            ["pull", REF, "--json", "--quiet"],
+            REF,
+            "argument -q/--quiet: not allowed with argument --json",
+        ),
+        (  # --json is no user name: argparse takes it as the option
+            ["pull", REF, "-u", "--json"],
+            REF,
+            "argument -u/--username: expected one argument",
+        ),
+    ],
+    ids=[
+        "unknown-option",
+        "no-ref",
+        "bad-number",
+        "empty-authfile",
+        "before-ref",
+        "quiet",
+        "no-user",
+    ],
+)
+def test_a_json_pull_that_argparse_refuses_ends_with_its_error_line(
+    argv: list[str], ref: str | None, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse's own usage errors wrote only its usage to stderr: a script reading
+    ``pull --json`` got no line at all, where the usage errors found after parsing end
+    the stream with its ``error`` line. Now they end it with the same line."""
+    assert main(argv) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert err.startswith("usage: imagec-pipe"), err
+    assert err.splitlines()[-1].endswith(f": error: {message}"), err
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"event": "error", "ref": ref, "digest": None, "error": "UsageError", "message": message}
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pull", REF, "--bogus"],
+        ["pull", REF, "--max-concurrent-downloads", "abc"],
+        ["images", "--json", "--bogus"],  # one document on success, nothing on any failure
+        ["verify", "--json", "--bogus"],
+        ["rm", "--json"],
+        ["gc", "--json", "x"],
+    ],
+)
+def test_argparse_errors_print_nothing_on_stdout_without_pull_json(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: imagec-pipe"), err
+
+
+def test_a_json_pull_that_argparse_refuses_ends_its_stream_from_the_console_script(
+    tmp_path: Path,
+) -> None:
+    """The same through the entry point a script runs."""
+    store = tmp_path / "store"
+    command = [*CONSOLE_SCRIPT, "pull", REF, "--json", "--store", str(store)]
+    command += ["--max-concurrent-downloads", "abc"]
+    done = subprocess.run(command, capture_output=True, env=cli_env(), timeout=60)
+    _json_usage_error_ends_the_stream(
+        done, store, "argument --max-concurrent-downloads: 'abc' is not a whole number"
+    )
+
+
 def test_a_json_pull_whose_prompt_got_ctrl_d_ends_with_its_error_line(tmp_path: Path) -> None:
     """On a terminal: Ctrl-D at the password prompt, with ``--json``."""
     import pty
