@@ -506,6 +506,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
             await self._pool.aclose()
 
 
+# A proxy's answers to a CONNECT that say "not now" rather than "no".
+_GATEWAY_FAILED = frozenset({502, 503, 504})
+
+
 class ProxyRefused(httpx.ProxyError):
     """The proxy answered a request it was to carry with an error of its own: a
     ``CONNECT`` not answered 2xx, or a 407 to a plain-http request; or a request to an
@@ -522,6 +526,13 @@ class ProxyRefused(httpx.ProxyError):
         """407: the proxy wants credentials, or other ones; whatever is asked next of it
         gets the same answer."""
         return self.status == 407
+
+    @property
+    def gateway_failed(self) -> bool:
+        """502, 503 or 504: the proxy could not reach the target, or is overloaded; as
+        after the same answers from a registry, another attempt may get through. Any
+        other refusal (a 4xx: its policy, its credentials) is final."""
+        return self.status in _GATEWAY_FAILED
 
 
 class ProxyUnreachable(httpx.ConnectError):
@@ -894,9 +905,12 @@ def tls_failure(exc: BaseException) -> typing.Literal["verify", "protocol"] | No
 
 def transient_failure(exc: httpx.HTTPError) -> bool:
     """Whether another attempt may cure this transport failure: a connection that broke,
-    or a response that stalled past the read timeout. Not a refused connection, a name
+    a response that stalled past the read timeout, or a proxy that answered a CONNECT
+    502, 503 or 504 (``ProxyRefused.gateway_failed``). Not a refused connection, a name
     that does not resolve, a connect timeout (an unreachable host: five of them would hold
-    a pull for minutes) or a TLS failure."""
+    a pull for minutes), a TLS failure or a proxy's other refusals (407, 403 …)."""
+    if isinstance(exc, ProxyRefused):
+        return exc.gateway_failed
     if tls_failure(exc) is not None:
         return False
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):

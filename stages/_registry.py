@@ -963,8 +963,14 @@ class RegistryClient:
         reason = self._quotable(describe_error(exc))
         proxy = self._proxy_for(url)
         if isinstance(exc, ProxyRefused | ProxyUnreachable):
-            # Its words name the proxy and the target; the proxy said no, or is down.
-            return RegistryUnavailable(f"{reason}, fetching {what}", ref=str(ref), digest=digest)
+            # Its words name the proxy and the target; the proxy said no, or is down, or
+            # could not reach the target for now (502, 503, 504: tried again).
+            return RegistryUnavailable(
+                f"{reason}, fetching {what}",
+                ref=str(ref),
+                digest=digest,
+                transient=transient_failure(exc),
+            )
         via = "" if proxy is None else f" (through the proxy {proxy.shown})"
         if tls_failure(exc) == "verify":
             return RegistryUnavailable(

@@ -19,6 +19,7 @@ from stages._http import (
     DeferredTrustContext,
     LargeReadBackend,
     PinnedResolver,
+    ProxyRefused,
     describe_error,
     make_ssl_context,
     open_client,
@@ -382,6 +383,26 @@ async def test_a_name_that_does_not_resolve_fails_to_connect_in_the_resolvers_wo
                 await client.get("https://nowhere.example/v2/")
     assert describe_error(info.value) == "the name resolves to no address"
     assert not transient_failure(info.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        (502, True),
+        (503, True),
+        (504, True),
+        (400, False),
+        (403, False),
+        (407, False),
+        (None, False),
+    ],
+)
+def test_a_proxy_refusal_is_transient_only_when_it_could_not_reach_the_target_for_now(
+    status: int | None, transient: bool
+) -> None:
+    """502/503/504 to a CONNECT are the retry policy's, as from a registry; a 4xx (or a
+    request refused before it was sent, no status) is final."""
+    assert transient_failure(ProxyRefused("the proxy said so", status=status)) is transient
 
 
 async def test_a_lookup_that_hangs_is_a_connect_timeout() -> None:

@@ -549,6 +549,78 @@ async def test_a_proxy_that_cannot_reach_the_registry_is_named(
     assert PROXY_PASSWORD not in message
 
 
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_a_connect_the_proxy_could_not_carry_for_now_is_tried_again(
+    tls_registry_named: RegistryServer,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    status: int,
+) -> None:
+    """502, 503 or 504 to a CONNECT (the proxy could not reach the registry, or is
+    overloaded) failed the pull at once, where the same answers from the registry are
+    tried again: a proxy's blip must not fail a pull that one more attempt finishes."""
+    registry = tls_registry_named
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    with forward_proxy(refuse_connect=status, refuse_connect_times=1) as proxy:
+        result = await _pull(
+            f"{NAME}:{registry.port}/{unique_repo}:1",
+            tmp_path,
+            ca_file=registry.ca_pem,
+            proxy=ProxySettings(https_proxy=proxy.url),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.connects_refused == 1
+    assert len(proxy.tunnels) > 1
+
+
+async def test_a_proxy_that_keeps_failing_the_connect_is_named_once_the_retries_are_used(
+    tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """Each attempt of the retry budget (``_pull``: one retry) met the 503; the error
+    names the proxy without its password, its answer, and the attempts made."""
+    authority = f"{NAME}:{tls_registry_named.port}"
+    with forward_proxy(refuse_connect=503) as proxy, pytest.raises(RegistryUnavailable) as caught:
+        await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            ca_file=tls_registry_named.ca_pem,
+            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
+        )
+    message = str(caught.value)
+    assert f"the proxy {proxy.url} could not reach {authority}" in message
+    assert "HTTP 503 CONNECT Refused By Test Proxy" in message
+    assert "gave up after 2 attempts" in message
+    assert PROXY_PASSWORD not in message and PROXY_PASSWORD not in repr(caught.value)
+    assert proxy.connects_refused == 2
+
+
+@pytest.mark.parametrize("status", [400, 403, 405, 407])
+async def test_a_connect_the_proxy_refuses_is_not_tried_again(
+    tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path, status: int
+) -> None:
+    """A 4xx to a CONNECT is the proxy's policy (or its credentials): the same answer
+    again, so final at the first."""
+    authority = f"{NAME}:{tls_registry_named.port}"
+    with (
+        forward_proxy(refuse_connect=status) as proxy,
+        pytest.raises(RegistryUnavailable) as caught,
+    ):
+        await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            ca_file=tls_registry_named.ca_pem,
+            proxy=ProxySettings(https_proxy=proxy.url),
+        )
+    message = str(caught.value)
+    assert f"the proxy {proxy.url} refused to carry the request to {authority}" in message
+    assert f"HTTP {status} CONNECT Refused By Test Proxy" in message
+    assert "attempts" not in message
+    assert not caught.value.transient
+    assert proxy.connects_refused == 1
+
+
 async def test_an_ipv6_registry_is_not_sent_to_the_proxy_unbracketed(
     unique_repo: str, tmp_path: Path
 ) -> None:

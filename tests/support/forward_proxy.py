@@ -10,7 +10,9 @@ of each CONNECT; ``forwarded``: the absolute URL of each plain-http request;
 ``upstream_heads``: each forwarded request head as the target received it), can require
 credentials (``credentials``: anything else is answered 407) and can refuse everything
 with a status of its choice (``refuse``, e.g. 502), or only CONNECTs (``refuse_connect``:
-a proxy that tunnels to port 443 only, as squid by default). A forwarded request goes upstream
+a proxy that tunnels to port 443 only, as squid by default), or only the first
+``refuse_connect_times`` of them (a proxy overloaded for a while; ``connects_refused``
+counts them). A forwarded request goes upstream
 with ``Connection: close`` and its answer to the client too: one request per
 connection keeps the relay a byte copy.
 
@@ -44,6 +46,8 @@ class ForwardProxy(ThreadedRelay):
     credentials: tuple[str, str] | None = None
     refuse: int | None = None
     refuse_connect: int | None = None
+    refuse_connect_times: int | None = None
+    connects_refused: int = 0
     tunnels: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
@@ -98,7 +102,7 @@ class ForwardProxy(ThreadedRelay):
             if method == "CONNECT":
                 with self._lock:
                     self.tunnels.append(target)
-                if self.refuse_connect is not None:
+                if self.refuse_connect is not None and self._refusing_connect():
                     _answer(client, self.refuse_connect, "CONNECT Refused By Test Proxy")
                     return
                 host, _, port = target.rpartition(":")
@@ -143,6 +147,15 @@ class ForwardProxy(ThreadedRelay):
             pass
         finally:
             self._close(client, *(() if upstream is None else (upstream,)))
+
+    def _refusing_connect(self) -> bool:
+        """Whether this CONNECT is one ``refuse_connect`` answers (counted if so)."""
+        with self._lock:
+            limit = self.refuse_connect_times
+            if limit is not None and self.connects_refused >= limit:
+                return False
+            self.connects_refused += 1
+            return True
 
     def _connect(self, host: str, port: int) -> socket.socket | None:
         address = self.hosts.get(host.lower())
@@ -245,6 +258,7 @@ def run_forward_proxy(
     credentials: tuple[str, str] | None = None,
     refuse: int | None = None,
     refuse_connect: int | None = None,
+    refuse_connect_times: int | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> Iterator[ForwardProxy]:
     """A forward proxy on ``http://127.0.0.1:<port>`` (``https://`` with the server
@@ -254,6 +268,7 @@ def run_forward_proxy(
         credentials=credentials,
         refuse=refuse,
         refuse_connect=refuse_connect,
+        refuse_connect_times=refuse_connect_times,
     )
     with relaying(proxy, proxy._accept_loop, tls, scheme="https" if tls is not None else "http"):
         yield proxy
