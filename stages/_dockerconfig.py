@@ -176,7 +176,11 @@ def _from_env_config(reference: Reference, env: Mapping[str, str]) -> Credential
     text = env.get(ENV_AUTH_CONFIG)
     if not text:
         return None
-    config = parse_config(text.encode("utf-8", "surrogateescape"), f"${ENV_AUTH_CONFIG}")
+    try:  # os.environ's undecodable bytes come back; a caller's lone surrogate cannot
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise AuthError(f"cannot use ${ENV_AUTH_CONFIG}: it is not UTF-8 text") from None
+    config = parse_config(data, f"${ENV_AUTH_CONFIG}")
     found = _from_auths(config, _docker_key(reference), f"${ENV_AUTH_CONFIG}")
     return bound_to_registry(found, reference)
 
@@ -330,6 +334,8 @@ def from_auths_entry(
         value = entry.get(name)
         if value is not None and not isinstance(value, str):
             raise AuthError(f"cannot use {where}: its {name} is not a string")
+        if value and not _is_unicode(value):
+            raise AuthError(f"cannot use {where}: its {name} {_LONE_SURROGATE}")
         fields[name] = value or ""
     username, password = fields["username"], fields["password"]
     if fields["auth"]:
@@ -352,6 +358,20 @@ def from_auths_entry(
             " send; log in with -u USER --password-stdin"
         )
     return None  # {}: what docker login leaves when a helper holds the secret
+
+
+# JSON's \ud800 escape reads as a lone surrogate, which no request can encode: a
+# password holding one failed the pull as an internal error, past every check.
+_LONE_SURROGATE = "is not valid Unicode (a lone surrogate escape)"
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be sent: UTF-8 encodes it (no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decoded_auth(auth: str, where: str) -> tuple[str, str]:
@@ -428,6 +448,10 @@ def from_helper(name: str, key: str, configured: str, timeout_s: float) -> Crede
     username, secret = doc.get("Username", ""), doc.get("Secret", "")
     if not isinstance(username, str) or not isinstance(secret, str):
         raise AuthError(f"{helper} answered for {registry} a Username or Secret that is no string")
+    if not (_is_unicode(username) and _is_unicode(secret)):
+        raise AuthError(
+            f"{helper} answered for {registry} a Username or Secret that {_LONE_SURROGATE}"
+        )
     source = f"{program} ({configured})"
     if username == _TOKEN_USERNAME:
         return Credentials("", "", identity_token=secret, source=source) if secret else None

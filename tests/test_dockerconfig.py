@@ -577,6 +577,68 @@ def test_a_docker_auth_config_that_is_no_config_is_an_error_naming_it(
     assert SECRET not in message
 
 
+@pytest.mark.parametrize("field", ["username", "password", "identitytoken"])
+def test_a_lone_surrogate_escape_in_an_entry_is_an_error_naming_the_field(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    """JSON's \ud800 escape reads as a lone surrogate, which no request can encode: such a
+    password was accepted, and the pull failed later as an internal error."""
+    entry = {"username": "user", "password": SECRET, field: SECRET + "\ud800"}
+    path = write_config(config_dir, {"auths": {"reg.example": entry}})
+    with pytest.raises(AuthError) as refused:
+        docker_config_credentials("reg.example/app")
+    assert str(refused.value) == (
+        f"cannot use the auths entry 'reg.example' in {path}: its {field} is not valid"
+        " Unicode (a lone surrogate escape)"
+    )
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": entry}}))
+    with pytest.raises(AuthError, match=r"in \$DOCKER_AUTH_CONFIG: its \w+ is not valid Unicode"):
+        docker_config_credentials("reg.example/app")
+
+
+def test_a_docker_auth_config_with_a_lone_surrogate_is_an_error_naming_it(
+    config_dir: Path,
+) -> None:
+    """os.environ's undecodable bytes (surrogateescape) are UTF-8 errors; a library
+    caller's ``environ`` may hold any other lone surrogate, which no codec takes back."""
+    for value in ('{"auths": {"reg.example": {"password": "\ud800"}}}', '{"auths": "\udcff"}'):
+        environ = {"DOCKER_CONFIG": str(config_dir), "DOCKER_AUTH_CONFIG": value}
+        with pytest.raises(AuthError) as refused:
+            docker_config_credentials("reg.example/app", environ=environ)
+        assert str(refused.value) == "cannot use $DOCKER_AUTH_CONFIG: it is not UTF-8 text"
+
+
+def test_a_helper_s_answer_with_a_lone_surrogate_escape_is_an_error(
+    config_dir: Path, helpers: Path
+) -> None:
+    write_config(config_dir, {"credsStore": "odd"})
+    write_helper(helpers, "odd", answering("user", SECRET + "\ud800"))  # a JSON escape
+    with pytest.raises(AuthError) as refused:
+        docker_config_credentials("reg.example/app")
+    assert str(refused.value).endswith(
+        "answered for reg.example a Username or Secret that is not valid Unicode (a lone"
+        " surrogate escape)"
+    )
+    assert SECRET not in str(refused.value)
+
+
+def test_cli_with_a_lone_surrogate_escape_in_the_config_says_so(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no auth.json of the machine's
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    (config_dir / "config.json").write_text(
+        '{"auths": {"127.0.0.1:9": {"username": "u", "password": "' + SECRET + '\\ud800"}}}'
+    )
+    result = run_cli("pull", "127.0.0.1:9/app:1", "--store", str(tmp_path / "store"))
+    assert result.returncode == 1
+    assert "internal error" not in result.stderr
+    assert "its password is not valid Unicode" in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert not (tmp_path / "store").exists()
+
+
 # --- pulls from the real registry --------------------------------------------------------
 
 
