@@ -36,8 +36,9 @@ wrong, never what the file holds: it holds secrets.
 
 ``DOCKER_AUTH_CONFIG``, when set and not empty, is read first, as docker's CLI reads
 it since 28.3 (GitLab CI sets it): a config in JSON whose ``auths`` entry for the
-registry (matched as the file's are) wins over the file's helpers and entries; for a
-registry it has no entry for, the file is read as above. Its other keys are not read,
+registry (matched as the file's are) wins over the file's helpers and entries, even an
+entry that gives nothing (``{}``, a user name alone), as docker's in-memory store answers
+with it; for a registry it has no entry for, the file is read as above. Its other keys are not read,
 as docker does not read them. A value that is not such a config is an ``AuthError``
 naming the variable, never quoting it (docker ignores it without a word, which turns a
 typo into an "unauthorized" with no cause).
@@ -155,8 +156,8 @@ def docker_credentials(
 ) -> Credentials | None:
     """docker's lookup for ``reference``: ``DOCKER_AUTH_CONFIG``'s entry, else the
     config file's (``config_path``, else the default place)."""
-    found = _from_env_config(reference, env)
-    if found is not None:
+    decided, found = _from_env_config(reference, env)
+    if decided:
         return found
     if config_path is not None:
         path = Path(config_path)
@@ -171,18 +172,26 @@ def _docker_key(reference: Reference) -> str:
     return DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
 
 
-def _from_env_config(reference: Reference, env: Mapping[str, str]) -> Credentials | None:
-    """``DOCKER_AUTH_CONFIG``'s ``auths`` entry for ``reference``'s registry, if any."""
+def _from_env_config(
+    reference: Reference, env: Mapping[str, str]
+) -> tuple[bool, Credentials | None]:
+    """Whether ``DOCKER_AUTH_CONFIG`` has an ``auths`` entry for ``reference``'s
+    registry, and what it gives. An entry decides, even one that gives nothing (``{}``,
+    a user name alone): docker's in-memory store answers with it and never asks the
+    file's helpers or entries."""
     text = env.get(ENV_AUTH_CONFIG)
     if not text:
-        return None
+        return False, None
     try:  # os.environ's undecodable bytes come back; a caller's lone surrogate cannot
         data = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise AuthError(f"cannot use ${ENV_AUTH_CONFIG}: it is not UTF-8 text") from None
-    config = parse_config(data, f"${ENV_AUTH_CONFIG}")
-    found = _from_auths(config, _docker_key(reference), f"${ENV_AUTH_CONFIG}")
-    return bound_to_registry(found, reference)
+    where = f"${ENV_AUTH_CONFIG}"
+    auths = auths_entries(parse_config(data, where), where)
+    key = _auths_key(auths, _docker_key(reference))
+    if key is None:
+        return False, None
+    return True, bound_to_registry(from_auths_entry(auths, key, where), reference)
 
 
 def _credentials_in(
@@ -304,8 +313,13 @@ def _from_auths(config: Mapping[str, object], key: str, path: Path | str) -> Cre
     """The ``auths`` entry for ``key`` (docker's file store): the key itself, else the
     first whose host and port are ``key``, as docker matches a key written as a URL."""
     auths = auths_entries(config, path)
-    found = key if key in auths else next((k for k in auths if key_hostname(k) == key), None)
+    found = _auths_key(auths, key)
     return None if found is None else from_auths_entry(auths, found, path)
+
+
+def _auths_key(auths: Mapping[str, object], key: str) -> str | None:
+    """Which of ``auths``' keys is ``key``'s, as ``_from_auths`` matches them."""
+    return key if key in auths else next((k for k in auths if key_hostname(k) == key), None)
 
 
 def auths_entries(config: Mapping[str, object], path: Path | str) -> dict[str, object]:

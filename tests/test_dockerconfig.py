@@ -557,6 +557,26 @@ def test_docker_auth_config_is_read_before_the_file(
     assert found is not None and found.username == "file"
 
 
+@pytest.mark.parametrize("entry", [{}, {"username": "env-user"}])
+def test_a_docker_auth_config_entry_that_gives_nothing_still_decides(
+    config_dir: Path, helpers: Path, monkeypatch: pytest.MonkeyPatch, entry: dict[str, str]
+) -> None:
+    """docker's in-memory store answers with the variable's entry whatever it holds and
+    never asks the file: an entry giving nothing is an anonymous pull, as the warning
+    about a user name alone says, not the file's credentials or its helper's."""
+    write_config(
+        config_dir,
+        {"auths": {"reg.example": {"auth": b64(f"file:{SECRET}")}}, "credsStore": "never"},
+    )
+    write_helper(helpers, "never", answering("helper", SECRET))
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": entry}}))
+    assert docker_config_credentials("reg.example/app") is None
+    assert not (helpers / "never.asked").exists()
+    # A registry the variable has no entry for is the file's.
+    found = docker_config_credentials("other.example/app")
+    assert found is not None and found.username == "helper"
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [
