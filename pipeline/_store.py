@@ -767,6 +767,7 @@ class Store:
         self._ingest = path / INGEST_DIR
         self._db_path = path / DB_FILE
         self._wal_holder: sqlite3.Connection | None = None
+        self._read_as_is = False  # a connection was opened immutable (see _errors)
         # The thread of the async forms (removals, verify, open) comes from here, not from
         # trio's default limiter: a removal waits up to GC_WAIT_S for the pulls running in
         # the store, and a pull takes threads of the default limiter (its hold, its layers'
@@ -850,8 +851,10 @@ class Store:
         behind, and a store on read-only media or owned by another user can be listed.
         Its database is opened so that no statement can change it (``_connect`` says how),
         and SQLite's ``-wal`` and ``-shm`` files are gone afterwards if they were before,
-        wherever this process may write. Refuses what ``open`` refuses, and a schema
-        older than this version's, which only a pull upgrades.
+        wherever this process may write (but for a full disk, where SQLite could not
+        finish making them: an empty log and a stub, which any later connection takes).
+        Refuses what ``open`` refuses, and a schema older than this version's, which only
+        a pull upgrades.
         """
         where = store_path(path)
         store = cls(where, read_only=True)
@@ -1159,6 +1162,19 @@ class Store:
         try:
             yield
         except (OSError, sqlite3.Error) as exc:
+            if self._read_as_is and isinstance(exc, sqlite3.DatabaseError):
+                # Read without locks (``_connect_immutable``): a process that wrote the
+                # database meanwhile makes it look damaged to this read, which is not
+                # the advice to move the store aside.
+                raise StoreError(
+                    f"cannot {_action_text(action, self.path)}: {exc}; the database was "
+                    "read without locks (the disk is full, or this user may not write "
+                    "the store) and another process may have changed it meanwhile; run "
+                    "the command again (if it says so again, the database is damaged: "
+                    "move the store aside and pull again)",
+                    digest=str(digest) if digest is not None else None,
+                    ref=ref,
+                ) from exc
             raise store_error(self.path, action, exc, digest=digest, ref=ref) from exc
 
     @contextlib.contextmanager
@@ -1245,6 +1261,7 @@ class Store:
 
     def _connect_immutable(self) -> sqlite3.Connection:
         """The database read as it is on disk: no lock, no log, no shared-memory file."""
+        self._read_as_is = True
         return sqlite3.connect(
             f"{self._db_path.as_uri()}?mode=ro&immutable=1",
             uri=True,

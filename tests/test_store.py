@@ -1928,3 +1928,16 @@ def test_a_full_disk_still_lets_the_store_be_listed(tiny_disk: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert str(APP).rsplit(":", 1)[0] in result.stdout
+
+    # Read without locks, a database another process changes meanwhile may look damaged
+    # to the read: the advice is to run it again, not at once to move the store aside.
+    db_path = tiny_disk / "store" / _store.DB_FILE
+    with open(db_path, "r+b") as db:  # in place: no new space
+        db.seek(4096)
+        db.write(b"\xff" * (db_path.stat().st_size - 4096))
+    with pytest.raises(StoreError) as damaged:
+        reader = Store.open_existing(tiny_disk / "store")
+        assert reader is not None
+        reader.list_images()
+    assert "read without locks" in str(damaged.value)
+    assert "run the command again" in str(damaged.value)
