@@ -1640,9 +1640,9 @@ def test_open_sweeps_an_abandoned_claim_file_but_not_a_held_one(tmp_path: Path) 
         holder.wait(timeout=30)
 
 
-def test_repair_removes_a_damaged_blob_but_not_a_good_copy_renamed_in_since(
-    tmp_path: Path,
-) -> None:
+def _store_with_a_damaged_layer(tmp_path: Path) -> tuple[Store, bytes, Any, Path]:
+    """A store holding APP whose first layer's file has the right size and other bytes
+    (bit rot): the store, that layer's gzip bytes, the layer and its file."""
     store = Store.open(tmp_path / "s")
     resolved, layers = build_image(APP)
     for gz, layer in layers:
@@ -1651,7 +1651,14 @@ def test_repair_removes_a_damaged_blob_but_not_a_good_copy_renamed_in_since(
     (gz, layer), *_ = layers
     path = store.path / "blobs" / "sha256" / layer.descriptor.digest.hex
     path.chmod(0o644)
-    path.write_bytes(b"\0" * len(gz))  # same size, other bytes
+    path.write_bytes(b"\0" * len(gz))
+    return store, gz, layer, path
+
+
+def test_repair_removes_a_damaged_blob_but_not_a_good_copy_renamed_in_since(
+    tmp_path: Path,
+) -> None:
+    store, gz, layer, path = _store_with_a_damaged_layer(tmp_path)
     checked, damage = store.verify()
     assert [(d.digest, d.kind) for d in damage] == [(layer.descriptor.digest, "layer")]
     assert damage[0].refs == (str(APP),)
@@ -1678,15 +1685,7 @@ async def test_verify_async_finds_a_damaged_blob_and_sync_verify_is_refused_on_t
     only the synchronous form: on the event loop it stopped the loop, pulls and all,
     for as long. It is refused there now, naming ``verify_async``, which finds the same
     damage in the store's own thread, and ``remove_damaged_async`` removes it."""
-    store = Store.open(tmp_path / "s")
-    resolved, layers = build_image(APP)
-    for gz, layer in layers:
-        commit(store, gz, layer)
-    store.record_image(resolved)
-    (gz, layer), *_ = layers
-    path = store.path / "blobs" / "sha256" / layer.descriptor.digest.hex
-    path.chmod(0o644)
-    path.write_bytes(b"\0" * len(gz))  # bit rot: same size, other bytes
+    store, _gz, layer, path = _store_with_a_damaged_layer(tmp_path)
 
     with pytest.raises(UsageError) as refused:
         store.verify()
