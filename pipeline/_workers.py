@@ -212,12 +212,25 @@ async def _fetch_layer(task: LayerTask) -> VerifiedLayer:
         verified = await _fetch_layer_for(task)
         nursery.cancel_scope.cancel()
     if verified is None:  # nobody will read this: trio-parallel's worker then exits
+        if task.relay is not None:
+            _remove_relay(task.relay)
         raise WorkerError(
             f"the pulling process {task.puller_pid} ended; layer {task.layer.digest} abandoned",
             ref=str(task.ref),
             digest=str(task.layer.digest),
         )
     return verified
+
+
+def _remove_relay(path: str) -> None:
+    """Remove a relay's socket and its directory: in ``_Relay.close``, and in a worker
+    whose pulling process ended without closing its relay (killed outright, it left a
+    directory in $TMPDIR for each layer it had in a worker). What cannot be removed
+    stays; that is no error."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
 
 
 async def _cancel_when_gone(pid: int, scope: trio.CancelScope) -> None:
@@ -312,10 +325,7 @@ class _Relay:
         must not replace the one a layer may be ending with)."""
         self._socket.close()
         if self._directory is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            with contextlib.suppress(OSError):
-                os.rmdir(self._directory)
+            _remove_relay(self.path)
 
     async def forward(self, done: trio.Event) -> None:
         """Pass on each datagram as it comes, until ``done`` (the worker has returned);

@@ -16,10 +16,12 @@ import io
 import json
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -1377,10 +1379,16 @@ def test_sigint_exits_130(store_dir: Path, output: str) -> None:
 
 
 def _pull_until_downloading(
-    registry: Any, via: Any, repo: str, seed: str, store: Path, layer_workers: str
+    registry: Any,
+    via: Any,
+    repo: str,
+    seed: str,
+    store: Path,
+    layer_workers: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """A CLI pull (``--json``) of a sample image through ``via``, returned once a layer
-    is downloading; its stderr is piped too."""
+    is downloading; its stderr is piped too. ``env`` is added to ``cli_env()``."""
     from tests.support import images
 
     registry.push(repo, images.sample_image(seed, layer_size=2 * 1024 * 1024), "1")
@@ -1390,7 +1398,7 @@ def _pull_until_downloading(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -1702,20 +1710,32 @@ def test_sigkill_of_the_cli_ends_its_worker_processes(
 ) -> None:
     """A CLI killed outright (SIGKILL, the OOM killer) cancels nothing: its layer worker
     processes went on downloading for as long as their layers took, into files nobody
-    would commit. Each now watches the pulling process and stops when it ends."""
+    would commit. Each now watches the pulling process and stops when it ends, and
+    removes the relay directory the CLI left in $TMPDIR for its layer."""
     from tests.support.processes import descendants
 
     via = proxy(registry, rate=200_000)  # a layer takes 10 s or more
+    # A short $TMPDIR of the CLI's own: tmp_path is too long for a socket's path.
+    cli_tmp = Path(tempfile.mkdtemp(prefix="ic-"))
     proc = _pull_until_downloading(
-        registry, via, unique_repo, unique_seed, tmp_path / "store", "processes"
+        registry,
+        via,
+        unique_repo,
+        unique_seed,
+        tmp_path / "store",
+        "processes",
+        env={"TMPDIR": str(cli_tmp)},
     )
     below: set[int] = set()
     try:
         below = descendants(proc.pid)
         assert below  # the forkserver and its workers
+        assert any(path.name.startswith("imagec-pipe-") for path in cli_tmp.iterdir())
         proc.kill()
         proc.wait()
         assert _all_gone(below) == []
+        # multiprocessing's own pymp-* directory stays: only the killed process removes it.
+        assert [p.name for p in cli_tmp.iterdir() if p.name.startswith("imagec-pipe-")] == []
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -1726,6 +1746,7 @@ def test_sigkill_of_the_cli_ends_its_worker_processes(
         for pid in below:  # never leave one behind, whatever the outcome
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(cli_tmp, ignore_errors=True)
 
 
 # --- logging (pipeline/_logging.py, configured by main) ---
