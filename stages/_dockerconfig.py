@@ -36,12 +36,19 @@ wrong, never what the file holds: it holds secrets.
 
 ``DOCKER_AUTH_CONFIG``, when set and not empty, is read first, as docker's CLI reads
 it since 28.3 (GitLab CI sets it): a config in JSON whose ``auths`` entry for the
-registry (matched as the file's are) wins over the file's helpers and entries, even an
-entry that gives nothing (``{}``, a user name alone), as docker's in-memory store answers
-with it; for a registry it has no entry for, the file is read as above. Its other keys are not read,
-as docker does not read them. A value that is not such a config is an ``AuthError``
-naming the variable, never quoting it (docker ignores it without a word, which turns a
-typo into an "unauthorized" with no cause).
+registry wins over the file's helpers and entries, even an entry that gives nothing
+(``{}``, a user name alone), as docker's in-memory store answers with it; for a registry
+it has no entry for, the file is read as above. Its entry is the one under the
+registry's key exactly (``reg.example:5000``, Docker Hub's ``https://index.docker.io/v1/``),
+never one matched by its host as the file's are: docker's in-memory store (``Get`` in
+``cli/config/memorystore``, first ``cli/config/memory``) looks the key up as it is, and
+only its file store (``credentials/file_store.go``) tries ``ConvertToHostname`` on the
+keys it holds. A key
+written as a URL there is thus no entry for docker, which reads the file instead; were
+it one for us, the same variable would give the two tools different credentials. Its
+other keys are not read, as docker does not read them. A value that is not such a
+config is an ``AuthError`` naming the variable, never quoting it (docker ignores it
+without a word, which turns a typo into an "unauthorized" with no cause).
 
 Not read: an entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
 saying so). A helper past its timeout is killed; a process it started and left
@@ -178,7 +185,8 @@ def _from_env_config(
     """Whether ``DOCKER_AUTH_CONFIG`` has an ``auths`` entry for ``reference``'s
     registry, and what it gives. An entry decides, even one that gives nothing (``{}``,
     a user name alone): docker's in-memory store answers with it and never asks the
-    file's helpers or entries."""
+    file's helpers or entries. The entry is the one under the registry's key exactly,
+    as that store looks it up (module docstring), not one matched by its host."""
     text = env.get(ENV_AUTH_CONFIG)
     if not text:
         return False, None
@@ -188,8 +196,8 @@ def _from_env_config(
         raise AuthError(f"cannot use ${ENV_AUTH_CONFIG}: it is not UTF-8 text") from None
     where = f"${ENV_AUTH_CONFIG}"
     auths = auths_entries(parse_config(data, where), where)
-    key = _auths_key(auths, _docker_key(reference))
-    if key is None:
+    key = _docker_key(reference)
+    if key not in auths:
         return False, None
     return True, bound_to_registry(from_auths_entry(auths, key, where), reference)
 
@@ -311,15 +319,13 @@ def string_map(config: Mapping[str, object], name: str, path: Path | str) -> dic
 
 def _from_auths(config: Mapping[str, object], key: str, path: Path | str) -> Credentials | None:
     """The ``auths`` entry for ``key`` (docker's file store): the key itself, else the
-    first whose host and port are ``key``, as docker matches a key written as a URL."""
+    first whose host and port are ``key``, as docker matches a key written as a URL in
+    the file (``DOCKER_AUTH_CONFIG``'s entries match exactly: module docstring)."""
     auths = auths_entries(config, path)
-    found = _auths_key(auths, key)
+    if key in auths:
+        return from_auths_entry(auths, key, path)
+    found = next((k for k in auths if key_hostname(k) == key), None)
     return None if found is None else from_auths_entry(auths, found, path)
-
-
-def _auths_key(auths: Mapping[str, object], key: str) -> str | None:
-    """Which of ``auths``' keys is ``key``'s, as ``_from_auths`` matches them."""
-    return key if key in auths else next((k for k in auths if key_hostname(k) == key), None)
 
 
 def auths_entries(config: Mapping[str, object], path: Path | str) -> dict[str, object]:

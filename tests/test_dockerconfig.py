@@ -577,6 +577,38 @@ def test_a_docker_auth_config_entry_that_gives_nothing_still_decides(
     assert found is not None and found.username == "helper"
 
 
+def test_a_docker_auth_config_key_matches_only_as_written(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker's in-memory store looks the registry's key up as it is: a key written as a
+    URL, which the file matches by its host, is no entry for the registry there, and
+    the file's entry is used, as docker uses it."""
+    path = write_config(
+        config_dir,
+        {"auths": {"reg.example": {"auth": b64("file:pw-file")}}},
+    )
+    monkeypatch.setenv(
+        "DOCKER_AUTH_CONFIG",
+        json.dumps(
+            {
+                "auths": {
+                    "https://reg.example/v1/": {"auth": b64(f"url:{SECRET}")},
+                    "http://user:pw@reg.example:5000": {"auth": b64(f"userinfo:{SECRET}")},
+                    "reg.example:5001/team": {"auth": b64(f"path:{SECRET}")},
+                    "docker.io": {"auth": b64(f"hub:{SECRET}")},
+                }
+            }
+        ),
+    )
+    assert docker_config_credentials("reg.example/app") == Credentials(
+        "file", "pw-file", source=str(path), registry="reg.example"
+    )
+    assert docker_config_credentials("reg.example:5000/app") is None
+    assert docker_config_credentials("reg.example:5001/team/app") is None
+    # Docker Hub's key is its v1 URL, there as in the file: "docker.io" is not it.
+    assert docker_config_credentials("alpine") is None
+
+
 @pytest.mark.parametrize(
     ("value", "why"),
     [
