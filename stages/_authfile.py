@@ -15,6 +15,11 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
    reads it: the registry's own key, else a key whose host is the registry (a URL's
    scheme and path dropped; Docker Hub under any of its names).
 
+An entry for the registry in ``DOCKER_AUTH_CONFIG`` ends the search at 3, even one that
+gives nothing (``{}``, a user name alone: an anonymous pull). It decides docker's answer,
+which never falls back to the file then; for the search to go on to ``~/.dockercfg``
+would make that older file win over the variable the user set for this registry.
+
 Where any of them holds something that cannot be read (no permission, a directory, a
 FIFO), it is skipped with a warning that names it and says why (docker's CLI does so for
 its config). containers/image fails the
@@ -58,7 +63,8 @@ from ._dockerconfig import (
     auths_entries,
     bound_to_registry,
     checked_timeout,
-    docker_credentials,
+    docker_file_credentials,
+    env_config_credentials,
     from_auths_entry,
     from_helper,
     key_hostname,
@@ -124,7 +130,10 @@ def auth_file_credentials(
             found := _from_auth_json(config, reference, path, helper_timeout_s)
         ):
             return bound_to_registry(found, reference)
-    docker = docker_credentials(reference, env, None, helper_timeout_s)
+    decided, found = env_config_credentials(reference, env)
+    if decided:  # even with nothing: the variable's entry is docker's answer
+        return found
+    docker = docker_file_credentials(reference, env, None, helper_timeout_s)
     if docker is not None:
         return docker
     legacy = _home(env) / ".dockercfg"

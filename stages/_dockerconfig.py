@@ -85,10 +85,10 @@ from ._reference import DOCKER_HUB, Reference, parse_reference
 __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
 
 # Besides __all__, stages/_authfile.py uses the reading rules below, since an auth.json
-# is docker's format: read_config, warn_unreadable, docker_credentials, string_map,
-# auths_entries, from_auths_entry, from_helper, key_hostname, checked_timeout and
-# bound_to_registry. They are part of
-# this module's contract with it, not of the package's public API.
+# is docker's format: read_config, warn_unreadable, env_config_credentials,
+# docker_file_credentials, string_map, auths_entries, from_auths_entry, from_helper,
+# key_hostname, checked_timeout and bound_to_registry. They are part of this module's
+# contract with it, not of the package's public API.
 
 log = structlog.get_logger()
 
@@ -152,20 +152,20 @@ def docker_config_credentials(
     checked_timeout(helper_timeout_s)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     env = os.environ if environ is None else environ
-    return docker_credentials(reference, env, config_path, helper_timeout_s)
+    decided, found = env_config_credentials(reference, env)
+    if decided:
+        return found
+    return docker_file_credentials(reference, env, config_path, helper_timeout_s)
 
 
-def docker_credentials(
+def docker_file_credentials(
     reference: Reference,
     env: Mapping[str, str],
     config_path: str | os.PathLike[str] | None,
     timeout_s: float,
 ) -> Credentials | None:
-    """docker's lookup for ``reference``: ``DOCKER_AUTH_CONFIG``'s entry, else the
-    config file's (``config_path``, else the default place)."""
-    decided, found = _from_env_config(reference, env)
-    if decided:
-        return found
+    """What docker's config file (``config_path``, else the default place) gives for
+    ``reference``, ``DOCKER_AUTH_CONFIG`` aside: the second half of docker's lookup."""
     if config_path is not None:
         path = Path(config_path)
         config = read_config(path)
@@ -179,7 +179,7 @@ def _docker_key(reference: Reference) -> str:
     return DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
 
 
-def _from_env_config(
+def env_config_credentials(
     reference: Reference, env: Mapping[str, str]
 ) -> tuple[bool, Credentials | None]:
     """Whether ``DOCKER_AUTH_CONFIG`` has an ``auths`` entry for ``reference``'s

@@ -147,6 +147,25 @@ def test_docker_s_config_keeps_docker_s_host_matching(places: Places) -> None:
     assert pipeline.auth_file_credentials("reg.example/other/app").username == "docker"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("env_entry", [{}, {"username": "env-user"}])
+def test_a_docker_auth_config_entry_decides_before_the_legacy_dockercfg(
+    places: Places, monkeypatch: pytest.MonkeyPatch, env_entry: dict[str, str]
+) -> None:
+    """The variable's entry for the registry decides docker's answer, even one that
+    gives nothing (an anonymous pull): the search ends there, as it does for docker's
+    config.json, and ~/.dockercfg is not asked."""
+    write(places.legacy_file, {"reg.example": entry("legacy", SECRET)})
+    write(places.docker_file, {"auths": {"reg.example": entry("docker", SECRET)}})
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": env_entry}}))
+    assert pipeline.auth_file_credentials("reg.example/app") is None
+    places.docker_file.unlink()
+    assert pipeline.auth_file_credentials("reg.example/app") is None
+    # A registry the variable has no entry for reaches the legacy file.
+    write(places.legacy_file, {"other.example": entry("legacy", SECRET)})
+    got = pipeline.auth_file_credentials("other.example/app")
+    assert got is not None and got.source == str(places.legacy_file)
+
+
 def test_an_explicit_file_is_the_only_one_read(
     places: Places, tmp_path: Path, monkeypatch: Any
 ) -> None:
