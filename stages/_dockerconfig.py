@@ -32,7 +32,9 @@ login`` left to root, and it must not fail a pull of a public image. The warning
 the file and why, so a pull that then fails with "unauthorized" shows its cause just
 above. A file given explicitly (``config_path=``) that cannot be read is an error.
 Anything else is an ``AuthError`` that names the file (or the helper) and what is
-wrong, never what the file holds: it holds secrets.
+wrong, never what the file holds: it holds secrets. An entry is named by its key, the
+user info of a key written as a URL cut (``shown_key``): ``https://user:pw@host`` is
+the entry for ``host``, and its password must not reach the message.
 
 ``DOCKER_AUTH_CONFIG``, when set and not empty, is read first, as docker's CLI reads
 it since 28.3 (GitLab CI sets it): a config in JSON whose ``auths`` entry for the
@@ -80,6 +82,7 @@ import structlog
 from ._auth import quotable
 from ._config import Credentials
 from ._errors import AuthError, UsageError
+from ._redact import REDACTED, redact
 from ._reference import DOCKER_HUB, Reference, parse_reference
 
 __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
@@ -344,7 +347,7 @@ def from_auths_entry(
     """The credentials of ``auths[found]``, as docker's client decodes an entry (the
     containers tools' auth.json has the same entries)."""
     entry = auths[found]
-    where = f"the auths entry {found!r} in {path}"
+    where = f"the auths entry {shown_key(found)!r} in {path}"
     if entry is None:
         return None
     if not isinstance(entry, dict):
@@ -412,6 +415,24 @@ def _decoded_auth(auth: str, where: str) -> tuple[str, str]:
             f"{'' if colon else ' and no colon'})"
         )
     return username, password.strip("\0")
+
+
+def shown_key(key: str) -> str:
+    """An ``auths`` key as an error quotes it: the user info of a key written as a URL
+    (``https://user:pw@host/``) cut, the rest kept, then ``redact`` as for any text.
+
+    Such a key matches by its host (``key_hostname``, which drops everything up to the
+    host's ``@``), so that its entry is the registry's and an error about the entry
+    names it; a library caller shows or logs that error as it is. The cut is the same
+    one ``key_hostname`` makes, not ``redact``'s alone: a URL in text ends at a space or
+    a quote, which a key's password may hold."""
+    scheme, sep, rest = key.partition("://")
+    if not sep:
+        scheme, rest = "", key
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    if "@" in rest[:end]:
+        rest = f"{REDACTED}@{rest[rest.rindex('@', 0, end) + 1 :]}"
+    return redact(f"{scheme}{sep}{rest}")
 
 
 def key_hostname(key: str) -> str:

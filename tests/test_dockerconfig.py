@@ -262,6 +262,41 @@ def test_a_malformed_file_is_an_error_naming_it_and_not_its_content(
     assert error.value.__context__ is None or error.value.__suppress_context__
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"https://ci:{SECRET}@reg.example/v1/",
+        f"http://ci:{SECRET}@reg.example",
+        f"https://{SECRET}@reg.example",
+        f"https://ci:a b'\"<{SECRET}>@reg.example?x=1",  # what ends a URL in text
+        f"https://ci:{SECRET}@x@reg.example/",
+    ],
+)
+def test_an_auths_key_s_user_info_is_not_quoted_in_an_error(
+    config_dir: Path, tmp_path: Path, key: str
+) -> None:
+    """A key written as a URL matches by its host, so one holding a password in its user
+    info is the registry's entry; an error about that entry names it, which a library
+    caller shows or logs as it is: the user info is cut, the rest of the key kept."""
+    path = write_config(config_dir, {"auths": {key: {"auth": "not base64!"}}})
+    with pytest.raises(AuthError) as refused:
+        docker_config_credentials("reg.example/app")
+    message = str(refused.value)
+    assert SECRET not in message
+    assert f"in {path}: its auth is not base64" in message
+    assert "[redacted]@reg.example" in message
+    # ~/.dockercfg's keys match by host too (containers/image's legacy format).
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".dockercfg").write_text(json.dumps({key: {"registrytoken": "x"}}))
+    environ = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "DOCKER_CONFIG": str(home)}
+    with pytest.raises(AuthError) as refused:
+        pipeline.auth_file_credentials("reg.example/app", environ=environ)
+    message = str(refused.value)
+    assert SECRET not in message
+    assert "[redacted]@reg.example" in message and "it holds a registry token" in message
+
+
 def test_a_number_longer_than_python_converts_is_read_as_docker_reads_it(
     config_dir: Path,
 ) -> None:
