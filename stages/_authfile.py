@@ -20,6 +20,13 @@ gives nothing (``{}``, a user name alone: an anonymous pull). It decides docker'
 which never falls back to the file then; for the search to go on to ``~/.dockercfg``
 would make that older file win over the variable the user set for this registry.
 
+Not read: ``/etc/containers/auth.json``, for root or anyone. Some copies of
+containers-auth.json(5) name it (read first by root under systemd, last by root
+otherwise), but that text comes from proposals never merged (containers/image#1746,
+#2600; the design is still open in containers/image#2614): no released
+``getAuthFilePaths``, containers/image's nor its successor's in
+containers/container-libs, has it, so skopeo and podman do not read it.
+
 Where any of them holds something that cannot be read (no permission, a directory, a
 FIFO), it is skipped with a warning that names it and says why (docker's CLI does so for
 its config). containers/image fails the
