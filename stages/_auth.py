@@ -46,6 +46,7 @@ import trio
 from ._config import Credentials, Limits
 from ._errors import AuthError
 from ._http import (
+    ProxyRefused,
     Resolver,
     cookie_jar_used,
     describe_error,
@@ -719,10 +720,13 @@ async def fetch_token(
             if stalled_s is None
             else f"no data for {stalled_s:g} s"
         )
+        refused = exc if isinstance(exc, ProxyRefused) else None  # its 503's Retry-After
         raise AuthError(
             f"cannot get a token from {realm_host}: {reason}",
             transient=transient_failure(exc),
             stalled_s=stalled_s,
+            retry_after_s=None if refused is None else refused.retry_after_s,
+            retry_after_from=None if refused is None else refused.retry_after_from,
         ) from exc
     except BodyTooLarge as exc:
         raise AuthError(

@@ -46,6 +46,7 @@ from ._config import Limits, ProxySettings, RegistryOptions
 from ._errors import UsageError
 from ._proxy import ProxyURL, proxy_secrets
 from ._redact import cut_secrets, redact
+from ._retry import parse_retry_after
 
 __all__ = [
     "DeferredTrustContext",
@@ -515,11 +516,23 @@ class ProxyRefused(httpx.ProxyError):
     ``CONNECT`` not answered 2xx, or a 407 to a plain-http request; or a request to an
     IPv6 address, which httpcore cannot name to a proxy, refused before it is sent. The
     message names the proxy (``ProxyURL.shown``, never its credentials), the target and
-    what the proxy said. ``status``: the proxy's HTTP status, when it answered one."""
+    what the proxy said. ``status``: the proxy's HTTP status, when it answered one.
+    ``retry_after_s``: the wait a 503's ``Retry-After`` asked for (``parse_retry_after``),
+    read as a registry's 503 is; ``retry_after_from``: the proxy, as the retry policy
+    names who asked (``ImagecError.retry_after_from``)."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        retry_after_from: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
+        self.retry_after_from = retry_after_from
 
     @property
     def credentials_refused(self) -> bool:
@@ -533,6 +546,48 @@ class ProxyRefused(httpx.ProxyError):
         after the same answers from a registry, another attempt may get through. Any
         other refusal (a 4xx: its policy, its credentials) is final."""
         return self.status in _GATEWAY_FAILED
+
+
+# What httpcore's trace extension passes a callback: an event's name and its details.
+_Trace = Callable[[str, dict[str, typing.Any]], Awaitable[None]]
+
+
+class _ConnectAnswer:
+    """A ``trace`` callback (the request extension httpx documents, "Request
+    Extensions") that keeps the headers of the proxy's answer to the ``CONNECT`` a
+    request opened its tunnel with.
+
+    httpcore raises a CONNECT not answered 2xx as ``ProxyError("503 Service
+    Unavailable")``, its status and reason only: the answer's headers are dropped with
+    the connection, and no interface of httpcore's or httpx's returns them. The CONNECT is
+    sent with the extensions of the request that opened the tunnel, so its trace events
+    come here: ``http11.send_request_headers.started`` names the request sent
+    (``info["request"]``), ``http11.receive_response_headers.complete`` returns
+    ``(http_version, status, reason, headers)``. Only a CONNECT's answer is kept; events
+    of another shape (a later httpcore) keep nothing, and the retry backs off on its own
+    as before. ``inner``: a trace the caller had set, still called first."""
+
+    def __init__(self, inner: _Trace | None) -> None:
+        self._inner = inner
+        self._connecting = False
+        self._headers: Sequence[tuple[bytes, bytes]] = ()
+
+    async def __call__(self, name: str, info: dict[str, typing.Any]) -> None:
+        if self._inner is not None:
+            await self._inner(name, info)
+        if name == "http11.send_request_headers.started":
+            self._connecting = getattr(info.get("request"), "method", None) == b"CONNECT"
+        elif name == "http11.receive_response_headers.complete" and self._connecting:
+            answer = info.get("return_value")
+            if isinstance(answer, tuple) and len(answer) == 4 and isinstance(answer[3], list):
+                self._headers = answer[3]
+
+    def header(self, name: bytes) -> str | None:
+        """The first ``name`` header (lower case) of the CONNECT's answer, if any."""
+        for key, value in self._headers:
+            if isinstance(key, bytes) and isinstance(value, bytes) and key.lower() == name:
+                return value.decode("latin-1")
+        return None
 
 
 class ProxyUnreachable(httpx.ConnectError):
@@ -618,14 +673,23 @@ class ProxyRouter(httpx.AsyncBaseTransport):
         pool = self._pools.get(proxy)
         if pool is None:
             pool = self._pools[proxy] = self._proxied(proxy)
+        extensions = request.extensions
+        connect = _ConnectAnswer(extensions.get("trace"))
+        if url.scheme == "https":  # a tunnel: the proxy's own answer is to a CONNECT
+            request.extensions = {**extensions, "trace": connect}
         try:
             response = await pool.handle_async_request(request)
         except httpx.ProxyError as exc:  # httpcore's: the CONNECT was not answered 2xx
             answer = str(exc)
-            status = answer.split(" ", 1)[0]
+            code = answer.split(" ", 1)[0]
+            refused = int(code) if code.isdigit() else None
+            # A 503's Retry-After, as a registry's 503 is read (``_status_error``).
+            wait = connect.header(b"retry-after") if refused == 503 else None
             raise ProxyRefused(
                 _refusal(proxy, setting, url, answer),
-                status=int(status) if status.isdigit() else None,
+                status=refused,
+                retry_after_s=parse_retry_after(wait),
+                retry_after_from=f"the proxy {proxy.shown}",
             ) from exc
         except httpx.TransportError as exc:
             if not any(isinstance(link, _ProxyConnectFailed) for link in _chain(exc)):
@@ -636,6 +700,8 @@ class ProxyRouter(httpx.AsyncBaseTransport):
                 f"cannot connect to the proxy {proxy.shown} that {setting} names ({reason}):"
                 f" check {setting} and that the proxy is running"
             ) from exc
+        finally:
+            request.extensions = extensions  # the caller's, should it send the request again
         if url.scheme == "http" and response.status_code == 407:
             # A plain-http request went to the proxy as it is: 407 is the proxy's answer.
             reason = response.extensions.get("reason_phrase", b"")

@@ -964,12 +964,16 @@ class RegistryClient:
         proxy = self._proxy_for(url)
         if isinstance(exc, ProxyRefused | ProxyUnreachable):
             # Its words name the proxy and the target; the proxy said no, or is down, or
-            # could not reach the target for now (502, 503, 504: tried again).
+            # could not reach the target for now (502, 503, 504: tried again, after the
+            # wait a 503's Retry-After asks for, within the cap a registry's gets).
+            refused = exc if isinstance(exc, ProxyRefused) else None
             return RegistryUnavailable(
                 f"{reason}, fetching {what}",
                 ref=str(ref),
                 digest=digest,
                 transient=transient_failure(exc),
+                retry_after_s=None if refused is None else refused.retry_after_s,
+                retry_after_from=None if refused is None else refused.retry_after_from,
             )
         via = "" if proxy is None else f" (through the proxy {proxy.shown})"
         if tls_failure(exc) == "verify":

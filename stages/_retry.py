@@ -19,7 +19,8 @@ alone decides what follows:
 - a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
   how long the server (``retry_after_from``) asked for: waiting an hour inside a pull is
   a hang;
-- otherwise the wait is the registry's ``Retry-After``, or else exponential backoff with
+- otherwise the wait is the server's ``Retry-After`` (a registry's, a token service's, or
+  a proxy's to a CONNECT: ``ProxyRefused.retry_after_s``), or else exponential backoff with
   jitter: ``retry_wait_s * 2**(n-1)``, at most ``retry_max_wait_s``, of which a random
   half, so that pulls that failed together do not come back together.
 

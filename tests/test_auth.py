@@ -36,6 +36,7 @@ from stages._auth import (
 )
 from stages._config import Credentials, Limits
 from stages._errors import AuthError
+from stages._http import ProxyRefused
 from stages._redact import recent_tokens, remember_token
 from stages._retry import retry_wait
 
@@ -702,6 +703,24 @@ async def test_a_token_service_asking_to_wait_too_long_is_named(status: int) -> 
     with pytest.raises(AuthError) as retried:
         retry_wait(info.value, 1, Limits())
     assert "the token service at auth.example asks to wait 3600 s" in str(retried.value)
+
+
+async def test_a_proxy_asking_the_token_request_to_wait_is_named() -> None:
+    """A proxy's 503 to the CONNECT for the token service, with a Retry-After: the
+    retry policy waits it out within the same cap, and says the proxy asked."""
+    proxy = "the proxy http://proxy.example:3128"
+    refused = ProxyRefused(
+        f"{proxy} could not reach auth.example (HTTP 503 Service Unavailable)",
+        status=503,
+        retry_after_s=3600,
+        retry_after_from=proxy,
+    )
+    with pytest.raises(AuthError) as info:
+        await _fetch(TokenService(refused))
+    assert info.value.transient and info.value.retry_after_s == 3600
+    with pytest.raises(AuthError) as retried:
+        retry_wait(info.value, 1, Limits())
+    assert f"{proxy} asks to wait 3600 s" in str(retried.value)
 
 
 async def test_fetch_token_oversize_chunked_body_read_only_to_the_cap() -> None:

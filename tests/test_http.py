@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from stages._config import Limits, RegistryOptions
+from stages._config import Limits, ProxySettings, RegistryOptions
 from stages._errors import UsageError
 from stages._http import (
     DeferredTrustContext,
@@ -27,6 +27,7 @@ from stages._http import (
     tls_failure,
     transient_failure,
 )
+from tests.support.forward_proxy import run_forward_proxy
 from tests.support.network import DNS, Network
 
 BODY_SIZE = 8 << 20
@@ -403,6 +404,35 @@ def test_a_proxy_refusal_is_transient_only_when_it_could_not_reach_the_target_fo
     """502/503/504 to a CONNECT are the retry policy's, as from a registry; a 4xx (or a
     request refused before it was sent, no status) is final."""
     assert transient_failure(ProxyRefused("the proxy said so", status=status)) is transient
+
+
+@pytest.mark.parametrize(("status", "waits"), [(503, 120.0), (502, None)])
+async def test_a_proxys_retry_after_to_a_connect_is_kept_on_its_refusal(
+    status: int, waits: float | None
+) -> None:
+    """httpcore raises a CONNECT not answered 2xx without the answer's headers; the trace
+    extension keeps them: a 503's Retry-After is read, as a registry's 503 is (a 502's
+    is not, as a registry's is not). A trace the caller set still sees every event, and
+    the request keeps its own extensions."""
+    seen: list[str] = []
+
+    async def trace(name: str, info: dict[str, object]) -> None:
+        seen.append(name)
+
+    with run_forward_proxy({}, refuse_connect=status, refuse_connect_retry_after="120") as proxy:
+        options = RegistryOptions(proxy=ProxySettings(https_proxy=proxy.url))
+        with trio.fail_after(10):
+            async with open_client(options, Limits()) as client:
+                request = client.build_request(
+                    "GET", "https://registry.test:5000/v2/", extensions={"trace": trace}
+                )
+                with pytest.raises(ProxyRefused) as info:
+                    await client.send(request)
+    assert info.value.status == status
+    assert info.value.retry_after_s == waits
+    assert info.value.retry_after_from == f"the proxy {proxy.url}"
+    assert "http11.receive_response_headers.complete" in seen
+    assert request.extensions["trace"] is trace
 
 
 async def test_a_lookup_that_hangs_is_a_connect_timeout() -> None:

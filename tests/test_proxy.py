@@ -596,6 +596,61 @@ async def test_a_proxy_that_keeps_failing_the_connect_is_named_once_the_retries_
     assert proxy.connects_refused == 2
 
 
+async def test_a_connect_answered_503_waits_the_retry_after_the_proxy_asks(
+    tls_registry_named: RegistryServer,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """A proxy answering a CONNECT 503 with ``Retry-After`` is waited out as long as it
+    asks, as a registry's own 503 is, not for the backoff's own wait (``_pull``: 0.01 s):
+    httpcore raises its refusal without the headers, which are read from its trace."""
+    registry = tls_registry_named
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    with (
+        forward_proxy(
+            refuse_connect=503, refuse_connect_times=1, refuse_connect_retry_after="1"
+        ) as proxy,
+        structlog.testing.capture_logs() as logs,
+    ):
+        result = await _pull(
+            f"{NAME}:{registry.port}/{unique_repo}:1",
+            tmp_path,
+            ca_file=registry.ca_pem,
+            proxy=ProxySettings(https_proxy=proxy.url),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.connects_refused == 1
+    (retried,) = [entry for entry in logs if entry["event"] == "retrying"]
+    assert retried["wait_s"] == 1
+    assert "HTTP 503 CONNECT Refused By Test Proxy" in retried["error"]
+
+
+async def test_a_connect_answered_503_asking_too_long_a_wait_fails_at_once_naming_the_proxy(
+    tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """Within the same cap as a registry's (``Limits.retry_after_max_s``): an hour asked
+    for is not waited, nor is the request sent again; the error says the proxy asked."""
+    authority = f"{NAME}:{tls_registry_named.port}"
+    with (
+        forward_proxy(refuse_connect=503, refuse_connect_retry_after="3600") as proxy,
+        pytest.raises(RegistryUnavailable) as caught,
+    ):
+        await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            ca_file=tls_registry_named.ca_pem,
+            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
+        )
+    message = str(caught.value)
+    assert f"the proxy {proxy.url} could not reach {authority}" in message
+    assert f"the proxy {proxy.url} asks to wait 3600 s" in message
+    assert "attempts" not in message
+    assert PROXY_PASSWORD not in message and PROXY_PASSWORD not in repr(caught.value)
+    assert proxy.connects_refused == 1
+
+
 @pytest.mark.parametrize("status", [400, 403, 405, 407])
 async def test_a_connect_the_proxy_refuses_is_not_tried_again(
     tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path, status: int

@@ -12,7 +12,8 @@ credentials (``credentials``: anything else is answered 407) and can refuse ever
 with a status of its choice (``refuse``, e.g. 502), or only CONNECTs (``refuse_connect``:
 a proxy that tunnels to port 443 only, as squid by default), or only the first
 ``refuse_connect_times`` of them (a proxy overloaded for a while; ``connects_refused``
-counts them). A forwarded request goes upstream
+counts them), saying ``Retry-After: refuse_connect_retry_after`` when that is set. A
+forwarded request goes upstream
 with ``Connection: close`` and its answer to the client too: one request per
 connection keeps the relay a byte copy.
 
@@ -47,6 +48,7 @@ class ForwardProxy(ThreadedRelay):
     refuse: int | None = None
     refuse_connect: int | None = None
     refuse_connect_times: int | None = None
+    refuse_connect_retry_after: str | None = None
     connects_refused: int = 0
     tunnels: list[str] = field(default_factory=list)
     forwarded: list[str] = field(default_factory=list)
@@ -103,7 +105,13 @@ class ForwardProxy(ThreadedRelay):
                 with self._lock:
                     self.tunnels.append(target)
                 if self.refuse_connect is not None and self._refusing_connect():
-                    _answer(client, self.refuse_connect, "CONNECT Refused By Test Proxy")
+                    wait = self.refuse_connect_retry_after
+                    _answer(
+                        client,
+                        self.refuse_connect,
+                        "CONNECT Refused By Test Proxy",
+                        b"" if wait is None else f"Retry-After: {wait}\r\n".encode("latin-1"),
+                    )
                     return
                 host, _, port = target.rpartition(":")
                 if ":" in host and not (host.startswith("[") and host.endswith("]")):
@@ -259,6 +267,7 @@ def run_forward_proxy(
     refuse: int | None = None,
     refuse_connect: int | None = None,
     refuse_connect_times: int | None = None,
+    refuse_connect_retry_after: str | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> Iterator[ForwardProxy]:
     """A forward proxy on ``http://127.0.0.1:<port>`` (``https://`` with the server
@@ -269,6 +278,7 @@ def run_forward_proxy(
         refuse=refuse,
         refuse_connect=refuse_connect,
         refuse_connect_times=refuse_connect_times,
+        refuse_connect_retry_after=refuse_connect_retry_after,
     )
     with relaying(proxy, proxy._accept_loop, tls, scheme="https" if tls is not None else "http"):
         yield proxy
