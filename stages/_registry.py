@@ -448,6 +448,24 @@ class RegistryClient:
             return endpoint
 
     async def _discover(self, ref: Reference, authority: str) -> _Endpoint:
+        """The endpoint (scheme, TLS mode) of ``authority``, found by ``GET /v2/``.
+
+        A registry listed as insecure is asked over https without verification, then
+        over plain http, but only when the https attempt got no answer from the
+        registry: the connection or TLS failed (a plain-http server on that port), or a
+        proxy refused the CONNECT (not with 407: its credentials are what the user must
+        hear about). An answer over https, a 5xx included, is the registry's: it speaks
+        https, so the status is raised as any other (``_status_error``; a 5xx is tried
+        again by the retry policy, over https) and never taken for a reason to go plain.
+
+        That is docker's rule: its pull skips the http endpoint of a host whose https
+        ping came back with an HTTP response (moby, ``confirmedTLSRegistries``, set from
+        ``fallbackError.transportOK``). containers/image (skopeo, podman) tries http after
+        any failed https ping (``detectPropertiesHelper``), a registry's 5xx included;
+        not followed here. A proxy's 502, 503 or 504 to the CONNECT is no answer of the
+        registry's: Go's net/http returns it as an error, without a response, so both
+        fall back past it, and so does this (its 503's Retry-After is then not waited).
+        """
         insecure = matches_insecure(authority, self._options.insecure_registries)
         attempts: list[tuple[str, bool]]
         if insecure:

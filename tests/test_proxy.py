@@ -321,16 +321,19 @@ async def test_pull_over_plain_http_through_the_proxy(
     assert any(f"/blobs/{layer.digest}" in t for t in proxy.forwarded for layer in image.layers)
 
 
+@pytest.mark.parametrize("status", [403, 502])
 async def test_an_insecure_registry_falls_back_to_http_when_the_proxy_refuses_connect(
-    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
+    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path, status: int
 ) -> None:
     """A proxy that tunnels to port 443 only (squid's default) answers the https
-    attempt's CONNECT 403: for a registry listed as insecure that is one more way https
-    fails, and plain http through the proxy follows, as docker falls back."""
+    attempt's CONNECT 403, one that cannot reach the port 502: for a registry listed as
+    insecure that is one more way https fails (no answer of the registry's), and plain
+    http through the proxy follows, as docker and skopeo fall back (Go's net/http
+    returns a refused CONNECT as an error, not a response)."""
     image = images.sample_image(unique_seed)
     registry.push(unique_repo, image, "1")
     authority = f"{NAME}:{registry.port}"
-    with forward_proxy(refuse_connect=403) as proxy:
+    with forward_proxy(refuse_connect=status) as proxy:
         result = await _pull(
             f"{authority}/{unique_repo}:1",
             tmp_path,

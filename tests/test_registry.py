@@ -704,6 +704,28 @@ async def test_insecure_registry_falls_back_to_http() -> None:
     ]
 
 
+@pytest.mark.parametrize("status", [502, 503])
+async def test_an_insecure_registry_answering_https_with_a_5xx_is_not_downgraded(
+    status: int,
+) -> None:
+    """A 5xx over https is the registry's answer: it speaks https. Tried again there, as
+    docker's pull does (no http endpoint for a host whose https ping got a response);
+    plain http is only for an https attempt that got no answer (``_discover``)."""
+    fake = FakeRegistry()
+    fake.routes["https://reg.example/v2/"] = _answers(httpx.Response(status))
+    with trio.fail_after(10):
+        async with _client(
+            fake, insecure_registries=("reg.example",), limits=QUICK_RETRIES
+        ) as client:
+            body, _ = await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert body == MANIFEST
+    assert fake.paths() == [
+        "https://reg.example/v2/",
+        "https://reg.example/v2/",
+        "https://reg.example/v2/team/app/manifests/latest",
+    ]
+
+
 async def test_loopback_falls_back_only_when_server_is_not_tls() -> None:
     ref = parse_reference("127.0.0.1:5000/app")
     fake = FakeRegistry(host="127.0.0.1:5000")
