@@ -211,6 +211,7 @@ class Limits:
     # step is one GIL hand-back by the inflate thread, and under load each costs a wait:
     # 2 MiB beat 1 MiB in interleaved A/Bs (big 6.80 -> 6.59 s, app 1.94 -> 1.84 s, 14-16
     # rounds each), with peak RSS on big about 115 MB instead of 102 (4 MiB: about 135).
+    # zstd's pieces stay at 128 KiB, its own output size, below this (``Unzstd``).
     inflate_step_bytes: int = 2 * MiB
     # Which zlib-compatible module inflates gzip layers: "auto" (ISA-L when installed,
     # measured about twice as fast as zlib), "isal" or "zlib".

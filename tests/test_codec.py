@@ -267,7 +267,8 @@ def test_zstd_output_is_complete_and_bounded_for_any_split() -> None:
             pos += n
         unzstd.finish()
         assert b"".join(pieces) == data
-        assert all(len(p) <= step for p in pieces)
+        # Never over the step, nor over zstd's own output size (Unzstd: cache-sized).
+        assert all(len(p) <= min(step, 128 * 1024) for p in pieces)
 
 
 @pytest.mark.parametrize("cut", [1, 4, 5, 9, 100, -5, -4, -1])
