@@ -93,7 +93,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import platformdirs
 import structlog
@@ -128,6 +128,8 @@ __all__ = [
 
 log = structlog.get_logger()
 
+_T = TypeVar("_T")
+
 ENV_STORE = "IMAGEC_PIPE_STORE"
 SCHEMA_VERSION = 1
 # The action of a StoreError raised while opening a store ("cannot open store …"):
@@ -139,7 +141,7 @@ PRUNE = "prune {store}"
 REMOVE_DAMAGED = "remove damaged blobs from {store}"
 # How long a call waits for another process's write transaction before failing.
 BUSY_TIMEOUT_S = 30.0
-# That wait is made in slices of this (``_begin_immediate``): SQLite's own busy wait cannot
+# That wait is made in slices of this (``_while_busy``): SQLite's own busy wait cannot
 # be interrupted, and between two slices a Ctrl-C or a cancelled pull ends it.
 BUSY_SLICE_S = 0.1
 # The store's file lock (held for moments: opening the store, recording an image).
@@ -891,8 +893,16 @@ class Store:
 
     def _init(self, *, check_cancelled: Callable[[], None] | None = None) -> None:
         """Create or check the store; ``check_cancelled`` is called while it waits for the
-        store's lock or another process's write transaction, neither held (see
-        ``open_async``)."""
+        store's lock or another process's hold on the database, neither held (see
+        ``open_async``).
+
+        Its database steps wait in slices (``_while_busy``), as a transaction's start
+        does: a connection that keeps others from reading the database (a writer
+        committing to a rollback journal, one in exclusive locking mode) or from
+        switching it to WAL (any other connection to a rollback journal) held them in
+        SQLite's busy handler, through Ctrl-C and cancels alike, for ``BUSY_TIMEOUT_S``.
+        Each step opens its own connections and changes nothing it does not finish (the
+        migration is one transaction), so a step is simply made again."""
         path = self.path
         with self._errors(OPEN):
             if path.exists() and not path.is_dir():
@@ -916,10 +926,13 @@ class Store:
             self._ingest.mkdir(exist_ok=True)
             self._sweep_ingest()
             with self._locked(check_cancelled=check_cancelled):
-                self._init_db(check_cancelled)
+                _while_busy(functools.partial(self._init_db, check_cancelled), check_cancelled)
                 if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
-                self._repair_index()
+                _while_busy(
+                    functools.partial(self._repair_index, busy_timeout_s=BUSY_SLICE_S),
+                    check_cancelled,
+                )
                 layout = path / LAYOUT_FILE
                 if layout.exists():
                     self._check_layout(layout)
@@ -929,7 +942,7 @@ class Store:
                     log.info("store created", store=str(path))
                 _fsync_dir(path / BLOBS_DIR)
                 _fsync_dir(path)
-            self._wal_holder = self._hold_wal_open()
+            self._wal_holder = _while_busy(self._hold_wal_open, check_cancelled)
 
     def _refuse_lost_database(self, names: set[str]) -> None:
         """Refuse a store that holds images but no database (``names``: its directory).
@@ -1001,9 +1014,10 @@ class Store:
         Measured on ``many`` (40 layers, one CLI pull): 116 fdatasyncs and 38 SQLite
         busy-wait sleeps before, 16 and 11 with it; 0.742 -> 0.691 s median over 14
         interleaved cold pulls. After its first read it runs nothing, so it holds no
-        lock a writer waits for, only its share of the log's index.
+        lock a writer waits for, only its share of the log's index. That read waits one
+        slice at most (``_init`` makes it again).
         """
-        conn = self._connect_rw(check_same_thread=False)
+        conn = self._connect_rw(check_same_thread=False, busy_timeout_s=BUSY_SLICE_S)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except BaseException:
@@ -1011,7 +1025,7 @@ class Store:
             raise
         return conn
 
-    def _repair_index(self) -> None:
+    def _repair_index(self, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         """Give every reference of the database its index.json entry. Caller holds the lock.
 
         ``record_image`` commits the database, then writes index.json; a process killed in
@@ -1019,7 +1033,7 @@ class Store:
         at its previous image). The database is the record, so the entry is written again
         from it. Entries other tools added to index.json are left alone.
         """
-        with self._db() as conn:
+        with self._db(busy_timeout_s=busy_timeout_s) as conn:
             rows = conn.execute(
                 """SELECT r.name, i.oci_manifest_digest, i.manifest_digest, i.platform
                    FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest"""
@@ -1128,7 +1142,8 @@ class Store:
             )
 
     def _init_db(self, check_cancelled: Callable[[], None] | None = None) -> None:
-        with self._db(create=True) as conn:
+        """Create or upgrade the schema: one try of ``_init``'s (``_while_busy``)."""
+        with self._db(create=True, busy_timeout_s=BUSY_SLICE_S) as conn:
             if not _has_tables(conn):  # before anything is written to it
                 self._refuse_empty_database()
             conn.execute("PRAGMA journal_mode = WAL")
@@ -1179,12 +1194,17 @@ class Store:
 
     @contextlib.contextmanager
     def _db(
-        self, *, synchronous: str = "FULL", create: bool = False
+        self,
+        *,
+        synchronous: str = "FULL",
+        create: bool = False,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> Iterator[sqlite3.Connection]:
-        """A fresh connection for this call (connections are bound to their thread)."""
-        conn = self._connect(create=create)
+        """A fresh connection for this call (connections are bound to their thread), whose
+        statements wait up to ``busy_timeout_s`` for another connection's lock."""
+        conn = self._connect(create=create, busy_timeout_s=busy_timeout_s)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             yield conn
@@ -1192,7 +1212,11 @@ class Store:
             conn.close()
 
     def _connect_rw(
-        self, *, create: bool = False, check_same_thread: bool = True
+        self,
+        *,
+        create: bool = False,
+        check_same_thread: bool = True,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> sqlite3.Connection:
         """A read-write connection. Only ``_init_db`` creates the database: one deleted
         under an open store is an error (see ``_hint``), not a new, empty record that the
@@ -1200,12 +1224,14 @@ class Store:
         return sqlite3.connect(
             f"{self._db_path.as_uri()}?mode={'rwc' if create else 'rw'}",
             uri=True,
-            timeout=BUSY_TIMEOUT_S,
+            timeout=busy_timeout_s,
             isolation_level=None,
             check_same_thread=check_same_thread,
         )
 
-    def _connect(self, *, create: bool = False) -> sqlite3.Connection:
+    def _connect(
+        self, *, create: bool = False, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> sqlite3.Connection:
         """A read-write connection, or for a read-only store one that cannot write.
 
         A reader of a WAL database creates its ``-wal`` and ``-shm`` files when they are
@@ -1231,7 +1257,7 @@ class Store:
         space: it is read as immutable too.
         """
         if not self.read_only:
-            return self._connect_rw(create=create)
+            return self._connect_rw(create=create, busy_timeout_s=busy_timeout_s)
         uri = self._db_path.as_uri()
         if os.access(self._db_path, os.W_OK) and os.access(self.path, os.W_OK):
             conn = self._connect_rw()
@@ -2664,21 +2690,34 @@ def _begin_immediate(conn: sqlite3.Connection, check_cancelled: Callable[[], Non
     could not be cancelled at all. Between two slices, the main thread takes its
     signals, and ``check_cancelled`` may raise (``trio.from_thread.check_cancelled`` in
     a pull's thread); no transaction has begun then, so there is nothing to undo. The
-    connection's busy timeout is ``BUSY_TIMEOUT_S`` again afterwards, and a writer that
-    keeps the database past it gives SQLite's own "database is locked" (see ``_hint``).
+    connection's busy timeout is what it was again afterwards, and a writer that keeps
+    the database past ``BUSY_TIMEOUT_S`` gives SQLite's own "database is locked" (see
+    ``_hint``).
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    previous = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
     try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            if check_cancelled is not None:
-                check_cancelled()
+        _while_busy(functools.partial(conn.execute, "BEGIN IMMEDIATE"), check_cancelled)
     finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {previous}")
+
+
+def _while_busy(step: Callable[[], _T], check_cancelled: Callable[[], None] | None) -> _T:
+    """``step()``, made again while SQLite says another connection holds the database
+    (SQLITE_BUSY), for up to ``BUSY_TIMEOUT_S``; ``step``'s connections wait
+    ``BUSY_SLICE_S`` at most each time. Between two tries the main thread takes its
+    signals and ``check_cancelled`` may raise. A try that SQLite refused at once (a
+    rollback journal's writer blocks the switch to WAL without a wait) is followed by a
+    pause of the slice, not by another try at once."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        tried = time.monotonic()
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        if check_cancelled is not None:
+            check_cancelled()
+        time.sleep(max(0.0, tried + BUSY_SLICE_S - time.monotonic()))

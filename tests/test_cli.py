@@ -1524,6 +1524,67 @@ def test_ctrl_c_ends_a_gc_waiting_for_another_process_s_database_write(tmp_path:
     assert (done.returncode, done.stdout) == (0, "Total reclaimed space: 0B\n"), done.stderr
 
 
+# Another connection that keeps a store being opened from its database, each in a way
+# that makes SQLite's own busy handler wait (or, for the first, refuse at once). A store's
+# database is in WAL mode, where a writer keeps nobody from reading; a tool that switched
+# it to a rollback journal (to copy it as one file), or that holds it in exclusive locking
+# mode, keeps readers out as well, and ``open`` must then switch the database back to WAL.
+_DATABASE_HOLDERS: dict[str, tuple[str, ...]] = {
+    "writer": ("PRAGMA journal_mode = DELETE", "BEGIN IMMEDIATE", "CREATE TABLE held (x)"),
+    "committing writer": ("PRAGMA journal_mode = DELETE", "BEGIN EXCLUSIVE"),
+    "reader": ("PRAGMA journal_mode = DELETE", "BEGIN", "SELECT count(*) FROM layers"),
+    "exclusive WAL writer": (
+        "PRAGMA locking_mode = EXCLUSIVE",
+        "BEGIN IMMEDIATE",
+        "CREATE TABLE held (x)",
+    ),
+}
+
+
+@pytest.mark.deadline(90)
+@pytest.mark.parametrize("held_by", list(_DATABASE_HOLDERS))
+def test_ctrl_c_ends_the_open_of_a_store_whose_database_another_process_holds(
+    tmp_path: Path, held_by: str
+) -> None:
+    """Opening a store waited for another connection's lock inside SQLite's busy
+    handler, which sleeps through signals: a Ctrl-C took effect only when its 30 s were
+    up. (A writer holding a rollback journal made the switch to WAL fail at once instead,
+    saying the database had been kept busy for over 30 s.) The open waits in slices now,
+    as a transaction does: the signal ends it, and the store is as it was."""
+    store = Store.open(tmp_path / "store")
+    store.close()
+    holder = sqlite3.connect(store.path / "imagec.db", isolation_level=None)
+    try:
+        for statement in _DATABASE_HOLDERS[held_by]:
+            holder.execute(statement).fetchall()
+        with subprocess.Popen(
+            # The pull opens the store before anything else reaches out.
+            [sys.executable, "-m", "pipeline._cli", "pull", REF, "--store", str(store.path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        ) as proc:
+            time.sleep(2)  # started, and waiting for the database
+            still_waiting = proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, err = proc.communicate(timeout=10)
+            finally:
+                proc.kill()
+        assert still_waiting, err
+        assert (proc.returncode, out, err) == (130, "", "imagec-pipe: interrupted\n")
+    finally:
+        holder.close()
+    for argv in (("gc",), ("verify", "--full")):
+        done = run_cli(*argv, "--store", str(store.path))
+        assert done.returncode == 0, done.stderr
+    with contextlib.closing(sqlite3.connect(store.path / "imagec.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'held'").fetchall() == []
+
+
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
 def test_sigterm_cancels_the_pull_cleanly(
     registry: Any,

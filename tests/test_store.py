@@ -7,6 +7,7 @@ skopeo and umoci, where installed, check that the result is an OCI layout they r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gzip
@@ -573,6 +574,39 @@ async def test_opening_a_store_from_trio_waits_for_the_lock_without_stopping_the
             nursery.cancel_scope.cancel()
     with opened[0] as store:
         assert store.list_images() == []
+
+
+@pytest.mark.deadline(60)
+async def test_opening_a_store_from_trio_ends_its_wait_for_the_database_when_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open_async`` ended its wait for the store's file lock when cancelled, but not
+    its first reads of the database: another connection keeping it from being read (a
+    rollback journal's writer committing, here) held the thread in SQLite's busy
+    handler, which no cancel reaches, for ``BUSY_TIMEOUT_S``. That wait is made in
+    slices now, asking trio between them, and leaves the store as it was."""
+    where = tmp_path / "s"
+    Store.open(where).close()
+    monkeypatch.setattr(_store, "BUSY_TIMEOUT_S", 10.0)  # not 30 s: the old code's wait
+    holder = sqlite3.connect(where / "imagec.db", isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode = DELETE")
+        holder.execute("BEGIN EXCLUSIVE")
+        started = trio.current_time()
+        with trio.move_on_after(0.5) as waiting:
+            await Store.open_async(where)
+        assert waiting.cancelled_caught
+        assert trio.current_time() - started < 1.5
+    finally:
+        holder.close()
+    with trio.fail_after(10):
+        store = await Store.open_async(where)  # free: it opens at once
+    with store:
+        pull_into(store, APP)
+        assert [r.ref for r in store.list_images()] == [str(APP)]
+        assert (await store.verify_async(full=True))[1] == []
+    with contextlib.closing(sqlite3.connect(where / "imagec.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 class _Stop(Exception):
