@@ -1255,6 +1255,15 @@ class Store:
         gone (a store at rest: the last connection folds it into the database), the
         database file holds every committed row, and nobody can write a new one without
         space: it is read as immutable too.
+
+        Where this process may write the store's directory but not its database (another
+        user's store in a shared directory, an ``imagec.db`` made read-only), ``mode=ro``
+        created the missing ``-wal`` and ``-shm`` files and left them behind, this user's
+        with the database's mode: the store's owner, who may not write them, could then
+        pull no more ("attempt to write a readonly database"); and on a full disk it
+        failed. A store at rest there (no ``-shm`` file: no connection has the database
+        open; no log to replay) is read as immutable, which creates nothing; one in use
+        shares its owner's files through ``mode=ro``.
         """
         if not self.read_only:
             return self._connect_rw(create=create, busy_timeout_s=busy_timeout_s)
@@ -1272,6 +1281,8 @@ class Store:
             except sqlite3.Error:
                 conn.close()
                 raise
+            return self._connect_immutable()
+        if self._at_rest():
             return self._connect_immutable()
         conn = sqlite3.connect(
             f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
@@ -1294,6 +1305,11 @@ class Store:
             timeout=BUSY_TIMEOUT_S,
             isolation_level=None,
         )
+
+    def _at_rest(self) -> bool:
+        """Whether no connection has the database open (no shared-memory file: the last
+        one to close removes it) and its log holds nothing: the file holds every row."""
+        return not (self.path / f"{DB_FILE}-shm").exists() and self._log_is_empty()
 
     def _log_is_empty(self) -> bool:
         """Whether the database's write-ahead log holds nothing to replay."""

@@ -1974,3 +1974,74 @@ def test_a_full_disk_still_lets_the_store_be_listed(tiny_disk: Path) -> None:
         reader.list_images()
     assert "read without locks" in str(damaged.value)
     assert "run the command again" in str(damaged.value)
+
+
+@contextlib.contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """``path`` (a file) made unwritable even for root, its directory left writable: a
+    read-only bind mount of the file over itself (needs root and mount(8)). What a
+    database file of another user, or one made read-only (chmod 0444), is to others."""
+    bound = subprocess.run(
+        ["mount", "--bind", str(path), str(path)], capture_output=True, timeout=30
+    )
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
+    try:
+        subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        yield
+    finally:
+        unmounted = subprocess.run(["umount", str(path)], capture_output=True, timeout=30)
+        if unmounted.returncode != 0:  # never leave a mount behind, which pytest cannot clean
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+            pytest.fail(f"the read-only mount was busy: {unmounted.stderr.decode().strip()}")
+
+
+def test_a_store_whose_database_this_user_may_not_write_is_read_as_it_is(
+    tiny_disk: Path,
+) -> None:
+    """A store in a directory this user may write whose database file it may not (another
+    user's store in a shared directory, an ``imagec.db`` made read-only) was read through
+    ``mode=ro``, which created the ``-wal`` and ``-shm`` files and left them: this user's,
+    with the database's mode, so that the store's owner, who may not write them, could
+    no longer pull ("attempt to write a readonly database"). On a full disk, where SQLite
+    could create neither, ``images`` failed, when the owner's own listing fell back to
+    reading the database file as it is. A store at rest (no ``-shm``: nobody has the
+    database open; no log to replay) is now read as it is, creating nothing."""
+    where = tiny_disk / "store"
+    with Store.open(where) as store:
+        pull_into(store, APP, content=b"oci image\n")
+        expected = store.list_images()
+    before = sorted(os.listdir(where))
+    assert _sqlite_side_files(where) == []
+    with _unwritable(where / _store.DB_FILE):
+        assert not os.access(where / _store.DB_FILE, os.W_OK) and os.access(where, os.W_OK)
+        reader = Store.open_existing(where)
+        assert reader is not None
+        with reader:
+            assert reader.list_images() == expected
+            assert reader.verify(full=True) == (3, [])
+        assert sorted(os.listdir(where)) == before
+
+        with open(tiny_disk / "filler", "wb") as filler, pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        assert full.value.errno == errno.ENOSPC
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline._cli", "images", "--store", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert str(APP).rsplit(":", 1)[0] in result.stdout
+        assert sorted(os.listdir(where)) == before
+    (tiny_disk / "filler").unlink()
+    with Store.open(where) as store:  # the owner pulls on
+        pull_into(store, ALPINE)
+        assert len(store.list_images()) == 2
