@@ -425,6 +425,10 @@ _FREE_SPACE_TO_REMOVE = (
     "names a deleted blob, and the database needs room to write"
 )
 _REMOVALS = frozenset({REMOVE_IMAGES, PRUNE, REMOVE_DAMAGED})
+_MAKE_WRITABLE = (
+    "have their owner (or root) make them writable for this user, or choose another store "
+    "with --store"
+)
 
 
 def _free_space(action: str) -> str:
@@ -448,6 +452,12 @@ def _hint(exc: BaseException, store: Path, action: str) -> str:
         return "check the store directory and try again"
     if isinstance(exc, sqlite3.Error) and _no_space_for(exc, store):
         return _free_space(action)
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+        # SQLite opens a database it may not write read-only, without a word.
+        return (
+            f"this user may not write the store's database {DB_FILE} (or its -wal and "
+            f"-shm files); {_MAKE_WRITABLE}"
+        )
     text = str(exc).lower()
     if "unable to open database file" in text and not (store / DB_FILE).exists():
         return (
@@ -926,6 +936,7 @@ class Store:
             self._ingest.mkdir(exist_ok=True)
             self._sweep_ingest()
             with self._locked(check_cancelled=check_cancelled):
+                self._refuse_unwritable_database()
                 _while_busy(functools.partial(self._init_db, check_cancelled), check_cancelled)
                 if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
@@ -943,6 +954,24 @@ class Store:
                 _fsync_dir(path / BLOBS_DIR)
                 _fsync_dir(path)
             self._wal_holder = _while_busy(self._hold_wal_open, check_cancelled)
+
+    def _refuse_unwritable_database(self) -> None:
+        """Refuse a store whose database this user may not write (another user's, one
+        made read-only, on a read-only mount), or its ``-wal`` or ``-shm`` file (left by
+        another user's read). SQLite opened such a database read-only without a word,
+        so that a pull downloaded its layers and failed only at its first commit."""
+        names = (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm")
+        unwritable = [
+            name
+            for name in names
+            if (self.path / name).exists() and not os.access(self.path / name, os.W_OK)
+        ]
+        if unwritable:
+            raise StoreError(
+                f"cannot open store {self.path} to change it: this user may not write "
+                f"{', '.join(unwritable)}; {_MAKE_WRITABLE} (images, layers, inspect and "
+                "verify without --repair only read it, and still can)"
+            )
 
     def _refuse_lost_database(self, names: set[str]) -> None:
         """Refuse a store that holds images but no database (``names``: its directory).

@@ -2045,3 +2045,39 @@ def test_a_store_whose_database_this_user_may_not_write_is_read_as_it_is(
     with Store.open(where) as store:  # the owner pulls on
         pull_into(store, ALPINE)
         assert len(store.list_images()) == 2
+
+
+def test_a_store_whose_database_this_user_may_not_write_is_refused_for_writing(
+    tmp_path: Path,
+) -> None:
+    """``open`` (pull, rm, gc) opened a store whose database this user may not write, as
+    SQLite then opens it read-only without a word: a pull downloaded its layers and
+    failed at the first commit, with "attempt to write a readonly database; check the
+    store directory and try again". ``open`` now says so before anything is done, and a
+    database that becomes unwritable under an open store gets the same advice."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root and mount(8)")
+    where = tmp_path / "s"
+    with Store.open(where) as store:
+        pull_into(store, APP)
+    with _unwritable(where / _store.DB_FILE):
+        with pytest.raises(StoreError, match=r"may not write imagec\.db\b") as refused:
+            Store.open(where)
+        assert "make them writable" in str(refused.value)
+        reader = Store.open_existing(where)  # what only reads is not refused
+        assert reader is not None
+        with reader:
+            assert [r.ref for r in reader.list_images()] == [str(APP)]
+    store = Store.open(where)
+    with _unwritable(where / _store.DB_FILE):  # under a store open already
+        try:
+            with pytest.raises(StoreError, match="readonly database") as failed:
+                pull_into(store, ALPINE)
+        finally:
+            # Before the unmount: SQLite keeps the failed connection's file (through the
+            # mount) open while another of this process (the store's) has the database.
+            store.close()
+        assert "may not write the store's database imagec.db" in str(failed.value)
+    with Store.open(where) as store:
+        pull_into(store, ALPINE)
+        assert len(store.list_images()) == 2
