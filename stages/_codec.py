@@ -86,6 +86,7 @@ __all__ = [
     "Unzstd",
     "available_inflaters",
     "describe_magic",
+    "gzip_member",
     "inflater",
 ]
 
@@ -157,6 +158,47 @@ class Decompressor(Protocol):
     def finish(self) -> None: ...
 
 
+class _IgzipMember:
+    """ISA-L's own gzip decompressor (``isal.igzip_lib.IgzipDecompressor``) for one member,
+    in the shape ``Gunzip`` uses of a zlib ``decompressobj``: ``decompress(data,
+    max_length)``, ``eof``, ``unused_data``, ``unconsumed_tail``.
+
+    A ``decompressobj`` whose output stops at ``max_length`` hands back the input it has
+    not taken as a fresh ``unconsumed_tail`` (a copy) for the next call; this one keeps
+    that input inside and takes ``b""`` to go on, so ``unconsumed_tail`` is always empty
+    and ``Gunzip``'s next call passes it. It checks the header, CRC and ISIZE as the
+    ``decompressobj`` does and raises the same ``isal_zlib.error``. Measured on one of
+    ``app``'s layers (108 MB gz, 2 MiB steps, 3 turns): 0.40 against 0.42 CPU-s, and
+    cold CLI pulls of ``app`` (10 interleaved rounds): 2.58 -> 2.52 CPU-s median."""
+
+    unconsumed_tail = b""
+
+    def __init__(self, igzip_lib: types.ModuleType) -> None:
+        self._decompressor = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
+
+    def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+        """As ``decompressobj``'s: ``max_length`` 0 sets no bound (igzip_lib says -1)."""
+        out: bytes = self._decompressor.decompress(data, max_length or -1)
+        return out
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._decompressor.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        data: bytes = self._decompressor.unused_data
+        return data
+
+
+def gzip_member(impl: types.ModuleType) -> Any:
+    """A decompressor for one gzip member with ``impl`` (an ``inflater``): a zlib-style
+    ``decompressobj``, or for ISA-L its own faster one (``_IgzipMember``)."""
+    if impl.__name__ == _INFLATER_MODULES["isal"]:
+        return _IgzipMember(importlib.import_module("isal.igzip_lib"))
+    return impl.decompressobj(wbits=31)
+
+
 class Gunzip:
     """gzip, any number of members, output in pieces of at most ``step`` bytes.
 
@@ -170,7 +212,7 @@ class Gunzip:
         self._sink = sink
         self._step = step
         self._impl = impl if impl is not None else inflater("auto")
-        self._member: Any = None  # the current member's decompressobj, None between members
+        self._member: Any = None  # the current member's decompressor (``gzip_member``)
         self._members = 0  # members completed
         self._header = b""  # the start of the next member's header, held back until whole
 
@@ -196,7 +238,7 @@ class Gunzip:
                 if _gzip_header_size(buf) is None and len(buf) < MAX_HELD_GZIP_HEADER:
                     self._header = bytes(buf)
                     return
-                member = self._member = self._impl.decompressobj(wbits=31)
+                member = self._member = gzip_member(self._impl)
             while True:
                 out = member.decompress(buf, step)
                 if out:
