@@ -1425,14 +1425,7 @@ def test_sigterm_while_waiting_for_the_store_lock_exits_143(tmp_path: Path) -> N
     holder = os.open(store.path / "imagec.lock", os.O_RDWR)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
-        with subprocess.Popen(
-            [sys.executable, "-m", "pipeline._cli", "pull", REF, "--store", str(store.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        ) as proc:
+        with _start_cli("pull", REF, "--store", str(store.path), stdout=subprocess.DEVNULL) as proc:
             assert proc.stderr is not None
             warning = proc.stderr.readline()  # after LOCK_NOTICE_S (2 s)
             assert "waiting for another process to release the store" in warning
@@ -1464,14 +1457,7 @@ def test_a_stop_signal_ends_a_pull_waiting_for_another_process_s_database_write(
     holder = sqlite3.connect(store.path / "imagec.db", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # another process writing, for ever
-        with subprocess.Popen(
-            [sys.executable, "-m", "pipeline._cli", "pull", ref, "--store", str(store.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        ) as proc:
+        with _start_cli("pull", ref, "--store", str(store.path), stdout=subprocess.DEVNULL) as proc:
             # The layer is renamed into blobs/ before its row is written: the pull is
             # then waiting for the database.
             layers = store.path / "blobs" / "sha256"
@@ -1503,14 +1489,7 @@ def test_ctrl_c_ends_a_gc_waiting_for_another_process_s_database_write(tmp_path:
     holder = sqlite3.connect(store.path / "imagec.db", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        with subprocess.Popen(
-            [sys.executable, "-m", "pipeline._cli", "gc", "--store", str(store.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        ) as proc:
+        with _start_cli("gc", "--store", str(store.path)) as proc:
             time.sleep(2)  # started, and waiting for the database (its 30 s are not up)
             proc.send_signal(signal.SIGINT)
             try:
@@ -1557,15 +1536,8 @@ def test_ctrl_c_ends_the_open_of_a_store_whose_database_another_process_holds(
     try:
         for statement in _DATABASE_HOLDERS[held_by]:
             holder.execute(statement).fetchall()
-        with subprocess.Popen(
-            # The pull opens the store before anything else reaches out.
-            [sys.executable, "-m", "pipeline._cli", "pull", REF, "--store", str(store.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env(),
-        ) as proc:
+        # The pull opens the store before anything else reaches out.
+        with _start_cli("pull", REF, "--store", str(store.path)) as proc:
             time.sleep(2)  # started, and waiting for the database
             still_waiting = proc.poll() is None
             proc.send_signal(signal.SIGINT)
@@ -2045,6 +2017,19 @@ def cli_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(source)}
     env.pop("IMAGEC_PIPE_STORE", None)
     return env
+
+
+def _start_cli(*argv: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """The CLI in a child process, started: no stdin, its stderr piped, its stdout as
+    asked (piped by default)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline._cli", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
 
 
 def run_cli(

@@ -552,6 +552,26 @@ async def test_a_proxy_that_cannot_reach_the_registry_is_named(
     assert PROXY_PASSWORD not in message
 
 
+async def _pull_through_one_refused_connect(
+    registry: RegistryServer, repo: str, seed: str, tmp_path: Path, **refusal: Any
+) -> ForwardProxy:
+    """Push a sample image and pull it through a forward proxy that refuses the first
+    CONNECT as ``refusal`` says (``forward_proxy``'s ``refuse_connect...`` arguments);
+    check that the pull got the image after that one refusal, and return the proxy."""
+    image = images.sample_image(seed)
+    registry.push(repo, image, "1")
+    with forward_proxy(refuse_connect_times=1, **refusal) as proxy:
+        result = await _pull(
+            f"{NAME}:{registry.port}/{repo}:1",
+            tmp_path,
+            ca_file=registry.ca_pem,
+            proxy=ProxySettings(https_proxy=proxy.url),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.connects_refused == 1
+    return proxy
+
+
 @pytest.mark.parametrize("status", [502, 503, 504])
 async def test_a_connect_the_proxy_could_not_carry_for_now_is_tried_again(
     tls_registry_named: RegistryServer,
@@ -563,18 +583,9 @@ async def test_a_connect_the_proxy_could_not_carry_for_now_is_tried_again(
     """502, 503 or 504 to a CONNECT (the proxy could not reach the registry, or is
     overloaded) failed the pull at once, where the same answers from the registry are
     tried again: a proxy's blip must not fail a pull that one more attempt finishes."""
-    registry = tls_registry_named
-    image = images.sample_image(unique_seed)
-    registry.push(unique_repo, image, "1")
-    with forward_proxy(refuse_connect=status, refuse_connect_times=1) as proxy:
-        result = await _pull(
-            f"{NAME}:{registry.port}/{unique_repo}:1",
-            tmp_path,
-            ca_file=registry.ca_pem,
-            proxy=ProxySettings(https_proxy=proxy.url),
-        )
-    assert str(result.manifest_digest) == image.digest
-    assert proxy.connects_refused == 1
+    proxy = await _pull_through_one_refused_connect(
+        tls_registry_named, unique_repo, unique_seed, tmp_path, refuse_connect=status
+    )
     assert len(proxy.tunnels) > 1
 
 
@@ -608,23 +619,15 @@ async def test_a_connect_answered_503_waits_the_retry_after_the_proxy_asks(
     """A proxy answering a CONNECT 503 with ``Retry-After`` is waited out as long as it
     asks, as a registry's own 503 is, not for the backoff's own wait (``_pull``: 0.01 s):
     httpcore raises its refusal without the headers, which are read from its trace."""
-    registry = tls_registry_named
-    image = images.sample_image(unique_seed)
-    registry.push(unique_repo, image, "1")
-    with (
-        forward_proxy(
-            refuse_connect=503, refuse_connect_times=1, refuse_connect_retry_after="1"
-        ) as proxy,
-        structlog.testing.capture_logs() as logs,
-    ):
-        result = await _pull(
-            f"{NAME}:{registry.port}/{unique_repo}:1",
+    with structlog.testing.capture_logs() as logs:
+        await _pull_through_one_refused_connect(
+            tls_registry_named,
+            unique_repo,
+            unique_seed,
             tmp_path,
-            ca_file=registry.ca_pem,
-            proxy=ProxySettings(https_proxy=proxy.url),
+            refuse_connect=503,
+            refuse_connect_retry_after="1",
         )
-    assert str(result.manifest_digest) == image.digest
-    assert proxy.connects_refused == 1
     (retried,) = [entry for entry in logs if entry["event"] == "retrying"]
     assert retried["wait_s"] == 1
     assert "HTTP 503 CONNECT Refused By Test Proxy" in retried["error"]
