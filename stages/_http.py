@@ -508,7 +508,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
 
 
 # A proxy's answers to a CONNECT that say "not now" rather than "no".
-_GATEWAY_FAILED = frozenset({502, 503, 504})
+_NOT_NOW = frozenset({429, 502, 503, 504})
+# Those whose Retry-After is read, as a registry's are (``RegistryClient._status_error``).
+_RETRY_AFTER_READ = frozenset({429, 503})
 
 
 class ProxyRefused(httpx.ProxyError):
@@ -517,9 +519,9 @@ class ProxyRefused(httpx.ProxyError):
     IPv6 address, which httpcore cannot name to a proxy, refused before it is sent. The
     message names the proxy (``ProxyURL.shown``, never its credentials), the target and
     what the proxy said. ``status``: the proxy's HTTP status, when it answered one.
-    ``retry_after_s``: the wait a 503's ``Retry-After`` asked for (``parse_retry_after``),
-    read as a registry's 503 is; ``retry_after_from``: the proxy, as the retry policy
-    names who asked (``ImagecError.retry_after_from``)."""
+    ``retry_after_s``: the wait a 429's or 503's ``Retry-After`` asked for
+    (``parse_retry_after``), read as a registry's are; ``retry_after_from``: the proxy,
+    as the retry policy names who asked (``ImagecError.retry_after_from``)."""
 
     def __init__(
         self,
@@ -541,11 +543,12 @@ class ProxyRefused(httpx.ProxyError):
         return self.status == 407
 
     @property
-    def gateway_failed(self) -> bool:
-        """502, 503 or 504: the proxy could not reach the target, or is overloaded; as
-        after the same answers from a registry, another attempt may get through. Any
-        other refusal (a 4xx: its policy, its credentials) is final."""
-        return self.status in _GATEWAY_FAILED
+    def not_now(self) -> bool:
+        """429, 502, 503 or 504: the proxy is rate-limiting this client, could not reach
+        the target, or is overloaded; as after the same answers from a registry, another
+        attempt may get through. Any other refusal (a 4xx: its policy, its credentials) is
+        final."""
+        return self.status in _NOT_NOW
 
 
 # What httpcore's trace extension passes a callback: an event's name and its details.
@@ -683,8 +686,8 @@ class ProxyRouter(httpx.AsyncBaseTransport):
             answer = str(exc)
             code = answer.split(" ", 1)[0]
             refused = int(code) if code.isdigit() else None
-            # A 503's Retry-After, as a registry's 503 is read (``_status_error``).
-            wait = connect.header(b"retry-after") if refused == 503 else None
+            # A 429's or 503's Retry-After, as a registry's are read (``_status_error``).
+            wait = connect.header(b"retry-after") if refused in _RETRY_AFTER_READ else None
             raise ProxyRefused(
                 _refusal(proxy, setting, url, answer),
                 status=refused,
@@ -972,11 +975,11 @@ def tls_failure(exc: BaseException) -> typing.Literal["verify", "protocol"] | No
 def transient_failure(exc: httpx.HTTPError) -> bool:
     """Whether another attempt may cure this transport failure: a connection that broke,
     a response that stalled past the read timeout, or a proxy that answered a CONNECT
-    502, 503 or 504 (``ProxyRefused.gateway_failed``). Not a refused connection, a name
+    429, 502, 503 or 504 (``ProxyRefused.not_now``). Not a refused connection, a name
     that does not resolve, a connect timeout (an unreachable host: five of them would hold
     a pull for minutes), a TLS failure or a proxy's other refusals (407, 403 …)."""
     if isinstance(exc, ProxyRefused):
-        return exc.gateway_failed
+        return exc.not_now
     if tls_failure(exc) is not None:
         return False
     if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):

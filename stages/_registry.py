@@ -982,8 +982,9 @@ class RegistryClient:
         proxy = self._proxy_for(url)
         if isinstance(exc, ProxyRefused | ProxyUnreachable):
             # Its words name the proxy and the target; the proxy said no, or is down, or
-            # could not reach the target for now (502, 503, 504: tried again, after the
-            # wait a 503's Retry-After asks for, within the cap a registry's gets).
+            # could not reach the target or let this client through for now (429, 502,
+            # 503, 504: tried again, after the wait a 429's or 503's Retry-After asks
+            # for, within the cap a registry's gets).
             refused = exc if isinstance(exc, ProxyRefused) else None
             return RegistryUnavailable(
                 f"{reason}, fetching {what}",

@@ -389,6 +389,7 @@ async def test_a_name_that_does_not_resolve_fails_to_connect_in_the_resolvers_wo
 @pytest.mark.parametrize(
     ("status", "transient"),
     [
+        (429, True),
         (502, True),
         (503, True),
         (504, True),
@@ -401,18 +402,19 @@ async def test_a_name_that_does_not_resolve_fails_to_connect_in_the_resolvers_wo
 def test_a_proxy_refusal_is_transient_only_when_it_could_not_reach_the_target_for_now(
     status: int | None, transient: bool
 ) -> None:
-    """502/503/504 to a CONNECT are the retry policy's, as from a registry; a 4xx (or a
+    """429/502/503/504 to a CONNECT are the retry policy's, as from a registry (a 429 was
+    final: a rate-limiting proxy failed the pull at once); another 4xx (or a
     request refused before it was sent, no status) is final."""
     assert transient_failure(ProxyRefused("the proxy said so", status=status)) is transient
 
 
-@pytest.mark.parametrize(("status", "waits"), [(503, 120.0), (502, None)])
+@pytest.mark.parametrize(("status", "waits"), [(503, 120.0), (429, 120.0), (502, None)])
 async def test_a_proxys_retry_after_to_a_connect_is_kept_on_its_refusal(
     status: int, waits: float | None
 ) -> None:
     """httpcore raises a CONNECT not answered 2xx without the answer's headers; the trace
-    extension keeps them: a 503's Retry-After is read, as a registry's 503 is (a 502's
-    is not, as a registry's is not). A trace the caller set still sees every event, and
+    extension keeps them: a 503's or a 429's Retry-After is read, as a registry's are (a
+    502's is not, as a registry's is not). A trace the caller set still sees every event, and
     the request keeps its own extensions."""
     seen: list[str] = []
 

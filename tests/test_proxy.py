@@ -572,7 +572,7 @@ async def _pull_through_one_refused_connect(
     return proxy
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
 async def test_a_connect_the_proxy_could_not_carry_for_now_is_tried_again(
     tls_registry_named: RegistryServer,
     unique_repo: str,
@@ -580,9 +580,10 @@ async def test_a_connect_the_proxy_could_not_carry_for_now_is_tried_again(
     tmp_path: Path,
     status: int,
 ) -> None:
-    """502, 503 or 504 to a CONNECT (the proxy could not reach the registry, or is
-    overloaded) failed the pull at once, where the same answers from the registry are
-    tried again: a proxy's blip must not fail a pull that one more attempt finishes."""
+    """429, 502, 503 or 504 to a CONNECT (the proxy is rate-limiting, could not reach the
+    registry, or is overloaded) failed the pull at once, where the same answers from the
+    registry are tried again: a proxy's blip must not fail a pull that one more attempt
+    finishes."""
     proxy = await _pull_through_one_refused_connect(
         tls_registry_named, unique_repo, unique_seed, tmp_path, refuse_connect=status
     )
@@ -610,27 +611,30 @@ async def test_a_proxy_that_keeps_failing_the_connect_is_named_once_the_retries_
     assert proxy.connects_refused == 2
 
 
+@pytest.mark.parametrize("status", [503, 429])
 async def test_a_connect_answered_503_waits_the_retry_after_the_proxy_asks(
     tls_registry_named: RegistryServer,
     unique_repo: str,
     unique_seed: str,
     tmp_path: Path,
+    status: int,
 ) -> None:
-    """A proxy answering a CONNECT 503 with ``Retry-After`` is waited out as long as it
-    asks, as a registry's own 503 is, not for the backoff's own wait (``_pull``: 0.01 s):
-    httpcore raises its refusal without the headers, which are read from its trace."""
+    """A proxy answering a CONNECT 503 (or 429) with ``Retry-After`` is waited out as long
+    as it asks, as a registry's own 503 (429) is, not for the backoff's own wait
+    (``_pull``: 0.01 s): httpcore raises its refusal without the headers, which are read
+    from its trace."""
     with structlog.testing.capture_logs() as logs:
         await _pull_through_one_refused_connect(
             tls_registry_named,
             unique_repo,
             unique_seed,
             tmp_path,
-            refuse_connect=503,
+            refuse_connect=status,
             refuse_connect_retry_after="1",
         )
     (retried,) = [entry for entry in logs if entry["event"] == "retrying"]
     assert retried["wait_s"] == 1
-    assert "HTTP 503 CONNECT Refused By Test Proxy" in retried["error"]
+    assert f"HTTP {status} CONNECT Refused By Test Proxy" in retried["error"]
 
 
 async def test_a_connect_answered_503_asking_too_long_a_wait_fails_at_once_naming_the_proxy(
