@@ -15,10 +15,10 @@ containers-auth.json(5) and containers/image's ``pkg/docker/config`` (``getAuthF
    reads it: the registry's own key, else a key whose host is the registry (a URL's
    scheme and path dropped; Docker Hub under any of its names).
 
-An entry for the registry in ``DOCKER_AUTH_CONFIG`` ends the search at 3, even one that
-gives nothing (``{}``, a user name alone: an anonymous pull). It decides docker's answer,
-which never falls back to the file then; for the search to go on to ``~/.dockercfg``
-would make that older file win over the variable the user set for this registry.
+An entry for the registry in ``DOCKER_AUTH_CONFIG`` ends the search at 3. It decides
+docker's answer, which never falls back to the file then; for the search to go on to
+``~/.dockercfg`` would make that older file win over the variable the user set for this
+registry. (An entry without ``auth`` is an error: ``stages/_dockerconfig.py``.)
 
 Not read: ``/etc/containers/auth.json``, for root or anyone. Some copies of
 containers-auth.json(5) name it (read first by root under systemd, last by root
@@ -137,8 +137,8 @@ def auth_file_credentials(
             found := _from_auth_json(config, reference, path, helper_timeout_s)
         ):
             return bound_to_registry(found, reference)
-    decided, found = env_config_credentials(reference, env)
-    if decided:  # even with nothing: the variable's entry is docker's answer
+    found = env_config_credentials(reference, env)
+    if found is not None:  # the variable's entry is docker's answer
         return found
     docker = docker_file_credentials(reference, env, None, helper_timeout_s)
     if docker is not None:

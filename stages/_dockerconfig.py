@@ -38,19 +38,25 @@ the entry for ``host``, and its password must not reach the message.
 
 ``DOCKER_AUTH_CONFIG``, when set and not empty, is read first, as docker's CLI reads
 it since 28.3 (GitLab CI sets it): a config in JSON whose ``auths`` entry for the
-registry wins over the file's helpers and entries, even an entry that gives nothing
-(``{}``, a user name alone), as docker's in-memory store answers with it; for a registry
-it has no entry for, the file is read as above. Its entry is the one under the
-registry's key exactly (``reg.example:5000``, Docker Hub's ``https://index.docker.io/v1/``),
-never one matched by its host as the file's are: docker's in-memory store (``Get`` in
-``cli/config/memorystore``, first ``cli/config/memory``) looks the key up as it is, and
-only its file store (``credentials/file_store.go``) tries ``ConvertToHostname`` on the
-keys it holds. A key
-written as a URL there is thus no entry for docker, which reads the file instead; were
-it one for us, the same variable would give the two tools different credentials. Its
-other keys are not read, as docker does not read them. A value that is not such a
-config is an ``AuthError`` naming the variable, never quoting it (docker ignores it
-without a word, which turns a typo into an "unauthorized" with no cause).
+registry wins over the file's helpers and entries; for a registry it has no entry for,
+the file is read as above. It is read as docker's CLI reads it (``configEnv`` in its
+``cli/config/configfile/file.go``, as of this writing): of each entry only ``auth``
+(``user:password`` in base64), and every entry must have one that decodes. Its entry
+is the one under the registry's key exactly (``reg.example:5000``, Docker Hub's
+``https://index.docker.io/v1/``), never one matched by its host as the file's are:
+docker's in-memory store (``Get`` in ``cli/config/memorystore``) looks the key up as it
+is, and only its file store (``credentials/file_store.go``) tries ``ConvertToHostname``
+on the keys it holds. A key written as a URL there is thus no entry for docker, which
+reads the file instead; were it one for us, the same variable would give the two tools
+different credentials. Its other keys are not read, as docker does not read them.
+
+A value docker's CLI cannot use (not JSON, no object, an entry with no ``auth`` or one
+that does not decode: ``{}``, a user name and password without ``auth``) is an
+``AuthError`` naming the variable and the entry, never quoting them. docker's CLI prints
+"Failed to create credential store from DOCKER_AUTH_CONFIG" and reads its config file
+for every registry instead, so that a job set up with the variable pulls with other
+credentials, or none, and fails later as "unauthorized"; here it fails at once, saying
+why.
 
 Not read: an entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
 saying so). A helper past its timeout is killed; a process it started and left
@@ -155,8 +161,8 @@ def docker_config_credentials(
     checked_timeout(helper_timeout_s)
     reference = ref if isinstance(ref, Reference) else parse_reference(ref)
     env = os.environ if environ is None else environ
-    decided, found = env_config_credentials(reference, env)
-    if decided:
+    found = env_config_credentials(reference, env)
+    if found is not None:
         return found
     return docker_file_credentials(reference, env, config_path, helper_timeout_s)
 
@@ -182,27 +188,43 @@ def _docker_key(reference: Reference) -> str:
     return DOCKER_HUB_KEY if reference.registry == DOCKER_HUB else reference.registry
 
 
-def env_config_credentials(
-    reference: Reference, env: Mapping[str, str]
-) -> tuple[bool, Credentials | None]:
-    """Whether ``DOCKER_AUTH_CONFIG`` has an ``auths`` entry for ``reference``'s
-    registry, and what it gives. An entry decides, even one that gives nothing (``{}``,
-    a user name alone): docker's in-memory store answers with it and never asks the
-    file's helpers or entries. The entry is the one under the registry's key exactly,
-    as that store looks it up (module docstring), not one matched by its host."""
+def env_config_credentials(reference: Reference, env: Mapping[str, str]) -> Credentials | None:
+    """The credentials ``DOCKER_AUTH_CONFIG``'s ``auths`` entry for ``reference``'s
+    registry gives, None when it has none (or is not set). The entry is the one under
+    the registry's key exactly, as docker's in-memory store looks it up (module
+    docstring), not one matched by its host. Every entry is checked, as docker's CLI
+    checks them all before it uses any: one it cannot use is an ``AuthError``."""
     text = env.get(ENV_AUTH_CONFIG)
     if not text:
-        return False, None
+        return None
     try:  # os.environ's undecodable bytes come back; a caller's lone surrogate cannot
         data = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise AuthError(f"cannot use ${ENV_AUTH_CONFIG}: it is not UTF-8 text") from None
     where = f"${ENV_AUTH_CONFIG}"
     auths = auths_entries(parse_config(data, where), where)
-    key = _docker_key(reference)
-    if key not in auths:
-        return False, None
-    return True, bound_to_registry(from_auths_entry(auths, key, where), reference)
+    entries = {key: _from_env_entry(entry, key) for key, entry in auths.items()}
+    found = entries.get(_docker_key(reference))
+    return None if found is None else bound_to_registry(found, reference)
+
+
+def _from_env_entry(entry: object, key: str) -> Credentials:
+    """The credentials of ``DOCKER_AUTH_CONFIG``'s entry under ``key``: its ``auth``
+    alone, as docker's CLI reads it (``configEnvAuth``); an entry without one is refused
+    there, and here."""
+    where = f"the auths entry {shown_key(key)!r} in ${ENV_AUTH_CONFIG}"
+    auth = entry.get("auth") if isinstance(entry, dict) else None
+    if auth is not None and not isinstance(auth, str):
+        raise AuthError(f"cannot use {where}: its auth is not a string")
+    if not auth:
+        raise AuthError(
+            f"cannot use {where}: it has no auth (user:password in base64), the only field"
+            " docker's CLI reads there; without it docker ignores the whole variable"
+        )
+    if not _is_unicode(auth):
+        raise AuthError(f"cannot use {where}: its auth {_LONE_SURROGATE}")
+    username, password = _decoded_auth(auth, where)
+    return Credentials(username, password, source=f"${ENV_AUTH_CONFIG}")
 
 
 def _credentials_in(

@@ -147,19 +147,19 @@ def test_docker_s_config_keeps_docker_s_host_matching(places: Places) -> None:
     assert pipeline.auth_file_credentials("reg.example/other/app").username == "docker"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("env_entry", [{}, {"username": "env-user"}])
 def test_a_docker_auth_config_entry_decides_before_the_legacy_dockercfg(
-    places: Places, monkeypatch: pytest.MonkeyPatch, env_entry: dict[str, str]
+    places: Places, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The variable's entry for the registry decides docker's answer, even one that
-    gives nothing (an anonymous pull): the search ends there, as it does for docker's
-    config.json, and ~/.dockercfg is not asked."""
+    """The variable's entry for the registry decides docker's answer: the search ends
+    there, as it does for docker's config.json, and ~/.dockercfg is not asked."""
     write(places.legacy_file, {"reg.example": entry("legacy", SECRET)})
     write(places.docker_file, {"auths": {"reg.example": entry("docker", SECRET)}})
+    env_entry = {"auth": b64(f"env-user:{SECRET}")}
     monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": env_entry}}))
-    assert pipeline.auth_file_credentials("reg.example/app") is None
-    places.docker_file.unlink()
-    assert pipeline.auth_file_credentials("reg.example/app") is None
+    for _ in range(2):
+        got = pipeline.auth_file_credentials("reg.example/app")
+        assert got is not None and (got.username, got.source) == ("env-user", "$DOCKER_AUTH_CONFIG")
+        places.docker_file.unlink(missing_ok=True)  # and without docker's file
     # A registry the variable has no entry for reaches the legacy file.
     write(places.legacy_file, {"other.example": entry("legacy", SECRET)})
     got = pipeline.auth_file_credentials("other.example/app")

@@ -564,7 +564,7 @@ def test_docker_auth_config_is_read_before_the_file(
             {
                 "auths": {
                     "reg.example": {"auth": b64(f"env:{SECRET}")},
-                    "https://index.docker.io/v1/": {"username": "hub", "password": "pw-hub"},
+                    "https://index.docker.io/v1/": {"auth": b64("hub:pw-hub")},
                 }
             }
         ),
@@ -592,24 +592,39 @@ def test_docker_auth_config_is_read_before_the_file(
     assert found is not None and found.username == "file"
 
 
-@pytest.mark.parametrize("entry", [{}, {"username": "env-user"}])
-def test_a_docker_auth_config_entry_that_gives_nothing_still_decides(
-    config_dir: Path, helpers: Path, monkeypatch: pytest.MonkeyPatch, entry: dict[str, str]
+@pytest.mark.parametrize(
+    "entry",
+    [{}, {"username": "env-user"}, {"username": "env-user", "password": SECRET}, None],
+)
+@pytest.mark.parametrize("registry", ["reg.example", "other.example"])
+def test_a_docker_auth_config_entry_without_auth_is_an_error_naming_it(
+    config_dir: Path,
+    helpers: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    entry: dict[str, str] | None,
+    registry: str,
 ) -> None:
-    """docker's in-memory store answers with the variable's entry whatever it holds and
-    never asks the file: an entry giving nothing is an anonymous pull, as the warning
-    about a user name alone says, not the file's credentials or its helper's."""
+    """docker's CLI reads only ``auth`` from the variable's entries (``configEnv``), and
+    an entry without one makes it refuse the whole variable and read its file for every
+    registry. Such an entry was an anonymous pull here (``{}``, a user name alone) or a
+    password docker never sends; now it is an error naming the variable and the entry,
+    whichever registry the entry is for, and neither the file nor its helper is asked."""
     write_config(
         config_dir,
         {"auths": {"reg.example": {"auth": b64(f"file:{SECRET}")}}, "credsStore": "never"},
     )
     write_helper(helpers, "never", answering("helper", SECRET))
-    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": entry}}))
-    assert docker_config_credentials("reg.example/app") is None
+    auths: dict[str, object] = {"reg.example": {"auth": b64(f"env:{SECRET}")}, registry: entry}
+    variable = {"auths": auths}
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps(variable))
+    with pytest.raises(AuthError) as refused:
+        docker_config_credentials("reg.example/app")
+    message = str(refused.value)
+    assert message.startswith(
+        f"cannot use the auths entry '{registry}' in $DOCKER_AUTH_CONFIG: it has no auth"
+    )
+    assert SECRET not in message and "env-user" not in message
     assert not (helpers / "never.asked").exists()
-    # A registry the variable has no entry for is the file's.
-    found = docker_config_credentials("other.example/app")
-    assert found is not None and found.username == "helper"
 
 
 def test_a_docker_auth_config_key_matches_only_as_written(
@@ -678,8 +693,10 @@ def test_a_lone_surrogate_escape_in_an_entry_is_an_error_naming_the_field(
         f"cannot use the auths entry 'reg.example' in {path}: its {field} is not valid"
         " Unicode (a lone surrogate escape)"
     )
-    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": entry}}))
-    with pytest.raises(AuthError, match=r"in \$DOCKER_AUTH_CONFIG: its \w+ is not valid Unicode"):
+    # The variable's entries are read for their auth alone (docker's CLI reads no other).
+    env_entry = {"auth": b64(f"user:{SECRET}") + "\ud800"}
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {"reg.example": env_entry}}))
+    with pytest.raises(AuthError, match=r"in \$DOCKER_AUTH_CONFIG: its auth is not valid Unicode"):
         docker_config_credentials("reg.example/app")
 
 
