@@ -273,7 +273,7 @@ async def test_slow_drip_fails_after_one_window() -> None:
     assert "too slow" in str(error) and "minimum is 10000 B/s" in str(error)
     assert str(LAYER.digest) in str(error)
     # It stopped after about one window, long before the drip would have ended (4 s).
-    assert trio.current_time() - started < 2.0
+    assert trio.current_time() - started < 3.5
     assert len(b"".join(chunks)) < len(BLOB)
 
 

@@ -516,14 +516,16 @@ async def test_opening_a_store_from_trio_ends_its_wait_for_the_lock_when_cancell
     with trio.move_on_after(0.5) as waiting:
         await Store.open_async(where)
     assert waiting.cancelled_caught
-    assert trio.current_time() - started < 1.5
+    # Bounds far from the 30 s a wait that ignored the cancel takes: a loaded machine
+    # (the whole suite on 2 cores) must not fail them.
+    assert trio.current_time() - started < 10
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(Store.open_async, where)
         await trio.sleep(0.3)  # its thread is waiting for the lock
         cancelled_at = trio.current_time()
         nursery.cancel_scope.cancel()
-    assert trio.current_time() - cancelled_at < 1.0
+    assert trio.current_time() - cancelled_at < 10
 
     holder.kill()  # lets go of the lock: no thread of ours may take it now and keep it
     await trio.to_thread.run_sync(holder.wait)
@@ -596,7 +598,7 @@ async def test_opening_a_store_from_trio_ends_its_wait_for_the_database_when_can
         with trio.move_on_after(0.5) as waiting:
             await Store.open_async(where)
         assert waiting.cancelled_caught
-        assert trio.current_time() - started < 1.5
+        assert trio.current_time() - started < 5  # the old code: the 10 s above
     finally:
         holder.close()
     with trio.fail_after(10):
