@@ -596,19 +596,30 @@ async def test_a_proxy_that_keeps_failing_the_connect_is_named_once_the_retries_
     """Each attempt of the retry budget (``_pull``: one retry) met the 503; the error
     names the proxy without its password, its answer, and the attempts made."""
     authority = f"{NAME}:{tls_registry_named.port}"
-    with forward_proxy(refuse_connect=503) as proxy, pytest.raises(RegistryUnavailable) as caught:
-        await _pull(
-            f"{authority}/{unique_repo}:1",
-            tmp_path,
-            ca_file=tls_registry_named.ca_pem,
-            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
-        )
-    message = str(caught.value)
+    with forward_proxy(refuse_connect=503) as proxy:
+        message = await _pull_failing_through(proxy, tls_registry_named, unique_repo, tmp_path)
     assert f"the proxy {proxy.url} could not reach {authority}" in message
     assert "HTTP 503 CONNECT Refused By Test Proxy" in message
     assert "gave up after 2 attempts" in message
-    assert PROXY_PASSWORD not in message and PROXY_PASSWORD not in repr(caught.value)
     assert proxy.connects_refused == 2
+
+
+async def _pull_failing_through(
+    proxy: ForwardProxy, registry: RegistryServer, repo: str, tmp_path: Path
+) -> str:
+    """The message of the RegistryUnavailable a pull of ``repo`` from ``registry``
+    through ``proxy`` (given with credentials) fails with; it never holds the proxy's
+    password."""
+    with pytest.raises(RegistryUnavailable) as caught:
+        await _pull(
+            f"{NAME}:{registry.port}/{repo}:1",
+            tmp_path,
+            ca_file=registry.ca_pem,
+            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
+        )
+    message = str(caught.value)
+    assert PROXY_PASSWORD not in message and PROXY_PASSWORD not in repr(caught.value)
+    return message
 
 
 @pytest.mark.parametrize("status", [503, 429])
@@ -643,21 +654,11 @@ async def test_a_connect_answered_503_asking_too_long_a_wait_fails_at_once_namin
     """Within the same cap as a registry's (``Limits.retry_after_max_s``): an hour asked
     for is not waited, nor is the request sent again; the error says the proxy asked."""
     authority = f"{NAME}:{tls_registry_named.port}"
-    with (
-        forward_proxy(refuse_connect=503, refuse_connect_retry_after="3600") as proxy,
-        pytest.raises(RegistryUnavailable) as caught,
-    ):
-        await _pull(
-            f"{authority}/{unique_repo}:1",
-            tmp_path,
-            ca_file=tls_registry_named.ca_pem,
-            proxy=ProxySettings(https_proxy=with_credentials(proxy.url)),
-        )
-    message = str(caught.value)
+    with forward_proxy(refuse_connect=503, refuse_connect_retry_after="3600") as proxy:
+        message = await _pull_failing_through(proxy, tls_registry_named, unique_repo, tmp_path)
     assert f"the proxy {proxy.url} could not reach {authority}" in message
     assert f"the proxy {proxy.url} asks to wait 3600 s" in message
     assert "attempts" not in message
-    assert PROXY_PASSWORD not in message and PROXY_PASSWORD not in repr(caught.value)
     assert proxy.connects_refused == 1
 
 
