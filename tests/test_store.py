@@ -1467,35 +1467,49 @@ def test_open_existing_refuses_a_schema_it_would_have_to_upgrade(tmp_path: Path)
         Store.open_existing(store.path)
 
 
-@pytest.fixture
-def read_only_mount(populated: Store, tmp_path: Path) -> Iterator[Path]:
-    """``populated`` seen through a read-only bind mount (needs root and mount(8))."""
+@contextlib.contextmanager
+def _read_only_bind(source: Path, target: Path | None = None) -> Iterator[None]:
+    """``source`` seen at ``target`` through a read-only bind mount, unmounted afterwards
+    (needs root and mount(8)). Without ``target``, over itself: a file so bound is
+    unwritable even for root, its directory left writable, as another user's database
+    (or one made read-only) is to others."""
+    target = source if target is None else target
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("a read-only bind mount needs root and mount(8)")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
     bound = subprocess.run(
-        ["mount", "--bind", str(populated.path), str(mnt)], capture_output=True, timeout=30
+        ["mount", "--bind", str(source), str(target)], capture_output=True, timeout=30
     )
     if bound.returncode != 0:
         pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
     try:
         subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(mnt)],
+            ["mount", "-o", "remount,bind,ro", str(target)],
             check=True,
             capture_output=True,
             timeout=30,
         )
-        yield mnt
+        yield
     finally:
-        # SQLite keeps a closed connection's file open while another connection of the
-        # process holds locks on the same file (POSIX locks are per process and inode):
-        # the reader's files through the mount stay open until ``populated`` lets go.
-        populated.close()
-        unmounted = subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+        unmounted = subprocess.run(["umount", str(target)], capture_output=True, timeout=30)
         if unmounted.returncode != 0:  # never leave a mount behind, which pytest cannot clean
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
             pytest.fail(f"the read-only mount was busy: {unmounted.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def read_only_mount(populated: Store, tmp_path: Path) -> Iterator[Path]:
+    """``populated`` seen through a read-only bind mount (``_read_only_bind``)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    with _read_only_bind(populated.path, mnt):
+        try:
+            yield mnt
+        finally:
+            # SQLite keeps a closed connection's file open while another connection of
+            # the process holds locks on the same file (POSIX locks are per process and
+            # inode): the reader's files through the mount stay open until ``populated``
+            # lets go, and the mount cannot be removed before.
+            populated.close()
 
 
 def test_a_store_on_a_read_only_mount_can_be_read(populated: Store, read_only_mount: Path) -> None:
@@ -1988,31 +2002,6 @@ def test_a_full_disk_still_lets_the_store_be_listed(tiny_disk: Path) -> None:
     assert "run the command again" in str(damaged.value)
 
 
-@contextlib.contextmanager
-def _unwritable(path: Path) -> Iterator[None]:
-    """``path`` (a file) made unwritable even for root, its directory left writable: a
-    read-only bind mount of the file over itself (needs root and mount(8)). What a
-    database file of another user, or one made read-only (chmod 0444), is to others."""
-    bound = subprocess.run(
-        ["mount", "--bind", str(path), str(path)], capture_output=True, timeout=30
-    )
-    if bound.returncode != 0:
-        pytest.skip(f"cannot bind-mount here: {bound.stderr.decode().strip()}")
-    try:
-        subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(path)],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        yield
-    finally:
-        unmounted = subprocess.run(["umount", str(path)], capture_output=True, timeout=30)
-        if unmounted.returncode != 0:  # never leave a mount behind, which pytest cannot clean
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-            pytest.fail(f"the read-only mount was busy: {unmounted.stderr.decode().strip()}")
-
-
 def test_a_store_whose_database_this_user_may_not_write_is_read_as_it_is(
     tiny_disk: Path,
 ) -> None:
@@ -2030,7 +2019,7 @@ def test_a_store_whose_database_this_user_may_not_write_is_read_as_it_is(
         expected = store.list_images()
     before = sorted(os.listdir(where))
     assert _sqlite_side_files(where) == []
-    with _unwritable(where / _store.DB_FILE):
+    with _read_only_bind(where / _store.DB_FILE):
         assert not os.access(where / _store.DB_FILE, os.W_OK) and os.access(where, os.W_OK)
         reader = Store.open_existing(where)
         assert reader is not None
@@ -2072,7 +2061,7 @@ def test_a_store_whose_database_this_user_may_not_write_is_refused_for_writing(
     where = tmp_path / "s"
     with Store.open(where) as store:
         pull_into(store, APP)
-    with _unwritable(where / _store.DB_FILE):
+    with _read_only_bind(where / _store.DB_FILE):
         with pytest.raises(StoreError, match=r"may not write imagec\.db\b") as refused:
             Store.open(where)
         assert "make them writable" in str(refused.value)
@@ -2081,7 +2070,7 @@ def test_a_store_whose_database_this_user_may_not_write_is_refused_for_writing(
         with reader:
             assert [r.ref for r in reader.list_images()] == [str(APP)]
     store = Store.open(where)
-    with _unwritable(where / _store.DB_FILE):  # under a store open already
+    with _read_only_bind(where / _store.DB_FILE):  # under a store open already
         try:
             with pytest.raises(StoreError, match="readonly database") as failed:
                 pull_into(store, ALPINE)
