@@ -585,7 +585,12 @@ async def _pull_layer(
         # Looked up while holding the layer's slot: looked up before taking it, a layer
         # another pull committed and let go of in between was downloaded again.
         stored = await trio.to_thread.run_sync(
-            store.committed_layer, layer.digest, limiter=context.limiter
+            functools.partial(
+                store.committed_layer,
+                layer.digest,
+                check_cancelled=trio.from_thread.check_cancelled,  # as record_image's
+            ),
+            limiter=context.limiter,
         )
         if stored is not None:
             _check_stored(job, stored, str(context.ref))

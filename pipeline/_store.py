@@ -54,8 +54,9 @@ connection until ``close()`` (``_hold_wal_open``), so that closing the short-liv
 never checkpoints the WAL. Concurrent processes are kept apart by SQLite
 transactions (``BEGIN IMMEDIATE``, busy timeout) and, for ``index.json``, an exclusive
 ``fcntl.flock``. Both are waited for in short slices, so that a Ctrl-C ends the wait, and
-a pull's calls (``commit_layer``, ``record_image``) take a ``check_cancelled`` asked
-between them, holding nothing then: a worker thread is not cancelled with its task.
+so are reads that another connection keeps from the database (``_read``); a pull's calls
+(``committed_layer``, ``commit_layer``, ``record_image``) take a ``check_cancelled``
+asked between them, holding nothing then: a worker thread is not cancelled with its task.
 OSError and sqlite3.Error never leave this module: they become a ``StoreError`` naming
 the store and what the user can do.
 
@@ -888,9 +889,9 @@ class Store:
                     "holds other files; choose a store directory with --store"
                 )
             store._check_layout(where / LAYOUT_FILE)
-            with store._db() as conn:
-                version = store._schema_version(conn)
-                empty = not _has_tables(conn)
+            version, empty = store._read(
+                lambda conn: (store._schema_version(conn), not _has_tables(conn))
+            )
             if empty:  # its creation stopped short, or the database was emptied
                 store._refuse_empty_database()
                 return None
@@ -940,10 +941,7 @@ class Store:
                 _while_busy(functools.partial(self._init_db, check_cancelled), check_cancelled)
                 if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
-                _while_busy(
-                    functools.partial(self._repair_index, busy_timeout_s=BUSY_SLICE_S),
-                    check_cancelled,
-                )
+                self._repair_index(check_cancelled)
                 layout = path / LAYOUT_FILE
                 if layout.exists():
                     self._check_layout(layout)
@@ -1054,7 +1052,7 @@ class Store:
             raise
         return conn
 
-    def _repair_index(self, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def _repair_index(self, check_cancelled: Callable[[], None] | None = None) -> None:
         """Give every reference of the database its index.json entry. Caller holds the lock.
 
         ``record_image`` commits the database, then writes index.json; a process killed in
@@ -1062,11 +1060,13 @@ class Store:
         at its previous image). The database is the record, so the entry is written again
         from it. Entries other tools added to index.json are left alone.
         """
-        with self._db(busy_timeout_s=busy_timeout_s) as conn:
-            rows = conn.execute(
+        rows = self._read(
+            lambda conn: conn.execute(
                 """SELECT r.name, i.oci_manifest_digest, i.manifest_digest, i.platform
                    FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest"""
-            ).fetchall()
+            ).fetchall(),
+            check_cancelled,
+        )
         if not rows:
             return
         index = self._read_index()
@@ -1172,7 +1172,7 @@ class Store:
 
     def _init_db(self, check_cancelled: Callable[[], None] | None = None) -> None:
         """Create or upgrade the schema: one try of ``_init``'s (``_while_busy``)."""
-        with self._db(create=True, busy_timeout_s=BUSY_SLICE_S) as conn:
+        with self._db_try(create=True) as conn:
             if not _has_tables(conn):  # before anything is written to it
                 self._refuse_empty_database()
             conn.execute("PRAGMA journal_mode = WAL")
@@ -1226,19 +1226,72 @@ class Store:
         self,
         *,
         synchronous: str = "FULL",
-        create: bool = False,
         busy_timeout_s: float = BUSY_TIMEOUT_S,
+        check_cancelled: Callable[[], None] | None = None,
     ) -> Iterator[sqlite3.Connection]:
-        """A fresh connection for this call (connections are bound to their thread), whose
-        statements wait up to ``busy_timeout_s`` for another connection's lock."""
-        conn = self._connect(create=create, busy_timeout_s=busy_timeout_s)
+        """A fresh connection for this call (connections are bound to their thread), for a
+        transaction (``_transaction``), whose statements wait up to ``busy_timeout_s`` for
+        another connection's lock.
+
+        Opening it reads the schema (``PRAGMA synchronous`` does), which another connection
+        may keep from being read (a rollback journal's writer committing, one in exclusive
+        locking mode); that wait is made in slices (``_while_busy``), ``check_cancelled``
+        asked between them, as the transaction's start is. Reads go through ``_read``."""
+        conn = _while_busy(
+            functools.partial(self._connect_once, synchronous=synchronous), check_cancelled
+        )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
             yield conn
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def _db_try(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """A fresh connection whose statements wait ``BUSY_SLICE_S`` at most for another
+        connection's lock: one try, which the caller makes again (``_while_busy``)."""
+        conn = self._connect_once(create=create)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def _connect_once(
+        self, *, synchronous: str = "FULL", create: bool = False
+    ) -> sqlite3.Connection:
+        """A connection set up for this store, having waited ``BUSY_SLICE_S`` at most."""
+        conn = self._connect(create=create, busy_timeout_s=BUSY_SLICE_S)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _read(
+        self,
+        read: Callable[[sqlite3.Connection], _T],
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> _T:
+        """``read(conn)`` on a fresh connection, made again while another connection keeps
+        the database from being read, for up to ``BUSY_TIMEOUT_S`` (``_while_busy``).
+
+        WAL readers wait for no writer, but for a connection in exclusive locking mode,
+        or one committing to a rollback journal (another tool may set
+        ``journal_mode=DELETE`` on a store nobody has open); SQLite's own busy wait for
+        it sleeps through signals and cancels, so that ``imagec-pipe images`` took a
+        Ctrl-C only after ``BUSY_TIMEOUT_S``, and a pull's lookups (``committed_layer``,
+        ``record_image``'s) kept its cancelled thread as long. Between two slices the
+        main thread takes its signals and ``check_cancelled`` may raise; ``read`` only
+        reads, so making it again changes nothing."""
+
+        def once() -> _T:
+            with self._db_try() as conn:
+                return read(conn)
+
+        return _while_busy(once, check_cancelled)
 
     def _connect_rw(
         self,
@@ -1298,7 +1351,7 @@ class Store:
             return self._connect_rw(create=create, busy_timeout_s=busy_timeout_s)
         uri = self._db_path.as_uri()
         if os.access(self._db_path, os.W_OK) and os.access(self.path, os.W_OK):
-            conn = self._connect_rw()
+            conn = self._connect_rw(busy_timeout_s=busy_timeout_s)
             try:
                 conn.execute("PRAGMA query_only = ON")
                 conn.execute("SELECT count(*) FROM sqlite_master")  # makes the -shm file
@@ -1314,15 +1367,15 @@ class Store:
         if self._at_rest():
             return self._connect_immutable()
         conn = sqlite3.connect(
-            f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+            f"{uri}?mode=ro", uri=True, timeout=busy_timeout_s, isolation_level=None
         )
         try:
             conn.execute("SELECT count(*) FROM sqlite_master")  # SQLite opens the file here
             return conn
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
             conn.close()
-            if os.access(self.path, os.W_OK):
-                raise
+            if os.access(self.path, os.W_OK) or exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise  # busy: another connection holds it, which a caller waits for
         return self._connect_immutable()
 
     def _connect_immutable(self) -> sqlite3.Connection:
@@ -1447,15 +1500,18 @@ class Store:
 
     def layer_committed(self, digest: Digest) -> bool:
         """Whether the layer has its row and a blob file of the recorded size."""
-        with self._errors("look up a layer", digest=digest), self._db() as conn:
-            return self._layer_row_ok(conn, self._blob_path(digest), digest)
+        return self.committed_layer(digest) is not None
 
-    def committed_layer(self, digest: Digest) -> LayerRecord | None:
+    def committed_layer(
+        self, digest: Digest, *, check_cancelled: Callable[[], None] | None = None
+    ) -> LayerRecord | None:
         """The record of a committed layer, as ``layer_committed`` judges it; None when it
         is not committed. A pull checks a layer it skips against it, and reports its
-        uncompressed size."""
-        with self._errors("look up a layer", digest=digest), self._db() as conn:
-            return self._committed_row(conn, self._blob_path(digest), digest)
+        uncompressed size. ``check_cancelled`` as for ``commit_layer``, while the read
+        waits for another connection (``_read``)."""
+        blob = self._blob_path(digest)
+        with self._errors("look up a layer", digest=digest):
+            return self._read(lambda conn: self._committed_row(conn, blob, digest), check_cancelled)
 
     @contextlib.contextmanager
     def open_ingest(self, digest: Digest, *, ref: str | None = None) -> Iterator[Ingest]:
@@ -1541,7 +1597,7 @@ class Store:
             ingest.committed = True
             ingest._close()
             with (
-                self._db(synchronous="NORMAL") as conn,
+                self._db(synchronous="NORMAL", check_cancelled=check_cancelled) as conn,
                 _transaction(conn, check_cancelled),
             ):
                 conn.execute(
@@ -1624,15 +1680,21 @@ class Store:
             ref_name, tag = str(ref), ref.tag
         started = time.perf_counter()
         with self._errors("record an image", ref=ref_name, digest=resolved.manifest_digest):
-            with self._db() as conn:
-                for desc in resolved.layers:
-                    if not self._layer_row_ok(conn, self._blob_path(desc.digest), desc.digest):
-                        raise StoreError(
-                            f"cannot record image {ref_name} in store {self.path}: its layer "
-                            f"{desc.digest} is not committed",
-                            ref=ref_name,
-                            digest=str(desc.digest),
-                        )
+            missing = self._read(
+                lambda conn: [
+                    desc.digest
+                    for desc in resolved.layers
+                    if not self._layer_row_ok(conn, self._blob_path(desc.digest), desc.digest)
+                ],
+                check_cancelled,
+            )
+            if missing:
+                raise StoreError(
+                    f"cannot record image {ref_name} in store {self.path}: its layer "
+                    f"{missing[0]} is not committed",
+                    ref=ref_name,
+                    digest=str(missing[0]),
+                )
             _fsync_dir(self._blobs)  # the layers' renames, durable before their image is
             self.write_blob(resolved.config.digest, resolved.config_bytes)
             self.write_blob(resolved.manifest_digest, resolved.manifest_bytes)
@@ -1725,7 +1787,10 @@ class Store:
         manifest) digests ``ref_name`` named before, None if it is new."""
         manifest = str(resolved.manifest_digest)
         repository = resolved.ref.name
-        with self._db() as conn, _transaction(conn, check_cancelled):
+        with (
+            self._db(check_cancelled=check_cancelled) as conn,
+            _transaction(conn, check_cancelled),
+        ):
             row = conn.execute(
                 "SELECT resolved_digest, manifest_digest FROM refs WHERE name = ?", (ref_name,)
             ).fetchone()
@@ -1849,10 +1914,12 @@ class Store:
 
     def list_images(self) -> list[ImageRecord]:
         """Every reference in the store, most recently pulled first."""
-        with self._errors("list images"), self._db() as conn:
-            rows = conn.execute(
-                self._RECORD_SELECT + " ORDER BY r.pulled_at DESC, r.name"
-            ).fetchall()
+        with self._errors("list images"):
+            rows = self._read(
+                lambda conn: conn.execute(
+                    self._RECORD_SELECT + " ORDER BY r.pulled_at DESC, r.name"
+                ).fetchall()
+            )
         return [self._record(row) for row in rows]
 
     def find_image(self, ref: str) -> ImageRecord | None:
@@ -1872,40 +1939,44 @@ class Store:
         found = self._find_image(ref)
         return None if found is None else found[0]
 
-    def _find_image(self, ref: str) -> tuple[ImageRecord, bool] | None:
+    def _find_image(
+        self, ref: str, check_cancelled: Callable[[], None] | None = None
+    ) -> tuple[ImageRecord, bool] | None:
         """``find_image``'s record, and whether ``ref`` found it as an image ID prefix."""
         text = ref.strip()
-        with self._errors("look up an image", ref=text), self._db() as conn:
-            row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (text,)).fetchone()
+        with self._errors("look up an image", ref=text):
+            return self._read(functools.partial(self._look_up, text), check_cancelled)
+
+    def _look_up(self, text: str, conn: sqlite3.Connection) -> tuple[ImageRecord, bool] | None:
+        """``_find_image``'s reads, on ``conn``."""
+        row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (text,)).fetchone()
+        if row is not None:
+            return self._record(row), False
+        id_prefix = m.group(1) if (m := _ID_PREFIX.fullmatch(text)) else None
+        if id_prefix is not None and len(id_prefix) == ID_DIGITS:
+            found = self._find_by_id(conn, id_prefix)
+            return None if found is None else (found, True)
+        parsed = parse_reference(text)
+        if parsed.digest is None:
+            row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (str(parsed),)).fetchone()
             if row is not None:
                 return self._record(row), False
-            id_prefix = m.group(1) if (m := _ID_PREFIX.fullmatch(text)) else None
-            if id_prefix is not None and len(id_prefix) == ID_DIGITS:
+            if id_prefix is not None:
                 found = self._find_by_id(conn, id_prefix)
                 return None if found is None else (found, True)
-            parsed = parse_reference(text)
-            if parsed.digest is None:
-                row = conn.execute(
-                    self._RECORD_SELECT + " WHERE r.name = ?", (str(parsed),)
-                ).fetchone()
-                if row is not None:
-                    return self._record(row), False
-                if id_prefix is not None:
-                    found = self._find_by_id(conn, id_prefix)
-                    return None if found is None else (found, True)
-                return None
-            name = f"{parsed.name}@{parsed.digest}"
-            row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (name,)).fetchone()
-            if row is not None:
-                return self._record(row), False
-            row = conn.execute(
-                """SELECT ?, ?, NULL, d.digest, i.manifest_digest, i.config_digest,
-                          i.platform, i.size, i.pulled_at, i.media_type, i.oci_manifest_digest
-                   FROM repo_digests d JOIN images i ON i.manifest_digest = d.manifest_digest
-                   WHERE d.repository = ? AND d.digest = ?""",
-                (name, parsed.name, parsed.name, str(parsed.digest)),
-            ).fetchone()
-            return None if row is None else (self._record(row), False)
+            return None
+        name = f"{parsed.name}@{parsed.digest}"
+        row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (name,)).fetchone()
+        if row is not None:
+            return self._record(row), False
+        row = conn.execute(
+            """SELECT ?, ?, NULL, d.digest, i.manifest_digest, i.config_digest,
+                      i.platform, i.size, i.pulled_at, i.media_type, i.oci_manifest_digest
+               FROM repo_digests d JOIN images i ON i.manifest_digest = d.manifest_digest
+               WHERE d.repository = ? AND d.digest = ?""",
+            (name, parsed.name, parsed.name, str(parsed.digest)),
+        ).fetchone()
+        return None if row is None else (self._record(row), False)
 
     # An image no reference names, as a record: named by its repository's name@digest
     # (each pull records repository@manifest-digest in repo_digests), by the manifest digest
@@ -2051,10 +2122,10 @@ class Store:
         """
         self._refuse_in_event_loop("remove_images")
         with self._errors(REMOVE_IMAGES), self._removing(REMOVE_IMAGES, check_cancelled):
-            names, dangling = self._removal_targets(refs)
+            names, dangling = self._removal_targets(refs, check_cancelled)
             with (
                 self._locked(check_cancelled=check_cancelled),
-                self._db() as conn,
+                self._db(check_cancelled=check_cancelled) as conn,
                 _transaction(conn, check_cancelled),
             ):
                 resolved = {
@@ -2132,7 +2203,10 @@ class Store:
         """
         self._refuse_in_event_loop("prune")
         with self._errors(PRUNE), self._removing(PRUNE, check_cancelled):
-            with self._db() as conn, _transaction(conn, check_cancelled):
+            with (
+                self._db(check_cancelled=check_cancelled) as conn,
+                _transaction(conn, check_cancelled),
+            ):
                 dangling = [
                     str(row[0])
                     for row in conn.execute(
@@ -2217,7 +2291,9 @@ class Store:
             limiter=self._removal_thread,
         )
 
-    def _removal_targets(self, refs: Sequence[str]) -> tuple[list[str], set[str]]:
+    def _removal_targets(
+        self, refs: Sequence[str], check_cancelled: Callable[[], None] | None = None
+    ) -> tuple[list[str], set[str]]:
         """The reference names ``refs`` stand for, and the manifest digests of images
         no reference names that ``refs`` reach by ``name@digest`` or image ID. Caller holds
         ``gc.lock`` exclusively: no pull changes the references meanwhile."""
@@ -2225,38 +2301,20 @@ class Store:
         dangling: set[str] = set()
         unknown: list[str] = []
         for text in refs:
-            lookup = self._find_image(text)
+            lookup = self._find_image(text, check_cancelled)
             if lookup is None:
                 unknown.append(text)
                 continue
             record, by_id = lookup
-            with self._db() as conn:
-                if by_id:
-                    rows = conn.execute(
-                        """SELECT r.name FROM refs r JOIN images i
-                           ON i.manifest_digest = r.manifest_digest
-                           WHERE i.config_digest = ? ORDER BY r.name""",
-                        (str(record.image_id),),
-                    ).fetchall()
-                    what = f"image ID {text.strip()}"
-                    if not rows:  # named by nothing: every manifest of that ID goes
-                        dangling.update(
-                            str(row[0])
-                            for row in conn.execute(
-                                "SELECT manifest_digest FROM images WHERE config_digest = ?",
-                                (str(record.image_id),),
-                            )
-                        )
-                elif conn.execute("SELECT 1 FROM refs WHERE name = ?", (record.ref,)).fetchone():
-                    rows = [(record.ref,)]
-                    what = text
-                else:  # name@digest of an image pulled by tag, or of one no tag names now
-                    rows = conn.execute(
-                        """SELECT name FROM refs WHERE repository = ? AND manifest_digest = ?
-                           ORDER BY name""",
-                        (record.repository, str(record.manifest_digest)),
-                    ).fetchall()
-                    what = text
+            if by_id:
+                what = f"image ID {text.strip()}"
+                rows, unnamed = self._read(
+                    functools.partial(self._named_by_id, record.image_id), check_cancelled
+                )
+                dangling |= unnamed
+            else:
+                what = text
+                rows = self._read(functools.partial(self._naming, record), check_cancelled)
             found = [str(row[0]) for row in rows]
             if len(found) > 1:
                 raise StoreError(
@@ -2275,6 +2333,35 @@ class Store:
                 ref=unknown[0],
             )
         return names, dangling
+
+    @staticmethod
+    def _named_by_id(image_id: Digest, conn: sqlite3.Connection) -> tuple[list[Any], set[str]]:
+        """The references naming the image ``image_id``, and, named by none, the manifest
+        digests of that ID (every one goes)."""
+        rows = conn.execute(
+            """SELECT r.name FROM refs r JOIN images i
+               ON i.manifest_digest = r.manifest_digest
+               WHERE i.config_digest = ? ORDER BY r.name""",
+            (str(image_id),),
+        ).fetchall()
+        if rows:
+            return rows, set()
+        unnamed = conn.execute(
+            "SELECT manifest_digest FROM images WHERE config_digest = ?", (str(image_id),)
+        )
+        return rows, {str(row[0]) for row in unnamed}
+
+    @staticmethod
+    def _naming(record: ImageRecord, conn: sqlite3.Connection) -> list[Any]:
+        """The references ``record`` stands for: its own, or those of its repository naming
+        its image (``name@digest`` of an image pulled by tag, or of one no tag names now)."""
+        if conn.execute("SELECT 1 FROM refs WHERE name = ?", (record.ref,)).fetchone():
+            return [(record.ref,)]
+        return conn.execute(
+            """SELECT name FROM refs WHERE repository = ? AND manifest_digest = ?
+               ORDER BY name""",
+            (record.repository, str(record.manifest_digest)),
+        ).fetchall()
 
     @staticmethod
     def _drop_images(conn: sqlite3.Connection, manifests: Sequence[str]) -> set[str]:
@@ -2488,12 +2575,17 @@ class Store:
         )
         with self._errors("read index.json"):
             self._read_index()
-        with self._errors("list the layers"), self._db() as conn:
-            layers = {
-                row[0]: (row[1], row[2])
-                for row in conn.execute("SELECT digest, size, xxh3 FROM layers")
-            }
-            needed = self._recorded_blobs(conn)
+        with self._errors("list the layers"):
+            layers, needed = self._read(
+                lambda conn: (
+                    {
+                        row[0]: (row[1], row[2])
+                        for row in conn.execute("SELECT digest, size, xxh3 FROM layers")
+                    },
+                    self._recorded_blobs(conn),
+                ),
+                check_cancelled,
+            )
         damage: list[tuple[Digest, str, str, int | None]] = []
         checked = 0
         with self._errors("verify the blobs"):
@@ -2517,10 +2609,10 @@ class Store:
                     damage.append((digest, kind, problem, inode))
             missing = [
                 (d, "layer" if str(d) in layers else "blob", "missing", None)
-                for d in self._still_missing(gone)
+                for d in self._still_missing(gone, check_cancelled)
             ]
         damage = [*missing, *damage]
-        users = self._refs_using({item[0] for item in damage})
+        users = self._refs_using({item[0] for item in damage}, check_cancelled)
         return checked, [
             BlobDamage(digest, kind, problem, users.get(str(digest), ()), inode)
             for digest, kind, problem, inode in damage
@@ -2554,7 +2646,9 @@ class Store:
                 f"{DB_FILE} was damaged or edited; move the store aside and pull again"
             ) from exc
 
-    def _still_missing(self, blobs: list[Digest]) -> list[Digest]:
+    def _still_missing(
+        self, blobs: list[Digest], check_cancelled: Callable[[], None] | None
+    ) -> list[Digest]:
         """Of these blobs, found without a file, those that records still name and that
         still have no file: the damage. ``rm`` and ``gc`` delete the records, then the
         files, and may do so while ``verify`` reads the store (they do not wait for it); a
@@ -2562,8 +2656,7 @@ class Store:
         when its file is found gone."""
         if not blobs:
             return []
-        with self._db() as conn:
-            recorded = self._recorded_blobs(conn)
+        recorded = self._read(self._recorded_blobs, check_cancelled)
         return sorted(
             (d for d in set(blobs) if str(d) in recorded and not self._blob_path(d).exists()),
             key=str,
@@ -2599,19 +2692,24 @@ class Store:
             return "content does not hash to its digest (sha256 differs)"
         return None
 
-    def _refs_using(self, digests: set[Digest]) -> dict[str, tuple[str, ...]]:
+    def _refs_using(
+        self, digests: set[Digest], check_cancelled: Callable[[], None] | None = None
+    ) -> dict[str, tuple[str, ...]]:
         """For each digest, the references whose image uses it as a layer, config or
         manifest (the registry's, or the converted one index.json lists)."""
         if not digests:
             return {}
         found: dict[str, set[str]] = {str(d): set() for d in digests}
-        with self._errors("find the images using damaged blobs"), self._db() as conn:
-            rows = conn.execute(
-                """SELECT r.name, i.manifest_digest, i.config_digest, i.oci_manifest_digest,
-                          r.resolved_digest, il.layer_digest
-                   FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
-                   LEFT JOIN image_layers il ON il.manifest_digest = i.manifest_digest"""
-            ).fetchall()
+        with self._errors("find the images using damaged blobs"):
+            rows = self._read(
+                lambda conn: conn.execute(
+                    """SELECT r.name, i.manifest_digest, i.config_digest, i.oci_manifest_digest,
+                              r.resolved_digest, il.layer_digest
+                       FROM refs r JOIN images i ON i.manifest_digest = r.manifest_digest
+                       LEFT JOIN image_layers il ON il.manifest_digest = i.manifest_digest"""
+                ).fetchall(),
+                check_cancelled,
+            )
         for name, *used in rows:
             for digest in used:
                 if digest in found:
@@ -2631,8 +2729,10 @@ class Store:
         names = set(refs)
         if not names:
             return {}
-        with self._errors("read the platforms of the images to pull again"), self._db() as conn:
-            rows = [row for row in conn.execute(self._RECORD_SELECT) if row[0] in names]
+        with self._errors("read the platforms of the images to pull again"):
+            rows = self._read(
+                lambda conn: [row for row in conn.execute(self._RECORD_SELECT) if row[0] in names]
+            )
         host = Platform.host()
         needed: dict[str, Platform] = {}
         for row in rows:
@@ -2690,13 +2790,16 @@ class Store:
 
     def image_layers(self, record: ImageRecord) -> list[LayerRecord]:
         """The image's layers, base first (VIC's ListLayers)."""
-        with self._errors("list layers", ref=record.ref), self._db() as conn:
-            rows = conn.execute(
-                """SELECT l.digest, l.diff_id, l.size, l.uncompressed_size, il.media_type, l.xxh3
-                   FROM image_layers il JOIN layers l ON l.digest = il.layer_digest
-                   WHERE il.manifest_digest = ? ORDER BY il.position""",
-                (str(record.manifest_digest),),
-            ).fetchall()
+        with self._errors("list layers", ref=record.ref):
+            rows = self._read(
+                lambda conn: conn.execute(
+                    """SELECT l.digest, l.diff_id, l.size, l.uncompressed_size, il.media_type,
+                              l.xxh3
+                       FROM image_layers il JOIN layers l ON l.digest = il.layer_digest
+                       WHERE il.manifest_digest = ? ORDER BY il.position""",
+                    (str(record.manifest_digest),),
+                ).fetchall()
+            )
         return [
             LayerRecord(
                 digest=Digest.parse(r[0]),

@@ -527,10 +527,10 @@ async def test_layers_take_download_slots_largest_first_whatever_their_lookups_t
     store = Store.open(tmp_path / "store")
     look_up = store.committed_layer
 
-    def slow_for_the_largest(digest: pipeline.Digest) -> Any:
+    def slow_for_the_largest(digest: pipeline.Digest, **kwargs: Any) -> Any:
         if str(digest) == largest.digest:
             time.sleep(0.3)
-        return look_up(digest)
+        return look_up(digest, **kwargs)
 
     monkeypatch.setattr(store, "committed_layer", slow_for_the_largest)
     started: list[str] = []
@@ -1226,8 +1226,8 @@ async def test_a_layer_is_downloaded_once_even_when_a_lookup_answers_late(
     class LateAnswers(Store):
         lookups = 0
 
-        def committed_layer(self, digest: Any) -> Any:
-            answer = super().committed_layer(digest)
+        def committed_layer(self, digest: Any, **kwargs: Any) -> Any:
+            answer = super().committed_layer(digest, **kwargs)
             LateAnswers.lookups += 1
             if LateAnswers.lookups == 2:  # the second pull's first lookup
                 time.sleep(0.5)  # read already, delivered late (a loaded machine)

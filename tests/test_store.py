@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -17,6 +18,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -651,6 +653,135 @@ def test_a_database_write_held_for_ever_fails_with_what_to_do_unless_cancelled(
     store.record_image(resolved, check_cancelled=check_cancelled)
     assert store.find_image(str(APP)) is not None
     assert store.verify(full=True)[1] == []
+
+
+@contextlib.contextmanager
+def _database_kept_from_readers(db: Path, how: str) -> Iterator[None]:
+    """Another connection (of this process) keeping ``db`` from being read, as other
+    tools may: a writer committing to a rollback journal (``journal_mode=DELETE``, which
+    a store nobody has open may be switched to), or a WAL connection in exclusive locking
+    mode. WAL readers wait for no other writer."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        if how == "rollback-journal-writer":
+            holder.execute("PRAGMA journal_mode = DELETE")
+            holder.execute("BEGIN EXCLUSIVE")
+        else:
+            holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+            holder.execute("BEGIN IMMEDIATE")  # takes the lock, kept after the COMMIT
+            holder.execute("COMMIT")
+        yield
+    finally:
+        holder.close()
+
+
+_KEPT_FROM_READERS = ["rollback-journal-writer", "exclusive-wal-connection"]
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open."""
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("how", _KEPT_FROM_READERS)
+@pytest.mark.deadline(90)
+def test_ctrl_c_ends_images_waiting_to_read_the_database(tmp_path: Path, how: str) -> None:
+    """``imagec-pipe images`` (``open_existing``, then its reads) waited for a connection
+    keeping the database from being read in SQLite's own busy handler, which sleeps
+    through signals: a Ctrl-C took effect only after ``BUSY_TIMEOUT_S`` (30 s). Its reads
+    wait in slices now (``Store._read``), and Ctrl-C ends the wait at once, exit 130."""
+    where = tmp_path / "s"
+    with Store.open(where) as store:
+        pull_into(store, APP)
+    with _database_kept_from_readers(where / _store.DB_FILE, how):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline._cli", "images", "--store", str(where)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            started = time.monotonic()
+            while not _holds_open(proc.pid, where / _store.DB_FILE):  # and waits to read it
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() - started < 30, "the command never opened the database"
+                time.sleep(0.05)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            # Far from the 30 s the old wait took, and far from a loaded machine's moment.
+            out, err = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.endswith("imagec-pipe: interrupted\n")
+    assert out == ""
+    with Store.open(where) as store:  # nothing was left half-done
+        assert [r.ref for r in store.list_images()] == [str(APP)]
+
+
+def _stop_at_third_ask(asked: list[None]) -> None:
+    """A ``check_cancelled`` whose caller is cancelled by its third ask (``asked``)."""
+    asked.append(None)
+    if len(asked) == 3:
+        raise _Stop
+
+
+@pytest.mark.parametrize("how", _KEPT_FROM_READERS)
+@pytest.mark.deadline(90)
+def test_reads_waiting_for_the_database_end_when_cancelled(tmp_path: Path, how: str) -> None:
+    """The calls that take ``check_cancelled`` asked it while waiting for a write
+    transaction (``_transaction``), but not while their reads waited for a connection
+    keeping the database from being read: the connection's first statement reads the
+    schema, ``record_image`` and ``verify`` read before anything else, a pull's
+    ``committed_layer`` only reads. Each held its thread for ``BUSY_TIMEOUT_S`` (30 s)
+    whatever ``check_cancelled`` said. Now each ends after the third ask."""
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP)
+    resolved, layers = build_image(ALPINE, content=b"alpine\n")
+    for gz, layer in layers:
+        commit(store, gz, layer)
+    new_gz, new_layer = build_image(MIXED, content=b"mixed\n")[1][0]
+    store.close()  # nothing of ours keeps the database open (a switch of journal needs that)
+
+    def commit_new(check_cancelled: Any) -> None:
+        with store.open_ingest(new_layer.descriptor.digest) as ingest:
+            ingest.write(new_gz)
+            store.commit_layer(ingest, new_layer, check_cancelled=check_cancelled)
+
+    calls: dict[str, Any] = {
+        "commit_layer": commit_new,
+        "record_image": lambda cc: store.record_image(resolved, check_cancelled=cc),
+        "verify": lambda cc: store.verify(check_cancelled=cc),
+        "remove_images": lambda cc: store.remove_images([str(APP)], check_cancelled=cc),
+        "prune": lambda cc: store.prune(check_cancelled=cc),
+        "committed_layer": lambda cc: store.committed_layer(
+            layers[0][1].descriptor.digest, check_cancelled=cc
+        ),
+    }
+    with _database_kept_from_readers(store.path / _store.DB_FILE, how):
+        for name, call in calls.items():
+            asked: list[None] = []
+            started = time.monotonic()
+            with pytest.raises(_Stop):
+                call(functools.partial(_stop_at_third_ask, asked))
+            # Far from the 30 s the old wait took.
+            assert time.monotonic() - started < 10, name
+            assert len(asked) == 3, name
+    # The database is free: nothing was left half-done, and everything goes on.
+    with Store.open(store.path) as reopened:
+        assert [r.ref for r in reopened.list_images()] == [str(APP)]
+        reopened.record_image(resolved)
+        assert {r.ref for r in reopened.list_images()} == {str(APP), str(ALPINE)}
+        assert reopened.verify(full=True)[1] == []
 
 
 def test_write_blob_checks_digest(tmp_path: Path) -> None:
