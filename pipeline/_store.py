@@ -1327,10 +1327,10 @@ class Store:
         Where it may not (a read-only mount, another user's store), ``mode=ro``; and as
         SQLite reads a WAL database only with its shared-memory file beside it, which it
         creates when it may, where it may not and the file is not there, the database is
-        opened as immutable: read as it is, without locks. That is sound while nobody
-        writes it, as nobody can through a read-only mount; in another user's store, a
-        listing taken while its owner pulls may miss the newest image or fail, and is
-        simply taken again.
+        opened as immutable (its log empty: see below): read as it is, without locks.
+        That is sound while nobody writes it, as nobody can through a read-only mount; in
+        another user's store, a listing taken while its owner pulls may miss the newest
+        image or fail, and is simply taken again.
 
         On a full disk, SQLite cannot create that shared-memory file either, and a user
         lists the images just then, to choose what to remove. Where the log is empty or
@@ -1346,6 +1346,14 @@ class Store:
         failed. A store at rest there (no ``-shm`` file: no connection has the database
         open; no log to replay) is read as immutable, which creates nothing; one in use
         shares its owner's files through ``mode=ro``.
+
+        Between the two, a log that holds rows and no ``-shm`` file (a process that
+        opened the database in exclusive locking mode and was killed, a store copied
+        without its ``-shm`` file) is refused (``_refuse_unfolded_log``): ``mode=ro``
+        created the ``-shm`` file to read the log with, this user's, and left it behind;
+        through a read-only mount, where it could not, the database was read as
+        immutable, without the log, so that ``images`` left out the images pulled last
+        without a word.
         """
         if not self.read_only:
             return self._connect_rw(create=create, busy_timeout_s=busy_timeout_s)
@@ -1366,6 +1374,7 @@ class Store:
             return self._connect_immutable()
         if self._at_rest():
             return self._connect_immutable()
+        self._refuse_unfolded_log()
         conn = sqlite3.connect(
             f"{uri}?mode=ro", uri=True, timeout=busy_timeout_s, isolation_level=None
         )
@@ -1377,6 +1386,25 @@ class Store:
             if os.access(self.path, os.W_OK) or exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 raise  # busy: another connection holds it, which a caller waits for
         return self._connect_immutable()
+
+    def _refuse_unfolded_log(self) -> None:
+        """Refuse to read a database that this process may not write (or whose directory it
+        may not) while its log holds rows and its ``-shm`` file is missing (see
+        ``_connect``): SQLite reads the log only through that file, which it would
+        create, this user's, or, where it cannot, would not read the log at all. Whoever
+        may write the database folds the log into it by opening it once."""
+        shm = self.path / f"{DB_FILE}-shm"
+        if shm.exists() or self._log_is_empty():
+            return
+        raise StoreError(
+            f"cannot read store {self.path} as this user: its database log {DB_FILE}-wal "
+            f"holds changes not yet in {DB_FILE}, and there is no {DB_FILE}-shm file to read "
+            f"it with; reading it would leave an {DB_FILE}-shm file of this user's that the "
+            f"store's owner may not be able to use (on a read-only mount, would miss those "
+            f"changes). Have a user who may write {DB_FILE} run `imagec-pipe images "
+            f"--store {self.path}` once (where the store is writable), which folds the log "
+            "into the database, then try again"
+        )
 
     def _connect_immutable(self) -> sqlite3.Connection:
         """The database read as it is on disk: no lock, no log, no shared-memory file."""

@@ -2179,6 +2179,75 @@ def test_a_store_whose_database_this_user_may_not_write_is_read_as_it_is(
         assert len(store.list_images()) == 2
 
 
+@pytest.fixture
+def unfolded_log(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A store whose log holds its newest image's rows and that has no ``-shm`` file (a
+    copy taken while its original was open, without that file), and the references of
+    every image it holds."""
+    where = tmp_path / "copy"
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    with Store.open(store.path) as store:  # APP is in the database file now
+        pull_into(store, ALPINE, docker=True)  # in the log only, while this one is open
+        shutil.copytree(store.path, where, ignore=shutil.ignore_patterns("*-shm"))
+        refs = sorted(r.ref for r in store.list_images())
+    assert _sqlite_side_files(where) == ["imagec.db-wal"]
+    assert (where / "imagec.db-wal").stat().st_size > 0
+    yield where, refs
+
+
+def _assert_refused_for_its_log(where: Path) -> None:
+    with pytest.raises(StoreError) as refused:
+        Store.open_existing(where)
+    message = str(refused.value)
+    assert "imagec.db-wal holds changes not yet in imagec.db" in message
+    assert "no imagec.db-shm file" in message
+    assert f"imagec-pipe images --store {where}" in message
+
+
+def test_a_log_that_this_user_may_not_fold_is_not_read_through_a_new_shm_file(
+    unfolded_log: tuple[Path, list[str]],
+) -> None:
+    """A store whose database this user may not write, its directory writable (another
+    user's store in a shared directory), with a log holding rows and no ``-shm`` file:
+    ``mode=ro`` created that file to read the log with, this user's, and left it behind,
+    where the store's owner may not write it. It is refused now, naming the files and
+    who can fold the log in; once they have, it is read as any store at rest."""
+    where, refs = unfolded_log
+    before = sorted(os.listdir(where))
+    with _read_only_bind(where / _store.DB_FILE):
+        _assert_refused_for_its_log(where)
+        assert sorted(os.listdir(where)) == before  # no -shm file left
+    reader = Store.open_existing(where)  # the owner's read folds the log in
+    assert reader is not None
+    assert sorted(r.ref for r in reader.list_images()) == refs
+    assert _sqlite_side_files(where) == []
+    with _read_only_bind(where / _store.DB_FILE):
+        reader = Store.open_existing(where)
+        assert reader is not None
+        assert sorted(r.ref for r in reader.list_images()) == refs
+        assert _sqlite_side_files(where) == []
+
+
+def test_a_log_on_a_read_only_mount_without_its_shm_file_is_not_left_out(
+    unfolded_log: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """The same store through a read-only mount, where no ``-shm`` file can be made: its
+    database was read as immutable, without its log, and ``images`` left out the image
+    pulled last without a word. It is refused now, as through a writable directory."""
+    where, refs = unfolded_log
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    with _read_only_bind(where, mnt):
+        _assert_refused_for_its_log(mnt)
+    with Store.open(where):  # the owner folds the log in
+        pass
+    with _read_only_bind(where, mnt):
+        reader = Store.open_existing(mnt)
+        assert reader is not None
+        assert sorted(r.ref for r in reader.list_images()) == refs
+
+
 def test_a_store_whose_database_this_user_may_not_write_is_refused_for_writing(
     tmp_path: Path,
 ) -> None:
