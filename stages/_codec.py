@@ -220,7 +220,15 @@ class Gunzip:
         try:
             self._update(data)
         except self._impl.error as exc:  # each inflater module has an error class of its own
-            raise _Corrupt(str(exc)) from exc
+            problem = str(exc)
+        else:
+            return
+        # Raised outside the handler, with no cause: a layer worker process hands its
+        # error back pickled with its chain (tblib, as trio-parallel does), and pickle
+        # cannot name ISA-L's error class (igzip_lib.IsalError) nor zlib-ng's
+        # (zlib_ng.error): a corrupt gzip layer came back as "internal error:
+        # PicklingError". The message says all the inflater said.
+        raise _Corrupt(problem)
 
     def _update(self, data: bytes) -> None:
         step, sink = self._step, self._sink

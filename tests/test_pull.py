@@ -29,7 +29,7 @@ import trio
 
 import pipeline
 from pipeline import Platform, PullOptions, Store
-from stages import _types
+from stages import _codec, _types
 from tests.support import images
 from tests.support.processes import descendants
 from tests.support.servers import RecordedRequest, Reply
@@ -1784,6 +1784,33 @@ async def test_a_worker_process_error_names_the_layer(
     )
 
     assert image.layers[1].digest in message
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib-ng", "zlib"])
+async def test_a_worker_process_hands_back_a_corrupt_gzip_layer_whatever_inflates_it(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path, inflater: str
+) -> None:
+    """A gzip layer whose CRC is wrong (its digest right: the registry stores it as it
+    is). The worker's error comes back pickled with its causes, and pickle cannot name
+    the error classes of ISA-L and zlib-ng: that was "internal error: PicklingError"."""
+    if inflater not in _codec.available_inflaters():
+        pytest.skip(f"{inflater} is not installed")
+    good = images.make_layer(unique_seed, size=64 * 1024)
+    data = bytearray(good.data)
+    data[-8] ^= 0x01  # the CRC32, the 4 bytes before ISIZE
+    bad = images.Layer("gzip", bytes(data), good.tar)
+    registry.push(unique_repo, images.make_image([bad]), "1")
+
+    message = await pull_fails(
+        registry.ref(unique_repo, "1"),
+        tmp_path / "s",
+        pipeline.DecompressError,
+        layer_workers="processes",
+        limits=pipeline.Limits(gzip_inflater=inflater),
+    )
+
+    assert f"layer {bad.digest} ({images.MediaTypes.OCI_LAYER_GZIP}) cannot be" in message
+    assert bad.digest not in blob_names(tmp_path / "s")
 
 
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
