@@ -394,13 +394,27 @@ def _unique_jobs(resolved: ResolvedImage) -> list[_LayerJob]:
     """One job per distinct layer: a manifest may list a layer twice, and it is fetched
     once (two jobs of one digest made the second wait on the first's download, and report
     it "shared" after the first had said "complete"). Raises ``ManifestError`` when the
-    config gives one layer two diffIDs: only one of them could be verified."""
+    config gives one layer two diffIDs, or the manifest two sizes or compressions: only
+    one of them could be verified (the other was recorded as it was, never checked)."""
     jobs: dict[Digest, _LayerJob] = {}
     for layer, diff_id in zip(resolved.layers, resolved.diff_ids, strict=True):
         first = jobs.get(layer.digest)
         if first is None:
             jobs[layer.digest] = _LayerJob(len(jobs), layer, diff_id)
-        elif first.diff_id != diff_id:
+            continue
+        before = first.descriptor
+        if (before.size, _compression(before.media_type)) != (
+            layer.size,
+            _compression(layer.media_type),
+        ):
+            raise ManifestError(
+                f"the image lists layer {layer.digest} twice, as {before.media_type} of"
+                f" {before.size} bytes and as {layer.media_type} of {layer.size} bytes;"
+                " one of them must be wrong",
+                ref=str(resolved.ref),
+                digest=str(layer.digest),
+            )
+        if first.diff_id != diff_id:
             raise ManifestError(
                 f"the image lists layer {layer.digest} twice, with two diffIDs in its config"
                 f" ({first.diff_id} and {diff_id}); one of them must be wrong",

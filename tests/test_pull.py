@@ -2419,6 +2419,33 @@ async def test_a_layer_listed_twice_is_fetched_once_and_reported_once(
         )
 
 
+@pytest.mark.parametrize("field", ["size", "mediaType"])
+async def test_a_layer_listed_twice_as_two_different_blobs_is_refused(
+    fixture_server: Any, unique_seed: str, tmp_path: Path, field: str
+) -> None:
+    # Fetched once, for its first listing: the second's size (one byte more) or
+    # compression (plain tar, though the bytes are gzip) was recorded in the store's
+    # manifest as it was, never checked.
+    layer = images.make_layer(unique_seed, size=16 * 1024)
+
+    def spoil(doc: dict[str, Any]) -> None:
+        second = doc["layers"][1]
+        if field == "size":
+            second["size"] += 1
+        else:
+            second["mediaType"] = images.MediaTypes.OCI_LAYER_TAR
+
+    image = images.edited_image(images.make_image([layer, layer]), manifest=spoil)
+    server = fixture_server()
+    server.serve_image("twice/other", image, "1")
+    ref = f"{server.host}/twice/other:1"
+
+    message = await pull_fails(ref, tmp_path / "s", pipeline.ManifestError)
+
+    assert f"the image lists layer {layer.digest} twice, as " in message
+    assert index_entries(tmp_path / "s") == {}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
