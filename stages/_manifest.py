@@ -668,14 +668,21 @@ def _spelled_out(platform: Platform) -> str:
     return f"{platform} (that is {normalized})" if normalized != platform else str(platform)
 
 
+# The platforms an error names of what an index offers, at most.
+_OFFERED_SHOWN = 50
+
+
 def _offered(entries: list[Descriptor], unplaced_configs: Sequence[Platform] = ()) -> str:
     """What an index offers, for a message: the platforms of the entries that could be
     pulled (not attestations, nor media types that are no image manifest), then its
     entries without one, with what ``unplaced_configs`` (the configs of the first of
-    those, as read) say."""
+    those, as read) say. At most ``_OFFERED_SHOWN`` platforms are named: an index of
+    18,000 made a one-line error of 295 kB."""
     offered = sorted(
         {str(entry.platform) for entry in _candidates(entries) if entry.platform is not None}
     )
+    if len(offered) > _OFFERED_SHOWN:
+        offered[_OFFERED_SHOWN:] = [f"and {len(offered) - _OFFERED_SHOWN} more platforms"]
     unplaced = sum(1 for entry in _candidates(entries) if entry.platform is None)
     if unplaced:
         text = "an entry" if unplaced == 1 else f"{unplaced} entries"

@@ -537,6 +537,22 @@ async def test_index_without_platform_lists_available() -> None:
     assert "linux/arm64/v8, windows/amd64" in message
 
 
+async def test_an_index_of_many_platforms_names_some_of_them() -> None:
+    # An index of 18,000 platforms (in its 4 MiB) made a one-line error of 295 kB.
+    reg = Registry()
+    doc = manifest(reg)
+    _index(
+        reg,
+        [index_entry(reg, doc, {"os": "linux", "architecture": f"a{i:04}"}) for i in range(2000)],
+    )
+    with pytest.raises(PlatformNotFound) as info:
+        await resolve(reg, platform=Platform("linux", "s390x"))
+    message = str(info.value)
+    assert "it has: linux/a0000, linux/a0001, " in message
+    assert ", linux/a0049, and 1950 more platforms. Choose one with --platform" in message
+    assert len(message) < 2000
+
+
 async def test_index_entry_without_platform_is_a_candidate() -> None:
     reg = Registry()
     entry = index_entry(reg, manifest(reg), None)
