@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -376,6 +377,16 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused where it overflows a float:
+    read as ``inf`` (``1e999``), it was kept, and ``inspect`` wrote it back as
+    ``Infinity``, which no JSON parser reads."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large")
+    return value
+
+
 def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, Any]:
     """Strict UTF-8 JSON object, or ``ManifestError`` (deep nesting and huge numbers too)."""
     try:
@@ -385,7 +396,7 @@ def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, 
             f"the {what} is not valid UTF-8", ref=where, digest=str(digest)
         ) from exc
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise ManifestError(
             f"the {what} is nested too deeply to parse", ref=where, digest=str(digest)

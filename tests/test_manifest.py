@@ -1196,6 +1196,9 @@ async def test_malformed_manifest_fields(name: str, spoil: Any, text: str) -> No
         (b"[" * 200000 + b"]" * 200000, "nested too deeply"),
         (b'{"schemaVersion": 1' + b"0" * 5000 + b"}", "not valid JSON: a number has too many"),
         (b'{"schemaVersion": NaN}', "not valid JSON"),
+        # Read as inf, and written back by ``inspect`` as Infinity, which is no JSON.
+        (b'{"schemaVersion": 2, "x": 1e999}', "not valid JSON: the number 1e999 is too large"),
+        (b'{"schemaVersion": 2, "x": [-1.5e400]}', "the number -1.5e400 is too large"),
         (b'{"schemaVersion": 2, "mediaType": "\\ud800"}', "not Unicode"),
         (b"[]", "not a JSON object"),
         (b'{"mediaType": 5}', "not a string"),
@@ -1252,6 +1255,10 @@ async def test_media_type_mismatch_with_header() -> None:
         (dumps({"rootfs": {"diff_ids": ["sha256:bad", "x"]}}), "diff_id 0"),
         (dumps({"os": "linux"}), "no rootfs.diff_ids"),
         (b"\x00not json", "image config is not valid JSON"),
+        (
+            config(x="X").replace(b'"X"', b"[1.0, 1e999]"),
+            "image config is not valid JSON: the number 1e999",
+        ),
         # Ill-typed: "architecture": 5 was taken for an unstated platform and the one asked
         # for recorded; the others were stored for other tools to choke on.
         (config(arch=5), "the image config's architecture is the number 5, not a string"),
