@@ -218,7 +218,11 @@ class Gunzip:
 
     def update(self, data: bytes) -> None:
         try:
-            self._update(data)
+            if self._members < 2 or len(data) <= GZIP_FEED_BYTES:
+                self._update(data)
+            else:  # see GZIP_FEED_BYTES
+                for start in range(0, len(data), GZIP_FEED_BYTES):
+                    self._update(data[start : start + GZIP_FEED_BYTES])
         except self._impl.error as exc:  # each inflater module has an error class of its own
             problem = str(exc)
         else:
@@ -273,6 +277,14 @@ class Gunzip:
 # pieces, which the network decides. Headers are short; a longer "header" (a name that
 # never ends) is passed on as it comes, for the inflater to judge.
 MAX_HELD_GZIP_HEADER = 256 * 1024
+
+# The most input handed to an inflater at once once a layer has shown two members. A
+# member's end copies the rest of its input (``unused_data``), so a chunk of many tiny
+# members cost its size for each: a 20 MB layer of 20-byte members took 19 s in 1 MiB
+# network reads (1 MB/s; 1 GB, a quarter of an hour of a core). In pieces of this size
+# the copies stay small (6x faster). A layer of one member, as almost all are, is fed
+# whole: cutting its chunks cost 9% more CPU.
+GZIP_FEED_BYTES = 64 * 1024
 
 
 def _gzip_header_size(buf: bytes) -> int | None:

@@ -8,6 +8,7 @@ import io
 import random
 import tarfile
 import tracemalloc
+import types
 import zlib
 
 import pytest
@@ -157,6 +158,34 @@ def test_gzip_multi_member(chunk: int) -> None:
     decoded = decode(GZ, blob, chunk)
     assert decoded.diff_id == hashlib.sha256(b"".join(parts)).hexdigest()
     assert decoded.size == sum(map(len, parts))
+
+
+def test_a_chunk_of_many_tiny_members_reaches_the_inflater_in_bounded_pieces() -> None:
+    # A member's end copies the rest of the input it was handed (unused_data): handed a
+    # 1 MiB chunk of 20-byte members, the inflater copied up to 1 MiB for each, and a
+    # 20 MB layer of them took 19 s. The inputs are recorded through zlib itself.
+    handed: list[int] = []
+
+    class Member:
+        def __init__(self, wbits: int) -> None:
+            self._inner = zlib.decompressobj(wbits=wbits)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            handed.append(len(data))
+            return self._inner.decompress(data, max_length)
+
+        def __getattr__(self, name: str) -> object:  # eof, unused_data, unconsumed_tail
+            return getattr(self._inner, name)
+
+    impl = types.SimpleNamespace(__name__="recording", error=zlib.error, decompressobj=Member)
+    out = io.BytesIO()
+    gunzip = Gunzip(out.write, step=MiB, impl=impl)  # type: ignore[arg-type]
+    gunzip.update(gzip.compress(b"a") + gzip.compress(b"b"))  # a layer of members
+    gunzip.update(gzip.compress(b"", mtime=0) * (MiB // 20) + gzip.compress(b"c"))
+    gunzip.finish()
+    assert out.getvalue() == b"abc"
+    # Pieces of 64 KiB, one perhaps with the start of a member's header held over.
+    assert max(handed) <= 64 * 1024 + 20
 
 
 def test_gzip_output_comes_in_bounded_steps() -> None:
