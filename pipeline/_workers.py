@@ -24,6 +24,7 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -194,7 +195,40 @@ def _fetch_layer_in_worker(task: LayerTask) -> VerifiedLayer:
     # Held, not added: the secrets of every pull the parent runs come along, and this
     # task's own must not be pushed out of the worker's RECENT_SECRETS_KEPT by them.
     with held_secrets(settings.secrets):
-        return trio.run(_fetch_layer, task)
+        try:
+            return trio.run(_fetch_layer, task)
+        except Exception as exc:
+            sent = sendable(exc)
+            if sent is exc:
+                raise
+            raise sent from None
+
+
+def sendable(exc: Exception) -> Exception:
+    """``exc`` as the worker can hand it back to the pulling process, which it does
+    pickled, with its chain of causes (trio-parallel's workers install tblib's pickling
+    of exceptions). A cause whose class pickle cannot name (an extension's error class
+    that says it lives in another module: ISA-L's ``IsalError`` was one) made the pull
+    fail with "internal error: PicklingError" instead of the error itself. So where the
+    chain cannot be pickled it is cut (the message stays whole), and an error that
+    cannot be pickled even alone becomes a ``WorkerError`` that names it."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:  # pickle raises PicklingError, AttributeError, TypeError...
+        pass
+    exc.__cause__ = None
+    exc.__context__ = None
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:
+        return WorkerError(
+            f"the worker process failed with an error it cannot hand back: "
+            f"{type(exc).__name__}: {exc}",
+            ref=getattr(exc, "ref", None),
+            digest=getattr(exc, "digest", None),
+        )
 
 
 async def _fetch_layer(task: LayerTask) -> VerifiedLayer:

@@ -2524,3 +2524,48 @@ async def test_pulls_sharing_a_download_limiter_download_one_layer_at_a_time(
     for image in (one, two):
         for layer in image.layers:
             assert via.blob_gets(layer.digest) == 1
+
+
+def test_a_worker_hands_back_an_error_whose_cause_pickle_cannot_name() -> None:
+    """The worker's error crosses to the pulling process pickled with its causes
+    (tblib, installed in trio-parallel's workers, here too): a cause of a class pickle
+    cannot name made the pull fail with "internal error: PicklingError"."""
+    import copyreg
+
+    import tblib.pickling_support
+
+    from pipeline._workers import sendable
+
+    kept = dict(copyreg.dispatch_table)  # install() registers exception classes globally
+    tblib.pickling_support.install()
+    try:
+        _check_sendable(sendable)
+    finally:
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(kept)
+
+
+def _check_sendable(sendable: Any) -> None:
+    import pickle
+
+    def unnamed_class() -> type[Exception]:
+        class ExtensionError(Exception):  # a local class: pickle cannot name it
+            pass
+
+        return ExtensionError
+
+    failure = pipeline.DecompressError("layer x: the gzip stream is corrupt", ref="r", digest="d")
+    failure.__cause__ = unnamed_class()("invalid block type")
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(failure)
+
+    sent = sendable(failure)
+    back = pickle.loads(pickle.dumps(sent))
+    assert type(back) is pipeline.DecompressError
+    assert (str(back), back.ref, back.digest) == (str(failure), "r", "d")
+
+    lone = unnamed_class()("not even the error itself can be pickled")
+    sent_lone = sendable(lone)
+    back_lone = pickle.loads(pickle.dumps(sent_lone))
+    assert isinstance(back_lone, pipeline.WorkerError)
+    assert "ExtensionError: not even the error itself can be pickled" in str(back_lone)
