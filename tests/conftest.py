@@ -75,6 +75,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "deadline(seconds): fail the test if it runs longer (default 120 s)"
     )
+    # A shell starts a background job (`bash tests/run.sh &`) with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: every CLI the Ctrl-C tests start then
+    # ignored their SIGINT, as a CLI should, and those tests failed for how the suite was
+    # launched. Handled here, it reaches the children as the default again.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _deadline_for(item: pytest.Item) -> float:
