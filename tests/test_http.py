@@ -145,9 +145,11 @@ async def _answer_ok(stream: trio.abc.Stream) -> None:
         pass
 
 
-def _tls_server(tmp_path: Path) -> tuple[Handler, Path]:
-    """``_answer_ok`` over TLS, as 127.0.0.1 with a certificate from a new CA, and that CA
-    in a PEM file."""
+def _tls_server(
+    tmp_path: Path, answer: Callable[[trio.abc.Stream], Awaitable[None]] = _answer_ok
+) -> tuple[Handler, Path]:
+    """``answer`` (default ``_answer_ok``) over TLS, as 127.0.0.1 with a certificate from
+    a new CA, and that CA in a PEM file."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
@@ -155,7 +157,7 @@ def _tls_server(tmp_path: Path) -> tuple[Handler, Path]:
     ca.cert_pem.write_to_path(str(ca_file))
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _answer_ok(trio.SSLStream(stream, server_ctx, server_side=True))
+        await answer(trio.SSLStream(stream, server_ctx, server_side=True))
 
     return handler, ca_file
 
@@ -497,3 +499,164 @@ async def test_a_names_addresses_share_one_connect_timeout(
     assert sorted(network.gives_up_at) == ["2606:2800:220:1::1", "93.184.216.1", "93.184.216.2"]
     for gives_up_at in network.gives_up_at.values():
         assert gives_up_at == pytest.approx(started + 5.0)
+
+
+# --- large bodies, read past h11 (_DirectBody) ---------------------------------------------
+
+LARGE = 9 << 20  # over DIRECT_BODY_MIN_BYTES
+SMALL = 1 << 20  # under it
+
+
+def _pattern(size: int) -> bytes:
+    """``size`` bytes in which a piece lost, repeated or out of order shows."""
+    return b"".join(i.to_bytes(8, "big") for i in range(size // 8))
+
+
+def _keepalive_server(connections: list[int], head: bytes, body: bytes) -> Handler:
+    """Answer every request on a connection with ``head`` + ``body``, keeping the
+    connection open for the next; ``connections`` gets one entry per connection."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        try:
+            while await _read_request(stream):
+                await stream.send_all(head + body)
+        except trio.BrokenResourceError:
+            pass
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("size", "connections_for_two"), [(LARGE, 2), (SMALL, 1)], ids=["large", "small"]
+)
+async def test_a_large_body_is_read_whole_and_its_connection_is_not_pooled(
+    size: int, connections_for_two: int
+) -> None:
+    """A large body is read past h11, whose parser then never saw it end: its connection
+    is closed, not pooled, so the next request opens another. A small one stays h11's,
+    and its connection serves the next request."""
+    body = _pattern(size)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    connections: list[int] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, _keepalive_server(connections, head, body))
+            async with open_client(RegistryOptions(), Limits()) as client:
+                for _ in range(2):
+                    async with client.stream("GET", f"http://127.0.0.1:{port}/b") as response:
+                        parts = [part async for part in response.aiter_raw()]
+                    assert b"".join(parts) == body
+                    assert max(len(part) for part in parts) <= Limits().chunk_size
+            nursery.cancel_scope.cancel()
+    assert len(connections) == connections_for_two
+
+
+async def test_a_large_body_longer_than_its_length_is_read_to_its_length() -> None:
+    body = _pattern(LARGE)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE
+
+    async def too_long(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(head + body + b"HTTP/1.1 200 OK\r\n\r\nsurplus")
+        await trio.sleep_forever()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, too_long)
+            async with (
+                open_client(RegistryOptions(), Limits()) as client,
+                client.stream("GET", f"http://127.0.0.1:{port}/b") as response,
+            ):
+                assert b"".join([part async for part in response.aiter_raw()]) == body
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_large_body_cut_short_is_a_protocol_error_saying_how_much_came() -> None:
+    sent = LARGE - (3 << 20)
+
+    async def cut(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
+        await stream.send_all(_pattern(sent))
+        await stream.aclose()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, cut)
+            received = 0
+            async with open_client(RegistryOptions(), Limits()) as client:
+                with pytest.raises(httpx.RemoteProtocolError) as info:
+                    async with client.stream("GET", f"http://127.0.0.1:{port}/b") as response:
+                        async for part in response.aiter_raw():
+                            received += len(part)
+            nursery.cancel_scope.cancel()
+    assert received == sent
+    assert f"received {sent} bytes, expected {LARGE}" in str(info.value)
+
+
+async def test_a_large_body_that_stalls_is_a_read_timeout() -> None:
+    async def stall(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
+        await stream.send_all(_pattern(LARGE // 2))
+        await trio.sleep_forever()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, stall)
+            async with open_client(RegistryOptions(), Limits(read_timeout_s=0.3)) as client:
+                with pytest.raises(httpx.ReadTimeout):
+                    async with client.stream("GET", f"http://127.0.0.1:{port}/b") as response:
+                        async for _ in response.aiter_raw():
+                            pass
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_a_large_length_with_no_body_to_read_is_h11s(method: str) -> None:
+    """A HEAD's answer and a chunked body name no bytes to read past h11: a HEAD's
+    Content-Length is the GET's, with no body after it; a chunked body's length is
+    unknown (and Transfer-Encoding overrides any Content-Length)."""
+    body = _pattern(LARGE)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % LARGE
+    if method == "GET":
+        head += b"Transfer-Encoding: chunked\r\n"
+
+    async def answer(stream: trio.SocketStream) -> None:
+        await _read_request(stream)
+        await stream.send_all(head + b"\r\n" + (chunked if method == "GET" else b""))
+        await trio.sleep_forever()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, answer)
+            async with (
+                open_client(RegistryOptions(), Limits(read_timeout_s=5)) as client,
+                client.stream(method, f"http://127.0.0.1:{port}/b") as response,
+            ):
+                got = b"".join([part async for part in response.aiter_raw()])
+            nursery.cancel_scope.cancel()
+    assert got == (body if method == "GET" else b"")
+
+
+async def test_a_large_body_over_tls_is_read_whole(tmp_path: Path) -> None:
+    body = _pattern(LARGE)
+
+    async def large(stream: trio.abc.Stream) -> None:
+        await _read_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
+        await stream.send_all(body)
+        await trio.sleep_forever()
+
+    handler, ca_file = _tls_server(tmp_path, large)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, handler)
+            async with (
+                open_client(RegistryOptions(ca_file=ca_file), Limits()) as client,
+                client.stream("GET", f"https://127.0.0.1:{port}/b") as response,
+            ):
+                assert b"".join([part async for part in response.aiter_raw()]) == body
+            nursery.cancel_scope.cancel()

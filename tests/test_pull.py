@@ -30,6 +30,7 @@ import trio
 import pipeline
 from pipeline import Platform, PullOptions, Store
 from stages import _codec, _types
+from stages._http import DIRECT_BODY_MIN_BYTES
 from tests.support import images
 from tests.support.processes import descendants
 from tests.support.servers import RecordedRequest, Reply
@@ -1892,6 +1893,32 @@ async def test_a_connection_cut_mid_layer_resumes_with_a_range_request(
     assert retried == [
         pipeline.ProgressEvent("layer-retrying", result.reference, cut.digest, len(half), cut.size)
     ]
+    assert_store_consistent(tmp_path / "s")
+
+
+async def test_a_layer_read_past_h11_is_cut_resumed_and_verified(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A layer over ``DIRECT_BODY_MIN_BYTES`` is read past h11 (stages/_http.py), on both
+    of its requests here: the first, cut after 4 MiB, ends as a short body does in h11's
+    hands, the second asks for the rest with a Range request, and the bytes from both
+    prove the digest."""
+    image = images.sample_image(
+        unique_seed, layer_size=20 * 1024 * 1024, compressions=("none",), with_empty_layer=False
+    )
+    registry.push(unique_repo, image, "1")
+    (layer,) = image.layers
+    assert layer.size - 4 * 1024 * 1024 >= DIRECT_BODY_MIN_BYTES
+    via = proxy(registry)
+    first = layer.data[: 4 * 1024 * 1024]
+    via.inject(f"*/blobs/{layer.digest}", Reply(200, {"Content-Length": str(layer.size)}, first))
+
+    with trio.fail_after(60):
+        await pull_retrying_quickly(f"{via.host}/{unique_repo}:1", tmp_path / "s")
+
+    blob_requests = [r for r in via.requests if r.path.endswith(f"/blobs/{layer.digest}")]
+    assert [r.headers.get("range") for r in blob_requests] == [None, f"bytes={len(first)}-"]
+    assert layer.digest in blob_names(tmp_path / "s")
     assert_store_consistent(tmp_path / "s")
 
 
