@@ -13,10 +13,14 @@ next attempt starts at ``transfer.received`` with ``Range: bytes=N-``. The regis
 answer 206 from byte N, or 200 with the whole blob, of which the first N bytes are
 skipped; the digest, checked downstream over every byte once, proves the pieces belong
 together. An attempt to which the network delivered ``Limits.stall_progress_bytes``
-before the server went silent is not a stall "in a row" for ``Limits.stall_retries``:
-the server was sending, whether the bytes were kept or were the start of a resent blob,
-skipped (the rule gives up on a server that sends nothing; ``Limits.retries`` bounds one
-that resends and stalls for ever). The consumers downstream never see the seam: they
+before the server went silent, and that kept at least one new byte, is not a stall "in
+a row" for ``Limits.stall_retries``: the server was sending what was asked for, whether
+the bytes were all kept or mostly the start of a resent blob, skipped (``Limits.retries``
+bounds one that resends and gets a little further each time). One that kept no new byte
+is a stall in a row however much arrived: a server that ignores Range and stalls where
+it stalled before, every time, will never send the rest, and counted as progress it held
+the layer for all the retries, a read timeout each; the error says what it did
+(``_resent_and_stalled``). The consumers downstream never see the seam: they
 receive the bytes once, in order. Each retry sends a ``layer-retrying`` event
 (``current``: the bytes kept). An attempt's error from the registry client (a stall, a
 broken connection) is given the bytes that had arrived by then, which that client does
@@ -121,7 +125,9 @@ class _Transfer:
     # Bytes the network delivered, kept or not: a 200 to a Range request resends the
     # blob from its start, and the part skipped took network time as the rest does.
     # The slow-transfer check and the stall rule (stall_progress_bytes) count these;
-    # ``received`` (the bytes kept) is what progress reports and where a resume starts.
+    # ``received`` (the bytes kept) is what progress reports, where a resume starts, and
+    # what the stall rule asks to have moved (a resent start that ends where the last
+    # attempt stalled is no progress, however long it is).
     delivered: int = 0
     # The window of the slow-transfer check: when it opened (None: not yet, from this
     # source), bytes delivered by then, and the seconds since then that were not the
@@ -203,6 +209,7 @@ async def blob_stream(
                     limits,
                     on_retry=report_retry,
                     position=lambda: transfer.delivered,
+                    kept=lambda: transfer.received,
                 )
             except ImagecError as error:
                 if len(places) == 1 or not _another_place_may_cure(error):
@@ -306,6 +313,8 @@ async def _attempt(
     # For messages: the source asked until its response names the server that sent it.
     source_name = "the registry" if place is None else source.url_shown(place)
     offset = transfer.received
+    delivered_before = transfer.delivered
+    resent_from = 0  # the offset asked for, when the answer was the blob from its start
     opened = (
         source.stream_blob(ref, layer.digest, offset=offset)
         if place is None
@@ -317,6 +326,7 @@ async def _attempt(
             source_name = _sender(source, ref, place, response)
             # A 200 to a Range request is the whole blob again: skip what we have.
             skip = offset if response.status_code == 200 else 0
+            resent_from = skip
             _check_content_length(response, ref_text, layer, offset - skip, source_name)
             transfer.last_data_at = time.perf_counter()
             _resume_window(transfer, transfer.last_data_at)
@@ -349,6 +359,7 @@ async def _attempt(
         # got: that is known here. The stage's own errors say it already.
         if error.transient and (reading or transfer.received):
             error.extend_message(f"{transfer.received} of {size} bytes had arrived")
+        _resent_and_stalled(error, resent_from, transfer, delivered_before, source_name)
         raise
     except httpx.RemoteProtocolError as exc:
         raise Truncated(
@@ -359,14 +370,16 @@ async def _attempt(
             transient=True,
         ) from exc
     except httpx.HTTPError as exc:
-        raise RegistryUnavailable(
+        failed = RegistryUnavailable(
             f"the connection to {source_name} failed after {transfer.received} of {size} "
             f"bytes of layer {digest}: {type(exc).__name__}: {redact(str(exc))}; pull again",
             ref=ref_text,
             digest=digest,
             transient=True,
             stalled_s=stalled_for(exc, limits),
-        ) from exc
+        )
+        _resent_and_stalled(failed, resent_from, transfer, delivered_before, source_name)
+        raise failed from exc
     if transfer.received < size:
         raise Truncated(
             f"the response from {source_name} for layer {digest} ended after "
@@ -375,6 +388,35 @@ async def _attempt(
             digest=digest,
             transient=True,
         )
+
+
+def _resent_and_stalled(
+    error: ImagecError,
+    resent_from: int,
+    transfer: _Transfer,
+    delivered_before: int,
+    source_name: str,
+) -> None:
+    """Say what the server did, on the stall of an attempt that asked for ``Range:
+    bytes=<resent_from>-``, got the blob from its start, and kept no new byte.
+
+    The retry rule counts such a stall as one in a row (``retrying``'s ``kept``), however
+    many bytes arrived; the message alone ("no data for 60 s", "5000 of 10000 bytes had
+    arrived") reads as a server that went silent at that byte, and gives no hint that it
+    had been sending the start of the blob over again (a storage server or CDN that does
+    not do ranges), which is what the user can take to its operator."""
+    if error.stalled_s is None or not resent_from or transfer.received > resent_from:
+        return
+    sent = transfer.delivered - delivered_before
+    where = (
+        "where it had stalled before"
+        if sent == resent_from
+        else f"after {sent} bytes, short of byte {resent_from}, where it had stopped before"
+    )
+    error.extend_message(
+        f"{source_name} ignored Range: bytes={resent_from}- (resent the blob from its start)"
+        f" and stalled {where}"
+    )
 
 
 def _sender(source: BlobSource, ref: Reference, place: str | None, response: httpx.Response) -> str:

@@ -260,7 +260,9 @@ class Limits:
     # stall counts). When any byte counted, a server that sent a byte and then nothing,
     # on every attempt, held a layer for retries + 1 read timeouts; containers/image asks
     # for 1 MiB since the last resume. 1: any byte. Bytes received, not kept: the start
-    # of a blob resent to a Range request, skipped, counts (the server was sending).
+    # of a blob resent to a Range request, skipped, counts (the server was sending), as
+    # long as the attempt also kept a new byte; one that stalled where the last stalled
+    # kept none, and is a stall in a row however much of the start it resent.
     stall_progress_bytes: int = 1 * MiB
     # The wait before retry n is retry_wait_s * 2**(n-1), at most retry_max_wait_s, of
     # which a random half (jitter: pulls that failed together do not return together).

@@ -11,9 +11,11 @@ alone decides what follows:
   response deadline: ``stalled_s`` on the error) is tried again at most
   ``limits.stall_retries`` times in a row while the request makes no real progress (a
   layer: fewer than ``limits.stall_progress_bytes`` delivered by the network per
-  attempt, kept or skipped; any other request: any stall), then raised, saying how many
-  times it happened: each costs the whole read timeout (or deadline), and five of them
-  held a pull five minutes on a server that had hung, or that sent one byte per attempt;
+  attempt, kept or skipped, or no new byte kept; any other request: any stall), then
+  raised, saying how many times it happened: each costs the whole read timeout (or
+  deadline), and five of them held a pull five minutes on a server that had hung, that
+  sent one byte per attempt, or that resent a blob from its start and stalled where it
+  had stalled before;
 - after ``limits.retries`` retries, the last error is raised, saying how many attempts
   were made;
 - a ``Retry-After`` longer than ``limits.retry_after_max_s`` is raised at once, saying
@@ -117,6 +119,7 @@ async def retrying(
     *,
     on_retry: Callable[[ImagecError, int, float], None] | None = None,
     position: Callable[[], int] | None = None,
+    kept: Callable[[], int] | None = None,
 ) -> T:
     """``await attempt()`` until it returns, retrying as ``retry_wait`` allows.
 
@@ -127,17 +130,26 @@ async def retrying(
     sending): an attempt that moved it by ``limits.stall_progress_bytes`` or more and
     then stalled made progress, so it starts the count of stalls in a row again; one that
     moved it less (a byte, then silence) is one more stall. Without it, every stall
-    counts.
+    counts. ``kept()`` says how much of the work is kept (a blob's bytes passed on): an
+    attempt that kept nothing new made no progress, however much arrived. A server that
+    ignores Range resends the blob from its start; one that then stalls a little further
+    each time is sending what was asked for, one that stalls where it stalled before
+    never will, and counted by ``position`` alone it held the layer for every retry.
     """
     retry = 0
     stalls = 0  # attempts in a row that ended in a stall having made no real progress
     while True:
         before = position() if position is not None else 0
+        kept_before = kept() if kept is not None else 0
         try:
             return await attempt()
         except ImagecError as error:
             retry += 1
-            moved = position is not None and position() - before >= limits.stall_progress_bytes
+            moved = (
+                position is not None
+                and position() - before >= limits.stall_progress_bytes
+                and (kept is None or kept() > kept_before)
+            )
             stalls = stalls + 1 if error.stalled_s is not None and not moved else 0
             wait = retry_wait(error, retry, limits, stalls=stalls)
             log.warning(

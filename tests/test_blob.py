@@ -499,6 +499,41 @@ async def test_a_stall_in_a_resent_blob_counts_the_bytes_skipped_as_progress() -
     assert [e.current for e in events if e.event == "layer-retrying"] == [5000, 5100, 5200]
 
 
+@pytest.mark.parametrize(
+    ("again", "says"),
+    [
+        (5000, "stalled where it had stalled before"),
+        (3000, "stalled after 3000 bytes, short of byte 5000, where it had stopped before"),
+    ],
+)
+async def test_a_server_that_ignores_range_and_stalls_at_the_same_place_is_given_up_on(
+    again: int, says: str
+) -> None:
+    """A server that ignores Range resends the blob from its start and stalls at the same
+    byte every time (or sooner): 5000 bytes arrive per attempt, none of them new.
+    Counting the bytes that arrived, each such stall was progress, and the layer waited
+    out the read timeout on every one of Limits.retries; an attempt that keeps no new
+    byte is a stall in a row, whatever arrived, and the error says what the server did."""
+    limits = Limits(
+        chunk_size=1024, chunk_buffer=2, retries=6, retry_wait_s=0.001, stall_progress_bytes=4096
+    )
+    stops = iter([5000, *[again] * 4])
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        stop = next(stops, len(BLOB))
+        body = Body([BLOB[:stop]], fail=httpx.ReadTimeout("") if stop < len(BLOB) else None)
+        return httpx.Response(200, stream=body)
+
+    async with source_for(respond) as source:
+        chunks, _, _, error = await run_stage(source, limits=limits)
+    assert isinstance(error, RegistryUnavailable) and error.stalled_s == limits.read_timeout_s
+    # The first attempt kept 5000 bytes before it stalled: not one of the two in a row.
+    assert [offset for _, _, offset in source.calls] == [0, 5000, 5000]
+    assert f"ignored Range: bytes=5000- (resent the blob from its start) and {says}" in str(error)
+    assert "2 times in a row, so not tried again" in str(error)
+    assert b"".join(chunks) == BLOB[:5000]
+
+
 async def test_more_bytes_than_the_size_is_not_retried() -> None:
     async with source_for(body_of(BLOB + b"x")) as source:
         _, _, _, error = await run_stage(source, limits=RETRYING)

@@ -930,6 +930,53 @@ async def test_a_blob_resent_whole_that_stalls_past_what_is_kept_is_not_a_stall_
     assert_store_consistent(tmp_path / "s")
 
 
+async def test_a_blob_resent_whole_that_stalls_where_it_stalled_before_is_given_up_on(
+    registry: Any,
+    proxy: Any,
+    fixture_server: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+) -> None:
+    """A storage server that ignores Range resends the layer from its start on every
+    resume and stalls at the same byte every time: each attempt delivers what the pull
+    already has, and keeps nothing. Counting the bytes that arrived, each such stall was
+    progress and the layer waited out the read timeout on every retry (5 x 60 s by
+    default); an attempt that keeps no new byte is a stall in a row, so the pull asks
+    three times (the first stall kept bytes) and gives up, saying why. Here the read
+    timeout is 0.5 s and Limits.stall_progress_bytes 64 KiB."""
+    image = images.sample_image(
+        unique_seed, layer_size=256 * 1024, compressions=("none",), with_empty_layer=False
+    )
+    registry.push(unique_repo, image, "1")
+    layer = image.layers[0]
+    stop = 128 * 1024
+    cdn = fixture_server()
+    cdn.route(f"/blob/{layer.digest}", Reply(200, {}, layer.data, stall_after=stop))
+    via = proxy(registry)
+    via.inject(
+        f"*/blobs/{layer.digest}",
+        Reply(307, {"Location": f"{cdn.url}/blob/{layer.digest}"}),
+        times=None,
+    )
+    limits = pipeline.Limits(read_timeout_s=0.5, retry_wait_s=0.01, stall_progress_bytes=64 * 1024)
+
+    with trio.fail_after(60):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1",
+            tmp_path / "s",
+            pipeline.RegistryUnavailable,
+            limits=limits,
+        )
+
+    asked = [r.headers.get("range") for r in cdn.requests if r.path == f"/blob/{layer.digest}"]
+    assert asked == [None, f"bytes={stop}-", f"bytes={stop}-"]
+    assert f"ignored Range: bytes={stop}- (resent the blob from its start)" in message, message
+    assert "stalled where it had stalled before" in message, message
+    assert "2 times in a row, so not tried again" in message, message
+    assert layer.digest in message and layer.digest not in blob_names(tmp_path / "s")
+
+
 @pytest.mark.parametrize("layer_workers", ["threads", "processes"])
 async def test_a_full_disk_names_the_image_and_the_layer(
     registry: Any, unique_repo: str, unique_seed: str, tiny_disk: Path, layer_workers: str
