@@ -462,9 +462,15 @@ class RegistryClient:
         ping came back with an HTTP response (moby, ``confirmedTLSRegistries``, set from
         ``fallbackError.transportOK``). containers/image (skopeo, podman) tries http after
         any failed https ping (``detectPropertiesHelper``), a registry's 5xx included;
-        not followed here. A proxy's 502, 503 or 504 to the CONNECT is no answer of the
-        registry's: Go's net/http returns it as an error, without a response, so both
-        fall back past it, and so does this (its 503's Retry-After is then not waited).
+        not followed here. A proxy's 429, 502, 503 or 504 to the CONNECT is no answer of
+        the registry's: Go's net/http returns it as an error, without a response, so both
+        fall back past it, and so does this.
+
+        At once, deliberately, though a 503 (or 429) may carry a ``Retry-After`` that
+        ``ProxyRefused`` reads: Go's transport keeps only a refused CONNECT's status text
+        (``dialConn`` returns ``errors.New`` of it), so docker cannot see that wait, and
+        its fallback to http does not wait it either; waiting here would hold every pull
+        of a plain-http registry behind a busy proxy for a wait meant for https.
         """
         insecure = matches_insecure(authority, self._options.insecure_registries)
         attempts: list[tuple[str, bool]]

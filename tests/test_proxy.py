@@ -344,6 +344,30 @@ async def test_an_insecure_registry_falls_back_to_http_when_the_proxy_refuses_co
     assert proxy.tunnels == [authority] and proxy.forwarded
 
 
+async def test_an_insecure_registry_falls_back_to_http_at_once_past_a_connects_retry_after(
+    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A 503 to the https attempt's CONNECT asking to wait (Retry-After) is no answer of
+    the registry's either: plain http follows at once, unwaited, as docker's does (Go's
+    net/http keeps only the refused CONNECT's status text, not its headers)."""
+    image = images.sample_image(unique_seed)
+    registry.push(unique_repo, image, "1")
+    authority = f"{NAME}:{registry.port}"
+    with (
+        forward_proxy(refuse_connect=503, refuse_connect_retry_after="30") as proxy,
+        structlog.testing.capture_logs() as logs,
+    ):
+        result = await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            insecure_registries=(authority,),
+            proxy=ProxySettings(https_proxy=proxy.url, http_proxy=proxy.url),
+        )
+    assert str(result.manifest_digest) == image.digest
+    assert proxy.tunnels == [authority] and proxy.connects_refused == 1 and proxy.forwarded
+    assert [entry for entry in logs if entry["event"] == "retrying"] == []
+
+
 async def test_an_insecure_registry_does_not_fall_back_when_the_proxy_refuses_credentials(
     registry: RegistryServer, unique_repo: str, tmp_path: Path
 ) -> None:
