@@ -470,7 +470,16 @@ class RegistryClient:
         ``ProxyRefused`` reads: Go's transport keeps only a refused CONNECT's status text
         (``dialConn`` returns ``errors.New`` of it), so docker cannot see that wait, and
         its fallback to http does not wait it either; waiting here would hold every pull
-        of a plain-http registry behind a busy proxy for a wait meant for https.
+        of a plain-http registry behind a busy proxy for a wait meant for https. But when
+        the http attempt then fails too, with no answer (the port speaks no plain http,
+        or with no ``HTTP_PROXY`` the name does not resolve here), its error is not the
+        one raised: that was final, and failed the pull at once, though the proxy had
+        said "not now" and when to ask again. The proxy's refusal is raised instead,
+        transient with its Retry-After (the retry policy waits it, then discovers
+        again), the http attempt's failure added to its message. docker reports the
+        last endpoint's error (moby's ``Pull``, ``lastErr``); an http answer, an error
+        status included, and ``HTTP_PROXY`` refusing its credentials (407) are still
+        raised as they are.
         """
         insecure = matches_insecure(authority, self._options.insecure_registries)
         attempts: list[tuple[str, bool]]
@@ -480,11 +489,24 @@ class RegistryClient:
             attempts = [("https" if await self._speaks_tls(ref, authority) else "http", True)]
         else:
             attempts = [("https", True)]
+        # The https attempt's "not now" from a proxy (429, 502, 503, 504), fallen back
+        # past: the refusal, and the error it makes.
+        not_now: tuple[ProxyRefused, RegistryError] | None = None
         for index, (scheme, verify) in enumerate(attempts):
             base_url = httpx.URL(f"{scheme}://{authority}")
             try:
                 challenge = await self._ping(ref, base_url, verify)
             except httpx.HTTPError as exc:
+                # Not past a 407 from HTTP_PROXY: its credentials are what to hear.
+                if not_now is not None and not (
+                    isinstance(exc, ProxyRefused) and exc.credentials_refused
+                ):
+                    refusal, error = not_now
+                    error.extend_message(
+                        f"plain http to {authority}, tried next as it is listed as insecure,"
+                        f" failed too ({self._quotable(describe_error(exc))})"
+                    )
+                    raise error from refusal
                 # Only an insecure registry has a next attempt: plain http. A proxy
                 # refusing the https attempt's CONNECT counts as failing to connect (a
                 # proxy may allow CONNECT to port 443 only, as squid does by default),
@@ -500,6 +522,11 @@ class RegistryClient:
                     | ProxyRefused,
                 ) and not (isinstance(exc, ProxyRefused) and exc.credentials_refused)
                 if fallback and index + 1 < len(attempts):
+                    if isinstance(exc, ProxyRefused) and exc.not_now:
+                        not_now = (
+                            exc,
+                            self._transport_error(exc, ref, base_url, "the API check /v2/", None),
+                        )
                     log.debug(
                         "registry endpoint failed, trying the next",
                         registry=authority,

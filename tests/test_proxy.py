@@ -368,6 +368,61 @@ async def test_an_insecure_registry_falls_back_to_http_at_once_past_a_connects_r
     assert [entry for entry in logs if entry["event"] == "retrying"] == []
 
 
+async def test_an_insecure_registry_whose_http_fallback_fails_waits_the_connects_retry_after(
+    registry: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """When the plain-http attempt that followed a CONNECT's 503 fails too (here, with
+    no HTTP_PROXY, a direct connection to a name only the proxy resolves), the error is
+    the proxy's "not now", carrying its Retry-After: the http attempt's failure was
+    final, and failed the pull at once, though the proxy had said when to ask again."""
+    authority = f"{NAME}:{registry.port}"
+    with (
+        forward_proxy(refuse_connect=503, refuse_connect_retry_after="1") as proxy,
+        structlog.testing.capture_logs() as logs,
+        pytest.raises(RegistryUnavailable) as caught,
+    ):
+        await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            insecure_registries=(authority,),
+            proxy=ProxySettings(https_proxy=proxy.url),
+        )
+    (retried,) = [entry for entry in logs if entry["event"] == "retrying"]
+    assert retried["wait_s"] == 1
+    message = str(caught.value)
+    assert f"the proxy {proxy.url} could not reach {authority}" in message, message
+    assert "HTTP 503 CONNECT Refused By Test Proxy" in message
+    assert f"plain http to {authority}" in message  # the fallback's failure is said too
+    assert "gave up after 2 attempts" in message
+    assert proxy.connects_refused == 2 and not proxy.forwarded
+
+
+async def test_an_http_proxy_refusing_credentials_after_a_connects_503_is_what_is_said(
+    registry: RegistryServer, unique_repo: str, tmp_path: Path
+) -> None:
+    """The exception to the one above: when the plain-http attempt's proxy (HTTP_PROXY,
+    here another one) refuses its credentials, that 407 is what the user must hear, not
+    the https proxy's "not now"."""
+    authority = f"{NAME}:{registry.port}"
+    with (
+        forward_proxy(refuse_connect=503, refuse_connect_retry_after="1") as busy,
+        forward_proxy(credentials=(PROXY_USER, PROXY_PASSWORD)) as guarded,
+        pytest.raises(RegistryUnavailable) as caught,
+    ):
+        await _pull(
+            f"{authority}/{unique_repo}:1",
+            tmp_path,
+            insecure_registries=(authority,),
+            proxy=ProxySettings(
+                https_proxy=busy.url, http_proxy=with_credentials(guarded.url, "wrong-pw-given")
+            ),
+        )
+    message = str(caught.value)
+    assert "HTTP 407 Proxy Authentication Required" in message, message
+    assert "HTTP 503" not in message and "wrong-pw-given" not in message
+    assert busy.connects_refused == 1
+
+
 async def test_an_insecure_registry_does_not_fall_back_when_the_proxy_refuses_credentials(
     registry: RegistryServer, unique_repo: str, tmp_path: Path
 ) -> None:
