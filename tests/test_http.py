@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpcore
 import httpx
+import outcome
 import pytest
 import trio
 import trustme
@@ -512,19 +514,59 @@ def _pattern(size: int) -> bytes:
     return b"".join(i.to_bytes(8, "big") for i in range(size // 8))
 
 
-def _keepalive_server(connections: list[int], head: bytes, body: bytes) -> Handler:
-    """Answer every request on a connection with ``head`` + ``body``, keeping the
-    connection open for the next; ``connections`` gets one entry per connection."""
+def _head(length: int, *more: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (length, b"".join(more))
 
-    async def handler(stream: trio.SocketStream) -> None:
-        connections.append(1)
-        try:
-            while await _read_request(stream):
-                await stream.send_all(head + body)
-        except trio.BrokenResourceError:
-            pass
+
+def _answer_once(
+    *sends: bytes, then_close: bool = False
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """Read one request, send ``sends`` in turn, then close or hang (never the end of a
+    body the client decides)."""
+
+    async def handler(stream: trio.abc.Stream) -> None:
+        await _read_request(stream)
+        for data in sends:
+            await stream.send_all(data)
+        if then_close:
+            await stream.aclose()
+        else:
+            await trio.sleep_forever()
 
     return handler
+
+
+async def _fetch(
+    handler: Handler,
+    *,
+    method: str = "GET",
+    scheme: str = "http",
+    options: RegistryOptions = RegistryOptions(),  # noqa: B008 (frozen)
+    limits: Limits = Limits(),  # noqa: B008 (frozen)
+    requests: int = 1,
+    parts: list[bytes] | None = None,
+) -> bytes:
+    """Serve ``handler`` on 127.0.0.1, ask it ``requests`` times through one client, and
+    return the last body read whole; ``parts`` gets every part as it comes, also when
+    the reading fails (which raises here as it did there)."""
+    got = [] if parts is None else parts
+
+    async def ask(port: int) -> bytes:
+        async with open_client(options, limits) as client:
+            for _ in range(requests):
+                got.clear()
+                url = f"{scheme}://127.0.0.1:{port}/b"
+                async with client.stream(method, url) as response:
+                    async for part in response.aiter_raw():
+                        got.append(part)
+        return b"".join(got)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await _serve(nursery, handler)
+            body = await outcome.acapture(ask, port)
+            nursery.cancel_scope.cancel()
+    return body.unwrap()
 
 
 @pytest.mark.parametrize(
@@ -537,80 +579,39 @@ async def test_a_large_body_is_read_whole_and_its_connection_is_not_pooled(
     is closed, not pooled, so the next request opens another. A small one stays h11's,
     and its connection serves the next request."""
     body = _pattern(size)
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
-    connections: list[int] = []
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await _serve(nursery, _keepalive_server(connections, head, body))
-            async with open_client(RegistryOptions(), Limits()) as client:
-                for _ in range(2):
-                    async with client.stream("GET", f"http://127.0.0.1:{port}/b") as response:
-                        parts = [part async for part in response.aiter_raw()]
-                    assert b"".join(parts) == body
-                    assert max(len(part) for part in parts) <= Limits().chunk_size
-            nursery.cancel_scope.cancel()
+    connections: list[trio.SocketStream] = []
+
+    async def keep_alive(stream: trio.SocketStream) -> None:
+        connections.append(stream)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await _read_request(stream):
+                await stream.send_all(_head(size) + body)
+
+    parts: list[bytes] = []
+    assert await _fetch(keep_alive, requests=2, parts=parts) == body
+    assert max(len(part) for part in parts) <= Limits().chunk_size
     assert len(connections) == connections_for_two
 
 
 async def test_a_large_body_longer_than_its_length_is_read_to_its_length() -> None:
     body = _pattern(LARGE)
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE
-
-    async def too_long(stream: trio.SocketStream) -> None:
-        await _read_request(stream)
-        await stream.send_all(head + body + b"HTTP/1.1 200 OK\r\n\r\nsurplus")
-        await trio.sleep_forever()
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await _serve(nursery, too_long)
-            async with (
-                open_client(RegistryOptions(), Limits()) as client,
-                client.stream("GET", f"http://127.0.0.1:{port}/b") as response,
-            ):
-                assert b"".join([part async for part in response.aiter_raw()]) == body
-            nursery.cancel_scope.cancel()
+    assert await _fetch(_answer_once(_head(LARGE), body, b"HTTP/1.1 200 OK\r\n\r\n")) == body
 
 
 async def test_a_large_body_cut_short_is_a_protocol_error_saying_how_much_came() -> None:
     sent = LARGE - (3 << 20)
-
-    async def cut(stream: trio.SocketStream) -> None:
-        await _read_request(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
-        await stream.send_all(_pattern(sent))
-        await stream.aclose()
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await _serve(nursery, cut)
-            received = 0
-            async with open_client(RegistryOptions(), Limits()) as client:
-                with pytest.raises(httpx.RemoteProtocolError) as info:
-                    async with client.stream("GET", f"http://127.0.0.1:{port}/b") as response:
-                        async for part in response.aiter_raw():
-                            received += len(part)
-            nursery.cancel_scope.cancel()
-    assert received == sent
+    parts: list[bytes] = []
+    with pytest.raises(httpx.RemoteProtocolError) as info:
+        await _fetch(_answer_once(_head(LARGE), _pattern(sent), then_close=True), parts=parts)
+    assert sum(map(len, parts)) == sent
     assert f"received {sent} bytes, expected {LARGE}" in str(info.value)
 
 
 async def test_a_large_body_that_stalls_is_a_read_timeout() -> None:
-    async def stall(stream: trio.SocketStream) -> None:
-        await _read_request(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
-        await stream.send_all(_pattern(LARGE // 2))
-        await trio.sleep_forever()
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await _serve(nursery, stall)
-            async with open_client(RegistryOptions(), Limits(read_timeout_s=0.3)) as client:
-                with pytest.raises(httpx.ReadTimeout):
-                    async with client.stream("GET", f"http://127.0.0.1:{port}/b") as response:
-                        async for _ in response.aiter_raw():
-                            pass
-            nursery.cancel_scope.cancel()
+    with pytest.raises(httpx.ReadTimeout):
+        await _fetch(
+            _answer_once(_head(LARGE), _pattern(LARGE // 2)), limits=Limits(read_timeout_s=0.3)
+        )
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
@@ -619,44 +620,17 @@ async def test_a_large_length_with_no_body_to_read_is_h11s(method: str) -> None:
     Content-Length is the GET's, with no body after it; a chunked body's length is
     unknown (and Transfer-Encoding overrides any Content-Length)."""
     body = _pattern(LARGE)
-    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % LARGE
-    if method == "GET":
-        head += b"Transfer-Encoding: chunked\r\n"
-
-    async def answer(stream: trio.SocketStream) -> None:
-        await _read_request(stream)
-        await stream.send_all(head + b"\r\n" + (chunked if method == "GET" else b""))
-        await trio.sleep_forever()
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await _serve(nursery, answer)
-            async with (
-                open_client(RegistryOptions(), Limits(read_timeout_s=5)) as client,
-                client.stream(method, f"http://127.0.0.1:{port}/b") as response,
-            ):
-                got = b"".join([part async for part in response.aiter_raw()])
-            nursery.cancel_scope.cancel()
+    if method == "HEAD":
+        handler = _answer_once(_head(LARGE))
+    else:
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        handler = _answer_once(_head(LARGE, b"Transfer-Encoding: chunked\r\n"), chunked)
+    got = await _fetch(handler, method=method, limits=Limits(read_timeout_s=5))
     assert got == (body if method == "GET" else b"")
 
 
 async def test_a_large_body_over_tls_is_read_whole(tmp_path: Path) -> None:
     body = _pattern(LARGE)
-
-    async def large(stream: trio.abc.Stream) -> None:
-        await _read_request(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE)
-        await stream.send_all(body)
-        await trio.sleep_forever()
-
-    handler, ca_file = _tls_server(tmp_path, large)
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await _serve(nursery, handler)
-            async with (
-                open_client(RegistryOptions(ca_file=ca_file), Limits()) as client,
-                client.stream("GET", f"https://127.0.0.1:{port}/b") as response,
-            ):
-                assert b"".join([part async for part in response.aiter_raw()]) == body
-            nursery.cancel_scope.cancel()
+    handler, ca_file = _tls_server(tmp_path, _answer_once(_head(LARGE), body))
+    got = await _fetch(handler, scheme="https", options=RegistryOptions(ca_file=ca_file))
+    assert got == body
