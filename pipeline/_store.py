@@ -52,7 +52,7 @@ connection belongs to the thread that made it, and ``pipeline._pull`` calls thes
 through ``trio.to_thread.run_sync``. A store opened for pulling also holds one idle
 connection until ``close()`` (``_hold_wal_open``), so that closing the short-lived ones
 never checkpoints the WAL. Concurrent processes are kept apart by SQLite
-transactions (``BEGIN IMMEDIATE``, busy timeout) and, for ``index.json``, an exclusive
+transactions (``BEGIN EXCLUSIVE``, busy timeout) and, for ``index.json``, an exclusive
 ``fcntl.flock``. Both are waited for in short slices, so that a Ctrl-C ends the wait, and
 so are reads that another connection keeps from the database (``_read``); a pull's calls
 (``committed_layer``, ``commit_layer``, ``record_image``) take a ``check_cancelled``
@@ -1226,22 +1226,22 @@ class Store:
         self,
         *,
         synchronous: str = "FULL",
-        busy_timeout_s: float = BUSY_TIMEOUT_S,
         check_cancelled: Callable[[], None] | None = None,
     ) -> Iterator[sqlite3.Connection]:
         """A fresh connection for this call (connections are bound to their thread), for a
-        transaction (``_transaction``), whose statements wait up to ``busy_timeout_s`` for
-        another connection's lock.
+        transaction (``_transaction``), whose start is its one wait for another
+        connection's lock, made in slices.
 
         Opening it reads the schema (``PRAGMA synchronous`` does), which another connection
         may keep from being read (a rollback journal's writer committing, one in exclusive
         locking mode); that wait is made in slices (``_while_busy``), ``check_cancelled``
-        asked between them, as the transaction's start is. Reads go through ``_read``."""
+        asked between them, as the transaction's start is. Its busy timeout stays
+        ``BUSY_SLICE_S``: nothing after that start waits (see ``_begin``). Reads go
+        through ``_read``."""
         conn = _while_busy(
             functools.partial(self._connect_once, synchronous=synchronous), check_cancelled
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             yield conn
         finally:
             conn.close()
@@ -2845,9 +2845,9 @@ class Store:
 def _transaction(
     conn: sqlite3.Connection, check_cancelled: Callable[[], None] | None = None
 ) -> Iterator[None]:
-    """BEGIN IMMEDIATE (take the write lock up front, waiting up to the busy timeout:
-    ``_begin_immediate``); COMMIT if the block succeeds, ROLLBACK otherwise."""
-    _begin_immediate(conn, check_cancelled)
+    """BEGIN EXCLUSIVE (take every lock the COMMIT needs up front, waiting in slices:
+    ``_begin``); COMMIT if the block succeeds, ROLLBACK otherwise."""
+    _begin(conn, check_cancelled)
     ok = False
     try:
         yield
@@ -2856,26 +2856,30 @@ def _transaction(
         conn.execute("COMMIT" if ok else "ROLLBACK")
 
 
-def _begin_immediate(conn: sqlite3.Connection, check_cancelled: Callable[[], None] | None) -> None:
-    """BEGIN IMMEDIATE, waiting up to ``BUSY_TIMEOUT_S`` for another process's write
-    transaction, in slices of ``BUSY_SLICE_S``.
+def _begin(conn: sqlite3.Connection, check_cancelled: Callable[[], None] | None) -> None:
+    """BEGIN EXCLUSIVE, waiting up to ``BUSY_TIMEOUT_S`` for other connections' locks, in
+    slices of ``BUSY_SLICE_S`` (``conn``'s busy timeout).
 
     SQLite's busy wait runs in C and sleeps through signals: a Ctrl-C of ``gc`` waiting
     for another writer took effect only when the 30 s were up (Python runs a signal's
     handler between two statements of the main thread), and a pull's worker thread
     could not be cancelled at all. Between two slices, the main thread takes its
     signals, and ``check_cancelled`` may raise (``trio.from_thread.check_cancelled`` in
-    a pull's thread); no transaction has begun then, so there is nothing to undo. The
-    connection's busy timeout is what it was again afterwards, and a writer that keeps
-    the database past ``BUSY_TIMEOUT_S`` gives SQLite's own "database is locked" (see
-    ``_hint``).
+    a pull's thread); no transaction has begun then, so there is nothing to undo. A
+    writer that keeps the database past ``BUSY_TIMEOUT_S`` gives SQLite's own "database
+    is locked" (see ``_hint``).
+
+    EXCLUSIVE, not IMMEDIATE, so that this is the transaction's only wait. In WAL mode
+    the two are one (the log's write lock; readers go on reading). In a rollback
+    journal (another tool may switch a store nobody has open to one), IMMEDIATE takes
+    only the lock that keeps other writers out: the COMMIT, and a statement spilling
+    the page cache, then waited for every reader to end, in SQLite's busy handler, for
+    ``BUSY_TIMEOUT_S`` (30 s) whatever a Ctrl-C or a cancel said, and failed after it
+    ("database is locked") with the transaction's work done, index.json's too in
+    ``remove_images``. EXCLUSIVE waits for those readers here, before anything is
+    written; they wait for its short transaction in turn (``_read``).
     """
-    previous = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
-    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE_S * 1000)}")
-    try:
-        _while_busy(functools.partial(conn.execute, "BEGIN IMMEDIATE"), check_cancelled)
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {previous}")
+    _while_busy(functools.partial(conn.execute, "BEGIN EXCLUSIVE"), check_cancelled)
 
 
 def _while_busy(step: Callable[[], _T], check_cancelled: Callable[[], None] | None) -> _T:

@@ -798,6 +798,64 @@ def test_write_blob_checks_digest(tmp_path: Path) -> None:
     assert ingest_files(store) == []
 
 
+@pytest.mark.deadline(90)
+def test_writes_waiting_for_a_rollback_journals_reader_end_when_cancelled(
+    tmp_path: Path,
+) -> None:
+    """A write transaction's BEGIN IMMEDIATE waited in slices, but in a rollback journal
+    (another tool may switch a store nobody has open to one) it takes only the lock
+    that keeps other writers out: the COMMIT then waited for every reader to end, in
+    SQLite's own busy handler, which no cancel reaches, for ``BUSY_TIMEOUT_S``. The
+    transaction begins EXCLUSIVE now, so that BEGIN, made in slices, is its only wait;
+    and a cancel there leaves nothing changed (``remove_images`` wrote index.json before
+    its COMMIT)."""
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP)
+    resolved, layers = build_image(ALPINE, content=b"alpine\n")
+    for gz, layer in layers:
+        commit(store, gz, layer)
+    new_gz, new_layer = build_image(MIXED, content=b"mixed\n")[1][0]
+    store.close()  # nothing of ours keeps the database open (a switch of journal needs that)
+    index_before = (store.path / _store.INDEX_FILE).read_bytes()
+
+    def commit_new(check_cancelled: Any) -> None:
+        with store.open_ingest(new_layer.descriptor.digest) as ingest:
+            ingest.write(new_gz)
+            store.commit_layer(ingest, new_layer, check_cancelled=check_cancelled)
+
+    calls: dict[str, Any] = {
+        "commit_layer": commit_new,
+        "record_image": lambda cc: store.record_image(resolved, check_cancelled=cc),
+        "remove_images": lambda cc: store.remove_images([str(APP)], check_cancelled=cc),
+        "prune": lambda cc: store.prune(check_cancelled=cc),
+    }
+    reader = sqlite3.connect(store.path / _store.DB_FILE, isolation_level=None)
+    try:
+        reader.execute("PRAGMA journal_mode = DELETE")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM layers").fetchone()  # a read under way
+        for name, call in calls.items():
+            asked: list[None] = []
+            # The old code began at once (BEGIN IMMEDIATE waits for no reader), then
+            # waited out the busy timeout in its COMMIT, unasked: "database is locked".
+            with pytest.raises(_Stop):
+                call(functools.partial(_stop_at_third_ask, asked))
+            assert len(asked) == 3, name
+    finally:
+        reader.close()
+    assert (store.path / _store.INDEX_FILE).read_bytes() == index_before
+    assert not store.layer_committed(new_layer.descriptor.digest)  # its blob, not its row
+    # The database is free: everything goes on, with the rollback journal too.
+    assert [r.ref for r in store.list_images()] == [str(APP)]
+    store.record_image(resolved)
+    assert {r.ref for r in store.list_images()} == {str(APP), str(ALPINE)}
+    store.remove_images([str(APP)])
+    assert [r.ref for r in store.list_images()] == [str(ALPINE)]
+    assert store.verify(full=True)[1] == []
+    with contextlib.closing(sqlite3.connect(store.path / _store.DB_FILE)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
 # -- images ----------------------------------------------------------------------------
 
 
