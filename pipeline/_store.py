@@ -1330,7 +1330,8 @@ class Store:
         opened as immutable (its log empty: see below): read as it is, without locks.
         That is sound while nobody writes it, as nobody can through a read-only mount; in
         another user's store, a listing taken while its owner pulls may miss the newest
-        image or fail, and is simply taken again.
+        image or fail, and is simply taken again. A ``mode=ro`` open that fails while the
+        file is there is an error (``_unreadable_in_use``), not a read without locks.
 
         On a full disk, SQLite cannot create that shared-memory file either, and a user
         lists the images just then, to choose what to remove. Where the log is empty or
@@ -1385,7 +1386,33 @@ class Store:
             conn.close()
             if os.access(self.path, os.W_OK) or exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 raise  # busy: another connection holds it, which a caller waits for
+            if not self._at_rest():
+                raise self._unreadable_in_use(exc) from exc
+        # The last connection closed since ``_at_rest`` above, taking the -shm file with
+        # it, which SQLite cannot make again here.
         return self._connect_immutable()
+
+    def _unreadable_in_use(self, exc: sqlite3.OperationalError) -> StoreError:
+        """The error for a ``mode=ro`` open that failed where this process may not write
+        the store's directory, while the database's ``-shm`` file says it may be in use.
+
+        Such a failure used to be followed by an immutable read whatever its reason: one
+        meant for a store at rest, whose ``-shm`` file SQLite cannot make there (``_at_rest``,
+        ``_connect``). With that file present (an ``-shm`` file SQLite will not open, a
+        log whose header is damaged, an I/O error), it read the database file without locks
+        and without its log: rows half written by a process writing it, and none of
+        those in the log, so that ``images`` left out the images pulled last without a
+        word."""
+        return StoreError(
+            f"cannot read store {self.path}: SQLite could not open its database "
+            f"{self._db_path} read-only: {exc} ({exc.sqlite_errorname}); as its "
+            f"{DB_FILE}-shm file is there, a process may have it open, so it is not read "
+            "without locks instead (that could show changes half made, and leave out "
+            f"those still in {DB_FILE}-wal). Check that this user may read {DB_FILE}, "
+            f"{DB_FILE}-wal and {DB_FILE}-shm (not symlinks), then try again; if it says so "
+            f"again, have a user who may write {DB_FILE} run `imagec-pipe images --store "
+            f"{self.path}` once where the store is writable"
+        )
 
     def _refuse_unfolded_log(self) -> None:
         """Refuse to read a database that this process may not write (or whose directory it

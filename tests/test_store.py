@@ -2306,6 +2306,69 @@ def test_a_log_on_a_read_only_mount_without_its_shm_file_is_not_left_out(
         assert sorted(r.ref for r in reader.list_images()) == refs
 
 
+@pytest.fixture
+def snapshot_in_use(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A copy of a store taken while it was open (as a filesystem snapshot is), its
+    ``-shm`` file too, whose log holds its newest image's rows; and the references of
+    every image it holds."""
+    where = tmp_path / "snapshot"
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    with Store.open(store.path) as store:  # APP is in the database file now
+        pull_into(store, ALPINE, docker=True)  # in the log only, while this one is open
+        shutil.copytree(store.path, where)
+        refs = sorted(r.ref for r in store.list_images())
+    assert _sqlite_side_files(where) == ["imagec.db-shm", "imagec.db-wal"]
+    assert (where / "imagec.db-wal").stat().st_size > 0
+    yield where, refs
+
+
+def _symlinked_shm(where: Path) -> str:
+    """An ``-shm`` file that SQLite will not open (it opens it with O_NOFOLLOW), as it
+    cannot open one this user may not read; SQLite's reason."""
+    (where / "imagec.db-shm").unlink()
+    (where / "imagec.db-shm").symlink_to(where / _store.LAYOUT_FILE)
+    return "unable to open database file"
+
+
+def _damaged_log_header(where: Path) -> str:
+    """A log whose header's magic number is damaged; SQLite's reason."""
+    with open(where / "imagec.db-wal", "r+b") as log:
+        log.write(bytes(4))
+    return "locking protocol"
+
+
+@pytest.mark.parametrize("fault", [_symlinked_shm, _damaged_log_header], ids=["symlink", "damaged"])
+def test_a_database_in_use_that_sqlite_cannot_read_is_not_read_without_locks(
+    snapshot_in_use: tuple[Path, list[str]], tmp_path: Path, fault: Any
+) -> None:
+    """Where this user may not write the store's directory (a read-only mount, here),
+    a failed ``mode=ro`` open was followed by an immutable one, whatever SQLite's reason.
+    That read is meant for a store at rest, whose missing ``-shm`` file SQLite cannot
+    make there; with that file present (a process may have the database open, and be
+    writing it), it read the database file without locks and without its log, and
+    ``images`` left out the image pulled last without a word. Now the error names the
+    database and SQLite's reason; a store at rest is read as it is, as before."""
+    where, refs = snapshot_in_use
+    reason = fault(where)
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    with _read_only_bind(where, mnt), pytest.raises(StoreError) as refused:
+        Store.open_existing(mnt)  # the old code: a store that lists one image fewer
+    message = str(refused.value)
+    assert f"database {mnt / _store.DB_FILE} read-only: {reason}" in message
+    assert "not read without locks" in message
+    (where / "imagec.db-shm").unlink()  # whoever may write it mends it,
+    with Store.open(where):  # and folds the log in
+        pass
+    with _read_only_bind(where, mnt):
+        reader = Store.open_existing(mnt)
+        assert reader is not None
+        # A damaged log is dropped by SQLite's recovery, and its image with it.
+        kept = [str(APP)] if fault is _damaged_log_header else refs
+        assert sorted(r.ref for r in reader.list_images()) == kept
+
+
 def test_a_store_whose_database_this_user_may_not_write_is_refused_for_writing(
     tmp_path: Path,
 ) -> None:
