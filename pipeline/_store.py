@@ -1388,6 +1388,9 @@ class Store:
                 raise  # busy: another connection holds it, which a caller waits for
             if not self._at_rest():
                 raise self._unreadable_in_use(exc) from exc
+        except sqlite3.Error:  # "file is not a database", damage: see ``_hint``
+            conn.close()
+            raise
         # The last connection closed since ``_at_rest`` above, taking the -shm file with
         # it, which SQLite cannot make again here.
         return self._connect_immutable()

@@ -2369,6 +2369,24 @@ def test_a_database_in_use_that_sqlite_cannot_read_is_not_read_without_locks(
         assert sorted(r.ref for r in reader.list_images()) == kept
 
 
+def test_a_database_in_use_that_is_no_database_is_reported_damaged(
+    snapshot_in_use: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """The same read-only mount, its ``imagec.db`` overwritten: SQLite's "file is not a
+    database" was never followed by an immutable read (it is no OperationalError), and
+    is reported as damage, naming the database file."""
+    where, _ = snapshot_in_use
+    with open(where / _store.DB_FILE, "r+b") as db:
+        db.write(b"not a database" * 8)
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    with _read_only_bind(where, mnt), pytest.raises(StoreError) as refused:
+        Store.open_existing(mnt)
+    message = str(refused.value)
+    assert "file is not a database" in message
+    assert "the store's database imagec.db is damaged" in message
+
+
 def test_a_store_whose_database_this_user_may_not_write_is_refused_for_writing(
     tmp_path: Path,
 ) -> None:
