@@ -39,6 +39,8 @@ SCHEMA1 = frozenset(
 _GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/octet-stream"})
 # JSON numbers above this lose precision in other implementations (2**53).
 MAX_SIZE = 1 << 53
+# A key longer than this is cut short in a message.
+_SHOWN_KEY_CHARS = 60
 # The annotation buildx puts on an index's attestation manifests (platform unknown/unknown).
 _ATTESTATION = ("vnd.docker.reference.type", "attestation-manifest")
 
@@ -387,8 +389,33 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict, or ``_DuplicateKey`` for a key it has twice.
+
+    Python's ``json`` keeps the last of a duplicated key; Go's encoding/json (docker,
+    containerd, skopeo) takes the last scalar but merges duplicated objects into one, and
+    other parsers take the first. A document that says two things under one digest is
+    refused rather than read one way here and another way there (the ambiguity of
+    CVE-2021-41190, where parsers disagreed on whether a document was an index)."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return doc
+
+
 def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, Any]:
-    """Strict UTF-8 JSON object, or ``ManifestError`` (deep nesting and huge numbers too)."""
+    """Strict UTF-8 JSON object, or ``ManifestError`` (deep nesting, huge numbers and a
+    key twice in one object too)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -396,7 +423,23 @@ def _load_json(body: bytes, what: str, where: str, digest: Digest) -> dict[str, 
             f"the {what} is not valid UTF-8", ref=where, digest=str(digest)
         ) from exc
     try:
-        doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        doc = json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except _DuplicateKey as exc:
+        key = json.dumps(exc.key, ensure_ascii=False)
+        if len(key) > _SHOWN_KEY_CHARS:
+            key = key[: _SHOWN_KEY_CHARS - 4] + '..."'
+        raise ManifestError(
+            f"the {what} has the key {key} twice in one object; refused: JSON parsers"
+            " disagree on which one counts (Go's, in docker and containerd, merges"
+            " duplicated objects), so the document does not say one thing",
+            ref=where,
+            digest=str(digest),
+        ) from exc
     except RecursionError as exc:
         raise ManifestError(
             f"the {what} is nested too deeply to parse", ref=where, digest=str(digest)

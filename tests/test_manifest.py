@@ -1213,6 +1213,55 @@ async def test_malformed_manifest_bodies(body: bytes, text: str) -> None:
         await resolve(reg)
 
 
+def _duplicated_manifest(reg: Registry) -> bytes:
+    """A manifest with ``schemaVersion`` twice, at the top."""
+    twice = b'"schemaVersion": 2, "schemaVersion": 2'
+    return dumps(manifest(reg)).replace(b'"schemaVersion": 2', twice)
+
+
+def _duplicated_index(reg: Registry) -> bytes:
+    """An index whose entry names its platform's architecture twice, deep inside: Go's
+    encoding/json reads the last one, as Python's did; a parser taking the first reads
+    another platform."""
+    entry = index_entry(reg, manifest(reg), {"os": "linux", "architecture": "amd64"})
+    body = dumps({"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": [entry]})
+    twice = b'"architecture": "arm64", "architecture": "amd64"'
+    return body.replace(b'"architecture": "amd64"', twice)
+
+
+def _duplicated_config(reg: Registry) -> bytes:
+    """A manifest whose config has ``rootfs`` twice: Go's encoding/json merges the two
+    objects into one struct, so docker reads the first's diff_ids where Python's ``json``
+    kept only the second object, which has none (an image of no layers to it)."""
+    rootfs = b'"rootfs": {"type": "layers", "diff_ids": ["sha256:' + b"1" * 64 + b'"]}'
+    second = b'"rootfs": {"type": "layers"}'
+    body = b'{"architecture": "amd64", "os": "linux", ' + rootfs + b", " + second + b"}"
+    return dumps(manifest(reg, body, [layer(0)]))
+
+
+@pytest.mark.parametrize(
+    ("make", "text"),
+    [
+        (_duplicated_manifest, 'the manifest has the key "schemaVersion" twice in one object'),
+        # The document a tag names is "the manifest" until it is read (as in all errors).
+        (_duplicated_index, 'the manifest has the key "architecture" twice in one object'),
+        (_duplicated_config, 'the image config has the key "rootfs" twice in one object'),
+    ],
+)
+async def test_a_document_with_a_duplicated_key_is_refused(make: Any, text: str) -> None:
+    # Two parsers may read such a document differently (Go merges duplicated objects and
+    # takes the last scalar), so what its digest vouches for is no longer one thing.
+    reg = Registry()
+    body = make(reg)
+    reg.add_manifest(body, json.loads(body)["mediaType"], "latest")
+    with pytest.raises(ManifestError) as info:
+        await resolve(reg)
+    assert str(info.value).startswith(text)
+    assert REPO in str(info.value)
+    named = json.loads(body)["config"]["digest"] if "image config" in text else sha(body)
+    assert info.value.digest == named
+
+
 @pytest.mark.parametrize(
     "platform",
     [
