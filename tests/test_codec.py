@@ -350,6 +350,45 @@ def test_zstd_huge_window_refused() -> None:
     assert decode(ZST, blob, limits=Limits(max_zstd_window_bytes=256 * MiB)).diff_id == TAR_SHA
 
 
+def _raw_block(content: bytes, *, last: bool = False) -> bytes:
+    """A raw zstd block holding ``content``."""
+    return (len(content) << 3 | last).to_bytes(3, "little") + content
+
+
+def test_zstd_runs_of_empty_blocks_are_walked_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each empty block is a 3-byte header (4 with an RLE block's byte) that the header
+    # walk took one Python step to read: a layer of them went at 7 MB/s. Counted in steps
+    # of the walk, not timed.
+    empty = b"\x00\x00\x00"  # raw, size 0, not the last
+    empty_rle = b"\x02\x00\x00A"  # RLE of "A", 0 times, not the last
+    runs = (empty * 50_000 + empty_rle * 50_000) * 2
+    frame = (
+        _codec.ZSTD_MAGIC
+        + b"\x00\x38"  # no content size, no checksum; a 128 KiB window
+        + runs
+        + _raw_block(TAR_BYTES[:5000])
+        + runs
+        + _raw_block(TAR_BYTES[5000:10000], last=True)
+    )
+    steps = 0
+    advance = _codec._ZstdFrames._advance
+
+    def counted(self: _codec._ZstdFrames, field: memoryview) -> None:
+        nonlocal steps
+        steps += 1
+        advance(self, field)
+
+    monkeypatch.setattr(_codec._ZstdFrames, "_advance", counted)
+    decoded = decode(ZST, frame)
+    assert decoded.diff_id == hashlib.sha256(TAR_BYTES[:10000]).hexdigest()
+    # magic, descriptor, window, two blocks with content, and a step or so per run cut by
+    # a chunk's end or by a change of kind (one per 1 MiB chunk)
+    assert steps < 50, steps
+    # cut anywhere, the same bytes decode the same
+    monkeypatch.setattr(_codec._ZstdFrames, "_advance", advance)
+    assert decode(ZST, frame, chunk=7).diff_id == decoded.diff_id
+
+
 def test_zstd_window_limit_is_also_enforced_by_zstd() -> None:
     """The library's own max_window_size holds even if our header walk let a frame by."""
     params = zstandard.ZstdCompressionParameters(window_log=22, compression_level=3)
