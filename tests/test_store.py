@@ -25,7 +25,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -735,29 +735,27 @@ def _stop_at_third_ask(asked: list[None]) -> None:
         raise _Stop
 
 
-@pytest.mark.parametrize("how", _KEPT_FROM_READERS)
-@pytest.mark.deadline(90)
-def test_reads_waiting_for_the_database_end_when_cancelled(tmp_path: Path, how: str) -> None:
-    """The calls that take ``check_cancelled`` asked it while waiting for a write
-    transaction (``_transaction``), but not while their reads waited for a connection
-    keeping the database from being read: the connection's first statement reads the
-    schema, ``record_image`` and ``verify`` read before anything else, a pull's
-    ``committed_layer`` only reads. Each held its thread for ``BUSY_TIMEOUT_S`` (30 s)
-    whatever ``check_cancelled`` said. Now each ends after the third ask."""
+def _closed_store_and_its_cancellable_calls(
+    tmp_path: Path,
+) -> tuple[Store, ResolvedImage, Digest, dict[str, Callable[[Any], object]]]:
+    """A store holding APP, and ALPINE's layers but not ALPINE, closed: nothing of ours
+    keeps its database open (a switch of journal needs that). With it: ALPINE to record,
+    the digest of a layer to commit, and each call that takes ``check_cancelled``, by
+    name, to make with one."""
     store = Store.open(tmp_path / "s")
     pull_into(store, APP)
     resolved, layers = build_image(ALPINE, content=b"alpine\n")
     for gz, layer in layers:
         commit(store, gz, layer)
     new_gz, new_layer = build_image(MIXED, content=b"mixed\n")[1][0]
-    store.close()  # nothing of ours keeps the database open (a switch of journal needs that)
+    store.close()
 
     def commit_new(check_cancelled: Any) -> None:
         with store.open_ingest(new_layer.descriptor.digest) as ingest:
             ingest.write(new_gz)
             store.commit_layer(ingest, new_layer, check_cancelled=check_cancelled)
 
-    calls: dict[str, Any] = {
+    calls: dict[str, Callable[[Any], object]] = {
         "commit_layer": commit_new,
         "record_image": lambda cc: store.record_image(resolved, check_cancelled=cc),
         "verify": lambda cc: store.verify(check_cancelled=cc),
@@ -767,6 +765,19 @@ def test_reads_waiting_for_the_database_end_when_cancelled(tmp_path: Path, how: 
             layers[0][1].descriptor.digest, check_cancelled=cc
         ),
     }
+    return store, resolved, new_layer.descriptor.digest, calls
+
+
+@pytest.mark.parametrize("how", _KEPT_FROM_READERS)
+@pytest.mark.deadline(90)
+def test_reads_waiting_for_the_database_end_when_cancelled(tmp_path: Path, how: str) -> None:
+    """The calls that take ``check_cancelled`` asked it while waiting for a write
+    transaction (``_transaction``), but not while their reads waited for a connection
+    keeping the database from being read: the connection's first statement reads the
+    schema, ``record_image`` and ``verify`` read before anything else, a pull's
+    ``committed_layer`` only reads. Each held its thread for ``BUSY_TIMEOUT_S`` (30 s)
+    whatever ``check_cancelled`` said. Now each ends after the third ask."""
+    store, resolved, _, calls = _closed_store_and_its_cancellable_calls(tmp_path)
     with _database_kept_from_readers(store.path / _store.DB_FILE, how):
         for name, call in calls.items():
             asked: list[None] = []
@@ -809,26 +820,10 @@ def test_writes_waiting_for_a_rollback_journals_reader_end_when_cancelled(
     transaction begins EXCLUSIVE now, so that BEGIN, made in slices, is its only wait;
     and a cancel there leaves nothing changed (``remove_images`` wrote index.json before
     its COMMIT)."""
-    store = Store.open(tmp_path / "s")
-    pull_into(store, APP)
-    resolved, layers = build_image(ALPINE, content=b"alpine\n")
-    for gz, layer in layers:
-        commit(store, gz, layer)
-    new_gz, new_layer = build_image(MIXED, content=b"mixed\n")[1][0]
-    store.close()  # nothing of ours keeps the database open (a switch of journal needs that)
+    store, resolved, new_digest, every_call = _closed_store_and_its_cancellable_calls(tmp_path)
+    writes = ("commit_layer", "record_image", "remove_images", "prune")
+    calls = {name: every_call[name] for name in writes}
     index_before = (store.path / _store.INDEX_FILE).read_bytes()
-
-    def commit_new(check_cancelled: Any) -> None:
-        with store.open_ingest(new_layer.descriptor.digest) as ingest:
-            ingest.write(new_gz)
-            store.commit_layer(ingest, new_layer, check_cancelled=check_cancelled)
-
-    calls: dict[str, Any] = {
-        "commit_layer": commit_new,
-        "record_image": lambda cc: store.record_image(resolved, check_cancelled=cc),
-        "remove_images": lambda cc: store.remove_images([str(APP)], check_cancelled=cc),
-        "prune": lambda cc: store.prune(check_cancelled=cc),
-    }
     reader = sqlite3.connect(store.path / _store.DB_FILE, isolation_level=None)
     try:
         reader.execute("PRAGMA journal_mode = DELETE")
@@ -844,7 +839,7 @@ def test_writes_waiting_for_a_rollback_journals_reader_end_when_cancelled(
     finally:
         reader.close()
     assert (store.path / _store.INDEX_FILE).read_bytes() == index_before
-    assert not store.layer_committed(new_layer.descriptor.digest)  # its blob, not its row
+    assert not store.layer_committed(new_digest)  # its blob, not its row
     # The database is free: everything goes on, with the rollback journal too.
     assert [r.ref for r in store.list_images()] == [str(APP)]
     store.record_image(resolved)
