@@ -2237,16 +2237,26 @@ def unfolded_log(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     """A store whose log holds its newest image's rows and that has no ``-shm`` file (a
     copy taken while its original was open, without that file), and the references of
     every image it holds."""
-    where = tmp_path / "copy"
+    where, refs = _copied_while_open(tmp_path, "copy", shutil.ignore_patterns("*-shm"))
+    assert _sqlite_side_files(where) == ["imagec.db-wal"]
+    yield where, refs
+
+
+def _copied_while_open(
+    tmp_path: Path, name: str, ignore: Callable[[str, list[str]], set[str]] | None = None
+) -> tuple[Path, list[str]]:
+    """A copy (``tmp_path / name``, without what ``ignore`` leaves out) of a store taken
+    while it was open, whose log holds its newest image's rows; and the references of
+    every image it holds."""
+    where = tmp_path / name
     with Store.open(tmp_path / "s") as store:
         pull_into(store, APP)
     with Store.open(store.path) as store:  # APP is in the database file now
         pull_into(store, ALPINE, docker=True)  # in the log only, while this one is open
-        shutil.copytree(store.path, where, ignore=shutil.ignore_patterns("*-shm"))
+        shutil.copytree(store.path, where, ignore=ignore)
         refs = sorted(r.ref for r in store.list_images())
-    assert _sqlite_side_files(where) == ["imagec.db-wal"]
     assert (where / "imagec.db-wal").stat().st_size > 0
-    yield where, refs
+    return where, refs
 
 
 def _assert_refused_for_its_log(where: Path) -> None:
@@ -2306,15 +2316,8 @@ def snapshot_in_use(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     """A copy of a store taken while it was open (as a filesystem snapshot is), its
     ``-shm`` file too, whose log holds its newest image's rows; and the references of
     every image it holds."""
-    where = tmp_path / "snapshot"
-    with Store.open(tmp_path / "s") as store:
-        pull_into(store, APP)
-    with Store.open(store.path) as store:  # APP is in the database file now
-        pull_into(store, ALPINE, docker=True)  # in the log only, while this one is open
-        shutil.copytree(store.path, where)
-        refs = sorted(r.ref for r in store.list_images())
+    where, refs = _copied_while_open(tmp_path, "snapshot")
     assert _sqlite_side_files(where) == ["imagec.db-shm", "imagec.db-wal"]
-    assert (where / "imagec.db-wal").stat().st_size > 0
     yield where, refs
 
 
