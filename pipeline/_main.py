@@ -300,3 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cli.main(argv)
     except (KeyboardInterrupt, Terminated) as stop:
         return report_stop(stop, json_pull_ref(sys.argv[1:] if argv is None else argv))
+    except RuntimeError as error:
+        cause = error.__cause__
+        if not isinstance(cause, KeyboardInterrupt | Terminated):
+            raise
+        # Python 3.11 raises what a descriptor's __set_name__ raised, at the creation of a
+        # class, as the cause of a RuntimeError ("Error calling __set_name__ ..."; 3.12
+        # adds a note instead): a stop signal landing there, as the imports make the
+        # dataclasses, ended the command with that traceback.
+        return report_stop(cause, json_pull_ref(sys.argv[1:] if argv is None else argv))

@@ -116,6 +116,43 @@ def test_main_runs_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.startswith("imagec-pipe ")
 
 
+@pytest.mark.parametrize(
+    ("stop", "status", "line"),
+    [
+        (KeyboardInterrupt(), 130, "imagec-pipe: interrupted\n"),
+        (_main.Terminated(signal.SIGTERM), 143, "imagec-pipe: terminated (SIGTERM)\n"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_stop_signal_inside_the_creation_of_a_class_exits_as_it_does_in_a_pull(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stop: BaseException,
+    status: int,
+    line: str,
+) -> None:
+    """A signal can land in a descriptor's ``__set_name__`` as the imports make their
+    dataclasses; Python 3.11 raises what that raised as the cause of a RuntimeError, and
+    the command ended with its traceback (seen once in the import test above)."""
+    from pipeline import _cli
+
+    class Field:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise stop
+
+    def command(argv: object) -> int:
+        class Made:
+            field = Field()
+
+        return 0
+
+    monkeypatch.setattr(_cli, "main", command)
+    assert _main.main(["pull", "reg.example/a:1", "--json"]) == status
+    out, err = capsys.readouterr()
+    assert err == line
+    assert json.loads(out)["event"] == "error"
+
+
 def test_terminated_is_not_an_exception() -> None:
     # Raised by the SIGTERM handler wherever the signal lands, in the middle of an import
     # too: an `except Exception` there (trio's _thread_cache has one at import time)
