@@ -476,6 +476,20 @@ async def test_a_stall_after_less_than_stall_progress_bytes_is_one_more_stall_in
     assert b"".join(chunks) == BLOB[:2000]
 
 
+def _resends_whole_and_stalls(stops: list[int]) -> Callable[[httpx.Request], httpx.Response]:
+    """A server that ignores Range: each answer is a 200 with the blob from its start,
+    which stalls (a read timeout) after the next of ``stops`` bytes; once they are used
+    up, the whole blob."""
+    left = iter(stops)
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        stop = next(left, len(BLOB))
+        body = Body([BLOB[:stop]], fail=httpx.ReadTimeout("") if stop < len(BLOB) else None)
+        return httpx.Response(200, stream=body)
+
+    return respond
+
+
 async def test_a_stall_in_a_resent_blob_counts_the_bytes_skipped_as_progress() -> None:
     """A server that ignores Range resends the blob from its start and stalls 100 bytes
     past the last attempt's end: 5000 bytes and more arrive per attempt, 100 are kept.
@@ -484,14 +498,7 @@ async def test_a_stall_in_a_resent_blob_counts_the_bytes_skipped_as_progress() -
     limits = Limits(
         chunk_size=1024, chunk_buffer=2, retries=4, retry_wait_s=0.001, stall_progress_bytes=4096
     )
-    stops = iter([5000, 5100, 5200])
-
-    def respond(request: httpx.Request) -> httpx.Response:
-        stop = next(stops, len(BLOB))
-        body = Body([BLOB[:stop]], fail=httpx.ReadTimeout("") if stop < len(BLOB) else None)
-        return httpx.Response(200, stream=body)
-
-    async with source_for(respond) as source:
+    async with source_for(_resends_whole_and_stalls([5000, 5100, 5200])) as source:
         chunks, events, _, error = await run_stage(source, limits=limits)
     assert error is None
     assert b"".join(chunks) == BLOB  # the resent starts are not passed on again
@@ -517,14 +524,7 @@ async def test_a_server_that_ignores_range_and_stalls_at_the_same_place_is_given
     limits = Limits(
         chunk_size=1024, chunk_buffer=2, retries=6, retry_wait_s=0.001, stall_progress_bytes=4096
     )
-    stops = iter([5000, *[again] * 4])
-
-    def respond(request: httpx.Request) -> httpx.Response:
-        stop = next(stops, len(BLOB))
-        body = Body([BLOB[:stop]], fail=httpx.ReadTimeout("") if stop < len(BLOB) else None)
-        return httpx.Response(200, stream=body)
-
-    async with source_for(respond) as source:
+    async with source_for(_resends_whole_and_stalls([5000, *[again] * 4])) as source:
         chunks, _, _, error = await run_stage(source, limits=limits)
     assert isinstance(error, RegistryUnavailable) and error.stalled_s == limits.read_timeout_s
     # The first attempt kept 5000 bytes before it stalled: not one of the two in a row.
