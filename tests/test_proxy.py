@@ -321,40 +321,29 @@ async def test_pull_over_plain_http_through_the_proxy(
     assert any(f"/blobs/{layer.digest}" in t for t in proxy.forwarded for layer in image.layers)
 
 
-@pytest.mark.parametrize("status", [403, 502])
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(403, None), (502, None), (503, "30")], ids=["403", "502", "503"]
+)
 async def test_an_insecure_registry_falls_back_to_http_when_the_proxy_refuses_connect(
-    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path, status: int
+    registry: RegistryServer,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    status: int,
+    retry_after: str | None,
 ) -> None:
     """A proxy that tunnels to port 443 only (squid's default) answers the https
     attempt's CONNECT 403, one that cannot reach the port 502: for a registry listed as
     insecure that is one more way https fails (no answer of the registry's), and plain
-    http through the proxy follows, as docker and skopeo fall back (Go's net/http
-    returns a refused CONNECT as an error, not a response)."""
-    image = images.sample_image(unique_seed)
-    registry.push(unique_repo, image, "1")
-    authority = f"{NAME}:{registry.port}"
-    with forward_proxy(refuse_connect=status) as proxy:
-        result = await _pull(
-            f"{authority}/{unique_repo}:1",
-            tmp_path,
-            insecure_registries=(authority,),
-            proxy=ProxySettings(https_proxy=proxy.url, http_proxy=proxy.url),
-        )
-    assert str(result.manifest_digest) == image.digest
-    assert proxy.tunnels == [authority] and proxy.forwarded
-
-
-async def test_an_insecure_registry_falls_back_to_http_at_once_past_a_connects_retry_after(
-    registry: RegistryServer, unique_repo: str, unique_seed: str, tmp_path: Path
-) -> None:
-    """A 503 to the https attempt's CONNECT asking to wait (Retry-After) is no answer of
-    the registry's either: plain http follows at once, unwaited, as docker's does (Go's
-    net/http keeps only the refused CONNECT's status text, not its headers)."""
+    http through the proxy follows at once, as docker and skopeo fall back (Go's net/http
+    returns a refused CONNECT as an error, not a response). At once past a 503 asking to
+    wait (Retry-After) too: Go's net/http keeps only a refused CONNECT's status text, not
+    its headers, so docker's fallback does not wait either."""
     image = images.sample_image(unique_seed)
     registry.push(unique_repo, image, "1")
     authority = f"{NAME}:{registry.port}"
     with (
-        forward_proxy(refuse_connect=503, refuse_connect_retry_after="30") as proxy,
+        forward_proxy(refuse_connect=status, refuse_connect_retry_after=retry_after) as proxy,
         structlog.testing.capture_logs() as logs,
     ):
         result = await _pull(
