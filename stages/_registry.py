@@ -476,10 +476,12 @@ class RegistryClient:
         one raised: that was final, and failed the pull at once, though the proxy had
         said "not now" and when to ask again. The proxy's refusal is raised instead,
         transient with its Retry-After (the retry policy waits it, then discovers
-        again), the http attempt's failure added to its message. docker reports the
-        last endpoint's error (moby's ``Pull``, ``lastErr``); an http answer, an error
-        status included, and ``HTTP_PROXY`` refusing its credentials (407) are still
-        raised as they are.
+        again), the http attempt's failure added to its message. So is any other refused
+        CONNECT (a 403 from a proxy that tunnels to port 443 only), final as it was: the
+        http attempt's failure alone (a name that does not resolve here) hid the
+        refusal that sent the pull to plain http. docker reports the last endpoint's
+        error (moby's ``Pull``, ``lastErr``); an http answer, an error status included,
+        and ``HTTP_PROXY`` refusing its credentials (407) are still raised as they are.
         """
         insecure = matches_insecure(authority, self._options.insecure_registries)
         attempts: list[tuple[str, bool]]
@@ -489,19 +491,19 @@ class RegistryClient:
             attempts = [("https" if await self._speaks_tls(ref, authority) else "http", True)]
         else:
             attempts = [("https", True)]
-        # The https attempt's "not now" from a proxy (429, 502, 503, 504), fallen back
-        # past: the refusal, and the error it makes.
-        not_now: tuple[ProxyRefused, RegistryError] | None = None
+        # The https attempt's refused CONNECT, fallen back past: the refusal, and the
+        # error it makes (transient for a "not now": 429, 502, 503, 504).
+        refused: tuple[ProxyRefused, RegistryError] | None = None
         for index, (scheme, verify) in enumerate(attempts):
             base_url = httpx.URL(f"{scheme}://{authority}")
             try:
                 challenge = await self._ping(ref, base_url, verify)
             except httpx.HTTPError as exc:
                 # Not past a 407 from HTTP_PROXY: its credentials are what to hear.
-                if not_now is not None and not (
+                if refused is not None and not (
                     isinstance(exc, ProxyRefused) and exc.credentials_refused
                 ):
-                    refusal, error = not_now
+                    refusal, error = refused
                     error.extend_message(
                         f"plain http to {authority}, tried next as it is listed as insecure,"
                         f" failed too ({self._quotable(describe_error(exc))})"
@@ -522,8 +524,8 @@ class RegistryClient:
                     | ProxyRefused,
                 ) and not (isinstance(exc, ProxyRefused) and exc.credentials_refused)
                 if fallback and index + 1 < len(attempts):
-                    if isinstance(exc, ProxyRefused) and exc.not_now:
-                        not_now = (
+                    if isinstance(exc, ProxyRefused):
+                        refused = (
                             exc,
                             self._transport_error(exc, ref, base_url, "the API check /v2/", None),
                         )

@@ -357,16 +357,28 @@ async def test_an_insecure_registry_falls_back_to_http_when_the_proxy_refuses_co
     assert [entry for entry in logs if entry["event"] == "retrying"] == []
 
 
-async def test_an_insecure_registry_whose_http_fallback_fails_waits_the_connects_retry_after(
-    registry: RegistryServer, unique_repo: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("status", "said", "attempts"),
+    [(503, "could not reach", 2), (403, "refused to carry the request to", 1)],
+    ids=["503", "403"],
+)
+async def test_an_insecure_registry_whose_http_fallback_fails_says_the_refused_connect(
+    registry: RegistryServer,
+    unique_repo: str,
+    tmp_path: Path,
+    status: int,
+    said: str,
+    attempts: int,
 ) -> None:
-    """When the plain-http attempt that followed a CONNECT's 503 fails too (here, with
+    """When the plain-http attempt that followed a refused CONNECT fails too (here, with
     no HTTP_PROXY, a direct connection to a name only the proxy resolves), the error is
-    the proxy's "not now", carrying its Retry-After: the http attempt's failure was
-    final, and failed the pull at once, though the proxy had said when to ask again."""
+    the proxy's refusal, the http attempt's failure added: that failure alone hid why the
+    pull went to plain http. A 503's "not now" carries its Retry-After, waited out once
+    (the http attempt's failure was final, and failed the pull at once, though the proxy
+    had said when to ask again); a 403 is final, as before."""
     authority = f"{NAME}:{registry.port}"
     with (
-        forward_proxy(refuse_connect=503, refuse_connect_retry_after="1") as proxy,
+        forward_proxy(refuse_connect=status, refuse_connect_retry_after="1") as proxy,
         structlog.testing.capture_logs() as logs,
         pytest.raises(RegistryUnavailable) as caught,
     ):
@@ -376,14 +388,14 @@ async def test_an_insecure_registry_whose_http_fallback_fails_waits_the_connects
             insecure_registries=(authority,),
             proxy=ProxySettings(https_proxy=proxy.url),
         )
-    (retried,) = [entry for entry in logs if entry["event"] == "retrying"]
-    assert retried["wait_s"] == 1
+    retried = [entry for entry in logs if entry["event"] == "retrying"]
+    assert [entry["wait_s"] for entry in retried] == [1] * (attempts - 1)
     message = str(caught.value)
-    assert f"the proxy {proxy.url} could not reach {authority}" in message, message
-    assert "HTTP 503 CONNECT Refused By Test Proxy" in message
+    assert f"the proxy {proxy.url} {said} {authority}" in message, message
+    assert f"HTTP {status} CONNECT Refused By Test Proxy" in message
     assert f"plain http to {authority}" in message  # the fallback's failure is said too
-    assert "gave up after 2 attempts" in message
-    assert proxy.connects_refused == 2 and not proxy.forwarded
+    assert ("gave up after 2 attempts" in message) == (attempts == 2)
+    assert proxy.connects_refused == attempts and not proxy.forwarded
 
 
 async def test_an_http_proxy_refusing_credentials_after_a_connects_503_is_what_is_said(
