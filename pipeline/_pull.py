@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -549,6 +549,9 @@ class _SlotOrder:
     or is queued for one: ``trio.CapacityLimiter`` serves its queue in order) or needs
     none: found in the store, waiting for another pull's download of it, or failed.
     Waiting for such a layer's turn would hold the others up for nothing.
+
+    It also knows which positions are downloading, and so which layer is the pull's
+    critical path: the largest of those downloading (``Limits.largest_layer_chunk_buffer``).
     """
 
     def __init__(self, count: int) -> None:
@@ -557,6 +560,20 @@ class _SlotOrder:
         self._next = 0  # the first position that has not passed
         if count:
             self._turns[0].set()
+        self._downloading: set[int] = set()
+
+    @contextlib.contextmanager
+    def downloading(self, position: int) -> Iterator[bool]:
+        """``position`` asks for a slot and downloads in the block; yields whether it is
+        the largest layer doing so as it enters. Layers enter in position order (in their
+        turn, before the next one's), so those already in are all larger: it is the
+        largest when none is, and no layer entering later is larger than it."""
+        largest = not self._downloading
+        self._downloading.add(position)
+        try:
+            yield largest
+        finally:
+            self._downloading.discard(position)
 
     async def wait(self, position: int) -> None:
         """Until every layer before ``position`` has passed (at once if it passed itself
@@ -576,14 +593,17 @@ class _SlotOrder:
 @contextlib.asynccontextmanager
 async def _download_slot(
     downloads: trio.CapacityLimiter, order: _SlotOrder, position: int
-) -> AsyncIterator[None]:
-    """Hold one of ``downloads`` for the block, asked for in ``order``'s turn."""
+) -> AsyncIterator[bool]:
+    """Hold one of ``downloads`` for the block, asked for in ``order``'s turn; yields
+    whether the layer is the largest downloading (``_SlotOrder.downloading``)."""
     await order.wait(position)
-    # The next layer runs only once this task yields, which it does inside the limiter's
-    # acquire, holding a token or queued for one: its place in the queue is kept.
-    order.passed(position)
-    async with downloads:
-        yield
+    with order.downloading(position) as largest:
+        # The next layer runs only once this task yields, which it does inside the
+        # limiter's acquire, holding a token or queued for one: its place in the queue is
+        # kept.
+        order.passed(position)
+        async with downloads:
+            yield largest
 
 
 async def _pull_layer(
@@ -615,7 +635,7 @@ async def _pull_layer(
             structlog.contextvars.bound_contextvars(digest=digest_text),
             store.open_ingest(layer.digest, ref=str(context.ref)) as ingest,
         ):
-            async with _download_slot(context.downloads, order, position):
+            async with _download_slot(context.downloads, order, position) as largest:
                 if context.workers is None:
                     verified = await fetch_layer(
                         context.client,
@@ -626,6 +646,7 @@ async def _pull_layer(
                         limits=context.limits,
                         limiter=context.limiter,
                         progress=context.progress,
+                        largest=largest,
                     )
                 else:
                     task = LayerTask(
@@ -637,6 +658,7 @@ async def _pull_layer(
                         context.limits,
                         current_settings(),
                         os.getpid(),
+                        largest=largest,
                     )
                     verified = await run_layer_task(context.workers, task, context.progress)
             commit_started = trio.current_time()

@@ -81,6 +81,8 @@ class LayerTask:
     # The parent's socket for this task (``_Relay``), where the worker sends the progress
     # events the parent cannot see for itself; None: there is none (they are only logged).
     relay: str | None = None
+    # No larger layer of the pull is downloading: see ``fetch_layer``'s ``largest``.
+    largest: bool = False
 
 
 @contextlib.asynccontextmanager
@@ -297,6 +299,7 @@ async def _fetch_layer_for(task: LayerTask) -> VerifiedLayer:
                 limits=task.limits,
                 limiter=limiter,
                 progress=_relayed_progress(task.relay) if task.relay is not None else None,
+                largest=task.largest,
             )
 
 

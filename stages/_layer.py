@@ -6,8 +6,9 @@
                                                                  inflated: sha256 (diffID)
     nursery exits cleanly ─▶ verify_layer (size, digest, stream end, diffID) ─▶ ingest.sync()
 
-``chunks`` holds at most ``limits.chunk_buffer`` chunks and the pipe
-``limits.pipe_buffer`` pieces, so memory does not depend on the layer's size.
+``chunks`` holds at most ``limits.chunk_buffer`` chunks (``largest_layer_chunk_buffer``
+for the pull's critical path) and the pipe ``limits.pipe_buffer`` pieces, so memory
+does not depend on the layer's size.
 Verification is an explicit step after the nursery, never a reaction to a channel
 closing. The store's rename into ``blobs/`` is the caller's next step.
 """
@@ -47,15 +48,20 @@ async def fetch_layer(
     limits: Limits,
     limiter: trio.CapacityLimiter,
     progress: ProgressSink | None,
+    largest: bool = False,
 ) -> VerifiedLayer:
     """Download ``layer`` into ``ingest``, verified and synced; raise one ``ImagecError``.
+
+    ``largest``: no larger layer of the pull is downloading, so this one is its critical
+    path and its chunks get the deeper channel (``Limits.largest_layer_chunk_buffer``).
 
     Raises ``BlobError`` subclasses (size, digest, diffID, truncated or undecodable
     stream), ``RegistryError`` subclasses (from the request), ``StoreError`` (ingest).
     """
     started = time.perf_counter()
     ref_text, digest = str(ref), str(layer.digest)
-    chunks_send, chunks_recv = trio.open_memory_channel[bytes](limits.chunk_buffer)
+    depth = limits.largest_layer_chunk_buffer if largest else limits.chunk_buffer
+    chunks_send, chunks_recv = trio.open_memory_channel[bytes](depth)
     pipe = HashPipe(limits.pipe_buffer)
 
     hasher, diff_hasher = BlobHasher(), hashlib.sha256()
@@ -128,12 +134,15 @@ async def fetch_layer(
         write_s=write_clock.seconds,
         fsync_s=fsync_s,
     )
-    _log_layer(layer, decoded.size, timings)
+    _log_layer(layer, decoded.size, timings, depth)
     return VerifiedLayer(layer, diff_id, decoded.size, sums.xxh3, timings)
 
 
-def _log_layer(layer: Descriptor, uncompressed: int, timings: LayerTimings) -> None:
-    """The canonical line for one layer: sizes, stage seconds and throughput."""
+def _log_layer(
+    layer: Descriptor, uncompressed: int, timings: LayerTimings, chunk_buffer: int
+) -> None:
+    """The canonical line for one layer: sizes, stage seconds and throughput, and the
+    depth of its chunk channel (deeper for the pull's critical path)."""
     wall = timings.wall_s
     log.info(
         "layer fetched",
@@ -149,4 +158,5 @@ def _log_layer(layer: Descriptor, uncompressed: int, timings: LayerTimings) -> N
         inflate_s=round(timings.inflate_s, 3),
         write_s=round(timings.write_s, 3),
         fsync_s=round(timings.fsync_s, 3),
+        chunk_buffer=chunk_buffer,
     )

@@ -7,12 +7,14 @@ The real-registry runs of the same path are in tests/test_pull*.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
 import os
 import random
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -172,6 +174,72 @@ async def fetch(
     finally:
         await source.client.aclose()
     return source, verified
+
+
+class HeldIngest(FileIngest):
+    """An ingest file whose writes wait until ``release()``: a store that stalls."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.released = threading.Event()
+
+    def write(self, data: bytes) -> None:
+        self.released.wait(20)
+        super().write(data)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+class MarkedBody(Body):
+    """A body that sets ``reached`` once ``mark`` bytes of it were pulled."""
+
+    def __init__(self, data: bytes, piece: int, mark: int) -> None:
+        super().__init__(data, piece)
+        self.mark, self.reached = mark, trio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for piece in super().__aiter__():
+            if self.pulled >= self.mark:
+                self.reached.set()
+            yield piece
+
+
+@abandons_generators  # when it fails: the download is cancelled mid-body
+@pytest.mark.parametrize("largest", [True, False], ids=["largest", "other"])
+async def test_the_largest_layer_downloads_further_ahead_of_a_stalled_store(
+    tmp_path: Path, largest: bool
+) -> None:
+    """The pull's largest layer (its critical path) may run ``largest_layer_chunk_buffer``
+    chunks ahead of its stages, any other ``chunk_buffer``: with the store's writes held
+    up, the largest layer's download goes on until that many chunks wait, far beyond what
+    the stages and ``chunk_buffer`` hold, where any other's stops (and, with only
+    ``chunk_buffer``, the largest layer's stopped)."""
+    chunk = 16 * 1024
+    limits = replace(LIMITS, chunk_size=chunk, chunk_buffer=1, largest_layer_chunk_buffer=40)
+    layer = descriptor(MediaType.OCI_LAYER, TAR)  # uncompressed: one raw chunk per piece
+    body = MarkedBody(TAR, chunk, mark=40 * chunk)
+    source = FakeSource(lambda: body)  # one request: the stream never breaks
+    ingest = HeldIngest(tmp_path / "ingest")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(
+                    fetch_layer, source, REF, layer, DIFF_ID, ingest, limits=limits,
+                    limiter=trio.CapacityLimiter(4), progress=None, largest=largest,
+                )
+            )  # fmt: skip
+            try:
+                with trio.fail_after(10) if largest else trio.move_on_after(2):
+                    await body.reached.wait()
+                reached, pulled = body.reached.is_set(), body.pulled  # before the store goes on
+            finally:
+                ingest.release()  # here: the nursery waits for the hash thread it holds up
+    finally:
+        ingest.file.close()
+        await source.client.aclose()
+    assert reached is largest, pulled
+    assert ingest.synced and source.bodies == [body]
 
 
 class MissingBlobSource:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -548,6 +549,57 @@ async def test_layers_take_download_slots_largest_first_whatever_their_lookups_t
         )
     by_size = sorted(layers, key=lambda layer: layer.size, reverse=True)
     assert started == [layer.digest for layer in by_size]
+    assert_store_consistent(store.path)
+
+
+async def test_only_the_largest_layer_downloading_gets_the_deeper_chunk_channel(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The largest layer is the pull's critical path and gets the deeper channel
+    (Limits.largest_layer_chunk_buffer); the layers that start while it downloads keep
+    Limits.chunk_buffer. Its commit waits until the two next layers have started, so
+    they certainly overlap it."""
+    from structlog.testing import capture_logs
+
+    sizes = [96 * 1024, 768 * 1024, 192 * 1024, 384 * 1024]
+    layers = [images.make_layer(f"{unique_seed}:{size}", size=size) for size in sizes]
+    registry.push(unique_repo, images.make_image(layers), "latest")
+    largest, second, third = sorted(layers, key=lambda layer: layer.size, reverse=True)[:3]
+    store = Store.open(tmp_path / "store")
+    commit = store.commit_layer
+    others_started = threading.Event()
+    started: set[str] = set()
+
+    def watch(event: pipeline.ProgressEvent) -> None:
+        if event.event == "layer-downloading":
+            started.add(str(event.digest))
+            if {second.digest, third.digest} <= started:
+                others_started.set()
+
+    def commit_once_the_others_started(ingest: Any, verified: Any, **kwargs: Any) -> Any:
+        if str(verified.descriptor.digest) == largest.digest:
+            others_started.wait(20)
+        return commit(ingest, verified, **kwargs)
+
+    monkeypatch.setattr(store, "commit_layer", commit_once_the_others_started)
+    limits = pipeline.Limits(chunk_size=16 * 1024, chunk_buffer=3, largest_layer_chunk_buffer=9)
+    with capture_logs() as logs, trio.fail_after(60):
+        await pipeline.pull(
+            f"{registry.host}/{unique_repo}:latest",
+            store=store,
+            options=options(progress=watch, limits=limits),
+        )
+    assert others_started.is_set()
+    depths = {
+        entry["digest"]: entry["chunk_buffer"]
+        for entry in logs
+        if entry["event"] == "layer fetched"
+    }
+    assert depths == {layer.digest: 9 if layer is largest else 3 for layer in layers}
     assert_store_consistent(store.path)
 
 
