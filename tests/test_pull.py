@@ -616,6 +616,28 @@ def cli(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
     )
 
 
+def test_the_largest_layer_gets_the_deeper_chunk_channel_in_a_worker_process(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """With --layer-workers processes, the largest layer's worker gets the deeper chunk
+    channel too: the choice travels in its LayerTask. (Which of the others overlap it is
+    up to timing here; the in-process test above pins that.)"""
+    sizes = [64 * 1024, 512 * 1024, 128 * 1024]
+    layers = [images.make_layer(f"{unique_seed}:{size}", size=size) for size in sizes]
+    registry.push(unique_repo, images.make_image(layers), "latest")
+    largest = max(layers, key=lambda layer: layer.size)
+    proc = cli(
+        "pull", "--store", str(tmp_path / "store"), "--layer-workers", "processes",
+        "--log-level", "info", "--log-json", f"{registry.host}/{unique_repo}:latest",
+    )  # fmt: skip
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    fetched = [json.loads(line) for line in err.splitlines() if '"layer fetched"' in line]
+    depths = {entry["digest"]: entry["chunk_buffer"] for entry in fetched}
+    assert depths.keys() == {layer.digest for layer in layers}, err
+    assert depths[largest.digest] == pipeline.Limits().largest_layer_chunk_buffer
+
+
 def test_two_processes_pulling_one_image_download_each_layer_once(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
