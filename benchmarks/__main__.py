@@ -42,7 +42,15 @@ from ._setup import CACHE, REPO_ROOT, prepare_images, registry, run_proxy
 ALL_IMAGES = ("small", "app", "big", "app-zstd", "many")
 ALL_SCENARIOS = ("primitives", "single", "concurrent", "throttled", "profile")
 DEFAULT_SCENARIOS = ("primitives", "single", "concurrent", "throttled")
-ALL_TOOLS = ("ours", "ours-processes", "naive", "skopeo-oci", "skopeo-dir", "skopeo-umoci")
+ALL_TOOLS = (
+    "ours",
+    "ours-processes",
+    "naive",
+    "ctools",
+    "skopeo-oci",
+    "skopeo-dir",
+    "skopeo-umoci",
+)
 THROTTLED_TOOLS = ("ours", "ours-processes", "naive", "skopeo-oci", "skopeo-dir")
 
 

@@ -1,9 +1,9 @@
 """The tools we time: ours and the peers a user would otherwise pick.
 
 Each tool turns (registry host, repository, tag, an empty output folder) into one command
-line. skopeo and umoci are installed with apt on Debian as root when missing (as are the
-registry and curl, which the harness itself needs); elsewhere a peer that is missing is
-skipped with a line saying why.
+line. The peers' programs (skopeo, umoci, the C tools of ``ctools``) are installed with
+apt on Debian as root when missing (as are the registry and curl, which the harness itself
+needs); elsewhere a peer that is missing is skipped with a line saying why.
 """
 
 from __future__ import annotations
@@ -74,6 +74,13 @@ def _skopeo_umoci(ref: str, out: Path) -> list[str]:
     return ["sh", "-c", f"{mkdir} && {copy} && {unpack}"]
 
 
+def _ctools(ref: str, out: Path) -> list[str]:
+    return ["bash", str(REPO_ROOT / "benchmarks" / "ctools.sh"), ref, str(out)]
+
+
+# The Debian package of each binary a tool needs, where the names differ.
+_DEBIAN_PACKAGES = {"igzip": "isal"}
+
 _PY_WARM = (PYTHON, "-c", "import pipeline, pipeline._cli, httpx, trio, isal, zstandard")
 
 TOOLS: dict[str, Tool] = {
@@ -114,6 +121,15 @@ TOOLS: dict[str, Tool] = {
         ("sh", "-c", "skopeo --version && umoci --version"),
         zstd=False,  # umoci 0.4.7: "blob is not correct mediatype: ...tar+zstd"
     ),
+    "ctools": Tool(
+        "ctools",
+        "C tools, every layer at once: curl | tee blob | openssl sha256, igzip or zstd | "
+        "openssl sha256 (fetch + digest + inflate + diffID + write (fsync)); "
+        "benchmarks/ctools.sh",
+        ("bash", "curl", "jq", "openssl", "igzip", "zstd"),
+        _ctools,
+        ("sh", "-c", "curl --version && jq --version && openssl version && igzip -V && zstd -V"),
+    ),
 }
 
 
@@ -148,11 +164,18 @@ def ensure_installed(
     """The subset of ``tools`` that can run here, with a line for each one skipped.
 
     What the harness itself needs, the CNCF registry (and curl, for the primitives), and
-    the peers' skopeo and umoci are installed with apt when missing, where that is
+    the peers' programs are installed with apt when missing, where that is
     possible (Debian, root): so that the harness is one command on a fresh machine. A
     registry or curl still missing ends the run with what to install.
     """
-    packages = sorted({b for t in tools for b in TOOLS[t].binaries if shutil.which(b) is None})
+    packages = sorted(
+        {
+            _DEBIAN_PACKAGES.get(b, b)
+            for t in tools
+            for b in TOOLS[t].binaries
+            if shutil.which(b) is None
+        }
+    )
     pointed = os.environ.get("IMAGEC_REGISTRY_BIN")
     if find_registry_binary() is None and not pointed:
         packages.append("docker-registry")
@@ -179,8 +202,8 @@ def ensure_installed(
         absent = [b for b in TOOLS[name].binaries if shutil.which(b) is None]
         if absent:
             log(
-                f"skipping {name}: {' '.join(absent)} not installed "
-                "(Debian: apt-get install skopeo umoci)"
+                f"skipping {name}: {' '.join(absent)} not installed (Debian: apt-get install "
+                f"{' '.join(_DEBIAN_PACKAGES.get(b, b) for b in absent)})"
             )
         else:
             usable.append(name)

@@ -184,9 +184,26 @@ def _wall_verdict(
         bound=bound["wall_s"] if bound else None,
         evidence=_wall_evidence(bound),
     )
-    if verdict.verdict != "not met" or ours is None or bound is None:
+    if verdict.verdict == "met" or ours is None or bound is None:
         return verdict
-    return replace(verdict, evidence=f"{verdict.evidence}; {_headroom(ours, bound['cores'])}")
+    evidence = [verdict.evidence]
+    if verdict.verdict == "not met":
+        evidence.append(_headroom(ours, bound["cores"]))
+    evidence.append(_ctools_evidence(results, name))
+    return replace(verdict, evidence="; ".join(e for e in evidence if e))
+
+
+def _ctools_evidence(results: dict[str, Any], name: str) -> str:
+    """What the same work took when no interpreter pays for it: the ctools peer's median
+    wall on ``name``; empty when it was not run. The bound above is reached by no real
+    program; this one is."""
+    ctools = _ours(results, name, "ctools")
+    if ctools is None:
+        return ""
+    return (
+        f"the same work by C tools, every layer at once (ctools), took {ctools['wall']:.2f} s "
+        f"in this run"
+    )
 
 
 def _headroom(ours: dict[str, Any], cores: float) -> str:

@@ -4,7 +4,8 @@
 #   bash tests/run.sh [pytest args...]
 #
 # On Debian as root it installs the distribution registry (package docker-registry) and,
-# when available, skopeo and umoci with apt-get; elsewhere it says what to install and
+# when available, skopeo, umoci and the ctools peer's C tools (curl, jq, openssl, isal's
+# igzip, zstd) with apt-get; elsewhere it says what to install and
 # stops if there is no registry. It creates (or reuses) a virtualenv in .venv, installs
 # the project with its test and lint extras, then runs ruff, mypy --strict and pytest.
 #
@@ -34,6 +35,9 @@ missing=()
 have_registry || missing+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v umoci >/dev/null 2>&1 || missing+=(umoci)
+for tool in curl jq openssl igzip zstd; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("${tool/#igzip/isal}")
+done
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
@@ -44,7 +48,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update
         if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
-            # skopeo and umoci are optional (the OCI-layout tests skip without them).
+            # skopeo, umoci and the C tools are optional (their tests skip without them).
             required=()
             for pkg in "${missing[@]}"; do
                 case $pkg in docker-registry|python3-venv) required+=("$pkg") ;; esac
@@ -57,7 +61,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         say "missing: ${missing[*]}"
         echo "    Debian/Ubuntu: sudo apt-get install ${missing[*]}"
         echo "    elsewhere: install the CNCF distribution registry (https://distribution.github.io/distribution/)"
-        echo "    and point IMAGEC_REGISTRY_BIN at its binary; skopeo and umoci are optional."
+        echo "    and point IMAGEC_REGISTRY_BIN at its binary; the others are optional."
         if ! have_registry; then
             echo "error: no distribution registry found; the tests need one." >&2
             exit 1

@@ -234,3 +234,18 @@ def test_a_wall_target_not_met_says_how_idle_the_cores_were() -> None:
     for run in results["single"]["app"]["ours"]:
         del run["machine_busy_s"], run["machine_idle_s"]
     assert "busy" not in _by_target(results)["app wall ≤ 0.4x naive"]["evidence"]
+
+
+def test_a_wall_target_not_reached_says_what_the_c_tools_took() -> None:
+    # ours 1.25 s misses 0.4 x naive (1.2 s); ctools, the same work by C tools, took 1.6 s.
+    results = _results(ours_app=1.2)
+    results["single"]["app"]["ctools"] = [_run(1.6), _run(1.7), _run(1.5)]
+    verdicts = _by_target(results)
+    said = "the same work by C tools, every layer at once (ctools), took 1.60 s in this run"
+    assert verdicts["app wall ≤ 0.4x naive"]["verdict"] == "not met"
+    assert verdicts["app wall ≤ 0.4x naive"]["evidence"].endswith(said)
+    assert verdicts["app wall ≤ 0.25x skopeo-dir"]["verdict"] == "impossible here"
+    assert verdicts["app wall ≤ 0.25x skopeo-dir"]["evidence"].endswith(said)
+    # Not run, or every run failed: nothing said.
+    results["single"]["app"]["ctools"] = [{**_run(1.6), "ok": False}]
+    assert "C tools" not in _by_target(results)["app wall ≤ 0.4x naive"]["evidence"]
