@@ -8,6 +8,7 @@ none is a magic number in a stage.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,14 @@ class Credentials:
     identity_token: str = field(default="", repr=False)
     source: str = ""
     registry: str = ""
+
+    def __post_init__(self) -> None:
+        """A password of None or a number failed as an AttributeError after the first
+        requests were sent. The message names the field, never its value: a secret."""
+        for name in ("username", "password", "identity_token", "source", "registry"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise UsageError(f"Credentials.{name} must be a str, not {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -171,12 +180,39 @@ class RegistryOptions:
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
     def __post_init__(self) -> None:
-        """A proxy given as a string failed deep inside, at the first request."""
+        """Refuse values of the wrong kind when the object is made: each failed deep
+        inside, as something other than an ``ImagecError``, at the first request or after
+        it (a proxy given as a string, credentials as a tuple, a User-Agent of None); and
+        one host given as ``insecure_registries="reg:5000"`` was read a character at a
+        time, marking every one-letter host insecure and not that registry."""
         if not isinstance(self.proxy, ProxySettings):
             raise UsageError(
                 "RegistryOptions.proxy must be ProxySettings (ProxySettings(https_proxy=...)"
                 f" or ProxySettings.from_environment(os.environ)), not a"
                 f" {type(self.proxy).__name__}"
+            )
+        insecure = self.insecure_registries
+        if not isinstance(insecure, tuple) or not all(
+            isinstance(entry, str) and entry.strip() for entry in insecure
+        ):
+            raise UsageError(
+                "RegistryOptions.insecure_registries must be a tuple of host or host:port"
+                f" strings (insecure_registries=('reg.example:5000',)), not {insecure!r}"
+            )
+        if self.credentials is not None and not isinstance(self.credentials, Credentials):
+            raise UsageError(
+                "RegistryOptions.credentials must be Credentials(username, password) or"
+                f" None, not a {type(self.credentials).__name__}"
+            )
+        if not isinstance(self.ca_file, str | os.PathLike | None):
+            raise UsageError(
+                f"RegistryOptions.ca_file must be a path or None, not {self.ca_file!r}"
+            )
+        agent = self.user_agent
+        if not isinstance(agent, str) or not agent or not (agent.isascii() and agent.isprintable()):
+            raise UsageError(
+                "RegistryOptions.user_agent must be a non-empty string of printable ASCII"
+                f" characters (it is sent as the User-Agent header), not {agent!r}"
             )
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stages._config import _LEAST_COUNTS, _POSITIVE_SECONDS, Limits
+from stages._config import _LEAST_COUNTS, _POSITIVE_SECONDS, Credentials, Limits, RegistryOptions
 from stages._errors import UsageError
 
 
@@ -44,3 +45,48 @@ def test_the_defaults_and_the_least_values_are_accepted() -> None:
 def test_values_no_pull_can_run_with_are_usage_errors(field: str, value: Any) -> None:
     with pytest.raises(UsageError, match=f"Limits.{field} must be"):
         Limits(**{field: value})
+
+
+def test_registry_options_of_the_right_kinds_are_accepted(tmp_path: Path) -> None:
+    RegistryOptions()
+    RegistryOptions(
+        ca_file=tmp_path / "ca.pem",
+        insecure_registries=("reg.example:5000", "10.0.0.1"),
+        credentials=Credentials("ci", "secret"),
+        user_agent="my-tool/1.2 (linux)",
+    )
+    RegistryOptions(ca_file=str(tmp_path / "ca.pem"))  # str(options.ca_file) is what is used
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # One host as a string was iterated a character at a time: "r" and "5" became
+        # insecure hosts and the registry itself was not.
+        ("insecure_registries", "reg.example:5000"),
+        ("insecure_registries", ("reg.example:5000", 5000)),
+        ("insecure_registries", ("",)),
+        ("credentials", ("ci", "secret")),  # an AttributeError before the first request
+        ("ca_file", 123),
+        ("user_agent", None),  # a TypeError from httpx, mid-pull
+        ("user_agent", ""),
+        ("user_agent", "tool\r\nX-Injected: 1"),
+        ("user_agent", "outil-é"),  # headers are ASCII: a UnicodeEncodeError mid-pull
+    ],
+)
+def test_registry_options_of_the_wrong_kinds_are_usage_errors(field: str, value: Any) -> None:
+    with pytest.raises(UsageError, match=f"RegistryOptions.{field} must be"):
+        RegistryOptions(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["username", "password", "identity_token", "source", "registry"])
+@pytest.mark.parametrize("value", [None, 1234, b"bytes"])
+def test_credentials_that_are_not_strings_are_usage_errors_that_do_not_show_them(
+    field: str, value: Any
+) -> None:
+    # A password of None or 1234 was an AttributeError after requests were sent.
+    fields: dict[str, Any] = {"username": "ci", "password": "pw", field: value}
+    with pytest.raises(UsageError) as raised:
+        Credentials(**fields)
+    # the kind, never the value: it may be a secret
+    assert str(raised.value) == f"Credentials.{field} must be a str, not {type(value).__name__}"
