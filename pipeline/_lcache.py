@@ -24,7 +24,8 @@ releases when its holder dies): the holder of the in-process slot takes the clai
 before it looks the layer up, polling every ``CLAIM_POLL_S`` while another process
 holds it. Only the slot's holder polls, so a process asks once per layer, however many
 of its pulls wait. A dead owner's claim is free at once; a waiter then finds the layer
-absent and downloads it itself.
+absent and downloads it itself. A stopped one's is not: after ``CLAIM_NOTICE_S`` a
+warning names the layer and the store (the wait goes on: a live owner may take minutes).
 """
 
 from __future__ import annotations
@@ -34,16 +35,24 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 import trio
 
 from stages._types import Digest
 
-__all__ = ["CLAIM_POLL_S", "Claim", "DownloadTicket", "LCache"]
+log = structlog.get_logger()
+
+__all__ = ["CLAIM_NOTICE_S", "CLAIM_POLL_S", "Claim", "DownloadTicket", "LCache"]
 
 # How often a layer claimed by another process is asked for again. Its holder is
 # downloading it: a twentieth of a second is nothing beside that, and a claim costs an
 # open, a flock and a close.
 CLAIM_POLL_S = 0.05
+# How long a layer another process holds is waited for before a warning says so. That
+# process may be downloading it for minutes, and the wait is not cut short; but one
+# stopped with Ctrl-Z (or hung) holds it until it goes on or ends, and the pull would
+# otherwise show nothing but "Waiting" for as long.
+CLAIM_NOTICE_S = 10.0
 
 
 class Claim(Protocol):
@@ -84,11 +93,13 @@ class LCache:
     number of layers ever pulled.
     """
 
-    def __init__(self, claim: ClaimTaker | None = None) -> None:
+    def __init__(self, claim: ClaimTaker | None = None, *, store: str = "") -> None:
         """``claim``: the store's cross-process claim (``Store.try_claim_layer``); None
-        for a cache that excludes the tasks of this process only."""
+        for a cache that excludes the tasks of this process only. ``store``: its path,
+        for the warning of a long wait on another process."""
         self._entries: dict[Digest, _Entry] = {}
         self._claim = claim
+        self._store = store
 
     def busy(self, digest: Digest) -> bool:
         """Whether some task holds (or waits for) ``digest`` right now."""
@@ -133,9 +144,19 @@ class LCache:
         if self._claim is None:
             return None, False
         waited = False
+        notice_at = trio.current_time() + CLAIM_NOTICE_S
         while (claim := await trio.to_thread.run_sync(self._claim, digest)) is None:
             if not waited and on_wait is not None:
                 on_wait()
             waited = True
+            if trio.current_time() >= notice_at:
+                notice_at = float("inf")  # said once
+                log.warning(
+                    f"layer {digest} is being downloaded into the store by another process;"
+                    " waiting for it (if an imagec-pipe using this store is stopped, with"
+                    " Ctrl-Z, resume or end it)",
+                    digest=str(digest),
+                    store=self._store,
+                )
             await trio.sleep(CLAIM_POLL_S)
         return claim, waited

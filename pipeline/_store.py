@@ -28,14 +28,17 @@ rows, never the blob content behind a visible name, and a layer missing either i
 downloaded again (``_committed_row`` checks both). A pull reports success only after its
 record.
 
-``index.json`` is the last thing an image pull writes; a crash just before leaves the
-image in the database only, and the next ``Store.open`` writes its entry from there.
+``index.json`` is the last thing an image pull changes; a crash just before leaves the
+image in the database only, and the next ``Store.open`` writes its entry from there. Its
+new content is written (to a temp file) before the rows are committed, and renamed into
+place after, so that a disk too full for it fails the pull with nothing recorded.
 
 Removal (``remove_images``, ``prune``) runs the other way round, so that a crash at any
 moment leaves nothing that names what is gone: index.json loses its entries first, then
 the database its rows (one transaction), then ``blobs/`` the files nothing names any
 more. A crash after the first step leaves references the database still records, which
-the next ``Store.open`` lists again (the removal did not happen); after the second, blobs
+the next ``Store.open`` lists again (the removal did not happen; a COMMIT that fails puts
+the old index.json back at once, ``_restored_on_error``); after the second, blobs
 nobody names, which the next ``prune`` removes. A row or entry naming a missing blob, the
 one state that is damage, is never left behind.
 
@@ -88,6 +91,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -522,6 +526,19 @@ def _action_text(action: str, store: Path) -> str:
     return f"{action} in store {store}"
 
 
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "a device"
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a rename or creation inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -774,7 +791,7 @@ class Store:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.lcache = LCache(self.try_claim_layer)
+        self.lcache = LCache(self.try_claim_layer, store=str(path))
         self.read_only = read_only
         self._blobs = path / BLOBS_DIR / "sha256"
         self._ingest = path / INGEST_DIR
@@ -872,8 +889,10 @@ class Store:
         where = store_path(path)
         store = cls(where, read_only=True)
         with store._errors(OPEN):
-            if not where.exists():
-                return None
+            try:
+                os.stat(where)
+            except FileNotFoundError:  # not Path.exists(), which took ENOTDIR (a path
+                return None  # below a file) and EACCES for "no store yet"
             if not where.is_dir():
                 raise StoreError(
                     f"store path {where} exists and is not a directory; "
@@ -1510,17 +1529,68 @@ class Store:
 
     def _write_atomic(self, target: Path, data: bytes, *, mode: int = 0o644) -> None:
         """temp file in ingest/ + fsync + rename + fsync of the target's directory."""
+        with self._replacing(target, data, mode=mode) as put_in_place:
+            put_in_place()
+
+    @contextlib.contextmanager
+    def _replacing(
+        self, target: Path, data: bytes, *, mode: int = 0o644
+    ) -> Iterator[Callable[[], None]]:
+        """``target``'s new content, written and fsynced on entry to a locked temp file in
+        ingest/ (where a full disk shows, before anything changed); the call yielded
+        renames it into place and fsyncs the directory. A block that leaves without the
+        call leaves ``target`` as it was."""
         tmp, fd = _create_locked(lambda: self._temp_path(target.name), mode)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(os.dup(fd), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+
+            def put_in_place() -> None:
                 os.replace(tmp, target)  # still open, so still locked: no sweep takes it
+                _fsync_dir(target.parent)
+
+            yield put_in_place
         finally:
+            os.close(fd)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-        _fsync_dir(target.parent)
+
+    @contextlib.contextmanager
+    def _restored_on_error(self, target: Path) -> Iterator[Callable[[], None]]:
+        """Put ``target`` back as it was when the call yielded was made, should the block
+        raise after it: for index.json, changed before a COMMIT that can still fail
+        (``remove_images`` writes it first, so that a crash leaves rows that list it
+        again; a COMMIT refused by a full disk left it changed and the rows not). The old
+        file is kept from the call on as a hard link in ingest/, locked as a temp file is
+        (no sweep takes it), and renamed back: an undo that needs no free space."""
+        kept: tuple[Path, int] | None = None
+
+        def keep() -> None:
+            nonlocal kept
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # as _create_locked's, for the sweeps
+                link = self._temp_path(target.name)
+                os.link(target, link)
+            except BaseException:
+                os.close(fd)
+                raise
+            kept = (link, fd)
+
+        try:
+            yield keep
+        except BaseException:
+            if kept is not None:
+                os.replace(kept[0], target)
+                _fsync_dir(target.parent)
+            raise
+        finally:
+            if kept is not None:
+                with contextlib.suppress(OSError):
+                    kept[0].unlink(missing_ok=True)
+                os.close(kept[1])
 
     def _blob_path(self, digest: Digest) -> Path:
         return self._blobs / digest.hex
@@ -1718,7 +1788,8 @@ class Store:
         In order: config, manifest (and index) blobs; for Docker schema2 or an OCI
         manifest naming Docker media types, the converted OCI manifest; the database rows
         in one transaction; last, the index.json entry (which replaces any entry of the
-        same reference name). The store's lock is held from the transaction to the entry,
+        same reference name), written before the transaction and renamed into place
+        after it. The store's lock is held from the transaction to the entry,
         so that ``Store.open`` in another process never takes the moment between them for
         an interrupted pull.
 
@@ -1770,11 +1841,17 @@ class Store:
                 original=original,
             )
             with self._locked(ref=ref_name, check_cancelled=check_cancelled):
-                before = self._insert_image(
-                    resolved, ref_name, tag, oci_digest, size, now, check_cancelled
-                )
+                # index.json's new content is written before the rows are committed, and
+                # renamed into place after: a disk too full for it fails the pull with
+                # nothing recorded (it was recorded in the database only, and listed).
                 index = _oci.index_with_entry(self._read_index(), entry)
-                self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
+                with self._replacing(
+                    self.path / INDEX_FILE, _oci.dumps_index(index)
+                ) as put_in_place:
+                    before = self._insert_image(
+                        resolved, ref_name, tag, oci_digest, size, now, check_cancelled
+                    )
+                    put_in_place()
         log.info(
             "image recorded",
             ref=ref_name,
@@ -2184,6 +2261,7 @@ class Store:
             with (
                 self._locked(check_cancelled=check_cancelled),
                 self._db(check_cancelled=check_cancelled) as conn,
+                self._restored_on_error(self.path / INDEX_FILE) as keep_index,
                 _transaction(conn, check_cancelled),
             ):
                 resolved = {
@@ -2220,7 +2298,9 @@ class Store:
                 index = _oci.index_without(self._read_index(), names)
                 live = self._live_digests(conn, index)  # may refuse: nothing changed yet
                 # index.json first: should the process die before COMMIT, the rows are
-                # still there and the next Store.open lists them again.
+                # still there and the next Store.open lists them again; should the COMMIT
+                # fail, the old index.json is put back.
+                keep_index()
                 self._write_atomic(self.path / INDEX_FILE, _oci.dumps_index(index))
                 garbage = candidates - live
             deleted, reclaimed = self._delete_blobs(sorted(garbage))
@@ -2593,8 +2673,9 @@ class Store:
             digest = Digest.parse(text)
             path = self._blob_path(digest)
             try:
-                size = path.stat().st_size
-                path.unlink()
+                size = path.lstat().st_size
+                if not self._unlink_blob(path):
+                    continue
             except FileNotFoundError:
                 continue
             deleted.append(digest)
@@ -2602,6 +2683,20 @@ class Store:
         if deleted:
             _fsync_dir(self._blobs)
         return tuple(deleted), reclaimed
+
+    def _unlink_blob(self, path: Path) -> bool:
+        """Unlink a blob's name; a directory of that name (no pull makes one) is left
+        alone with a warning, not fatal to the removal of every other blob."""
+        try:
+            path.unlink()
+        except IsADirectoryError:
+            log.warning(
+                "not removed: a directory, where a blob should be; remove it by hand",
+                store=str(self.path),
+                path=str(path),
+            )
+            return False
+        return True
 
     # -- verification ------------------------------------------------------------------
 
@@ -2655,7 +2750,7 @@ class Store:
                 digest = Digest.from_hex(name)
                 record = layers.get(str(digest))
                 try:
-                    inode = self._blob_path(digest).stat().st_ino  # before reading: see BlobDamage
+                    inode = self._blob_path(digest).lstat().st_ino  # before reading: see BlobDamage
                     problem = self._blob_problem(digest, record, full, check_cancelled)
                 except FileNotFoundError:  # removed since the listing: see _still_missing
                     if str(digest) in needed:
@@ -2730,8 +2825,11 @@ class Store:
         """What is wrong with one blob's file, or None; ``check_cancelled`` is called
         before each read."""
         path = self._blob_path(digest)
-        if record is not None and path.stat().st_size != record[0]:
-            return f"{path.stat().st_size} bytes, its record says {record[0]}"
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):  # a fifo's open() waited for ever
+            return f"{_file_kind(info.st_mode)}, not a regular file"
+        if record is not None and info.st_size != record[0]:
+            return f"{info.st_size} bytes, its record says {record[0]}"
         quick = record is not None and record[1] is not None and not full
         hasher: Any = xxhash.xxh3_128() if quick else hashlib.sha256()
         with open(path, "rb") as file:
@@ -2838,9 +2936,10 @@ class Store:
             for item in damage:
                 path = self._blob_path(item.digest)
                 try:
-                    if item.inode is None or os.stat(path).st_ino != item.inode:
+                    if item.inode is None or os.lstat(path).st_ino != item.inode:
                         continue
-                    os.unlink(path)
+                    if not self._unlink_blob(path):
+                        continue
                 except FileNotFoundError:
                     continue
                 log.warning("damaged blob removed", store=str(self.path), digest=str(item.digest))

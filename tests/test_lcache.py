@@ -221,3 +221,31 @@ async def test_a_cancelled_claim_waiter_leaves_nothing_held(tmp_path: Path) -> N
             assert not second.lcache.busy(A)
         async with second.lcache.download(A) as ticket:  # free now, and at once
             assert not ticket.waited
+
+
+async def test_a_long_wait_on_another_process_s_claim_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pull waiting behind a process stopped with Ctrl-Z showed "Waiting" and nothing
+    # else for as long as it stayed stopped. (CLAIM_NOTICE_S made short for the test.)
+    from structlog.testing import capture_logs
+
+    from pipeline import _lcache
+    from pipeline._store import Store
+
+    monkeypatch.setattr(_lcache, "CLAIM_NOTICE_S", 0.5)
+    first, second = Store.open(tmp_path / "s"), Store.open(tmp_path / "s")
+    with trio.fail_after(20), capture_logs() as logs:
+        async with first.lcache.download(A):
+            with trio.move_on_after(0.2):
+                async with second.lcache.download(A):
+                    pytest.fail("the claim is held by the first store")
+            assert logs == []  # a short wait is nothing to warn of
+            with trio.move_on_after(1.5):
+                async with second.lcache.download(A):
+                    pytest.fail("the claim is held by the first store")
+    (warning,) = logs
+    assert warning["log_level"] == "warning"
+    assert warning["event"].startswith(f"layer {A} is being downloaded into the store by another")
+    assert "stopped, with Ctrl-Z, resume or end it" in warning["event"]
+    assert warning["store"] == str(tmp_path / "s")

@@ -1177,6 +1177,70 @@ def test_open_relists_an_entry_an_rm_removed_before_its_database_change_failed(
     assert warning["refs"] == [str(APP)]
 
 
+def test_a_pull_whose_index_entry_finds_no_room_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk refused the new index.json after the rows were committed: the pull
+    # failed ("cannot record an image"), and yet `images` listed its image, which OCI
+    # tools could not see. Now the file is written before the rows, renamed after.
+    store = Store.open(tmp_path / "s")
+    first = pull_into(store, APP, content=b"one\n")
+    listed = (store.path / "index.json").read_bytes()
+    create_locked = _store._create_locked
+
+    def no_room_for_index_json(make_path: Callable[[], Path], mode: int) -> tuple[Path, int]:
+        path, fd = create_locked(make_path, mode)
+        if ".index.json." in path.name:
+            os.close(fd)
+            path.unlink()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return path, fd
+
+    monkeypatch.setattr(_store, "_create_locked", no_room_for_index_json)
+    with pytest.raises(StoreError, match="cannot record an image"):
+        pull_into(store, APP, content=b"two\n")
+    monkeypatch.undo()
+
+    assert [r.manifest_digest for r in store.list_images()] == [first.manifest_digest]
+    assert (store.path / "index.json").read_bytes() == listed
+    assert ingest_files(store) == []
+    with capture_logs() as logs:
+        Store.open(store.path)  # nothing to repair
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+
+
+def test_an_rm_whose_database_change_fails_puts_index_json_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rm rewrites index.json, then commits: a COMMIT refused by a full disk left the
+    # entry out of index.json while the database kept the image, until some later open.
+    store = Store.open(tmp_path / "s")
+    pull_into(store, APP, content=b"one\n")
+    pull_into(store, ALPINE, docker=True, platform=ARM64)
+    listed = (store.path / "index.json").read_bytes()
+    blobs = sorted(p.name for p in (store.path / "blobs" / "sha256").iterdir())
+    transaction = _store._transaction
+
+    @contextlib.contextmanager
+    def commit_refused(conn: sqlite3.Connection, *args: Any) -> Iterator[None]:
+        with transaction(conn, *args):
+            yield
+            raise sqlite3.OperationalError("database or disk is full")  # rolled back
+
+    monkeypatch.setattr(_store, "_transaction", commit_refused)
+    with pytest.raises(StoreError, match="database or disk is full"):
+        store.remove_images([str(APP)])
+    monkeypatch.undo()
+
+    assert (store.path / "index.json").read_bytes() == listed
+    assert sorted(r.ref for r in store.list_images()) == sorted([str(APP), str(ALPINE)])
+    assert sorted(p.name for p in (store.path / "blobs" / "sha256").iterdir()) == blobs
+    assert ingest_files(store) == []  # the kept index.json is gone
+    with capture_logs() as logs:
+        Store.open(store.path)
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+
+
 def test_layers_are_made_durable_by_their_image_record_not_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1641,6 +1705,10 @@ def test_open_existing_finds_no_store_where_there_is_none(tmp_path: Path) -> Non
         Store.open_existing(empty)
     with pytest.raises(StoreError, match="exists and is not a directory"):
         Store.open_existing(empty / "notes.txt")
+    # Below a file: `images`, `verify` and `gc` said "no store yet" and exited 0, where
+    # a pull to the same --store failed.
+    with pytest.raises(StoreError, match=r"cannot open store .*Not a directory"):
+        Store.open_existing(empty / "notes.txt" / "store")
 
 
 def test_open_existing_refuses_a_schema_it_would_have_to_upgrade(tmp_path: Path) -> None:
@@ -2002,6 +2070,49 @@ def test_verify_finds_an_images_missing_manifest_index_and_config(tmp_path: Path
     assert store.verify()[1] == []
     assert [r.ref for r in store.list_images()] == [str(ALPINE)]
     assert store.read_blob(other.config.digest) == other.config_bytes
+
+
+def test_verify_and_gc_take_what_is_no_regular_file_in_blobs_for_damage_not_a_stop(
+    tmp_path: Path,
+) -> None:
+    # A named pipe named like a digest made verify wait for ever in open(); a directory
+    # ended verify and gc with "Is a directory", nothing else checked or removed.
+    store = Store.open(tmp_path / "s")
+    resolved = pull_into(store, APP)
+    blobs = store.path / "blobs" / "sha256"
+    pipe, folder, link = (blobs / (c * 64) for c in "abc")
+    os.mkfifo(pipe)
+    folder.mkdir()
+    link.symlink_to(blobs / resolved.config.digest.hex)
+    garbage = blobs / ("d" * 64)
+    garbage.write_bytes(b"no blob")
+
+    checked, damage = store.verify()
+
+    problems = {d.digest.hex: d.problem for d in damage}
+    assert problems == {
+        "a" * 64: "a named pipe, not a regular file",
+        "b" * 64: "a directory, not a regular file",
+        "c" * 64: "a symbolic link, not a regular file",
+        "d" * 64: "content does not hash to its digest (sha256 differs)",
+    }
+    assert checked == len(list(blobs.iterdir()))
+    with capture_logs() as logs:
+        store.remove_damaged(damage)
+    assert sorted(p.name for p in blobs.iterdir() if len(p.name) == 64 and p.name[0] in "abcd") == [
+        "b" * 64
+    ]
+    assert [
+        e["path"] for e in logs if e["log_level"] == "warning" and "directory" in e["event"]
+    ] == [str(folder)]
+
+    os.mkfifo(pipe)
+    with capture_logs() as logs:
+        removal = store.prune()
+    assert [d.hex for d in removal.deleted_blobs] == ["a" * 64]
+    assert folder.is_dir()  # left alone, said, and the rest of the store checked
+    assert store.verify()[1][0].problem == "a directory, not a regular file"
+    assert [r.ref for r in store.list_images()] == [str(APP)]
 
 
 @pytest.mark.parametrize(
