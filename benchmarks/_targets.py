@@ -68,7 +68,7 @@ def compute_scaling(prims: dict[str, Any]) -> float:
     together = sum(x.get("compute_parallel_s", 0.0) for x in layers)
     if alone <= 0 or together <= 0:
         return cores
-    return min(cores, cores * alone / together)
+    return min(cores, float(cores * alone / together))
 
 
 def spread_seconds(compute: float, other: float, cores: float, scaling: float) -> float:
