@@ -1673,11 +1673,25 @@ class Store:
                     return None
                 try:
                     if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                        self._sweep_partials_of(digest)
                         return LayerClaim(path, fd)
                 except FileNotFoundError:
                     pass
                 os.close(fd)  # released and unlinked by its holder meanwhile: again
             raise OSError(errno.EAGAIN, f"the claim file {path.name} keeps being replaced")
+
+    def _sweep_partials_of(self, digest: Digest) -> None:
+        """Remove the partial downloads of ``digest`` that dead processes left. Called
+        with its claim just taken: a download in progress holds its file's lock, and one
+        killed left it unlocked. ``Store.open`` sweeps them all, but a library host (a
+        daemon) keeps its store open for days; here each is gone by the time the layer is
+        downloaded again. Housekeeping: a file that cannot be removed stays."""
+        prefix = f"{digest.hex}."
+        with contextlib.suppress(OSError), os.scandir(self._ingest) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.name.endswith(".partial"):
+                    with contextlib.suppress(OSError):
+                        self._remove_abandoned(entry.path)
 
     def commit_layer(
         self,

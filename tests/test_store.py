@@ -1942,6 +1942,30 @@ def test_open_sweeps_an_abandoned_claim_file_but_not_a_held_one(tmp_path: Path) 
         holder.wait(timeout=30)
 
 
+def test_taking_a_layer_s_claim_sweeps_the_partials_dead_processes_left_of_it(
+    tmp_path: Path,
+) -> None:
+    # Store.open sweeps ingest/, but a library host keeps its store open: a partial
+    # download a killed process left stayed there until the host restarted.
+    store = Store.open(tmp_path / "s")
+    layer, other = sha(b"layer"), sha(b"other")
+    ingest = store.path / "ingest"
+    dead = ingest / f"{layer.hex}.4242.0123456789abcdef.partial"  # as a killed pull leaves
+    dead.write_bytes(b"half a layer")
+    of_other = ingest / f"{other.hex}.4242.0123456789abcdef.partial"
+    of_other.write_bytes(b"half another")
+    live = ingest / f"{layer.hex}.4343.fedcba9876543210.partial"
+    live.write_bytes(b"being written")
+    with open(live, "rb") as writer:
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)  # as a live download holds it
+
+        claim = store.try_claim_layer(layer)
+
+        assert claim is not None
+        claim.release()
+        assert sorted(p.name for p in ingest.iterdir()) == sorted([of_other.name, live.name])
+
+
 def _store_with_a_damaged_layer(tmp_path: Path) -> tuple[Store, bytes, Any, Path]:
     """A store holding APP whose first layer's file has the right size and other bytes
     (bit rot): the store, that layer's gzip bytes, the layer and its file."""
