@@ -7,7 +7,7 @@
 # Per layer, two pipelines joined by a fifo:
 #
 #     curl blob ─▶ tee blob.part, fifo ─▶ openssl sha256          (the digest)
-#                            fifo ─▶ igzip -dc | zstd -dc ─▶ openssl sha256   (the diffID)
+#                            fifo ─▶ igzip -dc (or zstd -dc) ─▶ openssl sha256   (the diffID)
 #
 # then both hashes checked (digest against the manifest, diffID against the config), the
 # blob fsynced (coreutils sync FILE) and renamed into OUT/blobs/sha256: the work `ours`
@@ -35,12 +35,10 @@ mkdir -p "$blobs" "$work"
 
 sha256() { openssl dgst -sha256 -r | cut -d' ' -f1; }
 
-# fetch URL_PATH EXPECTED_HEX [ACCEPT]: the body into $blobs/EXPECTED_HEX, hash checked
-fetch_small() {
-    local url=$1 hex=$2 accept=${3:-*/*}
-    curl -fsS -H "Accept: $accept" -o "$work/$hex" "$base/$url" || die "GET $url failed"
-    [ "$(sha256 <"$work/$hex")" = "$hex" ] || die "$url does not hash to sha256:$hex"
-    mv "$work/$hex" "$blobs/$hex"
+# hex_of DIGEST: its hex, when it is sha256:<64 hex> (used in paths), else exit 1
+hex_of() {
+    [[ $1 =~ ^sha256:[0-9a-f]{64}$ ]] || die "$ref names a digest that is not sha256:<64 hex>: $1"
+    echo "${1#sha256:}"
 }
 
 accept='application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json'
@@ -51,9 +49,10 @@ mv "$work/manifest" "$blobs/$manifest_hex"
 manifest=$blobs/$manifest_hex
 jq -e '.layers and .config' "$manifest" >/dev/null || die "$ref is not an image manifest"
 
-config_hex=$(jq -r '.config.digest' "$manifest")
-config_hex=${config_hex#sha256:}
-fetch_small "blobs/sha256:$config_hex" "$config_hex"
+config_hex=$(hex_of "$(jq -r '.config.digest' "$manifest")")
+curl -fsS -o "$work/$config_hex" "$base/blobs/sha256:$config_hex" || die "GET config failed"
+[ "$(sha256 <"$work/$config_hex")" = "$config_hex" ] || die "config of $ref does not hash to its digest"
+mv "$work/$config_hex" "$blobs/$config_hex"
 mapfile -t diff_ids < <(jq -r '.rootfs.diff_ids[]' "$blobs/$config_hex")
 mapfile -t layers < <(jq -r '.layers[] | .digest + " " + .mediaType' "$manifest")
 [ ${#layers[@]} -eq ${#diff_ids[@]} ] \
@@ -63,7 +62,7 @@ pids=()
 for entry in "${layers[@]}"; do
     digest=${entry%% *}
     media=${entry#* }
-    hex=${digest#sha256:}
+    hex=$(hex_of "$digest")
     [ -e "$work/$hex.fifo" ] && continue # a layer listed twice is fetched once
     case $media in
         *zstd) inflate=(zstd -dcq) ;;
