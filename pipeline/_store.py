@@ -2082,8 +2082,9 @@ class Store:
         ID. An ID finds an image no reference names any more too (docker's dangling image,
         left by a tag pulled again after it moved), as ``docker inspect <ID>`` does: its
         record's ``ref`` is then ``repository@manifest-digest`` (which finds it again) and
-        its ``tag`` None. A prefix of several images' IDs raises StoreError; a malformed
-        reference raises InvalidReference.
+        its ``tag`` None. A prefix of several images' IDs raises StoreError, and so does
+        ``name@digest`` of an index the store has several platforms' images of; a
+        malformed reference raises InvalidReference.
         """
         found = self._find_image(ref)
         return None if found is None else found[0]
@@ -2118,14 +2119,29 @@ class Store:
         row = conn.execute(self._RECORD_SELECT + " WHERE r.name = ?", (name,)).fetchone()
         if row is not None:
             return self._record(row), False
-        row = conn.execute(
-            """SELECT ?, ?, NULL, d.digest, i.manifest_digest, i.config_digest,
+        # repo_digests keeps one image per digest (the last pulled); an index's digest
+        # may stand for several platforms' images, which the references it resolved for
+        # tell.
+        digest = str(parsed.digest)
+        rows = conn.execute(
+            """SELECT ?, ?, NULL, ?, i.manifest_digest, i.config_digest,
                       i.platform, i.size, i.pulled_at, i.media_type, i.oci_manifest_digest
-               FROM repo_digests d JOIN images i ON i.manifest_digest = d.manifest_digest
-               WHERE d.repository = ? AND d.digest = ?""",
-            (name, parsed.name, parsed.name, str(parsed.digest)),
-        ).fetchone()
-        return None if row is None else (self._record(row), False)
+               FROM images i WHERE i.manifest_digest IN
+                   (SELECT manifest_digest FROM repo_digests WHERE repository = ? AND digest = ?
+                    UNION
+                    SELECT manifest_digest FROM refs WHERE repository = ? AND resolved_digest = ?)
+               ORDER BY i.platform""",
+            (name, parsed.name, digest, parsed.name, digest, parsed.name, digest),
+        ).fetchall()
+        records = [self._record(row) for row in rows]
+        if len(records) > 1:  # no one image is meant
+            shown = ", ".join(f"{r.platform} (image ID {r.image_id.hex[:12]})" for r in records)
+            raise StoreError(
+                f"{name} is ambiguous in store {self.path}: it names an index, and the "
+                f"store has {len(records)} of its images: {shown}; give a tag or an image ID",
+                ref=name,
+            )
+        return (records[0], False) if records else None
 
     # An image no reference names, as a record: named by its repository's name@digest
     # (each pull records repository@manifest-digest in repo_digests), by the manifest digest

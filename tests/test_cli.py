@@ -2196,6 +2196,42 @@ def test_e2e_platform_amd64_v3_takes_a_plain_amd64_entry(
     assert summary["platform"] == "linux/amd64"  # what the index entry says
 
 
+def test_e2e_an_index_digest_naming_two_platforms_images_is_ambiguous(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """``name@<index digest>`` with the index's images for two platforms in the store:
+    ``rm`` removed the one pulled last, ``layers`` and ``inspect`` showed it, each without
+    a word of the other. Now each refuses, naming both; ``rm`` removes nothing."""
+    from tests.support import images
+
+    index = images.sample_index(unique_seed, layer_size=4096)
+    registry.push(unique_repo, index, "1.0")
+    registry.push(unique_repo, index, "2.0")
+    store = str(tmp_path / "store")
+    for tag, platform in (("1.0", "linux/amd64"), ("2.0", "linux/arm64/v8")):
+        pulled = run_cli(
+            "pull", registry.ref(unique_repo, tag), "--store", store, "--platform", platform
+        )
+        assert pulled.returncode == 0, pulled.stderr
+    by_index = f"{registry.host}/{unique_repo}@{index.digest}"
+    ids = {p: index.image_for(p).config.digest[7:19] for p in ("linux/amd64", "linux/arm64/v8")}
+
+    for command in ("rm", "layers", "inspect"):
+        refused = run_cli(command, by_index, "--store", store)
+        assert refused.returncode == 1, (command, refused.stdout)
+        assert f"{by_index} is ambiguous" in refused.stderr
+        assert f"linux/amd64 (image ID {ids['linux/amd64']})" in refused.stderr
+        assert f"linux/arm64/v8 (image ID {ids['linux/arm64/v8']})" in refused.stderr
+    listed = json.loads(run_cli("images", "--store", store, "--json").stdout)
+    assert len(listed) == 2
+    # Each image's own manifest digest still names one image.
+    arm = f"{registry.host}/{unique_repo}@{index.image_for('linux/arm64/v8').digest}"
+    shown = run_cli("layers", arm, "--store", store, "--json")
+    assert shown.returncode == 0, shown.stderr
+    want = [x.digest for x in index.image_for("linux/arm64/v8").layers]
+    assert [x["digest"] for x in json.loads(shown.stdout)] == want
+
+
 def test_e2e_an_oci_manifest_naming_docker_media_types_lists_pulls_again_and_inspects(
     registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
