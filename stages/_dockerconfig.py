@@ -311,14 +311,23 @@ def read_config(
     return parse_config(data, path)
 
 
+# What JSON takes for white space (RFC 8259 section 2); str.strip() would take more.
+_JSON_WHITESPACE = " \t\n\r"
+
+
 def parse_config(data: bytes, path: Path | str) -> dict[str, object]:
     """The JSON object ``data`` holds, read from ``path`` (a file, or the variable it
-    came from). The errors never quote it."""
+    came from); an empty one (or only white space) is ``{}``, as docker's client reads
+    it (its decoder's EOF is no error: a file made by ``touch`` holds no credentials).
+    The errors never quote it."""
     try:
+        text = data.decode("utf-8-sig")
+        if not text.strip(_JSON_WHITESPACE):
+            return {}
         # No number here is read: parse_int=float, for Python refuses to convert an
         # integer of more than 4300 digits (a ValueError, no JSONDecodeError) where
         # docker's client reads the file.
-        doc = json.loads(data.decode("utf-8-sig"), parse_int=float)
+        doc = json.loads(text, parse_int=float)
     except UnicodeDecodeError:
         raise AuthError(f"cannot use {path}: it is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

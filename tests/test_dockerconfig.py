@@ -124,6 +124,20 @@ def test_no_file_and_no_entry_are_no_credentials(config_dir: Path) -> None:
     assert docker_config_credentials("reg.example/app") is None
 
 
+@pytest.mark.parametrize("content", [b"", b"\n\n", b" \t\r\n", b"\xef\xbb\xbf"])
+def test_an_empty_file_is_no_credentials_as_for_docker(config_dir: Path, content: bytes) -> None:
+    """docker's client reads an empty config.json as ``{}`` (its decoder's EOF is no
+    error), and ``touch ~/.docker/config.json`` is common: every pull, anonymous ones
+    too, failed with "it is not valid JSON (line 1, column 1)"."""
+    path = config_dir / "config.json"
+    path.write_bytes(content)
+    assert docker_config_credentials("reg.example/app") is None
+    assert docker_config_credentials("reg.example/app", config_path=path) is None
+    path.write_bytes(content + b"\f{}")  # a form feed is no JSON white space
+    with pytest.raises(AuthError, match="not valid JSON"):
+        docker_config_credentials("reg.example/app")
+
+
 def test_an_auths_entry_matches_as_docker_matches_it(config_dir: Path) -> None:
     path = write_config(
         config_dir,
