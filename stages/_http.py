@@ -61,6 +61,7 @@ __all__ = [
     "ProxyRouter",
     "ProxyUnreachable",
     "Resolver",
+    "certificate_problem",
     "cookie_jar_used",
     "describe_error",
     "is_literal_host",
@@ -1054,6 +1055,35 @@ def tls_failure(exc: BaseException) -> typing.Literal["verify", "protocol"] | No
             return "verify"
         if isinstance(link, ssl.SSLError):
             return "protocol"
+    return None
+
+
+# OpenSSL's verify codes (X509_V_ERR_*) for a certificate at fault whoever signed it.
+_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED, _HOSTNAME_MISMATCH, _IP_MISMATCH = 9, 10, 62, 64
+
+
+def certificate_problem(exc: BaseException, host: str) -> tuple[str, str] | None:
+    """Why the server's certificate was refused, in words that follow "the TLS
+    certificate of HOST", and what may cure it besides skipping verification: a CA given
+    with ``--ca-file``, except for a certificate that has expired, is not valid yet or is
+    not valid for ``host``, whoever signed it. None when verification is not what
+    failed."""
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            code = getattr(link, "verify_code", None)
+            if code in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
+                when = "has expired" if code == _CERT_HAS_EXPIRED else "is not valid yet"
+                return (
+                    f"{when} (or this machine's clock is wrong)",
+                    "the registry needs a certificate valid now",
+                )
+            if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
+                return f"is not valid for the name {host}", "use a name it is valid for"
+            detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)
+            return (
+                f"is not trusted ({redact(str(detail or link))})",
+                "pass --ca-file PEM with the CA that signed it",
+            )
     return None
 
 

@@ -88,6 +88,7 @@ from ._http import (
     PinnedResolver,
     ProxyRefused,
     ProxyUnreachable,
+    certificate_problem,
     cookie_jar_used,
     describe_error,
     open_client,
@@ -1030,11 +1031,11 @@ class RegistryClient:
                 retry_after_from=None if refused is None else refused.retry_after_from,
             )
         via = "" if proxy is None else f" (through the proxy {proxy.shown})"
-        if tls_failure(exc) == "verify":
+        if (problem := certificate_problem(exc, url.host)) is not None:
+            words, cure = problem
             return RegistryUnavailable(
-                f"the TLS certificate of {authority}{via} is not trusted ({reason}):"
-                f" pass --ca-file PEM with the CA that signed it, or --insecure-registry"
-                f" {authority} to skip verification",
+                f"the TLS certificate of {authority}{via} {words}: {cure}, or pass"
+                f" --insecure-registry {authority} to skip verification",
                 ref=str(ref),
                 digest=digest,
             )
@@ -1055,11 +1056,16 @@ class RegistryClient:
                 " or unreachable: try again"
             )
         elif isinstance(exc, httpx.ConnectError):
-            hint = (
-                "check the registry address and that it is running"
-                if registry
-                else "that server may be down or unreachable from here"
-            )
+            if registry and tls_failure(exc) == "protocol" and url.scheme == "https":
+                # Typically a registry that speaks plain HTTP on that port.
+                hint = (
+                    "if the registry speaks plain HTTP there, pass --insecure-registry"
+                    f" {authority}; else check its address"
+                )
+            elif registry:
+                hint = "check the registry address and that it is running"
+            else:
+                hint = "that server may be down or unreachable from here"
             message = f"cannot connect to {authority} ({reason}) to fetch {what}: {hint}"
         else:
             message = f"the connection to {authority} failed while fetching {what} ({reason})"

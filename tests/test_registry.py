@@ -691,6 +691,69 @@ def _tls_error(kind: str) -> Handler:
     return handler
 
 
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        ("expired", "has expired (or this machine's clock is wrong): the registry needs a"),
+        ("not yet valid", "is not valid yet (or this machine's clock is wrong): the registry"),
+        ("other name", "is not valid for the name 127.0.0.1: use a name it is valid for"),
+    ],
+)
+async def test_a_certificate_at_fault_is_named_and_no_ca_is_asked_for(
+    tmp_path: Path, fault: str, says: str
+) -> None:
+    """Signed by the CA given with ``--ca-file``, a certificate that has expired or names
+    another host was "not trusted (TLS certificate not trusted (certificate has
+    expired))", with the advice to pass the very CA that was passed."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca = trustme.CA()
+    cert = {
+        "expired": lambda: ca.issue_cert(
+            "127.0.0.1",
+            not_before=now - datetime.timedelta(days=9),
+            not_after=now - datetime.timedelta(days=1),
+        ),
+        "not yet valid": lambda: ca.issue_cert(
+            "127.0.0.1",
+            not_before=now + datetime.timedelta(days=1),
+            not_after=now + datetime.timedelta(days=9),
+        ),
+        "other name": lambda: ca.issue_cert("registry.example"),
+    }[fault]()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with run_fixture_server(server_context) as server:
+        authority = f"127.0.0.1:{server.port}"
+        ref = parse_reference(f"{authority}/team/app")
+        with trio.fail_after(20), pytest.raises(RegistryUnavailable) as caught:
+            async with RegistryClient.open(
+                RegistryOptions(ca_file=ca_file), Limits(retries=0)
+            ) as client:
+                await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
+    message = str(caught.value)
+    assert message.startswith(f"the TLS certificate of {authority} {says}")
+    assert f", or pass --insecure-registry {authority} to skip verification" in message
+    assert "--ca-file" not in message
+    # Only the loopback probe, which verifies nothing (does it speak TLS?), got through.
+    assert [r.target for r in server.requests] == ["/v2/"]
+
+
+async def test_a_registry_speaking_plain_http_where_tls_was_asked_is_told_of_the_cure() -> None:
+    fake = FakeRegistry()
+    fake.routes["https://reg.example"] = _tls_error("protocol")
+    async with _client(fake) as client:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
+    assert "if the registry speaks plain HTTP there, pass --insecure-registry reg.example;" in str(
+        caught.value
+    )
+    assert fake.paths() == ["https://reg.example/v2/"]
+
+
 async def test_insecure_registry_falls_back_to_http() -> None:
     fake = FakeRegistry()
     fake.routes["https://reg.example"] = _tls_error("verify")
