@@ -1103,6 +1103,41 @@ class RegistryClient:
         else its ``host[:port]`` (never its path or query: a signed URL's secrets)."""
         return None if self._is_registry(ref, url) else self.server_named(ref, url)
 
+    def _refusal(self, response: httpx.Response, ref: Reference) -> str:
+        """What a 401 or 403 from the registry tells the user to do, by what the request
+        carried: no ``Authorization`` after a 401 means the registry's challenge was
+        none this client answers (the credentials were never sent); a bearer token it
+        calls ``invalid_token`` was issued by its own token service, whatever the
+        credentials (their clocks or keys disagree). Else the credentials, or their
+        absence, are what to look at."""
+        authority = ref.api_host
+        sent = response.request.headers.get("authorization", "")
+        try:
+            challenges = headers_challenges(response.headers)
+        except ChallengeError:  # said elsewhere; the credentials are the question here
+            challenges = [Challenge("malformed")]
+        if response.status_code == 401 and not sent and choose_challenge(challenges) is None:
+            schemes = sorted({c.scheme for c in challenges})
+            shown = f"only {', '.join(schemes)} offered" if schemes else "no WWW-Authenticate"
+            return (
+                f"{authority} asks for authentication without a Basic or Bearer"
+                f" challenge ({shown}), so no credentials were sent"
+            )
+        if sent.lower().startswith("bearer ") and any(
+            c.scheme == "bearer" and c.get("error") == "invalid_token" for c in challenges
+        ):
+            return (
+                f"{authority} refused the token its token service issued (invalid_token):"
+                " the registry and its token service disagree (their clocks, or the key"
+                " that signs tokens)"
+            )
+        if self._options.credentials is not None:
+            return refusal_hint(self._options.credentials, authority)
+        return (
+            f"{authority} needs credentials for {ref.repository} (or it does not"
+            " exist): pass -u USER --password-stdin"
+        )
+
     async def _status_error(
         self,
         response: httpx.Response,
@@ -1146,13 +1181,7 @@ class RegistryClient:
                 digest=digest,
             )
         if status in (401, 403):
-            if self._options.credentials is not None:
-                hint = refusal_hint(self._options.credentials, authority)
-            else:
-                hint = (
-                    f"{authority} needs credentials for {ref.repository} (or it does not"
-                    " exist): pass -u USER --password-stdin"
-                )
+            hint = self._refusal(response, ref)
             label = "unauthorized" if status == 401 else "access denied"
             return AuthError(
                 f"{label}: {hint} (HTTP {status} for {what}){suffix}", ref=ref_text, digest=digest

@@ -1324,6 +1324,53 @@ async def test_real_registry_token_auth(
     assert token_server.count == 3
 
 
+@pytest.mark.parametrize("fault", ["expired on arrival", "bad signature"])
+@pytest.mark.parametrize("given", [True, False])
+async def test_a_token_the_registry_keeps_refusing_is_not_blamed_on_the_password(
+    token_registry: Any, token_server: Any, unique_repo: str, fault: str, given: bool
+) -> None:
+    """The token service issued a token (it took the password, or none was needed) that
+    the registry refuses as ``invalid_token``: clocks or signing keys that disagree. The
+    error said "check the username/password" (or "needs credentials: pass -u")."""
+    image = sample_image(unique_repo, compressions=("gzip",))
+    repo = unique_repo if given else "public/" + unique_repo.replace("/", "-")
+    token_registry.push(repo, image)
+    username, password = token_registry.credentials
+    options = RegistryOptions(credentials=Credentials(username, password) if given else None)
+    token_server.reset()
+    if fault == "expired on arrival":
+        token_server.exp_skew = -3600
+    else:
+        token_server.set_fault("bad-signature")
+    with trio.fail_after(20), pytest.raises(AuthError) as info:
+        await _pull_metadata(token_registry, token_registry.ref(repo), options)
+    message = str(info.value)
+    assert f"{token_registry.host} refused the token its token service issued (invalid_token)" in (
+        message
+    )
+    assert "password" not in message and "-u USER" not in message
+    assert token_server.count == 2  # renewed once, as for a token that expired mid-pull
+
+
+async def test_a_401_without_a_challenge_to_answer_says_no_credentials_were_sent(
+    fixture_server: Callable[[], FixtureServer],
+) -> None:
+    server = fixture_server()
+    for path in ("/v2/", "/v2/team/app/manifests/latest"):
+        server.route(path, Reply(401, {"WWW-Authenticate": "Negotiate"}, b""))
+    ref = parse_reference(f"127.0.0.1:{server.port}/team/app")
+    options = RegistryOptions(credentials=CREDS)
+    with trio.fail_after(20), pytest.raises(AuthError) as info:
+        async with RegistryClient.open(options, Limits(retries=0)) as client:
+            await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
+    message = str(info.value)
+    assert "asks for authentication without a Basic or Bearer challenge (only negotiate" in (
+        message
+    )
+    assert "so no credentials were sent" in message and "check the username" not in message
+    assert all("authorization" not in r.headers for r in server.requests)
+
+
 async def test_real_registry_tls(tls_registry: Any, unique_repo: str) -> None:
     image = sample_image(unique_repo, compressions=("gzip",))
     tls_registry.push(unique_repo, image)
