@@ -96,10 +96,12 @@ from ._main import (
     STOP_SIGNALS,
     StopRequest,
     Terminated,
+    ended,
     error_line,
     json_error_line,
     json_pull_refused,
     report_stop,
+    settle_stop_signals,
     silence_stdout,
     stop_signals_deferred,
     stop_signals_raise,
@@ -674,6 +676,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         return _pull_failed(renderer, ref, where, _first_leaf(group), secrets)
     except Exception as exc:  # the entry point reports on one line, never a traceback
         return _pull_failed(renderer, ref, where, exc, secrets)
+    settle_stop_signals()  # pulled: from here a stop signal could only contradict it
     renderer.finish(result)
     if renderer.write_error is not None:
         error_line(
@@ -953,6 +956,7 @@ def _print_removal(removal: Removal, *, json_output: bool, total: bool, done: st
     (``> file`` on a full disk) is a warning saying so (``done``), as a pull's is, not a
     failure that reads as if nothing was removed and that a script would retry (an ``rm``
     run again finds no image and fails)."""
+    settle_stop_signals()  # removed: from here a stop signal could only contradict it
     if json_output:
         text = json.dumps(to_jsonable(removal), indent=2) + "\n"
     else:
@@ -1031,4 +1035,4 @@ def _isatty(stream: TextIO) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(ended(main()))

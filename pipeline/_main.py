@@ -35,12 +35,15 @@ __all__ = [
     "STOP_SIGNALS",
     "StopRequest",
     "Terminated",
+    "ended",
     "error_line",
     "json_error_line",
     "json_pull_ref",
     "json_pull_refused",
     "main",
+    "process_main",
     "report_stop",
+    "settle_stop_signals",
     "silence_stdout",
     "stop_signals_deferred",
     "stop_signals_raise",
@@ -82,12 +85,38 @@ def stop_signals_raise() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise Terminated(signum)
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    # SIGINT's too, which it leaves as it is: ``settle_stop_signals`` may change it inside.
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    previous |= {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def settle_stop_signals() -> None:
+    """Ignore Ctrl-C, SIGTERM and SIGHUP from here on: the command's work is done and
+    what remains is to say so. A stop signal landing then made a pull that had printed
+    its summary (or ``rm`` its removals) exit 130 or 143, with or without an error line
+    after the summary: output and exit status that disagree. The enclosing
+    ``stop_signals_raise`` puts the handlers back, for a caller that goes on (tests run
+    ``main()`` in their process); a process goes on ignoring them to its end
+    (``ended``)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
+
+
+def ended(code: int) -> int:
+    """``code``, once the process has ignored stop signals for the rest of its life.
+
+    For an entry point's ``sys.exit``: the command is over and has said how it ended.
+    Python's finalization takes a few milliseconds more; a signal then, to a handler
+    already restored, made a pull that had printed its summary die of SIGINT (130, no
+    word on stderr) or SIGTERM (143)."""
+    settle_stop_signals()
+    return code
 
 
 class StopRequest:
@@ -286,10 +315,16 @@ def report_stop(stop: KeyboardInterrupt | Terminated, json_ref: str | None) -> i
     return code
 
 
+def process_main() -> int:
+    """The ``imagec-pipe`` console script (pyproject.toml): ``main`` for a process that
+    ends when it returns (``ended``)."""
+    return ended(main())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
-    The ``imagec-pipe`` console script (pyproject.toml). ``_cli.main`` does the work; a
+    What the console script runs (``process_main``). ``_cli.main`` does the work; a
     stop signal before it has its own handlers (during the imports, the parsing) ends
     here, as it would there.
     """

@@ -1738,6 +1738,68 @@ def test_a_stop_signal_while_trio_starts_or_ends_exits_as_in_the_pull(
     assert os.listdir(store / "ingest") == []
 
 
+_SIGNAL_AFTER_THE_RESULT = textwrap.dedent(
+    """
+    import atexit, signal, sys
+
+    moment, signum, entry = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    del sys.argv[1:4]
+    if moment == "the-summary-is-written":
+        from pipeline import _progress
+
+        original = _progress.ProgressRenderer.finish
+
+        def finish(self, result):
+            original(self, result)
+            signal.raise_signal(signum)
+
+        _progress.ProgressRenderer.finish = finish
+    else:  # "python-finalizes": atexit runs as the interpreter shuts down
+        atexit.register(signal.raise_signal, signum)
+    if entry == "console-script":
+        from pipeline._main import process_main
+
+        sys.exit(process_main())
+    import runpy
+
+    runpy.run_module("pipeline._cli", run_name="__main__", alter_sys=True)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("entry", ["console-script", "python-m"])
+@pytest.mark.parametrize("moment", ["the-summary-is-written", "python-finalizes"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_after_the_pull_printed_its_result_changes_nothing(
+    registry: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    entry: str,
+    moment: str,
+    signum: int,
+) -> None:
+    """Once the summary is out, the pull is done: a signal then made the command exit 130
+    (or 143, 129) after it, with an error line or no word at all, so that a script
+    reading the status retried a pull its JSON said had succeeded (found by a QA pass)."""
+    from tests.support import images
+
+    registry.push(unique_repo, images.sample_image(unique_seed, layer_size=4096), "1")
+    ref = registry.ref(unique_repo, "1")
+    argv = ["pull", ref, "--store", str(tmp_path / "store"), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AFTER_THE_RESULT, moment, str(int(signum)), entry, *argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout.splitlines()[-1])["event"] == "summary"
+
+
 def test_sigkill_of_the_cli_ends_its_worker_processes(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
