@@ -330,7 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(handler=_cmd_pull, subparser=pull)
 
     images = commands.add_parser(
-        "images", parents=[common], help="list the images in the store", description="List images."
+        "images",
+        parents=[common],
+        help="list the images in the store",
+        description="List the references in the store, then as <none> the images no"
+        " reference names any more (a tag pulled again after it moved leaves its old"
+        " image; `gc` removes them).",
     )
     images.add_argument("--json", action="store_true", help="one JSON array instead of a table")
     images.set_defaults(handler=_cmd_images, subparser=images)
@@ -810,14 +815,20 @@ def _cmd_images(args: argparse.Namespace) -> int:
     if store is None:
         error_line(f"no store at {where} yet: nothing pulled there")
     records = [] if store is None else store.list_images()
+    # Images no reference names any more, as docker lists them (<none>): what `gc` frees.
+    dangling = [] if store is None else store.dangling_images()
     if args.json:
-        _print_json([_image_json(r) for r in records])
+        _print_json(
+            [{**_image_json(r), "dangling": False} for r in records]
+            + [{**_image_json(r), "dangling": True} for r in dangling]
+        )
         return EXIT_OK
     # DIGEST is what the reference resolved to (docker's repo digest: the index's for a
     # multi-platform tag); SIZE is config plus compressed layers, as stored.
+    named = [(r.ref, r) for r in records] + [("<none>", r) for r in dangling]
     rows = [
-        [r.ref, r.image_id.short, str(r.resolved_digest), _ago(r.pulled_at), human_size(r.size)]
-        for r in records
+        [name, r.image_id.short, str(r.resolved_digest), _ago(r.pulled_at), human_size(r.size)]
+        for name, r in named
     ]
     _print_table(["REFERENCE", "IMAGE ID", "DIGEST", "PULLED", "SIZE"], rows)
     return EXIT_OK

@@ -2071,6 +2071,26 @@ class Store:
             )
         return [self._record(row) for row in rows]
 
+    def dangling_images(self) -> list[ImageRecord]:
+        """The images no reference names any more, most recently pulled first: docker's
+        dangling images, which a tag pulled again after it moved leaves behind. Each is
+        named as ``find_image`` names one found by its ID (``repository@manifest-digest``,
+        ``tag`` None). ``prune`` removes them, and ``remove_images`` one by its ID."""
+        with self._errors("list images"):
+            rows = self._read(
+                lambda conn: conn.execute(
+                    self._UNNAMED_RECORD_SELECT
+                    + """ WHERE NOT EXISTS
+                            (SELECT 1 FROM refs r WHERE r.manifest_digest = i.manifest_digest)
+                          ORDER BY i.pulled_at DESC, d.repository"""
+                ).fetchall()
+            )
+        records: dict[Digest, ImageRecord] = {}
+        for row in rows:  # one per repository that pulled it: the first names it
+            record = self._record(row)
+            records.setdefault(record.manifest_digest, record)
+        return list(records.values())
+
     def find_image(self, ref: str) -> ImageRecord | None:
         """Find an image by reference or image ID; None if the store does not have it.
 

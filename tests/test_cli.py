@@ -2175,8 +2175,20 @@ def test_e2e_inspect_and_layers_find_an_image_no_reference_names_by_its_id(
     # The reference the record gives finds the image again; the tag names the new one.
     again = run_cli("inspect", record["ref"], "--store", store)
     assert json.loads(again.stdout)["record"]["image_id"] == old.image_id
+    # `images` lists it as docker does, after the references: what `gc` would free.
     images_listed = run_cli("images", "--store", store, "--json")
-    assert [r["image_id"] for r in json.loads(images_listed.stdout)] == [new.image_id]
+    assert [(r["image_id"], r["ref"], r["dangling"]) for r in json.loads(images_listed.stdout)] == [
+        (new.image_id, ref, False),
+        (old.image_id, record["ref"], True),
+    ]
+    table = run_cli("images", "--store", store).stdout.splitlines()
+    assert [line.split()[:2] for line in table[1:]] == [
+        [ref, new.image_id[7:19]],
+        ["<none>", old.image_id[7:19]],
+    ]
+    assert run_cli("gc", "--store", store).returncode == 0
+    listed_after = json.loads(run_cli("images", "--store", store, "--json").stdout)
+    assert [(r["image_id"], r["dangling"]) for r in listed_after] == [(new.image_id, False)]
 
 
 def test_e2e_pull_json_then_up_to_date_then_list(
