@@ -54,6 +54,7 @@ from ._http import (
     resolve_host,
     stalled_for,
     transient_failure,
+    url_authority,
 )
 from ._redact import (
     cut_secrets,
@@ -650,8 +651,9 @@ async def fetch_token(
     client (distribution's ``registry/client/auth``) asks with an ``http.Client``
     without a jar, which neither keeps nor sends any.
     """
-    # The realm's host is the registry's text too: named through the cut of its words.
-    realm_host = quotable(realm.host, credentials=credentials, tokens=tokens)
+    # The realm's host (and port: the registry may be on the same host) is the
+    # registry's text too: named through the cut of its words.
+    realm_host = quotable(url_authority(realm), credentials=credentials, tokens=tokens)
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     refresh_token = credentials.identity_token if credentials is not None else ""
     if credentials is None:

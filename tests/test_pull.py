@@ -283,7 +283,7 @@ async def test_a_refused_login_says_what_the_token_service_said(
         )
 
     message = str(refused.value)
-    realm_host = token_server.host.rpartition(":")[0]
+    realm_host = token_server.host
     assert f"the token service at {realm_host} refused a token as {user!r}" in message
     if like_docker_hub:
         assert f"(HTTP 401: incorrect username or password (got '{user}:[redacted]'))" in message
@@ -383,7 +383,7 @@ async def test_an_opaque_token_quoted_back_bare_is_cut_from_the_error_and_the_lo
         structlog.reset_defaults()
 
     message = str(refused.value)
-    realm_host = token_server.host.rpartition(":")[0]
+    realm_host = token_server.host
     assert f"the token service at {realm_host} refused a token anonymously" in message
     assert "(HTTP 401: token [redacted] (refresh token [redacted]) was revoked)" in message
     logged = logs.getvalue()
