@@ -291,7 +291,8 @@ def refusal_hint(credentials: Credentials | None, registry: str) -> str:
     if credentials.source:
         return (
             f"check the credentials from {credentials.source} for {registry}"
-            " (docker login again, or pass -u USER --password-stdin)"
+            " (log in again with docker, podman or skopeo login, or pass -u USER"
+            " --password-stdin)"
         )
     return f"check the username/password for {registry}"
 

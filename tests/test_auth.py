@@ -462,8 +462,8 @@ async def test_a_refused_identity_token_is_cut_and_its_source_named(status: int)
     assert str(refused.value) == (
         f"the token service at auth.example refused a token for an identity token (HTTP"
         f" {status}: invalid_grant: token [redacted] revoked): check the credentials from"
-        " /home/u/config.json for reg.example (docker login again, or pass -u USER"
-        " --password-stdin)"
+        " /home/u/config.json for reg.example (log in again with docker, podman or skopeo"
+        " login, or pass -u USER --password-stdin)"
     )
 
 
