@@ -59,8 +59,8 @@ credentials, or none, and fails later as "unauthorized"; here it fails at once, 
 why.
 
 Not read: an entry's ``registrytoken`` (a bearer token to send as it is; the entry is refused,
-saying so). A helper past its timeout is killed; a process it started and left
-running is not waited for.
+saying so). A helper past its timeout is killed, and so are the processes below it
+then; one that answered is not waited for past its exit (an agent it started may run on).
 
 Nothing here runs behind a library host's back: ``pipeline.pull`` never reads the
 file. A host calls ``docker_config_credentials`` and passes what it returns in
@@ -71,12 +71,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import selectors
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -632,6 +634,11 @@ def _run_helper(
         ) from None
     finally:
         if process.returncode is None:
+            # What it waits on goes with it (a gpg, a pinentry); what it detached from
+            # itself (an agent, reparented) is no longer its own and stays.
+            for pid in _descendants(process.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             process.kill()
             process.wait()
         for pipe in (process.stdout, process.stderr):
@@ -639,6 +646,32 @@ def _run_helper(
         if exit_fd is not None:
             os.close(exit_fd)
     return status, bytes(outputs[answer_fd]), bytes(outputs[error_fd])
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, and so on), as ``/proc`` shows them
+    now; none where there is no ``/proc``."""
+    parents: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                fields = stat_file.read().rpartition(b")")[2].split()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        parents[int(entry)] = int(fields[1])  # after "pid (comm) state": ppid
+    below, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        below += children
+        frontier += children
+    return below
 
 
 def _exit_fd(pid: int) -> int | None:

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -486,7 +487,12 @@ def test_a_helper_that_hangs_is_killed_at_its_timeout(config_dir: Path, helpers:
     path = write_config(config_dir, {"credHelpers": {"reg.example": "hangs"}})
     pid_file = helpers / "hangs.pid"
     helper = helpers / "docker-credential-hangs"  # sh: started in a moment, then sleep itself
-    helper.write_text(f"#!/bin/sh\necho $$ > '{pid_file}'\nexec sleep 60\n")
+    # It waits on a process of its own (a gpg, a pinentry): that one went on running
+    # under init, found by a QA pass.
+    waited_on = helpers / "waited-on.pid"
+    helper.write_text(
+        f"#!/bin/sh\nsleep 61 &\necho $! > '{waited_on}'\necho $$ > '{pid_file}'\nwait\n"
+    )
     helper.chmod(0o755)
     with pytest.raises(AuthError) as error:
         docker_config_credentials("reg.example/app", helper_timeout_s=1.0)
@@ -497,6 +503,24 @@ def test_a_helper_that_hangs_is_killed_at_its_timeout(config_dir: Path, helpers:
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
         os.kill(pid, 0)
+    below = int(waited_on.read_text())
+    try:
+        deadline = time.monotonic() + 5  # killed; init reaps it in a moment
+        while _alive(below) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(below)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(below, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its reaper."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            return stat_file.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_helper_that_leaves_a_process_running_is_not_waited_for(
