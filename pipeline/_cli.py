@@ -79,7 +79,7 @@ from typing import Any, NoReturn, TextIO, cast
 import structlog
 import trio
 
-from stages._auth import sent_secrets
+from stages._auth import insecure_network, sent_secrets
 from stages._authfile import auth_file_credentials
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, ProxySettings, RegistryOptions
@@ -195,9 +195,12 @@ def _existing_file(text: str) -> Path:
 
 def _registry_host(text: str) -> str:
     host = text.strip()
+    if insecure_network(host) is not None:
+        return host
     if not host or "://" in host or "/" in host or any(c.isspace() for c in host):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not of the form HOST or HOST:PORT (no scheme, no path)"
+            f"{text!r} is not of the form HOST, HOST:PORT or a CIDR network such as"
+            " 10.0.0.0/8 (no scheme, no path)"
         )
     return host
 
@@ -300,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="HTTPS without verification, then plain HTTP, for this registry (repeatable)",
+        help="HTTPS without verification, then plain HTTP, for this registry, or for every"
+        " address of a CIDR network such as 10.0.0.0/8 (repeatable)",
     )
     pull.add_argument(
         "-u",

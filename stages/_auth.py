@@ -80,6 +80,7 @@ __all__ = [
     "host_of",
     "is_internal_host",
     "is_loopback_host",
+    "insecure_network",
     "matches_insecure",
     "parse_challenges",
     "parse_realm",
@@ -442,14 +443,36 @@ async def resolves_internal(host: str, resolve: Resolver) -> bool:
     return any(is_internal_host(address) for address in await host_addresses(host, resolve))
 
 
+def insecure_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The addresses an ``--insecure-registry`` entry in CIDR notation names
+    (``10.0.0.0/8``, as docker's flag takes one); None for a ``host[:port]`` entry."""
+    if "/" not in entry:
+        return None
+    try:
+        return ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return None
+
+
 def matches_insecure(authority: str, insecure: Iterable[str]) -> bool:
-    """Whether ``host[:port]`` is listed: an entry without a port matches every port."""
+    """Whether ``host[:port]`` is listed: an entry without a port matches every port, and
+    one in CIDR notation every address in it. Only a host given as an address is in a
+    network: a name is not looked up for this (docker's daemon does), so a registry
+    called by name is listed by name."""
     authority = authority.lower()
     host = host_of(authority)
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
     for entry in insecure:
         entry = entry.strip().lower()
         if entry == authority:
             return True
+        if (network := insecure_network(entry)) is not None:
+            if address is not None and address.version == network.version and address in network:
+                return True
+            continue
         has_port = "]:" in entry if entry.startswith("[") else entry.count(":") == 1
         if not has_port and host_of(entry) == host:
             return True

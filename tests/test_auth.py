@@ -305,6 +305,16 @@ async def test_resolve_host_uses_the_system_resolver() -> None:
         ("[::1]:5000", ["[::1]:5000"], True),
         ("[::1]:5000", ["[::1]:5001"], False),
         ("other:5000", ["reg"], False),
+        # CIDR networks, as docker's flag takes them: addresses only, no name looked up.
+        ("10.1.2.3:5000", ["10.0.0.0/8"], True),
+        ("10.1.2.3", ["10.0.0.0/8"], True),
+        ("11.1.2.3:5000", ["10.0.0.0/8"], False),
+        ("192.168.7.9:443", ["192.168.7.0/24"], True),
+        ("[fd00::5]:5000", ["fd00::/8"], True),
+        ("[fd00::5]:5000", ["10.0.0.0/8"], False),
+        ("10.1.2.3:5000", ["::/0"], False),
+        ("reg.internal:5000", ["10.0.0.0/8"], False),
+        ("reg:5000", ["10.0.0.0/33"], False),  # no network, and no host either
     ],
 )
 def test_matches_insecure(authority: str, listed: list[str], want: bool) -> None:

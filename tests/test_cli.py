@@ -101,8 +101,9 @@ class TtyStringIO(io.StringIO):
         (["pull", "alpine", "--retries", "2.5"], "not a whole number"),
         (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
         (["pull", "alpine", "--ca-file", "/nonexistent/ca.pem"], "not a readable file"),
-        (["pull", "alpine", "--insecure-registry", "http://reg:5000"], "HOST or HOST:PORT"),
-        (["pull", "alpine", "--insecure-registry", ""], "HOST or HOST:PORT"),
+        (["pull", "alpine", "--insecure-registry", "http://reg:5000"], "HOST, HOST:PORT"),
+        (["pull", "alpine", "--insecure-registry", ""], "HOST, HOST:PORT"),
+        (["pull", "alpine", "--insecure-registry", "10.0.0.0/33"], "a CIDR network"),
         (["pull", "alpine", "--log-level", "loud"], "not a log level"),
         (["pull", "alpine", "--bogus"], "unrecognized arguments: --bogus"),
         (["images", "extra"], "unrecognized arguments: extra"),
@@ -585,6 +586,7 @@ def test_pull_hands_every_option_over(
     argv = ["pull", REF, "--store", str(store_dir), "--platform", "linux/arm64/v8",
             "--max-concurrent-downloads", "7", "--ca-file", str(ca),
             "--insecure-registry", "reg.internal", "--insecure-registry", "10.0.0.1:5000",
+            "--insecure-registry", "192.168.0.0/16",
             "-u", "ci", "--password-stdin", "--quiet", "--gzip-inflater", "zlib",
             "--retries", "0"]  # fmt: skip
     assert main(argv) == EXIT_OK
@@ -595,7 +597,11 @@ def test_pull_hands_every_option_over(
     assert options.platform == Platform("linux", "arm64", "v8")
     assert options.max_concurrent_downloads == 7
     assert options.registry.ca_file == ca
-    assert options.registry.insecure_registries == ("reg.internal", "10.0.0.1:5000")
+    assert options.registry.insecure_registries == (
+        "reg.internal",
+        "10.0.0.1:5000",
+        "192.168.0.0/16",
+    )
     assert options.registry.credentials == Credentials("ci", "s3cret")
     assert options.registry.user_agent.startswith("imagec-pipe/")
     assert options.limits.gzip_inflater == "zlib"

@@ -767,6 +767,20 @@ async def test_insecure_registry_falls_back_to_http() -> None:
     ]
 
 
+async def test_a_registry_in_an_insecure_network_falls_back_to_http() -> None:
+    ref = parse_reference("10.1.2.3:5000/team/app")
+    fake = FakeRegistry()
+    fake.routes["https://10.1.2.3:5000"] = _tls_error("verify")
+    async with _client(fake, insecure_registries=("10.0.0.0/8",)) as client:
+        body, _ = await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
+    assert body == MANIFEST
+    assert fake.paths() == [
+        "https://10.1.2.3:5000/v2/",
+        "http://10.1.2.3:5000/v2/",
+        "http://10.1.2.3:5000/v2/team/app/manifests/latest",
+    ]
+
+
 @pytest.mark.parametrize("status", [502, 503])
 async def test_an_insecure_registry_answering_https_with_a_5xx_is_not_downgraded(
     status: int,
@@ -1316,9 +1330,7 @@ async def test_real_registry_token_auth(
     token_server.reset()
     token_server.set_fault("status", status=503)
     fast = Limits(retries=2, retry_wait_s=0.01)
-    with pytest.raises(
-        AuthError, match=f"token service at {token_server.host}"
-    ) as info:
+    with pytest.raises(AuthError, match=f"token service at {token_server.host}") as info:
         await _pull_metadata(token_registry, token_registry.ref(unique_repo), creds, limits=fast)
     assert "gave up after 3 attempts" in str(info.value)
     assert token_server.count == 3
