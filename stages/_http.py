@@ -114,6 +114,10 @@ class LargeReadStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream, read_size: int) -> None:
         self._inner = inner
         self._read_size = read_size
+        # Set on a new connection to an https proxy: its first handshake is the proxy's
+        # own, and a failure there is the proxy's (``_ProxyConnectFailed``), not the
+        # target's, whose handshake inside the tunnel comes after, on the stream returned.
+        self.proxy_handshake = False
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
         return await self._inner.read(max(max_bytes, self._read_size), timeout)
@@ -144,6 +148,10 @@ class LargeReadStream(httpcore.AsyncNetworkStream):
         try:
             inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
             done = True
+        except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+            if self.proxy_handshake:
+                raise _caused(_ProxyConnectFailed(str(exc)), exc) from exc
+            raise
         finally:
             if not done:
                 with trio.CancelScope(shield=True):
@@ -659,6 +667,7 @@ class _ConnectAnswer:
     def __init__(self, inner: _Trace | None) -> None:
         self._inner = inner
         self._connecting = False
+        self._answered = False
         self._headers: Sequence[tuple[bytes, bytes]] = ()
 
     async def __call__(self, name: str, info: dict[str, typing.Any]) -> None:
@@ -667,9 +676,15 @@ class _ConnectAnswer:
         if name == "http11.send_request_headers.started":
             self._connecting = getattr(info.get("request"), "method", None) == b"CONNECT"
         elif name == "http11.receive_response_headers.complete" and self._connecting:
+            self._answered = True
             answer = info.get("return_value")
             if isinstance(answer, tuple) and len(answer) == 4 and isinstance(answer[3], list):
                 self._headers = answer[3]
+
+    @property
+    def unanswered(self) -> bool:
+        """A CONNECT was sent and its answer has not come (yet)."""
+        return self._connecting and not self._answered
 
     def header(self, name: bytes) -> str | None:
         """The first ``name`` header (lower case) of the CONNECT's answer, if any."""
@@ -695,8 +710,9 @@ class _ProxyConnections(httpcore.AsyncNetworkBackend):
     large reads, the proxy's name looked up once), with a failed connection, which can
     only be one to the proxy, marked as such."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, *, tls: bool) -> None:
         self._inner = inner
+        self._tls = tls  # an https proxy: each connection's first handshake is its own
 
     async def connect_tcp(
         self,
@@ -707,9 +723,14 @@ class _ProxyConnections(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            stream = await self._inner.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
         except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
             raise _caused(_ProxyConnectFailed(str(exc)), exc) from exc
+        if self._tls and isinstance(stream, LargeReadStream):
+            stream.proxy_handshake = True
+        return stream
 
     async def connect_unix_socket(
         self,
@@ -781,14 +802,14 @@ class ProxyRouter(httpx.AsyncBaseTransport):
                 retry_after_from=f"the proxy {proxy.shown}",
             ) from exc
         except httpx.TransportError as exc:
+            if isinstance(exc, httpx.ReadTimeout) and connect.unanswered:
+                raise ProxyUnreachable(
+                    f"the proxy {proxy.shown} that {setting} names did not answer the CONNECT"
+                    f" for {url_authority(url)} (timed out waiting): check the proxy"
+                ) from exc
             if not any(isinstance(link, _ProxyConnectFailed) for link in _chain(exc)):
                 raise
-            timed_out = any(isinstance(link, httpcore.ConnectTimeout) for link in _chain(exc))
-            reason = "timed out" if timed_out else cut_secrets(_describe(exc), proxy_secrets(proxy))
-            raise ProxyUnreachable(
-                f"cannot connect to the proxy {proxy.shown} that {setting} names ({reason}):"
-                f" check {setting} and that the proxy is running"
-            ) from exc
+            raise ProxyUnreachable(_unreachable(proxy, setting, exc)) from exc
         finally:
             request.extensions = extensions  # the caller's, should it send the request again
         if url.scheme == "http" and response.status_code == 407:
@@ -805,6 +826,27 @@ class ProxyRouter(httpx.AsyncBaseTransport):
                 await pool.aclose()
         finally:
             await self._direct.aclose()
+
+
+def _unreachable(proxy: ProxyURL, setting: str, exc: BaseException) -> str:
+    """What ``ProxyUnreachable`` says when the connection to ``proxy`` itself failed:
+    its TCP connection, or the TLS of an https proxy."""
+    if (problem := certificate_problem(exc, proxy.host)) is not None:
+        words, cure = problem
+        return (
+            f"the TLS certificate of the proxy {proxy.shown} that {setting} names {words}: {cure}"
+        )
+    timed_out = any(isinstance(link, httpcore.ConnectTimeout) for link in _chain(exc))
+    reason = "timed out" if timed_out else cut_secrets(_describe(exc), proxy_secrets(proxy))
+    if tls_failure(exc) == "protocol":
+        return (
+            f"cannot speak TLS with the proxy {proxy.shown} that {setting} names ({reason}):"
+            f" if it is a plain HTTP proxy, write http:// in {setting}"
+        )
+    return (
+        f"cannot connect to the proxy {proxy.shown} that {setting} names ({reason}):"
+        f" check {setting} and that the proxy is running"
+    )
 
 
 def _refusal(proxy: ProxyURL, setting: str, url: httpx.URL, answer: str) -> str:
@@ -1022,7 +1064,7 @@ def _pool_transport(
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
                 http1=True,
                 http2=False,
-                network_backend=_ProxyConnections(backend),
+                network_backend=_ProxyConnections(backend, tls=proxy.scheme == "https"),
             )
         )
 
@@ -1073,10 +1115,7 @@ def certificate_problem(exc: BaseException, host: str) -> tuple[str, str] | None
             code = getattr(link, "verify_code", None)
             if code in (_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID):
                 when = "has expired" if code == _CERT_HAS_EXPIRED else "is not valid yet"
-                return (
-                    f"{when} (or this machine's clock is wrong)",
-                    "the registry needs a certificate valid now",
-                )
+                return f"{when} (or this machine's clock is wrong)", "renew it"
             if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
                 return f"is not valid for the name {host}", "use a name it is valid for"
             detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)

@@ -575,6 +575,72 @@ async def test_pull_through_an_https_proxy(
     assert set(proxy.tunnels) == {f"{NAME}:{registry.port}"}
 
 
+@pytest.mark.parametrize("fault", ["signer not given", "expired"])
+async def test_an_https_proxy_whose_certificate_fails_is_named_not_the_registry(
+    tls_registry_named: RegistryServer, unique_repo: str, tmp_path: Path, fault: str
+) -> None:
+    """The proxy's TLS failed before any CONNECT; the error blamed the registry's
+    certificate and advised --insecure-registry, which then failed otherwise (found by a
+    QA pass)."""
+    import datetime
+
+    import trustme
+
+    registry = tls_registry_named
+    proxy_ca = trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    lapsed = {"not_before": now - datetime.timedelta(days=9), "not_after": now - now.resolution}
+    cert = proxy_ca.issue_cert("127.0.0.1", **(lapsed if fault == "expired" else {}))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    assert registry.ca_pem is not None
+    bundle = tmp_path / "cas.pem"
+    trusted = registry.ca_pem.read_bytes()
+    bundle.write_bytes(trusted + (proxy_ca.cert_pem.bytes() if fault == "expired" else b""))
+    with forward_proxy(tls=server_context) as proxy, pytest.raises(RegistryUnavailable) as caught:
+        await _pull(
+            f"{NAME}:{registry.port}/{unique_repo}:1",
+            tmp_path,
+            ca_file=bundle,
+            proxy=ProxySettings(https_proxy=proxy.url),
+        )
+    message = str(caught.value)
+    said = {
+        "signer not given": "is not trusted (unable to get local issuer certificate): pass"
+        " --ca-file PEM with the CA that signed it",
+        "expired": "has expired (or this machine's clock is wrong): renew it",
+    }[fault]
+    assert f"the TLS certificate of the proxy {proxy.url} that ProxySettings" in message
+    assert said in message
+    assert "--insecure-registry" not in message
+    assert proxy.tunnels == []
+
+
+async def test_a_proxy_that_never_answers_the_connect_is_named(
+    tls_registry_named: RegistryServer, unique_repo: str
+) -> None:
+    """It accepted the connection and said nothing: "no data from registry.test:PORT for
+    60 s ... the registry or the network is stalling", twice (found by a QA pass)."""
+    import socket
+
+    ref = parse_reference(f"{NAME}:{tls_registry_named.port}/{unique_repo}")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts for it
+        proxy_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        options = RegistryOptions(
+            ca_file=tls_registry_named.ca_pem, proxy=ProxySettings(https_proxy=proxy_url)
+        )
+        with trio.fail_after(20), pytest.raises(RegistryUnavailable) as caught:
+            async with RegistryClient.open(
+                options, Limits(retries=0, read_timeout_s=1.0)
+            ) as client:
+                await client.get_bytes(ref, "manifests", "1", accept=None, max_bytes=100)
+    message = str(caught.value)
+    assert (
+        f"the proxy {proxy_url} that ProxySettings.https_proxy names did not answer the"
+        f" CONNECT for {NAME}:{tls_registry_named.port} (timed out waiting)" in message
+    )
+
+
 @pytest.mark.parametrize("scheme", ["https", "http"])
 @pytest.mark.parametrize("password", [None, "wrong-pw-given"])
 async def test_a_proxy_asking_for_credentials_is_named_without_its_password(

@@ -694,8 +694,8 @@ def _tls_error(kind: str) -> Handler:
 @pytest.mark.parametrize(
     ("fault", "says"),
     [
-        ("expired", "has expired (or this machine's clock is wrong): the registry needs a"),
-        ("not yet valid", "is not valid yet (or this machine's clock is wrong): the registry"),
+        ("expired", "has expired (or this machine's clock is wrong): renew it"),
+        ("not yet valid", "is not valid yet (or this machine's clock is wrong): renew it"),
         ("other name", "is not valid for the name 127.0.0.1: use a name it is valid for"),
     ],
 )
