@@ -754,30 +754,21 @@ async def test_a_registry_speaking_plain_http_where_tls_was_asked_is_told_of_the
     assert fake.paths() == ["https://reg.example/v2/"]
 
 
-async def test_insecure_registry_falls_back_to_http() -> None:
+@pytest.mark.parametrize(
+    ("registry", "listed"),
+    [("reg.example", "reg.example"), ("10.1.2.3:5000", "10.0.0.0/8")],  # a CIDR, as docker's
+)
+async def test_insecure_registry_falls_back_to_http(registry: str, listed: str) -> None:
+    ref = parse_reference(f"{registry}/team/app")
     fake = FakeRegistry()
-    fake.routes["https://reg.example"] = _tls_error("verify")
-    async with _client(fake, insecure_registries=("reg.example",)) as client:
-        body, _ = await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
-    assert body == MANIFEST
-    assert fake.paths() == [
-        "https://reg.example/v2/",
-        "http://reg.example/v2/",
-        "http://reg.example/v2/team/app/manifests/latest",
-    ]
-
-
-async def test_a_registry_in_an_insecure_network_falls_back_to_http() -> None:
-    ref = parse_reference("10.1.2.3:5000/team/app")
-    fake = FakeRegistry()
-    fake.routes["https://10.1.2.3:5000"] = _tls_error("verify")
-    async with _client(fake, insecure_registries=("10.0.0.0/8",)) as client:
+    fake.routes[f"https://{registry}"] = _tls_error("verify")
+    async with _client(fake, insecure_registries=(listed,)) as client:
         body, _ = await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
     assert body == MANIFEST
     assert fake.paths() == [
-        "https://10.1.2.3:5000/v2/",
-        "http://10.1.2.3:5000/v2/",
-        "http://10.1.2.3:5000/v2/team/app/manifests/latest",
+        f"https://{registry}/v2/",
+        f"http://{registry}/v2/",
+        f"http://{registry}/v2/team/app/manifests/latest",
     ]
 
 
