@@ -532,6 +532,19 @@ def _media_type(
             ref=where,
             digest=str(digest),
         )
+    # A document of both shapes is read as one by some tools and as the other by others
+    # (CVE-2021-41190); containerd and containers/image refuse it, and skopeo would not
+    # read it from the store.
+    other = ("config", "layers") if media_type in MediaType.INDEXES else ("manifests",)
+    if extra := [name for name in other if name in doc]:
+        kind = "an index" if media_type in MediaType.INDEXES else "an image manifest"
+        raise ManifestError(
+            f"the {what} is ambiguous: it is {kind} ({media_type}) but also has"
+            f" {' and '.join(extra)}, as the other kind of document does; refused"
+            " (CVE-2021-41190)",
+            ref=where,
+            digest=str(digest),
+        )
     return media_type
 
 

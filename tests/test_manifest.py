@@ -1262,6 +1262,35 @@ async def test_a_document_with_a_duplicated_key_is_refused(make: Any, text: str)
     assert info.value.digest == named
 
 
+@pytest.mark.parametrize("shape", ["manifest with manifests", "index with config", "no type"])
+async def test_a_document_of_both_shapes_is_refused(shape: str) -> None:
+    """An image manifest that also lists manifests, or an index that also has a config
+    and layers, is an index to one tool and an image to another (CVE-2021-41190): it was
+    pulled, and skopeo then refused to read it from the store (found by a QA pass)."""
+    reg = Registry()
+    image = manifest(reg)
+    entry = index_entry(reg, image, {"os": "linux", "architecture": "amd64"})
+    if shape == "manifest with manifests":
+        doc, served, says = {**image, "manifests": [entry]}, MediaType.OCI_MANIFEST, "manifests"
+    else:
+        doc = {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": [entry]}
+        doc |= {"config": image["config"], "layers": image["layers"]}
+        served, says = MediaType.OCI_INDEX, "config and layers"
+        if shape == "no type":  # the shape decides: an index, by its manifests
+            del doc["mediaType"]
+            served = "application/json"
+    body = dumps(doc)
+    reg.add_manifest(body, served, "latest")
+    with pytest.raises(ManifestError) as info:
+        await resolve(reg)
+    kind = "an image manifest" if shape == "manifest with manifests" else "an index"
+    assert str(info.value).startswith(
+        f"the manifest is ambiguous: it is {kind} (application/vnd.oci.image."
+    )
+    assert f"but also has {says}, as the other kind of document does" in str(info.value)
+    assert info.value.digest == sha(body)
+
+
 @pytest.mark.parametrize(
     "platform",
     [
