@@ -105,6 +105,9 @@ from ._types import Digest
 
 __all__ = ["BodyOverLimit", "RegistryClient"]
 
+# How httpx's ``RemoteProtocolError`` for a redirect whose Location is no URL begins.
+_HTTPX_BAD_LOCATION = "Invalid URL in location header"
+
 log = structlog.get_logger()
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -914,6 +917,13 @@ class RegistryClient:
             try:
                 with cookie_jar_used(cookies):  # nor stores what the response sets
                     response = await client.send(request, stream=True)
+            except httpx.RemoteProtocolError as exc:
+                # httpx reads a redirect's Location as it receives it (``next_request``),
+                # and raises this protocol error, with no cause, for one that is no URL:
+                # the answer, not the connection, is at fault, and asking again repeats it.
+                if str(exc).startswith(_HTTPX_BAD_LOCATION):
+                    raise invalid_redirect() from exc
+                raise self._transport_error(exc, ref, current, what, digest) from exc
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, ref, current, what, digest) from exc
             except UnicodeError as exc:  # httpx reading a Location whose host is no IDNA name

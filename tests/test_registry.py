@@ -935,6 +935,23 @@ async def test_a_url_whose_host_is_no_idna_name_is_refused_not_a_crash(place: st
     assert said in info.value.message, info.value.message
 
 
+async def test_a_redirect_to_no_url_at_all_is_refused_at_once(
+    fixture_server: Callable[[], FixtureServer],
+) -> None:
+    # httpx reads the Location as the answer comes and raises a protocol error for one
+    # that is no URL: taken for a broken connection, it was asked again four times.
+    server = fixture_server()
+    path = f"/v2/team/app/blobs/{BLOB_DIGEST}"
+    server.route(path, Reply(302, {"Location": "http://[::1"}, b""))
+    ref = parse_reference(f"127.0.0.1:{server.port}/team/app")
+    with trio.fail_after(20), pytest.raises(RegistryError) as info:
+        async with RegistryClient.open(RegistryOptions(), QUICK_RETRIES) as client:
+            await _read_from(client, ref, None)
+    assert f"127.0.0.1 redirected blob {BLOB_DIGEST} to an invalid URL" in info.value.message
+    assert not info.value.transient
+    assert server.count("GET", path) == 1
+
+
 async def test_relative_redirect_on_registry_keeps_authorization() -> None:
     fake = FakeRegistry(challenge=BEARER)
     fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect("/storage/blob", 302)
