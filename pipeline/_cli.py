@@ -3,7 +3,8 @@
 ::
 
     imagec-pipe pull REF [--store DIR] [--platform os/arch[/variant]]
-                         [--max-concurrent-downloads N] [--retries N] [--ca-file PEM]
+                         [--max-concurrent-downloads N] [--retries N]
+                         [--max-inflate-ratio N] [--ca-file PEM]
                          [--insecure-registry HOST[:PORT]]... [-u USER] [--password-stdin]
                          [--authfile PATH]
                          [--json | --quiet] [--log-level LEVEL] [--log-json]
@@ -280,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="times a request that failed transiently (5xx, 429, a broken connection) is "
         f"tried again, a layer resuming where it broke off (default: {Limits.retries}; 0: never)",
+    )
+    pull.add_argument(
+        "--max-inflate-ratio",
+        type=_positive_int,
+        default=Limits.max_compression_ratio,
+        metavar="N",
+        help="a layer may inflate to N times its compressed size (and to 64 MiB whatever"
+        f" its size); past that it is refused as a decompression bomb (default:"
+        f" {Limits.max_compression_ratio}; raise it for an image you trust whose layers"
+        " hold long runs of zeros)",
     )
     pull.add_argument(
         "--layer-workers",
@@ -645,7 +656,11 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         platform=args.platform,
         max_concurrent_downloads=args.max_concurrent_downloads,
         layer_workers=args.layer_workers,
-        limits=Limits(gzip_inflater=args.gzip_inflater, retries=args.retries),
+        limits=Limits(
+            gzip_inflater=args.gzip_inflater,
+            retries=args.retries,
+            max_compression_ratio=args.max_inflate_ratio,
+        ),
         registry=registry,
         progress=renderer,
     )

@@ -202,6 +202,7 @@ PULL_OPTIONS = {
     "--platform": True,
     "--max-concurrent-downloads": True,
     "--retries": True,
+    "--max-inflate-ratio": True,
     "--layer-workers": True,
     "--gzip-inflater": True,
     "--ca-file": True,

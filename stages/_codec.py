@@ -650,8 +650,9 @@ class LayerDecoder:
                 f"{self._compressed_size} compressed (limits: "
                 f"{self._limits.max_compression_ratio}x the compressed size, "
                 f"{self._limits.max_layer_uncompressed_bytes} bytes); refused as a likely "
-                f"decompression bomb. Raise Limits.max_compression_ratio or "
-                f"max_layer_uncompressed_bytes if you trust this image",
+                f"decompression bomb. If you trust this image, raise the ratio "
+                f"(--max-inflate-ratio; Limits.max_compression_ratio) or the size "
+                f"(Limits.max_layer_uncompressed_bytes)",
                 ref=self._ref,
                 digest=self._digest,
             )

@@ -99,6 +99,7 @@ class TtyStringIO(io.StringIO):
         (["pull", "alpine", "--max-concurrent-downloads", "x"], "not a whole number"),
         (["pull", "alpine", "--retries", "-1"], "must be at least 0"),
         (["pull", "alpine", "--retries", "2.5"], "not a whole number"),
+        (["pull", "alpine", "--max-inflate-ratio", "0"], "must be at least 1"),
         (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
         (["pull", "alpine", "--ca-file", "/nonexistent/ca.pem"], "not a readable file"),
         (["pull", "alpine", "--insecure-registry", "http://reg:5000"], "HOST, HOST:PORT"),
@@ -588,7 +589,7 @@ def test_pull_hands_every_option_over(
             "--insecure-registry", "reg.internal", "--insecure-registry", "10.0.0.1:5000",
             "--insecure-registry", "192.168.0.0/16",
             "-u", "ci", "--password-stdin", "--quiet", "--gzip-inflater", "zlib",
-            "--retries", "0"]  # fmt: skip
+            "--retries", "0", "--max-inflate-ratio", "5000"]  # fmt: skip
     assert main(argv) == EXIT_OK
     assert capsys.readouterr().out == f"{REF}\n"
     [(ref, store, options)] = calls
@@ -606,6 +607,7 @@ def test_pull_hands_every_option_over(
     assert options.registry.user_agent.startswith("imagec-pipe/")
     assert options.limits.gzip_inflater == "zlib"
     assert options.limits.retries == 0
+    assert options.limits.max_compression_ratio == 5000
 
 
 def test_pull_defaults_and_store_from_environment(
@@ -620,6 +622,7 @@ def test_pull_defaults_and_store_from_environment(
     assert options.max_concurrent_downloads == 3
     assert options.limits.gzip_inflater == "auto"
     assert options.limits.retries == 4
+    assert options.limits.max_compression_ratio == 1000
     assert options.registry.credentials is None
     assert options.registry.insecure_registries == ()
 
