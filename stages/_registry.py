@@ -914,6 +914,7 @@ class RegistryClient:
             if not cookies:
                 request.headers.pop("Cookie", None)
             asking.server = self._server_of(ref, current)
+            sent_at = trio.current_time()
             try:
                 with cookie_jar_used(cookies):  # nor stores what the response sets
                     response = await client.send(request, stream=True)
@@ -923,7 +924,10 @@ class RegistryClient:
                 # the answer, not the connection, is at fault, and asking again repeats it.
                 if str(exc).startswith(_HTTPX_BAD_LOCATION):
                     raise invalid_redirect() from exc
-                raise self._transport_error(exc, ref, current, what, digest) from exc
+                waited_s = trio.current_time() - sent_at
+                raise self._transport_error(
+                    exc, ref, current, what, digest, waited_s=waited_s
+                ) from exc
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, ref, current, what, digest) from exc
             except UnicodeError as exc:  # httpx reading a Location whose host is no IDNA name
@@ -1021,7 +1025,13 @@ class RegistryClient:
         url: httpx.URL,
         what: str,
         digest: str | None,
+        *,
+        waited_s: float | None = None,
     ) -> RegistryError:
+        """The error for a request that failed in transport. ``waited_s``: how long the
+        request waited for its answer before a protocol error ended it; a server that
+        said nothing for half the read timeout or more, then hung up, stalled (as one
+        that is still silent does: ``stalled_s``, tried again once, not four times)."""
         authority = self.server_named(ref, url)
         # The network's words may name the host too (a certificate not valid for it).
         reason = self._quotable(describe_error(exc))
@@ -1051,14 +1061,19 @@ class RegistryClient:
             )
         transient = transient_failure(exc)
         stalled_s = stalled_for(exc, self._limits)
+        protocol = isinstance(exc, httpx.RemoteProtocolError)
+        hung_up = protocol and waited_s is not None and waited_s >= self._limits.read_timeout_s / 2
+        if hung_up and waited_s is not None:
+            stalled_s = round(waited_s, 1)
         # The registry, or another server it redirected to or a manifest named: the
         # message blames the one that failed.
         registry = self._is_registry(ref, url)
         role = "the registry" if registry else "that server"
         if stalled_s is not None:
+            then = ", then it hung up" if hung_up else ""
             message = (
-                f"no data from {authority} for {stalled_s:g} s while fetching {what}; {role}"
-                " or the network is stalling: try again later"
+                f"no data from {authority} for {stalled_s:g} s{then} while fetching {what};"
+                f" {role} or the network is stalling: try again later"
             )
         elif isinstance(exc, httpx.TimeoutException):
             message = (

@@ -952,6 +952,30 @@ async def test_a_redirect_to_no_url_at_all_is_refused_at_once(
     assert server.count("GET", path) == 1
 
 
+@pytest.mark.parametrize("silent_s", [0.0, 2.0])
+async def test_a_server_silent_for_long_then_hanging_up_stalled_and_is_asked_once_more(
+    fixture_server: Callable[[], FixtureServer], silent_s: float
+) -> None:
+    # Silent for just under the read timeout, then a hang-up (a load balancer's idle
+    # cut in front of a hung backend): five attempts, five minutes per request, where a
+    # stall that stays silent gets two (found by a QA pass). A quick hang-up is a broken
+    # connection still, asked again as often as the retries allow.
+    server = fixture_server()
+    path = "/v2/team/app/manifests/latest"
+    server.route(path, Reply(200, {}, b"", delay=silent_s, close=True))
+    ref = parse_reference(f"127.0.0.1:{server.port}/team/app")
+    limits = Limits(retries=4, retry_wait_s=0.001, read_timeout_s=3.0)
+    with trio.fail_after(30), pytest.raises(RegistryUnavailable) as info:
+        async with RegistryClient.open(RegistryOptions(), limits) as client:
+            await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
+    if silent_s:
+        assert f"no data from 127.0.0.1:{server.port} for 2" in info.value.message
+        assert "s, then it hung up while fetching manifest latest" in info.value.message
+        assert server.count("GET", path) == 2
+    else:
+        assert server.count("GET", path) == 5
+
+
 async def test_relative_redirect_on_registry_keeps_authorization() -> None:
     fake = FakeRegistry(challenge=BEARER)
     fake.routes["https://reg.example/v2/team/app/blobs/"] = _redirect("/storage/blob", 302)
