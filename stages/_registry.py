@@ -253,6 +253,16 @@ class RegistryClient:
                         ref=str(ref),
                         digest=digest,
                     )
+                encoding = response.headers.get("Content-Encoding", "").strip()
+                if encoding and encoding.lower() != "identity":
+                    # Its digest is of the document's own bytes, and these are others.
+                    raise ManifestError(
+                        f"{self.server_named(ref, response.url)} sent {what} with"
+                        f" Content-Encoding: {self._quotable(encoding)[:40]}, though identity"
+                        " was asked for (a proxy or CDN in front of the registry may add it)",
+                        ref=str(ref),
+                        digest=digest,
+                    )
                 try:
                     body = await read_bounded(response, max_bytes, what=what)
                 except BodyTooLarge as exc:

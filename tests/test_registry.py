@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import json
 import logging
@@ -974,6 +975,30 @@ async def test_a_server_silent_for_long_then_hanging_up_stalled_and_is_asked_onc
         assert server.count("GET", path) == 2
     else:
         assert server.count("GET", path) == 5
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity", ""])
+async def test_a_manifest_sent_with_a_content_encoding_is_refused_naming_it(
+    fixture_server: Callable[[], FixtureServer], encoding: str
+) -> None:
+    # Asked for identity, a proxy in front of the registry gzipped it anyway: the error
+    # said "the manifest is not valid UTF-8" (found by a QA pass).
+    server = fixture_server()
+    body = gzip.compress(MANIFEST) if encoding == "gzip" else MANIFEST
+    headers = {"Content-Type": MediaType.OCI_MANIFEST, "Content-Encoding": encoding}
+    server.route("/v2/team/app/manifests/latest", Reply(200, headers, body))
+    ref = parse_reference(f"127.0.0.1:{server.port}/team/app")
+    async with RegistryClient.open(RegistryOptions(), Limits(retries=0)) as client:
+        fetch = client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=1 << 20)
+        if encoding != "gzip":
+            assert (await fetch)[0] == MANIFEST
+            return
+        with trio.fail_after(20), pytest.raises(ManifestError) as info:
+            await fetch
+    assert info.value.message.startswith(
+        f"127.0.0.1:{server.port} sent manifest latest with Content-Encoding: gzip, though"
+        " identity was asked for"
+    )
 
 
 async def test_relative_redirect_on_registry_keeps_authorization() -> None:
