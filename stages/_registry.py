@@ -1071,10 +1071,11 @@ class RegistryClient:
             )
         transient = transient_failure(exc)
         stalled_s = stalled_for(exc, self._limits)
-        protocol = isinstance(exc, httpx.RemoteProtocolError)
-        hung_up = protocol and waited_s is not None and waited_s >= self._limits.read_timeout_s / 2
-        if hung_up and waited_s is not None:
-            stalled_s = round(waited_s, 1)
+        hung_up = False
+        if waited_s is not None and isinstance(exc, httpx.RemoteProtocolError):
+            hung_up = waited_s >= self._limits.read_timeout_s / 2
+            if hung_up:
+                stalled_s = round(waited_s, 1)
         # The registry, or another server it redirected to or a manifest named: the
         # message blames the one that failed.
         registry = self._is_registry(ref, url)

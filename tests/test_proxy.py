@@ -616,6 +616,36 @@ async def test_an_https_proxy_whose_certificate_fails_is_named_not_the_registry(
     assert proxy.tunnels == []
 
 
+async def test_a_plain_proxy_named_with_https_is_told_to_be_written_with_http(
+    tls_registry_named: RegistryServer, unique_repo: str
+) -> None:
+    """HTTPS_PROXY=https://... for a proxy that speaks plain HTTP (it answers the TLS
+    hello with an HTTP 400): the error names the proxy and the cure, not the registry."""
+    import socket
+    import threading
+
+    def answer_in_plain_http(listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(4096)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    ref = parse_reference(f"{NAME}:{tls_registry_named.port}/{unique_repo}")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=answer_in_plain_http, args=(listener,), daemon=True).start()
+        proxy_url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        options = RegistryOptions(
+            ca_file=tls_registry_named.ca_pem, proxy=ProxySettings(https_proxy=proxy_url)
+        )
+        with trio.fail_after(20), pytest.raises(RegistryUnavailable) as caught:
+            async with RegistryClient.open(options, Limits(retries=0)) as client:
+                await client.get_bytes(ref, "manifests", "1", accept=None, max_bytes=100)
+    message = str(caught.value)
+    assert f"cannot speak TLS with the proxy {proxy_url} that ProxySettings" in message
+    assert "if it is a plain HTTP proxy, write http:// in ProxySettings.https_proxy" in message
+
+
 async def test_a_proxy_that_never_answers_the_connect_is_named(
     tls_registry_named: RegistryServer, unique_repo: str
 ) -> None:
