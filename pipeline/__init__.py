@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from stages import ProgressEvent as ProgressEvent
     from stages import ProgressSink as ProgressSink
     from stages import ProxySettings as ProxySettings
+    from stages import PullTimeout as PullTimeout
     from stages import Reference as Reference
     from stages import RegistryError as RegistryError
     from stages import RegistryOptions as RegistryOptions
@@ -112,6 +113,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "ProgressEvent",
         "ProgressSink",
         "ProxySettings",
+        "PullTimeout",
         "Reference",
         "RegistryError",
         "RegistryOptions",

@@ -70,7 +70,9 @@ import argparse
 import dataclasses
 import getpass
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -169,6 +171,29 @@ def _whole_number(text: str, *, least: int) -> int:
     if value < least:
         raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
     return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """A --timeout value in seconds: a number of seconds (``90``), or numbers with units
+    in the way skopeo's and Go's durations are written (``90s``, ``10m``, ``1h30m``,
+    ``1.5h``, ``500ms``); above 0."""
+    spelled = text.strip().lower()
+    try:
+        seconds = float(spelled)
+    except ValueError:
+        parts = _DURATION_PART.findall(spelled)
+        if not spelled or "".join(number + unit for number, unit in parts) != spelled:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration such as 90, 90s, 10m or 1h30m"
+            ) from None
+        seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above 0")
+    return seconds
 
 
 def _store_dir(text: str) -> str:
@@ -291,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         f" its size); past that it is refused as a decompression bomb (default:"
         f" {Limits.max_compression_ratio}; raise it for an image you trust whose layers"
         " hold long runs of zeros)",
+    )
+    pull.add_argument(
+        "--timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="give up on the pull, cancelling it cleanly, if it has not finished within"
+        " this (90, 90s, 10m, 1h30m; default: none, though each request has its own"
+        " timeouts and a layer's download a minimum rate)",
     )
     pull.add_argument(
         "--layer-workers",
@@ -663,6 +696,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         ),
         registry=registry,
         progress=renderer,
+        timeout_s=args.timeout,
     )
     try:
         # Before the store is opened, which creates it: a mistyped reference, a docker

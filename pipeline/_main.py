@@ -203,6 +203,7 @@ PULL_OPTIONS = {
     "--max-concurrent-downloads": True,
     "--retries": True,
     "--max-inflate-ratio": True,
+    "--timeout": True,
     "--layer-workers": True,
     "--gzip-inflater": True,
     "--ca-file": True,

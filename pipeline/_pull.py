@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from stages._config import Limits, RegistryOptions
 from stages._errors import (
     DecompressError,
     DiffIDMismatch,
+    ImagecError,
     ManifestError,
+    PullTimeout,
     SizeMismatch,
     StoreError,
     UsageError,
@@ -71,6 +74,12 @@ class PullOptions:
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     limits: Limits = field(default_factory=Limits)
     progress: ProgressSink | None = None
+    # The whole pull, from waiting for the store to the image recorded, retries and
+    # waits for other pulls' layers included, must end within this many seconds, or it
+    # is cancelled and raises PullTimeout (skopeo's --command-timeout). None: no overall
+    # bound; each request still has its timeouts and a layer's body its minimum rate
+    # (Limits), which a server sending just above that rate passes for hours.
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse what no pull can run with, here rather than after the first requests
@@ -98,6 +107,16 @@ class PullOptions:
             raise UsageError(f"PullOptions.limits must be Limits, not {self.limits!r}")
         if self.progress is not None and not callable(self.progress):
             raise UsageError(f"PullOptions.progress must be callable, not {self.progress!r}")
+        timeout = self.timeout_s
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < math.inf
+        ):
+            raise UsageError(
+                f"PullOptions.timeout_s must be a number of seconds above 0 (None: no "
+                f"overall timeout), not {timeout!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -211,6 +230,10 @@ async def pull(
     # may quote the password back, or the Basic credentials made of it, and a proxy its
     # own (``ProxySettings.secrets``).
     secrets = sent_secrets(credentials) if credentials is not None else ()
+    layers = _LayerStates(options.progress or _ignore_progress)
+    timeout = options.timeout_s
+    deadline = trio.move_on_after(timeout if timeout is not None else math.inf)
+    failure: BaseException | None = None
     with (
         held_secrets((*secrets, *options.registry.proxy.secrets())),
         structlog.contextvars.bound_contextvars(ref=str(reference)),
@@ -218,12 +241,22 @@ async def pull(
         try:
             if downloads is None:
                 downloads = trio.CapacityLimiter(options.max_concurrent_downloads)
-            async with _store_held(store):
-                return await _pull(reference, store, options, downloads)
+            with deadline:
+                async with _store_held(store):
+                    return await _pull(reference, store, options, downloads, layers)
         except BaseExceptionGroup as group:
             failure = collapse_exception_group(group)
-        # Raised here, not in the handler: see stages/_groups.py.
-        raise failure from failure.__cause__
+        except ImagecError as error:
+            if not deadline.cancel_called:
+                raise
+            failure = error
+    if timeout is not None and deadline.cancel_called:
+        # What the cancel shook loose on its way out, if anything, is not why the pull
+        # failed: its time ran out.
+        raise layers.timed_out(reference, timeout) from failure
+    # Raised here, not in the handler: see stages/_groups.py.
+    assert failure is not None, "the pull returns, raises, or runs out of time"
+    raise failure from failure.__cause__
 
 
 def check_options(options: PullOptions) -> None:
@@ -265,10 +298,13 @@ def _check_arguments(ref: object, store: object, options: object, downloads: obj
 
 
 async def _pull(
-    ref: Reference, store: Store, options: PullOptions, downloads: trio.CapacityLimiter
+    ref: Reference,
+    store: Store,
+    options: PullOptions,
+    downloads: trio.CapacityLimiter,
+    progress: ProgressSink,
 ) -> PullResult:
     started = trio.current_time()
-    progress = options.progress or _ignore_progress
     platform = options.platform or Platform.host()
     # Worker threads for inflating and store calls: created here, by the process that
     # uses them, and handed down. A layer holds one at a time (its inflate, then its
@@ -704,6 +740,71 @@ def _report(
 
 def _ignore_progress(event: ProgressEvent) -> None:
     del event
+
+
+class _LayerStates:
+    """The pull's progress sink in front of the caller's: it keeps how far each layer
+    got, so that a pull that runs out of time (``PullOptions.timeout_s``) says what it
+    was doing: resolving, which layers were still downloading and how far, or recording
+    the image. Called on the event loop only (``stages/_blob.py`` and ``_workers``
+    relay their events there)."""
+
+    _DONE = frozenset({"layer-exists", "layer-shared", "layer-complete"})
+
+    def __init__(self, sink: ProgressSink) -> None:
+        self._sink = sink
+        self._resolved = False
+        # digest → (bytes received, compressed size, event), in the order they were queued
+        self._layers: dict[str, tuple[int, int | None, str]] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.event == "resolved":
+            self._resolved = True
+        elif event.event.startswith("layer-") and event.digest is not None:
+            _, total, _ = self._layers.get(event.digest, (0, event.total, ""))
+            self._layers[event.digest] = (event.current, event.total or total, event.event)
+        self._sink(event)
+
+    def timed_out(self, ref: Reference, timeout_s: float) -> PullTimeout:
+        return PullTimeout(
+            f"the pull did not finish within {_seconds(timeout_s)}, the time it was given; "
+            f"{self._doing()}",
+            ref=str(ref),
+        )
+
+    def _doing(self) -> str:
+        if not self._resolved:
+            return "it was still resolving the reference (manifest and config)"
+        done = [d for d, (_, _, event) in self._layers.items() if event in self._DONE]
+        if len(done) == len(self._layers):
+            return f"all {len(done)} layers were in the store; it was recording the image"
+        moving = [
+            f"{digest} ({current / 1e6:.1f} of {total / 1e6:.1f} MB received)"
+            if total
+            else f"{digest} ({current / 1e6:.1f} MB received)"
+            for digest, (current, total, event) in self._layers.items()
+            if event not in self._DONE and event != "layer-waiting"
+        ]
+        queued = sum(1 for _, _, event in self._layers.values() if event == "layer-waiting")
+        parts = [f"{len(done)} of {len(self._layers)} layers were done"]
+        if done:
+            parts[0] += " and are kept in the store: a new pull does not fetch them again"
+        if moving:
+            parts.append(f"in progress: {', '.join(moving)}")
+        if queued:
+            parts.append(f"{queued} not started")
+        return "; ".join(parts)
+
+
+def _seconds(value: float) -> str:
+    """``value`` seconds as a person reads them: 90 s, 10 min, 1 h 30 min, 0.5 s."""
+    if value < 60:
+        return f"{value:g} s"
+    minutes, seconds = divmod(round(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    parts.append(f"{seconds} s" if seconds else "")
+    return " ".join(part for part in parts if part)
 
 
 def _log_pull(resolved: ResolvedImage, result: PullResult) -> None:

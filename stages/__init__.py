@@ -22,6 +22,7 @@ from ._errors import InvalidReference as InvalidReference
 from ._errors import ManifestError as ManifestError
 from ._errors import NotFound as NotFound
 from ._errors import PlatformNotFound as PlatformNotFound
+from ._errors import PullTimeout as PullTimeout
 from ._errors import RegistryError as RegistryError
 from ._errors import RegistryUnavailable as RegistryUnavailable
 from ._errors import SizeMismatch as SizeMismatch
@@ -63,6 +64,7 @@ __all__ = [
     "ProgressEvent",
     "ProgressSink",
     "ProxySettings",
+    "PullTimeout",
     "Reference",
     "RegistryError",
     "RegistryOptions",

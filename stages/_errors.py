@@ -22,7 +22,8 @@ sqlite3, OSError) are translated at the edge of the stage that met them with
     │   ├── Truncated             the stream ended early (body or compressed stream)
     │   └── DecompressError       corrupt stream, wrong format, decompression bomb
     ├── StoreError            the local store cannot be read or written
-    └── WorkerError           a layer worker process died before it finished
+    ├── WorkerError           a layer worker process died before it finished
+    └── PullTimeout           the pull did not finish within PullOptions.timeout_s
 
 Messages say what happened, to what, and what the user can do. They never contain a
 password or a token: what a server sent back passes ``stages/_redact.py`` before it is
@@ -51,6 +52,7 @@ __all__ = [
     "ManifestError",
     "NotFound",
     "PlatformNotFound",
+    "PullTimeout",
     "RegistryError",
     "RegistryUnavailable",
     "SizeMismatch",
@@ -184,6 +186,13 @@ class StoreError(ImagecError):
 class WorkerError(ImagecError):
     """A layer worker process (``--layer-workers processes``) died before it finished:
     killed, or out of memory."""
+
+
+class PullTimeout(ImagecError):
+    """The pull did not finish within its overall deadline (``PullOptions.timeout_s``,
+    ``pull --timeout``); it was cancelled, leaving nothing unverified in the store.
+    Not tried again: the deadline is the caller's bound on the whole pull, retries
+    included."""
 
 
 def _rebuild(

@@ -100,6 +100,10 @@ class TtyStringIO(io.StringIO):
         (["pull", "alpine", "--retries", "-1"], "must be at least 0"),
         (["pull", "alpine", "--retries", "2.5"], "not a whole number"),
         (["pull", "alpine", "--max-inflate-ratio", "0"], "must be at least 1"),
+        (["pull", "alpine", "--timeout", "10 min"], "not a duration such as 90, 90s, 10m"),
+        (["pull", "alpine", "--timeout", "1h30"], "not a duration such as 90, 90s, 10m"),
+        (["pull", "alpine", "--timeout", "0s"], "not a duration above 0"),
+        (["pull", "alpine", "--timeout=-5"], "not a duration above 0"),
         (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
         (["pull", "alpine", "--ca-file", "/nonexistent/ca.pem"], "not a readable file"),
         (["pull", "alpine", "--insecure-registry", "http://reg:5000"], "HOST, HOST:PORT"),
@@ -589,7 +593,7 @@ def test_pull_hands_every_option_over(
             "--insecure-registry", "reg.internal", "--insecure-registry", "10.0.0.1:5000",
             "--insecure-registry", "192.168.0.0/16",
             "-u", "ci", "--password-stdin", "--quiet", "--gzip-inflater", "zlib",
-            "--retries", "0", "--max-inflate-ratio", "5000"]  # fmt: skip
+            "--retries", "0", "--max-inflate-ratio", "5000", "--timeout", "1h30m"]  # fmt: skip
     assert main(argv) == EXIT_OK
     assert capsys.readouterr().out == f"{REF}\n"
     [(ref, store, options)] = calls
@@ -608,6 +612,7 @@ def test_pull_hands_every_option_over(
     assert options.limits.gzip_inflater == "zlib"
     assert options.limits.retries == 0
     assert options.limits.max_compression_ratio == 5000
+    assert options.timeout_s == 5400
 
 
 def test_pull_defaults_and_store_from_environment(
@@ -623,6 +628,7 @@ def test_pull_defaults_and_store_from_environment(
     assert options.limits.gzip_inflater == "auto"
     assert options.limits.retries == 4
     assert options.limits.max_compression_ratio == 1000
+    assert options.timeout_s is None
     assert options.registry.credentials is None
     assert options.registry.insecure_registries == ()
 
@@ -2404,6 +2410,39 @@ def test_e2e_worker_processes_log_json_at_the_cli_level(
     assert {x["level"] for x in logged} == {"warning"}
     [retry] = [x for x in logged if x["event"] == "retrying"]
     assert retry["digest"] == layer
+
+
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_e2e_a_pull_past_its_timeout_fails_saying_so_and_leaves_nothing_half_done(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path, workers: str
+) -> None:
+    """``--timeout``: a layer through a proxy passing 200 kB/s (20 s for the layer), given
+    1.5 s, or 5 s with worker processes (one may take seconds to start on a busy
+    machine, and the layer's first bytes come from it). The pull is cancelled as Ctrl-C
+    cancels it (worker processes stopped, ingest/ emptied), exits 1 with one line
+    saying so, and ``--json`` ends with its error line."""
+    from tests.support import images
+
+    image = images.sample_image(unique_seed, layer_size=4 * 1024 * 1024, compressions=("none",))
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry, rate=200_000)
+    ref = f"{via.host}/{unique_repo}:1"
+    store = tmp_path / "store"
+    timeout = "1.5" if workers == "threads" else "5"
+    argv = ["pull", ref, "--json", "--timeout", f"{timeout}s", "--layer-workers", workers]
+
+    done = run_cli(*argv, "--store", str(store))
+
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        f"imagec-pipe: error: pulling {ref}: the pull did not finish within {timeout} s, the"
+    ), line
+    assert f"in progress: {image.layers[0].digest} (" in line, line
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert (last["event"], last["error"]) == ("error", "PullTimeout")
+    assert list((store / "ingest").iterdir()) == []
+    assert image.layers[0].digest.split(":")[1] not in os.listdir(store / "blobs" / "sha256")
 
 
 def test_e2e_json_shows_a_worker_processes_retry(

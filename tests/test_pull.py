@@ -11,8 +11,10 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -835,6 +837,62 @@ async def test_a_registry_that_drips_is_given_up_on(
     layer = image.layers[0]
     assert "too slow" in message and layer.digest in message
     assert layer.digest not in blob_names(tmp_path / "s")
+
+
+async def test_a_pull_past_its_timeout_is_cancelled_and_says_how_far_it_got(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """RELIABILITY.md, "slow drip": the transfer-rate check alone lets a server sending
+    just above its minimum hold a pull for hours; PullOptions.timeout_s bounds the whole
+    pull. Here a 4 MiB layer through a proxy passing 200 kB/s, and 2 s: the pull is
+    cancelled, saying which layer was how far along; the empty layer it finished is kept
+    and the next pull does not fetch it again; nothing of the other is left."""
+    image = images.sample_image(unique_seed, layer_size=4 * 1024 * 1024, compressions=("none",))
+    registry.push(unique_repo, image, "1")
+    big, empty = image.layers
+    via = proxy(registry, rate=200_000)
+
+    with trio.fail_after(30):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1", tmp_path / "s", pipeline.PullTimeout, timeout_s=2
+        )
+
+    assert "did not finish within 2 s, the time it was given" in message, message
+    assert "1 of 2 layers were done and are kept in the store" in message, message
+    assert re.search(rf"in progress: {big.digest} \(\d+\.\d of 4\.2 MB received\)", message)
+    assert big.digest not in blob_names(tmp_path / "s")
+    assert empty.digest in blob_names(tmp_path / "s")
+    with trio.fail_after(30):
+        result = await pipeline.pull(
+            registry.ref(unique_repo, "1"), store=Store.open(tmp_path / "s"), options=options()
+        )
+    statuses = {str(layer.digest): layer.status for layer in result.layers}
+    assert statuses == {big.digest: "downloaded", empty.digest: "exists"}
+
+
+async def test_a_pull_that_times_out_resolving_says_so(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """The timeout covers the requests before any layer, here a manifest the registry
+    never answers (within the 60 s read timeout the test does not wait for)."""
+    image = images.sample_image(unique_seed, layer_size=1024)
+    registry.push(unique_repo, image, "1")
+    via = proxy(registry)
+    via.inject(f"/v2/{unique_repo}/manifests/1", Reply(stall=True), method="GET", times=None)
+
+    with trio.fail_after(30):
+        message = await pull_fails(
+            f"{via.host}/{unique_repo}:1", tmp_path / "s", pipeline.PullTimeout, timeout_s=0.5
+        )
+
+    assert "did not finish within 0.5 s" in message, message
+    assert "it was still resolving the reference" in message, message
+
+
+@pytest.mark.parametrize("timeout", [0, -1, math.inf, math.nan, True, "10m"])
+def test_a_timeout_that_is_no_positive_number_is_refused(timeout: Any) -> None:
+    with pytest.raises(pipeline.UsageError, match="timeout_s must be a number of seconds"):
+        PullOptions(timeout_s=timeout)
 
 
 @pytest.mark.parametrize("stalled", ["manifest", "layer"])
