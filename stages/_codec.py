@@ -249,6 +249,12 @@ class Gunzip:
                         f"{len(buf)}+ bytes of trailing data that is not gzip after member "
                         f"{self._members} (starts {bytes(buf[:8]).hex()})"
                     )
+                if len(buf) > 3 and buf[3] & _GZIP_RESERVED_FLAGS:
+                    # zlib refuses these, ISA-L took them: one verdict whatever inflates.
+                    raise _Corrupt(
+                        f"gzip member {self._members + 1} sets reserved header flags "
+                        f"(0x{buf[3] & _GZIP_RESERVED_FLAGS:02x}), which RFC 1952 forbids"
+                    )
                 if _gzip_header_size(buf) is None and len(buf) < MAX_HELD_GZIP_HEADER:
                     self._header = bytes(buf)
                     return
@@ -273,6 +279,12 @@ class Gunzip:
         if not self._members:
             raise _Incomplete("gzip stream is empty")
 
+
+# FLG bits 5-7 of a gzip header, reserved (RFC 1952 section 2.3.1: "a compliant
+# decompressor must give an error indication if any reserved bit is non-zero"). zlib
+# refuses them and ISA-L (python-isal 1.9.1) ignores them, so whether a layer pulled
+# depended on which inflater was installed; they are checked here, before either.
+_GZIP_RESERVED_FLAGS = 0xE0
 
 # A member's header goes to the inflater whole: ISA-L (python-isal 1.9.1) fails with
 # "Incorrect checksum" on a valid header with a header CRC (FHCRC) that arrives in
