@@ -322,10 +322,15 @@ class Limits:
         0 or a negative timeout failed deep inside, as something else."""
         for name, least in _LEAST_COUNTS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise UsageError(
-                    f"Limits.{name} must be a whole number of at least {least}, not {value!r}"
-                )
+            most = _MOST_COUNTS.get(name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < least
+                or (most is not None and value > most)
+            ):
+                allowed = f"of at least {least}" if most is None else f"from {least} to {most}"
+                raise UsageError(f"Limits.{name} must be a whole number {allowed}, not {value!r}")
         for name in _POSITIVE_SECONDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -350,13 +355,22 @@ _LEAST_COUNTS = {
     "max_compression_ratio": 1,
     "min_uncompressed_allowance_bytes": 0,
     "inflate_step_bytes": 1,
-    "max_zstd_window_bytes": 1,
+    "max_zstd_window_bytes": 1024,  # zstd's least window (ZSTD_WINDOWLOG_ABSOLUTEMIN)
     "min_transfer_bytes_per_s": 0,  # 0 turns the check off
     "max_redirects": 0,
     "max_layer_urls": 0,  # 0: the registry only
     "retries": 0,
     "stall_retries": 0,
     "stall_progress_bytes": 1,  # 1: any byte is progress
+}
+# The most of the counts that size a buffer: each socket read allocates chunk_size bytes
+# and each inflate step inflate_step_bytes (2**40 was a MemoryError, no ImagecError, at
+# the first request), and zstd refuses a window limit past 2 GiB (ZSTD_WINDOWLOG_MAX),
+# which failed every zstd layer as if the layer were corrupt.
+_MOST_COUNTS = {
+    "chunk_size": 64 * MiB,
+    "inflate_step_bytes": 64 * MiB,
+    "max_zstd_window_bytes": 2**31,
 }
 _POSITIVE_SECONDS = (
     "connect_timeout_s",

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from stages._config import _LEAST_COUNTS, _POSITIVE_SECONDS, Credentials, Limits, RegistryOptions
+from stages._config import (
+    _LEAST_COUNTS,
+    _MOST_COUNTS,
+    _POSITIVE_SECONDS,
+    Credentials,
+    Limits,
+    RegistryOptions,
+)
 from stages._errors import UsageError
 
 
@@ -19,9 +26,10 @@ def test_every_limit_is_checked() -> None:
     assert {f.name for f in dataclasses.fields(Limits)} == checked
 
 
-def test_the_defaults_and_the_least_values_are_accepted() -> None:
+def test_the_defaults_and_the_least_and_most_values_are_accepted() -> None:
     Limits()
     Limits(**_LEAST_COUNTS, **{name: 0.001 for name in _POSITIVE_SECONDS})
+    Limits(**_MOST_COUNTS)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +48,10 @@ def test_the_defaults_and_the_least_values_are_accepted() -> None:
         ("transfer_window_s", math.nan),
         ("read_timeout_s", "60"),
         ("gzip_inflater", None),
+        ("chunk_size", 2**40),  # a MemoryError at the first socket read
+        ("inflate_step_bytes", 64 * 1024 * 1024 + 1),
+        ("max_zstd_window_bytes", 1000),  # zstd refused it, and every zstd layer failed
+        ("max_zstd_window_bytes", 2**31 + 1),
     ],
 )
 def test_values_no_pull_can_run_with_are_usage_errors(field: str, value: Any) -> None:
