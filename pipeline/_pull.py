@@ -328,12 +328,12 @@ async def _pull(
             client, ref, platform, options.limits, platform_asked=options.platform is not None
         )
         resolved_at = trio.current_time()
-        progress(
-            ProgressEvent(
-                "resolved", str(ref), str(resolved.resolved_digest), total=len(resolved.layers)
-            )
-        )
+        # A layer the manifest lists twice is fetched once and has one set of events, so
+        # the total a display counts them against is of distinct layers.
         jobs = _unique_jobs(resolved)
+        progress(
+            ProgressEvent("resolved", str(ref), str(resolved.resolved_digest), total=len(jobs))
+        )
         for job in jobs:
             progress(
                 ProgressEvent(

@@ -21,7 +21,8 @@ class ProgressEvent:
       ``resolving``          the reference is being resolved (``ref`` only)
       ``resolved``           manifest and config fetched; ``digest`` = the digest the tag
                              resolved to (the index's for a multi-platform tag),
-                             ``total`` = the number of layers
+                             ``total`` = the number of distinct layers (a layer
+                             listed twice has one set of events)
       ``layer-waiting``      a layer is queued (``digest``, ``total`` = compressed size)
       ``layer-exists``       a layer is already in the store
       ``layer-shared``       another pull (of this process or another) downloaded it

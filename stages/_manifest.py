@@ -564,7 +564,7 @@ def _descriptor(
     size = raw.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < MAX_SIZE:
         raise ManifestError(
-            f"{what} has an invalid size {size!r:.40} (must be an integer from 0 to 2**53)",
+            f"{what} has an invalid size {size!r:.40} (must be a whole number below 2**53)",
             ref=where,
             digest=str(digest),
         )

@@ -2614,6 +2614,10 @@ async def test_a_layer_listed_twice_is_fetched_once_and_reported_once(
     assert ("layer-shared", one.digest) not in seen
     assert seen[-1] == ("layer-complete", one.digest)  # nothing undoes "Pull complete"
     assert [e for e, _ in seen].count("layer-complete") == 1
+    # A display counting finished layers against this total reaches it.
+    [resolved] = [e for e in events if e.event == "resolved"]
+    finished = [e for e in events if e.event in ("layer-complete", "layer-exists")]
+    assert resolved.total == len(finished) == 2
     assert_store_consistent(tmp_path / "s")
 
     # The same layer given two diffIDs: only one could be verified, so neither is taken.
