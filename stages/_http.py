@@ -897,8 +897,8 @@ def make_ssl_context(options: RegistryOptions, *, verify: bool) -> ssl.SSLContex
             context.load_verify_locations(cafile=str(options.ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(
-                f"cannot use --ca-file {options.ca_file}: {exc}; it must be a readable PEM"
-                " file of CA certificates"
+                f"cannot use the CA file {options.ca_file} (--ca-file, RegistryOptions"
+                f".ca_file): {exc}; it must be a readable PEM file of CA certificates"
             ) from exc
     return context
 
@@ -1121,7 +1121,7 @@ def certificate_problem(exc: BaseException, host: str) -> tuple[str, str] | None
             detail = getattr(link, "verify_message", None) or getattr(link, "reason", None)
             return (
                 f"is not trusted ({redact(str(detail or link))})",
-                "pass --ca-file PEM with the CA that signed it",
+                "pass --ca-file PEM (RegistryOptions.ca_file) with the CA that signed it",
             )
     return None
 

@@ -1065,7 +1065,8 @@ class RegistryClient:
             words, cure = problem
             return RegistryUnavailable(
                 f"the TLS certificate of {authority}{via} {words}: {cure}, or pass"
-                f" --insecure-registry {authority} to skip verification",
+                f" --insecure-registry {authority} (RegistryOptions.insecure_registries) to"
+                " skip verification",
                 ref=str(ref),
                 digest=digest,
             )
@@ -1096,7 +1097,8 @@ class RegistryClient:
                 # Typically a registry that speaks plain HTTP on that port.
                 hint = (
                     "if the registry speaks plain HTTP there, pass --insecure-registry"
-                    f" {authority}; else check its address"
+                    f" {authority} (RegistryOptions.insecure_registries); else check its"
+                    " address"
                 )
             elif registry:
                 hint = "check the registry address and that it is running"

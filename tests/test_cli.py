@@ -2794,7 +2794,9 @@ def test_a_ca_file_that_is_no_pem_file_creates_no_store(
     out = json.loads(captured.out)  # the error line alone: the pull never began
     assert (out["event"], out["error"]) == ("error", "UsageError")
     [line] = captured.err.splitlines()
-    assert line.startswith(f"imagec-pipe: error: pulling {REF}: cannot use --ca-file {ca}: ")
+    assert line.startswith(
+        f"imagec-pipe: error: pulling {REF}: cannot use the CA file {ca} (--ca-file, "
+    ), line
 
 
 def test_e2e_basic_auth_password_stdin(

@@ -250,7 +250,7 @@ async def test_the_ca_store_is_loaded_at_the_first_verified_handshake(tmp_path: 
 
 def test_unreadable_ca_file_is_a_usage_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pem"
-    with pytest.raises(UsageError, match="--ca-file"):
+    with pytest.raises(UsageError, match=r"\(--ca-file, RegistryOptions\.ca_file\)"):
         make_ssl_context(RegistryOptions(ca_file=missing), verify=True)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")

@@ -737,7 +737,10 @@ async def test_a_certificate_at_fault_is_named_and_no_ca_is_asked_for(
                 await client.get_bytes(ref, "manifests", "latest", accept=None, max_bytes=100)
     message = str(caught.value)
     assert message.startswith(f"the TLS certificate of {authority} {says}")
-    assert f", or pass --insecure-registry {authority} to skip verification" in message
+    assert (
+        f", or pass --insecure-registry {authority} (RegistryOptions.insecure_registries)"
+        " to skip verification"
+    ) in message
     assert "--ca-file" not in message
     # Only the loopback probe, which verifies nothing (does it speak TLS?), got through.
     assert [r.target for r in server.requests] == ["/v2/"]
@@ -749,9 +752,10 @@ async def test_a_registry_speaking_plain_http_where_tls_was_asked_is_told_of_the
     async with _client(fake) as client:
         with pytest.raises(RegistryUnavailable) as caught:
             await client.get_bytes(REF, "manifests", "latest", accept=None, max_bytes=100)
-    assert "if the registry speaks plain HTTP there, pass --insecure-registry reg.example;" in str(
-        caught.value
-    )
+    assert (
+        "if the registry speaks plain HTTP there, pass --insecure-registry reg.example"
+        " (RegistryOptions.insecure_registries);"
+    ) in str(caught.value)
     assert fake.paths() == ["https://reg.example/v2/"]
 
 
@@ -1448,7 +1452,7 @@ async def test_real_registry_tls(tls_registry: Any, unique_repo: str) -> None:
         tls_registry, ref, RegistryOptions(ca_file=tls_registry.ca_pem)
     )
     assert str(resolved.manifest_digest) == image.digest
-    with pytest.raises(RegistryUnavailable, match="--ca-file"):
+    with pytest.raises(RegistryUnavailable, match=r"--ca-file PEM \(RegistryOptions\.ca_file\)"):
         await _pull_metadata(tls_registry, ref, RegistryOptions())
     resolved, _ = await _pull_metadata(
         tls_registry, ref, RegistryOptions(insecure_registries=(tls_registry.host,))
