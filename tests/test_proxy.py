@@ -607,7 +607,7 @@ async def test_an_https_proxy_whose_certificate_fails_is_named_not_the_registry(
     message = str(caught.value)
     said = {
         "signer not given": "is not trusted (unable to get local issuer certificate): pass"
-        " --ca-file PEM with the CA that signed it",
+        " --ca-file PEM (RegistryOptions.ca_file) with the CA that signed it",
         "expired": "has expired (or this machine's clock is wrong): renew it",
     }[fault]
     assert f"the TLS certificate of the proxy {proxy.url} that ProxySettings" in message
