@@ -899,15 +899,20 @@ class Store:
                     "choose a store directory with --store"
                 )
             names = set(os.listdir(where))
-            if LAYOUT_FILE not in names or DB_FILE not in names:
-                if LAYOUT_FILE in names or names <= _OWN_NAMES:
-                    store._refuse_lost_database(names)
-                    return None  # empty, or interrupted creation
+            if LAYOUT_FILE not in names and not names <= _OWN_NAMES:
                 raise StoreError(
                     f"{where} is not an imagec-pipe store: it has no {LAYOUT_FILE} file and "
                     "holds other files; choose a store directory with --store"
                 )
-            store._check_layout(where / LAYOUT_FILE)
+            if DB_FILE not in names:
+                store._refuse_lost_database(names)
+                return None  # empty, or interrupted creation
+            # Without its layout file (written last by ``_init``, and by the next pull
+            # again), a database with a schema is still the store: taken for none, a
+            # store that lost only that file was "no store yet" to images, and verify
+            # checked nothing and found nothing damaged.
+            if LAYOUT_FILE in names:
+                store._check_layout(where / LAYOUT_FILE)
             version, empty = store._read(
                 lambda conn: (store._schema_version(conn), not _has_tables(conn))
             )

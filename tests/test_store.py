@@ -1693,6 +1693,28 @@ def test_reading_a_store_leaves_no_wal_or_shm_behind(tmp_path: Path) -> None:
     assert _read_everything(reader) == [str(APP)]
 
 
+def test_a_store_that_lost_only_its_layout_file_is_still_the_store(tmp_path: Path) -> None:
+    """``images``, ``verify`` and ``gc`` took a store without ``oci-layout`` for none:
+    "no store yet", and verify's "0 blobs checked: none damaged" over a store whose
+    database holds an image. It is read as the store it is; the next open writes the
+    file again."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    (tmp_path / "s" / "oci-layout").unlink()
+
+    reader = Store.open_existing(tmp_path / "s")
+
+    assert reader is not None
+    assert _read_everything(reader) == [str(APP)]
+    assert reader.verify() == (3, [])
+    assert not (tmp_path / "s" / "oci-layout").exists()  # reading changes nothing
+    with Store.open(tmp_path / "s") as store:
+        assert [r.ref for r in store.list_images()] == [str(APP)]
+    assert json.loads((tmp_path / "s" / "oci-layout").read_bytes()) == {
+        "imageLayoutVersion": "1.0.0"
+    }
+
+
 def test_open_existing_finds_no_store_where_there_is_none(tmp_path: Path) -> None:
     assert Store.open_existing(tmp_path / "missing") is None
     assert not (tmp_path / "missing").exists()
