@@ -20,6 +20,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import resource
@@ -78,6 +79,8 @@ def _number(kind: type[int] | type[float], least: float, *, above: bool) -> Call
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):  # nan passed every comparison, inf never timed out
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
         if value < least or (above and value == least):
             raise argparse.ArgumentTypeError(
                 f"must be {'above' if above else 'at least'} {least:g}, not {text}"

@@ -9,6 +9,7 @@ needs); elsewhere a peer that is missing is skipped with a line saying why.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -133,6 +134,9 @@ TOOLS: dict[str, Tool] = {
 }
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def add_ours_variant(spec: str) -> str:
     """Register ``LABEL=[ENV=VALUE ...] [pull options ...]`` as another tool: ours with
     that environment and those extra ``pull`` options (threads vs processes, download
@@ -140,6 +144,13 @@ def add_ours_variant(spec: str) -> str:
     label, sep, rest = spec.partition("=")
     if not sep or not label:
         raise ValueError(f"--ours-variant wants LABEL=[ENV=VALUE ...] [OPTIONS ...], got {spec!r}")
+    if not _LABEL.fullmatch(label):
+        # The label names the folder the variant's stores go to, which each run deletes
+        # first: "/tmp/x" or ".." deleted folders outside the harness's own.
+        raise ValueError(
+            f"--ours-variant {label!r}: a label is letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
     if label in TOOLS:
         raise ValueError(f"--ours-variant {label!r}: that name is taken by another tool")
     tokens = shlex.split(rest)

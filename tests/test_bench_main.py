@@ -56,6 +56,12 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--out", "report.json"], "--out names the Markdown report"),
         (["--ours-variant", "nolabel"], "--ours-variant wants LABEL="),
         (["--ours-variant", "naive=--quiet"], "'naive': that name is taken"),
+        # The label names a folder that each run deletes: these named other folders.
+        (["--ours-variant", "/tmp/x=--quiet"], "a label is letters, digits"),
+        (["--ours-variant", "..=--quiet"], "a label is letters, digits"),
+        (["--ours-variant", "a/b=--quiet"], "a label is letters, digits"),
+        (["--throttle", "nan"], "--throttle: not a finite number"),
+        (["--timeout", "inf"], "--timeout: not a finite number"),
     ],
 )
 def test_bad_arguments_are_usage_errors_before_anything_runs(
