@@ -1,6 +1,8 @@
 """The bare primitives on this machine, on each image's own layers, and the floor they imply.
 
-One core each, 1 MiB buffers, data in memory (read before timing): sha256 of the blob,
+One core each, 1 MiB buffers, data in memory (read before timing), the hashing and
+inflating timed in the CPU time of the thread that runs them, the least of three turns
+(what else runs on the machine takes wall time, not that): sha256 of the blob,
 inflate (every gzip inflater installed: ISA-L, zlib-ng, zlib; zstandard for zstd; that is
 the measurement ``--gzip-inflater auto``'s order rests on), sha256 of the tar, write + fsync of
 the blob to the filesystem the stores live on, and a raw loopback download of each blob
@@ -9,8 +11,9 @@ drops it for the tools too). Also the CPU curl needs to receive all of an image'
 over one connection, the least receiving costs here (used by _targets, not the floor).
 And how much faster the machine's cores run the hashing and inflating together than one
 alone: the same work on one thread, then on one thread per core at once, the fastest of
-three turns each (``compute_1_s``, ``compute_parallel_s``; used by _targets, not the
-floor). Cores share caches and memory bandwidth, so that is less than the number of cores.
+three turns each of the most CPU time one of the threads took (``compute_1_s``,
+``compute_parallel_s``; used by _targets, not the floor). Cores share caches and memory
+bandwidth, so that is less than the number of cores.
 
 The floor of an image is the largest of: the primitives' CPU (download with httpx +
 sha256 + the fastest inflater + sha256 of the tar + write) divided by the cores; the
@@ -50,11 +53,19 @@ def _chunks(data: bytes) -> list[memoryview]:
 
 
 def _time_sha(chunks: list[memoryview]) -> float:
+    """CPU seconds of this thread (``time.thread_time``, as every compute timing here):
+    the wall clock counted whatever else ran on the core, and a run on a busy machine
+    made the targets' lower bound higher than what our pulls took in the same run."""
     sha = hashlib.sha256()
-    t = time.perf_counter()
+    t = time.thread_time()
     for c in chunks:
         sha.update(c)
-    return time.perf_counter() - t
+    return time.thread_time() - t
+
+
+def _time_sha_best(chunks: list[memoryview]) -> float:
+    """The least of ``COMPUTE_ROUNDS`` timings of ``_time_sha``."""
+    return min(_time_sha(chunks) for _ in range(COMPUTE_ROUNDS))
 
 
 def _time_inflate(chunks: list[memoryview], kind: str, hash_out: bool) -> tuple[float, float]:
@@ -67,23 +78,23 @@ def _time_inflate(chunks: list[memoryview], kind: str, hash_out: bool) -> tuple[
     sha = hashlib.sha256()
     t_inf = t_sha = 0.0
     for c in chunks:
-        t = time.perf_counter()
+        t = time.thread_time()
         out = dec.decompress(c)
-        t_inf += time.perf_counter() - t
+        t_inf += time.thread_time() - t
         if hash_out:
-            t = time.perf_counter()
+            t = time.thread_time()
             sha.update(out)
-            t_sha += time.perf_counter() - t
+            t_sha += time.thread_time() - t
     return t_inf, t_sha
 
 
 def _time_inflaters(
     chunks: list[memoryview], names: tuple[str, ...]
 ) -> tuple[dict[str, float], float]:
-    """The fastest of ``INFLATE_ROUNDS`` turns of each gzip inflater, taking turns (so that a
-    burst of other load or a slow allocation cannot decide which looks fastest: one turn
-    each once made zlib-ng take 0.60 s on a layer it inflates in 0.14), and the fastest
-    sha256 of the tar, hashed in the first inflater's turns."""
+    """The fastest of ``INFLATE_ROUNDS`` turns of each inflater (gzip's, or "zstd"),
+    taking turns (so that a burst of other load or a slow allocation cannot decide which
+    looks fastest: one turn each once made zlib-ng take 0.60 s on a layer it inflates in
+    0.14), and the fastest sha256 of the tar, hashed in the first inflater's turns."""
     best = dict.fromkeys(names, float("inf"))
     sha_tar = float("inf")
     for _ in range(INFLATE_ROUNDS):
@@ -102,21 +113,24 @@ def _compute(chunks: list[memoryview], kind: str) -> None:
 
 
 def _time_compute(chunks: list[memoryview], kind: str, threads: int) -> float:
-    """Seconds from the first start to the last end of ``threads`` threads, each doing all
-    of ``_compute`` on ``chunks`` at once (they all read the same data). A thread's error
-    is raised here."""
+    """The most CPU seconds any of ``threads`` threads took, each doing all of
+    ``_compute`` on ``chunks`` at once (they all read the same data). What running
+    together costs a thread (shared caches, memory bandwidth, a sibling hyperthread)
+    shows in its CPU time; what other processes took of the cores does not, as it did
+    in the wall time from the first start to the last end. A thread's error is raised
+    here."""
     ready = threading.Barrier(threads)
-    spans: list[tuple[float, float]] = []
+    spans: list[float] = []
     errors: list[Exception] = []
 
     def run() -> None:
         ready.wait()
-        started = time.perf_counter()
+        started = time.thread_time()
         try:
             _compute(chunks, kind)
         except Exception as exc:  # raised again by the caller's thread
             errors.append(exc)
-        spans.append((started, time.perf_counter()))
+        spans.append(time.thread_time() - started)
 
     workers = [threading.Thread(target=run) for _ in range(threads)]
     for worker in workers:
@@ -125,7 +139,7 @@ def _time_compute(chunks: list[memoryview], kind: str, threads: int) -> float:
         worker.join()
     if errors:
         raise errors[0]
-    return max(end for _, end in spans) - min(start for start, _ in spans)
+    return max(spans)
 
 
 def _time_compute_best(chunks: list[memoryview], kind: str, cores: int) -> tuple[float, float]:
@@ -175,6 +189,10 @@ def _downloads(image: BuiltImage, url: str, drop: bool) -> dict[str, dict[str, f
             out[layer.digest]["download_httpx_cpu_s"] = time.process_time() - c
     if drop:
         drop_caches()
+        # curl's own code back in the page cache, as every tool's is before its runs
+        # (_measure): a cold curl start counted in the first layer's download, and
+        # made small's floor twice what its download takes.
+        subprocess.run(["curl", "--version"], check=True, capture_output=True, timeout=60)
     for layer in image.layers:
         target = f"{url}/v2/{image.repo}/blobs/{layer.digest}"
         w = time.perf_counter()
@@ -219,10 +237,10 @@ def measure_image(
             "size": layer.size,
             "uncompressed_size": layer.uncompressed_size,
         }
-        row["sha256_gz_s"] = _time_sha(chunks)
+        row["sha256_gz_s"] = _time_sha_best(chunks)
         if zstd:
-            row["inflate_zstd_s"], row["sha256_tar_s"] = _time_inflate(chunks, "zstd", True)
-            row["inflate_s"] = row["inflate_zstd_s"]
+            best, row["sha256_tar_s"] = _time_inflaters(chunks, ("zstd",))
+            row["inflate_zstd_s"] = row["inflate_s"] = best["zstd"]
         else:
             best, row["sha256_tar_s"] = _time_inflaters(chunks, gzip_inflaters)
             row.update({f"inflate_{name}_s": best[name] for name in gzip_inflaters})

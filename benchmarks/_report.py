@@ -31,6 +31,7 @@ def stats(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         "min": min(walls),
         "max": max(walls),
         "cpu": statistics.median(r["cpu_s"] for r in ok),
+        "cpu_min": min(r["cpu_s"] for r in ok),
         "registry_cpu": statistics.median(r["registry_cpu_s"] for r in ok),
         "harness_cpu": statistics.median(r.get("harness_cpu_s", 0.0) for r in ok),
         "peak_rss": statistics.median(r["peak_rss"] for r in ok),

@@ -203,6 +203,43 @@ def test_concurrent_targets() -> None:
     assert verdicts["8 concurrent: wall ≤ 1.2x union once"]["verdict"] == "not met"
 
 
+def test_a_bound_one_of_our_runs_beat_judges_nothing_impossible() -> None:
+    """A run on a busy machine timed its primitives slow: its least possible wall (1.05 s
+    here) was above what one of our pulls took (1.0 s), and 0.25 x skopeo-dir (1.0 s)
+    was called impossible. That bound is no bound: not met, saying why."""
+    results = _results(ours_app=1.2)
+    results["single"]["app"]["ours"] = [_run(1.0, cpu=2.0), _run(1.2, cpu=2.0), _run(1.3)]
+    verdict = _by_target(results)["app wall ≤ 0.25x skopeo-dir"]
+    assert verdict["verdict"] == "not met"
+    assert verdict["evidence"] == (
+        "no bound from this run: its least possible wall (1.05 s) is above what ours took "
+        "in one of its runs (1.00 s), so its primitives were timed slower than this "
+        "machine runs them"
+    )
+
+
+def test_a_cpu_bound_one_of_our_runs_beat_judges_nothing_impossible() -> None:
+    # Least possible CPU 0.18 + 1.6 = 1.78 s; primitives of 1.2 s allow 1.56 s, below it,
+    # but one of our runs took 1.7 s.
+    results = _results(ours_app=1.2)
+    results["primitives"]["app"]["floor"]["cpu_sum_s"] = 1.2
+    results["single"]["app"]["ours"] = [_run(1.2, cpu=1.7), _run(1.3, cpu=2.2)]
+    verdict = _by_target(results)["app CPU ≤ 1.3x primitives (1.20 s)"]
+    assert verdict["verdict"] == "not met"
+    assert "its least possible CPU (1.78 s) is above what ours took" in verdict["evidence"]
+    results["single"]["app"]["ours"] = [_run(1.2, cpu=1.9), _run(1.3, cpu=2.2)]
+    assert _by_target(results)["app CPU ≤ 1.3x primitives (1.20 s)"]["verdict"] == (
+        "impossible here"
+    )
+
+
+@pytest.mark.parametrize(("rss", "verdict"), [(149.99e6, "met"), (150.0e6, "not met")])
+def test_peak_rss_must_be_under_150_mb_unrounded(rss: float, verdict: str) -> None:
+    results = _results(ours_app=1.2)
+    results["single"]["big"] = {"ours": [_run(5.0, rss=rss)]}
+    assert _by_target(results)["big peak RSS < 150 MB"]["verdict"] == verdict
+
+
 def test_rounding_never_decides_impossible() -> None:
     # 0.4 x naive allows 1.0524 s, shown as 1.05; the least possible is 1.0520 s, also
     # shown as 1.05. The exact values decide: possible, so "not met", not "impossible".
