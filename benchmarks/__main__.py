@@ -17,7 +17,9 @@ prints the tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import math
@@ -31,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,15 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+class RegistryGone(RuntimeError):
+    """The registry exited during the run: every run after it would fail to connect
+    (and its CPU could not be read), so the run stops there, failed."""
+
+
+class _HarnessBusy(RuntimeError):
+    """Another harness run holds ``benchmarks/.cache``."""
+
+
 def _machine() -> dict[str, Any]:
     def first(path: str, key: str) -> str:
         try:
@@ -209,6 +220,15 @@ class Bench:
         }
         self.env.update(PYTHONPATH=str(REPO_ROOT), PYTHONPYCACHEPREFIX=str(CACHE / "pycache"))
 
+    def check_registry(self) -> None:
+        """Raise ``RegistryGone`` if the registry is no longer running."""
+        code = self.server.process.poll()
+        if code is not None:
+            raise RegistryGone(
+                f"the registry (pid {self.server.process.pid}) exited with status {code} "
+                "during the run; its log is in benchmarks/.cache/registry"
+            )
+
     def _timeout(self, image: BuiltImage) -> float:
         if self.args.timeout:
             return float(self.args.timeout)
@@ -233,14 +253,18 @@ class Bench:
     ) -> RunResult:
         self._prepare(out, warm)
         tool = _peers.TOOLS.get(label)
-        result = run_measured(
-            label,
-            argv,
-            timeout=timeout,
-            registry_pid=self.server.process.pid,
-            cwd=REPO_ROOT,
-            env={**self.env, **dict(tool.env if tool else ())},
-        )
+        try:
+            result = run_measured(
+                label,
+                argv,
+                timeout=timeout,
+                registry_pid=self.server.process.pid,
+                cwd=REPO_ROOT,
+                env={**self.env, **dict(tool.env if tool else ())},
+            )
+        finally:  # an interrupted run leaves no store of hundreds of MB behind
+            shutil.rmtree(out, ignore_errors=True)
+        self.check_registry()
         summary = _summary_line(result.stdout)
         if summary is not None:
             result.extra["summary"] = summary
@@ -253,7 +277,6 @@ class Bench:
         )
         if not result.ok:
             _log("    " + result.stderr_tail.replace("\n", "\n    ")[-1500:])
-        shutil.rmtree(out, ignore_errors=True)
         return result
 
     # -- scenarios --
@@ -370,14 +393,18 @@ class Bench:
                     self._prepare(dest, _peers.TOOLS["ours"].warm)
                     proxy.reset()
                     wchar0 = proc_write_bytes(self.server.process.pid)
-                    result = run_measured(
-                        variant,
-                        argv + variants[variant],
-                        timeout=self._timeout(union) * 2,
-                        registry_pid=self.server.process.pid,
-                        cwd=REPO_ROOT,
-                        env=self.env,
-                    )
+                    try:
+                        result = run_measured(
+                            variant,
+                            argv + variants[variant],
+                            timeout=self._timeout(union) * 2,
+                            registry_pid=self.server.process.pid,
+                            cwd=REPO_ROOT,
+                            env=self.env,
+                        )
+                    finally:
+                        shutil.rmtree(dest, ignore_errors=True)
+                    self.check_registry()
                     gets: dict[str, int] = {d: proxy.blob_gets(d) for d in unique_layers}
                     result.extra |= {
                         "bytes_to_client": proxy.bytes_to_client,
@@ -394,7 +421,6 @@ class Bench:
                     )
                     if not result.ok:
                         _log("    " + result.stderr_tail.replace("\n", "\n    ")[-1500:])
-                    shutil.rmtree(dest, ignore_errors=True)
                     runs.setdefault(variant, []).append(result.as_json())
         self.results["concurrent"] = {"unique": unique, "runs": runs}
 
@@ -434,7 +460,9 @@ class Bench:
 
     def profile(self, names: Sequence[str]) -> None:
         if not _profile.available():
-            _log("skipping profile: py-spy is not installed (pip install py-spy)")
+            why = "py-spy is not installed (pip install py-spy)"
+            _log(f"skipping profile: {why}")
+            self.results.setdefault("skipped", {})["profile"] = why
             return
         out: dict[str, Any] = {}
         for name in names:
@@ -482,7 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="small + app, 1 run, primitives and single pulls (instead of those three options)",
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the Markdown report (its JSON beside it); default: benchmarks/RESULTS.md for"
+        " a run of every image, tool and default scenario, else"
+        " benchmarks/.cache/RESULTS-partial.md",
+    )
     parser.add_argument(
         "--timeout", type=_number(float, 0, above=True), default=None, help="seconds per tool run"
     )
@@ -514,18 +549,56 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = _csv(args.scenarios, ALL_SCENARIOS, "scenarios")
         chosen_tools = _csv(args.tools, ALL_TOOLS, "tools")
         variants = [_peers.add_ours_variant(v) for v in args.ours_variant]
-        out_md, out_json = _out_paths(args.out)
+        out_md, out_json = _out_paths(args.out or _default_out(images, scenarios, chosen_tools))
     except ValueError as exc:
         parser.error(str(exc))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
-        return _run(
-            args, command.strip(), images, scenarios, chosen_tools, variants, out_md, out_json
-        )
+        with _only_run():
+            command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+            return _run(
+                args, command.strip(), images, scenarios, chosen_tools, variants, out_md, out_json
+            )
+    except _HarnessBusy as exc:
+        _log(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _log("interrupted: the registry and the tool being timed were stopped")
+        return 130
     except _Terminated:
         _log("terminated (SIGTERM): the registry and the tool being timed were stopped")
         return 128 + signal.SIGTERM
+
+
+def _default_out(images: list[str], scenarios: list[str], tools: list[str]) -> Path:
+    """Where the report goes without --out: benchmarks/RESULTS.md, which README quotes, only
+    for a whole run (every image and tool, the default scenarios); any other run, a
+    --quick or a profile of one image, went there too and replaced the evidence."""
+    whole = (
+        set(images) == set(ALL_IMAGES)
+        and set(tools) >= set(ALL_TOOLS)
+        and set(scenarios) >= set(DEFAULT_SCENARIOS)
+    )
+    return Path(__file__).parent / "RESULTS.md" if whole else CACHE / "RESULTS-partial.md"
+
+
+@contextlib.contextmanager
+def _only_run() -> Iterator[None]:
+    """Hold ``benchmarks/.cache`` for this run, and leave no output store behind in it:
+    two runs at once shared the registry's folder and the tools' output folders, each
+    deleting the other's."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "harness.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _HarnessBusy(
+                f"another harness run is using {CACHE}: wait for it to end"
+            ) from None
+        try:
+            yield
+        finally:
+            shutil.rmtree(CACHE / "runs", ignore_errors=True)
 
 
 def _run(
@@ -538,7 +611,10 @@ def _run(
     out_md: Path,
     out_json: Path,
 ) -> int:
-    tools = _peers.ensure_installed(chosen_tools, _log, curl="primitives" in scenarios)
+    skipped: dict[str, str] = {}
+    tools = _peers.ensure_installed(
+        chosen_tools, _log, curl="primitives" in scenarios, skipped=skipped
+    )
     tools[1:1] = variants  # right after ours, so they interleave with it
 
     needed = list(images)
@@ -553,6 +629,7 @@ def _run(
         "machine": _machine(),
         "runs": args.runs,
         "tools": {t: _peers.TOOLS[t].does for t in tools},
+        "ours_family": ["ours", "ours-processes", *variants],
     }
     _log(f"machine: {results['machine']}")
     with registry() as server:
@@ -578,10 +655,15 @@ def _run(
         for name, step in steps:
             try:
                 step()
+            except RegistryGone as exc:  # every scenario after it would fail the same way
+                _log(f"scenario {name} failed: {exc}")
+                bench.results.setdefault("errors", []).append(f"{name}: {exc}")
+                break
             except Exception as exc:  # one scenario failing must not lose the others
                 _log(f"scenario {name} failed: {exc!r}")
                 bench.results.setdefault("errors", []).append(f"{name}: {exc!r}")
         results.update(bench.results)
+        results["skipped"] = {**skipped, **bench.results.get("skipped", {})}
         results["page_cache"] = (
             "dropped before every run (sync; echo 3 > /proc/sys/vm/drop_caches), "
             "the tools' own code then loaded back (Python tools with their bytecode "
@@ -604,12 +686,14 @@ def _run(
 
 def _what_failed(results: dict[str, Any]) -> list[str]:
     """What makes the run a failure (exit 1), though its report was written: a scenario
-    that raised, or ours failing every run of an image. A peer failing is a result."""
+    that raised (the registry exiting stops the run there), or ours (or a variant of
+    ours) failing every run of an image. A peer failing is a result."""
     lines = [f"scenario failed: {error}" for error in results.get("errors", [])]
     for image, by_tool in results.get("single", {}).items():
-        runs = by_tool.get("ours", [])
-        if runs and not any(run["ok"] for run in runs):
-            lines.append(f"ours failed every run of {image}: see its stderr in the JSON")
+        for tool in results.get("ours_family", ["ours"]):
+            runs = by_tool.get(tool, [])
+            if runs and not any(run["ok"] for run in runs):
+                lines.append(f"{tool} failed every run of {image}: see its stderr in the JSON")
     return lines
 
 

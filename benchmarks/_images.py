@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import stat
 import tarfile
 import time
@@ -512,6 +513,13 @@ def _build_one(
     return out
 
 
+def _quiet_worker() -> None:
+    """A build worker leaves Ctrl-C and SIGTERM to the harness, which stops the pool:
+    forked with its handlers, each worker printed a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _build_task(args: tuple[LayerSpec, tuple[Compression, ...], Pools, str, str]) -> dict[str, Any]:
     spec, comps, pools, cache, key = args
     return _build_one(spec, comps, pools, Path(cache), key)
@@ -625,7 +633,7 @@ def build_layers(
         (cache / "layers").mkdir(parents=True, exist_ok=True)
         args = [(layer, comps, pools, str(cache), key) for layer, comps, key in tasks]
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(jobs or os.cpu_count() or 1) as pool:
+        with ctx.Pool(jobs or os.cpu_count() or 1, initializer=_quiet_worker) as pool:
             for meta in pool.imap_unordered(_build_task, args):
                 (cache / "layers" / f"{meta['key']}.json").write_text(json.dumps(meta, indent=1))
                 sizes = ", ".join(f"{c} {b['size'] / MB:.1f} MB" for c, b in meta["blobs"].items())

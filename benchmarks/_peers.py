@@ -170,9 +170,14 @@ def add_ours_variant(spec: str) -> str:
 
 
 def ensure_installed(
-    tools: list[str], log: Callable[[str], None], *, curl: bool = True
+    tools: list[str],
+    log: Callable[[str], None],
+    *,
+    curl: bool = True,
+    skipped: dict[str, str] | None = None,
 ) -> list[str]:
-    """The subset of ``tools`` that can run here, with a line for each one skipped.
+    """The subset of ``tools`` that can run here, with a line for each one skipped, and
+    why in ``skipped`` (for the report).
 
     What the harness itself needs, the CNCF registry (and curl, for the primitives), and
     the peers' programs are installed with apt when missing, where that is
@@ -212,10 +217,13 @@ def ensure_installed(
     for name in tools:
         absent = [b for b in TOOLS[name].binaries if shutil.which(b) is None]
         if absent:
-            log(
-                f"skipping {name}: {' '.join(absent)} not installed (Debian: apt-get install "
+            why = (
+                f"{' '.join(absent)} not installed (Debian: apt-get install "
                 f"{' '.join(_DEBIAN_PACKAGES.get(b, b) for b in absent)})"
             )
+            log(f"skipping {name}: {why}")
+            if skipped is not None:
+                skipped[name] = why
         else:
             usable.append(name)
     return usable

@@ -145,26 +145,39 @@ def _inflaters_section(prims: dict[str, Any]) -> list[str]:
 def render(results: dict[str, Any]) -> str:
     lines: list[str] = ["# imagec-pipe benchmark results", ""]
     m = results["machine"]
+
+    def installed(name: str, version: str) -> str:
+        # skopeo's and umoci's version lines name them; "not installed" alone did not
+        return f"{name} not installed" if version == "not installed" else version
+
     lines += [
         f"Run on {results['date']} with `{results['command']}` "
         f"({results.get('harness_s', '?')} s in all).",
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), {m['memory']} memory, kernel {m['kernel']}, "
         f"{m['os']}, Python {m['python']}, store filesystem {m['filesystem']}; "
-        f"{m['registry']}; {m['skopeo']}; umoci {m['umoci']}; isal {m['isal']}, "
+        f"{m['registry']}; {installed('skopeo', m['skopeo'])}; "
+        f"{installed('umoci', m['umoci'])}; "
+        f"isal {m['isal']}, "
         f"zlib-ng {m.get('zlib-ng', 'not recorded')}, zstandard {m['zstandard']}.",
         "",
         f"Cold runs: fresh output folder each time; page cache {results.get('page_cache', '?')}. "
         f"{results['runs']} runs per tool, interleaved (the order rotates each round); "
         "medians of the successful runs. CPU is user+system of the tool's whole process "
-        "tree (wait4 rusage); registry CPU is the registry's own, separately; peak memory is "
-        "the peak of the tree's summed RSS, sampled every 50 ms. MB = 10^6 bytes. Ratios are "
-        "ours ÷ tool (below 1.00x we are faster).",
+        "tree: what wait4 counted of the processes it reaped, or the sum of /proc samples "
+        "of every process of its session, taken every 50 ms, when that is larger (worker "
+        "processes that were never reaped; the samples miss each one's last 50 ms at "
+        "most); registry CPU is the registry's own, separately; peak memory is the peak of "
+        "the tree's summed RSS, sampled every 50 ms (a run shorter than that has one "
+        "sample). MB = 10^6 bytes. Ratios are ours ÷ tool (below 1.00x we are faster).",
         "",
         "Tools:",
     ]
     lines += [f"- `{k}`: {v}" for k, v in results.get("tools", {}).items()]
     lines.append("")
+    skipped = results.get("skipped") or {}
+    if skipped:
+        lines += ["Not run here:", *(f"- `{k}`: {v}" for k, v in skipped.items()), ""]
 
     lines += ["## Images", ""]
     rows = []

@@ -267,7 +267,8 @@ def _floor_targets(results: dict[str, Any]) -> list[Verdict]:
         out.append(_wall_verdict(results, name, target, 1.2 * floor["floor_s"]))
         least_cpu, evidence = (bound["cpu_s"], _cpu_evidence(bound)) if bound else (None, "")
         if ours is not None and least_cpu is not None and ours["cpu_min"] < least_cpu:
-            least_cpu, evidence = None, _beaten(least_cpu, ours["cpu_min"], "CPU")
+            evidence = _beaten(least_cpu, ours["cpu_min"], "CPU")
+            least_cpu = None
         verdict = _verdict(
             f"{name} CPU ≤ 1.3x primitives ({floor['cpu_sum_s']:.2f} s)",
             1.3 * floor["cpu_sum_s"],

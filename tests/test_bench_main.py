@@ -252,3 +252,78 @@ def test_the_run_fails_when_a_scenario_raised_or_ours_always_failed() -> None:
     assert bench_main._what_failed({"single": {"app": {"ours": [failed, failed]}}}) == [
         "ours failed every run of app: see its stderr in the JSON"
     ]
+
+
+def test_a_variant_of_ours_failing_every_run_fails_the_run() -> None:
+    # rc 0 after every run of a variant failed (12 of 12 timed out), ours not selected.
+    failed = {"ok": False}
+    results = {
+        "ours_family": ["ours", "ours-processes", "ours-6"],
+        "single": {"app": {"ours-6": [failed], "ours-processes": [failed, failed]}},
+    }
+    assert bench_main._what_failed(results) == [
+        "ours-processes failed every run of app: see its stderr in the JSON",
+        "ours-6 failed every run of app: see its stderr in the JSON",
+    ]
+
+
+def test_only_a_whole_run_replaces_the_committed_report() -> None:
+    everything = (
+        list(bench_main.ALL_IMAGES),
+        list(bench_main.DEFAULT_SCENARIOS),
+        list(bench_main.ALL_TOOLS),
+    )
+    assert bench_main._default_out(*everything) == REPO_ROOT / "benchmarks" / "RESULTS.md"
+    images, scenarios, tools = everything
+    partial = bench_main.CACHE / "RESULTS-partial.md"
+    assert bench_main._default_out(["small", "app"], scenarios, tools) == partial  # --quick
+    assert bench_main._default_out(images, ["profile"], tools) == partial
+    assert bench_main._default_out(images, scenarios, ["ours", "naive"]) == partial
+
+
+def test_a_second_run_in_the_same_cache_is_refused_and_the_first_leaves_no_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_main, "CACHE", tmp_path / "cache")
+    with bench_main._only_run():
+        (tmp_path / "cache" / "runs" / "ours").mkdir(parents=True)
+        busy = pytest.raises(bench_main._HarnessBusy, match="another harness run is using")
+        with busy, bench_main._only_run():
+            pass
+        assert (tmp_path / "cache" / "runs" / "ours").is_dir()  # the refused run took nothing
+    assert not (tmp_path / "cache" / "runs").exists()
+    with bench_main._only_run():  # free again
+        pass
+
+
+def test_a_registry_that_exited_stops_the_run() -> None:
+    class Server:
+        process = subprocess.Popen(["sh", "-c", "exit 3"])
+
+    Server.process.wait()
+    bench = bench_main.Bench.__new__(bench_main.Bench)
+    bench.server = Server()
+    with pytest.raises(bench_main.RegistryGone, match="exited with status 3 during the run"):
+        bench.check_registry()
+
+
+def test_the_report_says_what_was_not_run_and_what_is_not_installed() -> None:
+    from benchmarks import _report
+
+    machine = {
+        "nproc": 2, "cpu": "x", "memory": "1 kB", "kernel": "k", "os": "o", "python": "3",
+        "filesystem": "ext4", "registry": "registry 2.8", "skopeo": "not installed",
+        "umoci": "umoci version 0.4.7", "isal": "1", "zlib-ng": "1", "zstandard": "1",
+    }  # fmt: skip
+    results = {
+        "date": "today",
+        "command": "python -m benchmarks",
+        "machine": machine,
+        "runs": 1,
+        "tools": {"ours": "fetch"},
+        "skipped": {"skopeo-oci": "skopeo not installed (Debian: apt-get install skopeo)"},
+        "targets": [],
+    }
+    text = _report.render(results)
+    assert "; skopeo not installed; umoci version 0.4.7; " in text
+    assert "Not run here:\n- `skopeo-oci`: skopeo not installed" in text
