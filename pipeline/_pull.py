@@ -247,9 +247,12 @@ async def pull(
         except BaseExceptionGroup as group:
             failure = collapse_exception_group(group)
         except ImagecError as error:
+            _name_the_image(error, reference)
             if not deadline.cancel_called:
                 raise
             failure = error
+    if isinstance(failure, ImagecError):
+        _name_the_image(failure, reference)
     if timeout is not None and deadline.cancel_called:
         # What the cancel shook loose on its way out, if anything, is not why the pull
         # failed: its time ran out.
@@ -257,6 +260,14 @@ async def pull(
     # Raised here, not in the handler: see stages/_groups.py.
     assert failure is not None, "the pull returns, raises, or runs out of time"
     raise failure from failure.__cause__
+
+
+def _name_the_image(error: ImagecError, ref: Reference) -> None:
+    """Every failure of a pull names its image (RELIABILITY.md): the store's errors, such
+    as a full disk while the config is written, are raised by code that knows only the
+    blob."""
+    if error.ref is None:
+        error.ref = str(ref)
 
 
 def check_options(options: PullOptions) -> None:

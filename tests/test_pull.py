@@ -870,6 +870,26 @@ async def test_a_pull_past_its_timeout_is_cancelled_and_says_how_far_it_got(
     assert statuses == {big.digest: "downloaded", empty.digest: "exists"}
 
 
+async def test_a_store_failure_while_recording_the_image_names_the_image(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """The store raised its errors with the blob alone (a full disk while writing the
+    config): the pull's error did not say which image. Here the config's place in the
+    store is taken by a directory, so writing it fails."""
+    image = images.sample_image(unique_seed, layer_size=1024)
+    registry.push(unique_repo, image, "1")
+    store = Store.open(tmp_path / "s")
+    config = image.config.digest.removeprefix("sha256:")
+    (tmp_path / "s" / "blobs" / "sha256" / config).mkdir()
+    ref = registry.ref(unique_repo, "1")
+
+    with trio.fail_after(30), pytest.raises(pipeline.StoreError) as caught:
+        await pipeline.pull(ref, store=store, options=options())
+
+    assert caught.value.ref == ref
+    assert str(caught.value).endswith(f"({ref}, sha256:{config})"), str(caught.value)
+
+
 async def test_a_pull_that_times_out_resolving_says_so(
     registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
 ) -> None:
