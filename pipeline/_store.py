@@ -179,10 +179,18 @@ GC_LOCK_FILE = "gc.lock"
 BLOBS_DIR = "blobs"
 INGEST_DIR = "ingest"
 # A directory holding only these names is a store whose creation was interrupted.
+# What a reader is told of a damaged index.json: the commands that open the store to
+# change it write it again (``_set_aside_unreadable_index``).
+_INDEX_REBUILT = (
+    "; opening the store to change it (imagec-pipe pull, rm or gc; Store.open) writes it"
+    " again from the store's database, keeping this one as index.json.damaged"
+)
+
 _OWN_NAMES = frozenset(
     {
         LAYOUT_FILE,
         INDEX_FILE,
+        f"{INDEX_FILE}.damaged",
         BLOBS_DIR,
         INGEST_DIR,
         LOCK_FILE,
@@ -963,6 +971,7 @@ class Store:
             with self._locked(check_cancelled=check_cancelled):
                 self._refuse_unwritable_database()
                 _while_busy(functools.partial(self._init_db, check_cancelled), check_cancelled)
+                self._set_aside_unreadable_index()
                 if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
                     self._write_atomic(path / INDEX_FILE, _oci.dumps_index(_oci.empty_index()))
                 self._repair_index(check_cancelled)
@@ -1075,6 +1084,26 @@ class Store:
             conn.close()
             raise
         return conn
+
+    def _set_aside_unreadable_index(self) -> None:
+        """Move an index.json that is no OCI index (cut short by a crash of another tool,
+        edited by hand) to index.json.damaged, for ``_init`` to write it again from the
+        database; caller holds the lock. It failed every pull, rm and gc, saying to repair
+        it by hand or move the whole store aside. The database is the record of our
+        images; entries other tools added are lost from the index, and kept in the file
+        set aside."""
+        try:
+            self._read_index()
+        except StoreError as exc:
+            kept = self.path / f"{INDEX_FILE}.damaged"
+            os.replace(self.path / INDEX_FILE, kept)
+            _fsync_dir(self.path)
+            log.warning(
+                "index.json was damaged: set aside and written again from the database",
+                store=str(self.path),
+                problem=exc.message,
+                kept=str(kept),
+            )
 
     def _repair_index(self, check_cancelled: Callable[[], None] | None = None) -> None:
         """Give every reference of the database its index.json entry. Caller holds the lock.
@@ -2004,16 +2033,14 @@ class Store:
         except FileNotFoundError:
             return _oci.empty_index()
         except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(
-                f"{path} is not valid JSON ({exc}); repair it or move the store aside"
-            ) from exc
+            raise StoreError(f"{path} is not valid JSON ({exc}){_INDEX_REBUILT}") from exc
         if not isinstance(index, dict):
-            raise StoreError(f"{path} is not a JSON object; repair it or move the store aside")
+            raise StoreError(f"{path} is not a JSON object{_INDEX_REBUILT}")
         if not isinstance(index.get("manifests", []), list | None):
             # Not an OCI index; a number here failed pull and gc with a TypeError.
             raise StoreError(
-                f"{path} is not an OCI image index: its manifests are not a JSON array; "
-                "repair it or move the store aside"
+                f"{path} is not an OCI image index: its manifests are not a JSON array"
+                f"{_INDEX_REBUILT}"
             )
         return index
 

@@ -1715,6 +1715,30 @@ def test_a_store_that_lost_only_its_layout_file_is_still_the_store(tmp_path: Pat
     }
 
 
+def test_a_damaged_index_json_is_set_aside_and_written_again_from_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index.json cut short failed every pull, rm and gc, saying to repair it by hand
+    or move the store aside (losing every image). The database is the record: opening
+    the store to change it keeps the damaged file aside and writes the index again."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    damaged = b'{"schemaVersion": 2, "manifests": ['
+    (tmp_path / "s" / "index.json").write_bytes(damaged)
+    reader = Store.open_existing(tmp_path / "s")
+    assert reader is not None
+    with pytest.raises(StoreError, match=r"\(imagec-pipe pull, rm or gc; Store.open\) writes it"):
+        reader.verify()
+
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, ALPINE)
+
+    assert set(entries_by_name(store)) == {str(APP), str(ALPINE)}
+    assert (tmp_path / "s" / "index.json.damaged").read_bytes() == damaged
+    assert "index.json was damaged: set aside and written again" in capsys.readouterr().out
+    assert Store.open_existing(tmp_path / "s") is not None
+
+
 def test_open_existing_finds_no_store_where_there_is_none(tmp_path: Path) -> None:
     assert Store.open_existing(tmp_path / "missing") is None
     assert not (tmp_path / "missing").exists()
@@ -2165,10 +2189,11 @@ def test_verify_and_gc_take_what_is_no_regular_file_in_blobs_for_damage_not_a_st
     "damaged",
     [b'{"schemaVersion": 2, "manifests": [', b"[]", b'{"manifests": 5}', b'{"manifests": {}}'],
 )
-def test_verify_refuses_an_index_json_that_pull_rm_and_gc_refuse(
+def test_verify_refuses_an_index_json_that_opening_the_store_writes_again(
     tmp_path: Path, damaged: bytes
 ) -> None:
-    # verify found "none damaged" in a store every command that writes it refused.
+    # verify found "none damaged" in a store every command that writes it refused; those
+    # commands now write it again from the database, and verify says so.
     with Store.open(tmp_path / "s") as store:
         pull_into(store, APP)
     (store.path / "index.json").write_bytes(damaged)
@@ -2177,10 +2202,12 @@ def test_verify_refuses_an_index_json_that_pull_rm_and_gc_refuse(
 
     with pytest.raises(StoreError) as verifying:
         reader.verify()
-    with pytest.raises(StoreError) as opening:
-        Store.open(store.path)
-    assert str(verifying.value) == str(opening.value)
     assert str(verifying.value).startswith(f"{store.path / 'index.json'} is not ")
+    assert "writes it again from the store's database" in str(verifying.value)
+    with Store.open(store.path) as store:
+        assert list(entries_by_name(store)) == [str(APP)]
+    assert (store.path / "index.json.damaged").read_bytes() == damaged
+    assert reader.verify()[1] == []
 
 
 @pytest.mark.parametrize("manifests", ["5", "true", '{"a": 1}', '"text"'])
@@ -2194,11 +2221,13 @@ def test_an_index_json_whose_manifests_are_not_an_array_is_refused(
     damaged = f'{{"schemaVersion": 2, "manifests": {manifests}}}'.encode()
     (store.path / "index.json").write_bytes(damaged)
 
-    for attempt in (lambda: Store.open(store.path), lambda: store.prune()):
-        with pytest.raises(StoreError, match="its manifests are not a JSON array; repair it"):
-            attempt()
+    # The store open before the damage refuses to change it; opening it again repairs it.
+    with pytest.raises(StoreError, match="its manifests are not a JSON array; opening the"):
+        store.prune()
     assert (store.path / "index.json").read_bytes() == damaged
     assert [r.ref for r in store.list_images()] == [str(APP)]
+    with Store.open(store.path) as reopened:
+        assert list(entries_by_name(reopened)) == [str(APP)]
 
 
 @pytest.mark.parametrize(
