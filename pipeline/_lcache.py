@@ -154,7 +154,7 @@ class LCache:
                 log.warning(
                     f"layer {digest} is being downloaded into the store by another process;"
                     " waiting for it (if an imagec-pipe using this store is stopped, with"
-                    " Ctrl-Z, resume or end it)",
+                    " Ctrl-Z, resume or end it; pull --timeout bounds the wait)",
                     digest=str(digest),
                     store=self._store,
                 )

@@ -444,6 +444,13 @@ _MAKE_WRITABLE = (
 )
 
 
+# A layer is renamed from ingest/ into blobs/, which needs them on one filesystem.
+_SPLIT_STORE = (
+    "the store's ingest/ and blobs/ are on different filesystems (is one a symlink or a"
+    " mount?); a layer is moved from one to the other by a rename, which needs them on one"
+)
+
+
 def _free_space(action: str) -> str:
     """The full disk's hint for ``action`` (see ``store_error``)."""
     if action in _REMOVALS:
@@ -462,11 +469,18 @@ def _hint(exc: BaseException, store: Path, action: str) -> str:
             return "check that you may write to the store directory, or choose another with --store"
         if exc.errno == errno.EIO:
             return "the disk reported an I/O error; check it, then run the command again"
+        if exc.errno == errno.EXDEV:
+            return _SPLIT_STORE
         return "check the store directory and try again"
     if isinstance(exc, sqlite3.Error) and _no_space_for(exc, store):
         return _free_space(action)
     if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
         # SQLite opens a database it may not write read-only, without a word.
+        if not os.access(store, os.W_OK):  # where it makes its -wal and -shm files
+            return (
+                f"this user may not write the store directory {store}, where the database "
+                f"keeps its -wal and -shm files; {_MAKE_WRITABLE}"
+            )
         return (
             f"this user may not write the store's database {DB_FILE} (or its -wal and "
             f"-shm files); {_MAKE_WRITABLE}"
@@ -970,6 +984,7 @@ class Store:
             self._sweep_ingest()
             with self._locked(check_cancelled=check_cancelled):
                 self._refuse_unwritable_database()
+                self._refuse_unusable_folders()
                 _while_busy(functools.partial(self._init_db, check_cancelled), check_cancelled)
                 self._set_aside_unreadable_index()
                 if not (path / INDEX_FILE).exists():  # new, or deleted: the database says
@@ -985,6 +1000,18 @@ class Store:
                 _fsync_dir(path / BLOBS_DIR)
                 _fsync_dir(path)
             self._wal_holder = _while_busy(self._hold_wal_open, check_cancelled)
+
+    def _refuse_unusable_folders(self) -> None:
+        """Refuse a store whose ``blobs/sha256`` this user may not write, or whose
+        ``ingest/`` is on another filesystem than it: each failed a pull only at the
+        rename of its first layer, after that layer was downloaded and verified."""
+        if not os.access(self._blobs, os.W_OK):
+            raise StoreError(
+                f"cannot open store {self.path} to change it: this user may not write "
+                f"{self._blobs}; {_MAKE_WRITABLE}"
+            )
+        if os.stat(self._ingest).st_dev != os.stat(self._blobs).st_dev:
+            raise StoreError(f"cannot open store {self.path} to change it: {_SPLIT_STORE}")
 
     def _refuse_unwritable_database(self) -> None:
         """Refuse a store whose database this user may not write (another user's, one
@@ -2751,6 +2778,7 @@ class Store:
         back in meanwhile."""
         deleted: list[Digest] = []
         reclaimed = 0
+        refused: list[tuple[Path, OSError]] = []
         for text in digests:
             digest = Digest.parse(text)
             path = self._blob_path(digest)
@@ -2760,10 +2788,24 @@ class Store:
                     continue
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                # The records are gone, committed: failing here said "cannot remove
+                # images" of a removal that had happened (an rm again found nothing).
+                # The file is garbage now, which the next gc removes.
+                refused.append((path, exc))
+                continue
             deleted.append(digest)
             reclaimed += size
         if deleted:
             _fsync_dir(self._blobs)
+        if refused:
+            first, error = refused[0]
+            log.warning(
+                f"{len(refused)} blob file(s) could not be removed ({error.strerror}:"
+                f" {first} first); what named them is removed, and gc removes them once"
+                " it may",
+                store=str(self.path),
+            )
         return tuple(deleted), reclaimed
 
     def _unlink_blob(self, path: Path) -> bool:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,6 +129,52 @@ def test_rmi_keeps_the_layers_another_image_shares(
     assert_clean(store)
     assert_all_exist(ref_two, store)
     assert_clean(store)
+
+
+@pytest.fixture
+def immutable() -> Iterator[Any]:
+    """``make(path)``: set the immutable attribute on ``path``, which even root may not
+    unlink (the test is skipped where chattr cannot); cleared at the end."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if shutil.which("chattr") is None:
+            pytest.skip("no chattr(1) here")
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a file immutable here: {done.stderr.strip()}")
+        made.append(path)
+
+    yield make
+    for path in made:
+        if path.exists():  # the test may have cleared it, and removed the file
+            subprocess.run(["chattr", "-i", str(path)], check=True, timeout=30)
+
+
+def test_a_blob_rm_cannot_unlink_does_not_fail_a_removal_that_happened(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path, immutable: Any
+) -> None:
+    """rm committed the removal of the records, then one blob's unlink failed: it exited 1,
+    "cannot remove images", and an rm again said there was nothing to remove. It reports
+    what it removed and warns of the file, which gc removes once it may."""
+    one, _ = push_sharing(registry, unique_repo, unique_seed)
+    store = tmp_path / "store"
+    ref_one = f"{registry.host}/{unique_repo}:one"
+    pull(ref_one, store)
+    stuck = store / "blobs" / "sha256" / one.layers[1].digest.split(":")[1]
+    immutable(stuck)
+
+    code, out, err = run("rm", ref_one, "--store", str(store), "--json")
+
+    assert code == 0, err
+    removal = json.loads(out)
+    assert removal["untagged"] == [ref_one]
+    assert one.layers[1].digest not in removal["deleted_blobs"]
+    assert "1 blob file(s) could not be removed (Operation not permitted:" in err, err
+    subprocess.run(["chattr", "-i", str(stuck)], check=True, timeout=30)
+    code, out, err = run("gc", "--store", str(store), "--json")
+    assert code == 0, err
+    assert json.loads(out)["deleted_blobs"] == [one.layers[1].digest]
 
 
 def test_rmi_of_a_reference_not_in_the_store_removes_nothing(
@@ -922,6 +969,49 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", str(where)], check=True, timeout=30)
+
+
+def test_a_store_whose_blobs_are_on_another_filesystem_is_refused_at_open(
+    tmp_path: Path, small_filesystem: Path
+) -> None:
+    """blobs/ on another filesystem than ingest/ (a symlink to another mount) failed a
+    pull at the rename of its first layer, after downloading it, with "check the store
+    directory". Refused when the store is opened to change it, saying what is wrong."""
+    Store.open(tmp_path / "s").close()
+    shutil.move(tmp_path / "s" / "blobs", small_filesystem / "blobs")
+    (tmp_path / "s" / "blobs").symlink_to(small_filesystem / "blobs")
+
+    with pytest.raises(StoreError, match="ingest/ and blobs/ are on different filesystems"):
+        Store.open(tmp_path / "s")
+    hint = _store._hint(OSError(errno.EXDEV, "Invalid cross-device link"), tmp_path, "x")
+    assert hint.startswith("the store's ingest/ and blobs/ are on different filesystems")
+
+
+def test_a_store_whose_blobs_may_not_be_written_is_refused_at_open(
+    tmp_path: Path, immutable: Any
+) -> None:
+    # It failed a pull only at the rename of its first layer, after the download.
+    Store.open(tmp_path / "s").close()
+    immutable(tmp_path / "s" / "blobs" / "sha256")  # root may not write it either
+
+    with pytest.raises(StoreError, match=r"this user may not write .*blobs/sha256"):
+        Store.open(tmp_path / "s")
+    assert Store.open_existing(tmp_path / "s") is not None  # reading it still works
+
+
+def test_a_read_only_store_directory_is_named_not_its_database(
+    tmp_path: Path, immutable: Any
+) -> None:
+    """SQLite cannot make its -wal and -shm files in a store directory it may not write,
+    and says "readonly": the hint blamed the database file, which was writable."""
+    Store.open(tmp_path / "s").close()
+    immutable(tmp_path / "s")
+    readonly = sqlite3.OperationalError("attempt to write a readonly database")
+    readonly.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
+
+    hint = _store._hint(readonly, tmp_path / "s", "open")
+
+    assert hint.startswith(f"this user may not write the store directory {tmp_path / 's'},")
 
 
 def fill(filesystem: Path, *, leave: int) -> None:
