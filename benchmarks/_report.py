@@ -290,7 +290,9 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "## Primitives and floors",
             "",
-            "One core, 1 MiB buffers, each image's own layers (in memory); download = a "
+            "One core, 1 MiB buffers, each image's own layers (in memory), hashing and "
+            "inflating timed in the CPU time of their thread, the least of three turns; "
+            "download = a "
             "raw GET of every blob from the registry, cache as for the tools. The floor is "
             "the largest of: the primitives' CPU (download with httpx + sha256 + inflate + "
             "sha256 of the tar + write) ÷ cores, the slowest stage of the largest layer, and "

@@ -240,6 +240,20 @@ def test_peak_rss_must_be_under_150_mb_unrounded(rss: float, verdict: str) -> No
     assert _by_target(results)["big peak RSS < 150 MB"]["verdict"] == verdict
 
 
+def test_a_time_is_never_rounded_into_met() -> None:
+    # 1.5 x skopeo-oci 0.938 allows 1.407 s; ours took 1.4146 s: both show as 1.41 s,
+    # and the verdict was "met".
+    results = _results(ours_app=1.2)
+    results["single"]["app"]["skopeo-oci"] = [_run(0.938)]
+    results["single"]["app"]["ours"] = [_run(1.4146)]
+    verdict = _by_target(results)["app wall ≤ 1.5x skopeo-oci"]
+    assert (verdict["allowed"], verdict["measured"], verdict["verdict"]) == (
+        "1.41 s",
+        "1.41 s",
+        "not met",
+    )
+
+
 def test_rounding_never_decides_impossible() -> None:
     # 0.4 x naive allows 1.0524 s, shown as 1.05; the least possible is 1.0520 s, also
     # shown as 1.05. The exact values decide: possible, so "not met", not "impossible".
