@@ -226,7 +226,7 @@ class Gunzip:
                 for start in range(0, len(data), GZIP_FEED_BYTES):
                     self._update(data[start : start + GZIP_FEED_BYTES])
         except self._impl.error as exc:  # each inflater module has an error class of its own
-            problem = str(exc)
+            problem = _check_problem(str(exc))
         else:
             return
         # Raised outside the handler, with no cause: a layer worker process hands its
@@ -278,6 +278,24 @@ class Gunzip:
             raise _Incomplete(f"gzip stream ends inside member {self._members + 1}")
         if not self._members:
             raise _Incomplete("gzip stream is empty")
+
+
+# What each inflater says of a member whose checks do not match its bytes, and what that
+# is: zlib and zlib-ng tell the trailer's CRC-32 from its length (ISIZE) and from the
+# header's CRC (FHCRC); ISA-L says "Incorrect checksum found" of any of the three.
+_CHECK_PROBLEMS = {
+    "incorrect data check": "its CRC-32 does not match its data",
+    "incorrect length check": "its length (ISIZE) does not match its data",
+    "incorrect checksum found": "its CRC-32, its length (ISIZE) or its header's CRC does not match",
+}
+
+
+def _check_problem(said: str) -> str:
+    """The inflater's message, with what a check that failed means added in words."""
+    for words, meaning in _CHECK_PROBLEMS.items():
+        if words in said.lower():
+            return f"a gzip member is corrupt: {meaning} ({said})"
+    return said
 
 
 # FLG bits 5-7 of a gzip header, reserved (RFC 1952 section 2.3.1: "a compliant

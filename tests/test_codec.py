@@ -114,6 +114,21 @@ def test_reserved_gzip_header_flags_are_refused_by_every_inflater(name: str, mem
             decoder.finish()
 
 
+@pytest.mark.parametrize("name", available_inflaters())
+@pytest.mark.parametrize("field", ["crc", "isize"])
+def test_a_wrong_gzip_trailer_is_named_as_such_by_every_inflater(name: str, field: str) -> None:
+    # ISA-L said "Incorrect checksum found" of a wrong length, which is no checksum; it
+    # cannot tell which check failed, and the message says so.
+    data = TAR_BYTES[:50_000]
+    blob = bytearray(gzip.compress(data))
+    blob[-8 if field == "crc" else -4] ^= 0x01
+    decoder = LayerDecoder(GZ, len(blob), Limits(gzip_inflater=name), ref="r", digest="d")
+    what = "CRC-32" if field == "crc" else r"length \(ISIZE\)"
+    with pytest.raises(DecompressError, match=rf"a gzip member is corrupt: its .*{what}"):
+        decoder.update(bytes(blob))
+        decoder.finish()
+
+
 def gzip_with_every_header_field(data: bytes) -> bytes:
     """A gzip member whose header has FEXTRA, FNAME, FCOMMENT and a header CRC (FHCRC):
     valid RFC 1952, though neither Go's nor GNU gzip's writer sets FHCRC."""
