@@ -178,14 +178,13 @@ LOCK_FILE = "imagec.lock"
 GC_LOCK_FILE = "gc.lock"
 BLOBS_DIR = "blobs"
 INGEST_DIR = "ingest"
-# A directory holding only these names is a store whose creation was interrupted.
 # What a reader is told of a damaged index.json: the commands that open the store to
 # change it write it again (``_set_aside_unreadable_index``).
 _INDEX_REBUILT = (
     "; opening the store to change it (imagec-pipe pull, rm or gc; Store.open) writes it"
     " again from the store's database, keeping this one as index.json.damaged"
 )
-
+# A directory holding only these names is a store whose creation was interrupted.
 _OWN_NAMES = frozenset(
     {
         LAYOUT_FILE,
