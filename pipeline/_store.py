@@ -443,10 +443,12 @@ _MAKE_WRITABLE = (
 )
 
 
-# A layer is renamed from ingest/ into blobs/, which needs them on one filesystem.
+# A layer is renamed from ingest/ into blobs/, and index.json from ingest/ into the
+# store's directory, which needs the three on one filesystem.
 _SPLIT_STORE = (
-    "the store's ingest/ and blobs/ are on different filesystems (is one a symlink or a"
-    " mount?); a layer is moved from one to the other by a rename, which needs them on one"
+    "the store's directory, its ingest/ and its blobs/ are not all on one filesystem (is"
+    " one a symlink or a mount?); layers and index.json are moved out of ingest/ by a"
+    " rename, which needs them on one"
 )
 
 
@@ -1002,14 +1004,17 @@ class Store:
 
     def _refuse_unusable_folders(self) -> None:
         """Refuse a store whose ``blobs/sha256`` this user may not write, or whose
-        ``ingest/`` is on another filesystem than it: each failed a pull only at the
-        rename of its first layer, after that layer was downloaded and verified."""
+        directory, ``ingest/`` and ``blobs/`` are not on one filesystem: each failed a
+        pull only at the rename of its first layer (or of index.json, after the image's
+        record was committed), after the layers were downloaded and verified."""
         if not os.access(self._blobs, os.W_OK):
             raise StoreError(
                 f"cannot open store {self.path} to change it: this user may not write "
                 f"{self._blobs}; {_MAKE_WRITABLE}"
             )
-        if os.stat(self._ingest).st_dev != os.stat(self._blobs).st_dev:
+        if len({os.stat(p).st_dev for p in (self.path, self._ingest, self._blobs)}) > 1:
+            # A bind mount of the same filesystem has the same st_dev and still fails a
+            # rename across it (EXDEV): that one is found at the first rename.
             raise StoreError(f"cannot open store {self.path} to change it: {_SPLIT_STORE}")
 
     def _refuse_unwritable_database(self) -> None:
@@ -1113,15 +1118,20 @@ class Store:
 
     def _set_aside_unreadable_index(self) -> None:
         """Move an index.json that is no OCI index (cut short by a crash of another tool,
-        edited by hand) to index.json.damaged, for ``_init`` to write it again from the
-        database; caller holds the lock. It failed every pull, rm and gc, saying to repair
-        it by hand or move the whole store aside. The database is the record of our
-        images; entries other tools added are lost from the index, and kept in the file
-        set aside."""
+        edited by hand) to index.json.damaged (``.2``, ``.3`` … if taken), for ``_init``
+        to write it again from the database; caller holds the lock. It failed every pull,
+        rm and gc, saying to repair it by hand or move the whole store aside. The
+        database is the record of our images; entries other tools added are lost from
+        the index, and kept in the file set aside, which is why ``rm`` and ``gc`` refuse
+        while one is there (``_refuse_while_index_set_aside``): the blobs those entries
+        name would look unneeded."""
         try:
             self._read_index()
         except StoreError as exc:
-            kept = self.path / f"{INDEX_FILE}.damaged"
+            kept, n = self.path / f"{INDEX_FILE}.damaged", 1
+            while kept.exists():  # never over one set aside before: it holds entries too
+                n += 1
+                kept = self.path / f"{INDEX_FILE}.damaged.{n}"
             os.replace(self.path / INDEX_FILE, kept)
             _fsync_dir(self.path)
             log.warning(
@@ -1129,6 +1139,19 @@ class Store:
                 store=str(self.path),
                 problem=exc.message,
                 kept=str(kept),
+            )
+
+    def _refuse_while_index_set_aside(self, what: str) -> None:
+        """StoreError while a damaged index.json set aside is there: the entries other
+        tools had in it may name blobs nothing else names, which a removal would delete
+        (``_set_aside_unreadable_index``)."""
+        kept = sorted(p.name for p in self.path.glob(f"{INDEX_FILE}.damaged*"))
+        if kept:
+            raise StoreError(
+                f"cannot {what}: index.json was damaged and set aside as {', '.join(kept)}; "
+                "entries other tools had in it may name blobs this would delete. Put those "
+                "entries back into index.json (or give up on them), delete "
+                f"{' and '.join(kept)}, and run the command again; nothing was removed"
             )
 
     def _repair_index(self, check_cancelled: Callable[[], None] | None = None) -> None:
@@ -2323,6 +2346,8 @@ class Store:
                 f"cannot {what}: it was opened read-only "
                 "(Store.open_existing); open it with Store.open"
             )
+        if action != REMOVE_DAMAGED:  # that one removes only blobs found damaged
+            self._refuse_while_index_set_aside(what)
         fd = os.open(self.path / GC_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             started = time.monotonic()

@@ -1739,6 +1739,32 @@ def test_a_damaged_index_json_is_set_aside_and_written_again_from_the_database(
     assert Store.open_existing(tmp_path / "s") is not None
 
 
+def test_rm_and_gc_refuse_while_a_damaged_index_json_is_set_aside(tmp_path: Path) -> None:
+    """The entries other tools had in a damaged index.json may name blobs nothing else
+    names: gc deleted another tool's image (QA pass). Nothing is removed until the user
+    has dealt with the file set aside; a second damaged index is set aside beside the
+    first, never over it."""
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    blobs = sorted(p.name for p in (tmp_path / "s" / "blobs" / "sha256").iterdir())
+    for n, damaged in enumerate((b"{", b"[1"), start=1):
+        (tmp_path / "s" / "index.json").write_bytes(damaged)
+        with Store.open(tmp_path / "s") as store:
+            with pytest.raises(StoreError, match=r"index.json was damaged and set aside as"):
+                store.prune()
+            with pytest.raises(StoreError, match=r"entries other tools had in it may name"):
+                store.remove_images([str(APP)])
+        kept = "index.json.damaged" + ("" if n == 1 else f".{n}")
+        assert (tmp_path / "s" / kept).read_bytes() == damaged
+    assert (tmp_path / "s" / "index.json.damaged").read_bytes() == b"{"
+    assert sorted(p.name for p in (tmp_path / "s" / "blobs" / "sha256").iterdir()) == blobs
+
+    for name in ("index.json.damaged", "index.json.damaged.2"):
+        (tmp_path / "s" / name).unlink()
+    with Store.open(tmp_path / "s") as store:
+        assert store.remove_images([str(APP)]).untagged == (str(APP),)
+
+
 def test_open_existing_finds_no_store_where_there_is_none(tmp_path: Path) -> None:
     assert Store.open_existing(tmp_path / "missing") is None
     assert not (tmp_path / "missing").exists()

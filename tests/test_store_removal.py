@@ -981,10 +981,15 @@ def test_a_store_whose_blobs_are_on_another_filesystem_is_refused_at_open(
     shutil.move(tmp_path / "s" / "blobs", small_filesystem / "blobs")
     (tmp_path / "s" / "blobs").symlink_to(small_filesystem / "blobs")
 
-    with pytest.raises(StoreError, match="ingest/ and blobs/ are on different filesystems"):
+    with pytest.raises(StoreError, match="its ingest/ and its blobs/ are not all on one"):
         Store.open(tmp_path / "s")
     hint = _store._hint(OSError(errno.EXDEV, "Invalid cross-device link"), tmp_path, "x")
-    assert hint.startswith("the store's ingest/ and blobs/ are on different filesystems")
+    assert hint.startswith("the store's directory, its ingest/ and its blobs/ are not all")
+    # Both moved there: index.json is renamed from ingest/ into the store's directory.
+    shutil.move(tmp_path / "s" / "ingest", small_filesystem / "ingest")
+    (tmp_path / "s" / "ingest").symlink_to(small_filesystem / "ingest")
+    with pytest.raises(StoreError, match="its ingest/ and its blobs/ are not all on one"):
+        Store.open(tmp_path / "s")
 
 
 def test_a_store_whose_blobs_may_not_be_written_is_refused_at_open(
