@@ -173,18 +173,20 @@ def _whole_number(text: str, *, least: int) -> int:
     return value
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|h|m|s)", re.ASCII)
+_SECONDS = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def _duration(text: str) -> float:
     """A --timeout value in seconds: a number of seconds (``90``), or numbers with units
     in the way skopeo's and Go's durations are written (``90s``, ``10m``, ``1h30m``,
-    ``1.5h``, ``500ms``); above 0."""
-    spelled = text.strip().lower()
-    try:
+    ``1.5h``, ``500ms``, lower case as Go's: ``5M`` read like months); ASCII digits only
+    (``float`` took Arabic-Indic digits and ``1_000``); above 0."""
+    spelled = text.strip()
+    if _SECONDS.fullmatch(spelled):
         seconds = float(spelled)
-    except ValueError:
+    else:
         parts = _DURATION_PART.findall(spelled)
         if not spelled or "".join(number + unit for number, unit in parts) != spelled:
             raise argparse.ArgumentTypeError(
@@ -322,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         metavar="DURATION",
         help="give up on the pull, cancelling it cleanly, if it has not finished within"
-        " this (90, 90s, 10m, 1h30m; default: none, though each request has its own"
-        " timeouts and a layer's download a minimum rate)",
+        " this (90, 90s, 10m, 1h30m, 500ms), counted once the store is open; default:"
+        " none, though each request has its own timeouts and a layer's download a minimum"
+        " rate",
     )
     pull.add_argument(
         "--layer-workers",

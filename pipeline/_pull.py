@@ -74,11 +74,13 @@ class PullOptions:
     registry: RegistryOptions = field(default_factory=RegistryOptions)
     limits: Limits = field(default_factory=Limits)
     progress: ProgressSink | None = None
-    # The whole pull, from waiting for the store to the image recorded, retries and
-    # waits for other pulls' layers included, must end within this many seconds, or it
-    # is cancelled and raises PullTimeout (skopeo's --command-timeout). None: no overall
-    # bound; each request still has its timeouts and a layer's body its minimum rate
-    # (Limits), which a server sending just above that rate passes for hours.
+    # The whole pull, from waiting for an rm or gc holding the (open) store to the image
+    # recorded, retries and waits for other pulls' layers included, must end within this
+    # many seconds, or it is cancelled and raises PullTimeout (skopeo's
+    # --command-timeout). Store.open, before it, is the caller's, and waits at most
+    # LOCK_TIMEOUT_S. None: no overall bound; each request still has its timeouts and a
+    # layer's body its minimum rate (Limits), which a server sending just above that
+    # rate passes for hours.
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -253,9 +255,14 @@ async def pull(
             failure = error
     if isinstance(failure, ImagecError):
         _name_the_image(failure, reference)
-    if timeout is not None and deadline.cancel_called:
-        # What the cancel shook loose on its way out, if anything, is not why the pull
-        # failed: its time ran out.
+    if (
+        timeout is not None
+        and deadline.cancel_called
+        and (failure is None or isinstance(failure, ImagecError))
+    ):
+        # An ImagecError the cancel shook loose on its way out is not why the pull
+        # failed: its time ran out. Anything else (a bug, a Ctrl-C, the caller's
+        # progress callback raising) is raised as it is, never hidden behind this.
         raise layers.timed_out(reference, timeout) from failure
     # Raised here, not in the handler: see stages/_groups.py.
     assert failure is not None, "the pull returns, raises, or runs out of time"
@@ -764,12 +771,15 @@ class _LayerStates:
 
     def __init__(self, sink: ProgressSink) -> None:
         self._sink = sink
+        self._started = False  # past the wait for an rm or gc holding the store
         self._resolved = False
         # digest → (bytes received, compressed size, event), in the order they were queued
         self._layers: dict[str, tuple[int, int | None, str]] = {}
 
     def __call__(self, event: ProgressEvent) -> None:
-        if event.event == "resolved":
+        if event.event == "resolving":
+            self._started = True
+        elif event.event == "resolved":
             self._resolved = True
         elif event.event.startswith("layer-") and event.digest is not None:
             _, total, _ = self._layers.get(event.digest, (0, event.total, ""))
@@ -784,6 +794,8 @@ class _LayerStates:
         )
 
     def _doing(self) -> str:
+        if not self._started:
+            return "it was still waiting for an rm or gc in this store to end"
         if not self._resolved:
             return "it was still resolving the reference (manifest and config)"
         done = [d for d, (_, _, event) in self._layers.items() if event in self._DONE]
@@ -808,14 +820,17 @@ class _LayerStates:
 
 
 def _seconds(value: float) -> str:
-    """``value`` seconds as a person reads them: 90 s, 10 min, 1 h 30 min, 0.5 s."""
-    if value < 60:
-        return f"{value:g} s"
-    minutes, seconds = divmod(round(value), 60)
+    """``value`` seconds as given, and in minutes or hours as well when it is that long
+    and whole: "90 s (1 min 30 s)", "0.5 s", "5400 s (1 h 30 min)". Never rounded: the
+    message says the pull did not finish within it."""
+    given = f"{value:.15g} s"
+    if value < 60 or value != int(value):
+        return given
+    minutes, seconds = divmod(int(value), 60)
     hours, minutes = divmod(minutes, 60)
     parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
     parts.append(f"{seconds} s" if seconds else "")
-    return " ".join(part for part in parts if part)
+    return f"{given} ({' '.join(part for part in parts if part)})"
 
 
 def _log_pull(resolved: ResolvedImage, result: PullResult) -> None:

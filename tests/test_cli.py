@@ -103,6 +103,9 @@ class TtyStringIO(io.StringIO):
         (["pull", "alpine", "--timeout", "10 min"], "not a duration such as 90, 90s, 10m"),
         (["pull", "alpine", "--timeout", "1h30"], "not a duration such as 90, 90s, 10m"),
         (["pull", "alpine", "--timeout", "0s"], "not a duration above 0"),
+        (["pull", "alpine", "--timeout", "5M"], "not a duration such as"),  # months?
+        (["pull", "alpine", "--timeout", "1_000"], "not a duration such as"),
+        (["pull", "alpine", "--timeout", "\u0661\u0660"], "not a duration such as"),
         (["pull", "alpine", "--timeout=-5"], "not a duration above 0"),
         (["pull", "alpine", "--json", "--quiet"], "not allowed with argument"),
         (["pull", "alpine", "--ca-file", "/nonexistent/ca.pem"], "not a readable file"),

@@ -7,6 +7,7 @@ name, and no partial download is left in ``ingest/``.
 from __future__ import annotations
 
 import base64
+import fcntl
 import functools
 import hashlib
 import io
@@ -907,6 +908,61 @@ async def test_a_pull_that_times_out_resolving_says_so(
 
     assert "did not finish within 0.5 s" in message, message
     assert "it was still resolving the reference" in message, message
+
+
+async def test_a_progress_callback_raising_past_the_timeout_is_not_called_a_timeout(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A bug (here the caller's own callback, raising after the deadline passed) came out
+    as a tidy PullTimeout with no cause; it comes out as it was raised."""
+    image = images.sample_image(unique_seed, layer_size=1024, compressions=("gzip",))
+    registry.push(unique_repo, image, "1")
+
+    def sink(event: pipeline.ProgressEvent) -> None:
+        if event.event == "layer-waiting":
+            time.sleep(0.3)  # past the deadline, on the event loop
+            raise TypeError("a bug in the caller's display")
+
+    with trio.fail_after(30), pytest.raises(BaseException) as caught:
+        await pipeline.pull(
+            registry.ref(unique_repo, "1"),
+            store=Store.open(tmp_path / "s"),
+            options=options(progress=sink, timeout_s=0.2),
+        )
+
+    raised = caught.value
+    if isinstance(raised, BaseExceptionGroup):
+        matched = raised.subgroup(TypeError)
+        assert matched is not None, raised
+        [raised] = matched.exceptions
+    assert isinstance(raised, TypeError), repr(raised)
+    assert_store_consistent(tmp_path / "s")
+
+
+async def test_a_pull_that_times_out_waiting_for_gc_says_so(
+    registry: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    image = images.sample_image(unique_seed, layer_size=1024)
+    registry.push(unique_repo, image, "1")
+    store = Store.open(tmp_path / "s")
+    with (tmp_path / "s" / "gc.lock").open("a+") as held:  # as an rm or gc holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with trio.fail_after(30), pytest.raises(pipeline.PullTimeout) as caught:
+            await pipeline.pull(
+                registry.ref(unique_repo, "1"), store=store, options=options(timeout_s=0.5)
+            )
+    assert "it was still waiting for an rm or gc in this store to end" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0.5, "0.5 s"), (59.99999, "59.99999 s"), (90, "90 s (1 min 30 s)"), (90.4, "90.4 s"),
+     (3599.6, "3599.6 s"), (5400, "5400 s (1 h 30 min)")],
+)  # fmt: skip
+def test_the_timeout_is_said_as_given_never_rounded(seconds: float, said: str) -> None:
+    from pipeline._pull import _seconds
+
+    assert _seconds(seconds) == said
 
 
 @pytest.mark.parametrize("timeout", [0, -1, math.inf, math.nan, True, "10m"])
