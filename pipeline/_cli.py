@@ -74,6 +74,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,7 +87,7 @@ from stages._auth import insecure_network, sent_secrets
 from stages._authfile import auth_file_credentials
 from stages._codec import available_inflaters
 from stages._config import Credentials, Limits, ProxySettings, RegistryOptions
-from stages._errors import ImagecError, UsageError
+from stages._errors import ImagecError, PullTimeout, UsageError
 from stages._redact import cut_secrets, cut_tokens, recent_tokens, redact
 from stages._reference import parse_reference
 from stages._types import Digest, Platform
@@ -119,7 +120,14 @@ from ._progress import (
     human_size,
     to_jsonable,
 )
-from ._pull import PullOptions, PullResult, check_options, pull
+from ._pull import (
+    PullOptions,
+    PullResult,
+    check_options,
+    opening_timed_out,
+    pull,
+    timed_out,
+)
 from ._store import ImageRecord, Removal, Store, store_path
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -324,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         metavar="DURATION",
         help="give up on the pull, cancelling it cleanly, if it has not finished within"
-        " this (90, 90s, 10m, 1h30m, 500ms), counted once the store is open; default:"
+        " this (90, 90s, 10m, 1h30m, 500ms), counted from the store's opening; default:"
         " none, though each request has its own timeouts and a layer's download a minimum"
         " rate",
     )
@@ -716,7 +724,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             secrets = (*sent_secrets(credentials), *proxy.secrets())
             registry = dataclasses.replace(registry, credentials=credentials)
             options = dataclasses.replace(options, registry=registry)
-        store = Store.open(args.store)
+        store, left = _open_for_pull(args.store, args.timeout, ref)
+        if left is not None:
+            options = dataclasses.replace(options, timeout_s=left)
         try:
             with stop_signals_deferred() as stop:
                 result = trio.run(_pull_until_stopped, args.ref, store, options, stop)
@@ -734,9 +744,10 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         # inside it still means "interrupted" and anything else is reported on one line.
         if (interrupts := group.subgroup(KeyboardInterrupt)) is not None:
             return _pull_interrupted(renderer, ref, _first_leaf(interrupts))
-        return _pull_failed(renderer, ref, where, _first_leaf(group), secrets)
+        failure = _as_given(_first_leaf(group), args.timeout, ref)
+        return _pull_failed(renderer, ref, where, failure, secrets)
     except Exception as exc:  # the entry point reports on one line, never a traceback
-        return _pull_failed(renderer, ref, where, exc, secrets)
+        return _pull_failed(renderer, ref, where, _as_given(exc, args.timeout, ref), secrets)
     settle_stop_signals()  # pulled: from here a stop signal could only contradict it
     renderer.finish(result)
     if renderer.write_error is not None:
@@ -748,6 +759,36 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         # Nobody reads stdout any more (`--json | head -1`); the image is in the store.
         silence_stdout()
     return EXIT_OK
+
+
+def _as_given(exc: BaseException, timeout_s: float | None, ref: str) -> BaseException:
+    """A ``PullTimeout`` said with the time the user gave (``--timeout``), not what was
+    left of it for ``pull`` after the store's opening; any other failure as it is."""
+    if isinstance(exc, PullTimeout) and exc.doing and timeout_s is not None:
+        return timed_out(exc.ref or ref, timeout_s, exc.doing)
+    return exc
+
+
+def _open_for_pull(
+    path: str | None, timeout_s: float | None, ref: str
+) -> tuple[Store, float | None]:
+    """The store, opened within ``--timeout`` (which counts from here: opening waits up to
+    30 s for another process holding the store's lock), and the seconds left of it for
+    the pull (None: no timeout). Raises ``PullTimeout`` when none are left."""
+    if timeout_s is None:
+        return Store.open(path), None
+    give_up_at = time.monotonic() + timeout_s
+
+    def out_of_time() -> None:
+        if time.monotonic() >= give_up_at:
+            raise opening_timed_out(ref, timeout_s)
+
+    store = Store.open(path, check_cancelled=out_of_time)
+    left = give_up_at - time.monotonic()
+    if left <= 0:
+        store.close()
+        raise opening_timed_out(ref, timeout_s)
+    return store, left
 
 
 def _pull_interrupted(renderer: ProgressRenderer, ref: str, interrupt: BaseException) -> int:

@@ -53,7 +53,16 @@ from ._workers import LayerTask, open_layer_workers, run_layer_task
 if TYPE_CHECKING:  # imported only when --layer-workers processes asks for it
     import trio_parallel
 
-__all__ = ["LayerReport", "PullOptions", "PullResult", "PullTimings", "check_options", "pull"]
+__all__ = [
+    "LayerReport",
+    "PullOptions",
+    "PullResult",
+    "PullTimings",
+    "check_options",
+    "opening_timed_out",
+    "pull",
+    "timed_out",
+]
 
 log = structlog.get_logger()
 
@@ -77,10 +86,10 @@ class PullOptions:
     # The whole pull, from waiting for an rm or gc holding the (open) store to the image
     # recorded, retries and waits for other pulls' layers included, must end within this
     # many seconds, or it is cancelled and raises PullTimeout (skopeo's
-    # --command-timeout). Store.open, before it, is the caller's, and waits at most
-    # LOCK_TIMEOUT_S. None: no overall bound; each request still has its timeouts and a
-    # layer's body its minimum rate (Limits), which a server sending just above that
-    # rate passes for hours.
+    # --command-timeout). Store.open, before it, is the caller's (its check_cancelled can
+    # end its wait; the CLI's does at the same deadline). None: no overall bound; each
+    # request still has its timeouts and a layer's body its minimum rate (Limits), which
+    # a server sending just above that rate passes for hours.
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -787,11 +796,7 @@ class _LayerStates:
         self._sink(event)
 
     def timed_out(self, ref: Reference, timeout_s: float) -> PullTimeout:
-        return PullTimeout(
-            f"the pull did not finish within {_seconds(timeout_s)}, the time it was given; "
-            f"{self._doing()}",
-            ref=str(ref),
-        )
+        return timed_out(str(ref), timeout_s, self._doing())
 
     def _doing(self) -> str:
         if not self._started:
@@ -817,6 +822,29 @@ class _LayerStates:
         if queued:
             parts.append(f"{queued} not started")
         return "; ".join(parts)
+
+
+def timed_out(ref: str, timeout_s: float, doing: str) -> PullTimeout:
+    """The ``PullTimeout`` of a pull of ``ref`` given ``timeout_s``, which was ``doing``
+    this when its time ran out. The CLI makes it again with the time the user gave:
+    the store's opening took some of it before ``pull`` got the rest."""
+    error = PullTimeout(
+        f"the pull did not finish within {_seconds(timeout_s)}, the time it was given; {doing}",
+        ref=ref,
+    )
+    error.doing = doing
+    return error
+
+
+def opening_timed_out(ref: str, timeout_s: float) -> PullTimeout:
+    """The ``PullTimeout`` of a pull whose time ran out while its store was being opened
+    (the CLI opens it, under ``--timeout``, before ``pull``)."""
+    return timed_out(
+        ref,
+        timeout_s,
+        "it was still opening the store, whose lock another process held (an rm, a gc, "
+        "or a pull recording its image)",
+    )
 
 
 def _seconds(value: float) -> str:

@@ -851,16 +851,24 @@ class Store:
     # -- opening -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        check_cancelled: Callable[[], None] | None = None,
+    ) -> Store:
         """Open the store at ``path``, creating it if needed.
 
         ``None`` means ``$IMAGEC_PIPE_STORE``, else the per-user data directory
         (platformdirs) + ``/store``. Refuses a file, a non-empty directory that is not a
         store, a database whose schema is newer than this version understands, and a
         store whose images are there but whose database is not (``_refuse_lost_database``).
+        ``check_cancelled`` is called while it waits for another process's lock (up to
+        ``LOCK_TIMEOUT_S``), holding nothing, and may raise to end the wait: the CLI's
+        ``pull --timeout`` counts from here.
         """
         store = cls(store_path(path))
-        store._init()
+        store._init(check_cancelled=check_cancelled)
         return store
 
     @classmethod

@@ -192,7 +192,9 @@ class PullTimeout(ImagecError):
     """The pull did not finish within its overall deadline (``PullOptions.timeout_s``,
     ``pull --timeout``); it was cancelled, leaving nothing unverified in the store.
     Not tried again: the deadline is the caller's bound on the whole pull, retries
-    included."""
+    included. ``doing`` says what it was doing then, as the message does."""
+
+    doing: str = ""
 
 
 def _rebuild(

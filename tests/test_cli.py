@@ -1434,6 +1434,27 @@ def _all_gone(pids: set[int]) -> list[int]:
     return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
 
 
+def test_timeout_counts_the_wait_for_the_store_lock(tmp_path: Path) -> None:
+    """--timeout 1s waited out another process's store lock (up to 30 s) before its
+    deadline began (QA pass): the open is under it too."""
+    import fcntl
+
+    store = Store.open(tmp_path / "store")
+    holder = os.open(store.path / "imagec.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        done = run_cli("pull", REF, "--store", str(store.path), "--json", "--timeout", "1s")
+    finally:
+        os.close(holder)
+    assert done.returncode == 1, done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("imagec-pipe: error:")]
+    assert (
+        "did not finish within 1 s, the time it was given; it was still opening the store" in line
+    )
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert (last["event"], last["error"]) == ("error", "PullTimeout")
+
+
 def test_sigterm_while_waiting_for_the_store_lock_exits_143(tmp_path: Path) -> None:
     """Before trio.run (here: Store.open waiting up to 30 s for another process's lock),
     SIGTERM took its default action: no exit code of ours, no line saying why."""
