@@ -615,7 +615,7 @@ def test_pull_hands_every_option_over(
     assert options.limits.gzip_inflater == "zlib"
     assert options.limits.retries == 0
     assert options.limits.max_compression_ratio == 5000
-    assert options.timeout_s == 5400
+    assert 5390 < options.timeout_s <= 5400  # what the store's opening left of 1h30m
 
 
 def test_pull_defaults_and_store_from_environment(
