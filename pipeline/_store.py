@@ -1126,28 +1126,32 @@ class Store:
 
     def _set_aside_unreadable_index(self) -> None:
         """Move an index.json that is no OCI index (cut short by a crash of another tool,
-        edited by hand) to index.json.damaged (``.2``, ``.3`` … if taken), for ``_init``
-        to write it again from the database; caller holds the lock. It failed every pull,
-        rm and gc, saying to repair it by hand or move the whole store aside. The
-        database is the record of our images; entries other tools added are lost from
-        the index, and kept in the file set aside, which is why ``rm`` and ``gc`` refuse
-        while one is there (``_refuse_while_index_set_aside``): the blobs those entries
-        name would look unneeded."""
+        edited by hand, a directory) to index.json.damaged (``.2``, ``.3`` … if taken),
+        for ``_init`` to write it again from the database; caller holds the lock. It
+        failed every pull, rm and gc, saying to repair it by hand or move the whole
+        store aside. The database is the record of our images; entries other tools added
+        are lost from the index, and kept in the file set aside, which is why ``rm`` and
+        ``gc`` refuse while one is there (``_refuse_while_index_set_aside``): the blobs
+        those entries name would look unneeded."""
         try:
             self._read_index()
+            return
         except StoreError as exc:
-            kept, n = self.path / f"{INDEX_FILE}.damaged", 1
-            while kept.exists():  # never over one set aside before: it holds entries too
-                n += 1
-                kept = self.path / f"{INDEX_FILE}.damaged.{n}"
-            os.replace(self.path / INDEX_FILE, kept)
-            _fsync_dir(self.path)
-            log.warning(
-                "index.json was damaged: set aside and written again from the database",
-                store=str(self.path),
-                problem=exc.message,
-                kept=str(kept),
-            )
+            problem = exc.message
+        except IsADirectoryError:  # no file at all: "check the store directory" was all
+            problem = f"{self.path / INDEX_FILE} is a directory"
+        kept, n = self.path / f"{INDEX_FILE}.damaged", 1
+        while kept.exists():  # never over one set aside before: it holds entries too
+            n += 1
+            kept = self.path / f"{INDEX_FILE}.damaged.{n}"
+        os.replace(self.path / INDEX_FILE, kept)
+        _fsync_dir(self.path)
+        log.warning(
+            "index.json was damaged: set aside and written again from the database",
+            store=str(self.path),
+            problem=problem,
+            kept=str(kept),
+        )
 
     def _refuse_while_index_set_aside(self, what: str) -> None:
         """StoreError while a damaged index.json set aside is there: the entries other

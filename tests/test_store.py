@@ -1739,6 +1739,18 @@ def test_a_damaged_index_json_is_set_aside_and_written_again_from_the_database(
     assert Store.open_existing(tmp_path / "s") is not None
 
 
+def test_an_index_json_that_is_a_directory_is_set_aside_too(tmp_path: Path) -> None:
+    # pull, rm and gc failed on it with "check the store directory" (QA pass).
+    with Store.open(tmp_path / "s") as store:
+        pull_into(store, APP)
+    (tmp_path / "s" / "index.json").unlink()
+    (tmp_path / "s" / "index.json").mkdir()
+
+    with Store.open(tmp_path / "s") as store:
+        assert list(entries_by_name(store)) == [str(APP)]
+    assert (tmp_path / "s" / "index.json.damaged").is_dir()
+
+
 def test_rm_and_gc_refuse_while_a_damaged_index_json_is_set_aside(tmp_path: Path) -> None:
     """The entries other tools had in a damaged index.json may name blobs nothing else
     names: gc deleted another tool's image (QA pass). Nothing is removed until the user
