@@ -272,7 +272,7 @@ async def pull(
         # An ImagecError the cancel shook loose on its way out is not why the pull
         # failed: its time ran out. Anything else (a bug, a Ctrl-C, the caller's
         # progress callback raising) is raised as it is, never hidden behind this.
-        raise layers.timed_out(reference, timeout) from failure
+        raise timed_out(str(reference), timeout, layers.doing()) from failure
     # Raised here, not in the handler: see stages/_groups.py.
     assert failure is not None, "the pull returns, raises, or runs out of time"
     raise failure from failure.__cause__
@@ -795,10 +795,9 @@ class _LayerStates:
             self._layers[event.digest] = (event.current, event.total or total, event.event)
         self._sink(event)
 
-    def timed_out(self, ref: Reference, timeout_s: float) -> PullTimeout:
-        return timed_out(str(ref), timeout_s, self._doing())
-
-    def _doing(self) -> str:
+    def doing(self) -> str:
+        """What the pull was doing, in words that follow "the pull did not finish in
+        time;"."""
         if not self._started:
             return "it was still waiting for an rm or gc in this store to end"
         if not self._resolved:
