@@ -22,8 +22,8 @@ reads every blob: await ``store.verify_async()``.
 ``import pipeline`` imports nothing more: each public name is imported from its module
 when first used (PEP 562's module ``__getattr__``), and is then the same object as
 before. The ``imagec-pipe`` entry point (``_main``) can only be imported through this
-package, and it must put its signal handlers in place before trio, httpx, structlog
-and the stages are imported (about 0.25 s): a Ctrl-C during those imports printed a
+package, and it must put its signal handlers in place before trio, httpx and the
+stages are imported (about 0.23 s): a Ctrl-C during those imports printed a
 traceback. Type checkers and IDEs read the imports under ``TYPE_CHECKING``.
 """
 

@@ -10,8 +10,8 @@ image (cold CLI pulls, 5 interleaved runs): 1.89 -> 1.66 s median wall, 2.47 -> 
 CPU-s, minor page faults 80k -> 26k; peak RSS +15 MB for ``app``, unchanged for ``big``
 (about 95 MB).
 
-``freeze_startup_objects`` moves what start-up created (the modules of trio, httpx,
-structlog and ours) out of the garbage collector's reach. They live until exit anyway, and
+``freeze_startup_objects`` moves what start-up created (the modules of trio, httpx
+and ours) out of the garbage collector's reach. They live until exit anyway, and
 the full collections at interpreter exit walked them all: from the end of ``main()`` to
 the process's end, a pull of the ``small`` image took 46 ms (median of 20; 35 at least),
 and takes 12 ms (9) frozen. A pull itself runs no full collection (counted with

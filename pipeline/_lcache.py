@@ -35,12 +35,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import structlog
 import trio
 
+from stages._log import get_logger
 from stages._types import Digest
 
-log = structlog.get_logger()
+log = get_logger()
 
 __all__ = ["CLAIM_NOTICE_S", "CLAIM_POLL_S", "Claim", "DownloadTicket", "LCache"]
 

@@ -6,8 +6,9 @@ stdout stays free for progress, ``--json`` lines and command output.
 
 The processor chain, in order:
 
-1. ``merge_contextvars``: the ``ref`` / ``digest`` a stage bound with
-   ``bound_contextvars`` (trio copies the context into child tasks);
+1. ``merge_contextvars``: what a host bound with structlog's ``bound_contextvars`` (the
+   ``ref`` / ``digest`` a stage binds with ``stages/_log.py``'s ``log_context`` are in
+   the line already: trio copies the context into child tasks);
 2. level filtering: the bound logger class made by ``make_filtering_bound_logger`` turns
    calls below the level into no-ops before any processor runs, so a debug call in a hot
    path costs one method call;
@@ -45,10 +46,9 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
-import structlog
-
+from stages._log import configure
 from stages._redact import (
     REDACTED,
     cut_secrets,
@@ -57,6 +57,9 @@ from stages._redact import (
     recent_tokens,
     redact,
 )
+
+if TYPE_CHECKING:
+    import structlog
 
 __all__ = [
     "LEVELS",
@@ -182,11 +185,6 @@ def _keep_latest(texts: tuple[str, ...]) -> None:
         _Applied.settings = replace(_Applied.settings, secrets=kept)
 
 
-_EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
-    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-)
-
-
 def _is_secret_key(key: object) -> bool:
     """Whether a log field (or a key of a mapping logged) holds a secret by its name: the
     rule a server's ``name=value`` pairs are redacted by (``is_secret_name``), so that
@@ -238,14 +236,26 @@ def configure_logging(
     ``json=None`` picks the renderer from the stream: console on a TTY, JSON otherwise.
     ``stream`` defaults to ``sys.stderr``, looked up at each log call. Loggers are not
     cached on first use, so calling this again (tests drive ``main()`` several times)
-    takes effect for the module-level ``log = structlog.get_logger()`` proxies too; the
-    cost is a logger built per call, negligible at one canonical line per unit of work.
+    takes effect for the module-level ``log = get_logger()`` loggers too; the cost is a
+    logger built per line, negligible at one canonical line per unit of work. Lines below
+    ``level`` stop in ``stages/_log.py`` before structlog; structlog itself is configured
+    when the first line that passes imports it (``_apply``).
     """
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
     out = sys.stderr if stream is None else stream
-    if json is None:
-        json = not _isatty(out)
+    as_json = not _isatty(out) if json is None else json
+    configure(level, lambda: _apply(level=level, json=as_json, stream=stream, colors=_isatty(out)))
+    with _Applied.lock:  # not to lose a secret added meanwhile by another thread
+        _Applied.settings = LogSettings(level, as_json, _Applied.settings.secrets, tty=_isatty(out))
+    _Applied.stream = stream
+
+
+def _apply(*, level: str, json: bool, stream: TextIO | None, colors: bool) -> None:
+    """The structlog side of ``configure_logging``: run once structlog is imported
+    (``stages/_log.py``), which a pull that logs nothing never does."""
+    import structlog
+
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -253,12 +263,16 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
         # Exceptions become text (console) or dicts (JSON) here, before the redaction, and
         # never with frame locals: a local variable may hold a password.
-        _EXCEPTION_DICTS if json else structlog.processors.format_exc_info,
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        if json
+        else structlog.processors.format_exc_info,
         redact_secrets,
         structlog.processors.JSONRenderer()
         if json
         else structlog.dev.ConsoleRenderer(
-            colors=_isatty(out), exception_formatter=structlog.dev.plain_traceback
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
         ),
     ]
     structlog.configure(
@@ -267,9 +281,6 @@ def configure_logging(
         logger_factory=_StreamLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    with _Applied.lock:  # not to lose a secret added meanwhile by another thread
-        _Applied.settings = LogSettings(level, json, _Applied.settings.secrets, tty=_isatty(out))
-    _Applied.stream = stream
 
 
 class _StreamLoggerFactory:
@@ -286,6 +297,8 @@ class _StreamLoggerFactory:
         self._stream = stream
 
     def __call__(self, *args: Any) -> structlog.WriteLogger:
+        import structlog
+
         return structlog.WriteLogger(sys.stderr if self._stream is None else self._stream)
 
 

@@ -1,6 +1,6 @@
 """The ``imagec-pipe`` entry point: a Ctrl-C or SIGTERM ends it quietly from its first line.
 
-The command line (``_cli``) imports trio, httpx, structlog and the stages: about 0.25 s.
+The command line (``_cli``) imports trio, httpx and the stages: about 0.23 s.
 While ``_cli.main`` was the entry point, no code of ours ran before those imports were
 done, so a Ctrl-C then printed a traceback and SIGTERM ended the process without a
 word, where later both end a command with one line on stderr and status 130, or 128 + N

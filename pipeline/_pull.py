@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-import structlog
 import trio
 
 from stages._auth import sent_secrets
@@ -41,6 +40,7 @@ from stages._events import LayerTimings, ProgressEvent, ProgressSink
 from stages._groups import collapse_exception_group
 from stages._http import shared_ssl_context
 from stages._layer import fetch_layer
+from stages._log import get_logger, log_context
 from stages._manifest import ResolvedImage, resolve_image
 from stages._reference import Reference, parse_reference
 from stages._registry import RegistryClient
@@ -64,7 +64,7 @@ __all__ = [
     "timed_out",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,7 @@ async def pull(
     failure: BaseException | None = None
     with (
         held_secrets((*secrets, *options.registry.proxy.secrets())),
-        structlog.contextvars.bound_contextvars(ref=str(reference)),
+        log_context(ref=str(reference)),
     ):
         try:
             if downloads is None:
@@ -695,7 +695,7 @@ async def _pull_layer(
             context.progress(ProgressEvent(f"layer-{status}", str(context.ref), digest_text))
             return _report(job, status, stored.uncompressed_size, LayerTimings())
         with (
-            structlog.contextvars.bound_contextvars(digest=digest_text),
+            log_context(digest=digest_text),
             store.open_ingest(layer.digest, ref=str(context.ref)) as ingest,
         ):
             async with _download_slot(context.downloads, order, position) as largest:

@@ -101,12 +101,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import platformdirs
-import structlog
 import trio
 import xxhash
 
 from stages._errors import ImagecError, InvalidDigest, StoreError, UsageError
 from stages._events import VerifiedLayer
+from stages._log import get_logger
 from stages._manifest import SCHEMA1, ResolvedImage, index_choice
 from stages._reference import parse_reference
 from stages._types import Digest, MediaType, Platform
@@ -131,7 +131,7 @@ __all__ = [
     "store_path",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 _T = TypeVar("_T")
 

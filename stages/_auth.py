@@ -40,7 +40,6 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequenc
 from dataclasses import dataclass, field
 
 import httpx
-import structlog
 import trio
 
 from ._config import Credentials, Limits
@@ -56,6 +55,7 @@ from ._http import (
     transient_failure,
     url_authority,
 )
+from ._log import get_logger
 from ._redact import (
     cut_secrets,
     cut_secrets_in_idna_labels,
@@ -102,7 +102,7 @@ __all__ = [
 # The OAuth2 client a refresh-token request names (docker's names itself "docker").
 OAUTH_CLIENT_ID = "imagec-pipe"
 
-log = structlog.get_logger()
+log = get_logger()
 
 DEFAULT_TOKEN_LIFETIME_S = 60
 # A token is renewed this long before the expiry it was issued with, so a request that

@@ -62,8 +62,6 @@ import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import structlog
-
 from ._config import Credentials
 from ._dockerconfig import (
     DEFAULT_HELPER_TIMEOUT_S,
@@ -80,11 +78,12 @@ from ._dockerconfig import (
     warn_unreadable,
 )
 from ._errors import AuthError, UsageError
+from ._log import get_logger
 from ._reference import Reference, parse_reference
 
 __all__ = ["auth_file_credentials"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 # The names containers/image takes for Docker Hub (``normalizeRegistry``).
 _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})

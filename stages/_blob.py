@@ -55,13 +55,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-import structlog
 import trio
 
 from ._config import Limits
 from ._errors import ImagecError, RegistryError, RegistryUnavailable, SizeMismatch, Truncated
 from ._events import ProgressEvent, ProgressSink
 from ._http import stalled_for
+from ._log import get_logger
 from ._redact import redact
 from ._reference import Reference
 from ._retry import retrying
@@ -69,7 +69,7 @@ from ._types import Descriptor, Digest
 
 __all__ = ["BlobSource", "NetworkClock", "blob_stream"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class BlobSource(Protocol):

@@ -85,11 +85,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import structlog
-
 from ._auth import quotable
 from ._config import Credentials
 from ._errors import AuthError, UsageError
+from ._log import get_logger
 from ._redact import REDACTED, redact
 from ._reference import DOCKER_HUB, Reference, parse_reference
 
@@ -101,7 +100,7 @@ __all__ = ["DOCKER_HUB_KEY", "docker_config_credentials", "docker_config_path"]
 # key_hostname, checked_timeout and bound_to_registry. They are part of this module's
 # contract with it, not of the package's public API.
 
-log = structlog.get_logger()
+log = get_logger()
 
 # The variable docker's CLI (28.3 on) reads a config from before its file (GitLab CI's).
 ENV_AUTH_CONFIG = "DOCKER_AUTH_CONFIG"

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import time
 
-import structlog
 import trio
 
 from ._blob import BlobSource, NetworkClock, blob_stream
@@ -29,13 +28,14 @@ from ._config import Limits
 from ._errors import NotFound
 from ._events import LayerTimings, ProgressEvent, ProgressSink, VerifiedLayer
 from ._groups import collapse_exception_group
+from ._log import get_logger
 from ._reference import Reference
 from ._tee import HashPipe, Side, StageClock, hash_stage, inflate_stage
 from ._types import Descriptor, Digest, MediaType
 
 __all__ = ["fetch_layer"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 async def fetch_layer(

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
-import structlog
 
 from ._config import Limits
 from ._errors import ImagecError, InvalidDigest, ManifestError, PlatformNotFound
+from ._log import get_logger
 from ._reference import Reference
 from ._registry import BodyOverLimit, RegistryClient
 from ._schema import FieldError, check_config, check_index, check_manifest
 from ._types import Descriptor, Digest, MediaType, Platform
 
-log = structlog.get_logger()
+log = get_logger()
 
 SCHEMA1 = frozenset(
     {

@@ -48,7 +48,6 @@ from typing import Literal
 
 import httpcore
 import httpx
-import structlog
 import trio
 
 from ._auth import (
@@ -97,6 +96,7 @@ from ._http import (
     transient_failure,
     url_authority,
 )
+from ._log import get_logger
 from ._proxy import ProxyURL
 from ._redact import shown_url
 from ._reference import PATH_COMPONENT, Reference
@@ -108,7 +108,7 @@ __all__ = ["BodyOverLimit", "RegistryClient"]
 # How httpx's ``RemoteProtocolError`` for a redirect whose Location is no URL begins.
 _HTTPX_BAD_LOCATION = "Invalid URL in location header"
 
-log = structlog.get_logger()
+log = get_logger()
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Server errors another attempt may cure (a 501 or 505 will say the same again).

@@ -38,15 +38,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import structlog
 import trio
 
 from ._config import Limits
 from ._errors import ImagecError
+from ._log import get_logger
 
 __all__ = ["parse_retry_after", "retry_wait", "retrying"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 T = TypeVar("T")
 

@@ -245,6 +245,25 @@ def _session_registry(
         yield server
 
 
+@pytest.fixture(autouse=True)
+def _default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test that runs ``main()`` configures logging for the whole process (level,
+    renderer, stream) and remembers the passwords it reads (``add_secret``): every test
+    starts from the defaults, whichever test ran before it."""
+    import structlog
+
+    from pipeline import _logging
+    from stages import _log
+
+    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
+    monkeypatch.setattr(_logging._Applied, "stream", None)
+    monkeypatch.setattr(_log._State, "level", 0)
+    monkeypatch.setattr(_log._State, "pending", [])
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     with _session_registry(tmp_path_factory, "registry") as server:

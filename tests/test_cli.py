@@ -24,7 +24,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import structlog
 
-from pipeline import _cli, _logging
+from pipeline import _cli
 from pipeline._cli import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -52,16 +52,6 @@ from stages._types import Descriptor, Digest, MediaType, Platform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REF = "127.0.0.1:5000/team/app:1.0"
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """main() configures structlog and remembers the passwords it reads (add_secret);
-    leave the defaults for the next test."""
-    monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
-    monkeypatch.setattr(_logging._Applied, "stream", None)
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -1971,11 +1961,11 @@ SECRET_FIELD_NAMES = (
 
 def _fields_our_code_logs() -> set[str]:
     """Every keyword a structlog call in pipeline/ and stages/ logs or binds a value by:
-    ``log.info("...", ref=..., digest=...)``, ``bound_contextvars(ref=...)``."""
+    ``log.info("...", ref=..., digest=...)``, ``log_context(ref=...)``."""
     import ast
 
     calls = {"debug", "info", "warning", "error", "exception", "critical", "bind"}
-    calls |= {"bound_contextvars", "bind_contextvars"}
+    calls |= {"bound_contextvars", "bind_contextvars", "log_context"}
     names: set[str] = set()
     for package in ("pipeline", "stages"):
         for source in (REPO_ROOT / package).glob("*.py"):
