@@ -383,7 +383,7 @@ class Bench:
                 "8 concurrent": eight,
                 "union once": [f"{proxy.host}/{union.repo}:{union.tag}"],
                 "8 concurrent, processes": ["--layer-workers", "processes", *eight],
-                "8 concurrent, one download budget": ["--shared-downloads", *eight],
+                "8 concurrent, a download budget each": ["--own-downloads", *eight],
             }
             for r in range(self.args.runs):
                 order = list(variants)[r % len(variants) :] + list(variants)[: r % len(variants)]

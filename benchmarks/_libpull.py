@@ -1,12 +1,13 @@
 """Several pulls as library calls in one process, sharing one Store (and so its LCache).
 
-    python -m benchmarks._libpull --store DIR [--shared-downloads] REF [REF ...]
+    python -m benchmarks._libpull --store DIR [--own-downloads] REF [REF ...]
 
-``--shared-downloads`` gives every pull one download limiter (``pull(downloads=...)``), as
-a daemon serving them would: together they download at most --max-concurrent-downloads
-layers at once. Without it each pull has its own. Prints one JSON object: per pull, its
-wall time, bytes downloaded and how many layers were downloaded, shared (waited for
-another pull's download) or already there.
+By default the pulls share the Store's download budget, as docker's daemon-wide
+max-concurrent-downloads is shared: together they download at most
+--max-concurrent-downloads layers at once. ``--own-downloads`` gives each pull a limiter
+of its own (``pull(downloads=...)``), that many layers each. Prints one JSON object: per
+pull, its wall time, bytes downloaded and how many layers were downloaded, shared (waited
+for another pull's download) or already there.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ import pipeline
 
 
 async def _pull_all(
-    refs: list[str], store_dir: Path, downloads: int, workers: str, shared: bool
+    refs: list[str], store_dir: Path, downloads: int, workers: str, own: bool
 ) -> dict[str, Any]:
     store = pipeline.Store.open(store_dir)
-    limiter = trio.CapacityLimiter(downloads) if shared else None
     options = pipeline.PullOptions(
         max_concurrent_downloads=downloads,
         layer_workers=workers,  # type: ignore[arg-type]
@@ -38,6 +38,7 @@ async def _pull_all(
 
     async def one(ref: str) -> None:
         t = time.perf_counter()
+        limiter = trio.CapacityLimiter(downloads) if own else None
         result = await pipeline.pull(ref, store=store, options=options, downloads=limiter)
         statuses = collections.Counter(layer.status for layer in result.layers)
         pulls.append(
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, type=Path)
     parser.add_argument("--max-concurrent-downloads", type=int, default=3)
     parser.add_argument("--layer-workers", choices=("threads", "processes"), default="threads")
-    parser.add_argument("--shared-downloads", action="store_true")
+    parser.add_argument("--own-downloads", action="store_true")
     args = parser.parse_args(argv)
     out = trio.run(
         _pull_all,
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         args.store,
         args.max_concurrent_downloads,
         args.layer_workers,
-        args.shared_downloads,
+        args.own_downloads,
     )
     print(json.dumps(out))
     return 0

@@ -367,9 +367,10 @@ def render(results: dict[str, Any]) -> str:
             f"{unique_total / MB:.1f} MB (layers {u['layer_bytes'] / MB:.1f} MB + configs + "
             "manifests). Bytes counted by a loopback proxy (tests/support/servers.py, in the "
             "harness process, unthrottled) in front of the registry; `union once` pulls one "
-            "image made of all those unique layers, through the same proxy. Each pull has "
-            "its own 3 download slots, except in `one download budget`, where the 8 share "
-            "one limiter of 3 (`pull(downloads=...)`), as a daemon serving them would.",
+            "image made of all those unique layers, through the same proxy. The 8 share the "
+            "Store's 3 download slots (the library's default, as docker's daemon-wide "
+            "max-concurrent-downloads), except in `a download budget each`, where each "
+            "pull has 3 of its own (`pull(downloads=...)`).",
             "",
         ]
         rows = []

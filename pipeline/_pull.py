@@ -198,8 +198,8 @@ class _PullContext:
     progress: ProgressSink
     # Set when layers run in worker processes.
     workers: trio_parallel.WorkerContext | None
-    # How many layers download (fetch, verify, fsync) at once: this pull's own limiter of
-    # max_concurrent_downloads tokens, or one shared with other pulls (pull(downloads=)).
+    # How many layers download (fetch, verify, fsync) at once: the store's budget of
+    # max_concurrent_downloads tokens, shared by its pulls, or the pull's downloads=.
     downloads: trio.CapacityLimiter
 
 
@@ -212,11 +212,12 @@ async def pull(
 ) -> PullResult:
     """Pull ``ref`` into ``store``; every layer verified (digest and diffID) before commit.
 
-    ``downloads`` caps how many layers download at once. By default each pull has its
-    own, of ``options.max_concurrent_downloads`` tokens. Pulls running side by side may
-    share one, as docker's daemon-wide max-concurrent-downloads does: eight pulls then
-    download as one would, instead of each running its own layers against the others'
-    on the same cores.
+    ``downloads`` caps how many layers download at once. By default the pulls of one
+    ``Store`` object share one of ``options.max_concurrent_downloads`` tokens
+    (``LCache.download_budget``), as docker's daemon-wide max-concurrent-downloads is
+    shared: eight pulls side by side download as one would, instead of each running its
+    own layers against the others' on the same cores. A pull given its own limiter
+    downloads as many layers as that allows, whatever other pulls do.
 
     While it runs, the pull holds the store against ``rm`` and ``gc``
     (``_store_held``): they wait for it, or refuse, rather than delete the layers it has
@@ -251,7 +252,7 @@ async def pull(
     ):
         try:
             if downloads is None:
-                downloads = trio.CapacityLimiter(options.max_concurrent_downloads)
+                downloads = store.lcache.download_budget(options.max_concurrent_downloads)
             with deadline:
                 async with _store_held(store):
                     return await _pull(reference, store, options, downloads, layers)

@@ -809,7 +809,8 @@ class Store:
 
     ``lcache`` is the layer cache shared by every pull given this object: one download
     per layer among them, and, through ``try_claim_layer``, among every process (and
-    every other ``Store`` object) pulling into the same store.
+    every other ``Store`` object) pulling into the same store; and their download
+    budget (``LCache.download_budget``).
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:

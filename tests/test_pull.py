@@ -2772,11 +2772,20 @@ async def test_bad_arguments_are_usage_errors_before_any_request(tmp_path: Path)
         await pipeline.pull(b"127.0.0.1:9/app:1", store=store)  # type: ignore[arg-type]
 
 
-async def test_pulls_sharing_a_download_limiter_download_one_layer_at_a_time(
-    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+@pytest.mark.parametrize("budget", ["given", "the store's", "their own"])
+async def test_pulls_of_one_store_share_its_download_budget_unless_given_their_own(
+    registry: Any,
+    proxy: Any,
+    unique_repo: str,
+    unique_seed: str,
+    tmp_path: Path,
+    budget: str,
 ) -> None:
-    """Two pulls of images with no layer in common, each allowed 3 downloads, but given
-    one limiter of 1 token: never more than one layer is downloading across both."""
+    """Two pulls of images with no layer in common into one Store. Given one limiter of
+    1 token (each allowed 3 downloads), or allowed 1 download each and given nothing,
+    which makes them share the store's budget of 1 (as docker's daemon-wide
+    max-concurrent-downloads is shared): never more than one layer is downloading across
+    both. Given a limiter each, they download side by side whatever the store's budget."""
     one = images.sample_image(f"{unique_seed}:one")
     two = images.sample_image(f"{unique_seed}:two")
     registry.push(unique_repo, one, "one")
@@ -2795,18 +2804,25 @@ async def test_pulls_sharing_a_download_limiter_download_one_layer_at_a_time(
             active.discard(str(event.digest))
 
     shared = trio.CapacityLimiter(1)
-    pull = functools.partial(
-        pipeline.pull,
-        store=store,
-        options=options(max_concurrent_downloads=3, progress=watch),
-        downloads=shared,
-    )
+
+    async def pull(tag: str) -> None:
+        if budget == "given":
+            given = {"options": options(max_concurrent_downloads=3, progress=watch)}
+            given["downloads"] = shared
+        elif budget == "the store's":
+            given = {"options": options(max_concurrent_downloads=1, progress=watch)}
+        else:
+            given = {"options": options(max_concurrent_downloads=1, progress=watch)}
+            given["downloads"] = trio.CapacityLimiter(1)
+        await pipeline.pull(f"{via.host}/{unique_repo}:{tag}", store=store, **given)
+
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             for tag in ("one", "two"):
-                nursery.start_soon(pull, f"{via.host}/{unique_repo}:{tag}")
-    assert most == 1
+                nursery.start_soon(pull, tag)
+    assert most == (2 if budget == "their own" else 1)
     assert shared.borrowed_tokens == 0
+    assert store.lcache.download_budget(1).borrowed_tokens == 0
     for image in (one, two):
         for layer in image.layers:
             assert via.blob_gets(layer.digest) == 1
