@@ -496,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _parse_refused(argv, refused.message)
     except SystemExit as exc:  # argparse: --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    configure_logging(level=args.log_level, json=True if args.log_json else None)
+    configure_logging(level=args.log_level, json=True if args.log_json else None, defer_import=True)
     tune_allocator()
     freeze_startup_objects()
     try:
@@ -696,7 +696,12 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     if isinstance(renderer, TtyProgress) and _isatty(sys.stderr):
         # Logs on the same terminal go above the progress block, not into it.
         logs = cast(TextIO, LogsAboveProgress(renderer, sys.stderr))  # an io.TextIOBase
-        configure_logging(level=args.log_level, json=True if args.log_json else None, stream=logs)
+        configure_logging(
+            level=args.log_level,
+            json=True if args.log_json else None,
+            stream=logs,
+            defer_import=True,
+        )
     options = PullOptions(
         platform=args.platform,
         max_concurrent_downloads=args.max_concurrent_downloads,

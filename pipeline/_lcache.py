@@ -34,6 +34,7 @@ together they download no more layers at once than one pull would.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -103,8 +104,10 @@ class LCache:
         self._entries: dict[Digest, _Entry] = {}
         self._claim = claim
         self._store = store
-        # Download slots by their number: one entry per max_concurrent_downloads asked.
-        self._budgets: dict[int, trio.CapacityLimiter] = {}
+        # Download slots by trio run, then by their number (max_concurrent_downloads).
+        self._budgets: weakref.WeakKeyDictionary[
+            trio.lowlevel.TrioToken, dict[int, trio.CapacityLimiter]
+        ] = weakref.WeakKeyDictionary()
 
     def download_budget(self, tokens: int) -> trio.CapacityLimiter:
         """The download slots (``tokens`` layers at once) that every pull of this store
@@ -116,10 +119,15 @@ class LCache:
         pulls against one of their union: 1.21x its wall time with a budget each, 0.99x
         sharing one, benchmarks/RESULTS.md of 2026-11-29 13:40). Pulls asking for another
         number share a budget of that number.
+
+        One budget per trio run (called from a task): a trio limiter belongs to one run,
+        and a host may pull into one Store from several threads, each running its own;
+        a limiter shared between two runs failed one pull and hung the other.
         """
-        budget = self._budgets.get(tokens)
+        budgets = self._budgets.setdefault(trio.lowlevel.current_trio_token(), {})
+        budget = budgets.get(tokens)
         if budget is None:
-            budget = self._budgets[tokens] = trio.CapacityLimiter(tokens)
+            budget = budgets[tokens] = trio.CapacityLimiter(tokens)
         return budget
 
     def busy(self, digest: Digest) -> bool:

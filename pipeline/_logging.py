@@ -229,7 +229,11 @@ def redact_secrets(
 
 
 def configure_logging(
-    *, level: str = "warning", json: bool | None = None, stream: TextIO | None = None
+    *,
+    level: str = "warning",
+    json: bool | None = None,
+    stream: TextIO | None = None,
+    defer_import: bool = False,
 ) -> None:
     """Configure structlog for this process: level, renderer and output stream.
 
@@ -237,15 +241,23 @@ def configure_logging(
     ``stream`` defaults to ``sys.stderr``, looked up at each log call. Loggers are not
     cached on first use, so calling this again (tests drive ``main()`` several times)
     takes effect for the module-level ``log = get_logger()`` loggers too; the cost is a
-    logger built per line, negligible at one canonical line per unit of work. Lines below
-    ``level`` stop in ``stages/_log.py`` before structlog; structlog itself is configured
-    when the first line that passes imports it (``_apply``).
+    logger built per line, negligible at one canonical line per unit of work.
+
+    ``defer_import`` is for a process whose every log line is ours (the CLI): structlog
+    is then imported, and configured, by the first line at ``level`` or above
+    (``stages/_log.py``), which a quiet command never logs: 20 ms of its start-up. Not
+    for a host that logs through structlog itself: its lines would get structlog's
+    defaults (stdout, unredacted) until then, and this configuration would then replace
+    its own.
     """
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
     out = sys.stderr if stream is None else stream
     as_json = not _isatty(out) if json is None else json
-    configure(level, lambda: _apply(level=level, json=as_json, stream=stream, colors=_isatty(out)))
+    configure(
+        lambda: _apply(level=level, json=as_json, stream=stream, colors=_isatty(out)),
+        defer_to_level=level if defer_import else None,
+    )
     with _Applied.lock:  # not to lose a secret added meanwhile by another thread
         _Applied.settings = LogSettings(level, as_json, _Applied.settings.secrets, tty=_isatty(out))
     _Applied.stream = stream

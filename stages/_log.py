@@ -7,12 +7,12 @@ command though a pull at the default level logs nothing. So every module logs th
 ``log = get_logger()`` from here, called as a structlog logger (``log.warning("event",
 key=value)``), and structlog is imported by the first call that passes the level.
 
-The entry points' ``configure_logging`` hands its structlog setup and level to
+The CLI's ``configure_logging(defer_import=True)`` hands its structlog setup and level to
 ``configure``: until structlog is imported, lines below that level stop here; the first
 line at or above it imports structlog and runs the setup, and from then on structlog's
-own configuration filters, as it does from the start when structlog was imported already
-(a host or a test did). Without ``configure`` every line goes to structlog, configured as
-its host chose, or with structlog's defaults.
+own configuration filters. A library host's ``configure_logging`` configures structlog at
+once, as before. Without ``configure`` every line goes to structlog, configured as its
+host chose, or with structlog's defaults.
 
 ``log_context(ref=...)`` binds fields to every line logged in the block, in this task and
 the tasks it starts (a ``ContextVar``, which trio copies into child tasks): structlog's
@@ -47,14 +47,16 @@ class _State:
     lock = threading.Lock()  # a pull may log from any thread of a host
 
 
-def configure(level: str, setup: Callable[[], None]) -> None:
-    """Configure structlog with ``setup``, which makes lines below ``level`` (``"debug"``
-    … ``"critical"``) no-ops: now if structlog is imported already (a host or a test
-    imported it), else right after the first line at ``level`` or above imports it; the
-    lines below it stop here until then. Only the latest call's setup is run."""
+def configure(setup: Callable[[], None], *, defer_to_level: str | None = None) -> None:
+    """Configure structlog with ``setup``: now, unless ``defer_to_level`` is given and
+    structlog is not imported yet; then lines below that level (``"debug"`` …
+    ``"critical"``) stop here, and the first line at or above it imports structlog and
+    runs ``setup`` (only the latest call's). For a process whose every line is ours (the
+    CLI): a host that imports structlog and logs itself would log through structlog's
+    defaults until then, and ``setup`` would then replace its own configuration."""
     with _State.lock:
-        if "structlog" not in sys.modules:
-            _State.level, _State.pending = _LEVELS[level], [setup]
+        if defer_to_level is not None and "structlog" not in sys.modules:
+            _State.level, _State.pending = _LEVELS[defer_to_level], [setup]
             return
         _State.level, _State.pending = 0, []
     setup()
@@ -62,10 +64,19 @@ def configure(level: str, setup: Callable[[], None]) -> None:
 
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
-    """Add ``fields`` to every line logged in the block (and in tasks started in it)."""
+    """Add ``fields`` to every line logged in the block (and in tasks started in it).
+
+    Once structlog is imported they are bound with its ``bound_contextvars`` too, so that
+    the lines a host logs in the block (from a progress callback) carry them as well."""
     token = _context.set({**(_context.get() or {}), **fields})
     try:
-        yield
+        if "structlog" in sys.modules:
+            import structlog
+
+            with structlog.contextvars.bound_contextvars(**fields):
+                yield
+        else:
+            yield
     finally:
         _context.reset(token)
 

@@ -47,17 +47,24 @@ async def test_one_holder_others_wait() -> None:
     assert cache._entries == {}
 
 
-def test_a_download_budget_is_one_per_number_of_slots() -> None:
+def test_a_download_budget_is_one_per_number_of_slots_and_trio_run() -> None:
     """Pulls of one store asking for the same number of download slots share them; a
-    number asked for once more gets the same limiter, another number its own."""
+    number asked for once more gets the same limiter, another number its own. Another
+    trio run (another thread of a host, or a later run) gets its own: a trio limiter
+    belongs to one run."""
     cache = LCache()
-    three = cache.download_budget(3)
-    assert three.total_tokens == 3
-    assert cache.download_budget(3) is three
-    one = cache.download_budget(1)
-    assert one is not three
-    assert one.total_tokens == 1
-    assert LCache().download_budget(3) is not three  # another store's
+
+    async def budgets() -> tuple[trio.CapacityLimiter, trio.CapacityLimiter]:
+        three = cache.download_budget(3)
+        assert cache.download_budget(3) is three
+        one = cache.download_budget(1)
+        assert LCache().download_budget(3) is not three  # another store's
+        return three, one
+
+    three, one = trio.run(budgets)
+    assert (three.total_tokens, one.total_tokens) == (3, 1)
+    later, _ = trio.run(budgets)
+    assert later is not three
 
 
 async def test_other_digests_do_not_wait() -> None:

@@ -29,14 +29,15 @@ _PULL_AND_TELL = (
 )
 
 
-def _pull(*argv: str) -> subprocess.CompletedProcess[str]:
+def _python(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Python run on ``argv`` in a fresh process, with these sources."""
     return subprocess.run(
-        [sys.executable, "-c", _PULL_AND_TELL, "pull", *argv],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=60,
+        [sys.executable, *argv], capture_output=True, text=True, env=cli_env(), timeout=60
     )
+
+
+def _pull(*argv: str) -> subprocess.CompletedProcess[str]:
+    return _python("-c", _PULL_AND_TELL, "pull", *argv)
 
 
 def test_e2e_a_pull_that_logs_nothing_never_imports_structlog(
@@ -72,7 +73,7 @@ from pipeline._logging import configure_logging
 from stages._log import get_logger, log_context
 
 log = get_logger()
-configure_logging(level="warning", json=True)
+configure_logging(level="warning", json=True, defer_import=True)  # as the CLI does
 log.info("below the level")
 log.debug("below it too")
 print("after info:", "structlog" in sys.modules)
@@ -86,13 +87,7 @@ log.info("at the new level")
 
 
 def test_lines_below_the_level_stop_before_structlog_is_imported() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _LOG_AND_TELL],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=60,
-    )
+    done = _python("-c", _LOG_AND_TELL)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["after info: False", "after warning: True"]
     first, second = (json.loads(line) for line in done.stderr.splitlines())
@@ -127,3 +122,46 @@ def test_log_context_binds_fields_for_the_block_and_the_tasks_it_starts() -> Non
         {"event": "in a child task", "ref": "r1"},
         {"event": "after"},
     ]
+
+
+_HOST = """
+import sys
+import pipeline
+from stages._log import get_logger, log_context
+
+pipeline.configure_logging(level="info", json=True)  # a library host's call
+print("imported:", "structlog" in sys.modules)
+import structlog  # the host's own logging, imported later
+
+structlog.get_logger().info("host line", password="hunter2", url="https://bob:s3cret@x.example/b")
+seen = []
+
+def keep(logger, method, event_dict):
+    seen.append(dict(event_dict))
+    raise structlog.DropEvent
+
+structlog.configure(processors=[structlog.contextvars.merge_contextvars, keep])
+with log_context(ref="reg.example/app:1"):
+    get_logger().info("our line")
+    structlog.get_logger().info("the host's line in our block")
+print("seen:", sorted((line["event"], line.get("ref")) for line in seen))
+"""
+
+
+def test_a_library_host_gets_its_configuration_at_once_and_keeps_its_own() -> None:
+    """``pipeline.configure_logging`` in a host configures structlog when called, as before
+    the CLI's deferred import (QA pass): the host's own lines, logged through structlog
+    imported later, went to stdout unredacted, and its own ``structlog.configure`` was
+    replaced by ours at our first line. The fields of ``log_context`` reach the host's
+    lines too, through structlog's ``merge_contextvars``."""
+    done = _python("-c", _HOST)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "imported: True",
+        "seen: [('our line', 'reg.example/app:1'),"
+        " (\"the host's line in our block\", 'reg.example/app:1')]",
+    ]
+    record = json.loads(done.stderr)
+    assert record["event"] == "host line"
+    assert record["password"] == "[redacted]"
+    assert "s3cret" not in done.stderr

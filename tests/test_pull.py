@@ -2828,6 +2828,43 @@ async def test_pulls_of_one_store_share_its_download_budget_unless_given_their_o
             assert via.blob_gets(layer.digest) == 1
 
 
+def test_pulls_into_one_store_from_two_threads_each_with_its_trio_run(
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+) -> None:
+    """A host pulling into one Store object from two threads, each running trio: the
+    store's download budget, shared by both, failed one pull with trio's own assertion
+    (a limiter belongs to one run) and hung the other (QA pass). Images with no layer in
+    common: the layer cache is not made for that either."""
+    for tag in ("one", "two"):
+        image = images.sample_image(f"{unique_seed}:{tag}", with_empty_layer=False)
+        registry.push(unique_repo, image, tag)
+    via = proxy(registry, rate=4_000_000)  # both pulls download at once
+    store = Store.open(tmp_path / "store")
+    errors: dict[str, BaseException] = {}
+
+    def run(tag: str) -> None:
+        async def one() -> None:
+            with trio.fail_after(30):
+                ref = f"{via.host}/{unique_repo}:{tag}"
+                await pipeline.pull(ref, store=store, options=options(max_concurrent_downloads=1))
+
+        try:
+            trio.run(one)
+        except BaseException as exc:  # reported below, whatever it is
+            errors[tag] = exc
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(45)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    assert sorted(record.ref for record in store.list_images()) == sorted(
+        f"{via.host}/{unique_repo}:{tag}" for tag in ("one", "two")
+    )
+
+
 def test_a_worker_hands_back_an_error_whose_cause_pickle_cannot_name() -> None:
     """The worker's error crosses to the pulling process pickled with its causes
     (tblib, installed in trio-parallel's workers, here too): a cause of a class pickle
