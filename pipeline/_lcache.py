@@ -18,14 +18,15 @@ every exit, an exception or a cancellation in one pull never leaves the others w
 forever, and one pull cancelling does not cancel the download of another (each waiter
 runs its own download in its own task).
 
-Across processes (and across ``Store`` objects of one store) the same holds through the
-store's claim (``Store.try_claim_layer``: a file lock in ``ingest/``, which the kernel
-releases when its holder dies): the holder of the in-process slot takes the claim too
-before it looks the layer up, polling every ``CLAIM_POLL_S`` while another process
-holds it. Only the slot's holder polls, so a process asks once per layer, however many
-of its pulls wait. A dead owner's claim is free at once; a waiter then finds the layer
-absent and downloads it itself. A stopped one's is not: after ``CLAIM_NOTICE_S`` a
-warning names the layer and the store (the wait goes on: a live owner may take minutes).
+Across processes (and across ``Store`` objects of one store, and across the trio runs of
+several threads) the same holds through the store's claim (``Store.try_claim_layer``: a
+file lock in ``ingest/``, which the kernel releases when its holder dies): the holder of
+the in-process slot takes the claim too before it looks the layer up, polling every
+``CLAIM_POLL_S`` while another process holds it. Only the slot's holder polls, so a
+process asks once per layer, however many of its pulls wait. A dead owner's claim is
+free at once; a waiter then finds the layer absent and downloads it itself. A stopped
+one's is not: after ``CLAIM_NOTICE_S`` a warning names the layer and the store (the wait
+goes on: a live owner may take minutes).
 
 The pulls of one store also share its download slots (``download_budget``), so that
 together they download no more layers at once than one pull would.
@@ -92,16 +93,20 @@ class _Entry:
 class LCache:
     """Per-digest mutual exclusion for layer downloads inside one process.
 
-    Not thread-safe: use it from the trio thread that runs the pulls. The dictionary only
-    holds digests that some task is holding or waiting for, so it never grows with the
-    number of layers ever pulled.
+    The tasks of one trio run wait on a trio lock per digest; those of other runs (a host
+    pulling into one Store from several threads, each running trio) and of other
+    processes, on the store's claim: a trio lock belongs to one run, and one shared
+    between two runs failed one pull and hung the other. The dictionary only holds the
+    digests that some task is holding or waiting for, so it never grows with the number
+    of layers ever pulled.
     """
 
     def __init__(self, claim: ClaimTaker | None = None, *, store: str = "") -> None:
         """``claim``: the store's cross-process claim (``Store.try_claim_layer``); None
         for a cache that excludes the tasks of this process only. ``store``: its path,
         for the warning of a long wait on another process."""
-        self._entries: dict[Digest, _Entry] = {}
+        # By trio run and digest: each run's entries are used by its thread only.
+        self._entries: dict[tuple[trio.lowlevel.TrioToken, Digest], _Entry] = {}
         self._claim = claim
         self._store = store
         # Download slots by trio run, then by their number (max_concurrent_downloads).
@@ -131,8 +136,8 @@ class LCache:
         return budget
 
     def busy(self, digest: Digest) -> bool:
-        """Whether some task holds (or waits for) ``digest`` right now."""
-        return digest in self._entries
+        """Whether some task of this trio run holds (or waits for) ``digest`` right now."""
+        return (trio.lowlevel.current_trio_token(), digest) in self._entries
 
     @contextlib.asynccontextmanager
     async def download(
@@ -145,9 +150,10 @@ class LCache:
         store's claim if another process holds that. Both are released however the block
         exits.
         """
-        entry = self._entries.get(digest)
+        key = (trio.lowlevel.current_trio_token(), digest)
+        entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[digest] = _Entry(trio.Lock())
+            entry = self._entries[key] = _Entry(trio.Lock())
         entry.users += 1
         try:
             waited = entry.lock.locked()
@@ -163,7 +169,7 @@ class LCache:
         finally:
             entry.users -= 1
             if entry.users == 0:
-                del self._entries[digest]
+                del self._entries[key]
 
     async def _claimed(
         self, digest: Digest, on_wait: Callable[[], None] | None

@@ -2828,15 +2828,20 @@ async def test_pulls_of_one_store_share_its_download_budget_unless_given_their_o
             assert via.blob_gets(layer.digest) == 1
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["apart", "sharing-a-layer"])
 def test_pulls_into_one_store_from_two_threads_each_with_its_trio_run(
-    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path
+    registry: Any, proxy: Any, unique_repo: str, unique_seed: str, tmp_path: Path, shared: bool
 ) -> None:
     """A host pulling into one Store object from two threads, each running trio: the
     store's download budget, shared by both, failed one pull with trio's own assertion
-    (a limiter belongs to one run) and hung the other (QA pass). Images with no layer in
-    common: the layer cache is not made for that either."""
+    (a limiter belongs to one run) and hung the other (QA pass); so did the layer cache's
+    lock of a layer both images have. Each run has its own; a shared layer is still
+    downloaded once, the runs excluding each other through the store's claim."""
+    base = images.sample_image(f"{unique_seed}:base", compressions=("gzip",)).layers[:1]
     for tag in ("one", "two"):
-        image = images.sample_image(f"{unique_seed}:{tag}", with_empty_layer=False)
+        image = images.sample_image(
+            f"{unique_seed}:{tag}", with_empty_layer=False, base=base if shared else ()
+        )
         registry.push(unique_repo, image, tag)
     via = proxy(registry, rate=4_000_000)  # both pulls download at once
     store = Store.open(tmp_path / "store")
@@ -2863,6 +2868,8 @@ def test_pulls_into_one_store_from_two_threads_each_with_its_trio_run(
     assert sorted(record.ref for record in store.list_images()) == sorted(
         f"{via.host}/{unique_repo}:{tag}" for tag in ("one", "two")
     )
+    for layer in base if shared else ():
+        assert via.blob_gets(layer.digest) == 1
 
 
 def test_a_worker_hands_back_an_error_whose_cause_pickle_cannot_name() -> None:
