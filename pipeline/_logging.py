@@ -264,8 +264,8 @@ def configure_logging(
 
 
 def _apply(*, level: str, json: bool, stream: TextIO | None, colors: bool) -> None:
-    """The structlog side of ``configure_logging``: run once structlog is imported
-    (``stages/_log.py``), which a pull that logs nothing never does."""
+    """The structlog side of ``configure_logging``: run by it, or, with ``defer_import``,
+    by the first line that passes the level (``stages/_log.py``)."""
     import structlog
 
     processors: list[structlog.typing.Processor] = [

@@ -26,7 +26,7 @@ import contextvars
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = ["Logger", "configure", "get_logger", "log_context"]
 
@@ -43,7 +43,7 @@ class _State:
     run right after its import."""
 
     level = 0  # every call passes
-    pending: ClassVar[list[Callable[[], None]]] = []
+    pending: Callable[[], None] | None = None
     lock = threading.Lock()  # a pull may log from any thread of a host
 
 
@@ -56,9 +56,9 @@ def configure(setup: Callable[[], None], *, defer_to_level: str | None = None) -
     defaults until then, and ``setup`` would then replace its own configuration."""
     with _State.lock:
         if defer_to_level is not None and "structlog" not in sys.modules:
-            _State.level, _State.pending = _LEVELS[defer_to_level], [setup]
+            _State.level, _State.pending = _LEVELS[defer_to_level], setup
             return
-        _State.level, _State.pending = 0, []
+        _State.level, _State.pending = 0, None
     setup()
 
 
@@ -84,11 +84,11 @@ def log_context(**fields: Any) -> Iterator[None]:
 def _structlog_logger() -> Any:
     """structlog's logger, importing structlog and applying the pending setup first; from
     then on structlog's own configuration filters the lines."""
-    if _State.pending:
+    if _State.pending is not None:
         with _State.lock:  # no other thread logs before the setup is in place
-            for setup in _State.pending:  # each imports structlog
-                setup()
-            _State.level, _State.pending = 0, []
+            if _State.pending is not None:  # not run by another thread meanwhile
+                _State.pending()  # imports structlog
+            _State.level, _State.pending = 0, None
     import structlog
 
     return structlog.get_logger()

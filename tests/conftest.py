@@ -258,7 +258,7 @@ def _default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(_logging._Applied, "settings", _logging.LogSettings())
     monkeypatch.setattr(_logging._Applied, "stream", None)
     monkeypatch.setattr(_log._State, "level", 0)
-    monkeypatch.setattr(_log._State, "pending", [])
+    monkeypatch.setattr(_log._State, "pending", None)
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
